@@ -1,0 +1,263 @@
+//! Map keys, values and constants shared by the eBPF programs and the daemon: the datapath ABI.
+//!
+//! Every type is `#[repr(C)]`, has no implicit padding (the `bytemuck::Pod` derive refuses
+//! padding) and a size assertion. Addresses and ports are kept in network byte order: the
+//! in-memory bytes of an address field are the address's octets, exactly as in a packet
+//! header or `bpf_sock_addr.user_ip4`. Use [`net`] to convert on the user side.
+//!
+//! When a layout changes, bump the `_V1` suffix of the map names that use it.
+#![cfg_attr(not(test), no_std)]
+
+use bytemuck::{Pod, Zeroable};
+
+#[cfg(feature = "user")]
+pub mod net;
+#[cfg(feature = "user")]
+mod user;
+
+/// Pinned map names (at most 15 bytes: the kernel's BPF_OBJ_NAME_LEN minus the NUL).
+pub mod map_names {
+    pub const SERVICES: &str = "SVC_V1";
+    pub const BACKENDS: &str = "BACKEND_V1";
+    pub const SERVICE_META: &str = "SVC_META_V1";
+    pub const CONNTRACK: &str = "CT_V1";
+    pub const SOCK_REV_NAT: &str = "SOCK_RNAT_V1";
+    pub const NODE_ADDRS: &str = "NODE_ADDR_V1";
+    pub const CONFIG: &str = "CONFIG_V1";
+    pub const ALL: [&str; 7] = [
+        SERVICES,
+        BACKENDS,
+        SERVICE_META,
+        CONNTRACK,
+        SOCK_REV_NAT,
+        NODE_ADDRS,
+        CONFIG,
+    ];
+}
+
+/// Program names in the eBPF object (the function names of the entry points).
+pub mod program_names {
+    pub const CONNECT4: &str = "sock_connect4";
+    pub const SENDMSG4: &str = "sock_sendmsg4";
+    pub const RECVMSG4: &str = "sock_recvmsg4";
+    pub const GETPEERNAME4: &str = "sock_getpeername4";
+    pub const XDP_INGRESS: &str = "xdp_ingress";
+    pub const TC_INGRESS: &str = "tc_ingress";
+    pub const TC_EGRESS: &str = "tc_egress";
+}
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Default map sizes; the daemon may override them at load time.
+pub mod map_sizes {
+    pub const SERVICES: u32 = 262_144;
+    pub const BACKENDS: u32 = 131_072;
+    pub const SERVICE_META: u32 = 65_536;
+    pub const CONNTRACK: u32 = 262_144;
+    pub const SOCK_REV_NAT: u32 = 131_072;
+    pub const NODE_ADDRS: u32 = 256;
+}
+
+/// Key of the services map: one frontend (address, port, protocol) and a slot.
+///
+/// Slot 0 is the service entry (backend count, id, flags); slots `1..=count` hold backend ids.
+/// A NodePort frontend has `addr == 0`: it is served on every address in the node-address map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ServiceKey {
+    /// Frontend IPv4 address, network byte order; 0 for a NodePort.
+    pub addr: u32,
+    /// Frontend port, network byte order.
+    pub port: u16,
+    /// 0 for the service entry, `1..=count` for the backend slots.
+    pub slot: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    /// Reserved for lookup scopes (internal / external traffic policy); 0 today.
+    pub scope: u8,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 12);
+
+/// Value of the services map. In slot 0: `count`, `service_id`, `flags`, `affinity_timeout`;
+/// in slot `n`: `backend_id` (the other fields repeat slot 0's for convenience).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ServiceValue {
+    /// Backend id in a backend slot; 0 in slot 0.
+    pub backend_id: u32,
+    /// Number of backend slots the datapath chooses from (ready endpoints, or
+    /// serving-terminating ones when none is ready). 0 means: refuse.
+    pub count: u16,
+    /// `SVC_F_*`.
+    pub flags: u16,
+    /// Frontend id: keys the service-meta map and conntrack's accounting.
+    pub service_id: u32,
+    /// ClientIP session affinity timeout in seconds; 0 when affinity is off.
+    pub affinity_timeout: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+
+/// The frontend is a NodePort (key address 0, served on every node address).
+pub const SVC_F_NODEPORT: u16 = 1 << 0;
+/// The frontend is reachable from off-node through XDP (all frontends today).
+pub const SVC_F_EXTERNAL: u16 = 1 << 1;
+
+/// Value of the backends map (key: backend id, `u32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Backend {
+    /// Pod IPv4 address, network byte order.
+    pub addr: u32,
+    /// Pod port, network byte order.
+    pub port: u16,
+    /// `BACKEND_F_*`.
+    pub flags: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+
+/// The backend runs on this node.
+pub const BACKEND_F_LOCAL: u8 = 1 << 0;
+/// The backend is terminating (KEP-1669); it is only chosen when no backend is ready.
+pub const BACKEND_F_TERMINATING: u8 = 1 << 1;
+
+/// What the daemon knows about a frontend, for the CLI: names are not needed by the datapath.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct ServiceMeta {
+    /// `namespace/name:port-name`, NUL padded, UTF-8.
+    pub name: [u8; 120],
+    /// `SVC_KIND_*`.
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    /// The frontend's original port for display (network byte order), e.g. a NodePort.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad2: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceMeta>() == 128);
+
+pub const SVC_KIND_CLUSTER_IP: u8 = 1;
+pub const SVC_KIND_NODE_PORT: u8 = 2;
+pub const SVC_KIND_LOAD_BALANCER: u8 = 3;
+pub const SVC_KIND_EXTERNAL_IP: u8 = 4;
+
+/// Conntrack key: a packet's 5-tuple as seen at the hook, and the direction it was recorded for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// `CT_DIR_*`.
+    pub dir: u8,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+
+/// Client to frontend, before translation (looked up by XDP on ingress).
+pub const CT_DIR_FORWARD: u8 = 0;
+/// Backend to client or to the SNAT address, before reverse translation.
+pub const CT_DIR_REPLY: u8 = 1;
+
+/// Conntrack value: how to rewrite packets that match the key.
+///
+/// A zero `new_*` field leaves that header field as it is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct CtEntry {
+    /// `bpf_ktime_get_ns` of the last packet seen.
+    pub last_seen_ns: u64,
+    pub new_saddr: u32,
+    pub new_daddr: u32,
+    pub new_sport: u16,
+    pub new_dport: u16,
+    pub backend_id: u32,
+    pub service_id: u32,
+    /// `CT_F_*`.
+    pub flags: u8,
+    /// `TCP_STATE_*`.
+    pub tcp_state: u8,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
+
+/// The flow was source-NATed to the node address (remote backend): replies arrive at XDP.
+pub const CT_F_SNAT: u8 = 1 << 0;
+/// The flow goes to a backend on this node: replies leave through TC egress.
+pub const CT_F_LOCAL: u8 = 1 << 1;
+
+pub const TCP_STATE_SYN: u8 = 1;
+pub const TCP_STATE_ESTABLISHED: u8 = 2;
+pub const TCP_STATE_CLOSING: u8 = 3;
+
+/// Socket-level reverse NAT key: which socket talked to which backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SockRevNatKey {
+    /// `bpf_get_socket_cookie` of the client socket.
+    pub cookie: u64,
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockRevNatKey>() == 16);
+
+/// Socket-level reverse NAT value: the address the application asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SockRevNatValue {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockRevNatValue>() == 8);
+
+/// Value of the node-address map (key: IPv4 address in network byte order, `u32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NodeAddr {
+    /// `NODE_ADDR_F_*`.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<NodeAddr>() == 4);
+
+/// The address is the primary node address, used as the SNAT source for remote backends.
+pub const NODE_ADDR_F_PRIMARY: u32 = 1 << 0;
+
+/// Datapath configuration, in a one-entry array so the daemon can change it without reloading.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Config {
+    /// Source address for SNAT to remote backends (network byte order); 0 disables it.
+    pub snat_addr: u32,
+    /// SNAT source port range, host byte order, inclusive.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    /// `CONFIG_F_*`.
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+
+/// Send rewritten packets back out with XDP_TX / XDP_REDIRECT. Without it XDP hands them to
+/// the stack with a metadata mark and `tc_ingress` redirects them; needed on veth whose peer
+/// runs no XDP program (XDP_TX frames would be dropped there).
+pub const CONFIG_F_XDP_TX: u32 = 1 << 0;
+
+/// Metadata XDP prepends to a packet it passes to the stack for `tc_ingress` to redirect.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct XdpRedirectMeta {
+    /// [`XDP_META_MAGIC`] when the packet must be redirected.
+    pub magic: u32,
+    /// Output interface index from the FIB lookup.
+    pub ifindex: u32,
+}
+const _: () = assert!(core::mem::size_of::<XdpRedirectMeta>() == 8);
+
+pub const XDP_META_MAGIC: u32 = 0x5131_0ce5;

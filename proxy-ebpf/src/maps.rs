@@ -1,0 +1,40 @@
+//! The BPF maps, declared once with the names and layouts of `proxy_common`.
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LruHashMap},
+    macros::btf_map,
+};
+use proxy_common::{
+    Backend, Config, CtEntry, CtKey, NodeAddr, ServiceKey, ServiceMeta, ServiceValue,
+    SockRevNatKey, SockRevNatValue, map_sizes,
+};
+
+#[btf_map(name = "SVC_V1")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue, { map_sizes::SERVICES as usize }> =
+    HashMap::new();
+
+#[btf_map(name = "BACKEND_V1")]
+pub static BACKENDS: HashMap<u32, Backend, { map_sizes::BACKENDS as usize }> = HashMap::new();
+
+/// Only the daemon and CLI use it; declared here so it is created and pinned with the rest.
+#[btf_map(name = "SVC_META_V1")]
+pub static SERVICE_META: HashMap<u32, ServiceMeta, { map_sizes::SERVICE_META as usize }> =
+    HashMap::new();
+
+#[btf_map(name = "CT_V1")]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { map_sizes::CONNTRACK as usize }> =
+    LruHashMap::new();
+
+#[btf_map(name = "SOCK_RNAT_V1")]
+pub static SOCK_REV_NAT: LruHashMap<
+    SockRevNatKey,
+    SockRevNatValue,
+    { map_sizes::SOCK_REV_NAT as usize },
+> = LruHashMap::new();
+
+#[btf_map(name = "NODE_ADDR_V1")]
+pub static NODE_ADDRS: HashMap<u32, NodeAddr, { map_sizes::NODE_ADDRS as usize }> =
+    HashMap::new();
+
+#[btf_map(name = "CONFIG_V1")]
+pub static CONFIG: Array<Config, 1> = Array::new();

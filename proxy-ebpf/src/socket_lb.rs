@@ -1,0 +1,167 @@
+//! Socket-level load balancing: cgroup connect4/sendmsg4 write a backend address into the
+//! socket once, recvmsg4/getpeername4 show the service address back. No per-packet NAT.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{bpf_sock_addr, sk_action::SK_PASS},
+    helpers::{
+        bpf_get_prandom_u32,
+        generated::{bpf_get_socket_cookie, bpf_set_retval},
+    },
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use proxy_common::{
+    Backend, IPPROTO_TCP, IPPROTO_UDP, SVC_F_NODEPORT, ServiceKey, ServiceValue, SockRevNatKey,
+    SockRevNatValue,
+};
+
+use crate::maps::{BACKENDS, NODE_ADDRS, SERVICES, SOCK_REV_NAT};
+
+/// Returned from cgroup sock_addr programs to reject the call; the error is set with
+/// `bpf_set_retval`.
+const SK_REJECT: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    translate_forward(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    translate_forward(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    translate_reverse(&ctx);
+    // recvmsg and getpeername hooks must return 1.
+    SK_PASS as i32
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    translate_reverse(&ctx);
+    SK_PASS as i32
+}
+
+/// Rewrites a destination that is a service frontend to one of its backends.
+fn translate_forward(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: the context pointer is the kernel's bpf_sock_addr for this call.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let Some(proto) = protocol(sa) else {
+        return SK_PASS as i32;
+    };
+    let dst_addr = sa.user_ip4;
+    // user_port holds the port in network byte order in its low 16 bits.
+    let dst_port = sa.user_port as u16;
+
+    let Some((key, service)) = lookup_frontend(dst_addr, dst_port, proto) else {
+        return SK_PASS as i32;
+    };
+    if service.count == 0 {
+        // No endpoint can serve: refuse at once instead of letting the client time out.
+        // SAFETY: bpf_set_retval is allowed in cgroup sock_addr programs.
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        return SK_REJECT;
+    }
+    let Some(backend) = select_backend(key, service.count) else {
+        return SK_PASS as i32;
+    };
+
+    // Remember what the application asked for, so replies and getpeername show it back.
+    // SAFETY: the context is a socket-carrying sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let rev_key = SockRevNatKey {
+        cookie,
+        addr: backend.addr,
+        port: backend.port,
+        _pad: 0,
+    };
+    let rev_value = SockRevNatValue {
+        addr: dst_addr,
+        port: dst_port,
+        _pad: 0,
+    };
+    // A full LRU map evicts the oldest entry; an error here only loses the reverse mapping.
+    let _ = SOCK_REV_NAT.insert(&rev_key, &rev_value, 0);
+
+    sa.user_ip4 = backend.addr;
+    sa.user_port = u32::from(backend.port);
+    SK_PASS as i32
+}
+
+/// Rewrites a backend source address back to the service address the socket used.
+fn translate_reverse(ctx: &SockAddrContext) {
+    // SAFETY: the context pointer is the kernel's bpf_sock_addr for this call.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if protocol(sa).is_none() {
+        return;
+    }
+    // SAFETY: the context is a socket-carrying sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = SockRevNatKey {
+        cookie,
+        addr: sa.user_ip4,
+        port: sa.user_port as u16,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out at once; LRU updates race only with other copies.
+    if let Some(original) = unsafe { SOCK_REV_NAT.get(&key) } {
+        sa.user_ip4 = original.addr;
+        sa.user_port = u32::from(original.port);
+    }
+}
+
+fn protocol(sa: &bpf_sock_addr) -> Option<u8> {
+    match sa.type_ {
+        SOCK_STREAM if sa.protocol == u32::from(IPPROTO_TCP) || sa.protocol == 0 => {
+            Some(IPPROTO_TCP)
+        }
+        SOCK_DGRAM if sa.protocol == u32::from(IPPROTO_UDP) || sa.protocol == 0 => {
+            Some(IPPROTO_UDP)
+        }
+        _ => None,
+    }
+}
+
+/// Finds the service entry for a destination: an exact frontend (ClusterIP, external address),
+/// or a NodePort when the destination is a node address or loopback.
+fn lookup_frontend(addr: u32, port: u16, proto: u8) -> Option<(ServiceKey, ServiceValue)> {
+    let mut key = ServiceKey {
+        addr,
+        port,
+        slot: 0,
+        proto,
+        scope: 0,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once.
+    if let Some(service) = unsafe { SERVICES.get(&key) } {
+        return Some((key, *service));
+    }
+    // 127.0.0.0/8: the first octet is the first byte in memory.
+    let loopback = addr.to_ne_bytes()[0] == 127;
+    // SAFETY: only the presence of the key matters.
+    if !loopback && unsafe { NODE_ADDRS.get(&addr) }.is_none() {
+        return None;
+    }
+    key.addr = 0;
+    // SAFETY: copied out at once.
+    let service = unsafe { SERVICES.get(&key) }?;
+    (service.flags & SVC_F_NODEPORT != 0).then_some((key, *service))
+}
+
+/// Picks a backend uniformly among the service's `count` slots.
+fn select_backend(mut key: ServiceKey, count: u16) -> Option<Backend> {
+    // SAFETY: a plain helper call with no arguments.
+    let random = unsafe { bpf_get_prandom_u32() };
+    key.slot = (random % u32::from(count)) as u16 + 1;
+    // SAFETY: copied out at once.
+    let slot = unsafe { SERVICES.get(&key) }?;
+    // SAFETY: copied out at once.
+    unsafe { BACKENDS.get(&slot.backend_id) }.copied()
+}

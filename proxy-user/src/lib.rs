@@ -1,0 +1,7 @@
+//! Sluice's daemon and CLI as a library, so the tests drive the same code the binary runs.
+
+pub mod model;
+
+/// The eBPF object built from `proxy-ebpf`, embedded so one binary is all a node needs.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));

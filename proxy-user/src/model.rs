@@ -1,0 +1,103 @@
+//! The desired state: what every source (manifests, Kubernetes API) produces and the
+//! reconciler programs into the maps. Plain data, independent of where it came from.
+
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+
+use serde::Serialize;
+
+/// Layer-4 protocol of a service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Protocol {
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+}
+
+impl Protocol {
+    pub fn ip_proto(self) -> u8 {
+        match self {
+            Protocol::Tcp => proxy_common::IPPROTO_TCP,
+            Protocol::Udp => proxy_common::IPPROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
+/// `namespace/name` of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ServiceName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The Service `spec.type`, plus the kinds that are listed but never programmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ServiceType {
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+    /// `type: ExternalName`: served by DNS, not programmed.
+    ExternalName,
+    /// `clusterIP: None`: served by DNS, not programmed.
+    Headless,
+}
+
+/// One Service as the datapath should serve it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub name: ServiceName,
+    pub service_type: ServiceType,
+    /// The (allocated when missing) cluster IP; `None` for headless and ExternalName.
+    pub cluster_ip: Option<Ipv4Addr>,
+    /// `spec.externalIPs` and LoadBalancer ingress IPs (used by later issues).
+    pub external_ips: Vec<Ipv4Addr>,
+    pub ports: Vec<ServicePort>,
+    /// Why the service is not programmed, when it is not (shown by `sluice services`).
+    pub skip_reason: Option<String>,
+}
+
+/// One `spec.ports[]` entry with the endpoints that serve it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    /// `spec.ports[].name` ("" when unnamed).
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    /// Allocated when missing for NodePort and LoadBalancer services.
+    pub node_port: Option<u16>,
+    /// Endpoints with the target port resolved (numeric or named).
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One endpoint address and port, with its KEP-1669 conditions.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Endpoint {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    /// `nodeName` of the endpoint, when known: endpoints on this node are local.
+    pub node_name: Option<String>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+/// Everything the datapath should serve, keyed by service name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DesiredState {
+    pub services: BTreeMap<ServiceName, Service>,
+}
