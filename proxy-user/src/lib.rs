@@ -1,6 +1,11 @@
 //! Sluice's daemon and CLI as a library, so the tests drive the same code the binary runs.
 
+pub mod cli;
+pub mod daemon;
+pub mod datapath;
+pub mod health;
 pub mod model;
+pub mod reconcile;
 
 /// The eBPF object built from `proxy-ebpf`, embedded so one binary is all a node needs.
 pub static EBPF_OBJECT: &[u8] =

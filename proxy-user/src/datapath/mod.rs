@@ -1,0 +1,302 @@
+//! Loading the eBPF object, pinning its maps and links, and attaching (or atomically replacing)
+//! every program, so a restart never drops established connections or the datapath.
+
+mod maps;
+pub mod netdev;
+mod sys;
+
+use std::{
+    collections::BTreeSet,
+    fs::{self, File},
+    net::Ipv4Addr,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::FdLink,
+    },
+};
+pub use maps::Maps;
+use proxy_common::{
+    CONFIG_F_XDP_TX, Config, NODE_ADDR_F_PRIMARY, NodeAddr, map_names, net::ip_to_net,
+    program_names,
+};
+use tracing::{info, warn};
+
+use crate::EBPF_OBJECT;
+
+/// Whether XDP may send rewritten packets straight back out (XDP_TX / XDP_REDIRECT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpTx {
+    /// On unless an interface is a veth (whose peer drops XDP_TX frames without XDP of its own).
+    Auto,
+    On,
+    Off,
+}
+
+/// Where and how to run the datapath.
+#[derive(Clone, Debug)]
+pub struct DatapathOptions {
+    pub pin_dir: PathBuf,
+    pub cgroup: PathBuf,
+    pub ifaces: Vec<String>,
+    pub xdp_tx: XdpTx,
+    /// Addresses a NodePort answers on, besides loopback; empty means every local address.
+    pub node_ips: Vec<Ipv4Addr>,
+}
+
+/// SNAT source ports for flows to remote backends: above Linux's default ephemeral range
+/// (32768-60999), so they never collide with the node's own connections.
+const SNAT_PORTS: (u16, u16) = (61000, 65535);
+
+/// The loaded datapath. Programs stay attached through their pinned links even after this is
+/// dropped; the maps stay pinned too.
+pub struct Datapath {
+    pub maps: Maps,
+    /// Keeps the programs loaded while the daemon runs.
+    _ebpf: Ebpf,
+}
+
+impl Datapath {
+    pub fn start(opts: &DatapathOptions) -> Result<Self> {
+        ensure_bpffs(&opts.pin_dir)?;
+        let links_dir = opts.pin_dir.join("links");
+        fs::create_dir_all(&links_dir)
+            .with_context(|| format!("create pin directory {}", links_dir.display()))?;
+
+        let mut loader = EbpfLoader::new();
+        let pin_paths: Vec<(&str, PathBuf)> = map_names::ALL
+            .iter()
+            .map(|&name| (name, opts.pin_dir.join(name)))
+            .collect();
+        for (name, path) in &pin_paths {
+            // Reuses the map already pinned there: conntrack and services survive restarts.
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .context("load the eBPF object (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
+
+        let mut pinned = BTreeSet::new();
+        attach_socket_programs(&mut ebpf, &opts.cgroup, &links_dir, &mut pinned)?;
+        for iface in &opts.ifaces {
+            attach_iface_programs(&mut ebpf, iface, &links_dir, &mut pinned)?;
+        }
+        remove_stale_links(&links_dir, &pinned)?;
+
+        let mut maps = Maps::take_from(&mut ebpf)?;
+        configure(&mut maps, opts)?;
+        Ok(Self { maps, _ebpf: ebpf })
+    }
+}
+
+/// Mounts bpffs at the pin directory's parent when no bpffs holds it (as on hosts that do not
+/// mount /sys/fs/bpf), so pins outlive the daemon.
+fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let parent = pin_dir.parent().unwrap_or(pin_dir);
+    fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    if fs_magic(parent)? == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    info!(path = %parent.display(), "mounting bpffs: the pin directory is not on one");
+    let target = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())?;
+    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
+    let ret = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if ret != 0 {
+        bail!(
+            "mount bpffs at {}: {}",
+            parent.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn fs_magic(path: &Path) -> Result<i64> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statfs only writes into `buf`.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is NUL-terminated and buf is a valid statfs.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } != 0 {
+        bail!("statfs {}: {}", path.display(), std::io::Error::last_os_error());
+    }
+    #[allow(clippy::useless_conversion, reason = "f_type's width differs between targets")]
+    Ok(i64::from(buf.f_type))
+}
+
+fn attach_socket_programs(
+    ebpf: &mut Ebpf,
+    cgroup: &Path,
+    links_dir: &Path,
+    pinned: &mut BTreeSet<String>,
+) -> Result<()> {
+    let cgroup_file = File::open(cgroup)
+        .with_context(|| format!("open cgroup {} (--cgroup)", cgroup.display()))?;
+    for name in [
+        program_names::CONNECT4,
+        program_names::SENDMSG4,
+        program_names::RECVMSG4,
+        program_names::GETPEERNAME4,
+    ] {
+        let program: &mut CgroupSockAddr = program(ebpf, name)?.try_into()?;
+        program.load().with_context(|| format!("load program {name}"))?;
+        let link_name = format!("{name}@cgroup");
+        attach_or_replace(links_dir, &link_name, program.fd()?.try_clone()?.as_fd(), || {
+            let id = program.attach(&cgroup_file, CgroupAttachMode::AllowMultiple)?;
+            Ok(program.take_link(id)?.try_into()?)
+        })
+        .with_context(|| format!("attach {name} to cgroup {}", cgroup.display()))?;
+        pinned.insert(link_name);
+    }
+    Ok(())
+}
+
+fn attach_iface_programs(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    links_dir: &Path,
+    pinned: &mut BTreeSet<String>,
+) -> Result<()> {
+    let name = program_names::XDP_INGRESS;
+    let xdp: &mut Xdp = program(ebpf, name)?.try_into()?;
+    xdp.load().with_context(|| format!("load program {name}"))?;
+    let link_name = format!("{name}@{iface}");
+    attach_or_replace(links_dir, &link_name, xdp.fd()?.try_clone()?.as_fd(), || {
+        let id = xdp.attach(iface, XdpMode::default())?;
+        Ok(xdp.take_link(id)?.try_into()?)
+    })
+    .with_context(|| format!("attach XDP to {iface} (--iface)"))?;
+    pinned.insert(link_name);
+
+    for (name, direction) in [
+        (program_names::TC_INGRESS, TcAttachType::Ingress),
+        (program_names::TC_EGRESS, TcAttachType::Egress),
+    ] {
+        let tc: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
+        tc.load().with_context(|| format!("load program {name}"))?;
+        let link_name = format!("{name}@{iface}");
+        attach_or_replace(links_dir, &link_name, tc.fd()?.try_clone()?.as_fd(), || {
+            let id = tc.attach(iface, direction)?;
+            Ok(tc.take_link(id)?.try_into()?)
+        })
+        .with_context(|| format!("attach {name} to {iface} (--iface; TCX needs Linux 6.6+)"))?;
+        pinned.insert(link_name);
+    }
+    Ok(())
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("the eBPF object has no program {name}"))
+}
+
+/// Swaps the program behind an existing pinned link, so the hook never runs without one;
+/// attaches and pins a new link when there is none (or the old one's target is gone).
+fn attach_or_replace(
+    links_dir: &Path,
+    link_name: &str,
+    program: std::os::fd::BorrowedFd<'_>,
+    attach: impl FnOnce() -> Result<FdLink>,
+) -> Result<()> {
+    let path = links_dir.join(link_name);
+    if path.exists() {
+        match sys::obj_get(&path).and_then(|link| sys::link_update(&link, program)) {
+            Ok(()) => return Ok(()),
+            Err(err) => {
+                warn!(link = %path.display(), %err, "pinned link unusable; attaching anew");
+                fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+            }
+        }
+    }
+    attach()?
+        .pin(&path)
+        .with_context(|| format!("pin link at {}", path.display()))?;
+    Ok(())
+}
+
+/// Unpins links of hooks no longer asked for (an interface dropped from --iface): detaches them.
+fn remove_stale_links(links_dir: &Path, wanted: &BTreeSet<String>) -> Result<()> {
+    for entry in fs::read_dir(links_dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !wanted.contains(&name) {
+            info!(link = %name, "detaching a hook no longer configured");
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the node addresses and the datapath configuration.
+fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<()> {
+    let local = netdev::ipv4_addresses().context("list the node's IPv4 addresses")?;
+    let node_ips: Vec<Ipv4Addr> = if opts.node_ips.is_empty() {
+        local
+            .iter()
+            .map(|(_, addr)| *addr)
+            .filter(|addr| !addr.is_loopback())
+            .collect()
+    } else {
+        opts.node_ips.clone()
+    };
+    // The SNAT source: the first --node-ip, else the first address of the first --iface.
+    let snat_addr = opts.node_ips.first().copied().or_else(|| {
+        let first_iface = opts.ifaces.first()?;
+        local
+            .iter()
+            .find(|(name, _)| name == first_iface)
+            .map(|(_, addr)| *addr)
+    });
+
+    let existing: Vec<u32> = maps.node_addrs.keys().collect::<Result<_, _>>()?;
+    let wanted: BTreeSet<u32> = node_ips.iter().map(|&ip| ip_to_net(ip)).collect();
+    for key in existing.iter().filter(|key| !wanted.contains(key)) {
+        maps.node_addrs.remove(key)?;
+    }
+    for ip in &node_ips {
+        let flags = if Some(*ip) == snat_addr {
+            NODE_ADDR_F_PRIMARY
+        } else {
+            0
+        };
+        maps.node_addrs.insert(ip_to_net(*ip), NodeAddr { flags }, 0)?;
+    }
+
+    let xdp_tx = match opts.xdp_tx {
+        XdpTx::On => true,
+        XdpTx::Off => false,
+        XdpTx::Auto => opts
+            .ifaces
+            .iter()
+            .all(|iface| netdev::driver_name(iface).is_ok_and(|driver| driver != "veth")),
+    };
+    let config = Config {
+        snat_addr: snat_addr.map_or(0, ip_to_net),
+        snat_port_min: SNAT_PORTS.0,
+        snat_port_max: SNAT_PORTS.1,
+        flags: if xdp_tx { CONFIG_F_XDP_TX } else { 0 },
+        _pad: 0,
+    };
+    maps.config.set(0, config, 0)?;
+    info!(
+        node_ips = ?node_ips,
+        snat = ?snat_addr,
+        xdp_tx,
+        "datapath configured"
+    );
+    Ok(())
+}

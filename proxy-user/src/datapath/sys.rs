@@ -1,0 +1,71 @@
+//! The two bpf(2) commands aya 0.14 does not expose for every link type: open a pinned object
+//! and swap the program behind a link atomically.
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_UPDATE: libc::c_long = 30;
+
+/// `union bpf_attr` is 144 bytes on 6.x kernels; the kernel requires unused bytes to be zero.
+#[repr(C, align(8))]
+struct BpfAttr([u8; 144]);
+
+impl BpfAttr {
+    fn zeroed() -> Self {
+        Self([0; 144])
+    }
+
+    fn put_u32(&mut self, offset: usize, value: u32) {
+        self.0[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
+    }
+
+    fn put_u64(&mut self, offset: usize, value: u64) {
+        self.0[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
+    }
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut BpfAttr) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a zero-initialised bpf_attr of the size we pass.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BpfAttr,
+            size_of::<BpfAttr>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Opens a pinned BPF object (map, program or link) by path.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    let mut attr = BpfAttr::zeroed();
+    // struct { __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; ... }
+    attr.put_u64(0, path.as_ptr() as u64);
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Replaces the program of an attached link without detaching it first.
+pub fn link_update(link: impl AsFd, program: impl AsFd) -> io::Result<()> {
+    let mut attr = BpfAttr::zeroed();
+    // struct { __u32 link_fd; __u32 new_prog_fd; __u32 flags; __u32 old_prog_fd; }
+    attr.put_u32(0, link.as_fd().as_raw_fd() as u32);
+    attr.put_u32(4, program.as_fd().as_raw_fd() as u32);
+    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}

@@ -1,0 +1,314 @@
+//! Writes the difference between a plan and what the maps hold, keeping a mirror of the maps
+//! so each change costs what it changes, not what the node holds.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use anyhow::{Context as _, Result};
+use proxy_common::{
+    Backend, ServiceKey, ServiceMeta, ServiceValue,
+    net::{ip_from_net, ip_to_net, port_from_net, port_to_net},
+};
+
+use super::plan::{BackendAddr, Frontend, FrontendPlan, Plan};
+use crate::{datapath::Maps, model::Protocol};
+
+/// A frontend as programmed: its id, flags and backend ids by slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Programmed {
+    service_id: u32,
+    flags: u16,
+    slots: Vec<u32>,
+    meta: ServiceMeta,
+}
+
+/// What one `apply` changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub frontends_written: usize,
+    pub frontends_removed: usize,
+    pub backends_written: usize,
+    pub backends_removed: usize,
+}
+
+/// The daemon's mirror of the services and backends maps.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    frontends: HashMap<Frontend, Programmed>,
+    backend_ids: HashMap<BackendAddr, u32>,
+    backends: BTreeMap<u32, Backend>,
+    next_service_id: u32,
+    next_backend_id: u32,
+}
+
+impl Reconciler {
+    /// Reads what the (possibly pinned, possibly from an earlier run) maps hold.
+    pub fn from_maps(maps: &Maps) -> Result<Self> {
+        let mut this = Self::default();
+        for entry in maps.backends.iter() {
+            let (id, backend) = entry.context("read the backends map")?;
+            this.backend_ids.insert(backend_addr(&backend), id);
+            this.backends.insert(id, backend);
+            this.next_backend_id = this.next_backend_id.max(id);
+        }
+        let mut slots: HashMap<Frontend, BTreeMap<u16, ServiceValue>> = HashMap::new();
+        for entry in maps.services.iter() {
+            let (key, value) = entry.context("read the services map")?;
+            let Some(frontend) = frontend_of(&key) else {
+                continue;
+            };
+            slots.entry(frontend).or_default().insert(key.slot, value);
+        }
+        for (frontend, slots) in slots {
+            // A frontend without slot 0 is a remnant of an interrupted write: drop it on apply.
+            let head = slots.get(&0).copied().unwrap_or_default();
+            let backend_slots = slots
+                .iter()
+                .filter(|(slot, _)| **slot != 0)
+                .map(|(_, value)| value.backend_id)
+                .collect();
+            let meta = maps
+                .service_meta
+                .get(&head.service_id, 0)
+                .unwrap_or_else(|_| ServiceMeta::new("", 0, 0, 0));
+            this.next_service_id = this.next_service_id.max(head.service_id);
+            this.frontends.insert(
+                frontend,
+                Programmed {
+                    service_id: head.service_id,
+                    flags: head.flags,
+                    slots: backend_slots,
+                    meta,
+                },
+            );
+        }
+        Ok(this)
+    }
+
+    /// Makes the maps hold exactly `plan`. On error the mirror is re-read from the maps so the
+    /// next apply starts from the truth.
+    pub fn apply(&mut self, maps: &mut Maps, plan: &Plan) -> Result<ApplyStats> {
+        let result = self.try_apply(maps, plan);
+        if result.is_err() {
+            *self = Self::from_maps(maps)?;
+        }
+        result
+    }
+
+    fn try_apply(&mut self, maps: &mut Maps, plan: &Plan) -> Result<ApplyStats> {
+        let mut stats = ApplyStats::default();
+
+        // Backends first, so every slot written below points at an existing backend.
+        for (&addr, &flags) in &plan.backends {
+            let value = Backend {
+                addr: ip_to_net(addr.addr),
+                port: port_to_net(addr.port),
+                flags,
+                _pad: 0,
+            };
+            let id = match self.backend_ids.get(&addr) {
+                Some(&id) => id,
+                None => {
+                    let id = self.allocate_backend_id();
+                    self.backend_ids.insert(addr, id);
+                    id
+                }
+            };
+            if self.backends.get(&id) != Some(&value) {
+                maps.backends
+                    .insert(id, value, 0)
+                    .with_context(|| format!("write backend {}:{}", addr.addr, addr.port))?;
+                self.backends.insert(id, value);
+                stats.backends_written += 1;
+            }
+        }
+
+        for (frontend, planned) in &plan.frontends {
+            if self.write_frontend(maps, frontend, planned)? {
+                stats.frontends_written += 1;
+            }
+        }
+
+        let gone: Vec<Frontend> = self
+            .frontends
+            .keys()
+            .filter(|frontend| !plan.frontends.contains_key(frontend))
+            .copied()
+            .collect();
+        for frontend in gone {
+            self.remove_frontend(maps, &frontend)?;
+            stats.frontends_removed += 1;
+        }
+
+        // Backends last: no slot refers to them any more.
+        let unused: Vec<BackendAddr> = self
+            .backend_ids
+            .keys()
+            .filter(|addr| !plan.backends.contains_key(addr))
+            .copied()
+            .collect();
+        for addr in unused {
+            let id = self.backend_ids.remove(&addr).expect("listed above");
+            self.backends.remove(&id);
+            remove_if_present(maps.backends.remove(&id))
+                .with_context(|| format!("remove backend {}:{}", addr.addr, addr.port))?;
+            stats.backends_removed += 1;
+        }
+        Ok(stats)
+    }
+
+    /// Writes one frontend if it differs: new slots first, then slot 0 (count), then deletes
+    /// the slots past the new count, so slots `1..=count` always exist for a reader.
+    fn write_frontend(
+        &mut self,
+        maps: &mut Maps,
+        frontend: &Frontend,
+        planned: &FrontendPlan,
+    ) -> Result<bool> {
+        let slots: Vec<u32> = planned
+            .backends
+            .iter()
+            .map(|addr| self.backend_ids[addr])
+            .collect();
+        let service_id = match self.frontends.get(frontend) {
+            Some(existing) => existing.service_id,
+            None => self.allocate_service_id(),
+        };
+        let meta = ServiceMeta::new(
+            &planned.name,
+            planned.kind,
+            frontend.port,
+            frontend.protocol.ip_proto(),
+        );
+        let wanted = Programmed {
+            service_id,
+            flags: planned.flags,
+            slots,
+            meta,
+        };
+        let old = self.frontends.get(frontend).cloned();
+        if old.as_ref() == Some(&wanted) {
+            return Ok(false);
+        }
+        let old_slots = old.as_ref().map_or(&[][..], |old| &old.slots[..]);
+        let context = || format!("write service {} ({frontend:?})", planned.name);
+
+        if old.as_ref().map(|old| old.meta) != Some(meta) {
+            maps.service_meta
+                .insert(service_id, meta, 0)
+                .with_context(context)?;
+        }
+        let count = u16::try_from(wanted.slots.len())
+            .with_context(|| format!("{} has more than 65535 endpoints", planned.name))?;
+        let head = ServiceValue {
+            backend_id: 0,
+            count,
+            flags: planned.flags,
+            service_id,
+            affinity_timeout: 0,
+        };
+        for (index, &backend_id) in wanted.slots.iter().enumerate() {
+            if old_slots.get(index) != Some(&backend_id) {
+                let value = ServiceValue { backend_id, ..head };
+                maps.services
+                    .insert(service_key(frontend, index + 1), value, 0)
+                    .with_context(context)?;
+            }
+        }
+        maps.services
+            .insert(service_key(frontend, 0), head, 0)
+            .with_context(context)?;
+        for index in wanted.slots.len()..old_slots.len() {
+            remove_if_present(maps.services.remove(&service_key(frontend, index + 1)))
+                .with_context(context)?;
+        }
+        self.frontends.insert(*frontend, wanted);
+        Ok(true)
+    }
+
+    /// Removes slot 0 first: from then on lookups miss and the slots are unreachable.
+    fn remove_frontend(&mut self, maps: &mut Maps, frontend: &Frontend) -> Result<()> {
+        let programmed = self.frontends.remove(frontend).expect("caller checked");
+        let context = || format!("remove service {} ({frontend:?})", programmed.meta.name());
+        remove_if_present(maps.services.remove(&service_key(frontend, 0))).with_context(context)?;
+        for index in 0..programmed.slots.len() {
+            remove_if_present(maps.services.remove(&service_key(frontend, index + 1)))
+                .with_context(context)?;
+        }
+        remove_if_present(maps.service_meta.remove(&programmed.service_id))
+            .with_context(context)?;
+        Ok(())
+    }
+
+    /// Ids grow monotonically (wrapping), so a conntrack entry never finds its old backend id
+    /// reused by another pod right after a removal.
+    fn allocate_backend_id(&mut self) -> u32 {
+        loop {
+            self.next_backend_id = self.next_backend_id.wrapping_add(1).max(1);
+            if !self.backends.contains_key(&self.next_backend_id) {
+                return self.next_backend_id;
+            }
+        }
+    }
+
+    fn allocate_service_id(&mut self) -> u32 {
+        let used: BTreeSet<u32> = self.frontends.values().map(|p| p.service_id).collect();
+        loop {
+            self.next_service_id = self.next_service_id.wrapping_add(1).max(1);
+            if !used.contains(&self.next_service_id) {
+                return self.next_service_id;
+            }
+        }
+    }
+
+    pub fn frontend_count(&self) -> usize {
+        self.frontends.len()
+    }
+
+    pub fn backend_count(&self) -> usize {
+        self.backends.len()
+    }
+}
+
+fn service_key(frontend: &Frontend, slot: usize) -> ServiceKey {
+    ServiceKey {
+        addr: ip_to_net(frontend.addr),
+        port: port_to_net(frontend.port),
+        slot: slot as u16,
+        proto: frontend.protocol.ip_proto(),
+        scope: 0,
+        _pad: 0,
+    }
+}
+
+fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
+    let protocol = match key.proto {
+        proxy_common::IPPROTO_TCP => Protocol::Tcp,
+        proxy_common::IPPROTO_UDP => Protocol::Udp,
+        _ => return None,
+    };
+    Some(Frontend {
+        addr: ip_from_net(key.addr),
+        port: port_from_net(key.port),
+        protocol,
+    })
+}
+
+fn backend_addr(backend: &Backend) -> BackendAddr {
+    BackendAddr {
+        addr: ip_from_net(backend.addr),
+        port: port_from_net(backend.port),
+    }
+}
+
+/// Deleting what is already gone is not an error: the goal is its absence.
+fn remove_if_present(result: Result<(), aya::maps::MapError>) -> Result<()> {
+    match result {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(err))
+            if err.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => Ok(other?),
+    }
+}
