@@ -40,15 +40,29 @@ fn main() -> Result<()> {
             cargo(&root, &["build", "--package", "proxy-user"])?;
             println!(
                 "eBPF object: {}",
-                root.join("target/bpf/bpfel-unknown-none/bpf/proxy-ebpf").display()
+                root.join("target/bpf/bpfel-unknown-none/bpf/proxy-ebpf")
+                    .display()
             );
         }
         Task::Test { args } => {
             ensure_toolchain()?;
             ensure_root("the tests load eBPF programs and create network namespaces")?;
             // The end-to-end tests run the real binaries.
-            cargo(&root, &["build", "--package", "proxy-user", "--package", "proxy-tests", "--bins"])?;
-            cargo(&root, &["test", "--package", "proxy-common", "--features", "user"])?;
+            cargo(
+                &root,
+                &[
+                    "build",
+                    "--package",
+                    "proxy-user",
+                    "--package",
+                    "proxy-tests",
+                    "--bins",
+                ],
+            )?;
+            cargo(
+                &root,
+                &["test", "--package", "proxy-common", "--features", "user"],
+            )?;
             let mut test = vec!["test", "--workspace", "--exclude", "proxy-common"];
             test.extend(args.iter().map(String::as_str));
             cargo(&root, &test)?;
@@ -59,7 +73,15 @@ fn main() -> Result<()> {
             cargo(&root, &["build", "--package", "proxy-user", "--bins"])?;
             cargo(
                 &root,
-                &["run", "--quiet", "--package", "proxy-tests", "--bin", "sluice-demo", "--"],
+                &[
+                    "run",
+                    "--quiet",
+                    "--package",
+                    "proxy-tests",
+                    "--bin",
+                    "sluice-demo",
+                    "--",
+                ],
             )?;
         }
     }
@@ -109,8 +131,20 @@ fn ensure_toolchain() -> Result<()> {
     let installed = String::from_utf8_lossy(&components.stdout);
     if !components.status.success() || !installed.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("xtask: installing nightly rust-src");
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     let linker = Command::new("bpf-linker").arg("--version").output();
     let has_linker = linker.is_ok_and(|out| {

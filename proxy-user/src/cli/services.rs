@@ -129,7 +129,10 @@ pub fn run(pin_dir: &Path, output: Output) -> Result<()> {
                     ]
                 })
                 .collect();
-            print_table(&["SERVICE", "TYPE", "FRONTEND", "PROTO", "BACKENDS"], &table);
+            print_table(
+                &["SERVICE", "TYPE", "FRONTEND", "PROTO", "BACKENDS"],
+                &table,
+            );
         }
     }
     Ok(())

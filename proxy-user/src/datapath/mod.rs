@@ -132,9 +132,16 @@ fn fs_magic(path: &Path) -> Result<i64> {
     let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: c_path is NUL-terminated and buf is a valid statfs.
     if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } != 0 {
-        bail!("statfs {}: {}", path.display(), std::io::Error::last_os_error());
+        bail!(
+            "statfs {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
     }
-    #[allow(clippy::useless_conversion, reason = "f_type's width differs between targets")]
+    #[allow(
+        clippy::useless_conversion,
+        reason = "f_type's width differs between targets"
+    )]
     Ok(i64::from(buf.f_type))
 }
 
@@ -153,12 +160,19 @@ fn attach_socket_programs(
         program_names::GETPEERNAME4,
     ] {
         let program: &mut CgroupSockAddr = program(ebpf, name)?.try_into()?;
-        program.load().with_context(|| format!("load program {name}"))?;
+        program
+            .load()
+            .with_context(|| format!("load program {name}"))?;
         let link_name = format!("{name}@cgroup");
-        attach_or_replace(links_dir, &link_name, program.fd()?.try_clone()?.as_fd(), || {
-            let id = program.attach(&cgroup_file, CgroupAttachMode::AllowMultiple)?;
-            Ok(program.take_link(id)?.try_into()?)
-        })
+        attach_or_replace(
+            links_dir,
+            &link_name,
+            program.fd()?.try_clone()?.as_fd(),
+            || {
+                let id = program.attach(&cgroup_file, CgroupAttachMode::AllowMultiple)?;
+                Ok(program.take_link(id)?.try_into()?)
+            },
+        )
         .with_context(|| format!("attach {name} to cgroup {}", cgroup.display()))?;
         pinned.insert(link_name);
     }
@@ -175,10 +189,15 @@ fn attach_iface_programs(
     let xdp: &mut Xdp = program(ebpf, name)?.try_into()?;
     xdp.load().with_context(|| format!("load program {name}"))?;
     let link_name = format!("{name}@{iface}");
-    attach_or_replace(links_dir, &link_name, xdp.fd()?.try_clone()?.as_fd(), || {
-        let id = xdp.attach(iface, XdpMode::default())?;
-        Ok(xdp.take_link(id)?.try_into()?)
-    })
+    attach_or_replace(
+        links_dir,
+        &link_name,
+        xdp.fd()?.try_clone()?.as_fd(),
+        || {
+            let id = xdp.attach(iface, XdpMode::default())?;
+            Ok(xdp.take_link(id)?.try_into()?)
+        },
+    )
     .with_context(|| format!("attach XDP to {iface} (--iface)"))?;
     pinned.insert(link_name);
 
@@ -273,7 +292,8 @@ fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<()> {
         } else {
             0
         };
-        maps.node_addrs.insert(ip_to_net(*ip), NodeAddr { flags }, 0)?;
+        maps.node_addrs
+            .insert(ip_to_net(*ip), NodeAddr { flags }, 0)?;
     }
 
     let xdp_tx = match opts.xdp_tx {

@@ -26,7 +26,9 @@ pub fn ipv4_addresses() -> io::Result<Vec<(String, Ipv4Addr)>> {
         let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
         let addr = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
         // SAFETY: ifa_name is a NUL-terminated interface name.
-        let name = unsafe { CStr::from_ptr(entry.ifa_name) }.to_string_lossy().into_owned();
+        let name = unsafe { CStr::from_ptr(entry.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
         found.push((name, addr));
     }
     // SAFETY: head came from getifaddrs and is freed once.
@@ -65,7 +67,11 @@ pub fn driver_name(iface: &str) -> io::Result<String> {
     info.cmd = ETHTOOL_GDRVINFO;
     // SAFETY: as above.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes().take(libc::IFNAMSIZ - 1)) {
+    for (dst, src) in req
+        .ifr_name
+        .iter_mut()
+        .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
+    {
         *dst = src as libc::c_char;
     }
     req.ifr_ifru.ifru_data = (&mut info as *mut EthtoolDrvinfo).cast();
@@ -77,6 +83,10 @@ pub fn driver_name(iface: &str) -> io::Result<String> {
     if ret < 0 {
         return Err(err);
     }
-    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
+    let end = info
+        .driver
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(info.driver.len());
     Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }

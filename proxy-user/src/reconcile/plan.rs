@@ -206,14 +206,20 @@ mod tests {
         let (frontend, planned) = plan.frontends.iter().next().unwrap();
         assert_eq!(frontend.addr, Ipv4Addr::new(198, 19, 0, 10));
         assert_eq!(planned.name, "default/web:http");
-        assert_eq!(plan.backends.values().copied().collect::<Vec<_>>(), [BACKEND_F_LOCAL]);
+        assert_eq!(
+            plan.backends.values().copied().collect::<Vec<_>>(),
+            [BACKEND_F_LOCAL]
+        );
     }
 
     #[test]
     fn node_port_adds_a_wildcard_frontend_and_marks_remote_backends() {
         let desired = service(
             ServiceType::NodePort,
-            vec![endpoint(10, "node1", true, false), endpoint(11, "node2", true, false)],
+            vec![
+                endpoint(10, "node1", true, false),
+                endpoint(11, "node2", true, false),
+            ],
         );
         let plan = Plan::build(&desired, "node2");
         let node_port = Frontend {
@@ -232,14 +238,20 @@ mod tests {
     fn terminating_endpoints_serve_only_when_none_is_ready() {
         let desired = service(
             ServiceType::ClusterIP,
-            vec![endpoint(10, "node1", true, false), endpoint(11, "node1", false, true)],
+            vec![
+                endpoint(10, "node1", true, false),
+                endpoint(11, "node1", false, true),
+            ],
         );
         let plan = Plan::build(&desired, "node1");
         assert_eq!(plan.frontends.values().next().unwrap().backends.len(), 1);
 
         let desired = service(
             ServiceType::ClusterIP,
-            vec![endpoint(10, "node1", false, false), endpoint(11, "node1", false, true)],
+            vec![
+                endpoint(10, "node1", false, false),
+                endpoint(11, "node1", false, true),
+            ],
         );
         let plan = Plan::build(&desired, "node1");
         let backends = &plan.frontends.values().next().unwrap().backends;
