@@ -1,1 +1,27 @@
+//! Sluice's netns test harness: namespaces, cgroups, bpffs, a two-node cluster and its workloads.
+//!
+//! Everything here creates its own uniquely named resources (see [`unique`]) and removes them
+//! in `Drop`, so tests can run in parallel and clean up even when they panic. Build the
+//! cluster with [`Cluster::new`], start the echo servers with [`Cluster::start_pods`], send
+//! traffic with [`Cluster::request`], and run the daemon with [`SluiceDaemon::start`].
 
+pub mod bins;
+pub mod bpffs;
+pub mod cgroup;
+pub mod echo;
+pub mod netns;
+pub mod process;
+pub mod sluice;
+pub mod tempdir;
+pub mod topology;
+pub mod unique;
+pub mod wait;
+pub mod workload;
+pub mod xdp_pass;
+
+pub use echo::{Proto, Reply};
+pub use process::{Child, Finished};
+pub use sluice::SluiceDaemon;
+pub use topology::{CLIENT_IP, Cluster, Host, Node, Pod, SERVICE_CIDR};
+pub use wait::{wait_for, wait_until};
+pub use workload::{HeldConn, Place, TCP_PORTS, UDP_PORTS};

@@ -1,0 +1,354 @@
+//! netns-echo: tiny TCP/UDP servers that answer with their name, and the matching clients.
+//!
+//! ```text
+//! netns-echo serve --name NAME [--tcp PORT[,PORT..]] [--udp PORT[,PORT..]]
+//! netns-echo request tcp|udp|udp-connected ADDR:PORT [--count N] [--timeout-ms T]
+//! netns-echo hold ADDR:PORT [--timeout-ms T]
+//! ```
+//!
+//! `serve` binds 0.0.0.0 on every port, prints `ready`, then answers every TCP connection
+//! and every UDP datagram with `NAME PEER LOCAL` (the client address it saw and its own).
+//! A TCP client that sends `hold` keeps its connection, and each further line gets the
+//! same answer. A plain TCP connection is closed once the client closes or stays silent.
+//!
+//! `request` makes N fresh connections/datagrams, one socket each, and prints per answer
+//! `NAME PEER LOCAL REMOTE` (REMOTE: where the client saw the answer come from) or
+//! `error: KIND: message`, KIND one of refused, timeout, reset, unreachable, eof, other.
+//!
+//! `hold` opens one TCP connection, prints the greeting and the `hold` acknowledgement, then
+//! for each stdin line sends it and prints the answer; it exits on stdin EOF or on error.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+/// A plain TCP client reads the answer and closes; clients that send nothing (nc, curl)
+/// get the connection closed after this long.
+const FIRST_LINE_WAIT: Duration = Duration::from_secs(2);
+
+const USAGE: &str = "usage:
+  netns-echo serve --name NAME [--tcp PORT[,PORT..]] [--udp PORT[,PORT..]]
+  netns-echo request tcp|udp|udp-connected ADDR:PORT [--count N] [--timeout-ms T]
+  netns-echo hold ADDR:PORT [--timeout-ms T]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("netns-echo: {msg}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<ExitCode, String> {
+    let Some((mode, rest)) = args.split_first() else {
+        return Err("missing mode".into());
+    };
+    match mode.as_str() {
+        "serve" => {
+            let opts = Opts::parse(rest, &["--name", "--tcp", "--udp"])?;
+            let name = opts.value("--name").ok_or("serve needs --name")?;
+            serve(
+                name,
+                &ports(opts.value("--tcp"))?,
+                &ports(opts.value("--udp"))?,
+            )
+        }
+        "request" => {
+            let opts = Opts::parse(rest, &["--count", "--timeout-ms"])?;
+            let [proto, addr] = opts.positional[..] else {
+                return Err("request needs PROTO and ADDR:PORT".into());
+            };
+            let count = opts.number("--count", 1)?;
+            let timeout = Duration::from_millis(opts.number("--timeout-ms", 1000)?);
+            request(proto, resolve(addr)?, count, timeout)
+        }
+        "hold" => {
+            let opts = Opts::parse(rest, &["--timeout-ms"])?;
+            let [addr] = opts.positional[..] else {
+                return Err("hold needs ADDR:PORT".into());
+            };
+            let timeout = Duration::from_millis(opts.number("--timeout-ms", 2000)?);
+            Ok(hold(resolve(addr)?, timeout))
+        }
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(format!("unknown mode {other:?}")),
+    }
+}
+
+/// `--flag value` options and positional arguments.
+struct Opts<'a> {
+    flags: Vec<(&'a str, &'a str)>,
+    positional: Vec<&'a str>,
+}
+
+impl<'a> Opts<'a> {
+    fn parse(args: &'a [String], known: &[&str]) -> Result<Opts<'a>, String> {
+        let mut opts = Opts {
+            flags: Vec::new(),
+            positional: Vec::new(),
+        };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            if arg.starts_with("--") {
+                if !known.contains(&arg.as_str()) {
+                    return Err(format!("unknown option {arg}"));
+                }
+                let value = it.next().ok_or_else(|| format!("{arg} needs a value"))?;
+                opts.flags.push((arg, value));
+            } else {
+                opts.positional.push(arg);
+            }
+        }
+        Ok(opts)
+    }
+
+    fn value(&self, flag: &str) -> Option<&'a str> {
+        self.flags
+            .iter()
+            .rev()
+            .find(|(f, _)| *f == flag)
+            .map(|(_, v)| *v)
+    }
+
+    fn number<T: std::str::FromStr>(&self, flag: &str, default: T) -> Result<T, String> {
+        match self.value(flag) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| format!("{flag}: bad number {v:?}")),
+        }
+    }
+}
+
+fn ports(list: Option<&str>) -> Result<Vec<u16>, String> {
+    let Some(list) = list else {
+        return Ok(Vec::new());
+    };
+    list.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().map_err(|_| format!("bad port {p:?}")))
+        .collect()
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    addr.to_socket_addrs()
+        .map_err(|e| format!("bad address {addr:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("bad address {addr:?}"))
+}
+
+// ---- server ----
+
+fn serve(name: &str, tcp: &[u16], udp: &[u16]) -> Result<ExitCode, String> {
+    if tcp.is_empty() && udp.is_empty() {
+        return Err("serve needs --tcp or --udp ports".into());
+    }
+    // Bind everything before saying `ready`, so a test never races the server.
+    let listeners = tcp
+        .iter()
+        .map(|&p| TcpListener::bind((Ipv4Addr::UNSPECIFIED, p)).map_err(|e| (p, e)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|(p, e)| format!("binding tcp port {p}: {e}"))?;
+    let sockets = udp
+        .iter()
+        .map(|&p| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, p)).map_err(|e| (p, e)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|(p, e)| format!("binding udp port {p}: {e}"))?;
+    println!("ready");
+    let _ = io::stdout().flush();
+
+    let name: Arc<str> = name.into();
+    let mut threads = Vec::new();
+    for listener in listeners {
+        let name = name.clone();
+        threads.push(thread::spawn(move || accept_loop(listener, name)));
+    }
+    for socket in sockets {
+        let name = name.clone();
+        threads.push(thread::spawn(move || udp_loop(socket, name)));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn accept_loop(listener: TcpListener, name: Arc<str>) {
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                let name = name.clone();
+                thread::spawn(move || {
+                    if let Err(e) = tcp_session(&stream, &name) {
+                        // Timeouts and resets are how plain sessions usually end.
+                        if !matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock
+                                | io::ErrorKind::TimedOut
+                                | io::ErrorKind::ConnectionReset
+                                | io::ErrorKind::BrokenPipe
+                        ) {
+                            eprintln!("netns-echo: tcp session: {e}");
+                        }
+                    }
+                });
+            }
+            Err(e) => eprintln!("netns-echo: accept: {e}"),
+        }
+    }
+}
+
+fn tcp_session(stream: &TcpStream, name: &str) -> io::Result<()> {
+    let answer = format!("{name} {} {}\n", stream.peer_addr()?, stream.local_addr()?);
+    stream.set_nodelay(true)?;
+    let mut writer = stream;
+    writer.write_all(answer.as_bytes())?;
+    stream.set_read_timeout(Some(FIRST_LINE_WAIT))?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 || line.trim() != "hold" {
+        return Ok(());
+    }
+    // Long-lived connection: answer the `hold` and every later line until the client closes.
+    stream.set_read_timeout(None)?;
+    loop {
+        writer.write_all(answer.as_bytes())?;
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+fn udp_loop(socket: UdpSocket, name: Arc<str>) {
+    let local = match socket.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("netns-echo: udp local_addr: {e}");
+            return;
+        }
+    };
+    let mut buf = [0u8; 2048];
+    loop {
+        match socket.recv_from(&mut buf) {
+            Ok((_, peer)) => {
+                let answer = format!("{name} {peer} {local}\n");
+                if let Err(e) = socket.send_to(answer.as_bytes(), peer) {
+                    eprintln!("netns-echo: udp reply to {peer}: {e}");
+                }
+            }
+            Err(e) => eprintln!("netns-echo: udp recv: {e}"),
+        }
+    }
+}
+
+// ---- clients ----
+
+/// `KIND: message`, KIND a stable word tests can match on.
+fn describe(e: &io::Error) -> String {
+    let kind = match e.kind() {
+        io::ErrorKind::ConnectionRefused => "refused",
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "timeout",
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => "reset",
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => "unreachable",
+        io::ErrorKind::UnexpectedEof => "eof",
+        _ => "other",
+    };
+    format!("{kind}: {e}")
+}
+
+fn request(
+    proto: &str,
+    addr: SocketAddr,
+    count: u32,
+    timeout: Duration,
+) -> Result<ExitCode, String> {
+    let once: fn(SocketAddr, Duration) -> io::Result<String> = match proto {
+        "tcp" => tcp_once,
+        "udp" => |a, t| udp_once(a, t, false),
+        "udp-connected" => |a, t| udp_once(a, t, true),
+        other => return Err(format!("unknown protocol {other:?}")),
+    };
+    for _ in 0..count {
+        match once(addr, timeout) {
+            Ok(line) => println!("{line}"),
+            Err(e) => println!("error: {}", describe(&e)),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_answer(reader: &mut impl BufRead) -> io::Result<String> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed before an answer",
+        ));
+    }
+    Ok(line.trim_end().to_owned())
+}
+
+fn tcp_once(addr: SocketAddr, timeout: Duration) -> io::Result<String> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let remote = stream.peer_addr()?;
+    let answer = read_answer(&mut BufReader::new(&stream))?;
+    Ok(format!("{answer} {remote}"))
+}
+
+fn udp_once(addr: SocketAddr, timeout: Duration, connect: bool) -> io::Result<String> {
+    let socket = if addr.is_ipv4() {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?
+    } else {
+        UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?
+    };
+    socket.set_read_timeout(Some(timeout))?;
+    let mut buf = [0u8; 2048];
+    let (n, from) = if connect {
+        socket.connect(addr)?;
+        socket.send(b"ping\n")?;
+        let n = socket.recv(&mut buf)?;
+        (n, socket.peer_addr()?)
+    } else {
+        socket.send_to(b"ping\n", addr)?;
+        socket.recv_from(&mut buf)?
+    };
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    Ok(format!("{} {from}", answer.trim_end()))
+}
+
+fn hold(addr: SocketAddr, timeout: Duration) -> ExitCode {
+    match hold_session(addr, timeout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            println!("error: {}", describe(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn hold_session(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let remote = stream.peer_addr()?;
+    let mut reader = BufReader::new(&stream);
+    let mut writer = &stream;
+    println!("{} {remote}", read_answer(&mut reader)?);
+    writer.write_all(b"hold\n")?;
+    println!("{} {remote}", read_answer(&mut reader)?);
+    for line in io::stdin().lock().lines() {
+        let line = line?;
+        writer.write_all(format!("{}\n", line.trim_end()).as_bytes())?;
+        println!("{} {remote}", read_answer(&mut reader)?);
+    }
+    Ok(())
+}

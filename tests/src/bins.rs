@@ -1,0 +1,51 @@
+//! Where the binaries under test live: an env override, else the test executable's target dir.
+
+use anyhow::{Result, bail};
+use std::path::PathBuf;
+
+/// `target/<profile>` derived from the running test executable
+/// (`target/debug/deps/harness-1234` → `target/debug`).
+pub fn target_profile_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let Some(dir) = exe.parent() else {
+        bail!("test executable {} has no parent dir", exe.display());
+    };
+    // Integration tests live in `deps/`; binaries one level up.
+    if dir.file_name().is_some_and(|n| n == "deps")
+        && let Some(up) = dir.parent()
+    {
+        return Ok(up.to_path_buf());
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// `$env_var` if set, else `<target-dir>/<profile>/<name>`. Does not check that it exists.
+pub fn binary_path(env_var: &str, name: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env_var) {
+        return Ok(PathBuf::from(path));
+    }
+    Ok(target_profile_dir()?.join(name))
+}
+
+/// Like [`binary_path`], but fails with a hint on how to build it when it is missing.
+pub fn existing_binary(env_var: &str, name: &str, package: &str) -> Result<PathBuf> {
+    let path = binary_path(env_var, name)?;
+    if !path.is_file() {
+        bail!(
+            "{name} not found at {}: build it with `cargo build -p {package}` (same profile as \
+             the tests) or point {env_var} at it",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The `netns-echo` helper of this crate (cargo builds it for integration tests).
+pub fn echo_bin() -> Result<PathBuf> {
+    existing_binary("NETNS_ECHO_BIN", "netns-echo", "proxy-tests")
+}
+
+/// The `sluice` daemon binary.
+pub fn sluice_bin() -> Result<PathBuf> {
+    existing_binary("SLUICE_BIN", "sluice", "proxy-user")
+}

@@ -1,0 +1,424 @@
+//! Self-test of the netns harness (no sluice needed): wiring, echo servers, daemon plumbing,
+//! and that everything is gone after drop.
+
+use proxy_tests::sluice::DaemonConfig;
+use proxy_tests::{
+    CLIENT_IP, Cluster, Place, Proto, SluiceDaemon, TCP_PORTS, UDP_PORTS, wait_until,
+};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// What a cluster made, to check it is all gone after drop.
+struct Footprint {
+    prefix: String,
+    netns: Vec<String>,
+    dirs: Vec<PathBuf>,
+    bpffs: PathBuf,
+}
+
+impl Footprint {
+    fn of(cluster: &Cluster) -> Footprint {
+        Footprint {
+            prefix: cluster.prefix().to_owned(),
+            netns: cluster.netns_names(),
+            dirs: vec![
+                cluster.cgroup_root().to_owned(),
+                cluster.bpffs_dir().to_owned(),
+                cluster.state_root().to_owned(),
+            ],
+            bpffs: cluster.bpffs_dir().to_owned(),
+        }
+    }
+
+    fn assert_present(&self) {
+        let listed = netns_list();
+        for ns in &self.netns {
+            assert!(
+                listed.contains(ns),
+                "netns {ns} missing from `ip netns list`"
+            );
+        }
+        for dir in &self.dirs {
+            assert!(dir.is_dir(), "{} missing", dir.display());
+        }
+        assert!(
+            mounted(&self.bpffs),
+            "bpffs not mounted at {}",
+            self.bpffs.display()
+        );
+    }
+
+    fn assert_gone(&self) {
+        let listed = netns_list();
+        let prefix = format!("{}-", self.prefix);
+        let left: Vec<&String> = listed.iter().filter(|n| n.starts_with(&prefix)).collect();
+        assert!(left.is_empty(), "namespaces left behind: {left:?}");
+        for ns in &self.netns {
+            assert!(
+                !Path::new("/run/netns").join(ns).exists(),
+                "/run/netns/{ns} left behind"
+            );
+        }
+        for dir in &self.dirs {
+            assert!(!dir.exists(), "{} left behind", dir.display());
+        }
+        assert!(
+            !mounted(&self.bpffs),
+            "bpffs still mounted at {}",
+            self.bpffs.display()
+        );
+    }
+}
+
+fn netns_list() -> Vec<String> {
+    proxy_tests::netns::ip(&["netns", "list"])
+        .expect("ip netns list")
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+fn mounted(dir: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("reading mounts");
+    let dir = dir.to_str().unwrap();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(dir))
+}
+
+fn ip_of(addr: SocketAddr) -> IpAddr {
+    addr.ip()
+}
+
+#[test]
+fn cluster_wiring_echo_servers_and_cleanup() {
+    let mut cluster = Cluster::new();
+    let footprint = Footprint::of(&cluster);
+    footprint.assert_present();
+    cluster.start_pods();
+
+    // Every server lives in its node's cgroup.
+    for pod in cluster.pods() {
+        let pid = cluster.pod_server_pid(&pod.name).expect("server running") as i32;
+        let members = proxy_tests::cgroup::procs(&cluster.node(&pod.node).cgroup).unwrap();
+        assert!(
+            members.contains(&pid),
+            "{}'s server {pid} not in {} cgroup",
+            pod.name,
+            pod.node
+        );
+    }
+
+    // Client → every pod directly, TCP and UDP, every port: the right pod answers, on the
+    // port asked, and it saw the client's own address.
+    for pod in cluster.pods() {
+        for (proto, ports) in [
+            (Proto::Tcp, &TCP_PORTS),
+            (Proto::Udp, &UDP_PORTS),
+            (Proto::UdpConnected, &UDP_PORTS),
+        ] {
+            for &port in ports {
+                let answers =
+                    cluster.request_detailed(Place::Client, proto, pod.ip, port, 3, TIMEOUT);
+                for answer in answers {
+                    let reply = answer
+                        .unwrap_or_else(|e| panic!("client -> {} {proto} {port}: {e}", pod.name));
+                    assert_eq!(reply.name, pod.name);
+                    assert_eq!(ip_of(reply.peer), IpAddr::from(CLIENT_IP));
+                    assert_eq!(reply.local.port(), port);
+                    assert_eq!(reply.remote, SocketAddr::new(pod.ip.into(), port));
+                }
+            }
+        }
+    }
+
+    // The short form returns pod names.
+    let pod_2a = cluster.pod("pod-2a").ip;
+    assert_eq!(
+        cluster.request(Place::Client, Proto::Tcp, pod_2a, 80, 2),
+        vec![Ok("pod-2a".to_owned()), Ok("pod-2a".to_owned())]
+    );
+
+    // Pod → pod across nodes, both protocols: the backend sees the pod's address.
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let port = if proto == Proto::Tcp { 80 } else { 53 };
+        let answers =
+            cluster.request_detailed(Place::Pod("pod-1a"), proto, pod_2a, port, 2, TIMEOUT);
+        for answer in answers {
+            let reply = answer.unwrap_or_else(|e| panic!("pod-1a -> pod-2a {proto}: {e}"));
+            assert_eq!(reply.name, "pod-2a");
+            assert_eq!(ip_of(reply.peer), IpAddr::from(cluster.pod("pod-1a").ip));
+        }
+    }
+
+    // Pod → pod on the same node, and node → its own pod (from the node's address).
+    let pod_1b = cluster.pod("pod-1b").ip;
+    let reply = cluster.request_detailed(Place::Pod("pod-1a"), Proto::Tcp, pod_1b, 80, 1, TIMEOUT);
+    assert_eq!(reply[0].as_ref().unwrap().name, "pod-1b");
+    let reply =
+        cluster.request_detailed(Place::Node("node1"), Proto::Tcp, pod_1b, 8080, 1, TIMEOUT);
+    let reply = reply[0].as_ref().unwrap();
+    assert_eq!(reply.name, "pod-1b");
+    assert_eq!(ip_of(reply.peer), IpAddr::from(cluster.node("node1").ip));
+    // Node → a pod on the other node.
+    let reply = cluster.request_detailed(Place::Node("node2"), Proto::Udp, pod_1b, 53, 1, TIMEOUT);
+    let reply = reply[0].as_ref().unwrap();
+    assert_eq!(reply.name, "pod-1b");
+    assert_eq!(ip_of(reply.peer), IpAddr::from(cluster.node("node2").ip));
+
+    // Errors come back as values: a closed TCP port refuses, a closed UDP port times out
+    // (unconnected) or is refused (connected, via ICMP).
+    let pod_1a = cluster.pod("pod-1a").ip;
+    let refused = cluster.request(Place::Client, Proto::Tcp, pod_1a, 81, 1);
+    assert!(
+        refused[0].as_ref().is_err_and(|e| e.starts_with("refused")),
+        "{refused:?}"
+    );
+    let timeout = cluster.request_detailed(Place::Client, Proto::Udp, pod_1a, 54, 1, TIMEOUT / 3);
+    assert!(
+        timeout[0].as_ref().is_err_and(|e| e.starts_with("timeout")),
+        "{timeout:?}"
+    );
+    let refused = cluster.request(Place::Client, Proto::UdpConnected, pod_1a, 54, 1);
+    assert!(
+        refused[0].as_ref().is_err_and(|e| e.starts_with("refused")),
+        "{refused:?}"
+    );
+
+    // A held connection survives other traffic and answers each ping; it breaks when its
+    // server goes away.
+    let mut held = cluster
+        .hold(Place::Client, pod_2a, 80)
+        .expect("hold to pod-2a");
+    assert_eq!(held.greeting().name, "pod-2a");
+    for _ in 0..3 {
+        assert_eq!(
+            held.ping().expect("ping over held connection").name,
+            "pod-2a"
+        );
+    }
+    assert!(
+        cluster
+            .hold(Place::Client, pod_2a, 81)
+            .is_err_and(|e| e.starts_with("refused"))
+    );
+    cluster.stop_pod("pod-2a");
+    let broken = held.ping();
+    assert!(
+        broken.is_err(),
+        "held connection still answers after its server died: {broken:?}"
+    );
+    drop(held);
+    // And the pod is reachable again once restarted.
+    cluster.start_pod("pod-2a", &TCP_PORTS, &UDP_PORTS);
+    assert_eq!(
+        cluster.request(Place::Client, Proto::Tcp, pod_2a, 80, 1),
+        vec![Ok("pod-2a".to_owned())]
+    );
+
+    // Nodes forward but do not send redirects; the client routes the Service CIDR via node1.
+    let node1 = &cluster.node("node1").netns;
+    assert_eq!(node1.read_sysctl("net.ipv4.ip_forward").unwrap(), "1");
+    assert_eq!(
+        node1
+            .read_sysctl("net.ipv4.conf.eth0.send_redirects")
+            .unwrap(),
+        "0"
+    );
+    let route = cluster
+        .client()
+        .netns
+        .ip(&["route", "get", "198.19.0.1"])
+        .unwrap();
+    assert!(route.contains("via 198.18.0.11"), "{route}");
+
+    let node_pids: Vec<i32> = cluster
+        .pods()
+        .iter()
+        .map(|p| cluster.pod_server_pid(&p.name).unwrap() as i32)
+        .collect();
+    drop(cluster);
+    footprint.assert_gone();
+    for pid in node_pids {
+        // SAFETY: kill with signal 0 only checks existence.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        assert!(!alive, "echo server {pid} survived the cluster");
+    }
+}
+
+#[test]
+fn underlay_xdp_pass_keeps_traffic_flowing() {
+    let mut cluster = Cluster::new();
+    cluster.start_pods();
+    assert_eq!(
+        cluster.underlay_node_ports(),
+        vec![("node1", "u-node1"), ("node2", "u-node2")]
+    );
+    cluster
+        .attach_underlay_xdp_pass()
+        .expect("attaching XDP_PASS");
+    cluster
+        .attach_underlay_xdp_pass()
+        .expect("attaching again is fine");
+    for (_, port) in cluster.underlay_node_ports() {
+        let link = cluster
+            .underlay()
+            .ip(&["-d", "link", "show", "dev", port])
+            .unwrap();
+        assert!(link.contains("xdp"), "no XDP on {port}: {link}");
+    }
+    let pod_2a = cluster.pod("pod-2a").ip;
+    assert_eq!(
+        cluster.request(Place::Client, Proto::Tcp, pod_2a, 80, 3),
+        vec![Ok("pod-2a".to_owned()); 3]
+    );
+    cluster.detach_underlay_xdp().expect("detaching");
+    for (_, port) in cluster.underlay_node_ports() {
+        let link = cluster
+            .underlay()
+            .ip(&["-d", "link", "show", "dev", port])
+            .unwrap();
+        assert!(!link.contains("prog/xdp"), "XDP still on {port}: {link}");
+    }
+}
+
+#[test]
+fn cleanup_happens_when_a_test_panics() {
+    let footprint = std::sync::Mutex::new(None);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut cluster = Cluster::new();
+        cluster.start_pods();
+        *footprint.lock().unwrap() = Some(Footprint::of(&cluster));
+        panic!("deliberate failure with a live cluster");
+    }));
+    assert!(result.is_err());
+    footprint
+        .into_inner()
+        .unwrap()
+        .expect("cluster was built")
+        .assert_gone();
+}
+
+/// A stand-in for `sluice` with the same lifecycle: logs to stderr, prints the ready line,
+/// then waits for a signal. `services` prints JSON.
+const FAKE_SLUICE: &str = r#"#!/bin/sh
+if [ "$1" = services ]; then
+  echo "[{\"args\": \"$*\"}]"
+  exit 0
+fi
+echo "args: $*" >&2
+ip -o -4 addr show dev eth0 >&2
+echo "syncing"
+[ -n "$FAKE_NEVER_READY" ] && exec sleep 1000
+[ -n "$FAKE_DIE" ] && { echo "fatal: bad manifests" >&2; exit 3; }
+echo "sluice ready: 0 services"
+exec sleep 1000
+"#;
+
+/// Writes an executable script through a child process: if this process held it open for
+/// writing, a concurrent test's fork could inherit that fd and make exec fail with ETXTBSY.
+fn write_script(path: PathBuf, text: &str) -> PathBuf {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "cat > \"$0\" && chmod 755 \"$0\""])
+        .arg(&path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning sh");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "writing {}",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn daemon_plumbing_with_a_fake_sluice() {
+    let cluster = Cluster::new();
+    let manifests = cluster.state_root().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    let mut config = DaemonConfig::new(
+        &cluster,
+        "node2",
+        &manifests,
+        &["--service-cidr", "198.19.0.0/16"],
+    );
+    config.bin = write_script(cluster.state_root().join("fake-sluice"), FAKE_SLUICE);
+
+    let mut daemon = SluiceDaemon::launch(config.clone()).expect("fake daemon starts");
+    assert_eq!(daemon.ready_line(), "sluice ready: 0 services");
+    // stderr is drained on its own thread: it may lag behind the ready line on stdout.
+    wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+        daemon.stderr().contains("inet ")
+    });
+    let stderr = daemon.stderr();
+    // It runs in node2's netns with the standard command line.
+    assert!(stderr.contains("inet 198.18.0.12/24"), "{stderr}");
+    let node2 = cluster.node("node2");
+    for expected in [
+        format!(
+            "--node-name node2 --node-ip 198.18.0.12 --cgroup {}",
+            node2.cgroup.display()
+        ),
+        format!("--pin-dir {}", node2.pin_dir.display()),
+        format!("--state-dir {}", node2.state_dir.display()),
+        "--iface eth0".to_owned(),
+        "--service-cidr 198.19.0.0/16".to_owned(),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in {stderr}"
+        );
+    }
+    assert!(node2.pin_dir.starts_with(cluster.bpffs_dir()));
+
+    let services = daemon.services_json();
+    let args = services[0]["args"].as_str().unwrap();
+    assert!(args.starts_with("services -o json --pin-dir "), "{args}");
+
+    let first = daemon.pid().unwrap();
+    daemon.restart();
+    let second = daemon.pid().unwrap();
+    assert_ne!(first, second);
+    daemon.kill();
+    assert!(!daemon.is_running());
+    daemon.start_again();
+    assert!(daemon.is_running());
+    let status = daemon.stop();
+    assert!(!status.success(), "sleep dies of SIGTERM: {status}");
+
+    // Failures are reported with the daemon's output.
+    let mut never = config.clone();
+    never.ready_timeout = Duration::from_millis(300);
+    never.env.push(("FAKE_NEVER_READY".into(), "1".into()));
+    let err = format!(
+        "{:#}",
+        SluiceDaemon::launch(never).err().expect("never ready")
+    );
+    assert!(err.contains("did not print the expected line"), "{err}");
+    assert!(err.contains("inet 198.18.0.12"), "{err}");
+
+    let mut dies = config.clone();
+    dies.env.push(("FAKE_DIE".into(), "1".into()));
+    let err = format!("{:#}", SluiceDaemon::launch(dies).err().expect("dies"));
+    assert!(err.contains("fatal: bad manifests"), "{err}");
+    assert!(err.contains("exit status: 3"), "{err}");
+
+    let mut missing = config;
+    missing.bin = cluster.state_root().join("no-such-sluice");
+    let err = format!(
+        "{:#}",
+        SluiceDaemon::launch(missing).err().expect("missing binary")
+    );
+    assert!(err.contains("cargo build -p proxy-user"), "{err}");
+}
