@@ -1,5 +1,6 @@
 //! Sluice's daemon and CLI as a library, so the tests drive the same code the binary runs.
 
+pub mod manifest;
 pub mod model;
 
 /// The eBPF object built from `proxy-ebpf`, embedded so one binary is all a node needs.

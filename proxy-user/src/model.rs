@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 
+use ipnet::Ipv4Net;
 use serde::Serialize;
 
 /// Layer-4 protocol of a service port.
@@ -69,6 +70,24 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     /// Why the service is not programmed, when it is not (shown by `sluice services`).
     pub skip_reason: Option<String>,
+    /// `sessionAffinity: ClientIP` timeout in seconds; `None` when affinity is off.
+    pub affinity_timeout: Option<u32>,
+    /// `spec.externalTrafficPolicy`: for NodePort, LoadBalancer and external IPs.
+    pub external_traffic_policy: TrafficPolicy,
+    /// `spec.internalTrafficPolicy`: for the cluster IP.
+    pub internal_traffic_policy: TrafficPolicy,
+    /// `spec.loadBalancerSourceRanges`: clients allowed on LoadBalancer IPs (empty: all).
+    pub load_balancer_source_ranges: Vec<Ipv4Net>,
+}
+
+/// `externalTrafficPolicy` / `internalTrafficPolicy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum TrafficPolicy {
+    /// Any ready endpoint in the cluster.
+    #[default]
+    Cluster,
+    /// Only endpoints on this node.
+    Local,
 }
 
 /// One `spec.ports[]` entry with the endpoints that serve it.
