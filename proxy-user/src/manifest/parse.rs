@@ -206,7 +206,7 @@ fn parse_object(
     });
     let Some(known) = Kind::from_kind(kind) else {
         let message = format!(
-            "kind {kind} is ignored: sluice reads Service, EndpointSlice, Endpoints, Pod and List"
+            "{kind} is ignored: sluice reads Service, EndpointSlice, Endpoints, Pod and List"
         );
         parsed
             .problems

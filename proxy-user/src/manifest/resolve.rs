@@ -276,7 +276,7 @@ fn note_missing_endpoints(
     match source {
         Source::Nothing => p.note(
             "spec.selector",
-            "is empty and no EndpointSlice or Endpoints belongs to this Service: it has no \
+            "is not set and no EndpointSlice or Endpoints belongs to this Service: it has no \
              endpoints (connections are refused)",
         ),
         Source::Pods(pods) if pods.is_empty() => p.note(
