@@ -61,22 +61,33 @@ pub(crate) fn parse_file(path: &Path, text: &str, options: &ManifestOptions) -> 
     parsed
 }
 
-/// The documents of a YAML stream. A syntax error ends the list: what follows it cannot be
-/// told apart reliably.
+/// The documents of a YAML stream. A document-level error (a duplicate key) spoils that
+/// document only; a syntax error ends the list, as what follows it cannot be told apart
+/// reliably (libyaml then repeats the same error for every further document).
 fn yaml_documents(text: &str) -> Vec<Result<Value, String>> {
+    /// Far more than any manifest; a guard against a parser that never ends.
+    const MAX_DOCUMENTS: usize = 100_000;
     let mut documents = Vec::new();
-    for deserializer in serde_yaml::Deserializer::from_str(text) {
+    let mut last_error = None;
+    for deserializer in serde_yaml::Deserializer::from_str(text).take(MAX_DOCUMENTS) {
         match Value::deserialize(deserializer) {
             Ok(mut value) => {
+                last_error = None;
                 let merged = value.apply_merge().map(|()| value);
                 documents.push(merged.map_err(|e| format!("invalid YAML merge key: {e}")));
             }
             Err(e) => {
-                documents.push(Err(format!(
-                    "invalid YAML: {e}; the documents after this one are not read until it \
-                     is fixed"
-                )));
-                break;
+                let message = e.to_string();
+                if last_error.as_ref() == Some(&message) {
+                    if let Some(Err(previous)) = documents.last_mut() {
+                        previous.push_str(
+                            "; the documents after this one are not read until it is fixed",
+                        );
+                    }
+                    break;
+                }
+                documents.push(Err(format!("invalid YAML: {message}")));
+                last_error = Some(message);
             }
         }
     }

@@ -328,9 +328,34 @@ fn a_syntax_error_names_its_document_and_keeps_those_before() {
         "{}",
         errors[0]
     );
-    assert!(errors[0].contains("line"), "names the line: {}", errors[0]);
+    assert!(
+        errors[0].contains("at line 12 column 11"),
+        "names the line: {}",
+        errors[0]
+    );
+    assert!(errors[0].ends_with("the documents after this one are not read until it is fixed"));
     let names: Vec<_> = parsed.objects.iter().map(|o| o.key.name.as_str()).collect();
     assert_eq!(names, ["a"]);
+}
+
+#[test]
+fn a_duplicate_key_spoils_only_its_document() {
+    let text = format!(
+        "{}\n---\napiVersion: v1\nkind: Service\nkind: Pod\n---\n{}",
+        svc("a", "", PORT),
+        svc("c", "", PORT)
+    );
+    let parsed = parse("t.yaml", &text);
+    let errors = only(&parsed.problems, Severity::Error);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0]
+            .starts_with("t.yaml: document 2: invalid YAML: duplicate entry with key \"kind\""),
+        "{}",
+        errors[0]
+    );
+    let names: Vec<_> = parsed.objects.iter().map(|o| o.key.name.as_str()).collect();
+    assert_eq!(names, ["a", "c"]);
 }
 
 #[test]
