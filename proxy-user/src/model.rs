@@ -65,10 +65,13 @@ pub struct Service {
     pub service_type: ServiceType,
     /// The (allocated when missing) cluster IP; `None` for headless and ExternalName.
     pub cluster_ip: Option<Ipv4Addr>,
-    /// `spec.externalIPs` and LoadBalancer ingress IPs (used by later issues).
+    /// `spec.externalIPs`, and for type LoadBalancer `spec.loadBalancerIP` and the
+    /// `status.loadBalancer.ingress` IPs; sorted, no duplicates (used by later issues).
     pub external_ips: Vec<Ipv4Addr>,
     pub ports: Vec<ServicePort>,
     /// Why the service is not programmed, when it is not (shown by `sluice services`).
+    /// A skipped service may still have a cluster IP (e.g. one labelled for another proxy):
+    /// the reconciler must check this, not `cluster_ip`.
     pub skip_reason: Option<String>,
     /// `sessionAffinity: ClientIP` timeout in seconds; `None` when affinity is off.
     pub affinity_timeout: Option<u32>,

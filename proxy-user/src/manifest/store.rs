@@ -61,6 +61,8 @@ impl FileReport {
 
 #[derive(Debug, Default)]
 struct FileEntry {
+    /// The path as last given, for messages.
+    path: PathBuf,
     objects: Vec<ParsedObject>,
     problems: Vec<ManifestError>,
 }
@@ -68,7 +70,15 @@ struct FileEntry {
 #[derive(Debug, Default)]
 pub struct ManifestStore {
     options: ManifestOptions,
+    /// By absolute path, so that `m/a.yaml` and `/srv/m/a.yaml` are one file whichever way
+    /// the watcher reports it.
     files: BTreeMap<PathBuf, FileEntry>,
+}
+
+/// The key of a file: its absolute path, symlinks not resolved (ConfigMap volumes link every
+/// file through `..data`, which changes on every update).
+fn file_key(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 impl ManifestStore {
@@ -88,12 +98,13 @@ impl ManifestStore {
     /// only when the directory itself cannot be listed.
     pub fn load_dir(&mut self, dir: &Path) -> Result<Vec<FileReport>, Box<ManifestError>> {
         let paths = list_dir(dir)?;
-        let wanted: BTreeSet<&PathBuf> = paths.iter().collect();
+        let wanted: BTreeSet<PathBuf> = paths.iter().map(|path| file_key(path)).collect();
+        let dir_key = file_key(dir);
         let gone: Vec<PathBuf> = self
             .files
-            .keys()
-            .filter(|path| path.parent() == Some(dir) && !wanted.contains(path))
-            .cloned()
+            .iter()
+            .filter(|(key, _)| key.parent() == Some(&dir_key) && !wanted.contains(*key))
+            .map(|(_, entry)| entry.path.clone())
             .collect();
         let mut reports: Vec<FileReport> = gone.iter().map(|path| self.remove_file(path)).collect();
         reports.extend(paths.iter().map(|path| self.reload_file(path)));
@@ -123,7 +134,7 @@ impl ManifestStore {
         };
         let parsed = parse_file(path, &text, &self.options);
         let has_errors = parsed.has_errors();
-        let entry = self.files.entry(path.to_path_buf()).or_default();
+        let entry = self.entry(path);
         let mut objects = parsed.objects;
         let mut kept = Vec::new();
         if has_errors {
@@ -148,7 +159,7 @@ impl ManifestStore {
 
     /// Forgets `path` and its objects.
     pub fn remove_file(&mut self, path: &Path) -> FileReport {
-        let removed = self.files.remove(path).is_some();
+        let removed = self.files.remove(&file_key(path)).is_some();
         FileReport {
             file: path.to_path_buf(),
             removed,
@@ -158,7 +169,7 @@ impl ManifestStore {
 
     /// An unreadable file: keep everything it had.
     fn keep_all(&mut self, path: &Path, problems: Vec<ManifestError>) -> FileReport {
-        let entry = self.files.entry(path.to_path_buf()).or_default();
+        let entry = self.entry(path);
         entry.problems = problems.clone();
         FileReport {
             file: path.to_path_buf(),
@@ -169,9 +180,15 @@ impl ManifestStore {
         }
     }
 
-    /// The files the store holds, in order.
+    fn entry(&mut self, path: &Path) -> &mut FileEntry {
+        let entry = self.files.entry(file_key(path)).or_default();
+        entry.path = path.to_path_buf();
+        entry
+    }
+
+    /// The files the store holds, in order, as they were last given.
     pub fn files(&self) -> impl Iterator<Item = &Path> {
-        self.files.keys().map(PathBuf::as_path)
+        self.files.values().map(|entry| entry.path.as_path())
     }
 
     /// The problems of the last load of every file.
@@ -188,8 +205,8 @@ impl ManifestStore {
     pub fn desired_state(&self, allocator: &mut Allocator) -> Resolution {
         let catalog = Catalog::build(
             self.files
-                .iter()
-                .map(|(path, entry)| (path.as_path(), entry.objects.as_slice())),
+                .values()
+                .map(|entry| (entry.path.as_path(), entry.objects.as_slice())),
         );
         resolve(&catalog, allocator)
     }

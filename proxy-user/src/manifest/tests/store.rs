@@ -151,6 +151,21 @@ fn load_dir_reads_manifest_files_only_sorted_and_not_recursively() {
 }
 
 #[test]
+fn a_file_is_one_file_whichever_way_its_path_is_spelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "a.yaml", &svc("a", "", "    - port: 80\n"));
+    let mut store = ManifestStore::default();
+    store.load_dir(dir.path()).unwrap();
+    let dotted = dir.path().join(".").join("a.yaml");
+    fs::write(&path, svc("a", "", "    - port: 81\n")).unwrap();
+    let report = store.reload_file(&dotted);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(store.files().count(), 1);
+    assert_eq!(ports(&store, "a"), Some(vec![81]));
+    assert!(store.remove_file(&dotted).removed);
+}
+
+#[test]
 fn manifest_file_names() {
     for yes in ["a.yaml", "a.YML", "dir/a.json"] {
         assert!(is_manifest_file(yes.as_ref()), "{yes}");
