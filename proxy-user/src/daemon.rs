@@ -49,6 +49,8 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut first_sync = true;
+    // The source's first complete state may already be waiting: handle it like a change.
+    desired.mark_changed();
     loop {
         tokio::select! {
             changed = desired.changed() => {

@@ -4,8 +4,10 @@ pub mod cli;
 pub mod daemon;
 pub mod datapath;
 pub mod health;
+pub mod manifest;
 pub mod model;
 pub mod reconcile;
+pub mod source;
 
 /// The eBPF object built from `proxy-ebpf`, embedded so one binary is all a node needs.
 pub static EBPF_OBJECT: &[u8] =

@@ -42,7 +42,7 @@ enum Command {
     Validate {
         dir: PathBuf,
         /// Range cluster IPs must come from.
-        #[arg(long, default_value = source::DEFAULT_SERVICE_CIDR)]
+        #[arg(long, default_value_t = proxy_user::manifest::DEFAULT_SERVICE_CIDR)]
         service_cidr: ipnet::Ipv4Net,
     },
 }
@@ -82,7 +82,7 @@ struct RunArgs {
     #[arg(long, default_value = "/var/lib/sluice")]
     state_dir: PathBuf,
     /// Range to allocate missing cluster IPs from.
-    #[arg(long, default_value = source::DEFAULT_SERVICE_CIDR)]
+    #[arg(long, default_value_t = proxy_user::manifest::DEFAULT_SERVICE_CIDR)]
     service_cidr: ipnet::Ipv4Net,
     /// Serve /healthz here (503 until the first sync, then 200).
     #[arg(long, default_value = "127.0.0.1:10256")]

@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 
+use ipnet::Ipv4Net;
 use serde::Serialize;
 
 /// Layer-4 protocol of a service port.
@@ -64,11 +65,32 @@ pub struct Service {
     pub service_type: ServiceType,
     /// The (allocated when missing) cluster IP; `None` for headless and ExternalName.
     pub cluster_ip: Option<Ipv4Addr>,
-    /// `spec.externalIPs` and LoadBalancer ingress IPs (used by later issues).
+    /// `spec.externalIPs`, and for type LoadBalancer `spec.loadBalancerIP` and the
+    /// `status.loadBalancer.ingress` IPs; sorted, no duplicates (used by later issues).
     pub external_ips: Vec<Ipv4Addr>,
     pub ports: Vec<ServicePort>,
     /// Why the service is not programmed, when it is not (shown by `sluice services`).
+    /// A skipped service may still have a cluster IP (e.g. one labelled for another proxy):
+    /// the reconciler must check this, not `cluster_ip`.
     pub skip_reason: Option<String>,
+    /// `sessionAffinity: ClientIP` timeout in seconds; `None` when affinity is off.
+    pub affinity_timeout: Option<u32>,
+    /// `spec.externalTrafficPolicy`: for NodePort, LoadBalancer and external IPs.
+    pub external_traffic_policy: TrafficPolicy,
+    /// `spec.internalTrafficPolicy`: for the cluster IP.
+    pub internal_traffic_policy: TrafficPolicy,
+    /// `spec.loadBalancerSourceRanges`: clients allowed on LoadBalancer IPs (empty: all).
+    pub load_balancer_source_ranges: Vec<Ipv4Net>,
+}
+
+/// `externalTrafficPolicy` / `internalTrafficPolicy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum TrafficPolicy {
+    /// Any ready endpoint in the cluster.
+    #[default]
+    Cluster,
+    /// Only endpoints on this node.
+    Local,
 }
 
 /// One `spec.ports[]` entry with the endpoints that serve it.

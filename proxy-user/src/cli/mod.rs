@@ -1,6 +1,7 @@
 //! The read-only commands: they work from the pinned maps alone, daemon or not, like bpftool.
 
 pub mod services;
+pub mod validate;
 
 /// How a read command prints.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

@@ -189,6 +189,10 @@ mod tests {
                 endpoints,
             }],
             skip_reason: None,
+            affinity_timeout: None,
+            external_traffic_policy: Default::default(),
+            internal_traffic_policy: Default::default(),
+            load_balancer_source_ranges: vec![],
         };
         DesiredState {
             services: [(name, service)].into(),

@@ -1,0 +1,33 @@
+//! `sluice validate DIR`: every problem of every manifest, with file, document and field.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use ipnet::Ipv4Net;
+
+use crate::manifest::{ManifestOptions, Severity, validate_dir};
+
+pub fn run(dir: &Path, service_cidr: Ipv4Net) -> Result<()> {
+    let problems = validate_dir(dir, &ManifestOptions { service_cidr });
+    let mut errors = 0;
+    for problem in &problems {
+        let label = match problem.severity {
+            Severity::Error => {
+                errors += 1;
+                "error"
+            }
+            Severity::Warning => "warning",
+            Severity::Note => "note",
+        };
+        println!("{label}: {problem}");
+    }
+    if errors > 0 {
+        bail!("{errors} error(s) in {}", dir.display());
+    }
+    println!(
+        "{}: valid ({} warning(s) or note(s))",
+        dir.display(),
+        problems.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,516 @@
+//! `Allocator`: cluster IPs and nodePorts for Services that do not name one, stable across
+//! restarts through a JSON state file written atomically.
+//!
+//! A service keeps what it was given as long as it exists and still needs it. New
+//! allocations start probing at a hash of the service name, in the upper part of the range
+//! first (the lower part is where people pick addresses by hand, as Kubernetes' KEP-3070 and
+//! KEP-3668 do), so nodes reading the same manifests usually agree without talking. A manifest
+//! that names an address explicitly always wins over an allocation.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::{self, Write},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::validate::{NODE_PORT_MAX, NODE_PORT_MIN};
+use crate::model::ServiceName;
+
+const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AllocatorError {
+    #[error("{}: cannot read the allocation state: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error(
+        "{}: the allocation state is not valid ({source}): fix it, or delete it to start \
+         afresh (services without an explicit clusterIP or nodePort then get new ones)",
+        path.display()
+    )]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{}: cannot write the allocation state: {source}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// The state file: `{"version":1,"cluster_ips":{"ns/name":"IP"},"node_ports":{"ns/name":
+/// {"http/TCP":30000}}}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct AllocState {
+    version: u32,
+    #[serde(default)]
+    cluster_ips: BTreeMap<String, Ipv4Addr>,
+    #[serde(default)]
+    node_ports: BTreeMap<String, BTreeMap<String, u16>>,
+}
+
+/// What one service needs allocated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct AllocRequest {
+    pub service: ServiceName,
+    pub cluster_ip: bool,
+    /// Keys of the ports that need a nodePort (see `port_key`).
+    pub node_ports: Vec<String>,
+}
+
+/// What was handed out, and what could not be.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Assignments {
+    pub cluster_ips: BTreeMap<ServiceName, Ipv4Addr>,
+    pub node_ports: BTreeMap<(ServiceName, String), u16>,
+    /// Services whose request could not be met, with why.
+    pub failures: BTreeMap<ServiceName, String>,
+    /// Allocations taken back because a manifest now claims them explicitly.
+    pub moved: Vec<(ServiceName, String)>,
+}
+
+#[derive(Debug)]
+pub struct Allocator {
+    path: Option<PathBuf>,
+    cidr: Ipv4Net,
+    state: AllocState,
+    dirty: bool,
+}
+
+impl Allocator {
+    /// Opens the state file (a missing file is an empty state, created on first `save`).
+    pub fn open(path: impl Into<PathBuf>, service_cidr: Ipv4Net) -> Result<Self, AllocatorError> {
+        let path = path.into();
+        let state = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<AllocState>(&bytes).map_err(|source| {
+                AllocatorError::Parse {
+                    path: path.clone(),
+                    source,
+                }
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => AllocState::default(),
+            Err(source) => return Err(AllocatorError::Read { path, source }),
+        };
+        Ok(Allocator {
+            path: Some(path),
+            cidr: service_cidr.trunc(),
+            state,
+            dirty: false,
+        })
+    }
+
+    /// An allocator that remembers nothing (for `sluice validate` and tests).
+    pub fn in_memory(service_cidr: Ipv4Net) -> Self {
+        Allocator {
+            path: None,
+            cidr: service_cidr.trunc(),
+            state: AllocState::default(),
+            dirty: false,
+        }
+    }
+
+    pub fn service_cidr(&self) -> Ipv4Net {
+        self.cidr
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The cluster IP allocated to `service`, if any.
+    pub fn cluster_ip(&self, service: &ServiceName) -> Option<Ipv4Addr> {
+        self.state.cluster_ips.get(&service.to_string()).copied()
+    }
+
+    /// The nodePort allocated to a port of `service` (`port_key` names the port).
+    pub fn node_port(&self, service: &ServiceName, port_key: &str) -> Option<u16> {
+        self.state
+            .node_ports
+            .get(&service.to_string())
+            .and_then(|ports| ports.get(port_key))
+            .copied()
+    }
+
+    /// Whether the state changed since the last `save`.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Meets every request, keeping earlier allocations, never handing out a claimed
+    /// address or port, and forgetting allocations nobody requests any more.
+    pub(crate) fn assign(
+        &mut self,
+        requests: &[AllocRequest],
+        claimed_ips: &BTreeSet<Ipv4Addr>,
+        claimed_ports: &BTreeSet<u16>,
+    ) -> Assignments {
+        let mut out = Assignments::default();
+        let mut next = AllocState {
+            version: STATE_VERSION,
+            ..AllocState::default()
+        };
+        let mut used_ips = claimed_ips.clone();
+        let mut used_ports = claimed_ports.clone();
+
+        // First keep what services already have, so a new service cannot take it.
+        for request in requests {
+            let service = request.service.to_string();
+            if request.cluster_ip
+                && let Some(&ip) = self.state.cluster_ips.get(&service)
+            {
+                if claimed_ips.contains(&ip) {
+                    out.moved.push((
+                        request.service.clone(),
+                        format!("its allocated cluster IP {ip} is now claimed by a manifest"),
+                    ));
+                } else if self.usable_ip(ip) && used_ips.insert(ip) {
+                    next.cluster_ips.insert(service.clone(), ip);
+                    out.cluster_ips.insert(request.service.clone(), ip);
+                }
+            }
+            for key in &request.node_ports {
+                let Some(&port) = self
+                    .state
+                    .node_ports
+                    .get(&service)
+                    .and_then(|ports| ports.get(key))
+                else {
+                    continue;
+                };
+                if claimed_ports.contains(&port) {
+                    out.moved.push((
+                        request.service.clone(),
+                        format!(
+                            "its allocated nodePort {port} ({key}) is now claimed by a manifest"
+                        ),
+                    ));
+                } else if (NODE_PORT_MIN..=NODE_PORT_MAX).contains(&port) && used_ports.insert(port)
+                {
+                    next.node_ports
+                        .entry(service.clone())
+                        .or_default()
+                        .insert(key.clone(), port);
+                    out.node_ports
+                        .insert((request.service.clone(), key.clone()), port);
+                }
+            }
+        }
+
+        // Then hand out new ones.
+        for request in requests {
+            let service = request.service.to_string();
+            if request.cluster_ip && !out.cluster_ips.contains_key(&request.service) {
+                match self.pick_ip(&service, &used_ips) {
+                    Some(ip) => {
+                        used_ips.insert(ip);
+                        next.cluster_ips.insert(service.clone(), ip);
+                        out.cluster_ips.insert(request.service.clone(), ip);
+                    }
+                    None => {
+                        out.failures.insert(
+                            request.service.clone(),
+                            format!(
+                                "no free cluster IP left in the service CIDR {}: widen \
+                                 --service-cidr or set clusterIP explicitly",
+                                self.cidr
+                            ),
+                        );
+                    }
+                }
+            }
+            for key in &request.node_ports {
+                let slot = (request.service.clone(), key.clone());
+                if out.node_ports.contains_key(&slot) {
+                    continue;
+                }
+                match pick_node_port(&format!("{service}/{key}"), &used_ports) {
+                    Some(port) => {
+                        used_ports.insert(port);
+                        next.node_ports
+                            .entry(service.clone())
+                            .or_default()
+                            .insert(key.clone(), port);
+                        out.node_ports.insert(slot, port);
+                    }
+                    None => {
+                        out.failures.insert(
+                            request.service.clone(),
+                            format!(
+                                "no free nodePort left in {NODE_PORT_MIN}-{NODE_PORT_MAX}: \
+                                 delete unused NodePort Services"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+
+        if next != self.state {
+            self.state = next;
+            self.dirty = true;
+        }
+        out
+    }
+
+    /// Writes the state file if it changed: a temporary file beside it, then a rename, so a
+    /// crash leaves either the old or the new state, never half of one.
+    pub fn save(&mut self) -> Result<(), AllocatorError> {
+        let Some(path) = &self.path else {
+            self.dirty = false;
+            return Ok(());
+        };
+        if !self.dirty && path.exists() {
+            return Ok(());
+        }
+        let write_error = |source| AllocatorError::Write {
+            path: path.clone(),
+            source,
+        };
+        let mut json = serde_json::to_vec_pretty(&AllocState {
+            version: STATE_VERSION,
+            ..self.state.clone()
+        })
+        .map_err(io::Error::other)
+        .map_err(write_error)?;
+        json.push(b'\n');
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&dir).map_err(write_error)?;
+        let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+        tmp_name.push(".tmp");
+        let tmp = dir.join(tmp_name);
+        let result = (|| {
+            let mut file = fs::File::create(&tmp)?;
+            file.write_all(&json)?;
+            file.sync_all()?;
+            fs::rename(&tmp, path)?;
+            // Make the rename itself durable; not every filesystem allows syncing a directory.
+            if let Ok(dir) = fs::File::open(&dir) {
+                let _ = dir.sync_all();
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(write_error)?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Whether `ip` may be handed out: inside the CIDR and not its network or broadcast
+    /// address.
+    fn usable_ip(&self, ip: Ipv4Addr) -> bool {
+        let (first, last) = self.host_range();
+        (first..=last).contains(&u32::from(ip))
+    }
+
+    /// First and last assignable address (as integers).
+    fn host_range(&self) -> (u32, u32) {
+        let network = u32::from(self.cidr.network());
+        let broadcast = u32::from(self.cidr.broadcast());
+        if self.cidr.prefix_len() >= 31 {
+            (network, broadcast)
+        } else {
+            (network + 1, broadcast - 1)
+        }
+    }
+
+    fn pick_ip(&self, key: &str, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+        let (first, last) = self.host_range();
+        let size = u64::from(last - first) + 1;
+        // KEP-3070: the first min(max(16, size/16), 256) addresses are for static choices.
+        let static_band = (size / 16).clamp(16, 256).min(size / 2);
+        pick(key, u64::from(first), size, static_band, |n| {
+            let ip = Ipv4Addr::from(u32::try_from(n).ok()?);
+            (!used.contains(&ip)).then_some(ip)
+        })
+    }
+}
+
+fn pick_node_port(key: &str, used: &BTreeSet<u16>) -> Option<u16> {
+    let size = u64::from(NODE_PORT_MAX - NODE_PORT_MIN) + 1;
+    // KEP-3668: the first min(max(16, size/32), 128) ports are for static choices.
+    let static_band = (size / 32).clamp(16, 128);
+    pick(key, u64::from(NODE_PORT_MIN), size, static_band, |n| {
+        let port = u16::try_from(n).ok()?;
+        (!used.contains(&port)).then_some(port)
+    })
+}
+
+/// Probes `[start, start+size)` from a hash of `key`: the upper band (after `static_band`)
+/// first, then the static band.
+fn pick<T>(
+    key: &str,
+    start: u64,
+    size: u64,
+    static_band: u64,
+    free: impl Fn(u64) -> Option<T>,
+) -> Option<T> {
+    let hash = fnv1a(key);
+    let bands = [
+        (start + static_band, size - static_band),
+        (start, static_band),
+    ];
+    for (band_start, band_size) in bands {
+        if band_size == 0 {
+            continue;
+        }
+        let offset = hash % band_size;
+        for i in 0..band_size {
+            if let Some(found) = free(band_start + (offset + i) % band_size) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+/// FNV-1a: a hash that stays the same across Rust releases and machines.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(name: &str) -> ServiceName {
+        ServiceName {
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    fn request(service: &str, ports: &[&str]) -> AllocRequest {
+        AllocRequest {
+            service: name(service),
+            cluster_ip: true,
+            node_ports: ports.iter().map(|p| (*p).to_owned()).collect(),
+        }
+    }
+
+    fn cidr() -> Ipv4Net {
+        "198.19.0.0/16".parse().unwrap()
+    }
+
+    #[test]
+    fn allocations_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/allocations.json");
+        let requests = [request("a", &["http/TCP"]), request("b", &[])];
+        let mut allocator = Allocator::open(&path, cidr()).unwrap();
+        let first = allocator.assign(&requests, &BTreeSet::new(), &BTreeSet::new());
+        assert!(allocator.is_dirty());
+        allocator.save().unwrap();
+        assert!(!allocator.is_dirty());
+        assert!(!dir.path().join("state/allocations.json.tmp").exists());
+
+        // Reopen, and ask in another order with a newcomer first: same answers.
+        let mut allocator = Allocator::open(&path, cidr()).unwrap();
+        let requests = [
+            request("0-new", &["http/TCP"]),
+            request("b", &[]),
+            request("a", &["http/TCP"]),
+        ];
+        let second = allocator.assign(&requests, &BTreeSet::new(), &BTreeSet::new());
+        assert_eq!(
+            second.cluster_ips[&name("a")],
+            first.cluster_ips[&name("a")]
+        );
+        assert_eq!(
+            second.cluster_ips[&name("b")],
+            first.cluster_ips[&name("b")]
+        );
+        let key = (name("a"), "http/TCP".to_owned());
+        assert_eq!(second.node_ports[&key], first.node_ports[&key]);
+        assert_ne!(
+            second.cluster_ips[&name("0-new")],
+            first.cluster_ips[&name("a")]
+        );
+    }
+
+    #[test]
+    fn allocations_are_in_range_and_avoid_the_static_band() {
+        let mut allocator = Allocator::in_memory(cidr());
+        let requests: Vec<_> = (0..50)
+            .map(|i| request(&format!("s{i}"), &["p/TCP"]))
+            .collect();
+        let out = allocator.assign(&requests, &BTreeSet::new(), &BTreeSet::new());
+        let ips: BTreeSet<_> = out.cluster_ips.values().collect();
+        assert_eq!(ips.len(), 50, "all distinct");
+        for ip in ips {
+            assert!(cidr().contains(ip));
+            assert!(
+                u32::from(*ip) >= u32::from(Ipv4Addr::new(198, 19, 1, 0)),
+                "{ip}"
+            );
+        }
+        for port in out.node_ports.values() {
+            assert!(
+                (NODE_PORT_MIN + 86..=NODE_PORT_MAX).contains(port),
+                "{port}"
+            );
+        }
+    }
+
+    #[test]
+    fn claimed_addresses_are_never_handed_out_and_win_over_allocations() {
+        let mut allocator = Allocator::in_memory("198.19.0.0/29".parse().unwrap());
+        // /29: hosts .1-.6; claim all but one.
+        let claimed: BTreeSet<Ipv4Addr> =
+            [1, 2, 3, 5, 6].map(|n| Ipv4Addr::new(198, 19, 0, n)).into();
+        let out = allocator.assign(&[request("a", &[])], &claimed, &BTreeSet::new());
+        assert_eq!(out.cluster_ips[&name("a")], Ipv4Addr::new(198, 19, 0, 4));
+
+        // Now a manifest claims .4: `a` moves, and with nothing left it fails.
+        let claimed: BTreeSet<Ipv4Addr> = (1..=6).map(|n| Ipv4Addr::new(198, 19, 0, n)).collect();
+        let out = allocator.assign(&[request("a", &[])], &claimed, &BTreeSet::new());
+        assert_eq!(out.moved.len(), 1);
+        assert!(out.failures[&name("a")].contains("no free cluster IP"));
+    }
+
+    #[test]
+    fn services_that_are_gone_free_their_allocations() {
+        let mut allocator = Allocator::in_memory(cidr());
+        allocator.assign(
+            &[request("a", &["x/UDP"])],
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+        );
+        assert!(allocator.cluster_ip(&name("a")).is_some());
+        assert!(allocator.node_port(&name("a"), "x/UDP").is_some());
+        allocator.assign(&[], &BTreeSet::new(), &BTreeSet::new());
+        assert_eq!(allocator.cluster_ip(&name("a")), None);
+        assert_eq!(allocator.node_port(&name("a"), "x/UDP"), None);
+    }
+
+    #[test]
+    fn a_changed_cidr_reallocates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("allocations.json");
+        let mut allocator = Allocator::open(&path, cidr()).unwrap();
+        allocator.assign(&[request("a", &[])], &BTreeSet::new(), &BTreeSet::new());
+        allocator.save().unwrap();
+        let other: Ipv4Net = "10.96.0.0/12".parse().unwrap();
+        let mut allocator = Allocator::open(&path, other).unwrap();
+        let out = allocator.assign(&[request("a", &[])], &BTreeSet::new(), &BTreeSet::new());
+        assert!(other.contains(&out.cluster_ips[&name("a")]));
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("allocations.json");
+        fs::write(&path, "{not json").unwrap();
+        let error = Allocator::open(&path, cidr()).unwrap_err().to_string();
+        assert!(error.contains("allocations.json"), "{error}");
+        assert!(error.contains("delete it"), "{error}");
+    }
+}

@@ -1,0 +1,69 @@
+//! discovery.k8s.io/v1 EndpointSlice and v1 Endpoints.
+
+use serde::Deserialize;
+
+use super::{Integer, ObjectMeta, PortProtocol, nullable};
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSlice {
+    #[serde(default, deserialize_with = "nullable")]
+    pub metadata: ObjectMeta,
+    pub address_type: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub endpoints: Vec<SliceEndpoint>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub ports: Vec<EndpointPort>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SliceEndpoint {
+    #[serde(default, deserialize_with = "nullable")]
+    pub addresses: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub conditions: EndpointConditions,
+    pub node_name: Option<String>,
+}
+
+/// Conditions as written; `None` takes Kubernetes' default (see `validate`).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct EndpointConditions {
+    pub ready: Option<bool>,
+    pub serving: Option<bool>,
+    pub terminating: Option<bool>,
+}
+
+/// A port of an EndpointSlice or an Endpoints subset.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct EndpointPort {
+    pub name: Option<String>,
+    pub port: Option<Integer>,
+    pub protocol: Option<PortProtocol>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Endpoints {
+    #[serde(default, deserialize_with = "nullable")]
+    pub metadata: ObjectMeta,
+    #[serde(default, deserialize_with = "nullable")]
+    pub subsets: Vec<EndpointSubset>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSubset {
+    #[serde(default, deserialize_with = "nullable")]
+    pub addresses: Vec<EndpointAddress>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub not_ready_addresses: Vec<EndpointAddress>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub ports: Vec<EndpointPort>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointAddress {
+    pub ip: Option<String>,
+    pub node_name: Option<String>,
+}

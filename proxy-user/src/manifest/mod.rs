@@ -1,0 +1,54 @@
+//! Standalone mode's source: Kubernetes manifests in a directory, turned into the desired
+//! state the reconciler programs.
+//!
+//! ```text
+//! files ─parse─▶ checked objects per file (ManifestStore, last good kept)
+//!       ─catalog─▶ one view across files ─resolve (+ Allocator)─▶ model::DesiredState
+//! ```
+
+mod alloc;
+mod backends;
+mod catalog;
+mod check;
+mod error;
+pub mod k8s;
+mod object;
+mod parse;
+mod resolve;
+mod store;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use ipnet::Ipv4Net;
+
+pub use self::{
+    alloc::{Allocator, AllocatorError},
+    check::validate_dir,
+    error::{ManifestError, ObjectRef, Severity},
+    resolve::{HEADLESS_LABEL, Resolution, SERVICE_PROXY_NAME_LABEL},
+    store::{FileReport, ManifestStore, is_manifest_file},
+};
+
+/// The service CIDR used when none is given (inside 198.18.0.0/15, reserved for testing).
+pub const DEFAULT_SERVICE_CIDR: Ipv4Net =
+    match Ipv4Net::new(std::net::Ipv4Addr::new(198, 19, 0, 0), 16) {
+        Ok(net) => net,
+        Err(_) => panic!("valid CIDR"),
+    };
+
+/// Settings that checking manifests depends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestOptions {
+    /// `--service-cidr`: explicit cluster IPs must be inside it, missing ones come from it.
+    pub service_cidr: Ipv4Net,
+}
+
+impl Default for ManifestOptions {
+    fn default() -> Self {
+        ManifestOptions {
+            service_cidr: DEFAULT_SERVICE_CIDR,
+        }
+    }
+}

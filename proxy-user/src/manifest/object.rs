@@ -1,0 +1,216 @@
+//! Checked objects: manifests after validation, with addresses parsed and defaults applied.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+};
+
+use ipnet::Ipv4Net;
+
+use super::{error::ObjectRef, k8s::ServiceSpecType};
+use crate::model::{Protocol, ServiceName, TrafficPolicy};
+
+/// The kinds sluice reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Service,
+    EndpointSlice,
+    Endpoints,
+    Pod,
+}
+
+impl Kind {
+    pub fn from_kind(kind: &str) -> Option<Kind> {
+        Some(match kind {
+            "Service" => Kind::Service,
+            "EndpointSlice" => Kind::EndpointSlice,
+            "Endpoints" => Kind::Endpoints,
+            "Pod" => Kind::Pod,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Endpoints => "Endpoints",
+            Kind::Pod => "Pod",
+        }
+    }
+
+    /// The `apiVersion` this kind must come with.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::Service | Kind::Endpoints | Kind::Pod => "v1",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identity of an object: two documents with the same key define the same object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn object_ref(&self) -> ObjectRef {
+        ObjectRef::new(self.kind.as_str(), &self.namespace, &self.name)
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Service(ServiceDef),
+    EndpointSlice(SliceDef),
+    Endpoints(EndpointsDef),
+    Pod(PodDef),
+}
+
+/// `spec.clusterIP` (or `spec.clusterIPs[0]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterIp {
+    /// Missing or empty: allocate one from the service CIDR.
+    Allocate,
+    /// `None`: a headless service.
+    Headless,
+    V4(Ipv4Addr),
+    V6(Ipv6Addr),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    /// A container port name, resolved per pod.
+    Name(String),
+}
+
+impl fmt::Display for TargetPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetPort::Number(port) => write!(f, "{port}"),
+            TargetPort::Name(name) => write!(f, "{name:?}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortDef {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub target: TargetPort,
+    /// Explicit `nodePort` (0 and missing both mean none).
+    pub node_port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceDef {
+    pub name: ServiceName,
+    pub labels: BTreeMap<String, String>,
+    pub spec_type: ServiceSpecType,
+    pub cluster_ip: ClusterIp,
+    pub ports: Vec<PortDef>,
+    /// Empty when the service has no selector.
+    pub selector: BTreeMap<String, String>,
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `spec.loadBalancerIP` and `status.loadBalancer.ingress[].ip` (type LoadBalancer only).
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    pub affinity_timeout: Option<u32>,
+    pub external_traffic_policy: TrafficPolicy,
+    pub internal_traffic_policy: TrafficPolicy,
+    pub load_balancer_source_ranges: Vec<Ipv4Net>,
+    pub publish_not_ready: bool,
+    /// Whether missing nodePorts are allocated (NodePort, and LoadBalancer unless
+    /// `allocateLoadBalancerNodePorts: false`).
+    pub wants_node_ports: bool,
+}
+
+/// A port of an EndpointSlice or Endpoints subset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointPortDef {
+    /// Matches the Service port of the same name ("" for an unnamed one).
+    pub name: String,
+    pub port: Option<u16>,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceEndpointDef {
+    pub addresses: Vec<Ipv4Addr>,
+    pub node_name: Option<String>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceDef {
+    pub namespace: String,
+    pub name: String,
+    /// `kubernetes.io/service-name` label.
+    pub service: Option<String>,
+    /// Only IPv4 slices are programmed; others are kept (for identity) but unused.
+    pub ipv4: bool,
+    pub endpoints: Vec<SliceEndpointDef>,
+    pub ports: Vec<EndpointPortDef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressDef {
+    pub ip: Ipv4Addr,
+    pub node_name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubsetDef {
+    pub addresses: Vec<AddressDef>,
+    pub not_ready_addresses: Vec<AddressDef>,
+    pub ports: Vec<EndpointPortDef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointsDef {
+    pub namespace: String,
+    pub name: String,
+    pub subsets: Vec<SubsetDef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerPortDef {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodDef {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub node_name: Option<String>,
+    pub ip: Option<Ipv4Addr>,
+    /// The Ready condition is "True".
+    pub ready: bool,
+    /// `metadata.deletionTimestamp` is set.
+    pub terminating: bool,
+    /// Phase Succeeded or Failed: never an endpoint.
+    pub finished: bool,
+    pub ports: Vec<ContainerPortDef>,
+}

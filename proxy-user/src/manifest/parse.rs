@@ -1,0 +1,320 @@
+//! One manifest file's text into checked objects: splits documents (multi-document YAML, or
+//! a stream of JSON values), unwraps Lists, dispatches on kind and reports every problem.
+
+use std::{collections::BTreeMap, path::Path};
+
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_yaml::Value;
+
+use super::{
+    ManifestOptions,
+    error::{Context, ManifestError, ObjectRef, Problems, Severity},
+    k8s,
+    object::{Kind, Object, ObjectKey},
+    validate::{check_endpoints, check_pod, check_service, check_slice},
+};
+
+/// A valid object and where it was defined.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ParsedObject {
+    pub key: ObjectKey,
+    pub document: usize,
+    pub object: Object,
+}
+
+/// The valid objects of one file and every problem found in it.
+#[derive(Debug, Default)]
+pub(crate) struct ParsedFile {
+    pub objects: Vec<ParsedObject>,
+    pub problems: Vec<ManifestError>,
+}
+
+impl ParsedFile {
+    pub fn has_errors(&self) -> bool {
+        self.problems.iter().any(ManifestError::is_error)
+    }
+}
+
+/// Whether the file is read as JSON (by its extension) rather than YAML.
+fn is_json(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("json"))
+}
+
+pub(crate) fn parse_file(path: &Path, text: &str, options: &ManifestOptions) -> ParsedFile {
+    let mut parsed = ParsedFile::default();
+    let documents = if is_json(path) {
+        json_documents(text)
+    } else {
+        yaml_documents(text)
+    };
+    for (index, document) in documents.into_iter().enumerate() {
+        let context = Context::new(path, Some(index + 1));
+        match document {
+            Ok(value) => parse_document(value, &context, options, &mut parsed),
+            Err(message) => parsed
+                .problems
+                .push(context.problem(Severity::Error, None, message)),
+        }
+    }
+    reject_duplicates(path, &mut parsed);
+    parsed
+}
+
+/// The documents of a YAML stream. A document-level error (a duplicate key) spoils that
+/// document only; a syntax error ends the list, as what follows it cannot be told apart
+/// reliably (libyaml then repeats the same error for every further document).
+fn yaml_documents(text: &str) -> Vec<Result<Value, String>> {
+    /// Far more than any manifest; a guard against a parser that never ends.
+    const MAX_DOCUMENTS: usize = 100_000;
+    let mut documents = Vec::new();
+    let mut last_error = None;
+    for deserializer in serde_yaml::Deserializer::from_str(text).take(MAX_DOCUMENTS) {
+        match Value::deserialize(deserializer) {
+            Ok(mut value) => {
+                last_error = None;
+                let merged = value.apply_merge().map(|()| value);
+                documents.push(merged.map_err(|e| format!("invalid YAML merge key: {e}")));
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if last_error.as_ref() == Some(&message) {
+                    if let Some(Err(previous)) = documents.last_mut() {
+                        previous.push_str(
+                            "; the documents after this one are not read until it is fixed",
+                        );
+                    }
+                    break;
+                }
+                documents.push(Err(format!("invalid YAML: {message}")));
+                last_error = Some(message);
+            }
+        }
+    }
+    documents
+}
+
+/// The values of a JSON file (one object, or several one after the other).
+fn json_documents(text: &str) -> Vec<Result<Value, String>> {
+    let mut documents = Vec::new();
+    for value in serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>() {
+        match value.map(serde_yaml::to_value) {
+            Ok(Ok(value)) => documents.push(Ok(value)),
+            Ok(Err(e)) => documents.push(Err(format!("cannot convert JSON: {e}"))),
+            Err(e) => {
+                documents.push(Err(format!(
+                    "invalid JSON: {e}; the values after this one are not read until it is \
+                     fixed"
+                )));
+                break;
+            }
+        }
+    }
+    documents
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+fn str_field<'v>(value: &'v Value, key: &str) -> Option<&'v str> {
+    value.get(key).and_then(Value::as_str)
+}
+
+fn parse_document(
+    value: Value,
+    context: &Context,
+    options: &ManifestOptions,
+    parsed: &mut ParsedFile,
+) {
+    if value.is_null() {
+        return; // an empty document: `---` twice, or only comments
+    }
+    let list_kind = str_field(&value, "kind").and_then(|kind| kind.strip_suffix("List"));
+    let Some(item_kind) = list_kind else {
+        parse_object(value, context, None, options, parsed);
+        return;
+    };
+    // `kind: List`, or a typed list like `ServiceList` whose items may omit kind.
+    let defaults = Kind::from_kind(item_kind).map(|kind| (kind.as_str(), kind.api_version()));
+    if !item_kind.is_empty() && defaults.is_none() {
+        let message = format!(
+            "kind {item_kind}List is ignored: sluice reads Service, EndpointSlice, Endpoints, Pod and List"
+        );
+        parsed
+            .problems
+            .push(context.problem(Severity::Note, Some("kind"), message));
+        return;
+    }
+    let items = match value.get("items") {
+        None | Some(Value::Null) => return,
+        Some(Value::Sequence(items)) => items.clone(),
+        Some(other) => {
+            let message = format!("expected a list of objects, got {}", type_name(other));
+            parsed
+                .problems
+                .push(context.problem(Severity::Error, Some("items"), message));
+            return;
+        }
+    };
+    for (i, item) in items.into_iter().enumerate() {
+        let mut item_context = context.clone();
+        item_context.prefix = format!("items[{i}].");
+        parse_object(item, &item_context, defaults, options, parsed);
+    }
+}
+
+/// One object (a document, or an item of a List).
+fn parse_object(
+    value: Value,
+    context: &Context,
+    defaults: Option<(&str, &str)>,
+    options: &ManifestOptions,
+    parsed: &mut ParsedFile,
+) {
+    let mut context = context.clone();
+    if !value.is_mapping() {
+        let message = format!(
+            "expected a Kubernetes object (a mapping with apiVersion and kind), got {}",
+            type_name(&value)
+        );
+        parsed
+            .problems
+            .push(context.problem(Severity::Error, None, message));
+        return;
+    }
+    let kind = str_field(&value, "kind").or(defaults.map(|(kind, _)| kind));
+    let metadata = value.get("metadata");
+    let name = metadata.and_then(|m| str_field(m, "name"));
+    let namespace = metadata
+        .and_then(|m| str_field(m, "namespace"))
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or("default");
+    let Some(kind) = kind else {
+        context.object = name.map(|name| ObjectRef {
+            kind: "object".into(),
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
+        });
+        let message = "kind is missing: set it to Service, EndpointSlice, Endpoints or Pod";
+        parsed
+            .problems
+            .push(context.problem(Severity::Error, Some("kind"), message));
+        return;
+    };
+    context.object = Some(ObjectRef {
+        kind: kind.to_owned(),
+        namespace: Some(namespace.to_owned()),
+        name: name.map(str::to_owned),
+    });
+    let Some(known) = Kind::from_kind(kind) else {
+        let message = format!(
+            "{kind} is ignored: sluice reads Service, EndpointSlice, Endpoints, Pod and List"
+        );
+        parsed
+            .problems
+            .push(context.problem(Severity::Note, Some("kind"), message));
+        return;
+    };
+    let mut p = Problems::new(&context);
+    let api_version = str_field(&value, "apiVersion").or(defaults.map(|(_, version)| version));
+    let expected = known.api_version();
+    match api_version {
+        Some(version) if version == expected => {}
+        Some(version) => p.error(
+            "apiVersion",
+            format!(
+                "expected {expected} for {kind}, got {version:?}: write apiVersion: {expected}"
+            ),
+        ),
+        None => p.error(
+            "apiVersion",
+            format!("is missing: write apiVersion: {expected}"),
+        ),
+    }
+    let object = match known {
+        Kind::Service => typed::<k8s::Service>(value, &mut p)
+            .and_then(|raw| check_service(&raw, options, &mut p))
+            .map(Object::Service),
+        Kind::EndpointSlice => typed::<k8s::EndpointSlice>(value, &mut p)
+            .and_then(|raw| check_slice(&raw, &mut p))
+            .map(Object::EndpointSlice),
+        Kind::Endpoints => typed::<k8s::Endpoints>(value, &mut p)
+            .and_then(|raw| check_endpoints(&raw, &mut p))
+            .map(Object::Endpoints),
+        Kind::Pod => typed::<k8s::Pod>(value, &mut p)
+            .and_then(|raw| check_pod(&raw, &mut p))
+            .map(Object::Pod),
+    };
+    let valid = !p.has_errors();
+    parsed.problems.append(&mut p.list);
+    let (Some(object), true) = (object, valid) else {
+        return;
+    };
+    let (namespace, name) = match &object {
+        Object::Service(service) => (&service.name.namespace, &service.name.name),
+        Object::EndpointSlice(slice) => (&slice.namespace, &slice.name),
+        Object::Endpoints(endpoints) => (&endpoints.namespace, &endpoints.name),
+        Object::Pod(pod) => (&pod.namespace, &pod.name),
+    };
+    let key = ObjectKey {
+        kind: known,
+        namespace: namespace.clone(),
+        name: name.clone(),
+    };
+    parsed.objects.push(ParsedObject {
+        key,
+        document: context.document.unwrap_or(1),
+        object,
+    });
+}
+
+/// Deserializes into the serde type, reporting a type error with its field path.
+fn typed<T: DeserializeOwned>(value: Value, p: &mut Problems) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(raw) => Some(raw),
+        Err(e) => {
+            let path = e.path().to_string();
+            let field = if path == "." { "" } else { path.as_str() };
+            p.error(field, e.inner().to_string());
+            None
+        }
+    }
+}
+
+/// The same object twice in one file: the first wins, the second is an error.
+fn reject_duplicates(path: &Path, parsed: &mut ParsedFile) {
+    let mut first: BTreeMap<ObjectKey, usize> = BTreeMap::new();
+    let mut problems = Vec::new();
+    parsed
+        .objects
+        .retain(|object| match first.get(&object.key) {
+            Some(&document) => {
+                let mut context = Context::new(path, Some(object.document));
+                context.object = Some(object.key.object_ref());
+                problems.push(context.problem(
+                    Severity::Error,
+                    Some("metadata.name"),
+                    format!(
+                        "{} is already defined in document {document} of this file: rename or \
+                     remove one of them",
+                        object.key
+                    ),
+                ));
+                false
+            }
+            None => {
+                first.insert(object.key.clone(), object.document);
+                true
+            }
+        });
+    parsed.problems.extend(problems);
+}

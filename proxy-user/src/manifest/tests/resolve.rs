@@ -1,0 +1,577 @@
+//! Resolution: endpoint sources, target ports, conditions, skips, conflicts, allocation.
+
+use std::{fs, net::Ipv4Addr, path::Path};
+
+use super::{only, pod, resolve_dir, service, svc, write};
+use crate::{
+    manifest::{Allocator, ManifestOptions, ManifestStore, Severity, validate_dir},
+    model::{Endpoint, Protocol, ServiceType, TrafficPolicy},
+};
+
+fn ip(text: &str) -> Ipv4Addr {
+    text.parse().unwrap()
+}
+
+/// (address, port, node, ready, serving, terminating) of each endpoint.
+fn endpoints(endpoints: &[Endpoint]) -> Vec<(String, u16, String, bool, bool, bool)> {
+    endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.addr.to_string(),
+                e.port,
+                e.node_name.clone().unwrap_or_default(),
+                e.ready,
+                e.serving,
+                e.terminating,
+            )
+        })
+        .collect()
+}
+
+fn ready(addr: &str, port: u16, node: &str) -> (String, u16, String, bool, bool, bool) {
+    (addr.into(), port, node.into(), true, true, false)
+}
+
+#[test]
+fn the_examples_are_valid_and_resolve_as_documented() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let problems = validate_dir(&dir, &ManifestOptions::default());
+    assert_eq!(
+        problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        Vec::<String>::new()
+    );
+    let resolution = resolve_dir(&dir);
+    assert_eq!(resolution.state.services.len(), 3);
+
+    let echo = service(&resolution, "echo");
+    assert_eq!(echo.service_type, ServiceType::ClusterIP);
+    assert_eq!(echo.cluster_ip, Some(ip("198.19.0.10")));
+    assert_eq!(echo.skip_reason, None);
+    let all = |port| {
+        vec![
+            ready("198.18.1.10", port, "node1"),
+            ready("198.18.1.11", port, "node1"),
+            ready("198.18.2.10", port, "node2"),
+        ]
+    };
+    assert_eq!(
+        (echo.ports[0].port, echo.ports[0].protocol),
+        (80, Protocol::Tcp)
+    );
+    assert_eq!(endpoints(&echo.ports[0].endpoints), all(8080));
+    assert_eq!(
+        (echo.ports[1].port, echo.ports[1].protocol),
+        (53, Protocol::Udp)
+    );
+    assert_eq!(endpoints(&echo.ports[1].endpoints), all(8081));
+
+    let nodeport = service(&resolution, "echo-nodeport");
+    assert_eq!(nodeport.service_type, ServiceType::NodePort);
+    assert_eq!(nodeport.ports[0].node_port, Some(30080));
+    assert_eq!(nodeport.ports[1].node_port, Some(30081));
+    assert_eq!(endpoints(&nodeport.ports[1].endpoints), all(8081));
+
+    let slice = service(&resolution, "echo-slice");
+    let from_slice = |port| {
+        vec![
+            ready("198.18.1.10", port, "node1"),
+            ready("198.18.2.10", port, "node2"),
+        ]
+    };
+    assert_eq!(endpoints(&slice.ports[0].endpoints), from_slice(8080));
+    assert_eq!(endpoints(&slice.ports[1].endpoints), from_slice(8081));
+
+    // Every address of the demo is inside 198.18.0.0/15.
+    let test_net: ipnet::Ipv4Net = "198.18.0.0/15".parse().unwrap();
+    for service in resolution.state.services.values() {
+        assert!(test_net.contains(&service.cluster_ip.unwrap()));
+        for port in &service.ports {
+            assert!(port.endpoints.iter().all(|e| test_net.contains(&e.addr)));
+        }
+    }
+}
+
+#[test]
+fn selectors_derive_endpoints_like_the_endpoint_slice_controller() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "svc.yaml",
+        &svc(
+            "echo",
+            "  selector: {app: echo}\n",
+            "    - port: 80\n      targetPort: tcp-echo\n",
+        ),
+    );
+    let pods = [
+        pod("ready", "198.18.1.1", "node1", ""),
+        // Not ready.
+        pod("not-ready", "198.18.1.2", "node1", "")
+            .replace("status: \"True\"", "status: \"False\""),
+        // Ready but being deleted: serving and terminating, not ready.
+        pod("deleting", "198.18.1.3", "node2", "").replace(
+            "labels: {app: echo}",
+            "labels: {app: echo}\n  deletionTimestamp: \"2024-01-01T00:00:00Z\"",
+        ),
+        // Finished pods are never endpoints.
+        pod("done", "198.18.1.4", "node1", "  phase: Succeeded\n"),
+        // Other labels, other namespace, no IP: not selected.
+        pod("other", "198.18.1.5", "node1", "").replace("app: echo", "app: other"),
+        pod("elsewhere", "198.18.1.6", "node1", "")
+            .replace("labels:", "namespace: shop\n  labels:"),
+        pod("no-ip", "198.18.1.7", "node1", "").replace("  podIP: 198.18.1.7\n", ""),
+    ];
+    write(dir.path(), "pods.yaml", &pods.join("---\n"));
+    let resolution = resolve_dir(dir.path());
+    let echo = service(&resolution, "echo");
+    assert_eq!(
+        endpoints(&echo.ports[0].endpoints),
+        [
+            ready("198.18.1.1", 8080, "node1"),
+            (
+                "198.18.1.2".into(),
+                8080,
+                "node1".into(),
+                false,
+                false,
+                false
+            ),
+            ("198.18.1.3".into(), 8080, "node2".into(), false, true, true),
+        ]
+    );
+}
+
+#[test]
+fn named_target_ports_resolve_per_pod_and_by_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = "    - {name: tcp, port: 80, targetPort: web}
+    - {name: udp, port: 80, targetPort: web, protocol: UDP}
+    - {name: missing, port: 81, targetPort: nope}
+";
+    write(
+        dir.path(),
+        "svc.yaml",
+        &svc("echo", "  selector: {app: echo}\n", ports),
+    );
+    let a = pod("a", "198.18.1.1", "node1", "").replace(
+        "name: tcp-echo, containerPort: 8080",
+        "name: web, containerPort: 8080",
+    );
+    let b = pod("b", "198.18.1.2", "node1", "").replace(
+        "name: tcp-echo, containerPort: 8080",
+        "name: web, containerPort: 9090",
+    );
+    // c names its UDP port "web": only the UDP service port finds it.
+    let c = pod("c", "198.18.1.3", "node2", "").replace("name: udp-echo", "name: web");
+    write(dir.path(), "pods.yaml", &[a, b, c].join("---\n"));
+    let resolution = resolve_dir(dir.path());
+    let echo = service(&resolution, "echo");
+    assert_eq!(
+        endpoints(&echo.ports[0].endpoints),
+        [
+            ready("198.18.1.1", 8080, "node1"),
+            ready("198.18.1.2", 9090, "node1")
+        ]
+    );
+    assert_eq!(
+        endpoints(&echo.ports[1].endpoints),
+        [ready("198.18.1.3", 8081, "node2")]
+    );
+    assert!(echo.ports[2].endpoints.is_empty());
+    // A name no pod defines is not an error, but worth a warning.
+    let warnings = only(&resolution.problems, Severity::Warning);
+    assert_eq!(
+        warnings,
+        [
+            "svc.yaml: document 1 (Service default/echo): spec.ports[2].targetPort: no pod \
+          selected by this Service has a container port named \"nope\" for TCP: this port has \
+          no endpoints"
+                .replace(
+                    "svc.yaml",
+                    &dir.path().join("svc.yaml").display().to_string()
+                )
+        ]
+    );
+    assert!(only(&resolution.problems, Severity::Error).is_empty());
+}
+
+const SLICE: &str = "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: NAME
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+";
+
+#[test]
+fn slices_are_merged_deduplicated_and_win_over_pods() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = "    - {name: http, port: 80, targetPort: 8080}\n    - {name: dns, port: 53, protocol: UDP}\n";
+    write(
+        dir.path(),
+        "svc.yaml",
+        &svc("web", "  selector: {app: echo}\n", ports),
+    );
+    write(
+        dir.path(),
+        "pods.yaml",
+        &pod("a", "198.18.1.1", "node1", ""),
+    );
+    let one = SLICE.replace("NAME", "web-1")
+        + "endpoints:
+  - {addresses: [198.18.2.1], nodeName: node2}
+  - {addresses: [198.18.2.2], conditions: {ready: false}}
+ports: [{name: http, port: 8080}, {name: dns, port: 5353, protocol: UDP}]
+";
+    // The second slice repeats 198.18.2.2 (now ready) and adds one; a third is IPv6.
+    let two = SLICE.replace("NAME", "web-2")
+        + "endpoints:
+  - {addresses: [198.18.2.2], nodeName: node2}
+  - {addresses: [198.18.2.3], conditions: {ready: false, serving: true, terminating: true}}
+ports: [{name: http, port: 8080}]
+";
+    let v6 = SLICE.replace("NAME", "web-3").replace("IPv4", "IPv6")
+        + "endpoints: [{addresses: [\"fd00::1\"]}]\nports: [{name: http, port: 8080}]\n";
+    write(dir.path(), "slices.yaml", &[one, two, v6].join("---\n"));
+    let resolution = resolve_dir(dir.path());
+    let web = service(&resolution, "web");
+    assert_eq!(
+        endpoints(&web.ports[0].endpoints),
+        [
+            ready("198.18.2.1", 8080, "node2"),
+            ready("198.18.2.2", 8080, "node2"),
+            ("198.18.2.3".into(), 8080, String::new(), false, true, true),
+        ]
+    );
+    assert_eq!(
+        endpoints(&web.ports[1].endpoints),
+        [
+            ready("198.18.2.1", 5353, "node2"),
+            (
+                "198.18.2.2".into(),
+                5353,
+                String::new(),
+                false,
+                false,
+                false
+            ),
+        ]
+    );
+    assert!(only(&resolution.problems, Severity::Warning).is_empty());
+
+    // A Service port no slice names gets a warning explaining how slices match.
+    write(
+        dir.path(),
+        "svc.yaml",
+        &svc("web", "", "    - {name: web, port: 80}\n"),
+    );
+    let resolution = resolve_dir(dir.path());
+    let warnings = only(&resolution.problems, Severity::Warning);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains(
+            "spec.ports[0].name: no EndpointSlice of this Service has a port named \"web\""
+        )
+    );
+}
+
+#[test]
+fn v1_endpoints_are_used_without_slices() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "svc.yaml",
+        &svc("web", "", "    - {name: http, port: 80}\n"),
+    );
+    write(
+        dir.path(),
+        "endpoints.yaml",
+        "apiVersion: v1
+kind: Endpoints
+metadata: {name: web}
+subsets:
+  - addresses: [{ip: 198.18.1.1, nodeName: node1}]
+    notReadyAddresses: [{ip: 198.18.1.2}]
+    ports: [{name: http, port: 8080}]
+",
+    );
+    let resolution = resolve_dir(dir.path());
+    assert_eq!(
+        endpoints(&service(&resolution, "web").ports[0].endpoints),
+        [
+            ready("198.18.1.1", 8080, "node1"),
+            (
+                "198.18.1.2".into(),
+                8080,
+                String::new(),
+                false,
+                false,
+                false
+            ),
+        ]
+    );
+}
+
+#[test]
+fn publish_not_ready_addresses_makes_every_endpoint_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "svc.yaml",
+        &svc(
+            "echo",
+            "  selector: {app: echo}\n  publishNotReadyAddresses: true\n",
+            "    - port: 80\n      targetPort: 8080\n",
+        ),
+    );
+    write(
+        dir.path(),
+        "pods.yaml",
+        &pod("a", "198.18.1.1", "node1", "").replace("\"True\"", "\"False\""),
+    );
+    let resolution = resolve_dir(dir.path());
+    assert_eq!(
+        endpoints(&service(&resolution, "echo").ports[0].endpoints),
+        [ready("198.18.1.1", 8080, "node1")]
+    );
+}
+
+#[test]
+fn skipped_services_are_listed_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = "    - port: 80\n";
+    let labelled = |n: &str, label: &str| {
+        svc(n, "", port).replace("  name: ", &format!("  labels: {{{label}}}\n  name: "))
+    };
+    let docs = [
+        svc("headless", "  clusterIP: None\n", port),
+        svc(
+            "external",
+            "  type: ExternalName\n  externalName: db.example\n",
+            "",
+        ),
+        labelled(
+            "other-proxy",
+            "service.kubernetes.io/service-proxy-name: cilium",
+        ),
+        labelled("dns-only", "service.kubernetes.io/headless: \"\""),
+        svc("plain", "", port),
+    ];
+    write(dir.path(), "svc.yaml", &docs.join("---\n"));
+    let resolution = resolve_dir(dir.path());
+    let reason = |n: &str| {
+        service(&resolution, n)
+            .skip_reason
+            .clone()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        service(&resolution, "headless").service_type,
+        ServiceType::Headless
+    );
+    assert_eq!(service(&resolution, "headless").cluster_ip, None);
+    assert!(reason("headless").contains("headless"));
+    assert_eq!(
+        service(&resolution, "external").service_type,
+        ServiceType::ExternalName
+    );
+    assert!(reason("external").contains("ExternalName"));
+    assert!(reason("other-proxy").contains("service-proxy-name=cilium"));
+    assert!(service(&resolution, "other-proxy").cluster_ip.is_some());
+    assert!(reason("dns-only").contains("service.kubernetes.io/headless"));
+    assert_eq!(service(&resolution, "plain").skip_reason, None);
+}
+
+#[test]
+fn service_fields_reach_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "  type: LoadBalancer
+  externalIPs: [198.18.9.2, 198.18.9.1]
+  loadBalancerIP: 198.18.9.3
+  loadBalancerSourceRanges: [198.18.0.0/16]
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}
+  externalTrafficPolicy: Local
+  internalTrafficPolicy: Local
+";
+    write(
+        dir.path(),
+        "svc.yaml",
+        &svc("lb", extra, "    - port: 80\n"),
+    );
+    let resolution = resolve_dir(dir.path());
+    let lb = service(&resolution, "lb");
+    assert_eq!(lb.service_type, ServiceType::LoadBalancer);
+    assert_eq!(
+        lb.external_ips,
+        [ip("198.18.9.1"), ip("198.18.9.2"), ip("198.18.9.3")]
+    );
+    assert_eq!(lb.affinity_timeout, Some(60));
+    assert_eq!(lb.external_traffic_policy, TrafficPolicy::Local);
+    assert_eq!(lb.internal_traffic_policy, TrafficPolicy::Local);
+    assert_eq!(lb.load_balancer_source_ranges.len(), 1);
+    let node_port = lb.ports[0].node_port.expect("allocated nodePort");
+    assert!((30_000..=32_767).contains(&node_port));
+}
+
+#[test]
+fn allocations_are_stable_across_a_restart_and_freed_when_services_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    fs::create_dir(&manifests).unwrap();
+    let state = dir.path().join("state/allocations.json");
+    write(
+        &manifests,
+        "a.yaml",
+        &svc(
+            "a",
+            "  type: NodePort\n",
+            "    - {name: http, port: 80}\n    - {name: dns, port: 53, protocol: UDP}\n",
+        ),
+    );
+    write(&manifests, "b.yaml", &svc("b", "", "    - port: 80\n"));
+    let cidr = ManifestOptions::default().service_cidr;
+
+    let run = || {
+        let mut store = ManifestStore::default();
+        store.load_dir(&manifests).unwrap();
+        let mut allocator = Allocator::open(&state, cidr).unwrap();
+        let resolution = store.desired_state(&mut allocator);
+        assert!(!allocator.is_dirty(), "saved");
+        resolution
+    };
+    let first = run();
+    assert!(state.exists());
+    let a = service(&first, "a");
+    assert!(a.cluster_ip.is_some());
+    assert!(a.ports.iter().all(|p| p.node_port.is_some()));
+    assert_ne!(a.ports[0].node_port, a.ports[1].node_port);
+    assert_ne!(a.cluster_ip, service(&first, "b").cluster_ip);
+
+    // A restart (new store, allocator reopened from the file) gives the same answers, even
+    // with a newcomer whose hash might have wanted the same addresses.
+    write(
+        &manifests,
+        "0.yaml",
+        &svc("aa", "  type: NodePort\n", "    - port: 80\n"),
+    );
+    let second = run();
+    for n in ["a", "b"] {
+        assert_eq!(service(&first, n), service(&second, n));
+    }
+
+    // b goes: its address is freed from the state file.
+    fs::remove_file(manifests.join("b.yaml")).unwrap();
+    run();
+    let saved = fs::read_to_string(&state).unwrap();
+    assert!(saved.contains("default/a"));
+    assert!(!saved.contains("default/b\""), "{saved}");
+}
+
+#[test]
+fn explicit_claims_win_over_allocations() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.yaml", &svc("a", "", "    - port: 80\n"));
+    let mut store = ManifestStore::default();
+    store.load_dir(dir.path()).unwrap();
+    let mut allocator = Allocator::in_memory(ManifestOptions::default().service_cidr);
+    let first = store.desired_state(&mut allocator);
+    let taken = service(&first, "a").cluster_ip.unwrap();
+
+    // A new manifest claims a's allocated address: it gets it, and a moves.
+    write(
+        dir.path(),
+        "b.yaml",
+        &svc("b", &format!("  clusterIP: {taken}\n"), "    - port: 80\n"),
+    );
+    store.load_dir(dir.path()).unwrap();
+    let second = store.desired_state(&mut allocator);
+    assert_eq!(service(&second, "b").cluster_ip, Some(taken));
+    let moved = service(&second, "a").cluster_ip.unwrap();
+    assert_ne!(moved, taken);
+    assert!(only(&second.problems, Severity::Note)[0].contains("now claimed by a manifest"));
+}
+
+#[test]
+fn conflicting_claims_are_errors_and_the_later_service_is_not_programmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = [
+        svc(
+            "a",
+            "  clusterIP: 198.19.0.5\n  type: NodePort\n",
+            "    - {port: 80, nodePort: 30001}\n",
+        ),
+        svc("b", "  clusterIP: 198.19.0.5\n", "    - port: 80\n"),
+        svc(
+            "c",
+            "  type: NodePort\n",
+            "    - {port: 80, nodePort: 30001, protocol: UDP}\n",
+        ),
+    ];
+    write(dir.path(), "svc.yaml", &docs.join("---\n"));
+    // The same object in another file.
+    write(dir.path(), "z.yaml", &svc("a", "", "    - port: 81\n"));
+
+    let problems = validate_dir(dir.path(), &ManifestOptions::default());
+    let errors: Vec<_> = problems.iter().filter(|p| p.is_error()).collect();
+    let shown: Vec<_> = errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(errors.len(), 3, "{shown:#?}");
+    assert_eq!(
+        (errors[0].document, errors[0].field.as_deref()),
+        (Some(2), Some("spec.clusterIP"))
+    );
+    assert!(shown[0].contains("cluster IP 198.19.0.5 is also claimed by Service default/a"));
+    assert_eq!(
+        (errors[1].document, errors[1].field.as_deref()),
+        (Some(3), Some("spec.ports[0].nodePort"))
+    );
+    assert!(shown[2].contains("z.yaml: document 1 (Service default/a): metadata.name: Service default/a is also defined in"));
+
+    let resolution = resolve_dir(dir.path());
+    assert_eq!(service(&resolution, "a").skip_reason, None);
+    assert_eq!(
+        service(&resolution, "a").ports[0].port,
+        80,
+        "the first file wins"
+    );
+    assert!(
+        service(&resolution, "b")
+            .skip_reason
+            .as_ref()
+            .unwrap()
+            .contains("198.19.0.5")
+    );
+    assert!(
+        service(&resolution, "c")
+            .skip_reason
+            .as_ref()
+            .unwrap()
+            .contains("30001")
+    );
+}
+
+#[test]
+fn validate_dir_collects_every_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.yaml", &svc("a", "", "    - port: 0\n"));
+    write(
+        dir.path(),
+        "b.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {}\n",
+    );
+    let problems = validate_dir(dir.path(), &ManifestOptions::default());
+    let errors: Vec<_> = problems
+        .iter()
+        .filter(|p| p.is_error())
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].contains("a.yaml: document 1 (Service default/a): spec.ports[0].port"));
+    assert!(errors[1].contains("b.yaml: document 1 (Pod): metadata.name: is missing"));
+
+    let empty = tempfile::tempdir().unwrap();
+    let problems = validate_dir(empty.path(), &ManifestOptions::default());
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].severity, Severity::Warning);
+}

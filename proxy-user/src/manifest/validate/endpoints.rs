@@ -1,0 +1,192 @@
+//! Checks of discovery.k8s.io/v1 EndpointSlice and v1 Endpoints.
+
+use std::net::IpAddr;
+
+use super::{NameRule, check_meta, check_port, endpoint_protocol, parse_ip, require_port};
+use crate::manifest::{
+    error::Problems,
+    k8s::{self, EndpointPort},
+    object::{AddressDef, EndpointPortDef, EndpointsDef, SliceDef, SliceEndpointDef, SubsetDef},
+};
+
+/// The label that ties an EndpointSlice to its Service.
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+pub(crate) fn check_slice(raw: &k8s::EndpointSlice, p: &mut Problems) -> Option<SliceDef> {
+    let meta = check_meta(&raw.metadata, NameRule::Subdomain, p);
+    let service = raw.metadata.labels.get(SERVICE_NAME_LABEL).cloned();
+    if service.is_none() {
+        p.warning(
+            &format!("metadata.labels.{SERVICE_NAME_LABEL}"),
+            "is missing: this EndpointSlice belongs to no Service and is ignored; add the \
+             label with the Service's name",
+        );
+    }
+    let ipv4 = match raw.address_type.as_deref() {
+        Some("IPv4") => true,
+        Some(other @ ("IPv6" | "FQDN")) => {
+            p.note(
+                "addressType",
+                format!("{other} slices are not programmed (sluice serves IPv4): skipped"),
+            );
+            false
+        }
+        Some(other) => {
+            p.error(
+                "addressType",
+                format!("expected IPv4, IPv6 or FQDN, got {other:?}"),
+            );
+            false
+        }
+        None => {
+            p.error("addressType", "is missing: set it to IPv4");
+            false
+        }
+    };
+    let mut endpoints = Vec::new();
+    if ipv4 {
+        for (i, endpoint) in raw.endpoints.iter().enumerate() {
+            if endpoint.addresses.is_empty() {
+                p.error(
+                    &format!("endpoints[{i}].addresses"),
+                    "is empty: an endpoint needs its address",
+                );
+            }
+            let addresses = endpoint
+                .addresses
+                .iter()
+                .enumerate()
+                .filter_map(|(j, address)| {
+                    let field = format!("endpoints[{i}].addresses[{j}]");
+                    match parse_ip(address, &field, p)? {
+                        IpAddr::V4(ip) => Some(ip),
+                        IpAddr::V6(_) => {
+                            p.error(
+                                &field,
+                                format!(
+                                    "{address} is an IPv6 address in an IPv4 slice: move it to \
+                                     a slice with addressType IPv6"
+                                ),
+                            );
+                            None
+                        }
+                    }
+                })
+                .collect();
+            // Kubernetes' defaults: ready nil → true; serving nil → ready; terminating nil
+            // → false.
+            let ready = endpoint.conditions.ready.unwrap_or(true);
+            endpoints.push(SliceEndpointDef {
+                addresses,
+                node_name: endpoint.node_name.clone().filter(|n| !n.is_empty()),
+                ready,
+                serving: endpoint.conditions.serving.unwrap_or(ready),
+                terminating: endpoint.conditions.terminating.unwrap_or(false),
+            });
+        }
+    }
+    let ports = check_endpoint_ports(&raw.ports, "ports", false, p);
+    if p.has_errors() {
+        return None;
+    }
+    let (namespace, name) = meta?;
+    Some(SliceDef {
+        namespace,
+        name,
+        service,
+        ipv4,
+        endpoints,
+        ports,
+    })
+}
+
+pub(crate) fn check_endpoints(raw: &k8s::Endpoints, p: &mut Problems) -> Option<EndpointsDef> {
+    let meta = check_meta(&raw.metadata, NameRule::Subdomain, p);
+    let mut subsets = Vec::new();
+    for (i, subset) in raw.subsets.iter().enumerate() {
+        let addresses = check_addresses(&subset.addresses, &format!("subsets[{i}].addresses"), p);
+        let not_ready_addresses = check_addresses(
+            &subset.not_ready_addresses,
+            &format!("subsets[{i}].notReadyAddresses"),
+            p,
+        );
+        let ports = check_endpoint_ports(&subset.ports, &format!("subsets[{i}].ports"), true, p);
+        subsets.push(SubsetDef {
+            addresses,
+            not_ready_addresses,
+            ports,
+        });
+    }
+    if p.has_errors() {
+        return None;
+    }
+    let (namespace, name) = meta?;
+    Some(EndpointsDef {
+        namespace,
+        name,
+        subsets,
+    })
+}
+
+fn check_addresses(
+    addresses: &[k8s::EndpointAddress],
+    field: &str,
+    p: &mut Problems,
+) -> Vec<AddressDef> {
+    let mut defs = Vec::new();
+    for (i, address) in addresses.iter().enumerate() {
+        let field = format!("{field}[{i}].ip");
+        let Some(ip) = address.ip.as_deref() else {
+            p.error(&field, "is missing: an address needs its ip");
+            continue;
+        };
+        match parse_ip(ip, &field, p) {
+            Some(IpAddr::V4(ip)) => defs.push(AddressDef {
+                ip,
+                node_name: address.node_name.clone().filter(|n| !n.is_empty()),
+            }),
+            Some(IpAddr::V6(_)) => {
+                p.note(&field, "IPv6 endpoints are not programmed yet: skipped");
+            }
+            None => {}
+        }
+    }
+    defs
+}
+
+/// Ports of a slice (port optional) or an Endpoints subset (port required).
+fn check_endpoint_ports(
+    ports: &[EndpointPort],
+    field: &str,
+    port_required: bool,
+    p: &mut Problems,
+) -> Vec<EndpointPortDef> {
+    let mut defs: Vec<EndpointPortDef> = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let at = |name: &str| format!("{field}[{i}].{name}");
+        let number = if port_required {
+            require_port(port.port, &at("port"), p)
+        } else {
+            check_port(port.port, &at("port"), p)
+        };
+        let Some(protocol) = endpoint_protocol(port.protocol, &at("protocol"), p) else {
+            continue;
+        };
+        let name = port.name.clone().unwrap_or_default();
+        if defs
+            .iter()
+            .any(|def| def.name == name && def.protocol == protocol)
+        {
+            p.error(
+                &at("name"),
+                format!("duplicate port name {name:?} for {protocol}: each port needs its own"),
+            );
+        }
+        defs.push(EndpointPortDef {
+            name,
+            port: number,
+            protocol,
+        });
+    }
+    defs
+}

@@ -1,0 +1,397 @@
+//! Checks of a v1 Service.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use ipnet::{IpNet, Ipv4Net};
+
+use super::{NameRule, check_meta, check_port, is_dns1123_label, is_port_name, parse_ip};
+use crate::{
+    manifest::{
+        ManifestOptions,
+        error::Problems,
+        k8s::{
+            self, IntOrString, Integer, PortProtocol, ServiceSpecType, SessionAffinity,
+            TrafficPolicySpec,
+        },
+        object::{ClusterIp, PortDef, ServiceDef, TargetPort},
+    },
+    model::{Protocol, ServiceName, TrafficPolicy},
+};
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
+const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+const MAX_AFFINITY_TIMEOUT: i64 = 86_400;
+pub(crate) const NODE_PORT_MIN: u16 = 30_000;
+pub(crate) const NODE_PORT_MAX: u16 = 32_767;
+
+pub(crate) fn check_service(
+    raw: &k8s::Service,
+    options: &ManifestOptions,
+    p: &mut Problems,
+) -> Option<ServiceDef> {
+    let meta = check_meta(&raw.metadata, NameRule::Label1035, p);
+    let spec = &raw.spec;
+    let spec_type = spec.type_.unwrap_or_default();
+    let cluster_ip = check_cluster_ip(spec, spec_type, options.service_cidr, p);
+    let ports = check_ports(spec, spec_type, cluster_ip, p);
+    let external_ips = spec
+        .external_ips
+        .iter()
+        .enumerate()
+        .filter_map(|(i, ip)| ipv4_or_note(ip, &format!("spec.externalIPs[{i}]"), p))
+        .collect();
+    let mut load_balancer_ips = Vec::new();
+    if let Some(ip) = spec.load_balancer_ip.as_deref().filter(|ip| !ip.is_empty()) {
+        load_balancer_ips.extend(ipv4_or_note(ip, "spec.loadBalancerIP", p));
+    }
+    for (i, ingress) in raw.status.load_balancer.ingress.iter().enumerate() {
+        if let Some(ip) = ingress.ip.as_deref().filter(|ip| !ip.is_empty()) {
+            let field = format!("status.loadBalancer.ingress[{i}].ip");
+            load_balancer_ips.extend(ipv4_or_note(ip, &field, p));
+        }
+    }
+    if spec_type != ServiceSpecType::LoadBalancer {
+        // Kubernetes ignores these for other types; so do we.
+        load_balancer_ips.clear();
+    }
+    let load_balancer_source_ranges = spec
+        .load_balancer_source_ranges
+        .iter()
+        .enumerate()
+        .filter_map(|(i, cidr)| {
+            source_range(cidr, &format!("spec.loadBalancerSourceRanges[{i}]"), p)
+        })
+        .collect();
+    let affinity_timeout = check_affinity(spec, p);
+    if spec_type == ServiceSpecType::ExternalName
+        && spec.external_name.as_deref().unwrap_or("").is_empty()
+    {
+        p.error(
+            "spec.externalName",
+            "is missing: a Service of type ExternalName needs the DNS name it points to",
+        );
+    }
+    if p.has_errors() {
+        return None;
+    }
+    let (namespace, name) = meta?;
+    Some(ServiceDef {
+        name: ServiceName { namespace, name },
+        labels: raw.metadata.labels.clone(),
+        spec_type,
+        cluster_ip,
+        ports,
+        selector: spec.selector.clone().unwrap_or_default(),
+        external_ips,
+        load_balancer_ips,
+        affinity_timeout,
+        external_traffic_policy: traffic_policy(spec.external_traffic_policy),
+        internal_traffic_policy: traffic_policy(spec.internal_traffic_policy),
+        load_balancer_source_ranges,
+        publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
+        wants_node_ports: match spec_type {
+            ServiceSpecType::NodePort => true,
+            ServiceSpecType::LoadBalancer => spec.allocate_load_balancer_node_ports != Some(false),
+            ServiceSpecType::ClusterIP | ServiceSpecType::ExternalName => false,
+        },
+    })
+}
+
+fn traffic_policy(policy: Option<TrafficPolicySpec>) -> TrafficPolicy {
+    match policy.unwrap_or_default() {
+        TrafficPolicySpec::Cluster => TrafficPolicy::Cluster,
+        TrafficPolicySpec::Local => TrafficPolicy::Local,
+    }
+}
+
+fn check_cluster_ip(
+    spec: &k8s::ServiceSpec,
+    spec_type: ServiceSpecType,
+    service_cidr: Ipv4Net,
+    p: &mut Problems,
+) -> ClusterIp {
+    let (text, field) = match (spec.cluster_ip.as_deref(), spec.cluster_ips.first()) {
+        (Some(ip), Some(first)) if !ip.is_empty() && ip != first => {
+            p.error(
+                "spec.clusterIPs[0]",
+                format!(
+                    "{first:?} differs from spec.clusterIP {ip:?}: make them equal or drop one"
+                ),
+            );
+            return ClusterIp::Allocate;
+        }
+        (Some(ip), _) if !ip.is_empty() => (ip, "spec.clusterIP"),
+        (_, Some(first)) => (first.as_str(), "spec.clusterIPs[0]"),
+        _ => ("", "spec.clusterIP"),
+    };
+    for (i, ip) in spec.cluster_ips.iter().enumerate().skip(1) {
+        if ip != "None" {
+            parse_ip(ip, &format!("spec.clusterIPs[{i}]"), p);
+        }
+    }
+    if spec_type == ServiceSpecType::ExternalName {
+        if !text.is_empty() && text != "None" {
+            p.warning(field, "is ignored for type ExternalName");
+        }
+        return ClusterIp::Allocate;
+    }
+    match text {
+        "" => ClusterIp::Allocate,
+        "None" => {
+            if matches!(
+                spec_type,
+                ServiceSpecType::NodePort | ServiceSpecType::LoadBalancer
+            ) {
+                p.error(
+                    field,
+                    format!(
+                        "a headless Service (clusterIP: None) cannot be of type {spec_type:?}: \
+                         drop clusterIP or use type ClusterIP"
+                    ),
+                );
+            }
+            ClusterIp::Headless
+        }
+        text => match text.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) if service_cidr.contains(&ip) => ClusterIp::V4(ip),
+            Ok(IpAddr::V4(ip)) => {
+                p.error(
+                    field,
+                    format!(
+                        "{ip} is outside the service CIDR {service_cidr}: use an address inside \
+                         it, or leave clusterIP out to have one allocated"
+                    ),
+                );
+                ClusterIp::Allocate
+            }
+            Ok(IpAddr::V6(ip)) => ClusterIp::V6(ip),
+            Err(_) => {
+                p.error(
+                    field,
+                    format!(
+                        "expected an IP address, \"None\" (headless) or nothing (allocate one), \
+                         got {text:?}"
+                    ),
+                );
+                ClusterIp::Allocate
+            }
+        },
+    }
+}
+
+fn check_ports(
+    spec: &k8s::ServiceSpec,
+    spec_type: ServiceSpecType,
+    cluster_ip: ClusterIp,
+    p: &mut Problems,
+) -> Vec<PortDef> {
+    if spec.ports.is_empty()
+        && spec_type != ServiceSpecType::ExternalName
+        && cluster_ip != ClusterIp::Headless
+    {
+        p.error(
+            "spec.ports",
+            "is empty: a Service needs at least one port (only headless and ExternalName \
+             Services may have none)",
+        );
+    }
+    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut ports: BTreeMap<(u16, Protocol), usize> = BTreeMap::new();
+    let mut node_ports: BTreeMap<(u16, Protocol), usize> = BTreeMap::new();
+    let mut defs = Vec::new();
+    for (i, port) in spec.ports.iter().enumerate() {
+        let at = |field: &str| format!("spec.ports[{i}].{field}");
+        let name = port.name.as_deref().unwrap_or("");
+        if name.is_empty() && spec.ports.len() > 1 {
+            p.error(
+                &at("name"),
+                "is missing: every port needs a name when a Service has more than one port",
+            );
+        } else if !name.is_empty() && !is_dns1123_label(name) {
+            p.error(
+                &at("name"),
+                format!(
+                    "{name:?} is not a valid port name: use lower-case letters, digits and '-', \
+                     at most 63 characters"
+                ),
+            );
+        }
+        if let Some(first) = names.insert(name, i)
+            && !name.is_empty()
+        {
+            p.error(
+                &at("name"),
+                format!("duplicate port name {name:?}: spec.ports[{first}] has it too"),
+            );
+        }
+        let protocol = match port.protocol.unwrap_or(PortProtocol::Tcp) {
+            PortProtocol::Tcp => Some(Protocol::Tcp),
+            PortProtocol::Udp => Some(Protocol::Udp),
+            PortProtocol::Sctp => {
+                p.error(
+                    &at("protocol"),
+                    "SCTP is not supported by sluice: use TCP or UDP, or remove this port",
+                );
+                None
+            }
+        };
+        let number = if port.port.is_none() {
+            p.error(&at("port"), "is missing: give the Service port, 1-65535");
+            None
+        } else {
+            check_port(port.port, &at("port"), p)
+        };
+        if let (Some(number), Some(protocol)) = (number, protocol)
+            && let Some(first) = ports.insert((number, protocol), i)
+        {
+            p.error(
+                &at("port"),
+                format!("duplicate port {number}/{protocol}: spec.ports[{first}] has it too"),
+            );
+        }
+        let target = check_target_port(port.target_port.as_ref(), number, &at("targetPort"), p);
+        let node_port = check_node_port(port.node_port, spec_type, &at("nodePort"), p);
+        if let (Some(node_port), Some(protocol)) = (node_port, protocol)
+            && let Some(first) = node_ports.insert((node_port, protocol), i)
+        {
+            p.error(
+                &at("nodePort"),
+                format!(
+                    "duplicate nodePort {node_port}/{protocol}: spec.ports[{first}] has it too"
+                ),
+            );
+        }
+        if let (Some(protocol), Some(port), Some(target)) = (protocol, number, target) {
+            defs.push(PortDef {
+                name: name.to_owned(),
+                protocol,
+                port,
+                target,
+                node_port,
+            });
+        }
+    }
+    defs
+}
+
+fn check_target_port(
+    target: Option<&IntOrString>,
+    port: Option<u16>,
+    field: &str,
+    p: &mut Problems,
+) -> Option<TargetPort> {
+    const EXPECTED: &str = "expected an integer 1-65535 or an IANA port name";
+    match target {
+        None => port.map(TargetPort::Number),
+        Some(IntOrString::Int(0)) => port.map(TargetPort::Number),
+        Some(IntOrString::Int(value)) => match u16::try_from(*value) {
+            Ok(target) => Some(TargetPort::Number(target)),
+            Err(_) => {
+                p.error(field, format!("{EXPECTED}, got {value}"));
+                None
+            }
+        },
+        Some(IntOrString::String(name)) if is_port_name(name) => {
+            Some(TargetPort::Name(name.clone()))
+        }
+        Some(IntOrString::String(name)) => {
+            let hint = if name.parse::<u16>().is_ok() {
+                format!(" (a quoted number is a port name: write {name} without quotes)")
+            } else {
+                String::new()
+            };
+            p.error(field, format!("{EXPECTED}, got {name:?}{hint}"));
+            None
+        }
+    }
+}
+
+fn check_node_port(
+    node_port: Option<Integer>,
+    spec_type: ServiceSpecType,
+    field: &str,
+    p: &mut Problems,
+) -> Option<u16> {
+    let Integer(value) = node_port?;
+    if value == 0 {
+        return None;
+    }
+    if !matches!(
+        spec_type,
+        ServiceSpecType::NodePort | ServiceSpecType::LoadBalancer
+    ) {
+        p.error(
+            field,
+            format!(
+                "nodePort is only allowed for type NodePort or LoadBalancer, this Service is \
+                 {spec_type:?}: remove it or change spec.type"
+            ),
+        );
+        return None;
+    }
+    match u16::try_from(value) {
+        Ok(port) if (NODE_PORT_MIN..=NODE_PORT_MAX).contains(&port) => Some(port),
+        _ => {
+            p.error(
+                field,
+                format!(
+                    "expected a port in the NodePort range {NODE_PORT_MIN}-{NODE_PORT_MAX}, got \
+                     {value}: pick one in the range or leave it out to have one allocated"
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn check_affinity(spec: &k8s::ServiceSpec, p: &mut Problems) -> Option<u32> {
+    if spec.session_affinity.unwrap_or_default() != SessionAffinity::ClientIP {
+        return None;
+    }
+    let timeout = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|config| config.client_ip.as_ref())
+        .and_then(|client_ip| client_ip.timeout_seconds);
+    match timeout {
+        None => Some(DEFAULT_AFFINITY_TIMEOUT),
+        Some(Integer(seconds)) if (1..=MAX_AFFINITY_TIMEOUT).contains(&seconds) => {
+            u32::try_from(seconds).ok()
+        }
+        Some(Integer(seconds)) => {
+            p.error(
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                format!("expected an integer 1-{MAX_AFFINITY_TIMEOUT} (seconds), got {seconds}"),
+            );
+            None
+        }
+    }
+}
+
+/// An IPv4 address; IPv6 ones are skipped with a note (sluice programs IPv4 only).
+fn ipv4_or_note(text: &str, field: &str, p: &mut Problems) -> Option<std::net::Ipv4Addr> {
+    match parse_ip(text, field, p)? {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => {
+            p.note(field, "IPv6 addresses are not programmed yet: skipped");
+            None
+        }
+    }
+}
+
+fn source_range(text: &str, field: &str, p: &mut Problems) -> Option<Ipv4Net> {
+    match text.trim().parse::<IpNet>() {
+        Ok(IpNet::V4(net)) => Some(net.trunc()),
+        Ok(IpNet::V6(_)) => {
+            p.note(field, "IPv6 ranges are not programmed yet: skipped");
+            None
+        }
+        Err(_) => {
+            p.error(
+                field,
+                format!("expected a CIDR like 203.0.113.0/24, got {text:?}"),
+            );
+            None
+        }
+    }
+}
