@@ -14,7 +14,10 @@ fn main() {
     for dir in ["proxy-ebpf/src", "proxy-common/src"] {
         println!("cargo::rerun-if-changed={}", root.join(dir).display());
     }
-    println!("cargo::rerun-if-changed={}", root.join("proxy-ebpf/Cargo.toml").display());
+    println!(
+        "cargo::rerun-if-changed={}",
+        root.join("proxy-ebpf/Cargo.toml").display()
+    );
 
     let target_dir = root.join("target/bpf");
     let mut cargo = Command::new("cargo");

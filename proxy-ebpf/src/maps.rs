@@ -33,8 +33,7 @@ pub static SOCK_REV_NAT: LruHashMap<
 > = LruHashMap::new();
 
 #[btf_map(name = "NODE_ADDR_V1")]
-pub static NODE_ADDRS: HashMap<u32, NodeAddr, { map_sizes::NODE_ADDRS as usize }> =
-    HashMap::new();
+pub static NODE_ADDRS: HashMap<u32, NodeAddr, { map_sizes::NODE_ADDRS as usize }> = HashMap::new();
 
 #[btf_map(name = "CONFIG_V1")]
 pub static CONFIG: Array<Config, 1> = Array::new();
