@@ -10,8 +10,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
+pub mod checksum;
 #[cfg(feature = "user")]
 pub mod net;
+pub mod tcp;
 #[cfg(feature = "user")]
 mod user;
 

@@ -4,9 +4,27 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod conntrack;
+#[cfg(target_arch = "bpf")]
+mod error;
+#[cfg(target_arch = "bpf")]
+mod forward;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod nat;
+#[cfg(target_arch = "bpf")]
+mod packet;
+#[cfg(target_arch = "bpf")]
+mod reject;
+#[cfg(target_arch = "bpf")]
+mod service;
+#[cfg(target_arch = "bpf")]
 mod socket_lb;
+#[cfg(target_arch = "bpf")]
+mod tc;
+#[cfg(target_arch = "bpf")]
+mod xdp_ingress;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -4,19 +4,16 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{bpf_sock_addr, sk_action::SK_PASS},
-    helpers::{
-        bpf_get_prandom_u32,
-        generated::{bpf_get_socket_cookie, bpf_set_retval},
-    },
+    helpers::generated::{bpf_get_socket_cookie, bpf_set_retval},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use proxy_common::{
-    Backend, IPPROTO_TCP, IPPROTO_UDP, SVC_F_NODEPORT, ServiceKey, ServiceValue, SockRevNatKey,
-    SockRevNatValue,
-};
+use proxy_common::{IPPROTO_TCP, IPPROTO_UDP, SockRevNatKey, SockRevNatValue};
 
-use crate::maps::{BACKENDS, NODE_ADDRS, SERVICES, SOCK_REV_NAT};
+use crate::{
+    maps::SOCK_REV_NAT,
+    service::{lookup_frontend, select_backend},
+};
 
 /// Returned from cgroup sock_addr programs to reject the call; the error is set with
 /// `bpf_set_retval`.
@@ -59,7 +56,7 @@ fn translate_forward(ctx: &SockAddrContext) -> i32 {
     // user_port holds the port in network byte order in its low 16 bits.
     let dst_port = sa.user_port as u16;
 
-    let Some((key, service)) = lookup_frontend(dst_addr, dst_port, proto) else {
+    let Some((key, service)) = lookup_frontend(dst_addr, dst_port, proto, true) else {
         return SK_PASS as i32;
     };
     if service.count == 0 {
@@ -68,7 +65,7 @@ fn translate_forward(ctx: &SockAddrContext) -> i32 {
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return SK_REJECT;
     }
-    let Some(backend) = select_backend(key, service.count) else {
+    let Some((_, backend)) = select_backend(key, service.count) else {
         return SK_PASS as i32;
     };
 
@@ -126,42 +123,4 @@ fn protocol(sa: &bpf_sock_addr) -> Option<u8> {
         }
         _ => None,
     }
-}
-
-/// Finds the service entry for a destination: an exact frontend (ClusterIP, external address),
-/// or a NodePort when the destination is a node address or loopback.
-fn lookup_frontend(addr: u32, port: u16, proto: u8) -> Option<(ServiceKey, ServiceValue)> {
-    let mut key = ServiceKey {
-        addr,
-        port,
-        slot: 0,
-        proto,
-        scope: 0,
-        _pad: 0,
-    };
-    // SAFETY: copied out at once.
-    if let Some(service) = unsafe { SERVICES.get(&key) } {
-        return Some((key, *service));
-    }
-    // 127.0.0.0/8: the first octet is the first byte in memory.
-    let loopback = addr.to_ne_bytes()[0] == 127;
-    // SAFETY: only the presence of the key matters.
-    if !loopback && unsafe { NODE_ADDRS.get(&addr) }.is_none() {
-        return None;
-    }
-    key.addr = 0;
-    // SAFETY: copied out at once.
-    let service = unsafe { SERVICES.get(&key) }?;
-    (service.flags & SVC_F_NODEPORT != 0).then_some((key, *service))
-}
-
-/// Picks a backend uniformly among the service's `count` slots.
-fn select_backend(mut key: ServiceKey, count: u16) -> Option<Backend> {
-    // SAFETY: a plain helper call with no arguments.
-    let random = unsafe { bpf_get_prandom_u32() };
-    key.slot = (random % u32::from(count)) as u16 + 1;
-    // SAFETY: copied out at once.
-    let slot = unsafe { SERVICES.get(&key) }?;
-    // SAFETY: copied out at once.
-    unsafe { BACKENDS.get(&slot.backend_id) }.copied()
 }

@@ -1,0 +1,216 @@
+//! Connection tracking: finding, refreshing and creating the forward and reply entries of a
+//! translated flow.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_get_prandom_u32,
+};
+use proxy_common::{
+    Backend, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_LOCAL, CT_F_SNAT, CtEntry, CtKey, IPPROTO_TCP, tcp,
+};
+
+use crate::{
+    error::Error,
+    maps::{CONFIG, CONNTRACK},
+    nat::rewritten,
+    packet::{Packet, Tuple},
+};
+
+/// How many random SNAT ports a new flow tries before it is dropped.
+const SNAT_PORT_TRIES: u32 = 8;
+
+/// The entry for `key`, if any: a pointer into the map value.
+#[inline(always)]
+pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
+    CONNTRACK.get_ptr_mut(key)
+}
+
+/// Records that `pkt` was seen on the flow of `entry`: time and TCP state.
+#[inline(always)]
+pub fn touch(entry: *mut CtEntry, pkt: &Packet, now: u64) {
+    // SAFETY: `entry` points at a live map value. Concurrent packets of the same flow may write
+    // these fields at once; each write is a whole aligned field and the last one wins.
+    unsafe {
+        (*entry).last_seen_ns = now;
+        if pkt.tuple.proto == IPPROTO_TCP {
+            (*entry).tcp_state = tcp::next_state((*entry).tcp_state, pkt.tcp_flags);
+        }
+    }
+}
+
+/// Deletes a forward entry and the reply entry that belongs to it.
+#[inline(always)]
+pub fn remove_flow(forward: &CtKey, entry: &CtEntry) {
+    let after = rewritten(&tuple_of(forward), entry);
+    let reply = Tuple {
+        saddr: after.daddr,
+        daddr: after.saddr,
+        sport: after.dport,
+        dport: after.sport,
+        proto: after.proto,
+    };
+    // Missing entries (already evicted) are fine: the goal is that neither exists.
+    let _ = CONNTRACK.remove(&reply.ct_key(CT_DIR_REPLY));
+    let _ = CONNTRACK.remove(forward);
+}
+
+/// A new flow to a backend on this node: destination NAT only. Returns the translated tuple.
+#[inline(always)]
+pub fn create_local(
+    pkt: &Packet,
+    backend_id: u32,
+    backend: &Backend,
+    service_id: u32,
+    now: u64,
+) -> Result<Tuple, Error> {
+    let client = pkt.tuple;
+    let base = new_entry(pkt, backend_id, service_id, CT_F_LOCAL, now);
+    let forward = CtEntry {
+        new_daddr: backend.addr,
+        new_dport: backend.port,
+        ..base
+    };
+    let reply_key = CtKey {
+        saddr: backend.addr,
+        daddr: client.saddr,
+        sport: backend.port,
+        dport: client.sport,
+        proto: client.proto,
+        dir: CT_DIR_REPLY,
+        _pad: 0,
+    };
+    let reply = CtEntry {
+        new_saddr: client.daddr,
+        new_sport: client.dport,
+        ..base
+    };
+    insert_pair(
+        &client.ct_key(CT_DIR_FORWARD),
+        &forward,
+        &reply_key,
+        &reply,
+        u64::from(BPF_ANY),
+    )?;
+    Ok(rewritten(&client, &forward))
+}
+
+/// A new flow to a backend on another node: destination NAT to the backend and source NAT to
+/// the configured node address and a free port. Returns the translated tuple.
+#[inline(always)]
+pub fn create_snat(
+    pkt: &Packet,
+    backend_id: u32,
+    backend: &Backend,
+    service_id: u32,
+    now: u64,
+) -> Result<Tuple, Error> {
+    let config = CONFIG.get(0).ok_or(Error::NoSnatAddress)?;
+    let snat_addr = config.snat_addr;
+    if snat_addr == 0 {
+        return Err(Error::NoSnatAddress);
+    }
+    let (port_min, port_max) = (config.snat_port_min, config.snat_port_max);
+    if port_min == 0 || port_max < port_min {
+        return Err(Error::NoSnatPort);
+    }
+    let span = u32::from(port_max - port_min) + 1;
+
+    let client = pkt.tuple;
+    let base = new_entry(pkt, backend_id, service_id, CT_F_SNAT, now);
+    // Replies come back from the backend to the SNAT address; they go out as the frontend.
+    let reply = CtEntry {
+        new_saddr: client.daddr,
+        new_sport: client.dport,
+        new_daddr: client.saddr,
+        new_dport: client.sport,
+        ..base
+    };
+    for _ in 0..SNAT_PORT_TRIES {
+        // SAFETY: a plain helper call with no arguments.
+        let random = unsafe { bpf_get_prandom_u32() };
+        let snat_port = (port_min + (random % span) as u16).to_be();
+        let reply_key = CtKey {
+            saddr: backend.addr,
+            daddr: snat_addr,
+            sport: backend.port,
+            dport: snat_port,
+            proto: client.proto,
+            dir: CT_DIR_REPLY,
+            _pad: 0,
+        };
+        let forward = CtEntry {
+            new_saddr: snat_addr,
+            new_sport: snat_port,
+            new_daddr: backend.addr,
+            new_dport: backend.port,
+            ..base
+        };
+        // BPF_NOEXIST on the reply entry claims the port: two flows never share a reply tuple.
+        match insert_pair(
+            &client.ct_key(CT_DIR_FORWARD),
+            &forward,
+            &reply_key,
+            &reply,
+            u64::from(BPF_NOEXIST),
+        ) {
+            Ok(()) => return Ok(rewritten(&client, &forward)),
+            Err(Error::NoSnatPort) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Err(Error::NoSnatPort)
+}
+
+/// Writes the reply entry (with `reply_flags`: `BPF_NOEXIST` to claim its tuple) and then the
+/// forward entry; undoes the reply entry when the forward one cannot be written.
+#[inline(always)]
+fn insert_pair(
+    forward_key: &CtKey,
+    forward: &CtEntry,
+    reply_key: &CtKey,
+    reply: &CtEntry,
+    reply_flags: u64,
+) -> Result<(), Error> {
+    if CONNTRACK.insert(reply_key, reply, reply_flags).is_err() {
+        return Err(if reply_flags == u64::from(BPF_NOEXIST) {
+            Error::NoSnatPort
+        } else {
+            Error::ConntrackUpdate
+        });
+    }
+    if CONNTRACK
+        .insert(forward_key, forward, u64::from(BPF_ANY))
+        .is_err()
+    {
+        let _ = CONNTRACK.remove(reply_key);
+        return Err(Error::ConntrackUpdate);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn new_entry(pkt: &Packet, backend_id: u32, service_id: u32, flags: u8, now: u64) -> CtEntry {
+    let tcp_state = if pkt.tuple.proto == IPPROTO_TCP {
+        tcp::next_state(0, pkt.tcp_flags)
+    } else {
+        0
+    };
+    CtEntry {
+        last_seen_ns: now,
+        backend_id,
+        service_id,
+        flags,
+        tcp_state,
+        ..CtEntry::default()
+    }
+}
+
+fn tuple_of(key: &CtKey) -> Tuple {
+    Tuple {
+        saddr: key.saddr,
+        daddr: key.daddr,
+        sport: key.sport,
+        dport: key.dport,
+        proto: key.proto,
+    }
+}

@@ -1,0 +1,53 @@
+//! The closed set of reasons a packet leaves the normal path. Each hook maps them to its
+//! actions in exactly one `match`.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// Not an IPv4 frame (ARP, IPv6, ...).
+    NotIpv4,
+    /// IPv4, but neither TCP nor UDP.
+    NotTcpUdp,
+    /// A fragment: no L4 header to translate (first fragments with MF set included).
+    Fragment,
+    /// A header does not fit in the packet.
+    Truncated,
+    /// A header field is impossible (IP version, IHL, total length).
+    Malformed,
+    /// The chosen service slot or its backend is missing (a concurrent update).
+    NoBackend,
+    /// A remote backend was chosen but no SNAT address is configured.
+    NoSnatAddress,
+    /// The SNAT port range is empty or every port tried was taken.
+    NoSnatPort,
+    /// A conntrack entry could not be written.
+    ConntrackUpdate,
+    /// Growing or shrinking the packet failed.
+    Resize,
+    /// The redirect metadata could not be prepended.
+    Metadata,
+    /// A kernel helper rewriting an skb failed.
+    SkbRewrite,
+}
+
+impl Error {
+    #[expect(
+        dead_code,
+        reason = "for logs and drop-reason counters; none is wired yet"
+    )]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NotIpv4 => "not IPv4",
+            Self::NotTcpUdp => "not TCP or UDP",
+            Self::Fragment => "IPv4 fragment",
+            Self::Truncated => "truncated header",
+            Self::Malformed => "malformed header",
+            Self::NoBackend => "service slot or backend missing",
+            Self::NoSnatAddress => "remote backend without a SNAT address",
+            Self::NoSnatPort => "no free SNAT port",
+            Self::ConntrackUpdate => "conntrack update failed",
+            Self::Resize => "packet resize failed",
+            Self::Metadata => "XDP metadata not supported",
+            Self::SkbRewrite => "skb rewrite failed",
+        }
+    }
+}

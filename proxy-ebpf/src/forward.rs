@@ -1,0 +1,93 @@
+//! Sends a translated packet back out of XDP: FIB lookup, then XDP_TX / redirect, or a hand-off
+//! to the stack with metadata that `tc_ingress` turns into `bpf_redirect_neigh`.
+
+use core::mem::{size_of, zeroed};
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
+        xdp_action::{XDP_PASS, XDP_TX},
+    },
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_meta},
+    programs::XdpContext,
+};
+use proxy_common::{CONFIG_F_XDP_TX, XDP_META_MAGIC, XdpRedirectMeta};
+
+use crate::{
+    error::Error,
+    maps::CONFIG,
+    packet::{EthHdr, Tuple, ptr_at},
+};
+
+const AF_INET: u8 = 2;
+
+/// Forwards the packet (already carrying `tuple`, IPv4 total length `tot_len`) to its next hop.
+///
+/// With `CONFIG_F_XDP_TX` and a resolved neighbour, the MACs are rewritten and the packet leaves
+/// through XDP_TX (same interface) or `bpf_redirect`. Otherwise (no flag, or the neighbour is
+/// not resolved yet) it goes to the stack with [`XdpRedirectMeta`], and `tc_ingress` redirects
+/// it with `bpf_redirect_neigh`. When the FIB has no usable route the stack routes it.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, tuple: &Tuple, tot_len: u16) -> Result<u32, Error> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: bpf_fib_lookup is a plain C struct for which all zeroes is a valid value.
+    let mut fib: bpf_fib_lookup = unsafe { zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = tuple.proto;
+    fib.sport = tuple.sport;
+    fib.dport = tuple.dport;
+    fib.__bindgen_anon_1.tot_len = tot_len;
+    fib.ifindex = ingress;
+    fib.__bindgen_anon_3.ipv4_src = tuple.saddr;
+    fib.__bindgen_anon_4.ipv4_dst = tuple.daddr;
+    // SAFETY: `fib` is a valid, writable bpf_fib_lookup of the size passed.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut fib,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    } as u32;
+
+    let xdp_tx = CONFIG
+        .get(0)
+        .is_some_and(|config| config.flags & CONFIG_F_XDP_TX != 0);
+    if xdp_tx && rc == BPF_FIB_LKUP_RET_SUCCESS {
+        let eth: *mut EthHdr = ptr_at(ctx.data(), ctx.data_end(), 0)?;
+        // SAFETY: ptr_at checked that the Ethernet header lies inside the packet.
+        unsafe {
+            (*eth).dst = fib.dmac;
+            (*eth).src = fib.smac;
+        }
+        if fib.ifindex == ingress {
+            return Ok(XDP_TX);
+        }
+        // SAFETY: a plain helper call; it returns an XDP action.
+        return Ok(unsafe { bpf_redirect(fib.ifindex, 0) } as u32);
+    }
+    if rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH {
+        return pass_for_redirect(ctx, fib.ifindex);
+    }
+    Ok(XDP_PASS)
+}
+
+/// Prepends [`XdpRedirectMeta`] and passes the packet to the stack, where `tc_ingress` finds it.
+#[inline(always)]
+fn pass_for_redirect(ctx: &XdpContext, ifindex: u32) -> Result<u32, Error> {
+    let len = size_of::<XdpRedirectMeta>() as i32;
+    // SAFETY: the context is this program's xdp_md; the helper checks the headroom itself.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -len) } != 0 {
+        return Err(Error::Metadata);
+    }
+    let meta: *mut XdpRedirectMeta = ptr_at(ctx.metadata(), ctx.data(), 0)?;
+    // SAFETY: ptr_at checked that the metadata area holds a whole XdpRedirectMeta.
+    unsafe {
+        *meta = XdpRedirectMeta {
+            magic: XDP_META_MAGIC,
+            ifindex,
+        };
+    }
+    Ok(XDP_PASS)
+}

@@ -1,0 +1,154 @@
+//! Address and port translation of a parsed packet, with its checksums: in place for XDP,
+//! through the checksum helpers for TC (so CHECKSUM_PARTIAL skbs stay right).
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::TcContext,
+};
+use proxy_common::{CtEntry, IPPROTO_UDP, checksum};
+
+use crate::{
+    error::Error,
+    packet::{ETH_HLEN, Ipv4Hdr, Packet, Tuple, ptr_at},
+};
+
+/// Offsets of the IPv4 checksum and addresses.
+const IP_CHECK: usize = ETH_HLEN + 10;
+const IP_SADDR: usize = ETH_HLEN + 12;
+const IP_DADDR: usize = ETH_HLEN + 16;
+
+/// The tuple a packet carries after the rewrite `entry` describes (zero fields: unchanged).
+#[inline(always)]
+pub fn rewritten(tuple: &Tuple, entry: &CtEntry) -> Tuple {
+    Tuple {
+        saddr: if entry.new_saddr == 0 {
+            tuple.saddr
+        } else {
+            entry.new_saddr
+        },
+        daddr: if entry.new_daddr == 0 {
+            tuple.daddr
+        } else {
+            entry.new_daddr
+        },
+        sport: if entry.new_sport == 0 {
+            tuple.sport
+        } else {
+            entry.new_sport
+        },
+        dport: if entry.new_dport == 0 {
+            tuple.dport
+        } else {
+            entry.new_dport
+        },
+        proto: tuple.proto,
+    }
+}
+
+/// Rewrites the packet in `[data, data_end)` from `pkt.tuple` to `to`, updating the IPv4 and
+/// L4 checksums incrementally. A UDP checksum of 0 (none) stays 0.
+#[inline(always)]
+pub fn rewrite_in_place(
+    data: usize,
+    data_end: usize,
+    pkt: &Packet,
+    to: &Tuple,
+) -> Result<(), Error> {
+    let from = &pkt.tuple;
+    let ip: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN)?;
+    // Source and destination ports are the first two 16-bit words of TCP and UDP alike.
+    let ports: *mut [u16; 2] = ptr_at(data, data_end, pkt.l4)?;
+    let l4_check: *mut u16 = ptr_at(data, data_end, pkt.l4_check_offset())?;
+    // SAFETY: ptr_at checked that all three lie inside the packet, which is not resized here.
+    unsafe {
+        let mut ip_sum = (*ip).check;
+        let mut l4_sum = *l4_check;
+        let udp = from.proto == IPPROTO_UDP;
+        let l4_sum_absent = udp && l4_sum == 0;
+        if from.saddr != to.saddr {
+            ip_sum = checksum::update_u32(ip_sum, from.saddr, to.saddr);
+            l4_sum = checksum::update_u32(l4_sum, from.saddr, to.saddr);
+            (*ip).saddr = to.saddr;
+        }
+        if from.daddr != to.daddr {
+            ip_sum = checksum::update_u32(ip_sum, from.daddr, to.daddr);
+            l4_sum = checksum::update_u32(l4_sum, from.daddr, to.daddr);
+            (*ip).daddr = to.daddr;
+        }
+        if from.sport != to.sport {
+            l4_sum = checksum::update_u16(l4_sum, from.sport, to.sport);
+            (*ports)[0] = to.sport;
+        }
+        if from.dport != to.dport {
+            l4_sum = checksum::update_u16(l4_sum, from.dport, to.dport);
+            (*ports)[1] = to.dport;
+        }
+        (*ip).check = ip_sum;
+        if !l4_sum_absent {
+            *l4_check = if udp {
+                checksum::udp_wire(l4_sum)
+            } else {
+                l4_sum
+            };
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites an skb from `pkt.tuple` to `to` with the kernel's store and checksum helpers.
+#[inline(always)]
+pub fn rewrite_skb(ctx: &TcContext, pkt: &Packet, to: &Tuple) -> Result<(), Error> {
+    let from = &pkt.tuple;
+    let l4_check = pkt.l4_check_offset();
+    // For UDP, leave a zero checksum alone and send a computed zero as all ones.
+    let mangled = if from.proto == IPPROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    let address = u64::from(BPF_F_PSEUDO_HDR) | mangled | 4;
+    let port = mangled | 2;
+    if from.saddr != to.saddr {
+        replace_address(ctx, IP_SADDR, l4_check, from.saddr, to.saddr, address)?;
+    }
+    if from.daddr != to.daddr {
+        replace_address(ctx, IP_DADDR, l4_check, from.daddr, to.daddr, address)?;
+    }
+    if from.sport != to.sport {
+        replace_port(ctx, pkt.l4, l4_check, from.sport, to.sport, port)?;
+    }
+    if from.dport != to.dport {
+        replace_port(ctx, pkt.l4 + 2, l4_check, from.dport, to.dport, port)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn replace_address(
+    ctx: &TcContext,
+    offset: usize,
+    l4_check: usize,
+    from: u32,
+    to: u32,
+    l4_flags: u64,
+) -> Result<(), Error> {
+    ctx.l4_csum_replace(l4_check, u64::from(from), u64::from(to), l4_flags)
+        .map_err(|_| Error::SkbRewrite)?;
+    ctx.l3_csum_replace(IP_CHECK, u64::from(from), u64::from(to), 4)
+        .map_err(|_| Error::SkbRewrite)?;
+    ctx.store(offset, &to, 0).map_err(|_| Error::SkbRewrite)
+}
+
+#[inline(always)]
+fn replace_port(
+    ctx: &TcContext,
+    offset: usize,
+    l4_check: usize,
+    from: u16,
+    to: u16,
+    l4_flags: u64,
+) -> Result<(), Error> {
+    ctx.l4_csum_replace(l4_check, u64::from(from), u64::from(to), l4_flags)
+        .map_err(|_| Error::SkbRewrite)?;
+    ctx.store(offset, &to, 0).map_err(|_| Error::SkbRewrite)
+}

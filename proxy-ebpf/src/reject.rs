@@ -1,0 +1,205 @@
+//! Answers for connections to a service without endpoints: a TCP RST, or an ICMP port
+//! unreachable for UDP, both from the frontend address, sent back the way the packet came.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::xdp_action::XDP_DROP,
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
+    programs::XdpContext,
+};
+use proxy_common::{IPPROTO_TCP, checksum, tcp};
+
+use crate::{
+    error::Error,
+    forward::forward,
+    packet::{
+        ETH_HLEN, EthHdr, IPPROTO_ICMP, IPV4_HLEN, Ipv4Hdr, Packet, TCP_HLEN, TcpHdr, Tuple, ptr_at,
+    },
+};
+
+const IP_DF: u16 = 0x4000;
+const TTL: u8 = 64;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_PORT_UNREACH: u8 = 3;
+/// The L4 bytes an ICMP error quotes after the original IP header (RFC 792).
+const ICMP_QUOTED_L4: usize = 8;
+/// The most 16-bit words an ICMP error quotes: a 60-byte IP header and 8 bytes.
+const ICMP_QUOTED_WORDS_MAX: usize = (60 + ICMP_QUOTED_L4) / 2;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IcmpHdr {
+    kind: u8,
+    code: u8,
+    check: u16,
+    unused: u32,
+}
+
+/// Turns a TCP segment into the RST that answers it (RFC 793, "Reset Generation"), in place.
+/// A RST is never answered: it is dropped.
+#[inline(always)]
+pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Error> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    // Fixed offsets first: the verifier cannot carry the variable-offset check of the segment
+    // over to them, and the compiler would drop them as implied by it.
+    let eth: *mut EthHdr = ptr_at(data, data_end, 0)?;
+    let ip_out: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN)?;
+    let tcp_ptr: *mut TcpHdr = ptr_at(data, data_end, ETH_HLEN + IPV4_HLEN)?;
+    let tcp_in: *const TcpHdr = ptr_at(data, data_end, pkt.l4)?;
+    // SAFETY: ptr_at checked that both headers lie inside the packet.
+    let (eth_in, tcp_in) = unsafe { (*eth, *tcp_in) };
+    if tcp_in.flags & tcp::RST != 0 {
+        return Ok(XDP_DROP);
+    }
+    let (seq, ack_seq, flags) = if tcp_in.flags & tcp::ACK != 0 {
+        (tcp_in.ack_seq, 0, tcp::RST)
+    } else {
+        let header_len = pkt.ihl + usize::from(tcp_in.doff >> 4) * 4;
+        let mut seg_len = usize::from(pkt.tot_len).saturating_sub(header_len) as u32;
+        if tcp_in.flags & tcp::SYN != 0 {
+            seg_len += 1;
+        }
+        if tcp_in.flags & tcp::FIN != 0 {
+            seg_len += 1;
+        }
+        let ack = u32::from_be(tcp_in.seq).wrapping_add(seg_len);
+        (0, ack.to_be(), tcp::RST | tcp::ACK)
+    };
+    let reply = Tuple {
+        saddr: pkt.tuple.daddr,
+        daddr: pkt.tuple.saddr,
+        sport: pkt.tuple.dport,
+        dport: pkt.tuple.sport,
+        proto: IPPROTO_TCP,
+    };
+    let tot_len = (IPV4_HLEN + TCP_HLEN) as u16;
+    let ip = ipv4_header(&reply, tot_len, IP_DF);
+    let mut tcp_out = TcpHdr {
+        sport: reply.sport,
+        dport: reply.dport,
+        seq,
+        ack_seq,
+        doff: ((TCP_HLEN / 4) as u8) << 4,
+        flags,
+        window: 0,
+        check: 0,
+        urg_ptr: 0,
+    };
+    let sum = checksum::pseudo_header(reply.saddr, reply.daddr, IPPROTO_TCP, TCP_HLEN as u16);
+    tcp_out.check = checksum::finish(checksum::accumulate(sum, bytes_of(&tcp_out)));
+
+    // The new headers go right after the Ethernet header, over the old ones.
+    // SAFETY: ptr_at checked all three headers lie inside the packet; the inputs were copied.
+    unsafe {
+        (*eth).dst = eth_in.src;
+        (*eth).src = eth_in.dst;
+        *ip_out = ip;
+        *tcp_ptr = tcp_out;
+    }
+    resize(ctx, ETH_HLEN + usize::from(tot_len))?;
+    forward(ctx, &reply, tot_len)
+}
+
+/// Turns a UDP datagram into an ICMP destination unreachable / port unreachable quoting its IP
+/// header and first 8 bytes (RFC 792, RFC 1122 §3.2.2.1).
+#[inline(always)]
+pub fn icmp_port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Error> {
+    let eth: *const EthHdr = ptr_at(ctx.data(), ctx.data_end(), 0)?;
+    // SAFETY: ptr_at checked that the Ethernet header lies inside the packet.
+    let eth_in = unsafe { *eth };
+    let quoted = pkt.ihl + ICMP_QUOTED_L4;
+    let added = IPV4_HLEN + size_of::<IcmpHdr>();
+    // Room for a new IP and ICMP header in front; the original IP header then follows them.
+    // SAFETY: the context is this program's xdp_md; the helper checks the headroom itself.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(added as i32)) } != 0 {
+        return Err(Error::Resize);
+    }
+    let quoted_at = ETH_HLEN + added;
+    resize(ctx, quoted_at + quoted)?;
+
+    let reply = Tuple {
+        saddr: pkt.tuple.daddr,
+        daddr: pkt.tuple.saddr,
+        sport: 0,
+        dport: 0,
+        proto: IPPROTO_ICMP,
+    };
+    let tot_len = (added + quoted) as u16;
+    let ip = ipv4_header(&reply, tot_len, 0);
+    let mut icmp = IcmpHdr {
+        kind: ICMP_DEST_UNREACH,
+        code: ICMP_PORT_UNREACH,
+        check: 0,
+        unused: 0,
+    };
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let mut sum = checksum::accumulate(0, bytes_of(&icmp));
+    for word in 0..ICMP_QUOTED_WORDS_MAX {
+        if word * 2 >= quoted {
+            break;
+        }
+        let value: *const u16 = ptr_at(data, data_end, quoted_at + word * 2)?;
+        // SAFETY: ptr_at checked that the word lies inside the packet.
+        sum += u64::from(unsafe { *value });
+    }
+    icmp.check = checksum::finish(sum);
+
+    let eth: *mut EthHdr = ptr_at(data, data_end, 0)?;
+    let ip_out: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN)?;
+    let icmp_out: *mut IcmpHdr = ptr_at(data, data_end, ETH_HLEN + IPV4_HLEN)?;
+    // SAFETY: ptr_at checked all three headers lie inside the packet.
+    unsafe {
+        *eth = EthHdr {
+            dst: eth_in.src,
+            src: eth_in.dst,
+            ether_type: eth_in.ether_type,
+        };
+        *ip_out = ip;
+        *icmp_out = icmp;
+    }
+    forward(ctx, &reply, tot_len)
+}
+
+/// An IPv4 header without options for `tuple`, with its checksum.
+#[inline(always)]
+fn ipv4_header(tuple: &Tuple, tot_len: u16, frag_off: u16) -> Ipv4Hdr {
+    let mut ip = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos: 0,
+        tot_len: tot_len.to_be(),
+        id: 0,
+        frag_off: frag_off.to_be(),
+        ttl: TTL,
+        proto: tuple.proto,
+        check: 0,
+        saddr: tuple.saddr,
+        daddr: tuple.daddr,
+    };
+    ip.check = checksum::compute(bytes_of(&ip));
+    ip
+}
+
+/// Sets the frame length to `len` bytes (shrinking it; the tail helper cannot grow past the
+/// buffer).
+#[inline(always)]
+fn resize(ctx: &XdpContext, len: usize) -> Result<(), Error> {
+    // The helper rather than `data_end - data`: the compiler reorders that subtraction into
+    // arithmetic on the packet end pointer, which the verifier refuses.
+    // SAFETY: the context is this program's xdp_md.
+    let current = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
+    let delta = len as i32 - current as i32;
+    // SAFETY: the context is this program's xdp_md; the helper checks the new length itself.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+        return Err(Error::Resize);
+    }
+    Ok(())
+}
+
+/// The bytes of a header built on the stack.
+#[inline(always)]
+fn bytes_of<T: Copy>(header: &T) -> &[u8] {
+    // SAFETY: only used with the `#[repr(C)]` header structs of this crate, which have no
+    // padding, so every byte is initialised; the slice borrows `header`.
+    unsafe { core::slice::from_raw_parts((header as *const T).cast::<u8>(), size_of::<T>()) }
+}

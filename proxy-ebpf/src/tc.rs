@@ -1,0 +1,92 @@
+//! TC programs on the node interfaces: `tc_ingress` finishes XDP's hand-off with
+//! `bpf_redirect_neigh`; `tc_egress` reverse-translates replies of local backends.
+
+use core::ptr::null_mut;
+
+use aya_ebpf::{
+    bindings::TC_ACT_OK,
+    helpers::{bpf_ktime_get_ns, generated::bpf_redirect_neigh},
+    macros::classifier,
+    programs::TcContext,
+};
+use proxy_common::{CT_DIR_REPLY, CT_F_LOCAL, XDP_META_MAGIC, XdpRedirectMeta};
+
+use crate::{
+    conntrack,
+    error::Error,
+    nat::{rewrite_skb, rewritten},
+    packet::{self, ETH_HLEN, IPV4_HLEN, TCP_HLEN, ptr_at},
+};
+
+/// The most header bytes the parser reads: Ethernet, IPv4 with options, TCP without options.
+const MAX_HEADERS: u32 = (ETH_HLEN + 60 + TCP_HLEN) as u32;
+
+#[classifier]
+pub fn tc_ingress(ctx: TcContext) -> i32 {
+    let skb = ctx.skb.skb;
+    // SAFETY: `skb` is the kernel's __sk_buff for this call.
+    let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
+    let Ok(meta) = ptr_at::<XdpRedirectMeta>(meta, data, 0) else {
+        return TC_ACT_OK as i32;
+    };
+    // SAFETY: ptr_at checked that the metadata area holds a whole XdpRedirectMeta.
+    let redirect = unsafe { *meta };
+    if redirect.magic != XDP_META_MAGIC {
+        return TC_ACT_OK as i32;
+    }
+    // SAFETY: as above. Clear the mark so the packet is never redirected twice.
+    unsafe { (*meta).magic = 0 };
+    // SAFETY: a plain helper call; a null neighbour lets the kernel resolve the next hop.
+    unsafe { bpf_redirect_neigh(redirect.ifindex, null_mut(), 0, 0) as i32 }
+}
+
+#[classifier]
+pub fn tc_egress(ctx: TcContext) -> i32 {
+    match try_tc_egress(&ctx) {
+        Ok(action) => action,
+        Err(err) => action_for(err),
+    }
+}
+
+/// The one place errors become verdicts: egress never drops, what it cannot translate leaves
+/// as it is.
+fn action_for(err: Error) -> i32 {
+    match err {
+        Error::NotIpv4
+        | Error::NotTcpUdp
+        | Error::Fragment
+        | Error::Truncated
+        | Error::Malformed
+        | Error::NoBackend
+        | Error::NoSnatAddress
+        | Error::NoSnatPort
+        | Error::ConntrackUpdate
+        | Error::Resize
+        | Error::Metadata
+        | Error::SkbRewrite => TC_ACT_OK as i32,
+    }
+}
+
+#[inline(always)]
+fn try_tc_egress(ctx: &TcContext) -> Result<i32, Error> {
+    let pkt = match packet::parse(ctx.data(), ctx.data_end()) {
+        Err(Error::Truncated) if ctx.len() as usize > ETH_HLEN + IPV4_HLEN => {
+            // The headers may sit in paged data: make them linear and look again.
+            let _ = ctx.pull_data(MAX_HEADERS.min(ctx.len()));
+            packet::parse(ctx.data(), ctx.data_end())?
+        }
+        parsed => parsed?,
+    };
+    let Some(entry) = conntrack::lookup(&pkt.tuple.ct_key(CT_DIR_REPLY)) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    // SAFETY: `entry` points at a live map value; it is copied out at once.
+    let reply = unsafe { *entry };
+    if reply.flags & CT_F_LOCAL == 0 {
+        return Ok(TC_ACT_OK as i32);
+    }
+    // SAFETY: a plain helper call with no arguments.
+    conntrack::touch(entry, &pkt, unsafe { bpf_ktime_get_ns() });
+    rewrite_skb(ctx, &pkt, &rewritten(&pkt.tuple, &reply))?;
+    Ok(TC_ACT_OK as i32)
+}

@@ -1,0 +1,115 @@
+//! `xdp_ingress`: north-south service translation for packets arriving from off-node.
+//!
+//! Order: replies of SNATed flows, then known forward flows, then new flows to a service.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::bpf_ktime_get_ns,
+    macros::xdp,
+    programs::XdpContext,
+};
+use proxy_common::{BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, IPPROTO_TCP};
+
+use crate::{
+    conntrack,
+    error::Error,
+    forward::forward,
+    maps::BACKENDS,
+    nat::{rewrite_in_place, rewritten},
+    packet::{self, Packet, Tuple},
+    reject,
+    service::{lookup_frontend, select_backend},
+};
+
+#[xdp]
+pub fn xdp_ingress(ctx: XdpContext) -> u32 {
+    match try_xdp_ingress(&ctx) {
+        Ok(action) => action,
+        Err(err) => action_for(err),
+    }
+}
+
+/// The one place errors become verdicts: what we cannot parse is not ours and goes to the
+/// stack untouched; a flow we cannot translate is dropped.
+fn action_for(err: Error) -> u32 {
+    match err {
+        Error::NotIpv4
+        | Error::NotTcpUdp
+        | Error::Fragment
+        | Error::Truncated
+        | Error::Malformed
+        // The packet is already translated; the stack can still route it.
+        | Error::Metadata => XDP_PASS,
+        Error::NoBackend
+        | Error::NoSnatAddress
+        | Error::NoSnatPort
+        | Error::ConntrackUpdate
+        | Error::Resize
+        | Error::SkbRewrite => XDP_DROP,
+    }
+}
+
+#[inline(always)]
+fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, Error> {
+    let pkt = packet::parse(ctx.data(), ctx.data_end())?;
+    // SAFETY: a plain helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    if let Some(entry) = conntrack::lookup(&pkt.tuple.ct_key(CT_DIR_REPLY)) {
+        // SAFETY: `entry` points at a live map value; it is copied out at once.
+        let reply = unsafe { *entry };
+        if reply.flags & CT_F_SNAT != 0 {
+            conntrack::touch(entry, &pkt, now);
+            return translate_and_forward(ctx, &pkt, &rewritten(&pkt.tuple, &reply));
+        }
+    }
+
+    let forward_key = pkt.tuple.ct_key(CT_DIR_FORWARD);
+    if let Some(entry) = conntrack::lookup(&forward_key) {
+        // SAFETY: `entry` points at a live map value; it is copied out at once.
+        let flow = unsafe { *entry };
+        // SAFETY: only the presence of the key matters.
+        if unsafe { BACKENDS.get(&flow.backend_id) }.is_some() {
+            conntrack::touch(entry, &pkt, now);
+            let to = rewritten(&pkt.tuple, &flow);
+            if flow.flags & CT_F_SNAT != 0 {
+                return translate_and_forward(ctx, &pkt, &to);
+            }
+            rewrite_in_place(ctx.data(), ctx.data_end(), &pkt, &to)?;
+            return Ok(XDP_PASS);
+        }
+        // The backend is gone: the flow is balanced again as a new one.
+        conntrack::remove_flow(&forward_key, &flow);
+    }
+
+    new_flow(ctx, &pkt, now)
+}
+
+#[inline(always)]
+fn new_flow(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<u32, Error> {
+    let tuple = &pkt.tuple;
+    let Some((key, service)) = lookup_frontend(tuple.daddr, tuple.dport, tuple.proto, false) else {
+        return Ok(XDP_PASS);
+    };
+    if service.count == 0 {
+        return if tuple.proto == IPPROTO_TCP {
+            reject::tcp_reset(ctx, pkt)
+        } else {
+            reject::icmp_port_unreachable(ctx, pkt)
+        };
+    }
+    let (backend_id, backend) = select_backend(key, service.count).ok_or(Error::NoBackend)?;
+    if backend.flags & BACKEND_F_LOCAL != 0 {
+        let to = conntrack::create_local(pkt, backend_id, &backend, service.service_id, now)?;
+        rewrite_in_place(ctx.data(), ctx.data_end(), pkt, &to)?;
+        return Ok(XDP_PASS);
+    }
+    let to = conntrack::create_snat(pkt, backend_id, &backend, service.service_id, now)?;
+    translate_and_forward(ctx, pkt, &to)
+}
+
+#[inline(always)]
+fn translate_and_forward(ctx: &XdpContext, pkt: &Packet, to: &Tuple) -> Result<u32, Error> {
+    rewrite_in_place(ctx.data(), ctx.data_end(), pkt, to)?;
+    forward(ctx, to, pkt.tot_len)
+}

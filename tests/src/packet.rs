@@ -1,0 +1,504 @@
+//! Builds Ethernet + IPv4 + TCP/UDP/ICMP frames with correct checksums, and parses frames back
+//! while recomputing every checksum from scratch: the fixtures of the packet tests.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use proxy_common::{IPPROTO_TCP, IPPROTO_UDP, checksum};
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const ETH_HLEN: usize = 14;
+
+/// IPv4 "don't fragment" and "more fragments" flags (host order, in the frag_off word).
+pub const IP_DF: u16 = 0x4000;
+pub const IP_MF: u16 = 0x2000;
+
+pub type Mac = [u8; 6];
+
+/// The transport part of a frame under construction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp {
+        sport: u16,
+        dport: u16,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        window: u16,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+        /// `false` sends checksum 0 ("none").
+        checksum: bool,
+    },
+    Icmp {
+        kind: u8,
+        code: u8,
+        /// The 4 bytes after the checksum (unused / next-hop MTU for unreachables).
+        rest: [u8; 4],
+    },
+}
+
+/// An IPv4 frame description; [`Frame::build`] turns it into bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub eth_src: Mac,
+    pub eth_dst: Mac,
+    pub saddr: Ipv4Addr,
+    pub daddr: Ipv4Addr,
+    pub tos: u8,
+    pub id: u16,
+    /// Flags and fragment offset, host order.
+    pub frag_off: u16,
+    pub ttl: u8,
+    /// IPv4 options, a multiple of 4 bytes.
+    pub options: Vec<u8>,
+    pub transport: Transport,
+    pub payload: Vec<u8>,
+}
+
+/// Default MACs: the frames come from `PEER_MAC` and are addressed to `NODE_MAC`.
+pub const NODE_MAC: Mac = [0x02, 0, 0, 0, 0, 0x01];
+pub const PEER_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
+
+fn frame(src: SocketAddrV4, dst: SocketAddrV4, transport: Transport) -> Frame {
+    Frame {
+        eth_src: PEER_MAC,
+        eth_dst: NODE_MAC,
+        saddr: *src.ip(),
+        daddr: *dst.ip(),
+        tos: 0,
+        id: 0x1234,
+        frag_off: IP_DF,
+        ttl: 64,
+        options: Vec::new(),
+        transport,
+        payload: Vec::new(),
+    }
+}
+
+/// A TCP segment from `src` to `dst` with the given flags, seq 1000, ack 0, window 65535.
+pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Frame {
+    frame(
+        src,
+        dst,
+        Transport::Tcp {
+            sport: src.port(),
+            dport: dst.port(),
+            seq: 1000,
+            ack: 0,
+            flags,
+            window: 65535,
+        },
+    )
+}
+
+/// A UDP datagram from `src` to `dst` with a checksum.
+pub fn udp(src: SocketAddrV4, dst: SocketAddrV4) -> Frame {
+    frame(
+        src,
+        dst,
+        Transport::Udp {
+            sport: src.port(),
+            dport: dst.port(),
+            checksum: true,
+        },
+    )
+}
+
+/// An ICMP message from `src` to `dst` (ports ignored).
+pub fn icmp(src: Ipv4Addr, dst: Ipv4Addr, kind: u8, code: u8) -> Frame {
+    frame(
+        SocketAddrV4::new(src, 0),
+        SocketAddrV4::new(dst, 0),
+        Transport::Icmp {
+            kind,
+            code,
+            rest: [0; 4],
+        },
+    )
+}
+
+impl Frame {
+    pub fn macs(mut self, src: Mac, dst: Mac) -> Self {
+        self.eth_src = src;
+        self.eth_dst = dst;
+        self
+    }
+
+    pub fn payload(mut self, payload: &[u8]) -> Self {
+        self.payload = payload.to_vec();
+        self
+    }
+
+    pub fn options(mut self, options: &[u8]) -> Self {
+        assert!(
+            options.len().is_multiple_of(4) && options.len() <= 40,
+            "bad IPv4 options length"
+        );
+        self.options = options.to_vec();
+        self
+    }
+
+    pub fn frag_off(mut self, frag_off: u16) -> Self {
+        self.frag_off = frag_off;
+        self
+    }
+
+    pub fn id(mut self, id: u16) -> Self {
+        self.id = id;
+        self
+    }
+
+    pub fn seq_ack(mut self, new_seq: u32, new_ack: u32) -> Self {
+        if let Transport::Tcp { seq, ack, .. } = &mut self.transport {
+            *seq = new_seq;
+            *ack = new_ack;
+        }
+        self
+    }
+
+    pub fn window(mut self, new_window: u16) -> Self {
+        if let Transport::Tcp { window, .. } = &mut self.transport {
+            *window = new_window;
+        }
+        self
+    }
+
+    pub fn without_udp_checksum(mut self) -> Self {
+        if let Transport::Udp { checksum, .. } = &mut self.transport {
+            *checksum = false;
+        }
+        self
+    }
+
+    /// Changes source and destination addresses and ports, as a translation would.
+    pub fn addresses(mut self, src: SocketAddrV4, dst: SocketAddrV4) -> Self {
+        self.saddr = *src.ip();
+        self.daddr = *dst.ip();
+        match &mut self.transport {
+            Transport::Tcp { sport, dport, .. } | Transport::Udp { sport, dport, .. } => {
+                *sport = src.port();
+                *dport = dst.port();
+            }
+            Transport::Icmp { .. } => {}
+        }
+        self
+    }
+
+    fn proto(&self) -> u8 {
+        match self.transport {
+            Transport::Tcp { .. } => IPPROTO_TCP,
+            Transport::Udp { .. } => IPPROTO_UDP,
+            Transport::Icmp { .. } => IPPROTO_ICMP,
+        }
+    }
+
+    /// The frame's bytes with every checksum computed.
+    pub fn build(&self) -> Vec<u8> {
+        let l4 = self.transport_bytes();
+        let ihl = 20 + self.options.len();
+        let tot_len = u16::try_from(ihl + l4.len()).expect("frame too long");
+        let mut ip = Vec::with_capacity(ihl);
+        ip.push(0x40 | (ihl / 4) as u8);
+        ip.push(self.tos);
+        ip.extend_from_slice(&tot_len.to_be_bytes());
+        ip.extend_from_slice(&self.id.to_be_bytes());
+        ip.extend_from_slice(&self.frag_off.to_be_bytes());
+        ip.push(self.ttl);
+        ip.push(self.proto());
+        ip.extend_from_slice(&[0, 0]);
+        ip.extend_from_slice(&self.saddr.octets());
+        ip.extend_from_slice(&self.daddr.octets());
+        ip.extend_from_slice(&self.options);
+        let check = checksum::compute(&ip);
+        ip[10..12].copy_from_slice(&check.to_ne_bytes());
+
+        let mut out = Vec::with_capacity(ETH_HLEN + ip.len() + l4.len());
+        out.extend_from_slice(&self.eth_dst);
+        out.extend_from_slice(&self.eth_src);
+        out.extend_from_slice(&ETH_P_IP.to_be_bytes());
+        out.extend_from_slice(&ip);
+        out.extend_from_slice(&l4);
+        out
+    }
+
+    fn transport_bytes(&self) -> Vec<u8> {
+        let mut l4 = Vec::new();
+        let check_at = match self.transport {
+            Transport::Tcp {
+                sport,
+                dport,
+                seq,
+                ack,
+                flags,
+                window,
+            } => {
+                l4.extend_from_slice(&sport.to_be_bytes());
+                l4.extend_from_slice(&dport.to_be_bytes());
+                l4.extend_from_slice(&seq.to_be_bytes());
+                l4.extend_from_slice(&ack.to_be_bytes());
+                l4.extend_from_slice(&[0x50, flags]);
+                l4.extend_from_slice(&window.to_be_bytes());
+                l4.extend_from_slice(&[0, 0, 0, 0]);
+                Some(16)
+            }
+            Transport::Udp {
+                sport,
+                dport,
+                checksum,
+            } => {
+                let len = u16::try_from(8 + self.payload.len()).expect("datagram too long");
+                l4.extend_from_slice(&sport.to_be_bytes());
+                l4.extend_from_slice(&dport.to_be_bytes());
+                l4.extend_from_slice(&len.to_be_bytes());
+                l4.extend_from_slice(&[0, 0]);
+                checksum.then_some(6)
+            }
+            Transport::Icmp { kind, code, rest } => {
+                l4.extend_from_slice(&[kind, code, 0, 0]);
+                l4.extend_from_slice(&rest);
+                None
+            }
+        };
+        l4.extend_from_slice(&self.payload);
+        match check_at {
+            Some(at) => {
+                let check = l4_checksum(self.saddr, self.daddr, self.proto(), &l4);
+                let check = if self.proto() == IPPROTO_UDP {
+                    checksum::udp_wire(check)
+                } else {
+                    check
+                };
+                l4[at..at + 2].copy_from_slice(&check.to_ne_bytes());
+            }
+            None if self.proto() == IPPROTO_ICMP => {
+                let check = checksum::compute(&l4);
+                l4[2..4].copy_from_slice(&check.to_ne_bytes());
+            }
+            None => {}
+        }
+        l4
+    }
+}
+
+/// TCP/UDP checksum of `segment` (its checksum field zero or included, see [`parse`]).
+fn l4_checksum(saddr: Ipv4Addr, daddr: Ipv4Addr, proto: u8, segment: &[u8]) -> u16 {
+    let sum = checksum::pseudo_header(
+        u32::from_ne_bytes(saddr.octets()),
+        u32::from_ne_bytes(daddr.octets()),
+        proto,
+        u16::try_from(segment.len()).expect("segment too long"),
+    );
+    checksum::finish(checksum::accumulate(sum, segment))
+}
+
+/// An ICMP destination unreachable (type 3) quoting `original`'s IP header and 8 bytes.
+pub fn icmp_unreachable(src: Ipv4Addr, dst: Ipv4Addr, code: u8, original: &[u8]) -> Frame {
+    let ihl = usize::from(original[ETH_HLEN] & 0x0f) * 4;
+    let quoted = &original[ETH_HLEN..ETH_HLEN + ihl + 8];
+    icmp(src, dst, 3, code).payload(quoted)
+}
+
+/// A non-IPv4 frame: an ARP request or an IPv6 header, for "not ours" cases.
+pub fn ethernet(ether_type: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&NODE_MAC);
+    out.extend_from_slice(&PEER_MAC);
+    out.extend_from_slice(&ether_type.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// What [`parse`] found in a frame; every checksum was verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub eth_dst: Mac,
+    pub eth_src: Mac,
+    pub saddr: Ipv4Addr,
+    pub daddr: Ipv4Addr,
+    pub ttl: u8,
+    pub ihl: usize,
+    pub transport: Transport,
+    pub payload: Vec<u8>,
+}
+
+impl Parsed {
+    pub fn source(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.saddr, self.ports().0)
+    }
+
+    pub fn destination(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.daddr, self.ports().1)
+    }
+
+    fn ports(&self) -> (u16, u16) {
+        match self.transport {
+            Transport::Tcp { sport, dport, .. } | Transport::Udp { sport, dport, .. } => {
+                (sport, dport)
+            }
+            Transport::Icmp { .. } => (0, 0),
+        }
+    }
+}
+
+/// Parses an Ethernet + IPv4 + TCP/UDP/ICMP frame and recomputes the IPv4 and L4 checksums from
+/// scratch; any mismatch or inconsistent length is an error naming the field.
+pub fn parse(frame: &[u8]) -> Result<Parsed, String> {
+    let need = |len: usize, what: &str| {
+        if frame.len() < len {
+            Err(format!(
+                "frame of {} bytes too short for {what}",
+                frame.len()
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    need(ETH_HLEN + 20, "Ethernet + IPv4 headers")?;
+    let ether_type = u16::from_be_bytes([frame[12], frame[13]]);
+    if ether_type != ETH_P_IP {
+        return Err(format!("ether type {ether_type:#06x} is not IPv4"));
+    }
+    let ip = &frame[ETH_HLEN..];
+    if ip[0] >> 4 != 4 {
+        return Err(format!("IP version {}", ip[0] >> 4));
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let tot_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    need(ETH_HLEN + ihl, "IPv4 options")?;
+    if tot_len < ihl || ETH_HLEN + tot_len != frame.len() {
+        return Err(format!(
+            "IPv4 total length {tot_len} does not match a frame of {} bytes",
+            frame.len()
+        ));
+    }
+    let computed = checksum::fold(checksum::accumulate(0, &ip[..ihl]));
+    if computed != 0xffff {
+        return Err(format!(
+            "IPv4 header checksum {:#06x} is wrong",
+            u16::from_be_bytes([ip[10], ip[11]])
+        ));
+    }
+    let saddr = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let daddr = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let l4 = &ip[ihl..tot_len];
+    let be16 = |at: usize| u16::from_be_bytes([l4[at], l4[at + 1]]);
+    let be32 = |at: usize| u32::from_be_bytes([l4[at], l4[at + 1], l4[at + 2], l4[at + 3]]);
+    let (transport, header_len) = match ip[9] {
+        IPPROTO_TCP => {
+            if l4.len() < 20 {
+                return Err("TCP header truncated".into());
+            }
+            if l4_checksum(saddr, daddr, IPPROTO_TCP, l4) != 0 {
+                return Err(format!("TCP checksum {:#06x} is wrong", be16(16)));
+            }
+            let transport = Transport::Tcp {
+                sport: be16(0),
+                dport: be16(2),
+                seq: be32(4),
+                ack: be32(8),
+                flags: l4[13],
+                window: be16(14),
+            };
+            (transport, usize::from(l4[12] >> 4) * 4)
+        }
+        IPPROTO_UDP => {
+            if l4.len() < 8 {
+                return Err("UDP header truncated".into());
+            }
+            if usize::from(be16(4)) != l4.len() {
+                return Err(format!("UDP length {} but {} bytes", be16(4), l4.len()));
+            }
+            let has_checksum = be16(6) != 0;
+            if has_checksum && l4_checksum(saddr, daddr, IPPROTO_UDP, l4) != 0 {
+                return Err(format!("UDP checksum {:#06x} is wrong", be16(6)));
+            }
+            let transport = Transport::Udp {
+                sport: be16(0),
+                dport: be16(2),
+                checksum: has_checksum,
+            };
+            (transport, 8)
+        }
+        IPPROTO_ICMP => {
+            if l4.len() < 8 {
+                return Err("ICMP header truncated".into());
+            }
+            if checksum::fold(checksum::accumulate(0, l4)) != 0xffff {
+                return Err(format!("ICMP checksum {:#06x} is wrong", be16(2)));
+            }
+            let transport = Transport::Icmp {
+                kind: l4[0],
+                code: l4[1],
+                rest: [l4[4], l4[5], l4[6], l4[7]],
+            };
+            (transport, 8)
+        }
+        proto => return Err(format!("IP protocol {proto} not handled by the parser")),
+    };
+    Ok(Parsed {
+        eth_dst: frame[0..6].try_into().expect("6 bytes"),
+        eth_src: frame[6..12].try_into().expect("6 bytes"),
+        saddr,
+        daddr,
+        ttl: ip[8],
+        ihl,
+        transport,
+        payload: l4[header_len..].to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(a: [u8; 4], port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::from(a), port)
+    }
+
+    #[test]
+    fn built_frames_parse_back_with_valid_checksums() {
+        let (client, server) = (addr([198, 18, 0, 100], 40000), addr([198, 19, 0, 10], 80));
+        let frames = [
+            tcp(client, server, 0x02).payload(b"hello").build(),
+            tcp(client, server, 0x10).options(&[1, 1, 1, 0]).build(),
+            udp(client, server).payload(b"odd").build(),
+            udp(client, server).without_udp_checksum().build(),
+            icmp(*client.ip(), *server.ip(), 8, 0)
+                .payload(b"ping")
+                .build(),
+        ];
+        for frame in frames {
+            let parsed = parse(&frame).unwrap_or_else(|err| panic!("{err}: {frame:02x?}"));
+            assert_eq!(parsed.saddr, *client.ip());
+        }
+    }
+
+    #[test]
+    fn a_flipped_bit_is_caught() {
+        let (client, server) = (addr([198, 18, 0, 100], 40000), addr([198, 19, 0, 10], 53));
+        let good = udp(client, server).payload(b"query").build();
+        for at in [ETH_HLEN + 12, ETH_HLEN + 20, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            assert!(parse(&bad).is_err(), "flip at byte {at} not detected");
+        }
+    }
+
+    #[test]
+    fn known_tcp_checksum() {
+        // A SYN 10.0.0.1:1234 -> 10.0.0.2:80, seq 0, window 0: checksum from a reference stack.
+        let syn = tcp(addr([10, 0, 0, 1], 1234), addr([10, 0, 0, 2], 80), 0x02)
+            .seq_ack(0, 0)
+            .window(0)
+            .build();
+        let check = u16::from_be_bytes([syn[ETH_HLEN + 20 + 16], syn[ETH_HLEN + 20 + 17]]);
+        // Pseudo header + header words, folded by hand: 0x0a00+0x0001+0x0a00+0x0002+0x0006
+        // +0x0014 + 0x04d2+0x0050+0x5002 = 0x6941 -> complement 0x96be.
+        assert_eq!(check, 0x96be);
+    }
+}
