@@ -12,7 +12,10 @@ use proxy_user::{
 };
 
 #[derive(Parser)]
-#[command(version, about = "Sluice: an eBPF/XDP service proxy for Kubernetes nodes")]
+#[command(
+    version,
+    about = "Sluice: an eBPF/XDP service proxy for Kubernetes nodes"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -142,7 +145,8 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

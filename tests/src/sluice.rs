@@ -66,6 +66,8 @@ impl DaemonConfig {
         arg(&n.pin_dir);
         arg(&"--state-dir");
         arg(&n.state_dir);
+        arg(&"--service-cidr");
+        arg(&crate::SERVICE_CIDR);
         args.extend(extra_args.iter().map(OsString::from));
         let ready_timeout = std::env::var("SLUICE_READY_TIMEOUT_SECS")
             .ok()

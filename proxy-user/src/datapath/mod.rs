@@ -169,7 +169,9 @@ fn attach_socket_programs(
             &link_name,
             program.fd()?.try_clone()?.as_fd(),
             || {
-                let id = program.attach(&cgroup_file, CgroupAttachMode::AllowMultiple)?;
+                // Links always coexist with other programs on the cgroup; the kernel refuses
+                // the multi-attach flag on BPF_LINK_CREATE.
+                let id = program.attach(&cgroup_file, CgroupAttachMode::Single)?;
                 Ok(program.take_link(id)?.try_into()?)
             },
         )
