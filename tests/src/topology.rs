@@ -348,7 +348,23 @@ fn plug_into_underlay(underlay: &Netns, ns: &Netns, port: &str, ip: Ipv4Addr) ->
         "eth0",
     ])?;
     ns.ip(&["link", "set", "eth0", "up"])?;
+    wire_checksums(ns)?;
     Ok(port.to_owned())
+}
+
+/// Makes `eth0` send complete checksums, as every packet on a real wire has. A veth would
+/// otherwise hand partially checksummed packets (offload metadata) across the underlay, and a
+/// node's XDP_TX, which carries no such metadata, would deliver them with bad checksums.
+fn wire_checksums(ns: &Netns) -> Result<()> {
+    let status = ns.run_in(|| {
+        std::process::Command::new("ethtool")
+            .args(["-K", "eth0", "tx", "off"])
+            .stdout(std::process::Stdio::null())
+            .status()
+    })?;
+    let status = status.context("run ethtool (Debian package ethtool)")?;
+    anyhow::ensure!(status.success(), "ethtool -K eth0 tx off failed: {status}");
+    Ok(())
 }
 
 fn wire_pod(node: &Node, pod_ns: &Netns, node_iface: &str, ip: Ipv4Addr) -> Result<()> {

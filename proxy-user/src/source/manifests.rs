@@ -4,7 +4,7 @@ use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow};
 use ipnet::Ipv4Net;
-use notify::{RecursiveMode, Watcher as _};
+use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -71,6 +71,8 @@ pub fn spawn(opts: ManifestSourceOptions) -> Result<DesiredReceiver> {
             let mut rescan = false;
             for event in batch {
                 match event {
+                    // Reading a file is an event too: only changes count, or reloads would loop.
+                    Ok(event) if matches!(event.kind, EventKind::Access(_)) => {}
                     Ok(event) => {
                         rescan |= event.need_rescan();
                         changed.extend(event.paths.into_iter().filter(|p| is_manifest_file(p)));
