@@ -1,0 +1,262 @@
+//! The daemon's life with real traffic: refusing services without endpoints, following
+//! endpoint changes, restarts that keep connections, bad manifests that lose nothing else,
+//! and /healthz.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, TcpStream},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use proxy_tests::{
+    Place, Proto, bins,
+    manifests::{
+        ECHO_IP, ECHO_NODE_PORT_TCP, EMPTY_IP, EMPTY_NODE_PORT_TCP, EMPTY_NODE_PORT_UDP,
+        SERVICES_YAML, pods_yaml,
+    },
+    process,
+    scenario::{ALL_PODS, SPREAD_REQUESTS, SYNC_TIMEOUT, Scenario, pods},
+    wait_until,
+};
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().expect("valid address")
+}
+
+/// Refusals must come back at once (RST, ICMP or ECONNREFUSED), never as a timeout.
+const REFUSED_WITHIN: Duration = Duration::from_millis(500);
+
+#[test]
+fn a_service_without_endpoints_is_refused_at_once() {
+    let scenario = Scenario::start(&[]);
+    let node1 = scenario.cluster.node("node1").ip;
+    let cases = [
+        // Socket path (cgroup hooks): connect()/sendmsg() fail with ECONNREFUSED.
+        (Place::Pod("pod-1a"), Proto::Tcp, ip(EMPTY_IP), 80),
+        (Place::Pod("pod-1a"), Proto::UdpConnected, ip(EMPTY_IP), 53),
+        (Place::Pod("pod-1a"), Proto::Udp, ip(EMPTY_IP), 53),
+        (Place::Node("node2"), Proto::Tcp, node1, EMPTY_NODE_PORT_TCP),
+        // Packet path (XDP): a TCP RST, an ICMP port unreachable.
+        (Place::Client, Proto::Tcp, node1, EMPTY_NODE_PORT_TCP),
+        (
+            Place::Client,
+            Proto::UdpConnected,
+            node1,
+            EMPTY_NODE_PORT_UDP,
+        ),
+        (Place::Client, Proto::Tcp, ip(EMPTY_IP), 80),
+    ];
+    for (from, proto, addr, port) in cases {
+        let started = Instant::now();
+        let results = scenario.cluster.request(from, proto, addr, port, 3);
+        let elapsed = started.elapsed();
+        for result in &results {
+            let err = result.as_ref().expect_err(&format!(
+                "{proto} {addr}:{port} from {from:?} must be refused"
+            ));
+            assert!(
+                err.starts_with("refused"),
+                "{proto} {addr}:{port} from {from:?}: expected refused, got {err}"
+            );
+        }
+        assert!(
+            elapsed < REFUSED_WITHIN * 3,
+            "{proto} {addr}:{port} from {from:?}: 3 refusals took {elapsed:?}"
+        );
+    }
+}
+
+#[test]
+fn endpoint_changes_reach_the_datapath_while_traffic_flows() {
+    let scenario = Scenario::start(&[]);
+    let echo = ip(ECHO_IP);
+    let frontend = format!("{ECHO_IP}:80");
+    let node_port = format!("*:{ECHO_NODE_PORT_TCP}");
+    let node2_ip = scenario.cluster.node("node2").ip;
+
+    // A long-lived connection to a pod that stays: it must not notice the changes.
+    let mut held = scenario
+        .cluster
+        .hold(Place::Pod("pod-2a"), echo, 81)
+        .expect("open a held connection");
+    let held_pod = held.greeting().name.clone();
+    let leaving = ALL_PODS
+        .into_iter()
+        .find(|pod| *pod != held_pod)
+        .expect("three pods");
+    let staying: Vec<&str> = ALL_PODS.into_iter().filter(|p| *p != leaving).collect();
+
+    // The pod turns not-ready: it leaves every service on both nodes.
+    scenario.manifests.write(
+        "pods.yaml",
+        &pods_yaml(&scenario.cluster, |pod| pod != leaving),
+    );
+    let staying_ips: Vec<Ipv4Addr> = staying
+        .iter()
+        .map(|pod| scenario.cluster.pod(pod).ip)
+        .collect();
+    for node in ["node1", "node2"] {
+        scenario.wait_for_backends(node, &frontend, &staying_ips);
+        scenario.wait_for_backends(node, &node_port, &staying_ips);
+    }
+    let answered =
+        scenario.answering_pods(Place::Pod("pod-1a"), Proto::Tcp, echo, 80, SPREAD_REQUESTS);
+    assert_eq!(answered, pods(&staying), "ClusterIP after {leaving} left");
+    let answered = scenario.answering_pods(
+        Place::Client,
+        Proto::Tcp,
+        node2_ip,
+        ECHO_NODE_PORT_TCP,
+        SPREAD_REQUESTS,
+    );
+    assert_eq!(answered, pods(&staying), "NodePort after {leaving} left");
+    let reply = held
+        .ping()
+        .expect("the held connection survives the change");
+    assert_eq!(reply.name, held_pod);
+
+    // It comes back: new connections reach it again.
+    scenario
+        .manifests
+        .write("pods.yaml", &pods_yaml(&scenario.cluster, |_| true));
+    let all_ips: Vec<Ipv4Addr> = ALL_PODS
+        .iter()
+        .map(|pod| scenario.cluster.pod(pod).ip)
+        .collect();
+    for node in ["node1", "node2"] {
+        scenario.wait_for_backends(node, &frontend, &all_ips);
+    }
+    let answered =
+        scenario.answering_pods(Place::Pod("pod-1a"), Proto::Tcp, echo, 80, SPREAD_REQUESTS);
+    assert_eq!(
+        answered,
+        pods(&ALL_PODS),
+        "ClusterIP after {leaving} came back"
+    );
+    assert_eq!(held.ping().expect("still open").name, held_pod);
+}
+
+#[test]
+fn restarting_or_killing_the_daemon_keeps_connections_and_traffic() {
+    let mut scenario = Scenario::start(&[]);
+    let echo = ip(ECHO_IP);
+    let node1_ip = scenario.cluster.node("node1").ip;
+    let services_before = scenario.node1.services_json();
+
+    // One connection per path: XDP (client via node1's NodePort), socket LB (pod on node1).
+    let mut via_xdp = scenario
+        .cluster
+        .hold(Place::Client, node1_ip, ECHO_NODE_PORT_TCP)
+        .expect("open a connection through node1's NodePort");
+    let mut via_socket = scenario
+        .cluster
+        .hold(Place::Pod("pod-1b"), echo, 81)
+        .expect("open a connection to the ClusterIP");
+    let xdp_pod = via_xdp.greeting().name.clone();
+    let socket_pod = via_socket.greeting().name.clone();
+
+    scenario.node1.restart();
+    assert_eq!(
+        via_xdp.ping().expect("XDP flow after restart").name,
+        xdp_pod
+    );
+    assert_eq!(
+        via_socket.ping().expect("socket flow after restart").name,
+        socket_pod
+    );
+    assert_eq!(
+        scenario.node1.services_json(),
+        services_before,
+        "a restart keeps every frontend, id and backend"
+    );
+
+    // With the daemon gone, the pinned programs and maps keep serving.
+    scenario.node1.kill();
+    assert_eq!(via_xdp.ping().expect("XDP flow, daemon down").name, xdp_pod);
+    let answered = scenario.answering_pods(
+        Place::Client,
+        Proto::Tcp,
+        node1_ip,
+        ECHO_NODE_PORT_TCP,
+        SPREAD_REQUESTS,
+    );
+    assert_eq!(
+        answered,
+        pods(&ALL_PODS),
+        "new connections while the daemon is down"
+    );
+    scenario.node1.start_again();
+    assert_eq!(via_xdp.ping().expect("XDP flow after start").name, xdp_pod);
+    assert_eq!(
+        via_socket.ping().expect("socket flow after start").name,
+        socket_pod
+    );
+}
+
+#[test]
+fn a_bad_manifest_is_reported_and_everything_else_keeps_serving() {
+    let scenario = Scenario::start(&[]);
+    let echo = ip(ECHO_IP);
+
+    // A new file with a wrong field: reported with file, document, object and field.
+    scenario.manifests.write(
+        "bad.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: default}\n\
+         spec:\n  ports:\n  - {port: eighty}\n",
+    );
+    let expected = "bad.yaml: document 1 (Service default/broken): spec.ports[0].port";
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
+        scenario.node1.stderr().contains(expected)
+    });
+
+    // The file that defines `echo` breaks mid-edit: the last good `echo` keeps serving.
+    scenario.manifests.write(
+        "services.yaml",
+        &format!("{SERVICES_YAML}\n  - {{unclosed: [\n"),
+    );
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
+        let stderr = scenario.node1.stderr();
+        stderr.matches("services.yaml").count() > 1 && stderr.contains("ERROR")
+    });
+    let answered =
+        scenario.answering_pods(Place::Pod("pod-1a"), Proto::Tcp, echo, 80, SPREAD_REQUESTS);
+    assert_eq!(answered, pods(&ALL_PODS), "echo keeps its last good state");
+
+    // `sluice validate` reports both problems and fails.
+    let mut validate = Command::new(bins::sluice_bin().expect("sluice binary"));
+    validate.arg("validate").arg(scenario.manifests.path());
+    let finished = process::run("sluice validate", validate, Duration::from_secs(10))
+        .expect("run sluice validate");
+    assert!(
+        !finished.status.success(),
+        "validate must fail:\n{}",
+        finished.stdout
+    );
+    assert!(finished.stdout.contains(expected), "{}", finished.stdout);
+    assert!(
+        finished.stdout.contains("services.yaml"),
+        "validate names the broken file:\n{}",
+        finished.stdout
+    );
+}
+
+#[test]
+fn healthz_is_ok_once_synced() {
+    let scenario = Scenario::start(&[]);
+    let response = scenario
+        .cluster
+        .node("node1")
+        .netns
+        .run_in(|| {
+            let mut stream = TcpStream::connect("127.0.0.1:10256")?;
+            stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            std::io::Result::Ok(response)
+        })
+        .expect("enter node1")
+        .expect("GET /healthz");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"lastUpdated\":\"20"), "{response}");
+}
