@@ -1,0 +1,88 @@
+//! `cargo xtask demo`: a two-node netns cluster running `sluice run` on the manifests in
+//! examples/, traffic to its ClusterIPs and NodePorts, which pod answered each request, and
+//! what the maps hold. Everything it creates is removed when it ends.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use proxy_tests::{Cluster, Place, Proto, SluiceDaemon, workload::REQUEST_TIMEOUT};
+
+const REQUESTS: usize = 6;
+
+fn main() {
+    let examples: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let examples = examples
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("examples directory {}: {e}", examples.display()));
+
+    let mut cluster = Cluster::new();
+    // The example pods declare tcp-echo 8080/TCP and udp-echo 8081/UDP.
+    cluster.start_pods_with(&[8080], &[8081]);
+    println!("Sluice demo: a two-node cluster in network namespaces, manifests from examples/\n");
+    for node in cluster.nodes() {
+        let pods: Vec<String> = cluster
+            .pods_on(&node.name)
+            .map(|pod| format!("{} {}", pod.name, pod.ip))
+            .collect();
+        println!("  {} {}: {}", node.name, node.ip, pods.join(", "));
+    }
+    println!("  client {} (off-node, reaches nodes over the underlay)\n", cluster.client().ip);
+
+    let node1 = SluiceDaemon::start(&cluster, "node1", &examples, &[]);
+    let node2 = SluiceDaemon::start(&cluster, "node2", &examples, &[]);
+    println!("node1: {}", node1.ready_line());
+    println!("node2: {}\n", node2.ready_line());
+
+    let node1_ip = cluster.node("node1").ip;
+    let node2_ip = cluster.node("node2").ip;
+    let echo = Ipv4Addr::new(198, 19, 0, 10);
+    let echo_slice = Ipv4Addr::new(198, 19, 0, 12);
+    let cases = [
+        ("ClusterIP echo, from pod-1a (socket-level LB)", Place::Pod("pod-1a"), Proto::Tcp, echo, 80),
+        ("ClusterIP echo UDP, from pod-2a (socket-level LB)", Place::Pod("pod-2a"), Proto::Udp, echo, 53),
+        ("ClusterIP echo-slice (EndpointSlice), from node2", Place::Node("node2"), Proto::Tcp, echo_slice, 80),
+        ("NodePort echo-nodeport via node1, from the client (XDP)", Place::Client, Proto::Tcp, node1_ip, 30080),
+        ("NodePort echo-nodeport UDP via node2, from the client (XDP)", Place::Client, Proto::UdpConnected, node2_ip, 30081),
+        ("NodePort on 127.0.0.1 from a node1 process", Place::Node("node1"), Proto::Tcp, Ipv4Addr::LOCALHOST, 30080),
+    ];
+    for (title, from, proto, addr, port) in cases {
+        println!("{title}: {proto} {addr}:{port}");
+        let mut tally: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, result) in cluster
+            .request_detailed(from, proto, addr, port, REQUESTS, REQUEST_TIMEOUT)
+            .into_iter()
+            .enumerate()
+        {
+            match result {
+                Ok(reply) => {
+                    println!(
+                        "  request {} -> {}  (it saw the client as {}; the client saw the answer \
+                         from {})",
+                        i + 1,
+                        reply.name,
+                        reply.peer.ip(),
+                        reply.remote
+                    );
+                    *tally.entry(reply.name).or_default() += 1;
+                }
+                Err(err) => println!("  request {} failed: {err}", i + 1),
+            }
+        }
+        let tally: Vec<String> = tally.iter().map(|(pod, n)| format!("{pod} x{n}")).collect();
+        println!("  answered by: {}\n", tally.join(", "));
+    }
+
+    println!("sluice services on node1 (read from the pinned maps):");
+    let pin_dir = cluster.node("node1").pin_dir.to_string_lossy().into_owned();
+    let services = node1.cli(&["services", "--pin-dir", &pin_dir]);
+    print!("{}", services.stdout);
+    if !services.status.success() {
+        eprint!("{}", services.stderr);
+    }
+    drop((node1, node2));
+    drop(cluster);
+    println!("\nDemo cluster removed (namespaces, cgroups, pins, processes).");
+}
