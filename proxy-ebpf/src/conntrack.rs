@@ -50,7 +50,7 @@ pub fn remove_flow(forward: &CtKey, entry: &CtEntry) {
         proto: after.proto,
     };
     // Missing entries (already evicted) are fine: the goal is that neither exists.
-    let _ = CONNTRACK.remove(&reply.ct_key(CT_DIR_REPLY));
+    let _ = CONNTRACK.remove(reply.ct_key(CT_DIR_REPLY));
     let _ = CONNTRACK.remove(forward);
 }
 
