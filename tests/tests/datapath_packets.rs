@@ -9,11 +9,11 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::HashMap;
+use aya::{EbpfLoader, maps::HashMap, programs::Program as BpfProgram};
 use proxy_common::{
     BACKEND_F_LOCAL, Backend, CONFIG_F_XDP_TX, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_LOCAL, CT_F_SNAT,
     Config, CtKey, IPPROTO_TCP, IPPROTO_UDP, SVC_F_NODEPORT, TCP_STATE_ESTABLISHED, TCP_STATE_SYN,
-    map_names, tcp,
+    map_names, program_names, tcp,
 };
 use proxy_tests::{
     capture::Capture,
@@ -785,4 +785,89 @@ fn handed_off_packets_leave_through_tc_ingress_redirect() {
             .build(),
         "the reply goes to the client from the frontend"
     );
+}
+
+#[test]
+fn every_program_in_the_object_passes_the_verifier() {
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(map_names::CONNTRACK, 1024)
+        .load(proxy_user::EBPF_OBJECT)
+        .expect("load the eBPF object");
+    let mut loaded = Vec::new();
+    for (name, program) in ebpf.programs_mut() {
+        let result = match program {
+            BpfProgram::Xdp(program) => program.load(),
+            BpfProgram::SchedClassifier(program) => program.load(),
+            BpfProgram::CgroupSockAddr(program) => program.load(),
+            other => panic!(
+                "unexpected program type for {name}: {:?}",
+                other.prog_type()
+            ),
+        };
+        result.unwrap_or_else(|err| panic!("verifier rejected {name}: {err:?}"));
+        loaded.push(name.to_owned());
+    }
+    loaded.sort();
+    let mut expected = [
+        program_names::CONNECT4,
+        program_names::SENDMSG4,
+        program_names::RECVMSG4,
+        program_names::GETPEERNAME4,
+        program_names::XDP_INGRESS,
+        program_names::TC_INGRESS,
+        program_names::TC_EGRESS,
+    ];
+    expected.sort_unstable();
+    assert_eq!(loaded, expected);
+}
+
+#[test]
+fn a_snat_port_is_claimed_once_and_exhaustion_drops() {
+    let mut dp = datapath(CONFIG_F_XDP_TX);
+    let only_port = SNAT_PORT_MIN;
+    dp.set_config(Config {
+        snat_addr: u32::from_ne_bytes(NODE_IP),
+        snat_port_min: only_port,
+        snat_port_max: only_port,
+        flags: CONFIG_F_XDP_TX,
+        _pad: 0,
+    });
+    let backend = sock(REMOTE.1, REMOTE.2);
+    let dns_backend = sock(REMOTE_DNS.1, REMOTE_DNS.2);
+    let first = packet::tcp(client(40000), sock(REMOTE_SVC, 80), tcp::SYN);
+    let second = packet::tcp(client(40001), sock(REMOTE_SVC, 80), tcp::SYN);
+    let query = packet::udp(client(40001), sock(REMOTE_SVC, 53));
+    dp.check_all(&[
+        Case::xdp(
+            "the only SNAT port goes to the first flow",
+            first.build(),
+            XDP_TX,
+            Expect::Frame(
+                first
+                    .clone()
+                    .addresses(sock(NODE_IP, only_port), backend)
+                    .macs(NODE_MAC, NEXT_HOP_MAC)
+                    .build(),
+            ),
+        ),
+        Case::xdp(
+            "a second flow to the same backend finds the port taken",
+            second.build(),
+            XDP_DROP,
+            Expect::Unchanged,
+        ),
+        Case::xdp(
+            "the port is free towards another backend address and port",
+            query.build(),
+            XDP_TX,
+            Expect::Frame(
+                query
+                    .clone()
+                    .addresses(sock(NODE_IP, only_port), dns_backend)
+                    .macs(NODE_MAC, NEXT_HOP_MAC)
+                    .build(),
+            ),
+        ),
+    ]);
+    assert_eq!(dp.conntrack_len(), 4, "two flows, two entries each");
 }
