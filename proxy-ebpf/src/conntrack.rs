@@ -18,6 +18,8 @@ use crate::{
 
 /// How many random SNAT ports a new flow tries before it is dropped.
 const SNAT_PORT_TRIES: u32 = 8;
+/// `bpf_map_update_elem` with `BPF_NOEXIST` on a taken key.
+const EEXIST: i32 = 17;
 
 /// The entry for `key`, if any: a pointer into the map value.
 #[inline(always)]
@@ -50,7 +52,7 @@ pub fn remove_flow(forward: &CtKey, entry: &CtEntry) {
         proto: after.proto,
     };
     // Missing entries (already evicted) are fine: the goal is that neither exists.
-    let _ = CONNTRACK.remove(&reply.ct_key(CT_DIR_REPLY));
+    let _ = CONNTRACK.remove(reply.ct_key(CT_DIR_REPLY));
     let _ = CONNTRACK.remove(forward);
 }
 
@@ -161,8 +163,9 @@ pub fn create_snat(
     Err(Error::NoSnatPort)
 }
 
-/// Writes the reply entry (with `reply_flags`: `BPF_NOEXIST` to claim its tuple) and then the
-/// forward entry; undoes the reply entry when the forward one cannot be written.
+/// Writes the reply entry (with `reply_flags`: `BPF_NOEXIST` to claim its tuple, a taken one
+/// is `NoSnatPort`) and then the forward entry; undoes the reply entry when the forward one
+/// cannot be written.
 #[inline(always)]
 fn insert_pair(
     forward_key: &CtKey,
@@ -171,12 +174,10 @@ fn insert_pair(
     reply: &CtEntry,
     reply_flags: u64,
 ) -> Result<(), Error> {
-    if CONNTRACK.insert(reply_key, reply, reply_flags).is_err() {
-        return Err(if reply_flags == u64::from(BPF_NOEXIST) {
-            Error::NoSnatPort
-        } else {
-            Error::ConntrackUpdate
-        });
+    match CONNTRACK.insert(reply_key, reply, reply_flags) {
+        Ok(()) => {}
+        Err(err) if err == -EEXIST => return Err(Error::NoSnatPort),
+        Err(_) => return Err(Error::ConntrackUpdate),
     }
     if CONNTRACK
         .insert(forward_key, forward, u64::from(BPF_ANY))

@@ -21,28 +21,17 @@ const IP_DADDR: usize = ETH_HLEN + 16;
 #[inline(always)]
 pub fn rewritten(tuple: &Tuple, entry: &CtEntry) -> Tuple {
     Tuple {
-        saddr: if entry.new_saddr == 0 {
-            tuple.saddr
-        } else {
-            entry.new_saddr
-        },
-        daddr: if entry.new_daddr == 0 {
-            tuple.daddr
-        } else {
-            entry.new_daddr
-        },
-        sport: if entry.new_sport == 0 {
-            tuple.sport
-        } else {
-            entry.new_sport
-        },
-        dport: if entry.new_dport == 0 {
-            tuple.dport
-        } else {
-            entry.new_dport
-        },
+        saddr: or_unchanged(entry.new_saddr, tuple.saddr),
+        daddr: or_unchanged(entry.new_daddr, tuple.daddr),
+        sport: or_unchanged(entry.new_sport, tuple.sport),
+        dport: or_unchanged(entry.new_dport, tuple.dport),
         proto: tuple.proto,
     }
+}
+
+#[inline(always)]
+fn or_unchanged<T: Copy + Default + PartialEq>(new: T, old: T) -> T {
+    if new == T::default() { old } else { new }
 }
 
 /// Rewrites the packet in `[data, data_end)` from `pkt.tuple` to `to`, updating the IPv4 and

@@ -70,7 +70,9 @@ const IP_OFFSET: u16 = 0x1fff;
 
 /// Returns a pointer to a `T` at `offset` in the packet `[data, data_end)`, or `Truncated` when
 /// it does not fit. Dereferencing it is safe for `size_of::<T>()` bytes until the packet is
-/// resized (any helper that moves `data` or `data_end` invalidates it).
+/// resized (any helper that moves `data` or `data_end` invalidates it). Headers after the
+/// Ethernet header are only 2-byte aligned; BPF loads and stores do not fault on that, exactly
+/// as with the kernel's own C headers.
 #[inline(always)]
 pub fn ptr_at<T>(data: usize, data_end: usize, offset: usize) -> Result<*mut T, Error> {
     if data + offset + size_of::<T>() > data_end {

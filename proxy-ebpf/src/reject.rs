@@ -47,7 +47,7 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Error> {
     let ip_out: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN)?;
     let tcp_ptr: *mut TcpHdr = ptr_at(data, data_end, ETH_HLEN + IPV4_HLEN)?;
     let tcp_in: *const TcpHdr = ptr_at(data, data_end, pkt.l4)?;
-    // SAFETY: ptr_at checked that both headers lie inside the packet.
+    // SAFETY: ptr_at checked that these headers lie inside the packet.
     let (eth_in, tcp_in) = unsafe { (*eth, *tcp_in) };
     if tcp_in.flags & tcp::RST != 0 {
         return Ok(XDP_DROP);

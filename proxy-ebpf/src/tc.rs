@@ -27,12 +27,12 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
     // SAFETY: `skb` is the kernel's __sk_buff for this call.
     let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
     let Ok(meta) = ptr_at::<XdpRedirectMeta>(meta, data, 0) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     // SAFETY: ptr_at checked that the metadata area holds a whole XdpRedirectMeta.
     let redirect = unsafe { *meta };
     if redirect.magic != XDP_META_MAGIC {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     // SAFETY: as above. Clear the mark so the packet is never redirected twice.
     unsafe { (*meta).magic = 0 };
@@ -63,7 +63,7 @@ fn action_for(err: Error) -> i32 {
         | Error::ConntrackUpdate
         | Error::Resize
         | Error::Metadata
-        | Error::SkbRewrite => TC_ACT_OK as i32,
+        | Error::SkbRewrite => TC_ACT_OK,
     }
 }
 
@@ -78,15 +78,15 @@ fn try_tc_egress(ctx: &TcContext) -> Result<i32, Error> {
         parsed => parsed?,
     };
     let Some(entry) = conntrack::lookup(&pkt.tuple.ct_key(CT_DIR_REPLY)) else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     };
     // SAFETY: `entry` points at a live map value; it is copied out at once.
     let reply = unsafe { *entry };
     if reply.flags & CT_F_LOCAL == 0 {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     // SAFETY: a plain helper call with no arguments.
     conntrack::touch(entry, &pkt, unsafe { bpf_ktime_get_ns() });
     rewrite_skb(ctx, &pkt, &rewritten(&pkt.tuple, &reply))?;
-    Ok(TC_ACT_OK as i32)
+    Ok(TC_ACT_OK)
 }

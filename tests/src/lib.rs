@@ -7,7 +7,9 @@
 
 pub mod bins;
 pub mod bpffs;
+pub mod capture;
 pub mod cgroup;
+pub mod datapath;
 pub mod echo;
 pub mod isolated_netns;
 pub mod manifests;

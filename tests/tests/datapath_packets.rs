@@ -4,45 +4,26 @@
 //! Each test runs in its own network namespace (a veth topology with fixed addresses and
 //! permanent neighbours) so the FIB lookups are deterministic. Needs root.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
-
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData},
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
 };
+
+use aya::{EbpfLoader, maps::HashMap, programs::Program as BpfProgram};
 use proxy_common::{
     BACKEND_F_LOCAL, Backend, CONFIG_F_XDP_TX, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_LOCAL, CT_F_SNAT,
-    Config, CtEntry, CtKey, IPPROTO_TCP, IPPROTO_UDP, NODE_ADDR_F_PRIMARY, NodeAddr,
-    SVC_F_EXTERNAL, SVC_F_NODEPORT, ServiceKey, ServiceValue, TCP_STATE_ESTABLISHED, TCP_STATE_SYN,
-    XDP_META_MAGIC, map_names, program_names, tcp,
+    Config, CtKey, IPPROTO_TCP, IPPROTO_UDP, SVC_F_NODEPORT, TCP_STATE_ESTABLISHED, TCP_STATE_SYN,
+    map_names, program_names, tcp,
 };
 use proxy_tests::{
-    isolated_netns::IsolatedNetns,
-    packet::{
-        self, ETH_P_ARP, ETH_P_IPV6, Frame, IP_DF, IP_MF, Mac, NODE_MAC, PEER_MAC, Transport,
+    capture::Capture,
+    datapath::{
+        CLIENT_IP, CLIENT_MAC, Case, Datapath, Expect, NEXT_HOP_IP, NEXT_HOP_MAC, NODE_IP,
+        OTHER_LINK_IP, OTHER_LINK_MAC, Program, SL2_MAC, SNAT_PORT_MAX, SNAT_PORT_MIN, TC_ACT_OK,
+        XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, be_addr, ct_key, redirect_meta, sock,
     },
+    packet::{self, ETH_P_ARP, ETH_P_IPV6, Frame, IP_DF, IP_MF, NODE_MAC, PEER_MAC, Transport},
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_REDIRECT: u32 = 7;
-
-const SNAT_PORT_MIN: u16 = 61000;
-const SNAT_PORT_MAX: u16 = 61999;
-
-// The topology: the node interface `sl0` (NODE_MAC, 198.18.0.1/24) with its veth peer `sl1`
-// (PEER_MAC) and a second link `sl2` (198.18.2.1/24). Neighbours are permanent entries.
-const NODE_IP: [u8; 4] = [198, 18, 0, 1];
-const CLIENT_IP: [u8; 4] = [198, 18, 0, 100];
-const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0xaa];
-const SL2_MAC: Mac = [0x02, 0, 0, 0, 0, 0x21];
-const SL3_MAC: Mac = [0x02, 0, 0, 0, 0, 0x23];
-const REMOTE_MAC: Mac = [0x02, 0, 0, 0, 0, 0x20];
-const OTHER_LINK_MAC: Mac = [0x02, 0, 0, 0, 0, 0x22];
 
 // Frontends (198.19.0.0/24 is not routed: services exist only in the maps).
 const CLUSTER_IP: [u8; 4] = [198, 19, 0, 10];
@@ -56,421 +37,71 @@ const NODE_PORT: u16 = 30080;
 const LOCAL_A: (u32, [u8; 4], u16) = (1, [198, 19, 100, 1], 8080);
 const LOCAL_B: (u32, [u8; 4], u16) = (2, [198, 19, 100, 2], 8080);
 const LOCAL_DNS: (u32, [u8; 4], u16) = (3, [198, 19, 100, 1], 5353);
-const REMOTE: (u32, [u8; 4], u16) = (10, [198, 18, 0, 20], 8080);
-const OTHER_LINK: (u32, [u8; 4], u16) = (11, [198, 18, 2, 20], 8080);
+const REMOTE: (u32, [u8; 4], u16) = (10, NEXT_HOP_IP, 8080);
+const OTHER_LINK: (u32, [u8; 4], u16) = (11, OTHER_LINK_IP, 8080);
 const NO_NEIGH: (u32, [u8; 4], u16) = (12, [198, 18, 0, 30], 8080);
-const REMOTE_DNS: (u32, [u8; 4], u16) = (13, [198, 18, 0, 20], 5353);
-
-fn sock(ip: [u8; 4], port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(ip), port)
-}
+const REMOTE_DNS: (u32, [u8; 4], u16) = (13, NEXT_HOP_IP, 5353);
 
 fn client(port: u16) -> SocketAddrV4 {
     sock(CLIENT_IP, port)
 }
 
-fn be_addr(addr: SocketAddrV4) -> u32 {
-    u32::from_ne_bytes(addr.ip().octets())
-}
-
-/// Which program a case runs.
-#[derive(Clone, Copy, Debug)]
-enum Program {
-    Xdp,
-    TcIngress,
-    TcEgress,
-}
-
-/// The output a case expects.
-#[derive(Debug)]
-enum Expect {
-    /// The input, byte for byte.
-    Unchanged,
-    /// These bytes.
-    Frame(Vec<u8>),
-    /// XDP metadata asking `tc_ingress` to redirect to `ifindex`, then these bytes.
-    Redirect { ifindex: u32, frame: Vec<u8> },
-}
-
-/// One row of a table: Katran's {description, input, expected verdict, expected output}.
-struct Case {
-    description: &'static str,
-    program: Program,
-    input: Vec<u8>,
-    verdict: u32,
-    output: Expect,
-}
-
-impl Case {
-    fn xdp(description: &'static str, input: Vec<u8>, verdict: u32, output: Expect) -> Self {
-        Self {
-            description,
-            program: Program::Xdp,
-            input,
-            verdict,
-            output,
-        }
+fn install_services(dp: &mut Datapath) {
+    for (id, ip, port) in [LOCAL_A, LOCAL_B, LOCAL_DNS] {
+        dp.add_backend(id, sock(ip, port), BACKEND_F_LOCAL);
     }
+    for (id, ip, port) in [REMOTE, OTHER_LINK, NO_NEIGH, REMOTE_DNS] {
+        dp.add_backend(id, sock(ip, port), 0);
+    }
+    let tcp = IPPROTO_TCP;
+    let udp = IPPROTO_UDP;
+    dp.add_service(100, sock(CLUSTER_IP, 80), tcp, 0, &[LOCAL_A.0, LOCAL_B.0]);
+    dp.add_service(101, sock(CLUSTER_IP, 53), udp, 0, &[LOCAL_DNS.0]);
+    let nodeport = sock([0; 4], NODE_PORT);
+    dp.add_service(102, nodeport, tcp, SVC_F_NODEPORT, &[LOCAL_A.0]);
+    dp.add_service(103, sock(REMOTE_SVC, 80), tcp, 0, &[REMOTE.0]);
+    dp.add_service(104, sock(REMOTE_SVC, 53), udp, 0, &[REMOTE_DNS.0]);
+    dp.add_service(105, sock(OTHER_LINK_SVC, 80), tcp, 0, &[OTHER_LINK.0]);
+    dp.add_service(106, sock(NO_NEIGH_SVC, 80), tcp, 0, &[NO_NEIGH.0]);
+    dp.add_service(107, sock(EMPTY_SVC, 80), tcp, 0, &[]);
+    dp.add_service(108, sock(EMPTY_SVC, 53), udp, 0, &[]);
+}
 
-    fn tc_egress(description: &'static str, input: Vec<u8>, output: Expect) -> Self {
-        Self {
-            description,
-            program: Program::TcEgress,
-            input,
-            verdict: TC_ACT_OK,
-            output,
-        }
+/// The fixture with this file's services installed.
+fn datapath(config_flags: u32) -> Datapath {
+    let mut dp = Datapath::new(config_flags);
+    install_services(&mut dp);
+    dp
+}
+
+/// Source port, destination port and protocol of a TCP or UDP frame.
+fn ports(frame: &Frame) -> (u16, u16, u8) {
+    match frame.transport {
+        Transport::Tcp { sport, dport, .. } => (sport, dport, IPPROTO_TCP),
+        Transport::Udp { sport, dport, .. } => (sport, dport, IPPROTO_UDP),
+        Transport::Icmp { .. } => unreachable!("requests are TCP or UDP"),
     }
 }
 
-/// What a program run gave back.
-struct Run {
-    verdict: u32,
-    meta: Vec<u8>,
-    frame: Vec<u8>,
-}
-
-/// The eBPF object loaded in a fresh namespace with the test topology and services.
-struct Datapath {
-    ebpf: Ebpf,
-    sl0: u32,
-    sl2: u32,
-    // Dropped last: the programs and maps go first, then the namespace.
-    netns: IsolatedNetns,
-}
-
-impl Datapath {
-    fn new(config_flags: u32) -> Self {
-        let netns = IsolatedNetns::enter().expect("create a network namespace (needs root)");
-        netns.ip(&format!(
-            "link add sl0 address {} type veth peer name sl1 address {}",
-            mac(NODE_MAC),
-            mac(PEER_MAC)
-        ));
-        netns.ip(&format!(
-            "link add sl2 address {} type veth peer name sl3 address {}",
-            mac(SL2_MAC),
-            mac(SL3_MAC)
-        ));
-        for link in ["sl0", "sl1", "sl2", "sl3"] {
-            netns.ip(&format!("link set {link} up"));
-        }
-        netns.ip("addr add 198.18.0.1/24 dev sl0");
-        netns.ip("addr add 198.18.2.1/24 dev sl2");
-        for (ip, link, lladdr) in [
-            (CLIENT_IP, "sl0", CLIENT_MAC),
-            (REMOTE.1, "sl0", REMOTE_MAC),
-            (OTHER_LINK.1, "sl2", OTHER_LINK_MAC),
-        ] {
-            netns.ip(&format!(
-                "neigh replace {} lladdr {} dev {link} nud permanent",
-                Ipv4Addr::from(ip),
-                mac(lladdr)
-            ));
-        }
-        // bpf_fib_lookup only forwards from interfaces with forwarding on.
-        netns.sysctl("net.ipv4.ip_forward", "1");
-        let (sl0, sl2) = (netns.ifindex("sl0"), netns.ifindex("sl2"));
-
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::SERVICES, 1024)
-            .map_max_entries(map_names::BACKENDS, 1024)
-            .map_max_entries(map_names::SERVICE_META, 16)
-            .map_max_entries(map_names::CONNTRACK, 4096)
-            .map_max_entries(map_names::SOCK_REV_NAT, 16)
-            .load(proxy_user::EBPF_OBJECT)
-            .expect("load the eBPF object");
-        load_xdp(&mut ebpf);
-        for name in [program_names::TC_INGRESS, program_names::TC_EGRESS] {
-            let program: &mut SchedClassifier = program_mut(&mut ebpf, name);
-            program
-                .load()
-                .unwrap_or_else(|err| panic!("verifier rejected {name}: {err:?}"));
-        }
-        let mut datapath = Self {
-            ebpf,
-            sl0,
-            sl2,
-            netns,
-        };
-        datapath.set_config(Config {
-            snat_addr: u32::from_ne_bytes(NODE_IP),
-            snat_port_min: SNAT_PORT_MIN,
-            snat_port_max: SNAT_PORT_MAX,
-            flags: config_flags,
-            _pad: 0,
-        });
-        datapath.install_services();
-        datapath
-    }
-
-    fn install_services(&mut self) {
-        let mut node_addrs: HashMap<_, u32, NodeAddr> = self.hash_map(map_names::NODE_ADDRS);
-        node_addrs
-            .insert(
-                u32::from_ne_bytes(NODE_IP),
-                NodeAddr {
-                    flags: NODE_ADDR_F_PRIMARY,
-                },
-                0,
-            )
-            .expect("write NODE_ADDR_V1");
-        for (id, ip, port) in [LOCAL_A, LOCAL_B, LOCAL_DNS] {
-            self.add_backend(id, sock(ip, port), BACKEND_F_LOCAL);
-        }
-        for (id, ip, port) in [REMOTE, OTHER_LINK, NO_NEIGH, REMOTE_DNS] {
-            self.add_backend(id, sock(ip, port), 0);
-        }
-        let tcp = IPPROTO_TCP;
-        let udp = IPPROTO_UDP;
-        self.add_service(100, sock(CLUSTER_IP, 80), tcp, 0, &[LOCAL_A.0, LOCAL_B.0]);
-        self.add_service(101, sock(CLUSTER_IP, 53), udp, 0, &[LOCAL_DNS.0]);
-        let nodeport = sock([0; 4], NODE_PORT);
-        self.add_service(102, nodeport, tcp, SVC_F_NODEPORT, &[LOCAL_A.0]);
-        self.add_service(103, sock(REMOTE_SVC, 80), tcp, 0, &[REMOTE.0]);
-        self.add_service(104, sock(REMOTE_SVC, 53), udp, 0, &[REMOTE_DNS.0]);
-        self.add_service(105, sock(OTHER_LINK_SVC, 80), tcp, 0, &[OTHER_LINK.0]);
-        self.add_service(106, sock(NO_NEIGH_SVC, 80), tcp, 0, &[NO_NEIGH.0]);
-        self.add_service(107, sock(EMPTY_SVC, 80), tcp, 0, &[]);
-        self.add_service(108, sock(EMPTY_SVC, 53), udp, 0, &[]);
-    }
-
-    fn add_backend(&mut self, id: u32, addr: SocketAddrV4, flags: u8) {
-        let mut backends: HashMap<_, u32, Backend> = self.hash_map(map_names::BACKENDS);
-        let backend = Backend {
-            addr: be_addr(addr),
-            port: addr.port().to_be(),
-            flags,
-            _pad: 0,
-        };
-        backends.insert(id, backend, 0).expect("write BACKEND_V1");
-    }
-
-    /// Writes a service the way the daemon must: backend slots first, then slot 0.
-    fn add_service(
-        &mut self,
-        service_id: u32,
-        frontend: SocketAddrV4,
-        proto: u8,
-        flags: u16,
-        backend_ids: &[u32],
-    ) {
-        let mut services: HashMap<_, ServiceKey, ServiceValue> = self.hash_map(map_names::SERVICES);
-        let count = u16::try_from(backend_ids.len()).expect("few backends");
-        let key = |slot: u16| ServiceKey {
-            addr: be_addr(frontend),
-            port: frontend.port().to_be(),
-            slot,
-            proto,
-            scope: 0,
-            _pad: 0,
-        };
-        let value = |backend_id: u32| ServiceValue {
-            backend_id,
-            count,
-            flags: flags | SVC_F_EXTERNAL,
-            service_id,
-            affinity_timeout: 0,
-        };
-        for (slot, backend_id) in (1..).zip(backend_ids) {
-            services
-                .insert(key(slot), value(*backend_id), 0)
-                .expect("write SVC_V1 slot");
-        }
-        services.insert(key(0), value(0), 0).expect("write SVC_V1");
-    }
-
-    fn set_config(&mut self, config: Config) {
-        let map = self.ebpf.map_mut(map_names::CONFIG).expect("CONFIG_V1");
-        let mut array: Array<_, Config> = Array::try_from(map).expect("CONFIG_V1 is an array");
-        array.set(0, config, 0).expect("write CONFIG_V1");
-    }
-
-    fn hash_map<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> HashMap<&mut MapData, K, V> {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .unwrap_or_else(|| panic!("no map {name}"));
-        HashMap::try_from(map).unwrap_or_else(|err| panic!("map {name}: {err}"))
-    }
-
-    fn conntrack(&mut self, key: CtKey) -> Option<CtEntry> {
-        let conntrack: HashMap<_, CtKey, CtEntry> = self.hash_map(map_names::CONNTRACK);
-        conntrack.get(&key, 0).ok()
-    }
-
-    fn conntrack_len(&mut self) -> usize {
-        let conntrack: HashMap<_, CtKey, CtEntry> = self.hash_map(map_names::CONNTRACK);
-        conntrack.keys().count()
-    }
-
-    /// Runs a program on `input`; XDP runs as if the frame arrived on `sl0`.
-    fn run(&mut self, program: Program, input: &[u8]) -> Run {
-        let mut out = vec![0u8; input.len() + 512];
-        match program {
-            Program::Xdp => {
-                let ctx_in = xdp_md(input.len(), self.sl0);
-                let mut ctx_out = [0u8; 24];
-                let xdp: &mut Xdp = program_mut(&mut self.ebpf, program_names::XDP_INGRESS);
-                let result = xdp
-                    .test_run(TestRunOptions {
-                        data_in: Some(input),
-                        data_out: Some(&mut out),
-                        ctx_in: Some(&ctx_in),
-                        ctx_out: Some(&mut ctx_out),
-                        ..TestRunOptions::default()
-                    })
-                    .expect("BPF_PROG_TEST_RUN xdp_ingress");
-                out.truncate(result.data_size_out as usize);
-                // xdp_md.data after the run: the metadata length in front of the frame.
-                let meta_len = u32::from_ne_bytes(ctx_out[0..4].try_into().expect("4 bytes"));
-                let frame = out.split_off(meta_len as usize);
-                Run {
-                    verdict: result.return_value,
-                    meta: out,
-                    frame,
-                }
-            }
-            Program::TcIngress | Program::TcEgress => {
-                let name = match program {
-                    Program::TcIngress => program_names::TC_INGRESS,
-                    _ => program_names::TC_EGRESS,
-                };
-                let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, name);
-                let result = tc
-                    .test_run(TestRunOptions {
-                        data_in: Some(input),
-                        data_out: Some(&mut out),
-                        ..TestRunOptions::default()
-                    })
-                    .unwrap_or_else(|err| panic!("BPF_PROG_TEST_RUN {name}: {err:?}"));
-                out.truncate(result.data_size_out as usize);
-                Run {
-                    verdict: result.return_value,
-                    meta: Vec::new(),
-                    frame: out,
-                }
-            }
-        }
-    }
-
-    /// Runs one table row and checks verdict, metadata, bytes and checksums.
-    fn check(&mut self, case: &Case) -> Run {
-        let run = self.run(case.program, &case.input);
-        let what = case.description;
-        assert_eq!(
-            run.verdict, case.verdict,
-            "{what}: verdict (XDP: 1 drop, 2 pass, 3 tx, 4 redirect; TC: 0 ok, 7 redirect)"
-        );
-        let (meta, expected): (Vec<u8>, &[u8]) = match &case.output {
-            Expect::Unchanged => (Vec::new(), &case.input),
-            Expect::Frame(frame) => (Vec::new(), frame),
-            Expect::Redirect { ifindex, frame } => (redirect_meta(*ifindex), frame),
-        };
-        assert_eq!(run.meta, meta, "{what}: XDP metadata");
-        if run.frame != expected {
-            panic!(
-                "{what}: output bytes differ\n got:      {}\n expected: {}\n got parsed: {:?}\n \
-                 expected parsed: {:?}",
-                hex(&run.frame),
-                hex(expected),
-                packet::parse(&run.frame),
-                packet::parse(expected),
-            );
-        }
-        if !matches!(case.output, Expect::Unchanged)
-            && let Err(err) = packet::parse(&run.frame)
-        {
-            panic!("{what}: output is not a valid frame: {err}");
-        }
-        run
-    }
-
-    fn check_all(&mut self, cases: &[Case]) {
-        for case in cases {
-            self.check(case);
-        }
-    }
-}
-
-fn load_xdp(ebpf: &mut Ebpf) {
-    let program: &mut Xdp = program_mut(ebpf, program_names::XDP_INGRESS);
-    program
-        .load()
-        .unwrap_or_else(|err| panic!("verifier rejected xdp_ingress: {err:?}"));
-}
-
-fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut T
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
-    <&'a mut T as TryFrom<&'a mut aya::programs::Program>>::Error: std::fmt::Debug,
-{
-    let program = ebpf
-        .program_mut(name)
-        .unwrap_or_else(|| panic!("no program {name} in the object"));
-    program
-        .try_into()
-        .unwrap_or_else(|err| panic!("program {name} has an unexpected type: {err:?}"))
-}
-
-/// A `struct xdp_md` for BPF_PROG_TEST_RUN: the frame with no metadata, received on `ifindex`.
-fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
-    let fields = [
-        0,
-        u32::try_from(len).expect("small frame"),
-        0,
-        ifindex,
-        0,
-        0,
-    ];
-    let mut bytes = [0u8; 24];
-    for (chunk, field) in bytes.chunks_exact_mut(4).zip(fields) {
-        chunk.copy_from_slice(&field.to_ne_bytes());
-    }
-    bytes
-}
-
-fn redirect_meta(ifindex: u32) -> Vec<u8> {
-    let mut meta = XDP_META_MAGIC.to_ne_bytes().to_vec();
-    meta.extend_from_slice(&ifindex.to_ne_bytes());
-    meta
-}
-
-fn mac(mac: Mac) -> String {
-    mac.map(|byte| format!("{byte:02x}")).join(":")
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn forward_key(frame: &Frame, sport: u16, dport: u16, proto: u8) -> CtKey {
-    CtKey {
-        saddr: u32::from_ne_bytes(frame.saddr.octets()),
-        daddr: u32::from_ne_bytes(frame.daddr.octets()),
-        sport: sport.to_be(),
-        dport: dport.to_be(),
+/// The forward conntrack key of a request frame, as XDP records it.
+fn forward_key(request: &Frame) -> CtKey {
+    let (sport, dport, proto) = ports(request);
+    let from = SocketAddrV4::new(request.saddr, sport);
+    ct_key(
+        from,
+        SocketAddrV4::new(request.daddr, dport),
         proto,
-        dir: CT_DIR_FORWARD,
-        _pad: 0,
-    }
+        CT_DIR_FORWARD,
+    )
 }
 
 fn reply_key(from: SocketAddrV4, to: SocketAddrV4, proto: u8) -> CtKey {
-    CtKey {
-        saddr: be_addr(from),
-        daddr: be_addr(to),
-        sport: from.port().to_be(),
-        dport: to.port().to_be(),
-        proto,
-        dir: CT_DIR_REPLY,
-        _pad: 0,
-    }
+    ct_key(from, to, proto, CT_DIR_REPLY)
 }
 
 #[test]
 fn cluster_ip_to_local_backend_is_dnated_and_replies_reverse_translated() {
-    let mut dp = Datapath::new(0);
+    let mut dp = datapath(0);
     let frontend = sock(CLUSTER_IP, 80);
     let syn = packet::tcp(client(40000), frontend, tcp::SYN);
 
@@ -493,7 +124,7 @@ fn cluster_ip_to_local_backend_is_dnated_and_replies_reverse_translated() {
     );
 
     let forward = dp
-        .conntrack(forward_key(&syn, 40000, 80, IPPROTO_TCP))
+        .conntrack(forward_key(&syn))
         .expect("forward conntrack entry");
     assert_eq!(forward.flags, CT_F_LOCAL);
     assert_eq!(forward.tcp_state, TCP_STATE_SYN);
@@ -553,7 +184,7 @@ fn cluster_ip_to_local_backend_is_dnated_and_replies_reverse_translated() {
         ));
     }
     let forward = dp
-        .conntrack(forward_key(&syn, 40000, 80, IPPROTO_TCP))
+        .conntrack(forward_key(&syn))
         .expect("forward conntrack entry");
     assert_eq!(
         forward.tcp_state, TCP_STATE_ESTABLISHED,
@@ -564,7 +195,7 @@ fn cluster_ip_to_local_backend_is_dnated_and_replies_reverse_translated() {
 
 #[test]
 fn udp_to_local_backend_keeps_a_zero_checksum() {
-    let mut dp = Datapath::new(0);
+    let mut dp = datapath(0);
     let frontend = sock(CLUSTER_IP, 53);
     let backend = sock(LOCAL_DNS.1, LOCAL_DNS.2);
     let query = packet::udp(client(50000), frontend).payload(b"query");
@@ -611,7 +242,7 @@ fn udp_to_local_backend_keeps_a_zero_checksum() {
 
 #[test]
 fn nodeport_on_a_node_address_is_dnated() {
-    let mut dp = Datapath::new(0);
+    let mut dp = datapath(0);
     let node_port = sock(NODE_IP, NODE_PORT);
     let backend = sock(LOCAL_A.1, LOCAL_A.2);
     let syn = packet::tcp(client(40000), node_port, tcp::SYN);
@@ -660,13 +291,9 @@ fn snat_port(
     client: SocketAddrV4,
     backend: SocketAddrV4,
 ) -> u16 {
-    let (sport, dport, proto) = match request.transport {
-        Transport::Tcp { sport, dport, .. } => (sport, dport, IPPROTO_TCP),
-        Transport::Udp { sport, dport, .. } => (sport, dport, IPPROTO_UDP),
-        Transport::Icmp { .. } => unreachable!("requests are TCP or UDP"),
-    };
+    let (_, dport, proto) = ports(request);
     let forward = dp
-        .conntrack(forward_key(request, sport, dport, proto))
+        .conntrack(forward_key(request))
         .expect("forward conntrack entry");
     assert_eq!(forward.flags, CT_F_SNAT);
     assert_eq!(
@@ -701,7 +328,7 @@ fn snat_port(
 
 #[test]
 fn remote_backend_is_snated_and_sent_back_out_with_xdp_tx() {
-    let mut dp = Datapath::new(CONFIG_F_XDP_TX);
+    let mut dp = datapath(CONFIG_F_XDP_TX);
     let frontend = sock(REMOTE_SVC, 80);
     let backend = sock(REMOTE.1, REMOTE.2);
     let syn = packet::tcp(client(40000), frontend, tcp::SYN);
@@ -713,7 +340,7 @@ fn remote_backend_is_snated_and_sent_back_out_with_xdp_tx() {
         frame
             .clone()
             .addresses(snat, backend)
-            .macs(NODE_MAC, REMOTE_MAC)
+            .macs(NODE_MAC, NEXT_HOP_MAC)
             .build()
     };
     assert_eq!(
@@ -728,7 +355,7 @@ fn remote_backend_is_snated_and_sent_back_out_with_xdp_tx() {
 
     let synack = packet::tcp(backend, snat, tcp::SYN | tcp::ACK)
         .seq_ack(7000, 1001)
-        .macs(REMOTE_MAC, NODE_MAC);
+        .macs(NEXT_HOP_MAC, NODE_MAC);
     let ack = packet::tcp(client(40000), frontend, tcp::ACK).seq_ack(1001, 7001);
     let other_link = packet::tcp(client(40001), sock(OTHER_LINK_SVC, 80), tcp::SYN);
     let no_neigh = packet::tcp(client(40002), sock(NO_NEIGH_SVC, 80), tcp::SYN);
@@ -794,7 +421,7 @@ fn remote_backend_is_snated_and_sent_back_out_with_xdp_tx() {
 
 #[test]
 fn remote_backend_without_xdp_tx_is_handed_to_tc_with_metadata() {
-    let mut dp = Datapath::new(0);
+    let mut dp = datapath(0);
     let frontend = sock(REMOTE_SVC, 53);
     let backend = sock(REMOTE_DNS.1, REMOTE_DNS.2);
     let query = packet::udp(client(50000), frontend)
@@ -818,12 +445,7 @@ fn remote_backend_without_xdp_tx_is_handed_to_tc_with_metadata() {
 
     let answer = packet::udp(backend, snat)
         .payload(b"answer")
-        .macs(REMOTE_MAC, NODE_MAC);
-    let marked = {
-        let mut frame = redirect_meta(dp.sl0);
-        frame.extend_from_slice(&answer.build());
-        frame
-    };
+        .macs(NEXT_HOP_MAC, NODE_MAC);
     dp.check_all(&[
         Case::xdp(
             "the answer is reverse-translated and handed to tc_ingress",
@@ -842,15 +464,13 @@ fn remote_backend_without_xdp_tx_is_handed_to_tc_with_metadata() {
             output: Expect::Unchanged,
         },
     ]);
-    // The metadata itself cannot be fed to an skb test run; it must still not be mistaken
-    // for a frame header.
-    assert_ne!(marked.len(), answer.build().len());
-    let _ = TC_ACT_REDIRECT;
+    // An skb test run cannot carry XDP metadata (the kernel refuses `data_meta` in its
+    // context), so the redirect itself is tested live in `handed_off_packets_leave_...`.
 }
 
 #[test]
 fn remote_backend_without_snat_address_is_dropped() {
-    let mut dp = Datapath::new(0);
+    let mut dp = datapath(0);
     dp.set_config(Config::default());
     let syn = packet::tcp(client(40000), sock(REMOTE_SVC, 80), tcp::SYN);
     dp.check(&Case::xdp(
@@ -868,7 +488,7 @@ fn remote_backend_without_snat_address_is_dropped() {
 
 #[test]
 fn a_flow_whose_backend_is_gone_is_balanced_again() {
-    let mut dp = Datapath::new(0);
+    let mut dp = datapath(0);
     let frontend = sock(CLUSTER_IP, 80);
     let syn = packet::tcp(client(40000), frontend, tcp::SYN);
     let first = packet::parse(&dp.run(Program::Xdp, &syn.build()).frame)
@@ -891,9 +511,7 @@ fn a_flow_whose_backend_is_gone_is_balanced_again() {
         XDP_PASS,
         Expect::Frame(syn.clone().addresses(client(40000), backend).build()),
     ));
-    let forward = dp
-        .conntrack(forward_key(&syn, 40000, 80, IPPROTO_TCP))
-        .expect("new forward entry");
+    let forward = dp.conntrack(forward_key(&syn)).expect("new forward entry");
     assert_eq!(forward.backend_id, other.0);
     assert!(
         dp.conntrack(reply_key(sock(gone.1, gone.2), client(40000), IPPROTO_TCP))
@@ -908,7 +526,7 @@ fn arp_frame() -> Vec<u8> {
 
 #[test]
 fn traffic_that_is_not_ours_passes_untouched() {
-    let mut dp = Datapath::new(CONFIG_F_XDP_TX);
+    let mut dp = datapath(CONFIG_F_XDP_TX);
     let service = sock(CLUSTER_IP, 80);
     let syn = packet::tcp(client(40000), service, tcp::SYN).build();
     let udp = packet::udp(client(40000), sock(CLUSTER_IP, 53)).build();
@@ -1020,7 +638,7 @@ fn traffic_that_is_not_ours_passes_untouched() {
 
 #[test]
 fn service_without_endpoints_answers_rst_and_port_unreachable() {
-    let mut dp = Datapath::new(CONFIG_F_XDP_TX);
+    let mut dp = datapath(CONFIG_F_XDP_TX);
     let tcp_frontend = sock(EMPTY_SVC, 80);
     let udp_frontend = sock(EMPTY_SVC, 53);
     let syn = packet::tcp(client(40000), tcp_frontend, tcp::SYN).seq_ack(1000, 0);
@@ -1122,4 +740,134 @@ fn service_without_endpoints_answers_rst_and_port_unreachable() {
                 .build(),
         },
     ));
+}
+
+#[test]
+fn handed_off_packets_leave_through_tc_ingress_redirect() {
+    let mut dp = datapath(0);
+    dp.attach_tc_ingress("sl0");
+    let wire = Capture::open(dp.netns.ifindex("sl1"), Duration::from_secs(2))
+        .expect("packet socket on sl1");
+
+    let frontend = sock(REMOTE_SVC, 80);
+    let backend = sock(REMOTE.1, REMOTE.2);
+    let syn = packet::tcp(client(40000), frontend, tcp::SYN);
+    // Live frames: XDP_PASS hands the frame to the stack as if sl0 had received it, so it meets
+    // tc_ingress there, which must send it out of sl0 to the backend's MAC.
+    dp.run_live(&syn.build());
+    let port = snat_port(&mut dp, &syn, client(40000), backend);
+    let snat = sock(NODE_IP, port);
+    let sent = wire
+        .next(|frame| frame.get(12..14) == Some(&[0x08, 0x00]))
+        .expect("the translated SYN leaves sl0");
+    assert_eq!(
+        sent,
+        syn.clone()
+            .addresses(snat, backend)
+            .macs(NODE_MAC, NEXT_HOP_MAC)
+            .build(),
+        "tc_ingress redirected the translated frame with the neighbour's MAC"
+    );
+
+    let synack = packet::tcp(backend, snat, tcp::SYN | tcp::ACK)
+        .seq_ack(7000, 1001)
+        .macs(NEXT_HOP_MAC, NODE_MAC);
+    dp.run_live(&synack.build());
+    let sent = wire
+        .next(|frame| frame.get(12..14) == Some(&[0x08, 0x00]))
+        .expect("the reverse-translated SYN-ACK leaves sl0");
+    assert_eq!(
+        sent,
+        synack
+            .clone()
+            .addresses(frontend, client(40000))
+            .macs(NODE_MAC, CLIENT_MAC)
+            .build(),
+        "the reply goes to the client from the frontend"
+    );
+}
+
+#[test]
+fn every_program_in_the_object_passes_the_verifier() {
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(map_names::CONNTRACK, 1024)
+        .load(proxy_user::EBPF_OBJECT)
+        .expect("load the eBPF object");
+    let mut loaded = Vec::new();
+    for (name, program) in ebpf.programs_mut() {
+        let result = match program {
+            BpfProgram::Xdp(program) => program.load(),
+            BpfProgram::SchedClassifier(program) => program.load(),
+            BpfProgram::CgroupSockAddr(program) => program.load(),
+            other => panic!(
+                "unexpected program type for {name}: {:?}",
+                other.prog_type()
+            ),
+        };
+        result.unwrap_or_else(|err| panic!("verifier rejected {name}: {err:?}"));
+        loaded.push(name.to_owned());
+    }
+    loaded.sort();
+    let mut expected = [
+        program_names::CONNECT4,
+        program_names::SENDMSG4,
+        program_names::RECVMSG4,
+        program_names::GETPEERNAME4,
+        program_names::XDP_INGRESS,
+        program_names::TC_INGRESS,
+        program_names::TC_EGRESS,
+    ];
+    expected.sort_unstable();
+    assert_eq!(loaded, expected);
+}
+
+#[test]
+fn a_snat_port_is_claimed_once_and_exhaustion_drops() {
+    let mut dp = datapath(CONFIG_F_XDP_TX);
+    let only_port = SNAT_PORT_MIN;
+    dp.set_config(Config {
+        snat_addr: u32::from_ne_bytes(NODE_IP),
+        snat_port_min: only_port,
+        snat_port_max: only_port,
+        flags: CONFIG_F_XDP_TX,
+        _pad: 0,
+    });
+    let backend = sock(REMOTE.1, REMOTE.2);
+    let dns_backend = sock(REMOTE_DNS.1, REMOTE_DNS.2);
+    let first = packet::tcp(client(40000), sock(REMOTE_SVC, 80), tcp::SYN);
+    let second = packet::tcp(client(40001), sock(REMOTE_SVC, 80), tcp::SYN);
+    let query = packet::udp(client(40001), sock(REMOTE_SVC, 53));
+    dp.check_all(&[
+        Case::xdp(
+            "the only SNAT port goes to the first flow",
+            first.build(),
+            XDP_TX,
+            Expect::Frame(
+                first
+                    .clone()
+                    .addresses(sock(NODE_IP, only_port), backend)
+                    .macs(NODE_MAC, NEXT_HOP_MAC)
+                    .build(),
+            ),
+        ),
+        Case::xdp(
+            "a second flow to the same backend finds the port taken",
+            second.build(),
+            XDP_DROP,
+            Expect::Unchanged,
+        ),
+        Case::xdp(
+            "the port is free towards another backend address and port",
+            query.build(),
+            XDP_TX,
+            Expect::Frame(
+                query
+                    .clone()
+                    .addresses(sock(NODE_IP, only_port), dns_backend)
+                    .macs(NODE_MAC, NEXT_HOP_MAC)
+                    .build(),
+            ),
+        ),
+    ]);
+    assert_eq!(dp.conntrack_len(), 4, "two flows, two entries each");
 }

@@ -1,0 +1,447 @@
+//! The packet-test fixture: the eBPF object loaded in a fresh network namespace with a fixed
+//! veth topology, run on crafted frames through BPF_PROG_TEST_RUN, checked Katran-style
+//! ({description, input, expected verdict, expected output}).
+//!
+//! Topology: the node interface `sl0` (`NODE_MAC`, 198.18.0.1/24) with its veth peer `sl1`
+//! (`PEER_MAC`), and a second link `sl2` (198.18.2.1/24). The client and two next hops are
+//! permanent neighbours, so every FIB lookup has one answer.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData},
+    programs::{SchedClassifier, TcAttachType, TestRun, TestRunAttrs, TestRunOptions, Xdp, tc},
+};
+use proxy_common::{
+    Backend, Config, CtEntry, CtKey, NODE_ADDR_F_PRIMARY, NodeAddr, SVC_F_EXTERNAL, ServiceKey,
+    ServiceValue, XDP_META_MAGIC, map_names, program_names,
+};
+
+use crate::{
+    isolated_netns::IsolatedNetns,
+    packet::{self, Mac, NODE_MAC, PEER_MAC},
+};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+pub const TC_ACT_OK: u32 = 0;
+
+pub const SNAT_PORT_MIN: u16 = 61000;
+pub const SNAT_PORT_MAX: u16 = 61999;
+
+pub const NODE_IP: [u8; 4] = [198, 18, 0, 1];
+pub const CLIENT_IP: [u8; 4] = [198, 18, 0, 100];
+pub const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0xaa];
+pub const SL2_MAC: Mac = [0x02, 0, 0, 0, 0, 0x21];
+pub const SL3_MAC: Mac = [0x02, 0, 0, 0, 0, 0x23];
+
+/// A next hop on `sl0`'s link and one on `sl2`'s link, with their MACs.
+pub const NEXT_HOP_IP: [u8; 4] = [198, 18, 0, 20];
+pub const NEXT_HOP_MAC: Mac = [0x02, 0, 0, 0, 0, 0x20];
+pub const OTHER_LINK_IP: [u8; 4] = [198, 18, 2, 20];
+pub const OTHER_LINK_MAC: Mac = [0x02, 0, 0, 0, 0, 0x22];
+
+pub fn sock(ip: [u8; 4], port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(ip), port)
+}
+
+pub fn be_addr(addr: SocketAddrV4) -> u32 {
+    u32::from_ne_bytes(addr.ip().octets())
+}
+
+/// A conntrack key for packets from `from` to `to`.
+pub fn ct_key(from: SocketAddrV4, to: SocketAddrV4, proto: u8, dir: u8) -> CtKey {
+    CtKey {
+        saddr: be_addr(from),
+        daddr: be_addr(to),
+        sport: from.port().to_be(),
+        dport: to.port().to_be(),
+        proto,
+        dir,
+        _pad: 0,
+    }
+}
+
+/// Which program a case runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Program {
+    Xdp,
+    TcIngress,
+    TcEgress,
+}
+
+/// The output a case expects.
+#[derive(Debug)]
+pub enum Expect {
+    /// The input, byte for byte.
+    Unchanged,
+    /// These bytes.
+    Frame(Vec<u8>),
+    /// XDP metadata asking `tc_ingress` to redirect to `ifindex`, then these bytes.
+    Redirect { ifindex: u32, frame: Vec<u8> },
+}
+
+/// One row of a table: Katran's {description, input, expected verdict, expected output}.
+pub struct Case {
+    pub description: &'static str,
+    pub program: Program,
+    pub input: Vec<u8>,
+    pub verdict: u32,
+    pub output: Expect,
+}
+
+impl Case {
+    pub fn xdp(description: &'static str, input: Vec<u8>, verdict: u32, output: Expect) -> Self {
+        Self {
+            description,
+            program: Program::Xdp,
+            input,
+            verdict,
+            output,
+        }
+    }
+
+    pub fn tc_egress(description: &'static str, input: Vec<u8>, output: Expect) -> Self {
+        Self {
+            description,
+            program: Program::TcEgress,
+            input,
+            verdict: TC_ACT_OK,
+            output,
+        }
+    }
+}
+
+/// What a program run gave back.
+pub struct Run {
+    pub verdict: u32,
+    pub meta: Vec<u8>,
+    pub frame: Vec<u8>,
+}
+
+/// The eBPF object loaded in a fresh namespace with the test topology and services.
+pub struct Datapath {
+    pub ebpf: Ebpf,
+    pub sl0: u32,
+    pub sl2: u32,
+    // Dropped last: the programs and maps go first, then the namespace.
+    pub netns: IsolatedNetns,
+}
+
+impl Datapath {
+    pub fn new(config_flags: u32) -> Self {
+        let netns = IsolatedNetns::enter().expect("create a network namespace (needs root)");
+        // No IPv6 chatter (router solicitations, MLD) on the links the capture test watches.
+        netns.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
+        netns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+        netns.ip(&format!(
+            "link add sl0 address {} type veth peer name sl1 address {}",
+            mac(NODE_MAC),
+            mac(PEER_MAC)
+        ));
+        netns.ip(&format!(
+            "link add sl2 address {} type veth peer name sl3 address {}",
+            mac(SL2_MAC),
+            mac(SL3_MAC)
+        ));
+        for link in ["sl0", "sl1", "sl2", "sl3"] {
+            netns.ip(&format!("link set {link} up"));
+        }
+        netns.ip("addr add 198.18.0.1/24 dev sl0");
+        netns.ip("addr add 198.18.2.1/24 dev sl2");
+        for (ip, link, lladdr) in [
+            (CLIENT_IP, "sl0", CLIENT_MAC),
+            (NEXT_HOP_IP, "sl0", NEXT_HOP_MAC),
+            (OTHER_LINK_IP, "sl2", OTHER_LINK_MAC),
+        ] {
+            netns.ip(&format!(
+                "neigh replace {} lladdr {} dev {link} nud permanent",
+                Ipv4Addr::from(ip),
+                mac(lladdr)
+            ));
+        }
+        // bpf_fib_lookup only forwards from interfaces with forwarding on.
+        netns.sysctl("net.ipv4.ip_forward", "1");
+        let (sl0, sl2) = (netns.ifindex("sl0"), netns.ifindex("sl2"));
+
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::SERVICES, 1024)
+            .map_max_entries(map_names::BACKENDS, 1024)
+            .map_max_entries(map_names::SERVICE_META, 16)
+            .map_max_entries(map_names::CONNTRACK, 4096)
+            .map_max_entries(map_names::SOCK_REV_NAT, 16)
+            .load(proxy_user::EBPF_OBJECT)
+            .expect("load the eBPF object");
+        load_xdp(&mut ebpf);
+        for name in [program_names::TC_INGRESS, program_names::TC_EGRESS] {
+            let program: &mut SchedClassifier = program_mut(&mut ebpf, name);
+            program
+                .load()
+                .unwrap_or_else(|err| panic!("verifier rejected {name}: {err:?}"));
+        }
+        let mut datapath = Self {
+            ebpf,
+            sl0,
+            sl2,
+            netns,
+        };
+        datapath.set_config(Config {
+            snat_addr: u32::from_ne_bytes(NODE_IP),
+            snat_port_min: SNAT_PORT_MIN,
+            snat_port_max: SNAT_PORT_MAX,
+            flags: config_flags,
+            _pad: 0,
+        });
+        datapath.add_node_address(NODE_IP);
+        datapath
+    }
+
+    /// Registers a node address (NodePorts are served on it).
+    pub fn add_node_address(&mut self, ip: [u8; 4]) {
+        let mut node_addrs: HashMap<_, u32, NodeAddr> = self.hash_map(map_names::NODE_ADDRS);
+        let flags = NodeAddr {
+            flags: NODE_ADDR_F_PRIMARY,
+        };
+        node_addrs
+            .insert(u32::from_ne_bytes(ip), flags, 0)
+            .expect("write NODE_ADDR_V1");
+    }
+
+    pub fn add_backend(&mut self, id: u32, addr: SocketAddrV4, flags: u8) {
+        let mut backends: HashMap<_, u32, Backend> = self.hash_map(map_names::BACKENDS);
+        let backend = Backend {
+            addr: be_addr(addr),
+            port: addr.port().to_be(),
+            flags,
+            _pad: 0,
+        };
+        backends.insert(id, backend, 0).expect("write BACKEND_V1");
+    }
+
+    /// Writes a service the way the daemon must: backend slots first, then slot 0.
+    pub fn add_service(
+        &mut self,
+        service_id: u32,
+        frontend: SocketAddrV4,
+        proto: u8,
+        flags: u16,
+        backend_ids: &[u32],
+    ) {
+        let mut services: HashMap<_, ServiceKey, ServiceValue> = self.hash_map(map_names::SERVICES);
+        let count = u16::try_from(backend_ids.len()).expect("few backends");
+        let key = |slot: u16| ServiceKey {
+            addr: be_addr(frontend),
+            port: frontend.port().to_be(),
+            slot,
+            proto,
+            scope: 0,
+            _pad: 0,
+        };
+        let value = |backend_id: u32| ServiceValue {
+            backend_id,
+            count,
+            flags: flags | SVC_F_EXTERNAL,
+            service_id,
+            affinity_timeout: 0,
+        };
+        for (slot, backend_id) in (1..).zip(backend_ids) {
+            services
+                .insert(key(slot), value(*backend_id), 0)
+                .expect("write SVC_V1 slot");
+        }
+        services.insert(key(0), value(0), 0).expect("write SVC_V1");
+    }
+
+    pub fn set_config(&mut self, config: Config) {
+        let map = self.ebpf.map_mut(map_names::CONFIG).expect("CONFIG_V1");
+        let mut array: Array<_, Config> = Array::try_from(map).expect("CONFIG_V1 is an array");
+        array.set(0, config, 0).expect("write CONFIG_V1");
+    }
+
+    pub fn hash_map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &str,
+    ) -> HashMap<&mut MapData, K, V> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("no map {name}"));
+        HashMap::try_from(map).unwrap_or_else(|err| panic!("map {name}: {err}"))
+    }
+
+    pub fn conntrack(&mut self, key: CtKey) -> Option<CtEntry> {
+        let conntrack: HashMap<_, CtKey, CtEntry> = self.hash_map(map_names::CONNTRACK);
+        conntrack.get(&key, 0).ok()
+    }
+
+    pub fn conntrack_len(&mut self) -> usize {
+        let conntrack: HashMap<_, CtKey, CtEntry> = self.hash_map(map_names::CONNTRACK);
+        conntrack.keys().count()
+    }
+
+    /// Runs a program on `input`; XDP runs as if the frame arrived on `sl0`.
+    pub fn run(&mut self, program: Program, input: &[u8]) -> Run {
+        let mut out = vec![0u8; input.len() + 512];
+        match program {
+            Program::Xdp => {
+                let ctx_in = xdp_md(input.len(), self.sl0);
+                let mut ctx_out = [0u8; 24];
+                let xdp: &mut Xdp = program_mut(&mut self.ebpf, program_names::XDP_INGRESS);
+                let result = xdp
+                    .test_run(TestRunOptions {
+                        data_in: Some(input),
+                        data_out: Some(&mut out),
+                        ctx_in: Some(&ctx_in),
+                        ctx_out: Some(&mut ctx_out),
+                        ..TestRunOptions::default()
+                    })
+                    .expect("BPF_PROG_TEST_RUN xdp_ingress");
+                out.truncate(result.data_size_out as usize);
+                // xdp_md.data after the run: the metadata length in front of the frame.
+                let meta_len = u32::from_ne_bytes(ctx_out[0..4].try_into().expect("4 bytes"));
+                let frame = out.split_off(meta_len as usize);
+                Run {
+                    verdict: result.return_value,
+                    meta: out,
+                    frame,
+                }
+            }
+            Program::TcIngress | Program::TcEgress => {
+                let name = match program {
+                    Program::TcIngress => program_names::TC_INGRESS,
+                    _ => program_names::TC_EGRESS,
+                };
+                let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, name);
+                let result = tc
+                    .test_run(TestRunOptions {
+                        data_in: Some(input),
+                        data_out: Some(&mut out),
+                        ..TestRunOptions::default()
+                    })
+                    .unwrap_or_else(|err| panic!("BPF_PROG_TEST_RUN {name}: {err:?}"));
+                out.truncate(result.data_size_out as usize);
+                Run {
+                    verdict: result.return_value,
+                    meta: Vec::new(),
+                    frame: out,
+                }
+            }
+        }
+    }
+
+    /// Attaches `tc_ingress` to `iface`, as the daemon does on node interfaces.
+    pub fn attach_tc_ingress(&mut self, iface: &str) {
+        // With TCX (kernel 6.6+) no qdisc is needed; without it, clsact must exist.
+        let _ = tc::qdisc_add_clsact(iface);
+        let program: &mut SchedClassifier = program_mut(&mut self.ebpf, program_names::TC_INGRESS);
+        program
+            .attach(iface, TcAttachType::Ingress)
+            .unwrap_or_else(|err| panic!("attach tc_ingress to {iface}: {err:?}"));
+    }
+
+    /// Runs `xdp_ingress` on `input` in live-frame mode: what it passes enters the stack of
+    /// `sl0`, what it transmits leaves for real.
+    pub fn run_live(&mut self, input: &[u8]) {
+        let ctx_in = xdp_md(input.len(), self.sl0);
+        let xdp: &mut Xdp = program_mut(&mut self.ebpf, program_names::XDP_INGRESS);
+        xdp.test_run(TestRunOptions {
+            data_in: Some(input),
+            ctx_in: Some(&ctx_in),
+            attrs: TestRunAttrs::new().xdp_live_frames(1),
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN xdp_ingress with live frames");
+    }
+
+    /// Runs one table row and checks verdict, metadata, bytes and checksums.
+    pub fn check(&mut self, case: &Case) -> Run {
+        let run = self.run(case.program, &case.input);
+        let what = case.description;
+        assert_eq!(
+            run.verdict, case.verdict,
+            "{what}: verdict (XDP: 1 drop, 2 pass, 3 tx, 4 redirect; TC: 0 ok, 7 redirect)"
+        );
+        let (meta, expected): (Vec<u8>, &[u8]) = match &case.output {
+            Expect::Unchanged => (Vec::new(), &case.input),
+            Expect::Frame(frame) => (Vec::new(), frame),
+            Expect::Redirect { ifindex, frame } => (redirect_meta(*ifindex), frame),
+        };
+        assert_eq!(run.meta, meta, "{what}: XDP metadata");
+        if run.frame != expected {
+            panic!(
+                "{what}: output bytes differ\n got:      {}\n expected: {}\n got parsed: {:?}\n \
+                 expected parsed: {:?}",
+                hex(&run.frame),
+                hex(expected),
+                packet::parse(&run.frame),
+                packet::parse(expected),
+            );
+        }
+        if !matches!(case.output, Expect::Unchanged)
+            && let Err(err) = packet::parse(&run.frame)
+        {
+            panic!("{what}: output is not a valid frame: {err}");
+        }
+        run
+    }
+
+    pub fn check_all(&mut self, cases: &[Case]) {
+        for case in cases {
+            self.check(case);
+        }
+    }
+}
+
+pub fn load_xdp(ebpf: &mut Ebpf) {
+    let program: &mut Xdp = program_mut(ebpf, program_names::XDP_INGRESS);
+    program
+        .load()
+        .unwrap_or_else(|err| panic!("verifier rejected xdp_ingress: {err:?}"));
+}
+
+pub fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut T
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+    <&'a mut T as TryFrom<&'a mut aya::programs::Program>>::Error: std::fmt::Debug,
+{
+    let program = ebpf
+        .program_mut(name)
+        .unwrap_or_else(|| panic!("no program {name} in the object"));
+    program
+        .try_into()
+        .unwrap_or_else(|err| panic!("program {name} has an unexpected type: {err:?}"))
+}
+
+/// A `struct xdp_md` for BPF_PROG_TEST_RUN: the frame with no metadata, received on `ifindex`.
+pub fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
+    let fields = [
+        0,
+        u32::try_from(len).expect("small frame"),
+        0,
+        ifindex,
+        0,
+        0,
+    ];
+    let mut bytes = [0u8; 24];
+    for (chunk, field) in bytes.chunks_exact_mut(4).zip(fields) {
+        chunk.copy_from_slice(&field.to_ne_bytes());
+    }
+    bytes
+}
+
+pub fn redirect_meta(ifindex: u32) -> Vec<u8> {
+    let mut meta = XDP_META_MAGIC.to_ne_bytes().to_vec();
+    meta.extend_from_slice(&ifindex.to_ne_bytes());
+    meta
+}
+
+pub fn mac(mac: Mac) -> String {
+    mac.map(|byte| format!("{byte:02x}")).join(":")
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
