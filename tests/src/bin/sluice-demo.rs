@@ -29,7 +29,10 @@ fn main() {
             .collect();
         println!("  {} {}: {}", node.name, node.ip, pods.join(", "));
     }
-    println!("  client {} (off-node, reaches nodes over the underlay)\n", cluster.client().ip);
+    println!(
+        "  client {} (off-node, reaches nodes over the underlay)\n",
+        cluster.client().ip
+    );
 
     let node1 = SluiceDaemon::start(&cluster, "node1", &examples, &[]);
     let node2 = SluiceDaemon::start(&cluster, "node2", &examples, &[]);
@@ -41,12 +44,48 @@ fn main() {
     let echo = Ipv4Addr::new(198, 19, 0, 10);
     let echo_slice = Ipv4Addr::new(198, 19, 0, 12);
     let cases = [
-        ("ClusterIP echo, from pod-1a (socket-level LB)", Place::Pod("pod-1a"), Proto::Tcp, echo, 80),
-        ("ClusterIP echo UDP, from pod-2a (socket-level LB)", Place::Pod("pod-2a"), Proto::Udp, echo, 53),
-        ("ClusterIP echo-slice (EndpointSlice), from node2", Place::Node("node2"), Proto::Tcp, echo_slice, 80),
-        ("NodePort echo-nodeport via node1, from the client (XDP)", Place::Client, Proto::Tcp, node1_ip, 30080),
-        ("NodePort echo-nodeport UDP via node2, from the client (XDP)", Place::Client, Proto::UdpConnected, node2_ip, 30081),
-        ("NodePort on 127.0.0.1 from a node1 process", Place::Node("node1"), Proto::Tcp, Ipv4Addr::LOCALHOST, 30080),
+        (
+            "ClusterIP echo, from pod-1a (socket-level LB)",
+            Place::Pod("pod-1a"),
+            Proto::Tcp,
+            echo,
+            80,
+        ),
+        (
+            "ClusterIP echo UDP, from pod-2a (socket-level LB)",
+            Place::Pod("pod-2a"),
+            Proto::Udp,
+            echo,
+            53,
+        ),
+        (
+            "ClusterIP echo-slice (EndpointSlice), from node2",
+            Place::Node("node2"),
+            Proto::Tcp,
+            echo_slice,
+            80,
+        ),
+        (
+            "NodePort echo-nodeport via node1, from the client (XDP)",
+            Place::Client,
+            Proto::Tcp,
+            node1_ip,
+            30080,
+        ),
+        (
+            "NodePort echo-nodeport UDP via node2, from the client (XDP)",
+            Place::Client,
+            Proto::UdpConnected,
+            node2_ip,
+            30081,
+        ),
+        (
+            "NodePort on 127.0.0.1 from a node1 process",
+            Place::Node("node1"),
+            Proto::Tcp,
+            Ipv4Addr::LOCALHOST,
+            30080,
+        ),
     ];
     for (title, from, proto, addr, port) in cases {
         println!("{title}: {proto} {addr}:{port}");
