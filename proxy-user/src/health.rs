@@ -1,25 +1,45 @@
-//! `/healthz` like kube-proxy's: 503 until the first full sync is in the maps, then 200.
+//! `/healthz` like kube-proxy's: 503 until the first full sync is in the maps, and again while
+//! a change has waited too long to reach them; 200 otherwise.
 
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde::Serialize;
 
-/// When the maps last matched the desired state; `None` before the first sync.
+/// A change queued this long without reaching the maps makes the node unhealthy, as in
+/// kube-proxy (twice its default 30 s sync period).
+const STALE_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Default)]
+struct SyncTimes {
+    /// When the maps last matched the desired state; `None` before the first sync.
+    last_synced: Option<SystemTime>,
+    /// The oldest change not yet in the maps.
+    pending_since: Option<SystemTime>,
+}
+
+/// What /healthz reports: synced once, and no change waiting too long.
 #[derive(Clone, Default)]
-pub struct Health(Arc<Mutex<Option<SystemTime>>>);
+pub struct Health(Arc<Mutex<SyncTimes>>);
 
 impl Health {
-    pub fn synced(&self) {
-        *self.0.lock().expect("not poisoned") = Some(SystemTime::now());
+    pub fn queued(&self) {
+        let mut times = self.0.lock().expect("not poisoned");
+        times.pending_since.get_or_insert_with(SystemTime::now);
     }
 
-    fn last_synced(&self) -> Option<SystemTime> {
+    pub fn synced(&self) {
+        let mut times = self.0.lock().expect("not poisoned");
+        times.last_synced = Some(SystemTime::now());
+        times.pending_since = None;
+    }
+
+    fn times(&self) -> SyncTimes {
         *self.0.lock().expect("not poisoned")
     }
 }
@@ -32,12 +52,18 @@ struct HealthBody {
 }
 
 async fn healthz(State(health): State<Health>) -> (StatusCode, Json<HealthBody>) {
-    let last = health.last_synced();
+    let times = health.times();
+    let now = SystemTime::now();
+    let stale = times
+        .pending_since
+        .is_some_and(|since| now.duration_since(since).unwrap_or_default() > STALE_AFTER);
     let body = HealthBody {
-        last_updated: last.map(|t| humantime::format_rfc3339_millis(t).to_string()),
-        current_time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        last_updated: times
+            .last_synced
+            .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+        current_time: humantime::format_rfc3339_millis(now).to_string(),
     };
-    let status = if last.is_some() {
+    let status = if times.last_synced.is_some() && !stale {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod health;
 pub mod manifest;
+pub mod metrics;
 pub mod model;
 pub mod reconcile;
 pub mod source;

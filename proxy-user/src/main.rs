@@ -41,6 +41,26 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// List every backend and the frontends that use it (from the pins).
+    Backends {
+        #[command(flatten)]
+        pins: PinArgs,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// List the flows the packet path tracks (from the pins).
+    Conntrack {
+        #[command(flatten)]
+        pins: PinArgs,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Only flows of this service (`namespace/name`, or `namespace/name:port`).
+        #[arg(long)]
+        service: Option<String>,
+        /// Only flows from this client address.
+        #[arg(long)]
+        client: Option<std::net::Ipv4Addr>,
+    },
     /// Check a manifests directory and report every problem with file, document and field.
     Validate {
         dir: PathBuf,
@@ -90,6 +110,9 @@ struct RunArgs {
     /// Serve /healthz here (503 until the first sync, then 200).
     #[arg(long, default_value = "127.0.0.1:10256")]
     healthz_addr: SocketAddr,
+    /// Serve Prometheus /metrics here.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_addr: SocketAddr,
     /// Send rewritten packets straight back out from XDP (XDP_TX/redirect). `auto`: on unless
     /// an interface is a veth, whose peer drops XDP_TX frames unless it runs XDP itself.
     #[arg(long, value_enum, default_value_t = XdpTx::Auto)]
@@ -102,6 +125,17 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Services { pins, output } => cli::services::run(&pins.pin_dir, output),
+        Command::Backends { pins, output } => cli::backends::run(&pins.pin_dir, output),
+        Command::Conntrack {
+            pins,
+            output,
+            service,
+            client,
+        } => cli::conntrack::run(
+            &pins.pin_dir,
+            output,
+            &cli::conntrack::Filter { service, client },
+        ),
         Command::Validate { dir, service_cidr } => cli::validate::run(&dir, service_cidr),
     }
 }
@@ -125,6 +159,7 @@ fn run(args: RunArgs) -> Result<()> {
         },
         node_name,
         healthz_addr: Some(args.healthz_addr),
+        metrics_addr: Some(args.metrics_addr),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -3,14 +3,13 @@
 //! and /healthz.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, TcpStream},
+    net::Ipv4Addr,
     process::Command,
     time::{Duration, Instant},
 };
 
 use proxy_tests::{
-    Place, Proto, bins,
+    Place, Proto, bins, http,
     manifests::{
         ECHO_IP, ECHO_NODE_PORT_TCP, EMPTY_IP, EMPTY_NODE_PORT_TCP, EMPTY_NODE_PORT_UDP,
         SERVICES_YAML, pods_yaml,
@@ -244,19 +243,8 @@ fn a_bad_manifest_is_reported_and_everything_else_keeps_serving() {
 #[test]
 fn healthz_is_ok_once_synced() {
     let scenario = Scenario::start(&[]);
-    let response = scenario
-        .cluster
-        .node("node1")
-        .netns
-        .run_in(|| {
-            let mut stream = TcpStream::connect("127.0.0.1:10256")?;
-            stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response)?;
-            std::io::Result::Ok(response)
-        })
-        .expect("enter node1")
-        .expect("GET /healthz");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.contains("\"lastUpdated\":\"20"), "{response}");
+    let netns = &scenario.cluster.node("node1").netns;
+    let (status, body) = http::get(netns, "127.0.0.1:10256", "/healthz");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(body.contains("\"lastUpdated\":\"20"), "{body}");
 }

@@ -1,5 +1,7 @@
 //! The read-only commands: they work from the pinned maps alone, daemon or not, like bpftool.
 
+pub mod backends;
+pub mod conntrack;
 pub mod services;
 pub mod validate;
 

@@ -65,3 +65,42 @@ impl Maps {
         })
     }
 }
+
+/// How full one map is.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MapFill {
+    pub map: &'static str,
+    pub entries: u64,
+    pub max_entries: u64,
+}
+
+impl Maps {
+    /// Entries and capacity of every map under `pin_dir` (entries by walking the keys).
+    pub fn fill(&self, pin_dir: &Path) -> Result<Vec<MapFill>> {
+        fn count<K, E>(keys: impl Iterator<Item = Result<K, E>>) -> u64 {
+            keys.filter(Result::is_ok).count() as u64
+        }
+        let counts = [
+            (map_names::SERVICES, count(self.services.keys())),
+            (map_names::BACKENDS, count(self.backends.keys())),
+            (map_names::SERVICE_META, count(self.service_meta.keys())),
+            (map_names::CONNTRACK, count(self.conntrack.keys())),
+            (map_names::SOCK_REV_NAT, count(self.sock_rev_nat.keys())),
+            (map_names::NODE_ADDRS, count(self.node_addrs.keys())),
+        ];
+        counts
+            .into_iter()
+            .map(|(map, entries)| {
+                let path = pin_dir.join(map);
+                let info = MapData::from_pin(&path)
+                    .and_then(|data| data.info())
+                    .with_context(|| format!("map info of {}", path.display()))?;
+                Ok(MapFill {
+                    map,
+                    entries,
+                    max_entries: u64::from(info.max_entries()),
+                })
+            })
+            .collect()
+    }
+}

@@ -21,7 +21,7 @@ use aya::{
         links::FdLink,
     },
 };
-pub use maps::Maps;
+pub use maps::{MapFill, Maps};
 use proxy_common::{
     CONFIG_F_XDP_TX, Config, NODE_ADDR_F_PRIMARY, NodeAddr, map_names, net::ip_to_net,
     program_names,

@@ -1,0 +1,41 @@
+//! A minimal HTTP/1.1 GET from inside a namespace, and reading Prometheus text samples.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+};
+
+use crate::netns::Netns;
+
+/// `GET path` from inside `netns` to `addr` (e.g. `127.0.0.1:10249`): status line and body.
+pub fn get(netns: &Netns, addr: &str, path: &str) -> (String, String) {
+    let response = netns
+        .run_in(|| {
+            let mut stream = TcpStream::connect(addr)?;
+            write!(
+                stream,
+                "GET {path} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            std::io::Result::Ok(response)
+        })
+        .unwrap_or_else(|e| panic!("enter {}: {e:#}", netns.name()))
+        .unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"));
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP header in {response:?}"));
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (status, body.to_owned())
+}
+
+/// The value of the sample `series` (name with its labels exactly as exported, e.g.
+/// `sluice_map_entries{map="SVC_V1"}`) in Prometheus text, if present.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+}

@@ -1,0 +1,124 @@
+//! Inspection from the pins (`sluice conntrack`, `sluice backends`) and /metrics, after real
+//! traffic.
+
+use std::time::Duration;
+
+use proxy_tests::{
+    CLIENT_IP, Place, http,
+    manifests::ECHO_NODE_PORT_TCP,
+    scenario::{SYNC_TIMEOUT, Scenario},
+    wait_until,
+};
+
+#[test]
+fn conntrack_and_backends_show_what_the_datapath_holds() {
+    let scenario = Scenario::start(&[]);
+    let node1_ip = scenario.cluster.node("node1").ip;
+    let mut held = scenario
+        .cluster
+        .hold(Place::Client, node1_ip, ECHO_NODE_PORT_TCP)
+        .expect("open a connection through node1's NodePort");
+    held.ping().expect("the connection answers");
+    let pod = scenario.cluster.pod(&held.greeting().name);
+    let remote = pod.node != "node1";
+
+    let flows = scenario.node1.read_json("conntrack");
+    let flows = flows.as_array().expect("an array");
+    let flow = flows
+        .iter()
+        .find(|f| {
+            f["client"]
+                .as_str()
+                .is_some_and(|c| c.starts_with(&format!("{CLIENT_IP}:")))
+        })
+        .unwrap_or_else(|| panic!("no flow from the client in {flows:#?}"));
+    assert_eq!(flow["frontend"], format!("{node1_ip}:{ECHO_NODE_PORT_TCP}"));
+    assert_eq!(flow["backend"], format!("{}:8080", pod.ip));
+    assert_eq!(flow["service"], "default/echo:http");
+    assert_eq!(flow["protocol"], "TCP");
+    assert_eq!(flow["state"], "established");
+    assert_eq!(
+        flow["snat"].is_string(),
+        remote,
+        "SNAT only to a remote backend: {flow}"
+    );
+
+    // Filters.
+    let pin_dir = scenario
+        .cluster
+        .node("node1")
+        .pin_dir
+        .to_string_lossy()
+        .into_owned();
+    let filtered = |args: &[&str]| -> usize {
+        let mut all = vec!["conntrack", "-o", "json", "--pin-dir", &pin_dir];
+        all.extend_from_slice(args);
+        let out = scenario.node1.cli(&all);
+        assert!(out.status.success(), "{}", out.stderr);
+        let rows: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+        rows.as_array().expect("an array").len()
+    };
+    assert!(filtered(&["--client", &CLIENT_IP.to_string()]) >= 1);
+    assert_eq!(filtered(&["--client", "198.18.0.99"]), 0);
+    assert!(filtered(&["--service", "default/echo"]) >= 1);
+    assert_eq!(filtered(&["--service", "default/empty"]), 0);
+
+    let backends = scenario.node1.read_json("backends");
+    let backends = backends.as_array().expect("an array");
+    // Three pods, three target ports each (8080, 80, 8053).
+    assert_eq!(backends.len(), 9, "{backends:#?}");
+    let http_backend = backends
+        .iter()
+        .find(|b| b["addr"] == pod.ip.to_string() && b["port"] == 8080)
+        .expect("the pod's 8080 backend");
+    assert_eq!(http_backend["local"], !remote);
+    let used_by: Vec<&str> = http_backend["used_by"]
+        .as_array()
+        .expect("used_by")
+        .iter()
+        .filter_map(|u| u.as_str())
+        .collect();
+    assert!(
+        used_by.iter().any(|u| u.contains("198.19.0.10:80 TCP"))
+            && used_by
+                .iter()
+                .any(|u| u.contains(&format!("*:{ECHO_NODE_PORT_TCP} TCP"))),
+        "{used_by:?}"
+    );
+}
+
+#[test]
+fn metrics_report_syncs_and_map_fill() {
+    let scenario = Scenario::start(&[]);
+    let services = scenario.node1.services_json();
+    let slots: usize = services
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|row| 1 + row["backends"].as_array().map_or(0, Vec::len))
+        .sum();
+    let netns = &scenario.cluster.node("node1").netns;
+    let mut text = String::new();
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
+        let (status, body) = http::get(netns, "127.0.0.1:10249", "/metrics");
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        text = body;
+        http::sample(&text, "sluice_map_entries{map=\"SVC_V1\"}") == Some(slots as f64)
+    });
+    let syncs = http::sample(&text, "kubeproxy_sync_proxy_rules_duration_seconds_count")
+        .expect("the sync histogram");
+    assert!(syncs >= 1.0, "{text}");
+    let last = http::sample(&text, "kubeproxy_sync_proxy_rules_last_timestamp_seconds")
+        .expect("the last sync timestamp");
+    assert!(last > 1.7e9, "a Unix time: {last}");
+    assert_eq!(
+        http::sample(&text, "sluice_map_max_entries{map=\"SVC_V1\"}"),
+        Some(f64::from(proxy_common::map_sizes::SERVICES)),
+        "{text}"
+    );
+    assert_eq!(
+        http::sample(&text, "sluice_sync_errors_total"),
+        Some(0.0),
+        "{text}"
+    );
+}
