@@ -13,6 +13,7 @@ use bytemuck::{Pod, Zeroable};
 pub mod checksum;
 #[cfg(feature = "user")]
 pub mod net;
+pub mod stats;
 pub mod tcp;
 #[cfg(feature = "user")]
 mod user;
@@ -26,7 +27,11 @@ pub mod map_names {
     pub const SOCK_REV_NAT: &str = "SOCK_RNAT_V1";
     pub const NODE_ADDRS: &str = "NODE_ADDR_V1";
     pub const CONFIG: &str = "CONFIG_V1";
-    pub const ALL: [&str; 7] = [
+    pub const SERVICE_STATS: &str = "SVC_STATS_V1";
+    pub const BACKEND_STATS: &str = "BE_STATS_V1";
+    pub const DROP_STATS: &str = "DROP_STATS_V1";
+    pub const HOOK_STATS: &str = "HOOK_STATS_V1";
+    pub const ALL: [&str; 11] = [
         SERVICES,
         BACKENDS,
         SERVICE_META,
@@ -34,6 +39,10 @@ pub mod map_names {
         SOCK_REV_NAT,
         NODE_ADDRS,
         CONFIG,
+        SERVICE_STATS,
+        BACKEND_STATS,
+        DROP_STATS,
+        HOOK_STATS,
     ];
 }
 
@@ -245,6 +254,9 @@ pub struct Config {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
+
+/// Count traffic, drops and verdicts (`stats`); off only to measure what counting costs.
+pub const CONFIG_F_COUNTERS: u32 = 1 << 1;
 
 /// Send rewritten packets back out with XDP_TX / XDP_REDIRECT. Without it XDP hands them to
 /// the stack with a metadata mark and `tc_ingress` redirects them; needed on veth whose peer

@@ -2,7 +2,7 @@
 
 use crate::{
     Backend, Config, CtEntry, CtKey, NodeAddr, ServiceKey, ServiceMeta, ServiceValue,
-    SockRevNatKey, SockRevNatValue,
+    SockRevNatKey, SockRevNatValue, stats::Traffic,
 };
 
 macro_rules! aya_pod {
@@ -25,6 +25,7 @@ aya_pod!(
     ServiceValue,
     SockRevNatKey,
     SockRevNatValue,
+    Traffic,
 );
 
 impl ServiceMeta {

@@ -6,6 +6,8 @@
 #[cfg(target_arch = "bpf")]
 mod conntrack;
 #[cfg(target_arch = "bpf")]
+mod counters;
+#[cfg(target_arch = "bpf")]
 mod error;
 #[cfg(target_arch = "bpf")]
 mod forward;

@@ -8,8 +8,10 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
+use proxy_common::stats::{DropReason, Hook};
 use proxy_common::{IPPROTO_TCP, IPPROTO_UDP, SockRevNatKey, SockRevNatValue};
 
+use crate::counters::{self, Direction};
 use crate::{
     maps::SOCK_REV_NAT,
     service::{lookup_frontend, select_backend},
@@ -24,25 +26,31 @@ const SOCK_DGRAM: u32 = 2;
 
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
-    translate_forward(&ctx)
+    counted(Hook::Connect4, translate_forward(&ctx))
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    translate_forward(&ctx)
+    counted(Hook::Sendmsg4, translate_forward(&ctx))
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
     translate_reverse(&ctx);
     // recvmsg and getpeername hooks must return 1.
-    SK_PASS as i32
+    counted(Hook::Recvmsg4, SK_PASS as i32)
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
     translate_reverse(&ctx);
-    SK_PASS as i32
+    counted(Hook::Getpeername4, SK_PASS as i32)
+}
+
+#[inline(always)]
+fn counted(hook: Hook, verdict: i32) -> i32 {
+    counters::verdict(hook, verdict as u32);
+    verdict
 }
 
 /// Rewrites a destination that is a service frontend to one of its backends.
@@ -63,11 +71,19 @@ fn translate_forward(ctx: &SockAddrContext) -> i32 {
         // No endpoint can serve: refuse at once instead of letting the client time out.
         // SAFETY: bpf_set_retval is allowed in cgroup sock_addr programs.
         unsafe { bpf_set_retval(-ECONNREFUSED) };
+        counters::drop(DropReason::NoEndpoints);
         return SK_REJECT;
     }
-    let Some((_, backend)) = select_backend(key, service.count) else {
+    let Some((backend_id, backend)) = select_backend(key, service.count) else {
         return SK_PASS as i32;
     };
+    // Sockets, not packets, are translated here: count the new connection only.
+    counters::traffic(
+        service.service_id,
+        backend_id,
+        Direction::In { new: true },
+        0,
+    );
 
     // Remember what the application asked for, so replies and getpeername show it back.
     // SAFETY: the context is a socket-carrying sock_addr context.

@@ -9,10 +9,11 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use proxy_common::{CT_DIR_REPLY, CT_F_LOCAL, XDP_META_MAGIC, XdpRedirectMeta};
+use proxy_common::{CT_DIR_REPLY, CT_F_LOCAL, XDP_META_MAGIC, XdpRedirectMeta, stats::Hook};
 
 use crate::{
     conntrack,
+    counters::{self, Direction},
     error::Error,
     nat::{rewrite_skb, rewritten},
     packet::{self, ETH_HLEN, IPV4_HLEN, TCP_HLEN, ptr_at},
@@ -37,15 +38,19 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
     // SAFETY: as above. Clear the mark so the packet is never redirected twice.
     unsafe { (*meta).magic = 0 };
     // SAFETY: a plain helper call; a null neighbour lets the kernel resolve the next hop.
-    unsafe { bpf_redirect_neigh(redirect.ifindex, null_mut(), 0, 0) as i32 }
+    let verdict = unsafe { bpf_redirect_neigh(redirect.ifindex, null_mut(), 0, 0) as i32 };
+    counters::verdict(Hook::TcIngress, verdict as u32);
+    verdict
 }
 
 #[classifier]
 pub fn tc_egress(ctx: TcContext) -> i32 {
-    match try_tc_egress(&ctx) {
+    let verdict = match try_tc_egress(&ctx) {
         Ok(action) => action,
         Err(err) => action_for(err),
-    }
+    };
+    counters::verdict(Hook::TcEgress, verdict as u32);
+    verdict
 }
 
 /// The one place errors become verdicts: egress never drops, what it cannot translate leaves
@@ -88,5 +93,11 @@ fn try_tc_egress(ctx: &TcContext) -> Result<i32, Error> {
     // SAFETY: a plain helper call with no arguments.
     conntrack::touch(entry, &pkt, unsafe { bpf_ktime_get_ns() });
     rewrite_skb(ctx, &pkt, &rewritten(&pkt.tuple, &reply))?;
+    counters::traffic(
+        reply.service_id,
+        reply.backend_id,
+        Direction::Out,
+        pkt.tot_len,
+    );
     Ok(TC_ACT_OK)
 }

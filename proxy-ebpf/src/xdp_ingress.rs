@@ -8,10 +8,14 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use proxy_common::{BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, IPPROTO_TCP};
+use proxy_common::{
+    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, IPPROTO_TCP,
+    stats::{DropReason, Hook},
+};
 
 use crate::{
     conntrack,
+    counters::{self, Direction},
     error::Error,
     forward::forward,
     maps::BACKENDS,
@@ -23,15 +27,20 @@ use crate::{
 
 #[xdp]
 pub fn xdp_ingress(ctx: XdpContext) -> u32 {
-    match try_xdp_ingress(&ctx) {
+    let verdict = match try_xdp_ingress(&ctx) {
         Ok(action) => action,
         Err(err) => action_for(err),
-    }
+    };
+    counters::verdict(Hook::Xdp, verdict);
+    verdict
 }
 
 /// The one place errors become verdicts: what we cannot parse is not ours and goes to the
 /// stack untouched; a flow we cannot translate is dropped.
 fn action_for(err: Error) -> u32 {
+    if let Some(reason) = drop_reason(err) {
+        counters::drop(reason);
+    }
     match err {
         Error::NotIpv4
         | Error::NotTcpUdp
@@ -49,6 +58,23 @@ fn action_for(err: Error) -> u32 {
     }
 }
 
+/// The drop counter of an error that drops the packet.
+fn drop_reason(err: Error) -> Option<DropReason> {
+    match err {
+        Error::NoBackend => Some(DropReason::NoBackend),
+        Error::NoSnatAddress => Some(DropReason::NoSnatAddress),
+        Error::NoSnatPort => Some(DropReason::NoSnatPort),
+        Error::ConntrackUpdate => Some(DropReason::ConntrackFull),
+        Error::Resize | Error::SkbRewrite => Some(DropReason::Rewrite),
+        Error::NotIpv4
+        | Error::NotTcpUdp
+        | Error::Fragment
+        | Error::Truncated
+        | Error::Malformed
+        | Error::Metadata => None,
+    }
+}
+
 #[inline(always)]
 fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, Error> {
     let pkt = packet::parse(ctx.data(), ctx.data_end())?;
@@ -60,6 +86,12 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, Error> {
         let reply = unsafe { *entry };
         if reply.flags & CT_F_SNAT != 0 {
             conntrack::touch(entry, &pkt, now);
+            counters::traffic(
+                reply.service_id,
+                reply.backend_id,
+                Direction::Out,
+                pkt.tot_len,
+            );
             return translate_and_forward(ctx, &pkt, &rewritten(&pkt.tuple, &reply));
         }
     }
@@ -71,6 +103,8 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, Error> {
         // SAFETY: only the presence of the key matters.
         if unsafe { BACKENDS.get(flow.backend_id) }.is_some() {
             conntrack::touch(entry, &pkt, now);
+            let direction = Direction::In { new: false };
+            counters::traffic(flow.service_id, flow.backend_id, direction, pkt.tot_len);
             let to = rewritten(&pkt.tuple, &flow);
             if flow.flags & CT_F_SNAT != 0 {
                 return translate_and_forward(ctx, &pkt, &to);
@@ -92,6 +126,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<u32, Error> {
         return Ok(XDP_PASS);
     };
     if service.count == 0 {
+        counters::drop(DropReason::NoEndpoints);
         return if tuple.proto == IPPROTO_TCP {
             reject::tcp_reset(ctx, pkt)
         } else {
@@ -99,6 +134,8 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<u32, Error> {
         };
     }
     let (backend_id, backend) = select_backend(key, service.count).ok_or(Error::NoBackend)?;
+    let direction = Direction::In { new: true };
+    counters::traffic(service.service_id, backend_id, direction, pkt.tot_len);
     if backend.flags & BACKEND_F_LOCAL != 0 {
         let to = conntrack::create_local(pkt, backend_id, &backend, service.service_id, now)?;
         rewrite_in_place(ctx.data(), ctx.data_end(), pkt, &to)?;

@@ -56,7 +56,7 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
         let bound = health::serve(addr, health.clone()).await?;
         info!(%bound, "serving /healthz");
     }
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(Some(opts.datapath.pin_dir.clone()));
     let count_now = Arc::new(Notify::new());
     if let Some(addr) = opts.metrics_addr {
         let bound = metrics::serve(addr, metrics.clone()).await?;

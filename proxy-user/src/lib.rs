@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod model;
 pub mod reconcile;
 pub mod source;
+pub mod stats;
 
 /// The eBPF object built from `proxy-ebpf`, embedded so one binary is all a node needs.
 pub static EBPF_OBJECT: &[u8] =

@@ -41,6 +41,13 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Traffic per frontend and backend, drops by reason, verdicts per hook (from the pins).
+    Stats {
+        #[command(flatten)]
+        pins: PinArgs,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// List every backend and the frontends that use it (from the pins).
     Backends {
         #[command(flatten)]
@@ -117,6 +124,9 @@ struct RunArgs {
     /// an interface is a veth, whose peer drops XDP_TX frames unless it runs XDP itself.
     #[arg(long, value_enum, default_value_t = XdpTx::Auto)]
     xdp_tx: XdpTx,
+    /// Do not count traffic, drops and verdicts in the datapath (to measure their cost).
+    #[arg(long)]
+    no_counters: bool,
 }
 
 fn main() -> Result<()> {
@@ -125,6 +135,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Services { pins, output } => cli::services::run(&pins.pin_dir, output),
+        Command::Stats { pins, output } => cli::stats::run(&pins.pin_dir, output),
         Command::Backends { pins, output } => cli::backends::run(&pins.pin_dir, output),
         Command::Conntrack {
             pins,
@@ -156,6 +167,7 @@ fn run(args: RunArgs) -> Result<()> {
             ifaces: args.ifaces,
             xdp_tx: args.xdp_tx,
             node_ips: args.node_ips,
+            counters: !args.no_counters,
         },
         node_name,
         healthz_addr: Some(args.healthz_addr),

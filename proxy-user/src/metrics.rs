@@ -3,6 +3,7 @@
 
 use std::{
     net::SocketAddr,
+    path::PathBuf,
     sync::{Arc, atomic::AtomicU64},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -10,10 +11,19 @@ use std::{
 use anyhow::{Context as _, Result};
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::Gauge,
+        histogram::Histogram,
+    },
     registry::Registry,
 };
+
+use crate::{datapath::Maps, stats};
 
 /// Labels of the per-map gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,14 +44,10 @@ pub struct Metrics {
     pub map_max_entries: Family<MapLabels, Gauge>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Self {
+    /// The daemon's metrics; with `pin_dir`, also the datapath's counters read from the maps
+    /// pinned there at each scrape.
+    pub fn new(pin_dir: Option<PathBuf>) -> Self {
         // kube-proxy's buckets: 1 ms doubling to about 16 s.
         let buckets = || prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15);
         let sync_duration = Histogram::new(buckets());
@@ -88,6 +94,9 @@ impl Metrics {
             "Capacity of each BPF map",
             map_max_entries.clone(),
         );
+        if let Some(pin_dir) = pin_dir {
+            registry.register_collector(Box::new(DatapathCounters { pin_dir }));
+        }
         Self {
             registry: Arc::new(registry),
             sync_duration,
@@ -118,6 +127,125 @@ impl Metrics {
             .get_or_create(&labels)
             .set(i64::try_from(max_entries).unwrap_or(i64::MAX));
     }
+}
+
+/// The datapath's per-CPU counters, summed and exported as counters at each scrape.
+#[derive(Debug)]
+struct DatapathCounters {
+    pin_dir: PathBuf,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+impl Collector for DatapathCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = match Maps::open_pinned(&self.pin_dir).and_then(|maps| stats::read(&maps)) {
+            Ok(stats) => stats,
+            Err(err) => {
+                tracing::warn!("reading datapath counters for /metrics: {err:#}");
+                return Ok(());
+            }
+        };
+        let service = |s: &stats::ServiceStats, direction: Option<&'static str>| {
+            let mut labels: Labels = vec![
+                ("service", s.name.clone()),
+                ("frontend", s.frontend.clone()),
+                ("protocol", s.protocol.to_owned()),
+            ];
+            labels.extend(direction.map(|d| ("direction", d.to_owned())));
+            labels
+        };
+        let backend = |b: &stats::BackendStats, direction: Option<&'static str>| {
+            let mut labels: Labels = vec![("backend", format!("{}:{}", b.addr, b.port))];
+            labels.extend(direction.map(|d| ("direction", d.to_owned())));
+            labels
+        };
+        counters(
+            &mut encoder,
+            "sluice_service_packets",
+            "Packets translated per frontend (in: to backends, out: replies)",
+            stats.services.iter().flat_map(|s| {
+                [
+                    (service(s, Some("in")), s.traffic.packets_in),
+                    (service(s, Some("out")), s.traffic.packets_out),
+                ]
+            }),
+        )?;
+        counters(
+            &mut encoder,
+            "sluice_service_bytes",
+            "IPv4 bytes translated per frontend",
+            stats.services.iter().flat_map(|s| {
+                [
+                    (service(s, Some("in")), s.traffic.bytes_in),
+                    (service(s, Some("out")), s.traffic.bytes_out),
+                ]
+            }),
+        )?;
+        counters(
+            &mut encoder,
+            "sluice_service_connections",
+            "New flows (packet path) and translated sockets (socket path) per frontend",
+            stats
+                .services
+                .iter()
+                .map(|s| (service(s, None), s.traffic.connections)),
+        )?;
+        counters(
+            &mut encoder,
+            "sluice_backend_packets",
+            "Packets translated per backend",
+            stats.backends.iter().flat_map(|b| {
+                [
+                    (backend(b, Some("in")), b.traffic.packets_in),
+                    (backend(b, Some("out")), b.traffic.packets_out),
+                ]
+            }),
+        )?;
+        counters(
+            &mut encoder,
+            "sluice_backend_connections",
+            "New flows and translated sockets per backend",
+            stats
+                .backends
+                .iter()
+                .map(|b| (backend(b, None), b.traffic.connections)),
+        )?;
+        counters(
+            &mut encoder,
+            "sluice_drops",
+            "Packets and connections dropped or refused, by reason",
+            stats
+                .drops
+                .iter()
+                .map(|d| (vec![("reason", d.reason.to_owned())], d.count)),
+        )?;
+        counters(
+            &mut encoder,
+            "sluice_hook_verdicts",
+            "Verdicts of each datapath program",
+            stats.hooks.iter().map(|h| {
+                let labels: Labels = vec![
+                    ("hook", h.hook.to_owned()),
+                    ("verdict", h.verdict.to_owned()),
+                ];
+                (labels, h.count)
+            }),
+        )
+    }
+}
+
+fn counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl Iterator<Item = (Labels, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in samples {
+        ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// Seconds since the Unix epoch, for timestamp gauges.
@@ -160,7 +288,7 @@ mod tests {
 
     #[test]
     fn exports_kube_proxy_names() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(None);
         metrics.sync_duration.observe(0.002);
         metrics.set_map_fill("SVC_V1", 3, 10);
         let text = metrics.encode();

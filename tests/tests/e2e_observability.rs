@@ -1,12 +1,14 @@
-//! Inspection from the pins (`sluice conntrack`, `sluice backends`) and /metrics, after real
-//! traffic.
+//! Inspection from the pins (`sluice conntrack`, `backends`, `stats`) and /metrics, after
+//! known traffic: the counters must equal what was sent.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use proxy_tests::{
-    CLIENT_IP, Place, http,
-    manifests::ECHO_NODE_PORT_TCP,
-    scenario::{SYNC_TIMEOUT, Scenario},
+    CLIENT_IP, Place, Proto, http,
+    manifests::{
+        ECHO_IP, ECHO_NODE_PORT_TCP, ECHO_NODE_PORT_UDP, EMPTY_NODE_PORT_TCP, EMPTY_NODE_PORT_UDP,
+    },
+    scenario::{ALL_PODS, SPREAD_REQUESTS, SYNC_TIMEOUT, Scenario},
     wait_until,
 };
 
@@ -121,4 +123,94 @@ fn metrics_report_syncs_and_map_fill() {
         Some(0.0),
         "{text}"
     );
+}
+
+#[test]
+fn counters_match_the_traffic_sent() {
+    let scenario = Scenario::start(&[]);
+    let node1_ip = scenario.cluster.node("node1").ip;
+
+    // UDP through node1's NodePort: one datagram in and one reply out per request, each on a
+    // new socket (a new flow), so every count is exact.
+    let replies = scenario.replies(
+        Place::Client,
+        Proto::UdpConnected,
+        node1_ip,
+        ECHO_NODE_PORT_UDP,
+        SPREAD_REQUESTS,
+    );
+    let mut per_pod: BTreeMap<String, u64> = BTreeMap::new();
+    for reply in &replies {
+        *per_pod.entry(reply.name.clone()).or_default() += 1;
+    }
+    // Refused: TCP and UDP to the service without endpoints.
+    for (proto, port, count) in [
+        (Proto::Tcp, EMPTY_NODE_PORT_TCP, 5),
+        (Proto::UdpConnected, EMPTY_NODE_PORT_UDP, 3),
+    ] {
+        let results = scenario
+            .cluster
+            .request(Place::Client, proto, node1_ip, port, count);
+        assert!(
+            results
+                .iter()
+                .all(|r| r.as_ref().is_err_and(|e| e.starts_with("refused")))
+        );
+    }
+    // Socket level: ten connections from a pod on node1 to the ClusterIP.
+    let echo: std::net::Ipv4Addr = ECHO_IP.parse().expect("address");
+    scenario.replies(Place::Pod("pod-1a"), Proto::Tcp, echo, 80, 10);
+
+    let stats = scenario.node1.read_json("stats");
+    for pod in ALL_PODS {
+        let ip = scenario.cluster.pod(pod).ip.to_string();
+        let backend = stats["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .find(|b| b["addr"] == ip && b["port"] == 8053)
+            .unwrap_or_else(|| panic!("no stats for {pod}:8053 in {stats:#}"));
+        let sent = per_pod.get(pod).copied().unwrap_or(0);
+        assert_eq!(backend["packets_in"], sent, "{pod}: {backend}");
+        assert_eq!(backend["packets_out"], sent, "{pod}: {backend}");
+        assert_eq!(backend["connections"], sent, "{pod}: {backend}");
+    }
+    let service = |frontend: &str, protocol: &str| {
+        stats["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .find(|s| s["frontend"] == frontend && s["protocol"] == protocol)
+            .unwrap_or_else(|| panic!("no stats for {frontend} in {stats:#}"))
+            .clone()
+    };
+    let node_port = service(&format!("*:{ECHO_NODE_PORT_UDP}"), "UDP");
+    assert_eq!(node_port["packets_in"], SPREAD_REQUESTS, "{node_port}");
+    assert_eq!(node_port["packets_out"], SPREAD_REQUESTS, "{node_port}");
+    assert_eq!(service(&format!("{ECHO_IP}:80"), "TCP")["connections"], 10);
+    let drops = stats["drops"].as_array().expect("drops");
+    let no_endpoints = drops
+        .iter()
+        .find(|d| d["reason"] == "no_endpoints")
+        .expect("the no_endpoints counter");
+    assert_eq!(no_endpoints["count"], 8, "{drops:?}");
+
+    // The same numbers in /metrics.
+    let netns = &scenario.cluster.node("node1").netns;
+    let (_, text) = http::get(netns, "127.0.0.1:10249", "/metrics");
+    assert_eq!(
+        http::sample(&text, "sluice_drops_total{reason=\"no_endpoints\"}"),
+        Some(8.0),
+        "{text}"
+    );
+    for (pod, sent) in &per_pod {
+        let ip = scenario.cluster.pod(pod).ip;
+        let series =
+            format!("sluice_backend_packets_total{{backend=\"{ip}:8053\",direction=\"in\"}}");
+        assert_eq!(
+            http::sample(&text, &series),
+            Some(*sent as f64),
+            "{series}\n{text}"
+        );
+    }
 }

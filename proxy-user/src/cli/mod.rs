@@ -3,6 +3,7 @@
 pub mod backends;
 pub mod conntrack;
 pub mod services;
+pub mod stats;
 pub mod validate;
 
 /// How a read command prints.

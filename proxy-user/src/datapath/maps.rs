@@ -5,11 +5,11 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
 };
 use proxy_common::{
     Backend, Config, CtEntry, CtKey, NodeAddr, ServiceKey, ServiceMeta, ServiceValue,
-    SockRevNatKey, SockRevNatValue, map_names,
+    SockRevNatKey, SockRevNatValue, map_names, stats::Traffic,
 };
 
 pub struct Maps {
@@ -20,6 +20,10 @@ pub struct Maps {
     pub sock_rev_nat: HashMap<MapData, SockRevNatKey, SockRevNatValue>,
     pub node_addrs: HashMap<MapData, u32, NodeAddr>,
     pub config: Array<MapData, Config>,
+    pub service_stats: PerCpuHashMap<MapData, u32, Traffic>,
+    pub backend_stats: PerCpuHashMap<MapData, u32, Traffic>,
+    pub drop_stats: PerCpuArray<MapData, u64>,
+    pub hook_stats: PerCpuArray<MapData, u64>,
 }
 
 impl Maps {
@@ -62,8 +66,18 @@ impl Maps {
             sock_rev_nat: typed!(map_names::SOCK_REV_NAT),
             node_addrs: typed!(map_names::NODE_ADDRS),
             config: typed!(map_names::CONFIG),
+            service_stats: typed!(map_names::SERVICE_STATS),
+            backend_stats: typed!(map_names::BACKEND_STATS),
+            drop_stats: typed!(map_names::DROP_STATS),
+            hook_stats: typed!(map_names::HOOK_STATS),
         })
     }
+}
+
+/// A zero per-CPU traffic value, to create a counter entry with.
+pub fn zero_traffic() -> Result<PerCpuValues<Traffic>> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
+    Ok(PerCpuValues::try_from(vec![Traffic::default(); cpus])?)
 }
 
 /// How full one map is.
@@ -87,6 +101,8 @@ impl Maps {
             (map_names::CONNTRACK, count(self.conntrack.keys())),
             (map_names::SOCK_REV_NAT, count(self.sock_rev_nat.keys())),
             (map_names::NODE_ADDRS, count(self.node_addrs.keys())),
+            (map_names::SERVICE_STATS, count(self.service_stats.keys())),
+            (map_names::BACKEND_STATS, count(self.backend_stats.keys())),
         ];
         counts
             .into_iter()

@@ -21,10 +21,10 @@ use aya::{
         links::FdLink,
     },
 };
-pub use maps::{MapFill, Maps};
+pub use maps::{MapFill, Maps, zero_traffic};
 use proxy_common::{
-    CONFIG_F_XDP_TX, Config, NODE_ADDR_F_PRIMARY, NodeAddr, map_names, net::ip_to_net,
-    program_names,
+    CONFIG_F_COUNTERS, CONFIG_F_XDP_TX, Config, NODE_ADDR_F_PRIMARY, NodeAddr, map_names,
+    net::ip_to_net, program_names,
 };
 use tracing::{info, warn};
 
@@ -48,6 +48,8 @@ pub struct DatapathOptions {
     pub xdp_tx: XdpTx,
     /// Addresses a NodePort answers on, besides loopback; empty means every local address.
     pub node_ips: Vec<Ipv4Addr>,
+    /// Count traffic, drops and verdicts in the datapath.
+    pub counters: bool,
 }
 
 /// SNAT source ports for flows to remote backends: above Linux's default ephemeral range
@@ -310,7 +312,8 @@ fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<()> {
         snat_addr: snat_addr.map_or(0, ip_to_net),
         snat_port_min: SNAT_PORTS.0,
         snat_port_max: SNAT_PORTS.1,
-        flags: if xdp_tx { CONFIG_F_XDP_TX } else { 0 },
+        flags: if xdp_tx { CONFIG_F_XDP_TX } else { 0 }
+            | if opts.counters { CONFIG_F_COUNTERS } else { 0 },
         _pad: 0,
     };
     maps.config.set(0, config, 0)?;

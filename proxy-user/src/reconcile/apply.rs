@@ -10,7 +10,10 @@ use proxy_common::{
 };
 
 use super::plan::{BackendAddr, Frontend, FrontendPlan, Plan};
-use crate::{datapath::Maps, model::Protocol};
+use crate::{
+    datapath::{Maps, zero_traffic},
+    model::Protocol,
+};
 
 /// A frontend as programmed: its id, flags and backend ids by slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +116,12 @@ impl Reconciler {
                     id
                 }
             };
+            if !self.backends.contains_key(&id) {
+                // Counters start with the backend: a reused id never inherits old traffic.
+                maps.backend_stats
+                    .insert(id, zero_traffic()?, 0)
+                    .with_context(|| format!("create counters of backend {}", addr.addr))?;
+            }
             if self.backends.get(&id) != Some(&value) {
                 maps.backends
                     .insert(id, value, 0)
@@ -151,6 +160,8 @@ impl Reconciler {
             self.backends.remove(&id);
             remove_if_present(maps.backends.remove(&id))
                 .with_context(|| format!("remove backend {}:{}", addr.addr, addr.port))?;
+            remove_if_present(maps.backend_stats.remove(&id))
+                .with_context(|| format!("remove counters of backend {}", addr.addr))?;
             stats.backends_removed += 1;
         }
         Ok(stats)
@@ -192,6 +203,11 @@ impl Reconciler {
         let old_slots = old.as_ref().map_or(&[][..], |old| &old.slots[..]);
         let context = || format!("write service {} ({frontend:?})", planned.name);
 
+        if old.is_none() {
+            maps.service_stats
+                .insert(service_id, zero_traffic()?, 0)
+                .with_context(context)?;
+        }
         if old.as_ref().map(|old| old.meta) != Some(meta) {
             maps.service_meta
                 .insert(service_id, meta, 0)
@@ -235,6 +251,8 @@ impl Reconciler {
                 .with_context(context)?;
         }
         remove_if_present(maps.service_meta.remove(&programmed.service_id))
+            .with_context(context)?;
+        remove_if_present(maps.service_stats.remove(&programmed.service_id))
             .with_context(context)?;
         Ok(())
     }
