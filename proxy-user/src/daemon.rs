@@ -17,7 +17,7 @@ use tokio::{
 use tracing::{error, info};
 
 use crate::{
-    datapath::{Datapath, DatapathOptions, Maps},
+    datapath::{Datapath, DatapathOptions, HookCounts, Maps},
     health::{self, Health},
     metrics::{self, Metrics, unix_seconds},
     model::DesiredState,
@@ -97,7 +97,7 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                         count_now.notify_one();
                         if first_sync {
                             first_sync = false;
-                            announce_ready(&reconciler, started);
+                            announce_ready(&reconciler, datapath.hooks, started);
                         }
                     }
                     // The maps keep their last good content; the next change tries again.
@@ -139,14 +139,17 @@ async fn count_map_fill(pin_dir: PathBuf, metrics: Metrics, count_now: Arc<Notif
 }
 
 /// The one line a person or a test waits for: the first full sync is in the maps.
-fn announce_ready(reconciler: &Reconciler, started: Instant) {
+fn announce_ready(reconciler: &Reconciler, hooks: HookCounts, started: Instant) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(
         stdout,
-        "sluice ready: {} frontends, {} backends programmed in {} ms",
+        "sluice ready: {} frontends, {} backends programmed in {} ms; hooks: {} replaced in \
+         place, {} attached",
         reconciler.frontend_count(),
         reconciler.backend_count(),
-        started.elapsed().as_millis()
+        started.elapsed().as_millis(),
+        hooks.replaced,
+        hooks.attached,
     );
     let _ = stdout.flush();
 }

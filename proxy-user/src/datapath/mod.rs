@@ -52,6 +52,13 @@ pub struct DatapathOptions {
     pub counters: bool,
 }
 
+/// Hooks whose program was swapped inside an existing pinned link, and hooks attached anew.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookCounts {
+    pub replaced: usize,
+    pub attached: usize,
+}
+
 /// SNAT source ports for flows to remote backends: above Linux's default ephemeral range
 /// (32768-60999), so they never collide with the node's own connections.
 const SNAT_PORTS: (u16, u16) = (61000, 65535);
@@ -60,6 +67,8 @@ const SNAT_PORTS: (u16, u16) = (61000, 65535);
 /// dropped; the maps stay pinned too.
 pub struct Datapath {
     pub maps: Maps,
+    /// How the hooks were installed by this start.
+    pub hooks: HookCounts,
     /// Keeps the programs loaded while the daemon runs.
     _ebpf: Ebpf,
 }
@@ -84,16 +93,24 @@ impl Datapath {
             .load(EBPF_OBJECT)
             .context("load the eBPF object (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
 
-        let mut pinned = BTreeSet::new();
-        attach_socket_programs(&mut ebpf, &opts.cgroup, &links_dir, &mut pinned)?;
+        let mut links = Links {
+            dir: links_dir,
+            pinned: BTreeSet::new(),
+            counts: HookCounts::default(),
+        };
+        attach_socket_programs(&mut ebpf, &opts.cgroup, &mut links)?;
         for iface in &opts.ifaces {
-            attach_iface_programs(&mut ebpf, iface, &links_dir, &mut pinned)?;
+            attach_iface_programs(&mut ebpf, iface, &mut links)?;
         }
-        remove_stale_links(&links_dir, &pinned)?;
+        remove_stale_links(&links.dir, &links.pinned)?;
 
         let mut maps = Maps::take_from(&mut ebpf)?;
         configure(&mut maps, opts)?;
-        Ok(Self { maps, _ebpf: ebpf })
+        Ok(Self {
+            maps,
+            hooks: links.counts,
+            _ebpf: ebpf,
+        })
     }
 }
 
@@ -147,12 +164,14 @@ fn fs_magic(path: &Path) -> Result<i64> {
     Ok(i64::from(buf.f_type))
 }
 
-fn attach_socket_programs(
-    ebpf: &mut Ebpf,
-    cgroup: &Path,
-    links_dir: &Path,
-    pinned: &mut BTreeSet<String>,
-) -> Result<()> {
+/// The pinned links of this start: where they live, which were asked for, how they were made.
+struct Links {
+    dir: PathBuf,
+    pinned: BTreeSet<String>,
+    counts: HookCounts,
+}
+
+fn attach_socket_programs(ebpf: &mut Ebpf, cgroup: &Path, links: &mut Links) -> Result<()> {
     let cgroup_file = File::open(cgroup)
         .with_context(|| format!("open cgroup {} (--cgroup)", cgroup.display()))?;
     for name in [
@@ -167,7 +186,7 @@ fn attach_socket_programs(
             .with_context(|| format!("load program {name}"))?;
         let link_name = format!("{name}@cgroup");
         attach_or_replace(
-            links_dir,
+            links,
             &link_name,
             program.fd()?.try_clone()?.as_fd(),
             || {
@@ -178,32 +197,22 @@ fn attach_socket_programs(
             },
         )
         .with_context(|| format!("attach {name} to cgroup {}", cgroup.display()))?;
-        pinned.insert(link_name);
+        links.pinned.insert(link_name);
     }
     Ok(())
 }
 
-fn attach_iface_programs(
-    ebpf: &mut Ebpf,
-    iface: &str,
-    links_dir: &Path,
-    pinned: &mut BTreeSet<String>,
-) -> Result<()> {
+fn attach_iface_programs(ebpf: &mut Ebpf, iface: &str, links: &mut Links) -> Result<()> {
     let name = program_names::XDP_INGRESS;
     let xdp: &mut Xdp = program(ebpf, name)?.try_into()?;
     xdp.load().with_context(|| format!("load program {name}"))?;
     let link_name = format!("{name}@{iface}");
-    attach_or_replace(
-        links_dir,
-        &link_name,
-        xdp.fd()?.try_clone()?.as_fd(),
-        || {
-            let id = xdp.attach(iface, XdpMode::default())?;
-            Ok(xdp.take_link(id)?.try_into()?)
-        },
-    )
+    attach_or_replace(links, &link_name, xdp.fd()?.try_clone()?.as_fd(), || {
+        let id = xdp.attach(iface, XdpMode::default())?;
+        Ok(xdp.take_link(id)?.try_into()?)
+    })
     .with_context(|| format!("attach XDP to {iface} (--iface)"))?;
-    pinned.insert(link_name);
+    links.pinned.insert(link_name);
 
     for (name, direction) in [
         (program_names::TC_INGRESS, TcAttachType::Ingress),
@@ -212,12 +221,12 @@ fn attach_iface_programs(
         let tc: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
         tc.load().with_context(|| format!("load program {name}"))?;
         let link_name = format!("{name}@{iface}");
-        attach_or_replace(links_dir, &link_name, tc.fd()?.try_clone()?.as_fd(), || {
+        attach_or_replace(links, &link_name, tc.fd()?.try_clone()?.as_fd(), || {
             let id = tc.attach(iface, direction)?;
             Ok(tc.take_link(id)?.try_into()?)
         })
         .with_context(|| format!("attach {name} to {iface} (--iface; TCX needs Linux 6.6+)"))?;
-        pinned.insert(link_name);
+        links.pinned.insert(link_name);
     }
     Ok(())
 }
@@ -230,15 +239,18 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
 /// Swaps the program behind an existing pinned link, so the hook never runs without one;
 /// attaches and pins a new link when there is none (or the old one's target is gone).
 fn attach_or_replace(
-    links_dir: &Path,
+    links: &mut Links,
     link_name: &str,
     program: std::os::fd::BorrowedFd<'_>,
     attach: impl FnOnce() -> Result<FdLink>,
 ) -> Result<()> {
-    let path = links_dir.join(link_name);
+    let path = links.dir.join(link_name);
     if path.exists() {
         match sys::obj_get(&path).and_then(|link| sys::link_update(&link, program)) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                links.counts.replaced += 1;
+                return Ok(());
+            }
             Err(err) => {
                 warn!(link = %path.display(), %err, "pinned link unusable; attaching anew");
                 fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
@@ -248,6 +260,7 @@ fn attach_or_replace(
     attach()?
         .pin(&path)
         .with_context(|| format!("pin link at {}", path.display()))?;
+    links.counts.attached += 1;
     Ok(())
 }
 

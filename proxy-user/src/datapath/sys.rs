@@ -12,7 +12,7 @@ use std::{
 };
 
 const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_LINK_UPDATE: libc::c_long = 30;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 
 /// `union bpf_attr` is 144 bytes on 6.x kernels; the kernel requires unused bytes to be zero.
 #[repr(C, align(8))]
