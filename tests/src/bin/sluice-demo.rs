@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use proxy_tests::{Cluster, Place, Proto, SluiceDaemon, workload::REQUEST_TIMEOUT};
+use proxy_tests::{Cluster, Place, Proto, SluiceDaemon, http, workload::REQUEST_TIMEOUT};
 
 const REQUESTS: usize = 6;
 
@@ -114,14 +114,41 @@ fn main() {
         println!("  answered by: {}\n", tally.join(", "));
     }
 
-    println!("sluice services on node1 (read from the pinned maps):");
     let pin_dir = cluster.node("node1").pin_dir.to_string_lossy().into_owned();
-    let services = node1.cli(&["services", "--pin-dir", &pin_dir]);
-    print!("{}", services.stdout);
-    if !services.status.success() {
-        eprint!("{}", services.stderr);
+    for (title, command) in [
+        (
+            "sluice services on node1 (read from the pinned maps)",
+            "services",
+        ),
+        ("sluice stats on node1: what the datapath counted", "stats"),
+        (
+            "sluice conntrack on node1: the flows XDP tracked",
+            "conntrack",
+        ),
+    ] {
+        println!("{title}:");
+        let out = node1.cli(&[command, "--pin-dir", &pin_dir]);
+        print!("{}", out.stdout);
+        if !out.status.success() {
+            eprint!("{}", out.stderr);
+        }
+        println!();
     }
+    println!("/metrics on node1 (excerpt):");
+    let (_, metrics) = http::get(&cluster.node("node1").netns, "127.0.0.1:10249", "/metrics");
+    for line in metrics.lines().filter(|line| {
+        line.starts_with("kubeproxy_sync_proxy_rules_duration_seconds_count")
+            || line.starts_with("kubeproxy_sync_proxy_rules_last_timestamp")
+            || line.starts_with(
+                "sluice_service_connections_total{service=\"default/echo-nodeport:tcp\"",
+            )
+            || line.starts_with("sluice_drops_total{reason=\"no_endpoints\"")
+            || line.starts_with("sluice_map_entries{map=\"SVC_V1\"")
+    }) {
+        println!("  {line}");
+    }
+    println!();
     drop((node1, node2));
     drop(cluster);
-    println!("\nDemo cluster removed (namespaces, cgroups, pins, processes).");
+    println!("Demo cluster removed (namespaces, cgroups, pins, processes).");
 }
