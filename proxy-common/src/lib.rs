@@ -11,6 +11,7 @@
 use bytemuck::{Pod, Zeroable};
 
 pub mod checksum;
+pub mod klog;
 #[cfg(feature = "user")]
 pub mod net;
 pub mod stats;
@@ -31,7 +32,8 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "BE_STATS_V1";
     pub const DROP_STATS: &str = "DROP_STATS_V1";
     pub const HOOK_STATS: &str = "HOOK_STATS_V1";
-    pub const ALL: [&str; 11] = [
+    pub const LOG: &str = "LOG_V1";
+    pub const ALL: [&str; 12] = [
         SERVICES,
         BACKENDS,
         SERVICE_META,
@@ -43,6 +45,7 @@ pub mod map_names {
         BACKEND_STATS,
         DROP_STATS,
         HOOK_STATS,
+        LOG,
     ];
 }
 
@@ -251,9 +254,18 @@ pub struct Config {
     pub snat_port_max: u16,
     /// `CONFIG_F_*`.
     pub flags: u32,
-    pub _pad: u32,
+    /// The most verbose kernel log level emitted (`LOG_LEVEL_*`); 0 keeps the programs quiet.
+    pub log_level: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
+
+/// Kernel log levels, as aya-log numbers them.
+pub const LOG_LEVEL_OFF: u32 = 0;
+pub const LOG_LEVEL_ERROR: u32 = 1;
+pub const LOG_LEVEL_WARN: u32 = 2;
+pub const LOG_LEVEL_INFO: u32 = 3;
+pub const LOG_LEVEL_DEBUG: u32 = 4;
+pub const LOG_LEVEL_TRACE: u32 = 5;
 
 /// Count traffic, drops and verdicts (`stats`); off only to measure what counting costs.
 pub const CONFIG_F_COUNTERS: u32 = 1 << 1;

@@ -2,7 +2,7 @@
 
 use crate::{
     Backend, Config, CtEntry, CtKey, NodeAddr, ServiceKey, ServiceMeta, ServiceValue,
-    SockRevNatKey, SockRevNatValue, stats::Traffic,
+    SockRevNatKey, SockRevNatValue, klog::LogRecord, stats::Traffic,
 };
 
 macro_rules! aya_pod {
@@ -26,6 +26,7 @@ aya_pod!(
     SockRevNatKey,
     SockRevNatValue,
     Traffic,
+    LogRecord,
 );
 
 impl ServiceMeta {

@@ -30,10 +30,7 @@ pub enum Error {
 }
 
 impl Error {
-    #[expect(
-        dead_code,
-        reason = "for logs and drop-reason counters; none is wired yet"
-    )]
+    #[expect(dead_code, reason = "for messages; drops are logged by DropReason")]
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::NotIpv4 => "not IPv4",

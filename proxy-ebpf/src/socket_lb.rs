@@ -8,11 +8,15 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use proxy_common::stats::{DropReason, Hook};
-use proxy_common::{IPPROTO_TCP, IPPROTO_UDP, SockRevNatKey, SockRevNatValue};
+use proxy_common::{
+    IPPROTO_TCP, IPPROTO_UDP, LOG_LEVEL_DEBUG, LOG_LEVEL_TRACE, SockRevNatKey, SockRevNatValue,
+    klog::LogEvent,
+    stats::{DropReason, Hook},
+};
 
-use crate::counters::{self, Direction};
 use crate::{
+    counters::{self, Direction},
+    klog,
     maps::SOCK_REV_NAT,
     service::{lookup_frontend, select_backend},
 };
@@ -72,6 +76,9 @@ fn translate_forward(ctx: &SockAddrContext) -> i32 {
         // SAFETY: bpf_set_retval is allowed in cgroup sock_addr programs.
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         counters::drop(DropReason::NoEndpoints);
+        let port = u32::from(u16::from_be(dst_port));
+        let args = [dst_addr, port, 0, 0, 0, 0];
+        klog::emit(LOG_LEVEL_DEBUG, LogEvent::SocketRefused, args);
         return SK_REJECT;
     }
     let Some((backend_id, backend)) = select_backend(key, service.count) else {

@@ -9,7 +9,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use proxy_common::{
-    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, IPPROTO_TCP,
+    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, IPPROTO_TCP, LOG_LEVEL_DEBUG,
+    LOG_LEVEL_TRACE,
+    klog::LogEvent,
     stats::{DropReason, Hook},
 };
 
@@ -18,6 +20,7 @@ use crate::{
     counters::{self, Direction},
     error::Error,
     forward::forward,
+    klog,
     maps::BACKENDS,
     nat::{rewrite_in_place, rewritten},
     packet::{self, Packet, Tuple},
@@ -40,6 +43,8 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
 fn action_for(err: Error) -> u32 {
     if let Some(reason) = drop_reason(err) {
         counters::drop(reason);
+        let args = [reason as u32, 0, 0, 0, 0, 0];
+        klog::emit(LOG_LEVEL_DEBUG, LogEvent::XdpDrop, args);
     }
     match err {
         Error::NotIpv4
@@ -127,6 +132,18 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<u32, Error> {
     };
     if service.count == 0 {
         counters::drop(DropReason::NoEndpoints);
+        klog::emit(
+            LOG_LEVEL_DEBUG,
+            LogEvent::XdpNoEndpoints,
+            [
+                tuple.daddr,
+                u32::from(u16::from_be(tuple.dport)),
+                tuple.saddr,
+                u32::from(u16::from_be(tuple.sport)),
+                0,
+                0,
+            ],
+        );
         return if tuple.proto == IPPROTO_TCP {
             reject::tcp_reset(ctx, pkt)
         } else {
@@ -136,6 +153,18 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<u32, Error> {
     let (backend_id, backend) = select_backend(key, service.count).ok_or(Error::NoBackend)?;
     let direction = Direction::In { new: true };
     counters::traffic(service.service_id, backend_id, direction, pkt.tot_len);
+    klog::emit(
+        LOG_LEVEL_TRACE,
+        LogEvent::XdpNewFlow,
+        [
+            tuple.saddr,
+            u32::from(u16::from_be(tuple.sport)),
+            tuple.daddr,
+            u32::from(u16::from_be(tuple.dport)),
+            backend.addr,
+            u32::from(u16::from_be(backend.port)),
+        ],
+    );
     if backend.flags & BACKEND_F_LOCAL != 0 {
         let to = conntrack::create_local(pkt, backend_id, &backend, service.service_id, now)?;
         rewrite_in_place(ctx.data(), ctx.data_end(), pkt, &to)?;

@@ -10,7 +10,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use proxy_common::klog::LogRecord;
 use tokio::{
+    io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
     sync::{Notify, watch},
 };
@@ -19,6 +22,7 @@ use tracing::{error, info};
 use crate::{
     datapath::{Datapath, DatapathOptions, HookCounts, Maps},
     health::{self, Health},
+    klog,
     metrics::{self, Metrics, unix_seconds},
     model::DesiredState,
     reconcile::{Plan, Reconciler},
@@ -44,6 +48,9 @@ const MAP_FILL_INTERVAL: Duration = Duration::from_secs(10);
 pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()> {
     let started = Instant::now();
     let mut datapath = Datapath::start(&opts.datapath)?;
+    if let Some(ring) = datapath.kernel_log.take() {
+        tokio::spawn(forward_kernel_logs(ring));
+    }
     let mut reconciler = Reconciler::from_maps(&datapath.maps)?;
     info!(
         frontends = reconciler.frontend_count(),
@@ -113,6 +120,39 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
     }
     info!("stopping; the datapath keeps serving from the pinned programs and maps");
     Ok(())
+}
+
+/// Turns the programs' log records into log lines (target `kernel`) as they arrive. The
+/// programs only write them when switched on (`--kernel-log-level`, `sluice log-level`).
+async fn forward_kernel_logs(ring: RingBuf<MapData>) {
+    // SAFETY: the ring buffer owns its fd, which stays open and the same until the AsyncFd
+    // (which owns the ring buffer) is dropped.
+    let registered = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) };
+    let mut ring = match registered {
+        Ok(ring) => ring,
+        Err(err) => {
+            tracing::warn!("kernel log lines cannot be read: {err}");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match ring.readable_mut().await {
+            Ok(guard) => guard,
+            Err(err) => {
+                tracing::warn!("kernel log lines cannot be read: {err}");
+                return;
+            }
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() >= size_of::<LogRecord>() {
+                klog::log(&bytemuck::pod_read_unaligned(
+                    &item[..size_of::<LogRecord>()],
+                ));
+            }
+        }
+        guard.clear_ready();
+    }
 }
 
 /// Counts every map's entries after each sync and now and then, off the sync loop (a full

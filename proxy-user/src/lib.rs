@@ -4,6 +4,7 @@ pub mod cli;
 pub mod daemon;
 pub mod datapath;
 pub mod health;
+pub mod klog;
 pub mod manifest;
 pub mod metrics;
 pub mod model;

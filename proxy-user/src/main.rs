@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use proxy_user::{
-    cli::{self, Output},
+    cli::{self, Output, log_level::KernelLogLevel},
     daemon::{self, DaemonOptions},
     datapath::{DatapathOptions, XdpTx},
     source,
@@ -47,6 +47,12 @@ enum Command {
         pins: PinArgs,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
+    },
+    /// Switch the kernel programs' log lines on or off while they run (no reload).
+    LogLevel {
+        level: KernelLogLevel,
+        #[command(flatten)]
+        pins: PinArgs,
     },
     /// List every backend and the frontends that use it (from the pins).
     Backends {
@@ -127,6 +133,10 @@ struct RunArgs {
     /// Do not count traffic, drops and verdicts in the datapath (to measure their cost).
     #[arg(long)]
     no_counters: bool,
+    /// The most verbose log lines the kernel programs emit (into this daemon's log, target
+    /// `kernel`). Change it while running with `sluice log-level`.
+    #[arg(long, value_enum, default_value_t = KernelLogLevel::Off)]
+    kernel_log_level: KernelLogLevel,
 }
 
 fn main() -> Result<()> {
@@ -135,6 +145,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Services { pins, output } => cli::services::run(&pins.pin_dir, output),
+        Command::LogLevel { level, pins } => cli::log_level::run(&pins.pin_dir, level.into()),
         Command::Stats { pins, output } => cli::stats::run(&pins.pin_dir, output),
         Command::Backends { pins, output } => cli::backends::run(&pins.pin_dir, output),
         Command::Conntrack {
@@ -168,6 +179,7 @@ fn run(args: RunArgs) -> Result<()> {
             xdp_tx: args.xdp_tx,
             node_ips: args.node_ips,
             counters: !args.no_counters,
+            kernel_log_level: args.kernel_log_level.into(),
         },
         node_name,
         healthz_addr: Some(args.healthz_addr),
@@ -189,7 +201,8 @@ fn run(args: RunArgs) -> Result<()> {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // Kernel log lines are only written when switched on (`sluice log-level`): let them in.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kernel=trace"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -193,7 +193,7 @@ impl Datapath {
             snat_port_min: SNAT_PORT_MIN,
             snat_port_max: SNAT_PORT_MAX,
             flags: config_flags,
-            _pad: 0,
+            log_level: 0,
         });
         datapath.add_node_address(NODE_IP);
         datapath

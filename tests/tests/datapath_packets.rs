@@ -724,7 +724,7 @@ fn service_without_endpoints_answers_rst_and_port_unreachable() {
         snat_port_min: SNAT_PORT_MIN,
         snat_port_max: SNAT_PORT_MAX,
         flags: 0,
-        _pad: 0,
+        log_level: 0,
     });
     dp.check(&Case::xdp(
         "without XDP_TX the RST goes through tc_ingress",
@@ -830,7 +830,7 @@ fn a_snat_port_is_claimed_once_and_exhaustion_drops() {
         snat_port_min: only_port,
         snat_port_max: only_port,
         flags: CONFIG_F_XDP_TX,
-        _pad: 0,
+        log_level: 0,
     });
     let backend = sock(REMOTE.1, REMOTE.2);
     let dns_backend = sock(REMOTE_DNS.1, REMOTE_DNS.2);

@@ -214,3 +214,53 @@ fn counters_match_the_traffic_sent() {
         );
     }
 }
+
+#[test]
+fn kernel_log_lines_switch_on_and_off_at_run_time() {
+    let scenario = Scenario::start(&[]);
+    let node1_ip = scenario.cluster.node("node1").ip;
+    let pin_dir = scenario
+        .cluster
+        .node("node1")
+        .pin_dir
+        .to_string_lossy()
+        .into_owned();
+    let refuse = || {
+        let results =
+            scenario
+                .cluster
+                .request(Place::Client, Proto::Tcp, node1_ip, EMPTY_NODE_PORT_TCP, 1);
+        assert!(results[0].as_ref().is_err_and(|e| e.starts_with("refused")));
+    };
+    let set_level = |level: &str| {
+        let out = scenario
+            .node1
+            .cli(&["log-level", level, "--pin-dir", &pin_dir]);
+        assert!(out.status.success(), "{}", out.stderr);
+    };
+    let lines = || {
+        scenario
+            .node1
+            .stderr()
+            .matches("xdp: no endpoints, flow refused")
+            .count()
+    };
+
+    refuse(); // Off by default: no line.
+    set_level("debug");
+    refuse();
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || lines() == 1);
+    set_level("off");
+    refuse();
+    set_level("debug");
+    refuse();
+    // Records arrive in order: had either refusal while off written one, the count would
+    // pass 2 before the last refusal's line arrives.
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || lines() == 2);
+    let stderr = scenario.node1.stderr();
+    assert!(
+        stderr.contains(&format!("frontend={node1_ip}:{EMPTY_NODE_PORT_TCP}"))
+            && stderr.contains(&format!("client={CLIENT_IP}:")),
+        "{stderr}"
+    );
+}

@@ -2,6 +2,7 @@
 
 pub mod backends;
 pub mod conntrack;
+pub mod log_level;
 pub mod services;
 pub mod stats;
 pub mod validate;

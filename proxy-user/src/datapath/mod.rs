@@ -16,6 +16,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
+    maps::{MapData, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::FdLink,
@@ -50,6 +51,8 @@ pub struct DatapathOptions {
     pub node_ips: Vec<Ipv4Addr>,
     /// Count traffic, drops and verdicts in the datapath.
     pub counters: bool,
+    /// The most verbose kernel log level the programs emit (`LOG_LEVEL_*`; 0: none).
+    pub kernel_log_level: u32,
 }
 
 /// Hooks whose program was swapped inside an existing pinned link, and hooks attached anew.
@@ -69,6 +72,8 @@ pub struct Datapath {
     pub maps: Maps,
     /// How the hooks were installed by this start.
     pub hooks: HookCounts,
+    /// The programs' log records (`LOG_V1`); the daemon takes it to read them.
+    pub kernel_log: Option<RingBuf<MapData>>,
     /// Keeps the programs loaded while the daemon runs.
     _ebpf: Ebpf,
 }
@@ -104,11 +109,16 @@ impl Datapath {
         }
         remove_stale_links(&links.dir, &links.pinned)?;
 
+        let kernel_log = ebpf
+            .take_map(map_names::LOG)
+            .context("the eBPF object has no log ring buffer")?;
+        let kernel_log = RingBuf::try_from(kernel_log).context("the log ring buffer")?;
         let mut maps = Maps::take_from(&mut ebpf)?;
         configure(&mut maps, opts)?;
         Ok(Self {
             maps,
             hooks: links.counts,
+            kernel_log: Some(kernel_log),
             _ebpf: ebpf,
         })
     }
@@ -327,7 +337,7 @@ fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<()> {
         snat_port_max: SNAT_PORTS.1,
         flags: if xdp_tx { CONFIG_F_XDP_TX } else { 0 }
             | if opts.counters { CONFIG_F_COUNTERS } else { 0 },
-        _pad: 0,
+        log_level: opts.kernel_log_level,
     };
     maps.config.set(0, config, 0)?;
     info!(
