@@ -1,7 +1,7 @@
 //! `aya::Pod` for every map type, so the daemon can read and write them.
 
 use crate::{
-    Backend, Config, CtEntry, CtKey, NodeAddr, ServiceKey, ServiceMeta, ServiceValue,
+    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, CtEntry, CtKey, NodeAddr, ServiceKey, ServiceMeta, ServiceValue,
     SockRevNatKey, SockRevNatValue,
 };
 
@@ -15,6 +15,9 @@ macro_rules! aya_pod {
 }
 
 aya_pod!(
+    AffinityKey,
+    AffinityMatchKey,
+    AffinityValue,
     Backend,
     Config,
     CtEntry,

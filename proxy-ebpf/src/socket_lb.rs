@@ -4,15 +4,16 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{bpf_sock_addr, sk_action::SK_PASS},
-    helpers::generated::{bpf_get_socket_cookie, bpf_set_retval},
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use proxy_common::{IPPROTO_TCP, IPPROTO_UDP, SockRevNatKey, SockRevNatValue};
 
 use crate::{
+    affinity::{self, Client},
     maps::SOCK_REV_NAT,
-    service::{lookup_frontend, select_backend},
+    service::lookup_frontend,
 };
 
 /// Returned from cgroup sock_addr programs to reject the call; the error is set with
@@ -65,7 +66,9 @@ fn translate_forward(ctx: &SockAddrContext) -> i32 {
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return SK_REJECT;
     }
-    let Some((_, backend)) = select_backend(key, service.count) else {
+    // SAFETY: cgroup sock_addr programs may call bpf_get_netns_cookie with their context.
+    let client = Client::netns(unsafe { bpf_get_netns_cookie(ctx.as_ptr()) });
+    let Some((_, backend)) = affinity::select_backend_for(key, &service, client) else {
         return SK_PASS as i32;
     };
 

@@ -11,6 +11,7 @@ use aya_ebpf::{
 use proxy_common::{BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, IPPROTO_TCP};
 
 use crate::{
+    affinity::{self, Client},
     conntrack,
     error::Error,
     forward::forward,
@@ -18,7 +19,7 @@ use crate::{
     nat::{rewrite_in_place, rewritten},
     packet::{self, Packet, Tuple},
     reject,
-    service::{lookup_frontend, select_backend},
+    service::lookup_frontend,
 };
 
 #[xdp]
@@ -98,7 +99,8 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<u32, Error> {
             reject::icmp_port_unreachable(ctx, pkt)
         };
     }
-    let (backend_id, backend) = select_backend(key, service.count).ok_or(Error::NoBackend)?;
+    let (backend_id, backend) = affinity::select_backend_for(key, &service, Client::ip(tuple.saddr))
+        .ok_or(Error::NoBackend)?;
     if backend.flags & BACKEND_F_LOCAL != 0 {
         let to = conntrack::create_local(pkt, backend_id, &backend, service.service_id, now)?;
         rewrite_in_place(ctx.data(), ctx.data_end(), pkt, &to)?;

@@ -11,6 +11,7 @@ use tokio::{
 use tracing::{error, info};
 
 use crate::{
+    affinity_gc::{self, AffinityGc},
     datapath::{Datapath, DatapathOptions},
     health::{self, Health},
     model::DesiredState,
@@ -49,6 +50,7 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut first_sync = true;
+    let mut affinity_gc = AffinityGc::default();
     // The source's first complete state may already be waiting: handle it like a change.
     desired.mark_changed();
     loop {
@@ -59,9 +61,12 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                     continue;
                 };
                 let sync_started = Instant::now();
+                let sync_started_ns = affinity_gc::monotonic_ns();
                 let plan = Plan::build(&state, &opts.node_name);
                 match reconciler.apply(&mut datapath.maps, &plan) {
                     Ok(stats) => {
+                        let view = reconciler.affinity_view();
+                        affinity_gc.after_apply(&mut datapath.maps, &view, sync_started_ns);
                         health.synced();
                         info!(
                             ?stats,
@@ -76,6 +81,9 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                     // The maps keep their last good content; the next change tries again.
                     Err(err) => error!("sync failed: {err:#}"),
                 }
+            }
+            () = affinity_gc.due(), if affinity_gc.is_scheduled() => {
+                affinity_gc.run(&mut datapath.maps, &reconciler.affinity_view());
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,

@@ -41,6 +41,13 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// List the session-affinity entries: service, client, backend, age (from the pins).
+    Affinity {
+        #[command(flatten)]
+        pins: PinArgs,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Check a manifests directory and report every problem with file, document and field.
     Validate {
         dir: PathBuf,
@@ -102,6 +109,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Services { pins, output } => cli::services::run(&pins.pin_dir, output),
+        Command::Affinity { pins, output } => cli::affinity::run(&pins.pin_dir, output),
         Command::Validate { dir, service_cidr } => cli::validate::run(&dir, service_cidr),
     }
 }

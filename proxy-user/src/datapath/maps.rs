@@ -8,7 +8,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData},
 };
 use proxy_common::{
-    Backend, Config, CtEntry, CtKey, NodeAddr, ServiceKey, ServiceMeta, ServiceValue,
+    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, CtEntry, CtKey, NodeAddr, ServiceKey, ServiceMeta, ServiceValue,
     SockRevNatKey, SockRevNatValue, map_names,
 };
 
@@ -20,6 +20,8 @@ pub struct Maps {
     pub sock_rev_nat: HashMap<MapData, SockRevNatKey, SockRevNatValue>,
     pub node_addrs: HashMap<MapData, u32, NodeAddr>,
     pub config: Array<MapData, Config>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    pub affinity_match: HashMap<MapData, AffinityMatchKey, u32>,
 }
 
 impl Maps {
@@ -62,6 +64,8 @@ impl Maps {
             sock_rev_nat: typed!(map_names::SOCK_REV_NAT),
             node_addrs: typed!(map_names::NODE_ADDRS),
             config: typed!(map_names::CONFIG),
+            affinity: typed!(map_names::AFFINITY),
+            affinity_match: typed!(map_names::AFFINITY_MATCH),
         })
     }
 }
