@@ -1,8 +1,8 @@
 //! `aya::Pod` for every map type, so the daemon can read and write them.
 
 use crate::{
-    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, CtEntry, CtKey, NodeAddr, ServiceKey, ServiceMeta, ServiceValue,
-    SockRevNatKey, SockRevNatValue,
+    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, CtEntry, CtKey, NodeAddr,
+    ServiceKey, ServiceMeta, ServiceValue, SockRevNatKey, SockRevNatValue,
 };
 
 macro_rules! aya_pod {

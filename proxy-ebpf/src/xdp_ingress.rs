@@ -99,8 +99,9 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<u32, Error> {
             reject::icmp_port_unreachable(ctx, pkt)
         };
     }
-    let (backend_id, backend) = affinity::select_backend_for(key, &service, Client::ip(tuple.saddr))
-        .ok_or(Error::NoBackend)?;
+    let (backend_id, backend) =
+        affinity::select_backend_for(key, &service, Client::ip(tuple.saddr))
+            .ok_or(Error::NoBackend)?;
     if backend.flags & BACKEND_F_LOCAL != 0 {
         let to = conntrack::create_local(pkt, backend_id, &backend, service.service_id, now)?;
         rewrite_in_place(ctx.data(), ctx.data_end(), pkt, &to)?;

@@ -76,7 +76,10 @@ impl AffinityGc {
         let mut urgent = !self.started;
         if self.started {
             // Switched off or removed: the datapath ignores their entries; delete them now.
-            urgent |= self.timeouts.keys().any(|id| !view.timeouts.contains_key(id));
+            urgent |= self
+                .timeouts
+                .keys()
+                .any(|id| !view.timeouts.contains_key(id));
             // Switched on: entries from an earlier ClientIP period must not come back.
             for id in view.timeouts.keys() {
                 if !self.timeouts.contains_key(id) {
@@ -145,7 +148,13 @@ pub fn collect(
     let mut stale = Vec::new();
     for entry in maps.affinity.iter() {
         let (key, value) = entry.context("read the affinity map")?;
-        if is_stale(&key, &value, view, resets.get(&key.service_id).copied(), now) {
+        if is_stale(
+            &key,
+            &value,
+            view,
+            resets.get(&key.service_id).copied(),
+            now,
+        ) {
             stale.push(key);
         } else {
             stats.kept += 1;
@@ -213,10 +222,28 @@ mod tests {
         let members = members();
         let view = AffinityView::new([(7, 10)].into(), &members);
         let now = 1_000 * SECOND;
-        assert!(!is_stale(&key(7), &value(1, now - 10 * SECOND), &view, None, now));
-        assert!(is_stale(&key(7), &value(1, now - 11 * SECOND), &view, None, now));
+        assert!(!is_stale(
+            &key(7),
+            &value(1, now - 10 * SECOND),
+            &view,
+            None,
+            now
+        ));
+        assert!(is_stale(
+            &key(7),
+            &value(1, now - 11 * SECOND),
+            &view,
+            None,
+            now
+        ));
         // Refreshed by another CPU after `now` was read: fresh.
-        assert!(!is_stale(&key(7), &value(1, now + SECOND), &view, None, now));
+        assert!(!is_stale(
+            &key(7),
+            &value(1, now + SECOND),
+            &view,
+            None,
+            now
+        ));
     }
 
     #[test]
@@ -224,8 +251,14 @@ mod tests {
         let members = members();
         let view = AffinityView::new([(7, 10)].into(), &members);
         let now = 1_000 * SECOND;
-        assert!(is_stale(&key(8), &value(1, now), &view, None, now), "no affinity");
-        assert!(is_stale(&key(7), &value(3, now), &view, None, now), "backend left");
+        assert!(
+            is_stale(&key(8), &value(1, now), &view, None, now),
+            "no affinity"
+        );
+        assert!(
+            is_stale(&key(7), &value(3, now), &view, None, now),
+            "backend left"
+        );
         assert!(!is_stale(&key(7), &value(2, now), &view, None, now));
     }
 
@@ -235,7 +268,13 @@ mod tests {
         let view = AffinityView::new([(7, 10)].into(), &members);
         let now = 1_000 * SECOND;
         let switched = Some(now - SECOND);
-        assert!(is_stale(&key(7), &value(1, now - 2 * SECOND), &view, switched, now));
+        assert!(is_stale(
+            &key(7),
+            &value(1, now - 2 * SECOND),
+            &view,
+            switched,
+            now
+        ));
         assert!(!is_stale(&key(7), &value(1, now), &view, switched, now));
     }
 

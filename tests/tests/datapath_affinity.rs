@@ -10,8 +10,8 @@ use std::{collections::BTreeSet, net::SocketAddrV4};
 
 use aya::maps::HashMap;
 use proxy_common::{
-    AFFINITY_CLIENT_IP, AffinityKey, AffinityMatchKey, AffinityValue, BACKEND_F_LOCAL,
-    IPPROTO_TCP, ServiceKey, ServiceValue, map_names, tcp,
+    AFFINITY_CLIENT_IP, AffinityKey, AffinityMatchKey, AffinityValue, BACKEND_F_LOCAL, IPPROTO_TCP,
+    ServiceKey, ServiceValue, map_names, tcp,
 };
 use proxy_tests::{
     datapath::{CLIENT_IP, Case, Datapath, Expect, XDP_PASS, be_addr, sock},
@@ -130,7 +130,10 @@ fn new_flow(dp: &mut Datapath, port: u16) -> SocketAddrV4 {
     let client = sock(CLIENT_IP, port);
     let syn = packet::tcp(client, frontend(), tcp::SYN);
     let run = dp.run(proxy_tests::datapath::Program::Xdp, &syn.build());
-    assert_eq!(run.verdict, XDP_PASS, "a local backend: passed to the stack");
+    assert_eq!(
+        run.verdict, XDP_PASS,
+        "a local backend: passed to the stack"
+    );
     let backend = packet::parse(&run.frame)
         .expect("a valid translated frame")
         .destination();
@@ -181,11 +184,19 @@ fn a_miss_remembers_the_random_choice() {
     let chosen = new_flow(&mut dp, 40000);
     let entry = remembered(&mut dp).expect("a miss writes an entry");
     let chosen_id = if chosen == addr(A) { A.0 } else { B.0 };
-    assert!([addr(A), addr(B)].contains(&chosen), "{chosen} serves the service");
+    assert!(
+        [addr(A), addr(B)].contains(&chosen),
+        "{chosen} serves the service"
+    );
     assert_eq!(entry.backend_id, chosen_id);
     assert!(entry.last_used_ns >= before && entry.last_used_ns <= monotonic_ns());
     for port in 40001..40001 + FLOWS {
-        new_flow_to(&mut dp, port, chosen, "after a miss: the first choice sticks");
+        new_flow_to(
+            &mut dp,
+            port,
+            chosen,
+            "after a miss: the first choice sticks",
+        );
     }
 }
 
@@ -213,7 +224,12 @@ fn an_expired_entry_is_not_used_and_is_replaced() {
     let fresh = monotonic_ns() - u64::from(TIMEOUT_SECS - 2) * NANOS_PER_SEC;
     remember(&mut dp, B.0, fresh);
     for port in 41000..41000 + FLOWS {
-        new_flow_to(&mut dp, port, addr(B), "an entry younger than the timeout holds");
+        new_flow_to(
+            &mut dp,
+            port,
+            addr(B),
+            "an entry younger than the timeout holds",
+        );
     }
 }
 
@@ -233,7 +249,12 @@ fn an_entry_whose_backend_left_the_service_is_not_used() {
     // Entries pointing at a backend of another service, or at no backend at all.
     for stray in [OTHER.0, 99] {
         remember(&mut dp, stray, monotonic_ns());
-        new_flow_to(&mut dp, 41000 + stray as u16, addr(A), "not a slot: not used");
+        new_flow_to(
+            &mut dp,
+            41000 + stray as u16,
+            addr(A),
+            "not a slot: not used",
+        );
         assert_eq!(remembered(&mut dp).map(|e| e.backend_id), Some(A.0));
     }
 }
@@ -246,7 +267,11 @@ fn without_affinity_entries_are_neither_used_nor_written() {
         seen.insert(new_flow(&mut dp, port));
     }
     assert_eq!(seen, BTreeSet::from([addr(A), addr(B)]), "random spread");
-    assert_eq!(affinity_len(&mut dp), 0, "no entry written with affinity off");
+    assert_eq!(
+        affinity_len(&mut dp),
+        0,
+        "no entry written with affinity off"
+    );
 
     remember(&mut dp, B.0, monotonic_ns());
     let mut seen = BTreeSet::new();

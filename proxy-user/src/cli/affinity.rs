@@ -50,8 +50,7 @@ pub fn read(maps: &Maps) -> Result<Vec<AffinityRow>> {
     let now = monotonic_ns();
     let mut rows = Vec::new();
     for entry in maps.affinity.iter() {
-        let (key, value): (AffinityKey, AffinityValue) =
-            entry.context("read the affinity map")?;
+        let (key, value): (AffinityKey, AffinityValue) = entry.context("read the affinity map")?;
         let frontend = frontends.get(&key.service_id);
         let timeout = frontend.map_or(0, |(_, service)| service.affinity_timeout);
         let age = now.saturating_sub(value.last_used_ns);

@@ -8,8 +8,8 @@ use aya::{
     maps::{Array, HashMap, Map, MapData},
 };
 use proxy_common::{
-    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, CtEntry, CtKey, NodeAddr, ServiceKey, ServiceMeta, ServiceValue,
-    SockRevNatKey, SockRevNatValue, map_names,
+    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, CtEntry, CtKey, NodeAddr,
+    ServiceKey, ServiceMeta, ServiceValue, SockRevNatKey, SockRevNatValue, map_names,
 };
 
 pub struct Maps {

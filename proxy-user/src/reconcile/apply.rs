@@ -9,8 +9,8 @@ use proxy_common::{
     net::{ip_from_net, ip_to_net, port_from_net, port_to_net},
 };
 
-pub use self::affinity::AffinityView;
 use self::affinity::AffinityMembers;
+pub use self::affinity::AffinityView;
 use super::plan::{BackendAddr, Frontend, FrontendPlan, Plan};
 use crate::{datapath::Maps, model::Protocol};
 

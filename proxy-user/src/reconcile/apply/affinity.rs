@@ -28,7 +28,11 @@ impl AffinityMembers {
 
     /// Makes the map hold exactly `wanted`: deletions first, so a leaving backend stops being
     /// a valid affinity target as early as possible.
-    pub(super) fn sync(&mut self, maps: &mut Maps, wanted: HashSet<AffinityMatchKey>) -> Result<()> {
+    pub(super) fn sync(
+        &mut self,
+        maps: &mut Maps,
+        wanted: HashSet<AffinityMatchKey>,
+    ) -> Result<()> {
         let gone: Vec<AffinityMatchKey> = self.held.difference(&wanted).copied().collect();
         for key in gone {
             remove_if_present(maps.affinity_match.remove(&key)).with_context(|| {
