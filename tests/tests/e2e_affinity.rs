@@ -400,3 +400,36 @@ fn a_client_pinned_to_a_backend_removed_from_the_service_moves() {
         "no entry points at {pinned} any more"
     );
 }
+
+#[test]
+fn a_restart_keeps_every_client_on_its_backend() {
+    let mut scenario = start(Some(None));
+    let sticky = ip(STICKY_IP);
+    let node1_ip = scenario.cluster.node("node1").ip;
+    let from_pod = the_one_pod(&scenario, Place::Pod("pod-1a"), Proto::Tcp, sticky, 80);
+    let from_client = the_one_pod(
+        &scenario,
+        Place::Client,
+        Proto::Tcp,
+        node1_ip,
+        STICKY_NODE_PORT_TCP,
+    );
+    let before = entries(&scenario, "node1", STICKY);
+
+    scenario.node1.restart();
+    assert_eq!(
+        entries(&scenario, "node1", STICKY),
+        before,
+        "the pinned affinity table survives a restart"
+    );
+    let pod_now = the_one_pod(&scenario, Place::Pod("pod-1a"), Proto::Tcp, sticky, 80);
+    assert_eq!(pod_now, from_pod, "pod-1a after the restart");
+    let client_now = the_one_pod(
+        &scenario,
+        Place::Client,
+        Proto::Tcp,
+        node1_ip,
+        STICKY_NODE_PORT_TCP,
+    );
+    assert_eq!(client_now, from_client, "the client after the restart");
+}
