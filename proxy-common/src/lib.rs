@@ -33,7 +33,9 @@ pub mod map_names {
     pub const DROP_STATS: &str = "DROP_STATS_V1";
     pub const HOOK_STATS: &str = "HOOK_STATS_V1";
     pub const LOG: &str = "LOG_V1";
-    pub const ALL: [&str; 12] = [
+    pub const AFFINITY: &str = "AFFINITY_V1";
+    pub const AFFINITY_MATCH: &str = "AFF_MATCH_V1";
+    pub const ALL: [&str; 14] = [
         SERVICES,
         BACKENDS,
         SERVICE_META,
@@ -46,6 +48,8 @@ pub mod map_names {
         DROP_STATS,
         HOOK_STATS,
         LOG,
+        AFFINITY,
+        AFFINITY_MATCH,
     ];
 }
 
@@ -71,6 +75,9 @@ pub mod map_sizes {
     pub const CONNTRACK: u32 = 262_144;
     pub const SOCK_REV_NAT: u32 = 131_072;
     pub const NODE_ADDRS: u32 = 256;
+    pub const AFFINITY: u32 = 131_072;
+    /// One entry per backend slot of every frontend, like the services map.
+    pub const AFFINITY_MATCH: u32 = SERVICES;
 }
 
 /// Key of the services map: one frontend (address, port, protocol) and a slot.
@@ -287,3 +294,45 @@ pub struct XdpRedirectMeta {
 const _: () = assert!(core::mem::size_of::<XdpRedirectMeta>() == 8);
 
 pub const XDP_META_MAGIC: u32 = 0x5131_0ce5;
+
+/// Key of the session-affinity map (LRU): which client of which frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct AffinityKey {
+    /// `AFFINITY_CLIENT_IP`: the source IPv4 address (network byte order) in the low 32 bits'
+    /// bytes, as `u64::from(addr)`; `AFFINITY_CLIENT_NETNS`: `bpf_get_netns_cookie`.
+    pub client: u64,
+    /// The frontend's `ServiceValue::service_id`.
+    pub service_id: u32,
+    /// `AFFINITY_CLIENT_*`: which kind of identity `client` is.
+    pub client_kind: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
+
+/// Packet path (XDP): the client is the packet's source address.
+pub const AFFINITY_CLIENT_IP: u8 = 1;
+/// Socket path (cgroup hooks): the client is the socket's network namespace.
+pub const AFFINITY_CLIENT_NETNS: u8 = 2;
+
+/// Value of the session-affinity map: the backend a client sticks to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct AffinityValue {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last new connection that used the entry.
+    pub last_used_ns: u64,
+    pub backend_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+
+/// Key of the affinity-match map: the backend is in one of the frontend's slots `1..=count`.
+/// The daemon keeps one entry per backend slot, so the datapath can check in O(1) that a
+/// remembered backend still serves the frontend (value: `u32`, unused, 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct AffinityMatchKey {
+    pub service_id: u32,
+    pub backend_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<AffinityMatchKey>() == 8);

@@ -1,8 +1,9 @@
 //! `aya::Pod` for every map type, so the daemon can read and write them.
 
 use crate::{
-    Backend, Config, CtEntry, CtKey, NodeAddr, ServiceKey, ServiceMeta, ServiceValue,
-    SockRevNatKey, SockRevNatValue, klog::LogRecord, stats::Traffic,
+    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, CtEntry, CtKey, NodeAddr,
+    ServiceKey, ServiceMeta, ServiceValue, SockRevNatKey, SockRevNatValue, klog::LogRecord,
+    stats::Traffic,
 };
 
 macro_rules! aya_pod {
@@ -15,6 +16,9 @@ macro_rules! aya_pod {
 }
 
 aya_pod!(
+    AffinityKey,
+    AffinityMatchKey,
+    AffinityValue,
     Backend,
     Config,
     CtEntry,

@@ -5,8 +5,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use proxy_common::{
-    Backend, Config, CtEntry, CtKey, NodeAddr, ServiceKey, ServiceMeta, ServiceValue,
-    SockRevNatKey, SockRevNatValue, map_sizes,
+    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, CtEntry, CtKey, NodeAddr,
+    ServiceKey, ServiceMeta, ServiceValue, SockRevNatKey, SockRevNatValue, map_sizes,
 };
 
 #[btf_map(name = "SVC_V1")]
@@ -37,3 +37,15 @@ pub static NODE_ADDRS: HashMap<u32, NodeAddr, { map_sizes::NODE_ADDRS as usize }
 
 #[btf_map(name = "CONFIG_V1")]
 pub static CONFIG: Array<Config, 1> = Array::new();
+
+/// Session affinity: (frontend, client) -> backend and last use. LRU: a full map forgets the
+/// least recently used client, which then gets a fresh random backend.
+#[btf_map(name = "AFFINITY_V1")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { map_sizes::AFFINITY as usize }> =
+    LruHashMap::new();
+
+/// (frontend, backend) pairs of every backend slot: an affinity entry is only used while its
+/// backend still serves the frontend.
+#[btf_map(name = "AFF_MATCH_V1")]
+pub static AFFINITY_MATCH: HashMap<AffinityMatchKey, u32, { map_sizes::AFFINITY_MATCH as usize }> =
+    HashMap::new();

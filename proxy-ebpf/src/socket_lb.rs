@@ -4,7 +4,7 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{bpf_sock_addr, sk_action::SK_PASS},
-    helpers::generated::{bpf_get_socket_cookie, bpf_set_retval},
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
@@ -15,10 +15,11 @@ use proxy_common::{
 };
 
 use crate::{
+    affinity::{self, Client},
     counters::{self, Direction},
     klog,
     maps::SOCK_REV_NAT,
-    service::{lookup_frontend, select_backend},
+    service::lookup_frontend,
 };
 
 /// Returned from cgroup sock_addr programs to reject the call; the error is set with
@@ -81,7 +82,9 @@ fn translate_forward(ctx: &SockAddrContext) -> i32 {
         klog::emit(LOG_LEVEL_DEBUG, LogEvent::SocketRefused, args);
         return SK_REJECT;
     }
-    let Some((backend_id, backend)) = select_backend(key, service.count) else {
+    // SAFETY: cgroup sock_addr programs may call bpf_get_netns_cookie with their context.
+    let client = Client::netns(unsafe { bpf_get_netns_cookie(ctx.as_ptr()) });
+    let Some((backend_id, backend)) = affinity::select_backend_for(key, &service, client) else {
         return SK_PASS as i32;
     };
     // Sockets, not packets, are translated here: count the new connection only.

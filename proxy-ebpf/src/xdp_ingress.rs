@@ -16,6 +16,7 @@ use proxy_common::{
 };
 
 use crate::{
+    affinity::{self, Client},
     conntrack,
     counters::{self, Direction},
     error::Error,
@@ -25,7 +26,7 @@ use crate::{
     nat::{rewrite_in_place, rewritten},
     packet::{self, Packet, Tuple},
     reject,
-    service::{lookup_frontend, select_backend},
+    service::lookup_frontend,
 };
 
 #[xdp]
@@ -150,7 +151,9 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<u32, Error> {
             reject::icmp_port_unreachable(ctx, pkt)
         };
     }
-    let (backend_id, backend) = select_backend(key, service.count).ok_or(Error::NoBackend)?;
+    let (backend_id, backend) =
+        affinity::select_backend_for(key, &service, Client::ip(tuple.saddr))
+            .ok_or(Error::NoBackend)?;
     let direction = Direction::In { new: true };
     counters::traffic(service.service_id, backend_id, direction, pkt.tot_len);
     klog::emit(

@@ -20,6 +20,7 @@ use tokio::{
 use tracing::{error, info};
 
 use crate::{
+    affinity_gc::{self, AffinityGc},
     datapath::{Datapath, DatapathOptions, HookCounts, Maps},
     health::{self, Health},
     klog,
@@ -78,6 +79,7 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut first_sync = true;
+    let mut affinity_gc = AffinityGc::default();
     // The source's first complete state may already be waiting: handle it like a change.
     desired.mark_changed();
     loop {
@@ -90,9 +92,12 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                 health.queued();
                 metrics.last_queued.set(unix_seconds(SystemTime::now()));
                 let sync_started = Instant::now();
+                let sync_started_ns = affinity_gc::monotonic_ns();
                 let plan = Plan::build(&state, &opts.node_name);
                 match reconciler.apply(&mut datapath.maps, &plan) {
                     Ok(stats) => {
+                        let view = reconciler.affinity_view();
+                        affinity_gc.after_apply(&mut datapath.maps, &view, sync_started_ns);
                         health.synced();
                         let took = sync_started.elapsed();
                         metrics.sync_duration.observe(took.as_secs_f64());
@@ -113,6 +118,9 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                         error!("sync failed: {err:#}");
                     }
                 }
+            }
+            () = affinity_gc.due(), if affinity_gc.is_scheduled() => {
+                affinity_gc.run(&mut datapath.maps, &reconciler.affinity_view());
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,

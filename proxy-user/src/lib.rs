@@ -1,5 +1,6 @@
 //! Sluice's daemon and CLI as a library, so the tests drive the same code the binary runs.
 
+pub mod affinity_gc;
 pub mod cli;
 pub mod daemon;
 pub mod datapath;

@@ -48,6 +48,13 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// List the session-affinity entries: service, client, backend, age (from the pins).
+    Affinity {
+        #[command(flatten)]
+        pins: PinArgs,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Switch the kernel programs' log lines on or off while they run (no reload).
     LogLevel {
         level: KernelLogLevel,
@@ -158,6 +165,7 @@ fn main() -> Result<()> {
             output,
             &cli::conntrack::Filter { service, client },
         ),
+        Command::Affinity { pins, output } => cli::affinity::run(&pins.pin_dir, output),
         Command::Validate { dir, service_cidr } => cli::validate::run(&dir, service_cidr),
     }
 }

@@ -8,8 +8,9 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
 };
 use proxy_common::{
-    Backend, Config, CtEntry, CtKey, NodeAddr, ServiceKey, ServiceMeta, ServiceValue,
-    SockRevNatKey, SockRevNatValue, map_names, stats::Traffic,
+    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, CtEntry, CtKey, NodeAddr,
+    ServiceKey, ServiceMeta, ServiceValue, SockRevNatKey, SockRevNatValue, map_names,
+    stats::Traffic,
 };
 
 pub struct Maps {
@@ -24,6 +25,8 @@ pub struct Maps {
     pub backend_stats: PerCpuHashMap<MapData, u32, Traffic>,
     pub drop_stats: PerCpuArray<MapData, u64>,
     pub hook_stats: PerCpuArray<MapData, u64>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    pub affinity_match: HashMap<MapData, AffinityMatchKey, u32>,
 }
 
 impl Maps {
@@ -70,6 +73,8 @@ impl Maps {
             backend_stats: typed!(map_names::BACKEND_STATS),
             drop_stats: typed!(map_names::DROP_STATS),
             hook_stats: typed!(map_names::HOOK_STATS),
+            affinity: typed!(map_names::AFFINITY),
+            affinity_match: typed!(map_names::AFFINITY_MATCH),
         })
     }
 }

@@ -9,17 +9,22 @@ use proxy_common::{
     net::{ip_from_net, ip_to_net, port_from_net, port_to_net},
 };
 
+use self::affinity::AffinityMembers;
+pub use self::affinity::AffinityView;
 use super::plan::{BackendAddr, Frontend, FrontendPlan, Plan};
 use crate::{
     datapath::{Maps, zero_traffic},
     model::Protocol,
 };
 
+mod affinity;
+
 /// A frontend as programmed: its id, flags and backend ids by slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Programmed {
     service_id: u32,
     flags: u16,
+    affinity_timeout: u32,
     slots: Vec<u32>,
     meta: ServiceMeta,
 }
@@ -41,6 +46,8 @@ pub struct Reconciler {
     backends: BTreeMap<u32, Backend>,
     next_service_id: u32,
     next_backend_id: u32,
+    /// Mirror of the affinity-match map.
+    members: AffinityMembers,
 }
 
 impl Reconciler {
@@ -79,11 +86,13 @@ impl Reconciler {
                 Programmed {
                     service_id: head.service_id,
                     flags: head.flags,
+                    affinity_timeout: head.affinity_timeout,
                     slots: backend_slots,
                     meta,
                 },
             );
         }
+        this.members = AffinityMembers::from_maps(maps)?;
         Ok(this)
     }
 
@@ -131,6 +140,9 @@ impl Reconciler {
             }
         }
 
+        // Affinity to a backend that leaves a frontend ends before its slot goes.
+        let members = self.planned_members(plan);
+        self.members.sync(maps, members)?;
         for (frontend, planned) in &plan.frontends {
             if self.write_frontend(maps, frontend, planned)? {
                 stats.frontends_written += 1;
@@ -147,6 +159,8 @@ impl Reconciler {
             self.remove_frontend(maps, &frontend)?;
             stats.frontends_removed += 1;
         }
+        let members = self.programmed_members();
+        self.members.sync(maps, members)?;
 
         // Backends last: no slot refers to them any more.
         let unused: Vec<BackendAddr> = self
@@ -193,6 +207,7 @@ impl Reconciler {
         let wanted = Programmed {
             service_id,
             flags: planned.flags,
+            affinity_timeout: planned.affinity_timeout,
             slots,
             meta,
         };
@@ -220,7 +235,7 @@ impl Reconciler {
             count,
             flags: planned.flags,
             service_id,
-            affinity_timeout: 0,
+            affinity_timeout: planned.affinity_timeout,
         };
         for (index, &backend_id) in wanted.slots.iter().enumerate() {
             if old_slots.get(index) != Some(&backend_id) {

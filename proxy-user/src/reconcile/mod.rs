@@ -4,5 +4,5 @@
 mod apply;
 mod plan;
 
-pub use apply::{ApplyStats, Reconciler};
+pub use apply::{AffinityView, ApplyStats, Reconciler};
 pub use plan::{BackendAddr, Frontend, FrontendPlan, Plan};

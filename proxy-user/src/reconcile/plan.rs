@@ -39,6 +39,8 @@ pub struct FrontendPlan {
     pub flags: u16,
     /// The backends new connections are spread over, sorted.
     pub backends: Vec<BackendAddr>,
+    /// ClientIP session affinity timeout in seconds; 0 when affinity is off.
+    pub affinity_timeout: u32,
 }
 
 /// Everything this node's maps should hold.
@@ -119,6 +121,7 @@ impl Plan {
                 kind,
                 flags,
                 backends: backends.clone(),
+                affinity_timeout: service.affinity_timeout.unwrap_or(0),
             };
             if let Some(other) = self.frontends.get(&frontend) {
                 warn!(

@@ -1,0 +1,130 @@
+//! The affinity-match map (`AFF_MATCH_V1`): one (service id, backend id) entry per backend
+//! slot, so the datapath drops affinity to a backend the moment it leaves a frontend. Also
+//! what the affinity GC needs to know about the programmed frontends.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{Context as _, Result};
+use proxy_common::AffinityMatchKey;
+
+use super::{Reconciler, remove_if_present};
+use crate::{datapath::Maps, reconcile::Plan};
+
+/// The daemon's mirror of the affinity-match map.
+#[derive(Debug, Default)]
+pub(super) struct AffinityMembers {
+    held: HashSet<AffinityMatchKey>,
+}
+
+impl AffinityMembers {
+    pub(super) fn from_maps(maps: &Maps) -> Result<Self> {
+        let held = maps
+            .affinity_match
+            .keys()
+            .collect::<Result<_, _>>()
+            .context("read the affinity-match map")?;
+        Ok(Self { held })
+    }
+
+    /// Makes the map hold exactly `wanted`: deletions first, so a leaving backend stops being
+    /// a valid affinity target as early as possible.
+    pub(super) fn sync(
+        &mut self,
+        maps: &mut Maps,
+        wanted: HashSet<AffinityMatchKey>,
+    ) -> Result<()> {
+        let gone: Vec<AffinityMatchKey> = self.held.difference(&wanted).copied().collect();
+        for key in gone {
+            remove_if_present(maps.affinity_match.remove(&key)).with_context(|| {
+                format!(
+                    "remove backend {} of service id {} from the affinity-match map",
+                    key.backend_id, key.service_id
+                )
+            })?;
+            self.held.remove(&key);
+        }
+        let new: Vec<AffinityMatchKey> = wanted.difference(&self.held).copied().collect();
+        for key in new {
+            maps.affinity_match.insert(key, 0, 0).with_context(|| {
+                format!(
+                    "add backend {} of service id {} to the affinity-match map",
+                    key.backend_id, key.service_id
+                )
+            })?;
+            self.held.insert(key);
+        }
+        Ok(())
+    }
+}
+
+/// What the affinity GC checks entries against: the timeout of every frontend with affinity
+/// on, and which backends serve which frontend.
+#[derive(Debug)]
+pub struct AffinityView<'a> {
+    /// Service id → ClientIP timeout in seconds (only frontends with affinity on).
+    pub timeouts: HashMap<u32, u32>,
+    members: &'a HashSet<AffinityMatchKey>,
+}
+
+impl<'a> AffinityView<'a> {
+    pub fn new(timeouts: HashMap<u32, u32>, members: &'a HashSet<AffinityMatchKey>) -> Self {
+        Self { timeouts, members }
+    }
+
+    /// Whether `backend_id` is one of the backend slots of `service_id`.
+    pub fn serves(&self, service_id: u32, backend_id: u32) -> bool {
+        self.members.contains(&AffinityMatchKey {
+            service_id,
+            backend_id,
+        })
+    }
+}
+
+impl Reconciler {
+    /// Memberships of the plan's frontends that are already programmed (new frontends have no
+    /// id yet; they get theirs after their slots are written).
+    pub(super) fn planned_members(&self, plan: &Plan) -> HashSet<AffinityMatchKey> {
+        let mut wanted = HashSet::new();
+        for (frontend, planned) in &plan.frontends {
+            let Some(programmed) = self.frontends.get(frontend) else {
+                continue;
+            };
+            for addr in &planned.backends {
+                if let Some(&backend_id) = self.backend_ids.get(addr) {
+                    wanted.insert(AffinityMatchKey {
+                        service_id: programmed.service_id,
+                        backend_id,
+                    });
+                }
+            }
+        }
+        wanted
+    }
+
+    /// Memberships of every programmed frontend, as the services map now holds them.
+    pub(super) fn programmed_members(&self) -> HashSet<AffinityMatchKey> {
+        self.frontends
+            .values()
+            .flat_map(|programmed| {
+                programmed
+                    .slots
+                    .iter()
+                    .map(move |&backend_id| AffinityMatchKey {
+                        service_id: programmed.service_id,
+                        backend_id,
+                    })
+            })
+            .collect()
+    }
+
+    /// The frontends with affinity on and their members, for the affinity GC.
+    pub fn affinity_view(&self) -> AffinityView<'_> {
+        let timeouts = self
+            .frontends
+            .values()
+            .filter(|programmed| programmed.affinity_timeout != 0)
+            .map(|programmed| (programmed.service_id, programmed.affinity_timeout))
+            .collect();
+        AffinityView::new(timeouts, &self.members.held)
+    }
+}
