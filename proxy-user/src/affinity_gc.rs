@@ -15,22 +15,12 @@ use proxy_common::{AffinityKey, AffinityValue};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+pub use crate::clock::monotonic_ns;
 use crate::{datapath::Maps, reconcile::AffinityView};
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_INTERVAL: Duration = Duration::from_secs(300);
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * NANOS_PER_SEC + ts.tv_nsec as u64
-}
 
 /// Whether an entry can no longer be used. `reset_before`: entries of a frontend whose
 /// affinity was switched on are stale when last used before the switch.

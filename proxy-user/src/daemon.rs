@@ -21,6 +21,7 @@ use tracing::{error, info};
 
 use crate::{
     affinity_gc::{self, AffinityGc},
+    conntrack_gc::{self, CtTimeouts},
     datapath::{Datapath, DatapathOptions, HookCounts, Maps},
     health::{self, Health},
     klog,
@@ -39,6 +40,9 @@ pub struct DaemonOptions {
     pub node_name: String,
     pub healthz_addr: Option<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
+    /// Idle timeouts of conntrack flows, and how often the GC looks.
+    pub conntrack_timeouts: CtTimeouts,
+    pub conntrack_gc_interval: Duration,
 }
 
 /// How often the map fill levels are counted for /metrics.
@@ -64,6 +68,11 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
         let bound = health::serve(addr, health.clone()).await?;
         info!(%bound, "serving /healthz");
     }
+    tokio::spawn(conntrack_gc::run(
+        opts.datapath.pin_dir.clone(),
+        opts.conntrack_timeouts,
+        opts.conntrack_gc_interval,
+    ));
     let metrics = Metrics::new(Some(opts.datapath.pin_dir.clone()));
     let count_now = Arc::new(Notify::new());
     if let Some(addr) = opts.metrics_addr {

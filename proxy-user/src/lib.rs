@@ -2,6 +2,8 @@
 
 pub mod affinity_gc;
 pub mod cli;
+pub mod clock;
+pub mod conntrack_gc;
 pub mod daemon;
 pub mod datapath;
 pub mod health;

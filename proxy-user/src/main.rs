@@ -1,11 +1,12 @@
 //! `sluice`: the node daemon (`run`) and the commands that inspect and validate its state.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use proxy_user::{
     cli::{self, Output, log_level::KernelLogLevel},
+    conntrack_gc::CtTimeouts,
     daemon::{self, DaemonOptions},
     datapath::{DatapathOptions, XdpTx},
     source,
@@ -137,6 +138,18 @@ struct RunArgs {
     /// an interface is a veth, whose peer drops XDP_TX frames unless it runs XDP itself.
     #[arg(long, value_enum, default_value_t = XdpTx::Auto)]
     xdp_tx: XdpTx,
+    /// How long a closed TCP flow (FIN or RST seen) stays in conntrack.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    ct_tcp_closing_timeout: Duration,
+    /// How long an idle established TCP flow stays in conntrack.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    ct_tcp_established_timeout: Duration,
+    /// How long an idle UDP flow stays in conntrack.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    ct_udp_timeout: Duration,
+    /// How often expired flows are removed from conntrack.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    ct_gc_interval: Duration,
     /// Do not count traffic, drops and verdicts in the datapath (to measure their cost).
     #[arg(long)]
     no_counters: bool,
@@ -192,6 +205,13 @@ fn run(args: RunArgs) -> Result<()> {
         node_name,
         healthz_addr: Some(args.healthz_addr),
         metrics_addr: Some(args.metrics_addr),
+        conntrack_timeouts: CtTimeouts {
+            tcp_closing: args.ct_tcp_closing_timeout,
+            tcp_established: args.ct_tcp_established_timeout,
+            udp: args.ct_udp_timeout,
+            ..CtTimeouts::default()
+        },
+        conntrack_gc_interval: args.ct_gc_interval,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

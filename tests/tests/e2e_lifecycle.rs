@@ -248,3 +248,41 @@ fn healthz_is_ok_once_synced() {
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert!(body.contains("\"lastUpdated\":\"20"), "{body}");
 }
+
+#[test]
+fn finished_flows_leave_conntrack_and_live_ones_stay() {
+    let scenario = Scenario::start(&[
+        "--ct-tcp-closing-timeout",
+        "1s",
+        "--ct-udp-timeout",
+        "1s",
+        "--ct-gc-interval",
+        "200ms",
+    ]);
+    let node1_ip = scenario.cluster.node("node1").ip;
+    let mut held = scenario
+        .cluster
+        .hold(Place::Client, node1_ip, ECHO_NODE_PORT_TCP)
+        .expect("open a connection through node1's NodePort");
+    scenario.replies(Place::Client, Proto::Tcp, node1_ip, ECHO_NODE_PORT_TCP, 5);
+    scenario.replies(Place::Client, Proto::UdpConnected, node1_ip, 30053, 3);
+    let flows = || {
+        scenario
+            .node1
+            .read_json("conntrack")
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert!(
+        flows() > 1,
+        "the finished flows are tracked until their timeout"
+    );
+
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(100), || flows() == 1);
+    let left = scenario.node1.read_json("conntrack");
+    assert_eq!(left[0]["state"], "established", "{left:#}");
+    assert_eq!(
+        held.ping().expect("the live flow still works").name,
+        held.greeting().name
+    );
+}

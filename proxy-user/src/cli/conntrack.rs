@@ -11,7 +11,7 @@ use proxy_common::{
 use serde::Serialize;
 
 use super::{Output, print_table};
-use crate::datapath::Maps;
+use crate::{clock::monotonic_ns, datapath::Maps};
 
 #[derive(Debug, Serialize)]
 pub struct FlowRow {
@@ -87,15 +87,6 @@ fn state_name(proto: u8, state: u8) -> &'static str {
         TCP_STATE_CLOSING => "closing",
         _ => "?",
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    // SAFETY: clock_gettime only writes into `ts`.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid clock id and a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 pub fn run(pin_dir: &Path, output: Output, filter: &Filter) -> Result<()> {

@@ -1,0 +1,15 @@
+//! The datapath's clock on the user side.
+
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`, which stamps conntrack
+/// and affinity entries.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * NANOS_PER_SEC + ts.tv_nsec as u64
+}
