@@ -58,11 +58,23 @@ struct PinArgs {
 }
 
 #[derive(clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("source")
+        .required(true)
+        .args(["manifests", "kubeconfig", "in_cluster"])
+))]
 struct RunArgs {
     /// Standalone mode: read Services, EndpointSlices, Endpoints and Pods from this directory
     /// (.yaml, .yml, .json; multi-document) and follow its changes.
     #[arg(long)]
-    manifests: PathBuf,
+    manifests: Option<PathBuf>,
+    /// Cluster mode: watch Services, EndpointSlices and this node's Node on the API server of
+    /// this kubeconfig's current context.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Cluster mode from inside a pod: the service account and KUBERNETES_SERVICE_HOST.
+    #[arg(long)]
+    in_cluster: bool,
     /// Node interface for north-south traffic (XDP and TC); repeat for several. Without any,
     /// only the socket-level load balancer runs.
     #[arg(long = "iface")]
@@ -81,10 +93,11 @@ struct RunArgs {
     cgroup: Option<PathBuf>,
     #[command(flatten)]
     pins: PinArgs,
-    /// Directory for state that is not in maps (cluster IP and NodePort allocations).
+    /// Directory for state that is not in maps (standalone mode: cluster IP and NodePort
+    /// allocations).
     #[arg(long, default_value = "/var/lib/sluice")]
     state_dir: PathBuf,
-    /// Range to allocate missing cluster IPs from.
+    /// Range to allocate missing cluster IPs from (standalone mode).
     #[arg(long, default_value_t = proxy_user::manifest::DEFAULT_SERVICE_CIDR)]
     service_cidr: ipnet::Ipv4Net,
     /// Serve /healthz here (503 until the first sync, then 200).
@@ -123,19 +136,32 @@ fn run(args: RunArgs) -> Result<()> {
             xdp_tx: args.xdp_tx,
             node_ips: args.node_ips,
         },
-        node_name,
+        node_name: node_name.clone(),
         healthz_addr: Some(args.healthz_addr),
+    };
+    let access = match (args.kubeconfig, args.in_cluster) {
+        (Some(path), _) => Some(source::kube::ApiAccess::Kubeconfig(path)),
+        (None, true) => Some(source::kube::ApiAccess::InCluster),
+        (None, false) => None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let desired = source::manifests::spawn(source::manifests::ManifestSourceOptions {
-            dir: args.manifests,
-            state_dir: args.state_dir,
-            service_cidr: args.service_cidr,
-        })?;
+        let desired = match (access, args.manifests) {
+            (Some(access), _) => {
+                source::kube::spawn(source::kube::KubeSourceOptions { access, node_name }).await?
+            }
+            (None, Some(dir)) => {
+                source::manifests::spawn(source::manifests::ManifestSourceOptions {
+                    dir,
+                    state_dir: args.state_dir,
+                    service_cidr: args.service_cidr,
+                })?
+            }
+            (None, None) => unreachable!("clap requires one of the sources"),
+        };
         daemon::run(opts, desired).await
     })
 }
