@@ -128,13 +128,16 @@ struct Store {
 struct Shared {
     store: Mutex<Store>,
     changed: Condvar,
-    /// Clones of every open connection, to cut them.
-    connections: Mutex<Vec<TcpStream>>,
+    /// Clones of every open connection by a serial number, to cut them.
+    connections: Mutex<BTreeMap<u64, TcpStream>>,
+    next_connection: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -166,7 +169,8 @@ impl FakeApiServer {
             shared: Arc::new(Shared {
                 store: Mutex::new(Store::default()),
                 changed: Condvar::new(),
-                connections: Mutex::new(Vec::new()),
+                connections: Mutex::new(BTreeMap::new()),
+                next_connection: std::sync::atomic::AtomicU64::new(0),
             }),
             namespaces: namespaces.iter().map(|ns| ns.path().to_owned()).collect(),
             listening: Vec::new(),
@@ -215,7 +219,7 @@ impl FakeApiServer {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        for connection in connections {
+        for connection in connections.values() {
             let _ = connection.shutdown(Shutdown::Both);
         }
     }
@@ -415,16 +419,24 @@ fn accept_loop(listener: &TcpListener, stop: &AtomicBool, shared: &Arc<Shared>) 
             Ok((stream, _)) => {
                 let _ = stream.set_nonblocking(false);
                 let _ = stream.set_nodelay(true);
+                let id = shared.next_connection.fetch_add(1, Ordering::SeqCst);
                 if let Ok(clone) = stream.try_clone() {
                     shared
                         .connections
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push(clone);
+                        .insert(id, clone);
                 }
                 let shared = shared.clone();
                 std::thread::spawn(move || {
-                    let _ = serve_connection(stream, &shared);
+                    let _ = serve_connection(&stream, &shared);
+                    // Closes it for the client too (the registry holds a clone).
+                    let _ = stream.shutdown(Shutdown::Both);
+                    shared
+                        .connections
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(&id);
                 });
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -436,10 +448,10 @@ fn accept_loop(listener: &TcpListener, stop: &AtomicBool, shared: &Arc<Shared>) 
 }
 
 /// Serves requests on one keep-alive connection until the client or the test closes it.
-fn serve_connection(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+fn serve_connection(stream: &TcpStream, shared: &Shared) -> std::io::Result<()> {
     let epoch = shared.lock().epoch;
     let mut reader = BufReader::new(stream.try_clone()?);
-    let mut out = stream;
+    let mut out = stream.try_clone()?;
     loop {
         let mut request_line = String::new();
         if reader.read_line(&mut request_line)? == 0 {
@@ -471,10 +483,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let params = parse_query(query);
         let resource = Resource::from_path(path);
-        let watch = matches!(
-            params.get("watch").map(String::as_str),
-            Some("true" | "1")
-        );
+        let watch = matches!(params.get("watch").map(String::as_str), Some("true" | "1"));
         shared.lock().requests.push(Request {
             resource,
             watch,
@@ -483,7 +492,10 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         });
         match (method, resource) {
             ("GET", Some(resource)) if watch => {
-                return serve_watch(&mut out, shared, resource, &params, epoch);
+                // Keep-alive after a watch that ended properly, as a real server does.
+                if !serve_watch(&mut out, shared, resource, &params, epoch)? {
+                    return Ok(());
+                }
             }
             ("GET", Some(resource)) => serve_list(&mut out, shared, resource, &params)?,
             _ => {
@@ -562,14 +574,15 @@ fn write_chunk(out: &mut TcpStream, line: &Value) -> std::io::Result<()> {
 }
 
 /// Streams changes after the requested resourceVersion until the watch times out, the test
-/// expires it (410) or cuts the connection, or the client goes away.
+/// expires it (410) or cuts the connection, or the client goes away. True when the response
+/// ended properly (the connection may serve more requests).
 fn serve_watch(
     out: &mut TcpStream,
     shared: &Shared,
     resource: Resource,
     params: &BTreeMap<String, String>,
     epoch: u64,
-) -> std::io::Result<()> {
+) -> std::io::Result<bool> {
     let from: u64 = params
         .get("resourceVersion")
         .and_then(|rv| rv.parse().ok())
@@ -607,7 +620,7 @@ fn serve_watch(
     let mut last_write = Instant::now();
     loop {
         if store.epoch != epoch {
-            return Ok(()); // cut: no terminating chunk, as a broken connection
+            return Ok(false); // cut: no terminating chunk, as a broken connection
         }
         if store.expiry != expiry {
             let error = json!({"type": "ERROR", "object": gone(&store, sent_up_to)});
@@ -659,9 +672,10 @@ fn serve_watch(
     }
 }
 
-fn finish(out: &mut TcpStream) -> std::io::Result<()> {
+fn finish(out: &mut TcpStream) -> std::io::Result<bool> {
     out.write_all(b"0\r\n\r\n")?;
-    out.flush()
+    out.flush()?;
+    Ok(true)
 }
 
 fn parse_query(query: &str) -> BTreeMap<String, String> {

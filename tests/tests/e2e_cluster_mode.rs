@@ -44,7 +44,8 @@ struct ClusterMode {
 /// The fake API server inside both node namespaces, with the nodes and the `echo` Service
 /// (NodePort; its endpoints split over two slices) already there.
 fn start_api(cluster: &Cluster) -> FakeApiServer {
-    let api = FakeApiServer::start_in(&[&cluster.node("node1").netns, &cluster.node("node2").netns]);
+    let api =
+        FakeApiServer::start_in(&[&cluster.node("node1").netns, &cluster.node("node2").netns]);
     for node in cluster.nodes() {
         api.apply(objects::node(&node.name, node.ip));
     }
@@ -117,7 +118,8 @@ fn kubeconfig_path(cluster: &Cluster, node: &str) -> PathBuf {
 fn daemon_config(cluster: &Cluster, api: &FakeApiServer, node: &str) -> DaemonConfig {
     let kubeconfig = kubeconfig_path(cluster, node);
     api.write_kubeconfig(&kubeconfig);
-    DaemonConfig::new(cluster, node, &PathBuf::from("/nonexistent"), &[]).with_kubeconfig(&kubeconfig)
+    DaemonConfig::new(cluster, node, &PathBuf::from("/nonexistent"), &[])
+        .with_kubeconfig(&kubeconfig)
 }
 
 fn start() -> ClusterMode {
@@ -280,7 +282,14 @@ fn services_and_endpoints_from_the_watch_reach_the_datapath() {
 
     // A new Service appears; one labelled for another proxy, a headless one and an
     // ExternalName one are listed but never programmed.
-    simple_service(&mode.api, &mode.cluster, "extra", EXTRA_IP, &["pod-2a"], &[]);
+    simple_service(
+        &mode.api,
+        &mode.cluster,
+        "extra",
+        EXTRA_IP,
+        &["pod-2a"],
+        &[],
+    );
     simple_service(
         &mode.api,
         &mode.cluster,
@@ -302,7 +311,8 @@ fn services_and_endpoints_from_the_watch_reach_the_datapath() {
         &[ready(pod_ip(&mode.cluster, "pod-1a"), "node1")],
         &[("http", "TCP", 8080)],
     ));
-    mode.api.apply(objects::external_name_service("outside", "example.org"));
+    mode.api
+        .apply(objects::external_name_service("outside", "example.org"));
     for from in [Place::Pod("pod-1b"), Place::Node("node2")] {
         mode.wait_for_answers(from, Proto::Tcp, EXTRA_IP, 81, &["pod-2a"]);
     }
@@ -311,8 +321,14 @@ fn services_and_endpoints_from_the_watch_reach_the_datapath() {
             mode.frontends_of(node, "default/other-proxy").is_empty(),
             "{node} programmed a Service labelled for another proxy"
         );
-        assert!(mode.frontends_of(node, "default/dns-only").is_empty(), "{node}: headless");
-        assert!(mode.frontends_of(node, "default/outside").is_empty(), "{node}: ExternalName");
+        assert!(
+            mode.frontends_of(node, "default/dns-only").is_empty(),
+            "{node}: headless"
+        );
+        assert!(
+            mode.frontends_of(node, "default/outside").is_empty(),
+            "{node}: ExternalName"
+        );
     }
     let refused = mode
         .cluster
@@ -327,7 +343,14 @@ fn services_and_endpoints_from_the_watch_reach_the_datapath() {
 #[test]
 fn a_relist_after_410_gone_loses_nothing() {
     let mut mode = start();
-    simple_service(&mode.api, &mode.cluster, "extra", EXTRA_IP, &["pod-2a"], &[]);
+    simple_service(
+        &mode.api,
+        &mode.cluster,
+        "extra",
+        EXTRA_IP,
+        &["pod-2a"],
+        &[],
+    );
     mode.wait_for_answers(Place::Pod("pod-1a"), Proto::Tcp, EXTRA_IP, 81, &["pod-2a"]);
     let lists_before = mode.api.requests().len();
 
@@ -352,7 +375,10 @@ fn a_relist_after_410_gone_loses_nothing() {
     mode.wait_for_answers(Place::Pod("pod-2a"), Proto::Tcp, LATE_IP, 81, &["pod-1b"]);
     mode.wait_for_answers(Place::Pod("pod-2a"), Proto::Tcp, EXTRA_IP, 81, &[]);
     for node in ["node1", "node2"] {
-        assert!(mode.frontends_of(node, "default/extra").is_empty(), "{node} kept extra");
+        assert!(
+            mode.frontends_of(node, "default/extra").is_empty(),
+            "{node} kept extra"
+        );
     }
     assert!(mode.node1.is_running() && mode.node2.is_running());
 }
@@ -411,14 +437,26 @@ fn an_unreachable_api_server_leaves_traffic_flowing_and_the_daemon_catches_up() 
     std::thread::sleep(Duration::from_secs(3));
     // The datapath keeps serving its last state: new and held connections alike.
     assert_eq!(
-        mode.answering(Place::Pod("pod-2a"), Proto::Tcp, ECHO_IP, 80, SPREAD_REQUESTS),
+        mode.answering(
+            Place::Pod("pod-2a"),
+            Proto::Tcp,
+            ECHO_IP,
+            80,
+            SPREAD_REQUESTS
+        ),
         pods(&ALL_PODS)
     );
     assert_eq!(
-        held.ping().unwrap_or_else(|e| panic!("held connection broke: {e}")).name,
+        held.ping()
+            .unwrap_or_else(|e| panic!("held connection broke: {e}"))
+            .name,
         holder
     );
-    assert!(mode.node1.is_running() && mode.node2.is_running(), "{}", mode.stderr());
+    assert!(
+        mode.node1.is_running() && mode.node2.is_running(),
+        "{}",
+        mode.stderr()
+    );
     assert!(
         mode.node1.stderr().contains("retrying"),
         "node1 does not say it is retrying:\n{}",
@@ -430,7 +468,9 @@ fn an_unreachable_api_server_leaves_traffic_flowing_and_the_daemon_catches_up() 
     assert_echo_served_by(&mode, &["pod-1a", "pod-2a"]);
     mode.wait_for_answers(Place::Pod("pod-2a"), Proto::Tcp, LATE_IP, 81, &["pod-1b"]);
     assert_eq!(
-        held.ping().unwrap_or_else(|e| panic!("held connection broke: {e}")).name,
+        held.ping()
+            .unwrap_or_else(|e| panic!("held connection broke: {e}"))
+            .name,
         holder
     );
 }
@@ -454,14 +494,15 @@ fn a_restart_while_the_api_server_is_down_deletes_nothing_before_the_first_list(
                 "services were disturbed while the API server was unreachable: {answers:?}"
             );
         });
-        let starter = scope.spawn(|| {
-            checker.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-        });
         // start_again blocks until the ready line; the server returns after the check.
         let restart = scope.spawn(move || node1.start_again());
-        starter.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        checker
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
         api.start();
-        restart.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        restart
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
     });
     assert_echo_served_by(&mode, &ALL_PODS);
 }
