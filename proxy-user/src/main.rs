@@ -33,7 +33,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Program this node's datapath and keep it in sync with the service definitions.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the frontends and backends the maps hold (from the pins; no daemon needed).
     Services {
         #[command(flatten)]
@@ -113,7 +113,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Services { pins, output } => cli::services::run(&pins.pin_dir, output),
         Command::Validate { dir, service_cidr } => cli::validate::run(&dir, service_cidr),
     }
