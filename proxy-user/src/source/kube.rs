@@ -51,8 +51,10 @@ use crate::{
     manifest::{ApiObjects, Kind, ManifestError, Resolution},
 };
 
-/// Changes arriving within this window are applied together (a re-list, a rollout).
+/// Changes arriving within this window are applied together (a re-list, a rollout)...
 const DEBOUNCE: Duration = Duration::from_millis(50);
+/// ... but a steady stream of changes is still published at least this often.
+const MAX_BATCH: Duration = Duration::from_millis(500);
 
 /// How sluice reaches the API server.
 #[derive(Clone, Debug)]
@@ -147,8 +149,13 @@ pub async fn spawn(opts: KubeSourceOptions) -> Result<DesiredReceiver> {
         let mut logged = BTreeSet::new();
         while let Some(first) = updates.recv().await {
             view.update(first);
-            while let Ok(Some(update)) = tokio::time::timeout(DEBOUNCE, updates.recv()).await {
-                view.update(update);
+            let batch_end = tokio::time::Instant::now() + MAX_BATCH;
+            loop {
+                let wait = tokio::time::Instant::now() + DEBOUNCE;
+                match tokio::time::timeout_at(wait.min(batch_end), updates.recv()).await {
+                    Ok(Some(update)) => view.update(update),
+                    Ok(None) | Err(_) => break,
+                }
             }
             let Some(resolution) = view.resolve() else {
                 continue;
