@@ -386,6 +386,20 @@ fn a_relist_after_410_gone_loses_nothing() {
 #[test]
 fn a_dropped_watch_resumes_from_its_resource_version() {
     let mut mode = start();
+    // Changes the Node watch does not see (another resource): only bookmarks tell it how
+    // far the server got.
+    simple_service(
+        &mode.api,
+        &mode.cluster,
+        "extra",
+        EXTRA_IP,
+        &["pod-2a"],
+        &[],
+    );
+    mode.wait_for_answers(Place::Pod("pod-1a"), Proto::Tcp, EXTRA_IP, 81, &["pod-2a"]);
+    let bookmarked = mode.api.revision();
+    std::thread::sleep(Duration::from_secs(2));
+
     // Changes held back, then every connection is cut mid-watch.
     mode.api.pause_watches();
     let revision_before = mode.api.revision();
@@ -410,6 +424,16 @@ fn a_dropped_watch_resumes_from_its_resource_version() {
     assert!(
         from > 0 && from <= revision_before,
         "resumed from {from}, before the cut the server was at {revision_before}"
+    );
+    let node_watch =
+        mode.api
+            .wait_for_request(requests_before, SYNC_TIMEOUT, "resumed Node watch", |r| {
+                r.resource == Some(Resource::Nodes) && r.watch
+            });
+    assert_eq!(
+        node_watch.resource_version,
+        Some(bookmarked.to_string()),
+        "the Node watch should resume from its last bookmark"
     );
     assert_echo_served_by(&mode, &["pod-1b", "pod-2a"]);
     mode.wait_for_answers(Place::Pod("pod-1a"), Proto::Tcp, LATE_IP, 81, &["pod-2a"]);
