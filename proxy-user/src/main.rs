@@ -34,7 +34,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Program this node's datapath and keep it in sync with the service definitions.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the frontends and backends the maps hold (from the pins; no daemon needed).
     Services {
         #[command(flatten)]
@@ -99,11 +99,23 @@ struct PinArgs {
 }
 
 #[derive(clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("source")
+        .required(true)
+        .args(["manifests", "kubeconfig", "in_cluster"])
+))]
 struct RunArgs {
     /// Standalone mode: read Services, EndpointSlices, Endpoints and Pods from this directory
     /// (.yaml, .yml, .json; multi-document) and follow its changes.
     #[arg(long)]
-    manifests: PathBuf,
+    manifests: Option<PathBuf>,
+    /// Cluster mode: watch Services, EndpointSlices and this node's Node on the API server of
+    /// this kubeconfig's current context.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Cluster mode from inside a pod: the service account and KUBERNETES_SERVICE_HOST.
+    #[arg(long)]
+    in_cluster: bool,
     /// Node interface for north-south traffic (XDP and TC); repeat for several. Without any,
     /// only the socket-level load balancer runs.
     #[arg(long = "iface")]
@@ -122,10 +134,11 @@ struct RunArgs {
     cgroup: Option<PathBuf>,
     #[command(flatten)]
     pins: PinArgs,
-    /// Directory for state that is not in maps (cluster IP and NodePort allocations).
+    /// Directory for state that is not in maps (standalone mode: cluster IP and NodePort
+    /// allocations).
     #[arg(long, default_value = "/var/lib/sluice")]
     state_dir: PathBuf,
-    /// Range to allocate missing cluster IPs from.
+    /// Range to allocate missing cluster IPs from (standalone mode).
     #[arg(long, default_value_t = proxy_user::manifest::DEFAULT_SERVICE_CIDR)]
     service_cidr: ipnet::Ipv4Net,
     /// Serve /healthz here (503 until the first sync, then 200).
@@ -163,7 +176,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Services { pins, output } => cli::services::run(&pins.pin_dir, output),
         Command::LogLevel { level, pins } => cli::log_level::run(&pins.pin_dir, level.into()),
         Command::Stats { pins, output } => cli::stats::run(&pins.pin_dir, output),
@@ -202,7 +215,7 @@ fn run(args: RunArgs) -> Result<()> {
             counters: !args.no_counters,
             kernel_log_level: args.kernel_log_level.into(),
         },
-        node_name,
+        node_name: node_name.clone(),
         healthz_addr: Some(args.healthz_addr),
         metrics_addr: Some(args.metrics_addr),
         conntrack_timeouts: CtTimeouts {
@@ -213,16 +226,29 @@ fn run(args: RunArgs) -> Result<()> {
         },
         conntrack_gc_interval: args.ct_gc_interval,
     };
+    let access = match (args.kubeconfig, args.in_cluster) {
+        (Some(path), _) => Some(source::kube::ApiAccess::Kubeconfig(path)),
+        (None, true) => Some(source::kube::ApiAccess::InCluster),
+        (None, false) => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let desired = source::manifests::spawn(source::manifests::ManifestSourceOptions {
-            dir: args.manifests,
-            state_dir: args.state_dir,
-            service_cidr: args.service_cidr,
-        })?;
+        let desired = match (access, args.manifests) {
+            (Some(access), _) => {
+                source::kube::spawn(source::kube::KubeSourceOptions { access, node_name }).await?
+            }
+            (None, Some(dir)) => {
+                source::manifests::spawn(source::manifests::ManifestSourceOptions {
+                    dir,
+                    state_dir: args.state_dir,
+                    service_cidr: args.service_cidr,
+                })?
+            }
+            (None, None) => unreachable!("clap requires one of the sources"),
+        };
         daemon::run(opts, desired).await
     })
 }

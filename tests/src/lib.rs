@@ -11,6 +11,7 @@ pub mod capture;
 pub mod cgroup;
 pub mod datapath;
 pub mod echo;
+pub mod fake_apiserver;
 pub mod http;
 pub mod isolated_netns;
 pub mod manifests;

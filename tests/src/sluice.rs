@@ -86,6 +86,20 @@ impl DaemonConfig {
     }
 }
 
+impl DaemonConfig {
+    /// Cluster mode: `--kubeconfig PATH` in place of `--manifests DIR`.
+    pub fn with_kubeconfig(mut self, kubeconfig: &Path) -> DaemonConfig {
+        let at = self
+            .args
+            .iter()
+            .position(|arg| arg == "--manifests")
+            .expect("the standard command line has --manifests");
+        self.args[at] = "--kubeconfig".into();
+        self.args[at + 1] = kubeconfig.into();
+        self
+    }
+}
+
 /// A `sluice run` process on a test node. Its stdout and stderr are drained into buffers
 /// (see [`SluiceDaemon::stderr`]); dropping it kills it (SIGKILL). When a test panics, the
 /// drop prints the daemon's output.

@@ -77,6 +77,8 @@ pub struct Allocator {
     cidr: Ipv4Net,
     state: AllocState,
     dirty: bool,
+    /// Hands out nothing: cluster mode, where the API server assigns every address.
+    disabled: bool,
 }
 
 impl Allocator {
@@ -98,6 +100,7 @@ impl Allocator {
             cidr: service_cidr.trunc(),
             state,
             dirty: false,
+            disabled: false,
         })
     }
 
@@ -108,6 +111,16 @@ impl Allocator {
             cidr: service_cidr.trunc(),
             state: AllocState::default(),
             dirty: false,
+            disabled: false,
+        }
+    }
+
+    /// An allocator that hands out nothing (cluster mode: the API server assigns cluster IPs
+    /// and nodePorts). A Service that asks for one is listed but not programmed.
+    pub fn disabled() -> Self {
+        Allocator {
+            disabled: true,
+            ..Allocator::in_memory(Ipv4Net::default())
         }
     }
 
@@ -147,6 +160,17 @@ impl Allocator {
         claimed_ports: &BTreeSet<u16>,
     ) -> Assignments {
         let mut out = Assignments::default();
+        if self.disabled {
+            for request in requests {
+                out.failures.insert(
+                    request.service.clone(),
+                    "the API server gave it no cluster IP or nodePort (sluice allocates none in \
+                     cluster mode)"
+                        .into(),
+                );
+            }
+            return out;
+        }
         let mut next = AllocState {
             version: STATE_VERSION,
             ..AllocState::default()

@@ -7,6 +7,7 @@
 //! ```
 
 mod alloc;
+mod api;
 mod backends;
 mod catalog;
 mod check;
@@ -25,8 +26,10 @@ use ipnet::Ipv4Net;
 
 pub use self::{
     alloc::{Allocator, AllocatorError},
+    api::{API_ORIGIN, ApiObjects},
     check::validate_dir,
     error::{ManifestError, ObjectRef, Severity},
+    object::Kind,
     resolve::{HEADLESS_LABEL, Resolution, SERVICE_PROXY_NAME_LABEL},
     store::{FileReport, ManifestStore, is_manifest_file},
 };

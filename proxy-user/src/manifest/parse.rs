@@ -172,8 +172,8 @@ fn parse_document(
     }
 }
 
-/// One object (a document, or an item of a List).
-fn parse_object(
+/// One object (a document, or an item of a List; or one object from the API server).
+pub(crate) fn parse_object(
     value: Value,
     context: &Context,
     defaults: Option<(&str, &str)>,

@@ -1,6 +1,7 @@
 //! Where the desired state comes from. Each source publishes complete states on a watch
 //! channel; the daemon does not care which one it runs with.
 
+pub mod kube;
 pub mod manifests;
 
 use tracing::{error, info, warn};

@@ -1,0 +1,433 @@
+//! Cluster mode: follow the Kubernetes API server and publish the desired state on every
+//! change.
+//!
+//! Three kube-rs watchers (Services, discovery.k8s.io/v1 EndpointSlices, and this node's
+//! Node) feed one [`ClusterView`]. Objects go through the same checks and the same resolve
+//! step as manifest files ([`ApiObjects`]), so label filters, headless and ExternalName
+//! skipping and the KEP-1669 endpoint conditions behave exactly as in standalone mode.
+//!
+//! Watch behaviour (kube-rs' `watcher` does the protocol, this module the bookkeeping):
+//! - a (re-)list arrives as `Init`, `InitApply`.., `InitDone`; its objects are buffered and
+//!   replace that kind's objects at `InitDone`, so an object deleted while the watch was
+//!   broken disappears, and nothing is half-listed;
+//! - nothing is published (the channel stays `None`) until every kind has been listed once:
+//!   the daemon never deletes live services on a partial view;
+//! - a dropped watch resumes from the last resourceVersion (or bookmark); `410 Gone` makes
+//!   the watcher re-list;
+//! - while the API server is unreachable the watchers retry with backoff ([`RetryBackoff`])
+//!   and the last published state, and so the datapath, stays as it is.
+//!
+//! The objects are kept checked, not raw (as a kube-rs reflector `Store` would keep them), so
+//! that each change converts one object, not the whole cluster.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use ::kube::{
+    Api, Client, Config, Resource,
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{
+        WatchStreamExt as _,
+        utils::Backoff,
+        watcher::{self, Event},
+    },
+};
+use anyhow::{Context as _, Result};
+use futures_util::StreamExt as _;
+use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::log_problems;
+use crate::{
+    daemon::DesiredReceiver,
+    manifest::{ApiObjects, Kind, ManifestError, Resolution},
+};
+
+/// Changes arriving within this window are applied together (a re-list, a rollout)...
+const DEBOUNCE: Duration = Duration::from_millis(50);
+/// ... but a steady stream of changes is still published at least this often.
+const MAX_BATCH: Duration = Duration::from_millis(500);
+
+/// How sluice reaches the API server.
+#[derive(Clone, Debug)]
+pub enum ApiAccess {
+    /// `--kubeconfig PATH`: its current context.
+    Kubeconfig(PathBuf),
+    /// `--in-cluster`: the pod's service account and `KUBERNETES_SERVICE_HOST`.
+    InCluster,
+}
+
+#[derive(Clone, Debug)]
+pub struct KubeSourceOptions {
+    pub access: ApiAccess,
+    /// This node's name: its Node object is watched.
+    pub node_name: String,
+}
+
+/// The resources sluice watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Watched {
+    Service,
+    EndpointSlice,
+    Node,
+}
+
+impl Watched {
+    const ALL: [Watched; 3] = [Watched::Service, Watched::EndpointSlice, Watched::Node];
+
+    fn kind(self) -> Option<Kind> {
+        match self {
+            Watched::Service => Some(Kind::Service),
+            Watched::EndpointSlice => Some(Kind::EndpointSlice),
+            Watched::Node => None,
+        }
+    }
+}
+
+impl fmt::Display for Watched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Watched::Service => "Services",
+            Watched::EndpointSlice => "EndpointSlices",
+            Watched::Node => "Node",
+        })
+    }
+}
+
+/// Connects to the API server and follows it in the background. The receiver holds `None`
+/// until Services, EndpointSlices and the Node have all been listed. Must be called inside a
+/// Tokio runtime. Fails only when the access configuration itself is unusable (a missing or
+/// broken kubeconfig, not running in a pod); an unreachable server is retried.
+pub async fn spawn(opts: KubeSourceOptions) -> Result<DesiredReceiver> {
+    let config = match &opts.access {
+        ApiAccess::Kubeconfig(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .with_context(|| format!("read the kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("use the kubeconfig {}", path.display()))?
+        }
+        ApiAccess::InCluster => Config::incluster().context(
+            "--in-cluster: no service account or KUBERNETES_SERVICE_HOST (run sluice in a pod, \
+             or pass --kubeconfig)",
+        )?,
+    };
+    info!(server = %config.cluster_url, node = %opts.node_name, "following the Kubernetes API");
+    let client = Client::try_from(config).context("create the Kubernetes client")?;
+
+    let (updates_tx, mut updates) = mpsc::channel(1024);
+    follow(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        Watched::Service,
+        updates_tx.clone(),
+    );
+    follow(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default(),
+        Watched::EndpointSlice,
+        updates_tx.clone(),
+    );
+    follow(
+        Api::<Node>::all(client),
+        watcher::Config::default().fields(&format!("metadata.name={}", opts.node_name)),
+        Watched::Node,
+        updates_tx,
+    );
+
+    let (sender, receiver) = watch::channel(None);
+    tokio::spawn(async move {
+        let mut view = ClusterView::new(opts.node_name);
+        let mut logged = BTreeSet::new();
+        while let Some(first) = updates.recv().await {
+            view.update(first);
+            let batch_end = tokio::time::Instant::now() + MAX_BATCH;
+            loop {
+                let wait = tokio::time::Instant::now() + DEBOUNCE;
+                match tokio::time::timeout_at(wait.min(batch_end), updates.recv()).await {
+                    Ok(Some(update)) => view.update(update),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let Some(resolution) = view.resolve() else {
+                continue;
+            };
+            log_new_problems(&resolution.problems, &mut logged);
+            sender.send_if_modified(|current| {
+                if current.as_deref() == Some(&resolution.state) {
+                    return false;
+                }
+                info!(
+                    services = resolution.state.services.len(),
+                    "desired state from the API server"
+                );
+                *current = Some(Arc::new(resolution.state));
+                true
+            });
+        }
+    });
+    Ok(receiver)
+}
+
+/// One item of a watcher: an event with the object as the API server's JSON, or why the
+/// watch failed (it is retried).
+pub type Update = (Watched, Result<Event<serde_json::Value>, String>);
+
+/// Runs a watcher on `api` and forwards what it sees, as JSON, until the receiver is gone.
+fn follow<K>(api: Api<K>, config: watcher::Config, what: Watched, updates: mpsc::Sender<Update>)
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    tokio::spawn(async move {
+        let mut stream =
+            Box::pin(::kube::runtime::watcher(api, config).backoff(RetryBackoff::default()));
+        while let Some(item) = stream.next().await {
+            let update = item
+                .map_err(|e| format!("{e}"))
+                .and_then(|event| event_to_json(event).map_err(|e| format!("{e}")));
+            if updates.send((what, update)).await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+fn event_to_json<K: Serialize>(event: Event<K>) -> serde_json::Result<Event<serde_json::Value>> {
+    Ok(match event {
+        Event::Apply(object) => Event::Apply(serde_json::to_value(object)?),
+        Event::Delete(object) => Event::Delete(serde_json::to_value(object)?),
+        Event::Init => Event::Init,
+        Event::InitApply(object) => Event::InitApply(serde_json::to_value(object)?),
+        Event::InitDone => Event::InitDone,
+    })
+}
+
+/// Exponential backoff for failed list and watch requests: 250 ms doubling to 10 s, reset by
+/// any success. Shorter than kube-rs' default (up to 30 s) so a node catches up soon after
+/// the API server is back; three requests per node per 10 s is nothing for it.
+#[derive(Clone, Debug)]
+pub struct RetryBackoff {
+    next: Duration,
+}
+
+impl RetryBackoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(10);
+}
+
+impl Default for RetryBackoff {
+    fn default() -> Self {
+        RetryBackoff { next: Self::FIRST }
+    }
+}
+
+impl Iterator for RetryBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(now)
+    }
+}
+
+impl Backoff for RetryBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+/// What sluice knows of this node's Node object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// `status.addresses` of type InternalIP.
+    pub internal_ips: Vec<IpAddr>,
+}
+
+/// Everything the watchers have told so far, and whether it is complete.
+#[derive(Debug)]
+pub struct ClusterView {
+    node_name: String,
+    objects: ApiObjects,
+    /// Objects of a (re-)list in progress, by what is listed.
+    listing: BTreeMap<Watched, Vec<serde_json::Value>>,
+    /// What has been listed completely at least once.
+    listed: BTreeSet<Watched>,
+    node: Option<NodeInfo>,
+    /// Whether each watcher is failing now (so recovery is logged once).
+    failing: BTreeSet<Watched>,
+}
+
+impl ClusterView {
+    pub fn new(node_name: String) -> Self {
+        ClusterView {
+            node_name,
+            objects: ApiObjects::new(),
+            listing: BTreeMap::new(),
+            listed: BTreeSet::new(),
+            node: None,
+            failing: BTreeSet::new(),
+        }
+    }
+
+    /// Whether every watched resource has been listed once: only then is the view complete.
+    pub fn is_synced(&self) -> bool {
+        Watched::ALL.iter().all(|what| self.listed.contains(what))
+    }
+
+    /// This node's Node, when it exists.
+    pub fn node(&self) -> Option<&NodeInfo> {
+        self.node.as_ref()
+    }
+
+    /// Applies one watcher item, logging what the checks found in the objects.
+    pub fn update(&mut self, (what, update): Update) {
+        let event = match update {
+            Ok(event) => event,
+            Err(why) => {
+                if self.failing.insert(what) {
+                    warn!(
+                        "watching {what}: {why}; retrying with backoff (the datapath keeps \
+                         serving the last state)"
+                    );
+                } else {
+                    tracing::debug!("watching {what}: {why}");
+                }
+                return;
+            }
+        };
+        if self.failing.remove(&what) {
+            info!("watching {what} again");
+        }
+        let problems = match what.kind() {
+            Some(kind) => self.update_objects(what, kind, event),
+            None => {
+                self.update_node(event);
+                Vec::new()
+            }
+        };
+        log_problems(&problems);
+    }
+
+    fn update_objects(
+        &mut self,
+        what: Watched,
+        kind: Kind,
+        event: Event<serde_json::Value>,
+    ) -> Vec<ManifestError> {
+        match event {
+            Event::Init => {
+                self.listing.insert(what, Vec::new());
+                Vec::new()
+            }
+            Event::InitApply(object) => {
+                self.listing.entry(what).or_default().push(object);
+                Vec::new()
+            }
+            Event::InitDone => {
+                let objects = self.listing.remove(&what).unwrap_or_default();
+                let count = objects.len();
+                let problems = self.objects.replace_kind(kind, objects);
+                if self.listed.insert(what) {
+                    info!(count, "listed {what}");
+                } else {
+                    info!(count, "listed {what} again");
+                }
+                problems
+            }
+            Event::Apply(object) => self.objects.apply(object),
+            Event::Delete(object) => {
+                let meta = &object["metadata"];
+                self.objects.delete(
+                    kind,
+                    meta["namespace"].as_str().unwrap_or_default(),
+                    meta["name"].as_str().unwrap_or_default(),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn update_node(&mut self, event: Event<serde_json::Value>) {
+        let what = Watched::Node;
+        match event {
+            Event::Init => {
+                self.listing.insert(what, Vec::new());
+            }
+            Event::InitApply(object) => self.listing.entry(what).or_default().push(object),
+            Event::InitDone => {
+                let listed = self.listing.remove(&what).unwrap_or_default();
+                self.set_node(listed.iter().find(|node| self.is_this_node(node)));
+                self.listed.insert(what);
+                if self.node.is_none() {
+                    warn!(
+                        "there is no Node named {:?}: no endpoint counts as local to this node \
+                         (check --node-name or NODE_NAME)",
+                        self.node_name
+                    );
+                }
+            }
+            Event::Apply(object) if self.is_this_node(&object) => self.set_node(Some(&object)),
+            Event::Delete(object) if self.is_this_node(&object) => {
+                warn!("the Node {:?} was deleted", self.node_name);
+                self.node = None;
+            }
+            Event::Apply(_) | Event::Delete(_) => {}
+        }
+    }
+
+    fn is_this_node(&self, node: &serde_json::Value) -> bool {
+        node["metadata"]["name"].as_str() == Some(self.node_name.as_str())
+    }
+
+    fn set_node(&mut self, node: Option<&serde_json::Value>) {
+        let info = node.map(node_info);
+        if info != self.node
+            && let Some(info) = &info
+        {
+            info!(node = %self.node_name, internal_ips = ?info.internal_ips, "this node");
+        }
+        self.node = info;
+    }
+
+    /// The desired state, once the view is complete.
+    pub fn resolve(&self) -> Option<Resolution> {
+        self.is_synced().then(|| self.objects.desired_state())
+    }
+}
+
+fn node_info(node: &serde_json::Value) -> NodeInfo {
+    let internal_ips = node["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|address| address["type"] == "InternalIP")
+        .filter_map(|address| address["address"].as_str()?.parse().ok())
+        .collect();
+    NodeInfo { internal_ips }
+}
+
+/// Logs the cross-object problems of a resolution that were not logged last time, so a
+/// steady cluster does not repeat the same notes on every change.
+fn log_new_problems(problems: &[ManifestError], logged: &mut BTreeSet<String>) {
+    let current: BTreeSet<String> = problems.iter().map(ToString::to_string).collect();
+    let new: Vec<ManifestError> = problems
+        .iter()
+        .filter(|problem| !logged.contains(&problem.to_string()))
+        .cloned()
+        .collect();
+    log_problems(&new);
+    *logged = current;
+}
+
+#[cfg(test)]
+mod tests;

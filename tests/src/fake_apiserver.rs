@@ -1,0 +1,883 @@
+//! An in-process stand-in for the Kubernetes API server: list and watch of Services,
+//! EndpointSlices and Nodes over plain HTTP/1.1, with real Kubernetes JSON.
+//!
+//! There is no real API server on these machines; this one speaks just enough of the protocol
+//! for `sluice run --kubeconfig` (kube-rs) to behave as against a real one:
+//!
+//! - `GET /api/v1/services`, `/apis/discovery.k8s.io/v1/endpointslices`, `/api/v1/nodes`
+//!   list every object (`kind: ServiceList`.., `metadata.resourceVersion`); `fieldSelector`
+//!   `metadata.name=` / `metadata.namespace=` filter; `limit` is accepted and ignored (one
+//!   page);
+//! - `?watch=true&resourceVersion=N` streams (chunked) every change after N as
+//!   `{"type":"ADDED|MODIFIED|DELETED","object":..}` lines, then new ones as they happen, with
+//!   `BOOKMARK` events when `allowWatchBookmarks=true`; a resourceVersion older than the
+//!   compacted history gets an `ERROR` event with a 410 `Status`, as the real server sends;
+//! - one global resourceVersion counter, as etcd's revision.
+//!
+//! The test controls it: [`FakeApiServer::apply`] and [`FakeApiServer::delete`] change
+//! objects; [`FakeApiServer::pause_watches`] holds events back (a network partition);
+//! [`FakeApiServer::expire_watches`] compacts the history and ends every watch with 410 Gone;
+//! [`FakeApiServer::drop_connections`] cuts every connection; [`FakeApiServer::stop`] and
+//! [`FakeApiServer::start`] take it away and bring it back; [`FakeApiServer::requests`] is
+//! the log of what clients asked.
+//!
+//! It listens on 127.0.0.1:[`PORT`] inside each network namespace it is given (the socket is
+//! made by a thread that joined the namespace, so it belongs there), so a daemon in a node
+//! namespace reaches it at `http://127.0.0.1:6443`, and nothing listens in the root
+//! namespace.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use serde_json::{Value, json};
+
+use crate::netns::Netns;
+
+/// The port the fake listens on in every namespace.
+pub const PORT: u16 = 6443;
+/// How often an idle watch gets a bookmark.
+const BOOKMARK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The resources the fake serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Resource {
+    Services,
+    EndpointSlices,
+    Nodes,
+}
+
+impl Resource {
+    fn from_path(path: &str) -> Option<Resource> {
+        match path {
+            "/api/v1/services" => Some(Resource::Services),
+            "/apis/discovery.k8s.io/v1/endpointslices" => Some(Resource::EndpointSlices),
+            "/api/v1/nodes" => Some(Resource::Nodes),
+            _ => None,
+        }
+    }
+
+    fn of_kind(kind: &str) -> Option<Resource> {
+        match kind {
+            "Service" => Some(Resource::Services),
+            "EndpointSlice" => Some(Resource::EndpointSlices),
+            "Node" => Some(Resource::Nodes),
+            _ => None,
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Resource::Services => "Service",
+            Resource::EndpointSlices => "EndpointSlice",
+            Resource::Nodes => "Node",
+        }
+    }
+
+    fn api_version(self) -> &'static str {
+        match self {
+            Resource::EndpointSlices => "discovery.k8s.io/v1",
+            Resource::Services | Resource::Nodes => "v1",
+        }
+    }
+
+    fn namespaced(self) -> bool {
+        self != Resource::Nodes
+    }
+}
+
+/// One request a client made, for assertions (`GET /api/v1/services?watch=true&..`).
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub resource: Option<Resource>,
+    pub watch: bool,
+    /// The `resourceVersion` parameter, if given.
+    pub resource_version: Option<String>,
+    pub target: String,
+}
+
+type Key = (Resource, String, String);
+
+#[derive(Default)]
+struct Store {
+    revision: u64,
+    objects: BTreeMap<Key, Value>,
+    /// Every change, in order: (revision, resource, event type, object).
+    history: Vec<(u64, Resource, &'static str, Value)>,
+    /// Watches from a revision below this get 410 Gone.
+    compacted: u64,
+    /// Bumped to end every open watch and connection.
+    epoch: u64,
+    /// Bumped to end every open watch with 410 Gone.
+    expiry: u64,
+    /// Events are held back from watches while set.
+    paused: bool,
+    requests: Vec<Request>,
+}
+
+struct Shared {
+    store: Mutex<Store>,
+    changed: Condvar,
+    /// Clones of every open connection by a serial number, to cut them.
+    connections: Mutex<BTreeMap<u64, TcpStream>>,
+    next_connection: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+struct Listening {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The fake API server. Dropping it closes every listener and connection.
+pub struct FakeApiServer {
+    shared: Arc<Shared>,
+    namespaces: Vec<PathBuf>,
+    listening: Vec<Listening>,
+}
+
+impl FakeApiServer {
+    /// Starts listening on 127.0.0.1:[`PORT`] in each of `namespaces`.
+    pub fn start_in(namespaces: &[&Netns]) -> FakeApiServer {
+        let mut server = FakeApiServer {
+            shared: Arc::new(Shared {
+                store: Mutex::new(Store::default()),
+                changed: Condvar::new(),
+                connections: Mutex::new(BTreeMap::new()),
+                next_connection: std::sync::atomic::AtomicU64::new(0),
+            }),
+            namespaces: namespaces.iter().map(|ns| ns.path().to_owned()).collect(),
+            listening: Vec::new(),
+        };
+        server.start();
+        server
+    }
+
+    /// (Re)opens the listeners after [`FakeApiServer::stop`]. Idempotent.
+    pub fn start(&mut self) {
+        if !self.listening.is_empty() {
+            return;
+        }
+        for path in self.namespaces.clone() {
+            let listener = listen_in(&path)
+                .unwrap_or_else(|e| panic!("fake API server in {}: {e:#}", path.display()));
+            let stop = Arc::new(AtomicBool::new(false));
+            let thread = {
+                let stop = stop.clone();
+                let shared = self.shared.clone();
+                std::thread::spawn(move || accept_loop(&listener, &stop, &shared))
+            };
+            self.listening.push(Listening {
+                stop,
+                thread: Some(thread),
+            });
+        }
+    }
+
+    /// Closes the listeners and every connection: clients get "connection refused" until
+    /// [`FakeApiServer::start`]. The objects and their history stay.
+    pub fn stop(&mut self) {
+        self.listening.clear();
+        self.drop_connections();
+    }
+
+    /// Cuts every open connection (a watch then ends mid-stream); the listeners stay, so
+    /// clients can reconnect and resume.
+    pub fn drop_connections(&self) {
+        self.shared.lock().epoch += 1;
+        self.shared.changed.notify_all();
+        let connections = std::mem::take(
+            &mut *self
+                .shared
+                .connections
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for connection in connections.values() {
+            let _ = connection.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Holds every change back from open and new watches (lists still see them), until
+    /// [`FakeApiServer::resume_watches`], [`FakeApiServer::expire_watches`] or a reconnect
+    /// after [`FakeApiServer::drop_connections`].
+    pub fn pause_watches(&self) {
+        self.shared.lock().paused = true;
+    }
+
+    /// Delivers what was held back.
+    pub fn resume_watches(&self) {
+        self.shared.lock().paused = false;
+        self.shared.changed.notify_all();
+    }
+
+    /// Compacts the history (as etcd does) and ends every open watch with an `ERROR` event
+    /// carrying `410 Gone`: clients must re-list to see what changed since their last event.
+    pub fn expire_watches(&self) {
+        {
+            let mut store = self.shared.lock();
+            store.compacted = store.revision + 1;
+            store.history.clear();
+            store.expiry += 1;
+            store.paused = false;
+        }
+        self.shared.changed.notify_all();
+    }
+
+    /// Creates or replaces an object (real API JSON with `kind` and `metadata`; the fake fills
+    /// in `resourceVersion`, `uid`, `creationTimestamp` and `generation`).
+    pub fn apply(&self, mut object: Value) {
+        let resource = object["kind"]
+            .as_str()
+            .and_then(Resource::of_kind)
+            .unwrap_or_else(|| panic!("fake API server: unknown kind in {object}"));
+        let key = key_of(resource, &object);
+        let mut store = self.shared.lock();
+        store.revision += 1;
+        let revision = store.revision;
+        let previous = store.objects.get(&key).cloned();
+        let meta = object["metadata"]
+            .as_object_mut()
+            .expect("object has metadata");
+        meta.insert("resourceVersion".into(), json!(revision.to_string()));
+        let generation = previous
+            .as_ref()
+            .and_then(|p| p["metadata"]["generation"].as_u64())
+            .map_or(1, |g| g + 1);
+        meta.insert("generation".into(), json!(generation));
+        let uid = previous
+            .as_ref()
+            .map(|p| p["metadata"]["uid"].clone())
+            .unwrap_or_else(|| json!(format!("00000000-0000-4000-8000-{revision:012}")));
+        meta.insert("uid".into(), uid);
+        meta.entry("creationTimestamp")
+            .or_insert(json!("2026-01-01T00:00:00Z"));
+        if resource.namespaced() {
+            meta.entry("namespace").or_insert(json!("default"));
+        }
+        let kind = if previous.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        store.objects.insert(key, object.clone());
+        store.history.push((revision, resource, kind, object));
+        drop(store);
+        self.shared.changed.notify_all();
+    }
+
+    /// Deletes an object (`namespace` is ignored for Nodes); panics if it does not exist.
+    pub fn delete(&self, kind: &str, namespace: &str, name: &str) {
+        let resource = Resource::of_kind(kind).expect("known kind");
+        let namespace = if resource.namespaced() { namespace } else { "" };
+        let key = (resource, namespace.to_owned(), name.to_owned());
+        let mut store = self.shared.lock();
+        let mut object = store
+            .objects
+            .remove(&key)
+            .unwrap_or_else(|| panic!("fake API server: no {kind} {namespace}/{name} to delete"));
+        store.revision += 1;
+        let revision = store.revision;
+        object["metadata"]["resourceVersion"] = json!(revision.to_string());
+        store.history.push((revision, resource, "DELETED", object));
+        drop(store);
+        self.shared.changed.notify_all();
+    }
+
+    /// The current resourceVersion.
+    pub fn revision(&self) -> u64 {
+        self.shared.lock().revision
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<Request> {
+        self.shared.lock().requests.clone()
+    }
+
+    /// Waits until a request matching `pred` has been made after the first `after` requests.
+    pub fn wait_for_request(
+        &self,
+        after: usize,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Request) -> bool,
+    ) -> Request {
+        let start = Instant::now();
+        loop {
+            if let Some(found) = self.requests().into_iter().skip(after).find(|r| pred(r)) {
+                return found;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "fake API server: no {what} within {timeout:?}; requests:\n{:#?}",
+                self.requests()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Writes a kubeconfig that points at this server from inside a node namespace.
+    pub fn write_kubeconfig(&self, path: &Path) {
+        let kubeconfig = format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: fake
+  cluster:
+    server: http://127.0.0.1:{PORT}
+users:
+- name: sluice
+  user:
+    token: fake-token
+contexts:
+- name: fake
+  context:
+    cluster: fake
+    user: sluice
+current-context: fake
+"
+        );
+        std::fs::write(path, kubeconfig)
+            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn key_of(resource: Resource, object: &Value) -> Key {
+    let meta = &object["metadata"];
+    let namespace = if resource.namespaced() {
+        meta["namespace"].as_str().unwrap_or("default")
+    } else {
+        ""
+    };
+    let name = meta["name"].as_str().expect("object has metadata.name");
+    (resource, namespace.to_owned(), name.to_owned())
+}
+
+/// A listener on 127.0.0.1:PORT inside the namespace at `path`.
+fn listen_in(path: &Path) -> Result<TcpListener> {
+    use std::os::fd::AsRawFd as _;
+    let ns = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || -> Result<TcpListener> {
+                // SAFETY: setns on an fd we own; only this short-lived thread changes
+                // namespace. The socket it makes stays in that namespace.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error()).context("setns");
+                }
+                // The loopback of a fresh namespace is down.
+                let up = std::process::Command::new("ip")
+                    .args(["link", "set", "lo", "up"])
+                    .status()
+                    .context("ip link set lo up")?;
+                anyhow::ensure!(up.success(), "ip link set lo up: {up}");
+                let listener =
+                    TcpListener::bind(("127.0.0.1", PORT)).context("bind 127.0.0.1:6443")?;
+                listener.set_nonblocking(true)?;
+                Ok(listener)
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn accept_loop(listener: &TcpListener, stop: &AtomicBool, shared: &Arc<Shared>) {
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_nodelay(true);
+                let id = shared.next_connection.fetch_add(1, Ordering::SeqCst);
+                if let Ok(clone) = stream.try_clone() {
+                    shared
+                        .connections
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(id, clone);
+                }
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    let _ = serve_connection(&stream, &shared);
+                    // Closes it for the client too (the registry holds a clone).
+                    let _ = stream.shutdown(Shutdown::Both);
+                    shared
+                        .connections
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(&id);
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Serves requests on one keep-alive connection until the client or the test closes it.
+fn serve_connection(stream: &TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let epoch = shared.lock().epoch;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream.try_clone()?;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line)? == 0 {
+            return Ok(());
+        }
+        let mut content_length = 0usize;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header)? == 0 {
+                return Ok(());
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                content_length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; content_length];
+        reader.read_exact(&mut body)?;
+        if shared.lock().epoch != epoch {
+            return Ok(());
+        }
+        let mut parts = request_line.split_whitespace();
+        let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let params = parse_query(query);
+        let resource = Resource::from_path(path);
+        let watch = matches!(params.get("watch").map(String::as_str), Some("true" | "1"));
+        shared.lock().requests.push(Request {
+            resource,
+            watch,
+            resource_version: params.get("resourceVersion").cloned(),
+            target: target.to_owned(),
+        });
+        match (method, resource) {
+            ("GET", Some(resource)) if watch => {
+                // Keep-alive after a watch that ended properly, as a real server does.
+                if !serve_watch(&mut out, shared, resource, &params, epoch)? {
+                    return Ok(());
+                }
+            }
+            ("GET", Some(resource)) => serve_list(&mut out, shared, resource, &params)?,
+            _ => {
+                let status = status_json(404, "NotFound", &format!("{method} {path}: not found"));
+                respond(&mut out, "404 Not Found", &status)?;
+            }
+        }
+    }
+}
+
+fn respond(out: &mut TcpStream, status: &str, body: &Value) -> std::io::Result<()> {
+    let body = body.to_string();
+    write!(
+        out,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    out.flush()
+}
+
+fn status_json(code: u16, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    })
+}
+
+/// `fieldSelector=metadata.name=X,metadata.namespace=Y`.
+fn matches_selector(object: &Value, params: &BTreeMap<String, String>) -> bool {
+    let Some(selector) = params.get("fieldSelector") else {
+        return true;
+    };
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let (field, value) = term.split_once('=').unwrap_or((term, ""));
+        let value = value.trim_start_matches('=');
+        match field {
+            "metadata.name" => object["metadata"]["name"] == value,
+            "metadata.namespace" => object["metadata"]["namespace"] == value,
+            _ => true,
+        }
+    })
+}
+
+fn serve_list(
+    out: &mut TcpStream,
+    shared: &Shared,
+    resource: Resource,
+    params: &BTreeMap<String, String>,
+) -> std::io::Result<()> {
+    let store = shared.lock();
+    let items: Vec<Value> = store
+        .objects
+        .iter()
+        .filter(|((r, _, _), object)| *r == resource && matches_selector(object, params))
+        .map(|(_, object)| object.clone())
+        .collect();
+    let list = json!({
+        "kind": format!("{}List", resource.kind()),
+        "apiVersion": resource.api_version(),
+        "metadata": {"resourceVersion": store.revision.to_string()},
+        "items": items,
+    });
+    drop(store);
+    respond(out, "200 OK", &list)
+}
+
+fn write_chunk(out: &mut TcpStream, line: &Value) -> std::io::Result<()> {
+    let data = format!("{line}\n");
+    write!(out, "{:x}\r\n{data}\r\n", data.len())?;
+    out.flush()
+}
+
+/// Streams changes after the requested resourceVersion until the watch times out, the test
+/// expires it (410) or cuts the connection, or the client goes away. True when the response
+/// ended properly (the connection may serve more requests).
+fn serve_watch(
+    out: &mut TcpStream,
+    shared: &Shared,
+    resource: Resource,
+    params: &BTreeMap<String, String>,
+    epoch: u64,
+) -> std::io::Result<bool> {
+    let from: u64 = params
+        .get("resourceVersion")
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0);
+    let bookmarks = params.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+    let deadline = params
+        .get("timeoutSeconds")
+        .and_then(|s| s.parse().ok())
+        .map(|secs| Instant::now() + Duration::from_secs(secs));
+    write!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )?;
+    out.flush()?;
+    let gone = |store: &Store, at: u64| {
+        status_json(
+            410,
+            "Expired",
+            &format!(
+                "too old resource version: {at} ({})",
+                store.compacted.saturating_sub(1)
+            ),
+        )
+    };
+    let mut store = shared.lock();
+    let expiry = store.expiry;
+    // Version 0 means "any": start from now, as the real server's watch cache does.
+    let mut sent_up_to = if from == 0 { store.revision } else { from };
+    if from != 0 && from + 1 < store.compacted {
+        let error = json!({"type": "ERROR", "object": gone(&store, from)});
+        drop(store);
+        write_chunk(out, &error)?;
+        return finish(out);
+    }
+    let mut last_write = Instant::now();
+    loop {
+        if store.epoch != epoch {
+            return Ok(false); // cut: no terminating chunk, as a broken connection
+        }
+        if store.expiry != expiry {
+            let error = json!({"type": "ERROR", "object": gone(&store, sent_up_to)});
+            drop(store);
+            write_chunk(out, &error)?;
+            return finish(out);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            drop(store);
+            return finish(out);
+        }
+        let mut lines = Vec::new();
+        if !store.paused {
+            lines.extend(
+                store
+                    .history
+                    .iter()
+                    .filter(|(rev, r, _, object)| {
+                        *rev > sent_up_to && *r == resource && matches_selector(object, params)
+                    })
+                    .map(|(_, _, kind, object)| json!({"type": kind, "object": object})),
+            );
+            sent_up_to = store.revision;
+        }
+        if lines.is_empty() && bookmarks && last_write.elapsed() >= BOOKMARK_INTERVAL {
+            lines.push(json!({
+                "type": "BOOKMARK",
+                "object": {
+                    "kind": resource.kind(),
+                    "apiVersion": resource.api_version(),
+                    "metadata": {"resourceVersion": sent_up_to.to_string()},
+                },
+            }));
+        }
+        if lines.is_empty() {
+            store = shared
+                .changed
+                .wait_timeout(store, BOOKMARK_INTERVAL)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+            continue;
+        }
+        drop(store);
+        for line in &lines {
+            write_chunk(out, line)?;
+        }
+        last_write = Instant::now();
+        store = shared.lock();
+    }
+}
+
+fn finish(out: &mut TcpStream) -> std::io::Result<bool> {
+    out.write_all(b"0\r\n\r\n")?;
+    out.flush()?;
+    Ok(true)
+}
+
+fn parse_query(query: &str) -> BTreeMap<String, String> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key), percent_decode(value))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(byte) => {
+                        out.push(byte);
+                        i += 3;
+                    }
+                    Err(_) => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Kubernetes objects as the API server returns them, for the fake to serve.
+pub mod objects {
+    use std::net::Ipv4Addr;
+
+    use serde_json::{Value, json};
+
+    /// A Service port: (name, protocol, port, targetPort, nodePort or 0).
+    pub type Port<'a> = (&'a str, &'a str, u16, u16, u16);
+
+    /// A v1 Service of `service_type` (ClusterIP, NodePort) with the fields the API server
+    /// defaults filled in, as `kubectl get -o json` shows them.
+    pub fn service(
+        name: &str,
+        service_type: &str,
+        cluster_ip: &str,
+        ports: &[Port<'_>],
+        labels: &[(&str, &str)],
+    ) -> Value {
+        let ports: Vec<Value> = ports
+            .iter()
+            .map(|&(port_name, protocol, port, target, node_port)| {
+                let mut value = json!({
+                    "name": port_name,
+                    "protocol": protocol,
+                    "port": port,
+                    "targetPort": target,
+                });
+                if node_port != 0 {
+                    value["nodePort"] = json!(node_port);
+                }
+                value
+            })
+            .collect();
+        let labels: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
+        let mut spec = json!({
+            "type": service_type,
+            "clusterIP": cluster_ip,
+            "clusterIPs": [cluster_ip],
+            "ipFamilies": ["IPv4"],
+            "ipFamilyPolicy": "SingleStack",
+            "ports": ports,
+            "selector": {"app": name},
+            "sessionAffinity": "None",
+            "internalTrafficPolicy": "Cluster",
+        });
+        if service_type != "ClusterIP" {
+            spec["externalTrafficPolicy"] = json!("Cluster");
+        }
+        json!({
+            "kind": "Service",
+            "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": "default", "labels": labels},
+            "spec": spec,
+            "status": {"loadBalancer": {}},
+        })
+    }
+
+    /// A v1 Service of type ExternalName.
+    pub fn external_name_service(name: &str, external_name: &str) -> Value {
+        json!({
+            "kind": "Service",
+            "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "type": "ExternalName",
+                "externalName": external_name,
+                "sessionAffinity": "None",
+            },
+            "status": {"loadBalancer": {}},
+        })
+    }
+
+    /// An endpoint: (address, node, ready, serving, terminating).
+    pub type SliceEndpoint<'a> = (Ipv4Addr, &'a str, bool, bool, bool);
+
+    /// A ready endpoint on `node`.
+    pub fn ready(addr: Ipv4Addr, node: &str) -> SliceEndpoint<'_> {
+        (addr, node, true, true, false)
+    }
+
+    /// A discovery.k8s.io/v1 EndpointSlice of `service`, as the endpoint-slice controller
+    /// writes it. `ports`: (name, protocol, port).
+    pub fn endpoint_slice(
+        name: &str,
+        service: &str,
+        endpoints: &[SliceEndpoint<'_>],
+        ports: &[(&str, &str, u16)],
+    ) -> Value {
+        let endpoints: Vec<Value> = endpoints
+            .iter()
+            .map(|&(addr, node, ready, serving, terminating)| {
+                json!({
+                    "addresses": [addr.to_string()],
+                    "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+                    "nodeName": node,
+                    "targetRef": {"kind": "Pod", "namespace": "default", "name": format!("{service}-{addr}")},
+                })
+            })
+            .collect();
+        let ports: Vec<Value> = ports
+            .iter()
+            .map(|&(port_name, protocol, port)| {
+                json!({"name": port_name, "protocol": protocol, "port": port})
+            })
+            .collect();
+        json!({
+            "kind": "EndpointSlice",
+            "apiVersion": "discovery.k8s.io/v1",
+            "metadata": {
+                "name": name,
+                "namespace": "default",
+                "labels": {
+                    "kubernetes.io/service-name": service,
+                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+                },
+                "generateName": format!("{service}-"),
+            },
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": ports,
+        })
+    }
+
+    /// A v1 Node with its InternalIP.
+    pub fn node(name: &str, ip: Ipv4Addr) -> Value {
+        json!({
+            "kind": "Node",
+            "apiVersion": "v1",
+            "metadata": {
+                "name": name,
+                "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
+            },
+            "spec": {},
+            "status": {
+                "addresses": [
+                    {"type": "InternalIP", "address": ip.to_string()},
+                    {"type": "Hostname", "address": name},
+                ],
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        let params = parse_query("fieldSelector=metadata.name%3Dnode1&watch=true&x");
+        assert_eq!(params["fieldSelector"], "metadata.name=node1");
+        assert_eq!(params["watch"], "true");
+        assert_eq!(params["x"], "");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+}

@@ -1,0 +1,536 @@
+//! Cluster mode end to end: `sluice run --kubeconfig` on both nodes of the netns cluster,
+//! following an in-process fake API server (there is no real one on these machines) that
+//! speaks list/watch with real Kubernetes JSON. Real TCP and UDP traffic shows what reached
+//! the datapath.
+
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use proxy_tests::{
+    Cluster, Place, Proto, SluiceDaemon,
+    fake_apiserver::{
+        FakeApiServer, Resource,
+        objects::{self, ready},
+    },
+    scenario::{ALL_PODS, SPREAD_REQUESTS, pods},
+    sluice::DaemonConfig,
+};
+use serde_json::Value;
+
+const ECHO_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+const ECHO_NODE_PORT: u16 = 30080;
+const EXTRA_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 30);
+const OTHER_PROXY_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 40);
+const LATE_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 50);
+/// How long a change on the API server may take to reach a node's maps.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn pod_ip(cluster: &Cluster, name: &str) -> Ipv4Addr {
+    cluster.pod(name).ip
+}
+
+/// Field order is drop order: daemons, then the API server, then the namespaces.
+struct ClusterMode {
+    node1: SluiceDaemon,
+    node2: SluiceDaemon,
+    api: FakeApiServer,
+    cluster: Cluster,
+}
+
+/// The fake API server inside both node namespaces, with the nodes and the `echo` Service
+/// (NodePort; its endpoints split over two slices) already there.
+fn start_api(cluster: &Cluster) -> FakeApiServer {
+    let api =
+        FakeApiServer::start_in(&[&cluster.node("node1").netns, &cluster.node("node2").netns]);
+    for node in cluster.nodes() {
+        api.apply(objects::node(&node.name, node.ip));
+    }
+    api.apply(objects::service(
+        "echo",
+        "NodePort",
+        &ECHO_IP.to_string(),
+        &[
+            ("http", "TCP", 80, 8080, ECHO_NODE_PORT),
+            ("dns", "UDP", 53, 8053, 30053),
+        ],
+        &[],
+    ));
+    api.apply(echo_slice_a(cluster, &["pod-1a", "pod-1b"]));
+    api.apply(objects::endpoint_slice(
+        "echo-b",
+        "echo",
+        &[ready(pod_ip(cluster, "pod-2a"), "node2")],
+        &[("http", "TCP", 8080), ("dns", "UDP", 8053)],
+    ));
+    api
+}
+
+/// Slice `echo-a` with the given node1 pods, ready.
+fn echo_slice_a(cluster: &Cluster, pods: &[&str]) -> Value {
+    let endpoints: Vec<_> = pods
+        .iter()
+        .map(|pod| ready(pod_ip(cluster, pod), "node1"))
+        .collect();
+    objects::endpoint_slice(
+        "echo-a",
+        "echo",
+        &endpoints,
+        &[("http", "TCP", 8080), ("dns", "UDP", 8053)],
+    )
+}
+
+/// A ClusterIP Service on port 81 → 8080 with one slice holding `pods`.
+fn simple_service(
+    api: &FakeApiServer,
+    cluster: &Cluster,
+    name: &str,
+    ip: Ipv4Addr,
+    pods: &[&str],
+    labels: &[(&str, &str)],
+) {
+    api.apply(objects::service(
+        name,
+        "ClusterIP",
+        &ip.to_string(),
+        &[("http", "TCP", 81, 8080, 0)],
+        labels,
+    ));
+    let endpoints: Vec<_> = pods
+        .iter()
+        .map(|pod| ready(pod_ip(cluster, pod), &cluster.pod(pod).node))
+        .collect();
+    api.apply(objects::endpoint_slice(
+        &format!("{name}-1"),
+        name,
+        &endpoints,
+        &[("http", "TCP", 8080)],
+    ));
+}
+
+fn kubeconfig_path(cluster: &Cluster, node: &str) -> PathBuf {
+    cluster.state_root().join(format!("{node}.kubeconfig"))
+}
+
+fn daemon_config(cluster: &Cluster, api: &FakeApiServer, node: &str) -> DaemonConfig {
+    let kubeconfig = kubeconfig_path(cluster, node);
+    api.write_kubeconfig(&kubeconfig);
+    DaemonConfig::new(cluster, node, &PathBuf::from("/nonexistent"), &[])
+        .with_kubeconfig(&kubeconfig)
+}
+
+fn start() -> ClusterMode {
+    let mut cluster = Cluster::new();
+    cluster.start_pods();
+    let api = start_api(&cluster);
+    let start = |node: &str| {
+        SluiceDaemon::launch(daemon_config(&cluster, &api, node))
+            .unwrap_or_else(|e| panic!("starting sluice on {node} in cluster mode: {e:#}"))
+    };
+    let node1 = start("node1");
+    let node2 = start("node2");
+    ClusterMode {
+        node1,
+        node2,
+        api,
+        cluster,
+    }
+}
+
+impl ClusterMode {
+    fn stderr(&self) -> String {
+        format!(
+            "node1 stderr:\n{}\nnode2 stderr:\n{}",
+            self.node1.stderr(),
+            self.node2.stderr()
+        )
+    }
+
+    /// The pods that answered `count` requests; every request must be answered.
+    fn answering(
+        &self,
+        from: Place<'_>,
+        proto: Proto,
+        addr: Ipv4Addr,
+        port: u16,
+        count: usize,
+    ) -> BTreeSet<String> {
+        self.cluster
+            .request(from, proto, addr, port, count)
+            .into_iter()
+            .enumerate()
+            .map(|(i, answer)| {
+                answer.unwrap_or_else(|err| {
+                    panic!(
+                        "request {i} {proto} {addr}:{port} from {from:?}: {err}\n{}",
+                        self.stderr()
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Waits until requests from `from` are answered by exactly `expected` (each round sends
+    /// [`SPREAD_REQUESTS`]); an empty `expected` waits for every request to fail.
+    fn wait_for_answers(
+        &self,
+        from: Place<'_>,
+        proto: Proto,
+        addr: Ipv4Addr,
+        port: u16,
+        expected: &[&str],
+    ) {
+        let expected = pods(expected);
+        // Unanswered requests may each wait for their timeout: a few tell enough.
+        let count = if expected.is_empty() {
+            3
+        } else {
+            SPREAD_REQUESTS
+        };
+        let start = Instant::now();
+        loop {
+            let answers = self.cluster.request(from, proto, addr, port, count);
+            let answered: BTreeSet<String> = answers.iter().flatten().cloned().collect();
+            let all_ok = answers.iter().all(Result::is_ok);
+            let done = if expected.is_empty() {
+                answered.is_empty()
+            } else {
+                all_ok && answered == expected
+            };
+            if done {
+                return;
+            }
+            assert!(
+                start.elapsed() < SYNC_TIMEOUT,
+                "{proto} {addr}:{port} from {from:?}: answers {answers:?}, expected {expected:?}\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The frontends (`ADDR:PORT`) the node's maps hold for Service `name`.
+    fn frontends_of(&self, node: &str, name: &str) -> BTreeSet<String> {
+        let daemon = if node == "node1" {
+            &self.node1
+        } else {
+            &self.node2
+        };
+        daemon
+            .services_json()
+            .as_array()
+            .expect("services -o json is an array")
+            .iter()
+            .filter(|row| row["name"] == name)
+            .map(|row| row["frontend"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+/// Requests on the echo Service from a pod on each node, over TCP and UDP.
+fn assert_echo_served_by(mode: &ClusterMode, expected: &[&str]) {
+    for from in [Place::Pod("pod-1a"), Place::Pod("pod-2a")] {
+        mode.wait_for_answers(from, Proto::Tcp, ECHO_IP, 80, expected);
+        mode.wait_for_answers(from, Proto::Udp, ECHO_IP, 53, expected);
+    }
+}
+
+#[test]
+fn services_and_endpoints_from_the_watch_reach_the_datapath() {
+    let mode = start();
+    // The first list: both slices merged, TCP and UDP, from pods on both nodes, through the
+    // socket-level balancer, and from off the cluster through a node's XDP NodePort.
+    for from in [Place::Pod("pod-1a"), Place::Pod("pod-2a")] {
+        assert_eq!(
+            mode.answering(from, Proto::Tcp, ECHO_IP, 80, SPREAD_REQUESTS),
+            pods(&ALL_PODS),
+            "TCP from {from:?}"
+        );
+        assert_eq!(
+            mode.answering(from, Proto::Udp, ECHO_IP, 53, SPREAD_REQUESTS),
+            pods(&ALL_PODS),
+            "UDP from {from:?}"
+        );
+    }
+    let node1_ip = mode.cluster.node("node1").ip;
+    assert_eq!(
+        mode.answering(
+            Place::Client,
+            Proto::Tcp,
+            node1_ip,
+            ECHO_NODE_PORT,
+            SPREAD_REQUESTS
+        ),
+        pods(&ALL_PODS),
+        "NodePort (from the API server's nodePort) from the client"
+    );
+
+    // Endpoint changes on the watch: pod-2a starts terminating (still serving), so only the
+    // ready pods get new connections...
+    let terminating = (pod_ip(&mode.cluster, "pod-2a"), "node2", false, true, true);
+    mode.api.apply(objects::endpoint_slice(
+        "echo-b",
+        "echo",
+        &[terminating],
+        &[("http", "TCP", 8080), ("dns", "UDP", 8053)],
+    ));
+    assert_echo_served_by(&mode, &["pod-1a", "pod-1b"]);
+    // ... until no ready endpoint is left: then serving-terminating ones take over (KEP-1669).
+    mode.api.delete("EndpointSlice", "default", "echo-a");
+    assert_echo_served_by(&mode, &["pod-2a"]);
+    mode.api.apply(echo_slice_a(&mode.cluster, &["pod-1b"]));
+    assert_echo_served_by(&mode, &["pod-1b"]);
+
+    // A new Service appears; one labelled for another proxy, a headless one and an
+    // ExternalName one are listed but never programmed.
+    simple_service(
+        &mode.api,
+        &mode.cluster,
+        "extra",
+        EXTRA_IP,
+        &["pod-2a"],
+        &[],
+    );
+    simple_service(
+        &mode.api,
+        &mode.cluster,
+        "other-proxy",
+        OTHER_PROXY_IP,
+        &["pod-1a"],
+        &[("service.kubernetes.io/service-proxy-name", "other")],
+    );
+    mode.api.apply(objects::service(
+        "dns-only",
+        "ClusterIP",
+        "None",
+        &[("http", "TCP", 81, 8080, 0)],
+        &[],
+    ));
+    mode.api.apply(objects::endpoint_slice(
+        "dns-only-1",
+        "dns-only",
+        &[ready(pod_ip(&mode.cluster, "pod-1a"), "node1")],
+        &[("http", "TCP", 8080)],
+    ));
+    mode.api
+        .apply(objects::external_name_service("outside", "example.org"));
+    for from in [Place::Pod("pod-1b"), Place::Node("node2")] {
+        mode.wait_for_answers(from, Proto::Tcp, EXTRA_IP, 81, &["pod-2a"]);
+    }
+    for node in ["node1", "node2"] {
+        assert!(
+            mode.frontends_of(node, "default/other-proxy").is_empty(),
+            "{node} programmed a Service labelled for another proxy"
+        );
+        assert!(
+            mode.frontends_of(node, "default/dns-only").is_empty(),
+            "{node}: headless"
+        );
+        assert!(
+            mode.frontends_of(node, "default/outside").is_empty(),
+            "{node}: ExternalName"
+        );
+    }
+    let refused = mode
+        .cluster
+        .request(Place::Pod("pod-1b"), Proto::Tcp, OTHER_PROXY_IP, 81, 1);
+    assert!(refused[0].is_err(), "other-proxy answered: {refused:?}");
+
+    // The Service goes: its address stops answering.
+    mode.api.delete("Service", "default", "extra");
+    mode.wait_for_answers(Place::Pod("pod-1b"), Proto::Tcp, EXTRA_IP, 81, &[]);
+}
+
+#[test]
+fn a_relist_after_410_gone_loses_nothing() {
+    let mut mode = start();
+    simple_service(
+        &mode.api,
+        &mode.cluster,
+        "extra",
+        EXTRA_IP,
+        &["pod-2a"],
+        &[],
+    );
+    mode.wait_for_answers(Place::Pod("pod-1a"), Proto::Tcp, EXTRA_IP, 81, &["pod-2a"]);
+    let lists_before = mode.api.requests().len();
+
+    // Changes the watches never deliver: an update, a deletion and an addition, then the
+    // history is compacted and every watch ends with 410 Gone.
+    mode.api.pause_watches();
+    mode.api.apply(echo_slice_a(&mode.cluster, &["pod-1a"]));
+    mode.api.delete("Service", "default", "extra");
+    mode.api.delete("EndpointSlice", "default", "extra-1");
+    simple_service(&mode.api, &mode.cluster, "late", LATE_IP, &["pod-1b"], &[]);
+    mode.api.expire_watches();
+
+    for resource in [Resource::Services, Resource::EndpointSlices] {
+        mode.api.wait_for_request(
+            lists_before,
+            SYNC_TIMEOUT,
+            &format!("re-list of {resource:?} after 410"),
+            |r| r.resource == Some(resource) && !r.watch,
+        );
+    }
+    assert_echo_served_by(&mode, &["pod-1a", "pod-2a"]);
+    mode.wait_for_answers(Place::Pod("pod-2a"), Proto::Tcp, LATE_IP, 81, &["pod-1b"]);
+    mode.wait_for_answers(Place::Pod("pod-2a"), Proto::Tcp, EXTRA_IP, 81, &[]);
+    for node in ["node1", "node2"] {
+        assert!(
+            mode.frontends_of(node, "default/extra").is_empty(),
+            "{node} kept extra"
+        );
+    }
+    assert!(mode.node1.is_running() && mode.node2.is_running());
+}
+
+#[test]
+fn a_dropped_watch_resumes_from_its_resource_version() {
+    let mut mode = start();
+    // Changes the Node watch does not see (another resource): only bookmarks tell it how
+    // far the server got.
+    simple_service(
+        &mode.api,
+        &mode.cluster,
+        "extra",
+        EXTRA_IP,
+        &["pod-2a"],
+        &[],
+    );
+    mode.wait_for_answers(Place::Pod("pod-1a"), Proto::Tcp, EXTRA_IP, 81, &["pod-2a"]);
+    let bookmarked = mode.api.revision();
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Changes held back, then every connection is cut mid-watch.
+    mode.api.pause_watches();
+    let revision_before = mode.api.revision();
+    mode.api.apply(echo_slice_a(&mode.cluster, &["pod-1b"]));
+    simple_service(&mode.api, &mode.cluster, "late", LATE_IP, &["pod-2a"], &[]);
+    let requests_before = mode.api.requests().len();
+    mode.api.drop_connections();
+    mode.api.resume_watches();
+
+    // The watchers come back with the resourceVersion they had, and get what they missed.
+    let resumed = mode.api.wait_for_request(
+        requests_before,
+        SYNC_TIMEOUT,
+        "resumed Service watch",
+        |r| r.resource == Some(Resource::Services) && r.watch,
+    );
+    let from: u64 = resumed
+        .resource_version
+        .as_deref()
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or_else(|| panic!("resumed watch without a resourceVersion: {resumed:?}"));
+    assert!(
+        from > 0 && from <= revision_before,
+        "resumed from {from}, before the cut the server was at {revision_before}"
+    );
+    let node_watch =
+        mode.api
+            .wait_for_request(requests_before, SYNC_TIMEOUT, "resumed Node watch", |r| {
+                r.resource == Some(Resource::Nodes) && r.watch
+            });
+    assert_eq!(
+        node_watch.resource_version,
+        Some(bookmarked.to_string()),
+        "the Node watch should resume from its last bookmark"
+    );
+    assert_echo_served_by(&mode, &["pod-1b", "pod-2a"]);
+    mode.wait_for_answers(Place::Pod("pod-1a"), Proto::Tcp, LATE_IP, 81, &["pod-2a"]);
+    let relisted = mode.api.requests()[requests_before..]
+        .iter()
+        .any(|r| r.resource == Some(Resource::Services) && !r.watch);
+    assert!(!relisted, "a dropped connection should resume, not re-list");
+    // Nothing restarted: the same daemons serve.
+    assert!(mode.node1.is_running() && mode.node2.is_running());
+}
+
+#[test]
+fn an_unreachable_api_server_leaves_traffic_flowing_and_the_daemon_catches_up() {
+    let mut mode = start();
+    let mut held = mode
+        .cluster
+        .hold(Place::Pod("pod-1a"), ECHO_IP, 80)
+        .unwrap_or_else(|e| panic!("hold a connection: {e}\n{}", mode.stderr()));
+    let holder = held.greeting().name.clone();
+
+    mode.api.stop();
+    // A change while the nodes cannot see it.
+    mode.api.apply(echo_slice_a(&mode.cluster, &["pod-1a"]));
+    simple_service(&mode.api, &mode.cluster, "late", LATE_IP, &["pod-1b"], &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    // The datapath keeps serving its last state: new and held connections alike.
+    assert_eq!(
+        mode.answering(
+            Place::Pod("pod-2a"),
+            Proto::Tcp,
+            ECHO_IP,
+            80,
+            SPREAD_REQUESTS
+        ),
+        pods(&ALL_PODS)
+    );
+    assert_eq!(
+        held.ping()
+            .unwrap_or_else(|e| panic!("held connection broke: {e}"))
+            .name,
+        holder
+    );
+    assert!(
+        mode.node1.is_running() && mode.node2.is_running(),
+        "{}",
+        mode.stderr()
+    );
+    assert!(
+        mode.node1.stderr().contains("retrying"),
+        "node1 does not say it is retrying:\n{}",
+        mode.node1.stderr()
+    );
+
+    // The server comes back: the nodes catch up on what they missed.
+    mode.api.start();
+    assert_echo_served_by(&mode, &["pod-1a", "pod-2a"]);
+    mode.wait_for_answers(Place::Pod("pod-2a"), Proto::Tcp, LATE_IP, 81, &["pod-1b"]);
+    assert_eq!(
+        held.ping()
+            .unwrap_or_else(|e| panic!("held connection broke: {e}"))
+            .name,
+        holder
+    );
+}
+
+#[test]
+fn a_restart_while_the_api_server_is_down_deletes_nothing_before_the_first_list() {
+    let mut mode = start();
+    mode.node1.kill();
+    mode.api.stop();
+    let api = &mut mode.api;
+    let cluster = &mode.cluster;
+    let node1 = &mut mode.node1;
+    std::thread::scope(|scope| {
+        // The new daemon cannot list anything: it must leave the pinned maps serving and not
+        // say it is ready.
+        let checker = scope.spawn(|| {
+            std::thread::sleep(Duration::from_secs(2));
+            let answers = cluster.request(Place::Pod("pod-1a"), Proto::Tcp, ECHO_IP, 80, 10);
+            assert!(
+                answers.iter().all(Result::is_ok),
+                "services were disturbed while the API server was unreachable: {answers:?}"
+            );
+        });
+        // start_again blocks until the ready line; the server returns after the check.
+        let restart = scope.spawn(move || node1.start_again());
+        checker
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        api.start();
+        restart
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+    });
+    assert_echo_served_by(&mode, &ALL_PODS);
+}
