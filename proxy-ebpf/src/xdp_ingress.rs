@@ -8,7 +8,10 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use proxy_common::{BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, IPPROTO_TCP};
+use proxy_common::{
+    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, DROP_NO_LOCAL_ENDPOINT,
+    DROP_SOURCE_RANGE, IPPROTO_TCP, SVC_F_NO_LOCAL_ENDPOINT, SVC_F_SOURCE_RANGES,
+};
 
 use crate::{
     conntrack,
@@ -18,7 +21,7 @@ use crate::{
     nat::{rewrite_in_place, rewritten},
     packet::{self, Packet, Tuple},
     reject,
-    service::{lookup_frontend, select_backend},
+    service::{count_drop, lookup_frontend, select_backend, source_allowed},
 };
 
 #[xdp]
@@ -46,6 +49,15 @@ fn action_for(err: Error) -> u32 {
         | Error::ConntrackUpdate
         | Error::Resize
         | Error::SkbRewrite => XDP_DROP,
+        // Policy drops, counted.
+        Error::SourceRangeDenied => {
+            count_drop(DROP_SOURCE_RANGE);
+            XDP_DROP
+        }
+        Error::NoLocalEndpoint => {
+            count_drop(DROP_NO_LOCAL_ENDPOINT);
+            XDP_DROP
+        }
     }
 }
 
@@ -91,7 +103,14 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<u32, Error> {
     let Some((key, service)) = lookup_frontend(tuple.daddr, tuple.dport, tuple.proto, false) else {
         return Ok(XDP_PASS);
     };
+    if service.flags & SVC_F_SOURCE_RANGES != 0 && !source_allowed(service.service_id, tuple.saddr)
+    {
+        return Err(Error::SourceRangeDenied);
+    }
     if service.count == 0 {
+        if service.flags & SVC_F_NO_LOCAL_ENDPOINT != 0 {
+            return Err(Error::NoLocalEndpoint);
+        }
         return if tuple.proto == IPPROTO_TCP {
             reject::tcp_reset(ctx, pkt)
         } else {

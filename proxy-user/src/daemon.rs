@@ -13,6 +13,7 @@ use tracing::{error, info};
 use crate::{
     datapath::{Datapath, DatapathOptions},
     health::{self, Health},
+    health_check::{self, HealthCheckServers},
     model::DesiredState,
     reconcile::{Plan, Reconciler},
 };
@@ -46,6 +47,7 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
         info!(%bound, "serving /healthz");
     }
 
+    let mut health_checks = HealthCheckServers::default();
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut first_sync = true;
@@ -60,6 +62,9 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                 };
                 let sync_started = Instant::now();
                 let plan = Plan::build(&state, &opts.node_name);
+                health_checks
+                    .update(&health_check::wanted(&state, &opts.node_name))
+                    .await;
                 match reconciler.apply(&mut datapath.maps, &plan) {
                     Ok(stats) => {
                         health.synced();

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod daemon;
 pub mod datapath;
 pub mod health;
+pub mod health_check;
 pub mod manifest;
 pub mod model;
 pub mod reconcile;

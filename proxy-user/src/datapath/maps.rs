@@ -5,11 +5,11 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
 };
 use proxy_common::{
-    Backend, Config, CtEntry, CtKey, NodeAddr, ServiceKey, ServiceMeta, ServiceValue,
-    SockRevNatKey, SockRevNatValue, map_names,
+    Backend, Config, CtEntry, CtKey, NodeAddr, ServiceKey, ServiceMeta, ServiceValue, SkippedKey,
+    SkippedService, SockRevNatKey, SockRevNatValue, SourceRange, map_names,
 };
 
 pub struct Maps {
@@ -20,6 +20,9 @@ pub struct Maps {
     pub sock_rev_nat: HashMap<MapData, SockRevNatKey, SockRevNatValue>,
     pub node_addrs: HashMap<MapData, u32, NodeAddr>,
     pub config: Array<MapData, Config>,
+    pub source_ranges: LpmTrie<MapData, SourceRange, u32>,
+    pub skipped: HashMap<MapData, SkippedKey, SkippedService>,
+    pub drops: PerCpuArray<MapData, u64>,
 }
 
 impl Maps {
@@ -62,6 +65,9 @@ impl Maps {
             sock_rev_nat: typed!(map_names::SOCK_REV_NAT),
             node_addrs: typed!(map_names::NODE_ADDRS),
             config: typed!(map_names::CONFIG),
+            source_ranges: typed!(map_names::SOURCE_RANGES),
+            skipped: typed!(map_names::SKIPPED),
+            drops: typed!(map_names::DROPS),
         })
     }
 }

@@ -403,10 +403,13 @@ fn service_fields_reach_the_model() {
     let resolution = resolve_dir(dir.path());
     let lb = service(&resolution, "lb");
     assert_eq!(lb.service_type, ServiceType::LoadBalancer);
-    assert_eq!(
-        lb.external_ips,
-        [ip("198.18.9.1"), ip("198.18.9.2"), ip("198.18.9.3")]
-    );
+    assert_eq!(lb.external_ips, [ip("198.18.9.1"), ip("198.18.9.2")]);
+    assert_eq!(lb.load_balancer_ips, [ip("198.18.9.3")]);
+    let health_check = lb
+        .health_check_node_port
+        .expect("allocated healthCheckNodePort");
+    assert!((30_000..=32_767).contains(&health_check));
+    assert_ne!(Some(health_check), lb.ports[0].node_port);
     assert_eq!(lb.affinity_timeout, Some(60));
     assert_eq!(lb.external_traffic_policy, TrafficPolicy::Local);
     assert_eq!(lb.internal_traffic_policy, TrafficPolicy::Local);
