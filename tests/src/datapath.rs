@@ -297,11 +297,7 @@ impl Datapath {
         let map = self.ebpf.map_mut(map_names::DROPS).expect("DROP_V1");
         let counters: PerCpuArray<_, u64> =
             PerCpuArray::try_from(map).expect("DROP_V1 is a per-CPU array");
-        counters
-            .get(&reason, 0)
-            .expect("read DROP_V1")
-            .iter()
-            .sum()
+        counters.get(&reason, 0).expect("read DROP_V1").iter().sum()
     }
 
     pub fn set_config(&mut self, config: Config) {

@@ -46,7 +46,13 @@ fn datapath() -> Datapath {
 fn load_balancer_source_ranges_drop_and_count_other_clients() {
     let mut dp = datapath();
     let tcp_proto = IPPROTO_TCP;
-    dp.add_service(LB_ID, sock(LB_IP, 80), tcp_proto, SVC_F_SOURCE_RANGES, &[LOCAL.0]);
+    dp.add_service(
+        LB_ID,
+        sock(LB_IP, 80),
+        tcp_proto,
+        SVC_F_SOURCE_RANGES,
+        &[LOCAL.0],
+    );
     dp.add_service(OPEN_LB_ID, sock(OPEN_LB_IP, 80), tcp_proto, 0, &[LOCAL.0]);
     // Ranges of this frontend that do not hold the client, and one of another frontend that
     // does: neither lets it in.
@@ -71,7 +77,11 @@ fn load_balancer_source_ranges_drop_and_count_other_clients() {
         ),
     ]);
     assert_eq!(dp.drops(DROP_SOURCE_RANGE), 1, "the drop is counted");
-    assert_eq!(dp.conntrack_len(), 0, "nothing is tracked for a dropped flow");
+    assert_eq!(
+        dp.conntrack_len(),
+        0,
+        "nothing is tracked for a dropped flow"
+    );
 
     // The client's /24 is allowed: the same packet is translated now.
     dp.add_source_range(LB_ID, [198, 18, 0, 0], 24);
@@ -81,13 +91,21 @@ fn load_balancer_source_ranges_drop_and_count_other_clients() {
             "a client inside a range reaches the backend",
             syn.build(),
             XDP_PASS,
-            Expect::Frame(syn.clone().addresses(client(40000), local_backend()).build()),
+            Expect::Frame(
+                syn.clone()
+                    .addresses(client(40000), local_backend())
+                    .build(),
+            ),
         ),
         Case::xdp(
             "a frontend without source ranges takes every client",
             open.build(),
             XDP_PASS,
-            Expect::Frame(open.clone().addresses(client(40001), local_backend()).build()),
+            Expect::Frame(
+                open.clone()
+                    .addresses(client(40001), local_backend())
+                    .build(),
+            ),
         ),
     ]);
     assert_eq!(dp.drops(DROP_SOURCE_RANGE), 1);
