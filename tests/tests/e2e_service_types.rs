@@ -636,7 +636,9 @@ fn terminating_endpoints_serve_only_when_no_endpoint_is_ready_and_keep_their_con
         ("pod-1b", true, true, false),
         ("pod-2a", false, false, false),
     ]);
-    scenario.wait_for_backends("node1", "198.19.0.37:80", &[ip("198.18.1.11")]);
+    for node in ["node1", "node2"] {
+        scenario.wait_for_backends(node, "198.19.0.37:80", &[ip("198.18.1.11")]);
+    }
     let mut via_socket = scenario
         .cluster
         .hold(Place::Pod("pod-2a"), svc, 80)
