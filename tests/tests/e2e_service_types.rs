@@ -868,7 +868,9 @@ fn hairpin_and_the_client_address_through_a_cluster_ip() {
             slice_yaml(&scenario, "self", &[("pod-1a", true, true, false)])
         ),
     );
-    scenario.wait_for_backends("node1", "198.19.0.40:80", &[ip("198.18.1.10")]);
+    for node in ["node1", "node2"] {
+        scenario.wait_for_backends(node, "198.19.0.40:80", &[ip("198.18.1.10")]);
+    }
     // pod-1a reaches itself through its service: by the cluster IP and by its node's NodePort.
     let pod_ip = scenario.cluster.pod("pod-1a").ip;
     let node1_ip = scenario.cluster.node("node1").ip;
