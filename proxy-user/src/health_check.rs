@@ -141,3 +141,68 @@ async fn answer(State(shared): State<Shared>) -> impl IntoResponse {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::model::{Endpoint, Protocol, Service, ServicePort, ServiceType};
+
+    fn endpoint(last: u8, node: &str, ready: bool) -> Endpoint {
+        Endpoint {
+            addr: Ipv4Addr::new(198, 18, 1, last),
+            port: 8080,
+            node_name: Some(node.into()),
+            ready,
+            serving: ready,
+            terminating: false,
+        }
+    }
+
+    #[test]
+    fn counts_local_ready_endpoints_of_local_policy_load_balancers() {
+        let name = ServiceName {
+            namespace: "default".into(),
+            name: "lb".into(),
+        };
+        let port = |protocol| ServicePort {
+            name: String::new(),
+            protocol,
+            port: 80,
+            node_port: Some(30080),
+            endpoints: vec![
+                endpoint(10, "node1", true),
+                endpoint(11, "node1", false),
+                endpoint(12, "node2", true),
+            ],
+        };
+        let service = Service {
+            name: name.clone(),
+            service_type: ServiceType::LoadBalancer,
+            cluster_ip: Some(Ipv4Addr::new(198, 19, 0, 10)),
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            ports: vec![port(Protocol::Tcp), port(Protocol::Udp)],
+            skip_reason: None,
+            affinity_timeout: None,
+            external_traffic_policy: TrafficPolicy::Local,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            load_balancer_source_ranges: vec![],
+            health_check_node_port: Some(30999),
+        };
+        let mut desired = DesiredState {
+            services: [(name.clone(), service)].into(),
+        };
+        let checks = wanted(&desired, "node1");
+        assert_eq!(
+            checks[&30999].local_endpoints, 1,
+            "one address, ready, on node1"
+        );
+        assert_eq!(wanted(&desired, "node3")[&30999].local_endpoints, 0);
+
+        let service = desired.services.get_mut(&name).expect("present");
+        service.external_traffic_policy = TrafficPolicy::Cluster;
+        assert!(wanted(&desired, "node1").is_empty());
+    }
+}

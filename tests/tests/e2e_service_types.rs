@@ -11,11 +11,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use proxy_common::DROP_SOURCE_RANGE;
 use proxy_tests::{
     CLIENT_IP, Place, Proto, Reply, SluiceDaemon,
     manifests::pods_yaml,
     scenario::{ALL_PODS, SPREAD_REQUESTS, SYNC_TIMEOUT, Scenario, pods},
 };
+use proxy_user::datapath::Maps;
 use serde_json::Value;
 
 fn ip(s: &str) -> Ipv4Addr {
@@ -179,6 +181,28 @@ fn assert_replies(
             "{what}: client seen by {reply:?}"
         );
     }
+}
+
+/// Entries in the node's service, metadata, source-range and skipped-service maps, read from
+/// the pins: what a Service leaves behind when it goes.
+fn map_entries(daemon: &SluiceDaemon) -> [usize; 4] {
+    let maps = Maps::open_pinned(&daemon.config().pin_dir).expect("open the pinned maps");
+    [
+        maps.services.keys().count(),
+        maps.service_meta.keys().count(),
+        maps.source_ranges.keys().count(),
+        maps.skipped.keys().count(),
+    ]
+}
+
+/// The node's `DROP_V1[reason]`, summed over CPUs.
+fn drops(daemon: &SluiceDaemon, reason: u32) -> u64 {
+    let maps = Maps::open_pinned(&daemon.config().pin_dir).expect("open the pinned maps");
+    maps.drops
+        .get(&reason, 0)
+        .expect("read DROP_V1")
+        .iter()
+        .sum()
 }
 
 /// `GET /` on `addr:port` from the client; returns (status code, body).
@@ -364,7 +388,12 @@ fn load_balancer_source_ranges_drop_other_clients() {
                 && r["source_ranges"] == serde_json::json!(["203.0.113.0/24"])
         })
     });
+    let dropped_before = drops(&scenario.node1, DROP_SOURCE_RANGE);
     assert_dropped(&scenario, Place::Client, lb, 80);
+    assert!(
+        drops(&scenario.node1, DROP_SOURCE_RANGE) >= dropped_before + 3,
+        "node1 counts the drops"
+    );
     // The cluster IP of the same service is not restricted.
     let answered = scenario.answering_pods(Place::Client, Proto::Tcp, ip("198.19.0.31"), 80, 10);
     assert!(!answered.is_empty());
@@ -944,6 +973,7 @@ fn changing_the_type_reprograms_cleanly() {
         }
     };
 
+    let before = [map_entries(&scenario.node1), map_entries(&scenario.node2)];
     // A ClusterIP Service may not have nodePorts: written without them.
     scenario.manifests.write(
         "morph.yaml",
@@ -972,7 +1002,7 @@ fn changing_the_type_reprograms_cleanly() {
 
     write(
         "  type: LoadBalancer\n  clusterIP: 198.19.0.41\n  loadBalancerIP: 198.19.200.20\n  \
-         externalTrafficPolicy: Local\n",
+         externalTrafficPolicy: Local\n  loadBalancerSourceRanges: [198.18.0.0/24]\n",
     );
     wait_frontends(
         &scenario,
@@ -998,6 +1028,12 @@ fn changing_the_type_reprograms_cleanly() {
     wait_rows(&scenario, "morph", "only listed", |rows| {
         rows.len() == 1 && rows[0]["programmed"] == false
     });
+    // Nothing of the LoadBalancer is left: no frontend, scope, metadata or source range; one
+    // skipped-service entry more.
+    let after = [map_entries(&scenario.node1), map_entries(&scenario.node2)];
+    for (before, after) in before.iter().zip(after) {
+        assert_eq!(after, [before[0], before[1], before[2], before[3] + 1]);
+    }
     check_node_port(false);
     let results = scenario.cluster.request_detailed(
         Place::Pod("pod-1a"),
@@ -1035,4 +1071,58 @@ fn changing_the_type_reprograms_cleanly() {
         );
     }
     check_node_port(true);
+}
+
+#[test]
+fn a_restart_keeps_scopes_source_ranges_and_skipped_services() {
+    let mut scenario = Scenario::start(&[]);
+    let lb = ip("198.19.200.30");
+    scenario.manifests.write(
+        "restart.yaml",
+        &format!(
+            "{}{}",
+            service_yaml(
+                "kept",
+                "",
+                &format!(
+                    "  type: LoadBalancer\n  clusterIP: 198.19.0.42\n  loadBalancerIP: {lb}\n  \
+                     externalTrafficPolicy: Local\n  loadBalancerSourceRanges: [198.18.0.0/24]\n  \
+                     selector: {{app: echo}}\n"
+                ),
+            ),
+            service_yaml(
+                "gone-dns",
+                "",
+                "  clusterIP: None\n  selector: {app: echo}\n"
+            ),
+        ),
+    );
+    wait_rows(&scenario, "kept", "programmed with ranges", |rows| {
+        rows.iter().any(|r| {
+            r["kind"] == "LoadBalancer"
+                && r["source_ranges"].as_array().map_or(0, Vec::len) == 1
+                && r["internal_backends"].as_array().map_or(0, Vec::len) == 3
+        })
+    });
+    wait_rows(&scenario, "gone-dns", "listed", |rows| rows.len() == 1);
+    let before = scenario.node1.services_json();
+    let entries = map_entries(&scenario.node1);
+    scenario.node1.restart();
+    assert_eq!(
+        scenario.node1.services_json(),
+        before,
+        "same rows, ids and backends"
+    );
+    assert_eq!(
+        map_entries(&scenario.node1),
+        entries,
+        "no entry added or lost"
+    );
+    let replies = scenario.replies(Place::Client, Proto::Tcp, lb, 80, SPREAD_REQUESTS);
+    assert_replies(
+        &replies,
+        &["pod-1a", "pod-1b"],
+        |_| CLIENT_IP,
+        "LB IP via node1 after a restart",
+    );
 }
