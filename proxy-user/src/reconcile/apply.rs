@@ -7,8 +7,8 @@ use anyhow::{Context as _, Result};
 use aya::maps::lpm_trie::Key;
 use ipnet::Ipv4Net;
 use proxy_common::{
-    Backend, MetaFields, ServiceKey, ServiceMeta, ServiceValue, SkippedKey, SkippedService,
-    SourceRange,
+    Backend, MetaFields, SVC_SCOPE_DEFAULT, ServiceKey, ServiceMeta, ServiceValue, SkippedKey,
+    SkippedService, SourceRange,
     net::{ip_from_net, ip_to_net, port_from_net, port_to_net},
 };
 
@@ -155,18 +155,26 @@ impl Reconciler {
             }
         }
 
-        for (frontend, planned) in &plan.frontends {
+        // Internal-scope entries before the default ones whose SVC_F_TWO_SCOPES sends the socket
+        // path to them.
+        let (internal, default): (Vec<_>, Vec<_>) = plan
+            .frontends
+            .iter()
+            .partition(|(frontend, _)| frontend.scope != SVC_SCOPE_DEFAULT);
+        for (frontend, planned) in internal.into_iter().chain(default) {
             if self.write_frontend(maps, frontend, planned)? {
                 stats.frontends_written += 1;
             }
         }
 
-        let gone: Vec<Frontend> = self
+        // Default-scope entries first, so no SVC_F_TWO_SCOPES points at a removed entry.
+        let mut gone: Vec<Frontend> = self
             .frontends
             .keys()
             .filter(|frontend| !plan.frontends.contains_key(frontend))
             .copied()
             .collect();
+        gone.sort_by_key(|frontend| frontend.scope != SVC_SCOPE_DEFAULT);
         for frontend in gone {
             self.remove_frontend(maps, &frontend)?;
             stats.frontends_removed += 1;
