@@ -18,12 +18,14 @@ pub mod stats;
 pub mod tcp;
 #[cfg(feature = "user")]
 mod user;
+#[cfg(feature = "user")]
+pub use user::MetaFields;
 
 /// Pinned map names (at most 15 bytes: the kernel's BPF_OBJ_NAME_LEN minus the NUL).
 pub mod map_names {
     pub const SERVICES: &str = "SVC_V1";
     pub const BACKENDS: &str = "BACKEND_V1";
-    pub const SERVICE_META: &str = "SVC_META_V1";
+    pub const SERVICE_META: &str = "SVC_META_V2";
     pub const CONNTRACK: &str = "CT_V1";
     pub const SOCK_REV_NAT: &str = "SOCK_RNAT_V1";
     pub const NODE_ADDRS: &str = "NODE_ADDR_V1";
@@ -35,7 +37,9 @@ pub mod map_names {
     pub const LOG: &str = "LOG_V1";
     pub const AFFINITY: &str = "AFFINITY_V1";
     pub const AFFINITY_MATCH: &str = "AFF_MATCH_V1";
-    pub const ALL: [&str; 14] = [
+    pub const SOURCE_RANGES: &str = "SRC_RANGE_V1";
+    pub const SKIPPED: &str = "SVC_SKIP_V1";
+    pub const ALL: [&str; 16] = [
         SERVICES,
         BACKENDS,
         SERVICE_META,
@@ -50,6 +54,8 @@ pub mod map_names {
         LOG,
         AFFINITY,
         AFFINITY_MATCH,
+        SOURCE_RANGES,
+        SKIPPED,
     ];
 }
 
@@ -78,6 +84,8 @@ pub mod map_sizes {
     pub const AFFINITY: u32 = 131_072;
     /// One entry per backend slot of every frontend, like the services map.
     pub const AFFINITY_MATCH: u32 = SERVICES;
+    pub const SOURCE_RANGES: u32 = 65_536;
+    pub const SKIPPED: u32 = 16_384;
 }
 
 /// Key of the services map: one frontend (address, port, protocol) and a slot.
@@ -95,7 +103,7 @@ pub struct ServiceKey {
     pub slot: u16,
     /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub proto: u8,
-    /// Reserved for lookup scopes (internal / external traffic policy); 0 today.
+    /// `SVC_SCOPE_*`: which clients the entry serves.
     pub scope: u8,
     pub _pad: u16,
 }
@@ -124,6 +132,21 @@ const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
 pub const SVC_F_NODEPORT: u16 = 1 << 0;
 /// The frontend is reachable from off-node through XDP (all frontends today).
 pub const SVC_F_EXTERNAL: u16 = 1 << 1;
+/// In-cluster clients (the socket path) use the frontend's `SVC_SCOPE_INTERNAL` entry instead
+/// of this one: set on the default entry when the two backend sets differ (e.g.
+/// `externalTrafficPolicy: Local`, where only off-node clients are kept to local endpoints).
+pub const SVC_F_TWO_SCOPES: u16 = 1 << 2;
+/// `count` is 0 because a `Local` traffic policy left no endpoint on this node while others
+/// exist elsewhere: packets are dropped, not refused (kube-proxy's DROP, not REJECT).
+pub const SVC_F_NO_LOCAL_ENDPOINT: u16 = 1 << 3;
+/// Off-node clients must match the frontend's entries in the source-range map
+/// (`loadBalancerSourceRanges`); others are dropped.
+pub const SVC_F_SOURCE_RANGES: u16 = 1 << 4;
+
+/// The entry every path uses (XDP always; the socket path unless `SVC_F_TWO_SCOPES`).
+pub const SVC_SCOPE_DEFAULT: u8 = 0;
+/// The entry for in-cluster clients (the socket path) when `SVC_F_TWO_SCOPES` is set.
+pub const SVC_SCOPE_INTERNAL: u8 = 1;
 
 /// Value of the backends map (key: backend id, `u32`).
 #[repr(C)]
@@ -149,14 +172,19 @@ pub const BACKEND_F_TERMINATING: u8 = 1 << 1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct ServiceMeta {
     /// `namespace/name:port-name`, NUL padded, UTF-8.
-    pub name: [u8; 120],
-    /// `SVC_KIND_*`.
+    pub name: [u8; 112],
+    /// `SVC_KIND_*`: what this frontend is.
     pub kind: u8,
-    pub _pad: [u8; 3],
+    /// `SVC_TYPE_*`: the Service's `spec.type`.
+    pub svc_type: u8,
+    /// `POLICY_F_*`: the Service's traffic policies.
+    pub policy: u8,
+    pub proto: u8,
     /// The frontend's original port for display (network byte order), e.g. a NodePort.
     pub port: u16,
-    pub proto: u8,
-    pub _pad2: u8,
+    /// `spec.healthCheckNodePort` (network byte order); 0 when none.
+    pub health_check_port: u16,
+    pub _pad: [u8; 8],
 }
 const _: () = assert!(core::mem::size_of::<ServiceMeta>() == 128);
 
@@ -164,6 +192,50 @@ pub const SVC_KIND_CLUSTER_IP: u8 = 1;
 pub const SVC_KIND_NODE_PORT: u8 = 2;
 pub const SVC_KIND_LOAD_BALANCER: u8 = 3;
 pub const SVC_KIND_EXTERNAL_IP: u8 = 4;
+
+pub const SVC_TYPE_CLUSTER_IP: u8 = 1;
+pub const SVC_TYPE_NODE_PORT: u8 = 2;
+pub const SVC_TYPE_LOAD_BALANCER: u8 = 3;
+pub const SVC_TYPE_EXTERNAL_NAME: u8 = 4;
+pub const SVC_TYPE_HEADLESS: u8 = 5;
+
+/// `externalTrafficPolicy: Local`.
+pub const POLICY_F_EXTERNAL_LOCAL: u8 = 1 << 0;
+/// `internalTrafficPolicy: Local`.
+pub const POLICY_F_INTERNAL_LOCAL: u8 = 1 << 1;
+
+/// Key of the skipped-services map: a Service that is listed but not programmed (headless,
+/// ExternalName, labelled for another proxy, conflicting), for the CLI only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SkippedKey {
+    /// `namespace/name`, NUL padded, UTF-8.
+    pub name: [u8; 128],
+}
+const _: () = assert!(core::mem::size_of::<SkippedKey>() == 128);
+
+/// Value of the skipped-services map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct SkippedService {
+    /// `SVC_TYPE_*`.
+    pub svc_type: u8,
+    pub _pad: [u8; 3],
+    /// Why it is not programmed, NUL padded, UTF-8.
+    pub reason: [u8; 188],
+}
+const _: () = assert!(core::mem::size_of::<SkippedService>() == 192);
+
+/// Data of a source-range (LPM trie) key: a frontend's service id, then the client prefix.
+/// The prefix length of the trie key counts the 32 bits of `service_id` plus the range's own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SourceRange {
+    pub service_id: u32,
+    /// Client address (network byte order).
+    pub addr: u32,
+}
+const _: () = assert!(core::mem::size_of::<SourceRange>() == 8);
 
 /// Conntrack key: a packet's 5-tuple as seen at the hook, and the direction it was recorded for.
 #[repr(C)]

@@ -2,8 +2,8 @@
 
 use crate::{
     AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, CtEntry, CtKey, NodeAddr,
-    ServiceKey, ServiceMeta, ServiceValue, SockRevNatKey, SockRevNatValue, klog::LogRecord,
-    stats::Traffic,
+    ServiceKey, ServiceMeta, ServiceValue, SkippedKey, SkippedService, SockRevNatKey,
+    SockRevNatValue, SourceRange, klog::LogRecord, stats::Traffic,
 };
 
 macro_rules! aya_pod {
@@ -27,38 +27,93 @@ aya_pod!(
     ServiceKey,
     ServiceMeta,
     ServiceValue,
+    SkippedKey,
+    SkippedService,
     SockRevNatKey,
     SockRevNatValue,
     Traffic,
     LogRecord,
+    SourceRange,
 );
+
+/// The metadata of one frontend, as [`ServiceMeta::new`] takes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetaFields {
+    /// `SVC_KIND_*`.
+    pub kind: u8,
+    /// `SVC_TYPE_*`.
+    pub svc_type: u8,
+    /// `POLICY_F_*`.
+    pub policy: u8,
+    pub proto: u8,
+    /// Host byte order.
+    pub port: u16,
+    /// Host byte order; 0 when none.
+    pub health_check_port: u16,
+}
 
 impl ServiceMeta {
     /// Builds the metadata record, truncating the name to fit.
-    pub fn new(name: &str, kind: u8, port: u16, proto: u8) -> Self {
+    pub fn new(name: &str, fields: MetaFields) -> Self {
         let mut meta = Self {
-            name: [0; 120],
-            kind,
-            _pad: [0; 3],
-            port: port.to_be(),
-            proto,
-            _pad2: 0,
+            name: [0; 112],
+            kind: fields.kind,
+            svc_type: fields.svc_type,
+            policy: fields.policy,
+            proto: fields.proto,
+            port: fields.port.to_be(),
+            health_check_port: fields.health_check_port.to_be(),
+            _pad: [0; 8],
         };
-        let mut len = name.len().min(meta.name.len());
-        while !name.is_char_boundary(len) {
-            len -= 1;
-        }
-        meta.name[..len].copy_from_slice(&name.as_bytes()[..len]);
+        copy_str(&mut meta.name, name);
         meta
     }
 
     /// The name, up to the first NUL.
     pub fn name(&self) -> &str {
-        let end = self
-            .name
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(self.name.len());
-        core::str::from_utf8(&self.name[..end]).unwrap_or("?")
+        str_of(&self.name)
     }
+}
+
+impl SkippedKey {
+    pub fn new(name: &str) -> Self {
+        let mut key = Self { name: [0; 128] };
+        copy_str(&mut key.name, name);
+        key
+    }
+
+    pub fn name(&self) -> &str {
+        str_of(&self.name)
+    }
+}
+
+impl SkippedService {
+    pub fn new(svc_type: u8, reason: &str) -> Self {
+        let mut value = Self {
+            svc_type,
+            _pad: [0; 3],
+            reason: [0; 188],
+        };
+        copy_str(&mut value.reason, reason);
+        value
+    }
+
+    pub fn reason(&self) -> &str {
+        str_of(&self.reason)
+    }
+}
+
+/// Copies `text` into a NUL-padded field, truncated at a character boundary.
+fn copy_str(field: &mut [u8], text: &str) {
+    let mut len = text.len().min(field.len());
+    while !text.is_char_boundary(len) {
+        len -= 1;
+    }
+    field[..len].copy_from_slice(&text.as_bytes()[..len]);
+}
+
+/// A NUL-padded UTF-8 field, up to the first NUL.
+fn str_of(field: &[u8]) -> &str {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    core::str::from_utf8(&field[..end]).unwrap_or("?")
 }

@@ -27,6 +27,10 @@ pub enum Error {
     Metadata,
     /// A kernel helper rewriting an skb failed.
     SkbRewrite,
+    /// The client is outside the frontend's `loadBalancerSourceRanges`.
+    SourceRangeDenied,
+    /// A `Local` traffic policy left no endpoint on this node (others exist elsewhere).
+    NoLocalEndpoint,
 }
 
 impl Error {
@@ -45,6 +49,8 @@ impl Error {
             Self::Resize => "packet resize failed",
             Self::Metadata => "XDP metadata not supported",
             Self::SkbRewrite => "skb rewrite failed",
+            Self::SourceRangeDenied => "client outside loadBalancerSourceRanges",
+            Self::NoLocalEndpoint => "traffic policy Local without a local endpoint",
         }
     }
 }

@@ -1,12 +1,13 @@
 //! The BPF maps, declared once with the names and layouts of `proxy_common`.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap},
     macros::btf_map,
 };
 use proxy_common::{
     AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, CtEntry, CtKey, NodeAddr,
-    ServiceKey, ServiceMeta, ServiceValue, SockRevNatKey, SockRevNatValue, map_sizes,
+    ServiceKey, ServiceMeta, ServiceValue, SkippedKey, SkippedService, SockRevNatKey,
+    SockRevNatValue, SourceRange, map_sizes,
 };
 
 #[btf_map(name = "SVC_V1")]
@@ -17,7 +18,7 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue, { map_sizes::SERVICES as 
 pub static BACKENDS: HashMap<u32, Backend, { map_sizes::BACKENDS as usize }> = HashMap::new();
 
 /// Only the daemon and CLI use it; declared here so it is created and pinned with the rest.
-#[btf_map(name = "SVC_META_V1")]
+#[btf_map(name = "SVC_META_V2")]
 pub static SERVICE_META: HashMap<u32, ServiceMeta, { map_sizes::SERVICE_META as usize }> =
     HashMap::new();
 
@@ -48,4 +49,15 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { map_sizes::AFFINIT
 /// backend still serves the frontend.
 #[btf_map(name = "AFF_MATCH_V1")]
 pub static AFFINITY_MATCH: HashMap<AffinityMatchKey, u32, { map_sizes::AFFINITY_MATCH as usize }> =
+    HashMap::new();
+
+/// `loadBalancerSourceRanges`: (service id, client prefix) → unused value; a frontend with
+/// `SVC_F_SOURCE_RANGES` only accepts off-node clients that match one of its entries.
+#[btf_map(name = "SRC_RANGE_V1")]
+pub static SOURCE_RANGES: LpmTrie<SourceRange, u32, { map_sizes::SOURCE_RANGES as usize }> =
+    LpmTrie::new();
+
+/// Services listed but not programmed; only the daemon and CLI use it.
+#[btf_map(name = "SVC_SKIP_V1")]
+pub static SKIPPED: HashMap<SkippedKey, SkippedService, { map_sizes::SKIPPED as usize }> =
     HashMap::new();

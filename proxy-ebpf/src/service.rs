@@ -1,9 +1,12 @@
 //! Service frontend lookup and backend selection, shared by the socket and packet paths.
 
-use aya_ebpf::helpers::bpf_get_prandom_u32;
-use proxy_common::{Backend, SVC_F_NODEPORT, ServiceKey, ServiceValue};
+use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_get_prandom_u32};
+use proxy_common::{
+    Backend, SVC_F_NODEPORT, SVC_F_TWO_SCOPES, SVC_SCOPE_INTERNAL, ServiceKey, ServiceValue,
+    SourceRange,
+};
 
-use crate::maps::{BACKENDS, NODE_ADDRS, SERVICES};
+use crate::maps::{BACKENDS, NODE_ADDRS, SERVICES, SOURCE_RANGES};
 
 /// Finds the service entry for a destination: an exact frontend (ClusterIP, external address),
 /// or a NodePort when the destination is a node address (or, with `loopback_is_node`, any
@@ -37,6 +40,39 @@ pub fn lookup_frontend(
     // SAFETY: copied out at once.
     let service = unsafe { SERVICES.get(key) }?;
     (service.flags & SVC_F_NODEPORT != 0).then_some((key, *service))
+}
+
+/// The entry in-cluster clients use: the internal-scope one when the frontend has two scopes
+/// (its backend set differs for off-node clients, as with `externalTrafficPolicy: Local`).
+#[inline(always)]
+pub fn for_internal_clients(
+    key: ServiceKey,
+    service: ServiceValue,
+) -> Option<(ServiceKey, ServiceValue)> {
+    if service.flags & SVC_F_TWO_SCOPES == 0 {
+        return Some((key, service));
+    }
+    let key = ServiceKey {
+        scope: SVC_SCOPE_INTERNAL,
+        ..key
+    };
+    // SAFETY: copied out at once.
+    let service = unsafe { SERVICES.get(key) }?;
+    Some((key, *service))
+}
+
+/// Whether `client` may use the frontend `service_id` under its `loadBalancerSourceRanges`.
+#[inline(always)]
+pub fn source_allowed(service_id: u32, client: u32) -> bool {
+    // The service id's 32 bits, then the client address's.
+    let key = Key::new(
+        64,
+        SourceRange {
+            service_id,
+            addr: client,
+        },
+    );
+    SOURCE_RANGES.get(&key).is_some()
 }
 
 /// Picks a backend uniformly among the service's `count` slots (`count` > 0); returns its id

@@ -19,7 +19,7 @@ use crate::{
     counters::{self, Direction},
     klog,
     maps::SOCK_REV_NAT,
-    service::lookup_frontend,
+    service::{for_internal_clients, lookup_frontend},
 };
 
 /// Returned from cgroup sock_addr programs to reject the call; the error is set with
@@ -69,7 +69,10 @@ fn translate_forward(ctx: &SockAddrContext) -> i32 {
     // user_port holds the port in network byte order in its low 16 bits.
     let dst_port = sa.user_port as u16;
 
-    let Some((key, service)) = lookup_frontend(dst_addr, dst_port, proto, true) else {
+    // Local processes are in-cluster clients: the internal scope, where there is one.
+    let Some((key, service)) = lookup_frontend(dst_addr, dst_port, proto, true)
+        .and_then(|(key, service)| for_internal_clients(key, service))
+    else {
         return SK_PASS as i32;
     };
     if service.count == 0 {

@@ -68,7 +68,9 @@ fn action_for(err: Error) -> i32 {
         | Error::ConntrackUpdate
         | Error::Resize
         | Error::Metadata
-        | Error::SkbRewrite => TC_ACT_OK,
+        | Error::SkbRewrite
+        | Error::SourceRangeDenied
+        | Error::NoLocalEndpoint => TC_ACT_OK,
     }
 }
 

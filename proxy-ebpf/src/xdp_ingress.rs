@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use proxy_common::{
     BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, IPPROTO_TCP, LOG_LEVEL_DEBUG,
-    LOG_LEVEL_TRACE,
+    LOG_LEVEL_TRACE, SVC_F_NO_LOCAL_ENDPOINT, SVC_F_SOURCE_RANGES,
     klog::LogEvent,
     stats::{DropReason, Hook},
 };
@@ -26,7 +26,7 @@ use crate::{
     nat::{rewrite_in_place, rewritten},
     packet::{self, Packet, Tuple},
     reject,
-    service::lookup_frontend,
+    service::{lookup_frontend, source_allowed},
 };
 
 #[xdp]
@@ -60,7 +60,10 @@ fn action_for(err: Error) -> u32 {
         | Error::NoSnatPort
         | Error::ConntrackUpdate
         | Error::Resize
-        | Error::SkbRewrite => XDP_DROP,
+        | Error::SkbRewrite
+        // Policy drops: kube-proxy's DROP, not REJECT.
+        | Error::SourceRangeDenied
+        | Error::NoLocalEndpoint => XDP_DROP,
     }
 }
 
@@ -72,6 +75,8 @@ fn drop_reason(err: Error) -> Option<DropReason> {
         Error::NoSnatPort => Some(DropReason::NoSnatPort),
         Error::ConntrackUpdate => Some(DropReason::ConntrackFull),
         Error::Resize | Error::SkbRewrite => Some(DropReason::Rewrite),
+        Error::SourceRangeDenied => Some(DropReason::SourceRange),
+        Error::NoLocalEndpoint => Some(DropReason::NoLocalEndpoint),
         Error::NotIpv4
         | Error::NotTcpUdp
         | Error::Fragment
@@ -131,7 +136,14 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<u32, Error> {
     let Some((key, service)) = lookup_frontend(tuple.daddr, tuple.dport, tuple.proto, false) else {
         return Ok(XDP_PASS);
     };
+    if service.flags & SVC_F_SOURCE_RANGES != 0 && !source_allowed(service.service_id, tuple.saddr)
+    {
+        return Err(Error::SourceRangeDenied);
+    }
     if service.count == 0 {
+        if service.flags & SVC_F_NO_LOCAL_ENDPOINT != 0 {
+            return Err(Error::NoLocalEndpoint);
+        }
         counters::drop(DropReason::NoEndpoints);
         klog::emit(
             LOG_LEVEL_DEBUG,

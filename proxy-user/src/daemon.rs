@@ -24,6 +24,7 @@ use crate::{
     conntrack_gc::{self, CtTimeouts},
     datapath::{Datapath, DatapathOptions, HookCounts, Maps},
     health::{self, Health},
+    health_check::{self, HealthCheckServers},
     klog,
     metrics::{self, Metrics, unix_seconds},
     model::DesiredState,
@@ -85,6 +86,7 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
         ));
     }
 
+    let mut health_checks = HealthCheckServers::default();
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut first_sync = true;
@@ -103,6 +105,9 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                 let sync_started = Instant::now();
                 let sync_started_ns = affinity_gc::monotonic_ns();
                 let plan = Plan::build(&state, &opts.node_name);
+                health_checks
+                    .update(&health_check::wanted(&state, &opts.node_name))
+                    .await;
                 match reconciler.apply(&mut datapath.maps, &plan) {
                     Ok(stats) => {
                         let view = reconciler.affinity_view();

@@ -7,6 +7,7 @@ pub mod conntrack_gc;
 pub mod daemon;
 pub mod datapath;
 pub mod health;
+pub mod health_check;
 pub mod klog;
 pub mod manifest;
 pub mod metrics;

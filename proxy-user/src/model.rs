@@ -65,9 +65,11 @@ pub struct Service {
     pub service_type: ServiceType,
     /// The (allocated when missing) cluster IP; `None` for headless and ExternalName.
     pub cluster_ip: Option<Ipv4Addr>,
-    /// `spec.externalIPs`, and for type LoadBalancer `spec.loadBalancerIP` and the
-    /// `status.loadBalancer.ingress` IPs; sorted, no duplicates (used by later issues).
+    /// `spec.externalIPs`; sorted, no duplicates.
     pub external_ips: Vec<Ipv4Addr>,
+    /// For type LoadBalancer: `spec.loadBalancerIP` and the `status.loadBalancer.ingress` IPs;
+    /// sorted, no duplicates. Served like external IPs, with `loadBalancerSourceRanges`.
+    pub load_balancer_ips: Vec<Ipv4Addr>,
     pub ports: Vec<ServicePort>,
     /// Why the service is not programmed, when it is not (shown by `sluice services`).
     /// A skipped service may still have a cluster IP (e.g. one labelled for another proxy):
@@ -81,6 +83,10 @@ pub struct Service {
     pub internal_traffic_policy: TrafficPolicy,
     /// `spec.loadBalancerSourceRanges`: clients allowed on LoadBalancer IPs (empty: all).
     pub load_balancer_source_ranges: Vec<Ipv4Net>,
+    /// `spec.healthCheckNodePort` (allocated when missing) for LoadBalancer services with
+    /// `externalTrafficPolicy: Local`: the daemon answers there whether this node has a local
+    /// ready endpoint.
+    pub health_check_node_port: Option<u16>,
 }
 
 /// `externalTrafficPolicy` / `internalTrafficPolicy`.

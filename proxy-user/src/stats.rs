@@ -82,7 +82,10 @@ fn sum(values: &[Traffic]) -> Traffic {
 
 pub fn read(maps: &Maps) -> Result<Stats> {
     let mut services = Vec::new();
-    for row in services::read(maps)? {
+    for row in services::read(maps)?
+        .into_iter()
+        .filter(|row| row.programmed)
+    {
         let traffic = maps
             .service_stats
             .get(&row.service_id, 0)

@@ -10,12 +10,13 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{SchedClassifier, TcAttachType, TestRun, TestRunAttrs, TestRunOptions, Xdp, tc},
 };
 use proxy_common::{
-    Backend, Config, CtEntry, CtKey, NODE_ADDR_F_PRIMARY, NodeAddr, SVC_F_EXTERNAL, ServiceKey,
-    ServiceValue, XDP_META_MAGIC, map_names, program_names,
+    Backend, CONFIG_F_COUNTERS, Config, CtEntry, CtKey, NODE_ADDR_F_PRIMARY, NodeAddr,
+    SVC_F_EXTERNAL, SVC_SCOPE_DEFAULT, ServiceKey, ServiceValue, SourceRange, XDP_META_MAGIC,
+    map_names, program_names, stats::DropReason,
 };
 
 use crate::{
@@ -192,7 +193,8 @@ impl Datapath {
             snat_addr: u32::from_ne_bytes(NODE_IP),
             snat_port_min: SNAT_PORT_MIN,
             snat_port_max: SNAT_PORT_MAX,
-            flags: config_flags,
+            // Counting on, as the daemon runs it.
+            flags: config_flags | CONFIG_F_COUNTERS,
             log_level: 0,
         });
         datapath.add_node_address(NODE_IP);
@@ -230,6 +232,26 @@ impl Datapath {
         flags: u16,
         backend_ids: &[u32],
     ) {
+        self.add_service_in_scope(
+            service_id,
+            frontend,
+            proto,
+            SVC_SCOPE_DEFAULT,
+            flags,
+            backend_ids,
+        );
+    }
+
+    /// [`Datapath::add_service`] for one lookup scope (`SVC_SCOPE_*`).
+    pub fn add_service_in_scope(
+        &mut self,
+        service_id: u32,
+        frontend: SocketAddrV4,
+        proto: u8,
+        scope: u8,
+        flags: u16,
+        backend_ids: &[u32],
+    ) {
         let mut services: HashMap<_, ServiceKey, ServiceValue> = self.hash_map(map_names::SERVICES);
         let count = u16::try_from(backend_ids.len()).expect("few backends");
         let key = |slot: u16| ServiceKey {
@@ -237,7 +259,7 @@ impl Datapath {
             port: frontend.port().to_be(),
             slot,
             proto,
-            scope: 0,
+            scope,
             _pad: 0,
         };
         let value = |backend_id: u32| ServiceValue {
@@ -253,6 +275,37 @@ impl Datapath {
                 .expect("write SVC_V1 slot");
         }
         services.insert(key(0), value(0), 0).expect("write SVC_V1");
+    }
+
+    /// Allows clients in `addr/prefix` on the frontend `service_id` (`loadBalancerSourceRanges`).
+    pub fn add_source_range(&mut self, service_id: u32, addr: [u8; 4], prefix: u32) {
+        let map = self
+            .ebpf
+            .map_mut(map_names::SOURCE_RANGES)
+            .expect("SRC_RANGE_V1");
+        let mut trie: LpmTrie<_, SourceRange, u32> =
+            LpmTrie::try_from(map).expect("SRC_RANGE_V1 is an LPM trie");
+        let data = SourceRange {
+            service_id,
+            addr: u32::from_ne_bytes(addr),
+        };
+        trie.insert(&Key::new(32 + prefix, data), 1, 0)
+            .expect("write SRC_RANGE_V1");
+    }
+
+    /// The drop counter of `reason`, summed over CPUs.
+    pub fn drops(&mut self, reason: DropReason) -> u64 {
+        let map = self
+            .ebpf
+            .map_mut(map_names::DROP_STATS)
+            .expect("DROP_STATS_V1");
+        let counters: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).expect("DROP_STATS_V1 is a per-CPU array");
+        counters
+            .get(&(reason as u32), 0)
+            .expect("read DROP_STATS_V1")
+            .iter()
+            .sum()
     }
 
     pub fn set_config(&mut self, config: Config) {

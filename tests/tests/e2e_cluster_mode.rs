@@ -224,7 +224,7 @@ impl ClusterMode {
             .as_array()
             .expect("services -o json is an array")
             .iter()
-            .filter(|row| row["name"] == name)
+            .filter(|row| row["name"] == name && row["programmed"] == true)
             .map(|row| row["frontend"].as_str().unwrap_or_default().to_owned())
             .collect()
     }

@@ -5,12 +5,12 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
 };
 use proxy_common::{
     AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, CtEntry, CtKey, NodeAddr,
-    ServiceKey, ServiceMeta, ServiceValue, SockRevNatKey, SockRevNatValue, map_names,
-    stats::Traffic,
+    ServiceKey, ServiceMeta, ServiceValue, SkippedKey, SkippedService, SockRevNatKey,
+    SockRevNatValue, SourceRange, map_names, stats::Traffic,
 };
 
 pub struct Maps {
@@ -27,6 +27,8 @@ pub struct Maps {
     pub hook_stats: PerCpuArray<MapData, u64>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub affinity_match: HashMap<MapData, AffinityMatchKey, u32>,
+    pub source_ranges: LpmTrie<MapData, SourceRange, u32>,
+    pub skipped: HashMap<MapData, SkippedKey, SkippedService>,
 }
 
 impl Maps {
@@ -75,6 +77,8 @@ impl Maps {
             hook_stats: typed!(map_names::HOOK_STATS),
             affinity: typed!(map_names::AFFINITY),
             affinity_match: typed!(map_names::AFFINITY_MATCH),
+            source_ranges: typed!(map_names::SOURCE_RANGES),
+            skipped: typed!(map_names::SKIPPED),
         })
     }
 }

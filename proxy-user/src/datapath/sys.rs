@@ -12,7 +12,7 @@ use std::{
 };
 
 const BPF_OBJ_GET: libc::c_long = 7;
-/// In `enum bpf_cmd` (30 is BPF_LINK_GET_FD_BY_ID, which made every "update" a no-op or EINVAL).
+// enum bpf_cmd: BPF_LINK_CREATE is 28, BPF_LINK_UPDATE 29 (30 is BPF_LINK_GET_FD_BY_ID).
 const BPF_LINK_UPDATE: libc::c_long = 29;
 
 /// `union bpf_attr` is 144 bytes on 6.x kernels; the kernel requires unused bytes to be zero.

@@ -140,6 +140,11 @@ pub struct ServiceDef {
     /// Whether missing nodePorts are allocated (NodePort, and LoadBalancer unless
     /// `allocateLoadBalancerNodePorts: false`).
     pub wants_node_ports: bool,
+    /// Explicit `spec.healthCheckNodePort`.
+    pub health_check_node_port: Option<u16>,
+    /// Whether the Service has a health check NodePort (allocated when missing):
+    /// type LoadBalancer with `externalTrafficPolicy: Local`.
+    pub wants_health_check: bool,
 }
 
 /// A port of an EndpointSlice or Endpoints subset.

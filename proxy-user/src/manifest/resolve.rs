@@ -19,6 +19,9 @@ pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-
 /// Services with this label are served by DNS only.
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 
+/// The allocation key of a Service's health check NodePort (port keys are `name/PROTO`).
+const HEALTH_CHECK_PORT_KEY: &str = "healthCheckNodePort";
+
 /// The desired state, and the problems found while computing it (cross-object conflicts,
 /// ports without endpoints, allocation failures).
 #[derive(Clone, Debug, Default)]
@@ -49,15 +52,19 @@ pub(crate) fn resolve(catalog: &Catalog, allocator: &mut Allocator) -> Resolutio
             claimed_ips.insert(ip);
         }
         claimed_ports.extend(def.ports.iter().filter_map(|port| port.node_port));
+        claimed_ports.extend(def.health_check_node_port);
         if def.spec_type == ServiceSpecType::ExternalName {
             continue;
         }
-        let node_ports: Vec<_> = def
+        let mut node_ports: Vec<_> = def
             .ports
             .iter()
             .filter(|port| def.wants_node_ports && port.node_port.is_none())
             .map(port_key)
             .collect();
+        if def.wants_health_check && def.health_check_node_port.is_none() {
+            node_ports.push(HEALTH_CHECK_PORT_KEY.to_owned());
+        }
         let cluster_ip = def.cluster_ip == ClusterIp::Allocate;
         if cluster_ip || !node_ports.is_empty() {
             requests.push(AllocRequest {
@@ -203,14 +210,20 @@ fn build_service(
         (_, ClusterIp::Allocate) => assignments.cluster_ips.get(&def.name).copied(),
         (_, ClusterIp::Headless | ClusterIp::V6(_)) => None,
     };
-    let mut external_ips: Vec<_> = def
-        .external_ips
-        .iter()
-        .chain(&def.load_balancer_ips)
-        .copied()
-        .collect();
+    let mut external_ips = def.external_ips.clone();
     external_ips.sort_unstable();
     external_ips.dedup();
+    let mut load_balancer_ips = def.load_balancer_ips.clone();
+    load_balancer_ips.sort_unstable();
+    load_balancer_ips.dedup();
+    let health_check_node_port = def.wants_health_check.then(|| {
+        def.health_check_node_port.or_else(|| {
+            assignments
+                .node_ports
+                .get(&(def.name.clone(), HEALTH_CHECK_PORT_KEY.to_owned()))
+                .copied()
+        })
+    });
 
     let source = if service_type == ServiceType::ExternalName {
         Source::Nothing
@@ -256,12 +269,14 @@ fn build_service(
         service_type,
         cluster_ip,
         external_ips,
+        load_balancer_ips,
         ports,
         skip_reason,
         affinity_timeout: def.affinity_timeout,
         external_traffic_policy: def.external_traffic_policy,
         internal_traffic_policy: def.internal_traffic_policy,
         load_balancer_source_ranges: def.load_balancer_source_ranges.clone(),
+        health_check_node_port: health_check_node_port.flatten(),
     }
 }
 

@@ -4,8 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::{Context as _, Result};
+use aya::maps::lpm_trie::Key;
+use ipnet::Ipv4Net;
 use proxy_common::{
-    Backend, ServiceKey, ServiceMeta, ServiceValue,
+    Backend, MetaFields, SVC_SCOPE_DEFAULT, ServiceKey, ServiceMeta, ServiceValue, SkippedKey,
+    SkippedService, SourceRange,
     net::{ip_from_net, ip_to_net, port_from_net, port_to_net},
 };
 
@@ -27,6 +30,8 @@ struct Programmed {
     affinity_timeout: u32,
     slots: Vec<u32>,
     meta: ServiceMeta,
+    /// Source ranges in the source-range map under `service_id`, sorted.
+    source_ranges: Vec<Ipv4Net>,
 }
 
 /// What one `apply` changed.
@@ -44,6 +49,10 @@ pub struct Reconciler {
     frontends: HashMap<Frontend, Programmed>,
     backend_ids: HashMap<BackendAddr, u32>,
     backends: BTreeMap<u32, Backend>,
+    /// The skipped-services map, by `namespace/name`.
+    skipped: BTreeMap<String, SkippedService>,
+    /// Source ranges under no frontend's id, found in the maps: removed by the next apply.
+    stale_ranges: Vec<(u32, Ipv4Net)>,
     next_service_id: u32,
     next_backend_id: u32,
     /// Mirror of the affinity-match map.
@@ -59,6 +68,18 @@ impl Reconciler {
             this.backend_ids.insert(backend_addr(&backend), id);
             this.backends.insert(id, backend);
             this.next_backend_id = this.next_backend_id.max(id);
+        }
+        for entry in maps.skipped.iter() {
+            let (key, value) = entry.context("read the skipped-services map")?;
+            this.skipped.insert(key.name().to_owned(), value);
+        }
+        let mut ranges: HashMap<u32, Vec<Ipv4Net>> = HashMap::new();
+        for key in maps.source_ranges.keys() {
+            let key = key.context("read the source-range map")?;
+            let data = key.data();
+            let prefix = key.prefix_len().saturating_sub(32).min(32) as u8;
+            let net = Ipv4Net::new(ip_from_net(data.addr), prefix).expect("prefix at most 32");
+            ranges.entry(data.service_id).or_default().push(net);
         }
         let mut slots: HashMap<Frontend, BTreeMap<u16, ServiceValue>> = HashMap::new();
         for entry in maps.services.iter() {
@@ -79,7 +100,9 @@ impl Reconciler {
             let meta = maps
                 .service_meta
                 .get(&head.service_id, 0)
-                .unwrap_or_else(|_| ServiceMeta::new("", 0, 0, 0));
+                .unwrap_or_else(|_| ServiceMeta::new("", MetaFields::default()));
+            let mut source_ranges = ranges.remove(&head.service_id).unwrap_or_default();
+            source_ranges.sort_unstable();
             this.next_service_id = this.next_service_id.max(head.service_id);
             this.frontends.insert(
                 frontend,
@@ -89,10 +112,16 @@ impl Reconciler {
                     affinity_timeout: head.affinity_timeout,
                     slots: backend_slots,
                     meta,
+                    source_ranges,
                 },
             );
         }
         this.members = AffinityMembers::from_maps(maps)?;
+        // Ranges of no frontend (an interrupted removal) go on the next apply.
+        this.stale_ranges = ranges
+            .into_iter()
+            .flat_map(|(id, nets)| nets.into_iter().map(move |net| (id, net)))
+            .collect();
         Ok(this)
     }
 
@@ -108,6 +137,10 @@ impl Reconciler {
 
     fn try_apply(&mut self, maps: &mut Maps, plan: &Plan) -> Result<ApplyStats> {
         let mut stats = ApplyStats::default();
+        for (service_id, net) in std::mem::take(&mut self.stale_ranges) {
+            remove_if_present(maps.source_ranges.remove(&range_key(service_id, &net)))
+                .context("remove a stale source range")?;
+        }
 
         // Backends first, so every slot written below points at an existing backend.
         for (&addr, &flags) in &plan.backends {
@@ -143,24 +176,33 @@ impl Reconciler {
         // Affinity to a backend that leaves a frontend ends before its slot goes.
         let members = self.planned_members(plan);
         self.members.sync(maps, members)?;
-        for (frontend, planned) in &plan.frontends {
+        // Internal-scope entries before the default ones whose SVC_F_TWO_SCOPES sends the socket
+        // path to them.
+        let (internal, default): (Vec<_>, Vec<_>) = plan
+            .frontends
+            .iter()
+            .partition(|(frontend, _)| frontend.scope != SVC_SCOPE_DEFAULT);
+        for (frontend, planned) in internal.into_iter().chain(default) {
             if self.write_frontend(maps, frontend, planned)? {
                 stats.frontends_written += 1;
             }
         }
 
-        let gone: Vec<Frontend> = self
+        // Default-scope entries first, so no SVC_F_TWO_SCOPES points at a removed entry.
+        let mut gone: Vec<Frontend> = self
             .frontends
             .keys()
             .filter(|frontend| !plan.frontends.contains_key(frontend))
             .copied()
             .collect();
+        gone.sort_by_key(|frontend| frontend.scope != SVC_SCOPE_DEFAULT);
         for frontend in gone {
             self.remove_frontend(maps, &frontend)?;
             stats.frontends_removed += 1;
         }
         let members = self.programmed_members();
         self.members.sync(maps, members)?;
+        self.write_skipped(maps, plan)?;
 
         // Backends last: no slot refers to them any more.
         let unused: Vec<BackendAddr> = self
@@ -200,22 +242,32 @@ impl Reconciler {
         };
         let meta = ServiceMeta::new(
             &planned.name,
-            planned.kind,
-            frontend.port,
-            frontend.protocol.ip_proto(),
+            MetaFields {
+                kind: planned.kind,
+                svc_type: planned.svc_type,
+                policy: planned.policy,
+                proto: frontend.protocol.ip_proto(),
+                port: frontend.port,
+                health_check_port: planned.health_check_port,
+            },
         );
+        let mut source_ranges = planned.source_ranges.clone();
+        source_ranges.sort_unstable();
+        source_ranges.dedup();
         let wanted = Programmed {
             service_id,
             flags: planned.flags,
             affinity_timeout: planned.affinity_timeout,
             slots,
             meta,
+            source_ranges,
         };
         let old = self.frontends.get(frontend).cloned();
         if old.as_ref() == Some(&wanted) {
             return Ok(false);
         }
         let old_slots = old.as_ref().map_or(&[][..], |old| &old.slots[..]);
+        let old_ranges = old.as_ref().map_or(&[][..], |old| &old.source_ranges[..]);
         let context = || format!("write service {} ({frontend:?})", planned.name);
 
         if old.is_none() {
@@ -237,6 +289,14 @@ impl Reconciler {
             service_id,
             affinity_timeout: planned.affinity_timeout,
         };
+        // New ranges before slot 0 enables them, removed ones after it no longer needs them.
+        for net in &wanted.source_ranges {
+            if !old_ranges.contains(net) {
+                maps.source_ranges
+                    .insert(&range_key(service_id, net), 1, 0)
+                    .with_context(context)?;
+            }
+        }
         for (index, &backend_id) in wanted.slots.iter().enumerate() {
             if old_slots.get(index) != Some(&backend_id) {
                 let value = ServiceValue { backend_id, ..head };
@@ -252,6 +312,12 @@ impl Reconciler {
             remove_if_present(maps.services.remove(&service_key(frontend, index + 1)))
                 .with_context(context)?;
         }
+        for net in old_ranges {
+            if !wanted.source_ranges.contains(net) {
+                remove_if_present(maps.source_ranges.remove(&range_key(service_id, net)))
+                    .with_context(context)?;
+            }
+        }
         self.frontends.insert(*frontend, wanted);
         Ok(true)
     }
@@ -265,10 +331,42 @@ impl Reconciler {
             remove_if_present(maps.services.remove(&service_key(frontend, index + 1)))
                 .with_context(context)?;
         }
+        for net in &programmed.source_ranges {
+            remove_if_present(
+                maps.source_ranges
+                    .remove(&range_key(programmed.service_id, net)),
+            )
+            .with_context(context)?;
+        }
         remove_if_present(maps.service_meta.remove(&programmed.service_id))
             .with_context(context)?;
         remove_if_present(maps.service_stats.remove(&programmed.service_id))
             .with_context(context)?;
+        Ok(())
+    }
+
+    /// Makes the skipped-services map list exactly the plan's skipped services.
+    fn write_skipped(&mut self, maps: &mut Maps, plan: &Plan) -> Result<()> {
+        for (name, skipped) in &plan.skipped {
+            let value = SkippedService::new(skipped.svc_type, &skipped.reason);
+            if self.skipped.get(name) != Some(&value) {
+                maps.skipped
+                    .insert(SkippedKey::new(name), value, 0)
+                    .with_context(|| format!("list skipped service {name}"))?;
+                self.skipped.insert(name.clone(), value);
+            }
+        }
+        let gone: Vec<String> = self
+            .skipped
+            .keys()
+            .filter(|name| !plan.skipped.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            remove_if_present(maps.skipped.remove(&SkippedKey::new(&name)))
+                .with_context(|| format!("unlist skipped service {name}"))?;
+            self.skipped.remove(&name);
+        }
         Ok(())
     }
 
@@ -308,9 +406,20 @@ fn service_key(frontend: &Frontend, slot: usize) -> ServiceKey {
         port: port_to_net(frontend.port),
         slot: slot as u16,
         proto: frontend.protocol.ip_proto(),
-        scope: 0,
+        scope: frontend.scope,
         _pad: 0,
     }
+}
+
+/// The source-range map key of `net` for the frontend `service_id`.
+fn range_key(service_id: u32, net: &Ipv4Net) -> Key<SourceRange> {
+    Key::new(
+        32 + u32::from(net.prefix_len()),
+        SourceRange {
+            service_id,
+            addr: ip_to_net(net.network()),
+        },
+    )
 }
 
 fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
@@ -323,6 +432,7 @@ fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
         addr: ip_from_net(key.addr),
         port: port_from_net(key.port),
         protocol,
+        scope: key.scope,
     })
 }
 

@@ -5,4 +5,4 @@ mod apply;
 mod plan;
 
 pub use apply::{AffinityView, ApplyStats, Reconciler};
-pub use plan::{BackendAddr, Frontend, FrontendPlan, Plan};
+pub use plan::{BackendAddr, Frontend, FrontendPlan, Plan, SkippedPlan, local_ready_endpoints};

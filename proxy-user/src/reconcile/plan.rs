@@ -1,25 +1,38 @@
 //! Turns the desired state into the frontends and backends this node must program.
+//!
+//! Traffic policies are programmed as lookup scopes (the Cilium way): the default entry of a
+//! frontend serves every path, and where in-cluster clients must get a different backend set
+//! (an external frontend with `externalTrafficPolicy: Local`) the default entry carries
+//! `SVC_F_TWO_SCOPES` and an internal-scope entry holds the set the socket path uses.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
 };
 
+use ipnet::Ipv4Net;
 use proxy_common::{
-    BACKEND_F_LOCAL, BACKEND_F_TERMINATING, SVC_F_EXTERNAL, SVC_F_NODEPORT, SVC_KIND_CLUSTER_IP,
-    SVC_KIND_EXTERNAL_IP, SVC_KIND_NODE_PORT,
+    BACKEND_F_LOCAL, BACKEND_F_TERMINATING, POLICY_F_EXTERNAL_LOCAL, POLICY_F_INTERNAL_LOCAL,
+    SVC_F_EXTERNAL, SVC_F_NO_LOCAL_ENDPOINT, SVC_F_NODEPORT, SVC_F_SOURCE_RANGES, SVC_F_TWO_SCOPES,
+    SVC_KIND_CLUSTER_IP, SVC_KIND_EXTERNAL_IP, SVC_KIND_LOAD_BALANCER, SVC_KIND_NODE_PORT,
+    SVC_SCOPE_DEFAULT, SVC_SCOPE_INTERNAL, SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME,
+    SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT,
 };
 use tracing::warn;
 
-use crate::model::{DesiredState, Endpoint, Protocol, Service, ServicePort, ServiceType};
+use crate::model::{
+    DesiredState, Endpoint, Protocol, Service, ServicePort, ServiceType, TrafficPolicy,
+};
 
-/// One address the datapath answers on. A NodePort has the unspecified address: it is served
-/// on every node address.
+/// One address the datapath answers on, in one lookup scope. A NodePort has the unspecified
+/// address: it is served on every node address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Frontend {
     pub addr: Ipv4Addr,
     pub port: u16,
     pub protocol: Protocol,
+    /// `SVC_SCOPE_*`.
+    pub scope: u8,
 }
 
 /// A backend as the datapath sees it: one pod address and port.
@@ -35,20 +48,57 @@ pub struct FrontendPlan {
     pub name: String,
     /// `SVC_KIND_*`.
     pub kind: u8,
+    /// `SVC_TYPE_*` of the service, for the CLI.
+    pub svc_type: u8,
+    /// `POLICY_F_*` of the service, for the CLI.
+    pub policy: u8,
+    /// The service's health check NodePort, for the CLI; 0 when none.
+    pub health_check_port: u16,
     /// `SVC_F_*`.
     pub flags: u16,
     /// The backends new connections are spread over, sorted.
     pub backends: Vec<BackendAddr>,
     /// ClientIP session affinity timeout in seconds; 0 when affinity is off.
     pub affinity_timeout: u32,
+    /// `loadBalancerSourceRanges` enforced on this frontend (with `SVC_F_SOURCE_RANGES`).
+    pub source_ranges: Vec<Ipv4Net>,
+}
+
+/// A service that is listed but not programmed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedPlan {
+    /// `SVC_TYPE_*`.
+    pub svc_type: u8,
+    pub reason: String,
 }
 
 /// Everything this node's maps should hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub frontends: BTreeMap<Frontend, FrontendPlan>,
-    /// Backend flags (`BACKEND_F_*`) by address.
+    /// Backend flags (`BACKEND_F_*`) by address: every endpoint of a programmed service, also
+    /// those new connections do not use (terminating, not ready), so established flows to them
+    /// keep their translation until the endpoint goes away.
     pub backends: BTreeMap<BackendAddr, u8>,
+    /// Services not programmed, by `namespace/name`, for the CLI.
+    pub skipped: BTreeMap<String, SkippedPlan>,
+}
+
+/// The backend sets of one service port on this node.
+struct PortBackends {
+    /// Every endpoint's set (policy Cluster).
+    cluster: Vec<BackendAddr>,
+    /// The local endpoints' set (policy Local).
+    local: Vec<BackendAddr>,
+}
+
+impl PortBackends {
+    fn for_policy(&self, policy: TrafficPolicy) -> &[BackendAddr] {
+        match policy {
+            TrafficPolicy::Cluster => &self.cluster,
+            TrafficPolicy::Local => &self.local,
+        }
+    }
 }
 
 impl Plan {
@@ -56,7 +106,14 @@ impl Plan {
     pub fn build(desired: &DesiredState, node_name: &str) -> Self {
         let mut plan = Plan::default();
         for service in desired.services.values() {
-            if !is_programmed(service) {
+            if let Some(reason) = not_programmed(service) {
+                plan.skipped.insert(
+                    service.name.to_string(),
+                    SkippedPlan {
+                        svc_type: svc_type(service.service_type),
+                        reason,
+                    },
+                );
                 continue;
             }
             for port in &service.ports {
@@ -67,82 +124,192 @@ impl Plan {
     }
 
     fn add_port(&mut self, service: &Service, port: &ServicePort, node_name: &str) {
-        let chosen = choose_endpoints(&port.endpoints);
-        let mut backends = BTreeSet::new();
-        for endpoint in chosen {
-            let addr = BackendAddr {
-                addr: endpoint.addr,
-                port: endpoint.port,
-            };
+        let is_local = |e: &Endpoint| e.node_name.as_deref() == Some(node_name);
+        for endpoint in &port.endpoints {
             let mut flags = 0;
-            if endpoint.node_name.as_deref() == Some(node_name) {
+            if is_local(endpoint) {
                 flags |= BACKEND_F_LOCAL;
             }
             if endpoint.terminating {
                 flags |= BACKEND_F_TERMINATING;
             }
-            *self.backends.entry(addr).or_default() |= flags;
-            backends.insert(addr);
+            *self.backends.entry(backend_addr(endpoint)).or_default() |= flags;
         }
-        let backends: Vec<BackendAddr> = backends.into_iter().collect();
+        let local: Vec<Endpoint> = port
+            .endpoints
+            .iter()
+            .filter(|e| is_local(e))
+            .cloned()
+            .collect();
+        let sets = PortBackends {
+            cluster: addrs(choose_endpoints(&port.endpoints)),
+            local: addrs(choose_endpoints(&local)),
+        };
         let name = if port.name.is_empty() {
             service.name.to_string()
         } else {
             format!("{}:{}", service.name, port.name)
         };
-
-        let mut frontends = Vec::new();
-        if let Some(ip) = service.cluster_ip {
-            frontends.push((ip, port.port, SVC_KIND_CLUSTER_IP, SVC_F_EXTERNAL));
+        let mut policy = 0;
+        if service.external_traffic_policy == TrafficPolicy::Local {
+            policy |= POLICY_F_EXTERNAL_LOCAL;
         }
+        if service.internal_traffic_policy == TrafficPolicy::Local {
+            policy |= POLICY_F_INTERNAL_LOCAL;
+        }
+        let base = FrontendPlan {
+            name,
+            kind: 0,
+            svc_type: svc_type(service.service_type),
+            policy,
+            health_check_port: service.health_check_node_port.unwrap_or(0),
+            flags: SVC_F_EXTERNAL,
+            backends: Vec::new(),
+            affinity_timeout: service.affinity_timeout.unwrap_or(0),
+            source_ranges: Vec::new(),
+        };
+
+        // The cluster IP follows internalTrafficPolicy for every client, as kube-proxy does.
+        if let Some(ip) = service.cluster_ip {
+            let backends = sets.for_policy(service.internal_traffic_policy);
+            let planned = FrontendPlan {
+                kind: SVC_KIND_CLUSTER_IP,
+                ..base.clone()
+            };
+            self.insert(
+                frontend(ip, port.port, port.protocol, SVC_SCOPE_DEFAULT),
+                with_backends(planned, backends, !sets.cluster.is_empty()),
+            );
+        }
+
+        // External frontends follow externalTrafficPolicy for off-node clients; in-cluster
+        // clients (the socket path) reach every endpoint, like kube-proxy's short-circuit.
+        let mut external = Vec::new();
         for &ip in &service.external_ips {
-            frontends.push((ip, port.port, SVC_KIND_EXTERNAL_IP, SVC_F_EXTERNAL));
+            external.push((ip, port.port, SVC_KIND_EXTERNAL_IP, 0, Vec::new()));
+        }
+        for &ip in &service.load_balancer_ips {
+            let ranges = service.load_balancer_source_ranges.clone();
+            let flags = if ranges.is_empty() {
+                0
+            } else {
+                SVC_F_SOURCE_RANGES
+            };
+            external.push((ip, port.port, SVC_KIND_LOAD_BALANCER, flags, ranges));
         }
         if matches!(
             service.service_type,
             ServiceType::NodePort | ServiceType::LoadBalancer
         ) && let Some(node_port) = port.node_port
         {
-            frontends.push((
+            external.push((
                 Ipv4Addr::UNSPECIFIED,
                 node_port,
                 SVC_KIND_NODE_PORT,
-                SVC_F_NODEPORT | SVC_F_EXTERNAL,
+                SVC_F_NODEPORT,
+                Vec::new(),
             ));
         }
-        for (addr, frontend_port, kind, flags) in frontends {
-            let frontend = Frontend {
-                addr,
-                port: frontend_port,
-                protocol: port.protocol,
-            };
-            let planned = FrontendPlan {
-                name: name.clone(),
+        let two_scopes = service.external_traffic_policy == TrafficPolicy::Local;
+        for (addr, frontend_port, kind, flags, source_ranges) in external {
+            let mut planned = FrontendPlan {
                 kind,
-                flags,
-                backends: backends.clone(),
-                affinity_timeout: service.affinity_timeout.unwrap_or(0),
+                flags: base.flags | flags,
+                source_ranges,
+                ..base.clone()
             };
-            if let Some(other) = self.frontends.get(&frontend) {
-                warn!(
-                    frontend = ?frontend,
-                    kept = %other.name,
-                    ignored = %name,
-                    "two services claim the same frontend; keeping the first"
+            let backends = sets.for_policy(service.external_traffic_policy);
+            if two_scopes {
+                planned.flags |= SVC_F_TWO_SCOPES;
+                let internal = FrontendPlan {
+                    flags: base.flags | (flags & SVC_F_NODEPORT),
+                    source_ranges: Vec::new(),
+                    ..planned.clone()
+                };
+                self.insert(
+                    frontend(addr, frontend_port, port.protocol, SVC_SCOPE_INTERNAL),
+                    with_backends(internal, &sets.cluster, false),
                 );
-                continue;
             }
-            self.frontends.insert(frontend, planned);
+            self.insert(
+                frontend(addr, frontend_port, port.protocol, SVC_SCOPE_DEFAULT),
+                with_backends(planned, backends, !sets.cluster.is_empty()),
+            );
         }
+    }
+
+    fn insert(&mut self, frontend: Frontend, planned: FrontendPlan) {
+        if let Some(other) = self.frontends.get(&frontend) {
+            warn!(
+                frontend = ?frontend,
+                kept = %other.name,
+                ignored = %planned.name,
+                "two services claim the same frontend; keeping the first"
+            );
+            return;
+        }
+        self.frontends.insert(frontend, planned);
     }
 }
 
-fn is_programmed(service: &Service) -> bool {
-    service.skip_reason.is_none()
-        && !matches!(
-            service.service_type,
-            ServiceType::ExternalName | ServiceType::Headless
-        )
+fn frontend(addr: Ipv4Addr, port: u16, protocol: Protocol, scope: u8) -> Frontend {
+    Frontend {
+        addr,
+        port,
+        protocol,
+        scope,
+    }
+}
+
+/// Sets the backends; an empty set while other endpoints exist (a `Local` policy on a node
+/// without local endpoints) is marked so the datapath drops instead of refusing.
+fn with_backends(
+    mut planned: FrontendPlan,
+    backends: &[BackendAddr],
+    service_has_endpoints: bool,
+) -> FrontendPlan {
+    planned.backends = backends.to_vec();
+    if backends.is_empty() && service_has_endpoints {
+        planned.flags |= SVC_F_NO_LOCAL_ENDPOINT;
+    }
+    planned
+}
+
+fn backend_addr(endpoint: &Endpoint) -> BackendAddr {
+    BackendAddr {
+        addr: endpoint.addr,
+        port: endpoint.port,
+    }
+}
+
+/// The distinct backend addresses of `endpoints`, sorted.
+fn addrs(endpoints: Vec<&Endpoint>) -> Vec<BackendAddr> {
+    let set: BTreeSet<BackendAddr> = endpoints.into_iter().map(backend_addr).collect();
+    set.into_iter().collect()
+}
+
+fn svc_type(service_type: ServiceType) -> u8 {
+    match service_type {
+        ServiceType::ClusterIP => SVC_TYPE_CLUSTER_IP,
+        ServiceType::NodePort => SVC_TYPE_NODE_PORT,
+        ServiceType::LoadBalancer => SVC_TYPE_LOAD_BALANCER,
+        ServiceType::ExternalName => SVC_TYPE_EXTERNAL_NAME,
+        ServiceType::Headless => SVC_TYPE_HEADLESS,
+    }
+}
+
+/// Why a service is listed but not programmed; `None` when it is programmed.
+fn not_programmed(service: &Service) -> Option<String> {
+    if let Some(reason) = &service.skip_reason {
+        return Some(reason.clone());
+    }
+    match service.service_type {
+        ServiceType::ExternalName => Some("type ExternalName: served by DNS, not proxied".into()),
+        ServiceType::Headless => {
+            Some("headless (clusterIP: None): served by DNS, not proxied".into())
+        }
+        ServiceType::ClusterIP | ServiceType::NodePort | ServiceType::LoadBalancer => None,
+    }
 }
 
 /// New connections go to ready endpoints; when none is ready, to serving-terminating ones
@@ -156,6 +323,19 @@ fn choose_endpoints(endpoints: &[Endpoint]) -> Vec<&Endpoint> {
         .iter()
         .filter(|e| e.serving && e.terminating)
         .collect()
+}
+
+/// Local ready endpoints of a service (distinct addresses, over all its ports), as kube-proxy's
+/// health check server counts them.
+pub fn local_ready_endpoints(service: &Service, node_name: &str) -> usize {
+    let addrs: BTreeSet<Ipv4Addr> = service
+        .ports
+        .iter()
+        .flat_map(|port| &port.endpoints)
+        .filter(|e| e.ready && e.node_name.as_deref() == Some(node_name))
+        .map(|e| e.addr)
+        .collect();
+    addrs.len()
 }
 
 #[cfg(test)]
@@ -184,6 +364,7 @@ mod tests {
             service_type,
             cluster_ip: Some(Ipv4Addr::new(198, 19, 0, 10)),
             external_ips: vec![],
+            load_balancer_ips: vec![],
             ports: vec![ServicePort {
                 name: "http".into(),
                 protocol: Protocol::Tcp,
@@ -196,6 +377,7 @@ mod tests {
             external_traffic_policy: Default::default(),
             internal_traffic_policy: Default::default(),
             load_balancer_source_ranges: vec![],
+            health_check_node_port: None,
         };
         DesiredState {
             services: [(name, service)].into(),
@@ -233,6 +415,7 @@ mod tests {
             addr: Ipv4Addr::UNSPECIFIED,
             port: 30080,
             protocol: Protocol::Tcp,
+            scope: SVC_SCOPE_DEFAULT,
         };
         let planned = &plan.frontends[&node_port];
         assert_eq!(planned.flags & SVC_F_NODEPORT, SVC_F_NODEPORT);
@@ -264,20 +447,109 @@ mod tests {
         let backends = &plan.frontends.values().next().unwrap().backends;
         assert_eq!(backends.len(), 1);
         assert_eq!(backends[0].addr, Ipv4Addr::new(198, 18, 1, 11));
+        // Both stay in the backends map: flows already on them keep their translation.
         assert_eq!(
             plan.backends.values().copied().collect::<Vec<_>>(),
-            [BACKEND_F_LOCAL | BACKEND_F_TERMINATING]
+            [BACKEND_F_LOCAL, BACKEND_F_LOCAL | BACKEND_F_TERMINATING]
         );
     }
 
     #[test]
-    fn skipped_and_headless_services_are_not_programmed() {
+    fn skipped_and_headless_services_are_not_programmed_but_listed() {
         let mut desired = service(ServiceType::Headless, vec![]);
-        assert!(Plan::build(&desired, "node1").frontends.is_empty());
+        let plan = Plan::build(&desired, "node1");
+        assert!(plan.frontends.is_empty());
+        assert_eq!(plan.skipped["default/web"].svc_type, SVC_TYPE_HEADLESS);
         let service = desired.services.values_mut().next().unwrap();
         service.service_type = ServiceType::ClusterIP;
         service.skip_reason = Some("label service.kubernetes.io/service-proxy-name".into());
-        assert!(Plan::build(&desired, "node1").frontends.is_empty());
+        let plan = Plan::build(&desired, "node1");
+        assert!(plan.frontends.is_empty());
+        assert_eq!(
+            plan.skipped["default/web"].reason,
+            "label service.kubernetes.io/service-proxy-name"
+        );
+    }
+
+    fn key(addr: Ipv4Addr, port: u16, scope: u8) -> Frontend {
+        frontend(addr, port, Protocol::Tcp, scope)
+    }
+
+    #[test]
+    fn external_policy_local_keeps_off_node_clients_on_local_endpoints() {
+        let mut desired = service(
+            ServiceType::LoadBalancer,
+            vec![
+                endpoint(10, "node1", true, false),
+                endpoint(11, "node2", true, false),
+            ],
+        );
+        let svc = desired.services.values_mut().next().unwrap();
+        svc.external_traffic_policy = TrafficPolicy::Local;
+        svc.load_balancer_ips = vec![Ipv4Addr::new(198, 18, 9, 1)];
+        svc.load_balancer_source_ranges = vec!["198.18.0.0/24".parse().unwrap()];
+        let lb = Ipv4Addr::new(198, 18, 9, 1);
+        let any = Ipv4Addr::UNSPECIFIED;
+
+        let plan = Plan::build(&desired, "node1");
+        let local = [BackendAddr {
+            addr: Ipv4Addr::new(198, 18, 1, 10),
+            port: 8080,
+        }];
+        for addr_port in [(lb, 80), (any, 30080)] {
+            let default = &plan.frontends[&key(addr_port.0, addr_port.1, SVC_SCOPE_DEFAULT)];
+            assert_eq!(default.backends, local, "{addr_port:?}");
+            assert_ne!(default.flags & SVC_F_TWO_SCOPES, 0);
+            let internal = &plan.frontends[&key(addr_port.0, addr_port.1, SVC_SCOPE_INTERNAL)];
+            assert_eq!(
+                internal.backends.len(),
+                2,
+                "in-cluster clients reach every endpoint"
+            );
+        }
+        let lb_entry = &plan.frontends[&key(lb, 80, SVC_SCOPE_DEFAULT)];
+        assert_eq!(lb_entry.kind, SVC_KIND_LOAD_BALANCER);
+        assert_ne!(lb_entry.flags & SVC_F_SOURCE_RANGES, 0);
+        assert_eq!(lb_entry.source_ranges.len(), 1);
+        // The cluster IP follows internalTrafficPolicy (Cluster): one scope, both endpoints.
+        let cluster = &plan.frontends[&key(Ipv4Addr::new(198, 19, 0, 10), 80, 0)];
+        assert_eq!(cluster.backends.len(), 2);
+        assert_eq!(cluster.flags & SVC_F_TWO_SCOPES, 0);
+
+        // A node without a local endpoint drops off-node traffic instead of refusing it.
+        let plan = Plan::build(&desired, "node3");
+        let default = &plan.frontends[&key(any, 30080, SVC_SCOPE_DEFAULT)];
+        assert!(default.backends.is_empty());
+        assert_ne!(default.flags & SVC_F_NO_LOCAL_ENDPOINT, 0);
+    }
+
+    #[test]
+    fn internal_policy_local_limits_the_cluster_ip_to_local_endpoints() {
+        let mut desired = service(
+            ServiceType::ClusterIP,
+            vec![
+                endpoint(10, "node1", true, false),
+                endpoint(11, "node2", true, false),
+                endpoint(12, "node2", false, true),
+            ],
+        );
+        let svc = desired.services.values_mut().next().unwrap();
+        svc.internal_traffic_policy = TrafficPolicy::Local;
+        let plan = Plan::build(&desired, "node2");
+        let cluster = plan.frontends.values().next().unwrap();
+        assert_eq!(cluster.backends.len(), 1);
+        assert_eq!(cluster.backends[0].addr, Ipv4Addr::new(198, 18, 1, 11));
+        assert_eq!(cluster.policy, POLICY_F_INTERNAL_LOCAL);
+        // Only a terminating local endpoint left: it serves (KEP-1669, per locality).
+        let svc = desired.services.values_mut().next().unwrap();
+        svc.ports[0].endpoints[1].ready = false;
+        let plan = Plan::build(&desired, "node2");
+        let cluster = plan.frontends.values().next().unwrap();
+        assert_eq!(cluster.backends[0].addr, Ipv4Addr::new(198, 18, 1, 12));
+        let plan = Plan::build(&desired, "node3");
+        let cluster = plan.frontends.values().next().unwrap();
+        assert!(cluster.backends.is_empty());
+        assert_ne!(cluster.flags & SVC_F_NO_LOCAL_ENDPOINT, 0);
     }
 
     #[test]

@@ -66,6 +66,7 @@ pub struct ServiceSpec {
     pub publish_not_ready_addresses: Option<bool>,
     pub external_name: Option<String>,
     pub allocate_load_balancer_node_ports: Option<bool>,
+    pub health_check_node_port: Option<Integer>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -170,6 +170,18 @@ fn service_rules() {
             "got 65536",
         ),
         (
+            "  type: NodePort\n  healthCheckNodePort: 30100\n",
+            PORT,
+            "spec.healthCheckNodePort",
+            "may only be set for type LoadBalancer with externalTrafficPolicy: Local",
+        ),
+        (
+            "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 80\n",
+            PORT,
+            "spec.healthCheckNodePort",
+            "expected a port in the NodePort range",
+        ),
+        (
             "  type: NodePort\n",
             "    - port: 80\n      nodePort: 80\n",
             "spec.ports[0].nodePort",

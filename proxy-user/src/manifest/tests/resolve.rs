@@ -42,7 +42,16 @@ fn the_examples_are_valid_and_resolve_as_documented() {
         Vec::<String>::new()
     );
     let resolution = resolve_dir(&dir);
-    assert_eq!(resolution.state.services.len(), 3);
+    assert_eq!(resolution.state.services.len(), 5);
+
+    let lb = service(&resolution, "echo-lb");
+    assert_eq!(lb.service_type, ServiceType::LoadBalancer);
+    assert_eq!(lb.load_balancer_ips, [ip("198.19.200.1")]);
+    assert_eq!(lb.health_check_node_port, Some(30090));
+    assert_eq!(lb.load_balancer_source_ranges.len(), 1);
+    let headless = service(&resolution, "echo-headless");
+    assert_eq!(headless.service_type, ServiceType::Headless);
+    assert!(headless.skip_reason.is_some());
 
     let echo = service(&resolution, "echo");
     assert_eq!(echo.service_type, ServiceType::ClusterIP);
@@ -85,7 +94,8 @@ fn the_examples_are_valid_and_resolve_as_documented() {
     // Every address of the demo is inside 198.18.0.0/15.
     let test_net: ipnet::Ipv4Net = "198.18.0.0/15".parse().unwrap();
     for service in resolution.state.services.values() {
-        assert!(test_net.contains(&service.cluster_ip.unwrap()));
+        let addresses = service.cluster_ip.iter().chain(&service.load_balancer_ips);
+        assert!(addresses.into_iter().all(|ip| test_net.contains(ip)));
         for port in &service.ports {
             assert!(port.endpoints.iter().all(|e| test_net.contains(&e.addr)));
         }
@@ -403,10 +413,13 @@ fn service_fields_reach_the_model() {
     let resolution = resolve_dir(dir.path());
     let lb = service(&resolution, "lb");
     assert_eq!(lb.service_type, ServiceType::LoadBalancer);
-    assert_eq!(
-        lb.external_ips,
-        [ip("198.18.9.1"), ip("198.18.9.2"), ip("198.18.9.3")]
-    );
+    assert_eq!(lb.external_ips, [ip("198.18.9.1"), ip("198.18.9.2")]);
+    assert_eq!(lb.load_balancer_ips, [ip("198.18.9.3")]);
+    let health_check = lb
+        .health_check_node_port
+        .expect("allocated healthCheckNodePort");
+    assert!((30_000..=32_767).contains(&health_check));
+    assert_ne!(Some(health_check), lb.ports[0].node_port);
     assert_eq!(lb.affinity_timeout, Some(60));
     assert_eq!(lb.external_traffic_policy, TrafficPolicy::Local);
     assert_eq!(lb.internal_traffic_policy, TrafficPolicy::Local);

@@ -71,6 +71,11 @@ pub(crate) fn check_service(
             "is missing: a Service of type ExternalName needs the DNS name it points to",
         );
     }
+    let external_traffic_policy = traffic_policy(spec.external_traffic_policy);
+    let wants_health_check = spec_type == ServiceSpecType::LoadBalancer
+        && external_traffic_policy == TrafficPolicy::Local;
+    let health_check_node_port =
+        check_health_check_node_port(spec.health_check_node_port, wants_health_check, p);
     if p.has_errors() {
         return None;
     }
@@ -85,7 +90,7 @@ pub(crate) fn check_service(
         external_ips,
         load_balancer_ips,
         affinity_timeout,
-        external_traffic_policy: traffic_policy(spec.external_traffic_policy),
+        external_traffic_policy,
         internal_traffic_policy: traffic_policy(spec.internal_traffic_policy),
         load_balancer_source_ranges,
         publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
@@ -94,7 +99,43 @@ pub(crate) fn check_service(
             ServiceSpecType::LoadBalancer => spec.allocate_load_balancer_node_ports != Some(false),
             ServiceSpecType::ClusterIP | ServiceSpecType::ExternalName => false,
         },
+        health_check_node_port,
+        wants_health_check,
     })
+}
+
+/// `spec.healthCheckNodePort`: only for LoadBalancer with `externalTrafficPolicy: Local`, as
+/// Kubernetes requires; in the NodePort range.
+fn check_health_check_node_port(
+    port: Option<Integer>,
+    wanted: bool,
+    p: &mut Problems,
+) -> Option<u16> {
+    const FIELD: &str = "spec.healthCheckNodePort";
+    let Integer(value) = port?;
+    if value == 0 {
+        return None;
+    }
+    if !wanted {
+        p.error(
+            FIELD,
+            "may only be set for type LoadBalancer with externalTrafficPolicy: Local: remove it",
+        );
+        return None;
+    }
+    match u16::try_from(value) {
+        Ok(port) if (NODE_PORT_MIN..=NODE_PORT_MAX).contains(&port) => Some(port),
+        _ => {
+            p.error(
+                FIELD,
+                format!(
+                    "expected a port in the NodePort range {NODE_PORT_MIN}-{NODE_PORT_MAX}, got \
+                     {value}: pick one in the range or leave it out to have one allocated"
+                ),
+            );
+            None
+        }
+    }
 }
 
 fn traffic_policy(policy: Option<TrafficPolicySpec>) -> TrafficPolicy {

@@ -1,0 +1,208 @@
+//! The service health check server, like kube-proxy's: for every LoadBalancer Service with
+//! `externalTrafficPolicy: Local`, an HTTP server on its `healthCheckNodePort` tells load
+//! balancers whether this node has a local ready endpoint (200) or not (503), so they only
+//! send traffic to nodes that can serve it without a hop.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+};
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::{
+    model::{DesiredState, ServiceName, TrafficPolicy},
+    reconcile::local_ready_endpoints,
+};
+
+/// What one health check port reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub service: ServiceName,
+    pub local_endpoints: usize,
+}
+
+/// The health check of every programmed LoadBalancer Service with `externalTrafficPolicy:
+/// Local` and a health check port, by port.
+pub fn wanted(desired: &DesiredState, node_name: &str) -> BTreeMap<u16, HealthCheck> {
+    let mut checks = BTreeMap::new();
+    for service in desired.services.values() {
+        let Some(port) = service.health_check_node_port else {
+            continue;
+        };
+        if service.skip_reason.is_some() || service.external_traffic_policy != TrafficPolicy::Local
+        {
+            continue;
+        }
+        checks.entry(port).or_insert_with(|| HealthCheck {
+            service: service.name.clone(),
+            local_endpoints: local_ready_endpoints(service, node_name),
+        });
+    }
+    checks
+}
+
+type Shared = Arc<Mutex<Option<HealthCheck>>>;
+
+/// The running servers, one per port.
+#[derive(Default)]
+pub struct HealthCheckServers {
+    servers: BTreeMap<u16, (Shared, JoinHandle<()>)>,
+}
+
+impl HealthCheckServers {
+    /// Serves exactly `wanted`: new ports are bound, gone ones closed, counts updated. A port
+    /// that cannot be bound is logged and tried again on the next update.
+    pub async fn update(&mut self, wanted: &BTreeMap<u16, HealthCheck>) {
+        let gone: Vec<u16> = self
+            .servers
+            .keys()
+            .filter(|port| !wanted.contains_key(port))
+            .copied()
+            .collect();
+        for port in gone {
+            if let Some((_, task)) = self.servers.remove(&port) {
+                task.abort();
+                info!(port, "health check port closed");
+            }
+        }
+        for (&port, check) in wanted {
+            if let Some((shared, _)) = self.servers.get(&port) {
+                *shared.lock().expect("not poisoned") = Some(check.clone());
+                continue;
+            }
+            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => listener,
+                Err(err) => {
+                    warn!(%addr, service = %check.service, %err, "cannot serve healthCheckNodePort");
+                    continue;
+                }
+            };
+            let shared: Shared = Arc::new(Mutex::new(Some(check.clone())));
+            let app = Router::new().fallback(answer).with_state(shared.clone());
+            let task = tokio::spawn(async move {
+                if let Err(err) = axum::serve(listener, app).await {
+                    warn!(port, %err, "health check server stopped");
+                }
+            });
+            info!(port, service = %check.service, "serving healthCheckNodePort");
+            self.servers.insert(port, (shared, task));
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Body {
+    service: ServiceRef,
+    local_endpoints: usize,
+    service_proxy_healthy: bool,
+}
+
+#[derive(Serialize)]
+struct ServiceRef {
+    namespace: String,
+    name: String,
+}
+
+/// kube-proxy's answer, on any path: 200 with local endpoints, 503 without.
+async fn answer(State(shared): State<Shared>) -> impl IntoResponse {
+    let check = shared.lock().expect("not poisoned").clone();
+    let Some(check) = check else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no service\n").into_response();
+    };
+    let status = if check.local_endpoints > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = Body {
+        service: ServiceRef {
+            namespace: check.service.namespace,
+            name: check.service.name,
+        },
+        local_endpoints: check.local_endpoints,
+        service_proxy_healthy: true,
+    };
+    (
+        status,
+        [(header::X_CONTENT_TYPE_OPTIONS, "nosniff")],
+        Json(body),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::model::{Endpoint, Protocol, Service, ServicePort, ServiceType};
+
+    fn endpoint(last: u8, node: &str, ready: bool) -> Endpoint {
+        Endpoint {
+            addr: Ipv4Addr::new(198, 18, 1, last),
+            port: 8080,
+            node_name: Some(node.into()),
+            ready,
+            serving: ready,
+            terminating: false,
+        }
+    }
+
+    #[test]
+    fn counts_local_ready_endpoints_of_local_policy_load_balancers() {
+        let name = ServiceName {
+            namespace: "default".into(),
+            name: "lb".into(),
+        };
+        let port = |protocol| ServicePort {
+            name: String::new(),
+            protocol,
+            port: 80,
+            node_port: Some(30080),
+            endpoints: vec![
+                endpoint(10, "node1", true),
+                endpoint(11, "node1", false),
+                endpoint(12, "node2", true),
+            ],
+        };
+        let service = Service {
+            name: name.clone(),
+            service_type: ServiceType::LoadBalancer,
+            cluster_ip: Some(Ipv4Addr::new(198, 19, 0, 10)),
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            ports: vec![port(Protocol::Tcp), port(Protocol::Udp)],
+            skip_reason: None,
+            affinity_timeout: None,
+            external_traffic_policy: TrafficPolicy::Local,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            load_balancer_source_ranges: vec![],
+            health_check_node_port: Some(30999),
+        };
+        let mut desired = DesiredState {
+            services: [(name.clone(), service)].into(),
+        };
+        let checks = wanted(&desired, "node1");
+        assert_eq!(
+            checks[&30999].local_endpoints, 1,
+            "one address, ready, on node1"
+        );
+        assert_eq!(wanted(&desired, "node3")[&30999].local_endpoints, 0);
+
+        let service = desired.services.get_mut(&name).expect("present");
+        service.external_traffic_policy = TrafficPolicy::Cluster;
+        assert!(wanted(&desired, "node1").is_empty());
+    }
+}
