@@ -86,6 +86,13 @@ fn main() {
             Ipv4Addr::LOCALHOST,
             30080,
         ),
+        (
+            "LoadBalancer echo-lb (externalTrafficPolicy: Local) via node1, from the client",
+            Place::Client,
+            Proto::Tcp,
+            Ipv4Addr::new(198, 19, 200, 1),
+            80,
+        ),
     ];
     for (title, from, proto, addr, port) in cases {
         println!("{title}: {proto} {addr}:{port}");
