@@ -11,7 +11,7 @@ use proxy_common::{
 };
 use serde::Serialize;
 
-use super::{Output, print_table};
+use super::{Output, print_rows};
 use crate::{affinity_gc::monotonic_ns, datapath::Maps};
 
 /// One affinity entry as the maps hold it.
@@ -115,35 +115,27 @@ fn client_name(key: &AffinityKey) -> String {
 pub fn run(pin_dir: &Path, output: Output) -> Result<()> {
     let maps = Maps::open_pinned(pin_dir)?;
     let rows = read(&maps)?;
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Output::Table => {
-            let table: Vec<Vec<String>> = rows
-                .iter()
-                .map(|row| {
-                    let client = match row.client_kind {
-                        "netns" => format!("netns:{}", row.client),
-                        _ => row.client.clone(),
-                    };
-                    let mut age = format!("{:.1}s", row.age_seconds);
-                    if row.expired {
-                        age.push_str(" (expired)");
-                    }
-                    vec![
-                        row.service.clone(),
-                        row.frontend.clone(),
-                        client,
-                        row.backend.clone(),
-                        age,
-                        format!("{}s", row.timeout_seconds),
-                    ]
-                })
-                .collect();
-            print_table(
-                &["SERVICE", "FRONTEND", "CLIENT", "BACKEND", "AGE", "TIMEOUT"],
-                &table,
-            );
-        }
-    }
-    Ok(())
+    print_rows(
+        &rows,
+        output,
+        &["SERVICE", "FRONTEND", "CLIENT", "BACKEND", "AGE", "TIMEOUT"],
+        |row| {
+            let client = match row.client_kind {
+                "netns" => format!("netns:{}", row.client),
+                _ => row.client.clone(),
+            };
+            let mut age = format!("{:.1}s", row.age_seconds);
+            if row.expired {
+                age.push_str(" (expired)");
+            }
+            vec![
+                row.service.clone(),
+                row.frontend.clone(),
+                client,
+                row.backend.clone(),
+                age,
+                format!("{}s", row.timeout_seconds),
+            ]
+        },
+    )
 }

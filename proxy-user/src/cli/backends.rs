@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{Output, print_table, services};
+use super::{Output, print_rows, services};
 use crate::datapath::Maps;
 
 #[derive(Debug, Serialize)]
@@ -51,29 +51,24 @@ pub fn read(maps: &Maps) -> Result<Vec<BackendRow>> {
 
 pub fn run(pin_dir: &Path, output: Output) -> Result<()> {
     let rows = read(&Maps::open_pinned(pin_dir)?)?;
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Output::Table => {
-            let table: Vec<Vec<String>> = rows
-                .iter()
-                .map(|row| {
-                    let mut flags = Vec::new();
-                    if row.local {
-                        flags.push("local");
-                    }
-                    if row.terminating {
-                        flags.push("terminating");
-                    }
-                    vec![
-                        row.id.to_string(),
-                        format!("{}:{}", row.addr, row.port),
-                        flags.join(","),
-                        row.used_by.join(", "),
-                    ]
-                })
-                .collect();
-            print_table(&["ID", "BACKEND", "FLAGS", "USED BY"], &table);
-        }
-    }
-    Ok(())
+    print_rows(
+        &rows,
+        output,
+        &["ID", "BACKEND", "FLAGS", "USED BY"],
+        |row| {
+            let mut flags = Vec::new();
+            if row.local {
+                flags.push("local");
+            }
+            if row.terminating {
+                flags.push("terminating");
+            }
+            vec![
+                row.id.to_string(),
+                format!("{}:{}", row.addr, row.port),
+                flags.join(","),
+                row.used_by.join(", "),
+            ]
+        },
+    )
 }

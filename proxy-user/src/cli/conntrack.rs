@@ -10,7 +10,7 @@ use proxy_common::{
 };
 use serde::Serialize;
 
-use super::{Output, print_table};
+use super::{Output, print_rows};
 use crate::{clock::monotonic_ns, datapath::Maps};
 
 #[derive(Debug, Serialize)]
@@ -91,31 +91,23 @@ fn state_name(proto: u8, state: u8) -> &'static str {
 
 pub fn run(pin_dir: &Path, output: Output, filter: &Filter) -> Result<()> {
     let rows = read(&Maps::open_pinned(pin_dir)?, filter)?;
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Output::Table => {
-            let table: Vec<Vec<String>> = rows
-                .iter()
-                .map(|row| {
-                    vec![
-                        row.protocol.to_owned(),
-                        row.client.clone(),
-                        row.frontend.clone(),
-                        row.backend.clone(),
-                        row.snat.clone().unwrap_or_else(|| "-".into()),
-                        row.service.clone(),
-                        row.state.to_owned(),
-                        format!("{:.1}s", row.idle_seconds),
-                    ]
-                })
-                .collect();
-            print_table(
-                &[
-                    "PROTO", "CLIENT", "FRONTEND", "BACKEND", "SNAT", "SERVICE", "STATE", "IDLE",
-                ],
-                &table,
-            );
-        }
-    }
-    Ok(())
+    print_rows(
+        &rows,
+        output,
+        &[
+            "PROTO", "CLIENT", "FRONTEND", "BACKEND", "SNAT", "SERVICE", "STATE", "IDLE",
+        ],
+        |row| {
+            vec![
+                row.protocol.to_owned(),
+                row.client.clone(),
+                row.frontend.clone(),
+                row.backend.clone(),
+                row.snat.clone().unwrap_or_else(|| "-".into()),
+                row.service.clone(),
+                row.state.to_owned(),
+                format!("{:.1}s", row.idle_seconds),
+            ]
+        },
+    )
 }

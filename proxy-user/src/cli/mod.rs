@@ -18,6 +18,23 @@ pub enum Output {
     Json,
 }
 
+/// Prints `rows` as one JSON document, or as a table: `header`, then `cells(row)` per row.
+pub fn print_rows<T: serde::Serialize>(
+    rows: &[T],
+    output: Output,
+    header: &[&str],
+    cells: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(rows)?),
+        Output::Table => {
+            let table: Vec<Vec<String>> = rows.iter().map(cells).collect();
+            print_table(header, &table);
+        }
+    }
+    Ok(())
+}
+
 /// Prints rows as aligned columns under a header.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

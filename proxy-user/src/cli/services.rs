@@ -19,7 +19,7 @@ use proxy_common::{
 };
 use serde::Serialize;
 
-use super::{Output, print_table};
+use super::{Output, print_rows};
 use crate::datapath::Maps;
 
 /// One frontend as the maps hold it, or one service that is not programmed.
@@ -217,67 +217,59 @@ fn backends_cell(row: &ServiceRow, backends: &[BackendRow]) -> String {
 pub fn run(pin_dir: &Path, output: Output) -> Result<()> {
     let maps = Maps::open_pinned(pin_dir)?;
     let rows = read(&maps)?;
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Output::Table => {
-            let table: Vec<Vec<String>> = rows
-                .iter()
-                .map(|row| {
-                    if !row.programmed {
-                        let reason = row.reason.as_deref().unwrap_or("");
-                        return vec![
-                            row.name.clone(),
-                            row.service_type.to_owned(),
-                            "-".into(),
-                            "-".into(),
-                            "-".into(),
-                            "-".into(),
-                            format!("not programmed: {reason}"),
-                        ];
-                    }
-                    let mut policy = format!(
-                        "ext={} int={}",
-                        row.external_traffic_policy, row.internal_traffic_policy
-                    );
-                    if let Some(port) = row.health_check_node_port {
-                        policy.push_str(&format!(" hc={port}"));
-                    }
-                    if !row.source_ranges.is_empty() {
-                        let ranges: Vec<String> =
-                            row.source_ranges.iter().map(ToString::to_string).collect();
-                        policy.push_str(&format!(" from={}", ranges.join(",")));
-                    }
-                    let mut backends = backends_cell(row, &row.backends);
-                    if let Some(internal) = &row.internal_backends {
-                        backends = format!(
-                            "off-node: {backends}; in-cluster: {}",
-                            backends_cell(row, internal)
-                        );
-                    }
-                    vec![
-                        row.name.clone(),
-                        row.service_type.to_owned(),
-                        row.kind.to_owned(),
-                        row.frontend.clone(),
-                        row.protocol.to_owned(),
-                        policy,
-                        backends,
-                    ]
-                })
-                .collect();
-            print_table(
-                &[
-                    "SERVICE",
-                    "TYPE",
-                    "FRONTEND-KIND",
-                    "FRONTEND",
-                    "PROTO",
-                    "POLICY",
-                    "BACKENDS",
-                ],
-                &table,
+    print_rows(
+        &rows,
+        output,
+        &[
+            "SERVICE",
+            "TYPE",
+            "FRONTEND-KIND",
+            "FRONTEND",
+            "PROTO",
+            "POLICY",
+            "BACKENDS",
+        ],
+        |row| {
+            if !row.programmed {
+                let reason = row.reason.as_deref().unwrap_or("");
+                return vec![
+                    row.name.clone(),
+                    row.service_type.to_owned(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    format!("not programmed: {reason}"),
+                ];
+            }
+            let mut policy = format!(
+                "ext={} int={}",
+                row.external_traffic_policy, row.internal_traffic_policy
             );
-        }
-    }
-    Ok(())
+            if let Some(port) = row.health_check_node_port {
+                policy.push_str(&format!(" hc={port}"));
+            }
+            if !row.source_ranges.is_empty() {
+                let ranges: Vec<String> =
+                    row.source_ranges.iter().map(ToString::to_string).collect();
+                policy.push_str(&format!(" from={}", ranges.join(",")));
+            }
+            let mut backends = backends_cell(row, &row.backends);
+            if let Some(internal) = &row.internal_backends {
+                backends = format!(
+                    "off-node: {backends}; in-cluster: {}",
+                    backends_cell(row, internal)
+                );
+            }
+            vec![
+                row.name.clone(),
+                row.service_type.to_owned(),
+                row.kind.to_owned(),
+                row.frontend.clone(),
+                row.protocol.to_owned(),
+                policy,
+                backends,
+            ]
+        },
+    )
 }
