@@ -1,7 +1,7 @@
 //! Writes the difference between a plan and what the maps hold, keeping a mirror of the maps
 //! so each change costs what it changes, not what the node holds.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Context as _, Result};
 use aya::maps::lpm_trie::Key;
@@ -54,6 +54,8 @@ pub struct Reconciler {
     /// Source ranges under no frontend's id, found in the maps: removed by the next apply.
     stale_ranges: Vec<(u32, Ipv4Net)>,
     next_service_id: u32,
+    /// The ids of `frontends`, so allocating one costs O(1), not a walk over every frontend.
+    service_ids: HashSet<u32>,
     next_backend_id: u32,
     /// Mirror of the affinity-match map.
     members: AffinityMembers,
@@ -104,6 +106,7 @@ impl Reconciler {
             let mut source_ranges = ranges.remove(&head.service_id).unwrap_or_default();
             source_ranges.sort_unstable();
             this.next_service_id = this.next_service_id.max(head.service_id);
+            this.service_ids.insert(head.service_id);
             this.frontends.insert(
                 frontend,
                 Programmed {
@@ -325,6 +328,7 @@ impl Reconciler {
     /// Removes slot 0 first: from then on lookups miss and the slots are unreachable.
     fn remove_frontend(&mut self, maps: &mut Maps, frontend: &Frontend) -> Result<()> {
         let programmed = self.frontends.remove(frontend).expect("caller checked");
+        self.service_ids.remove(&programmed.service_id);
         let context = || format!("remove service {} ({frontend:?})", programmed.meta.name());
         remove_if_present(maps.services.remove(&service_key(frontend, 0))).with_context(context)?;
         for index in 0..programmed.slots.len() {
@@ -381,11 +385,11 @@ impl Reconciler {
         }
     }
 
+    /// Ids grow monotonically (wrapping), like backend ids; the id is reserved at once.
     fn allocate_service_id(&mut self) -> u32 {
-        let used: BTreeSet<u32> = self.frontends.values().map(|p| p.service_id).collect();
         loop {
             self.next_service_id = self.next_service_id.wrapping_add(1).max(1);
-            if !used.contains(&self.next_service_id) {
+            if self.service_ids.insert(self.next_service_id) {
                 return self.next_service_id;
             }
         }
