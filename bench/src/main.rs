@@ -6,6 +6,8 @@
 
 mod fixture;
 mod packet_cost;
+mod rules;
+mod sync;
 mod stats;
 mod sys;
 
@@ -40,6 +42,27 @@ fn main() -> Result<()> {
             flows: 20_000,
         }
     };
+    let sync_params = if cli.quick {
+        sync::Params {
+            services: &[100],
+            endpoints: &[2],
+            rounds: 1,
+            max_rules: 10_000,
+            timeout: std::time::Duration::from_secs(60),
+        }
+    } else {
+        sync::Params {
+            services: &[10_000, 100_000],
+            endpoints: &[2, 10],
+            rounds: 3,
+            max_rules: 1_200_000,
+            timeout: std::time::Duration::from_secs(240),
+        }
+    };
+    let sync_rows = sync::run(&sync_params, &mut log)?;
+    for row in &sync_rows {
+        println!("{row:?}");
+    }
     let rows = packet_cost::run(&params, &mut log)?;
     for row in &rows {
         println!("{row:?}");
