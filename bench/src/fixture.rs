@@ -39,7 +39,7 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     pub sl0: u32,
     // Dropped last: programs and maps first, then the namespace.
-    pub netns: IsolatedNetns,
+    _netns: IsolatedNetns,
 }
 
 /// Map sizes for `services` services of `endpoints` endpoints each, and `flows` conntrack flows.
@@ -59,11 +59,17 @@ impl Loaded {
     /// Enters a fresh namespace, makes `sl0`, loads the object with `sizes` and configures it.
     pub fn new(sizes: &[(&str, u32)]) -> Result<Self> {
         let netns = IsolatedNetns::enter().context("create a network namespace (needs root)")?;
-        netns.ip("link add sl0 type veth peer name sl1");
+        // The frames are addressed to this MAC (proxy_tests::packet::NODE_MAC).
+        netns.ip("link add sl0 address 02:00:00:00:00:01 type veth peer name sl1");
         netns.ip("link set sl0 up");
         netns.ip("link set sl1 up");
         netns.ip("addr add 198.18.0.1/24 dev sl0");
         netns.sysctl("net.ipv4.ip_forward", "1");
+        Self::with_netns(netns, sizes)
+    }
+
+    /// Loads into `netns` (the current thread's), which already has `sl0`.
+    pub fn with_netns(netns: IsolatedNetns, sizes: &[(&str, u32)]) -> Result<Self> {
         let sl0 = netns.ifindex("sl0");
         let mut loader = EbpfLoader::new();
         for &(name, size) in sizes {
@@ -95,7 +101,11 @@ impl Loaded {
                 flags: NODE_ADDR_F_PRIMARY,
             }],
         )?;
-        Ok(Self { ebpf, sl0, netns })
+        Ok(Self {
+            ebpf,
+            sl0,
+            _netns: netns,
+        })
     }
 
     pub fn load_xdp(&mut self) -> Result<()> {

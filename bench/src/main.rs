@@ -1,31 +1,90 @@
-//! `proxy-bench`: Sluice's benchmarks. Writes docs/BENCHMARKS.md and its PNG plots.
+//! `proxy-bench`: Sluice's benchmarks against kube-proxy's rule sets and the physical floor.
+//! Writes BENCHMARKS.md and its PNG plots (`cargo xtask bench` puts them in docs/).
 //!
 //! Every figure is a ratio or difference against a baseline measured in the same invocation,
 //! back to back, reported as the median and the spread (min–max) over repeated rounds.
 //! Nothing here asserts a speed: the bench fails only when something does not work.
+//! All traffic and all iptables/nftables rules live in network namespaces the bench creates.
 
+mod client;
+mod connrate;
 mod fixture;
+mod live;
+mod memory;
 mod packet_cost;
+mod plot;
+mod report;
 mod rules;
-mod sync;
 mod stats;
+mod sync;
 mod sys;
 
-use anyhow::Result;
-use clap::Parser;
+use std::{net::SocketAddr, path::PathBuf, time::Instant};
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(about = "Sluice's benchmarks")]
 struct Cli {
-    /// Tiny sizes and few repeats: checks that everything runs (CI).
+    /// Tiny sizes and few repeats: checks that everything runs (CI); numbers mean nothing.
     #[arg(long)]
     quick: bool,
+    /// Where BENCHMARKS.md goes; the plots go to its directory's `bench/`.
+    #[arg(long, default_value = "docs/BENCHMARKS.md")]
+    out: PathBuf,
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+/// The halves of the connection benchmark, run by the bench itself inside the cluster.
+#[derive(Subcommand)]
+enum Role {
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        port: u16,
+    },
+    #[command(hide = true)]
+    Client {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long)]
+        millis: u64,
+    },
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    match cli.role {
+        Some(Role::Serve { port }) => return client::serve(port),
+        Some(Role::Client { target, millis }) => return client::client(target, millis),
+        None => {}
+    }
+    let quick = cli.quick;
+    let wall = Instant::now();
+    let started = String::from_utf8_lossy(
+        &std::process::Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+            .output()?
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    let load_before = load();
     let mut log = |line: &str| eprintln!("bench: {line}");
-    let params = if cli.quick {
+    let mut failures = Vec::new();
+
+    let packet_params = if quick {
         packet_cost::Params {
             services: &[1, 100],
             endpoints: &[2],
@@ -42,7 +101,7 @@ fn main() -> Result<()> {
             flows: 20_000,
         }
     };
-    let sync_params = if cli.quick {
+    let sync_params = if quick {
         sync::Params {
             services: &[100],
             endpoints: &[2],
@@ -59,13 +118,92 @@ fn main() -> Result<()> {
             timeout: std::time::Duration::from_secs(240),
         }
     };
-    let sync_rows = sync::run(&sync_params, &mut log)?;
-    for row in &sync_rows {
-        println!("{row:?}");
+    let conn_params = if quick {
+        connrate::Params {
+            services: &[10],
+            rounds: 1,
+            millis: 300,
+        }
+    } else {
+        connrate::Params {
+            services: &[1_000, 10_000],
+            rounds: 3,
+            millis: 1_500,
+        }
+    };
+    let live_params = if quick {
+        live::Params {
+            services: 10,
+            millis: 100,
+            rounds: 2,
+        }
+    } else {
+        live::Params {
+            services: 10_000,
+            millis: 1_000,
+            rounds: 5,
+        }
+    };
+
+    let (connrate, connrate_error) = match connrate::run(&conn_params, &mut log) {
+        Ok(rows) => (rows, None),
+        Err(err) => {
+            failures.push(format!("connection rate: {err:#}"));
+            (Vec::new(), Some(format!("{err:#}")))
+        }
+    };
+    let (live, live_error) = match live::run(&live_params, &mut log) {
+        Ok(rows) => (rows, None),
+        Err(err) => {
+            failures.push(format!("packet rate: {err:#}"));
+            (Vec::new(), Some(format!("{err:#}")))
+        }
+    };
+    let packet = packet_cost::run(&packet_params, &mut log)?;
+    let sync = sync::run(&sync_params, &mut log)?;
+    let mut memory = Vec::new();
+    let mem_sizes: &[(usize, usize)] = if quick {
+        &[(100, 2)]
+    } else {
+        &[(100_000, 2), (100_000, 10)]
+    };
+    for &(services, endpoints) in mem_sizes {
+        memory.push(memory::run(services, endpoints)?);
     }
-    let rows = packet_cost::run(&params, &mut log)?;
-    for row in &rows {
-        println!("{row:?}");
+
+    let results = report::Results {
+        quick,
+        command: if quick {
+            "cargo xtask bench --quick".into()
+        } else {
+            "cargo xtask bench".into()
+        },
+        started,
+        wall_secs: wall.elapsed().as_secs_f64(),
+        load_before,
+        load_after: load(),
+        packet,
+        packet_params,
+        sync,
+        memory,
+        connrate,
+        connrate_error,
+        live,
+        live_error,
+    };
+    let plots = cli
+        .out
+        .parent()
+        .map_or_else(|| PathBuf::from("bench"), |dir| dir.join("bench"));
+    report::write(&results, &cli.out, &plots)?;
+    log(&format!(
+        "wrote {} and plots in {} ({:.0} s)",
+        cli.out.display(),
+        plots.display(),
+        wall.elapsed().as_secs_f64()
+    ));
+    if !failures.is_empty() {
+        bail!("some benchmarks failed:\n{}", failures.join("\n"));
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ pub fn iptables_rule_count(services: usize, endpoints: usize) -> usize {
     services * (1 + 3 * endpoints) + 4
 }
 
-fn svc_chain(i: usize) -> String {
+pub fn svc_chain(i: usize) -> String {
     format!("KUBE-SVC-{i:016X}")
 }
 
@@ -53,7 +53,10 @@ fn service_rules(out: &mut String, i: usize, endpoints: usize, changed: Option<u
         }
         let ip = addr.split(':').next().expect("ip:port");
         let _ = writeln!(out, "-A {sep} -s {ip}/32 -j KUBE-MARK-MASQ");
-        let _ = writeln!(out, "-A {sep} -p tcp -m tcp -j DNAT --to-destination {addr}");
+        let _ = writeln!(
+            out,
+            "-A {sep} -p tcp -m tcp -j DNAT --to-destination {addr}"
+        );
     }
 }
 
@@ -69,8 +72,12 @@ pub fn iptables(services: usize, endpoints: usize, changed: Option<usize>) -> St
             let _ = writeln!(out, ":{} - [0:0]", sep_name(i, j, changed, endpoints));
         }
     }
-    out.push_str("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n");
-    out.push_str("-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n");
+    out.push_str(
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
+    );
+    out.push_str(
+        "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
+    );
     out.push_str("-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n");
     for i in 0..services {
         let frontend = cluster_frontend(i);
@@ -96,7 +103,11 @@ pub fn iptables_change(services: usize, endpoints: usize, changed: usize) -> Str
     let mut out = String::from("*nat\n");
     let _ = writeln!(out, ":{} - [0:0]", svc_chain(changed));
     for j in 0..endpoints {
-        let _ = writeln!(out, ":{} - [0:0]", sep_name(changed, j, Some(changed), endpoints));
+        let _ = writeln!(
+            out,
+            ":{} - [0:0]",
+            sep_name(changed, j, Some(changed), endpoints)
+        );
     }
     // The old endpoint's chain: declared (so flushed), then deleted.
     let old = sep_name(changed, endpoints - 1, None, endpoints);
@@ -123,7 +134,13 @@ fn nft_endpoint(i: usize, j: usize, changed: Option<usize>, endpoints: usize) ->
     format!("endpoint-{i}-{j}-{new}")
 }
 
-fn nft_endpoint_chain(out: &mut String, i: usize, j: usize, endpoints: usize, changed: Option<usize>) {
+fn nft_endpoint_chain(
+    out: &mut String,
+    i: usize,
+    j: usize,
+    endpoints: usize,
+    changed: Option<usize>,
+) {
     let chain = nft_endpoint(i, j, changed, endpoints);
     let addr = endpoint_addr(i, endpoints, j, changed);
     let ip = addr.split(':').next().expect("ip:port");
@@ -149,7 +166,9 @@ pub fn nft(services: usize, endpoints: usize) -> String {
     out.push_str("add chain ip kube-proxy mark-for-masquerade\n");
     out.push_str("add rule ip kube-proxy mark-for-masquerade meta mark set meta mark or 0x4000\n");
     out.push_str("add chain ip kube-proxy services\n");
-    out.push_str("add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips\n");
+    out.push_str(
+        "add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips\n",
+    );
     out.push_str(
         "add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority dstnat ; policy accept ; }\n",
     );
@@ -170,7 +189,11 @@ pub fn nft(services: usize, endpoints: usize) -> String {
             .iter()
             .map(|&i| {
                 let frontend = cluster_frontend(i);
-                format!("{} . tcp . {} : goto service-{i}", frontend.ip(), frontend.port())
+                format!(
+                    "{} . tcp . {} : goto service-{i}",
+                    frontend.ip(),
+                    frontend.port()
+                )
             })
             .collect();
         let _ = writeln!(
@@ -193,6 +216,59 @@ pub fn nft_change(services: usize, endpoints: usize, changed: usize) -> String {
         out,
         "delete chain ip kube-proxy {}",
         nft_endpoint(changed, endpoints - 1, None, endpoints)
+    );
+    out
+}
+
+/// A NodePort for `backend` on `port`, as kube-proxy adds it: the last KUBE-SERVICES rule
+/// sends local destinations to KUBE-NODEPORTS. Added to a full `iptables` set.
+pub fn iptables_with_nodeport(
+    services: usize,
+    endpoints: usize,
+    port: u16,
+    backend: std::net::SocketAddrV4,
+) -> String {
+    let base = iptables(services, endpoints, None);
+    let chains =
+        ":KUBE-NODEPORTS - [0:0]\n:KUBE-EXT-NODEPORT - [0:0]\n:KUBE-SEP-NODEPORT - [0:0]\n";
+    let rules = format!(
+        "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports\" -m addrtype \
+         --dst-type LOCAL -j KUBE-NODEPORTS\n\
+         -A KUBE-NODEPORTS -p tcp -m comment --comment \"bench/nodeport\" -m tcp --dport {port} \
+         -j KUBE-EXT-NODEPORT\n\
+         -A KUBE-EXT-NODEPORT -j KUBE-MARK-MASQ\n\
+         -A KUBE-EXT-NODEPORT -j KUBE-SEP-NODEPORT\n\
+         -A KUBE-SEP-NODEPORT -p tcp -m tcp -j DNAT --to-destination {backend}\n"
+    );
+    let with_chains = base.replacen("*nat\n", &format!("*nat\n{chains}"), 1);
+    with_chains.replacen("COMMIT\n", &format!("{rules}COMMIT\n"), 1)
+}
+
+/// The nftables set plus a NodePort, as kube-proxy's nftables mode adds it.
+pub fn nft_with_nodeport(
+    services: usize,
+    endpoints: usize,
+    port: u16,
+    backend: std::net::SocketAddrV4,
+) -> String {
+    let mut out = nft(services, endpoints);
+    out.push_str(
+        "add map ip kube-proxy service-nodeports { type inet_proto . inet_service : verdict ; }\n",
+    );
+    out.push_str(
+        "add rule ip kube-proxy services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports\n",
+    );
+    out.push_str("add chain ip kube-proxy endpoint-nodeport\n");
+    let _ = writeln!(
+        out,
+        "add rule ip kube-proxy endpoint-nodeport meta l4proto tcp dnat to {backend}"
+    );
+    out.push_str("add chain ip kube-proxy external-nodeport\n");
+    out.push_str("add rule ip kube-proxy external-nodeport jump mark-for-masquerade\n");
+    out.push_str("add rule ip kube-proxy external-nodeport goto endpoint-nodeport\n");
+    let _ = writeln!(
+        out,
+        "add element ip kube-proxy service-nodeports {{ tcp . {port} : goto external-nodeport }}"
     );
     out
 }

@@ -202,7 +202,8 @@ fn run_one(params: &Params, services: usize, endpoints: usize) -> Result<Row> {
     let rule_count = rules::iptables_rule_count(services, endpoints);
     row.iptables_rules = rule_count;
     if rule_count <= params.max_rules {
-        let (mut cold, mut full, mut partial) = (Samples::default(), Samples::default(), Samples::default());
+        let (mut cold, mut full, mut partial) =
+            (Samples::default(), Samples::default(), Samples::default());
         let (mut nft_cold, mut nft_change) = (Samples::default(), Samples::default());
         let base = rules::iptables(services, endpoints, None);
         let changed = rules::iptables(services, endpoints, Some(services / 2));
@@ -212,16 +213,36 @@ fn run_one(params: &Params, services: usize, endpoints: usize) -> Result<Row> {
         for _ in 0..params.rounds {
             let netns = IsolatedNetns::enter()?;
             cold.push(timed(&["iptables-restore", "-w"], &base, params.timeout)?);
+            loaded_check(&[
+                "iptables",
+                "-w",
+                "-t",
+                "nat",
+                "-S",
+                &rules::svc_chain(services - 1),
+            ])?;
             partial.push(timed(
                 &["iptables-restore", "-w", "--noflush"],
                 &delta,
                 params.timeout,
             )?);
             // A full resync after the change: what kube-proxy before 1.28 did on every change.
-            full.push(timed(&["iptables-restore", "-w"], &changed, params.timeout)?);
+            full.push(timed(
+                &["iptables-restore", "-w"],
+                &changed,
+                params.timeout,
+            )?);
             drop(netns);
             let netns = IsolatedNetns::enter()?;
             nft_cold.push(timed(&["nft", "-f", "-"], &nft_base, params.timeout)?);
+            loaded_check(&[
+                "nft",
+                "list",
+                "chain",
+                "ip",
+                "kube-proxy",
+                &format!("service-{}", services - 1),
+            ])?;
             nft_change.push(timed(&["nft", "-f", "-"], &nft_delta, params.timeout)?);
             drop(netns);
         }
@@ -232,6 +253,19 @@ fn run_one(params: &Params, services: usize, endpoints: usize) -> Result<Row> {
         row.nft_change = Some(nft_change);
     }
     Ok(row)
+}
+
+/// Fails unless `argv` succeeds: a rule set really was loaded.
+fn loaded_check(argv: &[&str]) -> Result<()> {
+    let out = Command::new(argv[0]).args(&argv[1..]).output()?;
+    if !out.status.success() || out.stdout.is_empty() {
+        bail!(
+            "`{}` shows the rule set was not loaded: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// Runs `argv` with `input` on stdin in the current (bench-made) namespace; seconds.
@@ -278,7 +312,10 @@ fn apply_batched(loaded: &Loaded, plan: &Plan) -> Result<()> {
         let id = n as u32 + 1;
         ids.insert(*addr, id);
         bkeys.push(id);
-        bvalues.push(fixture::backend(SocketAddrV4::new(addr.addr, addr.port), *flags));
+        bvalues.push(fixture::backend(
+            SocketAddrV4::new(addr.addr, addr.port),
+            *flags,
+        ));
     }
     let (mut keys, mut values, mut heads, mut head_values) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -324,6 +361,12 @@ pub fn rss_bytes() -> f64 {
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .map_or(f64::NAN, |kb| kb * 1024.0)
 }

@@ -11,8 +11,6 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_PROG_TYPE_XDP: u32 = 6;
-/// Run XDP frames through the real stack / transmit path (Linux 5.18+).
-pub const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
 /// `union bpf_attr`, zero-filled; the kernel requires unused bytes to be zero.
 #[repr(C, align(8))]
