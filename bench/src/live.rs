@@ -50,6 +50,8 @@ pub struct Row {
     pub services: usize,
     /// Frames forwarded per second: floor and variant, per round.
     pub floor: Samples,
+    /// The empty XDP program attached, no rules (Sluice's row only).
+    pub xdp_floor: Samples,
     pub rate: Samples,
     /// Frames forwarded per frame sent, variant runs.
     pub delivered: f64,
@@ -73,6 +75,23 @@ fn links(netns: &IsolatedNetns) {
     netns.ip("link set dum1 up");
     netns.ip("route add 198.18.5.0/24 dev dum0");
     netns.ip("neigh replace 198.18.5.2 lladdr 02:00:00:00:05:02 dev dum0 nud permanent");
+}
+
+fn path_str(path: &Path) -> Result<String> {
+    Ok(path.to_str().context("non-UTF-8 path")?.to_owned())
+}
+
+/// `ip link ARGS` in the current namespace.
+fn ip_link(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").arg("link").args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "ip link {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 fn tx_packets() -> Result<u64> {
@@ -193,6 +212,7 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
             floor.push(measure(&sender, &frame(BACKEND), params.millis)?.0);
         }
         let mut loaded = None;
+        let mut xdp_floor = Samples::default();
         match variant {
             "Sluice XDP" => {
                 let mut sluice =
@@ -204,6 +224,19 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
                     .program_mut(program_names::XDP_INGRESS)
                     .context("no xdp_ingress")?
                     .try_into()?;
+                // The veth's own XDP cost (it copies skbs into XDP buffers once any program
+                // is attached), measured with the empty program before Sluice's replaces it.
+                let bpffs = proxy_tests::bpffs::Bpffs::mount_temp("sluice-bench-bpffs")?;
+                let pin = bpffs.path().join("xdp_pass");
+                proxy_tests::xdp_pass::load_and_pin(&pin)?;
+                let attached = ip_link(&["set", "dev", "sl0", "xdpdrv", "pinned", &path_str(&pin)?]);
+                let _ = std::fs::remove_file(&pin);
+                drop(bpffs);
+                attached?;
+                for _ in 0..params.rounds {
+                    xdp_floor.push(measure(&sender, &frame(BACKEND), params.millis)?.0);
+                }
+                ip_link(&["set", "dev", "sl0", "xdpdrv", "off"])?;
                 xdp.attach("sl0", XdpMode::default())
                     .context("attach xdp_ingress to sl0")?;
                 loaded = Some(sluice);
@@ -230,16 +263,18 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
             variant,
             services: params.services,
             floor,
+            xdp_floor,
             rate,
             delivered: delivered.iter().sum::<f64>() / delivered.len() as f64,
         });
     }
     for row in &rows {
         log(&format!(
-            "packet rate: {}: {:.0} frames/s vs floor {:.0}, forwarded {:.3} of sent",
+            "packet rate: {}: {:.0} frames/s vs floor {:.0} (empty XDP {:.0}), forwarded {:.3} of sent",
             row.variant,
             row.rate.median(),
             row.floor.median(),
+            row.xdp_floor.median(),
             row.delivered
         ));
         if row.rate.median() <= 0.0 {
@@ -290,7 +325,9 @@ pub fn report(
          to the backend, routed out of a second veth whose peer drops it; that veth's tx count \
          over the wall time is the rate. **floor**: no XDP, no rules, frames already addressed \
          to the backend (plain forwarding), measured in the same fresh namespace right before \
-         each variant. iptables and nftables hold kube-proxy's rule set for the given number \
+         each variant; for Sluice also **empty-XDP floor**: the same with the empty XDP_PASS \
+         program attached (a veth copies every skb into an XDP buffer once any XDP program is \
+         attached; that cost is the veth's, not Sluice's). iptables and nftables hold kube-proxy's rule set for the given number \
          of services plus the NodePort (its DNAT is cached in conntrack after the first frame, \
          as for an established connection). Sender and receiver share the 2 CPUs, so these are \
          rates of the whole path, sender included: ratios understate per-packet differences \
@@ -306,13 +343,22 @@ pub fn report(
         return Ok(());
     }
     md.push_str(
-        "| variant | services | floor frames/s | variant frames/s | rate / floor | forwarded of \
-         sent |\n|---|---:|---:|---:|---:|---:|\n",
+        "| variant | services | floor frames/s | variant frames/s | rate / floor | empty-XDP \
+         floor frames/s | rate / empty-XDP floor | forwarded of sent |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for row in rows {
+        let (xdp_floor, xdp_ratio) = if row.xdp_floor.0.is_empty() {
+            ("–".to_owned(), "–".to_owned())
+        } else {
+            (
+                row.xdp_floor.show(0),
+                ratio(&row.rate, &row.xdp_floor).show(3),
+            )
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {:.1}% |",
+            "| {} | {} | {} | {} | {} | {xdp_floor} | {xdp_ratio} | {:.1}% |",
             row.variant,
             row.services,
             row.floor.show(0),
