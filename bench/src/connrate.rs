@@ -216,7 +216,7 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
 
         // kube-proxy iptables: N-1 services, then the measured one last.
         let mut ipt = rules::iptables(svc_count, 2, None);
-        let measured = format!(":KUBE-SVC-MEASURED - [0:0]\n:KUBE-SEP-MEASURED - [0:0]\n");
+        let measured = ":KUBE-SVC-MEASURED - [0:0]\n:KUBE-SEP-MEASURED - [0:0]\n";
         ipt = ipt.replacen("*nat\n", &format!("*nat\n{measured}"), 1);
         ipt = ipt.replacen(
             "COMMIT\n",

@@ -229,7 +229,8 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
                 let bpffs = proxy_tests::bpffs::Bpffs::mount_temp("sluice-bench-bpffs")?;
                 let pin = bpffs.path().join("xdp_pass");
                 proxy_tests::xdp_pass::load_and_pin(&pin)?;
-                let attached = ip_link(&["set", "dev", "sl0", "xdpdrv", "pinned", &path_str(&pin)?]);
+                let attached =
+                    ip_link(&["set", "dev", "sl0", "xdpdrv", "pinned", &path_str(&pin)?]);
                 let _ = std::fs::remove_file(&pin);
                 drop(bpffs);
                 attached?;

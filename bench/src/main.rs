@@ -33,6 +33,13 @@ struct Cli {
     /// Where BENCHMARKS.md goes; the plots go to its directory's `bench/`.
     #[arg(long, default_value = "docs/BENCHMARKS.md")]
     out: PathBuf,
+    /// Run only these sections (comma separated: connrate, rate, packet, sync, memory); the
+    /// report then shows the others as not run. For development.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Milliseconds per connection-rate client run (default: 1500, quick: 300).
+    #[arg(long)]
+    conn_millis: Option<u64>,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -145,32 +152,50 @@ fn main() -> Result<()> {
         }
     };
 
-    let (connrate, connrate_error) = match connrate::run(&conn_params, &mut log) {
-        Ok(rows) => (rows, None),
-        Err(err) => {
-            failures.push(format!("connection rate: {err:#}"));
-            (Vec::new(), Some(format!("{err:#}")))
-        }
-    };
-    let (live, live_error) = match live::run(&live_params, &mut log) {
-        Ok(rows) => (rows, None),
-        Err(err) => {
+    let wants = |name: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == name);
+    let mut conn_params = conn_params;
+    if let Some(millis) = cli.conn_millis {
+        conn_params.millis = millis;
+    }
+    let skipped = || Some("not selected (--only)".to_owned());
+    let (connrate, connrate_error) =
+        match wants("connrate").then(|| connrate::run(&conn_params, &mut log)) {
+            None => (Vec::new(), skipped()),
+            Some(Ok(rows)) => (rows, None),
+            Some(Err(err)) => {
+                failures.push(format!("connection rate: {err:#}"));
+                (Vec::new(), Some(format!("{err:#}")))
+            }
+        };
+    let (live, live_error) = match wants("rate").then(|| live::run(&live_params, &mut log)) {
+        None => (Vec::new(), skipped()),
+        Some(Ok(rows)) => (rows, None),
+        Some(Err(err)) => {
             failures.push(format!("packet rate: {err:#}"));
             (Vec::new(), Some(format!("{err:#}")))
         }
     };
-    let packet = packet_cost::run(&packet_params, &mut log)?;
-    let sync = sync::run(&sync_params, &mut log)?;
+    let packet = if wants("packet") {
+        packet_cost::run(&packet_params, &mut log)?
+    } else {
+        Vec::new()
+    };
+    let sync = if wants("sync") {
+        sync::run(&sync_params, &mut log)?
+    } else {
+        Vec::new()
+    };
     let mut memory = Vec::new();
     let mem_sizes: &[(usize, usize)] = if quick {
         &[(100, 2)]
     } else {
         &[(100_000, 2), (100_000, 10)]
     };
-    for &(services, endpoints) in mem_sizes {
-        memory.push(memory::run(services, endpoints)?);
+    if wants("memory") {
+        for &(services, endpoints) in mem_sizes {
+            memory.push(memory::run(services, endpoints)?);
+        }
     }
-
     let results = report::Results {
         quick,
         command: if quick {

@@ -130,6 +130,8 @@ pub fn write(results: &Results, doc: &Path, plots: &Path) -> Result<()> {
         results.load_before, results.load_after
     );
 
+    goals(&mut md, results);
+
     // 1. Per-packet cost.
     let p = &results.packet_params;
     let _ = writeln!(
@@ -423,4 +425,120 @@ pub fn write(results: &Results, doc: &Path, plots: &Path) -> Result<()> {
 
     std::fs::write(doc, md).with_context(|| format!("write {}", doc.display()))?;
     Ok(())
+}
+
+fn yes_no(met: bool) -> &'static str {
+    if met { "yes" } else { "**no**" }
+}
+
+/// The issue's goals against this run's medians (a statement, not an assertion).
+fn goals(md: &mut String, results: &Results) {
+    md.push_str("## Goals (issue 7) against this run\n\n| goal | measured (median) | met |\n|---|---|---|\n");
+    let max_services = results.packet.iter().map(|r| r.services).max().unwrap_or(0);
+    let min_services = results.packet.iter().map(|r| r.services).min().unwrap_or(0);
+    for r in results.packet.iter().filter(|r| r.services == max_services) {
+        let hit = r.hit_overhead().median();
+        let miss = r.miss_overhead().median();
+        let _ = writeln!(
+            md,
+            "| XDP overhead over the floor <= 60 ns/packet ({} x {}) | hit {hit:.0} ns, miss {miss:.0} ns | hit {}, miss {} |",
+            r.services,
+            r.endpoints,
+            yes_no(hit <= 60.0),
+            yes_no(miss <= 60.0)
+        );
+        if let Some(small) = results
+            .packet
+            .iter()
+            .find(|s| s.services == min_services && s.endpoints == r.endpoints)
+        {
+            let ratio = r.hit.median() / small.hit.median();
+            let _ = writeln!(
+                md,
+                "| {} services cost <= 1.3x of {} (x{} endpoints, hit, per packet) | {ratio:.2}x | {} |",
+                r.services,
+                small.services,
+                r.endpoints,
+                yes_no(ratio <= 1.3)
+            );
+        }
+    }
+    let max_conn = results
+        .connrate
+        .iter()
+        .map(|r| r.services)
+        .max()
+        .unwrap_or(0);
+    for r in results
+        .connrate
+        .iter()
+        .filter(|r| r.services == max_conn && r.variant.starts_with("Sluice"))
+    {
+        let ratio = r.rate_ratio().median();
+        let _ = writeln!(
+            md,
+            "| Sluice >= 0.95x direct at {} services: {} | {ratio:.3}x | {} |",
+            r.services,
+            r.variant,
+            yes_no(ratio >= 0.95)
+        );
+    }
+    for r in results
+        .connrate
+        .iter()
+        .filter(|r| r.services == max_conn && !r.variant.starts_with("Sluice"))
+    {
+        let _ = writeln!(
+            md,
+            "| (for comparison) {} at {} services | {:.3}x direct | – |",
+            r.variant,
+            r.services,
+            r.rate_ratio().median()
+        );
+    }
+    let max_sync = results.sync.iter().map(|r| r.services).max().unwrap_or(0);
+    for r in results.sync.iter().filter(|r| r.services == max_sync) {
+        let cold = r.plan.median() + r.apply.median();
+        let batched = r.batched.median();
+        let change = r.change_apply.median() * 1e3;
+        let change_total = change + r.change_plan.median() * 1e3;
+        let _ = writeln!(
+            md,
+            "| {} x {} cold start <= 2 s | daemon path {cold:.2} s; batched {batched:.2} s | daemon {}, batched {} |",
+            r.services,
+            r.endpoints,
+            yes_no(cold <= 2.0),
+            yes_no(batched <= 2.0)
+        );
+        let _ = writeln!(
+            md,
+            "| one change <= 5 ms with {} x {} present | apply {change:.3} ms; with the plan rebuild {change_total:.1} ms | apply {}, with rebuild {} |",
+            r.services,
+            r.endpoints,
+            yes_no(change <= 5.0),
+            yes_no(change_total <= 5.0)
+        );
+    }
+    let change_at = |n: usize| {
+        results
+            .sync
+            .iter()
+            .filter(|r| r.services == n)
+            .map(|r| r.change_apply.median())
+            .fold(f64::NAN, f64::min)
+    };
+    let min_sync = results.sync.iter().map(|r| r.services).min().unwrap_or(0);
+    if max_sync > min_sync {
+        let (small, large) = (change_at(min_sync), change_at(max_sync));
+        let _ = writeln!(
+            md,
+            "| one change costs what it changes, not the total | apply {:.3} ms at {min_sync} vs {:.3} ms at {max_sync} services ({:.1}x for {:.0}x the services); the plan rebuild does grow with the total | apply {} |",
+            small * 1e3,
+            large * 1e3,
+            large / small,
+            max_sync as f64 / min_sync as f64,
+            yes_no(large / small < 3.0)
+        );
+    }
+    md.push('\n');
 }
