@@ -29,7 +29,19 @@ use crate::{
     stats::{Samples, ratio},
 };
 
-const SERVER_PORT: u16 = 9000;
+/// Each variant's backend port on pod-1a: one per variant, so no variant meets the server's
+/// TIME_WAIT sockets of another. (A connection through iptables was made to the ClusterIP, so
+/// its TCP timestamp offset differs from a socket-LB connection's to the pod; a SYN reusing the
+/// 4-tuple of a TIME_WAIT socket then fails PAWS and stalls. With a shared port, the variant
+/// measured after another lost 98% of its rate to this.)
+const IPTABLES_PORT: u16 = 9000;
+const NFT_PORT: u16 = 9002;
+const SLUICE_PORT: u16 = 9004;
+/// The direct path goes to a second server port: Sluice keeps the conntrack entries of closed
+/// NodePort flows (no GC yet), and a later direct connection that reuses a source port would
+/// match the stale reply entry on node1's tc egress and be answered from the NodePort address
+/// (seen as connection timeouts). A separate port keeps the two paths' tuples apart.
+const DIRECT_PORT: u16 = 9001;
 const FRONTEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 19, 200, 1), 80);
 const NODE_PORT: u16 = 30080;
 const POD_1A: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
@@ -62,13 +74,31 @@ pub struct Row {
     pub direct_p99: Samples,
     pub p99: Samples,
     pub errors: u64,
+    /// Direct, measured in the same phase before the proxy was loaded (no rules, no Sluice).
+    pub clean_rate: Samples,
+    pub clean_p50: Samples,
+    pub clean_p99: Samples,
 }
 
 impl Row {
+    /// The variant against the clean direct path, round by round.
     pub fn rate_ratio(&self) -> Samples {
+        ratio(&self.rate, &self.clean_rate)
+    }
+
+    /// The variant against the direct path measured right before it, with the proxy loaded.
+    pub fn loaded_ratio(&self) -> Samples {
         ratio(&self.rate, &self.direct_rate)
     }
+
+    /// What loading the proxy did to traffic that does not use it.
+    pub fn collateral(&self) -> Samples {
+        ratio(&self.direct_rate, &self.clean_rate)
+    }
 }
+
+/// Clean direct runs per client place: (on-node, off-node).
+type Clean = [Vec<Run>; 2];
 
 struct Bench<'a> {
     cluster: &'a Cluster,
@@ -115,25 +145,71 @@ impl Bench<'_> {
         })
     }
 
+    /// Waits until `target` answers from `place` (links settle after programs attach).
+    fn settle(&self, place: Place<'_>, target: SocketAddrV4) -> Result<()> {
+        let started = std::time::Instant::now();
+        loop {
+            let quick = Bench {
+                cluster: self.cluster,
+                exe: self.exe.clone(),
+                millis: 50,
+            };
+            match quick.client(place, target) {
+                Ok(_) => return Ok(()),
+                Err(err) if started.elapsed() > Duration::from_secs(30) => {
+                    return Err(err.context(format!("{target} never answered from {place:?}")));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+    }
+
+    /// Rounds of the direct path from both client places, before a proxy is loaded.
+    fn clean(&self, rounds: usize) -> Result<Clean> {
+        let direct = SocketAddrV4::new(POD_1A, DIRECT_PORT);
+        let mut clean: Clean = [Vec::new(), Vec::new()];
+        for (n, place) in [Place::Pod("pod-1b"), Place::Client]
+            .into_iter()
+            .enumerate()
+        {
+            self.settle(place, direct)?;
+            for _ in 0..rounds {
+                clean[n].push(self.client(place, direct)?);
+            }
+        }
+        Ok(clean)
+    }
+
     /// Rounds of (direct, variant) pairs for the on-node and the off-node client.
     fn pairs(
         &self,
         services: usize,
         rounds: usize,
+        clean: &Clean,
         on_node: Option<(&str, SocketAddrV4)>,
         off_node: Option<(&str, SocketAddrV4)>,
     ) -> Result<Vec<Row>> {
-        let direct = SocketAddrV4::new(POD_1A, SERVER_PORT);
+        let direct = SocketAddrV4::new(POD_1A, DIRECT_PORT);
         let mut rows = Vec::new();
-        for (place, variant) in [(Place::Pod("pod-1b"), on_node), (Place::Client, off_node)] {
+        for (n, (place, variant)) in [(Place::Pod("pod-1b"), on_node), (Place::Client, off_node)]
+            .into_iter()
+            .enumerate()
+        {
             let Some((name, target)) = variant else {
                 continue;
             };
+            self.settle(place, direct)?;
+            self.settle(place, target)?;
             let mut row = Row {
                 services,
                 variant: name.to_owned(),
                 ..Row::default()
             };
+            for run in &clean[n] {
+                row.clean_rate.push(run.rate);
+                row.clean_p50.push(run.p50);
+                row.clean_p99.push(run.p99);
+            }
             for _ in 0..rounds {
                 let d = self.client(place, direct)?;
                 let v = self.client(place, target)?;
@@ -166,9 +242,9 @@ fn manifests(services: usize) -> String {
     let _ = write!(
         out,
         "apiVersion: v1\nkind: Service\nmetadata: {{name: measured, namespace: bench}}\n\
-         spec:\n  type: NodePort\n  clusterIP: {}\n  ports:\n  - {{port: {}, targetPort: {SERVER_PORT}, nodePort: {NODE_PORT}}}\n\
+         spec:\n  type: NodePort\n  clusterIP: {}\n  ports:\n  - {{port: {}, targetPort: {SLUICE_PORT}, nodePort: {NODE_PORT}}}\n\
          ---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: measured, namespace: bench}}\n\
-         subsets:\n- addresses: [{{ip: {POD_1A}, nodeName: node1}}]\n  ports: [{{port: {SERVER_PORT}}}]\n",
+         subsets:\n- addresses: [{{ip: {POD_1A}, nodeName: node1}}]\n  ports: [{{port: {SLUICE_PORT}}}]\n",
         FRONTEND.ip(),
         FRONTEND.port()
     );
@@ -202,9 +278,14 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
             "via",
             &NODE1.to_string(),
         ])?;
-        let mut server_cmd = Command::new(&exe);
-        server_cmd.args(["serve", "--port", &SERVER_PORT.to_string()]);
-        let _server = cluster.spawn(Place::Pod("pod-1a"), "bench-server", server_cmd);
+        let _servers: Vec<_> = [IPTABLES_PORT, NFT_PORT, SLUICE_PORT, DIRECT_PORT]
+            .iter()
+            .map(|port| {
+                let mut cmd = Command::new(&exe);
+                cmd.args(["serve", "--port", &port.to_string()]);
+                cluster.spawn(Place::Pod("pod-1a"), &format!("bench-server-{port}"), cmd)
+            })
+            .collect();
         std::thread::sleep(Duration::from_millis(300));
         let bench = Bench {
             cluster: &cluster,
@@ -223,7 +304,7 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
             &format!(
                 "-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport {} -j KUBE-SVC-MEASURED\n\
                  -A KUBE-SVC-MEASURED -j KUBE-SEP-MEASURED\n\
-                 -A KUBE-SEP-MEASURED -p tcp -m tcp -j DNAT --to-destination {POD_1A}:{SERVER_PORT}\n\
+                 -A KUBE-SEP-MEASURED -p tcp -m tcp -j DNAT --to-destination {POD_1A}:{IPTABLES_PORT}\n\
                  COMMIT\n",
                 FRONTEND.ip(),
                 FRONTEND.port()
@@ -232,6 +313,7 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
         );
         let path = dir.join("iptables.rules");
         std::fs::write(&path, ipt)?;
+        let clean = bench.clean(params.rounds)?;
         // `-w` would take the next word as its wait time: the file goes first.
         node1(
             &cluster,
@@ -240,6 +322,7 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
         rows.extend(bench.pairs(
             services,
             params.rounds,
+            &clean,
             Some(("iptables ClusterIP (pod → service)", FRONTEND)),
             Some(("iptables ClusterIP (off-node → service)", FRONTEND)),
         )?);
@@ -250,17 +333,19 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
         let _ = writeln!(
             nft,
             "add chain ip kube-proxy service-measured\n\
-             add rule ip kube-proxy service-measured meta l4proto tcp dnat to {POD_1A}:{SERVER_PORT}\n\
+             add rule ip kube-proxy service-measured meta l4proto tcp dnat to {POD_1A}:{NFT_PORT}\n\
              add element ip kube-proxy service-ips {{ {} . tcp . {} : goto service-measured }}",
             FRONTEND.ip(),
             FRONTEND.port()
         );
         let path = dir.join("nft.rules");
         std::fs::write(&path, nft)?;
+        let clean = bench.clean(params.rounds)?;
         node1(&cluster, &["nft", "-f", path.to_str().context("path")?])?;
         rows.extend(bench.pairs(
             services,
             params.rounds,
+            &clean,
             Some(("nftables ClusterIP (pod → service)", FRONTEND)),
             Some(("nftables ClusterIP (off-node → service)", FRONTEND)),
         )?);
@@ -271,6 +356,7 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
         manifest_dir.write("services.yaml", &manifests(services));
         let mut config = DaemonConfig::new(&cluster, "node1", manifest_dir.path(), &[]);
         config.ready_timeout = Duration::from_secs(300);
+        let clean = bench.clean(params.rounds)?;
         let started = std::time::Instant::now();
         let daemon = SluiceDaemon::launch(config).context("start sluice")?;
         log(&format!(
@@ -280,6 +366,7 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
         rows.extend(bench.pairs(
             services,
             params.rounds,
+            &clean,
             Some(("Sluice socket-LB ClusterIP (pod → service)", FRONTEND)),
             Some((
                 "Sluice XDP NodePort (off-node → node)",
@@ -321,8 +408,18 @@ pub fn report(
          A Rust client opens a TCP connection, sends a request, reads the answer to EOF and \
          closes, in a loop, one connection at a time, each from a new source port; latency per \
          connection goes into an HDR histogram. The server in pod-1a answers and closes. Each \
-         variant is paired with the direct path (to pod-1a's address, from the same client \
-         place) measured right before it in the same round; ratios are per round. On-node \
+         variant is compared with the direct path (to pod-1a's address, from the same client \
+         place) measured twice in the same phase: **clean**, before the proxy is loaded (no \
+         rules, no Sluice), round i against round i; and right before each variant run with \
+         the proxy loaded — every new connection, even one not to a service, passes through \
+         kube-proxy's PREROUTING rules, so the last column shows what loading a rule set does \
+         to unrelated traffic. The direct \
+         path uses a second server port on pod-1a: with one port, direct connections from the \
+         off-node client started timing out once Sluice had served NodePort flows — Sluice \
+         keeps closed flows' conntrack entries (no GC yet), and a direct connection reusing a \
+         source port matched a stale reply entry on node1's TC egress and was answered from \
+         the NodePort address. That is a Sluice bug this bench found, not a measurement \
+         artefact. On-node \
          client: pod-1b on node1 (Sluice's socket-LB applies in node1's cgroup; kube-proxy's \
          rules DNAT in node1's PREROUTING). Off-node client: the client namespace, over the \
          underlay bridge (Sluice: XDP NodePort on node1; kube-proxy: the ClusterIP routed via \
@@ -335,22 +432,26 @@ pub fn report(
         return Ok(());
     }
     md.push_str(
-        "| services | variant | conn/s | direct conn/s | ratio to direct | p50 µs (direct) | \
-         p99 µs (direct) | errors |\n|---:|---|---:|---:|---:|---:|---:|---:|\n",
+        "| services | variant | conn/s | clean direct conn/s | **ratio to clean direct** | \
+         ratio to direct with the proxy loaded | direct with proxy loaded / clean | p50 µs \
+         (clean direct) | p99 µs (clean direct) | errors |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for row in rows {
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {:.0} | {} | {:.0} ({:.0}) | {:.0} ({:.0}) | {} |",
+            "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {:.0} ({:.0}) | {:.0} ({:.0}) | {} |",
             row.services,
             row.variant,
             row.rate.median(),
-            row.direct_rate.median(),
+            row.clean_rate.median(),
             row.rate_ratio().show(3),
+            row.loaded_ratio().show(3),
+            row.collateral().show(3),
             row.p50.median(),
-            row.direct_p50.median(),
+            row.clean_p50.median(),
             row.p99.median(),
-            row.direct_p99.median(),
+            row.clean_p99.median(),
             row.errors
         );
     }

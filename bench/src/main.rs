@@ -114,6 +114,7 @@ fn main() -> Result<()> {
             endpoints: &[2],
             rounds: 1,
             max_rules: 10_000,
+            max_nft_chains: 10_000,
             timeout: std::time::Duration::from_secs(60),
         }
     } else {
@@ -122,6 +123,7 @@ fn main() -> Result<()> {
             endpoints: &[2, 10],
             rounds: 3,
             max_rules: 1_200_000,
+            max_nft_chains: 30_000,
             timeout: std::time::Duration::from_secs(240),
         }
     };
