@@ -115,6 +115,7 @@ fn main() -> Result<()> {
             rounds: 1,
             max_rules: 10_000,
             max_nft_chains: 10_000,
+            big: 100_000,
             timeout: std::time::Duration::from_secs(60),
         }
     } else {
@@ -124,6 +125,7 @@ fn main() -> Result<()> {
             rounds: 3,
             max_rules: 1_200_000,
             max_nft_chains: 30_000,
+            big: 100_000,
             timeout: std::time::Duration::from_secs(240),
         }
     };

@@ -272,6 +272,13 @@ pub fn write(results: &Results, doc: &Path, plots: &Path) -> Result<()> {
          service chain, add/delete an endpoint chain).\n\n",
     );
     md.push_str(
+        "Rounds: 3 at 10k services (nft at 10k x 2: 1, it takes most of a minute per load); 1 at \
+         100k, where a single spread-less figure is shown — the daemon's cold start takes \
+         minutes there because `Reconciler::allocate_service_id` rebuilds the set of used ids \
+         for every new service (quadratic in the services), and three rounds of it would not fit \
+         the 20-minute budget.\n\n",
+    );
+    md.push_str(
         "| services x endpoints | Sluice plan s | Sluice apply s | batched s | iptables-restore s | \
          nft -f s | rules |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
@@ -559,7 +566,7 @@ const WHY: &str = "## Where the goals are not met, and why\n\n\
 - **Per-packet overhead of a conntrack hit (goal 60 ns).** The hit path does, in order: parse, \
 `bpf_ktime_get_ns`, a conntrack lookup of the *reply* key (every packet pays it; only replies \
 of SNATed flows match), the forward lookup, a `BACKEND_V1` lookup to check the backend still \
-exists, the TCP state update, and the rewrite with incremental checksum fix-ups. Four hash \
+exists, the TCP state update, and the rewrite with incremental checksum fix-ups. Three hash \
 lookups at roughly 20–30 ns each on this CPU make up most of the overhead. Ways to get closer \
 (not measured here): look up the forward key first and the reply key only for packets to the \
 SNAT address; keep a backend generation in the conntrack entry instead of re-reading \
@@ -570,8 +577,10 @@ reply); an LRU update takes the map's free-list lock and may evict. Per-CPU LRU 
 - **Scale (goal: 100k services <= 1.3x of 1).** Met on both methods: the cost does not grow with \
 the number of services, since every lookup is a hash lookup. The repeat method keeps one \
 flow hot in cache; the per-flow method (thousands of distinct flows) is the colder view.\n\
-- **Cold start (goal 2 s at 100k).** The daemon writes one entry per bpf(2) call; at 100k x 10 \
-that is over two million calls. The batched column shows BPF_MAP_UPDATE_BATCH writing the \
+- **Cold start (goal 2 s at 100k).** The daemon allocates each new service's id by collecting \
+every used id into a set first (`Reconciler::allocate_service_id`): quadratic in the services, \
+minutes at 100k — a plain counter or a kept free-list fixes it. It also writes one entry per \
+bpf(2) call; at 100k x 10 that is over two million calls. The batched column shows BPF_MAP_UPDATE_BATCH writing the \
 same entries, in the same order, well inside the goal: the reconciler should batch its writes \
 (per map and stage: backends, slots, heads), which is a change to `reconcile/apply.rs`.\n\
 - **One change (goal 5 ms, growing with the change).** The map writes for one changed service \
@@ -590,7 +599,15 @@ such copy.\n\
 - **Stale conntrack entries.** Sluice never deletes the conntrack entries of closed flows \
 (there is no GC yet): a later connection that reuses the same 4-tuple towards the backend \
 directly is answered from the service address by `tc_egress`. Found by this bench (section \
-2); it needs a GC and FIN/RST handling.\n\n\
+2); it needs a GC and FIN/RST handling.\n\
+- **TIME_WAIT across paths (not a Sluice fault, worth knowing for migrations).** With one \
+server port shared by all variants, whichever variant ran after another lost about 98% of its \
+connection rate (p50 around 11 ms). Linux derives a connection's TCP timestamp offset from the \
+address pair the *client socket* connected to: the ClusterIP under iptables or nftables, the \
+pod under Sluice's socket-LB, the node under a NodePort. A new SYN that reuses the 4-tuple of a \
+server-side TIME_WAIT socket left by another path can fail PAWS and stall. Any DNAT has this; \
+it shows up when clients switch paths (e.g. kube-proxy to Sluice) under a high connection \
+rate. The bench gives every variant its own server port.\n\n\
 The machine was shared with other engineers' builds and test runs while this ran (the load \
 averages above say how much): figures measured back to back, and their ratios, are the ones \
 to trust; absolute rates moved by tens of percent between runs.\n";
