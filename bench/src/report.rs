@@ -318,7 +318,7 @@ pub fn write(results: &Results, doc: &Path, plots: &Path) -> Result<()> {
          budget: iptables sets over 1.2 million rules (100k x 10 is 3.1 million; kube-proxy's \
          iptables mode is not used at that size), and nft scripts over 30k chains — nft 1.0.6 \
          (Debian bookworm) takes time that grows with the square of the chains in one script \
-         (about 20 s at 10k x 2 = 30k chains here), so 100k x 2 would take tens of minutes. \
+         (20–50 s at 10k x 2 = 30k chains in our runs), so 100k x 2 would take tens of minutes. \
          Newer nft releases fixed much of this; kube-proxy's nftables mode also batches \
          differently. These are measured facts about the tools installed here, not about every \
          version.\n",
@@ -421,8 +421,12 @@ pub fn write(results: &Results, doc: &Path, plots: &Path) -> Result<()> {
             let _ = writeln!(
                 md,
                 "- Daemon memory for the control plane at {} x {}: the reconciler's mirror and \
-                 plan grow the process by **{:.1} MiB** (RSS before and after a cold start in \
-                 this process; the maps themselves are kernel memory, above).",
+                 plan grow the process by **{:.1} MiB** (RSS of the bench process before and \
+                 after a cold start through the daemon's own `Plan` and `Reconciler`; an \
+                 approximation of the daemon's growth, and a lower bound, since the allocator \
+                 reuses memory freed by earlier rounds; the maps themselves are kernel memory, \
+                 above). The RSS of a real `sluice run` with 100k services from manifests was \
+                 not measured.",
                 r.services,
                 r.endpoints,
                 r.rss_delta / 1048576.0

@@ -163,7 +163,11 @@ fn run_one(params: &Params, services: usize, endpoints: usize) -> Result<Row> {
     let sizes = fixture::sizes(services, endpoints, 1);
     // At 100k the daemon's cold start takes minutes (service-id allocation is quadratic) and
     // so do the biggest rule sets: one round there keeps the bench inside its time budget.
-    let rounds = if services >= params.big { 1 } else { params.rounds };
+    let rounds = if services >= params.big {
+        1
+    } else {
+        params.rounds
+    };
     for _ in 0..rounds {
         let mut desired = desired(services, endpoints);
         // The daemon's path.
