@@ -30,6 +30,16 @@ enum Task {
     },
     /// Start a netns demo cluster from examples/, send traffic, show which pod answered.
     Demo,
+    /// Run the benchmarks (release build) and write docs/BENCHMARKS.md with its plots.
+    Bench {
+        /// Tiny sizes, a few seconds: checks that the benchmarks run (CI); writes its report
+        /// under target/bench-quick/ instead of docs/.
+        #[arg(long)]
+        quick: bool,
+        /// Extra arguments for proxy-bench (e.g. `--only packet,sync`).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -84,8 +94,75 @@ fn main() -> Result<()> {
                 ],
             )?;
         }
+        Task::Bench { quick, args } => {
+            ensure_toolchain()?;
+            ensure_root("the benchmarks load eBPF programs and create network namespaces")?;
+            ensure_bench_packages()?;
+            // The connection benchmark runs the real daemon; both from the same profile.
+            cargo(
+                &root,
+                &[
+                    "build",
+                    "--release",
+                    "--package",
+                    "proxy-user",
+                    "--package",
+                    "proxy-bench",
+                    "--bins",
+                ],
+            )?;
+            let out = if quick {
+                "target/bench-quick/BENCHMARKS.md"
+            } else {
+                "docs/BENCHMARKS.md"
+            };
+            let mut bench = Command::new(root.join("target/release/proxy-bench"));
+            bench.current_dir(&root).args(["--out", out]);
+            if quick {
+                bench.arg("--quick");
+            }
+            bench.args(&args);
+            run(&mut bench)?;
+        }
     }
     Ok(())
+}
+
+/// Installs the Debian packages the benchmarks call: iptables, nftables, bpftool, iproute2 and
+/// the DejaVu font the plots are drawn with.
+fn ensure_bench_packages() -> Result<()> {
+    let wanted = [
+        ("iptables-restore", "iptables"),
+        ("nft", "nftables"),
+        ("bpftool", "bpftool"),
+        ("ip", "iproute2"),
+    ];
+    let mut missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(binary, _)| !has_command(binary))
+        .map(|(_, package)| *package)
+        .collect();
+    if !Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists() {
+        missing.push("fonts-dejavu-core");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq"])
+        .args(&missing))?;
+    Ok(())
+}
+
+fn has_command(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths)
+            .chain(["/usr/sbin".into(), "/sbin".into()])
+            .any(|dir| dir.join(name).is_file())
+    })
 }
 
 fn workspace_root() -> PathBuf {

@@ -1,0 +1,260 @@
+//! The datapath under test: the embedded eBPF object loaded with map sizes for the scale being
+//! measured, inside a network namespace the bench created, and synthetic service tables
+//! written with batched updates.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, PerCpuHashMap},
+    programs::Xdp,
+};
+use proxy_common::{
+    BACKEND_F_LOCAL, Backend, CONFIG_F_COUNTERS, Config, NODE_ADDR_F_PRIMARY, NodeAddr,
+    SVC_F_EXTERNAL, SVC_F_NODEPORT, ServiceKey, ServiceValue, map_names, program_names,
+    stats::Traffic,
+};
+use proxy_tests::isolated_netns::IsolatedNetns;
+
+use crate::sys;
+
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const NODE_PORT: u16 = 30080;
+pub const IPPROTO_TCP: u8 = 6;
+
+/// The measured NodePort is service 0; services 1.. are ClusterIPs that only fill the tables.
+/// The cluster IP of service `i` (198.19.0.0/16, port 80 + i / 65536).
+pub fn cluster_frontend(i: usize) -> SocketAddrV4 {
+    let ip = u32::from(Ipv4Addr::new(198, 19, 0, 0)) + (i % 65_536) as u32;
+    SocketAddrV4::new(Ipv4Addr::from(ip), 80 + (i / 65_536) as u16)
+}
+
+/// Pod address of backend `k` (198.18.128.0/17).
+pub fn pod_addr(k: usize) -> SocketAddrV4 {
+    let ip = u32::from(Ipv4Addr::new(198, 18, 128, 0)) + (k % 32_768) as u32;
+    SocketAddrV4::new(Ipv4Addr::from(ip), 8080 + (k / 32_768) as u16)
+}
+
+/// Most distinct backends a table gets: pods are shared by services beyond this.
+pub const BACKEND_POOL: usize = 1_000_000;
+
+/// A network namespace with the node interface `sl0` (198.18.0.1/24) and the eBPF object.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub sl0: u32,
+    // Dropped last: programs and maps first, then the namespace.
+    _netns: IsolatedNetns,
+}
+
+/// Map sizes for `services` services of `endpoints` endpoints each, and `flows` conntrack flows.
+pub fn sizes(services: usize, endpoints: usize, flows: usize) -> [(&'static str, u32); 5] {
+    let slots = services * (endpoints + 1) + 1024;
+    let backends = (services * endpoints).min(BACKEND_POOL) + endpoints + 1024;
+    [
+        (map_names::SERVICES, slots as u32),
+        (map_names::BACKENDS, backends as u32),
+        (map_names::SERVICE_META, (services + 1024) as u32),
+        (map_names::CONNTRACK, (2 * flows + 4096) as u32),
+        (map_names::SOCK_REV_NAT, 1024),
+    ]
+}
+
+impl Loaded {
+    /// Enters a fresh namespace, makes `sl0`, loads the object with `sizes` and configures it.
+    pub fn new(sizes: &[(&str, u32)]) -> Result<Self> {
+        let netns = IsolatedNetns::enter().context("create a network namespace (needs root)")?;
+        // The frames are addressed to this MAC (proxy_tests::packet::NODE_MAC).
+        netns.ip("link add sl0 address 02:00:00:00:00:01 type veth peer name sl1");
+        netns.ip("link set sl0 up");
+        netns.ip("link set sl1 up");
+        netns.ip("addr add 198.18.0.1/24 dev sl0");
+        netns.sysctl("net.ipv4.ip_forward", "1");
+        Self::with_netns(netns, sizes)
+    }
+
+    /// Loads into `netns` (the current thread's), which already has `sl0`.
+    pub fn with_netns(netns: IsolatedNetns, sizes: &[(&str, u32)]) -> Result<Self> {
+        let sl0 = netns.ifindex("sl0");
+        let mut loader = EbpfLoader::new();
+        for &(name, size) in sizes {
+            loader.map_max_entries(name, size);
+        }
+        let mut ebpf = loader
+            .load(proxy_user::EBPF_OBJECT)
+            .context("load the eBPF object")?;
+        let mut config: Array<_, Config> = Array::try_from(
+            ebpf.map_mut(map_names::CONFIG)
+                .context("the object has no config map")?,
+        )?;
+        config.set(
+            0,
+            Config {
+                snat_addr: u32::from_ne_bytes(NODE_IP.octets()),
+                snat_port_min: 61_000,
+                snat_port_max: 65_535,
+                // As the daemon runs it: counting on.
+                flags: CONFIG_F_COUNTERS,
+                log_level: 0,
+            },
+            0,
+        )?;
+        let fd = sys::map_fd(&ebpf, map_names::NODE_ADDRS)?;
+        sys::update_batch(
+            fd,
+            &[u32::from_ne_bytes(NODE_IP.octets())],
+            &[NodeAddr {
+                flags: NODE_ADDR_F_PRIMARY,
+            }],
+        )?;
+        Ok(Self {
+            ebpf,
+            sl0,
+            _netns: netns,
+        })
+    }
+
+    /// Switches the datapath's counters on or off (`CONFIG_F_COUNTERS`), to measure their cost.
+    pub fn set_counters(&mut self, on: bool) -> Result<()> {
+        let mut config: Array<_, Config> = Array::try_from(
+            self.ebpf
+                .map_mut(map_names::CONFIG)
+                .context("the object has no config map")?,
+        )?;
+        let mut value = config.get(&0, 0)?;
+        value.flags = if on {
+            value.flags | CONFIG_F_COUNTERS
+        } else {
+            value.flags & !CONFIG_F_COUNTERS
+        };
+        config.set(0, value, 0)?;
+        Ok(())
+    }
+
+    /// Creates the per-frontend and per-backend counter entries the daemon would create.
+    pub fn create_counters(&mut self, service_id: u32, backend_id: u32) -> Result<()> {
+        for (map, id) in [
+            (map_names::SERVICE_STATS, service_id),
+            (map_names::BACKEND_STATS, backend_id),
+        ] {
+            let mut stats: PerCpuHashMap<_, u32, Traffic> = PerCpuHashMap::try_from(
+                self.ebpf
+                    .map_mut(map)
+                    .context("the object has no counter map")?,
+            )?;
+            stats.insert(id, proxy_user::datapath::zero_traffic()?, 0)?;
+        }
+        Ok(())
+    }
+
+    pub fn load_xdp(&mut self) -> Result<()> {
+        let xdp: &mut Xdp = self
+            .ebpf
+            .program_mut(program_names::XDP_INGRESS)
+            .context("no xdp_ingress")?
+            .try_into()?;
+        xdp.load().context("the verifier rejected xdp_ingress")?;
+        Ok(())
+    }
+
+    pub fn xdp_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        let xdp: &Xdp = self
+            .ebpf
+            .program(program_names::XDP_INGRESS)
+            .context("no xdp_ingress")?
+            .try_into()?;
+        Ok(xdp.fd()?.as_fd())
+    }
+
+    /// Writes `services` services of `endpoints` endpoints: service 0 is the NodePort
+    /// 198.18.0.1:30080 whose backends are `nodeport_backends`; the rest are ClusterIPs.
+    pub fn fill(
+        &mut self,
+        services: usize,
+        endpoints: usize,
+        nodeport_backends: &[SocketAddrV4],
+    ) -> Result<()> {
+        let pool = (services * endpoints).clamp(1, BACKEND_POOL);
+        let mut backend_ids = Vec::with_capacity(pool + endpoints);
+        let mut backends = Vec::with_capacity(pool + endpoints);
+        for k in 0..pool {
+            let addr = pod_addr(k);
+            backend_ids.push(k as u32 + 1);
+            backends.push(backend(addr, 0));
+        }
+        let nodeport_first = pool as u32 + 1;
+        for (j, addr) in nodeport_backends.iter().enumerate() {
+            backend_ids.push(nodeport_first + j as u32);
+            backends.push(backend(*addr, BACKEND_F_LOCAL));
+        }
+        sys::update_batch(
+            sys::map_fd(&self.ebpf, map_names::BACKENDS)?,
+            &backend_ids,
+            &backends,
+        )
+        .context("write the backends")?;
+
+        let mut keys = Vec::with_capacity(services * (endpoints + 1));
+        let mut values = Vec::with_capacity(services * (endpoints + 1));
+        let mut heads = (Vec::with_capacity(services), Vec::with_capacity(services));
+        for i in 0..services {
+            let (frontend, flags, ids): (SocketAddrV4, u16, Vec<u32>) = if i == 0 {
+                let ids = (0..nodeport_backends.len())
+                    .map(|j| nodeport_first + j as u32)
+                    .collect();
+                (
+                    SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, NODE_PORT),
+                    SVC_F_NODEPORT | SVC_F_EXTERNAL,
+                    ids,
+                )
+            } else {
+                let ids = (0..endpoints)
+                    .map(|j| ((i * endpoints + j) % pool) as u32 + 1)
+                    .collect();
+                (cluster_frontend(i), SVC_F_EXTERNAL, ids)
+            };
+            let head = ServiceValue {
+                backend_id: 0,
+                count: ids.len() as u16,
+                flags,
+                service_id: i as u32 + 1,
+                affinity_timeout: 0,
+            };
+            for (slot, id) in (1..).zip(&ids) {
+                keys.push(service_key(frontend, slot));
+                values.push(ServiceValue {
+                    backend_id: *id,
+                    ..head
+                });
+            }
+            heads.0.push(service_key(frontend, 0));
+            heads.1.push(head);
+        }
+        let fd = sys::map_fd(&self.ebpf, map_names::SERVICES)?;
+        // Slots before heads, as the daemon orders them.
+        sys::update_batch(fd, &keys, &values).context("write the service slots")?;
+        sys::update_batch(fd, &heads.0, &heads.1).context("write the service heads")?;
+        Ok(())
+    }
+}
+
+pub fn backend(addr: SocketAddrV4, flags: u8) -> Backend {
+    Backend {
+        addr: u32::from_ne_bytes(addr.ip().octets()),
+        port: addr.port().to_be(),
+        flags,
+        _pad: 0,
+    }
+}
+
+pub fn service_key(frontend: SocketAddrV4, slot: u16) -> ServiceKey {
+    ServiceKey {
+        addr: u32::from_ne_bytes(frontend.ip().octets()),
+        port: frontend.port().to_be(),
+        slot,
+        proto: IPPROTO_TCP,
+        scope: 0,
+        _pad: 0,
+    }
+}

@@ -1,0 +1,235 @@
+//! Per-packet cost of `xdp_ingress` for a NodePort, through BPF_PROG_TEST_RUN, against an empty
+//! XDP_PASS program run in the same process, back to back.
+//!
+//! Two methods, because a test run re-runs the program on the *same* buffer without restoring
+//! it, and a conntrack miss creates the entry the next run hits:
+//!
+//! - **repeat** (`repeat` = 1e6 on one frame): the conntrack-hit path. The NodePort's backends
+//!   are the node address and NodePort itself (local), so the DNAT rewrites the frame to the
+//!   same bytes and every run takes the full hit path: both conntrack lookups, the backend
+//!   check, the state update, the rewrite and checksum fix-up. The flow is created by one run
+//!   before timing.
+//! - **per flow** (`repeat` = 1 on many distinct flows, one syscall each): the conntrack-miss
+//!   path (frontend lookup, random slot, backend, two conntrack inserts, rewrite), then the
+//!   same flows again as hits. The kernel's own duration for a single run is used, so the
+//!   syscall is not counted, but the timer's fixed cost is: it is in the floor measured the
+//!   same way, and the figures are differences and ratios against that floor.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use anyhow::{Context as _, Result, ensure};
+use proxy_common::{CT_DIR_FORWARD, CtEntry, CtKey, map_names, tcp};
+use proxy_tests::{datapath::xdp_md, packet};
+
+use crate::{
+    fixture::{self, Loaded, NODE_IP, NODE_PORT},
+    stats::{Samples, minus, ratio},
+    sys,
+};
+
+const XDP_PASS: u32 = 2;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Params {
+    pub services: &'static [usize],
+    pub endpoints: &'static [usize],
+    pub repeat: u32,
+    pub rounds: usize,
+    /// Distinct flows per round of the per-flow method.
+    pub flows: usize,
+}
+
+/// One (services, endpoints) row.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub services: usize,
+    pub endpoints: usize,
+    pub fill_secs: f64,
+    /// Repeat method, ns per packet.
+    pub floor: Samples,
+    pub hit: Samples,
+    /// The same hit with the datapath's counters switched off (`CONFIG_F_COUNTERS`).
+    pub hit_uncounted: Samples,
+    /// Per-flow method, ns per packet.
+    pub floor1: Samples,
+    pub miss1: Samples,
+    pub hit1: Samples,
+}
+
+impl Row {
+    pub fn hit_overhead(&self) -> Samples {
+        minus(&self.hit, &self.floor)
+    }
+    pub fn hit_ratio(&self) -> Samples {
+        ratio(&self.hit, &self.floor)
+    }
+    /// What counting costs on the hit path: hit with counters / hit without.
+    pub fn counters_ratio(&self) -> Samples {
+        ratio(&self.hit, &self.hit_uncounted)
+    }
+    pub fn miss_overhead(&self) -> Samples {
+        minus(&self.miss1, &self.floor1)
+    }
+    pub fn hit1_overhead(&self) -> Samples {
+        minus(&self.hit1, &self.floor1)
+    }
+}
+
+fn client(k: usize) -> SocketAddrV4 {
+    let ip = u32::from(Ipv4Addr::new(198, 18, 1, 0)) + (k / 60_000) as u32;
+    SocketAddrV4::new(Ipv4Addr::from(ip), 1024 + (k % 60_000) as u16)
+}
+
+pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
+    let pass = sys::load_xdp_pass().context("load the XDP_PASS floor program")?;
+    let mut rows = Vec::new();
+    for &services in params.services {
+        for &endpoints in params.endpoints {
+            let row = run_one(params, services, endpoints, &pass)
+                .with_context(|| format!("per-packet cost at {services} x {endpoints}"))?;
+            log(&format!(
+                "packet: {services} services x {endpoints} endpoints: hit {:.1} ns (floor {:.1}), \
+                 miss {:.1} ns (floor {:.1}), fill {:.1} s",
+                row.hit.median(),
+                row.floor.median(),
+                row.miss1.median(),
+                row.floor1.median(),
+                row.fill_secs
+            ));
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+fn run_one(
+    params: &Params,
+    services: usize,
+    endpoints: usize,
+    pass: &std::os::fd::OwnedFd,
+) -> Result<Row> {
+    use std::os::fd::AsFd;
+    let total_flows = params.flows * params.rounds + 1;
+    let mut loaded = Loaded::new(&fixture::sizes(services, endpoints, total_flows))?;
+    loaded.load_xdp()?;
+    let started = std::time::Instant::now();
+    let identity = vec![SocketAddrV4::new(NODE_IP, NODE_PORT); endpoints];
+    loaded.fill(services, endpoints, &identity)?;
+    let fill_secs = started.elapsed().as_secs_f64();
+
+    let frontend = SocketAddrV4::new(NODE_IP, NODE_PORT);
+    let ctx = xdp_md(0, loaded.sl0);
+    let frame = |k: usize, flags: u8| packet::tcp(client(k), frontend, flags).build();
+    let with_len = |frame: &[u8]| {
+        let mut ctx = ctx;
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx
+    };
+    // An fd of our own: `loaded` stays free to switch the counters between runs.
+    let xdp_owned = loaded.xdp_fd()?.try_clone_to_owned()?;
+    let xdp = xdp_owned.as_fd();
+    let pass = pass.as_fd();
+
+    // The repeat method's flow: created once, then an established ACK.
+    let hot = SocketAddrV4::new(Ipv4Addr::new(198, 18, 3, 1), 999);
+    let syn = packet::tcp(hot, frontend, tcp::SYN).build();
+    let ack = packet::tcp(hot, frontend, tcp::ACK).build();
+    check(sys::test_run(xdp, &syn, &with_len(&syn), 1, 0, 0)?)?;
+    // The daemon creates a frontend's and a backend's counters with them: do the same for the
+    // hot flow, so the counted hit path updates real entries.
+    let hot_flow = {
+        let conntrack: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(
+            loaded
+                .ebpf
+                .map(map_names::CONNTRACK)
+                .context("no conntrack map")?,
+        )?;
+        conntrack
+            .get(&forward_key(hot), 0)
+            .context("the SYN did not create its flow")?
+    };
+    loaded.create_counters(hot_flow.service_id, hot_flow.backend_id)?;
+
+    let mut row = Row {
+        services,
+        endpoints,
+        fill_secs,
+        floor: Samples::default(),
+        hit: Samples::default(),
+        hit_uncounted: Samples::default(),
+        floor1: Samples::default(),
+        miss1: Samples::default(),
+        hit1: Samples::default(),
+    };
+    let ack_ctx = with_len(&ack);
+    for round in 0..params.rounds {
+        let floor = sys::test_run(pass, &ack, &ack_ctx, params.repeat, 0, 0)?;
+        let hit = sys::test_run(xdp, &ack, &ack_ctx, params.repeat, 0, 0)?;
+        check(hit)?;
+        loaded.set_counters(false)?;
+        let uncounted = sys::test_run(xdp, &ack, &ack_ctx, params.repeat, 0, 0);
+        loaded.set_counters(true)?;
+        let uncounted = uncounted?;
+        check(uncounted)?;
+        row.floor.push(f64::from(floor.duration_ns));
+        row.hit.push(f64::from(hit.duration_ns));
+        row.hit_uncounted.push(f64::from(uncounted.duration_ns));
+
+        let first = round * params.flows;
+        let syns: Vec<Vec<u8>> = (first..first + params.flows)
+            .map(|k| frame(k, tcp::SYN))
+            .collect();
+        let acks: Vec<Vec<u8>> = (first..first + params.flows)
+            .map(|k| frame(k, tcp::ACK))
+            .collect();
+        let ctx1 = with_len(&syns[0]);
+        let mut sum = [0u64; 3];
+        for (syn, ack) in syns.iter().zip(&acks) {
+            sum[0] += u64::from(sys::test_run(pass, syn, &ctx1, 1, 0, 0)?.duration_ns);
+            let miss = sys::test_run(xdp, syn, &ctx1, 1, 0, 0)?;
+            check(miss)?;
+            sum[1] += u64::from(miss.duration_ns);
+            let hit = sys::test_run(xdp, ack, &ctx1, 1, 0, 0)?;
+            check(hit)?;
+            sum[2] += u64::from(hit.duration_ns);
+        }
+        let n = params.flows as f64;
+        row.floor1.push(sum[0] as f64 / n);
+        row.miss1.push(sum[1] as f64 / n);
+        row.hit1.push(sum[2] as f64 / n);
+    }
+    // The misses really created flows.
+    let conntrack: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(
+        loaded
+            .ebpf
+            .map(map_names::CONNTRACK)
+            .context("no conntrack map")?,
+    )?;
+    ensure!(
+        conntrack.get(&forward_key(client(0)), 0).is_ok(),
+        "a conntrack miss did not create its flow: the miss figures would be wrong"
+    );
+    Ok(row)
+}
+
+/// The conntrack key of a client's flow to the measured NodePort.
+fn forward_key(client: SocketAddrV4) -> CtKey {
+    CtKey {
+        saddr: u32::from_ne_bytes(client.ip().octets()),
+        daddr: u32::from_ne_bytes(NODE_IP.octets()),
+        sport: client.port().to_be(),
+        dport: NODE_PORT.to_be(),
+        proto: fixture::IPPROTO_TCP,
+        dir: CT_DIR_FORWARD,
+        _pad: 0,
+    }
+}
+
+fn check(run: sys::TestRun) -> Result<()> {
+    ensure!(
+        run.retval == XDP_PASS,
+        "xdp_ingress returned {} instead of XDP_PASS (2) for a NodePort with a local backend",
+        run.retval
+    );
+    Ok(())
+}

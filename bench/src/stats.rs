@@ -1,0 +1,66 @@
+//! Median and spread over repeated runs: every figure in the report is one of these.
+
+/// A set of repeated measurements of one quantity.
+#[derive(Clone, Debug, Default)]
+pub struct Samples(pub Vec<f64>);
+
+impl Samples {
+    pub fn push(&mut self, value: f64) {
+        self.0.push(value);
+    }
+
+    fn sorted(&self) -> Vec<f64> {
+        let mut v = self.0.clone();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    pub fn median(&self) -> f64 {
+        let v = self.sorted();
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+
+    pub fn min(&self) -> f64 {
+        self.sorted().first().copied().unwrap_or(f64::NAN)
+    }
+
+    pub fn max(&self) -> f64 {
+        self.sorted().last().copied().unwrap_or(f64::NAN)
+    }
+
+    /// `median (min–max)` with `digits` decimals.
+    pub fn show(&self, digits: usize) -> String {
+        format!(
+            "{:.digits$} ({:.digits$}–{:.digits$})",
+            self.median(),
+            self.min(),
+            self.max()
+        )
+    }
+}
+
+/// Element-wise `a[i] / b[i]`: ratios of runs made back to back.
+pub fn ratio(a: &Samples, b: &Samples) -> Samples {
+    Samples(a.0.iter().zip(&b.0).map(|(a, b)| a / b).collect())
+}
+
+/// Element-wise `a[i] - b[i]`.
+pub fn minus(a: &Samples, b: &Samples) -> Samples {
+    Samples(a.0.iter().zip(&b.0).map(|(a, b)| a - b).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(Samples(vec![3.0, 1.0, 2.0]).median(), 2.0);
+        assert_eq!(Samples(vec![4.0, 1.0, 2.0, 3.0]).median(), 2.5);
+        assert_eq!(ratio(&Samples(vec![4.0]), &Samples(vec![2.0])).0, [2.0]);
+    }
+}

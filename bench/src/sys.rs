@@ -1,0 +1,150 @@
+//! The bpf(2) commands the benchmarks need and aya 0.14 does not offer in this form: a test run
+//! that returns the kernel's own per-run duration with any flags, batched map updates, and a
+//! hand-assembled `XDP_PASS` program (the floor every packet figure is compared against).
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+};
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+
+/// `union bpf_attr`, zero-filled; the kernel requires unused bytes to be zero.
+#[repr(C, align(8))]
+struct Attr([u8; 144]);
+
+impl Attr {
+    fn new() -> Self {
+        Self([0; 144])
+    }
+    fn u32(&mut self, offset: usize, value: u32) {
+        self.0[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
+    }
+    fn u64(&mut self, offset: usize, value: u64) {
+        self.0[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
+    }
+    fn get_u32(&self, offset: usize) -> u32 {
+        u32::from_ne_bytes(self.0[offset..offset + 4].try_into().expect("4 bytes"))
+    }
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a zero-initialised bpf_attr of the size we pass, and every pointer in it
+    // refers to memory that outlives the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut Attr,
+            size_of::<Attr>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// What one BPF_PROG_TEST_RUN returned.
+#[derive(Clone, Copy, Debug)]
+pub struct TestRun {
+    pub retval: u32,
+    /// The kernel's mean time per run, in ns (its clock around the run loop).
+    pub duration_ns: u32,
+}
+
+/// Runs `prog` `repeat` times on `data` with the XDP context `ctx` (may be empty).
+pub fn test_run(
+    prog: BorrowedFd<'_>,
+    data: &[u8],
+    ctx: &[u8],
+    repeat: u32,
+    flags: u32,
+    batch_size: u32,
+) -> io::Result<TestRun> {
+    let mut attr = Attr::new();
+    // struct { u32 prog_fd, retval, data_size_in, data_size_out; u64 data_in, data_out;
+    //          u32 repeat, duration, ctx_size_in, ctx_size_out; u64 ctx_in, ctx_out;
+    //          u32 flags, cpu, batch_size; }
+    attr.u32(0, prog.as_raw_fd() as u32);
+    attr.u32(8, data.len() as u32);
+    attr.u64(16, data.as_ptr() as u64);
+    attr.u32(32, repeat);
+    if !ctx.is_empty() {
+        attr.u32(40, ctx.len() as u32);
+        attr.u64(48, ctx.as_ptr() as u64);
+    }
+    attr.u32(64, flags);
+    attr.u32(72, batch_size);
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok(TestRun {
+        retval: attr.get_u32(4),
+        duration_ns: attr.get_u32(36),
+    })
+}
+
+/// Writes `keys[i] -> values[i]` for all i in one BPF_MAP_UPDATE_BATCH call per chunk.
+pub fn update_batch<K: bytemuck::Pod, V: bytemuck::Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> io::Result<()> {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    // Chunks bound the kernel's temporary copy of keys and values.
+    const CHUNK: usize = 65_536;
+    for (keys, values) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
+        let mut attr = Attr::new();
+        // batch: { u64 in_batch, out_batch, keys, values; u32 count, map_fd; u64 elem_flags, flags }
+        attr.u64(16, keys.as_ptr() as u64);
+        attr.u64(24, values.as_ptr() as u64);
+        attr.u32(32, keys.len() as u32);
+        attr.u32(36, map.as_raw_fd() as u32);
+        bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
+        let done = attr.get_u32(32) as usize;
+        if done != keys.len() {
+            return Err(io::Error::other(format!(
+                "batch update wrote {done} of {} entries",
+                keys.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Loads `r0 = XDP_PASS; exit`: the cheapest XDP program there is.
+pub fn load_xdp_pass() -> io::Result<OwnedFd> {
+    // mov64 r0, 2 (XDP_PASS); exit
+    let insns: [u64; 2] = [
+        u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    let license = c"GPL";
+    let mut attr = Attr::new();
+    // struct { u32 prog_type, insn_cnt; u64 insns, license; u32 log_level, log_size;
+    //          u64 log_buf; u32 kern_version, prog_flags; char prog_name[16]; ... }
+    attr.u32(0, BPF_PROG_TYPE_XDP);
+    attr.u32(4, insns.len() as u32);
+    attr.u64(8, insns.as_ptr() as u64);
+    attr.u64(16, license.as_ptr() as u64);
+    attr.0[48..57].copy_from_slice(b"xdp_pass\0");
+    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The file descriptor of a map in a loaded object.
+pub fn map_fd<'a>(ebpf: &'a aya::Ebpf, name: &str) -> anyhow::Result<BorrowedFd<'a>> {
+    use aya::maps::Map;
+    let map = ebpf
+        .map(name)
+        .ok_or_else(|| anyhow::anyhow!("the eBPF object has no map {name}"))?;
+    let data = match map {
+        Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data) => data,
+        _ => anyhow::bail!("map {name} has an unexpected type"),
+    };
+    Ok(data.fd().as_fd())
+}
