@@ -38,9 +38,10 @@ const IPTABLES_PORT: u16 = 9000;
 const NFT_PORT: u16 = 9002;
 const SLUICE_PORT: u16 = 9004;
 /// The direct path goes to a second server port: Sluice keeps the conntrack entries of closed
-/// NodePort flows (no GC yet), and a later direct connection that reuses a source port would
-/// match the stale reply entry on node1's tc egress and be answered from the NodePort address
-/// (seen as connection timeouts). A separate port keeps the two paths' tuples apart.
+/// NodePort flows until its GC removes them (10 s after FIN/RST), and a direct connection that
+/// reuses a source port meanwhile would match the stale reply entry on node1's tc egress and be
+/// answered from the NodePort address (seen as connection timeouts). A separate port keeps the
+/// two paths' tuples apart.
 const DIRECT_PORT: u16 = 9001;
 const FRONTEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 19, 200, 1), 80);
 const NODE_PORT: u16 = 30080;
@@ -416,8 +417,8 @@ pub fn report(
          to unrelated traffic. The direct \
          path uses a second server port on pod-1a: with one port, direct connections from the \
          off-node client started timing out once Sluice had served NodePort flows — Sluice \
-         keeps closed flows' conntrack entries (no GC yet), and a direct connection reusing a \
-         source port matched a stale reply entry on node1's TC egress and was answered from \
+         keeps closed flows' conntrack entries until its GC removes them, 10 s after FIN/RST, \
+         and a direct connection reusing a source port meanwhile matched a stale reply entry on node1's TC egress and was answered from \
          the NodePort address. That is a Sluice bug this bench found, not a measurement \
          artefact. On-node \
          client: pod-1b on node1 (Sluice's socket-LB applies in node1's cgroup; kube-proxy's \

@@ -48,13 +48,17 @@ pub struct Loaded {
 }
 
 /// Map sizes for `services` services of `endpoints` endpoints each, and `flows` conntrack flows.
-pub fn sizes(services: usize, endpoints: usize, flows: usize) -> [(&'static str, u32); 5] {
+pub fn sizes(services: usize, endpoints: usize, flows: usize) -> [(&'static str, u32); 8] {
     let slots = services * (endpoints + 1) + 1024;
     let backends = (services * endpoints).min(BACKEND_POOL) + endpoints + 1024;
     [
         (map_names::SERVICES, slots as u32),
         (map_names::BACKENDS, backends as u32),
         (map_names::SERVICE_META, (services + 1024) as u32),
+        // Counters exist per frontend and per backend, affinity members per slot.
+        (map_names::SERVICE_STATS, (services + 1024) as u32),
+        (map_names::BACKEND_STATS, backends as u32),
+        (map_names::AFFINITY_MATCH, slots as u32),
         (map_names::CONNTRACK, (2 * flows + 4096) as u32),
         (map_names::SOCK_REV_NAT, 1024),
     ]

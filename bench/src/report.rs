@@ -275,10 +275,8 @@ pub fn write(results: &Results, doc: &Path, plots: &Path) -> Result<()> {
     );
     md.push_str(
         "Rounds: 3 at 10k services (nft at 10k x 2: 1, it takes most of a minute per load); 1 at \
-         100k, where a single spread-less figure is shown — the daemon's cold start takes \
-         minutes there because `Reconciler::allocate_service_id` rebuilds the set of used ids \
-         for every new service (quadratic in the services), and three rounds of it would not fit \
-         the 20-minute budget.\n\n",
+         100k, where a single spread-less figure is shown: iptables-restore alone takes over a \
+         minute there, and three rounds would not fit the 20-minute budget.\n\n",
     );
     md.push_str(
         "| services x endpoints | Sluice plan s | Sluice apply s | batched s | iptables-restore s | \
@@ -580,13 +578,19 @@ SNAT address; keep a backend generation in the conntrack entry instead of re-rea
 - **Conntrack miss (no goal, but about 1.2 µs).** A new flow writes two LRU entries (forward and \
 reply); an LRU update takes the map's free-list lock and may evict. Per-CPU LRU \
 (`BPF_F_NO_COMMON_LRU`) or a single entry keyed both ways would cut it.\n\
+- **Datapath counters (issue 6: at most a few percent).** Not met: the \
+`counted / uncounted hit` column runs the same conntrack hit with `CONFIG_F_COUNTERS` on and \
+off, back to back, and counting costs about 1.4x on this path. It does two per-CPU hash \
+lookups (frontend and backend counters) and reads the config per packet; giving each \
+(frontend, backend) slot a dense counter index, carried in the slot and the conntrack entry, \
+would make it one per-CPU array update.\n\
 - **Scale (goal: 100k services <= 1.3x of 1).** Met on both methods: the cost does not grow with \
 the number of services, since every lookup is a hash lookup. The repeat method keeps one \
 flow hot in cache; the per-flow method (thousands of distinct flows) is the colder view.\n\
-- **Cold start (goal 2 s at 100k).** The daemon allocates each new service's id by collecting \
-every used id into a set first (`Reconciler::allocate_service_id`): quadratic in the services, \
-minutes at 100k — a plain counter or a kept free-list fixes it. It also writes one entry per \
-bpf(2) call; at 100k x 10 that is over two million calls. The batched column shows BPF_MAP_UPDATE_BATCH writing the \
+- **Cold start (goal 2 s at 100k).** Met at 100k x 2 by the daemon's own path; not at 100k x \
+10. (This bench first found the daemon's service-id allocation quadratic, minutes at 100k; it \
+is O(1) now.) The daemon writes one entry per bpf(2) call; at 100k x 10 that is over two \
+million calls. The batched column shows BPF_MAP_UPDATE_BATCH writing the \
 same entries, in the same order, well inside the goal: the reconciler should batch its writes \
 (per map and stage: backends, slots, heads), which is a change to `reconcile/apply.rs`.\n\
 - **One change (goal 5 ms, growing with the change).** The map writes for one changed service \
@@ -602,10 +606,11 @@ per packet (the rewrite happens once, at connect). The XDP NodePort path attache
 node's veth, which makes the veth copy every packet into an XDP buffer (see section 5's \
 empty-XDP floor): that cost is the veth driver's, and a physical NIC's native XDP has no \
 such copy.\n\
-- **Stale conntrack entries.** Sluice never deletes the conntrack entries of closed flows \
-(there is no GC yet): a later connection that reuses the same 4-tuple towards the backend \
-directly is answered from the service address by `tc_egress`. Found by this bench (section \
-2); it needs a GC and FIN/RST handling.\n\
+- **Stale conntrack entries.** Sluice keeps a closed flow's conntrack entries until its GC \
+removes them (10 s after FIN/RST, `--ct-tcp-closing-timeout`): a connection that reuses the \
+same 4-tuple towards the backend directly within that window is answered from the service \
+address by `tc_egress`. Found by this bench (section 2); `tc_egress` should not rewrite a \
+SYN-ACK that matches a closing flow.\n\
 - **TIME_WAIT across paths (not a Sluice fault, worth knowing for migrations).** With one \
 server port shared by all variants, whichever variant ran after another lost about 98% of its \
 connection rate (p50 around 11 ms). Linux derives a connection's TCP timestamp offset from the \
