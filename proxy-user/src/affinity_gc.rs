@@ -15,8 +15,7 @@ use proxy_common::{AffinityKey, AffinityValue};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-pub use crate::clock::monotonic_ns;
-use crate::{datapath::Maps, reconcile::AffinityView};
+use crate::{clock::monotonic_ns, datapath::Maps, reconcile::AffinityView};
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 const MIN_INTERVAL: Duration = Duration::from_secs(1);

@@ -20,7 +20,8 @@ use tokio::{
 use tracing::{error, info};
 
 use crate::{
-    affinity_gc::{self, AffinityGc},
+    affinity_gc::AffinityGc,
+    clock,
     conntrack_gc::{self, CtTimeouts},
     datapath::{Datapath, DatapathOptions, HookCounts, Maps},
     health::{self, Health},
@@ -103,7 +104,7 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                 health.queued();
                 metrics.last_queued.set(unix_seconds(SystemTime::now()));
                 let sync_started = Instant::now();
-                let sync_started_ns = affinity_gc::monotonic_ns();
+                let sync_started_ns = clock::monotonic_ns();
                 let plan = Plan::build(&state, &opts.node_name);
                 health_checks
                     .update(&health_check::wanted(&state, &opts.node_name))

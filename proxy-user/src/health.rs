@@ -73,17 +73,11 @@ async fn healthz(State(health): State<Health>) -> (StatusCode, Json<HealthBody>)
 
 /// Binds `addr` and serves /healthz in the background; returns the bound address.
 pub async fn serve(addr: SocketAddr, health: Health) -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("bind the health address {addr} (--healthz-addr)"))?;
-    let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/healthz", get(healthz))
         .with_state(health);
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
-            tracing::error!(%err, "health server stopped");
-        }
-    });
+    let (bound, _) = crate::http_server::serve(addr, app, "health")
+        .await
+        .with_context(|| format!("bind the health address {addr} (--healthz-addr)"))?;
     Ok(bound)
 }

@@ -81,20 +81,15 @@ impl HealthCheckServers {
                 continue;
             }
             let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-            let listener = match tokio::net::TcpListener::bind(addr).await {
-                Ok(listener) => listener,
+            let shared: Shared = Arc::new(Mutex::new(Some(check.clone())));
+            let app = Router::new().fallback(answer).with_state(shared.clone());
+            let task = match crate::http_server::serve(addr, app, "health check").await {
+                Ok((_, task)) => task,
                 Err(err) => {
                     warn!(%addr, service = %check.service, %err, "cannot serve healthCheckNodePort");
                     continue;
                 }
             };
-            let shared: Shared = Arc::new(Mutex::new(Some(check.clone())));
-            let app = Router::new().fallback(answer).with_state(shared.clone());
-            let task = tokio::spawn(async move {
-                if let Err(err) = axum::serve(listener, app).await {
-                    warn!(port, %err, "health check server stopped");
-                }
-            });
             info!(port, service = %check.service, "serving healthCheckNodePort");
             self.servers.insert(port, (shared, task));
         }

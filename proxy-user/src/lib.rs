@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod health;
 pub mod health_check;
+pub mod http_server;
 pub mod klog;
 pub mod manifest;
 pub mod metrics;

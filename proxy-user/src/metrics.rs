@@ -267,18 +267,12 @@ async fn scrape(State(metrics): State<Metrics>) -> impl IntoResponse {
 
 /// Binds `addr` and serves /metrics in the background; returns the bound address.
 pub async fn serve(addr: SocketAddr, metrics: Metrics) -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("bind the metrics address {addr} (--metrics-addr)"))?;
-    let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(metrics);
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
-            tracing::error!(%err, "metrics server stopped");
-        }
-    });
+    let (bound, _) = crate::http_server::serve(addr, app, "metrics")
+        .await
+        .with_context(|| format!("bind the metrics address {addr} (--metrics-addr)"))?;
     Ok(bound)
 }
 

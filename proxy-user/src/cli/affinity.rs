@@ -12,7 +12,7 @@ use proxy_common::{
 use serde::Serialize;
 
 use super::{Output, print_rows};
-use crate::{affinity_gc::monotonic_ns, datapath::Maps};
+use crate::{clock::monotonic_ns, datapath::Maps};
 
 /// One affinity entry as the maps hold it.
 #[derive(Debug, Serialize)]
