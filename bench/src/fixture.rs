@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, PerCpuHashMap},
+    maps::{Array, PerCpuArray},
     programs::Xdp,
 };
 use proxy_common::{
@@ -135,20 +135,34 @@ impl Loaded {
         Ok(())
     }
 
-    /// Creates the per-frontend and per-backend counter entries the daemon would create.
-    pub fn create_counters(&mut self, service_id: u32, backend_id: u32) -> Result<()> {
+    /// Zeroes the per-frontend and per-backend counter slots, as the daemon does for new ids.
+    pub fn zero_counters(&mut self, service_id: u32, backend_id: u32) -> Result<()> {
         for (map, id) in [
             (map_names::SERVICE_STATS, service_id),
             (map_names::BACKEND_STATS, backend_id),
         ] {
-            let mut stats: PerCpuHashMap<_, u32, Traffic> = PerCpuHashMap::try_from(
+            let mut stats: PerCpuArray<_, Traffic> = PerCpuArray::try_from(
                 self.ebpf
                     .map_mut(map)
                     .context("the object has no counter map")?,
             )?;
-            stats.insert(id, proxy_user::datapath::zero_traffic()?, 0)?;
+            stats.set(id, proxy_user::datapath::zero_traffic()?, 0)?;
         }
         Ok(())
+    }
+
+    /// Packets counted into a backend's traffic, summed over CPUs.
+    pub fn backend_packets_in(&self, backend_id: u32) -> Result<u64> {
+        let stats: PerCpuArray<_, Traffic> = PerCpuArray::try_from(
+            self.ebpf
+                .map(map_names::BACKEND_STATS)
+                .context("the object has no counter map")?,
+        )?;
+        Ok(stats
+            .get(&backend_id, 0)?
+            .iter()
+            .map(|t| t.packets_in)
+            .sum())
     }
 
     pub fn load_xdp(&mut self) -> Result<()> {

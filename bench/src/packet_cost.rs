@@ -135,8 +135,7 @@ fn run_one(
     let syn = packet::tcp(hot, frontend, tcp::SYN).build();
     let ack = packet::tcp(hot, frontend, tcp::ACK).build();
     check(sys::test_run(xdp, &syn, &with_len(&syn), 1, 0, 0)?)?;
-    // The daemon creates a frontend's and a backend's counters with them: do the same for the
-    // hot flow, so the counted hit path updates real entries.
+    // The daemon zeroes a frontend's and a backend's counters when it hands out their ids.
     let hot_flow = {
         let conntrack: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(
             loaded
@@ -148,7 +147,7 @@ fn run_one(
             .get(&forward_key(hot), 0)
             .context("the SYN did not create its flow")?
     };
-    loaded.create_counters(hot_flow.service_id, hot_flow.backend_id)?;
+    loaded.zero_counters(hot_flow.service_id, hot_flow.backend_id)?;
 
     let mut row = Row {
         services,
@@ -164,13 +163,26 @@ fn run_one(
     let ack_ctx = with_len(&ack);
     for round in 0..params.rounds {
         let floor = sys::test_run(pass, &ack, &ack_ctx, params.repeat, 0, 0)?;
+        let counted_before = loaded.backend_packets_in(hot_flow.backend_id)?;
         let hit = sys::test_run(xdp, &ack, &ack_ctx, params.repeat, 0, 0)?;
         check(hit)?;
+        let counted_after = loaded.backend_packets_in(hot_flow.backend_id)?;
         loaded.set_counters(false)?;
         let uncounted = sys::test_run(xdp, &ack, &ack_ctx, params.repeat, 0, 0);
         loaded.set_counters(true)?;
         let uncounted = uncounted?;
         check(uncounted)?;
+        // The two runs differ in counting and nothing else: check that they do.
+        let uncounted_after = loaded.backend_packets_in(hot_flow.backend_id)?;
+        ensure!(
+            counted_after - counted_before == u64::from(params.repeat)
+                && uncounted_after == counted_after,
+            "the hot flow's backend counted {} packets with counters on and {} off, \
+             expected {} and 0",
+            counted_after - counted_before,
+            uncounted_after - counted_after,
+            params.repeat
+        );
         row.floor.push(f64::from(floor.duration_ns));
         row.hit.push(f64::from(hit.duration_ns));
         row.hit_uncounted.push(f64::from(uncounted.duration_ns));

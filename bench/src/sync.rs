@@ -177,7 +177,7 @@ fn run_one(params: &Params, services: usize, endpoints: usize) -> Result<Row> {
             let rss_before = rss_bytes();
             let mut loaded = Loaded::new(&sizes)?;
             let mut maps = Maps::take_from(&mut loaded.ebpf)?;
-            let mut reconciler = Reconciler::default();
+            let mut reconciler = Reconciler::from_maps(&maps)?;
             let started = Instant::now();
             let plan = Plan::build(&desired, "node1");
             row.plan.push(started.elapsed().as_secs_f64());

@@ -30,8 +30,8 @@ pub mod map_names {
     pub const SOCK_REV_NAT: &str = "SOCK_RNAT_V1";
     pub const NODE_ADDRS: &str = "NODE_ADDR_V1";
     pub const CONFIG: &str = "CONFIG_V1";
-    pub const SERVICE_STATS: &str = "SVC_STATS_V1";
-    pub const BACKEND_STATS: &str = "BE_STATS_V1";
+    pub const SERVICE_STATS: &str = "SVC_STATS_V2";
+    pub const BACKEND_STATS: &str = "BE_STATS_V2";
     pub const DROP_STATS: &str = "DROP_STATS_V1";
     pub const HOOK_STATS: &str = "HOOK_STATS_V1";
     pub const LOG: &str = "LOG_V1";

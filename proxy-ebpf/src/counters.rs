@@ -1,11 +1,9 @@
 //! Per-CPU counters (`proxy_common::stats`): each program adds to its own CPU's slot, so no
-//! atomics; readers sum over CPUs. Entries of the per-frontend and per-backend maps are
-//! created and removed by the daemon with the frontends and backends: a miss counts nothing.
+//! atomics; readers sum over CPUs. Frontend and backend traffic live in arrays indexed by the
+//! daemon's service and backend ids (it keeps them below the arrays' sizes and zeroes a slot
+//! when it hands out its id): an array lookup is inlined by the verifier, a hash lookup is not.
 
-use aya_ebpf::{
-    btf_maps::{PerCpuArray, PerCpuHashMap},
-    macros::btf_map,
-};
+use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map};
 use proxy_common::{
     CONFIG_F_COUNTERS, map_sizes,
     stats::{DROP_SLOTS, DropReason, HOOK_SLOTS, Hook, Traffic, hook_slot},
@@ -13,13 +11,12 @@ use proxy_common::{
 
 use crate::maps::CONFIG;
 
-#[btf_map(name = "SVC_STATS_V1")]
-static SERVICE_STATS: PerCpuHashMap<u32, Traffic, { map_sizes::SERVICE_META as usize }> =
-    PerCpuHashMap::new();
+#[btf_map(name = "SVC_STATS_V2")]
+static SERVICE_STATS: PerCpuArray<Traffic, { map_sizes::SERVICE_META as usize }> =
+    PerCpuArray::new();
 
-#[btf_map(name = "BE_STATS_V1")]
-static BACKEND_STATS: PerCpuHashMap<u32, Traffic, { map_sizes::BACKENDS as usize }> =
-    PerCpuHashMap::new();
+#[btf_map(name = "BE_STATS_V2")]
+static BACKEND_STATS: PerCpuArray<Traffic, { map_sizes::BACKENDS as usize }> = PerCpuArray::new();
 
 #[btf_map(name = "DROP_STATS_V1")]
 static DROP_STATS: PerCpuArray<u64, { DROP_SLOTS as usize }> = PerCpuArray::new();

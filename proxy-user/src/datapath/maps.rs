@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues},
 };
 use proxy_common::{
     AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, CtEntry, CtKey, NodeAddr,
@@ -21,8 +21,10 @@ pub struct Maps {
     pub sock_rev_nat: HashMap<MapData, SockRevNatKey, SockRevNatValue>,
     pub node_addrs: HashMap<MapData, u32, NodeAddr>,
     pub config: Array<MapData, Config>,
-    pub service_stats: PerCpuHashMap<MapData, u32, Traffic>,
-    pub backend_stats: PerCpuHashMap<MapData, u32, Traffic>,
+    /// Indexed by service id, like `service_meta`.
+    pub service_stats: PerCpuArray<MapData, Traffic>,
+    /// Indexed by backend id, like `backends`.
+    pub backend_stats: PerCpuArray<MapData, Traffic>,
     pub drop_stats: PerCpuArray<MapData, u64>,
     pub hook_stats: PerCpuArray<MapData, u64>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
@@ -83,7 +85,7 @@ impl Maps {
     }
 }
 
-/// A zero per-CPU traffic value, to create a counter entry with.
+/// A zero per-CPU traffic value, to reset a counter slot with.
 pub fn zero_traffic() -> Result<PerCpuValues<Traffic>> {
     let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
     Ok(PerCpuValues::try_from(vec![Traffic::default(); cpus])?)
@@ -110,8 +112,9 @@ impl Maps {
             (map_names::CONNTRACK, count(self.conntrack.keys())),
             (map_names::SOCK_REV_NAT, count(self.sock_rev_nat.keys())),
             (map_names::NODE_ADDRS, count(self.node_addrs.keys())),
-            (map_names::SERVICE_STATS, count(self.service_stats.keys())),
-            (map_names::BACKEND_STATS, count(self.backend_stats.keys())),
+            // Arrays: the slots in use are those of the ids in use.
+            (map_names::SERVICE_STATS, count(self.service_meta.keys())),
+            (map_names::BACKEND_STATS, count(self.backends.keys())),
         ];
         counts
             .into_iter()

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use aya::maps::lpm_trie::Key;
 use ipnet::Ipv4Net;
 use proxy_common::{
@@ -57,6 +57,9 @@ pub struct Reconciler {
     /// The ids of `frontends`, so allocating one costs O(1), not a walk over every frontend.
     service_ids: HashSet<u32>,
     next_backend_id: u32,
+    /// Ids index the datapath's counter arrays, so they stay below the arrays' sizes.
+    service_id_limit: u32,
+    backend_id_limit: u32,
     /// Mirror of the affinity-match map.
     members: AffinityMembers,
 }
@@ -64,7 +67,11 @@ pub struct Reconciler {
 impl Reconciler {
     /// Reads what the (possibly pinned, possibly from an earlier run) maps hold.
     pub fn from_maps(maps: &Maps) -> Result<Self> {
-        let mut this = Self::default();
+        let mut this = Self {
+            service_id_limit: maps.service_stats.len(),
+            backend_id_limit: maps.backend_stats.len(),
+            ..Self::default()
+        };
         for entry in maps.backends.iter() {
             let (id, backend) = entry.context("read the backends map")?;
             this.backend_ids.insert(backend_addr(&backend), id);
@@ -156,7 +163,7 @@ impl Reconciler {
             let id = match self.backend_ids.get(&addr) {
                 Some(&id) => id,
                 None => {
-                    let id = self.allocate_backend_id();
+                    let id = self.allocate_backend_id()?;
                     self.backend_ids.insert(addr, id);
                     id
                 }
@@ -164,8 +171,8 @@ impl Reconciler {
             if !self.backends.contains_key(&id) {
                 // Counters start with the backend: a reused id never inherits old traffic.
                 maps.backend_stats
-                    .insert(id, zero_traffic()?, 0)
-                    .with_context(|| format!("create counters of backend {}", addr.addr))?;
+                    .set(id, zero_traffic()?, 0)
+                    .with_context(|| format!("zero the counters of backend {}", addr.addr))?;
             }
             if self.backends.get(&id) != Some(&value) {
                 maps.backends
@@ -219,8 +226,6 @@ impl Reconciler {
             self.backends.remove(&id);
             remove_if_present(maps.backends.remove(&id))
                 .with_context(|| format!("remove backend {}:{}", addr.addr, addr.port))?;
-            remove_if_present(maps.backend_stats.remove(&id))
-                .with_context(|| format!("remove counters of backend {}", addr.addr))?;
             stats.backends_removed += 1;
         }
         Ok(stats)
@@ -241,7 +246,9 @@ impl Reconciler {
             .collect();
         let service_id = match self.frontends.get(frontend) {
             Some(existing) => existing.service_id,
-            None => self.allocate_service_id(),
+            None => self
+                .allocate_service_id()
+                .with_context(|| format!("program service {}", planned.name))?,
         };
         let meta = ServiceMeta::new(
             &planned.name,
@@ -275,7 +282,7 @@ impl Reconciler {
 
         if old.is_none() {
             maps.service_stats
-                .insert(service_id, zero_traffic()?, 0)
+                .set(service_id, zero_traffic()?, 0)
                 .with_context(context)?;
         }
         if old.as_ref().map(|old| old.meta) != Some(meta) {
@@ -344,8 +351,6 @@ impl Reconciler {
         }
         remove_if_present(maps.service_meta.remove(&programmed.service_id))
             .with_context(context)?;
-        remove_if_present(maps.service_stats.remove(&programmed.service_id))
-            .with_context(context)?;
         Ok(())
     }
 
@@ -374,23 +379,37 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Ids grow monotonically (wrapping), so a conntrack entry never finds its old backend id
-    /// reused by another pod right after a removal.
-    fn allocate_backend_id(&mut self) -> u32 {
+    /// Ids go round `1..limit`, so a conntrack entry does not find its old backend id reused
+    /// by another pod right after a removal: only after every other id had its turn.
+    fn allocate_backend_id(&mut self) -> Result<u32> {
+        let limit = self.backend_id_limit;
+        if self.backends.len() + 1 >= limit as usize {
+            bail!(
+                "all {} backend ids are in use: the backend maps are full",
+                limit.saturating_sub(1)
+            );
+        }
         loop {
-            self.next_backend_id = self.next_backend_id.wrapping_add(1).max(1);
+            self.next_backend_id = next_id(self.next_backend_id, limit);
             if !self.backends.contains_key(&self.next_backend_id) {
-                return self.next_backend_id;
+                return Ok(self.next_backend_id);
             }
         }
     }
 
-    /// Ids grow monotonically (wrapping), like backend ids; the id is reserved at once.
-    fn allocate_service_id(&mut self) -> u32 {
+    /// Ids go round `1..limit` like backend ids; the id is reserved at once.
+    fn allocate_service_id(&mut self) -> Result<u32> {
+        let limit = self.service_id_limit;
+        if self.service_ids.len() + 1 >= limit as usize {
+            bail!(
+                "all {} frontend ids are in use: the service maps are full",
+                limit.saturating_sub(1)
+            );
+        }
         loop {
-            self.next_service_id = self.next_service_id.wrapping_add(1).max(1);
+            self.next_service_id = next_id(self.next_service_id, limit);
             if self.service_ids.insert(self.next_service_id) {
-                return self.next_service_id;
+                return Ok(self.next_service_id);
             }
         }
     }
@@ -401,6 +420,15 @@ impl Reconciler {
 
     pub fn backend_count(&self) -> usize {
         self.backends.len()
+    }
+}
+
+/// The id after `id` in `1..limit`, round.
+fn next_id(id: u32, limit: u32) -> u32 {
+    if id.saturating_add(1) >= limit {
+        1
+    } else {
+        id + 1
     }
 }
 
@@ -457,5 +485,20 @@ fn remove_if_present(result: Result<(), aya::maps::MapError>) -> Result<()> {
             Ok(())
         }
         other => Ok(other?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_id;
+
+    #[test]
+    fn ids_go_round_below_the_limit_and_skip_zero() {
+        assert_eq!(next_id(0, 4), 1);
+        assert_eq!(next_id(1, 4), 2);
+        assert_eq!(next_id(3, 4), 1);
+        // An id from an earlier run with bigger maps starts the round again.
+        assert_eq!(next_id(70_000, 65_536), 1);
+        assert_eq!(next_id(u32::MAX, u32::MAX), 1);
     }
 }
