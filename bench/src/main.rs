@@ -37,6 +37,17 @@ struct Cli {
     /// report then shows the others as not run. For development.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Services counts of the sync section instead of its defaults (comma separated). For
+    /// development, e.g. `--only sync --sync-services 100000 --sync-endpoints 2`.
+    #[arg(long, value_delimiter = ',')]
+    sync_services: Vec<usize>,
+    /// Endpoints per service of the sync section instead of its defaults (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    sync_endpoints: Vec<usize>,
+    /// Sync section: measure Sluice only, not the iptables and nft rule sets (which take
+    /// minutes at 100k). For development.
+    #[arg(long)]
+    sync_no_rules: bool,
     /// Milliseconds per connection-rate client run (default: 1500, quick: 300).
     #[arg(long)]
     conn_millis: Option<u64>,
@@ -108,10 +119,10 @@ fn main() -> Result<()> {
             flows: 20_000,
         }
     };
-    let sync_params = if quick {
+    let mut sync_params = if quick {
         sync::Params {
-            services: &[100],
-            endpoints: &[2],
+            services: vec![100],
+            endpoints: vec![2],
             rounds: 1,
             max_rules: 10_000,
             max_nft_chains: 10_000,
@@ -120,8 +131,8 @@ fn main() -> Result<()> {
         }
     } else {
         sync::Params {
-            services: &[10_000, 100_000],
-            endpoints: &[2, 10],
+            services: vec![10_000, 100_000],
+            endpoints: vec![2, 10],
             rounds: 3,
             max_rules: 1_200_000,
             max_nft_chains: 30_000,
@@ -129,6 +140,16 @@ fn main() -> Result<()> {
             timeout: std::time::Duration::from_secs(240),
         }
     };
+    if !cli.sync_services.is_empty() {
+        sync_params.services = cli.sync_services.clone();
+    }
+    if !cli.sync_endpoints.is_empty() {
+        sync_params.endpoints = cli.sync_endpoints.clone();
+    }
+    if cli.sync_no_rules {
+        sync_params.max_rules = 0;
+        sync_params.max_nft_chains = 0;
+    }
     let conn_params = if quick {
         connrate::Params {
             services: &[10],

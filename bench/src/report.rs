@@ -421,8 +421,9 @@ pub fn write(results: &Results, doc: &Path, plots: &Path) -> Result<()> {
             let _ = writeln!(
                 md,
                 "- Daemon memory for the control plane at {} x {}: the reconciler's mirror and \
-                 plan grow the process by **{:.1} MiB** (RSS of the bench process before and \
-                 after a cold start through the daemon's own `Plan` and `Reconciler`; an \
+                 the planner's plan and indexes grow the process by **{:.1} MiB** (RSS of the \
+                 bench process before and after a cold start through the daemon's own \
+                 `Planner` and `Reconciler`, the desired state already built; an \
                  approximation of the daemon's growth, and a lower bound, since the allocator \
                  reuses memory freed by earlier rounds; the maps themselves are kernel memory, \
                  above). The RSS of a real `sluice run` with 100k services from manifests was \

@@ -2,15 +2,17 @@
 //! to change one service with N present, for Sluice's maps and for kube-proxy's rule sets
 //! loaded with `iptables-restore` and `nft -f` into a network namespace the bench created.
 //!
-//! Sluice is measured two ways: the daemon's own path (`Plan::build` + `Reconciler::apply`,
-//! one bpf(2) call per map entry) and the same entries written with BPF_MAP_UPDATE_BATCH in the
-//! same order (backends, slots, heads), which is what batching would give the daemon.
+//! Sluice is measured two ways: the daemon's own path (`Planner::update` +
+//! `Reconciler::apply_changes`, one bpf(2) call per map entry) and the same entries written
+//! with BPF_MAP_UPDATE_BATCH in the same order (backends, slots, heads), which is what batching
+//! would give the daemon.
 
 use std::{
     collections::BTreeMap,
     io::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
     process::{Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -23,7 +25,7 @@ use proxy_user::{
         DesiredState, Endpoint, Protocol, Service, ServiceName, ServicePort, ServiceType,
         TrafficPolicy,
     },
-    reconcile::{Plan, Reconciler},
+    reconcile::{Plan, Planner, Reconciler},
 };
 
 use crate::{
@@ -33,10 +35,10 @@ use crate::{
     sys,
 };
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Params {
-    pub services: &'static [usize],
-    pub endpoints: &'static [usize],
+    pub services: Vec<usize>,
+    pub endpoints: Vec<usize>,
     pub rounds: usize,
     /// iptables rule sets larger than this many rules are not loaded (they would not finish in
     /// time).
@@ -100,7 +102,7 @@ pub fn desired(services: usize, endpoints: usize) -> DesiredState {
             load_balancer_ips: Vec::new(),
             health_check_node_port: None,
         };
-        desired.services.insert(name, service);
+        desired.services.insert(name, Arc::new(service));
     }
     desired
 }
@@ -116,25 +118,30 @@ fn endpoint(addr: SocketAddrV4) -> Endpoint {
     }
 }
 
-/// The changed service and its new endpoint (one pod replaced by another).
-fn change(desired: &mut DesiredState, services: usize, endpoints: usize) -> (usize, SocketAddrV4) {
-    let i = services / 2;
-    let new = SocketAddrV4::new(Ipv4Addr::new(198, 18, 64, 1), 9090);
-    let service = desired
-        .services
-        .get_mut(&ServiceName {
-            namespace: "bench".into(),
-            name: format!("svc-{i}"),
-        })
-        .expect("the service exists");
+/// Changes measured per round, each on another service: one sample of a change that costs
+/// milliseconds is noisy on a shared machine.
+const CHANGES: usize = 5;
+
+/// Change number `k`: the last endpoint of one service replaced by a new pod.
+fn change(desired: &mut DesiredState, services: usize, endpoints: usize, k: usize) {
+    let i = (services / 2 + k) % services;
+    let new = SocketAddrV4::new(Ipv4Addr::new(198, 18, 64, 1 + k as u8), 9090);
+    let service = Arc::make_mut(
+        desired
+            .services
+            .get_mut(&ServiceName {
+                namespace: "bench".into(),
+                name: format!("svc-{i}"),
+            })
+            .expect("the service exists"),
+    );
     service.ports[0].endpoints[endpoints - 1] = endpoint(new);
-    (i, new)
 }
 
 pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for &services in params.services {
-        for &endpoints in params.endpoints {
+    for &services in &params.services {
+        for &endpoints in &params.endpoints {
             let row = run_one(params, services, endpoints)
                 .with_context(|| format!("sync at {services} x {endpoints}"))?;
             log(&format!(
@@ -171,18 +178,20 @@ fn run_one(params: &Params, services: usize, endpoints: usize) -> Result<Row> {
         params.rounds
     };
     for _ in 0..rounds {
-        let mut desired = desired(services, endpoints);
+        // The state is shared with the planner, as the daemon shares the source's.
+        let mut desired = Arc::new(desired(services, endpoints));
         // The daemon's path.
         {
             let rss_before = rss_bytes();
             let mut loaded = Loaded::new(&sizes)?;
             let mut maps = Maps::take_from(&mut loaded.ebpf)?;
             let mut reconciler = Reconciler::from_maps(&maps)?;
+            let mut planner = Planner::new("node1");
             let started = Instant::now();
-            let plan = Plan::build(&desired, "node1");
+            let changes = planner.update(desired.clone());
             row.plan.push(started.elapsed().as_secs_f64());
             let started = Instant::now();
-            reconciler.apply(&mut maps, &plan)?;
+            reconciler.apply_changes(&mut maps, planner.plan(), &changes)?;
             row.apply.push(started.elapsed().as_secs_f64());
             if reconciler.frontend_count() != services {
                 bail!(
@@ -192,15 +201,24 @@ fn run_one(params: &Params, services: usize, endpoints: usize) -> Result<Row> {
             }
             row.rss_delta = rss_bytes() - rss_before;
 
-            change(&mut desired, services, endpoints);
-            let started = Instant::now();
-            let plan = Plan::build(&desired, "node1");
-            row.change_plan.push(started.elapsed().as_secs_f64());
-            let started = Instant::now();
-            let stats = reconciler.apply(&mut maps, &plan)?;
-            row.change_apply.push(started.elapsed().as_secs_f64());
-            if stats.frontends_written != 1 {
-                bail!("one changed service rewrote {stats:?}");
+            for k in 0..CHANGES {
+                // A source publishes a new state sharing the unchanged services with the last
+                // (`DesiredState::share_unchanged`; the source's work is not timed here).
+                let mut next = (*desired).clone();
+                change(&mut next, services, endpoints, k);
+                desired = Arc::new(next);
+                let started = Instant::now();
+                let changes = planner.update(desired.clone());
+                row.change_plan.push(started.elapsed().as_secs_f64());
+                let started = Instant::now();
+                let stats = reconciler.apply_changes(&mut maps, planner.plan(), &changes)?;
+                row.change_apply.push(started.elapsed().as_secs_f64());
+                if stats.frontends_written != 1 {
+                    bail!("one changed service rewrote {stats:?}");
+                }
+            }
+            if planner.plan() != &Plan::build(&desired, "node1") {
+                bail!("the planner's plan differs from a full build after the changes");
             }
         }
         // The same entries, batched.

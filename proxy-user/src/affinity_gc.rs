@@ -78,7 +78,7 @@ impl AffinityGc {
             }
         }
         self.started = true;
-        self.timeouts.clone_from(&view.timeouts);
+        self.timeouts.clone_from(view.timeouts);
         if urgent {
             self.run(maps, view);
         } else if let Some(interval) = self.interval() {
@@ -209,7 +209,8 @@ mod tests {
     #[test]
     fn entries_expire_after_their_frontends_timeout() {
         let members = members();
-        let view = AffinityView::new([(7, 10)].into(), &members);
+        let timeouts = [(7, 10)].into();
+        let view = AffinityView::new(&timeouts, &members);
         let now = 1_000 * SECOND;
         assert!(!is_stale(
             &key(7),
@@ -238,7 +239,8 @@ mod tests {
     #[test]
     fn entries_of_frontends_without_affinity_or_left_backends_are_stale() {
         let members = members();
-        let view = AffinityView::new([(7, 10)].into(), &members);
+        let timeouts = [(7, 10)].into();
+        let view = AffinityView::new(&timeouts, &members);
         let now = 1_000 * SECOND;
         assert!(
             is_stale(&key(8), &value(1, now), &view, None, now),
@@ -254,7 +256,8 @@ mod tests {
     #[test]
     fn switching_affinity_on_drops_entries_from_before_the_switch() {
         let members = members();
-        let view = AffinityView::new([(7, 10)].into(), &members);
+        let timeouts = [(7, 10)].into();
+        let view = AffinityView::new(&timeouts, &members);
         let now = 1_000 * SECOND;
         let switched = Some(now - SECOND);
         assert!(is_stale(

@@ -29,7 +29,7 @@ use crate::{
     klog,
     metrics::{self, Metrics, unix_seconds},
     model::DesiredState,
-    reconcile::{Plan, Reconciler},
+    reconcile::{Planner, Reconciler},
 };
 
 /// Where sources publish the complete desired state; `None` until their first full view,
@@ -91,6 +91,8 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut first_sync = true;
+    // Keeps the plan of the last state: a change re-plans and rewrites only what it touches.
+    let mut planner = Planner::new(&opts.node_name);
     let mut affinity_gc = AffinityGc::default();
     // The source's first complete state may already be waiting: handle it like a change.
     desired.mark_changed();
@@ -105,11 +107,11 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                 metrics.last_queued.set(unix_seconds(SystemTime::now()));
                 let sync_started = Instant::now();
                 let sync_started_ns = clock::monotonic_ns();
-                let plan = Plan::build(&state, &opts.node_name);
+                let changes = planner.update(state.clone());
                 health_checks
                     .update(&health_check::wanted(&state, &opts.node_name))
                     .await;
-                match reconciler.apply(&mut datapath.maps, &plan) {
+                match reconciler.apply_changes(&mut datapath.maps, planner.plan(), &changes) {
                     Ok(stats) => {
                         let view = reconciler.affinity_view();
                         affinity_gc.after_apply(&mut datapath.maps, &view, sync_started_ns);

@@ -187,7 +187,7 @@ mod tests {
             health_check_node_port: Some(30999),
         };
         let mut desired = DesiredState {
-            services: [(name.clone(), service)].into(),
+            services: [(name.clone(), Arc::new(service))].into(),
         };
         let checks = wanted(&desired, "node1");
         assert_eq!(
@@ -196,7 +196,7 @@ mod tests {
         );
         assert_eq!(wanted(&desired, "node3")[&30999].local_endpoints, 0);
 
-        let service = desired.services.get_mut(&name).expect("present");
+        let service = Arc::make_mut(desired.services.get_mut(&name).expect("present"));
         service.external_traffic_policy = TrafficPolicy::Cluster;
         assert!(wanted(&desired, "node1").is_empty());
     }

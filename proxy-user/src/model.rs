@@ -1,7 +1,7 @@
 //! The desired state: what every source (manifests, Kubernetes API) produces and the
 //! reconciler programs into the maps. Plain data, independent of where it came from.
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr, sync::Arc};
 
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -124,8 +124,99 @@ pub struct Endpoint {
     pub terminating: bool,
 }
 
-/// Everything the datapath should serve, keyed by service name.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+/// Everything the datapath should serve, keyed by service name (`services[n].name == n`).
+///
+/// Services are shared (`Arc`): a source that publishes a new state gives every unchanged
+/// service the previous state's copy (`share_unchanged`), so the daemon finds the changed ones
+/// by pointer instead of comparing every service (see `reconcile::Planner`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
-    pub services: BTreeMap<ServiceName, Service>,
+    pub services: BTreeMap<ServiceName, Arc<Service>>,
+}
+
+impl DesiredState {
+    /// Replaces every service equal to `previous`'s by `previous`'s copy; says whether the two
+    /// states differ. Costs one comparison of each service, like `==` on the states.
+    pub fn share_unchanged(&mut self, previous: &DesiredState) -> bool {
+        let mut changed = self.services.len() != previous.services.len();
+        let mut previous = previous.services.iter().peekable();
+        for (name, service) in &mut self.services {
+            while previous.next_if(|(old, _)| *old < name).is_some() {
+                changed = true;
+            }
+            match previous.next_if(|(old, _)| *old == name) {
+                Some((_, old)) if **old == **service => *service = old.clone(),
+                _ => changed = true,
+            }
+        }
+        changed || previous.next().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(services: &[(&str, u16)]) -> DesiredState {
+        let services = services.iter().map(|&(name, port)| {
+            let name = ServiceName {
+                namespace: "default".into(),
+                name: name.into(),
+            };
+            let service = Service {
+                name: name.clone(),
+                service_type: ServiceType::ClusterIP,
+                cluster_ip: Some(Ipv4Addr::new(198, 19, 0, 1)),
+                external_ips: vec![],
+                load_balancer_ips: vec![],
+                ports: vec![ServicePort {
+                    name: String::new(),
+                    protocol: Protocol::Tcp,
+                    port,
+                    node_port: None,
+                    endpoints: vec![],
+                }],
+                skip_reason: None,
+                affinity_timeout: None,
+                external_traffic_policy: TrafficPolicy::Cluster,
+                internal_traffic_policy: TrafficPolicy::Cluster,
+                load_balancer_source_ranges: vec![],
+                health_check_node_port: None,
+            };
+            (name, Arc::new(service))
+        });
+        DesiredState {
+            services: services.collect(),
+        }
+    }
+
+    #[test]
+    fn unchanged_services_are_shared_with_the_previous_state() {
+        let previous = state(&[("a", 80), ("b", 80), ("c", 80)]);
+        let mut next = state(&[("a", 80), ("b", 81), ("c", 80)]);
+        assert!(next.share_unchanged(&previous));
+        let shared = |name: &str| {
+            let (key, service) = next
+                .services
+                .iter()
+                .find(|(key, _)| key.name == name)
+                .expect("present");
+            Arc::ptr_eq(service, &previous.services[key])
+        };
+        assert!(shared("a") && !shared("b") && shared("c"));
+
+        let mut same = state(&[("a", 80), ("b", 80), ("c", 80)]);
+        assert!(!same.share_unchanged(&previous));
+        for (name, service) in &same.services {
+            assert!(Arc::ptr_eq(service, &previous.services[name]));
+        }
+        for services in [
+            &[("a", 80), ("b", 80)][..],
+            &[("a", 80), ("b", 80), ("c", 80), ("d", 80)],
+            &[("b", 80), ("c", 80)],
+            &[],
+        ] {
+            assert!(state(services).share_unchanged(&previous), "{services:?}");
+        }
+    }
 }

@@ -2,7 +2,10 @@
 //! Conflicts between Services (one cluster IP or nodePort claimed twice) are reported and
 //! the later Service (by name) is listed but not programmed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use super::{
     alloc::{AllocRequest, Allocator, Assignments},
@@ -98,7 +101,7 @@ pub(crate) fn resolve(catalog: &Catalog, allocator: &mut Allocator) -> Resolutio
     for (name, service) in &catalog.services {
         let skip = skip_reason(service.def, &conflicts, &assignments);
         let model = build_service(service, catalog, &assignments, skip, &mut problems);
-        state.services.insert(name.clone(), model);
+        state.services.insert(name.clone(), Arc::new(model));
     }
     Resolution { state, problems }
 }

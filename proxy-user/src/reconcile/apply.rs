@@ -1,5 +1,6 @@
-//! Writes the difference between a plan and what the maps hold, keeping a mirror of the maps
-//! so each change costs what it changes, not what the node holds.
+//! Writes the difference between a plan and what the maps hold, keeping a mirror of the maps:
+//! in full (`apply`: the first sync, and after an error) or only where the planner says the
+//! plan changed (`apply_changes`, in `changes`), so a change costs what it changes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -14,13 +15,14 @@ use proxy_common::{
 
 use self::affinity::AffinityMembers;
 pub use self::affinity::AffinityView;
-use super::plan::{BackendAddr, Frontend, FrontendPlan, Plan};
+use super::plan::{BackendAddr, Frontend, FrontendPlan, Plan, SkippedPlan};
 use crate::{
     datapath::{Maps, zero_traffic},
     model::Protocol,
 };
 
 mod affinity;
+mod changes;
 
 /// A frontend as programmed: its id, flags and backend ids by slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +64,11 @@ pub struct Reconciler {
     backend_id_limit: u32,
     /// Mirror of the affinity-match map.
     members: AffinityMembers,
+    /// Service id → ClientIP timeout of the frontends with affinity on, for the affinity GC.
+    affinity_timeouts: HashMap<u32, u32>,
+    /// The maps hold the plan of the last apply and the mirror is exact: a following apply
+    /// may write only what changed since. False until a full apply succeeded, and after errors.
+    in_sync: bool,
 }
 
 impl Reconciler {
@@ -114,6 +121,10 @@ impl Reconciler {
             source_ranges.sort_unstable();
             this.next_service_id = this.next_service_id.max(head.service_id);
             this.service_ids.insert(head.service_id);
+            if head.affinity_timeout != 0 {
+                this.affinity_timeouts
+                    .insert(head.service_id, head.affinity_timeout);
+            }
             this.frontends.insert(
                 frontend,
                 Programmed {
@@ -135,52 +146,35 @@ impl Reconciler {
         Ok(this)
     }
 
-    /// Makes the maps hold exactly `plan`. On error the mirror is re-read from the maps so the
-    /// next apply starts from the truth.
+    /// Makes the maps hold exactly `plan`, walking all of it. On error the mirror is re-read
+    /// from the maps so the next apply starts from the truth.
     pub fn apply(&mut self, maps: &mut Maps, plan: &Plan) -> Result<ApplyStats> {
         let result = self.try_apply(maps, plan);
-        if result.is_err() {
-            *self = Self::from_maps(maps)?;
+        self.after(maps, result)
+    }
+
+    /// Marks the mirror exact after a success; re-reads it from the maps after an error, and
+    /// then the next apply is a full one.
+    fn after(&mut self, maps: &Maps, result: Result<ApplyStats>) -> Result<ApplyStats> {
+        match result {
+            Ok(stats) => {
+                self.in_sync = true;
+                Ok(stats)
+            }
+            Err(err) => {
+                *self = Self::from_maps(maps)?;
+                Err(err)
+            }
         }
-        result
     }
 
     fn try_apply(&mut self, maps: &mut Maps, plan: &Plan) -> Result<ApplyStats> {
         let mut stats = ApplyStats::default();
-        for (service_id, net) in std::mem::take(&mut self.stale_ranges) {
-            remove_if_present(maps.source_ranges.remove(&range_key(service_id, &net)))
-                .context("remove a stale source range")?;
-        }
+        self.remove_stale_ranges(maps)?;
 
         // Backends first, so every slot written below points at an existing backend.
         for (&addr, &flags) in &plan.backends {
-            let value = Backend {
-                addr: ip_to_net(addr.addr),
-                port: port_to_net(addr.port),
-                flags,
-                _pad: 0,
-            };
-            let id = match self.backend_ids.get(&addr) {
-                Some(&id) => id,
-                None => {
-                    let id = self.allocate_backend_id()?;
-                    self.backend_ids.insert(addr, id);
-                    id
-                }
-            };
-            if !self.backends.contains_key(&id) {
-                // Counters start with the backend: a reused id never inherits old traffic.
-                maps.backend_stats
-                    .set(id, zero_traffic()?, 0)
-                    .with_context(|| format!("zero the counters of backend {}", addr.addr))?;
-            }
-            if self.backends.get(&id) != Some(&value) {
-                maps.backends
-                    .insert(id, value, 0)
-                    .with_context(|| format!("write backend {}:{}", addr.addr, addr.port))?;
-                self.backends.insert(id, value);
-                stats.backends_written += 1;
-            }
+            self.write_backend(maps, addr, flags, &mut stats)?;
         }
 
         // Affinity to a backend that leaves a frontend ends before its slot goes.
@@ -222,13 +216,72 @@ impl Reconciler {
             .copied()
             .collect();
         for addr in unused {
-            let id = self.backend_ids.remove(&addr).expect("listed above");
-            self.backends.remove(&id);
-            remove_if_present(maps.backends.remove(&id))
-                .with_context(|| format!("remove backend {}:{}", addr.addr, addr.port))?;
-            stats.backends_removed += 1;
+            self.remove_backend(maps, addr, &mut stats)?;
         }
         Ok(stats)
+    }
+
+    fn remove_stale_ranges(&mut self, maps: &mut Maps) -> Result<()> {
+        for (service_id, net) in std::mem::take(&mut self.stale_ranges) {
+            remove_if_present(maps.source_ranges.remove(&range_key(service_id, &net)))
+                .context("remove a stale source range")?;
+        }
+        Ok(())
+    }
+
+    /// Writes one backend if it differs, giving it an id (and zeroed counters) when new.
+    fn write_backend(
+        &mut self,
+        maps: &mut Maps,
+        addr: BackendAddr,
+        flags: u8,
+        stats: &mut ApplyStats,
+    ) -> Result<()> {
+        let value = Backend {
+            addr: ip_to_net(addr.addr),
+            port: port_to_net(addr.port),
+            flags,
+            _pad: 0,
+        };
+        let id = match self.backend_ids.get(&addr) {
+            Some(&id) => id,
+            None => {
+                let id = self.allocate_backend_id()?;
+                self.backend_ids.insert(addr, id);
+                id
+            }
+        };
+        if !self.backends.contains_key(&id) {
+            // Counters start with the backend: a reused id never inherits old traffic.
+            maps.backend_stats
+                .set(id, zero_traffic()?, 0)
+                .with_context(|| format!("zero the counters of backend {}", addr.addr))?;
+        }
+        if self.backends.get(&id) != Some(&value) {
+            maps.backends
+                .insert(id, value, 0)
+                .with_context(|| format!("write backend {}:{}", addr.addr, addr.port))?;
+            self.backends.insert(id, value);
+            stats.backends_written += 1;
+        }
+        Ok(())
+    }
+
+    /// Removes a backend no slot refers to any more.
+    fn remove_backend(
+        &mut self,
+        maps: &mut Maps,
+        addr: BackendAddr,
+        stats: &mut ApplyStats,
+    ) -> Result<()> {
+        let Some(id) = self.backend_ids.remove(&addr) else {
+            return Ok(());
+        };
+        self.backends.remove(&id);
+        remove_if_present(maps.backends.remove(&id))
+            .with_context(|| format!("remove backend {}:{}", addr.addr, addr.port))?;
+        stats.backends_removed += 1;
+        Ok(())
     }
 
     /// Writes one frontend if it differs: new slots first, then slot 0 (count), then deletes
@@ -239,11 +292,18 @@ impl Reconciler {
         frontend: &Frontend,
         planned: &FrontendPlan,
     ) -> Result<bool> {
-        let slots: Vec<u32> = planned
+        let slots = planned
             .backends
             .iter()
-            .map(|addr| self.backend_ids[addr])
-            .collect();
+            .map(|addr| {
+                self.backend_ids.get(addr).copied().with_context(|| {
+                    format!(
+                        "program service {}: its backend {}:{} was not written first",
+                        planned.name, addr.addr, addr.port
+                    )
+                })
+            })
+            .collect::<Result<Vec<u32>>>()?;
         let service_id = match self.frontends.get(frontend) {
             Some(existing) => existing.service_id,
             None => self
@@ -328,6 +388,12 @@ impl Reconciler {
                     .with_context(context)?;
             }
         }
+        if planned.affinity_timeout == 0 {
+            self.affinity_timeouts.remove(&service_id);
+        } else {
+            self.affinity_timeouts
+                .insert(service_id, planned.affinity_timeout);
+        }
         self.frontends.insert(*frontend, wanted);
         Ok(true)
     }
@@ -336,6 +402,7 @@ impl Reconciler {
     fn remove_frontend(&mut self, maps: &mut Maps, frontend: &Frontend) -> Result<()> {
         let programmed = self.frontends.remove(frontend).expect("caller checked");
         self.service_ids.remove(&programmed.service_id);
+        self.affinity_timeouts.remove(&programmed.service_id);
         let context = || format!("remove service {} ({frontend:?})", programmed.meta.name());
         remove_if_present(maps.services.remove(&service_key(frontend, 0))).with_context(context)?;
         for index in 0..programmed.slots.len() {
@@ -357,13 +424,7 @@ impl Reconciler {
     /// Makes the skipped-services map list exactly the plan's skipped services.
     fn write_skipped(&mut self, maps: &mut Maps, plan: &Plan) -> Result<()> {
         for (name, skipped) in &plan.skipped {
-            let value = SkippedService::new(skipped.svc_type, &skipped.reason);
-            if self.skipped.get(name) != Some(&value) {
-                maps.skipped
-                    .insert(SkippedKey::new(name), value, 0)
-                    .with_context(|| format!("list skipped service {name}"))?;
-                self.skipped.insert(name.clone(), value);
-            }
+            self.write_skipped_entry(maps, name, Some(skipped))?;
         }
         let gone: Vec<String> = self
             .skipped
@@ -372,9 +433,31 @@ impl Reconciler {
             .cloned()
             .collect();
         for name in gone {
-            remove_if_present(maps.skipped.remove(&SkippedKey::new(&name)))
-                .with_context(|| format!("unlist skipped service {name}"))?;
-            self.skipped.remove(&name);
+            self.write_skipped_entry(maps, &name, None)?;
+        }
+        Ok(())
+    }
+
+    /// Lists `name` as `skipped`, or unlists it (`None`), if the map says otherwise.
+    fn write_skipped_entry(
+        &mut self,
+        maps: &mut Maps,
+        name: &str,
+        skipped: Option<&SkippedPlan>,
+    ) -> Result<()> {
+        let Some(skipped) = skipped else {
+            if self.skipped.remove(name).is_some() {
+                remove_if_present(maps.skipped.remove(&SkippedKey::new(name)))
+                    .with_context(|| format!("unlist skipped service {name}"))?;
+            }
+            return Ok(());
+        };
+        let value = SkippedService::new(skipped.svc_type, &skipped.reason);
+        if self.skipped.get(name) != Some(&value) {
+            maps.skipped
+                .insert(SkippedKey::new(name), value, 0)
+                .with_context(|| format!("list skipped service {name}"))?;
+            self.skipped.insert(name.to_owned(), value);
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 //! `SVC_F_TWO_SCOPES` and an internal-scope entry holds the set the socket path uses.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, btree_map::Entry},
     net::Ipv4Addr,
 };
 
@@ -84,6 +84,71 @@ pub struct Plan {
     pub skipped: BTreeMap<String, SkippedPlan>,
 }
 
+/// What one service puts into the plan: the plan is the merge of every service's
+/// contribution, in service-name order, so it can also be kept up to date one service at a time
+/// (`Planner`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Contribution {
+    /// Sorted by frontend, distinct: when the service claims one frontend twice, its first
+    /// claim (in port order, cluster IP before external addresses) wins.
+    pub frontends: Vec<(Frontend, FrontendPlan)>,
+    /// Sorted by address, distinct, flags OR'ed over the service's ports.
+    pub backends: Vec<(BackendAddr, u8)>,
+    /// Set when the service is not programmed (it then has no frontends and no backends).
+    pub skipped: Option<(String, SkippedPlan)>,
+}
+
+impl Contribution {
+    /// Plans one service for the node `node_name`.
+    pub fn of(service: &Service, node_name: &str) -> Self {
+        let mut contribution = Contribution::default();
+        if let Some(reason) = not_programmed(service) {
+            contribution.skipped = Some((
+                service.name.to_string(),
+                SkippedPlan {
+                    svc_type: svc_type(service.service_type),
+                    reason,
+                },
+            ));
+            return contribution;
+        }
+        for port in &service.ports {
+            contribution.add_port(service, port, node_name);
+        }
+        // A stable sort keeps the claims of one frontend in the order they were made.
+        contribution
+            .frontends
+            .sort_by_key(|(frontend, _)| *frontend);
+        contribution.frontends.dedup_by(|later, first| {
+            if later.0 != first.0 {
+                return false;
+            }
+            warn_conflict(&first.0, &first.1.name, &later.1.name);
+            true
+        });
+        contribution
+            .backends
+            .sort_unstable_by_key(|(addr, _)| *addr);
+        contribution.backends.dedup_by(|later, first| {
+            if later.0 != first.0 {
+                return false;
+            }
+            first.1 |= later.1;
+            true
+        });
+        contribution
+    }
+}
+
+fn warn_conflict(frontend: &Frontend, kept: &str, ignored: &str) {
+    warn!(
+        frontend = ?frontend,
+        kept = %kept,
+        ignored = %ignored,
+        "two services claim the same frontend; keeping the first"
+    );
+}
+
 /// The backend sets of one service port on this node.
 struct PortBackends {
     /// Every endpoint's set (policy Cluster).
@@ -102,27 +167,35 @@ impl PortBackends {
 }
 
 impl Plan {
-    /// Plans the frontends of every programmable service for the node `node_name`.
+    /// Plans the frontends of every programmable service for the node `node_name`: the merge
+    /// of the services' contributions in name order. Two services claiming one frontend: the
+    /// first by name keeps it. Backend flags are OR'ed over the services sharing an endpoint.
     pub fn build(desired: &DesiredState, node_name: &str) -> Self {
         let mut plan = Plan::default();
         for service in desired.services.values() {
-            if let Some(reason) = not_programmed(service) {
-                plan.skipped.insert(
-                    service.name.to_string(),
-                    SkippedPlan {
-                        svc_type: svc_type(service.service_type),
-                        reason,
-                    },
-                );
-                continue;
+            let contribution = Contribution::of(service, node_name);
+            if let Some((name, skipped)) = contribution.skipped {
+                plan.skipped.insert(name, skipped);
             }
-            for port in &service.ports {
-                plan.add_port(service, port, node_name);
+            for (addr, flags) in contribution.backends {
+                *plan.backends.entry(addr).or_default() |= flags;
+            }
+            for (frontend, planned) in contribution.frontends {
+                match plan.frontends.entry(frontend) {
+                    Entry::Vacant(entry) => {
+                        entry.insert(planned);
+                    }
+                    Entry::Occupied(entry) => {
+                        warn_conflict(&frontend, &entry.get().name, &planned.name);
+                    }
+                }
             }
         }
         plan
     }
+}
 
+impl Contribution {
     fn add_port(&mut self, service: &Service, port: &ServicePort, node_name: &str) {
         let is_local = |e: &Endpoint| e.node_name.as_deref() == Some(node_name);
         for endpoint in &port.endpoints {
@@ -133,7 +206,7 @@ impl Plan {
             if endpoint.terminating {
                 flags |= BACKEND_F_TERMINATING;
             }
-            *self.backends.entry(backend_addr(endpoint)).or_default() |= flags;
+            self.backends.push((backend_addr(endpoint), flags));
         }
         let local: Vec<Endpoint> = port
             .endpoints
@@ -239,16 +312,7 @@ impl Plan {
     }
 
     fn insert(&mut self, frontend: Frontend, planned: FrontendPlan) {
-        if let Some(other) = self.frontends.get(&frontend) {
-            warn!(
-                frontend = ?frontend,
-                kept = %other.name,
-                ignored = %planned.name,
-                "two services claim the same frontend; keeping the first"
-            );
-            return;
-        }
-        self.frontends.insert(frontend, planned);
+        self.frontends.push((frontend, planned));
     }
 }
 
@@ -340,6 +404,8 @@ pub fn local_ready_endpoints(service: &Service, node_name: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::model::ServiceName;
 
@@ -380,7 +446,7 @@ mod tests {
             health_check_node_port: None,
         };
         DesiredState {
-            services: [(name, service)].into(),
+            services: [(name, Arc::new(service))].into(),
         }
     }
 
@@ -460,7 +526,7 @@ mod tests {
         let plan = Plan::build(&desired, "node1");
         assert!(plan.frontends.is_empty());
         assert_eq!(plan.skipped["default/web"].svc_type, SVC_TYPE_HEADLESS);
-        let service = desired.services.values_mut().next().unwrap();
+        let service = Arc::make_mut(desired.services.values_mut().next().unwrap());
         service.service_type = ServiceType::ClusterIP;
         service.skip_reason = Some("label service.kubernetes.io/service-proxy-name".into());
         let plan = Plan::build(&desired, "node1");
@@ -484,7 +550,7 @@ mod tests {
                 endpoint(11, "node2", true, false),
             ],
         );
-        let svc = desired.services.values_mut().next().unwrap();
+        let svc = Arc::make_mut(desired.services.values_mut().next().unwrap());
         svc.external_traffic_policy = TrafficPolicy::Local;
         svc.load_balancer_ips = vec![Ipv4Addr::new(198, 18, 9, 1)];
         svc.load_balancer_source_ranges = vec!["198.18.0.0/24".parse().unwrap()];
@@ -533,7 +599,7 @@ mod tests {
                 endpoint(12, "node2", false, true),
             ],
         );
-        let svc = desired.services.values_mut().next().unwrap();
+        let svc = Arc::make_mut(desired.services.values_mut().next().unwrap());
         svc.internal_traffic_policy = TrafficPolicy::Local;
         let plan = Plan::build(&desired, "node2");
         let cluster = plan.frontends.values().next().unwrap();
@@ -541,7 +607,7 @@ mod tests {
         assert_eq!(cluster.backends[0].addr, Ipv4Addr::new(198, 18, 1, 11));
         assert_eq!(cluster.policy, POLICY_F_INTERNAL_LOCAL);
         // Only a terminating local endpoint left: it serves (KEP-1669, per locality).
-        let svc = desired.services.values_mut().next().unwrap();
+        let svc = Arc::make_mut(desired.services.values_mut().next().unwrap());
         svc.ports[0].endpoints[1].ready = false;
         let plan = Plan::build(&desired, "node2");
         let cluster = plan.frontends.values().next().unwrap();

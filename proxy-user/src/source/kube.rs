@@ -161,15 +161,19 @@ pub async fn spawn(opts: KubeSourceOptions) -> Result<DesiredReceiver> {
                 continue;
             };
             log_new_problems(&resolution.problems, &mut logged);
+            let mut state = resolution.state;
             sender.send_if_modified(|current| {
-                if current.as_deref() == Some(&resolution.state) {
+                // Unchanged services stay shared, so the daemon only looks at changed ones.
+                if let Some(current) = current.as_deref()
+                    && !state.share_unchanged(current)
+                {
                     return false;
                 }
                 info!(
-                    services = resolution.state.services.len(),
+                    services = state.services.len(),
                     "desired state from the API server"
                 );
-                *current = Some(Arc::new(resolution.state));
+                *current = Some(Arc::new(state));
                 true
             });
         }

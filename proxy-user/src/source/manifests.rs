@@ -99,11 +99,15 @@ pub fn spawn(opts: ManifestSourceOptions) -> Result<DesiredReceiver> {
             }
             let resolution = store.desired_state(&mut allocator);
             log_problems(&resolution.problems);
+            let mut state = resolution.state;
             sender.send_if_modified(|current| {
-                if current.as_deref() == Some(&resolution.state) {
+                // Unchanged services stay shared, so the daemon only looks at changed ones.
+                if let Some(current) = current.as_deref()
+                    && !state.share_unchanged(current)
+                {
                     return false;
                 }
-                *current = Some(Arc::new(resolution.state));
+                *current = Some(Arc::new(state));
                 true
             });
         }

@@ -26,14 +26,25 @@ impl AffinityMembers {
         Ok(Self { held })
     }
 
-    /// Makes the map hold exactly `wanted`: deletions first, so a leaving backend stops being
-    /// a valid affinity target as early as possible.
+    /// Makes the map hold exactly `wanted`.
     pub(super) fn sync(
         &mut self,
         maps: &mut Maps,
         wanted: HashSet<AffinityMatchKey>,
     ) -> Result<()> {
         let gone: Vec<AffinityMatchKey> = self.held.difference(&wanted).copied().collect();
+        let new: Vec<AffinityMatchKey> = wanted.difference(&self.held).copied().collect();
+        self.update(maps, gone, new)
+    }
+
+    /// Deletes `gone`, then adds `new`: deletions first, so a leaving backend stops being a
+    /// valid affinity target as early as possible.
+    pub(super) fn update(
+        &mut self,
+        maps: &mut Maps,
+        gone: Vec<AffinityMatchKey>,
+        new: Vec<AffinityMatchKey>,
+    ) -> Result<()> {
         for key in gone {
             remove_if_present(maps.affinity_match.remove(&key)).with_context(|| {
                 format!(
@@ -43,7 +54,6 @@ impl AffinityMembers {
             })?;
             self.held.remove(&key);
         }
-        let new: Vec<AffinityMatchKey> = wanted.difference(&self.held).copied().collect();
         for key in new {
             maps.affinity_match.insert(key, 0, 0).with_context(|| {
                 format!(
@@ -62,12 +72,12 @@ impl AffinityMembers {
 #[derive(Debug)]
 pub struct AffinityView<'a> {
     /// Service id → ClientIP timeout in seconds (only frontends with affinity on).
-    pub timeouts: HashMap<u32, u32>,
+    pub timeouts: &'a HashMap<u32, u32>,
     members: &'a HashSet<AffinityMatchKey>,
 }
 
 impl<'a> AffinityView<'a> {
-    pub fn new(timeouts: HashMap<u32, u32>, members: &'a HashSet<AffinityMatchKey>) -> Self {
+    pub fn new(timeouts: &'a HashMap<u32, u32>, members: &'a HashSet<AffinityMatchKey>) -> Self {
         Self { timeouts, members }
     }
 
@@ -117,14 +127,9 @@ impl Reconciler {
             .collect()
     }
 
-    /// The frontends with affinity on and their members, for the affinity GC.
+    /// The frontends with affinity on and their members, for the affinity GC (kept up to
+    /// date by every write, so this costs nothing).
     pub fn affinity_view(&self) -> AffinityView<'_> {
-        let timeouts = self
-            .frontends
-            .values()
-            .filter(|programmed| programmed.affinity_timeout != 0)
-            .map(|programmed| (programmed.service_id, programmed.affinity_timeout))
-            .collect();
-        AffinityView::new(timeouts, &self.members.held)
+        AffinityView::new(&self.affinity_timeouts, &self.members.held)
     }
 }

@@ -1,0 +1,231 @@
+//! Random desired states and random changes to them, drawn from small pools of names,
+//! addresses and ports so services collide on frontends and share endpoints: what the tests of
+//! incremental planning and applying run through.
+
+use std::{net::Ipv4Addr, sync::Arc};
+
+use ipnet::Ipv4Net;
+use rand::{
+    Rng, SeedableRng,
+    rngs::StdRng,
+    seq::{IndexedMutRandom, IndexedRandom},
+};
+
+use crate::model::{
+    DesiredState, Endpoint, Protocol, Service, ServiceName, ServicePort, ServiceType, TrafficPolicy,
+};
+
+/// The node the states are planned for; endpoints are spread over it and two others.
+pub const NODE: &str = "node1";
+
+/// A seeded source of random services and changes.
+pub struct RandomStates {
+    rng: StdRng,
+}
+
+impl RandomStates {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// A state of up to `services` random services.
+    pub fn state(&mut self, services: usize) -> DesiredState {
+        let mut state = DesiredState::default();
+        for _ in 0..services {
+            let service = self.service();
+            state
+                .services
+                .insert(service.name.clone(), Arc::new(service));
+        }
+        state
+    }
+
+    /// Applies one to four random changes to `state`.
+    pub fn change(&mut self, state: &mut DesiredState) {
+        for _ in 0..self.rng.random_range(1..=4) {
+            self.change_one(state);
+        }
+    }
+
+    fn change_one(&mut self, state: &mut DesiredState) {
+        let names: Vec<ServiceName> = state.services.keys().cloned().collect();
+        let Some(name) = names.choose(&mut self.rng).cloned() else {
+            let service = self.service();
+            state
+                .services
+                .insert(service.name.clone(), Arc::new(service));
+            return;
+        };
+        let rng = &mut self.rng;
+        let roll = rng.random_range(0..100);
+        if roll < 15 {
+            let service = self.service();
+            state
+                .services
+                .insert(service.name.clone(), Arc::new(service));
+            return;
+        }
+        if roll < 25 {
+            state.services.remove(&name);
+            return;
+        }
+        // A changed service is a new copy; the others stay shared with earlier states.
+        let service = Arc::make_mut(state.services.get_mut(&name).expect("listed"));
+        match roll {
+            // Endpoints come, go, move between nodes, become ready or start terminating.
+            25..55 => {
+                let Some(port) = service.ports.choose_mut(rng) else {
+                    return;
+                };
+                match rng.random_range(0..4) {
+                    0 => port.endpoints.push(endpoint(rng)),
+                    1 if !port.endpoints.is_empty() => {
+                        let at = rng.random_range(0..port.endpoints.len());
+                        port.endpoints.remove(at);
+                    }
+                    2 if !port.endpoints.is_empty() => {
+                        let at = rng.random_range(0..port.endpoints.len());
+                        port.endpoints[at] = endpoint(rng);
+                    }
+                    _ => {
+                        if let Some(endpoint) = port.endpoints.choose_mut(rng) {
+                            endpoint.node_name = node(rng);
+                            endpoint.ready = rng.random_bool(0.6);
+                            endpoint.terminating = !endpoint.ready && rng.random_bool(0.5);
+                            endpoint.serving = endpoint.ready || endpoint.terminating;
+                        }
+                    }
+                }
+            }
+            55..65 => service.service_type = service_type(rng),
+            65..72 => service.affinity_timeout = affinity(rng),
+            72..79 => service.external_traffic_policy = policy(rng),
+            79..85 => service.internal_traffic_policy = policy(rng),
+            85..90 => service.cluster_ip = cluster_ip(rng),
+            90..94 => service.external_ips = ips(rng, 1, 3),
+            94..97 => {
+                service.load_balancer_ips = ips(rng, 2, 4);
+                service.load_balancer_source_ranges = ranges(rng);
+            }
+            _ => {
+                service.skip_reason = rng
+                    .random_bool(0.5)
+                    .then(|| "label service.kubernetes.io/service-proxy-name".into());
+            }
+        }
+    }
+
+    fn service(&mut self) -> Service {
+        let rng = &mut self.rng;
+        let name = ServiceName {
+            namespace: ["a", "b"].choose(rng).expect("non-empty").to_string(),
+            name: format!("s{}", rng.random_range(0..8)),
+        };
+        let ports = (0..rng.random_range(0..=2))
+            .map(|n| ServicePort {
+                name: if rng.random_bool(0.5) {
+                    String::new()
+                } else {
+                    format!("p{n}")
+                },
+                protocol: if rng.random_bool(0.8) {
+                    Protocol::Tcp
+                } else {
+                    Protocol::Udp
+                },
+                port: *[80, 443].choose(rng).expect("non-empty"),
+                node_port: rng.random_bool(0.7).then(|| 30080 + rng.random_range(0..3)),
+                endpoints: (0..rng.random_range(0..=4))
+                    .map(|_| endpoint(rng))
+                    .collect(),
+            })
+            .collect();
+        Service {
+            name,
+            service_type: service_type(rng),
+            cluster_ip: cluster_ip(rng),
+            external_ips: ips(rng, 1, 3),
+            load_balancer_ips: ips(rng, 2, 4),
+            ports,
+            skip_reason: rng
+                .random_bool(0.05)
+                .then(|| "label service.kubernetes.io/service-proxy-name".into()),
+            affinity_timeout: affinity(rng),
+            external_traffic_policy: policy(rng),
+            internal_traffic_policy: policy(rng),
+            load_balancer_source_ranges: ranges(rng),
+            health_check_node_port: rng.random_bool(0.3).then_some(32000),
+        }
+    }
+}
+
+fn endpoint(rng: &mut StdRng) -> Endpoint {
+    let ready = rng.random_bool(0.7);
+    let terminating = !ready && rng.random_bool(0.5);
+    Endpoint {
+        addr: Ipv4Addr::new(198, 18, 1, rng.random_range(1..=8)),
+        port: 8080 + rng.random_range(0..2),
+        node_name: node(rng),
+        ready,
+        serving: ready || terminating,
+        terminating,
+    }
+}
+
+fn node(rng: &mut StdRng) -> Option<String> {
+    [Some(NODE), Some("node2"), None]
+        .choose(rng)
+        .expect("non-empty")
+        .map(str::to_owned)
+}
+
+fn service_type(rng: &mut StdRng) -> ServiceType {
+    *[
+        ServiceType::ClusterIP,
+        ServiceType::ClusterIP,
+        ServiceType::NodePort,
+        ServiceType::LoadBalancer,
+        ServiceType::ExternalName,
+        ServiceType::Headless,
+    ]
+    .choose(rng)
+    .expect("non-empty")
+}
+
+fn cluster_ip(rng: &mut StdRng) -> Option<Ipv4Addr> {
+    rng.random_bool(0.9)
+        .then(|| Ipv4Addr::new(198, 19, 0, rng.random_range(1..=6)))
+}
+
+/// Sorted, distinct addresses from 198.18.9.first..=last, often none.
+fn ips(rng: &mut StdRng, first: u8, last: u8) -> Vec<Ipv4Addr> {
+    if rng.random_bool(0.6) {
+        return Vec::new();
+    }
+    (first..=last)
+        .filter(|_| rng.random_bool(0.4))
+        .map(|last| Ipv4Addr::new(198, 18, 9, last))
+        .collect()
+}
+
+fn ranges(rng: &mut StdRng) -> Vec<Ipv4Net> {
+    ["198.18.0.0/24", "198.18.4.0/22"]
+        .into_iter()
+        .filter(|_| rng.random_bool(0.3))
+        .map(|net| net.parse().expect("valid"))
+        .collect()
+}
+
+fn affinity(rng: &mut StdRng) -> Option<u32> {
+    rng.random_bool(0.3).then(|| rng.random_range(1..=10_800))
+}
+
+fn policy(rng: &mut StdRng) -> TrafficPolicy {
+    if rng.random_bool(0.7) {
+        TrafficPolicy::Cluster
+    } else {
+        TrafficPolicy::Local
+    }
+}
