@@ -170,8 +170,8 @@ fn run_one(params: &Params, services: usize, endpoints: usize) -> Result<Row> {
         ..Row::default()
     };
     let sizes = fixture::sizes(services, endpoints, 1);
-    // At 100k the daemon's cold start takes minutes (service-id allocation is quadratic) and
-    // so do the biggest rule sets: one round there keeps the bench inside its time budget.
+    // At 100k the biggest rule sets take minutes to load: one round there keeps the bench
+    // inside its time budget.
     let rounds = if services >= params.big {
         1
     } else {
