@@ -3,6 +3,7 @@
 
 mod maps;
 pub mod netdev;
+mod sizes;
 mod sys;
 
 use std::{
@@ -27,6 +28,7 @@ use proxy_common::{
     CONFIG_F_COUNTERS, CONFIG_F_XDP_TX, Config, NODE_ADDR_F_PRIMARY, NodeAddr, map_names,
     net::ip_to_net, program_names,
 };
+pub use sizes::MapSizes;
 use tracing::{info, warn};
 
 use crate::EBPF_OBJECT;
@@ -53,6 +55,7 @@ pub struct DatapathOptions {
     pub counters: bool,
     /// The most verbose kernel log level the programs emit (`LOG_LEVEL_*`; 0: none).
     pub kernel_log_level: u32,
+    pub sizes: MapSizes,
 }
 
 /// Hooks whose program was swapped inside an existing pinned link, and hooks attached anew.
@@ -85,7 +88,10 @@ impl Datapath {
         fs::create_dir_all(&links_dir)
             .with_context(|| format!("create pin directory {}", links_dir.display()))?;
 
+        opts.sizes.validate()?;
+        opts.sizes.check_pins(&opts.pin_dir)?;
         let mut loader = EbpfLoader::new();
+        opts.sizes.configure(&mut loader);
         let pin_paths: Vec<(&str, PathBuf)> = map_names::ALL
             .iter()
             .map(|&name| (name, opts.pin_dir.join(name)))
