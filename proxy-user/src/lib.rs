@@ -13,6 +13,7 @@ pub mod klog;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
+pub mod programming_latency;
 pub mod reconcile;
 pub mod source;
 pub mod stats;

@@ -66,7 +66,8 @@ impl Metrics {
         );
         registry.register(
             "kubeproxy_network_programming_duration_seconds",
-            "From a change reaching the daemon to the datapath serving it",
+            "From the Pod or Service change behind an EndpointSlice update \
+             (endpoints.kubernetes.io/last-change-trigger-time) to the datapath serving it",
             network_programming.clone(),
         );
         registry.register(

@@ -1,7 +1,7 @@
 //! The desired state: what every source (manifests, Kubernetes API) produces and the
 //! reconciler programs into the maps. Plain data, independent of where it came from.
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr, time::SystemTime};
 
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -124,8 +124,32 @@ pub struct Endpoint {
     pub terminating: bool,
 }
 
+/// `namespace/name` of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct SliceName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for SliceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The `endpoints.kubernetes.io/last-change-trigger-time` of every EndpointSlice that feeds
+/// the state (IPv4, with a Service name) and has one: when the Pod or Service change that
+/// last rewrote the slice happened.
+pub type TriggerTimes = BTreeMap<SliceName, SystemTime>;
+
 /// Everything the datapath should serve, keyed by service name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DesiredState {
     pub services: BTreeMap<ServiceName, Service>,
+    /// Not served, measured: the daemon turns the trigger times that are new since its last
+    /// sync into kube-proxy's network programming latency. A complete snapshot rather than
+    /// the changes since the last publish, so states the daemon never saw (the channel keeps
+    /// only the latest) lose nothing but intermediate times.
+    #[serde(skip)]
+    pub trigger_times: TriggerTimes,
 }

@@ -381,6 +381,7 @@ mod tests {
         };
         DesiredState {
             services: [(name, service)].into(),
+            ..DesiredState::default()
         }
     }
 
