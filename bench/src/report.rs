@@ -578,13 +578,13 @@ fn goals(md: &mut String, results: &Results) {
 /// Why goals are missed, from how the code works (the numbers are in the tables above).
 const WHY: &str = "## Where the goals are not met, and why\n\n\
 - **Per-packet overhead of a conntrack hit (goal 60 ns).** The hit path does, in order: parse, \
-`bpf_ktime_get_ns`, a conntrack lookup of the *reply* key (every packet pays it; only replies \
-of SNATed flows match), the forward lookup, a `BACKEND_V1` lookup to check the backend still \
-exists, the TCP state update, and the rewrite with incremental checksum fix-ups. Three hash \
-lookups at roughly 20–30 ns each on this CPU make up most of the overhead. Ways to get closer \
-(not measured here): look up the forward key first and the reply key only for packets to the \
-SNAT address; keep a backend generation in the conntrack entry instead of re-reading \
-`BACKEND_V1`; `bpf_ktime_get_coarse_ns`.\n\
+`bpf_ktime_get_coarse_ns`, the forward conntrack lookup, a `BACKEND_V1` lookup to check the \
+backend still exists, the TCP state update, the counters (two per-CPU array updates), and the \
+rewrite with incremental checksum fix-ups. (The reply-key lookup is only done for packets to \
+the SNAT address; doing it for every packet cost about 12 ns more.) The two hash lookups at \
+roughly 20–30 ns each on this CPU make up most of the overhead. A way to get closer (not \
+measured here): keep a backend generation in the conntrack entry instead of re-reading \
+`BACKEND_V1`.\n\
 - **Conntrack miss (no goal, but about 1.2 µs).** A new flow writes two LRU entries (forward and \
 reply); an LRU update takes the map's free-list lock and may evict. Per-CPU LRU \
 (`BPF_F_NO_COMMON_LRU`) or a single entry keyed both ways would cut it.\n\
