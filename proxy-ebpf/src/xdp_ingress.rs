@@ -92,10 +92,13 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, Error> {
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
 
-    if let Some(entry) = conntrack::lookup(&pkt.tuple.ct_key(CT_DIR_REPLY)) {
+    let reply_key = pkt.tuple.ct_key(CT_DIR_REPLY);
+    if let Some(entry) = conntrack::lookup(&reply_key) {
         // SAFETY: `entry` points at a live map value; it is copied out at once.
         let reply = unsafe { *entry };
-        if reply.flags & CT_F_SNAT != 0 {
+        // A stale entry (closed flow, the SNAT tuple reused by a node process) is deleted and
+        // the packet is not a reply of ours.
+        if reply.flags & CT_F_SNAT != 0 && conntrack::reply_belongs(&pkt, &reply_key, &reply) {
             conntrack::touch(entry, &pkt, now);
             counters::traffic(
                 reply.service_id,
