@@ -616,11 +616,10 @@ per packet (the rewrite happens once, at connect). The XDP NodePort path attache
 node's veth, which makes the veth copy every packet into an XDP buffer (see section 5's \
 empty-XDP floor): that cost is the veth driver's, and a physical NIC's native XDP has no \
 such copy.\n\
-- **Stale conntrack entries.** Sluice keeps a closed flow's conntrack entries until its GC \
-removes them (10 s after FIN/RST, `--ct-tcp-closing-timeout`): a connection that reuses the \
-same 4-tuple towards the backend directly within that window is answered from the service \
-address by `tc_egress`. Found by this bench (section 2); `tc_egress` should not rewrite a \
-SYN-ACK that matches a closing flow.\n\
+- **Stale conntrack entries (found by this bench, fixed).** A connection that reused a closed \
+flow's 4-tuple towards the backend directly used to be answered from the service address by \
+`tc_egress`. Now a SYN-ACK that matches a closed flow's reply entry deletes the flow and leaves \
+untouched (docs/packet-path.md).\n\
 - **TIME_WAIT across paths (not a Sluice fault, worth knowing for migrations).** With one \
 server port shared by all variants, whichever variant ran after another lost about 98% of its \
 connection rate (p50 around 11 ms). Linux derives a connection's TCP timestamp offset from the \

@@ -11,6 +11,7 @@
 use bytemuck::{Pod, Zeroable};
 
 pub mod checksum;
+pub mod flow;
 pub mod klog;
 #[cfg(feature = "user")]
 pub mod net;

@@ -96,12 +96,15 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, Error> {
     // Only replies to the SNAT address can belong to a SNATed flow: other packets skip the
     // lookup (a hash lookup is most of a conntrack hit's cost).
     let snat_addr = CONFIG.get(0).map_or(0, |config| config.snat_addr);
+    let reply_key = pkt.tuple.ct_key(CT_DIR_REPLY);
     if pkt.tuple.daddr == snat_addr
-        && let Some(entry) = conntrack::lookup(&pkt.tuple.ct_key(CT_DIR_REPLY))
+        && let Some(entry) = conntrack::lookup(&reply_key)
     {
         // SAFETY: `entry` points at a live map value; it is copied out at once.
         let reply = unsafe { *entry };
-        if reply.flags & CT_F_SNAT != 0 {
+        // A stale entry (closed flow, the SNAT tuple reused by a node process) is deleted and
+        // the packet is not a reply of ours.
+        if reply.flags & CT_F_SNAT != 0 && conntrack::reply_belongs(&pkt, &reply_key, &reply) {
             conntrack::touch(entry, &pkt, now);
             counters::traffic(
                 reply.service_id,

@@ -3,6 +3,7 @@
 //! ```text
 //! netns-echo serve --name NAME [--tcp PORT[,PORT..]] [--udp PORT[,PORT..]]
 //! netns-echo request tcp|udp|udp-connected ADDR:PORT [--count N] [--timeout-ms T]
+//!                    [--source-port P]
 //! netns-echo hold ADDR:PORT [--timeout-ms T]
 //! ```
 //!
@@ -14,6 +15,8 @@
 //! `request` makes N fresh connections/datagrams, one socket each, and prints per answer
 //! `NAME PEER LOCAL REMOTE` (REMOTE: where the client saw the answer come from) or
 //! `error: KIND: message`, KIND one of refused, timeout, reset, unreachable, eof, other.
+//! With `--source-port` (TCP only) every connection binds that local port first, with
+//! SO_REUSEADDR, so a test can reuse one client port across destinations.
 //!
 //! `hold` opens one TCP connection, prints the greeting and the `hold` acknowledgement, then
 //! for each stdin line sends it and prints the answer; it exits on stdin EOF or on error.
@@ -32,6 +35,7 @@ const FIRST_LINE_WAIT: Duration = Duration::from_secs(2);
 const USAGE: &str = "usage:
   netns-echo serve --name NAME [--tcp PORT[,PORT..]] [--udp PORT[,PORT..]]
   netns-echo request tcp|udp|udp-connected ADDR:PORT [--count N] [--timeout-ms T]
+                     [--source-port P]
   netns-echo hold ADDR:PORT [--timeout-ms T]";
 
 fn main() -> ExitCode {
@@ -60,13 +64,17 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             )
         }
         "request" => {
-            let opts = Opts::parse(rest, &["--count", "--timeout-ms"])?;
+            let opts = Opts::parse(rest, &["--count", "--timeout-ms", "--source-port"])?;
             let [proto, addr] = opts.positional[..] else {
                 return Err("request needs PROTO and ADDR:PORT".into());
             };
             let count = opts.number("--count", 1)?;
             let timeout = Duration::from_millis(opts.number("--timeout-ms", 1000)?);
-            request(proto, resolve(addr)?, count, timeout)
+            let source_port = opts.number("--source-port", 0)?;
+            if source_port != 0 && proto != "tcp" {
+                return Err("--source-port is for tcp requests".into());
+            }
+            request(proto, resolve(addr)?, count, timeout, source_port)
         }
         "hold" => {
             let opts = Opts::parse(rest, &["--timeout-ms"])?;
@@ -269,15 +277,16 @@ fn request(
     addr: SocketAddr,
     count: u32,
     timeout: Duration,
+    source_port: u16,
 ) -> Result<ExitCode, String> {
-    let once: fn(SocketAddr, Duration) -> io::Result<String> = match proto {
+    let once: fn(SocketAddr, Duration, u16) -> io::Result<String> = match proto {
         "tcp" => tcp_once,
-        "udp" => |a, t| udp_once(a, t, false),
-        "udp-connected" => |a, t| udp_once(a, t, true),
+        "udp" => |a, t, _| udp_once(a, t, false),
+        "udp-connected" => |a, t, _| udp_once(a, t, true),
         other => return Err(format!("unknown protocol {other:?}")),
     };
     for _ in 0..count {
-        match once(addr, timeout) {
+        match once(addr, timeout, source_port) {
             Ok(line) => println!("{line}"),
             Err(e) => println!("error: {}", describe(&e)),
         }
@@ -296,12 +305,38 @@ fn read_answer(reader: &mut impl BufRead) -> io::Result<String> {
     Ok(line.trim_end().to_owned())
 }
 
-fn tcp_once(addr: SocketAddr, timeout: Duration) -> io::Result<String> {
-    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+fn tcp_once(addr: SocketAddr, timeout: Duration, source_port: u16) -> io::Result<String> {
+    let stream = if source_port == 0 {
+        TcpStream::connect_timeout(&addr, timeout)?
+    } else {
+        connect_from_port(addr, timeout, source_port)?
+    };
     stream.set_read_timeout(Some(timeout))?;
     let remote = stream.peer_addr()?;
     let answer = read_answer(&mut BufReader::new(&stream))?;
     Ok(format!("{answer} {remote}"))
+}
+
+/// A TCP connection from local port `port`. SO_REUSEADDR lets the port be bound again while
+/// an earlier connection from it to another destination is still in TIME_WAIT.
+fn connect_from_port(addr: SocketAddr, timeout: Duration, port: u16) -> io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let (domain, local) = if addr.is_ipv4() {
+        (
+            Domain::IPV4,
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+        )
+    } else {
+        (
+            Domain::IPV6,
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+        )
+    };
+    let socket = Socket::new(domain, Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&local.into())?;
+    socket.connect_timeout(&addr.into(), timeout)?;
+    Ok(socket.into())
 }
 
 fn udp_once(addr: SocketAddr, timeout: Duration, connect: bool) -> io::Result<String> {
