@@ -69,6 +69,25 @@ fn main() -> Result<()> {
                     "--bins",
                 ],
             )?;
+            // Leftovers of earlier runs that were killed (SIGKILL, CI timeout) go first; each
+            // test process sweeps too, this just says what it found up front. A leftover
+            // that cannot be removed is a warning, not a reason to skip the tests.
+            let sweep = cargo(
+                &root,
+                &[
+                    "run",
+                    "--quiet",
+                    "--package",
+                    "proxy-tests",
+                    "--bin",
+                    "netns-harness",
+                    "--",
+                    "sweep",
+                ],
+            );
+            if let Err(e) = sweep {
+                eprintln!("warning: {e:#}");
+            }
             cargo(
                 &root,
                 &["test", "--package", "proxy-common", "--features", "user"],
