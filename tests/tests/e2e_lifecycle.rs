@@ -354,3 +354,40 @@ fn map_sizes_are_set_at_start_and_kept_across_restarts() {
         scenario.answering_pods(Place::Pod("pod-1a"), Proto::Tcp, echo, 80, SPREAD_REQUESTS);
     assert_eq!(answered, pods(&ALL_PODS), "the old sizes start again");
 }
+
+#[test]
+fn a_restart_unpins_maps_a_new_version_replaced() {
+    let mut scenario = Scenario::start(&[]);
+    let pin_dir = scenario.node1.config().pin_dir.clone();
+    scenario.node1.stop();
+    // An earlier version's map, as an upgrade leaves it: a pin under a retired name.
+    let retired = pin_dir.join("SVC_STATS_V1");
+    let status = Command::new("bpftool")
+        .args(["map", "pin", "pinned"])
+        .arg(pin_dir.join("DROP_STATS_V1"))
+        .arg(&retired)
+        .status()
+        .expect("run bpftool");
+    assert!(status.success(), "bpftool map pin");
+    let unrelated = pin_dir.join("not-ours");
+    std::fs::create_dir(&unrelated).expect("a directory that is not a map pin");
+
+    scenario.node1.start_again();
+    assert!(!retired.exists(), "the retired map's pin is removed");
+    assert!(
+        unrelated.exists(),
+        "what is not shaped like a map pin stays"
+    );
+    for name in ["CT_V1", "SVC_V1", "SVC_STATS_V2"] {
+        assert!(pin_dir.join(name).exists(), "{name} stays pinned");
+    }
+    let answered = scenario.answering_pods(
+        Place::Pod("pod-1a"),
+        Proto::Tcp,
+        ip(ECHO_IP),
+        80,
+        SPREAD_REQUESTS,
+    );
+    assert_eq!(answered, pods(&ALL_PODS));
+    std::fs::remove_dir(&unrelated).expect("remove the test directory");
+}

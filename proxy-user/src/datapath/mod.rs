@@ -114,6 +114,7 @@ impl Datapath {
             attach_iface_programs(&mut ebpf, iface, &mut links)?;
         }
         remove_stale_links(&links.dir, &links.pinned)?;
+        remove_retired_map_pins(&opts.pin_dir)?;
 
         let kernel_log = ebpf
             .take_map(map_names::LOG)
@@ -293,6 +294,36 @@ fn remove_stale_links(links_dir: &Path, wanted: &BTreeSet<String>) -> Result<()>
     Ok(())
 }
 
+/// Unpins maps of an earlier version whose layout changed (a new `_V<n>` name replaced them), once
+/// the programs that used them are replaced: nothing reads them any more. Only names shaped
+/// like ours are touched.
+fn remove_retired_map_pins(pin_dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(pin_dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type()?.is_file()
+            && is_map_pin_name(&name)
+            && !map_names::ALL.contains(&name.as_str())
+        {
+            info!(map = %name, "unpinning a map this version no longer uses");
+            fs::remove_file(entry.path())
+                .with_context(|| format!("remove {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// `NAME_V<digits>` with NAME in capitals and underscores, as every Sluice map is called.
+fn is_map_pin_name(name: &str) -> bool {
+    let Some((base, version)) = name.rsplit_once("_V") else {
+        return false;
+    };
+    !base.is_empty()
+        && base.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+        && !version.is_empty()
+        && version.chars().all(|c| c.is_ascii_digit())
+}
+
 /// Writes the node addresses and the datapath configuration.
 fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<()> {
     let local = netdev::ipv4_addresses().context("list the node's IPv4 addresses")?;
@@ -353,4 +384,20 @@ fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<()> {
         "datapath configured"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_map_pin_name;
+
+    #[test]
+    fn only_names_shaped_like_our_maps_are_retired() {
+        assert!(is_map_pin_name("SVC_STATS_V1"));
+        assert!(is_map_pin_name("CT_V12"));
+        assert!(!is_map_pin_name("links"));
+        assert!(!is_map_pin_name("my_map_V1"));
+        assert!(!is_map_pin_name("CT_V"));
+        assert!(!is_map_pin_name("_V1"));
+        assert!(!is_map_pin_name("CT_V1x"));
+    }
 }
