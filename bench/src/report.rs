@@ -22,7 +22,7 @@ pub struct Results {
     pub packet_params: packet_cost::Params,
     pub sync: Vec<sync::Row>,
     pub memory: Vec<memory::Report>,
-    pub connrate: Vec<connrate::Row>,
+    pub connrate: connrate::Outcome,
     pub connrate_error: Option<String>,
     pub live: Vec<live::Row>,
     pub live_error: Option<String>,
@@ -247,7 +247,7 @@ pub fn write(results: &Results, doc: &Path, plots: &Path) -> Result<()> {
     // 2. Connection rate.
     connrate::report(
         &mut md,
-        &results.connrate,
+        &results.connrate.rows,
         results.connrate_error.as_deref(),
         plots,
         &rel,
@@ -425,13 +425,24 @@ pub fn write(results: &Results, doc: &Path, plots: &Path) -> Result<()> {
                  after a cold start through the daemon's own `Plan` and `Reconciler`; an \
                  approximation of the daemon's growth, and a lower bound, since the allocator \
                  reuses memory freed by earlier rounds; the maps themselves are kernel memory, \
-                 above). The RSS of a real `sluice run` with 100k services from manifests was \
-                 not measured.",
+                 above).",
                 r.services,
                 r.endpoints,
                 r.rss_delta / 1048576.0
             );
         }
+    }
+    for d in &results.connrate.daemons {
+        let _ = writeln!(
+            md,
+            "- A real `sluice run --manifests` with {} services (section 2's daemon, from /proc): \
+             ready in **{:.1} s** (reading the manifests, planning, writing the maps), RSS \
+             **{:.1} MiB** after the connection runs, peak {:.1} MiB.",
+            d.services,
+            d.ready_secs,
+            d.rss_bytes as f64 / 1048576.0,
+            d.peak_bytes as f64 / 1048576.0
+        );
     }
     md.push('\n');
 
@@ -497,12 +508,14 @@ fn goals(md: &mut String, results: &Results) {
     }
     let max_conn = results
         .connrate
+        .rows
         .iter()
         .map(|r| r.services)
         .max()
         .unwrap_or(0);
     for r in results
         .connrate
+        .rows
         .iter()
         .filter(|r| r.services == max_conn && r.variant.starts_with("Sluice"))
     {
@@ -517,6 +530,7 @@ fn goals(md: &mut String, results: &Results) {
     }
     for r in results
         .connrate
+        .rows
         .iter()
         .filter(|r| r.services == max_conn && !r.variant.starts_with("Sluice"))
     {
