@@ -31,6 +31,7 @@ use crate::{
     model::DesiredState,
     programming_latency::ProgrammingLatency,
     reconcile::{Plan, Reconciler},
+    sock_term::SockTerminator,
 };
 
 /// Where sources publish the complete desired state; `None` until their first full view,
@@ -78,6 +79,12 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
         opts.conntrack_gc_interval,
     ));
     let metrics = Metrics::new(Some(opts.datapath.pin_dir.clone()));
+    let mut sock_term = SockTerminator::new(
+        datapath.sock_term.take(),
+        &datapath.maps,
+        &opts.datapath.cgroup,
+        metrics.clone(),
+    )?;
     let count_now = Arc::new(Notify::new());
     if let Some(addr) = opts.metrics_addr {
         let bound = metrics::serve(addr, metrics.clone()).await?;
@@ -115,6 +122,7 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                     Ok(stats) => {
                         let view = reconciler.affinity_view();
                         affinity_gc.after_apply(&mut datapath.maps, &view, sync_started_ns);
+                        sock_term.after_apply(&plan);
                         health.synced();
                         let took = sync_started.elapsed();
                         metrics.sync_duration.observe(took.as_secs_f64());

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod programming_latency;
 pub mod reconcile;
+pub mod sock_term;
 pub mod source;
 pub mod stats;
 

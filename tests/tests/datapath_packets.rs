@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use aya::{EbpfLoader, maps::HashMap, programs::Program as BpfProgram};
+use aya::{Btf, EbpfLoader, maps::HashMap, programs::Program as BpfProgram};
 use proxy_common::{
     BACKEND_F_LOCAL, Backend, CONFIG_F_XDP_TX, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_LOCAL, CT_F_SNAT,
     Config, CtKey, IPPROTO_TCP, IPPROTO_UDP, SVC_F_NODEPORT, TCP_STATE_ESTABLISHED, TCP_STATE_SYN,
@@ -805,9 +805,12 @@ fn handed_off_packets_leave_through_tc_ingress_redirect() {
 
 #[test]
 fn every_program_in_the_object_passes_the_verifier() {
+    // As the daemon loads it: with the socket-termination program's kfunc call patched in.
+    let object = proxy_user::sock_term::patch_object(proxy_user::EBPF_OBJECT);
+    let btf = Btf::from_sys_fs().expect("the kernel's BTF");
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(map_names::CONNTRACK, 1024)
-        .load(proxy_user::EBPF_OBJECT)
+        .load(object.bytes())
         .expect("load the eBPF object");
     let mut loaded = Vec::new();
     for (name, program) in ebpf.programs_mut() {
@@ -815,6 +818,7 @@ fn every_program_in_the_object_passes_the_verifier() {
             BpfProgram::Xdp(program) => program.load(),
             BpfProgram::SchedClassifier(program) => program.load(),
             BpfProgram::CgroupSockAddr(program) => program.load(),
+            BpfProgram::Iter(program) => program.load("udp", &btf),
             other => panic!(
                 "unexpected program type for {name}: {:?}",
                 other.prog_type()
@@ -832,6 +836,7 @@ fn every_program_in_the_object_passes_the_verifier() {
         program_names::XDP_INGRESS,
         program_names::TC_INGRESS,
         program_names::TC_EGRESS,
+        program_names::SOCK_TERM_UDP,
     ];
     expected.sort_unstable();
     assert_eq!(loaded, expected);

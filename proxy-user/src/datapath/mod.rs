@@ -4,7 +4,7 @@
 mod maps;
 pub mod netdev;
 mod sizes;
-mod sys;
+pub(crate) mod sys;
 
 use std::{
     collections::BTreeSet,
@@ -31,7 +31,10 @@ use proxy_common::{
 pub use sizes::MapSizes;
 use tracing::{info, warn};
 
-use crate::EBPF_OBJECT;
+use crate::{
+    EBPF_OBJECT,
+    sock_term::{self, SockTermProgram},
+};
 
 /// Whether XDP may send rewritten packets straight back out (XDP_TX / XDP_REDIRECT).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -77,6 +80,8 @@ pub struct Datapath {
     pub hooks: HookCounts,
     /// The programs' log records (`LOG_V1`); the daemon takes it to read them.
     pub kernel_log: Option<RingBuf<MapData>>,
+    /// The socket-termination program; `None` where the kernel cannot run it.
+    pub sock_term: Option<SockTermProgram>,
     /// Keeps the programs loaded while the daemon runs.
     _ebpf: Ebpf,
 }
@@ -100,8 +105,9 @@ impl Datapath {
             // Reuses the map already pinned there: conntrack and services survive restarts.
             loader.map_pin_path(name, path.as_path());
         }
+        let object = sock_term::patch_object(EBPF_OBJECT);
         let mut ebpf = loader
-            .load(EBPF_OBJECT)
+            .load(object.bytes())
             .context("load the eBPF object (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
 
         let mut links = Links {
@@ -115,6 +121,11 @@ impl Datapath {
         }
         remove_stale_links(&links.dir, &links.pinned)?;
         remove_retired_map_pins(&opts.pin_dir)?;
+        let sock_term = SockTermProgram::load(&mut ebpf, &object)
+            .inspect_err(|err| {
+                warn!("connected UDP sockets to removed backends will not be closed: {err:#}");
+            })
+            .ok();
 
         let kernel_log = ebpf
             .take_map(map_names::LOG)
@@ -126,6 +137,7 @@ impl Datapath {
             maps,
             hooks: links.counts,
             kernel_log: Some(kernel_log),
+            sock_term,
             _ebpf: ebpf,
         })
     }

@@ -5,6 +5,7 @@
 //! netns-echo request tcp|udp|udp-connected ADDR:PORT [--count N] [--timeout-ms T]
 //!                    [--source-port P]
 //! netns-echo hold ADDR:PORT [--timeout-ms T]
+//! netns-echo udp-session ADDR:PORT [--timeout-ms T]
 //! ```
 //!
 //! `serve` binds 0.0.0.0 on every port, prints `ready`, then answers every TCP connection
@@ -20,6 +21,11 @@
 //!
 //! `hold` opens one TCP connection, prints the greeting and the `hold` acknowledgement, then
 //! for each stdin line sends it and prints the answer; it exits on stdin EOF or on error.
+//!
+//! `udp-session` connects one UDP socket, prints `connected`, then runs stdin commands on that
+//! same socket until EOF, one output line each: `ping` (send, then the answer or error, as
+//! `request` prints them), `recv MS` (wait up to MS ms for a datagram or a socket error) and
+//! `connect` (connect again to ADDR:PORT; `connected` or the error). Errors do not end it.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
@@ -36,7 +42,8 @@ const USAGE: &str = "usage:
   netns-echo serve --name NAME [--tcp PORT[,PORT..]] [--udp PORT[,PORT..]]
   netns-echo request tcp|udp|udp-connected ADDR:PORT [--count N] [--timeout-ms T]
                      [--source-port P]
-  netns-echo hold ADDR:PORT [--timeout-ms T]";
+  netns-echo hold ADDR:PORT [--timeout-ms T]
+  netns-echo udp-session ADDR:PORT [--timeout-ms T]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -83,6 +90,14 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             };
             let timeout = Duration::from_millis(opts.number("--timeout-ms", 2000)?);
             Ok(hold(resolve(addr)?, timeout))
+        }
+        "udp-session" => {
+            let opts = Opts::parse(rest, &["--timeout-ms"])?;
+            let [addr] = opts.positional[..] else {
+                return Err("udp-session needs ADDR:PORT".into());
+            };
+            let timeout = Duration::from_millis(opts.number("--timeout-ms", 2000)?);
+            Ok(udp_session(resolve(addr)?, timeout))
         }
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
@@ -386,4 +401,50 @@ fn hold_session(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
         println!("{} {remote}", read_answer(&mut reader)?);
     }
     Ok(())
+}
+
+fn udp_session(addr: SocketAddr, timeout: Duration) -> ExitCode {
+    let socket = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).and_then(|socket| {
+        socket.connect(addr)?;
+        Ok(socket)
+    }) {
+        Ok(socket) => socket,
+        Err(e) => {
+            println!("error: {}", describe(&e));
+            return ExitCode::from(1);
+        }
+    };
+    println!("connected");
+    for line in io::stdin().lock().lines() {
+        let Ok(line) = line else {
+            break;
+        };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let result = match words[..] {
+            ["ping"] => socket
+                .send(b"ping\n")
+                .and_then(|_| udp_answer(&socket, timeout)),
+            ["recv", ms] => match ms.parse() {
+                Ok(ms) => udp_answer(&socket, Duration::from_millis(ms)),
+                Err(_) => Err(io::Error::other(format!("bad milliseconds {ms:?}"))),
+            },
+            ["connect"] => socket.connect(addr).map(|()| "connected".to_owned()),
+            _ => Err(io::Error::other(format!("unknown command {line:?}"))),
+        };
+        match result {
+            Ok(answer) => println!("{answer}"),
+            Err(e) => println!("error: {}", describe(&e)),
+        }
+        let _ = io::stdout().flush();
+    }
+    ExitCode::SUCCESS
+}
+
+/// The next datagram on a connected socket, as `NAME PEER LOCAL REMOTE`.
+fn udp_answer(socket: &UdpSocket, timeout: Duration) -> io::Result<String> {
+    socket.set_read_timeout(Some(timeout))?;
+    let mut buf = [0u8; 2048];
+    let n = socket.recv(&mut buf)?;
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    Ok(format!("{} {}", answer.trim_end(), socket.peer_addr()?))
 }
