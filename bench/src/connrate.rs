@@ -37,11 +37,10 @@ use crate::{
 const IPTABLES_PORT: u16 = 9000;
 const NFT_PORT: u16 = 9002;
 const SLUICE_PORT: u16 = 9004;
-/// The direct path goes to a second server port: Sluice keeps the conntrack entries of closed
-/// NodePort flows until its GC removes them (10 s after FIN/RST), and a direct connection that
-/// reuses a source port meanwhile would match the stale reply entry on node1's tc egress and be
-/// answered from the NodePort address (seen as connection timeouts). A separate port keeps the
-/// two paths' tuples apart.
+/// The direct path goes to a second server port. With one port, a direct connection reusing the
+/// source port of a closed NodePort flow used to match its stale reply entry on node1's tc
+/// egress (a bug this bench found, since fixed); a separate port also keeps each path clear of
+/// the other's TIME_WAIT sockets.
 const DIRECT_PORT: u16 = 9001;
 const FRONTEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 19, 200, 1), 80);
 const NODE_PORT: u16 = 30080;
@@ -53,6 +52,25 @@ pub struct Params {
     pub services: &'static [usize],
     pub rounds: usize,
     pub millis: u64,
+}
+
+/// A real `sluice run --manifests` daemon with `services` services: how long it took to get
+/// ready (parse, plan, maps) and its memory, from /proc.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DaemonFootprint {
+    pub services: usize,
+    pub ready_secs: f64,
+    /// VmRSS after the connection runs.
+    pub rss_bytes: u64,
+    /// VmHWM: the peak, reached during the first sync.
+    pub peak_bytes: u64,
+}
+
+/// What the connection-rate section measured.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub rows: Vec<Row>,
+    pub daemons: Vec<DaemonFootprint>,
 }
 
 /// One client run.
@@ -267,9 +285,10 @@ fn manifests(services: usize) -> String {
     out
 }
 
-pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
+pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
+    let mut daemons = Vec::new();
     for &services in params.services {
         let cluster = Cluster::try_new().context("build the netns cluster")?;
         cluster.client().netns.ip(&[
@@ -360,9 +379,9 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
         let clean = bench.clean(params.rounds)?;
         let started = std::time::Instant::now();
         let daemon = SluiceDaemon::launch(config).context("start sluice")?;
+        let ready_secs = started.elapsed().as_secs_f64();
         log(&format!(
-            "connrate: sluice ready with {services} services in {:.1} s",
-            started.elapsed().as_secs_f64()
+            "connrate: sluice ready with {services} services in {ready_secs:.1} s"
         ));
         rows.extend(bench.pairs(
             services,
@@ -374,6 +393,19 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
                 SocketAddrV4::new(NODE1, NODE_PORT),
             )),
         )?);
+        let pid = daemon.pid().context("sluice stopped during the runs")?;
+        let footprint = DaemonFootprint {
+            services,
+            ready_secs,
+            rss_bytes: proc_status_bytes(pid, "VmRSS")?,
+            peak_bytes: proc_status_bytes(pid, "VmHWM")?,
+        };
+        log(&format!(
+            "connrate: sluice with {services} services: RSS {:.1} MiB, peak {:.1} MiB",
+            footprint.rss_bytes as f64 / 1048576.0,
+            footprint.peak_bytes as f64 / 1048576.0
+        ));
+        daemons.push(footprint);
         drop(daemon);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -388,7 +420,18 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
             row.p99.median()
         ));
     }
-    Ok(rows)
+    Ok(Outcome { rows, daemons })
+}
+
+/// A `kB` field of /proc/PID/status, in bytes.
+fn proc_status_bytes(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 fn tempdir(name: &str) -> Result<std::path::PathBuf> {
@@ -419,8 +462,9 @@ pub fn report(
          off-node client started timing out once Sluice had served NodePort flows — Sluice \
          keeps closed flows' conntrack entries until its GC removes them, 10 s after FIN/RST, \
          and a direct connection reusing a source port meanwhile matched a stale reply entry on node1's TC egress and was answered from \
-         the NodePort address. That is a Sluice bug this bench found, not a measurement \
-         artefact. On-node \
+         the NodePort address. That was a Sluice bug this bench found (fixed: `tc_egress` now \
+         drops a closed flow's entries when a new handshake reuses its tuple); the ports stay \
+         apart so each variant meets none of the others' TIME_WAIT sockets. On-node \
          client: pod-1b on node1 (Sluice's socket-LB applies in node1's cgroup; kube-proxy's \
          rules DNAT in node1's PREROUTING). Off-node client: the client namespace, over the \
          underlay bridge (Sluice: XDP NodePort on node1; kube-proxy: the ClusterIP routed via \

@@ -226,7 +226,9 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
                     .try_into()?;
                 // The veth's own XDP cost (it copies skbs into XDP buffers once any program
                 // is attached), measured with the empty program before Sluice's replaces it.
-                let bpffs = proxy_tests::bpffs::Bpffs::mount_temp("sluice-bench-bpffs")?;
+                // An owned name: if the bench is killed, the next harness run sweeps it.
+                let name = format!("{}-bench-bpffs", proxy_tests::unique::next_prefix());
+                let bpffs = proxy_tests::bpffs::Bpffs::mount_temp(&name)?;
                 let pin = bpffs.path().join("xdp_pass");
                 proxy_tests::xdp_pass::load_and_pin(&pin)?;
                 let attached =

@@ -185,11 +185,11 @@ fn main() -> Result<()> {
     let skipped = || Some("not selected (--only)".to_owned());
     let (connrate, connrate_error) =
         match wants("connrate").then(|| connrate::run(&conn_params, &mut log)) {
-            None => (Vec::new(), skipped()),
-            Some(Ok(rows)) => (rows, None),
+            None => (connrate::Outcome::default(), skipped()),
+            Some(Ok(outcome)) => (outcome, None),
             Some(Err(err)) => {
                 failures.push(format!("connection rate: {err:#}"));
-                (Vec::new(), Some(format!("{err:#}")))
+                (connrate::Outcome::default(), Some(format!("{err:#}")))
             }
         };
     let (live, live_error) = match wants("rate").then(|| live::run(&live_params, &mut log)) {

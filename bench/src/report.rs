@@ -22,7 +22,7 @@ pub struct Results {
     pub packet_params: packet_cost::Params,
     pub sync: Vec<sync::Row>,
     pub memory: Vec<memory::Report>,
-    pub connrate: Vec<connrate::Row>,
+    pub connrate: connrate::Outcome,
     pub connrate_error: Option<String>,
     pub live: Vec<live::Row>,
     pub live_error: Option<String>,
@@ -247,7 +247,7 @@ pub fn write(results: &Results, doc: &Path, plots: &Path) -> Result<()> {
     // 2. Connection rate.
     connrate::report(
         &mut md,
-        &results.connrate,
+        &results.connrate.rows,
         results.connrate_error.as_deref(),
         plots,
         &rel,
@@ -431,13 +431,24 @@ pub fn write(results: &Results, doc: &Path, plots: &Path) -> Result<()> {
                  `Planner` and `Reconciler`, the desired state already built; an \
                  approximation of the daemon's growth, and a lower bound, since the allocator \
                  reuses memory freed by earlier rounds; the maps themselves are kernel memory, \
-                 above). The RSS of a real `sluice run` with 100k services from manifests was \
-                 not measured.",
+                 above).",
                 r.services,
                 r.endpoints,
                 r.rss_delta / 1048576.0
             );
         }
+    }
+    for d in &results.connrate.daemons {
+        let _ = writeln!(
+            md,
+            "- A real `sluice run --manifests` with {} services (section 2's daemon, from /proc): \
+             ready in **{:.1} s** (reading the manifests, planning, writing the maps), RSS \
+             **{:.1} MiB** after the connection runs, peak {:.1} MiB.",
+            d.services,
+            d.ready_secs,
+            d.rss_bytes as f64 / 1048576.0,
+            d.peak_bytes as f64 / 1048576.0
+        );
     }
     md.push('\n');
 
@@ -503,12 +514,14 @@ fn goals(md: &mut String, results: &Results) {
     }
     let max_conn = results
         .connrate
+        .rows
         .iter()
         .map(|r| r.services)
         .max()
         .unwrap_or(0);
     for r in results
         .connrate
+        .rows
         .iter()
         .filter(|r| r.services == max_conn && r.variant.starts_with("Sluice"))
     {
@@ -523,6 +536,7 @@ fn goals(md: &mut String, results: &Results) {
     }
     for r in results
         .connrate
+        .rows
         .iter()
         .filter(|r| r.services == max_conn && !r.variant.starts_with("Sluice"))
     {
@@ -591,13 +605,13 @@ fn goals(md: &mut String, results: &Results) {
 /// Why goals are missed, from how the code works (the numbers are in the tables above).
 const WHY: &str = "## Where the goals are not met, and why\n\n\
 - **Per-packet overhead of a conntrack hit (goal 60 ns).** The hit path does, in order: parse, \
-`bpf_ktime_get_ns`, a conntrack lookup of the *reply* key (every packet pays it; only replies \
-of SNATed flows match), the forward lookup, a `BACKEND_V1` lookup to check the backend still \
-exists, the TCP state update, and the rewrite with incremental checksum fix-ups. Three hash \
-lookups at roughly 20–30 ns each on this CPU make up most of the overhead. Ways to get closer \
-(not measured here): look up the forward key first and the reply key only for packets to the \
-SNAT address; keep a backend generation in the conntrack entry instead of re-reading \
-`BACKEND_V1`; `bpf_ktime_get_coarse_ns`.\n\
+`bpf_ktime_get_coarse_ns`, the forward conntrack lookup, a `BACKEND_V1` lookup to check the \
+backend still exists, the TCP state update, the counters (two per-CPU array updates), and the \
+rewrite with incremental checksum fix-ups. (The reply-key lookup is only done for packets to \
+the SNAT address; doing it for every packet cost about 12 ns more.) The two hash lookups at \
+roughly 20–30 ns each on this CPU make up most of the overhead. A way to get closer (not \
+measured here): keep a backend generation in the conntrack entry instead of re-reading \
+`BACKEND_V1`.\n\
 - **Conntrack miss (no goal, but about 1.2 µs).** A new flow writes two LRU entries (forward and \
 reply); an LRU update takes the map's free-list lock and may evict. Per-CPU LRU \
 (`BPF_F_NO_COMMON_LRU`) or a single entry keyed both ways would cut it.\n\
@@ -636,11 +650,10 @@ per packet (the rewrite happens once, at connect). The XDP NodePort path attache
 node's veth, which makes the veth copy every packet into an XDP buffer (see section 5's \
 empty-XDP floor): that cost is the veth driver's, and a physical NIC's native XDP has no \
 such copy.\n\
-- **Stale conntrack entries.** Sluice keeps a closed flow's conntrack entries until its GC \
-removes them (10 s after FIN/RST, `--ct-tcp-closing-timeout`): a connection that reuses the \
-same 4-tuple towards the backend directly within that window is answered from the service \
-address by `tc_egress`. Found by this bench (section 2); `tc_egress` should not rewrite a \
-SYN-ACK that matches a closing flow.\n\
+- **Stale conntrack entries (found by this bench, fixed).** A connection that reused a closed \
+flow's 4-tuple towards the backend directly used to be answered from the service address by \
+`tc_egress`. Now a SYN-ACK that matches a closed flow's reply entry deletes the flow and leaves \
+untouched (docs/packet-path.md).\n\
 - **TIME_WAIT across paths (not a Sluice fault, worth knowing for migrations).** With one \
 server port shared by all variants, whichever variant ran after another lost about 98% of its \
 connection rate (p50 around 11 ms). Linux derives a connection's TCP timestamp offset from the \

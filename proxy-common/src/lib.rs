@@ -11,6 +11,7 @@
 use bytemuck::{Pod, Zeroable};
 
 pub mod checksum;
+pub mod flow;
 pub mod klog;
 #[cfg(feature = "user")]
 pub mod net;
@@ -39,6 +40,8 @@ pub mod map_names {
     pub const AFFINITY_MATCH: &str = "AFF_MATCH_V1";
     pub const SOURCE_RANGES: &str = "SRC_RANGE_V1";
     pub const SKIPPED: &str = "SVC_SKIP_V1";
+    /// Not pinned: the daemon fills it just before each socket-termination run.
+    pub const SOCK_TERM: &str = "SOCK_TERM_V1";
     pub const ALL: [&str; 16] = [
         SERVICES,
         BACKENDS,
@@ -68,6 +71,7 @@ pub mod program_names {
     pub const XDP_INGRESS: &str = "xdp_ingress";
     pub const TC_INGRESS: &str = "tc_ingress";
     pub const TC_EGRESS: &str = "tc_egress";
+    pub const SOCK_TERM_UDP: &str = "sock_term_udp";
 }
 
 pub const IPPROTO_TCP: u8 = 6;
@@ -86,6 +90,8 @@ pub mod map_sizes {
     pub const AFFINITY_MATCH: u32 = SERVICES;
     pub const SOURCE_RANGES: u32 = 65_536;
     pub const SKIPPED: u32 = 16_384;
+    /// Backends per socket-termination run; the daemon runs in batches of this many.
+    pub const SOCK_TERM: u32 = 1_024;
 }
 
 /// Key of the services map: one frontend (address, port, protocol) and a slot.
@@ -309,6 +315,39 @@ pub struct SockRevNatValue {
     pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<SockRevNatValue>() == 8);
+
+/// Key of the socket-termination map: a removed backend (address and port, network byte
+/// order) whose connected UDP client sockets the `iter/udp` program destroys. Value: `u8` 1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SockTermKey {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockTermKey>() == 8);
+
+/// What the `iter/udp` program writes to its output for each socket it destroyed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SockTermRecord {
+    /// `bpf_get_socket_cookie` of the destroyed socket.
+    pub cookie: u64,
+    /// The backend it was connected to (network byte order).
+    pub backend_addr: u32,
+    /// The service address the application had connected to (network byte order).
+    pub service_addr: u32,
+    pub backend_port: u16,
+    pub service_port: u16,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SockTermRecord>() == 24);
+
+/// Stand-in for the `bpf_sock_destroy` kfunc in the compiled `iter/udp` program: a helper call
+/// with this number, which the daemon rewrites into a kfunc call (`BPF_PSEUDO_KFUNC_CALL` and the
+/// kernel's BTF id of the function) before loading. aya 0.14 does not resolve kfunc externs.
+/// No helper has this number, so an object loaded without the rewrite fails verification.
+pub const SOCK_DESTROY_CALL_MARKER: u32 = 0x5eed_d357;
 
 /// Value of the node-address map (key: IPv4 address in network byte order, `u32`).
 #[repr(C)]

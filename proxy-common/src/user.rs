@@ -3,7 +3,7 @@
 use crate::{
     AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, CtEntry, CtKey, NodeAddr,
     ServiceKey, ServiceMeta, ServiceValue, SkippedKey, SkippedService, SockRevNatKey,
-    SockRevNatValue, SourceRange, klog::LogRecord, stats::Traffic,
+    SockRevNatValue, SockTermKey, SourceRange, klog::LogRecord, stats::Traffic,
 };
 
 macro_rules! aya_pod {
@@ -31,6 +31,7 @@ aya_pod!(
     SkippedService,
     SockRevNatKey,
     SockRevNatValue,
+    SockTermKey,
     Traffic,
     LogRecord,
     SourceRange,

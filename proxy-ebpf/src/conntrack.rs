@@ -1,12 +1,13 @@
-//! Connection tracking: finding, refreshing and creating the forward and reply entries of a
-//! translated flow.
+//! Connection tracking: finding, refreshing, creating and retiring the forward and reply
+//! entries of a translated flow.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::bpf_get_prandom_u32,
 };
 use proxy_common::{
-    Backend, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_LOCAL, CT_F_SNAT, CtEntry, CtKey, IPPROTO_TCP, tcp,
+    Backend, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_LOCAL, CT_F_SNAT, CtEntry, CtKey, IPPROTO_TCP,
+    flow, tcp,
 };
 
 use crate::{
@@ -43,17 +44,36 @@ pub fn touch(entry: *mut CtEntry, pkt: &Packet, now: u64) {
 /// Deletes a forward entry and the reply entry that belongs to it.
 #[inline(always)]
 pub fn remove_flow(forward: &CtKey, entry: &CtEntry) {
-    let after = rewritten(&tuple_of(forward), entry);
-    let reply = Tuple {
-        saddr: after.daddr,
-        daddr: after.saddr,
-        sport: after.dport,
-        dport: after.sport,
-        proto: after.proto,
-    };
     // Missing entries (already evicted) are fine: the goal is that neither exists.
-    let _ = CONNTRACK.remove(reply.ct_key(CT_DIR_REPLY));
+    let _ = CONNTRACK.remove(&flow::reply_key(forward, entry));
     let _ = CONNTRACK.remove(forward);
+}
+
+/// Whether `pkt`, which matched the reply entry `reply` at `key`, belongs to that entry's
+/// flow. A reply entry keys on the backend and client tuple alone, which a connection that
+/// bypasses the translation (the client reusing its port to reach the backend directly) can
+/// share. Only a SYN can start such a connection, so other packets are taken at once; for a
+/// SYN or SYN-ACK the flow's states decide ([`tcp::syn_answers_flow`]). One that does not
+/// belong deletes the flow's stale entries and must pass untranslated.
+#[inline(always)]
+pub fn reply_belongs(pkt: &Packet, key: &CtKey, reply: &CtEntry) -> bool {
+    if pkt.tuple.proto != IPPROTO_TCP || pkt.tcp_flags & tcp::SYN == 0 {
+        return true;
+    }
+    let forward_key = flow::forward_key(key, reply);
+    // SAFETY: a pointer into a live map value, copied out at once.
+    let forward = lookup(&forward_key)
+        .map(|entry| unsafe { *entry })
+        // A forward entry for another backend is a later flow of the tuple: not this one's.
+        .filter(|forward| forward.backend_id == reply.backend_id);
+    if tcp::syn_answers_flow(forward.map(|f| f.tcp_state), reply.tcp_state) {
+        return true;
+    }
+    if forward.is_some() {
+        let _ = CONNTRACK.remove(&forward_key);
+    }
+    let _ = CONNTRACK.remove(key);
+    false
 }
 
 /// A new flow to a backend on this node: destination NAT only. Returns the translated tuple.
@@ -203,15 +223,5 @@ fn new_entry(pkt: &Packet, backend_id: u32, service_id: u32, flags: u8, now: u64
         flags,
         tcp_state,
         ..CtEntry::default()
-    }
-}
-
-fn tuple_of(key: &CtKey) -> Tuple {
-    Tuple {
-        saddr: key.saddr,
-        daddr: key.daddr,
-        sport: key.sport,
-        dport: key.dport,
-        proto: key.proto,
     }
 }

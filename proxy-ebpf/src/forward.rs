@@ -12,12 +12,12 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_meta},
     programs::XdpContext,
 };
-use proxy_common::{CONFIG_F_XDP_TX, XDP_META_MAGIC, XdpRedirectMeta};
+use proxy_common::{CONFIG_F_XDP_TX, XDP_META_MAGIC, XdpRedirectMeta, checksum};
 
 use crate::{
     error::Error,
     maps::CONFIG,
-    packet::{EthHdr, Tuple, ptr_at},
+    packet::{ETH_HLEN, EthHdr, Ipv4Hdr, Tuple, ptr_at},
 };
 
 const AF_INET: u8 = 2;
@@ -27,9 +27,21 @@ const AF_INET: u8 = 2;
 /// With `CONFIG_F_XDP_TX` and a resolved neighbour, the MACs are rewritten and the packet leaves
 /// through XDP_TX (same interface) or `bpf_redirect`. Otherwise (no flag, or the neighbour is
 /// not resolved yet) it goes to the stack with [`XdpRedirectMeta`], and `tc_ingress` redirects
-/// it with `bpf_redirect_neigh`. When the FIB has no usable route the stack routes it.
+/// it with `bpf_redirect_neigh`. When the FIB has no usable route the stack routes it. Either
+/// way out of XDP decrements the TTL, as the stack's forwarding would.
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, tuple: &Tuple, tot_len: u16) -> Result<u32, Error> {
+    route(ctx, tuple, tot_len, true)
+}
+
+/// Sends a packet this node made (a reset, an ICMP error) like [`forward`], TTL untouched.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, tuple: &Tuple, tot_len: u16) -> Result<u32, Error> {
+    route(ctx, tuple, tot_len, false)
+}
+
+#[inline(always)]
+fn route(ctx: &XdpContext, tuple: &Tuple, tot_len: u16, forwarded: bool) -> Result<u32, Error> {
     let ingress = ctx.ingress_ifindex() as u32;
     // SAFETY: bpf_fib_lookup is a plain C struct for which all zeroes is a valid value.
     let mut fib: bpf_fib_lookup = unsafe { zeroed() };
@@ -51,6 +63,12 @@ pub fn forward(ctx: &XdpContext, tuple: &Tuple, tot_len: u16) -> Result<u32, Err
         )
     } as u32;
 
+    let routed = rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH;
+    // Both ways out below skip the stack's forwarding, so they must do its TTL decrement; a
+    // packet whose TTL runs out goes to the stack, which answers ICMP time exceeded.
+    if !routed || (forwarded && !decrement_ttl(ctx)?) {
+        return Ok(XDP_PASS);
+    }
     let xdp_tx = CONFIG
         .get(0)
         .is_some_and(|config| config.flags & CONFIG_F_XDP_TX != 0);
@@ -67,10 +85,27 @@ pub fn forward(ctx: &XdpContext, tuple: &Tuple, tot_len: u16) -> Result<u32, Err
         // SAFETY: a plain helper call; it returns an XDP action.
         return Ok(unsafe { bpf_redirect(fib.ifindex, 0) } as u32);
     }
-    if rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH {
-        return pass_for_redirect(ctx, fib.ifindex);
+    pass_for_redirect(ctx, fib.ifindex)
+}
+
+/// Decrements the IPv4 TTL with an incremental checksum update, as a router does; false (and
+/// no change) when the TTL would reach zero.
+#[inline(always)]
+fn decrement_ttl(ctx: &XdpContext) -> Result<bool, Error> {
+    let ip: *mut Ipv4Hdr = ptr_at(ctx.data(), ctx.data_end(), ETH_HLEN)?;
+    // SAFETY: ptr_at checked that the IPv4 header lies inside the packet.
+    unsafe {
+        let (ttl, proto) = ((*ip).ttl, (*ip).proto);
+        if ttl <= 1 {
+            return Ok(false);
+        }
+        // TTL and protocol share one 16-bit word of the header checksum.
+        let old = u16::from_ne_bytes([ttl, proto]);
+        let new = u16::from_ne_bytes([ttl - 1, proto]);
+        (*ip).ttl = ttl - 1;
+        (*ip).check = checksum::update_u16((*ip).check, old, new);
     }
-    Ok(XDP_PASS)
+    Ok(true)
 }
 
 /// Prepends [`XdpRedirectMeta`] and passes the packet to the stack, where `tc_ingress` finds it.

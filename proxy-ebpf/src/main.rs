@@ -26,6 +26,8 @@ mod reject;
 #[cfg(target_arch = "bpf")]
 mod service;
 #[cfg(target_arch = "bpf")]
+mod sock_term;
+#[cfg(target_arch = "bpf")]
 mod socket_lb;
 #[cfg(target_arch = "bpf")]
 mod tc;

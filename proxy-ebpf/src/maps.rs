@@ -7,7 +7,7 @@ use aya_ebpf::{
 use proxy_common::{
     AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, CtEntry, CtKey, NodeAddr,
     ServiceKey, ServiceMeta, ServiceValue, SkippedKey, SkippedService, SockRevNatKey,
-    SockRevNatValue, SourceRange, map_sizes,
+    SockRevNatValue, SockTermKey, SourceRange, map_sizes,
 };
 
 #[btf_map(name = "SVC_V1")]
@@ -32,6 +32,10 @@ pub static SOCK_REV_NAT: LruHashMap<
     SockRevNatValue,
     { map_sizes::SOCK_REV_NAT as usize },
 > = LruHashMap::new();
+
+/// Filled by the daemon for one socket-termination run; not pinned.
+#[btf_map(name = "SOCK_TERM_V1")]
+pub static SOCK_TERM: HashMap<SockTermKey, u8, { map_sizes::SOCK_TERM as usize }> = HashMap::new();
 
 #[btf_map(name = "NODE_ADDR_V1")]
 pub static NODE_ADDRS: HashMap<u32, NodeAddr, { map_sizes::NODE_ADDRS as usize }> = HashMap::new();

@@ -12,7 +12,7 @@ use proxy_common::{IPPROTO_TCP, checksum, tcp};
 
 use crate::{
     error::Error,
-    forward::forward,
+    forward::send,
     packet::{
         ETH_HLEN, EthHdr, IPPROTO_ICMP, IPV4_HLEN, Ipv4Hdr, Packet, TCP_HLEN, TcpHdr, Tuple, ptr_at,
     },
@@ -98,7 +98,7 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Error> {
         *tcp_ptr = tcp_out;
     }
     resize(ctx, ETH_HLEN + usize::from(tot_len))?;
-    forward(ctx, &reply, tot_len)
+    send(ctx, &reply, tot_len)
 }
 
 /// Turns a UDP datagram into an ICMP destination unreachable / port unreachable quoting its IP
@@ -158,7 +158,7 @@ pub fn icmp_port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Erro
         *ip_out = ip;
         *icmp_out = icmp;
     }
-    forward(ctx, &reply, tot_len)
+    send(ctx, &reply, tot_len)
 }
 
 /// An IPv4 header without options for `tuple`, with its checksum.

@@ -84,12 +84,14 @@ fn try_tc_egress(ctx: &TcContext) -> Result<i32, Error> {
         }
         parsed => parsed?,
     };
-    let Some(entry) = conntrack::lookup(&pkt.tuple.ct_key(CT_DIR_REPLY)) else {
+    let key = pkt.tuple.ct_key(CT_DIR_REPLY);
+    let Some(entry) = conntrack::lookup(&key) else {
         return Ok(TC_ACT_OK);
     };
     // SAFETY: `entry` points at a live map value; it is copied out at once.
     let reply = unsafe { *entry };
-    if reply.flags & CT_F_LOCAL == 0 {
+    // A closed flow's entry must not take over a new connection between the same endpoints.
+    if reply.flags & CT_F_LOCAL == 0 || !conntrack::reply_belongs(&pkt, &key, &reply) {
         return Ok(TC_ACT_OK);
     }
     // SAFETY: a plain helper call with no arguments.

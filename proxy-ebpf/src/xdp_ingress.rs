@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::bpf_ktime_get_ns,
+    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::xdp,
     programs::XdpContext,
 };
@@ -22,7 +22,7 @@ use crate::{
     error::Error,
     forward::forward,
     klog,
-    maps::BACKENDS,
+    maps::{BACKENDS, CONFIG},
     nat::{rewrite_in_place, rewritten},
     packet::{self, Packet, Tuple},
     reject,
@@ -89,13 +89,22 @@ fn drop_reason(err: Error) -> Option<DropReason> {
 #[inline(always)]
 fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, Error> {
     let pkt = packet::parse(ctx.data(), ctx.data_end())?;
+    // Conntrack times need no more than the tick's resolution, and the coarse clock is cheaper.
     // SAFETY: a plain helper call with no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
 
-    if let Some(entry) = conntrack::lookup(&pkt.tuple.ct_key(CT_DIR_REPLY)) {
+    // Only replies to the SNAT address can belong to a SNATed flow: other packets skip the
+    // lookup (a hash lookup is most of a conntrack hit's cost).
+    let snat_addr = CONFIG.get(0).map_or(0, |config| config.snat_addr);
+    let reply_key = pkt.tuple.ct_key(CT_DIR_REPLY);
+    if pkt.tuple.daddr == snat_addr
+        && let Some(entry) = conntrack::lookup(&reply_key)
+    {
         // SAFETY: `entry` points at a live map value; it is copied out at once.
         let reply = unsafe { *entry };
-        if reply.flags & CT_F_SNAT != 0 {
+        // A stale entry (closed flow, the SNAT tuple reused by a node process) is deleted and
+        // the packet is not a reply of ours.
+        if reply.flags & CT_F_SNAT != 0 && conntrack::reply_belongs(&pkt, &reply_key, &reply) {
             conntrack::touch(entry, &pkt, now);
             counters::traffic(
                 reply.service_id,

@@ -9,8 +9,8 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
 use proxy_common::{
-    CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, CtEntry, CtKey, IPPROTO_TCP, TCP_STATE_CLOSING,
-    TCP_STATE_SYN,
+    CT_DIR_REPLY, CtEntry, CtKey, IPPROTO_TCP, TCP_STATE_CLOSING, TCP_STATE_SYN,
+    flow::{forward_key, reply_key},
 };
 use tracing::{debug, warn};
 
@@ -47,39 +47,6 @@ impl CtTimeouts {
             TCP_STATE_SYN => self.tcp_syn,
             _ => self.tcp_established,
         }
-    }
-}
-
-/// The reply key a forward entry implies: its rewritten tuple, reversed.
-pub fn reply_key(key: &CtKey, flow: &CtEntry) -> CtKey {
-    let or = |new: u32, old: u32| if new != 0 { new } else { old };
-    let or16 = |new: u16, old: u16| if new != 0 { new } else { old };
-    CtKey {
-        saddr: or(flow.new_daddr, key.daddr),
-        daddr: or(flow.new_saddr, key.saddr),
-        sport: or16(flow.new_dport, key.dport),
-        dport: or16(flow.new_sport, key.sport),
-        proto: key.proto,
-        dir: CT_DIR_REPLY,
-        _pad: 0,
-    }
-}
-
-/// The forward key a reply entry belongs to: the client and the frontend it restores.
-pub fn forward_key(key: &CtKey, reply: &CtEntry) -> CtKey {
-    let (client, client_port) = if reply.flags & CT_F_SNAT != 0 {
-        (reply.new_daddr, reply.new_dport)
-    } else {
-        (key.daddr, key.dport)
-    };
-    CtKey {
-        saddr: client,
-        daddr: reply.new_saddr,
-        sport: client_port,
-        dport: reply.new_sport,
-        proto: key.proto,
-        dir: CT_DIR_FORWARD,
-        _pad: 0,
     }
 }
 
@@ -166,7 +133,7 @@ pub async fn run(pin_dir: PathBuf, timeouts: CtTimeouts, interval: Duration) {
 
 #[cfg(test)]
 mod tests {
-    use proxy_common::{CT_F_LOCAL, IPPROTO_UDP, TCP_STATE_ESTABLISHED};
+    use proxy_common::{CT_DIR_FORWARD, CT_F_LOCAL, IPPROTO_UDP, TCP_STATE_ESTABLISHED};
 
     use super::*;
 

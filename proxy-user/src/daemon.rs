@@ -29,7 +29,9 @@ use crate::{
     klog,
     metrics::{self, Metrics, unix_seconds},
     model::DesiredState,
+    programming_latency::ProgrammingLatency,
     reconcile::{Planner, Reconciler},
+    sock_term::SockTerminator,
 };
 
 /// Where sources publish the complete desired state; `None` until their first full view,
@@ -54,6 +56,7 @@ const MAP_FILL_INTERVAL: Duration = Duration::from_secs(10);
 /// flowing while the daemon is down or restarting.
 pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()> {
     let started = Instant::now();
+    let mut programming = ProgrammingLatency::new(SystemTime::now());
     let mut datapath = Datapath::start(&opts.datapath)?;
     if let Some(ring) = datapath.kernel_log.take() {
         tokio::spawn(forward_kernel_logs(ring));
@@ -76,6 +79,12 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
         opts.conntrack_gc_interval,
     ));
     let metrics = Metrics::new(Some(opts.datapath.pin_dir.clone()));
+    let mut sock_term = SockTerminator::new(
+        datapath.sock_term.take(),
+        &datapath.maps,
+        &opts.datapath.cgroup,
+        metrics.clone(),
+    )?;
     let count_now = Arc::new(Notify::new());
     if let Some(addr) = opts.metrics_addr {
         let bound = metrics::serve(addr, metrics.clone()).await?;
@@ -115,13 +124,16 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                     Ok(stats) => {
                         let view = reconciler.affinity_view();
                         affinity_gc.after_apply(&mut datapath.maps, &view, sync_started_ns);
+                        sock_term.after_apply(planner.plan(), (!stats.full).then_some(&changes));
                         health.synced();
                         let took = sync_started.elapsed();
                         metrics.sync_duration.observe(took.as_secs_f64());
-                        // Measured from the change reaching the daemon; the sources publish
-                        // within milliseconds of seeing it.
-                        metrics.network_programming.observe(took.as_secs_f64());
-                        metrics.last_sync.set(unix_seconds(SystemTime::now()));
+                        let now = SystemTime::now();
+                        for latency in programming.programmed(&state.trigger_times, now) {
+                            metrics.network_programming.observe(latency.as_secs_f64());
+                        }
+                        // Last: a change is fully accounted for once this moves.
+                        metrics.last_sync.set(unix_seconds(now));
                         info!(?stats, micros = took.as_micros() as u64, "maps synced");
                         count_now.notify_one();
                         if first_sync {

@@ -188,6 +188,7 @@ mod tests {
         };
         let mut desired = DesiredState {
             services: [(name.clone(), Arc::new(service))].into(),
+            ..DesiredState::default()
         };
         let checks = wanted(&desired, "node1");
         assert_eq!(

@@ -13,7 +13,9 @@ pub mod klog;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
+pub mod programming_latency;
 pub mod reconcile;
+pub mod sock_term;
 pub mod source;
 pub mod stats;
 

@@ -8,7 +8,7 @@ use proxy_user::{
     cli::{self, Output, log_level::KernelLogLevel},
     conntrack_gc::CtTimeouts,
     daemon::{self, DaemonOptions},
-    datapath::{DatapathOptions, XdpTx},
+    datapath::{DatapathOptions, MapSizes, XdpTx},
     source,
 };
 
@@ -134,6 +134,8 @@ struct RunArgs {
     cgroup: Option<PathBuf>,
     #[command(flatten)]
     pins: PinArgs,
+    #[command(flatten)]
+    sizes: MapSizes,
     /// Directory for state that is not in maps (standalone mode: cluster IP and NodePort
     /// allocations).
     #[arg(long, default_value = "/var/lib/sluice")]
@@ -214,6 +216,7 @@ fn run(args: RunArgs) -> Result<()> {
             node_ips: args.node_ips,
             counters: !args.no_counters,
             kernel_log_level: args.kernel_log_level.into(),
+            sizes: args.sizes,
         },
         node_name: node_name.clone(),
         healthz_addr: Some(args.healthz_addr),

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub last_sync: Gauge<f64, AtomicU64>,
     pub last_queued: Gauge<f64, AtomicU64>,
     pub sync_errors: Counter,
+    pub udp_sockets_terminated: Counter,
     pub map_entries: Family<MapLabels, Gauge>,
     pub map_max_entries: Family<MapLabels, Gauge>,
 }
@@ -55,6 +56,7 @@ impl Metrics {
         let last_sync = Gauge::<f64, AtomicU64>::default();
         let last_queued = Gauge::<f64, AtomicU64>::default();
         let sync_errors = Counter::default();
+        let udp_sockets_terminated = Counter::default();
         let map_entries = Family::<MapLabels, Gauge>::default();
         let map_max_entries = Family::<MapLabels, Gauge>::default();
 
@@ -66,7 +68,8 @@ impl Metrics {
         );
         registry.register(
             "kubeproxy_network_programming_duration_seconds",
-            "From a change reaching the daemon to the datapath serving it",
+            "From the Pod or Service change behind an EndpointSlice update \
+             (endpoints.kubernetes.io/last-change-trigger-time) to the datapath serving it",
             network_programming.clone(),
         );
         registry.register(
@@ -83,6 +86,12 @@ impl Metrics {
             "sluice_sync_errors",
             "Syncs that failed; the maps kept their last good content",
             sync_errors.clone(),
+        );
+        registry.register(
+            "sluice_udp_sockets_terminated",
+            "Connected UDP sockets closed because the backend the socket LB had given them left \
+             every frontend",
+            udp_sockets_terminated.clone(),
         );
         registry.register(
             "sluice_map_entries",
@@ -104,6 +113,7 @@ impl Metrics {
             last_sync,
             last_queued,
             sync_errors,
+            udp_sockets_terminated,
             map_entries,
             map_max_entries,
         }

@@ -1,7 +1,7 @@
 //! The desired state: what every source (manifests, Kubernetes API) produces and the
 //! reconciler programs into the maps. Plain data, independent of where it came from.
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr, sync::Arc};
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr, sync::Arc, time::SystemTime};
 
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -124,6 +124,24 @@ pub struct Endpoint {
     pub terminating: bool,
 }
 
+/// `namespace/name` of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct SliceName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for SliceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The `endpoints.kubernetes.io/last-change-trigger-time` of every EndpointSlice that feeds
+/// the state (IPv4, with a Service name) and has one: when the Pod or Service change that
+/// last rewrote the slice happened.
+pub type TriggerTimes = BTreeMap<SliceName, SystemTime>;
+
 /// Everything the datapath should serve, keyed by service name (`services[n].name == n`).
 ///
 /// Services are shared (`Arc`): a source that publishes a new state gives every unchanged
@@ -132,13 +150,20 @@ pub struct Endpoint {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
     pub services: BTreeMap<ServiceName, Arc<Service>>,
+    /// Not served, measured: the daemon turns the trigger times that are new since its last
+    /// sync into kube-proxy's network programming latency. A complete snapshot rather than
+    /// the changes since the last publish, so states the daemon never saw (the channel keeps
+    /// only the latest) lose nothing but intermediate times.
+    pub trigger_times: TriggerTimes,
 }
 
 impl DesiredState {
     /// Replaces every service equal to `previous`'s by `previous`'s copy; says whether the two
-    /// states differ. Costs one comparison of each service, like `==` on the states.
+    /// states differ (in anything). Costs one comparison of each service, like `==` on the
+    /// states.
     pub fn share_unchanged(&mut self, previous: &DesiredState) -> bool {
         let mut changed = self.services.len() != previous.services.len();
+        let previous_trigger_times = &previous.trigger_times;
         let mut previous = previous.services.iter().peekable();
         for (name, service) in &mut self.services {
             while previous.next_if(|(old, _)| *old < name).is_some() {
@@ -149,7 +174,7 @@ impl DesiredState {
                 _ => changed = true,
             }
         }
-        changed || previous.next().is_some()
+        changed || previous.next().is_some() || self.trigger_times != *previous_trigger_times
     }
 }
 
@@ -187,6 +212,7 @@ mod tests {
         });
         DesiredState {
             services: services.collect(),
+            ..DesiredState::default()
         }
     }
 

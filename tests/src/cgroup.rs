@@ -26,7 +26,7 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
 }
 
 /// /proc/mounts writes space, tab, newline and backslash as octal escapes (`\040`).
-fn unescape_mount_path(s: &str) -> String {
+pub(crate) fn unescape_mount_path(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -98,7 +98,8 @@ fn populated(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn remove_tree(dir: &Path) -> Result<()> {
+/// Empties (SIGKILL to every member) and removes the cgroup `dir` and every cgroup below it.
+pub(crate) fn remove_tree(dir: &Path) -> Result<()> {
     // Children first: a cgroup with child cgroups cannot be removed.
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {

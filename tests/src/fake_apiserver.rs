@@ -723,7 +723,7 @@ fn percent_decode(text: &str) -> String {
 
 /// Kubernetes objects as the API server returns them, for the fake to serve.
 pub mod objects {
-    use std::net::Ipv4Addr;
+    use std::{net::Ipv4Addr, time::SystemTime};
 
     use serde_json::{Value, json};
 
@@ -845,6 +845,16 @@ pub mod objects {
             "endpoints": endpoints,
             "ports": ports,
         })
+    }
+
+    /// `object` with `endpoints.kubernetes.io/last-change-trigger-time` set to `time`, as
+    /// the endpoint-slice controller stamps it (RFC 3339 in UTC, with fractional seconds).
+    pub fn with_trigger_time(mut object: Value, time: SystemTime) -> Value {
+        object["metadata"]["annotations"] = json!({
+            "endpoints.kubernetes.io/last-change-trigger-time":
+                humantime::format_rfc3339_nanos(time).to_string(),
+        });
+        object
     }
 
     /// A v1 Node with its InternalIP.

@@ -39,3 +39,28 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
             (name == series).then(|| value.parse().ok()).flatten()
         })
 }
+
+/// The daemon's `/metrics` at its default address (`127.0.0.1:10249` in the node's
+/// namespace); panics unless it answers 200.
+pub fn metrics(netns: &Netns) -> String {
+    let (status, body) = get(netns, "127.0.0.1:10249", "/metrics");
+    assert!(status.starts_with("HTTP/1.1 200"), "GET /metrics: {status}");
+    body
+}
+
+/// `_count` and `_sum` of the histogram `name` in Prometheus text; panics if it is missing.
+pub fn histogram(text: &str, name: &str) -> (f64, f64) {
+    let count = sample(text, &format!("{name}_count"));
+    let sum = sample(text, &format!("{name}_sum"));
+    match (count, sum) {
+        (Some(count), Some(sum)) => (count, sum),
+        _ => panic!("no histogram {name} in:\n{text}"),
+    }
+}
+
+/// `kubeproxy_sync_proxy_rules_last_timestamp_seconds`: it moves once a sync is complete,
+/// metrics included.
+pub fn last_sync(text: &str) -> f64 {
+    sample(text, "kubeproxy_sync_proxy_rules_last_timestamp_seconds")
+        .unwrap_or_else(|| panic!("no last sync timestamp in:\n{text}"))
+}

@@ -1,7 +1,9 @@
 //! Sluice's netns test harness: namespaces, cgroups, bpffs, a two-node cluster and its workloads.
 //!
 //! Everything here creates its own uniquely named resources (see [`unique`]) and removes them
-//! in `Drop`, so tests can run in parallel and clean up even when they panic. Build the
+//! in `Drop`, so tests can run in parallel and clean up even when they panic. A test process
+//! that dies without unwinding (SIGKILL, abort, a CI timeout) takes its child processes with
+//! it ([`spawner`]), and the next harness run removes the rest ([`sweep`]). Build the
 //! cluster with [`Cluster::new`], start the echo servers with [`Cluster::start_pods`], send
 //! traffic with [`Cluster::request`], and run the daemon with [`SluiceDaemon::start`].
 
@@ -20,8 +22,11 @@ pub mod packet;
 pub mod process;
 pub mod scenario;
 pub mod sluice;
+pub mod spawner;
+pub mod sweep;
 pub mod tempdir;
 pub mod topology;
+pub mod udp_session;
 pub mod unique;
 pub mod wait;
 pub mod workload;
@@ -31,5 +36,6 @@ pub use echo::{Proto, Reply};
 pub use process::{Child, Finished};
 pub use sluice::SluiceDaemon;
 pub use topology::{CLIENT_IP, Cluster, Host, Node, Pod, SERVICE_CIDR};
+pub use udp_session::UdpSession;
 pub use wait::{wait_for, wait_until};
 pub use workload::{HeldConn, Place, TCP_PORTS, UDP_PORTS};

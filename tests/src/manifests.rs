@@ -25,7 +25,7 @@ pub struct ManifestDir {
 
 impl ManifestDir {
     pub fn new(name: &str) -> Self {
-        let name = format!("{}{name}", crate::unique::next_prefix());
+        let name = format!("{}-{name}", crate::unique::next_prefix());
         let dir = TempDir::new(&name).unwrap_or_else(|e| panic!("manifest dir: {e:#}"));
         Self { dir }
     }

@@ -49,7 +49,7 @@ impl Netns {
         }
         let ns = Netns {
             name: name.to_owned(),
-            path: Path::new("/run/netns").join(name),
+            path: Path::new(NETNS_DIR).join(name),
         };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
@@ -131,13 +131,22 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _one_at_a_time = IP_NETNS_LOCK
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Err(e) = ip(&["netns", "del", &self.name]) {
+        if let Err(e) = delete(&self.name) {
             eprintln!("warning: {e:#}");
         }
     }
+}
+
+/// Where `ip netns` keeps its named namespaces.
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// `ip netns del NAME`: removes the name; the namespace itself goes when its last process
+/// does.
+pub fn delete(name: &str) -> Result<()> {
+    let _one_at_a_time = IP_NETNS_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    ip(&["netns", "del", name]).map(drop)
 }
 
 fn sysctl_path(key: &str) -> PathBuf {

@@ -148,6 +148,11 @@ impl Frame {
         self
     }
 
+    pub fn ttl(mut self, ttl: u8) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
     pub fn id(mut self, id: u16) -> Self {
         self.id = id;
         self

@@ -1,4 +1,7 @@
 //! Child-process guards: output drained in the background, killed by PID and reaped on drop.
+//!
+//! Children are started through [`crate::spawner`], so they also die when the test process
+//! dies without running any Drop (SIGKILL, abort, a CI timeout).
 
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -92,7 +95,8 @@ fn tail(lines: &[String]) -> String {
     out
 }
 
-/// A running child process. Dropping it kills it (SIGKILL, by PID) and reaps it.
+/// A running child process. Dropping it kills it (SIGKILL, by PID) and reaps it; if this
+/// process dies first, the kernel kills it (`PR_SET_PDEATHSIG`, see [`crate::spawner`]).
 pub struct Child {
     name: String,
     inner: std::process::Child,
@@ -115,9 +119,8 @@ impl Child {
         cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut inner = cmd
-            .spawn()
-            .with_context(|| format!("spawning {name}: {cmd:?}"))?;
+        let what = format!("spawning {name}: {cmd:?}");
+        let mut inner = crate::spawner::spawn(cmd).context(what)?;
         let captured = Arc::new(Captured {
             streams: Mutex::new(Streams {
                 stdout_open: true,

@@ -80,7 +80,9 @@ impl DaemonConfig {
             netns: n.netns.path().to_owned(),
             pin_dir: n.pin_dir.clone(),
             args,
-            env: Vec::new(),
+            // An error the daemon exits with stays one short report (the harness shows the
+            // last lines of stderr); panics keep their backtraces under RUST_BACKTRACE.
+            env: vec![("RUST_LIB_BACKTRACE".into(), "0".into())],
             ready_timeout,
         }
     }

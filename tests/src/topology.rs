@@ -114,7 +114,7 @@ impl Cluster {
         // Created first so they are dropped last if a later step fails.
         let state = TempDir::new(&format!("{prefix}-state"))?;
         let bpffs = Bpffs::mount_temp(&format!("{prefix}-bpffs"))?;
-        let cgroup = Cgroup::create_top_level(&format!("sluice-test-{prefix}"))?;
+        let cgroup = Cgroup::create_top_level(&format!("{}{prefix}", unique::CGROUP_PREFIX))?;
 
         let underlay = Netns::create(&format!("{prefix}-underlay"))?;
         // A pure L2 switch: no addresses, no IPv6 chatter of its own.
@@ -198,7 +198,7 @@ impl Cluster {
         })
     }
 
-    /// The `sl-<pid>-<n>` prefix of every name this cluster made.
+    /// The `sl-<pid>-<start>-<n>` prefix of every name this cluster made (see [`unique`]).
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

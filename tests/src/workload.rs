@@ -156,10 +156,40 @@ impl Cluster {
         timeout: Duration,
     ) -> Vec<Result<Reply, String>> {
         let target = SocketAddr::new(addr.into(), port);
+        self.run_requests(from, proto, target, count, timeout, &[])
+    }
+
+    /// One TCP request from local port `source_port` (bound with SO_REUSEADDR, so it can be
+    /// reused while an earlier connection from it waits in TIME_WAIT).
+    pub fn request_from_port(
+        &self,
+        from: Place<'_>,
+        source_port: u16,
+        addr: impl Into<IpAddr>,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<Reply, String> {
+        let target = SocketAddr::new(addr.into(), port);
+        let source_port = source_port.to_string();
+        let extra = ["--source-port", source_port.as_str()];
+        let mut answers = self.run_requests(from, Proto::Tcp, target, 1, timeout, &extra);
+        answers.remove(0)
+    }
+
+    fn run_requests(
+        &self,
+        from: Place<'_>,
+        proto: Proto,
+        target: SocketAddr,
+        count: usize,
+        timeout: Duration,
+        extra_args: &[&str],
+    ) -> Vec<Result<Reply, String>> {
         let mut cmd = Command::new(bins::echo_bin().unwrap_or_else(|e| panic!("{e:#}")));
         cmd.args(["request", proto.as_arg(), &target.to_string()])
             .args(["--count", &count.to_string()])
-            .args(["--timeout-ms", &timeout.as_millis().to_string()]);
+            .args(["--timeout-ms", &timeout.as_millis().to_string()])
+            .args(extra_args);
         // Each attempt is bounded by about two timeouts (connect + read).
         let overall = timeout * 2 * (count as u32) + Duration::from_secs(10);
         let what = format!("{proto} requests from {from:?} to {target}");

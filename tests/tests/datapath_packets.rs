@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use aya::{EbpfLoader, maps::HashMap, programs::Program as BpfProgram};
+use aya::{Btf, EbpfLoader, maps::HashMap, programs::Program as BpfProgram};
 use proxy_common::{
     BACKEND_F_LOCAL, Backend, CONFIG_F_XDP_TX, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_LOCAL, CT_F_SNAT,
     Config, CtKey, IPPROTO_TCP, IPPROTO_UDP, SVC_F_NODEPORT, TCP_STATE_ESTABLISHED, TCP_STATE_SYN,
@@ -340,6 +340,7 @@ fn remote_backend_is_snated_and_sent_back_out_with_xdp_tx() {
         frame
             .clone()
             .addresses(snat, backend)
+            .ttl(63)
             .macs(NODE_MAC, NEXT_HOP_MAC)
             .build()
     };
@@ -368,6 +369,7 @@ fn remote_backend_is_snated_and_sent_back_out_with_xdp_tx() {
                 synack
                     .clone()
                     .addresses(frontend, client(40000))
+                    .ttl(63)
                     .macs(NODE_MAC, CLIENT_MAC)
                     .build(),
             ),
@@ -377,6 +379,12 @@ fn remote_backend_is_snated_and_sent_back_out_with_xdp_tx() {
             ack.build(),
             XDP_TX,
             Expect::Frame(to_backend(&ack)),
+        ),
+        Case::xdp(
+            "a segment whose TTL runs out goes to the stack (ICMP time exceeded), TTL kept",
+            ack.clone().ttl(1).build(),
+            XDP_PASS,
+            Expect::Frame(ack.clone().ttl(1).addresses(snat, backend).build()),
         ),
     ]);
 
@@ -394,6 +402,7 @@ fn remote_backend_is_snated_and_sent_back_out_with_xdp_tx() {
         other_link
             .clone()
             .addresses(sock(NODE_IP, port), sock(OTHER_LINK.1, OTHER_LINK.2))
+            .ttl(63)
             .macs(SL2_MAC, OTHER_LINK_MAC)
             .build()
     );
@@ -413,6 +422,7 @@ fn remote_backend_is_snated_and_sent_back_out_with_xdp_tx() {
         no_neigh
             .clone()
             .addresses(sock(NODE_IP, port), sock(NO_NEIGH.1, NO_NEIGH.2))
+            .ttl(63)
             .build(),
         "translated, MACs left to bpf_redirect_neigh"
     );
@@ -439,7 +449,7 @@ fn remote_backend_without_xdp_tx_is_handed_to_tc_with_metadata() {
     let snat = sock(NODE_IP, port);
     assert_eq!(
         run.frame,
-        query.clone().addresses(snat, backend).build(),
+        query.clone().addresses(snat, backend).ttl(63).build(),
         "DNAT + SNAT, UDP checksum 0 kept, MACs untouched"
     );
 
@@ -453,7 +463,11 @@ fn remote_backend_without_xdp_tx_is_handed_to_tc_with_metadata() {
             XDP_PASS,
             Expect::Redirect {
                 ifindex: dp.sl0,
-                frame: answer.clone().addresses(frontend, client(50000)).build(),
+                frame: answer
+                    .clone()
+                    .addresses(frontend, client(50000))
+                    .ttl(63)
+                    .build(),
             },
         ),
         Case {
@@ -764,6 +778,7 @@ fn handed_off_packets_leave_through_tc_ingress_redirect() {
         sent,
         syn.clone()
             .addresses(snat, backend)
+            .ttl(63)
             .macs(NODE_MAC, NEXT_HOP_MAC)
             .build(),
         "tc_ingress redirected the translated frame with the neighbour's MAC"
@@ -781,6 +796,7 @@ fn handed_off_packets_leave_through_tc_ingress_redirect() {
         synack
             .clone()
             .addresses(frontend, client(40000))
+            .ttl(63)
             .macs(NODE_MAC, CLIENT_MAC)
             .build(),
         "the reply goes to the client from the frontend"
@@ -789,9 +805,12 @@ fn handed_off_packets_leave_through_tc_ingress_redirect() {
 
 #[test]
 fn every_program_in_the_object_passes_the_verifier() {
+    // As the daemon loads it: with the socket-termination program's kfunc call patched in.
+    let object = proxy_user::sock_term::patch_object(proxy_user::EBPF_OBJECT);
+    let btf = Btf::from_sys_fs().expect("the kernel's BTF");
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(map_names::CONNTRACK, 1024)
-        .load(proxy_user::EBPF_OBJECT)
+        .load(object.bytes())
         .expect("load the eBPF object");
     let mut loaded = Vec::new();
     for (name, program) in ebpf.programs_mut() {
@@ -799,6 +818,7 @@ fn every_program_in_the_object_passes_the_verifier() {
             BpfProgram::Xdp(program) => program.load(),
             BpfProgram::SchedClassifier(program) => program.load(),
             BpfProgram::CgroupSockAddr(program) => program.load(),
+            BpfProgram::Iter(program) => program.load("udp", &btf),
             other => panic!(
                 "unexpected program type for {name}: {:?}",
                 other.prog_type()
@@ -816,6 +836,7 @@ fn every_program_in_the_object_passes_the_verifier() {
         program_names::XDP_INGRESS,
         program_names::TC_INGRESS,
         program_names::TC_EGRESS,
+        program_names::SOCK_TERM_UDP,
     ];
     expected.sort_unstable();
     assert_eq!(loaded, expected);
@@ -846,6 +867,7 @@ fn a_snat_port_is_claimed_once_and_exhaustion_drops() {
                 first
                     .clone()
                     .addresses(sock(NODE_IP, only_port), backend)
+                    .ttl(63)
                     .macs(NODE_MAC, NEXT_HOP_MAC)
                     .build(),
             ),
@@ -864,6 +886,7 @@ fn a_snat_port_is_claimed_once_and_exhaustion_drops() {
                 query
                     .clone()
                     .addresses(sock(NODE_IP, only_port), dns_backend)
+                    .ttl(63)
                     .macs(NODE_MAC, NEXT_HOP_MAC)
                     .build(),
             ),

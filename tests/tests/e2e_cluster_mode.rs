@@ -7,17 +7,20 @@ use std::{
     collections::BTreeSet,
     net::Ipv4Addr,
     path::PathBuf,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use proxy_tests::{
     Cluster, Place, Proto, SluiceDaemon,
     fake_apiserver::{
         FakeApiServer, Resource,
-        objects::{self, ready},
+        objects::{self, ready, with_trigger_time},
     },
+    http,
+    netns::Netns,
     scenario::{ALL_PODS, SPREAD_REQUESTS, pods},
     sluice::DaemonConfig,
+    wait_until,
 };
 use serde_json::Value;
 
@@ -26,6 +29,9 @@ const ECHO_NODE_PORT: u16 = 30080;
 const EXTRA_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 30);
 const OTHER_PROXY_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 40);
 const LATE_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 50);
+const TIMED_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 60);
+/// kube-proxy's network programming latency histogram.
+const PROGRAMMING: &str = "kubeproxy_network_programming_duration_seconds";
 /// How long a change on the API server may take to reach a node's maps.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -533,4 +539,131 @@ fn a_restart_while_the_api_server_is_down_deletes_nothing_before_the_first_list(
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
     });
     assert_echo_served_by(&mode, &ALL_PODS);
+}
+
+/// Slice `name` of the `timed` Service with `pods`, stamped with `trigger` when given.
+fn timed_slice(cluster: &Cluster, name: &str, pods: &[&str], trigger: Option<SystemTime>) -> Value {
+    let endpoints: Vec<_> = pods
+        .iter()
+        .map(|pod| ready(pod_ip(cluster, pod), &cluster.pod(pod).node))
+        .collect();
+    let slice = objects::endpoint_slice(name, "timed", &endpoints, &[("http", "TCP", 8080)]);
+    match trigger {
+        Some(time) => with_trigger_time(slice, time),
+        None => slice,
+    }
+}
+
+/// /metrics of the daemon in `netns` once it has finished a sync after the one that set
+/// `last_sync` (each change below is one sync).
+fn metrics_after_sync(netns: &Netns, last_sync: f64) -> String {
+    let mut text = String::new();
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(20), || {
+        text = http::metrics(netns);
+        http::last_sync(&text) > last_sync
+    });
+    text
+}
+
+#[test]
+fn network_programming_latency_is_timed_from_each_slices_trigger_time() {
+    // The latency measured is real time passing: the trigger time must be after the daemon
+    // started (kube-proxy does not time older changes), and this old when the change
+    // reaches the API server, so that it stands out from a sync's few milliseconds.
+    const AGE: Duration = Duration::from_secs(2);
+    let mut cluster = Cluster::new();
+    cluster.start_pods();
+    let api = start_api(&cluster);
+    api.apply(objects::service(
+        "timed",
+        "ClusterIP",
+        &TIMED_IP.to_string(),
+        &[("http", "TCP", 81, 8080, 0)],
+        &[],
+    ));
+    // Changed a few seconds before the daemon started, e.g. the last change before a
+    // restart: the first list must not report it (nor the echo slices, which have no time).
+    let before_start = SystemTime::now() - Duration::from_secs(5);
+    api.apply(timed_slice(
+        &cluster,
+        "timed-1",
+        &["pod-1a"],
+        Some(before_start),
+    ));
+    let node1 = SluiceDaemon::launch(daemon_config(&cluster, &api, "node1"))
+        .unwrap_or_else(|e| panic!("starting sluice on node1 in cluster mode: {e:#}"));
+    let ready_at = SystemTime::now();
+    let netns = &cluster.node("node1").netns;
+    let text = http::metrics(netns);
+    assert_eq!(http::histogram(&text, PROGRAMMING), (0.0, 0.0), "{text}");
+
+    // A slice change without a trigger time: synced, not timed (nothing is made up).
+    api.apply(objects::endpoint_slice(
+        "echo-b",
+        "echo",
+        &[(pod_ip(&cluster, "pod-2a"), "node2", false, true, true)],
+        &[("http", "TCP", 8080), ("dns", "UDP", 8053)],
+    ));
+    let text = metrics_after_sync(netns, http::last_sync(&text));
+    assert_eq!(http::histogram(&text, PROGRAMMING), (0.0, 0.0), "{text}");
+
+    // Two slices change for a Pod change at `ready_at`: one sample each, at least as old as
+    // the trigger time was when the API server got them.
+    let age = ready_at.elapsed().unwrap_or_default();
+    std::thread::sleep(AGE.saturating_sub(age));
+    let injected_age = ready_at.elapsed().expect("the clock does not go back");
+    api.apply(timed_slice(
+        &cluster,
+        "timed-1",
+        &["pod-1a", "pod-1b"],
+        Some(ready_at),
+    ));
+    api.apply(timed_slice(
+        &cluster,
+        "timed-2",
+        &["pod-2a"],
+        Some(ready_at),
+    ));
+    let mut text = String::new();
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(20), || {
+        text = http::metrics(netns);
+        http::histogram(&text, PROGRAMMING).0 >= 2.0
+    });
+    let (count, sum) = http::histogram(&text, PROGRAMMING);
+    assert_eq!(count, 2.0, "{text}");
+    assert!(
+        sum >= 2.0 * injected_age.as_secs_f64(),
+        "two changes {injected_age:?} old when the API server got them sum to {sum} s:\n{text}"
+    );
+
+    // timed-2 changes again (pod-2a terminates) with the same trigger time: synced, but
+    // already timed.
+    let terminating = (pod_ip(&cluster, "pod-2a"), "node2", false, true, true);
+    let slice =
+        objects::endpoint_slice("timed-2", "timed", &[terminating], &[("http", "TCP", 8080)]);
+    api.apply(with_trigger_time(slice, ready_at));
+    let text = metrics_after_sync(netns, http::last_sync(&text));
+    assert_eq!(http::histogram(&text, PROGRAMMING), (count, sum), "{text}");
+    let services = node1.services_json();
+    let timed = services
+        .as_array()
+        .expect("services -o json is an array")
+        .iter()
+        .find(|row| row["name"] == "default/timed:http" && row["programmed"] == true)
+        .unwrap_or_else(|| panic!("timed is not programmed: {services:#}"));
+    let backends: BTreeSet<&str> = timed["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .filter_map(|backend| backend["addr"].as_str())
+        .collect();
+    let ready_pods: BTreeSet<String> = ["pod-1a", "pod-1b"]
+        .iter()
+        .map(|pod| pod_ip(&cluster, pod).to_string())
+        .collect();
+    assert_eq!(
+        backends,
+        ready_pods.iter().map(String::as_str).collect(),
+        "timed-1's ready pods, not the terminating one: {timed:#}"
+    );
 }

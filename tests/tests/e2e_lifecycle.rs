@@ -286,3 +286,108 @@ fn finished_flows_leave_conntrack_and_live_ones_stay() {
         held.greeting().name
     );
 }
+
+#[test]
+fn map_sizes_are_set_at_start_and_kept_across_restarts() {
+    let mut scenario = Scenario::start(&["--max-frontends", "48", "--ct-max-entries", "2048"]);
+    let netns = &scenario.cluster.node("node1").netns;
+    let (_, text) = http::get(netns, "127.0.0.1:10249", "/metrics");
+    let max_entries =
+        |map: &str| http::sample(&text, &format!("sluice_map_max_entries{{map=\"{map}\"}}"));
+    assert_eq!(max_entries("SVC_META_V2"), Some(48.0));
+    assert_eq!(max_entries("SVC_STATS_V2"), Some(48.0));
+    assert_eq!(max_entries("CT_V1"), Some(2048.0));
+    assert_eq!(max_entries("BACKEND_V1"), Some(131_072.0), "default size");
+    let echo = ip(ECHO_IP);
+    let answered =
+        scenario.answering_pods(Place::Pod("pod-1a"), Proto::Tcp, echo, 80, SPREAD_REQUESTS);
+    assert_eq!(answered, pods(&ALL_PODS));
+
+    // More frontends than the maps hold: an error that says so, and the rest keeps serving.
+    let many: String = (0..60)
+        .map(|i| {
+            format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: extra-{i}, namespace: default}}\n\
+                 spec:\n  ports:\n  - {{port: 80, protocol: TCP}}\n"
+            )
+        })
+        .collect();
+    scenario.manifests.write("many.yaml", &many);
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
+        scenario
+            .node1
+            .stderr()
+            .contains("frontend ids are in use: the service maps are full")
+    });
+    assert!(
+        scenario
+            .node1
+            .stderr()
+            .contains("program service default/extra-"),
+        "the error names the service that did not fit:\n{}",
+        scenario.node1.stderr()
+    );
+    let answered =
+        scenario.answering_pods(Place::Pod("pod-1a"), Proto::Tcp, echo, 80, SPREAD_REQUESTS);
+    assert_eq!(answered, pods(&ALL_PODS), "echo keeps serving");
+
+    // Other sizes over the pins of this run: refused before anything is touched.
+    scenario.node1.stop();
+    let mut config = scenario.node1.config().clone();
+    let at = config
+        .args
+        .iter()
+        .position(|arg| arg == "--max-frontends")
+        .expect("the scenario passed --max-frontends");
+    config.args[at + 1] = "96".into();
+    let refused = match proxy_tests::SluiceDaemon::launch(config) {
+        Ok(_) => panic!("sluice started over pins of another size"),
+        Err(err) => format!("{err:#}"),
+    };
+    assert!(
+        refused.contains("SVC_META_V2 holds 48 entries but --max-frontends asks for 96"),
+        "{refused}"
+    );
+    scenario.manifests.remove("many.yaml");
+    scenario.node1.start_again();
+    let answered =
+        scenario.answering_pods(Place::Pod("pod-1a"), Proto::Tcp, echo, 80, SPREAD_REQUESTS);
+    assert_eq!(answered, pods(&ALL_PODS), "the old sizes start again");
+}
+
+#[test]
+fn a_restart_unpins_maps_a_new_version_replaced() {
+    let mut scenario = Scenario::start(&[]);
+    let pin_dir = scenario.node1.config().pin_dir.clone();
+    scenario.node1.stop();
+    // An earlier version's map, as an upgrade leaves it: a pin under a retired name.
+    let retired = pin_dir.join("SVC_STATS_V1");
+    let status = Command::new("bpftool")
+        .args(["map", "pin", "pinned"])
+        .arg(pin_dir.join("DROP_STATS_V1"))
+        .arg(&retired)
+        .status()
+        .expect("run bpftool");
+    assert!(status.success(), "bpftool map pin");
+    let unrelated = pin_dir.join("not-ours");
+    std::fs::create_dir(&unrelated).expect("a directory that is not a map pin");
+
+    scenario.node1.start_again();
+    assert!(!retired.exists(), "the retired map's pin is removed");
+    assert!(
+        unrelated.exists(),
+        "what is not shaped like a map pin stays"
+    );
+    for name in ["CT_V1", "SVC_V1", "SVC_STATS_V2"] {
+        assert!(pin_dir.join(name).exists(), "{name} stays pinned");
+    }
+    let answered = scenario.answering_pods(
+        Place::Pod("pod-1a"),
+        Proto::Tcp,
+        ip(ECHO_IP),
+        80,
+        SPREAD_REQUESTS,
+    );
+    assert_eq!(answered, pods(&ALL_PODS));
+    std::fs::remove_dir(&unrelated).expect("remove the test directory");
+}

@@ -1,12 +1,17 @@
 //! NodePort end to end: from off-node through XDP on either node (both ways XDP can send a
-//! packet back out), from node processes, and on 127.0.0.1 without route_localnet.
+//! packet back out), from node processes, on 127.0.0.1 without route_localnet, and a client
+//! port reused for a direct connection while the NodePort flow's conntrack entries linger.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
 
 use proxy_tests::{
     CLIENT_IP, Cluster, Place, Proto,
     manifests::{ECHO_NODE_PORT_TCP, ECHO_NODE_PORT_UDP},
-    scenario::{ALL_PODS, SPREAD_REQUESTS, Scenario, pods},
+    scenario::{ALL_PODS, SPREAD_REQUESTS, SYNC_TIMEOUT, Scenario, pods},
+    wait_until,
 };
 
 /// From the client via each node: every pod answers, the client sees the node address it
@@ -82,4 +87,87 @@ fn node_port_from_node_processes_and_localhost() {
         SPREAD_REQUESTS,
     );
     assert_eq!(answered, pods(&ALL_PODS));
+}
+
+/// Client ports the reuse test takes (outside the client's ephemeral range, 32768-60999).
+const REUSED_PORTS: std::ops::Range<u16> = 20000..20020;
+/// Per connection: covers the first SYN retransmission (1 s), well under the 10 s the
+/// conntrack GC leaves a closing flow, so stale entries are still there when they matter.
+const REUSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The client reaches a pod of node1 through the NodePort from a fixed port, closes, and at
+/// once connects from the same port straight to that pod. The NodePort flow's entries are
+/// still in conntrack (closing); the pod's SYN-ACK to the direct connection matches its reply
+/// entry and must still leave as the pod's, not be rewritten to come from the NodePort.
+#[test]
+fn a_client_port_reused_for_a_direct_connection_reaches_the_pod() {
+    let scenario = Scenario::start(&[]);
+    let cluster = &scenario.cluster;
+    let node_ip = cluster.node("node1").ip;
+    // The backend is random and only a local one gets a reply entry in tc_egress: take ports
+    // until a pod of node1 answers (2 of the 3 pods; 20 misses in a row: about 3e-10).
+    let found = REUSED_PORTS.clone().find_map(|source_port| {
+        let reply = cluster
+            .request_from_port(
+                Place::Client,
+                source_port,
+                node_ip,
+                ECHO_NODE_PORT_TCP,
+                REUSE_TIMEOUT,
+            )
+            .unwrap_or_else(|e| panic!("NodePort from client port {source_port}: {e}"));
+        assert_eq!(
+            reply.remote,
+            SocketAddr::from((node_ip, ECHO_NODE_PORT_TCP)),
+            "{reply:?}"
+        );
+        // DNAT only (the client's own address and port reach the pod): a local backend.
+        let local = reply.peer == SocketAddr::from((CLIENT_IP, source_port));
+        local.then_some((source_port, reply))
+    });
+    let (source_port, via_node_port) =
+        found.unwrap_or_else(|| panic!("no pod of node1 answered from ports {REUSED_PORTS:?}"));
+    let pod = cluster.pod(&via_node_port.name);
+    let target = via_node_port.local;
+    assert_eq!(target.ip(), pod.ip, "{via_node_port:?}");
+    // The client closed first: once its FIN passed XDP, the flow is closing, and it stays in
+    // conntrack until the GC's 10 s are up.
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(20), || {
+        node1_flow_state(&scenario, source_port).as_deref() == Some("closing")
+    });
+
+    let direct = cluster
+        .request_from_port(
+            Place::Client,
+            source_port,
+            pod.ip,
+            target.port(),
+            REUSE_TIMEOUT,
+        )
+        .unwrap_or_else(|e| {
+            panic!("direct connection from the reused client port {source_port} to {target}: {e}")
+        });
+    assert_eq!(direct.name, pod.name, "{direct:?}");
+    assert_eq!(
+        direct.remote, target,
+        "the answer comes from the pod address, untranslated"
+    );
+    assert_eq!(
+        direct.peer,
+        SocketAddr::from((CLIENT_IP, source_port)),
+        "{direct:?}"
+    );
+    assert_eq!(
+        node1_flow_state(&scenario, source_port),
+        None,
+        "the pod's SYN-ACK retired the stale flow"
+    );
+}
+
+/// The state `sluice conntrack` on node1 shows for the flow from the client's `port`.
+fn node1_flow_state(scenario: &Scenario, port: u16) -> Option<String> {
+    let client = format!("{CLIENT_IP}:{port}");
+    let flows = scenario.node1.read_json("conntrack");
+    let flow = flows.as_array()?.iter().find(|f| f["client"] == *client)?;
+    Some(flow["state"].as_str().unwrap_or("?").to_owned())
 }

@@ -1,10 +1,13 @@
 //! Inspection from the pins (`sluice conntrack`, `backends`, `stats`) and /metrics, after
 //! known traffic: the counters must equal what was sent.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime},
+};
 
 use proxy_tests::{
-    CLIENT_IP, Place, Proto, http,
+    CLIENT_IP, Cluster, Place, Proto, http,
     manifests::{
         ECHO_IP, ECHO_NODE_PORT_TCP, ECHO_NODE_PORT_UDP, EMPTY_NODE_PORT_TCP, EMPTY_NODE_PORT_UDP,
     },
@@ -123,6 +126,111 @@ fn metrics_report_syncs_and_map_fill() {
         Some(0.0),
         "{text}"
     );
+}
+
+/// A selectorless Service `timed` with two slices: `timed-1` (pod-1a) stamped with
+/// `trigger`, and `timed-2` with `timed_2_pods` and no trigger time.
+fn timed_yaml(cluster: &Cluster, trigger: SystemTime, timed_2_pods: &[&str]) -> String {
+    let endpoints = |pods: &[&str]| -> String {
+        pods.iter()
+            .map(|pod| format!("  - {{addresses: [{}]}}\n", cluster.pod(pod).ip))
+            .collect()
+    };
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: timed, namespace: default}}
+spec:
+  clusterIP: 198.19.0.60
+  ports: [{{name: http, port: 81, targetPort: 8080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: timed-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: timed}}
+  annotations: {{endpoints.kubernetes.io/last-change-trigger-time: \"{trigger}\"}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints:
+{timed_1}---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: timed-2
+  namespace: default
+  labels: {{kubernetes.io/service-name: timed}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints:
+{timed_2}",
+        trigger = humantime::format_rfc3339_nanos(trigger),
+        timed_1 = endpoints(&["pod-1a"]),
+        timed_2 = endpoints(timed_2_pods),
+    )
+}
+
+#[test]
+fn manifest_slices_with_a_trigger_time_are_timed() {
+    const PROGRAMMING: &str = "kubeproxy_network_programming_duration_seconds";
+    // Real time passing is what is measured; the trigger time must be after the daemons
+    // started, or it is not timed (as in kube-proxy).
+    const AGE: Duration = Duration::from_secs(1);
+    let scenario = Scenario::start(&[]);
+    let ready_at = SystemTime::now();
+    let nodes = ["node1", "node2"];
+    let netns = |node: &str| &scenario.cluster.node(node).netns;
+    // The standard manifests have Pods, no slices: nothing timed.
+    for node in nodes {
+        let text = http::metrics(netns(node));
+        assert_eq!(
+            http::histogram(&text, PROGRAMMING),
+            (0.0, 0.0),
+            "{node}: {text}"
+        );
+    }
+    std::thread::sleep(AGE.saturating_sub(ready_at.elapsed().unwrap_or_default()));
+    let written_age = ready_at.elapsed().expect("the clock does not go back");
+    scenario.manifests.write(
+        "timed.yaml",
+        &timed_yaml(&scenario.cluster, ready_at, &["pod-2a"]),
+    );
+    let mut last_sync = BTreeMap::new();
+    for node in nodes {
+        let mut text = String::new();
+        wait_until(SYNC_TIMEOUT, Duration::from_millis(20), || {
+            text = http::metrics(netns(node));
+            http::histogram(&text, PROGRAMMING).0 >= 1.0
+        });
+        // One sample: timed-2 has no trigger time and gives none.
+        let (count, sum) = http::histogram(&text, PROGRAMMING);
+        assert_eq!(count, 1.0, "{node}: {text}");
+        assert!(
+            sum >= written_age.as_secs_f64(),
+            "{node}: a change {written_age:?} old when written was timed at {sum} s"
+        );
+        last_sync.insert(node, (http::last_sync(&text), sum));
+    }
+
+    // Only the unstamped slice changes: synced, nothing more timed.
+    scenario.manifests.write(
+        "timed.yaml",
+        &timed_yaml(&scenario.cluster, ready_at, &["pod-2a", "pod-1b"]),
+    );
+    for node in nodes {
+        let (last, sum) = last_sync[node];
+        let mut text = String::new();
+        wait_until(SYNC_TIMEOUT, Duration::from_millis(20), || {
+            text = http::metrics(netns(node));
+            http::last_sync(&text) > last
+        });
+        assert_eq!(
+            http::histogram(&text, PROGRAMMING),
+            (1.0, sum),
+            "{node}: {text}"
+        );
+    }
 }
 
 #[test]

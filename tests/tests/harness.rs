@@ -1,12 +1,17 @@
 //! Self-test of the netns harness (no sluice needed): wiring, echo servers, daemon plumbing,
-//! and that everything is gone after drop.
+//! that everything is gone after drop, and after a SIGKILL of the test process plus a sweep.
 
 use proxy_tests::sluice::DaemonConfig;
+use proxy_tests::sweep::{self, SweepLock};
+use proxy_tests::unique::{self, Owner};
 use proxy_tests::{
-    CLIENT_IP, Cluster, Place, Proto, SluiceDaemon, TCP_PORTS, UDP_PORTS, wait_until,
+    CLIENT_IP, Child, Cluster, Place, Proto, SluiceDaemon, TCP_PORTS, UDP_PORTS, wait_until,
 };
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_millis(1500);
@@ -421,4 +426,197 @@ fn daemon_plumbing_with_a_fake_sluice() {
         SluiceDaemon::launch(missing).err().expect("missing binary")
     );
     assert!(err.contains("cargo build -p proxy-user"), "{err}");
+}
+
+/// What `netns-harness leak` made and started, from its report lines.
+#[derive(Debug, Default)]
+struct Leak {
+    owner: Option<Owner>,
+    netns: Vec<String>,
+    cgroup: PathBuf,
+    mount: PathBuf,
+    dirs: Vec<PathBuf>,
+    /// Started through the harness: they must die with the leaking process.
+    pids: Vec<u32>,
+    /// Started around the harness: only the sweep ends them.
+    escaped: Vec<u32>,
+}
+
+impl Leak {
+    fn parse(lines: &[String]) -> Leak {
+        let mut leak = Leak::default();
+        for line in lines {
+            let (kind, value) = line.split_once(' ').unwrap_or((line, ""));
+            match kind {
+                "owner" => {
+                    let (pid, start) = value.split_once(' ').expect("owner PID START");
+                    leak.owner = Some(Owner {
+                        pid: pid.parse().unwrap(),
+                        start: start.parse().unwrap(),
+                    });
+                }
+                "netns" => leak.netns.push(value.to_owned()),
+                "cgroup" => leak.cgroup = value.into(),
+                "mount" => leak.mount = value.into(),
+                "dir" => leak.dirs.push(value.into()),
+                "pid" => leak.pids.push(value.parse().unwrap()),
+                "escaped" => leak.escaped.push(value.parse().unwrap()),
+                _ => {}
+            }
+        }
+        assert!(
+            leak.netns.len() >= 7 && leak.pids.len() >= 5 && leak.escaped.len() == 3,
+            "incomplete report: {leak:?}"
+        );
+        leak
+    }
+
+    fn owner(&self) -> Owner {
+        self.owner.expect("the report names its owner")
+    }
+
+    fn assert_present(&self) {
+        for ns in &self.netns {
+            let path = Path::new("/run/netns").join(ns);
+            assert!(path.exists(), "{} is missing", path.display());
+        }
+        assert!(self.cgroup.is_dir(), "{} is missing", self.cgroup.display());
+        assert!(
+            mounted(&self.mount),
+            "{} is not mounted",
+            self.mount.display()
+        );
+        for dir in &self.dirs {
+            assert!(dir.is_dir(), "{} is missing", dir.display());
+        }
+    }
+
+    /// Nothing is left: neither what the report listed nor anything else named after the owner.
+    fn assert_gone(&self) {
+        let tag = format!("{}-", self.owner().tag());
+        let named = |dir: &Path, prefix: &str| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter_map(|e| e.file_name().into_string().ok())
+                        .filter(|n| n.starts_with(prefix))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let netns = named(Path::new("/run/netns"), &tag);
+        assert!(netns.is_empty(), "namespaces left: {netns:?}");
+        let cgroup_root = self.cgroup.parent().unwrap();
+        let cgroups = named(cgroup_root, &format!("{}{tag}", unique::CGROUP_PREFIX));
+        assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+        let tmp = self.mount.parent().unwrap();
+        let dirs = named(tmp, &tag);
+        assert!(dirs.is_empty(), "temp dirs left: {dirs:?}");
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&tag)).collect();
+        assert!(left.is_empty(), "mounts left: {left:?}");
+        for path in self.dirs.iter().chain([&self.cgroup, &self.mount]) {
+            assert!(!path.exists(), "{} left", path.display());
+        }
+    }
+}
+
+/// A pidfd for `pid`; it turns readable when that process exits.
+fn pidfd(pid: u32) -> OwnedFd {
+    // SAFETY: plain syscall.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    assert!(
+        raw >= 0,
+        "pidfd_open({pid}): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a fresh fd nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(raw as i32) }
+}
+
+/// Whether the process behind `pidfd` exits within `timeout` (zero: has exited).
+fn exits_within(pidfd: &OwnedFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let ready = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+    assert!(ready >= 0, "poll: {}", std::io::Error::last_os_error());
+    ready == 1
+}
+
+/// If the test fails half-way, the leak must not stay: sweep (the victim is dead by then).
+struct SweepAfterFailure;
+
+impl Drop for SweepAfterFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            match sweep::sweep() {
+                Ok(report) => eprintln!("{report}"),
+                Err(e) => eprintln!("sweep after failure: {e:#}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_killed_test_process_leaves_nothing_behind() {
+    // Declared first, dropped last: after the victim's guard has killed it.
+    let _cleanup = SweepAfterFailure;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netns-harness"));
+    cmd.arg("leak");
+    let mut victim = Child::spawn_with_stdin("netns-harness leak", cmd).expect("spawning");
+    victim
+        .wait_for_stdout(Duration::from_secs(60), |l| l == "ready")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let leak = Leak::parse(&victim.stdout_lines());
+    assert_eq!(leak.owner().pid, victim.pid());
+    assert!(leak.owner().is_alive());
+    // pidfds now, while each pid is still the process it names (the victim's unreaped child).
+    let children: Vec<(u32, OwnedFd)> = leak.pids.iter().map(|&p| (p, pidfd(p))).collect();
+    let escaped: Vec<(u32, OwnedFd)> = leak.escaped.iter().map(|&p| (p, pidfd(p))).collect();
+
+    // No other sweep (another test process starting) may clean up before this test looks.
+    let lock = SweepLock::acquire().expect("sweep lock");
+    let status = victim.kill().expect("SIGKILL the victim");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    assert!(!leak.owner().is_alive());
+
+    // Harness children die with it (parent-death signal), without any sweep.
+    for (pid, fd) in &children {
+        assert!(
+            exits_within(fd, Duration::from_secs(10)),
+            "harness child {pid} outlived the SIGKILLed test process"
+        );
+    }
+    // What a SIGKILL leaves: the escapees run, and every resource is still there.
+    for (pid, fd) in &escaped {
+        assert!(
+            !exits_within(fd, Duration::ZERO),
+            "escapee {pid} died early"
+        );
+    }
+    leak.assert_present();
+
+    let report = sweep::sweep_locked(&lock);
+    drop(lock);
+    assert!(report.errors.is_empty(), "{report}");
+    assert!(report.owners.contains(&leak.owner()), "{report}");
+    for (pid, fd) in &escaped {
+        assert!(report.killed.contains(pid), "{pid} not killed: {report}");
+        assert!(
+            exits_within(fd, Duration::ZERO),
+            "escapee {pid} survived the sweep"
+        );
+    }
+    leak.assert_gone();
+    // And the sweep does not touch what a live owner holds.
+    let cluster = Cluster::new();
+    let mine = Footprint::of(&cluster);
+    let report = sweep::sweep().expect("sweep");
+    assert!(!report.owners.contains(&Owner::current()), "{report}");
+    mine.assert_present();
 }

@@ -69,6 +69,12 @@ fn main() -> Result<()> {
                     "--bins",
                 ],
             )?;
+            // Leftovers of earlier runs that were killed (SIGKILL, CI timeout) go first; each
+            // test process sweeps too, this just says what it found up front. A leftover
+            // that cannot be removed is a warning, not a reason to skip the tests.
+            if let Err(e) = run_test_bin(&root, "netns-harness", &["sweep"]) {
+                eprintln!("warning: {e:#}");
+            }
             cargo(
                 &root,
                 &["test", "--package", "proxy-common", "--features", "user"],
@@ -81,18 +87,7 @@ fn main() -> Result<()> {
             ensure_toolchain()?;
             ensure_root("the demo loads eBPF programs and creates network namespaces")?;
             cargo(&root, &["build", "--package", "proxy-user", "--bins"])?;
-            cargo(
-                &root,
-                &[
-                    "run",
-                    "--quiet",
-                    "--package",
-                    "proxy-tests",
-                    "--bin",
-                    "sluice-demo",
-                    "--",
-                ],
-            )?;
+            run_test_bin(&root, "sluice-demo", &[])?;
         }
         Task::Bench { quick, args } => {
             ensure_toolchain()?;
@@ -174,6 +169,21 @@ fn workspace_root() -> PathBuf {
 
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     run(Command::new(env!("CARGO")).current_dir(root).args(args))
+}
+
+/// Runs one of the test crate's programs (debug profile, as the tests build it).
+fn run_test_bin(root: &Path, bin: &str, args: &[&str]) -> Result<()> {
+    let mut all = vec![
+        "run",
+        "--quiet",
+        "--package",
+        "proxy-tests",
+        "--bin",
+        bin,
+        "--",
+    ];
+    all.extend_from_slice(args);
+    cargo(root, &all)
 }
 
 fn run(command: &mut Command) -> Result<()> {

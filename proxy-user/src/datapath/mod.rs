@@ -3,7 +3,8 @@
 
 mod maps;
 pub mod netdev;
-mod sys;
+mod sizes;
+pub(crate) mod sys;
 
 use std::{
     collections::BTreeSet,
@@ -27,9 +28,13 @@ use proxy_common::{
     CONFIG_F_COUNTERS, CONFIG_F_XDP_TX, Config, NODE_ADDR_F_PRIMARY, NodeAddr, map_names,
     net::ip_to_net, program_names,
 };
+pub use sizes::MapSizes;
 use tracing::{info, warn};
 
-use crate::EBPF_OBJECT;
+use crate::{
+    EBPF_OBJECT,
+    sock_term::{self, SockTermProgram},
+};
 
 /// Whether XDP may send rewritten packets straight back out (XDP_TX / XDP_REDIRECT).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -53,6 +58,7 @@ pub struct DatapathOptions {
     pub counters: bool,
     /// The most verbose kernel log level the programs emit (`LOG_LEVEL_*`; 0: none).
     pub kernel_log_level: u32,
+    pub sizes: MapSizes,
 }
 
 /// Hooks whose program was swapped inside an existing pinned link, and hooks attached anew.
@@ -74,6 +80,8 @@ pub struct Datapath {
     pub hooks: HookCounts,
     /// The programs' log records (`LOG_V1`); the daemon takes it to read them.
     pub kernel_log: Option<RingBuf<MapData>>,
+    /// The socket-termination program; `None` where the kernel cannot run it.
+    pub sock_term: Option<SockTermProgram>,
     /// Keeps the programs loaded while the daemon runs.
     _ebpf: Ebpf,
 }
@@ -85,7 +93,10 @@ impl Datapath {
         fs::create_dir_all(&links_dir)
             .with_context(|| format!("create pin directory {}", links_dir.display()))?;
 
+        opts.sizes.validate()?;
+        opts.sizes.check_pins(&opts.pin_dir)?;
         let mut loader = EbpfLoader::new();
+        opts.sizes.configure(&mut loader);
         let pin_paths: Vec<(&str, PathBuf)> = map_names::ALL
             .iter()
             .map(|&name| (name, opts.pin_dir.join(name)))
@@ -94,8 +105,9 @@ impl Datapath {
             // Reuses the map already pinned there: conntrack and services survive restarts.
             loader.map_pin_path(name, path.as_path());
         }
+        let object = sock_term::patch_object(EBPF_OBJECT);
         let mut ebpf = loader
-            .load(EBPF_OBJECT)
+            .load(object.bytes())
             .context("load the eBPF object (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
 
         let mut links = Links {
@@ -108,6 +120,12 @@ impl Datapath {
             attach_iface_programs(&mut ebpf, iface, &mut links)?;
         }
         remove_stale_links(&links.dir, &links.pinned)?;
+        remove_retired_map_pins(&opts.pin_dir)?;
+        let sock_term = SockTermProgram::load(&mut ebpf, &object)
+            .inspect_err(|err| {
+                warn!("connected UDP sockets to removed backends will not be closed: {err:#}");
+            })
+            .ok();
 
         let kernel_log = ebpf
             .take_map(map_names::LOG)
@@ -119,6 +137,7 @@ impl Datapath {
             maps,
             hooks: links.counts,
             kernel_log: Some(kernel_log),
+            sock_term,
             _ebpf: ebpf,
         })
     }
@@ -287,6 +306,36 @@ fn remove_stale_links(links_dir: &Path, wanted: &BTreeSet<String>) -> Result<()>
     Ok(())
 }
 
+/// Unpins maps of an earlier version whose layout changed (a new `_V<n>` name replaced them), once
+/// the programs that used them are replaced: nothing reads them any more. Only names shaped
+/// like ours are touched.
+fn remove_retired_map_pins(pin_dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(pin_dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type()?.is_file()
+            && is_map_pin_name(&name)
+            && !map_names::ALL.contains(&name.as_str())
+        {
+            info!(map = %name, "unpinning a map this version no longer uses");
+            fs::remove_file(entry.path())
+                .with_context(|| format!("remove {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// `NAME_V<digits>` with NAME in capitals and underscores, as every Sluice map is called.
+fn is_map_pin_name(name: &str) -> bool {
+    let Some((base, version)) = name.rsplit_once("_V") else {
+        return false;
+    };
+    !base.is_empty()
+        && base.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+        && !version.is_empty()
+        && version.chars().all(|c| c.is_ascii_digit())
+}
+
 /// Writes the node addresses and the datapath configuration.
 fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<()> {
     let local = netdev::ipv4_addresses().context("list the node's IPv4 addresses")?;
@@ -347,4 +396,20 @@ fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<()> {
         "datapath configured"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_map_pin_name;
+
+    #[test]
+    fn only_names_shaped_like_our_maps_are_retired() {
+        assert!(is_map_pin_name("SVC_STATS_V1"));
+        assert!(is_map_pin_name("CT_V12"));
+        assert!(!is_map_pin_name("links"));
+        assert!(!is_map_pin_name("my_map_V1"));
+        assert!(!is_map_pin_name("CT_V"));
+        assert!(!is_map_pin_name("_V1"));
+        assert!(!is_map_pin_name("CT_V1x"));
+    }
 }

@@ -1,5 +1,5 @@
-//! The two bpf(2) commands aya 0.14 does not expose for every link type: open a pinned object
-//! and swap the program behind a link atomically.
+//! The bpf(2) commands aya 0.14 does not expose as needed: open a pinned object, swap the
+//! program behind a link atomically, and open a BPF iterator in the caller's network namespace.
 
 use std::{
     ffi::CString,
@@ -14,6 +14,10 @@ use std::{
 const BPF_OBJ_GET: libc::c_long = 7;
 // enum bpf_cmd: BPF_LINK_CREATE is 28, BPF_LINK_UPDATE 29 (30 is BPF_LINK_GET_FD_BY_ID).
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_ITER_CREATE: libc::c_long = 33;
+const BPF_LINK_CREATE: libc::c_long = 28;
+/// `enum bpf_attach_type`.
+const BPF_TRACE_ITER: u32 = 28;
 
 /// `union bpf_attr` is 144 bytes on 6.x kernels; the kernel requires unused bytes to be zero.
 #[repr(C, align(8))]
@@ -69,4 +73,26 @@ pub fn link_update(link: impl AsFd, program: impl AsFd) -> io::Result<()> {
     attr.put_u32(0, link.as_fd().as_raw_fd() as u32);
     attr.put_u32(4, program.as_fd().as_raw_fd() as u32);
     bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// Attaches a loaded iterator program (`iter/...`) as a link, from which iterators are opened.
+pub fn iter_link_create(program: impl AsFd) -> io::Result<OwnedFd> {
+    let mut attr = BpfAttr::zeroed();
+    // struct { __u32 prog_fd; __u32 target_fd; __u32 attach_type; __u32 flags; ... }
+    attr.put_u32(0, program.as_fd().as_raw_fd() as u32);
+    attr.put_u32(8, BPF_TRACE_ITER);
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Opens a new iterator on an iterator link; reading it runs the program. Socket iterators walk
+/// the network namespace of the calling thread at this call.
+pub fn iter_create(link: impl AsFd) -> io::Result<OwnedFd> {
+    let mut attr = BpfAttr::zeroed();
+    // struct { __u32 link_fd; __u32 flags; }
+    attr.put_u32(0, link.as_fd().as_raw_fd() as u32);
+    let fd = bpf(BPF_ITER_CREATE, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

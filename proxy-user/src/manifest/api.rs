@@ -451,4 +451,54 @@ mod tests {
             [endpoint("10.244.1.5", "node1", true, true, false)]
         );
     }
+
+    fn trigger_time(objects: &ApiObjects, slice: &str) -> Option<std::time::SystemTime> {
+        let name = crate::model::SliceName {
+            namespace: "default".into(),
+            name: slice.into(),
+        };
+        state(objects).trigger_times.get(&name).copied()
+    }
+
+    #[test]
+    fn trigger_times_come_through_the_watch_and_bad_ones_are_only_warned_about() {
+        const ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+        let mut objects = ApiObjects::new();
+        objects.apply(service("web", "10.96.0.10", json!({})));
+        let mut timed = slice("web-1", "web", json!([{"addresses": ["10.244.1.5"]}]));
+        timed["metadata"]["annotations"] = json!({ANNOTATION: "2026-11-22T05:00:00.5Z"});
+        // Through the typed object, as the watcher hands it over.
+        let typed: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_json::from_value(timed).expect("an EndpointSlice");
+        let problems = objects.apply(serde_json::to_value(typed).expect("serializes"));
+        assert!(problems.is_empty(), "{problems:?}");
+        let expected = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_323_600_500);
+        assert_eq!(trigger_time(&objects, "web-1"), Some(expected));
+
+        let mut broken = slice(
+            "web-1",
+            "web",
+            json!([{"addresses": ["10.244.1.5"]}, {"addresses": ["10.244.1.6"]}]),
+        );
+        broken["metadata"]["annotations"] = json!({ANNOTATION: "22 Nov 2026 05:00"});
+        let problems = objects.apply(broken);
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert!(
+            shown[0].starts_with(&format!(
+                "kubernetes API (EndpointSlice default/web-1): metadata.annotations.{ANNOTATION}: \
+                 \"22 Nov 2026 05:00\" is not an RFC 3339 time"
+            )),
+            "{shown:?}"
+        );
+        assert_eq!(problems[0].severity, Severity::Warning);
+        // The update itself took effect; only its time is unknown.
+        assert_eq!(trigger_time(&objects, "web-1"), None);
+        assert_eq!(
+            state(&objects).services[&name("web")].ports[0]
+                .endpoints
+                .len(),
+            2
+        );
+    }
 }

@@ -4,6 +4,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     net::{Ipv4Addr, Ipv6Addr},
+    time::SystemTime,
 };
 
 use ipnet::Ipv4Net;
@@ -175,6 +176,8 @@ pub struct SliceDef {
     pub ipv4: bool,
     pub endpoints: Vec<SliceEndpointDef>,
     pub ports: Vec<EndpointPortDef>,
+    /// `endpoints.kubernetes.io/last-change-trigger-time`, when set and valid.
+    pub trigger_time: Option<SystemTime>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

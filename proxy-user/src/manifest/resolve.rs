@@ -15,7 +15,9 @@ use super::{
     k8s::ServiceSpecType,
     object::{ClusterIp, PortDef, ServiceDef},
 };
-use crate::model::{DesiredState, Service, ServiceName, ServicePort, ServiceType};
+use crate::model::{
+    DesiredState, Service, ServiceName, ServicePort, ServiceType, SliceName, TriggerTimes,
+};
 
 /// Services with this label (any value) belong to another proxy.
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
@@ -103,7 +105,26 @@ pub(crate) fn resolve(catalog: &Catalog, allocator: &mut Allocator) -> Resolutio
         let model = build_service(service, catalog, &assignments, skip, &mut problems);
         state.services.insert(name.clone(), Arc::new(model));
     }
+    state.trigger_times = trigger_times(catalog);
     Resolution { state, problems }
+}
+
+/// The trigger times of the slices that feed the state (IPv4, naming a Service), whether or
+/// not that Service exists or is programmed: like kube-proxy, which times every slice
+/// change it processes.
+fn trigger_times(catalog: &Catalog) -> TriggerTimes {
+    catalog
+        .slices
+        .values()
+        .flatten()
+        .filter_map(|slice| {
+            let name = SliceName {
+                namespace: slice.namespace.clone(),
+                name: slice.name.clone(),
+            };
+            Some((name, slice.trigger_time?))
+        })
+        .collect()
 }
 
 /// Cluster IPs and nodePorts that two Services claim explicitly: the first Service (by

@@ -39,6 +39,8 @@ struct Programmed {
 /// What one `apply` changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ApplyStats {
+    /// Everything was written (`apply`, or `apply_changes` when it had to), not just changes.
+    pub full: bool,
     pub frontends_written: usize,
     pub frontends_removed: usize,
     pub backends_written: usize,
@@ -169,7 +171,10 @@ impl Reconciler {
     }
 
     fn try_apply(&mut self, maps: &mut Maps, plan: &Plan) -> Result<ApplyStats> {
-        let mut stats = ApplyStats::default();
+        let mut stats = ApplyStats {
+            full: true,
+            ..ApplyStats::default()
+        };
         self.remove_stale_ranges(maps)?;
 
         // Backends first, so every slot written below points at an existing backend.

@@ -447,6 +447,7 @@ mod tests {
         };
         DesiredState {
             services: [(name, Arc::new(service))].into(),
+            ..DesiredState::default()
         }
     }
 

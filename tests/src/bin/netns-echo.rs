@@ -3,7 +3,9 @@
 //! ```text
 //! netns-echo serve --name NAME [--tcp PORT[,PORT..]] [--udp PORT[,PORT..]]
 //! netns-echo request tcp|udp|udp-connected ADDR:PORT [--count N] [--timeout-ms T]
+//!                    [--source-port P]
 //! netns-echo hold ADDR:PORT [--timeout-ms T]
+//! netns-echo udp-session ADDR:PORT [--timeout-ms T]
 //! ```
 //!
 //! `serve` binds 0.0.0.0 on every port, prints `ready`, then answers every TCP connection
@@ -14,9 +16,16 @@
 //! `request` makes N fresh connections/datagrams, one socket each, and prints per answer
 //! `NAME PEER LOCAL REMOTE` (REMOTE: where the client saw the answer come from) or
 //! `error: KIND: message`, KIND one of refused, timeout, reset, unreachable, eof, other.
+//! With `--source-port` (TCP only) every connection binds that local port first, with
+//! SO_REUSEADDR, so a test can reuse one client port across destinations.
 //!
 //! `hold` opens one TCP connection, prints the greeting and the `hold` acknowledgement, then
 //! for each stdin line sends it and prints the answer; it exits on stdin EOF or on error.
+//!
+//! `udp-session` connects one UDP socket, prints `connected`, then runs stdin commands on that
+//! same socket until EOF, one output line each: `ping` (send, then the answer or error, as
+//! `request` prints them), `recv MS` (wait up to MS ms for a datagram or a socket error) and
+//! `connect` (connect again to ADDR:PORT; `connected` or the error). Errors do not end it.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
@@ -32,7 +41,9 @@ const FIRST_LINE_WAIT: Duration = Duration::from_secs(2);
 const USAGE: &str = "usage:
   netns-echo serve --name NAME [--tcp PORT[,PORT..]] [--udp PORT[,PORT..]]
   netns-echo request tcp|udp|udp-connected ADDR:PORT [--count N] [--timeout-ms T]
-  netns-echo hold ADDR:PORT [--timeout-ms T]";
+                     [--source-port P]
+  netns-echo hold ADDR:PORT [--timeout-ms T]
+  netns-echo udp-session ADDR:PORT [--timeout-ms T]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -60,13 +71,17 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             )
         }
         "request" => {
-            let opts = Opts::parse(rest, &["--count", "--timeout-ms"])?;
+            let opts = Opts::parse(rest, &["--count", "--timeout-ms", "--source-port"])?;
             let [proto, addr] = opts.positional[..] else {
                 return Err("request needs PROTO and ADDR:PORT".into());
             };
             let count = opts.number("--count", 1)?;
             let timeout = Duration::from_millis(opts.number("--timeout-ms", 1000)?);
-            request(proto, resolve(addr)?, count, timeout)
+            let source_port = opts.number("--source-port", 0)?;
+            if source_port != 0 && proto != "tcp" {
+                return Err("--source-port is for tcp requests".into());
+            }
+            request(proto, resolve(addr)?, count, timeout, source_port)
         }
         "hold" => {
             let opts = Opts::parse(rest, &["--timeout-ms"])?;
@@ -75,6 +90,14 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             };
             let timeout = Duration::from_millis(opts.number("--timeout-ms", 2000)?);
             Ok(hold(resolve(addr)?, timeout))
+        }
+        "udp-session" => {
+            let opts = Opts::parse(rest, &["--timeout-ms"])?;
+            let [addr] = opts.positional[..] else {
+                return Err("udp-session needs ADDR:PORT".into());
+            };
+            let timeout = Duration::from_millis(opts.number("--timeout-ms", 2000)?);
+            Ok(udp_session(resolve(addr)?, timeout))
         }
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
@@ -269,15 +292,16 @@ fn request(
     addr: SocketAddr,
     count: u32,
     timeout: Duration,
+    source_port: u16,
 ) -> Result<ExitCode, String> {
-    let once: fn(SocketAddr, Duration) -> io::Result<String> = match proto {
+    let once: fn(SocketAddr, Duration, u16) -> io::Result<String> = match proto {
         "tcp" => tcp_once,
-        "udp" => |a, t| udp_once(a, t, false),
-        "udp-connected" => |a, t| udp_once(a, t, true),
+        "udp" => |a, t, _| udp_once(a, t, false),
+        "udp-connected" => |a, t, _| udp_once(a, t, true),
         other => return Err(format!("unknown protocol {other:?}")),
     };
     for _ in 0..count {
-        match once(addr, timeout) {
+        match once(addr, timeout, source_port) {
             Ok(line) => println!("{line}"),
             Err(e) => println!("error: {}", describe(&e)),
         }
@@ -296,12 +320,38 @@ fn read_answer(reader: &mut impl BufRead) -> io::Result<String> {
     Ok(line.trim_end().to_owned())
 }
 
-fn tcp_once(addr: SocketAddr, timeout: Duration) -> io::Result<String> {
-    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+fn tcp_once(addr: SocketAddr, timeout: Duration, source_port: u16) -> io::Result<String> {
+    let stream = if source_port == 0 {
+        TcpStream::connect_timeout(&addr, timeout)?
+    } else {
+        connect_from_port(addr, timeout, source_port)?
+    };
     stream.set_read_timeout(Some(timeout))?;
     let remote = stream.peer_addr()?;
     let answer = read_answer(&mut BufReader::new(&stream))?;
     Ok(format!("{answer} {remote}"))
+}
+
+/// A TCP connection from local port `port`. SO_REUSEADDR lets the port be bound again while
+/// an earlier connection from it to another destination is still in TIME_WAIT.
+fn connect_from_port(addr: SocketAddr, timeout: Duration, port: u16) -> io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let (domain, local) = if addr.is_ipv4() {
+        (
+            Domain::IPV4,
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+        )
+    } else {
+        (
+            Domain::IPV6,
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+        )
+    };
+    let socket = Socket::new(domain, Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&local.into())?;
+    socket.connect_timeout(&addr.into(), timeout)?;
+    Ok(socket.into())
 }
 
 fn udp_once(addr: SocketAddr, timeout: Duration, connect: bool) -> io::Result<String> {
@@ -351,4 +401,50 @@ fn hold_session(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
         println!("{} {remote}", read_answer(&mut reader)?);
     }
     Ok(())
+}
+
+fn udp_session(addr: SocketAddr, timeout: Duration) -> ExitCode {
+    let socket = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).and_then(|socket| {
+        socket.connect(addr)?;
+        Ok(socket)
+    }) {
+        Ok(socket) => socket,
+        Err(e) => {
+            println!("error: {}", describe(&e));
+            return ExitCode::from(1);
+        }
+    };
+    println!("connected");
+    for line in io::stdin().lock().lines() {
+        let Ok(line) = line else {
+            break;
+        };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let result = match words[..] {
+            ["ping"] => socket
+                .send(b"ping\n")
+                .and_then(|_| udp_answer(&socket, timeout)),
+            ["recv", ms] => match ms.parse() {
+                Ok(ms) => udp_answer(&socket, Duration::from_millis(ms)),
+                Err(_) => Err(io::Error::other(format!("bad milliseconds {ms:?}"))),
+            },
+            ["connect"] => socket.connect(addr).map(|()| "connected".to_owned()),
+            _ => Err(io::Error::other(format!("unknown command {line:?}"))),
+        };
+        match result {
+            Ok(answer) => println!("{answer}"),
+            Err(e) => println!("error: {}", describe(&e)),
+        }
+        let _ = io::stdout().flush();
+    }
+    ExitCode::SUCCESS
+}
+
+/// The next datagram on a connected socket, as `NAME PEER LOCAL REMOTE`.
+fn udp_answer(socket: &UdpSocket, timeout: Duration) -> io::Result<String> {
+    socket.set_read_timeout(Some(timeout))?;
+    let mut buf = [0u8; 2048];
+    let n = socket.recv(&mut buf)?;
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    Ok(format!("{} {}", answer.trim_end(), socket.peer_addr()?))
 }

@@ -24,6 +24,9 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
     /// Set when the object is being deleted: a pod with it is terminating.
     pub deletion_timestamp: Option<String>,
+    /// Kept as written: only single annotations are read, each checked where it is used,
+    /// so a malformed annotation elsewhere never costs the object.
+    pub annotations: Option<serde_yaml::Value>,
 }
 
 /// `protocol` of a port. SCTP parses, so that the error can say it is not supported.

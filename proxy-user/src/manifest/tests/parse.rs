@@ -1,11 +1,14 @@
 //! Parsing: documents, kinds, and errors that name file, document, object and field.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use super::{errors, only, parse, svc};
 use crate::{
     manifest::{
         Severity,
         k8s::ServiceSpecType,
         object::{ClusterIp, Kind, Object, TargetPort},
+        parse::ParsedFile,
     },
     model::Protocol,
 };
@@ -541,6 +544,107 @@ fn slice_problems() {
     );
     assert!(!parsed.has_errors());
     assert!(only(&parsed.problems, Severity::Warning)[0].contains("belongs to no Service"));
+}
+
+/// A slice with `annotations` (YAML flow mapping) and one endpoint.
+fn annotated_slice(annotations: &str) -> String {
+    format!(
+        "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: s
+  labels: {{kubernetes.io/service-name: web}}
+  annotations: {annotations}
+addressType: IPv4
+endpoints: [{{addresses: [198.18.1.1]}}]
+"
+    )
+}
+
+fn trigger_time_of(parsed: &ParsedFile) -> Option<SystemTime> {
+    let Object::EndpointSlice(slice) = &parsed.objects[0].object else {
+        panic!("not a slice: {:?}", parsed.objects)
+    };
+    slice.trigger_time
+}
+
+#[test]
+fn slice_trigger_times_are_rfc3339() {
+    let unix = |seconds: u64, nanos: u32| UNIX_EPOCH + Duration::new(seconds, nanos);
+    // 2026-11-22T05:00:00Z is 1795323600 s after the epoch.
+    for (written, expected) in [
+        ("2026-11-22T05:00:00Z", unix(1_795_323_600, 0)),
+        // What the endpoint-slice controller writes: Go's RFC3339Nano, in UTC.
+        (
+            "2026-11-22T05:00:00.123456789Z",
+            unix(1_795_323_600, 123_456_789),
+        ),
+        ("2026-11-22T05:00:00.5Z", unix(1_795_323_600, 500_000_000)),
+        ("2026-11-22T07:00:00+02:00", unix(1_795_323_600, 0)),
+    ] {
+        let parsed = parse(
+            "t.yaml",
+            &annotated_slice(&format!(
+                "{{endpoints.kubernetes.io/last-change-trigger-time: \"{written}\"}}"
+            )),
+        );
+        assert!(
+            parsed.problems.is_empty(),
+            "{written}: {:#?}",
+            parsed.problems
+        );
+        assert_eq!(trigger_time_of(&parsed), Some(expected), "{written}");
+    }
+    // No annotation (or other annotations only): no trigger time, and nothing to say.
+    for annotations in ["{}", "null", "{other: x}"] {
+        let parsed = parse("t.yaml", &annotated_slice(annotations));
+        assert!(parsed.problems.is_empty(), "{:#?}", parsed.problems);
+        assert_eq!(trigger_time_of(&parsed), None);
+    }
+}
+
+#[test]
+fn a_bad_trigger_time_is_a_warning_and_the_slice_is_still_used() {
+    let field = "t.yaml: document 1 (EndpointSlice default/s): \
+                 metadata.annotations.endpoints.kubernetes.io/last-change-trigger-time: ";
+    for (annotation, says) in [
+        ("\"yesterday\"", "\"yesterday\" is not an RFC 3339 time ("),
+        // Without an offset the time is ambiguous: RFC 3339 requires one.
+        (
+            "\"2026-11-22T05:00:00\"",
+            "\"2026-11-22T05:00:00\" is not an RFC 3339 time (",
+        ),
+        ("1795323600", "expected an RFC 3339 time string"),
+    ] {
+        let parsed = parse(
+            "t.yaml",
+            &annotated_slice(&format!(
+                "{{endpoints.kubernetes.io/last-change-trigger-time: {annotation}}}"
+            )),
+        );
+        let warnings = only(&parsed.problems, Severity::Warning);
+        assert_eq!(warnings.len(), 1, "{annotation}: {:#?}", parsed.problems);
+        assert!(
+            warnings[0].starts_with(&format!("{field}{says}")),
+            "{annotation}: {}",
+            warnings[0]
+        );
+        assert!(
+            warnings[0].contains("kubeproxy_network_programming_duration_seconds"),
+            "{}",
+            warnings[0]
+        );
+        assert!(!parsed.has_errors());
+        let Object::EndpointSlice(slice) = &parsed.objects[0].object else {
+            panic!()
+        };
+        assert_eq!(slice.trigger_time, None);
+        assert_eq!(slice.endpoints.len(), 1, "the endpoints are kept");
+    }
+    // Annotations that are not even a mapping cost nothing either.
+    let parsed = parse("t.yaml", &annotated_slice("[a, b]"));
+    assert!(parsed.problems.is_empty(), "{:#?}", parsed.problems);
+    assert_eq!(parsed.objects.len(), 1);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Resolution: endpoint sources, target ports, conditions, skips, conflicts, allocation.
 
-use std::{fs, net::Ipv4Addr, path::Path};
+use std::{fs, net::Ipv4Addr, path::Path, time::UNIX_EPOCH};
 
 use super::{only, pod, resolve_dir, service, svc, write};
 use crate::{
@@ -284,6 +284,57 @@ ports: [{name: http, port: 8080}]
             "spec.ports[0].name: no EndpointSlice of this Service has a port named \"web\""
         )
     );
+}
+
+#[test]
+fn the_state_carries_the_trigger_times_of_the_slices_it_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "svc.yaml",
+        &svc("web", "", "    - {name: http, port: 80}\n"),
+    );
+    let annotated = |name: &str, time: &str| {
+        SLICE.replace("NAME", name).replace(
+            "  labels:",
+            &format!(
+                "  annotations: {{endpoints.kubernetes.io/last-change-trigger-time: \"{time}\"}}\n  labels:"
+            ),
+        ) + "endpoints: [{addresses: [198.18.2.1]}]\nports: [{name: http, port: 8080}]\n"
+    };
+    let plain = SLICE.replace("NAME", "web-plain")
+        + "endpoints: [{addresses: [198.18.2.2]}]\nports: [{name: http, port: 8080}]\n";
+    // IPv6 slices are not programmed, so their changes are not timed either.
+    let v6 = annotated("web-v6", "2026-11-22T05:00:03Z").replace("IPv4", "IPv6");
+    write(
+        dir.path(),
+        "slices.yaml",
+        &[
+            annotated("web-1", "2026-11-22T05:00:01Z"),
+            annotated("web-2", "2026-11-22T05:00:02.25Z"),
+            plain,
+            v6,
+        ]
+        .join("---\n"),
+    );
+    let resolution = resolve_dir(dir.path());
+    let times: Vec<(String, f64)> = resolution
+        .state
+        .trigger_times
+        .iter()
+        .map(|(slice, time)| {
+            let unix = time.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+            (slice.to_string(), unix - 1_795_323_600.0)
+        })
+        .collect();
+    assert_eq!(
+        times,
+        [
+            ("default/web-1".into(), 1.0),
+            ("default/web-2".into(), 2.25)
+        ]
+    );
+    assert_eq!(service(&resolution, "web").ports[0].endpoints.len(), 2);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Checks of discovery.k8s.io/v1 EndpointSlice and v1 Endpoints.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::SystemTime};
 
 use super::{NameRule, check_meta, check_port, endpoint_protocol, parse_ip, require_port};
 use crate::manifest::{
@@ -11,6 +11,9 @@ use crate::manifest::{
 
 /// The label that ties an EndpointSlice to its Service.
 pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The annotation the endpoint-slice controller stamps with the time of the Pod or Service
+/// change that made it rewrite the slice (Go's RFC 3339, in UTC).
+pub(crate) const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 pub(crate) fn check_slice(raw: &k8s::EndpointSlice, p: &mut Problems) -> Option<SliceDef> {
     let meta = check_meta(&raw.metadata, NameRule::Subdomain, p);
@@ -86,6 +89,7 @@ pub(crate) fn check_slice(raw: &k8s::EndpointSlice, p: &mut Problems) -> Option<
         }
     }
     let ports = check_endpoint_ports(&raw.ports, "ports", false, p);
+    let trigger_time = check_trigger_time(&raw.metadata, p);
     if p.has_errors() {
         return None;
     }
@@ -97,7 +101,49 @@ pub(crate) fn check_slice(raw: &k8s::EndpointSlice, p: &mut Problems) -> Option<
         ipv4,
         endpoints,
         ports,
+        trigger_time,
     })
+}
+
+/// The slice's trigger time. A bad one is only a warning: the slice is programmed all the
+/// same, its change just goes unmeasured (as in kube-proxy, which logs it and moves on).
+fn check_trigger_time(meta: &k8s::ObjectMeta, p: &mut Problems) -> Option<SystemTime> {
+    let value = meta.annotations.as_ref()?.get(TRIGGER_TIME_ANNOTATION)?;
+    let field = format!("metadata.annotations.{TRIGGER_TIME_ANNOTATION}");
+    let unmeasured = "the slice is used, but its changes are not measured in \
+                      kubeproxy_network_programming_duration_seconds";
+    let Some(text) = value.as_str() else {
+        let written = serde_yaml::to_string(value).unwrap_or_default();
+        p.warning(
+            &field,
+            format!(
+                "expected an RFC 3339 time string like \"2026-11-22T05:00:00Z\", got {}: \
+                 {unmeasured}",
+                written.trim_end()
+            ),
+        );
+        return None;
+    };
+    match parse_rfc3339(text) {
+        Ok(time) => Some(time),
+        Err(e) => {
+            p.warning(
+                &field,
+                format!(
+                    "{text:?} is not an RFC 3339 time ({e}): {unmeasured}; write it like \
+                     2026-11-22T05:00:00Z"
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// An RFC 3339 time with its offset (`Z` or `±hh:mm`) and optional fractional seconds.
+fn parse_rfc3339(text: &str) -> Result<SystemTime, String> {
+    text.parse::<jiff::Timestamp>()
+        .map(SystemTime::from)
+        .map_err(|e| e.to_string())
 }
 
 pub(crate) fn check_endpoints(raw: &k8s::Endpoints, p: &mut Problems) -> Option<EndpointsDef> {

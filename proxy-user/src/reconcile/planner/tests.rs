@@ -31,6 +31,7 @@ fn deep_copy(state: &DesiredState) -> DesiredState {
             .iter()
             .map(|(name, service)| (name.clone(), Arc::new((**service).clone())))
             .collect(),
+        trigger_times: state.trigger_times.clone(),
     }
 }
 

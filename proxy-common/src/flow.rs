@@ -1,0 +1,113 @@
+//! The two conntrack keys of one flow, each derived from the other key and its entry.
+
+use crate::{CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, CtEntry, CtKey};
+
+/// The reply key a forward entry implies: its rewritten tuple, reversed.
+pub const fn reply_key(forward_key: &CtKey, forward: &CtEntry) -> CtKey {
+    CtKey {
+        saddr: or_u32(forward.new_daddr, forward_key.daddr),
+        daddr: or_u32(forward.new_saddr, forward_key.saddr),
+        sport: or_u16(forward.new_dport, forward_key.dport),
+        dport: or_u16(forward.new_sport, forward_key.sport),
+        proto: forward_key.proto,
+        dir: CT_DIR_REPLY,
+        _pad: 0,
+    }
+}
+
+/// The forward key a reply entry belongs to: the client and the frontend it restores. A local
+/// reply goes to the client itself; a SNAT reply goes to the SNAT address and its entry names
+/// the client.
+pub const fn forward_key(reply_key: &CtKey, reply: &CtEntry) -> CtKey {
+    let (client, client_port) = if reply.flags & CT_F_SNAT != 0 {
+        (reply.new_daddr, reply.new_dport)
+    } else {
+        (reply_key.daddr, reply_key.dport)
+    };
+    CtKey {
+        saddr: client,
+        daddr: reply.new_saddr,
+        sport: client_port,
+        dport: reply.new_sport,
+        proto: reply_key.proto,
+        dir: CT_DIR_FORWARD,
+        _pad: 0,
+    }
+}
+
+/// A zero `new_*` field leaves the header field as it is.
+const fn or_u32(new: u32, old: u32) -> u32 {
+    if new != 0 { new } else { old }
+}
+
+const fn or_u16(new: u16, old: u16) -> u16 {
+    if new != 0 { new } else { old }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CT_F_LOCAL, IPPROTO_TCP};
+
+    const CLIENT: u32 = 0x6400_12c6;
+    const FRONTEND: u32 = 0x0b00_12c6;
+    const BACKEND: u32 = 0x0a01_12c6;
+    const SNAT: u32 = 0x0c00_12c6;
+
+    fn client_key() -> CtKey {
+        CtKey {
+            saddr: CLIENT,
+            daddr: FRONTEND,
+            sport: 40000u16.to_be(),
+            dport: 30080u16.to_be(),
+            proto: IPPROTO_TCP,
+            dir: CT_DIR_FORWARD,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn local_flow_keys_round_trip() {
+        let forward = CtEntry {
+            new_daddr: BACKEND,
+            new_dport: 8080u16.to_be(),
+            flags: CT_F_LOCAL,
+            ..CtEntry::default()
+        };
+        let reply = CtEntry {
+            new_saddr: FRONTEND,
+            new_sport: 30080u16.to_be(),
+            flags: CT_F_LOCAL,
+            ..CtEntry::default()
+        };
+        let key = reply_key(&client_key(), &forward);
+        assert_eq!((key.saddr, key.daddr), (BACKEND, CLIENT));
+        assert_eq!((key.sport, key.dport), (8080u16.to_be(), 40000u16.to_be()));
+        assert_eq!(key.dir, CT_DIR_REPLY);
+        assert_eq!(forward_key(&key, &reply), client_key());
+    }
+
+    #[test]
+    fn snat_flow_keys_round_trip() {
+        let forward = CtEntry {
+            new_saddr: SNAT,
+            new_sport: 61000u16.to_be(),
+            new_daddr: BACKEND,
+            new_dport: 8080u16.to_be(),
+            flags: CT_F_SNAT,
+            ..CtEntry::default()
+        };
+        let reply = CtEntry {
+            new_saddr: FRONTEND,
+            new_sport: 30080u16.to_be(),
+            new_daddr: CLIENT,
+            new_dport: 40000u16.to_be(),
+            flags: CT_F_SNAT,
+            ..CtEntry::default()
+        };
+        let key = reply_key(&client_key(), &forward);
+        assert_eq!((key.saddr, key.daddr), (BACKEND, SNAT));
+        assert_eq!((key.sport, key.dport), (8080u16.to_be(), 61000u16.to_be()));
+        assert_eq!(forward_key(&key, &reply), client_key());
+    }
+}

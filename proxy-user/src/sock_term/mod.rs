@@ -1,0 +1,173 @@
+//! Socket termination: after a sync, destroys the connected UDP sockets the socket LB sent to a
+//! backend that no frontend uses any more, so clients reconnect instead of sending into a void.
+//!
+//! A connected UDP socket is translated once, at connect(); its later sends pass no hook. When
+//! its backend goes, kube-proxy would flush the UDP conntrack entries; Sluice has none to flush
+//! on this path, so it does what Cilium's socket LB does: it walks the UDP sockets with a BPF
+//! iterator and calls `bpf_sock_destroy` on the ones connected to the removed backend whose
+//! translation it made (their cookie and backend are in `SOCK_RNAT_V1`). The application's next
+//! receive fails with ECONNABORTED, a send with EDESTADDRREQ (the socket is no longer
+//! connected), and it reconnects.
+
+mod netns;
+mod program;
+mod udp_backends;
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+use proxy_common::{
+    IPPROTO_UDP, SockTermKey, SockTermRecord, map_sizes,
+    net::{ip_from_net, ip_to_net, port_from_net, port_to_net},
+};
+use tracing::{debug, info, warn};
+
+pub use self::program::{PatchedObject, SockTermProgram, patch_object};
+use self::udp_backends::UdpBackends;
+use crate::{
+    datapath::Maps,
+    metrics::Metrics,
+    reconcile::{BackendAddr, Plan, PlanChanges},
+};
+
+/// Tracks which backends UDP frontends use and, after each sync, ends the sockets of those gone.
+pub struct SockTerminator {
+    program: Option<SockTermProgram>,
+    /// Where the socket hooks are attached: the processes whose sockets may be translated.
+    cgroup: PathBuf,
+    /// The backends of every UDP frontend as of the last successful sync.
+    serving: UdpBackends,
+    metrics: Metrics,
+}
+
+impl SockTerminator {
+    /// Starts from what the maps hold, so a backend removed while the daemon was down still has
+    /// its sockets ended after the first sync. Without `program` it only keeps track.
+    pub fn new(
+        program: Option<SockTermProgram>,
+        maps: &Maps,
+        cgroup: &Path,
+        metrics: Metrics,
+    ) -> Result<Self> {
+        Ok(Self {
+            program,
+            cgroup: cgroup.to_path_buf(),
+            serving: UdpBackends::from_maps(udp_backends_in_maps(maps)?),
+            metrics,
+        })
+    }
+
+    /// Called once `plan` is in the maps: destroys the sockets connected to UDP backends that
+    /// were in a frontend before and are in none now. `changes`: what changed since the plan
+    /// of the last call (`None`: anything may have). Failures are logged, not returned: the
+    /// sync itself succeeded.
+    pub fn after_apply(&mut self, plan: &Plan, changes: Option<&PlanChanges>) {
+        let gone = self.serving.update(plan, changes);
+        if gone.is_empty() {
+            return;
+        }
+        let Some(program) = self.program.as_mut() else {
+            debug!(
+                backends = gone.len(),
+                "UDP backends removed; socket termination is off"
+            );
+            return;
+        };
+        let mut destroyed = 0u64;
+        for batch in gone.chunks(map_sizes::SOCK_TERM as usize) {
+            match terminate(program, &self.cgroup, batch) {
+                Ok(records) => destroyed += records,
+                Err(err) => warn!("closing UDP sockets of removed backends: {err:#}"),
+            }
+        }
+        self.metrics.udp_sockets_terminated.inc_by(destroyed);
+    }
+}
+
+/// One run over every namespace of the cgroup for up to `SOCK_TERM` backends; returns how many
+/// sockets were destroyed.
+fn terminate(
+    program: &mut SockTermProgram,
+    cgroup: &Path,
+    backends: &[BackendAddr],
+) -> Result<u64> {
+    let keys: Vec<SockTermKey> = backends.iter().map(term_key).collect();
+    for key in &keys {
+        program
+            .targets
+            .insert(key, 1, 0)
+            .context("write the socket-termination map")?;
+    }
+    let result = run_everywhere(program, cgroup);
+    for key in &keys {
+        // Left behind, a key would only make a later run look at that backend again.
+        let _ = program.targets.remove(key);
+    }
+    result
+}
+
+fn run_everywhere(program: &SockTermProgram, cgroup: &Path) -> Result<u64> {
+    let mut destroyed = 0;
+    for ns in netns::namespaces_of(cgroup) {
+        let records = program
+            .run_in(&ns.file)
+            .with_context(|| format!("in network namespace net:[{}]", ns.inode))?;
+        // Counted by cookie: an iterator may visit a socket twice when it resumes a bucket.
+        let mut seen = BTreeSet::new();
+        for record in records.iter().filter(|r| seen.insert(r.cookie)) {
+            log_destroyed(record, ns.inode);
+        }
+        destroyed += seen.len() as u64;
+    }
+    Ok(destroyed)
+}
+
+fn log_destroyed(record: &SockTermRecord, netns: u64) {
+    let backend = SocketAddrV4::new(
+        ip_from_net(record.backend_addr),
+        port_from_net(record.backend_port),
+    );
+    let service = SocketAddrV4::new(
+        ip_from_net(record.service_addr),
+        port_from_net(record.service_port),
+    );
+    info!(
+        %service,
+        %backend,
+        cookie = record.cookie,
+        netns = format!("net:[{netns}]"),
+        "closed a connected UDP socket whose backend was removed"
+    );
+}
+
+fn term_key(backend: &BackendAddr) -> SockTermKey {
+    SockTermKey {
+        addr: ip_to_net(backend.addr),
+        port: port_to_net(backend.port),
+        _pad: 0,
+    }
+}
+
+fn udp_backends_in_maps(maps: &Maps) -> Result<BTreeSet<BackendAddr>> {
+    let mut ids = BTreeSet::new();
+    for entry in maps.services.iter() {
+        let (key, value) = entry.context("read the services map")?;
+        if key.proto == IPPROTO_UDP && key.slot != 0 {
+            ids.insert(value.backend_id);
+        }
+    }
+    let mut backends = BTreeSet::new();
+    for id in ids {
+        if let Ok(backend) = maps.backends.get(&id, 0) {
+            backends.insert(BackendAddr {
+                addr: ip_from_net(backend.addr),
+                port: port_from_net(backend.port),
+            });
+        }
+    }
+    Ok(backends)
+}
