@@ -25,7 +25,7 @@ use crate::{
     conntrack_gc::{self, CtTimeouts},
     datapath::{Datapath, DatapathOptions, HookCounts, Maps},
     health::{self, Health},
-    health_check::{self, HealthCheckServers},
+    health_check::{HealthCheckIndex, HealthCheckServers},
     klog,
     metrics::{self, Metrics, unix_seconds},
     model::DesiredState,
@@ -97,6 +97,7 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
     }
 
     let mut health_checks = HealthCheckServers::default();
+    let mut health_check_index = HealthCheckIndex::default();
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut first_sync = true;
@@ -117,8 +118,9 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                 let sync_started = Instant::now();
                 let sync_started_ns = clock::monotonic_ns();
                 let changes = planner.update(state.clone());
+                health_check_index.update(&state, &changes);
                 health_checks
-                    .update(&health_check::wanted(&state, &opts.node_name))
+                    .update(&health_check_index.wanted(&opts.node_name))
                     .await;
                 match reconciler.apply_changes(&mut datapath.maps, planner.plan(), &changes) {
                     Ok(stats) => {

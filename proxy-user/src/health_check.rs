@@ -20,8 +20,8 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::{
-    model::{DesiredState, ServiceName, TrafficPolicy},
-    reconcile::local_ready_endpoints,
+    model::{DesiredState, Service, ServiceName, TrafficPolicy},
+    reconcile::{PlanChanges, local_ready_endpoints},
 };
 
 /// What one health check port reports.
@@ -34,21 +34,69 @@ pub struct HealthCheck {
 /// The health check of every programmed LoadBalancer Service with `externalTrafficPolicy:
 /// Local` and a health check port, by port.
 pub fn wanted(desired: &DesiredState, node_name: &str) -> BTreeMap<u16, HealthCheck> {
+    wanted_of(desired.services.values(), node_name)
+}
+
+/// `wanted` over `services`, in name order: the first Service claiming a port gets it.
+fn wanted_of<'a>(
+    services: impl Iterator<Item = &'a Arc<Service>>,
+    node_name: &str,
+) -> BTreeMap<u16, HealthCheck> {
     let mut checks = BTreeMap::new();
-    for service in desired.services.values() {
+    for service in services.filter(|service| has_health_check(service)) {
         let Some(port) = service.health_check_node_port else {
             continue;
         };
-        if service.skip_reason.is_some() || service.external_traffic_policy != TrafficPolicy::Local
-        {
-            continue;
-        }
         checks.entry(port).or_insert_with(|| HealthCheck {
             service: service.name.clone(),
             local_endpoints: local_ready_endpoints(service, node_name),
         });
     }
     checks
+}
+
+fn has_health_check(service: &Service) -> bool {
+    service.health_check_node_port.is_some()
+        && service.skip_reason.is_none()
+        && service.external_traffic_policy == TrafficPolicy::Local
+}
+
+/// The Services that have a health check, kept up to date from the planner's changes, so a
+/// sync looks at those few instead of every Service.
+#[derive(Debug, Default)]
+pub struct HealthCheckIndex {
+    services: BTreeMap<ServiceName, Arc<Service>>,
+}
+
+impl HealthCheckIndex {
+    /// Takes in `state`, which differs from the last one only in `changes.services` (unless
+    /// `changes.everything`).
+    pub fn update(&mut self, state: &DesiredState, changes: &PlanChanges) {
+        if changes.everything {
+            self.services = state
+                .services
+                .iter()
+                .filter(|(_, service)| has_health_check(service))
+                .map(|(name, service)| (name.clone(), service.clone()))
+                .collect();
+            return;
+        }
+        for name in &changes.services {
+            match state.services.get(name) {
+                Some(service) if has_health_check(service) => {
+                    self.services.insert(name.clone(), service.clone());
+                }
+                _ => {
+                    self.services.remove(name);
+                }
+            }
+        }
+    }
+
+    /// What `wanted` gives for the last state.
+    pub fn wanted(&self, node_name: &str) -> BTreeMap<u16, HealthCheck> {
+        wanted_of(self.services.values(), node_name)
+    }
 }
 
 type Shared = Arc<Mutex<Option<HealthCheck>>>;
@@ -200,5 +248,31 @@ mod tests {
         let service = Arc::make_mut(desired.services.get_mut(&name).expect("present"));
         service.external_traffic_policy = TrafficPolicy::Cluster;
         assert!(wanted(&desired, "node1").is_empty());
+    }
+
+    /// Kept up to date from the planner's changes, the index wants what a look at every
+    /// Service wants.
+    #[test]
+    fn the_index_wants_what_the_whole_state_wants() {
+        use crate::reconcile::{
+            Planner,
+            random_state::{NODE, RandomStates},
+        };
+        let mut checks_seen = 0;
+        for seed in 0..100 {
+            let mut random = RandomStates::new(seed);
+            let mut state = random.state(10);
+            let mut planner = Planner::new(NODE);
+            let mut index = HealthCheckIndex::default();
+            for step in 0..30 {
+                let changes = planner.update(Arc::new(state.clone()));
+                index.update(&state, &changes);
+                let checks = wanted(&state, NODE);
+                assert_eq!(index.wanted(NODE), checks, "seed {seed} step {step}");
+                checks_seen += checks.len();
+                random.change(&mut state);
+            }
+        }
+        assert!(checks_seen > 100, "only {checks_seen} health checks seen");
     }
 }

@@ -17,7 +17,7 @@ use std::{
 };
 
 use super::plan::{BackendAddr, Contribution, Frontend, Plan};
-use crate::model::{DesiredState, Service};
+use crate::model::{DesiredState, Service, ServiceName};
 
 /// The plan entries one update changed (or may have: an entry rewritten to the same value is
 /// listed too). The reconciler writes only these.
@@ -25,6 +25,8 @@ use crate::model::{DesiredState, Service};
 pub struct PlanChanges {
     /// Everything may have changed (the first update): the sets below are left empty.
     pub everything: bool,
+    /// The Services added, removed or changed.
+    pub services: BTreeSet<ServiceName>,
     pub frontends: BTreeSet<Frontend>,
     pub backends: BTreeSet<BackendAddr>,
     pub skipped: BTreeSet<String>,
@@ -41,6 +43,7 @@ impl PlanChanges {
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
         !self.everything
+            && self.services.is_empty()
             && self.frontends.is_empty()
             && self.backends.is_empty()
             && self.skipped.is_empty()
@@ -136,6 +139,10 @@ impl Planner {
             return changes;
         }
         let changed = changed_services(&previous, &state);
+        changes.services = changed
+            .iter()
+            .filter_map(|(old, new)| old.or(*new).map(|service| service.name.clone()))
+            .collect();
         // Every old claim goes before any new one is made, so a new claim sees only the
         // claims that stay.
         for (old, _) in &changed {

@@ -20,6 +20,7 @@ fn differences(old: &Plan, new: &Plan) -> PlanChanges {
         frontends: keys(&old.frontends, &new.frontends),
         backends: keys(&old.backends, &new.backends),
         skipped: keys(&old.skipped, &new.skipped),
+        ..PlanChanges::default()
     }
 }
 
