@@ -164,6 +164,8 @@ impl Reconciler {
                 Ok(stats)
             }
             Err(err) => {
+                // Even if the maps cannot be read back, the next apply must write everything.
+                self.in_sync = false;
                 *self = Self::from_maps(maps)?;
                 Err(err)
             }
