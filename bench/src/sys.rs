@@ -9,7 +9,6 @@ use std::{
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 
 /// `union bpf_attr`, zero-filled; the kernel requires unused bytes to be zero.
@@ -87,33 +86,8 @@ pub fn test_run(
     })
 }
 
-/// Writes `keys[i] -> values[i]` for all i in one BPF_MAP_UPDATE_BATCH call per chunk.
-pub fn update_batch<K: bytemuck::Pod, V: bytemuck::Pod>(
-    map: BorrowedFd<'_>,
-    keys: &[K],
-    values: &[V],
-) -> io::Result<()> {
-    assert_eq!(keys.len(), values.len(), "one value per key");
-    // Chunks bound the kernel's temporary copy of keys and values.
-    const CHUNK: usize = 65_536;
-    for (keys, values) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
-        let mut attr = Attr::new();
-        // batch: { u64 in_batch, out_batch, keys, values; u32 count, map_fd; u64 elem_flags, flags }
-        attr.u64(16, keys.as_ptr() as u64);
-        attr.u64(24, values.as_ptr() as u64);
-        attr.u32(32, keys.len() as u32);
-        attr.u32(36, map.as_raw_fd() as u32);
-        bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
-        let done = attr.get_u32(32) as usize;
-        if done != keys.len() {
-            return Err(io::Error::other(format!(
-                "batch update wrote {done} of {} entries",
-                keys.len()
-            )));
-        }
-    }
-    Ok(())
-}
+/// The daemon's batched map update, which the bench also uses to fill maps fast.
+pub use proxy_user::datapath::update_batch;
 
 /// Loads `r0 = XDP_PASS; exit`: the cheapest XDP program there is.
 pub fn load_xdp_pass() -> io::Result<OwnedFd> {

@@ -356,6 +356,42 @@ fn map_sizes_are_set_at_start_and_kept_across_restarts() {
 }
 
 #[test]
+fn a_full_services_map_names_the_service_that_did_not_fit() {
+    let scenario = Scenario::start(&["--max-backend-slots", "64"]);
+    let many: String = (0..60)
+        .map(|i| {
+            format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: slot-{i}, namespace: default}}\n\
+                 spec:\n  ports:\n  - {{port: 80, protocol: TCP}}\n"
+            )
+        })
+        .collect();
+    scenario.manifests.write("many.yaml", &many);
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
+        scenario
+            .node1
+            .stderr()
+            .contains("(the services map is full: see --max-backend-slots)")
+    });
+    assert!(
+        scenario
+            .node1
+            .stderr()
+            .contains("write service default/slot-"),
+        "the error names the service:\n{}",
+        scenario.node1.stderr()
+    );
+    let answered = scenario.answering_pods(
+        Place::Pod("pod-1a"),
+        Proto::Tcp,
+        ip(ECHO_IP),
+        80,
+        SPREAD_REQUESTS,
+    );
+    assert_eq!(answered, pods(&ALL_PODS), "echo keeps serving");
+}
+
+#[test]
 fn a_restart_unpins_maps_a_new_version_replaced() {
     let mut scenario = Scenario::start(&[]);
     let pin_dir = scenario.node1.config().pin_dir.clone();

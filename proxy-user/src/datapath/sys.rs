@@ -1,17 +1,19 @@
 //! The bpf(2) commands aya 0.14 does not expose as needed: open a pinned object, swap the
-//! program behind a link atomically, and open a BPF iterator in the caller's network namespace.
+//! program behind a link atomically, open a BPF iterator in the caller's network namespace, and
+//! write many map entries in one call.
 
 use std::{
     ffi::CString,
     io,
     os::{
-        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
     path::Path,
 };
 
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 // enum bpf_cmd: BPF_LINK_CREATE is 28, BPF_LINK_UPDATE 29 (30 is BPF_LINK_GET_FD_BY_ID).
 const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_ITER_CREATE: libc::c_long = 33;
@@ -95,4 +97,66 @@ pub fn iter_create(link: impl AsFd) -> io::Result<OwnedFd> {
     let fd = bpf(BPF_ITER_CREATE, &mut attr)?;
     // SAFETY: the kernel returned a new file descriptor that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// A batch update that stopped at entry `index`.
+#[derive(Debug)]
+pub struct BatchError {
+    pub index: usize,
+    pub error: io::Error,
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "entry {}: {}", self.index, self.error)
+    }
+}
+
+impl std::error::Error for BatchError {}
+
+/// Writes `keys[i] -> values[i]` with one BPF_MAP_UPDATE_BATCH call per chunk, instead of one
+/// call per entry. For a per-CPU map, `values` holds one value per CPU for each key, in order.
+/// On failure, says which entry was not written (those before it were).
+pub fn update_batch<K: bytemuck::Pod, V: bytemuck::Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), BatchError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let per_key = values.len() / keys.len();
+    if per_key == 0 || per_key * keys.len() != values.len() {
+        let error = io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} values for {} keys", values.len(), keys.len()),
+        );
+        return Err(BatchError { index: 0, error });
+    }
+    // Chunks bound the kernel's temporary copy of keys and values.
+    const CHUNK: usize = 16_384;
+    for (chunk, (keys, values)) in keys
+        .chunks(CHUNK)
+        .zip(values.chunks(CHUNK * per_key))
+        .enumerate()
+    {
+        let mut attr = BpfAttr::zeroed();
+        // batch: { u64 in_batch, out_batch, keys, values; u32 count, map_fd; u64 elem_flags, flags }
+        attr.put_u64(16, keys.as_ptr() as u64);
+        attr.put_u64(24, values.as_ptr() as u64);
+        attr.put_u32(32, keys.len() as u32);
+        attr.put_u32(36, map.as_raw_fd() as u32);
+        let result = bpf(BPF_MAP_UPDATE_BATCH, &mut attr);
+        // The kernel reports how many it wrote, also on error.
+        let done = u32::from_ne_bytes(attr.0[32..36].try_into().expect("4 bytes")) as usize;
+        let index = chunk * CHUNK + done;
+        if let Err(error) = result {
+            return Err(BatchError { index, error });
+        }
+        if done != keys.len() {
+            let error = io::Error::other("the kernel stopped without an error");
+            return Err(BatchError { index, error });
+        }
+    }
+    Ok(())
 }

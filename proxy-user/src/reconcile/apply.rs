@@ -15,13 +15,12 @@ use proxy_common::{
 
 use self::affinity::AffinityMembers;
 pub use self::affinity::AffinityView;
+use self::batch::Pending;
 use super::plan::{BackendAddr, Frontend, FrontendPlan, Plan, SkippedPlan};
-use crate::{
-    datapath::{Maps, zero_traffic},
-    model::Protocol,
-};
+use crate::{datapath::Maps, model::Protocol};
 
 mod affinity;
+mod batch;
 mod changes;
 
 /// A frontend as programmed: its id, flags and backend ids by slot.
@@ -180,9 +179,11 @@ impl Reconciler {
         self.remove_stale_ranges(maps)?;
 
         // Backends first, so every slot written below points at an existing backend.
+        let mut pending = Pending::default();
         for (&addr, &flags) in &plan.backends {
-            self.write_backend(maps, addr, flags, &mut stats)?;
+            self.write_backend(&mut pending, addr, flags, &mut stats)?;
         }
+        self.flush_backends(maps, &mut pending)?;
 
         // Affinity to a backend that leaves a frontend ends before its slot goes.
         let members = self.planned_members(plan);
@@ -194,10 +195,11 @@ impl Reconciler {
             .iter()
             .partition(|(frontend, _)| frontend.scope != SVC_SCOPE_DEFAULT);
         for (frontend, planned) in internal.into_iter().chain(default) {
-            if self.write_frontend(maps, frontend, planned)? {
+            if self.write_frontend(maps, &mut pending, frontend, planned)? {
                 stats.frontends_written += 1;
             }
         }
+        self.flush_frontends(maps, &mut pending)?;
 
         // Default-scope entries first, so no SVC_F_TWO_SCOPES points at a removed entry.
         let mut gone: Vec<Frontend> = self
@@ -239,7 +241,7 @@ impl Reconciler {
     /// Writes one backend if it differs, giving it an id (and zeroed counters) when new.
     fn write_backend(
         &mut self,
-        maps: &mut Maps,
+        pending: &mut Pending,
         addr: BackendAddr,
         flags: u8,
         stats: &mut ApplyStats,
@@ -260,14 +262,10 @@ impl Reconciler {
         };
         if !self.backends.contains_key(&id) {
             // Counters start with the backend: a reused id never inherits old traffic.
-            maps.backend_stats
-                .set(id, zero_traffic()?, 0)
-                .with_context(|| format!("zero the counters of backend {}", addr.addr))?;
+            pending.zero_backend_counters(id);
         }
         if self.backends.get(&id) != Some(&value) {
-            maps.backends
-                .insert(id, value, 0)
-                .with_context(|| format!("write backend {}:{}", addr.addr, addr.port))?;
+            pending.backend(id, value);
             self.backends.insert(id, value);
             stats.backends_written += 1;
         }
@@ -292,10 +290,12 @@ impl Reconciler {
     }
 
     /// Writes one frontend if it differs: new slots first, then slot 0 (count), then deletes
-    /// the slots past the new count, so slots `1..=count` always exist for a reader.
+    /// the slots past the new count, so slots `1..=count` always exist for a reader. The slots,
+    /// the head and the removals go through `pending`, whose flush keeps that order.
     fn write_frontend(
         &mut self,
         maps: &mut Maps,
+        pending: &mut Pending,
         frontend: &Frontend,
         planned: &FrontendPlan,
     ) -> Result<bool> {
@@ -348,14 +348,10 @@ impl Reconciler {
         let context = || format!("write service {} ({frontend:?})", planned.name);
 
         if old.is_none() {
-            maps.service_stats
-                .set(service_id, zero_traffic()?, 0)
-                .with_context(context)?;
+            pending.zero_service_counters(service_id, &planned.name);
         }
         if old.as_ref().map(|old| old.meta) != Some(meta) {
-            maps.service_meta
-                .insert(service_id, meta, 0)
-                .with_context(context)?;
+            pending.meta(service_id, meta);
         }
         let count = u16::try_from(wanted.slots.len())
             .with_context(|| format!("{} has more than 65535 endpoints", planned.name))?;
@@ -377,22 +373,17 @@ impl Reconciler {
         for (index, &backend_id) in wanted.slots.iter().enumerate() {
             if old_slots.get(index) != Some(&backend_id) {
                 let value = ServiceValue { backend_id, ..head };
-                maps.services
-                    .insert(service_key(frontend, index + 1), value, 0)
-                    .with_context(context)?;
+                pending.slot(service_key(frontend, index + 1), value);
             }
         }
-        maps.services
-            .insert(service_key(frontend, 0), head, 0)
-            .with_context(context)?;
+        let internal = frontend.scope != SVC_SCOPE_DEFAULT;
+        pending.head(service_key(frontend, 0), head, internal);
         for index in wanted.slots.len()..old_slots.len() {
-            remove_if_present(maps.services.remove(&service_key(frontend, index + 1)))
-                .with_context(context)?;
+            pending.remove_slot(service_key(frontend, index + 1));
         }
         for net in old_ranges {
             if !wanted.source_ranges.contains(net) {
-                remove_if_present(maps.source_ranges.remove(&range_key(service_id, net)))
-                    .with_context(context)?;
+                pending.remove_range(service_id, *net);
             }
         }
         if planned.affinity_timeout == 0 {

@@ -2,13 +2,19 @@
 //! slot, so the datapath drops affinity to a backend the moment it leaves a frontend. Also
 //! what the affinity GC needs to know about the programmed frontends.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::AsFd,
+};
 
 use anyhow::{Context as _, Result};
 use proxy_common::AffinityMatchKey;
 
 use super::{Reconciler, remove_if_present};
-use crate::{datapath::Maps, reconcile::Plan};
+use crate::{
+    datapath::{Maps, update_batch},
+    reconcile::Plan,
+};
 
 /// The daemon's mirror of the affinity-match map.
 #[derive(Debug, Default)]
@@ -54,16 +60,20 @@ impl AffinityMembers {
             })?;
             self.held.remove(&key);
         }
-        for key in new {
-            maps.affinity_match.insert(key, 0, 0).with_context(|| {
-                format!(
-                    "add backend {} of service id {} to the affinity-match map",
-                    key.backend_id, key.service_id
-                )
-            })?;
-            self.held.insert(key);
-        }
-        Ok(())
+        // One batched write: a cold start adds one entry per backend slot.
+        let values = vec![0u32; new.len()];
+        let written = update_batch(maps.batch.affinity_match.as_fd(), &new, &values);
+        let done = written
+            .as_ref()
+            .map_or_else(|err| err.index, |()| new.len());
+        self.held.extend(new[..done].iter().copied());
+        written.map_err(|err| {
+            let key = new[err.index];
+            anyhow::Error::new(err.error).context(format!(
+                "add backend {} of service id {} to the affinity-match map",
+                key.backend_id, key.service_id
+            ))
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use anyhow::Result;
 use proxy_common::{AffinityMatchKey, SVC_SCOPE_DEFAULT};
 
-use super::{ApplyStats, Reconciler};
+use super::{ApplyStats, Reconciler, batch::Pending};
 use crate::{
     datapath::Maps,
     reconcile::{Frontend, Plan, PlanChanges},
@@ -40,11 +40,13 @@ impl Reconciler {
         self.remove_stale_ranges(maps)?;
 
         // Backends first, so every slot written below points at an existing backend.
+        let mut pending = Pending::default();
         for addr in &changes.backends {
             if let Some(&flags) = plan.backends.get(addr) {
-                self.write_backend(maps, *addr, flags, &mut stats)?;
+                self.write_backend(&mut pending, *addr, flags, &mut stats)?;
             }
         }
+        self.flush_backends(maps, &mut pending)?;
 
         // Affinity to a backend that leaves a frontend ends before its slot goes. The members
         // of a programmed frontend are its slots (every apply leaves them so).
@@ -82,13 +84,14 @@ impl Reconciler {
         let mut added = Vec::new();
         for (frontend, planned) in planned(true).chain(planned(false)) {
             let is_new = !self.frontends.contains_key(frontend);
-            if self.write_frontend(maps, frontend, planned)? {
+            if self.write_frontend(maps, &mut pending, frontend, planned)? {
                 stats.frontends_written += 1;
             }
             if is_new {
                 added.push(*frontend);
             }
         }
+        self.flush_frontends(maps, &mut pending)?;
 
         // Default-scope entries first, so no SVC_F_TWO_SCOPES points at a removed entry.
         let mut removed: Vec<Frontend> = changes
