@@ -101,14 +101,18 @@ impl<'a> AffinityView<'a> {
 }
 
 impl Reconciler {
-    /// Memberships of the plan's frontends that are already programmed (new frontends have no
-    /// id yet; they get theirs after their slots are written).
+    /// Memberships of the plan's frontends with affinity on that are already programmed (new
+    /// frontends have no id yet; they get theirs after their slots are written). Only
+    /// frontends with affinity on have members: the datapath looks there for no other.
     pub(super) fn planned_members(&self, plan: &Plan) -> HashSet<AffinityMatchKey> {
         let mut wanted = HashSet::new();
         for (frontend, planned) in &plan.frontends {
             let Some(programmed) = self.frontends.get(frontend) else {
                 continue;
             };
+            if planned.affinity_timeout == 0 {
+                continue;
+            }
             for addr in &planned.backends {
                 if let Some(&backend_id) = self.backend_ids.get(addr) {
                     wanted.insert(AffinityMatchKey {
@@ -121,10 +125,12 @@ impl Reconciler {
         wanted
     }
 
-    /// Memberships of every programmed frontend, as the services map now holds them.
+    /// Memberships of every programmed frontend with affinity on, as the services map now
+    /// holds them.
     pub(super) fn programmed_members(&self) -> HashSet<AffinityMatchKey> {
         self.frontends
             .values()
+            .filter(|programmed| programmed.affinity_timeout != 0)
             .flat_map(|programmed| {
                 programmed
                     .slots

@@ -49,20 +49,26 @@ impl Reconciler {
         self.flush_backends(maps, &mut pending)?;
 
         // Affinity to a backend that leaves a frontend ends before its slot goes. The members
-        // of a programmed frontend are its slots (every apply leaves them so).
+        // of a programmed frontend with affinity on are its slots (every apply leaves them so);
+        // other frontends have none.
         let (mut gone, mut new) = (Vec::new(), Vec::new());
         for frontend in &changes.frontends {
             let Some(programmed) = self.frontends.get(frontend) else {
                 continue;
             };
-            let held: HashSet<u32> = programmed.slots.iter().copied().collect();
-            let wanted: HashSet<u32> =
-                plan.frontends.get(frontend).map_or_else(HashSet::new, |p| {
-                    p.backends
-                        .iter()
-                        .filter_map(|addr| self.backend_ids.get(addr).copied())
-                        .collect()
-                });
+            let held: HashSet<u32> = if programmed.affinity_timeout != 0 {
+                programmed.slots.iter().copied().collect()
+            } else {
+                HashSet::new()
+            };
+            let wanted: HashSet<u32> = match plan.frontends.get(frontend) {
+                Some(p) if p.affinity_timeout != 0 => p
+                    .backends
+                    .iter()
+                    .filter_map(|addr| self.backend_ids.get(addr).copied())
+                    .collect(),
+                _ => HashSet::new(),
+            };
             let key = |backend_id| AffinityMatchKey {
                 service_id: programmed.service_id,
                 backend_id,
@@ -110,8 +116,9 @@ impl Reconciler {
         // New frontends got their id with their slots; their members follow.
         let new: Vec<AffinityMatchKey> = added
             .iter()
-            .flat_map(|frontend| {
-                let programmed = &self.frontends[frontend];
+            .map(|frontend| &self.frontends[frontend])
+            .filter(|programmed| programmed.affinity_timeout != 0)
+            .flat_map(|programmed| {
                 programmed.slots.iter().map(|&backend_id| AffinityMatchKey {
                     service_id: programmed.service_id,
                     backend_id,
