@@ -64,6 +64,8 @@ pub struct DaemonFootprint {
     pub rss_bytes: u64,
     /// VmHWM: the peak, reached during the first sync.
     pub peak_bytes: u64,
+    /// CPU time the daemon used while the connection runs went on (it should be idle).
+    pub busy_secs: f64,
 }
 
 /// What the connection-rate section measured.
@@ -380,6 +382,8 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
         let started = std::time::Instant::now();
         let daemon = SluiceDaemon::launch(config).context("start sluice")?;
         let ready_secs = started.elapsed().as_secs_f64();
+        let pid = daemon.pid().context("sluice stopped after getting ready")?;
+        let cpu_before = proc_cpu_secs(pid)?;
         log(&format!(
             "connrate: sluice ready with {services} services in {ready_secs:.1} s"
         ));
@@ -393,17 +397,19 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
                 SocketAddrV4::new(NODE1, NODE_PORT),
             )),
         )?);
-        let pid = daemon.pid().context("sluice stopped during the runs")?;
         let footprint = DaemonFootprint {
             services,
             ready_secs,
             rss_bytes: proc_status_bytes(pid, "VmRSS")?,
             peak_bytes: proc_status_bytes(pid, "VmHWM")?,
+            busy_secs: proc_cpu_secs(pid)? - cpu_before,
         };
         log(&format!(
-            "connrate: sluice with {services} services: RSS {:.1} MiB, peak {:.1} MiB",
+            "connrate: sluice with {services} services: RSS {:.1} MiB, peak {:.1} MiB, \
+             {:.2} s CPU during the runs",
             footprint.rss_bytes as f64 / 1048576.0,
-            footprint.peak_bytes as f64 / 1048576.0
+            footprint.peak_bytes as f64 / 1048576.0,
+            footprint.busy_secs
         ));
         daemons.push(footprint);
         drop(daemon);
@@ -421,6 +427,28 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
         ));
     }
     Ok(Outcome { rows, daemons })
+}
+
+/// User plus system CPU time of a process so far, from /proc/PID/stat.
+fn proc_cpu_secs(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("malformed /proc/PID/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc/PID/stat")?
+            .parse::<f64>()?)
+    };
+    // utime and stime are fields 14 and 15, i.e. 11 and 12 after the command name.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(11)? + ticks(12)?) / hz)
 }
 
 /// A `kB` field of /proc/PID/status, in bytes.

@@ -443,11 +443,13 @@ pub fn write(results: &Results, doc: &Path, plots: &Path) -> Result<()> {
             md,
             "- A real `sluice run --manifests` with {} services (section 2's daemon, from /proc): \
              ready in **{:.1} s** (reading the manifests, planning, writing the maps), RSS \
-             **{:.1} MiB** after the connection runs, peak {:.1} MiB.",
+             **{:.1} MiB** after the connection runs, peak {:.1} MiB; {:.2} s of CPU while the \
+             runs went on.",
             d.services,
             d.ready_secs,
             d.rss_bytes as f64 / 1048576.0,
-            d.peak_bytes as f64 / 1048576.0
+            d.peak_bytes as f64 / 1048576.0,
+            d.busy_secs
         );
     }
     md.push('\n');
