@@ -23,6 +23,18 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().expect("valid address")
 }
 
+/// `count` ClusterIP Services `PREFIX-i` with one TCP port and no endpoints, as one manifest.
+fn services_without_endpoints(prefix: &str, count: usize) -> String {
+    (0..count)
+        .map(|i| {
+            format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {prefix}-{i}, namespace: default}}\n\
+                 spec:\n  ports:\n  - {{port: 80, protocol: TCP}}\n"
+            )
+        })
+        .collect()
+}
+
 /// Refusals must come back at once (RST, ICMP or ECONNREFUSED), never as a timeout.
 const REFUSED_WITHIN: Duration = Duration::from_millis(500);
 
@@ -304,15 +316,9 @@ fn map_sizes_are_set_at_start_and_kept_across_restarts() {
     assert_eq!(answered, pods(&ALL_PODS));
 
     // More frontends than the maps hold: an error that says so, and the rest keeps serving.
-    let many: String = (0..60)
-        .map(|i| {
-            format!(
-                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: extra-{i}, namespace: default}}\n\
-                 spec:\n  ports:\n  - {{port: 80, protocol: TCP}}\n"
-            )
-        })
-        .collect();
-    scenario.manifests.write("many.yaml", &many);
+    scenario
+        .manifests
+        .write("many.yaml", &services_without_endpoints("extra", 60));
     wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
         scenario
             .node1
@@ -358,15 +364,9 @@ fn map_sizes_are_set_at_start_and_kept_across_restarts() {
 #[test]
 fn a_full_services_map_names_the_service_that_did_not_fit() {
     let scenario = Scenario::start(&["--max-backend-slots", "64"]);
-    let many: String = (0..60)
-        .map(|i| {
-            format!(
-                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: slot-{i}, namespace: default}}\n\
-                 spec:\n  ports:\n  - {{port: 80, protocol: TCP}}\n"
-            )
-        })
-        .collect();
-    scenario.manifests.write("many.yaml", &many);
+    scenario
+        .manifests
+        .write("many.yaml", &services_without_endpoints("slot", 60));
     wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
         scenario
             .node1
