@@ -316,26 +316,12 @@ fn map_sizes_are_set_at_start_and_kept_across_restarts() {
     assert_eq!(answered, pods(&ALL_PODS));
 
     // More frontends than the maps hold: an error that says so, and the rest keeps serving.
-    scenario
-        .manifests
-        .write("many.yaml", &services_without_endpoints("extra", 60));
-    wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
-        scenario
-            .node1
-            .stderr()
-            .contains("frontend ids are in use: the service maps are full")
-    });
-    assert!(
-        scenario
-            .node1
-            .stderr()
-            .contains("program service default/extra-"),
-        "the error names the service that did not fit:\n{}",
-        scenario.node1.stderr()
+    overfill(
+        &scenario,
+        "extra",
+        "frontend ids are in use: the service maps are full",
+        "program service default/extra-",
     );
-    let answered =
-        scenario.answering_pods(Place::Pod("pod-1a"), Proto::Tcp, echo, 80, SPREAD_REQUESTS);
-    assert_eq!(answered, pods(&ALL_PODS), "echo keeps serving");
 
     // Other sizes over the pins of this run: refused before anything is touched.
     scenario.node1.stop();
@@ -364,21 +350,26 @@ fn map_sizes_are_set_at_start_and_kept_across_restarts() {
 #[test]
 fn a_full_services_map_names_the_service_that_did_not_fit() {
     let scenario = Scenario::start(&["--max-backend-slots", "64"]);
+    overfill(
+        &scenario,
+        "slot",
+        "(the services map is full: see --max-backend-slots)",
+        "write service default/slot-",
+    );
+}
+
+/// Adds 60 Services more than the maps hold; waits for the error `full`, checks that it names
+/// the Service (`named`), and that echo keeps serving.
+fn overfill(scenario: &Scenario, prefix: &str, full: &str, named: &str) {
     scenario
         .manifests
-        .write("many.yaml", &services_without_endpoints("slot", 60));
+        .write("many.yaml", &services_without_endpoints(prefix, 60));
     wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
-        scenario
-            .node1
-            .stderr()
-            .contains("(the services map is full: see --max-backend-slots)")
+        scenario.node1.stderr().contains(full)
     });
     assert!(
-        scenario
-            .node1
-            .stderr()
-            .contains("write service default/slot-"),
-        "the error names the service:\n{}",
+        scenario.node1.stderr().contains(named),
+        "the error names the service that did not fit:\n{}",
         scenario.node1.stderr()
     );
     let answered = scenario.answering_pods(
