@@ -35,6 +35,18 @@ fn services_without_endpoints(prefix: &str, count: usize) -> String {
         .collect()
 }
 
+/// Requests from pod-1a to echo's ClusterIP reach every pod (`why` names the moment).
+fn assert_echo_reaches_every_pod(scenario: &Scenario, why: &str) {
+    let answered = scenario.answering_pods(
+        Place::Pod("pod-1a"),
+        Proto::Tcp,
+        ip(ECHO_IP),
+        80,
+        SPREAD_REQUESTS,
+    );
+    assert_eq!(answered, pods(&ALL_PODS), "{why}");
+}
+
 /// Refusals must come back at once (RST, ICMP or ECONNREFUSED), never as a timeout.
 const REFUSED_WITHIN: Duration = Duration::from_millis(500);
 
@@ -208,7 +220,6 @@ fn restarting_or_killing_the_daemon_keeps_connections_and_traffic() {
 #[test]
 fn a_bad_manifest_is_reported_and_everything_else_keeps_serving() {
     let scenario = Scenario::start(&[]);
-    let echo = ip(ECHO_IP);
 
     // A new file with a wrong field: reported with file, document, object and field.
     scenario.manifests.write(
@@ -230,9 +241,7 @@ fn a_bad_manifest_is_reported_and_everything_else_keeps_serving() {
         let stderr = scenario.node1.stderr();
         stderr.matches("services.yaml").count() > 1 && stderr.contains("ERROR")
     });
-    let answered =
-        scenario.answering_pods(Place::Pod("pod-1a"), Proto::Tcp, echo, 80, SPREAD_REQUESTS);
-    assert_eq!(answered, pods(&ALL_PODS), "echo keeps its last good state");
+    assert_echo_reaches_every_pod(&scenario, "echo keeps its last good state");
 
     // `sluice validate` reports both problems and fails.
     let mut validate = Command::new(bins::sluice_bin().expect("sluice binary"));
@@ -310,10 +319,7 @@ fn map_sizes_are_set_at_start_and_kept_across_restarts() {
     assert_eq!(max_entries("SVC_STATS_V2"), Some(48.0));
     assert_eq!(max_entries("CT_V1"), Some(2048.0));
     assert_eq!(max_entries("BACKEND_V1"), Some(131_072.0), "default size");
-    let echo = ip(ECHO_IP);
-    let answered =
-        scenario.answering_pods(Place::Pod("pod-1a"), Proto::Tcp, echo, 80, SPREAD_REQUESTS);
-    assert_eq!(answered, pods(&ALL_PODS));
+    assert_echo_reaches_every_pod(&scenario, "with the sizes set");
 
     // More frontends than the maps hold: an error that says so, and the rest keeps serving.
     overfill(
@@ -342,9 +348,7 @@ fn map_sizes_are_set_at_start_and_kept_across_restarts() {
     );
     scenario.manifests.remove("many.yaml");
     scenario.node1.start_again();
-    let answered =
-        scenario.answering_pods(Place::Pod("pod-1a"), Proto::Tcp, echo, 80, SPREAD_REQUESTS);
-    assert_eq!(answered, pods(&ALL_PODS), "the old sizes start again");
+    assert_echo_reaches_every_pod(&scenario, "the old sizes start again");
 }
 
 #[test]
@@ -372,14 +376,7 @@ fn overfill(scenario: &Scenario, prefix: &str, full: &str, named: &str) {
         "the error names the service that did not fit:\n{}",
         scenario.node1.stderr()
     );
-    let answered = scenario.answering_pods(
-        Place::Pod("pod-1a"),
-        Proto::Tcp,
-        ip(ECHO_IP),
-        80,
-        SPREAD_REQUESTS,
-    );
-    assert_eq!(answered, pods(&ALL_PODS), "echo keeps serving");
+    assert_echo_reaches_every_pod(scenario, "echo keeps serving");
 }
 
 #[test]
@@ -408,13 +405,6 @@ fn a_restart_unpins_maps_a_new_version_replaced() {
     for name in ["CT_V1", "SVC_V1", "SVC_STATS_V2"] {
         assert!(pin_dir.join(name).exists(), "{name} stays pinned");
     }
-    let answered = scenario.answering_pods(
-        Place::Pod("pod-1a"),
-        Proto::Tcp,
-        ip(ECHO_IP),
-        80,
-        SPREAD_REQUESTS,
-    );
-    assert_eq!(answered, pods(&ALL_PODS));
+    assert_echo_reaches_every_pod(&scenario, "after the restart");
     std::fs::remove_dir(&unrelated).expect("remove the test directory");
 }
