@@ -149,8 +149,14 @@ fn fd_of(map: &Map, name: &str) -> Result<OwnedFd> {
 
 /// A zero per-CPU traffic value, to reset a counter slot with.
 pub fn zero_traffic() -> Result<PerCpuValues<Traffic>> {
+    Ok(PerCpuValues::try_from(zero_traffic_slots(1)?)?)
+}
+
+/// Zero per-CPU traffic values for `slots` counter slots, one per CPU each, as a batched
+/// update of a per-CPU map takes them.
+pub fn zero_traffic_slots(slots: usize) -> Result<Vec<Traffic>> {
     let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
-    Ok(PerCpuValues::try_from(vec![Traffic::default(); cpus])?)
+    Ok(vec![Traffic::default(); slots * cpus])
 }
 
 /// How full one map is.
@@ -167,16 +173,18 @@ impl Maps {
         fn count<K, E>(keys: impl Iterator<Item = Result<K, E>>) -> u64 {
             keys.filter(Result::is_ok).count() as u64
         }
+        let frontends = count(self.service_meta.keys());
+        let backends = count(self.backends.keys());
         let counts = [
             (map_names::SERVICES, count(self.services.keys())),
-            (map_names::BACKENDS, count(self.backends.keys())),
-            (map_names::SERVICE_META, count(self.service_meta.keys())),
+            (map_names::BACKENDS, backends),
+            (map_names::SERVICE_META, frontends),
             (map_names::CONNTRACK, count(self.conntrack.keys())),
             (map_names::SOCK_REV_NAT, count(self.sock_rev_nat.keys())),
             (map_names::NODE_ADDRS, count(self.node_addrs.keys())),
             // Arrays: the slots in use are those of the ids in use.
-            (map_names::SERVICE_STATS, count(self.service_meta.keys())),
-            (map_names::BACKEND_STATS, count(self.backends.keys())),
+            (map_names::SERVICE_STATS, frontends),
+            (map_names::BACKEND_STATS, backends),
         ];
         counts
             .into_iter()

@@ -23,7 +23,7 @@ use aya::{
         links::FdLink,
     },
 };
-pub use maps::{BatchFds, MapFill, Maps, zero_traffic};
+pub use maps::{BatchFds, MapFill, Maps, zero_traffic, zero_traffic_slots};
 use proxy_common::{
     CONFIG_F_COUNTERS, CONFIG_F_XDP_TX, Config, NODE_ADDR_F_PRIMARY, NodeAddr, map_names,
     net::ip_to_net, program_names,

@@ -9,10 +9,10 @@ use std::os::fd::AsFd;
 
 use anyhow::{Context as _, Result};
 use ipnet::Ipv4Net;
-use proxy_common::{Backend, ServiceKey, ServiceMeta, ServiceValue, stats::Traffic};
+use proxy_common::{Backend, ServiceKey, ServiceMeta, ServiceValue};
 
 use super::{Reconciler, frontend_of, range_key, remove_if_present};
-use crate::datapath::{Maps, update_batch};
+use crate::datapath::{Maps, update_batch, zero_traffic_slots};
 
 /// Keys and values of one map, in write order.
 struct Writes<K, V> {
@@ -93,7 +93,7 @@ impl Pending {
 impl Reconciler {
     /// Writes the pending backends and their counters.
     pub(super) fn flush_backends(&self, maps: &Maps, pending: &mut Pending) -> Result<()> {
-        let zeros = zero_values(pending.backend_counters.len())?;
+        let zeros = zero_traffic_slots(pending.backend_counters.len())?;
         let ids = &pending.backend_counters;
         update_batch(maps.batch.backend_stats.as_fd(), ids, &zeros).map_err(|err| {
             anyhow::Error::new(err.error).context(format!(
@@ -123,7 +123,7 @@ impl Reconciler {
     /// Writes the pending frontends, stage by stage, then removes what they no longer need.
     pub(super) fn flush_frontends(&self, maps: &mut Maps, pending: &mut Pending) -> Result<()> {
         let counters = &pending.service_counters;
-        let zeros = zero_values(counters.keys.len())?;
+        let zeros = zero_traffic_slots(counters.keys.len())?;
         update_batch(maps.batch.service_stats.as_fd(), &counters.keys, &zeros).map_err(|err| {
             anyhow::Error::new(err.error).context(format!(
                 "zero the counters of service {}",
@@ -178,10 +178,4 @@ impl Reconciler {
             .and_then(|frontend| self.frontends.get(&frontend))
             .map_or_else(|| format!("{key:?}"), |p| p.meta.name().to_owned())
     }
-}
-
-/// Zero per-CPU traffic values for `keys` counter slots, as a batch update takes them.
-fn zero_values(keys: usize) -> Result<Vec<Traffic>> {
-    let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
-    Ok(vec![Traffic::default(); keys * cpus])
 }
