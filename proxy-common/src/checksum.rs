@@ -8,11 +8,11 @@
 /// Adds `data` to a running one's complement sum, 16 bits at a time in memory order; an odd
 /// trailing byte is padded with a zero byte, as RFC 1071 asks.
 pub fn accumulate(mut sum: u64, data: &[u8]) -> u64 {
-    let mut words = data.chunks_exact(2);
-    for word in &mut words {
-        sum += u64::from(u16::from_ne_bytes([word[0], word[1]]));
+    let (words, rest) = data.as_chunks::<2>();
+    for word in words {
+        sum += u64::from(u16::from_ne_bytes(*word));
     }
-    if let [last] = words.remainder() {
+    if let [last] = rest {
         sum += u64::from(u16::from_ne_bytes([*last, 0]));
     }
     sum

@@ -13,7 +13,17 @@ pub async fn serve(
     app: Router,
     what: &'static str,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|err| {
+        if err.kind() == std::io::ErrorKind::AddrInUse {
+            std::io::Error::new(
+                err.kind(),
+                "the address is in use (kube-proxy serves the same ports): stop what listens \
+                 there, or choose another address",
+            )
+        } else {
+            err
+        }
+    })?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app).await {

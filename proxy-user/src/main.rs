@@ -1,6 +1,6 @@
 //! `sluice`: the node daemon (`run`) and the commands that inspect and validate its state.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -174,10 +174,21 @@ struct RunArgs {
     kernel_log_level: KernelLogLevel,
 }
 
-fn main() -> Result<()> {
+/// A failure is one line on stderr (the error and its causes), never a panic or a backtrace.
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    match cli.command {
+    match run_command(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("sluice: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(command: Command) -> Result<()> {
+    match command {
         Command::Run(args) => run(*args),
         Command::Services { pins, output } => cli::services::run(&pins.pin_dir, output),
         Command::LogLevel { level, pins } => cli::log_level::run(&pins.pin_dir, level.into()),
@@ -207,6 +218,8 @@ fn run(args: RunArgs) -> Result<()> {
         Some(path) => path,
         None => cgroup2_root()?,
     };
+    // Before anything is created: a user mistake is one line, not a failure half-way.
+    proxy_user::datapath::preflight::check(&cgroup)?;
     let opts = DaemonOptions {
         datapath: DatapathOptions {
             pin_dir: args.pins.pin_dir,
@@ -287,5 +300,10 @@ fn cgroup2_root() -> Result<PathBuf> {
             (fstype == "cgroup2").then(|| PathBuf::from(path))
         })
         .next()
-        .ok_or_else(|| anyhow::anyhow!("no cgroup2 mount found; pass --cgroup"))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no cgroup v2 mount in /proc/mounts: mount one (`mount -t cgroup2 none \
+                 /sys/fs/cgroup`) or pass --cgroup DIR"
+            )
+        })
 }

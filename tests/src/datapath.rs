@@ -479,7 +479,7 @@ pub fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
         0,
     ];
     let mut bytes = [0u8; 24];
-    for (chunk, field) in bytes.chunks_exact_mut(4).zip(fields) {
+    for (chunk, field) in bytes.as_chunks_mut::<4>().0.iter_mut().zip(fields) {
         chunk.copy_from_slice(&field.to_ne_bytes());
     }
     bytes

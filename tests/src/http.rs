@@ -5,10 +5,18 @@ use std::{
     net::TcpStream,
 };
 
+use anyhow::{Context as _, Result, bail};
+
 use crate::netns::Netns;
 
-/// `GET path` from inside `netns` to `addr` (e.g. `127.0.0.1:10249`): status line and body.
+/// `GET path` from inside `netns` to `addr` (e.g. `127.0.0.1:10249`): status line and body;
+/// panics if there is no HTTP answer.
 pub fn get(netns: &Netns, addr: &str, path: &str) -> (String, String) {
+    try_get(netns, addr, path).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Like [`get`], returning the failure.
+pub fn try_get(netns: &Netns, addr: &str, path: &str) -> Result<(String, String)> {
     let response = netns
         .run_in(|| {
             let mut stream = TcpStream::connect(addr)?;
@@ -20,13 +28,13 @@ pub fn get(netns: &Netns, addr: &str, path: &str) -> (String, String) {
             stream.read_to_string(&mut response)?;
             std::io::Result::Ok(response)
         })
-        .unwrap_or_else(|e| panic!("enter {}: {e:#}", netns.name()))
-        .unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"));
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP header in {response:?}"));
+        .with_context(|| format!("enter {}", netns.name()))?
+        .with_context(|| format!("GET http://{addr}{path}"))?;
+    let Some((head, body)) = response.split_once("\r\n\r\n") else {
+        bail!("GET http://{addr}{path}: no HTTP header in {response:?}");
+    };
     let status = head.lines().next().unwrap_or_default().to_owned();
-    (status, body.to_owned())
+    Ok((status, body.to_owned()))
 }
 
 /// The value of the sample `series` (name with its labels exactly as exported, e.g.

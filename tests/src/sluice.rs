@@ -288,12 +288,17 @@ impl SluiceDaemon {
 
     /// Runs `sluice ARGS` in the node's namespace and returns its output (any exit status).
     pub fn cli(&self, args: &[&str]) -> Finished {
+        self.try_cli(args).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Like [`SluiceDaemon::cli`], returning a failure to run it.
+    pub fn try_cli(&self, args: &[&str]) -> Result<Finished> {
         let what = format!("sluice {} on {}", args.join(" "), self.config.node);
         let mut cmd = Command::new(&self.config.bin);
         cmd.args(args).envs(self.config.env.iter().cloned());
         netns::enter_on_exec(&mut cmd, &self.config.netns, None)
             .and_then(|()| process::run(what.clone(), cmd, CLI_TIMEOUT))
-            .unwrap_or_else(|e| panic!("running {what}: {e:#}"))
+            .with_context(|| format!("running {what}"))
     }
 
     /// `sluice COMMAND -o json --pin-dir PIN` (services, backends, conntrack, affinity,

@@ -5,7 +5,7 @@ use crate::echo::{self, Proto, Reply};
 use crate::netns::Netns;
 use crate::process::{self, Child, Finished};
 use crate::topology::Cluster;
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
@@ -74,20 +74,33 @@ impl Cluster {
 
     /// Starts an echo server in every pod on the given ports.
     pub fn start_pods_with(&mut self, tcp: &[u16], udp: &[u16]) {
+        self.try_start_pods_with(tcp, udp)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    /// Like [`Cluster::start_pods_with`], returning the failure.
+    pub fn try_start_pods_with(&mut self, tcp: &[u16], udp: &[u16]) -> Result<()> {
         let names: Vec<String> = self.pods().iter().map(|p| p.name.clone()).collect();
         for name in names {
-            self.start_pod(&name, tcp, udp);
+            self.try_replace_pod(&name, tcp, udp)?;
         }
+        Ok(())
     }
 
     /// Starts pod `pod`'s echo server (in the pod netns and its node's cgroup) and waits
     /// until it has bound every port. Replaces a server already running there.
     pub fn start_pod(&mut self, pod: &str, tcp: &[u16], udp: &[u16]) {
+        self.try_replace_pod(pod, tcp, udp)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    fn try_replace_pod(&mut self, pod: &str, tcp: &[u16], udp: &[u16]) -> Result<()> {
         self.stop_pod(pod);
         let child = self
             .try_start_pod(pod, tcp, udp)
-            .unwrap_or_else(|e| panic!("starting the echo server of {pod}: {e:#}"));
+            .with_context(|| format!("starting the echo server of {pod}"))?;
         self.servers.insert(pod.to_owned(), child);
+        Ok(())
     }
 
     fn try_start_pod(&self, pod: &str, tcp: &[u16], udp: &[u16]) -> Result<Child> {

@@ -3,6 +3,7 @@
 
 mod maps;
 pub mod netdev;
+pub mod preflight;
 mod sizes;
 pub(crate) mod sys;
 
@@ -167,14 +168,17 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     };
     if ret != 0 {
         bail!(
-            "mount bpffs at {}: {}",
+            "mount bpffs at {}: {}: mount one there (`mount -t bpf bpf {}`) or pass a \
+             --pin-dir inside a bpffs",
             parent.display(),
-            std::io::Error::last_os_error()
+            std::io::Error::last_os_error(),
+            parent.display()
         );
     }
     Ok(())
 }
 
+/// The file system type (`f_type` of statfs) that holds `path`.
 fn fs_magic(path: &Path) -> Result<i64> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: statfs only writes into `buf`.

@@ -154,9 +154,10 @@ fn run_on_this_thread(link: BorrowedFd<'_>, netns: BorrowedFd<'_>) -> Result<Vec
     File::from(iter)
         .read_to_end(&mut out)
         .context("run the UDP socket iterator")?;
-    Ok(out
-        .chunks_exact(size_of::<SockTermRecord>())
-        .map(bytemuck::pod_read_unaligned)
+    let (records, _) = out.as_chunks::<{ size_of::<SockTermRecord>() }>();
+    Ok(records
+        .iter()
+        .map(|record| bytemuck::pod_read_unaligned(record))
         .collect())
 }
 
@@ -166,9 +167,10 @@ mod tests {
     use crate::EBPF_OBJECT;
 
     fn count(object: &[u8], insn: u64) -> usize {
-        object
-            .chunks_exact(8)
-            .filter(|word| u64::from_le_bytes((*word).try_into().expect("8 bytes")) == insn)
+        let (words, _) = object.as_chunks::<8>();
+        words
+            .iter()
+            .filter(|word| u64::from_le_bytes(**word) == insn)
             .count()
     }
 

@@ -6,21 +6,39 @@ use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    process::ExitCode,
 };
 
+use anyhow::{Context as _, Result};
 use proxy_tests::{Cluster, Place, Proto, SluiceDaemon, http, workload::REQUEST_TIMEOUT};
 
 const REQUESTS: usize = 6;
 
-fn main() {
+/// Exits non-zero when anything fails, a request included: `.ci/run` runs the demo as a test.
+fn main() -> ExitCode {
+    match demo() {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(failed) => {
+            eprintln!("sluice-demo: {failed} requests went unanswered");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("sluice-demo: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the demo; returns how many requests failed.
+fn demo() -> Result<usize> {
     let examples: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let examples = examples
         .canonicalize()
-        .unwrap_or_else(|e| panic!("examples directory {}: {e}", examples.display()));
+        .with_context(|| format!("examples directory {}", examples.display()))?;
 
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::try_new().context("building the demo cluster")?;
     // The example pods declare tcp-echo 8080/TCP and udp-echo 8081/UDP.
-    cluster.start_pods_with(&[8080], &[8081]);
+    cluster.try_start_pods_with(&[8080], &[8081])?;
     println!("Sluice demo: a two-node cluster in network namespaces, manifests from examples/\n");
     for node in cluster.nodes() {
         let pods: Vec<String> = cluster
@@ -34,8 +52,8 @@ fn main() {
         cluster.client().ip
     );
 
-    let node1 = SluiceDaemon::start(&cluster, "node1", &examples, &[]);
-    let node2 = SluiceDaemon::start(&cluster, "node2", &examples, &[]);
+    let node1 = SluiceDaemon::try_start(&cluster, "node1", &examples, &[])?;
+    let node2 = SluiceDaemon::try_start(&cluster, "node2", &examples, &[])?;
     println!("node1: {}", node1.ready_line());
     println!("node2: {}\n", node2.ready_line());
 
@@ -94,6 +112,7 @@ fn main() {
             80,
         ),
     ];
+    let mut failed = 0;
     for (title, from, proto, addr, port) in cases {
         println!("{title}: {proto} {addr}:{port}");
         let mut tally: BTreeMap<String, usize> = BTreeMap::new();
@@ -114,7 +133,10 @@ fn main() {
                     );
                     *tally.entry(reply.name).or_default() += 1;
                 }
-                Err(err) => println!("  request {} failed: {err}", i + 1),
+                Err(err) => {
+                    println!("  request {} failed: {err}", i + 1);
+                    failed += 1;
+                }
             }
         }
         let tally: Vec<String> = tally.iter().map(|(pod, n)| format!("{pod} x{n}")).collect();
@@ -134,15 +156,17 @@ fn main() {
         ),
     ] {
         println!("{title}:");
-        let out = node1.cli(&[command, "--pin-dir", &pin_dir]);
+        let out = node1.try_cli(&[command, "--pin-dir", &pin_dir])?;
         print!("{}", out.stdout);
-        if !out.status.success() {
-            eprint!("{}", out.stderr);
-        }
+        anyhow::ensure!(
+            out.status.success(),
+            "sluice {command} failed: {}",
+            out.stderr
+        );
         println!();
     }
     println!("/metrics on node1 (excerpt):");
-    let (_, metrics) = http::get(&cluster.node("node1").netns, "127.0.0.1:10249", "/metrics");
+    let (_, metrics) = http::try_get(&cluster.node("node1").netns, "127.0.0.1:10249", "/metrics")?;
     for line in metrics.lines().filter(|line| {
         line.starts_with("kubeproxy_sync_proxy_rules_duration_seconds_count")
             || line.starts_with("kubeproxy_sync_proxy_rules_last_timestamp")
@@ -158,4 +182,5 @@ fn main() {
     drop((node1, node2));
     drop(cluster);
     println!("Demo cluster removed (namespaces, cgroups, pins, processes).");
+    Ok(failed)
 }

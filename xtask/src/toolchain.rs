@@ -1,0 +1,176 @@
+//! The pinned toolchains (`toolchains.toml`): loads them, installs what is missing, checks fit.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::Deserialize;
+
+use crate::cmd::{output, run};
+
+/// `toolchains.toml` at the workspace root.
+#[derive(Debug, Deserialize)]
+pub struct Toolchains {
+    pub stable: String,
+    pub ebpf: Ebpf,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Ebpf {
+    pub nightly: String,
+    #[serde(rename = "bpf-linker")]
+    pub bpf_linker: String,
+    pub llvm: u32,
+}
+
+impl Toolchains {
+    pub fn load(root: &Path) -> Result<Toolchains> {
+        let path = root.join("toolchains.toml");
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parse {}", path.display()))
+    }
+
+    /// Where Debian's llvm-<major>-dev installs LLVM.
+    pub fn llvm_prefix(&self) -> PathBuf {
+        PathBuf::from(format!("/usr/lib/llvm-{}", self.ebpf.llvm))
+    }
+}
+
+/// Installs the pinned stable (with clippy and rustfmt) and pins the checkout to it, so plain
+/// `cargo` there builds with it too. A directory override, not a `rust-toolchain.toml`: rustup
+/// refuses to run anything under a toolchain file naming a toolchain it has not installed
+/// (where auto-install is off), and then `cargo xtask` itself could not start to install it.
+pub fn ensure_stable(root: &Path, toolchains: &Toolchains) -> Result<()> {
+    let stable = &toolchains.stable;
+    let installed = rustup(&["component", "list", "--installed", "--toolchain", stable]);
+    let has = |component: &str| {
+        installed
+            .as_ref()
+            .is_ok_and(|list| list.lines().any(|line| line.starts_with(component)))
+    };
+    if !has("rustc") {
+        eprintln!("xtask: installing Rust {stable} (toolchains.toml)");
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            stable,
+            "--profile",
+            "minimal",
+            "--component",
+            "clippy,rustfmt",
+        ]))?;
+    } else if !has("clippy") || !has("rustfmt") {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "clippy",
+            "rustfmt",
+            "--toolchain",
+            stable,
+        ]))?;
+    }
+    let active = output(
+        Command::new("rustup")
+            .args(["show", "active-toolchain"])
+            .current_dir(root)
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    )?;
+    if !active.starts_with(&format!("{stable}-")) {
+        eprintln!(
+            "xtask: pinning {} to Rust {stable} (rustup override; toolchains.toml)",
+            root.display()
+        );
+        run(Command::new("rustup")
+            .args(["override", "set", stable, "--path"])
+            .arg(root))?;
+    }
+    Ok(())
+}
+
+/// Installs the pinned nightly with rust-src and bpf-linker, and checks that the nightly's
+/// LLVM is the one bpf-linker is built against (rustc hands the linker LLVM bitcode).
+pub fn ensure_ebpf(root: &Path, toolchains: &Toolchains) -> Result<()> {
+    let ebpf = &toolchains.ebpf;
+    let nightly = &ebpf.nightly;
+    let installed = rustup(&["component", "list", "--installed", "--toolchain", nightly]);
+    if !installed.is_ok_and(|list| list.lines().any(|line| line.starts_with("rust-src"))) {
+        eprintln!("xtask: installing {nightly} with rust-src (toolchains.toml)");
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            nightly,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+    }
+    let version = output(Command::new("rustc").args([&format!("+{nightly}"), "-vV"]))?;
+    let llvm_major = version
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next()?.parse::<u32>().ok());
+    if llvm_major != Some(ebpf.llvm) {
+        bail!(
+            "toolchains.toml: {nightly} uses LLVM {}, but bpf-linker is built against LLVM {}: \
+             pick a nightly whose `rustc -vV` says LLVM {}, or change both",
+            llvm_major.map_or("(unknown)".to_owned(), |m| m.to_string()),
+            ebpf.llvm,
+            ebpf.llvm
+        );
+    }
+    if !bpf_linker_is(&ebpf.bpf_linker) {
+        install_bpf_linker(root, toolchains)?;
+    }
+    Ok(())
+}
+
+fn bpf_linker_is(version: &str) -> bool {
+    output(Command::new("bpf-linker").arg("--version"))
+        .is_ok_and(|out| out.split_whitespace().any(|word| word == version))
+}
+
+/// `cargo install bpf-linker` against Debian's LLVM: llvm-sys finds it through
+/// `LLVM_SYS_<major><minor>_PREFIX` (named after the LLVM release it binds), bpf-linker's own
+/// build script through `LLVM_PREFIX` (else the first `llvm-config` on PATH, which may be
+/// another LLVM).
+fn install_bpf_linker(root: &Path, toolchains: &Toolchains) -> Result<()> {
+    let ebpf = &toolchains.ebpf;
+    let prefix = toolchains.llvm_prefix();
+    let llvm_config = prefix.join("bin/llvm-config");
+    let release = output(Command::new(&llvm_config).arg("--version"))
+        .with_context(|| format!("{} (Debian llvm-{}-dev)", llvm_config.display(), ebpf.llvm))?;
+    let mut parts = release.trim().split('.');
+    let (major, minor) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    eprintln!(
+        "xtask: building bpf-linker {} against LLVM {} (about a minute)",
+        ebpf.bpf_linker,
+        release.trim()
+    );
+    run(crate::cmd::cargo(root, toolchains)
+        .env(format!("LLVM_SYS_{major}{minor}_PREFIX"), &prefix)
+        .env("LLVM_PREFIX", &prefix)
+        .args([
+            "install",
+            &format!("bpf-linker@{}", ebpf.bpf_linker),
+            "--locked",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{}", ebpf.llvm),
+        ]))?;
+    if !bpf_linker_is(&ebpf.bpf_linker) {
+        bail!(
+            "bpf-linker {} was installed but `bpf-linker --version` does not say so: is \
+             ~/.cargo/bin first on PATH?",
+            ebpf.bpf_linker
+        );
+    }
+    Ok(())
+}
+
+fn rustup(args: &[&str]) -> Result<String> {
+    output(Command::new("rustup").args(args))
+}
