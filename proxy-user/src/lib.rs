@@ -1,23 +1,19 @@
 //! Sluice's daemon and CLI as a library, so the tests drive the same code the binary runs.
 
-pub mod affinity_gc;
+//!
+//! Layers, each a folder, every import pointing down (docs/architecture.md):
+//! `datapath` (the kernel side: loader, maps, read views, iterators) < `model` (the desired
+//! state) < `reconcile` (desired state to map entries) < `source` (manifests, the Kubernetes
+//! API) < `node` (health, metrics, GC tasks, socket termination) < `daemon` (the sync loop) <
+//! `cli` (printing).
+
 pub mod cli;
-pub mod clock;
-pub mod conntrack_gc;
 pub mod daemon;
 pub mod datapath;
-pub mod health;
-pub mod health_check;
-pub mod http_server;
-pub mod klog;
-pub mod manifest;
-pub mod metrics;
 pub mod model;
-pub mod programming_latency;
+pub mod node;
 pub mod reconcile;
-pub mod sock_term;
 pub mod source;
-pub mod stats;
 
 /// The eBPF object built from `proxy-ebpf`, embedded so one binary is all a node needs.
 pub static EBPF_OBJECT: &[u8] =

@@ -6,9 +6,9 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use proxy_user::{
     cli::{self, Output, log_level::KernelLogLevel},
-    conntrack_gc::CtTimeouts,
     daemon::{self, DaemonOptions},
     datapath::{DatapathOptions, MapSizes, XdpTx},
+    node::conntrack_gc::CtTimeouts,
     source,
 };
 
@@ -86,7 +86,7 @@ enum Command {
     Validate {
         dir: PathBuf,
         /// Range cluster IPs must come from.
-        #[arg(long, default_value_t = proxy_user::manifest::DEFAULT_SERVICE_CIDR)]
+        #[arg(long, default_value_t = proxy_user::source::manifest::DEFAULT_SERVICE_CIDR)]
         service_cidr: ipnet::Ipv4Net,
     },
 }
@@ -141,7 +141,7 @@ struct RunArgs {
     #[arg(long, default_value = "/var/lib/sluice")]
     state_dir: PathBuf,
     /// Range to allocate missing cluster IPs from (standalone mode).
-    #[arg(long, default_value_t = proxy_user::manifest::DEFAULT_SERVICE_CIDR)]
+    #[arg(long, default_value_t = proxy_user::source::manifest::DEFAULT_SERVICE_CIDR)]
     service_cidr: ipnet::Ipv4Net,
     /// Serve /healthz here (503 until the first sync, then 200).
     #[arg(long, default_value = "127.0.0.1:10256")]

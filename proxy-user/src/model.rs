@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, fmt, net::Ipv4Addr, sync::Arc, time::SystemTime
 
 use ipnet::Ipv4Net;
 use serde::Serialize;
+use tokio::sync::watch;
 
 /// Layer-4 protocol of a service port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -177,6 +178,11 @@ impl DesiredState {
         changed || previous.next().is_some() || self.trigger_times != *previous_trigger_times
     }
 }
+
+/// Where sources publish the complete desired state; `None` until their first full view,
+/// so the daemon never deletes live services before it knows the whole picture.
+pub type DesiredSender = watch::Sender<Option<Arc<DesiredState>>>;
+pub type DesiredReceiver = watch::Receiver<Option<Arc<DesiredState>>>;
 
 #[cfg(test)]
 mod tests {

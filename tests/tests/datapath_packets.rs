@@ -806,7 +806,7 @@ fn handed_off_packets_leave_through_tc_ingress_redirect() {
 #[test]
 fn every_program_in_the_object_passes_the_verifier() {
     // As the daemon loads it: with the socket-termination program's kfunc call patched in.
-    let object = proxy_user::sock_term::patch_object(proxy_user::EBPF_OBJECT);
+    let object = proxy_user::datapath::udp_sockets::patch_object(proxy_user::EBPF_OBJECT);
     let btf = Btf::from_sys_fs().expect("the kernel's BTF");
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(map_names::CONNTRACK, 1024)

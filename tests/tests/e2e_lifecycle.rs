@@ -376,6 +376,15 @@ fn overfill(scenario: &Scenario, prefix: &str, full: &str, named: &str) {
         "the error names the service that did not fit:\n{}",
         scenario.node1.stderr()
     );
+    // The failed sync is retried, with no new change, after a growing wait.
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
+        scenario.node1.stderr().contains("retry_in=1s")
+    });
+    let stderr = scenario.node1.stderr();
+    let first = stderr
+        .find("retry_in=500ms")
+        .expect("the first failure waits 500 ms");
+    assert!(first < stderr.find("retry_in=1s").unwrap(), "{stderr}");
     assert_echo_reaches_every_pod(scenario, "echo keeps serving");
 }
 

@@ -12,7 +12,7 @@ use proxy_common::{
 use serde::Serialize;
 
 use super::{Output, print_rows};
-use crate::{clock::monotonic_ns, datapath::Maps};
+use crate::datapath::{Maps, clock::monotonic_ns};
 
 /// One affinity entry as the maps hold it.
 #[derive(Debug, Serialize)]

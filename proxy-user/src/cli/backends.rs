@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{Output, print_rows, services};
-use crate::datapath::Maps;
+use super::{Output, print_rows};
+use crate::datapath::{Maps, view::services};
 
 #[derive(Debug, Serialize)]
 pub struct BackendRow {

@@ -11,7 +11,7 @@ use proxy_common::{
 use serde::Serialize;
 
 use super::{Output, print_rows};
-use crate::{clock::monotonic_ns, datapath::Maps};
+use crate::datapath::{Maps, clock::monotonic_ns};
 
 #[derive(Debug, Serialize)]
 pub struct FlowRow {

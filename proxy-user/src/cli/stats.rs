@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::{Output, print_table};
-use crate::{datapath::Maps, stats};
+use crate::datapath::{Maps, view::stats};
 
 pub fn run(pin_dir: &Path, output: Output) -> Result<()> {
     let stats = stats::read(&Maps::open_pinned(pin_dir)?)?;

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use ipnet::Ipv4Net;
 
-use crate::manifest::{ManifestOptions, Severity, validate_dir};
+use crate::source::manifest::{ManifestOptions, Severity, validate_dir};
 
 pub fn run(dir: &Path, service_cidr: Ipv4Net) -> Result<()> {
     let problems = validate_dir(dir, &ManifestOptions { service_cidr });

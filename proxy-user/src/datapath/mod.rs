@@ -1,11 +1,15 @@
 //! Loading the eBPF object, pinning its maps and links, and attaching (or atomically replacing)
 //! every program, so a restart never drops established connections or the datapath.
 
+pub mod clock;
 mod maps;
 pub mod netdev;
+pub mod netns;
 pub mod preflight;
 mod sizes;
 pub(crate) mod sys;
+pub mod udp_sockets;
+pub mod view;
 
 use std::{
     collections::BTreeSet,
@@ -33,10 +37,8 @@ pub use sizes::MapSizes;
 pub use sys::update_batch;
 use tracing::{info, warn};
 
-use crate::{
-    EBPF_OBJECT,
-    sock_term::{self, SockTermProgram},
-};
+use self::udp_sockets::SockTermProgram;
+use crate::EBPF_OBJECT;
 
 /// Whether XDP may send rewritten packets straight back out (XDP_TX / XDP_REDIRECT).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -107,7 +109,7 @@ impl Datapath {
             // Reuses the map already pinned there: conntrack and services survive restarts.
             loader.map_pin_path(name, path.as_path());
         }
-        let object = sock_term::patch_object(EBPF_OBJECT);
+        let object = udp_sockets::patch_object(EBPF_OBJECT);
         let mut ebpf = loader
             .load(object.bytes())
             .context("load the eBPF object (needs root or CAP_BPF + CAP_NET_ADMIN)")?;

@@ -33,7 +33,7 @@ pub struct PlanChanges {
 }
 
 impl PlanChanges {
-    fn everything() -> Self {
+    pub fn everything() -> Self {
         Self {
             everything: true,
             ..Self::default()

@@ -47,8 +47,8 @@ use tracing::{info, warn};
 
 use super::log_problems;
 use crate::{
-    daemon::DesiredReceiver,
-    manifest::{ApiObjects, Kind, ManifestError, Resolution},
+    model::DesiredReceiver,
+    source::manifest::{ApiObjects, Kind, ManifestError, Resolution},
 };
 
 /// Changes arriving within this window are applied together (a re-list, a rollout)...

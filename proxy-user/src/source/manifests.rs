@@ -10,8 +10,8 @@ use tracing::{info, warn};
 
 use super::log_problems;
 use crate::{
-    daemon::DesiredReceiver,
-    manifest::{Allocator, ManifestOptions, ManifestStore, is_manifest_file},
+    model::DesiredReceiver,
+    source::manifest::{Allocator, ManifestOptions, ManifestStore, is_manifest_file},
 };
 
 /// Changes arriving within this window are applied together (an editor's save is several

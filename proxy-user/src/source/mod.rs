@@ -2,11 +2,12 @@
 //! channel; the daemon does not care which one it runs with.
 
 pub mod kube;
+pub mod manifest;
 pub mod manifests;
 
 use tracing::{error, info, warn};
 
-use crate::manifest::{ManifestError, Severity};
+use crate::source::manifest::{ManifestError, Severity};
 
 /// Logs manifest problems at their severity, so a bad file is visible in the daemon's log.
 pub fn log_problems(problems: &[ManifestError]) {

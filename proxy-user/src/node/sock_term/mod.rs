@@ -9,8 +9,6 @@
 //! receive fails with ECONNABORTED, a send with EDESTADDRREQ (the socket is no longer
 //! connected), and it reconnects.
 
-mod netns;
-mod program;
 mod udp_backends;
 
 use std::{
@@ -26,11 +24,9 @@ use proxy_common::{
 };
 use tracing::{debug, info, warn};
 
-pub use self::program::{PatchedObject, SockTermProgram, patch_object};
 use self::udp_backends::UdpBackends;
 use crate::{
-    datapath::Maps,
-    metrics::Metrics,
+    datapath::{Maps, netns, udp_sockets::SockTermProgram},
     reconcile::{BackendAddr, Plan, PlanChanges},
 };
 
@@ -41,41 +37,34 @@ pub struct SockTerminator {
     cgroup: PathBuf,
     /// The backends of every UDP frontend as of the last successful sync.
     serving: UdpBackends,
-    metrics: Metrics,
 }
 
 impl SockTerminator {
     /// Starts from what the maps hold, so a backend removed while the daemon was down still has
     /// its sockets ended after the first sync. Without `program` it only keeps track.
-    pub fn new(
-        program: Option<SockTermProgram>,
-        maps: &Maps,
-        cgroup: &Path,
-        metrics: Metrics,
-    ) -> Result<Self> {
+    pub fn new(program: Option<SockTermProgram>, maps: &Maps, cgroup: &Path) -> Result<Self> {
         Ok(Self {
             program,
             cgroup: cgroup.to_path_buf(),
             serving: UdpBackends::from_maps(udp_backends_in_maps(maps)?),
-            metrics,
         })
     }
 
     /// Called once `plan` is in the maps: destroys the sockets connected to UDP backends that
     /// were in a frontend before and are in none now. `changes`: what changed since the plan
-    /// of the last call (`None`: anything may have). Failures are logged, not returned: the
-    /// sync itself succeeded.
-    pub fn after_apply(&mut self, plan: &Plan, changes: Option<&PlanChanges>) {
+    /// of the last call (`None`: anything may have). Returns how many sockets it destroyed.
+    /// Failures are logged, not returned: the sync itself succeeded.
+    pub fn after_apply(&mut self, plan: &Plan, changes: Option<&PlanChanges>) -> u64 {
         let gone = self.serving.update(plan, changes);
         if gone.is_empty() {
-            return;
+            return 0;
         }
         let Some(program) = self.program.as_mut() else {
             debug!(
                 backends = gone.len(),
                 "UDP backends removed; socket termination is off"
             );
-            return;
+            return 0;
         };
         let mut destroyed = 0u64;
         for batch in gone.chunks(map_sizes::SOCK_TERM as usize) {
@@ -84,7 +73,7 @@ impl SockTerminator {
                 Err(err) => warn!("closing UDP sockets of removed backends: {err:#}"),
             }
         }
-        self.metrics.udp_sockets_terminated.inc_by(destroyed);
+        destroyed
     }
 }
 

@@ -76,7 +76,7 @@ pub async fn serve(addr: SocketAddr, health: Health) -> Result<SocketAddr> {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .with_state(health);
-    let (bound, _) = crate::http_server::serve(addr, app, "health")
+    let (bound, _) = crate::node::http_server::serve(addr, app, "health")
         .await
         .with_context(|| format!("bind the health address {addr} (--healthz-addr)"))?;
     Ok(bound)

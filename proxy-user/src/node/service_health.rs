@@ -131,7 +131,7 @@ impl HealthCheckServers {
             let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
             let shared: Shared = Arc::new(Mutex::new(Some(check.clone())));
             let app = Router::new().fallback(answer).with_state(shared.clone());
-            let task = match crate::http_server::serve(addr, app, "health check").await {
+            let task = match crate::node::http_server::serve(addr, app, "health check").await {
                 Ok((_, task)) => task,
                 Err(err) => {
                     warn!(%addr, service = %check.service, %err, "cannot serve healthCheckNodePort");

@@ -15,7 +15,10 @@ use proxy_common::{AffinityKey, AffinityValue};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::{clock::monotonic_ns, datapath::Maps, reconcile::AffinityView};
+use crate::{
+    datapath::{Maps, clock::monotonic_ns},
+    reconcile::AffinityView,
+};
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 const MIN_INTERVAL: Duration = Duration::from_secs(1);

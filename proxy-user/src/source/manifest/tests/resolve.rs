@@ -4,8 +4,8 @@ use std::{fs, net::Ipv4Addr, path::Path, time::UNIX_EPOCH};
 
 use super::{only, pod, resolve_dir, service, svc, write};
 use crate::{
-    manifest::{Allocator, ManifestOptions, ManifestStore, Severity, validate_dir},
     model::{Endpoint, Protocol, ServiceType, TrafficPolicy},
+    source::manifest::{Allocator, ManifestOptions, ManifestStore, Severity, validate_dir},
 };
 
 fn ip(text: &str) -> Ipv4Addr {

@@ -4,13 +4,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{errors, only, parse, svc};
 use crate::{
-    manifest::{
+    model::Protocol,
+    source::manifest::{
         Severity,
         k8s::ServiceSpecType,
         object::{ClusterIp, Kind, Object, TargetPort},
         parse::ParsedFile,
     },
-    model::Protocol,
 };
 
 const PORT: &str = "    - port: 80\n";

@@ -3,7 +3,7 @@
 use std::fs;
 
 use super::{name, service, svc, write};
-use crate::manifest::{Allocator, ManifestOptions, ManifestStore, is_manifest_file};
+use crate::source::manifest::{Allocator, ManifestOptions, ManifestStore, is_manifest_file};
 
 fn ports(store: &ManifestStore, service_name: &str) -> Option<Vec<u16>> {
     let mut allocator = Allocator::in_memory(ManifestOptions::default().service_cidr);

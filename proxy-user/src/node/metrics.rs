@@ -23,7 +23,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{datapath::Maps, stats};
+use crate::datapath::{Maps, view::stats};
 
 /// Labels of the per-map gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -280,7 +280,7 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics) -> Result<SocketAddr> {
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(metrics);
-    let (bound, _) = crate::http_server::serve(addr, app, "metrics")
+    let (bound, _) = crate::node::http_server::serve(addr, app, "metrics")
         .await
         .with_context(|| format!("bind the metrics address {addr} (--metrics-addr)"))?;
     Ok(bound)

@@ -3,7 +3,7 @@
 use std::{net::IpAddr, time::SystemTime};
 
 use super::{NameRule, check_meta, check_port, endpoint_protocol, parse_ip, require_port};
-use crate::manifest::{
+use crate::source::manifest::{
     error::Problems,
     k8s::{self, EndpointPort},
     object::{AddressDef, EndpointPortDef, EndpointsDef, SliceDef, SliceEndpointDef, SubsetDef},

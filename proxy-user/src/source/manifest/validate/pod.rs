@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use super::{NameRule, check_meta, endpoint_protocol, is_port_name, parse_ip, require_port};
-use crate::manifest::{
+use crate::source::manifest::{
     error::Problems,
     k8s,
     object::{ContainerPortDef, PodDef},

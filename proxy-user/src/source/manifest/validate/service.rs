@@ -6,7 +6,8 @@ use ipnet::{IpNet, Ipv4Net};
 
 use super::{NameRule, check_meta, check_port, is_dns1123_label, is_port_name, parse_ip};
 use crate::{
-    manifest::{
+    model::{Protocol, ServiceName, TrafficPolicy},
+    source::manifest::{
         ManifestOptions,
         error::Problems,
         k8s::{
@@ -15,7 +16,6 @@ use crate::{
         },
         object::{ClusterIp, PortDef, ServiceDef, TargetPort},
     },
-    model::{Protocol, ServiceName, TrafficPolicy},
 };
 
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).

@@ -14,7 +14,7 @@ use proxy_common::{
 };
 use tracing::{debug, warn};
 
-use crate::{clock::monotonic_ns, datapath::Maps};
+use crate::datapath::{Maps, clock::monotonic_ns};
 
 /// How long a flow may stay idle, by kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,11 +2,14 @@
 
 use std::net::SocketAddrV4;
 
+use aya::maps::{MapData, RingBuf};
+
 use proxy_common::{
     klog::{LogEvent, LogRecord},
     net::ip_from_net,
     stats::DropReason,
 };
+use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{debug, trace, warn};
 
 fn addr(ip: u32, port: u32) -> SocketAddrV4 {
@@ -48,5 +51,38 @@ pub fn log(record: &LogRecord) {
             "socket: sent to a backend"
         ),
         None => warn!(target: "kernel", event = record.event, "unknown kernel log record"),
+    }
+}
+
+/// Turns the programs' log records into log lines (target `kernel`) as they arrive. The
+/// programs only write them when switched on (`--kernel-log-level`, `sluice log-level`).
+pub async fn forward(ring: RingBuf<MapData>) {
+    // SAFETY: the ring buffer owns its fd, which stays open and the same until the AsyncFd
+    // (which owns the ring buffer) is dropped.
+    let registered = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) };
+    let mut ring = match registered {
+        Ok(ring) => ring,
+        Err(err) => {
+            tracing::warn!("kernel log lines cannot be read: {err}");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match ring.readable_mut().await {
+            Ok(guard) => guard,
+            Err(err) => {
+                tracing::warn!("kernel log lines cannot be read: {err}");
+                return;
+            }
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() >= size_of::<LogRecord>() {
+                log(&bytemuck::pod_read_unaligned(
+                    &item[..size_of::<LogRecord>()],
+                ));
+            }
+        }
+        guard.clear_ready();
     }
 }

@@ -10,7 +10,8 @@ use proxy_common::{
 };
 use serde::Serialize;
 
-use crate::{cli::services, datapath::Maps};
+use super::services;
+use crate::datapath::Maps;
 
 #[derive(Debug, Serialize)]
 pub struct Stats {

@@ -1,0 +1,220 @@
+//! `sluice run`: start the datapath and the node services, then keep the maps equal to the
+//! desired state that a source (manifests directory or Kubernetes API) publishes, one
+//! [`Syncer::sync`] per change, retrying a failed one with backoff.
+
+mod sync;
+
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::Notify,
+    time::sleep_until,
+};
+use tracing::{error, info, warn};
+
+pub use self::sync::{Synced, Syncer};
+use crate::{
+    datapath::{Datapath, DatapathOptions, HookCounts},
+    model::DesiredReceiver,
+    node::{
+        conntrack_gc::{self, CtTimeouts},
+        healthz::{self, Health},
+        kernel_log, map_fill,
+        metrics::{self, Metrics, unix_seconds},
+        programming_latency::ProgrammingLatency,
+        sock_term::SockTerminator,
+    },
+    reconcile::Reconciler,
+};
+
+pub struct DaemonOptions {
+    pub datapath: DatapathOptions,
+    pub node_name: String,
+    pub healthz_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
+    /// Idle timeouts of conntrack flows, and how often the GC looks.
+    pub conntrack_timeouts: CtTimeouts,
+    pub conntrack_gc_interval: Duration,
+}
+
+/// The wait before retrying a failed sync: doubled after each failure up to the last, reset
+/// by a success. A new desired state does not wait: it is synced at once.
+const RETRY_BACKOFF: Backoff = Backoff {
+    first: Duration::from_millis(500),
+    max: Duration::from_secs(30),
+};
+
+/// Runs until SIGTERM or SIGINT. The programs and maps stay pinned afterwards, so traffic keeps
+/// flowing while the daemon is down or restarting.
+pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()> {
+    let started = Instant::now();
+    let mut programming = ProgrammingLatency::new(SystemTime::now());
+    let mut datapath = Datapath::start(&opts.datapath)?;
+    if let Some(ring) = datapath.kernel_log.take() {
+        tokio::spawn(kernel_log::forward(ring));
+    }
+    let reconciler = Reconciler::from_maps(&datapath.maps)?;
+    info!(
+        frontends = reconciler.frontend_count(),
+        backends = reconciler.backend_count(),
+        "datapath attached; maps reopened"
+    );
+
+    let health = Health::default();
+    if let Some(addr) = opts.healthz_addr {
+        let bound = healthz::serve(addr, health.clone()).await?;
+        info!(%bound, "serving /healthz");
+    }
+    tokio::spawn(conntrack_gc::run(
+        opts.datapath.pin_dir.clone(),
+        opts.conntrack_timeouts,
+        opts.conntrack_gc_interval,
+    ));
+    let metrics = Metrics::new(Some(opts.datapath.pin_dir.clone()));
+    let sock_term = SockTerminator::new(
+        datapath.sock_term.take(),
+        &datapath.maps,
+        &opts.datapath.cgroup,
+    )?;
+    let count_now = Arc::new(Notify::new());
+    if let Some(addr) = opts.metrics_addr {
+        let bound = metrics::serve(addr, metrics.clone()).await?;
+        info!(%bound, "serving /metrics");
+        tokio::spawn(map_fill::run(
+            opts.datapath.pin_dir.clone(),
+            metrics.clone(),
+            count_now.clone(),
+        ));
+    }
+
+    let mut syncer = Syncer::new(&opts.node_name, reconciler, sock_term);
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut first_sync = true;
+    // Set while the maps do not hold the last state (its sync failed): when to try again.
+    let mut retry: Option<(Instant, Duration)> = None;
+    // The source's first complete state may already be waiting: handle it like a change.
+    desired.mark_changed();
+    loop {
+        let retry_at = retry.map(|(at, _)| at);
+        let (state, result) = tokio::select! {
+            changed = desired.changed() => {
+                changed.context("the desired-state source stopped")?;
+                let Some(state) = desired.borrow_and_update().clone() else {
+                    continue;
+                };
+                health.queued();
+                metrics.last_queued.set(unix_seconds(SystemTime::now()));
+                let sync_started = Instant::now();
+                let result = syncer.sync(&mut datapath.maps, state.clone()).await;
+                (state, result.map(|synced| (synced, sync_started)))
+            }
+            () = sleep_until(retry_at.unwrap_or_else(Instant::now).into()), if retry_at.is_some() => {
+                let Some(state) = desired.borrow().clone() else {
+                    continue;
+                };
+                let sync_started = Instant::now();
+                let result = syncer.retry(&mut datapath.maps).await;
+                (state, result.map(|synced| (synced, sync_started)))
+            }
+            () = syncer.affinity_gc_due() => {
+                syncer.collect_affinity(&mut datapath.maps);
+                continue;
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        };
+        match result {
+            Ok((synced, sync_started)) => {
+                retry = None;
+                metrics
+                    .udp_sockets_terminated
+                    .inc_by(synced.udp_sockets_terminated);
+                health.synced();
+                let took = sync_started.elapsed();
+                metrics.sync_duration.observe(took.as_secs_f64());
+                let now = SystemTime::now();
+                for latency in programming.programmed(&state.trigger_times, now) {
+                    metrics.network_programming.observe(latency.as_secs_f64());
+                }
+                // Last: a change is fully accounted for once this moves.
+                metrics.last_sync.set(unix_seconds(now));
+                info!(stats = ?synced.apply, micros = took.as_micros() as u64, "maps synced");
+                count_now.notify_one();
+                if first_sync {
+                    first_sync = false;
+                    announce_ready(syncer.reconciler(), datapath.hooks, started);
+                }
+            }
+            // The maps keep what the failed apply left; the retry writes everything again.
+            Err(err) => {
+                metrics.sync_errors.inc();
+                let wait = RETRY_BACKOFF.next(retry.map(|(_, wait)| wait));
+                error!(retry_in = ?wait, "sync failed: {err:#}");
+                retry = Some((Instant::now() + wait, wait));
+            }
+        }
+    }
+    if retry.is_some() {
+        warn!("stopping with the last state not in the maps (its sync failed)");
+    }
+    info!("stopping; the datapath keeps serving from the pinned programs and maps");
+    Ok(())
+}
+
+/// Doubling waits between `first` and `max`.
+struct Backoff {
+    first: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// The wait after `last` (`None`: the first failure).
+    fn next(&self, last: Option<Duration>) -> Duration {
+        last.map_or(self.first, |last| (last * 2).min(self.max))
+    }
+}
+
+/// The one line a person or a test waits for: the first full sync is in the maps.
+fn announce_ready(reconciler: &Reconciler, hooks: HookCounts, started: Instant) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(
+        stdout,
+        "sluice ready: {} frontends, {} backends programmed in {} ms; hooks: {} replaced in \
+         place, {} attached",
+        reconciler.frontend_count(),
+        reconciler.backend_count(),
+        started.elapsed().as_millis(),
+        hooks.replaced,
+        hooks.attached,
+    );
+    let _ = stdout.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_to_the_maximum() {
+        let mut wait = None;
+        let waits: Vec<u64> = (0..9)
+            .map(|_| {
+                let next = RETRY_BACKOFF.next(wait);
+                wait = Some(next);
+                next.as_millis() as u64
+            })
+            .collect();
+        assert_eq!(
+            waits,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+    }
+}

@@ -1,0 +1,119 @@
+//! One sync step: a desired state into the maps, and everything that follows from the maps
+//! holding it, in one order. A failed apply is retried by the daemon through [`Syncer::retry`].
+
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::{
+    datapath::{Maps, clock},
+    model::DesiredState,
+    node::{
+        affinity_gc::AffinityGc,
+        service_health::{HealthCheckIndex, HealthCheckServers},
+        sock_term::SockTerminator,
+    },
+    reconcile::{ApplyStats, PlanChanges, Planner, Reconciler},
+};
+
+/// Owns the planner, the reconciler and what runs after each apply.
+pub struct Syncer {
+    node_name: String,
+    planner: Planner,
+    reconciler: Reconciler,
+    health_check_index: HealthCheckIndex,
+    health_checks: HealthCheckServers,
+    sock_term: SockTerminator,
+    affinity_gc: AffinityGc,
+}
+
+/// What one successful sync did.
+#[derive(Debug)]
+pub struct Synced {
+    pub apply: ApplyStats,
+    /// Connected UDP sockets closed because their backend left every frontend.
+    pub udp_sockets_terminated: u64,
+}
+
+impl Syncer {
+    pub fn new(node_name: &str, reconciler: Reconciler, sock_term: SockTerminator) -> Self {
+        Self {
+            node_name: node_name.to_owned(),
+            planner: Planner::new(node_name),
+            reconciler,
+            health_check_index: HealthCheckIndex::default(),
+            health_checks: HealthCheckServers::default(),
+            sock_term,
+            affinity_gc: AffinityGc::default(),
+        }
+    }
+
+    /// Makes the maps hold `state`. The order:
+    /// 1. plan `state` (only the Services that changed are re-planned);
+    /// 2. apply the plan to the maps (only the changed entries, in the readers' order);
+    ///
+    /// then, only once the maps hold the plan (after a failed apply, on a [`Syncer::retry`]
+    /// that succeeds):
+    /// 3. the affinity GC learns the new frontends (and cleans those switched off);
+    /// 4. connected UDP sockets to backends gone from every frontend are closed (they are gone
+    ///    from the maps, so no new socket is sent there while they close);
+    /// 5. the health-check ports answer for the endpoints now programmed.
+    pub async fn sync(&mut self, maps: &mut Maps, state: Arc<DesiredState>) -> Result<Synced> {
+        let started_ns = clock::monotonic_ns();
+        let changes = self.planner.update(state.clone());
+        self.health_check_index.update(&state, &changes);
+        let apply = self
+            .reconciler
+            .apply_changes(maps, self.planner.plan(), &changes)?;
+        Ok(self.after_apply(maps, apply, &changes, started_ns).await)
+    }
+
+    /// Writes the last planned state again, in full (after a failed apply the reconciler
+    /// trusts nothing it did not read back), then steps 3 to 5 of [`Syncer::sync`].
+    pub async fn retry(&mut self, maps: &mut Maps) -> Result<Synced> {
+        let started_ns = clock::monotonic_ns();
+        let apply = self.reconciler.apply(maps, self.planner.plan())?;
+        Ok(self
+            .after_apply(maps, apply, &PlanChanges::everything(), started_ns)
+            .await)
+    }
+
+    async fn after_apply(
+        &mut self,
+        maps: &mut Maps,
+        apply: ApplyStats,
+        changes: &PlanChanges,
+        started_ns: u64,
+    ) -> Synced {
+        let view = self.reconciler.affinity_view();
+        self.affinity_gc.after_apply(maps, &view, started_ns);
+        // A full apply may have written anything: socket termination then compares everything.
+        let changes = (!apply.full).then_some(changes);
+        let udp_sockets_terminated = self.sock_term.after_apply(self.planner.plan(), changes);
+        self.health_checks
+            .update(&self.health_check_index.wanted(&self.node_name))
+            .await;
+        Synced {
+            apply,
+            udp_sockets_terminated,
+        }
+    }
+
+    /// Completes when the affinity GC's next pass is due (never when none is scheduled).
+    pub async fn affinity_gc_due(&self) {
+        if self.affinity_gc.is_scheduled() {
+            self.affinity_gc.due().await;
+        } else {
+            std::future::pending().await
+        }
+    }
+
+    /// One pass of the affinity GC.
+    pub fn collect_affinity(&mut self, maps: &mut Maps) {
+        self.affinity_gc.run(maps, &self.reconciler.affinity_view());
+    }
+
+    pub fn reconciler(&self) -> &Reconciler {
+        &self.reconciler
+    }
+}

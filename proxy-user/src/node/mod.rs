@@ -1,0 +1,13 @@
+//! The node services around the datapath: /healthz, service health-check ports, /metrics,
+//! the conntrack and affinity GC tasks, socket termination and kernel log forwarding.
+
+pub mod affinity_gc;
+pub mod conntrack_gc;
+pub mod healthz;
+pub mod http_server;
+pub mod kernel_log;
+pub mod map_fill;
+pub mod metrics;
+pub mod programming_latency;
+pub mod service_health;
+pub mod sock_term;
