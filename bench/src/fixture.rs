@@ -232,19 +232,10 @@ impl Loaded {
                     .collect();
                 (cluster_frontend(i), SVC_F_EXTERNAL, ids)
             };
-            let head = ServiceValue {
-                backend_id: 0,
-                count: ids.len() as u16,
-                flags,
-                service_id: i as u32 + 1,
-                affinity_timeout: 0,
-            };
+            let head = ServiceValue::head(i as u32 + 1, ids.len() as u16, flags, 0);
             for (slot, id) in (1..).zip(&ids) {
                 keys.push(service_key(frontend, slot));
-                values.push(ServiceValue {
-                    backend_id: *id,
-                    ..head
-                });
+                values.push(head.slot(*id));
             }
             heads.0.push(service_key(frontend, 0));
             heads.1.push(head);
@@ -267,12 +258,5 @@ pub fn backend(addr: SocketAddrV4, flags: u8) -> Backend {
 }
 
 pub fn service_key(frontend: SocketAddrV4, slot: u16) -> ServiceKey {
-    ServiceKey {
-        addr: u32::from_ne_bytes(frontend.ip().octets()),
-        port: frontend.port().to_be(),
-        slot,
-        proto: IPPROTO_TCP,
-        scope: 0,
-        _pad: 0,
-    }
+    ServiceKey::new(frontend, IPPROTO_TCP, 0, slot)
 }

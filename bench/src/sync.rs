@@ -365,19 +365,10 @@ fn apply_batched(loaded: &Loaded, plan: &Plan) -> Result<()> {
     for (n, (frontend, planned)) in plan.frontends.iter().enumerate() {
         let service_id = n as u32 + 1;
         let addr = SocketAddrV4::new(frontend.addr, frontend.port);
-        let head = ServiceValue {
-            backend_id: 0,
-            count: planned.backends.len() as u16,
-            flags: planned.flags,
-            service_id,
-            affinity_timeout: 0,
-        };
+        let head = ServiceValue::head(service_id, planned.backends.len() as u16, planned.flags, 0);
         for (slot, backend) in (1..).zip(&planned.backends) {
             keys.push(fixture::service_key(addr, slot));
-            values.push(ServiceValue {
-                backend_id: ids[backend],
-                ..head
-            });
+            values.push(head.slot(ids[backend]));
         }
         heads.push(fixture::service_key(addr, 0));
         head_values.push(head);

@@ -118,3 +118,37 @@ fn str_of(field: &[u8]) -> &str {
     let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
     core::str::from_utf8(&field[..end]).unwrap_or("?")
 }
+
+/// The one encoding of `SVC_V1` entries, shared by the reconciler, the tests and the bench.
+impl ServiceKey {
+    /// The key of `slot` of a frontend: slot 0 is the service entry, 1..=count its backends.
+    pub fn new(frontend: core::net::SocketAddrV4, proto: u8, scope: u8, slot: u16) -> Self {
+        Self {
+            addr: crate::net::ip_to_net(*frontend.ip()),
+            port: crate::net::port_to_net(frontend.port()),
+            slot,
+            proto,
+            scope,
+            _pad: 0,
+        }
+    }
+}
+
+impl ServiceValue {
+    /// Slot 0 of a frontend: `count` backend slots to choose from (0: refuse).
+    pub fn head(service_id: u32, count: u16, flags: u16, affinity_timeout: u32) -> Self {
+        Self {
+            backend_id: 0,
+            count,
+            flags,
+            service_id,
+            affinity_timeout,
+        }
+    }
+
+    /// A backend slot of the frontend whose slot 0 is `self`.
+    #[must_use]
+    pub fn slot(self, backend_id: u32) -> Self {
+        Self { backend_id, ..self }
+    }
+}

@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use proxy_common::{
-    IPPROTO_TCP, IPPROTO_UDP, LOG_LEVEL_DEBUG, LOG_LEVEL_TRACE, SockRevNatKey, SockRevNatValue,
+    IPPROTO_TCP, IPPROTO_UDP, LOG_LEVEL_DEBUG, SockRevNatKey, SockRevNatValue,
     klog::LogEvent,
     stats::{DropReason, Hook},
 };

@@ -254,21 +254,9 @@ impl Datapath {
     ) {
         let mut services: HashMap<_, ServiceKey, ServiceValue> = self.hash_map(map_names::SERVICES);
         let count = u16::try_from(backend_ids.len()).expect("few backends");
-        let key = |slot: u16| ServiceKey {
-            addr: be_addr(frontend),
-            port: frontend.port().to_be(),
-            slot,
-            proto,
-            scope,
-            _pad: 0,
-        };
-        let value = |backend_id: u32| ServiceValue {
-            backend_id,
-            count,
-            flags: flags | SVC_F_EXTERNAL,
-            service_id,
-            affinity_timeout: 0,
-        };
+        let key = |slot: u16| ServiceKey::new(frontend, proto, scope, slot);
+        let head = ServiceValue::head(service_id, count, flags | SVC_F_EXTERNAL, 0);
+        let value = |backend_id: u32| head.slot(backend_id);
         for (slot, backend_id) in (1..).zip(backend_ids) {
             services
                 .insert(key(slot), value(*backend_id), 0)

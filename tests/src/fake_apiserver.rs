@@ -123,6 +123,8 @@ struct Store {
     /// Events are held back from watches while set.
     paused: bool,
     requests: Vec<Request>,
+    /// Every bookmark written to a watch: (resource, its fieldSelector, resourceVersion).
+    bookmarks: Vec<(Resource, Option<String>, u64)>,
 }
 
 struct Shared {
@@ -328,18 +330,37 @@ impl FakeApiServer {
         what: &str,
         pred: impl Fn(&Request) -> bool,
     ) -> Request {
-        let start = Instant::now();
-        loop {
-            if let Some(found) = self.requests().into_iter().skip(after).find(|r| pred(r)) {
-                return found;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "fake API server: no {what} within {timeout:?}; requests:\n{:#?}",
-                self.requests()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::wait::wait_for(
+            &format!("fake API server: {what}"),
+            timeout,
+            Duration::from_millis(50),
+            || {
+                let requests = self.requests();
+                match requests.iter().skip(after).find(|r| pred(r)) {
+                    Some(found) => Ok(found.clone()),
+                    None => Err(format!("requests:\n{requests:#?}")),
+                }
+            },
+        )
+    }
+
+    /// Waits until every watch of `resource` with one of `selectors` (fieldSelector values)
+    /// was written a bookmark at `revision` or later.
+    pub fn wait_for_bookmarks(
+        &self,
+        resource: Resource,
+        selectors: &[&str],
+        revision: u64,
+        timeout: Duration,
+    ) {
+        let bookmarked = |selector: &str| {
+            self.shared.lock().bookmarks.iter().any(|(r, s, rv)| {
+                *r == resource && s.as_deref() == Some(selector) && *rv >= revision
+            })
+        };
+        crate::wait::wait_until(timeout, Duration::from_millis(50), || {
+            selectors.iter().all(|selector| bookmarked(selector))
+        });
     }
 
     /// Writes a kubeconfig that points at this server from inside a node namespace.
@@ -669,6 +690,13 @@ fn serve_watch(
         }
         last_write = Instant::now();
         store = shared.lock();
+        for line in &lines {
+            if line["type"] == "BOOKMARK" {
+                store
+                    .bookmarks
+                    .push((resource, params.get("fieldSelector").cloned(), sent_up_to));
+            }
+        }
     }
 }
 

@@ -1,13 +1,9 @@
 //! The standard end-to-end setup: the two-node cluster with its pods serving, the standard
 //! manifests, and `sluice run` on both nodes; plus the assertions the tests share.
 
-use std::{
-    collections::BTreeSet,
-    net::Ipv4Addr,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
-use crate::{Cluster, Place, Proto, Reply, SluiceDaemon, manifests::ManifestDir};
+use crate::{Cluster, Place, Proto, Reply, SluiceDaemon, manifests::ManifestDir, wait::wait_for};
 
 /// How long the daemon gets to apply a manifest change.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,20 +104,15 @@ impl Scenario {
     /// Waits until `node`'s maps give `frontend` exactly the backend addresses `expected`.
     pub fn wait_for_backends(&self, node: &str, frontend: &str, expected: &[Ipv4Addr]) {
         let expected: BTreeSet<Ipv4Addr> = expected.iter().copied().collect();
-        let start = Instant::now();
-        loop {
+        let what = format!("{node}: {frontend} with backends {expected:?}");
+        wait_for(&what, SYNC_TIMEOUT, POLL, || {
             let current = backends_of(self.daemon(node), frontend);
             if current.as_ref() == Some(&expected) {
-                return;
+                return Ok(());
             }
-            assert!(
-                start.elapsed() < SYNC_TIMEOUT,
-                "{node}: {frontend} still has backends {current:?}, expected {expected:?}\n\
-                 stderr:\n{}",
-                self.daemon(node).stderr()
-            );
-            std::thread::sleep(POLL);
-        }
+            let stderr = self.daemon(node).stderr();
+            Err(format!("backends {current:?}\nstderr:\n{stderr}"))
+        });
     }
 }
 

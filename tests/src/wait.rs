@@ -1,6 +1,6 @@
 //! Polling helpers that fail with a clear message instead of hanging or sleeping blindly.
 
-use std::fmt::Debug;
+use std::fmt::Display;
 use std::time::{Duration, Instant};
 
 /// Polls `cond` every `poll_interval` until it returns true; panics (at the caller's line)
@@ -27,7 +27,7 @@ pub fn wait_until(timeout: Duration, poll_interval: Duration, mut cond: impl FnM
 /// Polls `f` every `poll_interval` until it returns Ok and returns that value; panics after
 /// `timeout` with `what` and the last error.
 #[track_caller]
-pub fn wait_for<T, E: Debug>(
+pub fn wait_for<T, E: Display>(
     what: &str,
     timeout: Duration,
     poll_interval: Duration,
@@ -39,9 +39,9 @@ pub fn wait_for<T, E: Debug>(
         polls += 1;
         match f() {
             Ok(value) => return value,
-            Err(e) if start.elapsed() >= timeout => panic!(
-                "timed out after {timeout:?} ({polls} polls) waiting for {what}; last error: {e:?}"
-            ),
+            Err(e) if start.elapsed() >= timeout => {
+                panic!("timed out after {timeout:?} ({polls} polls) waiting for {what}; last: {e}")
+            }
             Err(_) => std::thread::sleep(poll_interval),
         }
     }

@@ -2,11 +2,7 @@
 //! (pods, per network namespace) and the packet path (off-node client, per source address),
 //! expiry, switching on and off, and backends leaving.
 
-use std::{
-    collections::BTreeSet,
-    net::Ipv4Addr,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use proxy_tests::{
     Place, Proto,
@@ -114,11 +110,9 @@ fn entries(scenario: &Scenario, node: &str, service: &str) -> Vec<(String, Strin
 
 #[track_caller]
 fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(POLL);
-    }
+    proxy_tests::wait_for(what, timeout, POLL, || {
+        cond().then_some(()).ok_or("not yet")
+    });
 }
 
 #[test]

@@ -408,7 +408,13 @@ fn a_dropped_watch_resumes_from_its_resource_version() {
     );
     mode.wait_for_answers(Place::Pod("pod-1a"), Proto::Tcp, EXTRA_IP, 81, &["pod-2a"]);
     let bookmarked = mode.api.revision();
-    std::thread::sleep(Duration::from_secs(2));
+    // Both Node watches were told how far the server got.
+    mode.api.wait_for_bookmarks(
+        Resource::Nodes,
+        &["metadata.name=node1", "metadata.name=node2"],
+        bookmarked,
+        SYNC_TIMEOUT,
+    );
 
     // Changes held back, then every connection is cut mid-watch.
     mode.api.pause_watches();
@@ -464,11 +470,19 @@ fn an_unreachable_api_server_leaves_traffic_flowing_and_the_daemon_catches_up() 
         .unwrap_or_else(|e| panic!("hold a connection: {e}\n{}", mode.stderr()));
     let holder = held.greeting().name.clone();
 
+    const LOST: &str = "retrying with backoff";
+    let lost_before = [&mode.node1, &mode.node2].map(|node| node.stderr().matches(LOST).count());
     mode.api.stop();
     // A change while the nodes cannot see it.
     mode.api.apply(echo_slice_a(&mode.cluster, &["pod-1a"]));
     simple_service(&mode.api, &mode.cluster, "late", LATE_IP, &["pod-1b"], &[]);
-    std::thread::sleep(Duration::from_secs(3));
+    // Both daemons have noticed that the API server is gone.
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
+        [&mode.node1, &mode.node2]
+            .iter()
+            .zip(lost_before)
+            .all(|(node, before)| node.stderr().matches(LOST).count() > before)
+    });
     // The datapath keeps serving its last state: new and held connections alike.
     assert_eq!(
         mode.answering(

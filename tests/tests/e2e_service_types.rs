@@ -8,7 +8,7 @@ use std::{
     collections::BTreeSet,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use proxy_common::stats::DropReason;
@@ -16,6 +16,7 @@ use proxy_tests::{
     CLIENT_IP, Place, Proto, Reply, SluiceDaemon,
     manifests::pods_yaml,
     scenario::{ALL_PODS, SPREAD_REQUESTS, SYNC_TIMEOUT, Scenario, pods},
+    wait_for,
 };
 use proxy_user::datapath::Maps;
 use serde_json::Value;
@@ -111,19 +112,19 @@ fn frontends_of(daemon: &SluiceDaemon, service: &str) -> BTreeSet<(String, Strin
 /// Waits until `check` holds for the services rows of `service` on both nodes.
 fn wait_rows(scenario: &Scenario, service: &str, what: &str, check: impl Fn(&[Value]) -> bool) {
     for node in ["node1", "node2"] {
-        let start = Instant::now();
-        loop {
-            let rows = rows_of(scenario.daemon(node), service);
-            if check(&rows) {
-                break;
-            }
-            assert!(
-                start.elapsed() < SYNC_TIMEOUT,
-                "{node}: {service}: {what}; rows: {rows:#?}\nstderr:\n{}",
-                scenario.daemon(node).stderr()
-            );
-            std::thread::sleep(POLL);
-        }
+        wait_for(
+            &format!("{node}: {service}: {what}"),
+            SYNC_TIMEOUT,
+            POLL,
+            || {
+                let rows = rows_of(scenario.daemon(node), service);
+                if check(&rows) {
+                    return Ok(());
+                }
+                let stderr = scenario.daemon(node).stderr();
+                Err(format!("rows: {rows:#?}\nstderr:\n{stderr}"))
+            },
+        );
     }
 }
 
@@ -134,19 +135,15 @@ fn wait_frontends(scenario: &Scenario, service: &str, frontends: &[(&str, String
         .map(|(kind, frontend)| ((*kind).to_owned(), frontend.clone()))
         .collect();
     for node in ["node1", "node2"] {
-        let start = Instant::now();
-        loop {
+        let what = format!("{node}: {service} with frontends {wanted:?}");
+        wait_for(&what, SYNC_TIMEOUT, POLL, || {
             let current = frontends_of(scenario.daemon(node), service);
             if current == wanted {
-                break;
+                return Ok(());
             }
-            assert!(
-                start.elapsed() < SYNC_TIMEOUT,
-                "{node}: {service} has frontends {current:?}, expected {wanted:?}\nstderr:\n{}",
-                scenario.daemon(node).stderr()
-            );
-            std::thread::sleep(POLL);
-        }
+            let stderr = scenario.daemon(node).stderr();
+            Err(format!("frontends {current:?}\nstderr:\n{stderr}"))
+        });
     }
 }
 

@@ -2,7 +2,10 @@
 //! in full (`apply`: the first sync, and after an error) or only where the planner says the
 //! plan changed (`apply_changes`, in `changes`), so a change costs what it changes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::SocketAddrV4,
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::lpm_trie::Key;
@@ -355,13 +358,7 @@ impl Reconciler {
         }
         let count = u16::try_from(wanted.slots.len())
             .with_context(|| format!("{} has more than 65535 endpoints", planned.name))?;
-        let head = ServiceValue {
-            backend_id: 0,
-            count,
-            flags: planned.flags,
-            service_id,
-            affinity_timeout: planned.affinity_timeout,
-        };
+        let head = ServiceValue::head(service_id, count, planned.flags, planned.affinity_timeout);
         // New ranges before slot 0 enables them, removed ones after it no longer needs them.
         for net in &wanted.source_ranges {
             if !old_ranges.contains(net) {
@@ -372,8 +369,7 @@ impl Reconciler {
         }
         for (index, &backend_id) in wanted.slots.iter().enumerate() {
             if old_slots.get(index) != Some(&backend_id) {
-                let value = ServiceValue { backend_id, ..head };
-                pending.slot(service_key(frontend, index + 1), value);
+                pending.slot(service_key(frontend, index + 1), head.slot(backend_id));
             }
         }
         let internal = frontend.scope != SVC_SCOPE_DEFAULT;
@@ -514,14 +510,12 @@ fn next_id(id: u32, limit: u32) -> u32 {
 }
 
 fn service_key(frontend: &Frontend, slot: usize) -> ServiceKey {
-    ServiceKey {
-        addr: ip_to_net(frontend.addr),
-        port: port_to_net(frontend.port),
-        slot: slot as u16,
-        proto: frontend.protocol.ip_proto(),
-        scope: frontend.scope,
-        _pad: 0,
-    }
+    ServiceKey::new(
+        SocketAddrV4::new(frontend.addr, frontend.port),
+        frontend.protocol.ip_proto(),
+        frontend.scope,
+        slot as u16,
+    )
 }
 
 /// The source-range map key of `net` for the frontend `service_id`.
