@@ -256,13 +256,12 @@ impl Datapath {
         let count = u16::try_from(backend_ids.len()).expect("few backends");
         let key = |slot: u16| ServiceKey::new(frontend, proto, scope, slot);
         let head = ServiceValue::head(service_id, count, flags | SVC_F_EXTERNAL, 0);
-        let value = |backend_id: u32| head.slot(backend_id);
         for (slot, backend_id) in (1..).zip(backend_ids) {
             services
-                .insert(key(slot), value(*backend_id), 0)
+                .insert(key(slot), head.slot(*backend_id), 0)
                 .expect("write SVC_V1 slot");
         }
-        services.insert(key(0), value(0), 0).expect("write SVC_V1");
+        services.insert(key(0), head, 0).expect("write SVC_V1");
     }
 
     /// Allows clients in `addr/prefix` on the frontend `service_id` (`loadBalancerSourceRanges`).

@@ -101,16 +101,16 @@ pub fn ensure(toolchains: &Toolchains, uses: &[Use]) -> Result<()> {
         bail!("missing packages {list} and no apt-get here: install them by hand, then run again");
     }
     eprintln!("xtask: installing {list}");
-    let quiet = |command: &mut Command| {
+    let succeeded = |command: &mut Command| {
         command
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
             .is_ok_and(|status| status.success())
     };
-    if !quiet(Command::new("apt-get").args(["update", "-qq"])) {
+    if !succeeded(Command::new("apt-get").args(["update", "-qq"])) {
         bail!("`apt-get update` failed (see above): fix the package sources, then run again");
     }
-    if !quiet(
+    if !succeeded(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing),

@@ -45,33 +45,7 @@ impl Toolchains {
 /// (where auto-install is off), and then `cargo xtask` itself could not start to install it.
 pub fn ensure_stable(root: &Path, toolchains: &Toolchains) -> Result<()> {
     let stable = &toolchains.stable;
-    let installed = rustup(&["component", "list", "--installed", "--toolchain", stable]);
-    let has = |component: &str| {
-        installed
-            .as_ref()
-            .is_ok_and(|list| list.lines().any(|line| line.starts_with(component)))
-    };
-    if !has("rustc") {
-        eprintln!("xtask: installing Rust {stable} (toolchains.toml)");
-        run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            stable,
-            "--profile",
-            "minimal",
-            "--component",
-            "clippy,rustfmt",
-        ]))?;
-    } else if !has("clippy") || !has("rustfmt") {
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "clippy",
-            "rustfmt",
-            "--toolchain",
-            stable,
-        ]))?;
-    }
+    ensure_toolchain(stable, &["clippy", "rustfmt"])?;
     let active = output(
         Command::new("rustup")
             .args(["show", "active-toolchain"])
@@ -95,19 +69,7 @@ pub fn ensure_stable(root: &Path, toolchains: &Toolchains) -> Result<()> {
 pub fn ensure_ebpf(root: &Path, toolchains: &Toolchains) -> Result<()> {
     let ebpf = &toolchains.ebpf;
     let nightly = &ebpf.nightly;
-    let installed = rustup(&["component", "list", "--installed", "--toolchain", nightly]);
-    if !installed.is_ok_and(|list| list.lines().any(|line| line.starts_with("rust-src"))) {
-        eprintln!("xtask: installing {nightly} with rust-src (toolchains.toml)");
-        run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            nightly,
-            "--profile",
-            "minimal",
-            "--component",
-            "rust-src",
-        ]))?;
-    }
+    ensure_toolchain(nightly, &["rust-src"])?;
     let version = output(Command::new("rustc").args([&format!("+{nightly}"), "-vV"]))?;
     let llvm_major = version
         .lines()
@@ -126,6 +88,32 @@ pub fn ensure_ebpf(root: &Path, toolchains: &Toolchains) -> Result<()> {
         install_bpf_linker(root, toolchains)?;
     }
     Ok(())
+}
+
+/// Installs `toolchain` (minimal profile) with `components`, or adds the components it lacks;
+/// asks rustup nothing over the network when all are there.
+fn ensure_toolchain(toolchain: &str, components: &[&str]) -> Result<()> {
+    let list = ["component", "list", "--installed", "--toolchain", toolchain];
+    let installed = output(Command::new("rustup").args(list)).unwrap_or_default();
+    let has = |component: &str| installed.lines().any(|line| line.starts_with(component));
+    let missing: Vec<&str> = components.iter().copied().filter(|c| !has(c)).collect();
+    if !has("rustc") {
+        eprintln!(
+            "xtask: installing {toolchain} with {} (toolchains.toml)",
+            components.join(", ")
+        );
+        let components = components.join(",");
+        let install = ["toolchain", "install", toolchain, "--profile", "minimal"];
+        run(Command::new("rustup")
+            .args(install)
+            .args(["--component", &components]))
+    } else if !missing.is_empty() {
+        run(Command::new("rustup")
+            .args(["component", "add", "--toolchain", toolchain])
+            .args(&missing))
+    } else {
+        Ok(())
+    }
 }
 
 fn bpf_linker_is(version: &str) -> bool {
@@ -169,8 +157,4 @@ fn install_bpf_linker(root: &Path, toolchains: &Toolchains) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn rustup(args: &[&str]) -> Result<String> {
-    output(Command::new("rustup").args(args))
 }

@@ -104,7 +104,8 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
     desired.mark_changed();
     loop {
         let retry_at = retry.map(|(at, _)| at);
-        let (state, result) = tokio::select! {
+        // The state to sync, and whether it is the retry of one whose sync failed.
+        let (state, retrying) = tokio::select! {
             changed = desired.changed() => {
                 changed.context("the desired-state source stopped")?;
                 let Some(state) = desired.borrow_and_update().clone() else {
@@ -112,17 +113,13 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                 };
                 health.queued();
                 metrics.last_queued.set(unix_seconds(SystemTime::now()));
-                let sync_started = Instant::now();
-                let result = syncer.sync(&mut datapath.maps, state.clone()).await;
-                (state, result.map(|synced| (synced, sync_started)))
+                (state, false)
             }
             () = sleep_until(retry_at.unwrap_or_else(Instant::now).into()), if retry_at.is_some() => {
                 let Some(state) = desired.borrow().clone() else {
                     continue;
                 };
-                let sync_started = Instant::now();
-                let result = syncer.retry(&mut datapath.maps).await;
-                (state, result.map(|synced| (synced, sync_started)))
+                (state, true)
             }
             () = syncer.affinity_gc_due() => {
                 syncer.collect_affinity(&mut datapath.maps);
@@ -131,8 +128,14 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         };
+        let sync_started = Instant::now();
+        let result = if retrying {
+            syncer.retry(&mut datapath.maps).await
+        } else {
+            syncer.sync(&mut datapath.maps, state.clone()).await
+        };
         match result {
-            Ok((synced, sync_started)) => {
+            Ok(synced) => {
                 retry = None;
                 metrics
                     .udp_sockets_terminated
