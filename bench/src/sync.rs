@@ -185,7 +185,7 @@ fn run_one(params: &Params, services: usize, endpoints: usize) -> Result<Row> {
             let rss_before = rss_bytes();
             let mut loaded = Loaded::new(&sizes)?;
             let mut maps = Maps::take_from(&mut loaded.ebpf)?;
-            let mut reconciler = Reconciler::from_maps(&maps)?;
+            let mut reconciler = Reconciler::from_maps(&mut maps)?;
             let mut planner = Planner::new("node1");
             let started = Instant::now();
             let changes = planner.update(desired.clone());

@@ -60,7 +60,7 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
     if let Some(ring) = datapath.kernel_log.take() {
         tokio::spawn(kernel_log::forward(ring));
     }
-    let reconciler = Reconciler::from_maps(&datapath.maps)?;
+    let reconciler = Reconciler::from_maps(&mut datapath.maps)?;
     info!(
         frontends = reconciler.frontend_count(),
         backends = reconciler.backend_count(),

@@ -1,9 +1,6 @@
 //! Typed handles on every Sluice map, from a freshly loaded object or from the pins alone.
 
-use std::{
-    os::fd::{AsFd, OwnedFd},
-    path::Path,
-};
+use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -34,19 +31,6 @@ pub struct Maps {
     pub affinity_match: HashMap<MapData, AffinityMatchKey, u32>,
     pub source_ranges: LpmTrie<MapData, SourceRange, u32>,
     pub skipped: HashMap<MapData, SkippedKey, SkippedService>,
-    /// The maps the reconciler fills in bulk, for [`super::update_batch`].
-    pub batch: BatchFds,
-}
-
-/// File descriptors of the maps written with batched updates (aya's typed maps do not expose
-/// theirs).
-pub struct BatchFds {
-    pub services: OwnedFd,
-    pub backends: OwnedFd,
-    pub service_meta: OwnedFd,
-    pub service_stats: OwnedFd,
-    pub backend_stats: OwnedFd,
-    pub affinity_match: OwnedFd,
 }
 
 impl Maps {
@@ -74,22 +58,6 @@ impl Maps {
     }
 
     fn build(mut take: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
-        const BATCHED: [&str; 6] = [
-            map_names::SERVICES,
-            map_names::BACKENDS,
-            map_names::SERVICE_META,
-            map_names::SERVICE_STATS,
-            map_names::BACKEND_STATS,
-            map_names::AFFINITY_MATCH,
-        ];
-        let mut fds = Vec::new();
-        let mut take = |name: &str| {
-            let map = take(name)?;
-            if BATCHED.contains(&name) {
-                fds.push((name.to_owned(), fd_of(&map, name)?));
-            }
-            Ok::<_, anyhow::Error>(map)
-        };
         macro_rules! typed {
             ($name:expr) => {
                 take($name)?
@@ -113,38 +81,8 @@ impl Maps {
             affinity_match: typed!(map_names::AFFINITY_MATCH),
             source_ranges: typed!(map_names::SOURCE_RANGES),
             skipped: typed!(map_names::SKIPPED),
-            batch: {
-                let mut fd = |name: &str| {
-                    let at = fds
-                        .iter()
-                        .position(|(n, _)| n == name)
-                        .expect("taken above");
-                    fds.swap_remove(at).1
-                };
-                BatchFds {
-                    services: fd(map_names::SERVICES),
-                    backends: fd(map_names::BACKENDS),
-                    service_meta: fd(map_names::SERVICE_META),
-                    service_stats: fd(map_names::SERVICE_STATS),
-                    backend_stats: fd(map_names::BACKEND_STATS),
-                    affinity_match: fd(map_names::AFFINITY_MATCH),
-                }
-            },
         })
     }
-}
-
-/// A second file descriptor for `map`, which stays usable after the map is converted to its
-/// typed handle.
-fn fd_of(map: &Map, name: &str) -> Result<OwnedFd> {
-    let data = match map {
-        Map::HashMap(data) | Map::LruHashMap(data) | Map::PerCpuArray(data) => data,
-        _ => anyhow::bail!("map {name} has an unexpected type"),
-    };
-    data.fd()
-        .as_fd()
-        .try_clone_to_owned()
-        .with_context(|| format!("duplicate the fd of map {name}"))
 }
 
 /// A zero per-CPU traffic value, to reset a counter slot with.

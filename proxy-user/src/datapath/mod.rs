@@ -28,13 +28,13 @@ use aya::{
         links::FdLink,
     },
 };
-pub use maps::{BatchFds, MapFill, Maps, zero_traffic, zero_traffic_slots};
+pub use maps::{MapFill, Maps, zero_traffic, zero_traffic_slots};
 use proxy_common::{
     CONFIG_F_COUNTERS, CONFIG_F_XDP_TX, Config, NODE_ADDR_F_PRIMARY, NodeAddr, map_names,
     net::ip_to_net, program_names,
 };
 pub use sizes::MapSizes;
-pub use sys::update_batch;
+pub use sys::{BatchError, update_batch};
 use tracing::{info, warn};
 
 use self::udp_sockets::SockTermProgram;

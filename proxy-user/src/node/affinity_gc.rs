@@ -176,7 +176,7 @@ pub fn collect(
 mod tests {
     use std::collections::HashSet;
 
-    use proxy_common::{AFFINITY_CLIENT_IP, AffinityMatchKey};
+    use proxy_common::AFFINITY_CLIENT_IP;
 
     use super::*;
 
@@ -199,14 +199,9 @@ mod tests {
         }
     }
 
-    fn members() -> HashSet<AffinityMatchKey> {
-        [(7, 1), (7, 2)]
-            .into_iter()
-            .map(|(service_id, backend_id)| AffinityMatchKey {
-                service_id,
-                backend_id,
-            })
-            .collect()
+    /// Backends 1 and 2 serve service 7.
+    fn members() -> HashMap<u32, HashSet<u32>> {
+        [(7, [1, 2].into())].into()
     }
 
     #[test]

@@ -1,30 +1,34 @@
-//! Writes the difference between a plan and what the maps hold, keeping a mirror of the maps:
-//! in full (`apply`: the first sync, and after an error) or only where the planner says the
-//! plan changed (`apply_changes`, in `changes`), so a change costs what it changes.
+//! Writes the difference between a plan and what the maps hold, keeping a mirror of the maps.
+//! There is one write path: an apply covers a scope of plan entries, either those the planner
+//! says changed (`apply_changes`, so a change costs what it changes) or every entry planned or
+//! programmed (`apply`: the first sync, and after an error), and writes them in one order.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    borrow::Cow,
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::SocketAddrV4,
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::lpm_trie::Key;
 use ipnet::Ipv4Net;
 use proxy_common::{
-    Backend, MetaFields, SVC_SCOPE_DEFAULT, ServiceKey, ServiceMeta, ServiceValue, SkippedKey,
-    SkippedService, SourceRange,
+    AffinityMatchKey, Backend, MetaFields, SVC_SCOPE_DEFAULT, ServiceKey, ServiceMeta,
+    ServiceValue, SkippedKey, SkippedService,
     net::{ip_from_net, ip_to_net, port_from_net, port_to_net},
 };
 
 use self::affinity::AffinityMembers;
 pub use self::affinity::AffinityView;
 use self::batch::Pending;
-use super::plan::{BackendAddr, Frontend, FrontendPlan, Plan, SkippedPlan};
-use crate::{datapath::Maps, model::Protocol};
+use super::{
+    plan::{BackendAddr, Frontend, FrontendPlan, Plan, SkippedPlan},
+    planner::PlanChanges,
+    tables::ServiceTables,
+};
+use crate::model::Protocol;
 
 mod affinity;
 mod batch;
-mod changes;
 
 /// A frontend as programmed: its id, flags and backend ids by slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,8 +61,8 @@ pub struct Reconciler {
     backends: BTreeMap<u32, Backend>,
     /// The skipped-services map, by `namespace/name`.
     skipped: BTreeMap<String, SkippedService>,
-    /// Source ranges under no frontend's id, found in the maps: removed by the next apply.
-    stale_ranges: Vec<(u32, Ipv4Net)>,
+    /// What an interrupted apply left unreachable, found in the maps: removed by the next apply.
+    stale: Stale,
     next_service_id: u32,
     /// The ids of `frontends`, so allocating one costs O(1), not a walk over every frontend.
     service_ids: HashSet<u32>,
@@ -75,52 +79,92 @@ pub struct Reconciler {
     in_sync: bool,
 }
 
+/// Entries no reader can reach (slots under no head; metadata, source ranges and affinity
+/// members under no frontend's id), left by an interrupted apply.
+#[derive(Debug, Default)]
+struct Stale {
+    slots: Vec<ServiceKey>,
+    meta: Vec<u32>,
+    ranges: Vec<(u32, Ipv4Net)>,
+    members: Vec<u32>,
+}
+
+/// The plan entries one apply writes (and removes where the plan no longer has them).
+struct Scope<'a> {
+    /// Every entry: the plan's and every programmed one.
+    everything: bool,
+    frontends: Cow<'a, BTreeSet<Frontend>>,
+    backends: Cow<'a, BTreeSet<BackendAddr>>,
+    skipped: Cow<'a, BTreeSet<String>>,
+}
+
 impl Reconciler {
     /// Reads what the (possibly pinned, possibly from an earlier run) maps hold.
-    pub fn from_maps(maps: &Maps) -> Result<Self> {
+    pub fn from_maps(maps: &mut dyn ServiceTables) -> Result<Self> {
         let mut this = Self {
-            service_id_limit: maps.service_stats.len(),
-            backend_id_limit: maps.backend_stats.len(),
+            service_id_limit: maps.service_counters().slots(),
+            backend_id_limit: maps.backend_counters().slots(),
             ..Self::default()
         };
-        for entry in maps.backends.iter() {
-            let (id, backend) = entry.context("read the backends map")?;
+        for (id, backend) in maps.backends().entries().context("read the backends map")? {
             this.backend_ids.insert(backend_addr(&backend), id);
             this.backends.insert(id, backend);
             this.next_backend_id = this.next_backend_id.max(id);
         }
-        for entry in maps.skipped.iter() {
-            let (key, value) = entry.context("read the skipped-services map")?;
+        let skipped = maps
+            .skipped()
+            .entries()
+            .context("read the skipped-services map")?;
+        for (key, value) in skipped {
             this.skipped.insert(key.name().to_owned(), value);
         }
         let mut ranges: HashMap<u32, Vec<Ipv4Net>> = HashMap::new();
-        for key in maps.source_ranges.keys() {
-            let key = key.context("read the source-range map")?;
-            let data = key.data();
-            let prefix = key.prefix_len().saturating_sub(32).min(32) as u8;
-            let net = Ipv4Net::new(ip_from_net(data.addr), prefix).expect("prefix at most 32");
-            ranges.entry(data.service_id).or_default().push(net);
+        let range_keys = maps
+            .source_ranges()
+            .entries()
+            .context("read the source-range map")?;
+        for ((service_id, net), ()) in range_keys {
+            ranges.entry(service_id).or_default().push(net);
         }
+        let meta: HashMap<u32, ServiceMeta> = maps
+            .service_meta()
+            .entries()
+            .context("read the service-meta map")?
+            .into_iter()
+            .collect();
         let mut slots: HashMap<Frontend, BTreeMap<u16, ServiceValue>> = HashMap::new();
-        for entry in maps.services.iter() {
-            let (key, value) = entry.context("read the services map")?;
+        for (key, value) in maps.services().entries().context("read the services map")? {
             let Some(frontend) = frontend_of(&key) else {
                 continue;
             };
             slots.entry(frontend).or_default().insert(key.slot, value);
         }
         for (frontend, slots) in slots {
-            // A frontend without slot 0 is a remnant of an interrupted write: drop it on apply.
-            let head = slots.get(&0).copied().unwrap_or_default();
-            let backend_slots = slots
-                .iter()
-                .filter(|(slot, _)| **slot != 0)
-                .map(|(_, value)| value.backend_id)
+            // Slots without slot 0 are a remnant of an interrupted write, unreachable for a
+            // reader: removed by the next apply (which writes the frontend anew if planned).
+            let Some(&head) = slots.get(&0) else {
+                this.stale.slots.extend(
+                    slots
+                        .keys()
+                        .map(|&slot| service_key(&frontend, slot.into())),
+                );
+                continue;
+            };
+            // Readers use slots `1..=count`; those past it are left by an interrupted write
+            // (grown slots whose head was not written, or a shrink whose removals were not).
+            // A missing one (id 0: no backend) makes the next apply rewrite the frontend.
+            let backend_slots = (1..=head.count)
+                .map(|slot| slots.get(&slot).map_or(0, |value| value.backend_id))
                 .collect();
-            let meta = maps
-                .service_meta
-                .get(&head.service_id, 0)
-                .unwrap_or_else(|_| ServiceMeta::new("", MetaFields::default()));
+            this.stale.slots.extend(
+                slots
+                    .range(head.count + 1..)
+                    .map(|(&slot, _)| service_key(&frontend, slot.into())),
+            );
+            let meta = meta
+                .get(&head.service_id)
+                .copied()
+                .unwrap_or_else(|| ServiceMeta::new("", MetaFields::default()));
             let mut source_ranges = ranges.remove(&head.service_id).unwrap_or_default();
             source_ranges.sort_unstable();
             this.next_service_id = this.next_service_id.max(head.service_id);
@@ -142,24 +186,92 @@ impl Reconciler {
             );
         }
         this.members = AffinityMembers::from_maps(maps)?;
-        // Ranges of no frontend (an interrupted removal) go on the next apply.
-        this.stale_ranges = ranges
-            .into_iter()
-            .flat_map(|(id, nets)| nets.into_iter().map(move |net| (id, net)))
-            .collect();
+        this.stale = Stale {
+            slots: std::mem::take(&mut this.stale.slots),
+            meta: meta
+                .keys()
+                .filter(|id| !this.service_ids.contains(id))
+                .copied()
+                .collect(),
+            ranges: ranges
+                .into_iter()
+                .flat_map(|(id, nets)| nets.into_iter().map(move |net| (id, net)))
+                .collect(),
+            members: this
+                .members
+                .service_ids()
+                .filter(|id| !this.service_ids.contains(id))
+                .collect(),
+        };
         Ok(this)
     }
 
-    /// Makes the maps hold exactly `plan`, walking all of it. On error the mirror is re-read
-    /// from the maps so the next apply starts from the truth.
-    pub fn apply(&mut self, maps: &mut Maps, plan: &Plan) -> Result<ApplyStats> {
-        let result = self.try_apply(maps, plan);
+    /// Makes the maps hold exactly `plan`, walking all of it and all they hold. On error the
+    /// mirror is re-read from the maps so the next apply starts from the truth.
+    pub fn apply(&mut self, maps: &mut dyn ServiceTables, plan: &Plan) -> Result<ApplyStats> {
+        let scope = self.everything(plan);
+        let result = self.try_apply(maps, plan, &scope);
         self.after(maps, result)
+    }
+
+    /// Makes the maps hold `plan`, which differs from the plan of this reconciler's last
+    /// successful apply only in the entries `changes` lists (what `Planner::update` returned
+    /// along with `plan`). When the mirror is not known exact (the first apply, the first after
+    /// an error) or everything changed, it writes everything, like `apply`.
+    pub fn apply_changes(
+        &mut self,
+        maps: &mut dyn ServiceTables,
+        plan: &Plan,
+        changes: &PlanChanges,
+    ) -> Result<ApplyStats> {
+        if changes.everything || !self.in_sync {
+            return self.apply(maps, plan);
+        }
+        let scope = Scope {
+            everything: false,
+            frontends: Cow::Borrowed(&changes.frontends),
+            backends: Cow::Borrowed(&changes.backends),
+            skipped: Cow::Borrowed(&changes.skipped),
+        };
+        let result = self.try_apply(maps, plan, &scope);
+        self.after(maps, result)
+    }
+
+    /// Every entry of `plan` and every programmed one.
+    fn everything(&self, plan: &Plan) -> Scope<'static> {
+        Scope {
+            everything: true,
+            frontends: Cow::Owned(
+                plan.frontends
+                    .keys()
+                    .chain(self.frontends.keys())
+                    .copied()
+                    .collect(),
+            ),
+            backends: Cow::Owned(
+                plan.backends
+                    .keys()
+                    .chain(self.backend_ids.keys())
+                    .copied()
+                    .collect(),
+            ),
+            skipped: Cow::Owned(
+                plan.skipped
+                    .keys()
+                    .chain(self.skipped.keys())
+                    .cloned()
+                    .collect(),
+            ),
+        }
     }
 
     /// Marks the mirror exact after a success; re-reads it from the maps after an error, and
     /// then the next apply is a full one.
-    fn after(&mut self, maps: &Maps, result: Result<ApplyStats>) -> Result<ApplyStats> {
+    fn after(
+        &mut self,
+        maps: &mut dyn ServiceTables,
+        result: Result<ApplyStats>,
+    ) -> Result<ApplyStats> {
         match result {
             Ok(stats) => {
                 self.in_sync = true;
@@ -174,41 +286,68 @@ impl Reconciler {
         }
     }
 
-    fn try_apply(&mut self, maps: &mut Maps, plan: &Plan) -> Result<ApplyStats> {
+    /// The write order, the one place it is decided: each step leaves the maps in a state a
+    /// datapath reader can use (see `tables::memory`, whose tests check that after every entry).
+    fn try_apply(
+        &mut self,
+        maps: &mut dyn ServiceTables,
+        plan: &Plan,
+        scope: &Scope<'_>,
+    ) -> Result<ApplyStats> {
         let mut stats = ApplyStats {
-            full: true,
+            full: scope.everything,
             ..ApplyStats::default()
         };
-        self.remove_stale_ranges(maps)?;
+        self.remove_stale(maps)?;
 
-        // Backends first, so every slot written below points at an existing backend.
+        // 1. Backends (with fresh counters), so every slot written below points at one.
         let mut pending = Pending::default();
-        for (&addr, &flags) in &plan.backends {
-            self.write_backend(&mut pending, addr, flags, &mut stats)?;
+        for addr in scope.backends.iter() {
+            if let Some(&flags) = plan.backends.get(addr) {
+                self.write_backend(&mut pending, *addr, flags, &mut stats)?;
+            }
         }
         self.flush_backends(maps, &mut pending)?;
 
-        // Affinity to a backend that leaves a frontend ends before its slot goes.
-        let members = self.planned_members(plan);
-        self.members.sync(maps, members)?;
-        // Internal-scope entries before the default ones whose SVC_F_TWO_SCOPES sends the socket
-        // path to them.
-        let (internal, default): (Vec<_>, Vec<_>) = plan
-            .frontends
-            .iter()
-            .partition(|(frontend, _)| frontend.scope != SVC_SCOPE_DEFAULT);
-        for (frontend, planned) in internal.into_iter().chain(default) {
-            if self.write_frontend(maps, &mut pending, frontend, planned)? {
+        // 2. Affinity to a backend that leaves a frontend ends before its slot goes.
+        for frontend in scope.frontends.iter() {
+            let Some(service_id) = self.frontends.get(frontend).map(|p| p.service_id) else {
+                continue;
+            };
+            let wanted = self.wanted_members(plan.frontends.get(frontend));
+            let gone: Vec<u32> = self
+                .members
+                .of(service_id)
+                .difference(&wanted)
+                .copied()
+                .collect();
+            self.members.remove(maps, service_id, gone)?;
+        }
+
+        // 3. Frontends: internal-scope entries before the default ones whose SVC_F_TWO_SCOPES
+        // sends the socket path to them; each one's slots before its head (in `pending`).
+        let planned = |internal: bool| {
+            scope
+                .frontends
+                .iter()
+                .filter(move |frontend| (frontend.scope != SVC_SCOPE_DEFAULT) == internal)
+                .filter_map(|frontend| plan.frontends.get_key_value(frontend))
+        };
+        for (frontend, planned) in planned(true).chain(planned(false)) {
+            if self.write_frontend(&mut pending, frontend, planned)? {
                 stats.frontends_written += 1;
             }
         }
         self.flush_frontends(maps, &mut pending)?;
 
-        // Default-scope entries first, so no SVC_F_TWO_SCOPES points at a removed entry.
-        let mut gone: Vec<Frontend> = self
+        // 4. Frontends the plan no longer has, default-scope entries first, so no
+        // SVC_F_TWO_SCOPES points at a removed entry.
+        let mut gone: Vec<Frontend> = scope
             .frontends
-            .keys()
-            .filter(|frontend| !plan.frontends.contains_key(frontend))
+            .iter()
+            .filter(|frontend| {
+                !plan.frontends.contains_key(frontend) && self.frontends.contains_key(frontend)
+            })
             .copied()
             .collect();
         gone.sort_by_key(|frontend| frontend.scope != SVC_SCOPE_DEFAULT);
@@ -216,27 +355,76 @@ impl Reconciler {
             self.remove_frontend(maps, &frontend)?;
             stats.frontends_removed += 1;
         }
-        let members = self.programmed_members();
-        self.members.sync(maps, members)?;
-        self.write_skipped(maps, plan)?;
 
-        // Backends last: no slot refers to them any more.
-        let unused: Vec<BackendAddr> = self
-            .backend_ids
-            .keys()
-            .filter(|addr| !plan.backends.contains_key(addr))
-            .copied()
-            .collect();
-        for addr in unused {
-            self.remove_backend(maps, addr, &mut stats)?;
+        // 5. Affinity to the backends that joined a frontend, now that their slots exist (and
+        // a new frontend has its id).
+        let mut joined = Vec::new();
+        for frontend in scope.frontends.iter() {
+            let (Some(planned), Some(programmed)) =
+                (plan.frontends.get(frontend), self.frontends.get(frontend))
+            else {
+                continue;
+            };
+            let held = self.members.of(programmed.service_id);
+            let service_id = programmed.service_id;
+            joined.extend(self.wanted_members(Some(planned)).difference(&held).map(
+                |&backend_id| AffinityMatchKey {
+                    service_id,
+                    backend_id,
+                },
+            ));
+        }
+        self.members.add(maps, joined)?;
+
+        // 6. The skipped-services list, for the CLI.
+        for name in scope.skipped.iter() {
+            self.write_skipped_entry(maps, name, plan.skipped.get(name))?;
+        }
+
+        // 7. Backends last: no slot refers to them any more.
+        for addr in scope.backends.iter() {
+            if !plan.backends.contains_key(addr) {
+                self.remove_backend(maps, *addr, &mut stats)?;
+            }
         }
         Ok(stats)
     }
 
-    fn remove_stale_ranges(&mut self, maps: &mut Maps) -> Result<()> {
-        for (service_id, net) in std::mem::take(&mut self.stale_ranges) {
-            remove_if_present(maps.source_ranges.remove(&range_key(service_id, &net)))
-                .context("remove a stale source range")?;
+    /// The affinity members a planned frontend should have: the ids of its backends when
+    /// affinity is on (the datapath looks for members of no other frontend), none otherwise.
+    fn wanted_members(&self, planned: Option<&FrontendPlan>) -> HashSet<u32> {
+        match planned {
+            Some(planned) if planned.affinity_timeout != 0 => planned
+                .backends
+                .iter()
+                .filter_map(|addr| self.backend_ids.get(addr).copied())
+                .collect(),
+            _ => HashSet::new(),
+        }
+    }
+
+    /// Removes what an interrupted apply left unreachable: entries under no frontend's id,
+    /// slots under no head.
+    fn remove_stale(&mut self, maps: &mut dyn ServiceTables) -> Result<()> {
+        let stale = std::mem::take(&mut self.stale);
+        for key in stale.slots {
+            maps.services()
+                .remove(&key)
+                .context("remove a slot left without its frontend")?;
+        }
+        for id in stale.meta {
+            maps.service_meta()
+                .remove(&id)
+                .context("remove metadata left without its frontend")?;
+        }
+        for (service_id, net) in stale.ranges {
+            maps.source_ranges()
+                .remove(&(service_id, net))
+                .context("remove a source range left without its frontend")?;
+        }
+        for service_id in stale.members {
+            let members = self.members.of(service_id);
+            self.members.remove(maps, service_id, members)?;
         }
         Ok(())
     }
@@ -278,7 +466,7 @@ impl Reconciler {
     /// Removes a backend no slot refers to any more.
     fn remove_backend(
         &mut self,
-        maps: &mut Maps,
+        maps: &mut dyn ServiceTables,
         addr: BackendAddr,
         stats: &mut ApplyStats,
     ) -> Result<()> {
@@ -286,7 +474,8 @@ impl Reconciler {
             return Ok(());
         };
         self.backends.remove(&id);
-        remove_if_present(maps.backends.remove(&id))
+        maps.backends()
+            .remove(&id)
             .with_context(|| format!("remove backend {}:{}", addr.addr, addr.port))?;
         stats.backends_removed += 1;
         Ok(())
@@ -297,7 +486,6 @@ impl Reconciler {
     /// the head and the removals go through `pending`, whose flush keeps that order.
     fn write_frontend(
         &mut self,
-        maps: &mut Maps,
         pending: &mut Pending,
         frontend: &Frontend,
         planned: &FrontendPlan,
@@ -348,7 +536,6 @@ impl Reconciler {
         }
         let old_slots = old.as_ref().map_or(&[][..], |old| &old.slots[..]);
         let old_ranges = old.as_ref().map_or(&[][..], |old| &old.source_ranges[..]);
-        let context = || format!("write service {} ({frontend:?})", planned.name);
 
         if old.is_none() {
             pending.zero_service_counters(service_id, &planned.name);
@@ -362,9 +549,7 @@ impl Reconciler {
         // New ranges before slot 0 enables them, removed ones after it no longer needs them.
         for net in &wanted.source_ranges {
             if !old_ranges.contains(net) {
-                maps.source_ranges
-                    .insert(&range_key(service_id, net), 1, 0)
-                    .with_context(context)?;
+                pending.add_range(service_id, *net);
             }
         }
         for (index, &backend_id) in wanted.slots.iter().enumerate() {
@@ -393,64 +578,47 @@ impl Reconciler {
     }
 
     /// Removes slot 0 first: from then on lookups miss and the slots are unreachable.
-    fn remove_frontend(&mut self, maps: &mut Maps, frontend: &Frontend) -> Result<()> {
+    fn remove_frontend(&mut self, maps: &mut dyn ServiceTables, frontend: &Frontend) -> Result<()> {
         let programmed = self.frontends.remove(frontend).expect("caller checked");
         self.service_ids.remove(&programmed.service_id);
         self.affinity_timeouts.remove(&programmed.service_id);
         let context = || format!("remove service {} ({frontend:?})", programmed.meta.name());
-        remove_if_present(maps.services.remove(&service_key(frontend, 0))).with_context(context)?;
-        for index in 0..programmed.slots.len() {
-            remove_if_present(maps.services.remove(&service_key(frontend, index + 1)))
+        for slot in 0..=programmed.slots.len() {
+            maps.services()
+                .remove(&service_key(frontend, slot))
                 .with_context(context)?;
         }
         for net in &programmed.source_ranges {
-            remove_if_present(
-                maps.source_ranges
-                    .remove(&range_key(programmed.service_id, net)),
-            )
+            maps.source_ranges()
+                .remove(&(programmed.service_id, *net))
+                .with_context(context)?;
+        }
+        maps.service_meta()
+            .remove(&programmed.service_id)
             .with_context(context)?;
-        }
-        remove_if_present(maps.service_meta.remove(&programmed.service_id))
-            .with_context(context)?;
-        Ok(())
-    }
-
-    /// Makes the skipped-services map list exactly the plan's skipped services.
-    fn write_skipped(&mut self, maps: &mut Maps, plan: &Plan) -> Result<()> {
-        for (name, skipped) in &plan.skipped {
-            self.write_skipped_entry(maps, name, Some(skipped))?;
-        }
-        let gone: Vec<String> = self
-            .skipped
-            .keys()
-            .filter(|name| !plan.skipped.contains_key(*name))
-            .cloned()
-            .collect();
-        for name in gone {
-            self.write_skipped_entry(maps, &name, None)?;
-        }
         Ok(())
     }
 
     /// Lists `name` as `skipped`, or unlists it (`None`), if the map says otherwise.
     fn write_skipped_entry(
         &mut self,
-        maps: &mut Maps,
+        maps: &mut dyn ServiceTables,
         name: &str,
         skipped: Option<&SkippedPlan>,
     ) -> Result<()> {
         let Some(skipped) = skipped else {
             if self.skipped.remove(name).is_some() {
-                remove_if_present(maps.skipped.remove(&SkippedKey::new(name)))
+                maps.skipped()
+                    .remove(&SkippedKey::new(name))
                     .with_context(|| format!("unlist skipped service {name}"))?;
             }
             return Ok(());
         };
         let value = SkippedService::new(skipped.svc_type, &skipped.reason);
         if self.skipped.get(name) != Some(&value) {
-            maps.skipped
-                .insert(SkippedKey::new(name), value, 0)
-                .with_context(|| format!("list skipped service {name}"))?;
+            maps.skipped()
+                .write(&[SkippedKey::new(name)], &[value])
+                .map_err(|err| err.with(|_| format!("list skipped service {name}")))?;
             self.skipped.insert(name.to_owned(), value);
         }
         Ok(())
@@ -491,6 +659,12 @@ impl Reconciler {
         }
     }
 
+    /// The frontends with affinity on and their members, for the affinity GC (kept up to
+    /// date by every write, so this costs nothing).
+    pub fn affinity_view(&self) -> AffinityView<'_> {
+        self.members.view(&self.affinity_timeouts)
+    }
+
     pub fn frontend_count(&self) -> usize {
         self.frontends.len()
     }
@@ -518,17 +692,6 @@ fn service_key(frontend: &Frontend, slot: usize) -> ServiceKey {
     )
 }
 
-/// The source-range map key of `net` for the frontend `service_id`.
-fn range_key(service_id: u32, net: &Ipv4Net) -> Key<SourceRange> {
-    Key::new(
-        32 + u32::from(net.prefix_len()),
-        SourceRange {
-            service_id,
-            addr: ip_to_net(net.network()),
-        },
-    )
-}
-
 fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
     let protocol = match key.proto {
         proxy_common::IPPROTO_TCP => Protocol::Tcp,
@@ -547,19 +710,6 @@ fn backend_addr(backend: &Backend) -> BackendAddr {
     BackendAddr {
         addr: ip_from_net(backend.addr),
         port: port_from_net(backend.port),
-    }
-}
-
-/// Deleting what is already gone is not an error: the goal is its absence.
-fn remove_if_present(result: Result<(), aya::maps::MapError>) -> Result<()> {
-    match result {
-        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(err))
-            if err.io_error.raw_os_error() == Some(libc::ENOENT) =>
-        {
-            Ok(())
-        }
-        other => Ok(other?),
     }
 }
 

@@ -9,6 +9,9 @@ mod planner;
 /// the same proxy-user as the binary.
 #[doc(hidden)]
 pub mod random_state;
+pub mod tables;
+#[cfg(test)]
+mod tests;
 
 pub use apply::{AffinityView, ApplyStats, Reconciler};
 pub use plan::{BackendAddr, Frontend, FrontendPlan, Plan, SkippedPlan, local_ready_endpoints};

@@ -1,79 +1,101 @@
 //! The affinity-match map (`AFF_MATCH_V1`): one (service id, backend id) entry per backend
-//! slot, so the datapath drops affinity to a backend the moment it leaves a frontend. Also
-//! what the affinity GC needs to know about the programmed frontends.
+//! slot of a frontend with affinity on, so the datapath drops affinity to a backend the moment
+//! it leaves a frontend. Also what the affinity GC needs to know about the programmed frontends.
 
-use std::{
-    collections::{HashMap, HashSet},
-    os::fd::AsFd,
-};
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context as _, Result};
 use proxy_common::AffinityMatchKey;
 
-use super::{Reconciler, remove_if_present};
-use crate::{
-    datapath::{Maps, update_batch},
-    reconcile::Plan,
-};
+use crate::reconcile::tables::ServiceTables;
 
-/// The daemon's mirror of the affinity-match map.
+/// The daemon's mirror of the affinity-match map: service id → backend ids.
 #[derive(Debug, Default)]
 pub(super) struct AffinityMembers {
-    held: HashSet<AffinityMatchKey>,
+    held: HashMap<u32, HashSet<u32>>,
 }
 
 impl AffinityMembers {
-    pub(super) fn from_maps(maps: &Maps) -> Result<Self> {
-        let held = maps
-            .affinity_match
-            .keys()
-            .collect::<Result<_, _>>()
+    pub(super) fn from_maps(maps: &mut dyn ServiceTables) -> Result<Self> {
+        let mut held: HashMap<u32, HashSet<u32>> = HashMap::new();
+        let entries = maps
+            .affinity_match()
+            .entries()
             .context("read the affinity-match map")?;
+        for (key, ()) in entries {
+            held.entry(key.service_id)
+                .or_default()
+                .insert(key.backend_id);
+        }
         Ok(Self { held })
     }
 
-    /// Makes the map hold exactly `wanted`.
-    pub(super) fn sync(
-        &mut self,
-        maps: &mut Maps,
-        wanted: HashSet<AffinityMatchKey>,
-    ) -> Result<()> {
-        let gone: Vec<AffinityMatchKey> = self.held.difference(&wanted).copied().collect();
-        let new: Vec<AffinityMatchKey> = wanted.difference(&self.held).copied().collect();
-        self.update(maps, gone, new)
+    /// The members of `service_id`.
+    pub(super) fn of(&self, service_id: u32) -> HashSet<u32> {
+        self.held.get(&service_id).cloned().unwrap_or_default()
     }
 
-    /// Deletes `gone`, then adds `new`: deletions first, so a leaving backend stops being a
-    /// valid affinity target as early as possible.
-    pub(super) fn update(
+    /// The service ids with members, for finding those of no frontend.
+    pub(super) fn service_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.held.keys().copied()
+    }
+
+    /// Removes `backend_ids` from the members of `service_id`.
+    pub(super) fn remove(
         &mut self,
-        maps: &mut Maps,
-        gone: Vec<AffinityMatchKey>,
-        new: Vec<AffinityMatchKey>,
+        maps: &mut dyn ServiceTables,
+        service_id: u32,
+        backend_ids: impl IntoIterator<Item = u32>,
     ) -> Result<()> {
-        for key in gone {
-            remove_if_present(maps.affinity_match.remove(&key)).with_context(|| {
+        for backend_id in backend_ids {
+            let key = AffinityMatchKey {
+                service_id,
+                backend_id,
+            };
+            maps.affinity_match().remove(&key).with_context(|| {
                 format!(
-                    "remove backend {} of service id {} from the affinity-match map",
-                    key.backend_id, key.service_id
+                    "remove backend {backend_id} of service id {service_id} from the \
+                     affinity-match map"
                 )
             })?;
-            self.held.remove(&key);
+            if let Some(members) = self.held.get_mut(&service_id) {
+                members.remove(&backend_id);
+                if members.is_empty() {
+                    self.held.remove(&service_id);
+                }
+            }
         }
-        // One batched write: a cold start adds one entry per backend slot.
-        let values = vec![0u32; new.len()];
-        let written = update_batch(maps.batch.affinity_match.as_fd(), &new, &values);
+        Ok(())
+    }
+
+    /// Adds `new` with one batched write (a cold start adds one entry per backend slot).
+    pub(super) fn add(
+        &mut self,
+        maps: &mut dyn ServiceTables,
+        new: Vec<AffinityMatchKey>,
+    ) -> Result<()> {
+        let written = maps.affinity_match().write(&new, &vec![(); new.len()]);
         let done = written
             .as_ref()
             .map_or_else(|err| err.index, |()| new.len());
-        self.held.extend(new[..done].iter().copied());
+        for key in &new[..done] {
+            self.held
+                .entry(key.service_id)
+                .or_default()
+                .insert(key.backend_id);
+        }
         written.map_err(|err| {
-            let key = new[err.index];
-            anyhow::Error::new(err.error).context(format!(
-                "add backend {} of service id {} to the affinity-match map",
-                key.backend_id, key.service_id
-            ))
+            err.with(|at| {
+                format!(
+                    "add backend {} of service id {} to the affinity-match map",
+                    new[at].backend_id, new[at].service_id
+                )
+            })
         })
+    }
+
+    pub(super) fn view<'a>(&'a self, timeouts: &'a HashMap<u32, u32>) -> AffinityView<'a> {
+        AffinityView::new(timeouts, &self.held)
     }
 }
 
@@ -83,69 +105,19 @@ impl AffinityMembers {
 pub struct AffinityView<'a> {
     /// Service id → ClientIP timeout in seconds (only frontends with affinity on).
     pub timeouts: &'a HashMap<u32, u32>,
-    members: &'a HashSet<AffinityMatchKey>,
+    /// Service id → the backend ids in its slots.
+    members: &'a HashMap<u32, HashSet<u32>>,
 }
 
 impl<'a> AffinityView<'a> {
-    pub fn new(timeouts: &'a HashMap<u32, u32>, members: &'a HashSet<AffinityMatchKey>) -> Self {
+    pub fn new(timeouts: &'a HashMap<u32, u32>, members: &'a HashMap<u32, HashSet<u32>>) -> Self {
         Self { timeouts, members }
     }
 
     /// Whether `backend_id` is one of the backend slots of `service_id`.
     pub fn serves(&self, service_id: u32, backend_id: u32) -> bool {
-        self.members.contains(&AffinityMatchKey {
-            service_id,
-            backend_id,
-        })
-    }
-}
-
-impl Reconciler {
-    /// Memberships of the plan's frontends with affinity on that are already programmed (new
-    /// frontends have no id yet; they get theirs after their slots are written). Only
-    /// frontends with affinity on have members: the datapath looks there for no other.
-    pub(super) fn planned_members(&self, plan: &Plan) -> HashSet<AffinityMatchKey> {
-        let mut wanted = HashSet::new();
-        for (frontend, planned) in &plan.frontends {
-            let Some(programmed) = self.frontends.get(frontend) else {
-                continue;
-            };
-            if planned.affinity_timeout == 0 {
-                continue;
-            }
-            for addr in &planned.backends {
-                if let Some(&backend_id) = self.backend_ids.get(addr) {
-                    wanted.insert(AffinityMatchKey {
-                        service_id: programmed.service_id,
-                        backend_id,
-                    });
-                }
-            }
-        }
-        wanted
-    }
-
-    /// Memberships of every programmed frontend with affinity on, as the services map now
-    /// holds them.
-    pub(super) fn programmed_members(&self) -> HashSet<AffinityMatchKey> {
-        self.frontends
-            .values()
-            .filter(|programmed| programmed.affinity_timeout != 0)
-            .flat_map(|programmed| {
-                programmed
-                    .slots
-                    .iter()
-                    .map(move |&backend_id| AffinityMatchKey {
-                        service_id: programmed.service_id,
-                        backend_id,
-                    })
-            })
-            .collect()
-    }
-
-    /// The frontends with affinity on and their members, for the affinity GC (kept up to
-    /// date by every write, so this costs nothing).
-    pub fn affinity_view(&self) -> AffinityView<'_> {
-        AffinityView::new(&self.affinity_timeouts, &self.members.held)
+        self.members
+            .get(&service_id)
+            .is_some_and(|members| members.contains(&backend_id))
     }
 }

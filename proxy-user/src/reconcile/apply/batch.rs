@@ -1,18 +1,17 @@
-//! An apply's writes collected per map and stage, then sent with one bpf(2) call per chunk
-//! (BPF_MAP_UPDATE_BATCH): a cold start writes millions of entries, and a call per entry made
-//! it take seconds. The stages keep the order readers rely on: counters and backends before
-//! the slots that point at them, slots before the heads that count them, internal-scope heads
-//! before the default-scope heads that send the socket path to them, and removals of slots and
-//! source ranges a head no longer needs after that head.
-
-use std::os::fd::AsFd;
+//! An apply's writes collected per map and stage, then sent with one batched write per stage
+//! (BPF_MAP_UPDATE_BATCH for the kernel's maps): a cold start writes millions of entries, and
+//! a call per entry made it take seconds. The stages are the write order readers rely on:
+//! counters and backends before the slots that point at them, new source ranges and slots
+//! before the heads that enable and count them, internal-scope heads before the default-scope
+//! heads that send the socket path to them, and removals of slots and source ranges a head no
+//! longer needs after that head.
 
 use anyhow::{Context as _, Result};
 use ipnet::Ipv4Net;
 use proxy_common::{Backend, ServiceKey, ServiceMeta, ServiceValue};
 
-use super::{Reconciler, frontend_of, range_key, remove_if_present};
-use crate::datapath::{Maps, update_batch, zero_traffic_slots};
+use super::{Reconciler, frontend_of};
+use crate::reconcile::tables::{RangeKey, ServiceTables};
 
 /// Keys and values of one map, in write order.
 struct Writes<K, V> {
@@ -45,6 +44,7 @@ pub(super) struct Pending {
     /// Service ids whose counters start from zero, with the service's name.
     service_counters: Writes<u32, String>,
     meta: Writes<u32, ServiceMeta>,
+    new_ranges: Vec<RangeKey>,
     slots: Writes<ServiceKey, ServiceValue>,
     internal_heads: Writes<ServiceKey, ServiceValue>,
     default_heads: Writes<ServiceKey, ServiceValue>,
@@ -67,6 +67,10 @@ impl Pending {
 
     pub(super) fn meta(&mut self, id: u32, meta: ServiceMeta) {
         self.meta.push(id, meta);
+    }
+
+    pub(super) fn add_range(&mut self, service_id: u32, net: Ipv4Net) {
+        self.new_ranges.push((service_id, net));
     }
 
     pub(super) fn slot(&mut self, key: ServiceKey, value: ServiceValue) {
@@ -92,83 +96,90 @@ impl Pending {
 
 impl Reconciler {
     /// Writes the pending backends and their counters.
-    pub(super) fn flush_backends(&self, maps: &Maps, pending: &mut Pending) -> Result<()> {
-        let zeros = zero_traffic_slots(pending.backend_counters.len())?;
-        let ids = &pending.backend_counters;
-        update_batch(maps.batch.backend_stats.as_fd(), ids, &zeros).map_err(|err| {
-            anyhow::Error::new(err.error).context(format!(
-                "zero the counters of backend id {}",
-                ids[err.index]
-            ))
-        })?;
-        pending.backend_counters.clear();
-        let backends = &pending.backends;
-        update_batch(
-            maps.batch.backends.as_fd(),
-            &backends.keys,
-            &backends.values,
-        )
-        .map_err(|err| {
-            let backend = backends.values[err.index];
-            anyhow::Error::new(err.error).context(format!(
-                "write backend {}:{}",
-                proxy_common::net::ip_from_net(backend.addr),
-                proxy_common::net::port_from_net(backend.port)
-            ))
-        })?;
-        pending.backends = Writes::default();
-        Ok(())
+    pub(super) fn flush_backends(
+        &self,
+        maps: &mut dyn ServiceTables,
+        pending: &mut Pending,
+    ) -> Result<()> {
+        let ids = std::mem::take(&mut pending.backend_counters);
+        maps.backend_counters()
+            .reset(&ids)
+            .map_err(|err| err.with(|at| format!("zero the counters of backend id {}", ids[at])))?;
+        let backends = std::mem::take(&mut pending.backends);
+        maps.backends()
+            .write(&backends.keys, &backends.values)
+            .map_err(|err| {
+                err.with(|at| {
+                    let backend = backends.values[at];
+                    format!(
+                        "write backend {}:{}",
+                        proxy_common::net::ip_from_net(backend.addr),
+                        proxy_common::net::port_from_net(backend.port)
+                    )
+                })
+            })
     }
 
     /// Writes the pending frontends, stage by stage, then removes what they no longer need.
-    pub(super) fn flush_frontends(&self, maps: &mut Maps, pending: &mut Pending) -> Result<()> {
+    pub(super) fn flush_frontends(
+        &self,
+        maps: &mut dyn ServiceTables,
+        pending: &mut Pending,
+    ) -> Result<()> {
+        let pending = std::mem::take(pending);
         let counters = &pending.service_counters;
-        let zeros = zero_traffic_slots(counters.keys.len())?;
-        update_batch(maps.batch.service_stats.as_fd(), &counters.keys, &zeros).map_err(|err| {
-            anyhow::Error::new(err.error).context(format!(
-                "zero the counters of service {}",
-                counters.values[err.index]
-            ))
-        })?;
+        maps.service_counters()
+            .reset(&counters.keys)
+            .map_err(|err| {
+                err.with(|at| format!("zero the counters of service {}", counters.values[at]))
+            })?;
         let meta = &pending.meta;
-        update_batch(maps.batch.service_meta.as_fd(), &meta.keys, &meta.values).map_err(|err| {
-            anyhow::Error::new(err.error)
-                .context(format!("write service {}", meta.values[err.index].name()))
-        })?;
+        maps.service_meta()
+            .write(&meta.keys, &meta.values)
+            .map_err(|err| err.with(|at| format!("write service {}", meta.values[at].name())))?;
+        let ranges = &pending.new_ranges;
+        maps.source_ranges()
+            .write(ranges, &vec![(); ranges.len()])
+            .map_err(|err| {
+                err.with(|at| {
+                    let (service_id, net) = ranges[at];
+                    format!("add source range {net} of service id {service_id}")
+                })
+            })?;
         for writes in [
             &pending.slots,
             &pending.internal_heads,
             &pending.default_heads,
         ] {
-            update_batch(maps.batch.services.as_fd(), &writes.keys, &writes.values).map_err(
-                |err| {
-                    let key = writes.keys[err.index];
+            maps.services()
+                .write(&writes.keys, &writes.values)
+                .map_err(|err| {
                     let full = if err.error.raw_os_error() == Some(libc::E2BIG) {
                         " (the services map is full: see --max-backend-slots)"
                     } else {
                         ""
                     };
-                    let what = if key.slot == 0 {
-                        "its head".to_owned()
-                    } else {
-                        format!("backend slot {}", key.slot)
-                    };
-                    anyhow::Error::new(err.error).context(format!(
-                        "write service {} ({what}){full}",
-                        self.name_of(&key)
-                    ))
-                },
-            )?;
+                    err.with(|at| {
+                        let key = writes.keys[at];
+                        let what = if key.slot == 0 {
+                            "its head".to_owned()
+                        } else {
+                            format!("backend slot {}", key.slot)
+                        };
+                        format!("write service {} ({what}){full}", self.name_of(&key))
+                    })
+                })?;
         }
-        for key in std::mem::take(&mut pending.slot_removals) {
-            remove_if_present(maps.services.remove(&key))
-                .with_context(|| format!("remove slot {} of {}", key.slot, self.name_of(&key)))?;
+        for key in &pending.slot_removals {
+            maps.services()
+                .remove(key)
+                .with_context(|| format!("remove slot {} of {}", key.slot, self.name_of(key)))?;
         }
-        for (service_id, net) in std::mem::take(&mut pending.range_removals) {
-            remove_if_present(maps.source_ranges.remove(&range_key(service_id, &net)))
+        for (service_id, net) in &pending.range_removals {
+            maps.source_ranges()
+                .remove(&(*service_id, *net))
                 .with_context(|| format!("remove source range {net} of service id {service_id}"))?;
         }
-        *pending = Pending::default();
         Ok(())
     }
 

@@ -1,0 +1,149 @@
+//! The reconciler's tables as the kernel holds them: aya's typed maps, written with batched
+//! updates (a cold start writes millions of entries, and a call per entry took seconds).
+
+use std::os::fd::AsFd as _;
+
+use anyhow::Result;
+use aya::maps::{HashMap, IterableMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
+use ipnet::Ipv4Net;
+use proxy_common::{
+    AffinityMatchKey, Backend, ServiceKey, ServiceMeta, ServiceValue, SkippedKey, SkippedService,
+    SourceRange,
+    net::{ip_from_net, ip_to_net},
+    stats::Traffic,
+};
+
+use super::{BatchError, Counters, RangeKey, ServiceTables, Table};
+use crate::datapath::{Maps, update_batch, zero_traffic_slots};
+
+impl ServiceTables for Maps {
+    fn services(&mut self) -> &mut dyn Table<ServiceKey, ServiceValue> {
+        &mut self.services
+    }
+    fn backends(&mut self) -> &mut dyn Table<u32, Backend> {
+        &mut self.backends
+    }
+    fn service_meta(&mut self) -> &mut dyn Table<u32, ServiceMeta> {
+        &mut self.service_meta
+    }
+    fn source_ranges(&mut self) -> &mut dyn Table<RangeKey, ()> {
+        &mut self.source_ranges
+    }
+    fn affinity_match(&mut self) -> &mut dyn Table<AffinityMatchKey, ()> {
+        &mut self.affinity_match
+    }
+    fn skipped(&mut self) -> &mut dyn Table<SkippedKey, SkippedService> {
+        &mut self.skipped
+    }
+    fn service_counters(&mut self) -> &mut dyn Counters {
+        &mut self.service_stats
+    }
+    fn backend_counters(&mut self) -> &mut dyn Counters {
+        &mut self.backend_stats
+    }
+}
+
+impl<K, V> Table<K, V> for HashMap<MapData, K, V>
+where
+    K: aya::Pod + bytemuck::Pod,
+    V: aya::Pod + bytemuck::Pod,
+{
+    fn entries(&self) -> Result<Vec<(K, V)>> {
+        Ok(self.iter().collect::<Result<_, _>>()?)
+    }
+
+    fn write(&mut self, keys: &[K], values: &[V]) -> Result<(), BatchError> {
+        update_batch(IterableMap::map(self).fd().as_fd(), keys, values)
+    }
+
+    fn remove(&mut self, key: &K) -> Result<()> {
+        remove_if_present(HashMap::remove(self, key))
+    }
+}
+
+/// The affinity-match map is a set: its values are unused (0).
+impl Table<AffinityMatchKey, ()> for HashMap<MapData, AffinityMatchKey, u32> {
+    fn entries(&self) -> Result<Vec<(AffinityMatchKey, ())>> {
+        let keys = self.keys().collect::<Result<Vec<_>, _>>()?;
+        Ok(keys.into_iter().map(|key| (key, ())).collect())
+    }
+
+    fn write(&mut self, keys: &[AffinityMatchKey], _: &[()]) -> Result<(), BatchError> {
+        update_batch(
+            IterableMap::map(self).fd().as_fd(),
+            keys,
+            &vec![0u32; keys.len()],
+        )
+    }
+
+    fn remove(&mut self, key: &AffinityMatchKey) -> Result<()> {
+        remove_if_present(HashMap::remove(self, key))
+    }
+}
+
+/// Source ranges are a longest-prefix-match trie keyed by (service id, client address): the
+/// prefix covers the 32 bits of the id, then the network's own prefix. Its values are unused (1).
+impl Table<RangeKey, ()> for LpmTrie<MapData, SourceRange, u32> {
+    fn entries(&self) -> Result<Vec<(RangeKey, ())>> {
+        let mut entries = Vec::new();
+        for key in self.keys() {
+            let key = key?;
+            let data = key.data();
+            let prefix = key.prefix_len().saturating_sub(32).min(32) as u8;
+            let net = Ipv4Net::new(ip_from_net(data.addr), prefix).expect("prefix at most 32");
+            entries.push(((data.service_id, net), ()));
+        }
+        Ok(entries)
+    }
+
+    fn write(&mut self, keys: &[RangeKey], _: &[()]) -> Result<(), BatchError> {
+        // LPM tries take no batched updates.
+        for (index, key) in keys.iter().enumerate() {
+            self.insert(&trie_key(key), 1, 0)
+                .map_err(|err| BatchError {
+                    index,
+                    error: std::io::Error::other(err),
+                })?;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &RangeKey) -> Result<()> {
+        remove_if_present(LpmTrie::remove(self, &trie_key(key)))
+    }
+}
+
+fn trie_key((service_id, net): &RangeKey) -> Key<SourceRange> {
+    Key::new(
+        32 + u32::from(net.prefix_len()),
+        SourceRange {
+            service_id: *service_id,
+            addr: ip_to_net(net.network()),
+        },
+    )
+}
+
+impl Counters for PerCpuArray<MapData, Traffic> {
+    fn slots(&self) -> u32 {
+        PerCpuArray::len(self)
+    }
+
+    fn reset(&mut self, ids: &[u32]) -> Result<(), BatchError> {
+        let zeros = zero_traffic_slots(ids.len()).map_err(|err| BatchError {
+            index: 0,
+            error: std::io::Error::other(err),
+        })?;
+        update_batch(IterableMap::map(self).fd().as_fd(), ids, &zeros)
+    }
+}
+
+/// Deleting what is already gone is not an error: the goal is its absence.
+fn remove_if_present(result: Result<(), MapError>) -> Result<()> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        other => Ok(other?),
+    }
+}

@@ -1,0 +1,522 @@
+//! The reconciler's tables in memory, for tests without root: they refuse what the kernel's
+//! maps refuse (a full table, an injected failure, part way through a batch), and after every
+//! single entry written or removed they check what a datapath reader relies on (slots under a
+//! head exist and point at backends, metadata and the internal-scope entry are there, affinity
+//! members name a frontend and a backend), so a wrong write order fails a test.
+
+use std::{
+    cell::RefCell,
+    collections::{HashMap, HashSet},
+    fmt::Write as _,
+    hash::Hash,
+    io,
+    net::SocketAddrV4,
+    rc::Rc,
+};
+
+use anyhow::{Result, bail};
+use proxy_common::{
+    AffinityMatchKey, Backend, SVC_F_TWO_SCOPES, SVC_SCOPE_DEFAULT, SVC_SCOPE_INTERNAL, ServiceKey,
+    ServiceMeta, ServiceValue, SkippedKey, SkippedService,
+    net::{ip_from_net, port_from_net},
+};
+
+use super::{BatchError, Counters, RangeKey, ServiceTables, Table};
+
+/// What the tables hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Contents {
+    pub services: HashMap<ServiceKey, ServiceValue>,
+    pub backends: HashMap<u32, Backend>,
+    pub service_meta: HashMap<u32, ServiceMeta>,
+    pub source_ranges: HashMap<RangeKey, ()>,
+    pub affinity_match: HashMap<AffinityMatchKey, ()>,
+    pub skipped: HashMap<SkippedKey, SkippedService>,
+    /// Traffic per service id: a test may set some to see which an apply starts from zero.
+    pub service_counters: Vec<u64>,
+    pub backend_counters: Vec<u64>,
+}
+
+/// How many entries each table takes, like the maps' `max_entries`.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    pub services: usize,
+    pub backends: usize,
+    pub service_meta: usize,
+    pub source_ranges: usize,
+    pub affinity_match: usize,
+    pub skipped: usize,
+    /// The counter arrays' lengths, which bound the ids.
+    pub service_ids: u32,
+    pub backend_ids: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            services: 4096,
+            backends: 1024,
+            service_meta: 1024,
+            source_ranges: 1024,
+            affinity_match: 4096,
+            skipped: 256,
+            service_ids: 1024,
+            backend_ids: 1024,
+        }
+    }
+}
+
+/// The tables, their rules, and what broke them.
+#[derive(Debug)]
+struct Shared {
+    contents: Contents,
+    capacity: Capacity,
+    /// Check the reader's view after every entry (off to start from a deliberately broken state).
+    checking: bool,
+    /// The first reader-visible inconsistency seen, with the write that made it.
+    violation: Option<String>,
+    /// Entries written or removed so far.
+    ops: u64,
+    /// The op with this number fails (with EIO), as a map write can for reasons of its own.
+    fail_at: Option<u64>,
+}
+
+impl Shared {
+    /// Counts one op; fails it if it is the injected failure.
+    fn op(&mut self) -> io::Result<()> {
+        self.ops += 1;
+        if self.fail_at == Some(self.ops) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
+    }
+
+    fn check(&mut self, what: impl FnOnce() -> String) {
+        if self.checking
+            && self.violation.is_none()
+            && let Err(err) = reader_view(&self.contents)
+        {
+            self.violation = Some(format!("after {}: {err}", what()));
+        }
+    }
+}
+
+/// The in-memory tables; clones share them.
+#[derive(Clone, Debug)]
+pub struct MemoryTables {
+    shared: Rc<RefCell<Shared>>,
+    services: Handle<ServiceKey, ServiceValue>,
+    backends: Handle<u32, Backend>,
+    service_meta: Handle<u32, ServiceMeta>,
+    source_ranges: Handle<RangeKey, ()>,
+    affinity_match: Handle<AffinityMatchKey, ()>,
+    skipped: Handle<SkippedKey, SkippedService>,
+    service_counters: CounterHandle,
+    backend_counters: CounterHandle,
+}
+
+impl MemoryTables {
+    /// Empty tables that check every write.
+    pub fn new(capacity: Capacity) -> Self {
+        Self::holding(Contents::default(), capacity)
+    }
+
+    /// Tables holding `contents`, as maps left by an earlier run do. Call
+    /// [`Self::stop_checking`] first to start from a view an interrupted run left broken.
+    pub fn holding(mut contents: Contents, capacity: Capacity) -> Self {
+        contents
+            .service_counters
+            .resize(capacity.service_ids as usize, 0);
+        contents
+            .backend_counters
+            .resize(capacity.backend_ids as usize, 0);
+        let shared = Rc::new(RefCell::new(Shared {
+            contents,
+            capacity,
+            checking: true,
+            violation: None,
+            ops: 0,
+            fail_at: None,
+        }));
+        Self {
+            services: Handle::new(&shared, "services", |c| &mut c.services, |c| c.services),
+            backends: Handle::new(&shared, "backends", |c| &mut c.backends, |c| c.backends),
+            service_meta: Handle::new(
+                &shared,
+                "service meta",
+                |c| &mut c.service_meta,
+                |c| c.service_meta,
+            ),
+            source_ranges: Handle::new(
+                &shared,
+                "source ranges",
+                |c| &mut c.source_ranges,
+                |c| c.source_ranges,
+            ),
+            affinity_match: Handle::new(
+                &shared,
+                "affinity match",
+                |c| &mut c.affinity_match,
+                |c| c.affinity_match,
+            ),
+            skipped: Handle::new(&shared, "skipped", |c| &mut c.skipped, |c| c.skipped),
+            service_counters: CounterHandle {
+                shared: shared.clone(),
+                counters: |c| &mut c.service_counters,
+            },
+            backend_counters: CounterHandle {
+                shared: shared.clone(),
+                counters: |c| &mut c.backend_counters,
+            },
+            shared,
+        }
+    }
+
+    /// Checks the reader's view after every write from now on (a broken view now is reported).
+    pub fn check_from_now(&mut self) {
+        let mut shared = self.shared.borrow_mut();
+        shared.checking = true;
+        shared.check(|| "the start".to_owned());
+    }
+
+    /// Stops checking (to break the view on purpose, as a crash part way through would).
+    pub fn stop_checking(&mut self) {
+        self.shared.borrow_mut().checking = false;
+    }
+
+    /// What the tables hold now.
+    pub fn contents(&self) -> Contents {
+        self.shared.borrow().contents.clone()
+    }
+
+    /// Sets the traffic of every counter slot, as if packets had passed.
+    pub fn set_traffic(&mut self, packets: u64) {
+        let mut shared = self.shared.borrow_mut();
+        shared.contents.service_counters.fill(packets);
+        shared.contents.backend_counters.fill(packets);
+    }
+
+    /// Makes the `n`th op from now (1 = the next) fail, as a kernel map write can.
+    pub fn fail_op(&mut self, n: u64) {
+        let mut shared = self.shared.borrow_mut();
+        shared.fail_at = Some(shared.ops + n);
+    }
+
+    /// Undoes [`Self::fail_op`] if that op has not come.
+    pub fn clear_failure(&mut self) {
+        self.shared.borrow_mut().fail_at = None;
+    }
+
+    /// Entries written or removed so far.
+    pub fn ops(&self) -> u64 {
+        self.shared.borrow().ops
+    }
+
+    /// Fails with the first inconsistency a datapath reader could have seen.
+    pub fn reader_violation(&self) -> Result<()> {
+        match &self.shared.borrow().violation {
+            Some(violation) => bail!("{violation}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ServiceTables for MemoryTables {
+    fn services(&mut self) -> &mut dyn Table<ServiceKey, ServiceValue> {
+        &mut self.services
+    }
+    fn backends(&mut self) -> &mut dyn Table<u32, Backend> {
+        &mut self.backends
+    }
+    fn service_meta(&mut self) -> &mut dyn Table<u32, ServiceMeta> {
+        &mut self.service_meta
+    }
+    fn source_ranges(&mut self) -> &mut dyn Table<RangeKey, ()> {
+        &mut self.source_ranges
+    }
+    fn affinity_match(&mut self) -> &mut dyn Table<AffinityMatchKey, ()> {
+        &mut self.affinity_match
+    }
+    fn skipped(&mut self) -> &mut dyn Table<SkippedKey, SkippedService> {
+        &mut self.skipped
+    }
+    fn service_counters(&mut self) -> &mut dyn Counters {
+        &mut self.service_counters
+    }
+    fn backend_counters(&mut self) -> &mut dyn Counters {
+        &mut self.backend_counters
+    }
+}
+
+/// One table of the shared contents.
+struct Handle<K, V> {
+    shared: Rc<RefCell<Shared>>,
+    name: &'static str,
+    table: fn(&mut Contents) -> &mut HashMap<K, V>,
+    limit: fn(&Capacity) -> usize,
+}
+
+impl<K, V> Handle<K, V> {
+    fn new(
+        shared: &Rc<RefCell<Shared>>,
+        name: &'static str,
+        table: fn(&mut Contents) -> &mut HashMap<K, V>,
+        limit: fn(&Capacity) -> usize,
+    ) -> Self {
+        Self {
+            shared: shared.clone(),
+            name,
+            table,
+            limit,
+        }
+    }
+}
+
+impl<K, V> Clone for Handle<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            ..*self
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for Handle<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Handle({})", self.name)
+    }
+}
+
+impl<K: Copy + Eq + Hash + std::fmt::Debug, V: Copy> Table<K, V> for Handle<K, V> {
+    fn entries(&self) -> Result<Vec<(K, V)>> {
+        let mut shared = self.shared.borrow_mut();
+        Ok((self.table)(&mut shared.contents)
+            .iter()
+            .map(|(key, value)| (*key, *value))
+            .collect())
+    }
+
+    fn write(&mut self, keys: &[K], values: &[V]) -> Result<(), BatchError> {
+        let mut shared = self.shared.borrow_mut();
+        for (index, (key, value)) in keys.iter().zip(values).enumerate() {
+            let limit = (self.limit)(&shared.capacity);
+            shared.op().map_err(|error| BatchError { index, error })?;
+            let table = (self.table)(&mut shared.contents);
+            if table.len() >= limit && !table.contains_key(key) {
+                let error = io::Error::from_raw_os_error(libc::E2BIG);
+                return Err(BatchError { index, error });
+            }
+            table.insert(*key, *value);
+            shared.check(|| format!("writing {key:?} to {}", self.name));
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &K) -> Result<()> {
+        let mut shared = self.shared.borrow_mut();
+        shared.op()?;
+        (self.table)(&mut shared.contents).remove(key);
+        shared.check(|| format!("removing {key:?} from {}", self.name));
+        Ok(())
+    }
+}
+
+/// One counter array of the shared contents.
+#[derive(Clone)]
+struct CounterHandle {
+    shared: Rc<RefCell<Shared>>,
+    counters: fn(&mut Contents) -> &mut Vec<u64>,
+}
+
+impl std::fmt::Debug for CounterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CounterHandle")
+    }
+}
+
+impl Counters for CounterHandle {
+    fn slots(&self) -> u32 {
+        let mut shared = self.shared.borrow_mut();
+        (self.counters)(&mut shared.contents).len() as u32
+    }
+
+    fn reset(&mut self, ids: &[u32]) -> Result<(), BatchError> {
+        let mut shared = self.shared.borrow_mut();
+        for (index, &id) in ids.iter().enumerate() {
+            shared.op().map_err(|error| BatchError { index, error })?;
+            let Some(slot) = (self.counters)(&mut shared.contents).get_mut(id as usize) else {
+                let error = io::Error::from_raw_os_error(libc::E2BIG);
+                return Err(BatchError { index, error });
+            };
+            *slot = 0;
+        }
+        Ok(())
+    }
+}
+
+/// Checks what a datapath reader relies on: every head's slots `1..=count` exist under the
+/// head's id and point at backends; every head has metadata; a default-scope head that sends
+/// in-cluster clients to the internal scope has that entry; every affinity member names a
+/// frontend's id and a backend.
+pub fn reader_view(contents: &Contents) -> Result<()> {
+    let mut ids = HashSet::new();
+    for (key, head) in &contents.services {
+        if key.slot != 0 {
+            continue;
+        }
+        ids.insert(head.service_id);
+        let frontend = frontend_name(key);
+        for slot in 1..=head.count {
+            let slot_key = ServiceKey { slot, ..*key };
+            let Some(value) = contents.services.get(&slot_key) else {
+                bail!(
+                    "{frontend} counts {} slots but has no slot {slot}",
+                    head.count
+                );
+            };
+            if value.service_id != head.service_id {
+                bail!("slot {slot} of {frontend} has another frontend's id");
+            }
+            if !contents.backends.contains_key(&value.backend_id) {
+                bail!(
+                    "slot {slot} of {frontend} points at no backend ({})",
+                    value.backend_id
+                );
+            }
+        }
+        if !contents.service_meta.contains_key(&head.service_id) {
+            bail!("{frontend} (id {}) has no metadata", head.service_id);
+        }
+        if key.scope == SVC_SCOPE_DEFAULT && head.flags & SVC_F_TWO_SCOPES != 0 {
+            let internal = ServiceKey {
+                scope: SVC_SCOPE_INTERNAL,
+                ..*key
+            };
+            if !contents.services.contains_key(&internal) {
+                bail!("{frontend} sends in-cluster clients to an internal entry it has not");
+            }
+        }
+    }
+    for member in contents.affinity_match.keys() {
+        if !ids.contains(&member.service_id) {
+            bail!("affinity member {member:?} names no frontend");
+        }
+        if !contents.backends.contains_key(&member.backend_id) {
+            bail!("affinity member {member:?} names no backend");
+        }
+    }
+    Ok(())
+}
+
+fn frontend_name(key: &ServiceKey) -> String {
+    let addr = SocketAddrV4::new(ip_from_net(key.addr), port_from_net(key.port));
+    format!("frontend {addr} proto {} scope {}", key.proto, key.scope)
+}
+
+impl Contents {
+    /// What `tables` hold, but for the counters (which the trait does not read).
+    pub fn read(tables: &mut dyn ServiceTables) -> Result<Self> {
+        fn all<K: Eq + Hash, V>(entries: Vec<(K, V)>) -> HashMap<K, V> {
+            entries.into_iter().collect()
+        }
+        Ok(Self {
+            services: all(tables.services().entries()?),
+            backends: all(tables.backends().entries()?),
+            service_meta: all(tables.service_meta().entries()?),
+            source_ranges: all(tables.source_ranges().entries()?),
+            affinity_match: all(tables.affinity_match().entries()?),
+            skipped: all(tables.skipped().entries()?),
+            service_counters: Vec::new(),
+            backend_counters: Vec::new(),
+        })
+    }
+
+    /// The contents as sorted text lines, one entry a line, for golden files.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut lines = |title: &str, mut lines: Vec<String>| {
+            lines.sort();
+            let _ = writeln!(out, "{title}:");
+            for line in lines {
+                let _ = writeln!(out, "  {line}");
+            }
+        };
+        lines(
+            "services",
+            self.services
+                .iter()
+                .map(|(key, value)| {
+                    let addr = SocketAddrV4::new(ip_from_net(key.addr), port_from_net(key.port));
+                    let frontend = format!(
+                        "{addr:<21} proto {:>2} scope {} slot {:>2}",
+                        key.proto, key.scope, key.slot
+                    );
+                    if key.slot == 0 {
+                        format!(
+                            "{frontend}: id {} count {} flags {:#06x} affinity {}",
+                            value.service_id, value.count, value.flags, value.affinity_timeout
+                        )
+                    } else {
+                        format!(
+                            "{frontend}: id {} backend {}",
+                            value.service_id, value.backend_id
+                        )
+                    }
+                })
+                .collect(),
+        );
+        lines(
+            "backends",
+            self.backends
+                .iter()
+                .map(|(id, backend)| {
+                    let addr =
+                        SocketAddrV4::new(ip_from_net(backend.addr), port_from_net(backend.port));
+                    format!("{id:>4}: {addr} flags {:#04x}", backend.flags)
+                })
+                .collect(),
+        );
+        lines(
+            "service meta",
+            self.service_meta
+                .iter()
+                .map(|(id, meta)| {
+                    format!(
+                        "{id:>4}: {} kind {} type {} policy {:#04x} proto {} port {} health {}",
+                        meta.name(),
+                        meta.kind,
+                        meta.svc_type,
+                        meta.policy,
+                        meta.proto,
+                        u16::from_be(meta.port),
+                        u16::from_be(meta.health_check_port)
+                    )
+                })
+                .collect(),
+        );
+        lines(
+            "source ranges",
+            self.source_ranges
+                .keys()
+                .map(|(id, net)| format!("{id:>4}: {net}"))
+                .collect(),
+        );
+        lines(
+            "affinity match",
+            self.affinity_match
+                .keys()
+                .map(|key| format!("{:>4}: backend {}", key.service_id, key.backend_id))
+                .collect(),
+        );
+        lines(
+            "skipped",
+            self.skipped
+                .iter()
+                .map(|(key, value)| {
+                    format!("{}: type {} {}", key.name(), value.svc_type, value.reason())
+                })
+                .collect(),
+        );
+        out
+    }
+}

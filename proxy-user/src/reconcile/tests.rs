@@ -1,0 +1,355 @@
+//! The reconciler against in-memory tables: random sequences of desired-state changes
+//! (services added and removed, endpoints moving, terminating, type and policy changes, shared
+//! endpoints, contested frontends, affinity on and off), each planned by `Planner` and written by
+//! `Reconciler::apply_changes`, must leave exactly what a full apply of the same state writes
+//! into empty tables; a failed write anywhere must leave a view a datapath reader can use and
+//! the next apply must converge; and at no single write may a reader see a half-written
+//! service (the tables check that after every entry).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+    sync::Arc,
+};
+
+use ipnet::Ipv4Net;
+use proxy_common::{
+    ServiceMeta,
+    net::{ip_from_net, port_from_net},
+};
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+
+use super::{
+    Plan, Planner, Reconciler,
+    random_state::{NODE, RandomStates},
+    tables::memory::{Capacity, Contents, MemoryTables},
+};
+use crate::model::DesiredState;
+
+const SEEDS: u64 = 40;
+/// More for the failing runs: many steps there fail, and only some of them recover.
+const FAILING_SEEDS: u64 = 100;
+const STEPS: usize = 30;
+
+/// A frontend: address, port, protocol, scope.
+type FrontendKey = (Ipv4Addr, u16, u8, u8);
+/// A backend: address and port.
+type BackendKey = (Ipv4Addr, u16);
+
+/// One frontend as the tables hold it, with ids replaced by what they stand for.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct FrontendEntry {
+    count: u16,
+    flags: u16,
+    affinity_timeout: u32,
+    /// Backends by slot, `1..=count` (and any slot past the count, which must not exist).
+    slots: BTreeMap<u16, BackendKey>,
+    meta: Option<ServiceMeta>,
+    source_ranges: BTreeSet<Ipv4Net>,
+    /// The affinity-match entries of the frontend's id.
+    members: BTreeSet<BackendKey>,
+}
+
+/// The tables' contents without ids (two reconcilers may number the same state differently).
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    frontends: BTreeMap<FrontendKey, FrontendEntry>,
+    backends: BTreeMap<BackendKey, u8>,
+    skipped: BTreeMap<String, (u8, String)>,
+}
+
+/// `contents` without ids, checking on the way that every id refers to something: slots to
+/// backends and to their frontend's id, metadata, source ranges and affinity members to a
+/// frontend; and that no slot is left past a frontend's count.
+fn snapshot(contents: &Contents) -> Snapshot {
+    let backend_addr = |id: &u32| -> BackendKey {
+        let backend = contents
+            .backends
+            .get(id)
+            .unwrap_or_else(|| panic!("backend id {id} is not in the backends table"));
+        (ip_from_net(backend.addr), port_from_net(backend.port))
+    };
+    let backends = contents
+        .backends
+        .iter()
+        .map(|(id, backend)| (backend_addr(id), backend.flags))
+        .collect();
+    let mut frontends: BTreeMap<FrontendKey, FrontendEntry> = BTreeMap::new();
+    let mut ids: HashMap<u32, FrontendKey> = HashMap::new();
+    let frontend_of = |key: &proxy_common::ServiceKey| {
+        (
+            ip_from_net(key.addr),
+            port_from_net(key.port),
+            key.proto,
+            key.scope,
+        )
+    };
+    for (key, value) in contents.services.iter().filter(|(key, _)| key.slot == 0) {
+        let frontend = frontend_of(key);
+        let head = frontends.entry(frontend).or_default();
+        head.count = value.count;
+        head.flags = value.flags;
+        head.affinity_timeout = value.affinity_timeout;
+        assert!(
+            ids.insert(value.service_id, frontend).is_none(),
+            "two frontends have id {}",
+            value.service_id
+        );
+    }
+    for (key, value) in contents.services.iter().filter(|(key, _)| key.slot != 0) {
+        let frontend = frontend_of(key);
+        let head = frontends
+            .get_mut(&frontend)
+            .unwrap_or_else(|| panic!("slot {} of {frontend:?} has no slot 0", key.slot));
+        assert_eq!(ids.get(&value.service_id), Some(&frontend), "slot's id");
+        head.slots.insert(key.slot, backend_addr(&value.backend_id));
+    }
+    let of_id = |id: u32, what: &str| -> FrontendKey {
+        *ids.get(&id)
+            .unwrap_or_else(|| panic!("{what} of id {id}, which no frontend has"))
+    };
+    for (id, meta) in &contents.service_meta {
+        let frontend = of_id(*id, "metadata");
+        frontends.get_mut(&frontend).expect("listed").meta = Some(*meta);
+    }
+    for (id, net) in contents.source_ranges.keys() {
+        let frontend = of_id(*id, "a source range");
+        let entry = frontends.get_mut(&frontend).expect("listed");
+        entry.source_ranges.insert(*net);
+    }
+    for key in contents.affinity_match.keys() {
+        let frontend = of_id(key.service_id, "an affinity member");
+        let backend = backend_addr(&key.backend_id);
+        let entry = frontends.get_mut(&frontend).expect("listed");
+        entry.members.insert(backend);
+    }
+    for (frontend, entry) in &frontends {
+        let expected: Vec<u16> = (1..=entry.count).collect();
+        let found: Vec<u16> = entry.slots.keys().copied().collect();
+        assert_eq!(found, expected, "slots of {frontend:?}");
+    }
+    let skipped = contents
+        .skipped
+        .iter()
+        .map(|(key, value)| {
+            (
+                key.name().to_owned(),
+                (value.svc_type, value.reason().to_owned()),
+            )
+        })
+        .collect();
+    Snapshot {
+        frontends,
+        backends,
+        skipped,
+    }
+}
+
+/// What a full apply of `state` by a new reconciler writes into empty tables.
+fn fully_applied(state: &DesiredState) -> Snapshot {
+    let mut tables = MemoryTables::new(Capacity::default());
+    let mut reconciler = Reconciler::from_maps(&mut tables).expect("read the empty tables");
+    reconciler
+        .apply(&mut tables, &Plan::build(state, NODE))
+        .expect("full apply");
+    tables.reader_violation().expect("a consistent view");
+    snapshot(&tables.contents())
+}
+
+#[test]
+fn incremental_applies_leave_what_a_full_apply_writes() {
+    let mut written = 0;
+    for seed in 0..SEEDS {
+        let mut random = RandomStates::new(seed);
+        let mut state = random.state(10);
+        let mut tables = MemoryTables::new(Capacity::default());
+        let mut reconciler = Reconciler::from_maps(&mut tables).expect("read the empty tables");
+        let mut planner = Planner::new(NODE);
+        for step in 0..STEPS {
+            let changes = planner.update(Arc::new(state.clone()));
+            assert_eq!(changes.everything, step == 0);
+            let stats = reconciler
+                .apply_changes(&mut tables, planner.plan(), &changes)
+                .unwrap_or_else(|err| panic!("seed {seed} step {step}: {err:#}"));
+            assert_eq!(stats.full, step == 0);
+            written += stats.frontends_written + stats.frontends_removed;
+            tables
+                .reader_violation()
+                .unwrap_or_else(|err| panic!("seed {seed} step {step}: {err:#}"));
+            assert_eq!(
+                snapshot(&tables.contents()),
+                fully_applied(&state),
+                "seed {seed} step {step}: the tables differ from a full apply's"
+            );
+            random.change(&mut state);
+        }
+    }
+    assert!(
+        written > 1000,
+        "only {written} frontend writes: too few changes"
+    );
+}
+
+/// Backend ids run out now and then (their counters array is tiny), so applies fail half way;
+/// the reconciler re-reads the tables, and the next apply (a full one) must converge.
+#[test]
+fn after_running_out_of_ids_the_next_apply_converges() {
+    let (mut failed, mut recovered) = (0, 0);
+    // At most 11 backends: fewer than the random states' 16 distinct endpoints.
+    let capacity = Capacity {
+        backend_ids: 12,
+        ..Capacity::default()
+    };
+    for seed in 0..FAILING_SEEDS {
+        let mut random = RandomStates::new(1000 + seed);
+        let mut state = random.state(10);
+        let mut tables = MemoryTables::new(capacity);
+        let mut reconciler = Reconciler::from_maps(&mut tables).expect("read the empty tables");
+        let mut planner = Planner::new(NODE);
+        let mut failing = false;
+        for step in 0..STEPS {
+            let changes = planner.update(Arc::new(state.clone()));
+            let result = reconciler.apply_changes(&mut tables, planner.plan(), &changes);
+            tables
+                .reader_violation()
+                .unwrap_or_else(|err| panic!("seed {seed} step {step}: {err:#}"));
+            match result {
+                Err(_) => {
+                    failed += 1;
+                    failing = true;
+                    // The next state needs fewer backends, so an apply can succeed again.
+                    let names: Vec<_> = state.services.keys().take(2).cloned().collect();
+                    for name in names {
+                        state.services.remove(&name);
+                    }
+                }
+                Ok(_) => {
+                    recovered += usize::from(failing);
+                    failing = false;
+                    assert_eq!(
+                        snapshot(&tables.contents()),
+                        fully_applied(&state),
+                        "seed {seed} step {step}: the tables differ from a full apply's"
+                    );
+                }
+            }
+            random.change(&mut state);
+        }
+    }
+    assert!(
+        failed > 20 && recovered > 20,
+        "{failed} failed applies, {recovered} recoveries: the test does not test much"
+    );
+}
+
+/// Any single write may fail (as a kernel map write can): whichever one does, the view stays
+/// one a reader can use, and the next apply, a full one from what the tables then hold,
+/// converges.
+#[test]
+fn a_write_failing_anywhere_leaves_a_usable_view_and_the_next_apply_converges() {
+    let mut failed = 0;
+    for seed in 0..SEEDS {
+        let mut rng = StdRng::seed_from_u64(7000 + seed);
+        let mut random = RandomStates::new(7000 + seed);
+        let mut state = random.state(10);
+        let mut tables = MemoryTables::new(Capacity::default());
+        let mut reconciler = Reconciler::from_maps(&mut tables).expect("read the empty tables");
+        let mut planner = Planner::new(NODE);
+        for step in 0..STEPS {
+            let changes = planner.update(Arc::new(state.clone()));
+            // Fail one of the first writes of this apply (a change writes a few dozen).
+            tables.fail_op(rng.random_range(1..=40));
+            let result = reconciler.apply_changes(&mut tables, planner.plan(), &changes);
+            tables.clear_failure();
+            tables
+                .reader_violation()
+                .unwrap_or_else(|err| panic!("seed {seed} step {step}: {err:#}"));
+            if result.is_err() {
+                failed += 1;
+                let stats = reconciler
+                    .apply_changes(&mut tables, planner.plan(), &changes)
+                    .unwrap_or_else(|err| panic!("seed {seed} step {step}: retry: {err:#}"));
+                assert!(stats.full, "the retry after an error writes everything");
+            }
+            assert_eq!(
+                snapshot(&tables.contents()),
+                fully_applied(&state),
+                "seed {seed} step {step}: the tables differ from a full apply's"
+            );
+            random.change(&mut state);
+        }
+    }
+    assert!(
+        failed > 200,
+        "only {failed} applies failed: the test does not test much"
+    );
+}
+
+/// A new frontend's and a new backend's counters start from zero (a reused id never shows an
+/// earlier owner's traffic); an apply that leaves them in place does not reset them.
+#[test]
+fn counters_start_from_zero_with_their_id_and_are_kept_after() {
+    let mut random = RandomStates::new(42);
+    let state = random.state(10);
+    let mut tables = MemoryTables::new(Capacity::default());
+    tables.set_traffic(7);
+    let mut reconciler = Reconciler::from_maps(&mut tables).expect("read the empty tables");
+    let plan = Plan::build(&state, NODE);
+    reconciler.apply(&mut tables, &plan).expect("apply");
+    let contents = tables.contents();
+    let service_ids: BTreeSet<u32> = contents.services.values().map(|v| v.service_id).collect();
+    assert!(!service_ids.is_empty() && !contents.backends.is_empty());
+    for (id, traffic) in contents.service_counters.iter().enumerate() {
+        let expected = if service_ids.contains(&(id as u32)) {
+            0
+        } else {
+            7
+        };
+        assert_eq!(*traffic, expected, "service id {id}");
+    }
+    for (id, traffic) in contents.backend_counters.iter().enumerate() {
+        let used = contents.backends.contains_key(&(id as u32));
+        assert_eq!(*traffic, if used { 0 } else { 7 }, "backend id {id}");
+    }
+
+    tables.set_traffic(9);
+    reconciler.apply(&mut tables, &plan).expect("apply again");
+    let contents = tables.contents();
+    assert!(
+        contents
+            .service_counters
+            .iter()
+            .all(|&traffic| traffic == 9)
+    );
+    assert!(
+        contents
+            .backend_counters
+            .iter()
+            .all(|&traffic| traffic == 9)
+    );
+}
+
+/// A restarted daemon reads what the tables hold: an apply of the same plan writes nothing.
+#[test]
+fn a_reconciler_reading_applied_tables_has_nothing_to_write() {
+    for seed in 0..SEEDS {
+        let state = RandomStates::new(seed).state(10);
+        let plan = Plan::build(&state, NODE);
+        let mut tables = MemoryTables::new(Capacity::default());
+        let mut first = Reconciler::from_maps(&mut tables).expect("read the empty tables");
+        first.apply(&mut tables, &plan).expect("apply");
+        let ops = tables.ops();
+        let mut restarted = Reconciler::from_maps(&mut tables).expect("read the tables");
+        let stats = restarted.apply(&mut tables, &plan).expect("apply again");
+        assert_eq!(
+            (stats.frontends_written, stats.backends_written),
+            (0, 0),
+            "seed {seed}"
+        );
+        assert_eq!(
+            tables.ops(),
+            ops,
+            "seed {seed}: an apply of no change wrote"
+        );
+    }
+}

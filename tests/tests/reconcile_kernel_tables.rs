@@ -1,0 +1,123 @@
+//! The reconciler's kernel tables (aya's maps of a loaded object, batched updates) against the
+//! in-memory ones its unit tests use (`proxy_user::reconcile::tables::memory`): the same random
+//! sequences of desired states, applied by two reconcilers, one into each, must leave the same
+//! entries, ids included, after every step; also when applies fail half way because backend
+//! ids run out. The unit tests show the in-memory result is right; this shows the kernel's is
+//! the same. Needs root (loads the eBPF object).
+
+use std::sync::Arc;
+
+use aya::{Ebpf, EbpfLoader};
+use proxy_common::map_names;
+use proxy_tests::isolated_netns::IsolatedNetns;
+use proxy_user::{
+    datapath::Maps,
+    reconcile::{
+        Planner, Reconciler,
+        random_state::{NODE, RandomStates},
+        tables::memory::{Capacity, Contents, MemoryTables},
+    },
+};
+
+const SEEDS: u64 = 12;
+const STEPS: usize = 30;
+
+/// Loads the object's maps (no program is loaded or attached) with the in-memory tables'
+/// capacities.
+fn load(capacity: &Capacity) -> (Ebpf, Maps) {
+    let entries = |n: usize| u32::try_from(n).expect("small");
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(map_names::SERVICES, entries(capacity.services))
+        .map_max_entries(map_names::BACKENDS, entries(capacity.backends))
+        .map_max_entries(map_names::SERVICE_META, entries(capacity.service_meta))
+        .map_max_entries(map_names::SERVICE_STATS, capacity.service_ids)
+        .map_max_entries(map_names::BACKEND_STATS, capacity.backend_ids)
+        .map_max_entries(map_names::CONNTRACK, 1024)
+        .map_max_entries(map_names::SOCK_REV_NAT, 64)
+        .map_max_entries(map_names::AFFINITY, 1024)
+        .map_max_entries(map_names::AFFINITY_MATCH, entries(capacity.affinity_match))
+        .map_max_entries(map_names::SOURCE_RANGES, entries(capacity.source_ranges))
+        .map_max_entries(map_names::SKIPPED, entries(capacity.skipped))
+        .load(proxy_user::EBPF_OBJECT)
+        .expect("load the eBPF object");
+    let maps = Maps::take_from(&mut ebpf).expect("take the maps");
+    (ebpf, maps)
+}
+
+/// Runs `seeds` random sequences into both kinds of tables; returns (applies that failed,
+/// applies that succeeded).
+fn run_in_step(first_seed: u64, seeds: u64, capacity: Capacity) -> (usize, usize) {
+    let (mut failed, mut succeeded) = (0, 0);
+    for seed in first_seed..first_seed + seeds {
+        let mut random = RandomStates::new(seed);
+        let mut state = random.state(10);
+        let (_ebpf, mut maps) = load(&capacity);
+        let mut memory = MemoryTables::new(capacity);
+        let mut in_kernel = Reconciler::from_maps(&mut maps).expect("read the empty maps");
+        let mut in_memory = Reconciler::from_maps(&mut memory).expect("read the empty tables");
+        let mut planner = Planner::new(NODE);
+        for step in 0..STEPS {
+            let changes = planner.update(Arc::new(state.clone()));
+            let kernel = in_kernel.apply_changes(&mut maps, planner.plan(), &changes);
+            let expected = in_memory.apply_changes(&mut memory, planner.plan(), &changes);
+            match (&kernel, &expected) {
+                (Ok(kernel), Ok(expected)) => {
+                    assert_eq!(
+                        kernel, expected,
+                        "seed {seed} step {step}: what was written"
+                    );
+                    succeeded += 1;
+                }
+                (Err(kernel), Err(expected)) => {
+                    assert_eq!(
+                        format!("{kernel:#}"),
+                        format!("{expected:#}"),
+                        "seed {seed} step {step}: the error"
+                    );
+                    failed += 1;
+                    // The next state needs fewer backends, so an apply can succeed again.
+                    let names: Vec<_> = state.services.keys().take(2).cloned().collect();
+                    for name in names {
+                        state.services.remove(&name);
+                    }
+                }
+                _ => panic!("seed {seed} step {step}: kernel {kernel:?}, memory {expected:?}"),
+            }
+            let in_maps = Contents::read(&mut maps).expect("read the maps");
+            let in_tables = Contents::read(&mut memory).expect("read the tables");
+            assert!(
+                in_maps == in_tables,
+                "seed {seed} step {step}: the maps hold\n{}\nthe in-memory tables\n{}",
+                in_maps.render(),
+                in_tables.render()
+            );
+            random.change(&mut state);
+        }
+    }
+    (failed, succeeded)
+}
+
+#[test]
+fn the_kernel_maps_end_up_as_the_in_memory_tables() {
+    let _netns = IsolatedNetns::enter().expect("create a network namespace (needs root)");
+    let (failed, succeeded) = run_in_step(0, SEEDS, Capacity::default());
+    assert_eq!(failed, 0);
+    assert_eq!(succeeded, SEEDS as usize * STEPS);
+}
+
+/// Backend ids run out now and then (their counters array is tiny), so applies fail half way
+/// through a batch: the kernel must stop where the in-memory tables stop.
+#[test]
+fn failed_applies_leave_the_kernel_maps_as_the_in_memory_tables() {
+    let _netns = IsolatedNetns::enter().expect("create a network namespace (needs root)");
+    // At most 11 backends: fewer than the random states' 16 distinct endpoints.
+    let capacity = Capacity {
+        backend_ids: 12,
+        ..Capacity::default()
+    };
+    let (failed, succeeded) = run_in_step(1000, SEEDS * 2, capacity);
+    assert!(
+        failed > 10 && succeeded > 100,
+        "{failed} failed applies, {succeeded} succeeded: the test does not test much"
+    );
+}
