@@ -149,6 +149,11 @@ impl SluiceDaemon {
     }
 
     fn spawn_and_wait(&mut self) -> Result<()> {
+        self.spawn()?;
+        self.wait_ready()
+    }
+
+    fn spawn(&mut self) -> Result<()> {
         let bin = &self.config.bin;
         if !bin.is_file() {
             bail!(
@@ -161,7 +166,16 @@ impl SluiceDaemon {
         cmd.args(&self.config.args)
             .envs(self.config.env.iter().cloned());
         netns::enter_on_exec(&mut cmd, &self.config.netns, None)?;
-        let mut child = Child::spawn(format!("sluice on {}", self.config.node), cmd)?;
+        self.child = Some(Child::spawn(
+            format!("sluice on {}", self.config.node),
+            cmd,
+        )?);
+        Ok(())
+    }
+
+    /// Waits for the ready line of the process just spawned; kills it if none comes.
+    fn wait_ready(&mut self) -> Result<()> {
+        let mut child = self.take_running("wait for the ready line");
         match child.wait_for_stdout(self.config.ready_timeout, |l| l.starts_with(READY_PREFIX)) {
             Ok(line) => {
                 self.ready_line = line;
@@ -269,12 +283,25 @@ impl SluiceDaemon {
     /// [`stop`]: SluiceDaemon::stop
     /// [`kill`]: SluiceDaemon::kill
     pub fn start_again(&mut self) {
+        self.spawn_again();
+        self.wait_until_ready();
+    }
+
+    /// The first half of [`SluiceDaemon::start_again`]: starts the process and returns at
+    /// once, for a test that looks at the daemon before it is ready.
+    pub fn spawn_again(&mut self) {
         assert!(
             !self.is_running(),
-            "start_again: sluice on {} is still running",
+            "spawn_again: sluice on {} is still running",
             self.config.node
         );
-        self.spawn_and_wait()
+        self.spawn()
+            .unwrap_or_else(|e| panic!("restarting sluice on {}: {e:#}", self.config.node));
+    }
+
+    /// The second half of [`SluiceDaemon::start_again`]: waits for the ready line.
+    pub fn wait_until_ready(&mut self) {
+        self.wait_ready()
             .unwrap_or_else(|e| panic!("restarting sluice on {}: {e:#}", self.config.node));
     }
 

@@ -528,30 +528,29 @@ fn a_restart_while_the_api_server_is_down_deletes_nothing_before_the_first_list(
     let mut mode = start();
     mode.node1.kill();
     mode.api.stop();
-    let api = &mut mode.api;
-    let cluster = &mode.cluster;
-    let node1 = &mut mode.node1;
-    std::thread::scope(|scope| {
-        // The new daemon cannot list anything: it must leave the pinned maps serving and not
-        // say it is ready.
-        let checker = scope.spawn(|| {
-            std::thread::sleep(Duration::from_secs(2));
-            let answers = cluster.request(Place::Pod("pod-1a"), Proto::Tcp, ECHO_IP, 80, 10);
-            assert!(
-                answers.iter().all(Result::is_ok),
-                "services were disturbed while the API server was unreachable: {answers:?}"
-            );
-        });
-        // start_again blocks until the ready line; the server returns after the check.
-        let restart = scope.spawn(move || node1.start_again());
-        checker
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        api.start();
-        restart
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+    mode.node1.spawn_again();
+    // The new daemon tried to list and failed: it must leave the pinned maps serving and not
+    // say it is ready.
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
+        mode.node1.stderr().contains("retrying")
     });
+    let answers = mode
+        .cluster
+        .request(Place::Pod("pod-1a"), Proto::Tcp, ECHO_IP, 80, 10);
+    assert!(
+        answers.iter().all(Result::is_ok),
+        "services were disturbed while the API server was unreachable: {answers:?}"
+    );
+    assert!(
+        !mode
+            .node1
+            .stdout()
+            .contains(proxy_tests::sluice::READY_PREFIX),
+        "sluice said it was ready before it listed anything:\n{}",
+        mode.node1.stdout()
+    );
+    mode.api.start();
+    mode.node1.wait_until_ready();
     assert_echo_served_by(&mode, &ALL_PODS);
 }
 
