@@ -88,6 +88,19 @@ fn opt(samples: &Option<Samples>, scale: f64, digits: usize) -> String {
         })
 }
 
+/// `opt`, or a bound when the tool was stopped at the timeout.
+fn baseline(
+    samples: &Option<Samples>,
+    unfinished: Option<std::time::Duration>,
+    scale: f64,
+    digits: usize,
+) -> String {
+    match unfinished {
+        Some(limit) => format!("> {} s (did not finish)", limit.as_secs()),
+        None => opt(samples, scale, digits),
+    }
+}
+
 fn scaled(samples: &Samples, scale: f64) -> Samples {
     Samples(samples.0.iter().map(|v| v * scale).collect())
 }
@@ -296,8 +309,8 @@ pub fn write(results: &Results, doc: &Path, plots: &Path) -> Result<()> {
             s(&r.plan, 3),
             s(&r.apply, 3),
             s(&r.batched, 3),
-            opt(&r.iptables, 1.0, 3),
-            opt(&r.nft, 1.0, 3),
+            baseline(&r.iptables, r.iptables_unfinished, 1.0, 3),
+            baseline(&r.nft, r.nft_unfinished, 1.0, 3),
             r.iptables_rules
         );
     }
@@ -313,9 +326,9 @@ pub fn write(results: &Results, doc: &Path, plots: &Path) -> Result<()> {
             r.endpoints,
             s(&scaled(&r.change_apply, 1e3), 3),
             s(&scaled(&r.change_plan, 1e3), 2),
-            opt(&r.iptables_change_partial, 1e3, 1),
-            opt(&r.iptables_change_full, 1e3, 1),
-            opt(&r.nft_change, 1e3, 1),
+            baseline(&r.iptables_change_partial, r.iptables_unfinished, 1e3, 1),
+            baseline(&r.iptables_change_full, r.iptables_unfinished, 1e3, 1),
+            baseline(&r.nft_change, r.nft_unfinished, 1e3, 1),
         );
     }
     md.push_str(
