@@ -37,6 +37,12 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Format the tree (rustfmt.toml, plus import grouping, which only a nightly rustfmt does).
+    Fmt {
+        /// Fail if anything is not formatted, changing nothing (CI).
+        #[arg(long)]
+        check: bool,
+    },
     /// Start a netns demo cluster from examples/, send traffic, show which pod answered.
     Demo,
     /// Run the benchmarks (release build) and write docs/BENCHMARKS.md with its plots.
@@ -50,6 +56,10 @@ enum Task {
         args: Vec<String>,
     },
 }
+
+/// rustfmt's unstable import options, given on the command line so that stable `cargo fmt`
+/// (which leaves grouped imports as they are) reads a rustfmt.toml it accepts without warnings.
+const IMPORT_STYLE: &str = "group_imports=StdExternalCrate,imports_granularity=Crate";
 
 fn main() -> ExitCode {
     match run_task(Cli::parse().task) {
@@ -97,6 +107,21 @@ fn run_task(task: Task) -> Result<()> {
             let mut test = vec!["test", "--workspace", "--exclude", "proxy-common"];
             test.extend(args.iter().map(String::as_str));
             cargo_run(&test)?;
+        }
+        Task::Fmt { check } => {
+            toolchain::ensure_ebpf(&root, &toolchains)?;
+            let mut fmt = cargo(&root, &toolchains);
+            fmt.env("RUSTUP_TOOLCHAIN", &toolchains.ebpf.nightly).args([
+                "fmt",
+                "--all",
+                "--",
+                "--config",
+                IMPORT_STYLE,
+            ]);
+            if check {
+                fmt.arg("--check");
+            }
+            run(&mut fmt)?;
         }
         Task::Demo => {
             ensure_root("the demo loads eBPF programs and creates network namespaces")?;

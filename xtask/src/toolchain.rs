@@ -64,12 +64,13 @@ pub fn ensure_stable(root: &Path, toolchains: &Toolchains) -> Result<()> {
     Ok(())
 }
 
-/// Installs the pinned nightly with rust-src and bpf-linker, and checks that the nightly's
-/// LLVM is the one bpf-linker is built against (rustc hands the linker LLVM bitcode).
+/// Installs the pinned nightly with rust-src (and rustfmt, for `cargo xtask fmt`) and
+/// bpf-linker, and checks that the nightly's LLVM is the one bpf-linker is built against (rustc
+/// hands the linker LLVM bitcode).
 pub fn ensure_ebpf(root: &Path, toolchains: &Toolchains) -> Result<()> {
     let ebpf = &toolchains.ebpf;
     let nightly = &ebpf.nightly;
-    ensure_toolchain(nightly, &["rust-src"])?;
+    ensure_toolchain(nightly, &["rust-src", "rustfmt"])?;
     let version = output(Command::new("rustc").args([&format!("+{nightly}"), "-vV"]))?;
     let llvm_major = version
         .lines()
