@@ -1,7 +1,10 @@
 //! The subset of Kubernetes objects sluice reads, as serde types: only the fields it uses,
-//! unknown fields ignored, `null` accepted wherever a field may be left out.
+//! unknown fields ignored, `null` accepted wherever a field may be left out. Files are
+//! deserialized into it; the API server's typed objects are converted into it
+//! ([`from_api`]).
 
 mod endpoints;
+pub mod from_api;
 mod pod;
 mod service;
 
@@ -15,7 +18,7 @@ use serde::{
 pub use self::{endpoints::*, pod::*, service::*};
 
 /// `metadata`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     pub name: Option<String>,
