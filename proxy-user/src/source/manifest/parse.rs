@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 use serde::{Deserialize, de::DeserializeOwned};
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 use super::{
     ManifestOptions,
@@ -69,7 +69,7 @@ fn yaml_documents(text: &str) -> Vec<Result<Value, String>> {
     const MAX_DOCUMENTS: usize = 100_000;
     let mut documents = Vec::new();
     let mut last_error = None;
-    for deserializer in serde_yaml::Deserializer::from_str(text).take(MAX_DOCUMENTS) {
+    for deserializer in yaml_serde::Deserializer::from_str(text).take(MAX_DOCUMENTS) {
         match Value::deserialize(deserializer) {
             Ok(mut value) => {
                 last_error = None;
@@ -98,7 +98,7 @@ fn yaml_documents(text: &str) -> Vec<Result<Value, String>> {
 fn json_documents(text: &str) -> Vec<Result<Value, String>> {
     let mut documents = Vec::new();
     for value in serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>() {
-        match value.map(serde_yaml::to_value) {
+        match value.map(yaml_serde::to_value) {
             Ok(Ok(value)) => documents.push(Ok(value)),
             Ok(Err(e)) => documents.push(Err(format!("cannot convert JSON: {e}"))),
             Err(e) => {

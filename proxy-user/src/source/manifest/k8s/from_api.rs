@@ -17,7 +17,7 @@ use serde::{
     de::{IntoDeserializer as _, value::Error as ValueError},
 };
 
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 use super::{
     ClientIpConfig, EndpointConditions, EndpointPort, EndpointSlice, IntOrString, Integer,

@@ -29,7 +29,7 @@ pub struct ObjectMeta {
     pub deletion_timestamp: Option<String>,
     /// Kept as written: only single annotations are read, each checked where it is used,
     /// so a malformed annotation elsewhere never costs the object.
-    pub annotations: Option<serde_yaml::Value>,
+    pub annotations: Option<yaml_serde::Value>,
 }
 
 /// `protocol` of a port. SCTP parses, so that the error can say it is not supported.
