@@ -22,7 +22,7 @@ use proxy_tests::{
     sluice::DaemonConfig,
     wait_until,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const ECHO_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 const ECHO_NODE_PORT: u16 = 30080;
@@ -30,6 +30,7 @@ const EXTRA_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 30);
 const OTHER_PROXY_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 40);
 const LATE_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 50);
 const TIMED_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 60);
+const ODD_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 70);
 /// kube-proxy's network programming latency histogram.
 const PROGRAMMING: &str = "kubeproxy_network_programming_duration_seconds";
 /// How long a change on the API server may take to reach a node's maps.
@@ -218,7 +219,7 @@ impl ClusterMode {
         }
     }
 
-    /// The frontends (`ADDR:PORT`) the node's maps hold for Service `name`.
+    /// The frontends (`ADDR:PORT`) the node's maps hold for `name` (`ns/service:port`).
     fn frontends_of(&self, node: &str, name: &str) -> BTreeSet<String> {
         let daemon = if node == "node1" {
             &self.node1
@@ -328,11 +329,12 @@ fn services_and_endpoints_from_the_watch_reach_the_datapath() {
     }
     for node in ["node1", "node2"] {
         assert!(
-            mode.frontends_of(node, "default/other-proxy").is_empty(),
+            mode.frontends_of(node, "default/other-proxy:http")
+                .is_empty(),
             "{node} programmed a Service labelled for another proxy"
         );
         assert!(
-            mode.frontends_of(node, "default/dns-only").is_empty(),
+            mode.frontends_of(node, "default/dns-only:http").is_empty(),
             "{node}: headless"
         );
         assert!(
@@ -386,7 +388,7 @@ fn a_relist_after_410_gone_loses_nothing() {
     mode.wait_for_answers(Place::Pod("pod-2a"), Proto::Tcp, EXTRA_IP, 81, &[]);
     for node in ["node1", "node2"] {
         assert!(
-            mode.frontends_of(node, "default/extra").is_empty(),
+            mode.frontends_of(node, "default/extra:http").is_empty(),
             "{node} kept extra"
         );
     }
@@ -521,6 +523,88 @@ fn an_unreachable_api_server_leaves_traffic_flowing_and_the_daemon_catches_up() 
             .name,
         holder
     );
+}
+
+/// Waits until both daemons have logged `text` more often than `before` counted.
+fn wait_for_log(mode: &ClusterMode, text: &str, before: [usize; 2]) {
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
+        [&mode.node1, &mode.node2]
+            .iter()
+            .zip(before)
+            .all(|(node, before)| node.stderr().matches(text).count() > before)
+    });
+}
+
+fn log_counts(mode: &ClusterMode, text: &str) -> [usize; 2] {
+    [&mode.node1, &mode.node2].map(|node| node.stderr().matches(text).count())
+}
+
+#[test]
+fn an_object_sluice_cannot_decode_is_logged_and_holds_back_only_what_it_must() {
+    let mut mode = start();
+    // A port as a string: the API server never sends it, k8s-openapi (so kube-rs) rejects it.
+    let mut odd = objects::service(
+        "odd",
+        "ClusterIP",
+        &ODD_IP.to_string(),
+        &[("http", "TCP", 81, 8080, 0)],
+        &[],
+    );
+    odd["spec"]["ports"][0]["port"] = json!("eighty-one");
+    const CHANGE: &str = "the API server sent a change sluice cannot decode";
+    const LIST: &str = "the API server sent a list with an object sluice cannot decode";
+    let (changes_before, lists_before) = (log_counts(&mode, CHANGE), log_counts(&mode, LIST));
+
+    // In a watch: that change is skipped, said so, and the watch goes on.
+    mode.api.apply(odd.clone());
+    simple_service(
+        &mode.api,
+        &mode.cluster,
+        "extra",
+        EXTRA_IP,
+        &["pod-2a"],
+        &[],
+    );
+    mode.wait_for_answers(Place::Pod("pod-1a"), Proto::Tcp, EXTRA_IP, 81, &["pod-2a"]);
+    wait_for_log(&mode, CHANGE, changes_before);
+
+    // In a list (a re-list after 410 Gone): the Services stay as last listed, and only they.
+    let requests_before = mode.api.requests().len();
+    mode.api.pause_watches();
+    simple_service(&mode.api, &mode.cluster, "late", LATE_IP, &["pod-1b"], &[]);
+    mode.api.apply(echo_slice_a(&mode.cluster, &["pod-1a"]));
+    mode.api.expire_watches();
+    mode.api
+        .wait_for_request(requests_before, SYNC_TIMEOUT, "re-list of Services", |r| {
+            r.resource == Some(Resource::Services) && !r.watch
+        });
+    wait_for_log(&mode, LIST, lists_before);
+    // The EndpointSlices re-listed: echo lost pod-1b.
+    assert_echo_served_by(&mode, &["pod-1a", "pod-2a"]);
+    mode.wait_for_answers(Place::Pod("pod-2a"), Proto::Tcp, EXTRA_IP, 81, &["pod-2a"]);
+    for node in ["node1", "node2"] {
+        assert!(
+            mode.frontends_of(node, "default/late:http").is_empty(),
+            "{node} programmed a Service from a list it could not read"
+        );
+    }
+    assert!(
+        mode.node1.is_running() && mode.node2.is_running(),
+        "{}",
+        mode.stderr()
+    );
+
+    // Fixed on the API server: the retried list reads, and what it held back arrives.
+    odd["spec"]["ports"][0]["port"] = json!(81);
+    mode.api.apply(odd);
+    mode.wait_for_answers(Place::Pod("pod-2a"), Proto::Tcp, LATE_IP, 81, &["pod-1b"]);
+    for node in ["node1", "node2"] {
+        assert_eq!(
+            mode.frontends_of(node, "default/odd:http"),
+            BTreeSet::from([format!("{ODD_IP}:81")]),
+            "{node}"
+        );
+    }
 }
 
 #[test]

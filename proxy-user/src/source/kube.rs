@@ -2,9 +2,11 @@
 //! change.
 //!
 //! Three kube-rs watchers (Services, discovery.k8s.io/v1 EndpointSlices, and this node's
-//! Node) feed one [`ClusterView`]. Objects go through the same checks and the same resolve
-//! step as manifest files ([`ApiObjects`]), so label filters, headless and ExternalName
-//! skipping and the KEP-1669 endpoint conditions behave exactly as in standalone mode.
+//! Node) feed one [`ClusterView`] with the typed objects kube-rs decodes (k8s-openapi). The
+//! Services and EndpointSlices are converted into the subset manifest files are read into and
+//! go through the same checks and the same resolve step ([`ApiObjects`]), so label filters,
+//! headless and ExternalName skipping and the KEP-1669 endpoint conditions behave exactly as
+//! in standalone mode.
 //!
 //! Watch behaviour (kube-rs' `watcher` does the protocol, this module the bookkeeping):
 //! - a (re-)list arrives as `Init`, `InitApply`.., `InitDone`; its objects are buffered and
@@ -15,7 +17,12 @@
 //! - a dropped watch resumes from the last resourceVersion (or bookmark); `410 Gone` makes
 //!   the watcher re-list;
 //! - while the API server is unreachable the watchers retry with backoff ([`RetryBackoff`])
-//!   and the last published state, and so the datapath, stays as it is.
+//!   and the last published state, and so the datapath, stays as it is;
+//! - an object kube-rs cannot decode into its typed struct (a field of the wrong JSON type,
+//!   which a real API server does not send) is a watcher error, not a check problem: in a
+//!   watch that change is skipped and the watch goes on; in a list the whole list is retried
+//!   with backoff, and that kind stays as last listed until the object can be read
+//!   ([`describe`] says which, once per failure).
 //!
 //! The objects are kept checked, not raw (as a kube-rs reflector `Store` would keep them), so
 //! that each change converts one object, not the whole cluster.
@@ -32,6 +39,7 @@ use std::{
 use ::kube::{
     Api, Client, Config, Resource,
     config::{KubeConfigOptions, Kubeconfig},
+    core::Status,
     runtime::{
         WatchStreamExt as _,
         utils::Backoff,
@@ -41,14 +49,14 @@ use ::kube::{
 use anyhow::{Context as _, Result};
 use futures_util::StreamExt as _;
 use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
-use serde::{Serialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::log_problems;
 use crate::{
     model::DesiredReceiver,
-    source::manifest::{ApiObjects, Kind, ManifestError, Resolution},
+    source::manifest::{ApiObject, ApiObjects, Kind, ManifestError, Resolution},
 };
 
 /// Changes arriving within this window are applied together (a re-list, a rollout)...
@@ -82,14 +90,6 @@ pub enum Watched {
 
 impl Watched {
     const ALL: [Watched; 3] = [Watched::Service, Watched::EndpointSlice, Watched::Node];
-
-    fn kind(self) -> Option<Kind> {
-        match self {
-            Watched::Service => Some(Kind::Service),
-            Watched::EndpointSlice => Some(Kind::EndpointSlice),
-            Watched::Node => None,
-        }
-    }
 }
 
 impl fmt::Display for Watched {
@@ -127,19 +127,19 @@ pub async fn spawn(opts: KubeSourceOptions) -> Result<DesiredReceiver> {
     follow(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
-        Watched::Service,
+        Update::Services,
         updates_tx.clone(),
     );
     follow(
         Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default(),
-        Watched::EndpointSlice,
+        Update::EndpointSlices,
         updates_tx.clone(),
     );
     follow(
         Api::<Node>::all(client),
         watcher::Config::default().fields(&format!("metadata.name={}", opts.node_name)),
-        Watched::Node,
+        Update::Node,
         updates_tx,
     );
 
@@ -181,38 +181,87 @@ pub async fn spawn(opts: KubeSourceOptions) -> Result<DesiredReceiver> {
     Ok(receiver)
 }
 
-/// One item of a watcher: an event with the object as the API server's JSON, or why the
-/// watch failed (it is retried).
-pub type Update = (Watched, Result<Event<serde_json::Value>, String>);
+/// One watcher's item, an event with the typed object as kube-rs decoded it (boxed: a
+/// Service or a Node is more than a kilobyte, and items queue in a channel), or why the
+/// watch failed (it is retried), as [`describe`] tells it.
+#[derive(Clone, Debug)]
+pub enum Update {
+    Services(WatchItem<Service>),
+    EndpointSlices(WatchItem<EndpointSlice>),
+    Node(WatchItem<Node>),
+}
 
-/// Runs a watcher on `api` and forwards what it sees, as JSON, until the receiver is gone.
-fn follow<K>(api: Api<K>, config: watcher::Config, what: Watched, updates: mpsc::Sender<Update>)
-where
-    K: Resource + Clone + DeserializeOwned + Serialize + fmt::Debug + Send + 'static,
+/// A watcher's event, or why it failed.
+pub type WatchItem<K> = Result<Event<Box<K>>, String>;
+
+impl Update {
+    pub fn watched(&self) -> Watched {
+        match self {
+            Update::Services(_) => Watched::Service,
+            Update::EndpointSlices(_) => Watched::EndpointSlice,
+            Update::Node(_) => Watched::Node,
+        }
+    }
+}
+
+/// Runs a watcher on `api` and forwards what it sees, wrapped by `update`, until the
+/// receiver is gone.
+fn follow<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    update: fn(WatchItem<K>) -> Update,
+    updates: mpsc::Sender<Update>,
+) where
+    K: Resource + Clone + DeserializeOwned + fmt::Debug + Send + 'static,
     K::DynamicType: Default,
 {
     tokio::spawn(async move {
         let mut stream =
             Box::pin(::kube::runtime::watcher(api, config).backoff(RetryBackoff::default()));
         while let Some(item) = stream.next().await {
-            let update = item
-                .map_err(|e| format!("{e}"))
-                .and_then(|event| event_to_json(event).map_err(|e| format!("{e}")));
-            if updates.send((what, update)).await.is_err() {
+            let item = item.map(boxed).map_err(|e| describe(&e));
+            if updates.send(update(item)).await.is_err() {
                 break;
             }
         }
     });
 }
 
-fn event_to_json<K: Serialize>(event: Event<K>) -> serde_json::Result<Event<serde_json::Value>> {
-    Ok(match event {
-        Event::Apply(object) => Event::Apply(serde_json::to_value(object)?),
-        Event::Delete(object) => Event::Delete(serde_json::to_value(object)?),
+fn boxed<K>(event: Event<K>) -> Event<Box<K>> {
+    match event {
+        Event::Apply(object) => Event::Apply(Box::new(object)),
+        Event::Delete(object) => Event::Delete(Box::new(object)),
         Event::Init => Event::Init,
-        Event::InitApply(object) => Event::InitApply(serde_json::to_value(object)?),
+        Event::InitApply(object) => Event::InitApply(Box::new(object)),
         Event::InitDone => Event::InitDone,
-    })
+    }
+}
+
+/// What a watcher error means for the state, for the log. An object that kube-rs cannot
+/// decode into its typed struct costs a list or one change, not the connection, so it is told
+/// apart from the rest.
+pub fn describe(error: &watcher::Error) -> String {
+    use ::kube::Error::{Api, SerdeError};
+    const SKIPPED: &str = "that change is skipped and the object stays as last seen; the watch \
+                           goes on";
+    match error {
+        watcher::Error::InitialListFailed(SerdeError(e)) => format!(
+            "the API server sent a list with an object sluice cannot decode ({e}); the list is \
+             retried with backoff and these objects stay as last listed until it can be read"
+        ),
+        watcher::Error::WatchFailed(SerdeError(e)) => {
+            format!("the API server sent a change sluice cannot decode ({e}); {SKIPPED}")
+        }
+        // kube-rs reads a watch line it cannot decode as a Status as a last resort, which any
+        // JSON object passes as an empty one: the decode error itself is lost.
+        watcher::Error::WatchFailed(Api(status)) if **status == Status::default() => format!(
+            "the API server sent a change sluice cannot decode (a field of a JSON type the \
+             typed object rejects; kube-rs does not tell which object); {SKIPPED}"
+        ),
+        other => {
+            format!("{other}; retrying with backoff (the datapath keeps serving the last state)")
+        }
+    }
 }
 
 /// Exponential backoff for failed list and watch requests: 250 ms doubling to 10 s, reset by
@@ -262,13 +311,22 @@ pub struct NodeInfo {
 pub struct ClusterView {
     node_name: String,
     objects: ApiObjects,
-    /// Objects of a (re-)list in progress, by what is listed.
-    listing: BTreeMap<Watched, Vec<serde_json::Value>>,
+    /// Services and EndpointSlices of a (re-)list in progress, by what is listed.
+    listing: BTreeMap<Watched, Vec<ApiObject>>,
+    /// A Node (re-)list in progress.
+    node_listing: Option<NodeListing>,
     /// What has been listed completely at least once.
     listed: BTreeSet<Watched>,
     node: Option<NodeInfo>,
-    /// Whether each watcher is failing now (so recovery is logged once).
-    failing: BTreeSet<Watched>,
+    /// The watchers failing now, with what was logged last (so that each failure is logged
+    /// once, and recovery once).
+    failing: BTreeMap<Watched, String>,
+}
+
+/// What a Node (re-)list has shown so far.
+#[derive(Debug, Default)]
+struct NodeListing {
+    this_node: Option<NodeInfo>,
 }
 
 impl ClusterView {
@@ -277,9 +335,10 @@ impl ClusterView {
             node_name,
             objects: ApiObjects::new(),
             listing: BTreeMap::new(),
+            node_listing: None,
             listed: BTreeSet::new(),
             node: None,
-            failing: BTreeSet::new(),
+            failing: BTreeMap::new(),
         }
     }
 
@@ -294,47 +353,62 @@ impl ClusterView {
     }
 
     /// Applies one watcher item, logging what the checks found in the objects.
-    pub fn update(&mut self, (what, update): Update) {
-        let event = match update {
-            Ok(event) => event,
-            Err(why) => {
-                if self.failing.insert(what) {
-                    warn!(
-                        "watching {what}: {why}; retrying with backoff (the datapath keeps \
-                         serving the last state)"
-                    );
-                } else {
-                    tracing::debug!("watching {what}: {why}");
+    pub fn update(&mut self, update: Update) {
+        let what = update.watched();
+        let problems = match update {
+            Update::Services(item) => self.update_objects(what, Kind::Service, item),
+            Update::EndpointSlices(item) => self.update_objects(what, Kind::EndpointSlice, item),
+            Update::Node(item) => {
+                if let Some(event) = self.event(what, item) {
+                    self.update_node(event);
                 }
-                return;
-            }
-        };
-        if self.failing.remove(&what) {
-            info!("watching {what} again");
-        }
-        let problems = match what.kind() {
-            Some(kind) => self.update_objects(what, kind, event),
-            None => {
-                self.update_node(event);
                 Vec::new()
             }
         };
         log_problems(&problems);
     }
 
-    fn update_objects(
+    /// The event of a watcher item; `None` when the watch failed (logged once per failure).
+    fn event<K>(&mut self, what: Watched, item: WatchItem<K>) -> Option<Event<Box<K>>> {
+        match item {
+            Ok(event) => {
+                if self.failing.remove(&what).is_some() {
+                    info!("watching {what} again");
+                }
+                Some(event)
+            }
+            Err(why) => {
+                if self.failing.get(&what) == Some(&why) {
+                    tracing::debug!("watching {what}: {why}");
+                } else {
+                    warn!("watching {what}: {why}");
+                    self.failing.insert(what, why);
+                }
+                None
+            }
+        }
+    }
+
+    fn update_objects<K>(
         &mut self,
         what: Watched,
         kind: Kind,
-        event: Event<serde_json::Value>,
-    ) -> Vec<ManifestError> {
+        item: WatchItem<K>,
+    ) -> Vec<ManifestError>
+    where
+        K: Resource,
+        Box<K>: Into<ApiObject>,
+    {
+        let Some(event) = self.event(what, item) else {
+            return Vec::new();
+        };
         match event {
             Event::Init => {
                 self.listing.insert(what, Vec::new());
                 Vec::new()
             }
             Event::InitApply(object) => {
-                self.listing.entry(what).or_default().push(object);
+                self.listing.entry(what).or_default().push(object.into());
                 Vec::new()
             }
             Event::InitDone => {
@@ -350,28 +424,29 @@ impl ClusterView {
             }
             Event::Apply(object) => self.objects.apply(object),
             Event::Delete(object) => {
-                let meta = &object["metadata"];
+                let meta = object.meta();
                 self.objects.delete(
                     kind,
-                    meta["namespace"].as_str().unwrap_or_default(),
-                    meta["name"].as_str().unwrap_or_default(),
+                    meta.namespace.as_deref().unwrap_or_default(),
+                    meta.name.as_deref().unwrap_or_default(),
                 );
                 Vec::new()
             }
         }
     }
 
-    fn update_node(&mut self, event: Event<serde_json::Value>) {
-        let what = Watched::Node;
+    fn update_node(&mut self, event: Event<Box<Node>>) {
         match event {
-            Event::Init => {
-                self.listing.insert(what, Vec::new());
+            Event::Init => self.node_listing = Some(NodeListing::default()),
+            Event::InitApply(node) => {
+                if self.is_this_node(&node) {
+                    self.node_listing.get_or_insert_default().this_node = Some(node_info(&node));
+                }
             }
-            Event::InitApply(object) => self.listing.entry(what).or_default().push(object),
             Event::InitDone => {
-                let listed = self.listing.remove(&what).unwrap_or_default();
-                self.set_node(listed.iter().find(|node| self.is_this_node(node)));
-                self.listed.insert(what);
+                let listed = self.node_listing.take().unwrap_or_default();
+                self.set_node(listed.this_node);
+                self.listed.insert(Watched::Node);
                 if self.node.is_none() {
                     warn!(
                         "there is no Node named {:?}: no endpoint counts as local to this node \
@@ -380,8 +455,8 @@ impl ClusterView {
                     );
                 }
             }
-            Event::Apply(object) if self.is_this_node(&object) => self.set_node(Some(&object)),
-            Event::Delete(object) if self.is_this_node(&object) => {
+            Event::Apply(node) if self.is_this_node(&node) => self.set_node(Some(node_info(&node))),
+            Event::Delete(node) if self.is_this_node(&node) => {
                 warn!("the Node {:?} was deleted", self.node_name);
                 self.node = None;
             }
@@ -389,12 +464,11 @@ impl ClusterView {
         }
     }
 
-    fn is_this_node(&self, node: &serde_json::Value) -> bool {
-        node["metadata"]["name"].as_str() == Some(self.node_name.as_str())
+    fn is_this_node(&self, node: &Node) -> bool {
+        node.metadata.name.as_deref() == Some(self.node_name.as_str())
     }
 
-    fn set_node(&mut self, node: Option<&serde_json::Value>) {
-        let info = node.map(node_info);
+    fn set_node(&mut self, info: Option<NodeInfo>) {
         if info != self.node
             && let Some(info) = &info
         {
@@ -409,13 +483,13 @@ impl ClusterView {
     }
 }
 
-fn node_info(node: &serde_json::Value) -> NodeInfo {
-    let internal_ips = node["status"]["addresses"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|address| address["type"] == "InternalIP")
-        .filter_map(|address| address["address"].as_str()?.parse().ok())
+fn node_info(node: &Node) -> NodeInfo {
+    let internal_ips = node
+        .status
+        .iter()
+        .flat_map(|status| status.addresses.iter().flatten())
+        .filter(|address| address.type_ == "InternalIP")
+        .filter_map(|address| address.address.parse().ok())
         .collect();
     NodeInfo { internal_ips }
 }

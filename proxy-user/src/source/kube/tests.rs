@@ -1,51 +1,90 @@
 //! The watch bookkeeping, driven with the events kube-rs' watcher produces.
 
-use serde_json::{Value, json};
+use k8s_openapi::{
+    api::{
+        core::v1::{NodeAddress, NodeStatus, ServicePort, ServiceSpec},
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort},
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
 
 use super::*;
 
-fn service(name: &str, ip: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "default", "resourceVersion": "1"},
-        "spec": {
-            "type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
-            "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}],
-        },
-    })
-}
-
-fn slice(name: &str, service: &str, addr: &str) -> Value {
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {
-            "name": name, "namespace": "default",
-            "labels": {"kubernetes.io/service-name": service},
-        },
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [addr], "conditions": {"ready": true}, "nodeName": "node1"}],
-        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
-    })
-}
-
-fn node(name: &str, ip: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name},
-        "status": {"addresses": [
-            {"type": "InternalIP", "address": ip},
-            {"type": "Hostname", "address": name},
-        ]},
-    })
-}
-
-/// A complete list of `what`: Init, InitApply.., InitDone.
-fn list(view: &mut ClusterView, what: Watched, objects: Vec<Value>) {
-    view.update((what, Ok(Event::Init)));
-    for object in objects {
-        view.update((what, Ok(Event::InitApply(object))));
+fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: namespace.map(Into::into),
+        resource_version: Some("1".into()),
+        ..ObjectMeta::default()
     }
-    view.update((what, Ok(Event::InitDone)));
+}
+
+fn service(name: &str, ip: &str) -> Box<Service> {
+    Box::new(Service {
+        metadata: meta(name, Some("default")),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            cluster_ip: Some(ip.into()),
+            cluster_ips: Some(vec![ip.into()]),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                protocol: Some("TCP".into()),
+                port: 80,
+                target_port: Some(IntOrString::Int(8080)),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+fn slice(name: &str, service: &str, addr: &str) -> Box<EndpointSlice> {
+    let mut metadata = meta(name, Some("default"));
+    metadata.labels = Some([("kubernetes.io/service-name".into(), service.into())].into());
+    Box::new(EndpointSlice {
+        metadata,
+        address_type: "IPv4".into(),
+        endpoints: vec![Endpoint {
+            addresses: vec![addr.into()],
+            conditions: Some(EndpointConditions {
+                ready: Some(true),
+                ..EndpointConditions::default()
+            }),
+            node_name: Some("node1".into()),
+            ..Endpoint::default()
+        }],
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            protocol: Some("TCP".into()),
+            port: Some(8080),
+            ..EndpointPort::default()
+        }]),
+    })
+}
+
+fn node(name: &str, ip: &str) -> Box<Node> {
+    let address = |type_: &str, address: &str| NodeAddress {
+        type_: type_.into(),
+        address: address.into(),
+    };
+    Box::new(Node {
+        metadata: meta(name, None),
+        spec: None,
+        status: Some(NodeStatus {
+            addresses: Some(vec![address("InternalIP", ip), address("Hostname", name)]),
+            ..NodeStatus::default()
+        }),
+    })
+}
+
+/// A complete list through the watcher item wrapper `what`: Init, InitApply.., InitDone.
+fn list<K>(view: &mut ClusterView, what: fn(WatchItem<K>) -> Update, objects: Vec<Box<K>>) {
+    view.update(what(Ok(Event::Init)));
+    for object in objects {
+        view.update(what(Ok(Event::InitApply(object))));
+    }
+    view.update(what(Ok(Event::InitDone)));
 }
 
 fn services(view: &ClusterView) -> Vec<String> {
@@ -78,15 +117,15 @@ fn synced_view() -> ClusterView {
     let mut view = ClusterView::new("node1".into());
     list(
         &mut view,
-        Watched::Service,
+        Update::Services,
         vec![service("web", "10.96.0.10"), service("db", "10.96.0.11")],
     );
     list(
         &mut view,
-        Watched::EndpointSlice,
+        Update::EndpointSlices,
         vec![slice("web-1", "web", "10.244.1.5")],
     );
-    list(&mut view, Watched::Node, vec![node("node1", "192.0.2.11")]);
+    list(&mut view, Update::Node, vec![node("node1", "192.0.2.11")]);
     view
 }
 
@@ -96,15 +135,15 @@ fn nothing_is_published_before_every_kind_is_listed() {
     assert!(view.resolve().is_none());
     list(
         &mut view,
-        Watched::Service,
+        Update::Services,
         vec![service("web", "10.96.0.10")],
     );
-    list(&mut view, Watched::EndpointSlice, vec![]);
+    list(&mut view, Update::EndpointSlices, vec![]);
     // Half-way through the Node's list: still incomplete.
-    view.update((Watched::Node, Ok(Event::Init)));
+    view.update(Update::Node(Ok(Event::Init)));
     assert!(!view.is_synced());
     assert!(view.resolve().is_none());
-    view.update((Watched::Node, Ok(Event::InitDone)));
+    view.update(Update::Node(Ok(Event::InitDone)));
     assert!(view.is_synced());
     assert_eq!(services(&view), ["web"]);
     // An empty Node list is complete too, but this node is unknown.
@@ -114,11 +153,11 @@ fn nothing_is_published_before_every_kind_is_listed() {
 #[test]
 fn a_failing_watch_changes_nothing() {
     let mut view = ClusterView::new("node1".into());
-    view.update((Watched::Service, Err("connection refused".into())));
+    view.update(Update::Services(Err("connection refused".into())));
     assert!(view.resolve().is_none());
     let mut view = synced_view();
-    view.update((Watched::Service, Err("connection refused".into())));
-    view.update((Watched::EndpointSlice, Err("connection refused".into())));
+    view.update(Update::Services(Err("connection refused".into())));
+    view.update(Update::EndpointSlices(Err("connection refused".into())));
     assert_eq!(services(&view), ["db", "web"]);
     assert_eq!(endpoints(&view, "web"), ["10.244.1.5"]);
 }
@@ -126,20 +165,22 @@ fn a_failing_watch_changes_nothing() {
 #[test]
 fn watch_events_apply_and_delete() {
     let mut view = synced_view();
-    view.update((
-        Watched::EndpointSlice,
-        Ok(Event::Apply(slice("web-2", "web", "10.244.2.7"))),
-    ));
+    view.update(Update::EndpointSlices(Ok(Event::Apply(slice(
+        "web-2",
+        "web",
+        "10.244.2.7",
+    )))));
     assert_eq!(endpoints(&view, "web"), ["10.244.1.5", "10.244.2.7"]);
-    view.update((
-        Watched::EndpointSlice,
-        Ok(Event::Delete(slice("web-1", "web", "10.244.1.5"))),
-    ));
+    view.update(Update::EndpointSlices(Ok(Event::Delete(slice(
+        "web-1",
+        "web",
+        "10.244.1.5",
+    )))));
     assert_eq!(endpoints(&view, "web"), ["10.244.2.7"]);
-    view.update((
-        Watched::Service,
-        Ok(Event::Delete(service("db", "10.96.0.11"))),
-    ));
+    view.update(Update::Services(Ok(Event::Delete(service(
+        "db",
+        "10.96.0.11",
+    )))));
     assert_eq!(services(&view), ["web"]);
 }
 
@@ -147,17 +188,17 @@ fn watch_events_apply_and_delete() {
 fn a_relist_replaces_only_when_complete_and_forgets_what_is_gone() {
     let mut view = synced_view();
     // A re-list (after 410 Gone) in progress: the last complete view still holds.
-    view.update((Watched::Service, Ok(Event::Init)));
-    view.update((
-        Watched::Service,
-        Ok(Event::InitApply(service("web", "10.96.0.10"))),
-    ));
+    view.update(Update::Services(Ok(Event::Init)));
+    view.update(Update::Services(Ok(Event::InitApply(service(
+        "web",
+        "10.96.0.10",
+    )))));
     assert_eq!(services(&view), ["db", "web"]);
-    view.update((
-        Watched::Service,
-        Ok(Event::InitApply(service("new", "10.96.0.12"))),
-    ));
-    view.update((Watched::Service, Ok(Event::InitDone)));
+    view.update(Update::Services(Ok(Event::InitApply(service(
+        "new",
+        "10.96.0.12",
+    )))));
+    view.update(Update::Services(Ok(Event::InitDone)));
     // `db` was deleted while the watch was broken: gone with the re-list.
     assert_eq!(services(&view), ["new", "web"]);
     assert_eq!(endpoints(&view, "web"), ["10.244.1.5"]);
@@ -166,15 +207,15 @@ fn a_relist_replaces_only_when_complete_and_forgets_what_is_gone() {
 #[test]
 fn an_interrupted_relist_is_started_over() {
     let mut view = synced_view();
-    view.update((Watched::Service, Ok(Event::Init)));
-    view.update((
-        Watched::Service,
-        Ok(Event::InitApply(service("half", "10.96.0.13"))),
-    ));
-    view.update((Watched::Service, Err("list failed".into())));
+    view.update(Update::Services(Ok(Event::Init)));
+    view.update(Update::Services(Ok(Event::InitApply(service(
+        "half",
+        "10.96.0.13",
+    )))));
+    view.update(Update::Services(Err("list failed".into())));
     list(
         &mut view,
-        Watched::Service,
+        Update::Services,
         vec![service("web", "10.96.0.10")],
     );
     assert_eq!(services(&view), ["web"]);
@@ -185,12 +226,9 @@ fn the_node_is_this_node_only() {
     let mut view = synced_view();
     let ip: IpAddr = "192.0.2.11".parse().expect("valid");
     assert_eq!(view.node().map(|n| n.internal_ips.clone()), Some(vec![ip]));
-    view.update((Watched::Node, Ok(Event::Apply(node("node2", "192.0.2.12")))));
+    view.update(Update::Node(Ok(Event::Apply(node("node2", "192.0.2.12")))));
     assert_eq!(view.node().map(|n| n.internal_ips.clone()), Some(vec![ip]));
-    view.update((
-        Watched::Node,
-        Ok(Event::Delete(node("node1", "192.0.2.11"))),
-    ));
+    view.update(Update::Node(Ok(Event::Delete(node("node1", "192.0.2.11")))));
     assert_eq!(view.node(), None);
     // The services do not depend on it.
     assert_eq!(services(&view), ["db", "web"]);
@@ -206,12 +244,77 @@ fn backoff_doubles_to_a_ceiling_and_resets() {
 }
 
 #[test]
-fn watch_events_convert_to_json() {
-    let typed: k8s_openapi::api::core::v1::Node =
-        serde_json::from_value(node("node1", "192.0.2.11")).expect("a Node");
-    let Ok(Event::Apply(json)) = event_to_json(Event::Apply(typed)) else {
-        panic!("not an Apply");
+fn an_object_kube_rs_cannot_decode_is_told_apart_from_a_lost_connection() {
+    // What kube-rs reports when a Service's port comes as a string: k8s-openapi rejects it.
+    const LINE: &str = r#"{"type": "ADDED", "object": {"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web"}, "spec": {"ports": [{"port": "eighty"}]}}}"#;
+    let decode = || {
+        let error = serde_json::from_str::<::kube::core::WatchEvent<Service>>(LINE)
+            .expect_err("a string port does not decode");
+        ::kube::Error::SerdeError(error)
     };
-    assert_eq!(json["kind"], "Node");
-    assert_eq!(json["status"]["addresses"][0]["address"], "192.0.2.11");
+    let listed = describe(&watcher::Error::InitialListFailed(decode()));
+    assert!(
+        listed.starts_with("the API server sent a list with an object sluice cannot decode (")
+            && listed.contains("invalid type: string \"eighty\", expected i32")
+            && listed.ends_with("these objects stay as last listed until it can be read"),
+        "{listed}"
+    );
+    let skipped = "that change is skipped and the object stays as last seen; the watch goes on";
+    let watched = describe(&watcher::Error::WatchFailed(decode()));
+    assert!(
+        watched.starts_with("the API server sent a change sluice cannot decode (")
+            && watched.ends_with(skipped),
+        "{watched}"
+    );
+    // In a watch, kube-rs falls back to reading the line as a Status, and any object passes
+    // as an empty one: that is what arrives.
+    let status: Status = serde_json::from_str(LINE).expect("any object reads as a Status");
+    assert_eq!(status, Status::default());
+    let watched = describe(&watcher::Error::WatchFailed(::kube::Error::Api(Box::new(
+        status,
+    ))));
+    assert!(
+        watched.starts_with("the API server sent a change sluice cannot decode (")
+            && watched.ends_with(skipped),
+        "{watched}"
+    );
+    // A real Status from the server is not mistaken for one.
+    let forbidden = Status {
+        code: 403,
+        message: "services is forbidden".into(),
+        reason: "Forbidden".into(),
+        ..Status::default()
+    };
+    let watched = describe(&watcher::Error::WatchFailed(::kube::Error::Api(Box::new(
+        forbidden,
+    ))));
+    assert!(watched.contains("services is forbidden"), "{watched}");
+    assert!(
+        watched.ends_with("; retrying with backoff (the datapath keeps serving the last state)"),
+        "{watched}"
+    );
+}
+
+#[test]
+fn a_failure_is_logged_once_and_a_new_one_again() {
+    let mut view = synced_view();
+    view.update(Update::Services(Err("connection refused".into())));
+    view.update(Update::Services(Err("connection refused".into())));
+    assert_eq!(
+        view.failing.get(&Watched::Service).map(String::as_str),
+        Some("connection refused")
+    );
+    view.update(Update::Services(Err("a change sluice cannot read".into())));
+    assert_eq!(
+        view.failing.get(&Watched::Service).map(String::as_str),
+        Some("a change sluice cannot read")
+    );
+    // The next event that arrives ends the failure.
+    view.update(Update::Services(Ok(Event::Apply(service(
+        "new",
+        "10.96.0.12",
+    )))));
+    assert!(view.failing.is_empty());
+    assert_eq!(services(&view), ["db", "new", "web"]);
 }

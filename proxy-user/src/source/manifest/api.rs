@@ -2,34 +2,107 @@
 //! one at a time, checked by the same code as manifest files and resolved by the same step.
 //!
 //! ```text
-//! API JSON ─parse_object─▶ checked objects (last good kept) ─catalog─▶ resolve ─▶ DesiredState
+//! typed API object ─k8s::from_api─▶ k8s subset ─check_object─▶ checked objects (last good
+//! kept) ─catalog─▶ resolve ─▶ DesiredState
 //! ```
 //!
-//! The differences from files are deliberate and few: there are no files or documents (a
-//! problem names the object and [`API_ORIGIN`]); any cluster IP is accepted (the API server
-//! owns the service CIDR); and nothing is allocated (the API server assigns cluster IPs and
-//! nodePorts), so a Service it left without one is listed but not programmed.
+//! The typed objects (k8s-openapi, as kube-rs decodes them) are converted field by field into
+//! the subset a file is deserialized into, so every check and every problem's text is the
+//! one a manifest file gets. The differences from files are deliberate and few: there are no
+//! files or documents (a problem names the object and [`API_ORIGIN`]); any cluster IP is
+//! accepted (the API server owns the service CIDR); and nothing is allocated (the API server
+//! assigns cluster IPs and nodePorts), so a Service it left without one is listed but not
+//! programmed.
 
-use std::{
-    collections::BTreeMap,
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use ipnet::Ipv4Net;
+use k8s_openapi::{
+    api::{core::v1::Service, discovery::v1::EndpointSlice},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 
 use super::{
     ManifestOptions,
     alloc::Allocator,
     catalog::Catalog,
-    error::{Context, ManifestError, Severity},
+    error::{Context, ManifestError, ObjectRef, Problems},
+    k8s::from_api,
     object::{Kind, ObjectKey},
-    parse::{ParsedFile, ParsedObject, parse_object},
+    parse::{ParsedObject, RawObject, check_object},
     resolve::{Resolution, resolve},
 };
 
 /// What problems about API objects name instead of a file.
 pub const API_ORIGIN: &str = "kubernetes API";
+
+/// An object of a kind sluice checks, as the API server's watch delivered it.
+#[derive(Clone, Debug)]
+pub enum ApiObject {
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+}
+
+impl From<Box<Service>> for ApiObject {
+    fn from(service: Box<Service>) -> Self {
+        ApiObject::Service(service)
+    }
+}
+
+impl From<Box<EndpointSlice>> for ApiObject {
+    fn from(slice: Box<EndpointSlice>) -> Self {
+        ApiObject::EndpointSlice(slice)
+    }
+}
+
+impl From<Service> for ApiObject {
+    fn from(service: Service) -> Self {
+        Box::new(service).into()
+    }
+}
+
+impl From<EndpointSlice> for ApiObject {
+    fn from(slice: EndpointSlice) -> Self {
+        Box::new(slice).into()
+    }
+}
+
+impl ApiObject {
+    pub fn kind(&self) -> Kind {
+        match self {
+            ApiObject::Service(_) => Kind::Service,
+            ApiObject::EndpointSlice(_) => Kind::EndpointSlice,
+        }
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            ApiObject::Service(service) => &service.metadata,
+            ApiObject::EndpointSlice(slice) => &slice.metadata,
+        }
+    }
+
+    /// Its key, as its metadata names it (before any check).
+    fn key(&self) -> ObjectKey {
+        let meta = self.meta();
+        ObjectKey {
+            kind: self.kind(),
+            namespace: namespace_or_default(meta.namespace.as_deref().unwrap_or_default())
+                .to_owned(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Into the subset a manifest file is read into.
+    fn into_raw(self) -> Result<RawObject, from_api::FieldError> {
+        match self {
+            ApiObject::Service(service) => from_api::service(*service).map(RawObject::Service),
+            ApiObject::EndpointSlice(slice) => {
+                from_api::endpoint_slice(*slice).map(RawObject::EndpointSlice)
+            }
+        }
+    }
+}
 
 /// The checked Services and EndpointSlices the API server holds, as last seen.
 #[derive(Debug)]
@@ -65,11 +138,10 @@ impl ApiObjects {
         self.objects.is_empty()
     }
 
-    /// Adds or replaces one object, given as the API server's JSON (with `apiVersion` and
-    /// `kind`). An object that fails the checks keeps its last good version, as in a file.
-    /// Returns what the checks found.
-    pub fn apply(&mut self, object: serde_json::Value) -> Vec<ManifestError> {
-        let (parsed, problems) = self.check(object);
+    /// Adds or replaces one object. An object that fails the checks keeps its last good
+    /// version, as in a file. Returns what the checks found.
+    pub fn apply(&mut self, object: impl Into<ApiObject>) -> Vec<ManifestError> {
+        let (parsed, problems) = self.check(object.into());
         if let Some(parsed) = parsed {
             self.objects.insert(parsed.key.clone(), parsed);
         }
@@ -88,34 +160,21 @@ impl ApiObjects {
 
     /// Replaces every object of `kind` with `objects` (a complete list, after a (re-)list):
     /// those not in it are gone. An object of the list that fails the checks keeps its last
-    /// good version.
+    /// good version; objects of another kind are ignored.
     pub fn replace_kind(
         &mut self,
         kind: Kind,
-        objects: impl IntoIterator<Item = serde_json::Value>,
+        objects: impl IntoIterator<Item = ApiObject>,
     ) -> Vec<ManifestError> {
         let mut fresh = BTreeMap::new();
         let mut problems = Vec::new();
-        let mut broken = Vec::new();
-        for object in objects {
-            let (namespace, name) = object_name(&object);
+        for object in objects.into_iter().filter(|object| object.kind() == kind) {
+            let key = object.key();
             let (parsed, mut found) = self.check(object);
             problems.append(&mut found);
-            match parsed {
-                Some(parsed) if parsed.key.kind == kind => {
-                    fresh.insert(parsed.key.clone(), parsed);
-                }
-                Some(_) => {}
-                None => broken.push(ObjectKey {
-                    kind,
-                    namespace,
-                    name,
-                }),
-            }
-        }
-        for key in broken {
-            if let Some(old) = self.objects.get(&key) {
-                fresh.insert(key, old.clone());
+            let kept = parsed.or_else(|| self.objects.get(&key).cloned());
+            if let Some(parsed) = kept {
+                fresh.insert(parsed.key.clone(), parsed);
             }
         }
         self.objects.retain(|key, _| key.kind != kind);
@@ -134,22 +193,29 @@ impl ApiObjects {
         resolve(&catalog, &mut Allocator::disabled())
     }
 
-    fn check(&self, object: serde_json::Value) -> (Option<ParsedObject>, Vec<ManifestError>) {
-        let mut parsed = ParsedFile::default();
-        let context = Context::new(PathBuf::from(API_ORIGIN), None);
-        match serde_yaml::to_value(object) {
-            Ok(value) => parse_object(value, &context, None, &self.options, &mut parsed),
-            Err(e) => parsed.problems.push(context.problem(
-                Severity::Error,
-                None,
-                format!("cannot read the object: {e}"),
-            )),
-        }
-        let valid = !parsed.has_errors();
-        let object = parsed.objects.pop().filter(|object| {
-            valid && matches!(object.key.kind, Kind::Service | Kind::EndpointSlice)
+    /// The checks a manifest file's object gets, on the converted object.
+    fn check(&self, object: ApiObject) -> (Option<ParsedObject>, Vec<ManifestError>) {
+        let mut context = Context::new(API_ORIGIN, None);
+        let meta = object.meta();
+        context.object = Some(ObjectRef::named(
+            object.kind().as_str(),
+            meta.namespace.as_deref(),
+            meta.name.as_deref(),
+        ));
+        let mut p = Problems::new(&context);
+        let checked = match object.into_raw() {
+            Ok(raw) => check_object(&raw, &self.options, &mut p),
+            Err(e) => {
+                p.error(&e.field, e.message);
+                None
+            }
+        };
+        let parsed = checked.map(|object| ParsedObject {
+            key: object.key(),
+            document: 1,
+            object,
         });
-        (object, parsed.problems)
+        (parsed, p.list)
     }
 }
 
@@ -161,23 +227,28 @@ fn namespace_or_default(namespace: &str) -> &str {
     }
 }
 
-/// `metadata.namespace` and `metadata.name` of raw JSON, for keeping a broken object's last
-/// good version.
-fn object_name(object: &serde_json::Value) -> (String, String) {
-    let meta = &object["metadata"];
-    let namespace = meta["namespace"].as_str().unwrap_or_default();
-    (
-        namespace_or_default(namespace).to_owned(),
-        meta["name"].as_str().unwrap_or_default().to_owned(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::model::{Endpoint, ServiceName, ServiceType};
+    use crate::{
+        model::{Endpoint, ServiceName, ServiceType},
+        source::manifest::Severity,
+    };
+
+    /// The typed object kube-rs decodes from the API server's JSON.
+    fn api(object: Value) -> ApiObject {
+        match object["kind"].as_str() {
+            Some("Service") => serde_json::from_value::<Service>(object)
+                .expect("a Service")
+                .into(),
+            Some("EndpointSlice") => serde_json::from_value::<EndpointSlice>(object)
+                .expect("an EndpointSlice")
+                .into(),
+            kind => panic!("not a kind sluice checks: {kind:?}"),
+        }
+    }
 
     fn name(name: &str) -> ServiceName {
         ServiceName {
@@ -244,6 +315,12 @@ mod tests {
         }
     }
 
+    impl ApiObjects {
+        fn apply_json(&mut self, object: Value) -> Vec<ManifestError> {
+            self.apply(api(object))
+        }
+    }
+
     fn state(objects: &ApiObjects) -> crate::model::DesiredState {
         objects.desired_state().state
     }
@@ -254,10 +331,10 @@ mod tests {
         // 10.96.0.0/12 is kubeadm's service CIDR, outside sluice's standalone default.
         assert!(
             objects
-                .apply(service("web", "10.96.0.10", json!({})))
+                .apply_json(service("web", "10.96.0.10", json!({})))
                 .is_empty()
         );
-        let problems = objects.apply(slice(
+        let problems = objects.apply_json(slice(
             "web-abcde",
             "web",
             json!([
@@ -268,7 +345,7 @@ mod tests {
             ]),
         ));
         assert!(problems.is_empty(), "{problems:?}");
-        objects.apply(slice(
+        objects.apply_json(slice(
             "web-fghij",
             "web",
             json!([
@@ -302,12 +379,12 @@ mod tests {
     fn skip_rules_are_the_standalone_ones() {
         let mut objects = ApiObjects::new();
         let labelled = |key: &str| json!({ key: "x" });
-        objects.apply(service(
+        objects.apply_json(service(
             "other",
             "10.96.0.11",
             labelled("service.kubernetes.io/service-proxy-name"),
         ));
-        objects.apply(service(
+        objects.apply_json(service(
             "dns-only",
             "10.96.0.12",
             labelled("service.kubernetes.io/headless"),
@@ -317,8 +394,8 @@ mod tests {
         for port in headless["spec"]["ports"].as_array_mut().expect("ports") {
             port.as_object_mut().expect("port").remove("nodePort");
         }
-        objects.apply(headless);
-        objects.apply(json!({
+        objects.apply_json(headless);
+        objects.apply_json(json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "outside", "namespace": "default"},
             "spec": {"type": "ExternalName", "externalName": "example.org", "sessionAffinity": "None"},
@@ -364,7 +441,7 @@ mod tests {
             .as_object_mut()
             .expect("port")
             .remove("nodePort");
-        objects.apply(web);
+        objects.apply_json(web);
         let resolution = objects.desired_state();
         let web = &resolution.state.services[&name("web")];
         assert!(
@@ -378,10 +455,10 @@ mod tests {
     #[test]
     fn a_broken_update_keeps_the_last_good_version_and_names_the_object() {
         let mut objects = ApiObjects::new();
-        objects.apply(service("web", "10.96.0.10", json!({})));
+        objects.apply_json(service("web", "10.96.0.10", json!({})));
         let mut broken = service("web", "10.96.0.99", json!({}));
         broken["spec"]["ports"][0]["protocol"] = json!("SCTP");
-        let problems = objects.apply(broken);
+        let problems = objects.apply_json(broken);
         let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert!(
             shown.iter().any(|p| p
@@ -398,9 +475,9 @@ mod tests {
     #[test]
     fn replacing_a_kind_forgets_what_the_list_no_longer_has() {
         let mut objects = ApiObjects::new();
-        objects.apply(service("web", "10.96.0.10", json!({})));
-        objects.apply(service("gone", "10.96.0.11", json!({})));
-        objects.apply(slice(
+        objects.apply_json(service("web", "10.96.0.10", json!({})));
+        objects.apply_json(service("gone", "10.96.0.11", json!({})));
+        objects.apply_json(slice(
             "web-1",
             "web",
             json!([{"addresses": ["10.244.1.5"]}]),
@@ -408,8 +485,8 @@ mod tests {
         let problems = objects.replace_kind(
             Kind::Service,
             [
-                service("web", "10.96.0.10", json!({})),
-                service("new", "10.96.0.12", json!({})),
+                api(service("web", "10.96.0.10", json!({}))),
+                api(service("new", "10.96.0.12", json!({}))),
             ],
         );
         assert!(problems.is_empty(), "{problems:?}");
@@ -431,24 +508,73 @@ mod tests {
     }
 
     #[test]
-    fn objects_through_k8s_openapi_types_check_the_same() {
-        // What the watcher hands over: the typed object, serialized back to JSON.
-        let typed: k8s_openapi::api::core::v1::Service =
-            serde_json::from_value(service("web", "10.96.0.10", json!({}))).expect("a Service");
+    fn an_unknown_value_is_the_error_a_file_gets_and_the_last_good_version_stays() {
         let mut objects = ApiObjects::new();
-        let problems = objects.apply(serde_json::to_value(typed).expect("serializes"));
-        assert!(problems.is_empty(), "{problems:?}");
-        let typed: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(slice(
-            "web-1",
-            "web",
-            json!([{"addresses": ["10.244.1.5"], "nodeName": "node1"}]),
-        ))
-        .expect("an EndpointSlice");
-        objects.apply(serde_json::to_value(typed).expect("serializes"));
-        let state = state(&objects);
+        objects.apply_json(service("web", "10.96.0.10", json!({})));
+        let mut broken = service("web", "10.96.0.99", json!({}));
+        broken["spec"]["ports"][1]["protocol"] = json!("QUIC");
+        let message = "spec.ports[1].protocol: unknown variant `QUIC`, expected one of `TCP`, \
+                       `UDP`, `SCTP`";
+        let shown: Vec<String> = objects
+            .apply_json(broken.clone())
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(
-            state.services[&name("web")].ports[0].endpoints,
-            [endpoint("10.244.1.5", "node1", true, true, false)]
+            shown,
+            [format!("kubernetes API (Service default/web): {message}")]
+        );
+        // The same object in a manifest file.
+        let file = crate::source::manifest::parse::parse_file(
+            Path::new("web.json"),
+            &broken.to_string(),
+            &ManifestOptions::default(),
+        );
+        let shown: Vec<String> = file.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [format!(
+                "web.json: document 1 (Service default/web): {message}"
+            )]
+        );
+        assert_eq!(
+            state(&objects).services[&name("web")].cluster_ip,
+            Some("10.96.0.10".parse().expect("valid"))
+        );
+    }
+
+    #[test]
+    fn a_broken_object_in_a_relist_keeps_its_last_good_version() {
+        let mut objects = ApiObjects::new();
+        objects.apply_json(service("web", "10.96.0.10", json!({})));
+        let mut broken = service("web", "10.96.0.99", json!({}));
+        broken["spec"]["ports"][0]["port"] = json!(0);
+        let mut never_good = service("new", "10.96.0.12", json!({}));
+        never_good["spec"]["type"] = json!("Nodeport");
+        let problems = objects.replace_kind(
+            Kind::Service,
+            [
+                api(broken),
+                api(never_good),
+                api(service("db", "10.96.0.11", json!({}))),
+            ],
+        );
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "kubernetes API (Service default/web): spec.ports[0].port: expected an integer \
+                 1-65535, got 0",
+                "kubernetes API (Service default/new): spec.type: unknown variant `Nodeport`, \
+                 expected one of `ClusterIP`, `NodePort`, `LoadBalancer`, `ExternalName`",
+            ]
+        );
+        let state = state(&objects);
+        let names: Vec<_> = state.services.keys().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["db", "web"]);
+        assert_eq!(
+            state.services[&name("web")].cluster_ip,
+            Some("10.96.0.10".parse().expect("valid"))
         );
     }
 
@@ -464,13 +590,10 @@ mod tests {
     fn trigger_times_come_through_the_watch_and_bad_ones_are_only_warned_about() {
         const ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
         let mut objects = ApiObjects::new();
-        objects.apply(service("web", "10.96.0.10", json!({})));
+        objects.apply_json(service("web", "10.96.0.10", json!({})));
         let mut timed = slice("web-1", "web", json!([{"addresses": ["10.244.1.5"]}]));
         timed["metadata"]["annotations"] = json!({ANNOTATION: "2026-11-22T05:00:00.5Z"});
-        // Through the typed object, as the watcher hands it over.
-        let typed: k8s_openapi::api::discovery::v1::EndpointSlice =
-            serde_json::from_value(timed).expect("an EndpointSlice");
-        let problems = objects.apply(serde_json::to_value(typed).expect("serializes"));
+        let problems = objects.apply_json(timed);
         assert!(problems.is_empty(), "{problems:?}");
         let expected = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_323_600_500);
         assert_eq!(trigger_time(&objects, "web-1"), Some(expected));
@@ -481,7 +604,7 @@ mod tests {
             json!([{"addresses": ["10.244.1.5"]}, {"addresses": ["10.244.1.6"]}]),
         );
         broken["metadata"]["annotations"] = json!({ANNOTATION: "22 Nov 2026 05:00"});
-        let problems = objects.apply(broken);
+        let problems = objects.apply_json(broken);
         let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert_eq!(shown.len(), 1, "{shown:?}");
         assert!(

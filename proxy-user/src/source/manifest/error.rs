@@ -41,6 +41,21 @@ impl ObjectRef {
             name: Some(name.to_owned()),
         }
     }
+
+    /// The object as its metadata names it, before any check: a missing or empty namespace
+    /// is `default`, as Kubernetes has it.
+    pub fn named(kind: &str, namespace: Option<&str>, name: Option<&str>) -> Self {
+        ObjectRef {
+            kind: kind.to_owned(),
+            namespace: Some(
+                namespace
+                    .filter(|ns| !ns.is_empty())
+                    .unwrap_or("default")
+                    .to_owned(),
+            ),
+            name: name.map(str::to_owned),
+        }
+    }
 }
 
 impl fmt::Display for ObjectRef {

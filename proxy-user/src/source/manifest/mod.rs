@@ -26,7 +26,7 @@ use ipnet::Ipv4Net;
 
 pub use self::{
     alloc::{Allocator, AllocatorError},
-    api::{API_ORIGIN, ApiObjects},
+    api::{API_ORIGIN, ApiObject, ApiObjects},
     check::validate_dir,
     error::{ManifestError, ObjectRef, Severity},
     object::Kind,

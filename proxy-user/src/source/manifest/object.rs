@@ -84,6 +84,26 @@ pub enum Object {
     Pod(PodDef),
 }
 
+impl Object {
+    pub fn key(&self) -> ObjectKey {
+        let (kind, namespace, name) = match self {
+            Object::Service(service) => {
+                (Kind::Service, &service.name.namespace, &service.name.name)
+            }
+            Object::EndpointSlice(slice) => (Kind::EndpointSlice, &slice.namespace, &slice.name),
+            Object::Endpoints(endpoints) => {
+                (Kind::Endpoints, &endpoints.namespace, &endpoints.name)
+            }
+            Object::Pod(pod) => (Kind::Pod, &pod.namespace, &pod.name),
+        };
+        ObjectKey {
+            kind,
+            namespace: namespace.clone(),
+            name: name.clone(),
+        }
+    }
+}
+
 /// `spec.clusterIP` (or `spec.clusterIPs[0]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClusterIp {

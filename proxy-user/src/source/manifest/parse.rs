@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 use serde::{Deserialize, de::DeserializeOwned};
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 use super::{
     ManifestOptions,
@@ -69,7 +69,7 @@ fn yaml_documents(text: &str) -> Vec<Result<Value, String>> {
     const MAX_DOCUMENTS: usize = 100_000;
     let mut documents = Vec::new();
     let mut last_error = None;
-    for deserializer in serde_yaml::Deserializer::from_str(text).take(MAX_DOCUMENTS) {
+    for deserializer in yaml_serde::Deserializer::from_str(text).take(MAX_DOCUMENTS) {
         match Value::deserialize(deserializer) {
             Ok(mut value) => {
                 last_error = None;
@@ -98,7 +98,7 @@ fn yaml_documents(text: &str) -> Vec<Result<Value, String>> {
 fn json_documents(text: &str) -> Vec<Result<Value, String>> {
     let mut documents = Vec::new();
     for value in serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>() {
-        match value.map(serde_yaml::to_value) {
+        match value.map(yaml_serde::to_value) {
             Ok(Ok(value)) => documents.push(Ok(value)),
             Ok(Err(e)) => documents.push(Err(format!("cannot convert JSON: {e}"))),
             Err(e) => {
@@ -172,8 +172,8 @@ fn parse_document(
     }
 }
 
-/// One object (a document, or an item of a List; or one object from the API server).
-pub(crate) fn parse_object(
+/// One object of a file (a document, or an item of a List).
+fn parse_object(
     value: Value,
     context: &Context,
     defaults: Option<(&str, &str)>,
@@ -194,27 +194,16 @@ pub(crate) fn parse_object(
     let kind = str_field(&value, "kind").or(defaults.map(|(kind, _)| kind));
     let metadata = value.get("metadata");
     let name = metadata.and_then(|m| str_field(m, "name"));
-    let namespace = metadata
-        .and_then(|m| str_field(m, "namespace"))
-        .filter(|ns| !ns.is_empty())
-        .unwrap_or("default");
+    let namespace = metadata.and_then(|m| str_field(m, "namespace"));
     let Some(kind) = kind else {
-        context.object = name.map(|name| ObjectRef {
-            kind: "object".into(),
-            namespace: Some(namespace.into()),
-            name: Some(name.into()),
-        });
+        context.object = name.map(|name| ObjectRef::named("object", namespace, Some(name)));
         let message = "kind is missing: set it to Service, EndpointSlice, Endpoints or Pod";
         parsed
             .problems
             .push(context.problem(Severity::Error, Some("kind"), message));
         return;
     };
-    context.object = Some(ObjectRef {
-        kind: kind.to_owned(),
-        namespace: Some(namespace.to_owned()),
-        name: name.map(str::to_owned),
-    });
+    context.object = Some(ObjectRef::named(kind, namespace, name));
     let Some(known) = Kind::from_kind(kind) else {
         let message = format!(
             "{kind} is ignored: sluice reads Service, EndpointSlice, Endpoints, Pod and List"
@@ -240,41 +229,47 @@ pub(crate) fn parse_object(
             format!("is missing: write apiVersion: {expected}"),
         ),
     }
-    let object = match known {
-        Kind::Service => typed::<k8s::Service>(value, &mut p)
-            .and_then(|raw| check_service(&raw, options, &mut p))
-            .map(Object::Service),
-        Kind::EndpointSlice => typed::<k8s::EndpointSlice>(value, &mut p)
-            .and_then(|raw| check_slice(&raw, &mut p))
-            .map(Object::EndpointSlice),
-        Kind::Endpoints => typed::<k8s::Endpoints>(value, &mut p)
-            .and_then(|raw| check_endpoints(&raw, &mut p))
-            .map(Object::Endpoints),
-        Kind::Pod => typed::<k8s::Pod>(value, &mut p)
-            .and_then(|raw| check_pod(&raw, &mut p))
-            .map(Object::Pod),
+    let raw = match known {
+        Kind::Service => typed(value, &mut p).map(RawObject::Service),
+        Kind::EndpointSlice => typed(value, &mut p).map(RawObject::EndpointSlice),
+        Kind::Endpoints => typed(value, &mut p).map(RawObject::Endpoints),
+        Kind::Pod => typed(value, &mut p).map(RawObject::Pod),
     };
-    let valid = !p.has_errors();
+    let object = raw.and_then(|raw| check_object(&raw, options, &mut p));
     parsed.problems.append(&mut p.list);
-    let (Some(object), true) = (object, valid) else {
-        return;
+    if let Some(object) = object {
+        parsed.objects.push(ParsedObject {
+            key: object.key(),
+            document: context.document.unwrap_or(1),
+            object,
+        });
+    }
+}
+
+/// An object read into the Kubernetes subset ([`k8s`]), before its checks: a file's
+/// document deserialized, or an API server's object converted.
+#[derive(Clone, Debug)]
+pub(crate) enum RawObject {
+    Service(k8s::Service),
+    EndpointSlice(k8s::EndpointSlice),
+    Endpoints(k8s::Endpoints),
+    Pod(k8s::Pod),
+}
+
+/// The checks every object goes through, however it was read. The checked object, unless
+/// `p` holds an error (also one found before, like a wrong apiVersion).
+pub(crate) fn check_object(
+    raw: &RawObject,
+    options: &ManifestOptions,
+    p: &mut Problems,
+) -> Option<Object> {
+    let object = match raw {
+        RawObject::Service(raw) => check_service(raw, options, p).map(Object::Service),
+        RawObject::EndpointSlice(raw) => check_slice(raw, p).map(Object::EndpointSlice),
+        RawObject::Endpoints(raw) => check_endpoints(raw, p).map(Object::Endpoints),
+        RawObject::Pod(raw) => check_pod(raw, p).map(Object::Pod),
     };
-    let (namespace, name) = match &object {
-        Object::Service(service) => (&service.name.namespace, &service.name.name),
-        Object::EndpointSlice(slice) => (&slice.namespace, &slice.name),
-        Object::Endpoints(endpoints) => (&endpoints.namespace, &endpoints.name),
-        Object::Pod(pod) => (&pod.namespace, &pod.name),
-    };
-    let key = ObjectKey {
-        kind: known,
-        namespace: namespace.clone(),
-        name: name.clone(),
-    };
-    parsed.objects.push(ParsedObject {
-        key,
-        document: context.document.unwrap_or(1),
-        object,
-    });
+    object.filter(|_| !p.has_errors())
 }
 
 /// Deserializes into the serde type, reporting a type error with its field path.

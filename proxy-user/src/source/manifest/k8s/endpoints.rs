@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 use super::{Integer, ObjectMeta, PortProtocol, nullable};
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointSlice {
     #[serde(default, deserialize_with = "nullable")]
@@ -16,7 +16,7 @@ pub struct EndpointSlice {
     pub ports: Vec<EndpointPort>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SliceEndpoint {
     #[serde(default, deserialize_with = "nullable")]
@@ -27,7 +27,7 @@ pub struct SliceEndpoint {
 }
 
 /// Conditions as written; `None` takes Kubernetes' default (see `validate`).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct EndpointConditions {
     pub ready: Option<bool>,
     pub serving: Option<bool>,
@@ -35,14 +35,14 @@ pub struct EndpointConditions {
 }
 
 /// A port of an EndpointSlice or an Endpoints subset.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct EndpointPort {
     pub name: Option<String>,
     pub port: Option<Integer>,
     pub protocol: Option<PortProtocol>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct Endpoints {
     #[serde(default, deserialize_with = "nullable")]
     pub metadata: ObjectMeta,
@@ -50,7 +50,7 @@ pub struct Endpoints {
     pub subsets: Vec<EndpointSubset>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointSubset {
     #[serde(default, deserialize_with = "nullable")]
@@ -61,7 +61,7 @@ pub struct EndpointSubset {
     pub ports: Vec<EndpointPort>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointAddress {
     pub ip: Option<String>,

@@ -1,7 +1,10 @@
 //! The subset of Kubernetes objects sluice reads, as serde types: only the fields it uses,
-//! unknown fields ignored, `null` accepted wherever a field may be left out.
+//! unknown fields ignored, `null` accepted wherever a field may be left out. Files are
+//! deserialized into it; the API server's typed objects are converted into it
+//! ([`from_api`]).
 
 mod endpoints;
+pub mod from_api;
 mod pod;
 mod service;
 
@@ -15,7 +18,7 @@ use serde::{
 pub use self::{endpoints::*, pod::*, service::*};
 
 /// `metadata`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     pub name: Option<String>,
@@ -26,7 +29,7 @@ pub struct ObjectMeta {
     pub deletion_timestamp: Option<String>,
     /// Kept as written: only single annotations are read, each checked where it is used,
     /// so a malformed annotation elsewhere never costs the object.
-    pub annotations: Option<serde_yaml::Value>,
+    pub annotations: Option<yaml_serde::Value>,
 }
 
 /// `protocol` of a port. SCTP parses, so that the error can say it is not supported.

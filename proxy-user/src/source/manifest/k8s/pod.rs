@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 use super::{Integer, ObjectMeta, PortProtocol, nullable};
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct Pod {
     #[serde(default, deserialize_with = "nullable")]
     pub metadata: ObjectMeta,
@@ -14,7 +14,7 @@ pub struct Pod {
     pub status: PodStatus,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
     pub node_name: Option<String>,
@@ -22,13 +22,13 @@ pub struct PodSpec {
     pub containers: Vec<Container>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct Container {
     #[serde(default, deserialize_with = "nullable")]
     pub ports: Vec<ContainerPort>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerPort {
     pub name: Option<String>,
@@ -36,7 +36,7 @@ pub struct ContainerPort {
     pub protocol: Option<PortProtocol>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodStatus {
     /// `Pending`, `Running`, `Succeeded`, `Failed`: finished pods are no endpoints.
@@ -47,7 +47,7 @@ pub struct PodStatus {
     pub conditions: Vec<PodCondition>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct PodCondition {
     #[serde(rename = "type")]
     pub type_: Option<String>,

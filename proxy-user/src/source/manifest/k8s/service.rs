@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::{IntOrString, Integer, ObjectMeta, PortProtocol, nullable};
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Service {
     #[serde(default, deserialize_with = "nullable")]
@@ -40,7 +40,7 @@ pub enum TrafficPolicySpec {
     Local,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     #[serde(rename = "type")]
@@ -69,7 +69,7 @@ pub struct ServiceSpec {
     pub health_check_node_port: Option<Integer>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     pub name: Option<String>,
@@ -79,32 +79,32 @@ pub struct ServicePort {
     pub node_port: Option<Integer>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct SessionAffinityConfig {
     #[serde(rename = "clientIP")]
     pub client_ip: Option<ClientIpConfig>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientIpConfig {
     pub timeout_seconds: Option<Integer>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceStatus {
     #[serde(default, deserialize_with = "nullable")]
     pub load_balancer: LoadBalancerStatus,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct LoadBalancerStatus {
     #[serde(default, deserialize_with = "nullable")]
     pub ingress: Vec<LoadBalancerIngress>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct LoadBalancerIngress {
     pub ip: Option<String>,
 }

@@ -374,6 +374,40 @@ fn a_duplicate_key_spoils_only_its_document() {
 }
 
 #[test]
+fn yaml_anchors_and_merge_keys_are_applied() {
+    let text = svc(
+        "web",
+        "",
+        "    - &http {name: http, port: 80, targetPort: 8080}\n    - <<: *http\n      name: alt\n      \
+         port: 81\n",
+    );
+    let parsed = parse("t.yaml", &text);
+    assert_eq!(parsed.problems, vec![]);
+    let Object::Service(service) = &parsed.objects[0].object else {
+        panic!("not a Service: {parsed:?}")
+    };
+    let ports: Vec<_> = service
+        .ports
+        .iter()
+        .map(|p| (p.name.as_str(), p.port, p.target.clone()))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("http", 80, TargetPort::Number(8080)),
+            ("alt", 81, TargetPort::Number(8080))
+        ]
+    );
+    let errors = errors(&svc("web", "", "    - <<: 5\n      port: 80\n"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("t.yaml: document 1: invalid YAML merge key: "),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
 fn a_json_syntax_error_is_reported() {
     let errors = errors_of("t.json", "{\"apiVersion\": \"v1\",, }");
     assert_eq!(errors.len(), 1);

@@ -113,7 +113,7 @@ fn check_trigger_time(meta: &k8s::ObjectMeta, p: &mut Problems) -> Option<System
     let unmeasured = "the slice is used, but its changes are not measured in \
                       kubeproxy_network_programming_duration_seconds";
     let Some(text) = value.as_str() else {
-        let written = serde_yaml::to_string(value).unwrap_or_default();
+        let written = yaml_serde::to_string(value).unwrap_or_default();
         p.warning(
             &field,
             format!(
