@@ -74,10 +74,13 @@ fn route(ctx: &XdpContext, tuple: &Tuple, tot_len: u16, forwarded: bool) -> Resu
         .is_some_and(|config| config.flags & CONFIG_F_XDP_TX != 0);
     if xdp_tx && rc == BPF_FIB_LKUP_RET_SUCCESS {
         let eth: *mut EthHdr = ptr_at(ctx.data(), ctx.data_end(), 0)?;
+        // The lookup filled in the MACs (the union's other member is for BPF_FIB_LOOKUP_MARK,
+        // not used here).
         // SAFETY: ptr_at checked that the Ethernet header lies inside the packet.
         unsafe {
-            (*eth).dst = fib.dmac;
-            (*eth).src = fib.smac;
+            let macs = fib.__bindgen_anon_6.__bindgen_anon_2;
+            (*eth).dst = macs.dmac;
+            (*eth).src = macs.smac;
         }
         if fib.ifindex == ingress {
             return Ok(XDP_TX);

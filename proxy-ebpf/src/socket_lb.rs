@@ -113,7 +113,7 @@ fn translate_forward(ctx: &SockAddrContext) -> i32 {
         _pad: 0,
     };
     // A full LRU map evicts the oldest entry; an error here only loses the reverse mapping.
-    let _ = SOCK_REV_NAT.insert(rev_key, rev_value, 0);
+    let _ = SOCK_REV_NAT.insert(&rev_key, &rev_value, 0);
 
     sa.user_ip4 = backend.addr;
     sa.user_port = u32::from(backend.port);
@@ -136,7 +136,7 @@ fn translate_reverse(ctx: &SockAddrContext) {
         _pad: 0,
     };
     // SAFETY: the value is copied out at once; LRU updates race only with other copies.
-    if let Some(original) = unsafe { SOCK_REV_NAT.get(key) } {
+    if let Some(original) = unsafe { SOCK_REV_NAT.get(&key) } {
         sa.user_ip4 = original.addr;
         sa.user_port = u32::from(original.port);
     }

@@ -121,7 +121,7 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, Error> {
         // SAFETY: `entry` points at a live map value; it is copied out at once.
         let flow = unsafe { *entry };
         // SAFETY: only the presence of the key matters.
-        if unsafe { BACKENDS.get(flow.backend_id) }.is_some() {
+        if unsafe { BACKENDS.get(&flow.backend_id) }.is_some() {
             conntrack::touch(entry, &pkt, now);
             let direction = Direction::In { new: false };
             counters::traffic(flow.service_id, flow.backend_id, direction, pkt.tot_len);

@@ -13,6 +13,7 @@ pub mod view;
 
 use std::{
     collections::BTreeSet,
+    ffi::CString,
     fs::{self, File},
     net::Ipv4Addr,
     os::fd::AsFd,
@@ -239,12 +240,15 @@ fn attach_socket_programs(ebpf: &mut Ebpf, cgroup: &Path, links: &mut Links) -> 
 }
 
 fn attach_iface_programs(ebpf: &mut Ebpf, iface: &str, links: &mut Links) -> Result<()> {
+    // aya takes the interface as a C string (or an index), looked up at each attach.
+    let iface_name =
+        CString::new(iface).with_context(|| format!("interface name {iface:?} (--iface)"))?;
     let name = program_names::XDP_INGRESS;
     let xdp: &mut Xdp = program(ebpf, name)?.try_into()?;
     xdp.load().with_context(|| format!("load program {name}"))?;
     let link_name = format!("{name}@{iface}");
     attach_or_replace(links, &link_name, xdp.fd()?.try_clone()?.as_fd(), || {
-        let id = xdp.attach(iface, XdpMode::default())?;
+        let id = xdp.attach(&iface_name, XdpMode::default())?;
         Ok(xdp.take_link(id)?.try_into()?)
     })
     .with_context(|| format!("attach XDP to {iface} (--iface)"))?;
@@ -258,7 +262,7 @@ fn attach_iface_programs(ebpf: &mut Ebpf, iface: &str, links: &mut Links) -> Res
         tc.load().with_context(|| format!("load program {name}"))?;
         let link_name = format!("{name}@{iface}");
         attach_or_replace(links, &link_name, tc.fd()?.try_clone()?.as_fd(), || {
-            let id = tc.attach(iface, direction)?;
+            let id = tc.attach(&iface_name, direction)?;
             Ok(tc.take_link(id)?.try_into()?)
         })
         .with_context(|| format!("attach {name} to {iface} (--iface; TCX needs Linux 6.6+)"))?;
@@ -376,7 +380,7 @@ fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<()> {
             0
         };
         maps.node_addrs
-            .insert(ip_to_net(*ip), NodeAddr { flags }, 0)?;
+            .insert(&ip_to_net(*ip), &NodeAddr { flags }, 0)?;
     }
 
     let xdp_tx = match opts.xdp_tx {
@@ -395,7 +399,7 @@ fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<()> {
             | if opts.counters { CONFIG_F_COUNTERS } else { 0 },
         log_level: opts.kernel_log_level,
     };
-    maps.config.set(0, config, 0)?;
+    maps.config.set(0, &config, 0)?;
     info!(
         node_ips = ?node_ips,
         snat = ?snat_addr,

@@ -363,7 +363,7 @@ impl Reconciler {
         for net in &wanted.source_ranges {
             if !old_ranges.contains(net) {
                 maps.source_ranges
-                    .insert(&range_key(service_id, net), 1, 0)
+                    .insert(&range_key(service_id, net), &1, 0)
                     .with_context(context)?;
             }
         }
@@ -449,7 +449,7 @@ impl Reconciler {
         let value = SkippedService::new(skipped.svc_type, &skipped.reason);
         if self.skipped.get(name) != Some(&value) {
             maps.skipped
-                .insert(SkippedKey::new(name), value, 0)
+                .insert(&SkippedKey::new(name), &value, 0)
                 .with_context(|| format!("list skipped service {name}"))?;
             self.skipped.insert(name.to_owned(), value);
         }
