@@ -12,7 +12,6 @@ use bytemuck::{Pod, Zeroable};
 
 pub mod checksum;
 pub mod flow;
-pub mod klog;
 #[cfg(feature = "user")]
 pub mod net;
 pub mod stats;
@@ -35,14 +34,13 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "BE_STATS_V2";
     pub const DROP_STATS: &str = "DROP_STATS_V1";
     pub const HOOK_STATS: &str = "HOOK_STATS_V1";
-    pub const LOG: &str = "LOG_V1";
     pub const AFFINITY: &str = "AFFINITY_V1";
     pub const AFFINITY_MATCH: &str = "AFF_MATCH_V1";
     pub const SOURCE_RANGES: &str = "SRC_RANGE_V1";
     pub const SKIPPED: &str = "SVC_SKIP_V1";
     /// Not pinned: the daemon fills it just before each socket-termination run.
     pub const SOCK_TERM: &str = "SOCK_TERM_V1";
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 15] = [
         SERVICES,
         BACKENDS,
         SERVICE_META,
@@ -54,7 +52,6 @@ pub mod map_names {
         BACKEND_STATS,
         DROP_STATS,
         HOOK_STATS,
-        LOG,
         AFFINITY,
         AFFINITY_MATCH,
         SOURCE_RANGES,

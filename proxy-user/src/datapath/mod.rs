@@ -23,12 +23,12 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::FdLink,
     },
 };
+use aya_log::EbpfLogger;
 pub use maps::{BatchFds, MapFill, Maps, zero_traffic, zero_traffic_slots};
 use proxy_common::{
     CONFIG_F_COUNTERS, CONFIG_F_XDP_TX, Config, NODE_ADDR_F_PRIMARY, NodeAddr, map_names,
@@ -83,8 +83,8 @@ pub struct Datapath {
     pub maps: Maps,
     /// How the hooks were installed by this start.
     pub hooks: HookCounts,
-    /// The programs' log records (`LOG_V1`); the daemon takes it to read them.
-    pub kernel_log: Option<RingBuf<MapData>>,
+    /// Reads the programs' aya-log records (kernel log lines); the daemon takes it.
+    pub kernel_log: Option<EbpfLogger<&'static dyn log::Log>>,
     /// The socket-termination program; `None` where the kernel cannot run it.
     pub sock_term: Option<SockTermProgram>,
     /// Keeps the programs loaded while the daemon runs.
@@ -132,10 +132,8 @@ impl Datapath {
             })
             .ok();
 
-        let kernel_log = ebpf
-            .take_map(map_names::LOG)
-            .context("the eBPF object has no log ring buffer")?;
-        let kernel_log = RingBuf::try_from(kernel_log).context("the log ring buffer")?;
+        let kernel_log =
+            EbpfLogger::init(&mut ebpf).context("read the programs' aya-log ring buffer")?;
         let mut maps = Maps::take_from(&mut ebpf)?;
         configure(&mut maps, opts)?;
         Ok(Self {
