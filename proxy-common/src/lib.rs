@@ -342,7 +342,8 @@ const _: () = assert!(core::mem::size_of::<SockTermRecord>() == 24);
 
 /// Stand-in for the `bpf_sock_destroy` kfunc in the compiled `iter/udp` program: a helper call
 /// with this number, which the daemon rewrites into a kfunc call (`BPF_PSEUDO_KFUNC_CALL` and the
-/// kernel's BTF id of the function) before loading. aya 0.14 does not resolve kfunc externs.
+/// kernel's BTF id of the function) before loading. aya 0.16 resolves kfunc externs only from
+/// `.ksyms` BTF, which rustc and bpf-linker do not write for a Rust object (`udp_sockets`).
 /// No helper has this number, so an object loaded without the rewrite fails verification.
 pub const SOCK_DESTROY_CALL_MARKER: u32 = 0x5eed_d357;
 
