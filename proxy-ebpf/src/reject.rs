@@ -8,7 +8,9 @@ use aya_ebpf::{
     helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
     programs::XdpContext,
 };
-use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr};
+use network_types::{
+    bitfield::BitfieldU16, eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr,
+};
 use proxy_common::{IPPROTO_TCP, checksum, tcp};
 
 use crate::{
@@ -82,22 +84,14 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Error> {
         seq: seq.to_ne_bytes(),
         ack_seq: ack_seq.to_ne_bytes(),
         _bitfield_align_1: [],
-        _bitfield_1: TcpHdr::new_bitfield_1(
-            0,
-            (TCP_HLEN / 4) as u16,
-            0,
-            0,
-            1,
-            0,
-            u16::from(ack),
-            0,
-            0,
-            0,
-        ),
+        _bitfield_1: BitfieldU16::default(),
         window: [0; 2],
         check: [0; 2],
         urg_ptr: [0; 2],
     };
+    tcp_out.set_doff((TCP_HLEN / 4) as u16);
+    tcp_out.set_rst(1);
+    tcp_out.set_ack(u16::from(ack));
     let sum = checksum::pseudo_header(reply.saddr, reply.daddr, IPPROTO_TCP, TCP_HLEN as u16);
     tcp_out.check = checksum::finish(checksum::accumulate(sum, bytes_of(&tcp_out))).to_ne_bytes();
 
