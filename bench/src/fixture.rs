@@ -93,7 +93,7 @@ impl Loaded {
         )?;
         config.set(
             0,
-            Config {
+            &Config {
                 snat_addr: u32::from_ne_bytes(NODE_IP.octets()),
                 snat_port_min: 61_000,
                 snat_port_max: 65_535,
@@ -131,7 +131,7 @@ impl Loaded {
         } else {
             value.flags & !CONFIG_F_COUNTERS
         };
-        config.set(0, value, 0)?;
+        config.set(0, &value, 0)?;
         Ok(())
     }
 

@@ -240,7 +240,7 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
                     xdp_floor.push(measure(&sender, &frame(BACKEND), params.millis)?.0);
                 }
                 ip_link(&["set", "dev", "sl0", "xdpdrv", "off"])?;
-                xdp.attach("sl0", XdpMode::default())
+                xdp.attach(c"sl0", XdpMode::default())
                     .context("attach xdp_ingress to sl0")?;
                 loaded = Some(sluice);
             }

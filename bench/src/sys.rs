@@ -1,6 +1,7 @@
-//! The bpf(2) commands the benchmarks need and aya 0.14 does not offer in this form: a test run
-//! that returns the kernel's own per-run duration with any flags, batched map updates, and a
-//! hand-assembled `XDP_PASS` program (the floor every packet figure is compared against).
+//! The bpf(2) commands the benchmarks need and aya 0.16 does not offer in this form: a test run
+//! by program fd (aya's `TestRun` takes only programs it loaded from an object) that returns the
+//! kernel's own per-run duration with any flags, batched map updates, and a hand-assembled
+//! `XDP_PASS` program (the floor every packet figure is compared against).
 
 use std::{
     io,

@@ -12,7 +12,6 @@ use bytemuck::{Pod, Zeroable};
 
 pub mod checksum;
 pub mod flow;
-pub mod klog;
 #[cfg(feature = "user")]
 pub mod net;
 pub mod stats;
@@ -35,14 +34,13 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "BE_STATS_V2";
     pub const DROP_STATS: &str = "DROP_STATS_V1";
     pub const HOOK_STATS: &str = "HOOK_STATS_V1";
-    pub const LOG: &str = "LOG_V1";
     pub const AFFINITY: &str = "AFFINITY_V1";
     pub const AFFINITY_MATCH: &str = "AFF_MATCH_V1";
     pub const SOURCE_RANGES: &str = "SRC_RANGE_V1";
     pub const SKIPPED: &str = "SVC_SKIP_V1";
     /// Not pinned: the daemon fills it just before each socket-termination run.
     pub const SOCK_TERM: &str = "SOCK_TERM_V1";
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 15] = [
         SERVICES,
         BACKENDS,
         SERVICE_META,
@@ -54,7 +52,6 @@ pub mod map_names {
         BACKEND_STATS,
         DROP_STATS,
         HOOK_STATS,
-        LOG,
         AFFINITY,
         AFFINITY_MATCH,
         SOURCE_RANGES,
@@ -345,7 +342,8 @@ const _: () = assert!(core::mem::size_of::<SockTermRecord>() == 24);
 
 /// Stand-in for the `bpf_sock_destroy` kfunc in the compiled `iter/udp` program: a helper call
 /// with this number, which the daemon rewrites into a kfunc call (`BPF_PSEUDO_KFUNC_CALL` and the
-/// kernel's BTF id of the function) before loading. aya 0.14 does not resolve kfunc externs.
+/// kernel's BTF id of the function) before loading. aya 0.16 resolves kfunc externs only from
+/// `.ksyms` BTF, which rustc and bpf-linker do not write for a Rust object (`udp_sockets`).
 /// No helper has this number, so an object loaded without the rewrite fails verification.
 pub const SOCK_DESTROY_CALL_MARKER: u32 = 0x5eed_d357;
 

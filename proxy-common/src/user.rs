@@ -3,7 +3,7 @@
 use crate::{
     AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, CtEntry, CtKey, NodeAddr,
     ServiceKey, ServiceMeta, ServiceValue, SkippedKey, SkippedService, SockRevNatKey,
-    SockRevNatValue, SockTermKey, SourceRange, klog::LogRecord, stats::Traffic,
+    SockRevNatValue, SockTermKey, SourceRange, stats::Traffic,
 };
 
 macro_rules! aya_pod {
@@ -33,7 +33,6 @@ aya_pod!(
     SockRevNatValue,
     SockTermKey,
     Traffic,
-    LogRecord,
     SourceRange,
 );
 

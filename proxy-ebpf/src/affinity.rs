@@ -99,7 +99,7 @@ fn still_valid(entry: &AffinityValue, service: &ServiceValue, now: u64) -> Optio
         backend_id: entry.backend_id,
     };
     // SAFETY: only the presence of the key matters.
-    unsafe { AFFINITY_MATCH.get(member) }?;
+    unsafe { AFFINITY_MATCH.get(&member) }?;
     // SAFETY: copied out at once.
-    unsafe { BACKENDS.get(entry.backend_id) }.copied()
+    unsafe { BACKENDS.get(&entry.backend_id) }.copied()
 }

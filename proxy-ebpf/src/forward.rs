@@ -12,12 +12,13 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_meta},
     programs::XdpContext,
 };
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use proxy_common::{CONFIG_F_XDP_TX, XDP_META_MAGIC, XdpRedirectMeta, checksum};
 
 use crate::{
     error::Error,
     maps::CONFIG,
-    packet::{ETH_HLEN, EthHdr, Ipv4Hdr, Tuple, ptr_at},
+    packet::{ETH_HLEN, Tuple, load, ptr_at, store},
 };
 
 const AF_INET: u8 = 2;
@@ -74,10 +75,13 @@ fn route(ctx: &XdpContext, tuple: &Tuple, tot_len: u16, forwarded: bool) -> Resu
         .is_some_and(|config| config.flags & CONFIG_F_XDP_TX != 0);
     if xdp_tx && rc == BPF_FIB_LKUP_RET_SUCCESS {
         let eth: *mut EthHdr = ptr_at(ctx.data(), ctx.data_end(), 0)?;
+        // The lookup filled in the MACs (the union's other member is for BPF_FIB_LOOKUP_MARK,
+        // not used here).
         // SAFETY: ptr_at checked that the Ethernet header lies inside the packet.
         unsafe {
-            (*eth).dst = fib.dmac;
-            (*eth).src = fib.smac;
+            let macs = fib.__bindgen_anon_6.__bindgen_anon_2;
+            (*eth).dst_addr = macs.dmac;
+            (*eth).src_addr = macs.smac;
         }
         if fib.ifindex == ingress {
             return Ok(XDP_TX);
@@ -103,7 +107,8 @@ fn decrement_ttl(ctx: &XdpContext) -> Result<bool, Error> {
         let old = u16::from_ne_bytes([ttl, proto]);
         let new = u16::from_ne_bytes([ttl - 1, proto]);
         (*ip).ttl = ttl - 1;
-        (*ip).check = checksum::update_u16((*ip).check, old, new);
+        let check = checksum::update_u16(load(&raw const (*ip).check), old, new);
+        store(&raw mut (*ip).check, check);
     }
     Ok(true)
 }

@@ -1,21 +1,24 @@
 //! Address and port translation of a parsed packet, with its checksums: in place for XDP,
 //! through the checksum helpers for TC (so CHECKSUM_PARTIAL skbs stay right).
 
+use core::mem::offset_of;
+
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
+use network_types::ip::Ipv4Hdr;
 use proxy_common::{CtEntry, IPPROTO_UDP, checksum};
 
 use crate::{
     error::Error,
-    packet::{ETH_HLEN, Ipv4Hdr, Packet, Tuple, ptr_at},
+    packet::{ETH_HLEN, Packet, Tuple, load, ptr_at, store},
 };
 
 /// Offsets of the IPv4 checksum and addresses.
-const IP_CHECK: usize = ETH_HLEN + 10;
-const IP_SADDR: usize = ETH_HLEN + 12;
-const IP_DADDR: usize = ETH_HLEN + 16;
+const IP_CHECK: usize = ETH_HLEN + offset_of!(Ipv4Hdr, check);
+const IP_SADDR: usize = ETH_HLEN + offset_of!(Ipv4Hdr, src_addr);
+const IP_DADDR: usize = ETH_HLEN + offset_of!(Ipv4Hdr, dst_addr);
 
 /// The tuple a packet carries after the rewrite `entry` describes (zero fields: unchanged).
 #[inline(always)]
@@ -50,19 +53,19 @@ pub fn rewrite_in_place(
     let l4_check: *mut u16 = ptr_at(data, data_end, pkt.l4_check_offset())?;
     // SAFETY: ptr_at checked that all three lie inside the packet, which is not resized here.
     unsafe {
-        let mut ip_sum = (*ip).check;
+        let mut ip_sum = load(&raw const (*ip).check);
         let mut l4_sum = *l4_check;
         let udp = from.proto == IPPROTO_UDP;
         let l4_sum_absent = udp && l4_sum == 0;
         if from.saddr != to.saddr {
             ip_sum = checksum::update_u32(ip_sum, from.saddr, to.saddr);
             l4_sum = checksum::update_u32(l4_sum, from.saddr, to.saddr);
-            (*ip).saddr = to.saddr;
+            store(&raw mut (*ip).src_addr, to.saddr);
         }
         if from.daddr != to.daddr {
             ip_sum = checksum::update_u32(ip_sum, from.daddr, to.daddr);
             l4_sum = checksum::update_u32(l4_sum, from.daddr, to.daddr);
-            (*ip).daddr = to.daddr;
+            store(&raw mut (*ip).dst_addr, to.daddr);
         }
         if from.sport != to.sport {
             l4_sum = checksum::update_u16(l4_sum, from.sport, to.sport);
@@ -72,7 +75,7 @@ pub fn rewrite_in_place(
             l4_sum = checksum::update_u16(l4_sum, from.dport, to.dport);
             (*ports)[1] = to.dport;
         }
-        (*ip).check = ip_sum;
+        store(&raw mut (*ip).check, ip_sum);
         if !l4_sum_absent {
             *l4_check = if udp {
                 checksum::udp_wire(l4_sum)

@@ -1,68 +1,21 @@
 //! Bounds-checked packet access and the parser that describes an IPv4 TCP/UDP packet.
 
-use core::mem::size_of;
+use core::mem::{offset_of, size_of};
 
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::{IpProto, Ipv4Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
 use proxy_common::{CtKey, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::error::Error;
 
-pub const ETH_HLEN: usize = 14;
-pub const ETH_P_IP: u16 = 0x0800;
-pub const IPV4_HLEN: usize = 20;
-pub const TCP_HLEN: usize = 20;
-pub const IPPROTO_ICMP: u8 = 1;
-
-/// Ethernet header.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct EthHdr {
-    pub dst: [u8; 6],
-    pub src: [u8; 6],
-    /// Network byte order.
-    pub ether_type: u16,
-}
-
-/// IPv4 header without options; multi-byte fields in network byte order.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Ipv4Hdr {
-    pub version_ihl: u8,
-    pub tos: u8,
-    pub tot_len: u16,
-    pub id: u16,
-    pub frag_off: u16,
-    pub ttl: u8,
-    pub proto: u8,
-    pub check: u16,
-    pub saddr: u32,
-    pub daddr: u32,
-}
-
-/// TCP header without options; multi-byte fields in network byte order.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct TcpHdr {
-    pub sport: u16,
-    pub dport: u16,
-    pub seq: u32,
-    pub ack_seq: u32,
-    /// Data offset in the high nibble.
-    pub doff: u8,
-    pub flags: u8,
-    pub window: u16,
-    pub check: u16,
-    pub urg_ptr: u16,
-}
-
-/// UDP header; fields in network byte order.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct UdpHdr {
-    pub sport: u16,
-    pub dport: u16,
-    pub len: u16,
-    pub check: u16,
-}
+pub const ETH_HLEN: usize = EthHdr::LEN;
+pub const IPV4_HLEN: usize = Ipv4Hdr::LEN;
+pub const TCP_HLEN: usize = TcpHdr::LEN;
+pub const IPPROTO_ICMP: u8 = IpProto::Icmp as u8;
 
 /// IPv4 "more fragments" flag and fragment offset mask, host byte order.
 const IP_MF: u16 = 0x2000;
@@ -79,6 +32,34 @@ pub fn ptr_at<T>(data: usize, data_end: usize, offset: usize) -> Result<*mut T, 
         return Err(Error::Truncated);
     }
     Ok((data + offset) as *mut T)
+}
+
+/// Reads the multi-byte header field at `field` as the word it holds, in network byte order
+/// (as the maps keep addresses and ports), with one load. network-types declares these fields
+/// as byte arrays, and the BPF backend reads anything of alignment 1 byte by byte (so do its
+/// `read_unaligned` accessors): on the per-packet path that made xdp_ingress 9% longer.
+///
+/// # Safety
+///
+/// `field` lies inside the packet (a header from [`ptr_at`]); see there for its alignment.
+#[inline(always)]
+pub unsafe fn load<T: Copy, const N: usize>(field: *const [u8; N]) -> T {
+    const { assert!(N == size_of::<T>()) };
+    // SAFETY: the caller's; the sizes match.
+    unsafe { field.cast::<T>().read() }
+}
+
+/// Writes `value` (network byte order) to the multi-byte header field at `field`, with one
+/// store; the counterpart of [`load`].
+///
+/// # Safety
+///
+/// As for [`load`].
+#[inline(always)]
+pub unsafe fn store<T: Copy, const N: usize>(field: *mut [u8; N], value: T) {
+    const { assert!(N == size_of::<T>()) };
+    // SAFETY: the caller's; the sizes match.
+    unsafe { field.cast::<T>().write(value) }
 }
 
 /// A flow's addresses, ports (network byte order) and protocol.
@@ -123,9 +104,9 @@ impl Packet {
     /// Offset of the L4 checksum field.
     pub fn l4_check_offset(&self) -> usize {
         if self.tuple.proto == IPPROTO_TCP {
-            self.l4 + 16
+            self.l4 + offset_of!(TcpHdr, check)
         } else {
-            self.l4 + 6
+            self.l4 + offset_of!(UdpHdr, check)
         }
     }
 }
@@ -136,24 +117,30 @@ impl Packet {
 pub fn parse(data: usize, data_end: usize) -> Result<Packet, Error> {
     let eth: *const EthHdr = ptr_at(data, data_end, 0)?;
     // SAFETY: ptr_at checked that the header is inside the packet.
-    if unsafe { (*eth).ether_type } != ETH_P_IP.to_be() {
+    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
         return Err(Error::NotIpv4);
     }
     let ip: *const Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN)?;
     // SAFETY: ptr_at checked that the header is inside the packet.
-    let ip = unsafe { *ip };
-    if ip.version_ihl >> 4 != 4 {
+    let (ip, frags, tot_len, saddr, daddr) = unsafe {
+        (
+            &*ip,
+            u16::from_be(load(&raw const (*ip).frags)),
+            u16::from_be(load(&raw const (*ip).tot_len)),
+            load(&raw const (*ip).src_addr),
+            load(&raw const (*ip).dst_addr),
+        )
+    };
+    if ip.version() != 4 {
         return Err(Error::Malformed);
     }
-    let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
+    let ihl = usize::from(ip.ihl());
     if ihl < IPV4_HLEN {
         return Err(Error::Malformed);
     }
-    let frag = u16::from_be(ip.frag_off);
-    if frag & (IP_MF | IP_OFFSET) != 0 {
+    if frags & (IP_MF | IP_OFFSET) != 0 {
         return Err(Error::Fragment);
     }
-    let tot_len = u16::from_be(ip.tot_len);
     if usize::from(tot_len) < ihl {
         return Err(Error::Malformed);
     }
@@ -162,21 +149,25 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, Error> {
         IPPROTO_TCP => {
             let tcp: *const TcpHdr = ptr_at(data, data_end, l4)?;
             // SAFETY: ptr_at checked that the header is inside the packet.
-            let tcp = unsafe { *tcp };
-            (tcp.sport, tcp.dport, tcp.flags)
+            unsafe {
+                (
+                    load(&raw const (*tcp).source),
+                    load(&raw const (*tcp).dest),
+                    tcp_flags(&*tcp),
+                )
+            }
         }
         IPPROTO_UDP => {
             let udp: *const UdpHdr = ptr_at(data, data_end, l4)?;
             // SAFETY: ptr_at checked that the header is inside the packet.
-            let udp = unsafe { *udp };
-            (udp.sport, udp.dport, 0)
+            unsafe { (load(&raw const (*udp).src), load(&raw const (*udp).dst), 0) }
         }
         _ => return Err(Error::NotTcpUdp),
     };
     Ok(Packet {
         tuple: Tuple {
-            saddr: ip.saddr,
-            daddr: ip.daddr,
+            saddr,
+            daddr,
             sport,
             dport,
             proto: ip.proto,
@@ -186,4 +177,11 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, Error> {
         tot_len,
         tcp_flags,
     })
+}
+
+/// The TCP flags byte (`proxy_common::tcp`'s bits: FIN, SYN, RST, PSH, ACK, ...).
+#[inline(always)]
+pub fn tcp_flags(tcp: &TcpHdr) -> u8 {
+    // The second byte of network-types' bitfield holds the eight flags, FIN lowest.
+    tcp._bitfield_1.get(8, 8) as u8
 }

@@ -8,17 +8,19 @@ use aya_ebpf::{
     helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
     programs::XdpContext,
 };
+use network_types::{
+    bitfield::BitfieldU16, eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr,
+};
 use proxy_common::{IPPROTO_TCP, checksum, tcp};
 
 use crate::{
     error::Error,
     forward::send,
-    packet::{
-        ETH_HLEN, EthHdr, IPPROTO_ICMP, IPV4_HLEN, Ipv4Hdr, Packet, TCP_HLEN, TcpHdr, Tuple, ptr_at,
-    },
+    packet::{ETH_HLEN, IPPROTO_ICMP, IPV4_HLEN, Packet, TCP_HLEN, Tuple, load, ptr_at, tcp_flags},
 };
 
-const IP_DF: u16 = 0x4000;
+/// IPv4 "don't fragment", of the 3 flag bits.
+const IP_DF: u8 = 0b010;
 const TTL: u8 = 64;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
@@ -26,15 +28,6 @@ const ICMP_PORT_UNREACH: u8 = 3;
 const ICMP_QUOTED_L4: usize = 8;
 /// The most 16-bit words an ICMP error quotes: a 60-byte IP header and 8 bytes.
 const ICMP_QUOTED_WORDS_MAX: usize = (60 + ICMP_QUOTED_L4) / 2;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct IcmpHdr {
-    kind: u8,
-    code: u8,
-    check: u16,
-    unused: u32,
-}
 
 /// Turns a TCP segment into the RST that answers it (RFC 793, "Reset Generation"), in place.
 /// A RST is never answered: it is dropped.
@@ -47,24 +40,34 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Error> {
     let ip_out: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN)?;
     let tcp_ptr: *mut TcpHdr = ptr_at(data, data_end, ETH_HLEN + IPV4_HLEN)?;
     let tcp_in: *const TcpHdr = ptr_at(data, data_end, pkt.l4)?;
-    // SAFETY: ptr_at checked that these headers lie inside the packet.
-    let (eth_in, tcp_in) = unsafe { (*eth, *tcp_in) };
-    if tcp_in.flags & tcp::RST != 0 {
+    // SAFETY: ptr_at checked that these headers lie inside the packet; what is read of the
+    // segment is copied out before the new headers overwrite it.
+    let (eth_in, flags_in, doff, seq_in, ack_seq_in) = unsafe {
+        (
+            *eth,
+            tcp_flags(&*tcp_in),
+            (*tcp_in).doff(),
+            load::<u32, 4>(&raw const (*tcp_in).seq),
+            load::<u32, 4>(&raw const (*tcp_in).ack_seq),
+        )
+    };
+    if flags_in & tcp::RST != 0 {
         return Ok(XDP_DROP);
     }
-    let (seq, ack_seq, flags) = if tcp_in.flags & tcp::ACK != 0 {
-        (tcp_in.ack_seq, 0, tcp::RST)
+    // Sequence numbers in network byte order; whether the RST acknowledges.
+    let (seq, ack_seq, ack) = if flags_in & tcp::ACK != 0 {
+        (ack_seq_in, 0, false)
     } else {
-        let header_len = pkt.ihl + usize::from(tcp_in.doff >> 4) * 4;
+        let header_len = pkt.ihl + usize::from(doff) * 4;
         let mut seg_len = usize::from(pkt.tot_len).saturating_sub(header_len) as u32;
-        if tcp_in.flags & tcp::SYN != 0 {
+        if flags_in & tcp::SYN != 0 {
             seg_len += 1;
         }
-        if tcp_in.flags & tcp::FIN != 0 {
+        if flags_in & tcp::FIN != 0 {
             seg_len += 1;
         }
-        let ack = u32::from_be(tcp_in.seq).wrapping_add(seg_len);
-        (0, ack.to_be(), tcp::RST | tcp::ACK)
+        let ack = u32::from_be(seq_in).wrapping_add(seg_len);
+        (0, ack.to_be(), true)
     };
     let reply = Tuple {
         saddr: pkt.tuple.daddr,
@@ -76,24 +79,27 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Error> {
     let tot_len = (IPV4_HLEN + TCP_HLEN) as u16;
     let ip = ipv4_header(&reply, tot_len, IP_DF);
     let mut tcp_out = TcpHdr {
-        sport: reply.sport,
-        dport: reply.dport,
-        seq,
-        ack_seq,
-        doff: ((TCP_HLEN / 4) as u8) << 4,
-        flags,
-        window: 0,
-        check: 0,
-        urg_ptr: 0,
+        source: reply.sport.to_ne_bytes(),
+        dest: reply.dport.to_ne_bytes(),
+        seq: seq.to_ne_bytes(),
+        ack_seq: ack_seq.to_ne_bytes(),
+        _bitfield_align_1: [],
+        _bitfield_1: BitfieldU16::default(),
+        window: [0; 2],
+        check: [0; 2],
+        urg_ptr: [0; 2],
     };
+    tcp_out.set_doff((TCP_HLEN / 4) as u16);
+    tcp_out.set_rst(1);
+    tcp_out.set_ack(u16::from(ack));
     let sum = checksum::pseudo_header(reply.saddr, reply.daddr, IPPROTO_TCP, TCP_HLEN as u16);
-    tcp_out.check = checksum::finish(checksum::accumulate(sum, bytes_of(&tcp_out)));
+    tcp_out.check = checksum::finish(checksum::accumulate(sum, bytes_of(&tcp_out))).to_ne_bytes();
 
     // The new headers go right after the Ethernet header, over the old ones.
     // SAFETY: ptr_at checked all three headers lie inside the packet; the inputs were copied.
     unsafe {
-        (*eth).dst = eth_in.src;
-        (*eth).src = eth_in.dst;
+        (*eth).dst_addr = eth_in.src_addr;
+        (*eth).src_addr = eth_in.dst_addr;
         *ip_out = ip;
         *tcp_ptr = tcp_out;
     }
@@ -109,7 +115,7 @@ pub fn icmp_port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Erro
     // SAFETY: ptr_at checked that the Ethernet header lies inside the packet.
     let eth_in = unsafe { *eth };
     let quoted = pkt.ihl + ICMP_QUOTED_L4;
-    let added = IPV4_HLEN + size_of::<IcmpHdr>();
+    let added = IPV4_HLEN + Icmpv4Hdr::LEN;
     // Room for a new IP and ICMP header in front; the original IP header then follows them.
     // SAFETY: the context is this program's xdp_md; the helper checks the headroom itself.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(added as i32)) } != 0 {
@@ -127,11 +133,11 @@ pub fn icmp_port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Erro
     };
     let tot_len = (added + quoted) as u16;
     let ip = ipv4_header(&reply, tot_len, 0);
-    let mut icmp = IcmpHdr {
-        kind: ICMP_DEST_UNREACH,
+    let mut icmp = Icmpv4Hdr {
+        type_: ICMP_DEST_UNREACH,
         code: ICMP_PORT_UNREACH,
-        check: 0,
-        unused: 0,
+        check: [0; 2],
+        data: [0; 4],
     };
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let mut sum = checksum::accumulate(0, bytes_of(&icmp));
@@ -143,16 +149,16 @@ pub fn icmp_port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Erro
         // SAFETY: ptr_at checked that the word lies inside the packet.
         sum += u64::from(unsafe { *value });
     }
-    icmp.check = checksum::finish(sum);
+    icmp.check = checksum::finish(sum).to_ne_bytes();
 
     let eth: *mut EthHdr = ptr_at(data, data_end, 0)?;
     let ip_out: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN)?;
-    let icmp_out: *mut IcmpHdr = ptr_at(data, data_end, ETH_HLEN + IPV4_HLEN)?;
+    let icmp_out: *mut Icmpv4Hdr = ptr_at(data, data_end, ETH_HLEN + IPV4_HLEN)?;
     // SAFETY: ptr_at checked all three headers lie inside the packet.
     unsafe {
         *eth = EthHdr {
-            dst: eth_in.src,
-            src: eth_in.dst,
+            dst_addr: eth_in.src_addr,
+            src_addr: eth_in.dst_addr,
             ether_type: eth_in.ether_type,
         };
         *ip_out = ip;
@@ -163,20 +169,23 @@ pub fn icmp_port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Erro
 
 /// An IPv4 header without options for `tuple`, with its checksum.
 #[inline(always)]
-fn ipv4_header(tuple: &Tuple, tot_len: u16, frag_off: u16) -> Ipv4Hdr {
+fn ipv4_header(tuple: &Tuple, tot_len: u16, frag_flags: u8) -> Ipv4Hdr {
     let mut ip = Ipv4Hdr {
-        version_ihl: 0x45,
+        vihl: 0,
         tos: 0,
-        tot_len: tot_len.to_be(),
-        id: 0,
-        frag_off: frag_off.to_be(),
+        tot_len: [0; 2],
+        id: [0; 2],
+        frags: [0; 2],
         ttl: TTL,
         proto: tuple.proto,
-        check: 0,
-        saddr: tuple.saddr,
-        daddr: tuple.daddr,
+        check: [0; 2],
+        src_addr: tuple.saddr.to_ne_bytes(),
+        dst_addr: tuple.daddr.to_ne_bytes(),
     };
-    ip.check = checksum::compute(bytes_of(&ip));
+    ip.set_vihl(4, IPV4_HLEN as u8);
+    ip.set_tot_len(tot_len);
+    ip.set_frags(frag_flags, 0);
+    ip.check = checksum::compute(bytes_of(&ip)).to_ne_bytes();
     ip
 }
 
@@ -199,7 +208,7 @@ fn resize(ctx: &XdpContext, len: usize) -> Result<(), Error> {
 /// The bytes of a header built on the stack.
 #[inline(always)]
 fn bytes_of<T: Copy>(header: &T) -> &[u8] {
-    // SAFETY: only used with the `#[repr(C)]` header structs of this crate, which have no
-    // padding, so every byte is initialised; the slice borrows `header`.
+    // SAFETY: only used with network-types' `#[repr(C)]` header structs, which are byte arrays
+    // without padding, so every byte is initialised; the slice borrows `header`.
     unsafe { core::slice::from_raw_parts((header as *const T).cast::<u8>(), size_of::<T>()) }
 }

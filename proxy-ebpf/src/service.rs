@@ -27,18 +27,18 @@ pub fn lookup_frontend(
         _pad: 0,
     };
     // SAFETY: copied out at once.
-    if let Some(service) = unsafe { SERVICES.get(key) } {
+    if let Some(service) = unsafe { SERVICES.get(&key) } {
         return Some((key, *service));
     }
     // 127.0.0.0/8: the first octet is the first byte in memory.
     let loopback = loopback_is_node && addr.to_ne_bytes()[0] == 127;
     // SAFETY: only the presence of the key matters.
-    if !loopback && unsafe { NODE_ADDRS.get(addr) }.is_none() {
+    if !loopback && unsafe { NODE_ADDRS.get(&addr) }.is_none() {
         return None;
     }
     key.addr = 0;
     // SAFETY: copied out at once.
-    let service = unsafe { SERVICES.get(key) }?;
+    let service = unsafe { SERVICES.get(&key) }?;
     (service.flags & SVC_F_NODEPORT != 0).then_some((key, *service))
 }
 
@@ -57,7 +57,7 @@ pub fn for_internal_clients(
         ..key
     };
     // SAFETY: copied out at once.
-    let service = unsafe { SERVICES.get(key) }?;
+    let service = unsafe { SERVICES.get(&key) }?;
     Some((key, *service))
 }
 
@@ -83,8 +83,8 @@ pub fn select_backend(mut key: ServiceKey, count: u16) -> Option<(u32, Backend)>
     let random = unsafe { bpf_get_prandom_u32() };
     key.slot = (random % u32::from(count)) as u16 + 1;
     // SAFETY: copied out at once.
-    let slot = unsafe { SERVICES.get(key) }?;
+    let slot = unsafe { SERVICES.get(&key) }?;
     // SAFETY: copied out at once.
-    let backend = unsafe { BACKENDS.get(slot.backend_id) }?;
+    let backend = unsafe { BACKENDS.get(&slot.backend_id) }?;
     Some((slot.backend_id, *backend))
 }

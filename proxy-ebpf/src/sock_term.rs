@@ -64,7 +64,7 @@ pub extern "C" fn sock_term_udp(ctx: *mut IterUdpCtx) -> i32 {
         port,
         _pad: 0,
     };
-    if SOCK_TERM.get_ptr(target).is_none() {
+    if SOCK_TERM.get_ptr(&target).is_none() {
         return 0;
     }
     // SAFETY: tracing programs may take the cookie of a trusted socket pointer.
@@ -77,7 +77,7 @@ pub extern "C" fn sock_term_udp(ctx: *mut IterUdpCtx) -> i32 {
     };
     // Only sockets the socket LB sent to this backend: a client that connected to the pod
     // address itself keeps its socket.
-    let Some(service) = SOCK_REV_NAT.get_ptr(key) else {
+    let Some(service) = SOCK_REV_NAT.get_ptr(&key) else {
         return 0;
     };
     // SAFETY: the pointer from the lookup is valid for this program run.

@@ -9,8 +9,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use proxy_common::{
-    IPPROTO_TCP, IPPROTO_UDP, LOG_LEVEL_DEBUG, SockRevNatKey, SockRevNatValue,
-    klog::LogEvent,
+    IPPROTO_TCP, IPPROTO_UDP, SockRevNatKey, SockRevNatValue,
     stats::{DropReason, Hook},
 };
 
@@ -80,9 +79,12 @@ fn translate_forward(ctx: &SockAddrContext) -> i32 {
         // SAFETY: bpf_set_retval is allowed in cgroup sock_addr programs.
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         counters::drop(DropReason::NoEndpoints);
-        let port = u32::from(u16::from_be(dst_port));
-        let args = [dst_addr, port, 0, 0, 0, 0];
-        klog::emit(LOG_LEVEL_DEBUG, LogEvent::SocketRefused, args);
+        klog::debug!(
+            ctx,
+            "socket: no endpoints, connection refused frontend={:i}:{}",
+            dst_addr.to_ne_bytes(),
+            u16::from_be(dst_port)
+        );
         return SK_REJECT;
     }
     // SAFETY: cgroup sock_addr programs may call bpf_get_netns_cookie with their context.
@@ -113,7 +115,7 @@ fn translate_forward(ctx: &SockAddrContext) -> i32 {
         _pad: 0,
     };
     // A full LRU map evicts the oldest entry; an error here only loses the reverse mapping.
-    let _ = SOCK_REV_NAT.insert(rev_key, rev_value, 0);
+    let _ = SOCK_REV_NAT.insert(&rev_key, &rev_value, 0);
 
     sa.user_ip4 = backend.addr;
     sa.user_port = u32::from(backend.port);
@@ -136,7 +138,7 @@ fn translate_reverse(ctx: &SockAddrContext) {
         _pad: 0,
     };
     // SAFETY: the value is copied out at once; LRU updates race only with other copies.
-    if let Some(original) = unsafe { SOCK_REV_NAT.get(key) } {
+    if let Some(original) = unsafe { SOCK_REV_NAT.get(&key) } {
         sa.user_ip4 = original.addr;
         sa.user_port = u32::from(original.port);
     }

@@ -4,7 +4,8 @@
 use core::ptr::null_mut;
 
 use aya_ebpf::{
-    bindings::TC_ACT_OK,
+    EbpfContext,
+    bindings::{__sk_buff, TC_ACT_OK},
     helpers::{bpf_ktime_get_ns, generated::bpf_redirect_neigh},
     macros::classifier,
     programs::TcContext,
@@ -24,7 +25,7 @@ const MAX_HEADERS: u32 = (ETH_HLEN + 60 + TCP_HLEN) as u32;
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
-    let skb = ctx.skb.skb;
+    let skb = ctx.as_ptr().cast::<__sk_buff>();
     // SAFETY: `skb` is the kernel's __sk_buff for this call.
     let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
     let Ok(meta) = ptr_at::<XdpRedirectMeta>(meta, data, 0) else {

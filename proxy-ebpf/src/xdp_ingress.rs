@@ -9,9 +9,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use proxy_common::{
-    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, IPPROTO_TCP, LOG_LEVEL_DEBUG,
-    LOG_LEVEL_TRACE, SVC_F_NO_LOCAL_ENDPOINT, SVC_F_SOURCE_RANGES,
-    klog::LogEvent,
+    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, IPPROTO_TCP, SVC_F_NO_LOCAL_ENDPOINT,
+    SVC_F_SOURCE_RANGES,
     stats::{DropReason, Hook},
 };
 
@@ -33,7 +32,7 @@ use crate::{
 pub fn xdp_ingress(ctx: XdpContext) -> u32 {
     let verdict = match try_xdp_ingress(&ctx) {
         Ok(action) => action,
-        Err(err) => action_for(err),
+        Err(err) => action_for(&ctx, err),
     };
     counters::verdict(Hook::Xdp, verdict);
     verdict
@@ -41,11 +40,10 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
 
 /// The one place errors become verdicts: what we cannot parse is not ours and goes to the
 /// stack untouched; a flow we cannot translate is dropped.
-fn action_for(err: Error) -> u32 {
+fn action_for(ctx: &XdpContext, err: Error) -> u32 {
     if let Some(reason) = drop_reason(err) {
         counters::drop(reason);
-        let args = [reason as u32, 0, 0, 0, 0, 0];
-        klog::emit(LOG_LEVEL_DEBUG, LogEvent::XdpDrop, args);
+        klog::debug!(ctx, "xdp: packet dropped reason={}", reason.as_str());
     }
     match err {
         Error::NotIpv4
@@ -121,7 +119,7 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, Error> {
         // SAFETY: `entry` points at a live map value; it is copied out at once.
         let flow = unsafe { *entry };
         // SAFETY: only the presence of the key matters.
-        if unsafe { BACKENDS.get(flow.backend_id) }.is_some() {
+        if unsafe { BACKENDS.get(&flow.backend_id) }.is_some() {
             conntrack::touch(entry, &pkt, now);
             let direction = Direction::In { new: false };
             counters::traffic(flow.service_id, flow.backend_id, direction, pkt.tot_len);
@@ -154,17 +152,13 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<u32, Error> {
             return Err(Error::NoLocalEndpoint);
         }
         counters::drop(DropReason::NoEndpoints);
-        klog::emit(
-            LOG_LEVEL_DEBUG,
-            LogEvent::XdpNoEndpoints,
-            [
-                tuple.daddr,
-                u32::from(u16::from_be(tuple.dport)),
-                tuple.saddr,
-                u32::from(u16::from_be(tuple.sport)),
-                0,
-                0,
-            ],
+        klog::debug!(
+            ctx,
+            "xdp: no endpoints, flow refused frontend={:i}:{} client={:i}:{}",
+            tuple.daddr.to_ne_bytes(),
+            u16::from_be(tuple.dport),
+            tuple.saddr.to_ne_bytes(),
+            u16::from_be(tuple.sport)
         );
         return if tuple.proto == IPPROTO_TCP {
             reject::tcp_reset(ctx, pkt)
@@ -177,17 +171,15 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<u32, Error> {
             .ok_or(Error::NoBackend)?;
     let direction = Direction::In { new: true };
     counters::traffic(service.service_id, backend_id, direction, pkt.tot_len);
-    klog::emit(
-        LOG_LEVEL_TRACE,
-        LogEvent::XdpNewFlow,
-        [
-            tuple.saddr,
-            u32::from(u16::from_be(tuple.sport)),
-            tuple.daddr,
-            u32::from(u16::from_be(tuple.dport)),
-            backend.addr,
-            u32::from(u16::from_be(backend.port)),
-        ],
+    klog::trace!(
+        ctx,
+        "xdp: new flow client={:i}:{} frontend={:i}:{} backend={:i}:{}",
+        tuple.saddr.to_ne_bytes(),
+        u16::from_be(tuple.sport),
+        tuple.daddr.to_ne_bytes(),
+        u16::from_be(tuple.dport),
+        backend.addr.to_ne_bytes(),
+        u16::from_be(backend.port)
     );
     if backend.flags & BACKEND_F_LOCAL != 0 {
         let to = conntrack::create_local(pkt, backend_id, &backend, service.service_id, now)?;

@@ -6,7 +6,10 @@
 //! (`PEER_MAC`), and a second link `sl2` (198.18.2.1/24). The client and two next hops are
 //! permanent neighbours, so every FIB lookup has one answer.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{
+    ffi::CString,
+    net::{Ipv4Addr, SocketAddrV4},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -208,7 +211,7 @@ impl Datapath {
             flags: NODE_ADDR_F_PRIMARY,
         };
         node_addrs
-            .insert(u32::from_ne_bytes(ip), flags, 0)
+            .insert(&u32::from_ne_bytes(ip), &flags, 0)
             .expect("write NODE_ADDR_V1");
     }
 
@@ -220,7 +223,7 @@ impl Datapath {
             flags,
             _pad: 0,
         };
-        backends.insert(id, backend, 0).expect("write BACKEND_V1");
+        backends.insert(&id, &backend, 0).expect("write BACKEND_V1");
     }
 
     /// Writes a service the way the daemon must: backend slots first, then slot 0.
@@ -258,10 +261,10 @@ impl Datapath {
         let head = ServiceValue::head(service_id, count, flags | SVC_F_EXTERNAL, 0);
         for (slot, backend_id) in (1..).zip(backend_ids) {
             services
-                .insert(key(slot), head.slot(*backend_id), 0)
+                .insert(&key(slot), &head.slot(*backend_id), 0)
                 .expect("write SVC_V1 slot");
         }
-        services.insert(key(0), head, 0).expect("write SVC_V1");
+        services.insert(&key(0), &head, 0).expect("write SVC_V1");
     }
 
     /// Allows clients in `addr/prefix` on the frontend `service_id` (`loadBalancerSourceRanges`).
@@ -276,7 +279,7 @@ impl Datapath {
             service_id,
             addr: u32::from_ne_bytes(addr),
         };
-        trie.insert(&Key::new(32 + prefix, data), 1, 0)
+        trie.insert(&Key::new(32 + prefix, data), &1, 0)
             .expect("write SRC_RANGE_V1");
     }
 
@@ -298,7 +301,7 @@ impl Datapath {
     pub fn set_config(&mut self, config: Config) {
         let map = self.ebpf.map_mut(map_names::CONFIG).expect("CONFIG_V1");
         let mut array: Array<_, Config> = Array::try_from(map).expect("CONFIG_V1 is an array");
-        array.set(0, config, 0).expect("write CONFIG_V1");
+        array.set(0, &config, 0).expect("write CONFIG_V1");
     }
 
     pub fn hash_map<K: aya::Pod, V: aya::Pod>(
@@ -374,11 +377,12 @@ impl Datapath {
 
     /// Attaches `tc_ingress` to `iface`, as the daemon does on node interfaces.
     pub fn attach_tc_ingress(&mut self, iface: &str) {
+        let name = CString::new(iface).expect("an interface name");
         // With TCX (kernel 6.6+) no qdisc is needed; without it, clsact must exist.
-        let _ = tc::qdisc_add_clsact(iface);
+        let _ = tc::qdisc_add_clsact(&name);
         let program: &mut SchedClassifier = program_mut(&mut self.ebpf, program_names::TC_INGRESS);
         program
-            .attach(iface, TcAttachType::Ingress)
+            .attach(&name, TcAttachType::Ingress)
             .unwrap_or_else(|err| panic!("attach tc_ingress to {iface}: {err:?}"));
     }
 

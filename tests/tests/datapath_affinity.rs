@@ -86,7 +86,7 @@ fn program_service(dp: &mut Datapath, timeout: u32, backend_ids: &[u32]) {
             service_id: SERVICE_ID,
             backend_id,
         };
-        members.insert(key, 0, 0).expect("write AFF_MATCH_V1");
+        members.insert(&key, &0, 0).expect("write AFF_MATCH_V1");
     }
     dp.add_service(SERVICE_ID, frontend(), IPPROTO_TCP, 0, backend_ids);
     let mut services: HashMap<_, ServiceKey, ServiceValue> = dp.hash_map(map_names::SERVICES);
@@ -100,7 +100,7 @@ fn program_service(dp: &mut Datapath, timeout: u32, backend_ids: &[u32]) {
     };
     let mut head = services.get(&head_key, 0).expect("slot 0 written");
     head.affinity_timeout = timeout;
-    services.insert(head_key, head, 0).expect("write SVC_V1");
+    services.insert(&head_key, &head, 0).expect("write SVC_V1");
 }
 
 fn remember(dp: &mut Datapath, backend_id: u32, last_used_ns: u64) {
@@ -111,7 +111,7 @@ fn remember(dp: &mut Datapath, backend_id: u32, last_used_ns: u64) {
         _pad: 0,
     };
     affinity
-        .insert(client_key(), value, 0)
+        .insert(&client_key(), &value, 0)
         .expect("write AFFINITY_V1");
 }
 

@@ -6,14 +6,17 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use aya::{Btf, EbpfLoader, maps::HashMap, programs::Program as BpfProgram};
+use aya_log::EbpfLogger;
 use proxy_common::{
-    BACKEND_F_LOCAL, Backend, CONFIG_F_XDP_TX, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_LOCAL, CT_F_SNAT,
-    Config, CtKey, IPPROTO_TCP, IPPROTO_UDP, SVC_F_NODEPORT, TCP_STATE_ESTABLISHED, TCP_STATE_SYN,
-    map_names, program_names, tcp,
+    BACKEND_F_LOCAL, Backend, CONFIG_F_COUNTERS, CONFIG_F_XDP_TX, CT_DIR_FORWARD, CT_DIR_REPLY,
+    CT_F_LOCAL, CT_F_SNAT, Config, CtKey, IPPROTO_TCP, IPPROTO_UDP, LOG_LEVEL_DEBUG,
+    LOG_LEVEL_TRACE, SVC_F_NODEPORT, TCP_STATE_ESTABLISHED, TCP_STATE_SYN, map_names,
+    program_names, tcp,
 };
 use proxy_tests::{
     capture::Capture,
@@ -893,4 +896,78 @@ fn a_snat_port_is_claimed_once_and_exhaustion_drops() {
         ),
     ]);
     assert_eq!(dp.conntrack_len(), 4, "two flows, two entries each");
+}
+
+/// The `log` records the programs' aya-log lines arrive as: level, target, message.
+#[derive(Clone, Default)]
+struct LogLines(Arc<Mutex<Vec<(log::Level, String, String)>>>);
+
+impl log::Log for LogLines {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let line = (
+            record.level(),
+            record.target().to_owned(),
+            record.args().to_string(),
+        );
+        self.0.lock().expect("not poisoned").push(line);
+    }
+
+    fn flush(&self) {}
+}
+
+#[test]
+fn kernel_log_lines_are_written_up_to_the_configured_level() {
+    let mut dp = datapath(0);
+    let lines = LogLines::default();
+    let mut logger = EbpfLogger::init_with_logger(&mut dp.ebpf, lines.clone())
+        .expect("the object has aya-log's ring buffer");
+    let config = |log_level, snat_addr| Config {
+        snat_addr,
+        snat_port_min: SNAT_PORT_MIN,
+        snat_port_max: SNAT_PORT_MAX,
+        flags: CONFIG_F_COUNTERS,
+        log_level,
+    };
+    let node_port = sock(NODE_IP, NODE_PORT);
+    let new_flow = |port: u16| packet::tcp(client(port), node_port, tcp::SYN).build();
+    let refused = |port: u16| packet::tcp(client(port), sock(EMPTY_SVC, 80), tcp::SYN).build();
+    let remote = packet::tcp(client(40005), sock(REMOTE_SVC, 80), tcp::SYN).build();
+
+    // Off (the fixture's level): nothing is written.
+    dp.run(Program::Xdp, &new_flow(40000));
+    dp.run(Program::Xdp, &refused(40001));
+    // Debug: refusals, not new flows.
+    dp.set_config(config(LOG_LEVEL_DEBUG, u32::from_ne_bytes(NODE_IP)));
+    dp.run(Program::Xdp, &new_flow(40002));
+    dp.run(Program::Xdp, &refused(40003));
+    // Trace: new flows too; without a SNAT address the remote backend's flow is dropped.
+    dp.set_config(config(LOG_LEVEL_TRACE, 0));
+    dp.run(Program::Xdp, &new_flow(40004));
+    assert_eq!(dp.run(Program::Xdp, &remote).verdict, XDP_DROP);
+    logger.flush();
+
+    let debug = |message: &str| (log::Level::Debug, "kernel".to_owned(), message.to_owned());
+    let trace = |message: &str| (log::Level::Trace, "kernel".to_owned(), message.to_owned());
+    assert_eq!(
+        *lines.0.lock().expect("not poisoned"),
+        [
+            debug(
+                "xdp: no endpoints, flow refused frontend=198.19.0.30:80 \
+                 client=198.18.0.100:40003"
+            ),
+            trace(
+                "xdp: new flow client=198.18.0.100:40004 frontend=198.18.0.1:30080 \
+                 backend=198.19.100.1:8080"
+            ),
+            trace(
+                "xdp: new flow client=198.18.0.100:40005 frontend=198.19.0.20:80 \
+                 backend=198.18.0.20:8080"
+            ),
+            debug("xdp: packet dropped reason=no_snat_address"),
+        ]
+    );
 }

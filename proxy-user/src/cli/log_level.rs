@@ -44,7 +44,7 @@ pub fn run(pin_dir: &Path, level: u32) -> Result<()> {
     let before = config.log_level;
     config.log_level = level;
     maps.config
-        .set(0, config, 0)
+        .set(0, &config, 0)
         .context("write the datapath configuration")?;
     println!("kernel log level: {level} (was {before}; 0 off .. 5 trace)");
     Ok(())

@@ -57,8 +57,8 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
     let started = Instant::now();
     let mut programming = ProgrammingLatency::new(SystemTime::now());
     let mut datapath = Datapath::start(&opts.datapath)?;
-    if let Some(ring) = datapath.kernel_log.take() {
-        tokio::spawn(kernel_log::forward(ring));
+    if let Some(logger) = datapath.kernel_log.take() {
+        tokio::spawn(kernel_log::forward(logger));
     }
     let reconciler = Reconciler::from_maps(&mut datapath.maps)?;
     info!(

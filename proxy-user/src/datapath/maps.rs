@@ -94,7 +94,7 @@ pub fn zero_traffic() -> Result<PerCpuValues<Traffic>> {
 /// update of a per-CPU map takes them.
 pub fn zero_traffic_slots(slots: usize) -> Result<Vec<Traffic>> {
     let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
-    Ok(vec![Traffic::default(); slots * cpus])
+    Ok(vec![Traffic::default(); slots * cpus.get() as usize])
 }
 
 /// How full one map is.

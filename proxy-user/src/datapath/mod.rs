@@ -13,21 +13,24 @@ pub mod view;
 
 use std::{
     collections::BTreeSet,
+    ffi::CString,
     fs::{self, File},
     net::Ipv4Addr,
-    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
-        links::FdLink,
+        cgroup_sock_addr::CgroupSockAddrLink,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
     },
 };
+use aya_log::EbpfLogger;
 pub use maps::{MapFill, Maps, zero_traffic, zero_traffic_slots};
 use proxy_common::{
     CONFIG_F_COUNTERS, CONFIG_F_XDP_TX, Config, NODE_ADDR_F_PRIMARY, NodeAddr, map_names,
@@ -82,8 +85,8 @@ pub struct Datapath {
     pub maps: Maps,
     /// How the hooks were installed by this start.
     pub hooks: HookCounts,
-    /// The programs' log records (`LOG_V1`); the daemon takes it to read them.
-    pub kernel_log: Option<RingBuf<MapData>>,
+    /// Reads the programs' aya-log records (kernel log lines); the daemon takes it.
+    pub kernel_log: Option<EbpfLogger<&'static dyn log::Log>>,
     /// The socket-termination program; `None` where the kernel cannot run it.
     pub sock_term: Option<SockTermProgram>,
     /// Keeps the programs loaded while the daemon runs.
@@ -131,10 +134,8 @@ impl Datapath {
             })
             .ok();
 
-        let kernel_log = ebpf
-            .take_map(map_names::LOG)
-            .context("the eBPF object has no log ring buffer")?;
-        let kernel_log = RingBuf::try_from(kernel_log).context("the log ring buffer")?;
+        let kernel_log =
+            EbpfLogger::init(&mut ebpf).context("read the programs' aya-log ring buffer")?;
         let mut maps = Maps::take_from(&mut ebpf)?;
         configure(&mut maps, opts)?;
         Ok(Self {
@@ -221,17 +222,12 @@ fn attach_socket_programs(ebpf: &mut Ebpf, cgroup: &Path, links: &mut Links) -> 
             .load()
             .with_context(|| format!("load program {name}"))?;
         let link_name = format!("{name}@cgroup");
-        attach_or_replace(
-            links,
-            &link_name,
-            program.fd()?.try_clone()?.as_fd(),
-            || {
-                // Links always coexist with other programs on the cgroup; the kernel refuses
-                // the multi-attach flag on BPF_LINK_CREATE.
-                let id = program.attach(&cgroup_file, CgroupAttachMode::Single)?;
-                Ok(program.take_link(id)?.try_into()?)
-            },
-        )
+        attach_or_replace(links, &link_name, program, |program| {
+            // Links always coexist with other programs on the cgroup; the kernel refuses the
+            // multi-attach flag on BPF_LINK_CREATE.
+            let id = program.attach(&cgroup_file, CgroupAttachMode::Single)?;
+            Ok(program.take_link(id)?.try_into()?)
+        })
         .with_context(|| format!("attach {name} to cgroup {}", cgroup.display()))?;
         links.pinned.insert(link_name);
     }
@@ -239,12 +235,15 @@ fn attach_socket_programs(ebpf: &mut Ebpf, cgroup: &Path, links: &mut Links) -> 
 }
 
 fn attach_iface_programs(ebpf: &mut Ebpf, iface: &str, links: &mut Links) -> Result<()> {
+    // aya takes the interface as a C string (or an index), looked up at each attach.
+    let iface_name =
+        CString::new(iface).with_context(|| format!("interface name {iface:?} (--iface)"))?;
     let name = program_names::XDP_INGRESS;
     let xdp: &mut Xdp = program(ebpf, name)?.try_into()?;
     xdp.load().with_context(|| format!("load program {name}"))?;
     let link_name = format!("{name}@{iface}");
-    attach_or_replace(links, &link_name, xdp.fd()?.try_clone()?.as_fd(), || {
-        let id = xdp.attach(iface, XdpMode::default())?;
+    attach_or_replace(links, &link_name, xdp, |xdp| {
+        let id = xdp.attach(&iface_name, XdpMode::default())?;
         Ok(xdp.take_link(id)?.try_into()?)
     })
     .with_context(|| format!("attach XDP to {iface} (--iface)"))?;
@@ -257,8 +256,8 @@ fn attach_iface_programs(ebpf: &mut Ebpf, iface: &str, links: &mut Links) -> Res
         let tc: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
         tc.load().with_context(|| format!("load program {name}"))?;
         let link_name = format!("{name}@{iface}");
-        attach_or_replace(links, &link_name, tc.fd()?.try_clone()?.as_fd(), || {
-            let id = tc.attach(iface, direction)?;
+        attach_or_replace(links, &link_name, tc, |tc| {
+            let id = tc.attach(&iface_name, direction)?;
             Ok(tc.take_link(id)?.try_into()?)
         })
         .with_context(|| format!("attach {name} to {iface} (--iface; TCX needs Linux 6.6+)"))?;
@@ -272,28 +271,56 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
         .with_context(|| format!("the eBPF object has no program {name}"))
 }
 
-/// Swaps the program behind an existing pinned link, so the hook never runs without one;
-/// attaches and pins a new link when there is none (or the old one's target is gone).
-fn attach_or_replace(
+/// The program types whose links are pinned: aya swaps the program behind such a link
+/// atomically (`attach_to_link`, BPF_LINK_UPDATE).
+trait PinnedHook {
+    fn replace(&mut self, link: FdLink) -> Result<()>;
+}
+
+macro_rules! pinned_hook {
+    ($($program:ty => $link:ty),* $(,)?) => {$(
+        impl PinnedHook for $program {
+            fn replace(&mut self, link: FdLink) -> Result<()> {
+                // The link's type is checked here: another kind of link is an error.
+                self.attach_to_link(<$link>::try_from(link)?)?;
+                Ok(())
+            }
+        }
+    )*};
+}
+
+pinned_hook!(
+    Xdp => XdpLink,
+    SchedClassifier => SchedClassifierLink,
+    CgroupSockAddr => CgroupSockAddrLink,
+);
+
+/// Swaps `program` in behind an existing pinned link, so the hook never runs without one;
+/// attaches it and pins a new link when there is none (or the old one's target is gone).
+fn attach_or_replace<P: PinnedHook>(
     links: &mut Links,
     link_name: &str,
-    program: std::os::fd::BorrowedFd<'_>,
-    attach: impl FnOnce() -> Result<FdLink>,
+    program: &mut P,
+    attach: impl FnOnce(&mut P) -> Result<FdLink>,
 ) -> Result<()> {
     let path = links.dir.join(link_name);
     if path.exists() {
-        match sys::obj_get(&path).and_then(|link| sys::link_update(&link, program)) {
+        let replaced = PinnedLink::from_pin(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|link| program.replace(link.into()));
+        match replaced {
             Ok(()) => {
                 links.counts.replaced += 1;
                 return Ok(());
             }
             Err(err) => {
+                let err = format!("{err:#}");
                 warn!(link = %path.display(), %err, "pinned link unusable; attaching anew");
                 fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
             }
         }
     }
-    attach()?
+    attach(program)?
         .pin(&path)
         .with_context(|| format!("pin link at {}", path.display()))?;
     links.counts.attached += 1;
@@ -376,7 +403,7 @@ fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<()> {
             0
         };
         maps.node_addrs
-            .insert(ip_to_net(*ip), NodeAddr { flags }, 0)?;
+            .insert(&ip_to_net(*ip), &NodeAddr { flags }, 0)?;
     }
 
     let xdp_tx = match opts.xdp_tx {
@@ -395,7 +422,7 @@ fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<()> {
             | if opts.counters { CONFIG_F_COUNTERS } else { 0 },
         log_level: opts.kernel_log_level,
     };
-    maps.config.set(0, config, 0)?;
+    maps.config.set(0, &config, 0)?;
     info!(
         node_ips = ?node_ips,
         snat = ?snat_addr,

@@ -1,21 +1,14 @@
-//! The bpf(2) commands aya 0.14 does not expose as needed: open a pinned object, swap the
-//! program behind a link atomically, open a BPF iterator in the caller's network namespace, and
-//! write many map entries in one call.
+//! The bpf(2) commands aya 0.16 does not expose as needed: an iterator link to open more than
+//! one BPF iterator from (aya's `IterLink` gives no fd, and `into_file` consumes it; the kernel
+//! binds each iterator to the opener's network namespace), and many map entries in one call.
 
 use std::{
-    ffi::CString,
     io,
-    os::{
-        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
-        unix::ffi::OsStrExt,
-    },
-    path::Path,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
-const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-// enum bpf_cmd: BPF_LINK_CREATE is 28, BPF_LINK_UPDATE 29 (30 is BPF_LINK_GET_FD_BY_ID).
-const BPF_LINK_UPDATE: libc::c_long = 29;
+// enum bpf_cmd: BPF_LINK_CREATE is 28 (29 is BPF_LINK_UPDATE, 30 BPF_LINK_GET_FD_BY_ID).
 const BPF_ITER_CREATE: libc::c_long = 33;
 const BPF_LINK_CREATE: libc::c_long = 28;
 /// `enum bpf_attach_type`.
@@ -54,27 +47,6 @@ fn bpf(cmd: libc::c_long, attr: &mut BpfAttr) -> io::Result<libc::c_long> {
     } else {
         Ok(ret)
     }
-}
-
-/// Opens a pinned BPF object (map, program or link) by path.
-pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
-    let path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
-    let mut attr = BpfAttr::zeroed();
-    // struct { __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; ... }
-    attr.put_u64(0, path.as_ptr() as u64);
-    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
-    // SAFETY: the kernel returned a new file descriptor that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Replaces the program of an attached link without detaching it first.
-pub fn link_update(link: impl AsFd, program: impl AsFd) -> io::Result<()> {
-    let mut attr = BpfAttr::zeroed();
-    // struct { __u32 link_fd; __u32 new_prog_fd; __u32 flags; __u32 old_prog_fd; }
-    attr.put_u32(0, link.as_fd().as_raw_fd() as u32);
-    attr.put_u32(4, program.as_fd().as_raw_fd() as u32);
-    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
 }
 
 /// Attaches a loaded iterator program (`iter/...`) as a link, from which iterators are opened.

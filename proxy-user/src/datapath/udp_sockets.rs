@@ -44,8 +44,10 @@ impl PatchedObject {
 }
 
 /// Rewrites each `call SOCK_DESTROY_CALL_MARKER` (a helper call with an unused number) into a
-/// call of `bpf_sock_destroy` by its id in the running kernel's BTF. libbpf does this for
-/// `__ksym` externs; aya 0.14 cannot, and bpf-linker 0.10 cannot emit the extern.
+/// call of `bpf_sock_destroy` by its id in the running kernel's BTF. aya 0.16 does this for
+/// externs listed in the object's `.ksyms` BTF, but a Rust object has no such entry: rustc
+/// gives extern declarations no debug info, so LLVM writes no BTF for them (and bpf-linker 0.13
+/// adds none); aya then refuses the object (`extern bpf_sock_destroy not found`).
 pub fn patch_object(object: &[u8]) -> PatchedObject {
     let mut words = vec![0u64; object.len().div_ceil(8)];
     bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..object.len()].copy_from_slice(object);

@@ -88,7 +88,7 @@ fn terminate(
     for key in &keys {
         program
             .targets
-            .insert(key, 1, 0)
+            .insert(key, &1, 0)
             .context("write the socket-termination map")?;
     }
     let result = run_everywhere(program, cgroup);

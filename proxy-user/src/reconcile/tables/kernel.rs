@@ -99,7 +99,7 @@ impl Table<RangeKey, ()> for LpmTrie<MapData, SourceRange, u32> {
     fn write(&mut self, keys: &[RangeKey], _: &[()]) -> Result<(), BatchError> {
         // LPM tries take no batched updates.
         for (index, key) in keys.iter().enumerate() {
-            self.insert(&trie_key(key), 1, 0)
+            self.insert(&trie_key(key), &1, 0)
                 .map_err(|err| BatchError {
                     index,
                     error: std::io::Error::other(err),
