@@ -1,5 +1,5 @@
-//! The closed set of reasons a packet leaves the normal path. Each hook maps them to its
-//! actions in exactly one `match`.
+//! The closed set of reasons a packet or socket call leaves the normal path. What each does
+//! (action, counter, log) is decided in one place, `outcome`.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {
@@ -13,6 +13,8 @@ pub enum Error {
     Truncated,
     /// A header field is impossible (IP version, IHL, total length).
     Malformed,
+    /// The service has no endpoint to choose (`count` 0 without a `Local` policy's reason).
+    NoEndpoints,
     /// The chosen service slot or its backend is missing (a concurrent update).
     NoBackend,
     /// A remote backend was chosen but no SNAT address is configured.
@@ -34,7 +36,26 @@ pub enum Error {
 }
 
 impl Error {
-    #[expect(dead_code, reason = "for messages; drops are logged by DropReason")]
+    #[cfg(test)]
+    pub const ALL: [Error; 15] = [
+        Self::NotIpv4,
+        Self::NotTcpUdp,
+        Self::Fragment,
+        Self::Truncated,
+        Self::Malformed,
+        Self::NoEndpoints,
+        Self::NoBackend,
+        Self::NoSnatAddress,
+        Self::NoSnatPort,
+        Self::ConntrackUpdate,
+        Self::Resize,
+        Self::Metadata,
+        Self::SkbRewrite,
+        Self::SourceRangeDenied,
+        Self::NoLocalEndpoint,
+    ];
+
+    /// What went wrong, for log lines.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::NotIpv4 => "not IPv4",
@@ -42,6 +63,7 @@ impl Error {
             Self::Fragment => "IPv4 fragment",
             Self::Truncated => "truncated header",
             Self::Malformed => "malformed header",
+            Self::NoEndpoints => "no endpoints",
             Self::NoBackend => "service slot or backend missing",
             Self::NoSnatAddress => "remote backend without a SNAT address",
             Self::NoSnatPort => "no free SNAT port",

@@ -144,3 +144,85 @@ fn replace_port(
         .map_err(|_| Error::SkbRewrite)?;
     ctx.store(offset, &to, 0).map_err(|_| Error::SkbRewrite)
 }
+
+#[cfg(test)]
+mod tests {
+    use proxy_common::{IPPROTO_TCP, tcp};
+
+    use super::*;
+    use crate::packet::{frames::*, parse};
+
+    const CLIENT: [u8; 4] = [198, 18, 0, 100];
+    const SERVICE: [u8; 4] = [198, 19, 0, 10];
+    const POD: [u8; 4] = [198, 18, 1, 10];
+    const NODE: [u8; 4] = [198, 18, 0, 2];
+
+    /// DNAT to the pod and SNAT to the node, as a remote backend's flow is rewritten.
+    fn translate(frame: &mut Frame) -> Tuple {
+        let (data, end) = frame.data();
+        let pkt = parse(data, end).expect("parses");
+        let to = Tuple {
+            saddr: u32::from_ne_bytes(NODE),
+            daddr: u32::from_ne_bytes(POD),
+            sport: 61000u16.to_be(),
+            dport: 8080u16.to_be(),
+            proto: pkt.tuple.proto,
+        };
+        rewrite_in_place(data, end, &pkt, &to).expect("rewrites");
+        let rewritten = parse(data, end).expect("still parses");
+        assert_eq!(
+            (rewritten.tuple.saddr, rewritten.tuple.daddr),
+            (to.saddr, to.daddr)
+        );
+        assert_eq!(
+            (rewritten.tuple.sport, rewritten.tuple.dport),
+            (to.sport, to.dport)
+        );
+        to
+    }
+
+    #[test]
+    fn a_rewritten_tcp_segment_keeps_valid_checksums() {
+        let segment = tcp(40000, 80, tcp::ACK | tcp::PSH, b"GET / HTTP/1.1");
+        let mut frame = ipv4(IPPROTO_TCP, CLIENT, SERVICE, &[], &segment, true);
+        assert!(frame.checksums_hold());
+        translate(&mut frame);
+        assert!(frame.checksums_hold());
+    }
+
+    #[test]
+    fn a_rewritten_udp_datagram_keeps_valid_checksums_and_a_missing_one_stays_missing() {
+        let datagram = udp(5353, 53, b"query");
+        let mut checked = ipv4(IPPROTO_UDP, CLIENT, SERVICE, &[1, 1, 1, 0], &datagram, true);
+        translate(&mut checked);
+        assert!(checked.checksums_hold());
+
+        let mut unchecked = ipv4(IPPROTO_UDP, CLIENT, SERVICE, &[], &datagram, false);
+        translate(&mut unchecked);
+        let at = unchecked.l4() + 6;
+        assert_eq!(
+            unchecked.bytes[at..at + 2],
+            [0, 0],
+            "no checksum stays none"
+        );
+        assert!(unchecked.checksums_hold());
+    }
+
+    #[test]
+    fn zero_fields_of_a_conntrack_entry_leave_the_tuple_as_it_was() {
+        let tuple = Tuple {
+            saddr: 1,
+            daddr: 2,
+            sport: 3,
+            dport: 4,
+            proto: IPPROTO_TCP,
+        };
+        let entry = CtEntry {
+            new_daddr: 9,
+            new_dport: 10,
+            ..CtEntry::default()
+        };
+        let to = rewritten(&tuple, &entry);
+        assert_eq!((to.saddr, to.daddr, to.sport, to.dport), (1, 9, 3, 10));
+    }
+}

@@ -45,8 +45,16 @@ pub fn ptr_at<T>(data: usize, data_end: usize, offset: usize) -> Result<*mut T, 
 #[inline(always)]
 pub unsafe fn load<T: Copy, const N: usize>(field: *const [u8; N]) -> T {
     const { assert!(N == size_of::<T>()) };
-    // SAFETY: the caller's; the sizes match.
-    unsafe { field.cast::<T>().read() }
+    // SAFETY: the caller's; the sizes match. BPF loads do not fault on a misaligned word; on
+    // the host (the unit tests) a misaligned `read` is undefined, so there it is unaligned.
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        field.cast::<T>().read()
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe {
+        field.cast::<T>().read_unaligned()
+    }
 }
 
 /// Writes `value` (network byte order) to the multi-byte header field at `field`, with one
@@ -58,8 +66,15 @@ pub unsafe fn load<T: Copy, const N: usize>(field: *const [u8; N]) -> T {
 #[inline(always)]
 pub unsafe fn store<T: Copy, const N: usize>(field: *mut [u8; N], value: T) {
     const { assert!(N == size_of::<T>()) };
-    // SAFETY: the caller's; the sizes match.
-    unsafe { field.cast::<T>().write(value) }
+    // SAFETY: the caller's; the sizes match. Unaligned on the host, as in `load`.
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        field.cast::<T>().write(value);
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe {
+        field.cast::<T>().write_unaligned(value);
+    }
 }
 
 /// A flow's addresses, ports (network byte order) and protocol.
@@ -184,4 +199,206 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, Error> {
 pub fn tcp_flags(tcp: &TcpHdr) -> u8 {
     // The second byte of network-types' bitfield holds the eight flags, FIN lowest.
     tcp._bitfield_1.get(8, 8) as u8
+}
+
+/// Frames built byte by byte, for the host tests of the parser and the rewrites.
+#[cfg(test)]
+pub mod frames {
+    use proxy_common::checksum;
+
+    use super::{ETH_HLEN, IPPROTO_TCP};
+
+    /// A frame in an 8-byte aligned buffer, as the kernel hands packets over (the Ethernet
+    /// header starts aligned; the IPv4 header then sits at offset 14).
+    #[repr(C, align(8))]
+    pub struct Frame {
+        pub bytes: [u8; 128],
+        pub len: usize,
+    }
+
+    impl Frame {
+        pub fn data(&self) -> (usize, usize) {
+            let start = self.bytes.as_ptr() as usize;
+            (start, start + self.len)
+        }
+
+        pub fn l4(&self) -> usize {
+            ETH_HLEN + usize::from(self.bytes[ETH_HLEN] & 0x0f) * 4
+        }
+
+        /// Whether the IPv4 and L4 checksums verify.
+        pub fn checksums_hold(&self) -> bool {
+            let ip = &self.bytes[ETH_HLEN..self.l4()];
+            let l4 = &self.bytes[self.l4()..self.len];
+            let proto = self.bytes[ETH_HLEN + 9];
+            let addr =
+                |at: usize| u32::from_ne_bytes(self.bytes[at..at + 4].try_into().expect("4 bytes"));
+            let pseudo = checksum::pseudo_header(
+                addr(ETH_HLEN + 12),
+                addr(ETH_HLEN + 16),
+                proto,
+                l4.len() as u16,
+            );
+            let udp_unchecked = proto != IPPROTO_TCP && l4[6..8] == [0, 0];
+            checksum::fold(checksum::accumulate(0, ip)) == 0xffff
+                && (udp_unchecked || checksum::fold(checksum::accumulate(pseudo, l4)) == 0xffff)
+        }
+    }
+
+    /// An IPv4 frame from `src` to `dst` with `options` bytes of IP options and `l4`, whose
+    /// checksum (bytes 16..18 for TCP, 6..8 for UDP) is filled in unless `l4_checksum` is
+    /// false.
+    pub fn ipv4(
+        proto: u8,
+        src: [u8; 4],
+        dst: [u8; 4],
+        options: &[u8],
+        l4: &[u8],
+        l4_checksum: bool,
+    ) -> Frame {
+        let mut frame = Frame {
+            bytes: [0; 128],
+            len: 0,
+        };
+        let b = &mut frame.bytes;
+        b[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        b[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+        b[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ihl = 20 + options.len();
+        let tot_len = (ihl + l4.len()) as u16;
+        let ip = ETH_HLEN;
+        b[ip] = 0x40 | (ihl / 4) as u8;
+        b[ip + 2..ip + 4].copy_from_slice(&tot_len.to_be_bytes());
+        b[ip + 6] = 0x40; // DF
+        b[ip + 8] = 64;
+        b[ip + 9] = proto;
+        b[ip + 12..ip + 16].copy_from_slice(&src);
+        b[ip + 16..ip + 20].copy_from_slice(&dst);
+        b[ip + 20..ip + ihl].copy_from_slice(options);
+        let check = checksum::compute(&b[ip..ip + ihl]);
+        b[ip + 10..ip + 12].copy_from_slice(&check.to_ne_bytes());
+        let l4_at = ip + ihl;
+        b[l4_at..l4_at + l4.len()].copy_from_slice(l4);
+        frame.len = l4_at + l4.len();
+        if l4_checksum {
+            let at = l4_at + if proto == IPPROTO_TCP { 16 } else { 6 };
+            let pseudo = checksum::pseudo_header(
+                u32::from_ne_bytes(src),
+                u32::from_ne_bytes(dst),
+                proto,
+                l4.len() as u16,
+            );
+            let sum =
+                checksum::finish(checksum::accumulate(pseudo, &frame.bytes[l4_at..frame.len]));
+            frame.bytes[at..at + 2].copy_from_slice(&sum.to_ne_bytes());
+        }
+        frame
+    }
+
+    /// A TCP header (no options) from `sport` to `dport` with `flags`, and `payload`.
+    pub fn tcp(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut l4 = vec![0; 20];
+        l4[0..2].copy_from_slice(&sport.to_be_bytes());
+        l4[2..4].copy_from_slice(&dport.to_be_bytes());
+        l4[4..8].copy_from_slice(&1000u32.to_be_bytes());
+        l4[12] = 5 << 4;
+        l4[13] = flags;
+        l4[14..16].copy_from_slice(&512u16.to_be_bytes());
+        l4.extend_from_slice(payload);
+        l4
+    }
+
+    /// A UDP header from `sport` to `dport`, and `payload`.
+    pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut l4 = vec![0; 8];
+        l4[0..2].copy_from_slice(&sport.to_be_bytes());
+        l4[2..4].copy_from_slice(&dport.to_be_bytes());
+        l4[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        l4.extend_from_slice(payload);
+        l4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proxy_common::{IPPROTO_UDP, tcp};
+
+    use super::{frames::*, *};
+
+    const CLIENT: [u8; 4] = [198, 18, 0, 100];
+    const SERVICE: [u8; 4] = [198, 19, 0, 10];
+
+    fn parsed(frame: &Frame) -> Result<Packet, Error> {
+        let (data, end) = frame.data();
+        parse(data, end)
+    }
+
+    #[test]
+    fn a_tcp_segment_parses_into_its_tuple_and_flags() {
+        let frame = ipv4(
+            IPPROTO_TCP,
+            CLIENT,
+            SERVICE,
+            &[],
+            &tcp(40000, 80, tcp::SYN, b"hi"),
+            true,
+        );
+        let pkt = parsed(&frame).expect("parses");
+        assert_eq!(pkt.tuple.saddr, u32::from_ne_bytes(CLIENT));
+        assert_eq!(pkt.tuple.daddr, u32::from_ne_bytes(SERVICE));
+        assert_eq!(u16::from_be(pkt.tuple.sport), 40000);
+        assert_eq!(u16::from_be(pkt.tuple.dport), 80);
+        assert_eq!(pkt.tuple.proto, IPPROTO_TCP);
+        assert_eq!((pkt.l4, pkt.ihl, pkt.tot_len), (34, 20, 42));
+        assert_eq!(pkt.tcp_flags, tcp::SYN);
+        assert_eq!(pkt.l4_check_offset(), 34 + 16);
+    }
+
+    #[test]
+    fn ip_options_move_the_l4_header() {
+        let frame = ipv4(
+            IPPROTO_UDP,
+            CLIENT,
+            SERVICE,
+            &[1; 8],
+            &udp(5353, 53, b"q"),
+            true,
+        );
+        let pkt = parsed(&frame).expect("parses");
+        assert_eq!((pkt.l4, pkt.ihl), (42, 28));
+        assert_eq!(u16::from_be(pkt.tuple.dport), 53);
+        assert_eq!(pkt.l4_check_offset(), 42 + 6);
+    }
+
+    #[test]
+    fn what_is_not_a_whole_tcp_or_udp_packet_is_an_error() {
+        let segment = tcp(40000, 80, tcp::ACK, &[]);
+        let mut fragment = ipv4(IPPROTO_TCP, CLIENT, SERVICE, &[], &segment, true);
+        fragment.bytes[ETH_HLEN + 6] = 0x20; // MF
+        assert_eq!(parsed(&fragment).err(), Some(Error::Fragment));
+        let mut later = ipv4(IPPROTO_TCP, CLIENT, SERVICE, &[], &segment, true);
+        later.bytes[ETH_HLEN + 7] = 8; // offset 64
+        assert_eq!(parsed(&later).err(), Some(Error::Fragment));
+
+        let mut truncated = ipv4(IPPROTO_TCP, CLIENT, SERVICE, &[], &segment, true);
+        truncated.len -= 1;
+        assert_eq!(parsed(&truncated).err(), Some(Error::Truncated));
+
+        let mut arp = ipv4(IPPROTO_TCP, CLIENT, SERVICE, &[], &segment, true);
+        arp.bytes[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(parsed(&arp).err(), Some(Error::NotIpv4));
+
+        let icmp = ipv4(1, CLIENT, SERVICE, &[], &[8, 0, 0, 0, 0, 0, 0, 0], false);
+        assert_eq!(parsed(&icmp).err(), Some(Error::NotTcpUdp));
+
+        let mut version6 = ipv4(IPPROTO_TCP, CLIENT, SERVICE, &[], &segment, true);
+        version6.bytes[ETH_HLEN] = 0x65;
+        assert_eq!(parsed(&version6).err(), Some(Error::Malformed));
+        let mut short_ihl = ipv4(IPPROTO_TCP, CLIENT, SERVICE, &[], &segment, true);
+        short_ihl.bytes[ETH_HLEN] = 0x44;
+        assert_eq!(parsed(&short_ihl).err(), Some(Error::Malformed));
+        let mut short_total = ipv4(IPPROTO_TCP, CLIENT, SERVICE, &[], &segment, true);
+        short_total.bytes[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&10u16.to_be_bytes());
+        assert_eq!(parsed(&short_total).err(), Some(Error::Malformed));
+    }
 }

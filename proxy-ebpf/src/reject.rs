@@ -54,21 +54,8 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Error> {
     if flags_in & tcp::RST != 0 {
         return Ok(XDP_DROP);
     }
-    // Sequence numbers in network byte order; whether the RST acknowledges.
-    let (seq, ack_seq, ack) = if flags_in & tcp::ACK != 0 {
-        (ack_seq_in, 0, false)
-    } else {
-        let header_len = pkt.ihl + usize::from(doff) * 4;
-        let mut seg_len = usize::from(pkt.tot_len).saturating_sub(header_len) as u32;
-        if flags_in & tcp::SYN != 0 {
-            seg_len += 1;
-        }
-        if flags_in & tcp::FIN != 0 {
-            seg_len += 1;
-        }
-        let ack = u32::from_be(seq_in).wrapping_add(seg_len);
-        (0, ack.to_be(), true)
-    };
+    let payload = usize::from(pkt.tot_len).saturating_sub(pkt.ihl + usize::from(doff) * 4);
+    let (seq, ack_seq, ack) = rst_numbers(flags_in, seq_in, ack_seq_in, payload as u32);
     let reply = Tuple {
         saddr: pkt.tuple.daddr,
         daddr: pkt.tuple.saddr,
@@ -105,6 +92,25 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Error> {
     }
     resize(ctx, ETH_HLEN + usize::from(tot_len))?;
     send(ctx, &reply, tot_len)
+}
+
+/// The sequence and acknowledgment numbers (network byte order) of the RST answering a segment
+/// with `flags` and `payload` bytes, and whether it acknowledges (RFC 793, "Reset Generation"):
+/// a segment with ACK gets `seq = its ack`; any other one `seq = 0, ack = its seq + its
+/// length`, where SYN and FIN count one each.
+#[inline(always)]
+pub fn rst_numbers(flags: u8, seq: u32, ack_seq: u32, payload: u32) -> (u32, u32, bool) {
+    if flags & tcp::ACK != 0 {
+        return (ack_seq, 0, false);
+    }
+    let mut len = payload;
+    if flags & tcp::SYN != 0 {
+        len += 1;
+    }
+    if flags & tcp::FIN != 0 {
+        len += 1;
+    }
+    (0, u32::from_be(seq).wrapping_add(len).to_be(), true)
 }
 
 /// Turns a UDP datagram into an ICMP destination unreachable / port unreachable quoting its IP
@@ -211,4 +217,38 @@ fn bytes_of<T: Copy>(header: &T) -> &[u8] {
     // SAFETY: only used with network-types' `#[repr(C)]` header structs, which are byte arrays
     // without padding, so every byte is initialised; the slice borrows `header`.
     unsafe { core::slice::from_raw_parts((header as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rst_answers_an_acknowledging_segment_with_its_acknowledgment() {
+        let (seq, ack_seq, ack) =
+            rst_numbers(tcp::ACK | tcp::PSH, 1000u32.to_be(), 77u32.to_be(), 5);
+        assert_eq!((u32::from_be(seq), ack_seq, ack), (77, 0, false));
+    }
+
+    #[test]
+    fn a_rst_acknowledges_a_syn_and_the_payload_and_fin_of_other_segments() {
+        let cases = [
+            (tcp::SYN, 0, 1),
+            (tcp::SYN, 10, 11),
+            (tcp::FIN, 3, 4),
+            (tcp::SYN | tcp::FIN, 0, 2),
+            (0, 7, 7),
+        ];
+        for (flags, payload, acked) in cases {
+            let (seq, ack_seq, ack) = rst_numbers(flags, 4000u32.to_be(), 0, payload);
+            assert_eq!(
+                (seq, u32::from_be(ack_seq), ack),
+                (0, 4000 + acked, true),
+                "flags {flags:#x} payload {payload}"
+            );
+        }
+        // Sequence numbers wrap.
+        let (_, ack_seq, _) = rst_numbers(tcp::SYN, u32::MAX.to_be(), 0, 0);
+        assert_eq!(u32::from_be(ack_seq), 0);
+    }
 }

@@ -8,16 +8,15 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use proxy_common::{
-    IPPROTO_TCP, IPPROTO_UDP, SockRevNatKey, SockRevNatValue,
-    stats::{DropReason, Hook},
-};
+use proxy_common::{IPPROTO_TCP, IPPROTO_UDP, SockRevNatKey, SockRevNatValue, stats::Hook};
 
 use crate::{
     affinity::{self, Client},
     counters::{self, Direction},
+    error::Error,
     klog,
     maps::SOCK_REV_NAT,
+    outcome::{Action, Path, outcome},
     service::{for_internal_clients, lookup_frontend},
 };
 
@@ -30,12 +29,12 @@ const SOCK_DGRAM: u32 = 2;
 
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
-    counted(Hook::Connect4, translate_forward(&ctx))
+    counted(Hook::Connect4, forward(&ctx))
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    counted(Hook::Sendmsg4, translate_forward(&ctx))
+    counted(Hook::Sendmsg4, forward(&ctx))
 }
 
 #[cgroup_sock_addr(recvmsg4)]
@@ -57,12 +56,52 @@ fn counted(hook: Hook, verdict: i32) -> i32 {
     verdict
 }
 
+#[inline(always)]
+fn forward(ctx: &SockAddrContext) -> i32 {
+    match try_translate_forward(ctx) {
+        Ok(()) => SK_PASS as i32,
+        Err(err) => on_error(ctx, err),
+    }
+}
+
+/// Carries out what `outcome` says `err` does here: a refused call fails with ECONNREFUSED
+/// at once instead of letting the client time out.
+fn on_error(ctx: &SockAddrContext, err: Error) -> i32 {
+    let outcome = outcome(Path::Socket, err);
+    if let Some(reason) = outcome.counted {
+        counters::drop(reason);
+    }
+    if outcome.logged {
+        // Nothing was rewritten: the address is the one the application asked for.
+        // SAFETY: the context pointer is the kernel's bpf_sock_addr for this call.
+        let sa = unsafe { &*ctx.sock_addr };
+        klog::debug!(
+            ctx,
+            "socket: connection refused ({}) frontend={:i}:{}",
+            err.as_str(),
+            sa.user_ip4.to_ne_bytes(),
+            u16::from_be(sa.user_port as u16)
+        );
+    }
+    match outcome.action {
+        Action::Pass => SK_PASS as i32,
+        Action::Refuse => {
+            // SAFETY: bpf_set_retval is allowed in cgroup sock_addr programs.
+            unsafe { bpf_set_retval(-ECONNREFUSED) };
+            SK_REJECT
+        }
+        // The call fails with the hook's default error (EPERM).
+        Action::Drop => SK_REJECT,
+    }
+}
+
 /// Rewrites a destination that is a service frontend to one of its backends.
-fn translate_forward(ctx: &SockAddrContext) -> i32 {
+#[inline(always)]
+fn try_translate_forward(ctx: &SockAddrContext) -> Result<(), Error> {
     // SAFETY: the context pointer is the kernel's bpf_sock_addr for this call.
     let sa = unsafe { &mut *ctx.sock_addr };
     let Some(proto) = protocol(sa) else {
-        return SK_PASS as i32;
+        return Ok(());
     };
     let dst_addr = sa.user_ip4;
     // user_port holds the port in network byte order in its low 16 bits.
@@ -72,26 +111,15 @@ fn translate_forward(ctx: &SockAddrContext) -> i32 {
     let Some((key, service)) = lookup_frontend(dst_addr, dst_port, proto, true)
         .and_then(|(key, service)| for_internal_clients(key, service))
     else {
-        return SK_PASS as i32;
+        return Ok(());
     };
     if service.count == 0 {
-        // No endpoint can serve: refuse at once instead of letting the client time out.
-        // SAFETY: bpf_set_retval is allowed in cgroup sock_addr programs.
-        unsafe { bpf_set_retval(-ECONNREFUSED) };
-        counters::drop(DropReason::NoEndpoints);
-        klog::debug!(
-            ctx,
-            "socket: no endpoints, connection refused frontend={:i}:{}",
-            dst_addr.to_ne_bytes(),
-            u16::from_be(dst_port)
-        );
-        return SK_REJECT;
+        return Err(Error::NoEndpoints);
     }
     // SAFETY: cgroup sock_addr programs may call bpf_get_netns_cookie with their context.
     let client = Client::netns(unsafe { bpf_get_netns_cookie(ctx.as_ptr()) });
-    let Some((backend_id, backend)) = affinity::select_backend_for(key, &service, client) else {
-        return SK_PASS as i32;
-    };
+    let (backend_id, backend) =
+        affinity::select_backend_for(key, &service, client).ok_or(Error::NoBackend)?;
     // Sockets, not packets, are translated here: count the new connection only.
     counters::traffic(
         service.service_id,
@@ -119,7 +147,7 @@ fn translate_forward(ctx: &SockAddrContext) -> i32 {
 
     sa.user_ip4 = backend.addr;
     sa.user_port = u32::from(backend.port);
-    SK_PASS as i32
+    Ok(())
 }
 
 /// Rewrites a backend source address back to the service address the socket used.

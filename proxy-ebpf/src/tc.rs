@@ -5,7 +5,7 @@ use core::ptr::null_mut;
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{__sk_buff, TC_ACT_OK},
+    bindings::{__sk_buff, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_ktime_get_ns, generated::bpf_redirect_neigh},
     macros::classifier,
     programs::TcContext,
@@ -16,7 +16,9 @@ use crate::{
     conntrack,
     counters::{self, Direction},
     error::Error,
+    klog,
     nat::{rewrite_skb, rewritten},
+    outcome::{Action, Path, outcome},
     packet::{self, ETH_HLEN, IPV4_HLEN, TCP_HLEN, ptr_at},
 };
 
@@ -48,30 +50,25 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
 pub fn tc_egress(ctx: TcContext) -> i32 {
     let verdict = match try_tc_egress(&ctx) {
         Ok(action) => action,
-        Err(err) => action_for(err),
+        Err(err) => on_error(&ctx, err),
     };
     counters::verdict(Hook::TcEgress, verdict as u32);
     verdict
 }
 
-/// The one place errors become verdicts: egress never drops, what it cannot translate leaves
-/// as it is.
-fn action_for(err: Error) -> i32 {
-    match err {
-        Error::NotIpv4
-        | Error::NotTcpUdp
-        | Error::Fragment
-        | Error::Truncated
-        | Error::Malformed
-        | Error::NoBackend
-        | Error::NoSnatAddress
-        | Error::NoSnatPort
-        | Error::ConntrackUpdate
-        | Error::Resize
-        | Error::Metadata
-        | Error::SkbRewrite
-        | Error::SourceRangeDenied
-        | Error::NoLocalEndpoint => TC_ACT_OK,
+/// Carries out what `outcome` says `err` does here: what is not ours leaves as it is; a reply
+/// that could not be turned back would leave with the pod's address, and is dropped instead.
+fn on_error(ctx: &TcContext, err: Error) -> i32 {
+    let outcome = outcome(Path::TcEgress, err);
+    if let Some(reason) = outcome.counted {
+        counters::drop(reason);
+    }
+    if outcome.logged {
+        klog::debug!(ctx, "tc: reply dropped: {}", err.as_str());
+    }
+    match outcome.action {
+        Action::Pass => TC_ACT_OK,
+        Action::Drop | Action::Refuse => TC_ACT_SHOT,
     }
 }
 

@@ -10,8 +10,7 @@ use aya_ebpf::{
 };
 use proxy_common::{
     BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, IPPROTO_TCP, SVC_F_NO_LOCAL_ENDPOINT,
-    SVC_F_SOURCE_RANGES,
-    stats::{DropReason, Hook},
+    SVC_F_SOURCE_RANGES, stats::Hook,
 };
 
 use crate::{
@@ -23,6 +22,7 @@ use crate::{
     klog,
     maps::{BACKENDS, CONFIG},
     nat::{rewrite_in_place, rewritten},
+    outcome::{Action, Outcome, Path, outcome},
     packet::{self, Packet, Tuple},
     reject,
     service::{lookup_frontend, source_allowed},
@@ -32,55 +32,69 @@ use crate::{
 pub fn xdp_ingress(ctx: XdpContext) -> u32 {
     let verdict = match try_xdp_ingress(&ctx) {
         Ok(action) => action,
-        Err(err) => action_for(&ctx, err),
+        Err(err) => on_error(&ctx, err),
     };
     counters::verdict(Hook::Xdp, verdict);
     verdict
 }
 
-/// The one place errors become verdicts: what we cannot parse is not ours and goes to the
-/// stack untouched; a flow we cannot translate is dropped.
-fn action_for(ctx: &XdpContext, err: Error) -> u32 {
-    if let Some(reason) = drop_reason(err) {
-        counters::drop(reason);
-        klog::debug!(ctx, "xdp: packet dropped reason={}", reason.as_str());
-    }
-    match err {
-        Error::NotIpv4
-        | Error::NotTcpUdp
-        | Error::Fragment
-        | Error::Truncated
-        | Error::Malformed
-        // The packet is already translated; the stack can still route it.
-        | Error::Metadata => XDP_PASS,
-        Error::NoBackend
-        | Error::NoSnatAddress
-        | Error::NoSnatPort
-        | Error::ConntrackUpdate
-        | Error::Resize
-        | Error::SkbRewrite
-        // Policy drops: kube-proxy's DROP, not REJECT.
-        | Error::SourceRangeDenied
-        | Error::NoLocalEndpoint => XDP_DROP,
+/// Carries out what `outcome` says `err` does here.
+fn on_error(ctx: &XdpContext, err: Error) -> u32 {
+    let outcome = outcome(Path::Xdp, err);
+    count_and_log(ctx, err, outcome);
+    match outcome.action {
+        Action::Pass => XDP_PASS,
+        Action::Drop => XDP_DROP,
+        Action::Refuse => match refuse(ctx, outcome.logged) {
+            Ok(verdict) => verdict,
+            // The answer could not be written: the packet goes unanswered.
+            Err(err) => {
+                count_and_log(ctx, err, self::outcome(Path::Xdp, err));
+                XDP_DROP
+            }
+        },
     }
 }
 
-/// The drop counter of an error that drops the packet.
-fn drop_reason(err: Error) -> Option<DropReason> {
-    match err {
-        Error::NoBackend => Some(DropReason::NoBackend),
-        Error::NoSnatAddress => Some(DropReason::NoSnatAddress),
-        Error::NoSnatPort => Some(DropReason::NoSnatPort),
-        Error::ConntrackUpdate => Some(DropReason::ConntrackFull),
-        Error::Resize | Error::SkbRewrite => Some(DropReason::Rewrite),
-        Error::SourceRangeDenied => Some(DropReason::SourceRange),
-        Error::NoLocalEndpoint => Some(DropReason::NoLocalEndpoint),
-        Error::NotIpv4
-        | Error::NotTcpUdp
-        | Error::Fragment
-        | Error::Truncated
-        | Error::Malformed
-        | Error::Metadata => None,
+#[inline(always)]
+fn count_and_log(ctx: &XdpContext, err: Error, outcome: Outcome) {
+    if let Some(reason) = outcome.counted {
+        counters::drop(reason);
+    }
+    if !outcome.logged {
+        return;
+    }
+    match (outcome.action, outcome.counted) {
+        (Action::Drop, Some(reason)) => {
+            klog::debug!(ctx, "xdp: packet dropped reason={}", reason.as_str());
+        }
+        (Action::Pass, _) => klog::debug!(ctx, "xdp: passed to the stack: {}", err.as_str()),
+        // `refuse` says what it refused.
+        _ => {}
+    }
+}
+
+/// Answers a new flow to a service without endpoints: TCP RST, or ICMP port unreachable.
+#[inline(always)]
+fn refuse(ctx: &XdpContext, logged: bool) -> Result<u32, Error> {
+    // The packet is as it arrived (nothing is rewritten before a refusal): parse it again
+    // rather than carry it through every error.
+    let pkt = packet::parse(ctx.data(), ctx.data_end())?;
+    let tuple = &pkt.tuple;
+    if logged {
+        klog::debug!(
+            ctx,
+            "xdp: no endpoints, flow refused frontend={:i}:{} client={:i}:{}",
+            tuple.daddr.to_ne_bytes(),
+            u16::from_be(tuple.dport),
+            tuple.saddr.to_ne_bytes(),
+            u16::from_be(tuple.sport)
+        );
+    }
+    if tuple.proto == IPPROTO_TCP {
+        reject::tcp_reset(ctx, &pkt)
+    } else {
+        reject::icmp_port_unreachable(ctx, &pkt)
     }
 }
 
@@ -148,23 +162,11 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<u32, Error> {
         return Err(Error::SourceRangeDenied);
     }
     if service.count == 0 {
-        if service.flags & SVC_F_NO_LOCAL_ENDPOINT != 0 {
-            return Err(Error::NoLocalEndpoint);
-        }
-        counters::drop(DropReason::NoEndpoints);
-        klog::debug!(
-            ctx,
-            "xdp: no endpoints, flow refused frontend={:i}:{} client={:i}:{}",
-            tuple.daddr.to_ne_bytes(),
-            u16::from_be(tuple.dport),
-            tuple.saddr.to_ne_bytes(),
-            u16::from_be(tuple.sport)
-        );
-        return if tuple.proto == IPPROTO_TCP {
-            reject::tcp_reset(ctx, pkt)
+        return Err(if service.flags & SVC_F_NO_LOCAL_ENDPOINT != 0 {
+            Error::NoLocalEndpoint
         } else {
-            reject::icmp_port_unreachable(ctx, pkt)
-        };
+            Error::NoEndpoints
+        });
     }
     let (backend_id, backend) =
         affinity::select_backend_for(key, &service, Client::ip(tuple.saddr))

@@ -1,0 +1,216 @@
+//! What an error does on each path: its action, the drop counter it is counted in, and whether
+//! it is logged. The one table every hook's entry function reads.
+
+use proxy_common::stats::DropReason;
+
+use crate::error::Error;
+
+/// Where an error arose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// `xdp_ingress`: packets from off-node.
+    Xdp,
+    /// `tc_egress`: replies of local backends leaving the node.
+    TcEgress,
+    /// The cgroup socket hooks: a `connect` or `sendmsg` of a local process.
+    Socket,
+}
+
+/// What happens to the packet or the socket call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// On to the stack (or the call proceeds) untouched.
+    Pass,
+    /// Dropped (kube-proxy's DROP); the client retransmits or times out.
+    Drop,
+    /// Refused at once (kube-proxy's REJECT): a TCP RST or ICMP port unreachable from XDP,
+    /// `ECONNREFUSED` on a socket.
+    Refuse,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub action: Action,
+    /// The drop counter (`DROP_STATS_V1`) it is counted in; `None` for packets that are not
+    /// ours, which the hook's verdict counters count as passed.
+    pub counted: Option<DropReason>,
+    /// Whether it is logged (at debug) when kernel log lines are on.
+    pub logged: bool,
+}
+
+impl Outcome {
+    const fn not_ours() -> Self {
+        Self {
+            action: Action::Pass,
+            counted: None,
+            logged: false,
+        }
+    }
+
+    const fn drop(reason: DropReason) -> Self {
+        Self {
+            action: Action::Drop,
+            counted: Some(reason),
+            logged: true,
+        }
+    }
+}
+
+/// The outcome of `err` on `path`.
+pub const fn outcome(path: Path, err: Error) -> Outcome {
+    match err {
+        // Not a TCP or UDP packet we can translate: the stack's, untouched.
+        Error::NotIpv4
+        | Error::NotTcpUdp
+        | Error::Fragment
+        | Error::Truncated
+        | Error::Malformed => Outcome::not_ours(),
+        // XDP could not hand the translated packet to tc_ingress: the stack still routes it.
+        Error::Metadata => Outcome {
+            action: Action::Pass,
+            counted: None,
+            logged: true,
+        },
+        Error::NoEndpoints => Outcome {
+            action: Action::Refuse,
+            counted: Some(DropReason::NoEndpoints),
+            logged: true,
+        },
+        // A slot or backend vanished under a concurrent update: a connecting socket is refused
+        // (it would otherwise wait on the service address, which nothing answers), a packet
+        // dropped (its retransmission finds the new state).
+        Error::NoBackend => match path {
+            Path::Socket => Outcome {
+                action: Action::Refuse,
+                counted: Some(DropReason::NoBackend),
+                logged: true,
+            },
+            Path::Xdp | Path::TcEgress => Outcome::drop(DropReason::NoBackend),
+        },
+        Error::NoSnatAddress => Outcome::drop(DropReason::NoSnatAddress),
+        Error::NoSnatPort => Outcome::drop(DropReason::NoSnatPort),
+        Error::ConntrackUpdate => Outcome::drop(DropReason::ConntrackFull),
+        // A half-rewritten packet, or a reply that would leave with the pod's address: dropped,
+        // so the sender retransmits, rather than sent wrong.
+        Error::Resize | Error::SkbRewrite => Outcome::drop(DropReason::Rewrite),
+        // Policy drops: kube-proxy's DROP, not REJECT.
+        Error::SourceRangeDenied => Outcome::drop(DropReason::SourceRange),
+        Error::NoLocalEndpoint => Outcome::drop(DropReason::NoLocalEndpoint),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PATHS: [Path; 3] = [Path::Xdp, Path::TcEgress, Path::Socket];
+
+    #[test]
+    fn packets_that_are_not_ours_pass_untouched_and_uncounted() {
+        for path in PATHS {
+            for err in [
+                Error::NotIpv4,
+                Error::NotTcpUdp,
+                Error::Fragment,
+                Error::Truncated,
+                Error::Malformed,
+            ] {
+                assert_eq!(outcome(path, err), Outcome::not_ours(), "{path:?} {err:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_other_error_is_counted_and_logged() {
+        for path in PATHS {
+            for err in Error::ALL {
+                let outcome = outcome(path, err);
+                if outcome == Outcome::not_ours() {
+                    continue;
+                }
+                assert!(outcome.logged, "{path:?} {err:?}");
+                // The one error that still delivers the packet has nothing to count as a drop.
+                if err != Error::Metadata {
+                    assert!(outcome.counted.is_some(), "{path:?} {err:?}");
+                    assert_ne!(outcome.action, Action::Pass, "{path:?} {err:?}");
+                }
+            }
+        }
+    }
+
+    /// The table, as kube-proxy users know it: no endpoints is REJECT, policies are DROP.
+    #[test]
+    fn the_table() {
+        let cases = [
+            (
+                Path::Xdp,
+                Error::NoEndpoints,
+                Action::Refuse,
+                Some(DropReason::NoEndpoints),
+            ),
+            (
+                Path::Socket,
+                Error::NoEndpoints,
+                Action::Refuse,
+                Some(DropReason::NoEndpoints),
+            ),
+            (
+                Path::Socket,
+                Error::NoBackend,
+                Action::Refuse,
+                Some(DropReason::NoBackend),
+            ),
+            (
+                Path::Xdp,
+                Error::NoBackend,
+                Action::Drop,
+                Some(DropReason::NoBackend),
+            ),
+            (
+                Path::Xdp,
+                Error::SourceRangeDenied,
+                Action::Drop,
+                Some(DropReason::SourceRange),
+            ),
+            (
+                Path::Xdp,
+                Error::NoLocalEndpoint,
+                Action::Drop,
+                Some(DropReason::NoLocalEndpoint),
+            ),
+            (
+                Path::Xdp,
+                Error::NoSnatPort,
+                Action::Drop,
+                Some(DropReason::NoSnatPort),
+            ),
+            (
+                Path::Xdp,
+                Error::ConntrackUpdate,
+                Action::Drop,
+                Some(DropReason::ConntrackFull),
+            ),
+            (
+                Path::Xdp,
+                Error::Resize,
+                Action::Drop,
+                Some(DropReason::Rewrite),
+            ),
+            (
+                Path::TcEgress,
+                Error::SkbRewrite,
+                Action::Drop,
+                Some(DropReason::Rewrite),
+            ),
+            (Path::Xdp, Error::Metadata, Action::Pass, None),
+        ];
+        for (path, err, action, counted) in cases {
+            let outcome = outcome(path, err);
+            assert_eq!(
+                (outcome.action, outcome.counted),
+                (action, counted),
+                "{path:?} {err:?}"
+            );
+        }
+    }
+}
