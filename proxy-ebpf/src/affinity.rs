@@ -2,14 +2,14 @@
 //! to a frontend within its timeout goes back to the same backend, as long as that backend
 //! still serves the frontend.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use proxy_common::{
     AFFINITY_CLIENT_IP, AFFINITY_CLIENT_NETNS, AffinityKey, AffinityMatchKey, AffinityValue,
     Backend, ServiceKey, ServiceValue,
 };
 
 use crate::{
-    maps::{AFFINITY, AFFINITY_MATCH, BACKENDS},
+    kernel,
+    maps::{self, AFFINITY},
     service::select_backend,
 };
 
@@ -56,20 +56,17 @@ pub fn select_backend_for(
     if service.affinity_timeout == 0 {
         return select_backend(key, service.count);
     }
-    // SAFETY: a plain helper call with no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = kernel::now_ns();
     let affinity_key = AffinityKey {
         client: client.id,
         service_id: service.service_id,
         client_kind: client.kind,
         _pad: [0; 3],
     };
-    if let Some(entry) = AFFINITY.get_ptr_mut(&affinity_key) {
-        // SAFETY: `entry` points at a live map value; it is copied out at once.
-        let remembered = unsafe { *entry };
+    if let Some(entry) = maps::affinity(&affinity_key) {
+        let remembered = entry.get();
         if let Some(backend) = still_valid(&remembered, service, now) {
-            // SAFETY: as above; a concurrent writer stores a whole aligned field too.
-            unsafe { (*entry).last_used_ns = now };
+            entry.update(|entry| entry.last_used_ns = now);
             return Some((remembered.backend_id, backend));
         }
     }
@@ -98,8 +95,8 @@ fn still_valid(entry: &AffinityValue, service: &ServiceValue, now: u64) -> Optio
         service_id: service.service_id,
         backend_id: entry.backend_id,
     };
-    // SAFETY: only the presence of the key matters.
-    unsafe { AFFINITY_MATCH.get(&member) }?;
-    // SAFETY: copied out at once.
-    unsafe { BACKENDS.get(&entry.backend_id) }.copied()
+    if !maps::serves(&member) {
+        return None;
+    }
+    maps::backend(entry.backend_id)
 }

@@ -1,10 +1,7 @@
 //! Connection tracking: finding, refreshing, creating and retiring the forward and reply
 //! entries of a translated flow.
 
-use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_get_prandom_u32,
-};
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use proxy_common::{
     Backend, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_LOCAL, CT_F_SNAT, CtEntry, CtKey, IPPROTO_TCP,
     flow, tcp,
@@ -12,7 +9,8 @@ use proxy_common::{
 
 use crate::{
     error::Error,
-    maps::{CONFIG, CONNTRACK},
+    kernel,
+    maps::{self, CONFIG, CONNTRACK, Entry},
     nat::rewritten,
     packet::{Packet, Tuple},
 };
@@ -22,23 +20,22 @@ const SNAT_PORT_TRIES: u32 = 8;
 /// `bpf_map_update_elem` with `BPF_NOEXIST` on a taken key.
 const EEXIST: i32 = 17;
 
-/// The entry for `key`, if any: a pointer into the map value.
+/// The entry for `key`, if any.
 #[inline(always)]
-pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
-    CONNTRACK.get_ptr_mut(key)
+pub fn lookup(key: &CtKey) -> Option<Entry<CtEntry>> {
+    maps::conntrack(key)
 }
 
-/// Records that `pkt` was seen on the flow of `entry`: time and TCP state.
+/// Records that `pkt` was seen on the flow of `entry`: time and TCP state. Concurrent packets
+/// of the same flow may write these fields at once; the last write wins.
 #[inline(always)]
-pub fn touch(entry: *mut CtEntry, pkt: &Packet, now: u64) {
-    // SAFETY: `entry` points at a live map value. Concurrent packets of the same flow may write
-    // these fields at once; each write is a whole aligned field and the last one wins.
-    unsafe {
-        (*entry).last_seen_ns = now;
+pub fn touch(entry: Entry<CtEntry>, pkt: &Packet, now: u64) {
+    entry.update(|entry| {
+        entry.last_seen_ns = now;
         if pkt.tuple.proto == IPPROTO_TCP {
-            (*entry).tcp_state = tcp::next_state((*entry).tcp_state, pkt.tcp_flags);
+            entry.tcp_state = tcp::next_state(entry.tcp_state, pkt.tcp_flags);
         }
-    }
+    });
 }
 
 /// Deletes a forward entry and the reply entry that belongs to it.
@@ -61,9 +58,8 @@ pub fn reply_belongs(pkt: &Packet, key: &CtKey, reply: &CtEntry) -> bool {
         return true;
     }
     let forward_key = flow::forward_key(key, reply);
-    // SAFETY: a pointer into a live map value, copied out at once.
     let forward = lookup(&forward_key)
-        .map(|entry| unsafe { *entry })
+        .map(Entry::get)
         // A forward entry for another backend is a later flow of the tuple: not this one's.
         .filter(|forward| forward.backend_id == reply.backend_id);
     if tcp::syn_answers_flow(forward.map(|f| f.tcp_state), reply.tcp_state) {
@@ -148,8 +144,7 @@ pub fn create_snat(
         ..base
     };
     for _ in 0..SNAT_PORT_TRIES {
-        // SAFETY: a plain helper call with no arguments.
-        let random = unsafe { bpf_get_prandom_u32() };
+        let random = kernel::random();
         let snat_port = (port_min + (random % span) as u16).to_be();
         let reply_key = CtKey {
             saddr: backend.addr,

@@ -1,15 +1,13 @@
 //! Sends a translated packet back out of XDP: FIB lookup, then XDP_TX / redirect, or a hand-off
 //! to the stack with metadata that `tc_ingress` turns into `bpf_redirect_neigh`.
 
-use core::mem::{size_of, zeroed};
+use core::mem::{offset_of, size_of};
 
 use aya_ebpf::{
-    EbpfContext,
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
         xdp_action::{XDP_PASS, XDP_TX},
     },
-    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_meta},
     programs::XdpContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
@@ -17,8 +15,9 @@ use proxy_common::{CONFIG_F_XDP_TX, XDP_META_MAGIC, XdpRedirectMeta, checksum};
 
 use crate::{
     error::Error,
+    kernel,
     maps::CONFIG,
-    packet::{ETH_HLEN, Tuple, load, ptr_at, store},
+    packet::{ETH_HLEN, Tuple, load, ptr_at, store, write_at},
 };
 
 const AF_INET: u8 = 2;
@@ -44,8 +43,7 @@ pub fn send(ctx: &XdpContext, tuple: &Tuple, tot_len: u16) -> Result<u32, Error>
 #[inline(always)]
 fn route(ctx: &XdpContext, tuple: &Tuple, tot_len: u16, forwarded: bool) -> Result<u32, Error> {
     let ingress = ctx.ingress_ifindex() as u32;
-    // SAFETY: bpf_fib_lookup is a plain C struct for which all zeroes is a valid value.
-    let mut fib: bpf_fib_lookup = unsafe { zeroed() };
+    let mut fib = kernel::fib_request();
     fib.family = AF_INET;
     fib.l4_protocol = tuple.proto;
     fib.sport = tuple.sport;
@@ -54,15 +52,7 @@ fn route(ctx: &XdpContext, tuple: &Tuple, tot_len: u16, forwarded: bool) -> Resu
     fib.ifindex = ingress;
     fib.__bindgen_anon_3.ipv4_src = tuple.saddr;
     fib.__bindgen_anon_4.ipv4_dst = tuple.daddr;
-    // SAFETY: `fib` is a valid, writable bpf_fib_lookup of the size passed.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            &mut fib,
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    } as u32;
+    let rc = kernel::fib_lookup(ctx, &mut fib, 0) as u32;
 
     let routed = rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH;
     // Both ways out below skip the stack's forwarding, so they must do its TTL decrement; a
@@ -74,20 +64,14 @@ fn route(ctx: &XdpContext, tuple: &Tuple, tot_len: u16, forwarded: bool) -> Resu
         .get(0)
         .is_some_and(|config| config.flags & CONFIG_F_XDP_TX != 0);
     if xdp_tx && rc == BPF_FIB_LKUP_RET_SUCCESS {
-        let eth: *mut EthHdr = ptr_at(ctx.data(), ctx.data_end(), 0)?;
-        // The lookup filled in the MACs (the union's other member is for BPF_FIB_LOOKUP_MARK,
-        // not used here).
-        // SAFETY: ptr_at checked that the Ethernet header lies inside the packet.
-        unsafe {
-            let macs = fib.__bindgen_anon_6.__bindgen_anon_2;
-            (*eth).dst_addr = macs.dmac;
-            (*eth).src_addr = macs.smac;
-        }
+        let (dmac, smac) = kernel::fib_macs(&fib);
+        let (data, data_end) = (ctx.data(), ctx.data_end());
+        write_at(data, data_end, offset_of!(EthHdr, dst_addr), dmac)?;
+        write_at(data, data_end, offset_of!(EthHdr, src_addr), smac)?;
         if fib.ifindex == ingress {
             return Ok(XDP_TX);
         }
-        // SAFETY: a plain helper call; it returns an XDP action.
-        return Ok(unsafe { bpf_redirect(fib.ifindex, 0) } as u32);
+        return Ok(kernel::redirect(fib.ifindex));
     }
     pass_for_redirect(ctx, fib.ifindex)
 }
@@ -116,18 +100,13 @@ fn decrement_ttl(ctx: &XdpContext) -> Result<bool, Error> {
 /// Prepends [`XdpRedirectMeta`] and passes the packet to the stack, where `tc_ingress` finds it.
 #[inline(always)]
 fn pass_for_redirect(ctx: &XdpContext, ifindex: u32) -> Result<u32, Error> {
-    let len = size_of::<XdpRedirectMeta>() as i32;
-    // SAFETY: the context is this program's xdp_md; the helper checks the headroom itself.
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -len) } != 0 {
+    if !kernel::xdp_adjust_meta(ctx, size_of::<XdpRedirectMeta>() as i32) {
         return Err(Error::Metadata);
     }
-    let meta: *mut XdpRedirectMeta = ptr_at(ctx.metadata(), ctx.data(), 0)?;
-    // SAFETY: ptr_at checked that the metadata area holds a whole XdpRedirectMeta.
-    unsafe {
-        *meta = XdpRedirectMeta {
-            magic: XDP_META_MAGIC,
-            ifindex,
-        };
-    }
+    let meta = XdpRedirectMeta {
+        magic: XDP_META_MAGIC,
+        ifindex,
+    };
+    write_at(ctx.metadata(), ctx.data(), 0, meta)?;
     Ok(XDP_PASS)
 }

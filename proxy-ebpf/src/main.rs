@@ -10,6 +10,7 @@ mod conntrack;
 mod counters;
 mod error;
 mod forward;
+mod kernel;
 mod klog;
 mod maps;
 mod nat;

@@ -1,4 +1,5 @@
-//! The BPF maps, declared once with the names and layouts of `proxy_common`.
+//! The BPF maps, declared once with the names and layouts of `proxy_common`, and the typed
+//! lookups the programs use (the one place map values are dereferenced).
 
 use aya_ebpf::{
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap},
@@ -65,3 +66,77 @@ pub static SOURCE_RANGES: LpmTrie<SourceRange, u32, { map_sizes::SOURCE_RANGES a
 #[btf_map(name = "SVC_SKIP_V1")]
 pub static SKIPPED: HashMap<SkippedKey, SkippedService, { map_sizes::SKIPPED as usize }> =
     HashMap::new();
+
+/// A value found in a map: copied out or changed in place.
+#[derive(Clone, Copy)]
+pub struct Entry<V>(*mut V);
+
+impl<V: Copy> Entry<V> {
+    /// A copy of the value.
+    #[inline(always)]
+    pub fn get(self) -> V {
+        // SAFETY: the pointer is a lookup result of one of the maps above (only `found` makes
+        // an `Entry`), to a value that stays allocated for the rest of this program run (the
+        // kernel frees map values after an RCU grace period). Another CPU or the daemon may
+        // write it meanwhile; the copy may then mix old and new fields, as in C, which every
+        // reader of these maps tolerates.
+        unsafe { self.0.read() }
+    }
+
+    /// Changes the value in place. Concurrent writers (packets of one flow on two CPUs) store
+    /// whole aligned fields; the last one wins.
+    #[inline(always)]
+    pub fn update(self, change: impl FnOnce(&mut V)) {
+        // SAFETY: as for `get`; the reference does not outlive `change`.
+        change(unsafe { &mut *self.0 });
+    }
+}
+
+#[inline(always)]
+fn found<V>(value: Option<*mut V>) -> Option<Entry<V>> {
+    value.map(Entry)
+}
+
+/// The frontend entry (slot 0) or backend slot under `key`.
+#[inline(always)]
+pub fn service(key: &ServiceKey) -> Option<ServiceValue> {
+    found(SERVICES.get_ptr_mut(key)).map(Entry::get)
+}
+
+#[inline(always)]
+pub fn backend(id: u32) -> Option<Backend> {
+    found(BACKENDS.get_ptr_mut(&id)).map(Entry::get)
+}
+
+/// Whether `addr` (network byte order) is one of this node's addresses.
+#[inline(always)]
+pub fn is_node_addr(addr: u32) -> bool {
+    NODE_ADDRS.get_ptr(&addr).is_some()
+}
+
+/// Whether a backend still serves a frontend (`AFF_MATCH_V1`).
+#[inline(always)]
+pub fn serves(member: &AffinityMatchKey) -> bool {
+    AFFINITY_MATCH.get_ptr(member).is_some()
+}
+
+#[inline(always)]
+pub fn affinity(key: &AffinityKey) -> Option<Entry<AffinityValue>> {
+    found(AFFINITY.get_ptr_mut(key))
+}
+
+#[inline(always)]
+pub fn conntrack(key: &CtKey) -> Option<Entry<CtEntry>> {
+    found(CONNTRACK.get_ptr_mut(key))
+}
+
+#[inline(always)]
+pub fn sock_rev_nat(key: &SockRevNatKey) -> Option<SockRevNatValue> {
+    found(SOCK_REV_NAT.get_ptr_mut(key)).map(Entry::get)
+}
+
+/// Whether the daemon asked for sockets connected to `key` to be terminated.
+#[inline(always)]
+pub fn terminates(key: &SockTermKey) -> bool {
+    SOCK_TERM.get_ptr(key).is_some()
+}

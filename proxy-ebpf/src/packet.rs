@@ -34,6 +34,28 @@ pub fn ptr_at<T>(data: usize, data_end: usize, offset: usize) -> Result<*mut T, 
     Ok((data + offset) as *mut T)
 }
 
+/// A copy of the `T` at `offset` in the packet `[data, data_end)`, or `Truncated`.
+#[inline(always)]
+pub fn read_at<T: Copy>(data: usize, data_end: usize, offset: usize) -> Result<T, Error> {
+    let at: *const T = ptr_at(data, data_end, offset)?;
+    // SAFETY: ptr_at checked that the `T` lies inside the packet; see there for alignment.
+    Ok(unsafe { at.read_unaligned() })
+}
+
+/// Writes `value` at `offset` in the packet `[data, data_end)`, or fails with `Truncated`.
+#[inline(always)]
+pub fn write_at<T: Copy>(
+    data: usize,
+    data_end: usize,
+    offset: usize,
+    value: T,
+) -> Result<(), Error> {
+    let at: *mut T = ptr_at(data, data_end, offset)?;
+    // SAFETY: as for `read_at`.
+    unsafe { at.write_unaligned(value) };
+    Ok(())
+}
+
 /// Reads the multi-byte header field at `field` as the word it holds, in network byte order
 /// (as the maps keep addresses and ports), with one load. network-types declares these fields
 /// as byte arrays, and the BPF backend reads anything of alignment 1 byte by byte (so do its

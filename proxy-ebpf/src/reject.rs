@@ -3,11 +3,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::{
-    bindings::xdp_action::XDP_DROP,
-    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action::XDP_DROP, programs::XdpContext};
 use network_types::{
     bitfield::BitfieldU16, eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr,
 };
@@ -16,6 +12,7 @@ use proxy_common::{IPPROTO_TCP, checksum, tcp};
 use crate::{
     error::Error,
     forward::send,
+    kernel,
     packet::{ETH_HLEN, IPPROTO_ICMP, IPV4_HLEN, Packet, TCP_HLEN, Tuple, load, ptr_at, tcp_flags},
 };
 
@@ -123,8 +120,7 @@ pub fn icmp_port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Erro
     let quoted = pkt.ihl + ICMP_QUOTED_L4;
     let added = IPV4_HLEN + Icmpv4Hdr::LEN;
     // Room for a new IP and ICMP header in front; the original IP header then follows them.
-    // SAFETY: the context is this program's xdp_md; the helper checks the headroom itself.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(added as i32)) } != 0 {
+    if !kernel::xdp_adjust_head(ctx, -(added as i32)) {
         return Err(Error::Resize);
     }
     let quoted_at = ETH_HLEN + added;
@@ -199,13 +195,8 @@ fn ipv4_header(tuple: &Tuple, tot_len: u16, frag_flags: u8) -> Ipv4Hdr {
 /// buffer).
 #[inline(always)]
 fn resize(ctx: &XdpContext, len: usize) -> Result<(), Error> {
-    // The helper rather than `data_end - data`: the compiler reorders that subtraction into
-    // arithmetic on the packet end pointer, which the verifier refuses.
-    // SAFETY: the context is this program's xdp_md.
-    let current = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
-    let delta = len as i32 - current as i32;
-    // SAFETY: the context is this program's xdp_md; the helper checks the new length itself.
-    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+    let delta = len as i32 - kernel::xdp_len(ctx) as i32;
+    if !kernel::xdp_adjust_tail(ctx, delta) {
         return Err(Error::Resize);
     }
     Ok(())

@@ -1,12 +1,15 @@
 //! Service frontend lookup and backend selection, shared by the socket and packet paths.
 
-use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_get_prandom_u32};
+use aya_ebpf::btf_maps::lpm_trie::Key;
 use proxy_common::{
     Backend, SVC_F_NODEPORT, SVC_F_TWO_SCOPES, SVC_SCOPE_INTERNAL, ServiceKey, ServiceValue,
     SourceRange,
 };
 
-use crate::maps::{BACKENDS, NODE_ADDRS, SERVICES, SOURCE_RANGES};
+use crate::{
+    kernel,
+    maps::{self, SOURCE_RANGES},
+};
 
 /// Finds the service entry for a destination: an exact frontend (ClusterIP, external address),
 /// or a NodePort when the destination is a node address (or, with `loopback_is_node`, any
@@ -26,20 +29,17 @@ pub fn lookup_frontend(
         scope: 0,
         _pad: 0,
     };
-    // SAFETY: copied out at once.
-    if let Some(service) = unsafe { SERVICES.get(&key) } {
-        return Some((key, *service));
+    if let Some(service) = maps::service(&key) {
+        return Some((key, service));
     }
     // 127.0.0.0/8: the first octet is the first byte in memory.
     let loopback = loopback_is_node && addr.to_ne_bytes()[0] == 127;
-    // SAFETY: only the presence of the key matters.
-    if !loopback && unsafe { NODE_ADDRS.get(&addr) }.is_none() {
+    if !loopback && !maps::is_node_addr(addr) {
         return None;
     }
     key.addr = 0;
-    // SAFETY: copied out at once.
-    let service = unsafe { SERVICES.get(&key) }?;
-    (service.flags & SVC_F_NODEPORT != 0).then_some((key, *service))
+    let service = maps::service(&key)?;
+    (service.flags & SVC_F_NODEPORT != 0).then_some((key, service))
 }
 
 /// The entry in-cluster clients use: the internal-scope one when the frontend has two scopes
@@ -56,9 +56,7 @@ pub fn for_internal_clients(
         scope: SVC_SCOPE_INTERNAL,
         ..key
     };
-    // SAFETY: copied out at once.
-    let service = unsafe { SERVICES.get(&key) }?;
-    Some((key, *service))
+    Some((key, maps::service(&key)?))
 }
 
 /// Whether `client` may use the frontend `service_id` under its `loadBalancerSourceRanges`.
@@ -79,12 +77,7 @@ pub fn source_allowed(service_id: u32, client: u32) -> bool {
 /// and value.
 #[inline(always)]
 pub fn select_backend(mut key: ServiceKey, count: u16) -> Option<(u32, Backend)> {
-    // SAFETY: a plain helper call with no arguments.
-    let random = unsafe { bpf_get_prandom_u32() };
-    key.slot = (random % u32::from(count)) as u16 + 1;
-    // SAFETY: copied out at once.
-    let slot = unsafe { SERVICES.get(&key) }?;
-    // SAFETY: copied out at once.
-    let backend = unsafe { BACKENDS.get(&slot.backend_id) }?;
-    Some((slot.backend_id, *backend))
+    key.slot = (kernel::random() % u32::from(count)) as u16 + 1;
+    let slot = maps::service(&key)?;
+    Some((slot.backend_id, maps::backend(slot.backend_id)?))
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use proxy_common::{SOCK_DESTROY_CALL_MARKER, SockRevNatKey, SockTermKey, SockTermRecord};
 
-use crate::maps::{SOCK_REV_NAT, SOCK_TERM};
+use crate::maps;
 
 /// `struct bpf_iter_meta`: only its first field is read.
 #[repr(C)]
@@ -64,7 +64,7 @@ pub extern "C" fn sock_term_udp(ctx: *mut IterUdpCtx) -> i32 {
         port,
         _pad: 0,
     };
-    if SOCK_TERM.get_ptr(&target).is_none() {
+    if !maps::terminates(&target) {
         return 0;
     }
     // SAFETY: tracing programs may take the cookie of a trusted socket pointer.
@@ -77,11 +77,9 @@ pub extern "C" fn sock_term_udp(ctx: *mut IterUdpCtx) -> i32 {
     };
     // Only sockets the socket LB sent to this backend: a client that connected to the pod
     // address itself keeps its socket.
-    let Some(service) = SOCK_REV_NAT.get_ptr(&key) else {
+    let Some(service) = maps::sock_rev_nat(&key) else {
         return 0;
     };
-    // SAFETY: the pointer from the lookup is valid for this program run.
-    let service = unsafe { *service };
     if sock_destroy(sk) == 0 {
         let record = SockTermRecord {
             cookie,

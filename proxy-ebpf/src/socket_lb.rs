@@ -1,21 +1,16 @@
 //! Socket-level load balancing: cgroup connect4/sendmsg4 write a backend address into the
 //! socket once, recvmsg4/getpeername4 show the service address back. No per-packet NAT.
 
-use aya_ebpf::{
-    EbpfContext,
-    bindings::{bpf_sock_addr, sk_action::SK_PASS},
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
-};
+use aya_ebpf::{bindings::sk_action::SK_PASS, macros::cgroup_sock_addr, programs::SockAddrContext};
 use proxy_common::{IPPROTO_TCP, IPPROTO_UDP, SockRevNatKey, SockRevNatValue, stats::Hook};
 
 use crate::{
     affinity::{self, Client},
     counters::{self, Direction},
     error::Error,
+    kernel::{self, SockAddr},
     klog,
-    maps::SOCK_REV_NAT,
+    maps::{self, SOCK_REV_NAT},
     outcome::{Action, Path, outcome},
     service::{for_internal_clients, lookup_frontend},
 };
@@ -73,21 +68,19 @@ fn on_error(ctx: &SockAddrContext, err: Error) -> i32 {
     }
     if outcome.logged {
         // Nothing was rewritten: the address is the one the application asked for.
-        // SAFETY: the context pointer is the kernel's bpf_sock_addr for this call.
-        let sa = unsafe { &*ctx.sock_addr };
+        let sa = kernel::sock_addr(ctx);
         klog::debug!(
             ctx,
             "socket: connection refused ({}) frontend={:i}:{}",
             err.as_str(),
-            sa.user_ip4.to_ne_bytes(),
-            u16::from_be(sa.user_port as u16)
+            sa.addr.to_ne_bytes(),
+            u16::from_be(sa.port)
         );
     }
     match outcome.action {
         Action::Pass => SK_PASS as i32,
         Action::Refuse => {
-            // SAFETY: bpf_set_retval is allowed in cgroup sock_addr programs.
-            unsafe { bpf_set_retval(-ECONNREFUSED) };
+            kernel::set_retval(ECONNREFUSED);
             SK_REJECT
         }
         // The call fails with the hook's default error (EPERM).
@@ -98,14 +91,11 @@ fn on_error(ctx: &SockAddrContext, err: Error) -> i32 {
 /// Rewrites a destination that is a service frontend to one of its backends.
 #[inline(always)]
 fn try_translate_forward(ctx: &SockAddrContext) -> Result<(), Error> {
-    // SAFETY: the context pointer is the kernel's bpf_sock_addr for this call.
-    let sa = unsafe { &mut *ctx.sock_addr };
-    let Some(proto) = protocol(sa) else {
+    let sa = kernel::sock_addr(ctx);
+    let Some(proto) = protocol(&sa) else {
         return Ok(());
     };
-    let dst_addr = sa.user_ip4;
-    // user_port holds the port in network byte order in its low 16 bits.
-    let dst_port = sa.user_port as u16;
+    let (dst_addr, dst_port) = (sa.addr, sa.port);
 
     // Local processes are in-cluster clients: the internal scope, where there is one.
     let Some((key, service)) = lookup_frontend(dst_addr, dst_port, proto, true)
@@ -116,8 +106,7 @@ fn try_translate_forward(ctx: &SockAddrContext) -> Result<(), Error> {
     if service.count == 0 {
         return Err(Error::NoEndpoints);
     }
-    // SAFETY: cgroup sock_addr programs may call bpf_get_netns_cookie with their context.
-    let client = Client::netns(unsafe { bpf_get_netns_cookie(ctx.as_ptr()) });
+    let client = Client::netns(kernel::netns_cookie(ctx));
     let (backend_id, backend) =
         affinity::select_backend_for(key, &service, client).ok_or(Error::NoBackend)?;
     // Sockets, not packets, are translated here: count the new connection only.
@@ -129,8 +118,7 @@ fn try_translate_forward(ctx: &SockAddrContext) -> Result<(), Error> {
     );
 
     // Remember what the application asked for, so replies and getpeername show it back.
-    // SAFETY: the context is a socket-carrying sock_addr context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let cookie = kernel::socket_cookie(ctx);
     let rev_key = SockRevNatKey {
         cookie,
         addr: backend.addr,
@@ -145,35 +133,30 @@ fn try_translate_forward(ctx: &SockAddrContext) -> Result<(), Error> {
     // A full LRU map evicts the oldest entry; an error here only loses the reverse mapping.
     let _ = SOCK_REV_NAT.insert(&rev_key, &rev_value, 0);
 
-    sa.user_ip4 = backend.addr;
-    sa.user_port = u32::from(backend.port);
+    kernel::set_sock_addr(ctx, backend.addr, backend.port);
     Ok(())
 }
 
 /// Rewrites a backend source address back to the service address the socket used.
 fn translate_reverse(ctx: &SockAddrContext) {
-    // SAFETY: the context pointer is the kernel's bpf_sock_addr for this call.
-    let sa = unsafe { &mut *ctx.sock_addr };
-    if protocol(sa).is_none() {
+    let sa = kernel::sock_addr(ctx);
+    if protocol(&sa).is_none() {
         return;
     }
-    // SAFETY: the context is a socket-carrying sock_addr context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let cookie = kernel::socket_cookie(ctx);
     let key = SockRevNatKey {
         cookie,
-        addr: sa.user_ip4,
-        port: sa.user_port as u16,
+        addr: sa.addr,
+        port: sa.port,
         _pad: 0,
     };
-    // SAFETY: the value is copied out at once; LRU updates race only with other copies.
-    if let Some(original) = unsafe { SOCK_REV_NAT.get(&key) } {
-        sa.user_ip4 = original.addr;
-        sa.user_port = u32::from(original.port);
+    if let Some(original) = maps::sock_rev_nat(&key) {
+        kernel::set_sock_addr(ctx, original.addr, original.port);
     }
 }
 
-fn protocol(sa: &bpf_sock_addr) -> Option<u8> {
-    match sa.type_ {
+fn protocol(sa: &SockAddr) -> Option<u8> {
+    match sa.sock_type {
         SOCK_STREAM if sa.protocol == u32::from(IPPROTO_TCP) || sa.protocol == 0 => {
             Some(IPPROTO_TCP)
         }

@@ -1,12 +1,8 @@
 //! TC programs on the node interfaces: `tc_ingress` finishes XDP's hand-off with
 //! `bpf_redirect_neigh`; `tc_egress` reverse-translates replies of local backends.
 
-use core::ptr::null_mut;
-
 use aya_ebpf::{
-    EbpfContext,
-    bindings::{__sk_buff, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_ktime_get_ns, generated::bpf_redirect_neigh},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
     macros::classifier,
     programs::TcContext,
 };
@@ -16,10 +12,10 @@ use crate::{
     conntrack,
     counters::{self, Direction},
     error::Error,
-    klog,
+    kernel, klog,
     nat::{rewrite_skb, rewritten},
     outcome::{Action, Path, outcome},
-    packet::{self, ETH_HLEN, IPV4_HLEN, TCP_HLEN, ptr_at},
+    packet::{self, ETH_HLEN, IPV4_HLEN, TCP_HLEN, read_at, write_at},
 };
 
 /// The most header bytes the parser reads: Ethernet, IPv4 with options, TCP without options.
@@ -27,21 +23,22 @@ const MAX_HEADERS: u32 = (ETH_HLEN + 60 + TCP_HLEN) as u32;
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
-    let skb = ctx.as_ptr().cast::<__sk_buff>();
-    // SAFETY: `skb` is the kernel's __sk_buff for this call.
-    let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
-    let Ok(meta) = ptr_at::<XdpRedirectMeta>(meta, data, 0) else {
+    let (meta, data) = kernel::skb_meta(&ctx);
+    let Ok(redirect) = read_at::<XdpRedirectMeta>(meta, data, 0) else {
         return TC_ACT_OK;
     };
-    // SAFETY: ptr_at checked that the metadata area holds a whole XdpRedirectMeta.
-    let redirect = unsafe { *meta };
     if redirect.magic != XDP_META_MAGIC {
         return TC_ACT_OK;
     }
-    // SAFETY: as above. Clear the mark so the packet is never redirected twice.
-    unsafe { (*meta).magic = 0 };
-    // SAFETY: a plain helper call; a null neighbour lets the kernel resolve the next hop.
-    let verdict = unsafe { bpf_redirect_neigh(redirect.ifindex, null_mut(), 0, 0) as i32 };
+    // Clear the mark so the packet is never redirected twice.
+    let cleared = XdpRedirectMeta {
+        magic: 0,
+        ..redirect
+    };
+    if write_at(meta, data, 0, cleared).is_err() {
+        return TC_ACT_OK;
+    }
+    let verdict = kernel::redirect_neigh(redirect.ifindex);
     counters::verdict(Hook::TcIngress, verdict as u32);
     verdict
 }
@@ -86,14 +83,12 @@ fn try_tc_egress(ctx: &TcContext) -> Result<i32, Error> {
     let Some(entry) = conntrack::lookup(&key) else {
         return Ok(TC_ACT_OK);
     };
-    // SAFETY: `entry` points at a live map value; it is copied out at once.
-    let reply = unsafe { *entry };
+    let reply = entry.get();
     // A closed flow's entry must not take over a new connection between the same endpoints.
     if reply.flags & CT_F_LOCAL == 0 || !conntrack::reply_belongs(&pkt, &key, &reply) {
         return Ok(TC_ACT_OK);
     }
-    // SAFETY: a plain helper call with no arguments.
-    conntrack::touch(entry, &pkt, unsafe { bpf_ktime_get_ns() });
+    conntrack::touch(entry, &pkt, kernel::now_ns());
     rewrite_skb(ctx, &pkt, &rewritten(&pkt.tuple, &reply))?;
     counters::traffic(
         reply.service_id,

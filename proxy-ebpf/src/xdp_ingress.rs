@@ -4,7 +4,6 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::xdp,
     programs::XdpContext,
 };
@@ -19,8 +18,8 @@ use crate::{
     counters::{self, Direction},
     error::Error,
     forward::forward,
-    klog,
-    maps::{BACKENDS, CONFIG},
+    kernel, klog,
+    maps::{self, CONFIG},
     nat::{rewrite_in_place, rewritten},
     outcome::{Action, Outcome, Path, outcome},
     packet::{self, Packet, Tuple},
@@ -102,8 +101,7 @@ fn refuse(ctx: &XdpContext, logged: bool) -> Result<u32, Error> {
 fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, Error> {
     let pkt = packet::parse(ctx.data(), ctx.data_end())?;
     // Conntrack times need no more than the tick's resolution, and the coarse clock is cheaper.
-    // SAFETY: a plain helper call with no arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = kernel::coarse_now_ns();
 
     // Only replies to the SNAT address can belong to a SNATed flow: other packets skip the
     // lookup (a hash lookup is most of a conntrack hit's cost).
@@ -112,8 +110,7 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, Error> {
     if pkt.tuple.daddr == snat_addr
         && let Some(entry) = conntrack::lookup(&reply_key)
     {
-        // SAFETY: `entry` points at a live map value; it is copied out at once.
-        let reply = unsafe { *entry };
+        let reply = entry.get();
         // A stale entry (closed flow, the SNAT tuple reused by a node process) is deleted and
         // the packet is not a reply of ours.
         if reply.flags & CT_F_SNAT != 0 && conntrack::reply_belongs(&pkt, &reply_key, &reply) {
@@ -130,10 +127,8 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, Error> {
 
     let forward_key = pkt.tuple.ct_key(CT_DIR_FORWARD);
     if let Some(entry) = conntrack::lookup(&forward_key) {
-        // SAFETY: `entry` points at a live map value; it is copied out at once.
-        let flow = unsafe { *entry };
-        // SAFETY: only the presence of the key matters.
-        if unsafe { BACKENDS.get(&flow.backend_id) }.is_some() {
+        let flow = entry.get();
+        if maps::backend(flow.backend_id).is_some() {
             conntrack::touch(entry, &pkt, now);
             let direction = Direction::In { new: false };
             counters::traffic(flow.service_id, flow.backend_id, direction, pkt.tot_len);
