@@ -156,6 +156,19 @@ fn fully_applied(state: &DesiredState) -> Snapshot {
     snapshot(&tables.contents())
 }
 
+/// Fails unless no reader saw a half-written service and `tables` hold what a full apply of
+/// `state` writes.
+fn assert_holds(tables: &MemoryTables, state: &DesiredState, seed: u64, step: usize) {
+    tables
+        .reader_violation()
+        .unwrap_or_else(|err| panic!("seed {seed} step {step}: {err:#}"));
+    assert_eq!(
+        snapshot(&tables.contents()),
+        fully_applied(state),
+        "seed {seed} step {step}: the tables differ from a full apply's"
+    );
+}
+
 #[test]
 fn incremental_applies_leave_what_a_full_apply_writes() {
     let mut written = 0;
@@ -173,14 +186,7 @@ fn incremental_applies_leave_what_a_full_apply_writes() {
                 .unwrap_or_else(|err| panic!("seed {seed} step {step}: {err:#}"));
             assert_eq!(stats.full, step == 0);
             written += stats.frontends_written + stats.frontends_removed;
-            tables
-                .reader_violation()
-                .unwrap_or_else(|err| panic!("seed {seed} step {step}: {err:#}"));
-            assert_eq!(
-                snapshot(&tables.contents()),
-                fully_applied(&state),
-                "seed {seed} step {step}: the tables differ from a full apply's"
-            );
+            assert_holds(&tables, &state, seed, step);
             random.change(&mut state);
         }
     }
@@ -226,11 +232,7 @@ fn after_running_out_of_ids_the_next_apply_converges() {
                 Ok(_) => {
                     recovered += usize::from(failing);
                     failing = false;
-                    assert_eq!(
-                        snapshot(&tables.contents()),
-                        fully_applied(&state),
-                        "seed {seed} step {step}: the tables differ from a full apply's"
-                    );
+                    assert_holds(&tables, &state, seed, step);
                 }
             }
             random.change(&mut state);
@@ -261,9 +263,6 @@ fn a_write_failing_anywhere_leaves_a_usable_view_and_the_next_apply_converges() 
             tables.fail_op(rng.random_range(1..=40));
             let result = reconciler.apply_changes(&mut tables, planner.plan(), &changes);
             tables.clear_failure();
-            tables
-                .reader_violation()
-                .unwrap_or_else(|err| panic!("seed {seed} step {step}: {err:#}"));
             if result.is_err() {
                 failed += 1;
                 let stats = reconciler
@@ -271,11 +270,7 @@ fn a_write_failing_anywhere_leaves_a_usable_view_and_the_next_apply_converges() 
                     .unwrap_or_else(|err| panic!("seed {seed} step {step}: retry: {err:#}"));
                 assert!(stats.full, "the retry after an error writes everything");
             }
-            assert_eq!(
-                snapshot(&tables.contents()),
-                fully_applied(&state),
-                "seed {seed} step {step}: the tables differ from a full apply's"
-            );
+            assert_holds(&tables, &state, seed, step);
             random.change(&mut state);
         }
     }
