@@ -1,6 +1,6 @@
 //! The connection benchmark's two halves, run by the bench as child processes inside the
 //! cluster's namespaces: `serve` (accept, read the request, answer, close: the server closes
-//! first, so TIME_WAIT stays on its side and the client's source ports are free to reuse) and
+//! first, so `TIME_WAIT` stays on its side and the client's source ports are free to reuse) and
 //! `client` (connect, request, read the answer to EOF, close, sequentially, recording each
 //! connection's latency in an HDR histogram; every connection uses a new source port).
 

@@ -30,9 +30,9 @@ use crate::{
 };
 
 /// Each variant's backend port on pod-1a: one per variant, so no variant meets the server's
-/// TIME_WAIT sockets of another. (A connection through iptables was made to the ClusterIP, so
+/// `TIME_WAIT` sockets of another. (A connection through iptables was made to the ClusterIP, so
 /// its TCP timestamp offset differs from a socket-LB connection's to the pod; a SYN reusing the
-/// 4-tuple of a TIME_WAIT socket then fails PAWS and stalls. With a shared port, the variant
+/// 4-tuple of a `TIME_WAIT` socket then fails PAWS and stalls. With a shared port, the variant
 /// measured after another lost 98% of its rate to this.)
 const IPTABLES_PORT: u16 = 9000;
 const NFT_PORT: u16 = 9002;
@@ -40,7 +40,7 @@ const SLUICE_PORT: u16 = 9004;
 /// The direct path goes to a second server port. With one port, a direct connection reusing the
 /// source port of a closed NodePort flow used to match its stale reply entry on node1's tc
 /// egress (a bug this bench found, since fixed); a separate port also keeps each path clear of
-/// the other's TIME_WAIT sockets.
+/// the other's `TIME_WAIT` sockets.
 const DIRECT_PORT: u16 = 9001;
 const FRONTEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 19, 200, 1), 80);
 const NODE_PORT: u16 = 30080;
@@ -60,9 +60,9 @@ pub struct Params {
 pub struct DaemonFootprint {
     pub services: usize,
     pub ready_secs: f64,
-    /// VmRSS after the connection runs.
+    /// `VmRSS` after the connection runs.
     pub rss_bytes: u64,
-    /// VmHWM: the peak, reached during the first sync.
+    /// `VmHWM`: the peak, reached during the first sync.
     pub peak_bytes: u64,
     /// CPU time the daemon used while the connection runs went on (it should be idle).
     pub busy_secs: f64,

@@ -1,5 +1,5 @@
 //! Packet rate of the NodePort path: a generator in the bench's own namespace sends one
-//! established TCP flow's frames to the NodePort with AF_PACKET (`sendmmsg`, batches of 64)
+//! established TCP flow's frames to the NodePort with `AF_PACKET` (`sendmmsg`, batches of 64)
 //! from the node interface's veth peer; the node interface receives them (through Sluice's
 //! XDP program when attached, native veth XDP), and the stack forwards the translated frames
 //! to the backend, routed out of a second veth whose peer drops them. What left that veth is
@@ -13,7 +13,7 @@
 //!
 //! Sender and receiver share the machine's CPUs, so the rate is of the whole path, sender
 //! included, and ratios against the floor understate per-packet differences. (XDP live frames
-//! through BPF_PROG_TEST_RUN were tried first: the kernel recycles pages the stack has already
+//! through `BPF_PROG_TEST_RUN` were tried first: the kernel recycles pages the stack has already
 //! rewritten — MAC, TTL, NAT — so later frames are not the template, and most are dropped.)
 //! Every variant gets a fresh namespace and its own floor measured there right before it.
 
@@ -114,7 +114,7 @@ fn frame(to: SocketAddrV4) -> Vec<u8> {
     .build()
 }
 
-/// An AF_PACKET socket sending on `ifname` of the current namespace.
+/// An `AF_PACKET` socket sending on `ifname` of the current namespace.
 struct Sender {
     fd: std::os::fd::OwnedFd,
 }

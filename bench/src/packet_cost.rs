@@ -1,5 +1,5 @@
-//! Per-packet cost of `xdp_ingress` for a NodePort, through BPF_PROG_TEST_RUN, against an empty
-//! XDP_PASS program run in the same process, back to back.
+//! Per-packet cost of `xdp_ingress` for a NodePort, through `BPF_PROG_TEST_RUN`, against an empty
+//! `XDP_PASS` program run in the same process, back to back.
 //!
 //! Two methods, because a test run re-runs the program on the *same* buffer without restoring
 //! it, and a conntrack miss creates the entry the next run hits:

@@ -1,4 +1,4 @@
-//! PNG plots with plotters' bitmap backend. Text is drawn with ab_glyph from DejaVu Sans
+//! PNG plots with plotters' bitmap backend. Text is drawn with `ab_glyph` from DejaVu Sans
 //! (Debian's fonts-dejavu-core), registered at run time: no fontconfig or freetype needed.
 
 use std::path::Path;

@@ -4,7 +4,7 @@
 //!
 //! Sluice is measured two ways: the daemon's own path (`Planner::update` +
 //! `Reconciler::apply_changes`, one bpf(2) call per map entry) and the same entries written
-//! with BPF_MAP_UPDATE_BATCH in the same order (backends, slots, heads), which is what batching
+//! with `BPF_MAP_UPDATE_BATCH` in the same order (backends, slots, heads), which is what batching
 //! would give the daemon.
 
 use std::{
@@ -376,7 +376,7 @@ fn timed(argv: &[&str], input: &str, timeout: Duration) -> Result<Option<f64>> {
     }
 }
 
-/// Writes a plan into empty maps with one BPF_MAP_UPDATE_BATCH per map and stage.
+/// Writes a plan into empty maps with one `BPF_MAP_UPDATE_BATCH` per map and stage.
 fn apply_batched(loaded: &Loaded, plan: &Plan) -> Result<()> {
     let mut ids = BTreeMap::new();
     let (mut bkeys, mut bvalues) = (Vec::new(), Vec::new());

@@ -48,7 +48,7 @@ fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
     }
 }
 
-/// What one BPF_PROG_TEST_RUN returned.
+/// What one `BPF_PROG_TEST_RUN` returned.
 #[derive(Clone, Copy, Debug)]
 pub struct TestRun {
     pub retval: u32,

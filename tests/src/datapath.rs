@@ -1,5 +1,5 @@
 //! The packet-test fixture: the eBPF object loaded in a fresh network namespace with a fixed
-//! veth topology, run on crafted frames through BPF_PROG_TEST_RUN, checked Katran-style
+//! veth topology, run on crafted frames through `BPF_PROG_TEST_RUN`, checked Katran-style
 //! ({description, input, expected verdict, expected output}).
 //!
 //! Topology: the node interface `sl0` (`NODE_MAC`, 198.18.0.1/24) with its veth peer `sl1`
@@ -455,7 +455,7 @@ where
         .unwrap_or_else(|err| panic!("program {name} has an unexpected type: {err:?}"))
 }
 
-/// A `struct xdp_md` for BPF_PROG_TEST_RUN: the frame with no metadata, received on `ifindex`.
+/// A `struct xdp_md` for `BPF_PROG_TEST_RUN`: the frame with no metadata, received on `ifindex`.
 pub fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
     let fields = [
         0,

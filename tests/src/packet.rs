@@ -11,7 +11,7 @@ pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const ETH_HLEN: usize = 14;
 
-/// IPv4 "don't fragment" and "more fragments" flags (host order, in the frag_off word).
+/// IPv4 "don't fragment" and "more fragments" flags (host order, in the `frag_off` word).
 pub const IP_DF: u16 = 0x4000;
 pub const IP_MF: u16 = 0x2000;
 

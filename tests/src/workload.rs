@@ -172,8 +172,8 @@ impl Cluster {
         self.run_requests(from, proto, target, count, timeout, &[])
     }
 
-    /// One TCP request from local port `source_port` (bound with SO_REUSEADDR, so it can be
-    /// reused while an earlier connection from it waits in TIME_WAIT).
+    /// One TCP request from local port `source_port` (bound with `SO_REUSEADDR`, so it can be
+    /// reused while an earlier connection from it waits in `TIME_WAIT`).
     pub fn request_from_port(
         &self,
         from: Place<'_>,

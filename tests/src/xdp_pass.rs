@@ -1,7 +1,7 @@
-//! A minimal XDP_PASS program, loaded with bpf(2) and pinned, for the underlay's bridge ports.
+//! A minimal `XDP_PASS` program, loaded with bpf(2) and pinned, for the underlay's bridge ports.
 //!
-//! XDP_TX out of a veth only arrives when the peer veth has an XDP program (TOOLCHAIN.md), so
-//! tests of the XDP_TX path put this one on the bridge side of the node's eth0.
+//! `XDP_TX` out of a veth only arrives when the peer veth has an XDP program (TOOLCHAIN.md), so
+//! tests of the `XDP_TX` path put this one on the bridge side of the node's eth0.
 
 use anyhow::{Context, Result};
 use std::ffi::CString;
@@ -22,7 +22,7 @@ struct Insn {
     imm: i32,
 }
 
-/// The leading fields of `union bpf_attr` for BPF_PROG_LOAD; the kernel zero-fills the rest.
+/// The leading fields of `union bpf_attr` for `BPF_PROG_LOAD`; the kernel zero-fills the rest.
 #[repr(C)]
 struct ProgLoadAttr {
     prog_type: u32,

@@ -1,9 +1,9 @@
-//! Session affinity on the packet path, through BPF_PROG_TEST_RUN of `xdp_ingress`: a hit
+//! Session affinity on the packet path, through `BPF_PROG_TEST_RUN` of `xdp_ingress`: a hit
 //! sends new flows to the remembered backend and refreshes it, a miss remembers the random
 //! choice, an expired entry or one whose backend left the service is not used, and a service
 //! without affinity neither uses nor writes entries. Needs root.
 //!
-//! Entries are written straight into `AFFINITY_V1`, with timestamps on CLOCK_MONOTONIC (the
+//! Entries are written straight into `AFFINITY_V1`, with timestamps on `CLOCK_MONOTONIC` (the
 //! clock of `bpf_ktime_get_ns`), so expiry needs no waiting.
 
 use std::{collections::BTreeSet, net::SocketAddrV4};

@@ -1,4 +1,4 @@
-//! Packet tests of the XDP and TC programs through BPF_PROG_TEST_RUN: crafted frames in,
+//! Packet tests of the XDP and TC programs through `BPF_PROG_TEST_RUN`: crafted frames in,
 //! verdict and exact output bytes checked (Katran-style tables), conntrack inspected.
 //!
 //! Each test runs in its own network namespace (a veth topology with fixed addresses and

@@ -17,7 +17,7 @@
 //! `NAME PEER LOCAL REMOTE` (REMOTE: where the client saw the answer come from) or
 //! `error: KIND: message`, KIND one of refused, timeout, reset, unreachable, eof, other.
 //! With `--source-port` (TCP only) every connection binds that local port first, with
-//! SO_REUSEADDR, so a test can reuse one client port across destinations.
+//! `SO_REUSEADDR`, so a test can reuse one client port across destinations.
 //!
 //! `hold` opens one TCP connection, prints the greeting and the `hold` acknowledgement, then
 //! for each stdin line sends it and prints the answer; it exits on stdin EOF or on error.
@@ -332,8 +332,8 @@ fn tcp_once(addr: SocketAddr, timeout: Duration, source_port: u16) -> io::Result
     Ok(format!("{answer} {remote}"))
 }
 
-/// A TCP connection from local port `port`. SO_REUSEADDR lets the port be bound again while
-/// an earlier connection from it to another destination is still in TIME_WAIT.
+/// A TCP connection from local port `port`. `SO_REUSEADDR` lets the port be bound again while
+/// an earlier connection from it to another destination is still in `TIME_WAIT`.
 fn connect_from_port(addr: SocketAddr, timeout: Duration, port: u16) -> io::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
     let (domain, local) = if addr.is_ipv4() {

@@ -1,7 +1,7 @@
 //! Socket termination: after a sync, destroys the connected UDP sockets the socket LB sent to a
 //! backend that no frontend uses any more, so clients reconnect instead of sending into a void.
 //!
-//! A connected UDP socket is translated once, at connect(); its later sends pass no hook. When
+//! A connected UDP socket is translated once, at `connect()`; its later sends pass no hook. When
 //! its backend goes, kube-proxy would flush the UDP conntrack entries; Sluice has none to flush
 //! on this path, so it does what Cilium's socket LB does: it walks the UDP sockets with a BPF
 //! iterator and calls `bpf_sock_destroy` on the ones connected to the removed backend whose
