@@ -59,14 +59,16 @@ fn machine() -> String {
             .args(&argv[1..])
             .output()
             .ok()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned()
-            })
-            .unwrap_or_else(|| "not installed".into())
+            .map_or_else(
+                || "not installed".into(),
+                |o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned()
+                },
+            )
     };
     format!(
         "| | |\n|---|---|\n| CPU | {cpu} |\n| cores (nproc) | {nproc} |\n| memory | {mem} |\n\

@@ -20,7 +20,7 @@ impl Samples {
         match v.len() {
             0 => f64::NAN,
             n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+            n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
         }
     }
 

@@ -37,7 +37,7 @@ fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            attr as *mut Attr,
+            std::ptr::from_mut::<Attr>(attr),
             size_of::<Attr>() as libc::c_uint,
         )
     };

@@ -294,12 +294,11 @@ fn cgroup2_root() -> Result<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/mounts")?;
     mounts
         .lines()
-        .filter_map(|line| {
+        .find_map(|line| {
             let mut fields = line.split_whitespace();
             let (_, path, fstype) = (fields.next()?, fields.next()?, fields.next()?);
             (fstype == "cgroup2").then(|| PathBuf::from(path))
         })
-        .next()
         .ok_or_else(|| {
             anyhow::anyhow!(
                 "no cgroup v2 mount in /proc/mounts: mount one (`mount -t cgroup2 none \

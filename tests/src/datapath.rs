@@ -410,16 +410,15 @@ impl Datapath {
             Expect::Redirect { ifindex, frame } => (redirect_meta(*ifindex), frame),
         };
         assert_eq!(run.meta, meta, "{what}: XDP metadata");
-        if run.frame != expected {
-            panic!(
-                "{what}: output bytes differ\n got:      {}\n expected: {}\n got parsed: {:?}\n \
-                 expected parsed: {:?}",
-                hex(&run.frame),
-                hex(expected),
-                packet::parse(&run.frame),
-                packet::parse(expected),
-            );
-        }
+        assert!(
+            run.frame == expected,
+            "{what}: output bytes differ\n got:      {}\n expected: {}\n got parsed: {:?}\n \
+             expected parsed: {:?}",
+            hex(&run.frame),
+            hex(expected),
+            packet::parse(&run.frame),
+            packet::parse(expected),
+        );
         if !matches!(case.output, Expect::Unchanged)
             && let Err(err) = packet::parse(&run.frame)
         {

@@ -309,7 +309,7 @@ impl Child {
                 };
                 let ms = left.as_millis().min(i32::MAX as u128) as i32;
                 // SAFETY: one valid pollfd.
-                let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+                let r = unsafe { libc::poll(&raw mut pfd, 1, ms) };
                 if r < 0
                     && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
                 {

@@ -212,13 +212,11 @@ impl SluiceDaemon {
         let Some(child) = self.child.as_mut() else {
             return false;
         };
-        match child.try_wait() {
-            Ok(None) => true,
-            _ => {
-                self.exited = self.child.take();
-                false
-            }
+        if matches!(child.try_wait(), Ok(None)) {
+            return true;
         }
+        self.exited = self.child.take();
+        false
     }
 
     fn latest(&self) -> Option<&Child> {

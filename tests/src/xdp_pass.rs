@@ -50,7 +50,7 @@ fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<i32> {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            attr as *const T,
+            std::ptr::from_ref::<T>(attr),
             std::mem::size_of::<T>() as u32,
         )
     };

@@ -543,7 +543,7 @@ fn exits_within(pidfd: &OwnedFd, timeout: Duration) -> bool {
         revents: 0,
     };
     // SAFETY: one valid pollfd.
-    let ready = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+    let ready = unsafe { libc::poll(&raw mut pfd, 1, timeout.as_millis() as i32) };
     assert!(ready >= 0, "poll: {}", std::io::Error::last_os_error());
     ready == 1
 }

@@ -41,7 +41,7 @@ pub struct AffinityRow {
 /// Reads every affinity entry, sorted by service, client kind and client.
 pub fn read(maps: &Maps) -> Result<Vec<AffinityRow>> {
     let mut frontends: HashMap<u32, (ServiceKey, ServiceValue)> = HashMap::new();
-    for entry in maps.services.iter() {
+    for entry in &maps.services {
         let (key, value) = entry.context("read the services map")?;
         if key.slot == 0 {
             frontends.insert(value.service_id, (key, value));
@@ -49,7 +49,7 @@ pub fn read(maps: &Maps) -> Result<Vec<AffinityRow>> {
     }
     let now = monotonic_ns();
     let mut rows = Vec::new();
-    for entry in maps.affinity.iter() {
+    for entry in &maps.affinity {
         let (key, value): (AffinityKey, AffinityValue) = entry.context("read the affinity map")?;
         let frontend = frontends.get(&key.service_id);
         let timeout = frontend.map_or(0, |(_, service)| service.affinity_timeout);

@@ -38,7 +38,7 @@ pub struct Filter {
 pub fn read(maps: &Maps, filter: &Filter) -> Result<Vec<FlowRow>> {
     let now = monotonic_ns();
     let mut rows = Vec::new();
-    for entry in maps.conntrack.iter() {
+    for entry in &maps.conntrack {
         let (key, flow): (CtKey, CtEntry) = entry?;
         // Each flow has one forward entry; the reply entry only mirrors it.
         if key.dir != CT_DIR_FORWARD {

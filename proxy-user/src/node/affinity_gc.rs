@@ -138,7 +138,7 @@ pub fn collect(
     let now = monotonic_ns();
     let mut stats = GcStats::default();
     let mut stale = Vec::new();
-    for entry in maps.affinity.iter() {
+    for entry in &maps.affinity {
         let (key, value) = entry.context("read the affinity map")?;
         if is_stale(
             &key,

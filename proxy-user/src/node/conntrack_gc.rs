@@ -28,7 +28,7 @@ pub struct CtTimeouts {
 impl Default for CtTimeouts {
     fn default() -> Self {
         Self {
-            tcp_established: Duration::from_secs(24 * 3600),
+            tcp_established: Duration::from_hours(24),
             tcp_closing: Duration::from_secs(10),
             tcp_syn: Duration::from_secs(60),
             udp: Duration::from_secs(120),

@@ -443,13 +443,12 @@ impl Reconciler {
             flags,
             _pad: 0,
         };
-        let id = match self.backend_ids.get(&addr) {
-            Some(&id) => id,
-            None => {
-                let id = self.allocate_backend_id()?;
-                self.backend_ids.insert(addr, id);
-                id
-            }
+        let id = if let Some(&id) = self.backend_ids.get(&addr) {
+            id
+        } else {
+            let id = self.allocate_backend_id()?;
+            self.backend_ids.insert(addr, id);
+            id
         };
         if !self.backends.contains_key(&id) {
             // Counters start with the backend: a reused id never inherits old traffic.

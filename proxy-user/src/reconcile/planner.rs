@@ -200,11 +200,11 @@ impl Planner {
             let at = position(claims, service).unwrap_or_else(|at| at);
             claims.insert(at, service.clone());
             if claims.len() > 1 {
-                let other = &claims[if at == 0 { 1 } else { 0 }].name;
+                // The new claim sorts first (and wins) or after the one already kept.
                 let (kept, ignored) = if at == 0 {
-                    (&service.name, other)
+                    (&service.name, &claims[1].name)
                 } else {
-                    (other, &service.name)
+                    (&claims[0].name, &service.name)
                 };
                 tracing::warn!(
                     frontend = ?frontend,

@@ -143,7 +143,7 @@ fn term_key(backend: &BackendAddr) -> SockTermKey {
 
 fn udp_backends_in_maps(maps: &Maps) -> Result<BTreeSet<BackendAddr>> {
     let mut ids = BTreeSet::new();
-    for entry in maps.services.iter() {
+    for entry in &maps.services {
         let (key, value) = entry.context("read the services map")?;
         if key.proto == IPPROTO_UDP && key.slot != 0 {
             ids.insert(value.backend_id);

@@ -64,7 +64,7 @@ pub(crate) fn port_endpoints(
     match source {
         Source::Slices(slices) => {
             let mut matched = false;
-            for slice in slices.iter() {
+            for slice in *slices {
                 let Some(found) = matching_port(&slice.ports, port) else {
                     continue;
                 };

@@ -579,7 +579,7 @@ fn conflicting_claims_are_errors_and_the_later_service_is_not_programmed() {
 
     let problems = validate_dir(dir.path(), &ManifestOptions::default());
     let errors: Vec<_> = problems.iter().filter(|p| p.is_error()).collect();
-    let shown: Vec<_> = errors.iter().map(|e| e.to_string()).collect();
+    let shown: Vec<_> = errors.iter().map(ToString::to_string).collect();
     assert_eq!(errors.len(), 3, "{shown:#?}");
     assert_eq!(
         (errors[0].document, errors[0].field.as_deref()),
@@ -628,7 +628,7 @@ fn validate_dir_collects_every_file() {
     let errors: Vec<_> = problems
         .iter()
         .filter(|p| p.is_error())
-        .map(|p| p.to_string())
+        .map(ToString::to_string)
         .collect();
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(errors[0].contains("a.yaml: document 1 (Service default/a): spec.ports[0].port"));

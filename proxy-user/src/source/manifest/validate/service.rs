@@ -325,13 +325,14 @@ fn check_target_port(
     match target {
         None => port.map(TargetPort::Number),
         Some(IntOrString::Int(0)) => port.map(TargetPort::Number),
-        Some(IntOrString::Int(value)) => match u16::try_from(*value) {
-            Ok(target) => Some(TargetPort::Number(target)),
-            Err(_) => {
+        Some(IntOrString::Int(value)) => {
+            if let Ok(target) = u16::try_from(*value) {
+                Some(TargetPort::Number(target))
+            } else {
                 p.error(field, format!("{EXPECTED}, got {value}"));
                 None
             }
-        },
+        }
         Some(IntOrString::String(name)) if is_port_name(name) => {
             Some(TargetPort::Name(name.clone()))
         }
