@@ -228,7 +228,10 @@ fn switching_affinity_off_spreads_and_back_on_sticks_again() {
         node1_ip,
         STICKY_NODE_PORT_TCP,
     );
-    assert!(!entries(&scenario, "node1", STICKY).is_empty());
+    assert!(
+        !entries(&scenario, "node1", STICKY).is_empty(),
+        "node1 has affinity entries for the sticky service"
+    );
 
     // Off: the entries go at once and connections spread.
     scenario.manifests.write("sticky.yaml", &sticky_yaml(None));

@@ -5,7 +5,7 @@
 //! timeouts follow what kube-proxy sets for netfilter: established TCP 24 h, closing TCP
 //! (FIN or RST seen) 10 s, a SYN without answer 60 s, UDP 120 s.
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{collections::HashMap, hash::BuildHasher, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
 use proxy_common::{
@@ -54,7 +54,7 @@ impl CtTimeouts {
 /// direction counts, the closing state of either), flows whose backend is gone, and reply
 /// entries whose forward entry the LRU already evicted.
 pub fn expired_keys(
-    entries: &HashMap<CtKey, CtEntry>,
+    entries: &HashMap<CtKey, CtEntry, impl BuildHasher>,
     backend_exists: impl Fn(u32) -> bool,
     timeouts: &CtTimeouts,
     now_ns: u64,

@@ -84,7 +84,7 @@ fn terminate(
     cgroup: &Path,
     backends: &[BackendAddr],
 ) -> Result<u64> {
-    let keys: Vec<SockTermKey> = backends.iter().map(term_key).collect();
+    let keys: Vec<SockTermKey> = backends.iter().copied().map(term_key).collect();
     for key in &keys {
         program
             .targets
@@ -133,7 +133,7 @@ fn log_destroyed(record: &SockTermRecord, netns: u64) {
     );
 }
 
-fn term_key(backend: &BackendAddr) -> SockTermKey {
+fn term_key(backend: BackendAddr) -> SockTermKey {
     SockTermKey {
         addr: ip_to_net(backend.addr),
         port: port_to_net(backend.port),

@@ -97,7 +97,6 @@ impl Pending {
 impl Reconciler {
     /// Writes the pending backends and their counters.
     pub(super) fn flush_backends(
-        &self,
         maps: &mut dyn ServiceTables,
         pending: &mut Pending,
     ) -> Result<()> {

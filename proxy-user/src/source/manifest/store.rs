@@ -171,7 +171,7 @@ impl ManifestStore {
     /// An unreadable file: keep everything it had.
     fn keep_all(&mut self, path: &Path, problems: Vec<ManifestError>) -> FileReport {
         let entry = self.entry(path);
-        entry.problems = problems.clone();
+        entry.problems.clone_from(&problems);
         FileReport {
             file: path.to_path_buf(),
             problems,

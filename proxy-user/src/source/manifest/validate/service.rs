@@ -323,8 +323,7 @@ fn check_target_port(
 ) -> Option<TargetPort> {
     const EXPECTED: &str = "expected an integer 1-65535 or an IANA port name";
     match target {
-        None => port.map(TargetPort::Number),
-        Some(IntOrString::Int(0)) => port.map(TargetPort::Number),
+        None | Some(IntOrString::Int(0)) => port.map(TargetPort::Number),
         Some(IntOrString::Int(value)) => {
             if let Ok(target) = u16::try_from(*value) {
                 Some(TargetPort::Number(target))
