@@ -12,6 +12,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+/// A latency in whole microseconds (saturating: u64 holds half a million years of them).
+fn micros(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
+}
+
 pub fn serve(port: u16) -> Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("bind :{port}"))?;
     println!("ready");
@@ -44,7 +49,7 @@ pub fn client(target: SocketAddr, millis: u64) -> Result<()> {
     while started.elapsed() < deadline {
         let t = Instant::now();
         match one(target, &mut buf) {
-            Ok(()) => histogram.record((t.elapsed().as_micros() as u64).max(1))?,
+            Ok(()) => histogram.record(micros(t.elapsed()).max(1))?,
             Err(_) => errors += 1,
         }
         if errors > 1000 && histogram.is_empty() {
