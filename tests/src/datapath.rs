@@ -6,6 +6,7 @@
 //! (`PEER_MAC`), and a second link `sl2` (198.18.2.1/24). The client and two next hops are
 //! permanent neighbours, so every FIB lookup has one answer.
 
+use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::{
@@ -482,5 +483,9 @@ pub fn mac(mac: Mac) -> String {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    let mut out = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
 }

@@ -90,6 +90,7 @@ impl DaemonConfig {
 
 impl DaemonConfig {
     /// Cluster mode: `--kubeconfig PATH` in place of `--manifests DIR`.
+    #[must_use]
     pub fn with_kubeconfig(mut self, kubeconfig: &Path) -> DaemonConfig {
         let at = self
             .args

@@ -102,8 +102,10 @@ pub struct Cluster {
 
 impl Cluster {
     /// Builds the topology; panics with the reason if anything fails (after cleaning up).
-    // Not `Default`: building a cluster creates namespaces and mounts; keep that explicit.
-    #[allow(clippy::new_without_default)]
+    #[expect(
+        clippy::new_without_default,
+        reason = "building a cluster creates namespaces and mounts: keep that explicit"
+    )]
     pub fn new() -> Cluster {
         Self::try_new().unwrap_or_else(|e| panic!("building the test cluster: {e:#}"))
     }

@@ -44,6 +44,10 @@ struct ObjPinAttr {
     file_flags: u32,
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "`T` is a bpf_attr prefix, a few dozen bytes; bpf(2) returns an fd, an int, as a long"
+)]
 fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<i32> {
     // SAFETY: bpf(2) with a properly sized, initialised attr that outlives the call.
     let r = unsafe {
@@ -84,7 +88,7 @@ pub fn load_and_pin(path: &Path) -> Result<()> {
     prog_name[..9].copy_from_slice(b"xdp_pass\0");
     let attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_XDP,
-        insn_cnt: insns.len() as u32,
+        insn_cnt: u32::try_from(insns.len()).expect("two instructions"),
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         log_level: 0,
@@ -100,7 +104,7 @@ pub fn load_and_pin(path: &Path) -> Result<()> {
     let pathname = CString::new(path.as_os_str().as_bytes())?;
     let pin = ObjPinAttr {
         pathname: pathname.as_ptr() as u64,
-        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
+        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd).cast_unsigned(),
         file_flags: 0,
     };
     bpf(BPF_OBJ_PIN, &pin).with_context(|| format!("pinning XDP_PASS at {}", path.display()))?;

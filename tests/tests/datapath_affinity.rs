@@ -46,7 +46,8 @@ fn monotonic_ns() -> u64 {
     };
     // SAFETY: `ts` is a valid timespec to write.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    ts.tv_sec as u64 * NANOS_PER_SEC + ts.tv_nsec as u64
+    // CLOCK_MONOTONIC is never negative.
+    ts.tv_sec.cast_unsigned() * NANOS_PER_SEC + ts.tv_nsec.cast_unsigned()
 }
 
 fn client_key() -> AffinityKey {
@@ -251,7 +252,7 @@ fn an_entry_whose_backend_left_the_service_is_not_used() {
         remember(&mut dp, stray, monotonic_ns());
         new_flow_to(
             &mut dp,
-            41000 + stray as u16,
+            41000 + u16::try_from(stray).expect("a small id"),
             addr(A),
             "not a slot: not used",
         );

@@ -539,6 +539,10 @@ fn arp_frame() -> Vec<u8> {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one case per kind of foreign traffic"
+)]
 fn traffic_that_is_not_ours_passes_untouched() {
     let mut dp = datapath(CONFIG_F_XDP_TX);
     let service = sock(CLUSTER_IP, 80);

@@ -191,11 +191,11 @@ fn serve(name: &str, tcp: &[u16], udp: &[u16]) -> Result<ExitCode, String> {
     let mut threads = Vec::new();
     for listener in listeners {
         let name = name.clone();
-        threads.push(thread::spawn(move || accept_loop(listener, name)));
+        threads.push(thread::spawn(move || accept_loop(&listener, &name)));
     }
     for socket in sockets {
         let name = name.clone();
-        threads.push(thread::spawn(move || udp_loop(socket, name)));
+        threads.push(thread::spawn(move || udp_loop(&socket, &name)));
     }
     for t in threads {
         let _ = t.join();
@@ -203,7 +203,7 @@ fn serve(name: &str, tcp: &[u16], udp: &[u16]) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn accept_loop(listener: TcpListener, name: Arc<str>) {
+fn accept_loop(listener: &TcpListener, name: &Arc<str>) {
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
@@ -250,7 +250,7 @@ fn tcp_session(stream: &TcpStream, name: &str) -> io::Result<()> {
     }
 }
 
-fn udp_loop(socket: UdpSocket, name: Arc<str>) {
+fn udp_loop(socket: &UdpSocket, name: &Arc<str>) {
     let local = match socket.local_addr() {
         Ok(a) => a,
         Err(e) => {
