@@ -1,6 +1,6 @@
 //! The connection benchmark's two halves, run by the bench as child processes inside the
 //! cluster's namespaces: `serve` (accept, read the request, answer, close: the server closes
-//! first, so TIME_WAIT stays on its side and the client's source ports are free to reuse) and
+//! first, so `TIME_WAIT` stays on its side and the client's source ports are free to reuse) and
 //! `client` (connect, request, read the answer to EOF, close, sequentially, recording each
 //! connection's latency in an HDR histogram; every connection uses a new source port).
 
@@ -11,6 +11,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+
+/// A latency in whole microseconds (saturating: u64 holds half a million years of them).
+fn micros(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
+}
 
 pub fn serve(port: u16) -> Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("bind :{port}"))?;
@@ -44,7 +49,7 @@ pub fn client(target: SocketAddr, millis: u64) -> Result<()> {
     while started.elapsed() < deadline {
         let t = Instant::now();
         match one(target, &mut buf) {
-            Ok(()) => histogram.record((t.elapsed().as_micros() as u64).max(1))?,
+            Ok(()) => histogram.record(micros(t.elapsed()).max(1))?,
             Err(_) => errors += 1,
         }
         if errors > 1000 && histogram.is_empty() {

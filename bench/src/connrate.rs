@@ -26,13 +26,13 @@ use proxy_tests::{Cluster, Place, SluiceDaemon, manifests::ManifestDir, sluice::
 use crate::{
     fixture::{cluster_frontend, pod_addr},
     plot, rules,
-    stats::{Samples, ratio},
+    stats::{Samples, mib, ratio},
 };
 
 /// Each variant's backend port on pod-1a: one per variant, so no variant meets the server's
-/// TIME_WAIT sockets of another. (A connection through iptables was made to the ClusterIP, so
+/// `TIME_WAIT` sockets of another. (A connection through iptables was made to the ClusterIP, so
 /// its TCP timestamp offset differs from a socket-LB connection's to the pod; a SYN reusing the
-/// 4-tuple of a TIME_WAIT socket then fails PAWS and stalls. With a shared port, the variant
+/// 4-tuple of a `TIME_WAIT` socket then fails PAWS and stalls. With a shared port, the variant
 /// measured after another lost 98% of its rate to this.)
 const IPTABLES_PORT: u16 = 9000;
 const NFT_PORT: u16 = 9002;
@@ -40,7 +40,7 @@ const SLUICE_PORT: u16 = 9004;
 /// The direct path goes to a second server port. With one port, a direct connection reusing the
 /// source port of a closed NodePort flow used to match its stale reply entry on node1's tc
 /// egress (a bug this bench found, since fixed); a separate port also keeps each path clear of
-/// the other's TIME_WAIT sockets.
+/// the other's `TIME_WAIT` sockets.
 const DIRECT_PORT: u16 = 9001;
 const FRONTEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 19, 200, 1), 80);
 const NODE_PORT: u16 = 30080;
@@ -60,9 +60,9 @@ pub struct Params {
 pub struct DaemonFootprint {
     pub services: usize,
     pub ready_secs: f64,
-    /// VmRSS after the connection runs.
+    /// `VmRSS` after the connection runs.
     pub rss_bytes: u64,
-    /// VmHWM: the peak, reached during the first sync.
+    /// `VmHWM`: the peak, reached during the first sync.
     pub peak_bytes: u64,
     /// CPU time the daemon used while the connection runs went on (it should be idle).
     pub busy_secs: f64,
@@ -162,7 +162,7 @@ impl Bench<'_> {
             rate: num("count") / num("secs"),
             p50: num("p50"),
             p99: num("p99"),
-            errors: num("errors") as u64,
+            errors: json["errors"].as_u64().unwrap_or(0),
         })
     }
 
@@ -287,6 +287,43 @@ fn manifests(services: usize) -> String {
     out
 }
 
+/// kube-proxy's iptables rules for `svc_count` services, then the measured one last.
+fn iptables_with_measured(svc_count: usize) -> String {
+    let mut ipt = rules::iptables(svc_count, 2, None);
+    let measured = ":KUBE-SVC-MEASURED - [0:0]\n:KUBE-SEP-MEASURED - [0:0]\n";
+    ipt = ipt.replacen("*nat\n", &format!("*nat\n{measured}"), 1);
+    ipt.replacen(
+        "COMMIT\n",
+        &format!(
+            "-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport {} -j KUBE-SVC-MEASURED\n\
+             -A KUBE-SVC-MEASURED -j KUBE-SEP-MEASURED\n\
+             -A KUBE-SEP-MEASURED -p tcp -m tcp -j DNAT --to-destination {POD_1A}:{IPTABLES_PORT}\n\
+             COMMIT\n",
+            FRONTEND.ip(),
+            FRONTEND.port()
+        ),
+        1,
+    )
+}
+
+/// kube-proxy's nftables table for `svc_count` services, then the measured one.
+fn nft_with_measured(svc_count: usize) -> String {
+    let mut nft = rules::nft(svc_count, 2);
+    let _ = writeln!(
+        nft,
+        "add chain ip kube-proxy service-measured\n\
+         add rule ip kube-proxy service-measured meta l4proto tcp dnat to {POD_1A}:{NFT_PORT}\n\
+         add element ip kube-proxy service-ips {{ {} . tcp . {} : goto service-measured }}",
+        FRONTEND.ip(),
+        FRONTEND.port()
+    );
+    nft
+}
+
+#[expect(
+    clippy::too_many_lines,
+    reason = "per size one cluster, in which iptables, nftables and Sluice are measured in turn"
+)]
 pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
@@ -317,24 +354,9 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
         let dir = tempdir("rules")?;
         let svc_count = services.saturating_sub(1);
 
-        // kube-proxy iptables: N-1 services, then the measured one last.
-        let mut ipt = rules::iptables(svc_count, 2, None);
-        let measured = ":KUBE-SVC-MEASURED - [0:0]\n:KUBE-SEP-MEASURED - [0:0]\n";
-        ipt = ipt.replacen("*nat\n", &format!("*nat\n{measured}"), 1);
-        ipt = ipt.replacen(
-            "COMMIT\n",
-            &format!(
-                "-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport {} -j KUBE-SVC-MEASURED\n\
-                 -A KUBE-SVC-MEASURED -j KUBE-SEP-MEASURED\n\
-                 -A KUBE-SEP-MEASURED -p tcp -m tcp -j DNAT --to-destination {POD_1A}:{IPTABLES_PORT}\n\
-                 COMMIT\n",
-                FRONTEND.ip(),
-                FRONTEND.port()
-            ),
-            1,
-        );
+        // kube-proxy iptables.
         let path = dir.join("iptables.rules");
-        std::fs::write(&path, ipt)?;
+        std::fs::write(&path, iptables_with_measured(svc_count))?;
         let clean = bench.clean(params.rounds)?;
         // `-w` would take the next word as its wait time: the file goes first.
         node1(
@@ -351,17 +373,8 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
         node1(&cluster, &["nft", "flush", "ruleset"])?;
 
         // kube-proxy nftables.
-        let mut nft = rules::nft(svc_count, 2);
-        let _ = writeln!(
-            nft,
-            "add chain ip kube-proxy service-measured\n\
-             add rule ip kube-proxy service-measured meta l4proto tcp dnat to {POD_1A}:{NFT_PORT}\n\
-             add element ip kube-proxy service-ips {{ {} . tcp . {} : goto service-measured }}",
-            FRONTEND.ip(),
-            FRONTEND.port()
-        );
         let path = dir.join("nft.rules");
-        std::fs::write(&path, nft)?;
+        std::fs::write(&path, nft_with_measured(svc_count))?;
         let clean = bench.clean(params.rounds)?;
         node1(&cluster, &["nft", "-f", path.to_str().context("path")?])?;
         rows.extend(bench.pairs(
@@ -407,8 +420,8 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
         log(&format!(
             "connrate: sluice with {services} services: RSS {:.1} MiB, peak {:.1} MiB, \
              {:.2} s CPU during the runs",
-            footprint.rss_bytes as f64 / 1048576.0,
-            footprint.peak_bytes as f64 / 1048576.0,
+            mib(footprint.rss_bytes),
+            mib(footprint.peak_bytes),
             footprint.busy_secs
         ));
         daemons.push(footprint);
@@ -447,7 +460,8 @@ fn proc_cpu_secs(pid: u32) -> Result<f64> {
     };
     // utime and stime are fields 14 and 15, i.e. 11 and 12 after the command name.
     // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = f64::from(u32::try_from(hz).context("sysconf(_SC_CLK_TCK)")?);
     Ok((ticks(11)? + ticks(12)?) / hz)
 }
 

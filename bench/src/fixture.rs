@@ -25,12 +25,20 @@ pub const IPPROTO_TCP: u8 = 6;
 
 /// The measured NodePort is service 0; services 1.. are ClusterIPs that only fill the tables.
 /// The cluster IP of service `i` (198.19.0.0/16, port 80 + i / 65536).
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the host part is `% 65_536`; the port part stays small for any table that fits"
+)]
 pub fn cluster_frontend(i: usize) -> SocketAddrV4 {
     let ip = u32::from(Ipv4Addr::new(198, 19, 0, 0)) + (i % 65_536) as u32;
     SocketAddrV4::new(Ipv4Addr::from(ip), 80 + (i / 65_536) as u16)
 }
 
 /// Pod address of backend `k` (198.18.128.0/17).
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the host part is `% 32_768`; the port part stays small for any table that fits"
+)]
 pub fn pod_addr(k: usize) -> SocketAddrV4 {
     let ip = u32::from(Ipv4Addr::new(198, 18, 128, 0)) + (k % 32_768) as u32;
     SocketAddrV4::new(Ipv4Addr::from(ip), 8080 + (k / 32_768) as u16)
@@ -48,20 +56,24 @@ pub struct Loaded {
 }
 
 /// Map sizes for `services` services of `endpoints` endpoints each, and `flows` conntrack flows.
-pub fn sizes(services: usize, endpoints: usize, flows: usize) -> [(&'static str, u32); 8] {
-    let slots = services * (endpoints + 1) + 1024;
-    let backends = (services * endpoints).min(BACKEND_POOL) + endpoints + 1024;
-    [
-        (map_names::SERVICES, slots as u32),
-        (map_names::BACKENDS, backends as u32),
-        (map_names::SERVICE_META, (services + 1024) as u32),
+pub fn sizes(services: usize, endpoints: usize, flows: usize) -> Result<[(&'static str, u32); 8]> {
+    let entries = |n: usize| {
+        u32::try_from(n).with_context(|| format!("{n} map entries: more than a map can hold"))
+    };
+    let slots = entries(services * (endpoints + 1) + 1024)?;
+    let backends = entries((services * endpoints).min(BACKEND_POOL) + endpoints + 1024)?;
+    let per_service = entries(services + 1024)?;
+    Ok([
+        (map_names::SERVICES, slots),
+        (map_names::BACKENDS, backends),
+        (map_names::SERVICE_META, per_service),
         // Counters exist per frontend and per backend, affinity members per slot.
-        (map_names::SERVICE_STATS, (services + 1024) as u32),
-        (map_names::BACKEND_STATS, backends as u32),
-        (map_names::AFFINITY_MATCH, slots as u32),
-        (map_names::CONNTRACK, (2 * flows + 4096) as u32),
+        (map_names::SERVICE_STATS, per_service),
+        (map_names::BACKEND_STATS, backends),
+        (map_names::AFFINITY_MATCH, slots),
+        (map_names::CONNTRACK, entries(2 * flows + 4096)?),
         (map_names::SOCK_REV_NAT, 1024),
-    ]
+    ])
 }
 
 impl Loaded {
@@ -197,13 +209,12 @@ impl Loaded {
         let mut backend_ids = Vec::with_capacity(pool + endpoints);
         let mut backends = Vec::with_capacity(pool + endpoints);
         for k in 0..pool {
-            let addr = pod_addr(k);
-            backend_ids.push(k as u32 + 1);
-            backends.push(backend(addr, 0));
+            backend_ids.push(pool_id(k));
+            backends.push(backend(pod_addr(k), 0));
         }
-        let nodeport_first = pool as u32 + 1;
-        for (j, addr) in nodeport_backends.iter().enumerate() {
-            backend_ids.push(nodeport_first + j as u32);
+        let nodeport_first = pool_id(pool);
+        for (id, addr) in (nodeport_first..).zip(nodeport_backends) {
+            backend_ids.push(id);
             backends.push(backend(*addr, BACKEND_F_LOCAL));
         }
         sys::update_batch(
@@ -216,11 +227,9 @@ impl Loaded {
         let mut keys = Vec::with_capacity(services * (endpoints + 1));
         let mut values = Vec::with_capacity(services * (endpoints + 1));
         let mut heads = (Vec::with_capacity(services), Vec::with_capacity(services));
-        for i in 0..services {
+        for (i, service_id) in (0..services).zip(1..) {
             let (frontend, flags, ids): (SocketAddrV4, u16, Vec<u32>) = if i == 0 {
-                let ids = (0..nodeport_backends.len())
-                    .map(|j| nodeport_first + j as u32)
-                    .collect();
+                let ids = (nodeport_first..).take(nodeport_backends.len()).collect();
                 (
                     SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, NODE_PORT),
                     SVC_F_NODEPORT | SVC_F_EXTERNAL,
@@ -228,11 +237,12 @@ impl Loaded {
                 )
             } else {
                 let ids = (0..endpoints)
-                    .map(|j| ((i * endpoints + j) % pool) as u32 + 1)
+                    .map(|j| pool_id((i * endpoints + j) % pool))
                     .collect();
                 (cluster_frontend(i), SVC_F_EXTERNAL, ids)
             };
-            let head = ServiceValue::head(i as u32 + 1, ids.len() as u16, flags, 0);
+            let count = u16::try_from(ids.len()).context("more than 65535 endpoints")?;
+            let head = ServiceValue::head(service_id, count, flags, 0);
             for (slot, id) in (1..).zip(&ids) {
                 keys.push(service_key(frontend, slot));
                 values.push(head.slot(*id));
@@ -246,6 +256,15 @@ impl Loaded {
         sys::update_batch(fd, &heads.0, &heads.1).context("write the service heads")?;
         Ok(())
     }
+}
+
+/// The backend id of pool member `k` (ids start at 1).
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "`k` is at most `BACKEND_POOL` (a million)"
+)]
+fn pool_id(k: usize) -> u32 {
+    k as u32 + 1
 }
 
 pub fn backend(addr: SocketAddrV4, flags: u8) -> Backend {

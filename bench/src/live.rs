@@ -1,5 +1,5 @@
 //! Packet rate of the NodePort path: a generator in the bench's own namespace sends one
-//! established TCP flow's frames to the NodePort with AF_PACKET (`sendmmsg`, batches of 64)
+//! established TCP flow's frames to the NodePort with `AF_PACKET` (`sendmmsg`, batches of 64)
 //! from the node interface's veth peer; the node interface receives them (through Sluice's
 //! XDP program when attached, native veth XDP), and the stack forwards the translated frames
 //! to the backend, routed out of a second veth whose peer drops them. What left that veth is
@@ -13,7 +13,7 @@
 //!
 //! Sender and receiver share the machine's CPUs, so the rate is of the whole path, sender
 //! included, and ratios against the floor understate per-packet differences. (XDP live frames
-//! through BPF_PROG_TEST_RUN were tried first: the kernel recycles pages the stack has already
+//! through `BPF_PROG_TEST_RUN` were tried first: the kernel recycles pages the stack has already
 //! rewritten — MAC, TTL, NAT — so later frames are not the template, and most are dropped.)
 //! Every variant gets a fresh namespace and its own floor measured there right before it.
 
@@ -32,7 +32,7 @@ use proxy_tests::{isolated_netns::IsolatedNetns, packet};
 use crate::{
     fixture::{self, Loaded, NODE_IP, NODE_PORT},
     plot, rules,
-    stats::{Samples, ratio},
+    stats::{Samples, ToF64 as _, ratio},
 };
 
 const BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 5, 2), 8080);
@@ -114,14 +114,18 @@ fn frame(to: SocketAddrV4) -> Vec<u8> {
     .build()
 }
 
-/// An AF_PACKET socket sending on `ifname` of the current namespace.
+/// An `AF_PACKET` socket sending on `ifname` of the current namespace.
 struct Sender {
     fd: std::os::fd::OwnedFd,
 }
 
 impl Sender {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "AF_PACKET (17) in sockaddr_ll's u16 family; the size of a sockaddr_ll"
+    )]
     fn new(ifindex: u32) -> Result<Self> {
-        use std::os::fd::FromRawFd;
+        use std::os::fd::{AsRawFd, FromRawFd};
         // SAFETY: plain socket(2) call.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
         if fd < 0 {
@@ -132,8 +136,7 @@ impl Sender {
         // SAFETY: sockaddr_ll is plain data; zero is a valid start.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = ifindex as i32;
-        use std::os::fd::AsRawFd;
+        addr.sll_ifindex = i32::try_from(ifindex).context("interface index")?;
         // SAFETY: addr is a valid sockaddr_ll of the size given.
         let ret = unsafe {
             libc::bind(
@@ -151,13 +154,13 @@ impl Sender {
     /// Sends `frame` as fast as it can for `millis`; returns frames sent.
     fn blast(&self, frame: &[u8], millis: u64) -> Result<u64> {
         use std::os::fd::AsRawFd;
-        const BATCH: usize = 64;
+        const BATCH: u32 = 64;
         let mut iov = libc::iovec {
             iov_base: frame.as_ptr() as *mut libc::c_void,
             iov_len: frame.len(),
         };
         // SAFETY: mmsghdr is plain data; zero is a valid start.
-        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        let mut msgs: [libc::mmsghdr; BATCH as usize] = unsafe { std::mem::zeroed() };
         for msg in &mut msgs {
             msg.msg_hdr.msg_iov = &raw mut iov;
             msg.msg_hdr.msg_iovlen = 1;
@@ -166,16 +169,16 @@ impl Sender {
         let mut sent = 0u64;
         while Instant::now() < deadline {
             // SAFETY: msgs point at iov, which points at frame; all outlive the call.
-            let n =
-                unsafe { libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
-            if n < 0 {
+            let n = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), BATCH, 0) };
+            // Negative: an error.
+            let Ok(n) = u64::try_from(n) else {
                 let err = std::io::Error::last_os_error();
                 if err.raw_os_error() == Some(libc::ENOBUFS) {
                     continue;
                 }
                 bail!("sendmmsg: {err}");
-            }
-            sent += n as u64;
+            };
+            sent += n;
         }
         Ok(sent)
     }
@@ -191,8 +194,8 @@ fn measure(sender: &Sender, frame: &[u8], millis: u64) -> Result<(f64, f64)> {
     let secs = started.elapsed().as_secs_f64() - 0.02;
     let forwarded = tx_packets()? - before;
     Ok((
-        forwarded as f64 / secs,
-        forwarded as f64 / sent.max(1) as f64,
+        forwarded.to_f64() / secs,
+        forwarded.to_f64() / sent.max(1).to_f64(),
     ))
 }
 
@@ -216,7 +219,7 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
         match variant {
             "Sluice XDP" => {
                 let mut sluice =
-                    Loaded::with_netns(netns, &fixture::sizes(params.services, 2, 1024))?;
+                    Loaded::with_netns(netns, &fixture::sizes(params.services, 2, 1024)?)?;
                 sluice.load_xdp()?;
                 sluice.fill(params.services, 2, &[BACKEND, BACKEND])?;
                 let xdp: &mut Xdp = sluice
@@ -268,7 +271,7 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
             floor,
             xdp_floor,
             rate,
-            delivered: delivered.iter().sum::<f64>() / delivered.len() as f64,
+            delivered: delivered.iter().sum::<f64>() / delivered.len().to_f64(),
         });
     }
     for row in &rows {

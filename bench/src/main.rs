@@ -81,28 +81,9 @@ fn load() -> String {
         .join(" ")
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    match cli.role {
-        Some(Role::Serve { port }) => return client::serve(port),
-        Some(Role::Client { target, millis }) => return client::client(target, millis),
-        None => {}
-    }
-    let quick = cli.quick;
-    let wall = Instant::now();
-    let started = String::from_utf8_lossy(
-        &std::process::Command::new("date")
-            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-            .output()?
-            .stdout,
-    )
-    .trim()
-    .to_owned();
-    let load_before = load();
-    let mut log = |line: &str| eprintln!("bench: {line}");
-    let mut failures = Vec::new();
-
-    let packet_params = if quick {
+/// The per-packet section's sizes.
+fn packet_params(quick: bool) -> packet_cost::Params {
+    if quick {
         packet_cost::Params {
             services: &[1, 100],
             endpoints: &[2],
@@ -118,8 +99,12 @@ fn main() -> Result<()> {
             rounds: 5,
             flows: 20_000,
         }
-    };
-    let mut sync_params = if quick {
+    }
+}
+
+/// The sync section's sizes, with the command line's overrides.
+fn sync_params(cli: &Cli) -> sync::Params {
+    let mut params = if cli.quick {
         sync::Params {
             services: vec![100],
             endpoints: vec![2],
@@ -141,16 +126,21 @@ fn main() -> Result<()> {
         }
     };
     if !cli.sync_services.is_empty() {
-        sync_params.services = cli.sync_services.clone();
+        params.services.clone_from(&cli.sync_services);
     }
     if !cli.sync_endpoints.is_empty() {
-        sync_params.endpoints = cli.sync_endpoints.clone();
+        params.endpoints.clone_from(&cli.sync_endpoints);
     }
     if cli.sync_no_rules {
-        sync_params.max_rules = 0;
-        sync_params.max_nft_chains = 0;
+        params.max_rules = 0;
+        params.max_nft_chains = 0;
     }
-    let conn_params = if quick {
+    params
+}
+
+/// The connection-rate section's sizes, with the command line's run length.
+fn conn_params(cli: &Cli) -> connrate::Params {
+    let mut params = if cli.quick {
         connrate::Params {
             services: &[10],
             rounds: 1,
@@ -163,7 +153,15 @@ fn main() -> Result<()> {
             millis: 1_500,
         }
     };
-    let live_params = if quick {
+    if let Some(millis) = cli.conn_millis {
+        params.millis = millis;
+    }
+    params
+}
+
+/// The packet-rate section's sizes.
+fn live_params(quick: bool) -> live::Params {
+    if quick {
         live::Params {
             services: 10,
             millis: 100,
@@ -175,13 +173,35 @@ fn main() -> Result<()> {
             millis: 1_000,
             rounds: 5,
         }
-    };
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.role {
+        Some(Role::Serve { port }) => return client::serve(port),
+        Some(Role::Client { target, millis }) => return client::client(target, millis),
+        None => {}
+    }
+    let quick = cli.quick;
+    let wall = Instant::now();
+    let started = String::from_utf8_lossy(
+        &std::process::Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+            .output()?
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    let load_before = load();
+    let mut log = |line: &str| eprintln!("bench: {line}");
+    let mut failures = Vec::new();
+    let packet_params = packet_params(quick);
+    let sync_params = sync_params(&cli);
+    let conn_params = conn_params(&cli);
+    let live_params = live_params(quick);
 
     let wants = |name: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == name);
-    let mut conn_params = conn_params;
-    if let Some(millis) = cli.conn_millis {
-        conn_params.millis = millis;
-    }
     let skipped = || Some("not selected (--only)".to_owned());
     let (connrate, connrate_error) =
         match wants("connrate").then(|| connrate::run(&conn_params, &mut log)) {

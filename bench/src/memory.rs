@@ -6,7 +6,10 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 use proxy_common::map_names;
 
-use crate::fixture::{self, Loaded, NODE_IP, NODE_PORT};
+use crate::{
+    fixture::{self, Loaded, NODE_IP, NODE_PORT},
+    stats::ToF64 as _,
+};
 
 /// One map as the kernel reports it.
 #[derive(Clone, Debug)]
@@ -20,7 +23,7 @@ pub struct MapRow {
 
 impl MapRow {
     pub fn per_element(&self) -> f64 {
-        self.memlock as f64 / self.max_entries as f64
+        self.memlock.to_f64() / self.max_entries.to_f64()
     }
 }
 
@@ -39,7 +42,7 @@ pub struct Report {
 }
 
 pub fn run(services: usize, endpoints: usize) -> Result<Report> {
-    let mut loaded = Loaded::new(&fixture::sizes(services, endpoints, 1))?;
+    let mut loaded = Loaded::new(&fixture::sizes(services, endpoints, 1)?)?;
     let identity = vec![std::net::SocketAddrV4::new(NODE_IP, NODE_PORT); endpoints];
     loaded.fill(services, endpoints, &identity)?;
     let mut maps = Vec::new();
@@ -50,9 +53,8 @@ pub fn run(services: usize, endpoints: usize) -> Result<Report> {
         map_names::CONNTRACK,
     ] {
         let map = loaded.ebpf.map(name).context("map missing")?;
-        let data = match map {
-            aya::maps::Map::HashMap(data) | aya::maps::Map::LruHashMap(data) => data,
-            _ => bail!("{name} is not a hash map"),
+        let (aya::maps::Map::HashMap(data) | aya::maps::Map::LruHashMap(data)) = map else {
+            bail!("{name} is not a hash map");
         };
         let id = data.info()?.id();
         let out = Command::new("bpftool")

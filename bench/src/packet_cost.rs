@@ -1,5 +1,5 @@
-//! Per-packet cost of `xdp_ingress` for a NodePort, through BPF_PROG_TEST_RUN, against an empty
-//! XDP_PASS program run in the same process, back to back.
+//! Per-packet cost of `xdp_ingress` for a NodePort, through `BPF_PROG_TEST_RUN`, against an empty
+//! `XDP_PASS` program run in the same process, back to back.
 //!
 //! Two methods, because a test run re-runs the program on the *same* buffer without restoring
 //! it, and a conntrack miss creates the entry the next run hits:
@@ -23,7 +23,7 @@ use proxy_tests::{datapath::xdp_md, packet};
 
 use crate::{
     fixture::{self, Loaded, NODE_IP, NODE_PORT},
-    stats::{Samples, minus, ratio},
+    stats::{Samples, ToF64 as _, minus, ratio},
     sys,
 };
 
@@ -75,6 +75,10 @@ impl Row {
     }
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "`% 60_000` keeps the port in range; the address part is a few hundred at most"
+)]
 fn client(k: usize) -> SocketAddrV4 {
     let ip = u32::from(Ipv4Addr::new(198, 18, 1, 0)) + (k / 60_000) as u32;
     SocketAddrV4::new(Ipv4Addr::from(ip), 1024 + (k % 60_000) as u16)
@@ -102,6 +106,10 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one size's rounds, each measuring repeat and per-flow runs back to back"
+)]
 fn run_one(
     params: &Params,
     services: usize,
@@ -110,7 +118,7 @@ fn run_one(
 ) -> Result<Row> {
     use std::os::fd::AsFd;
     let total_flows = params.flows * params.rounds + 1;
-    let mut loaded = Loaded::new(&fixture::sizes(services, endpoints, total_flows))?;
+    let mut loaded = Loaded::new(&fixture::sizes(services, endpoints, total_flows)?)?;
     loaded.load_xdp()?;
     let started = std::time::Instant::now();
     let identity = vec![SocketAddrV4::new(NODE_IP, NODE_PORT); endpoints];
@@ -122,7 +130,8 @@ fn run_one(
     let frame = |k: usize, flags: u8| packet::tcp(client(k), frontend, flags).build();
     let with_len = |frame: &[u8]| {
         let mut ctx = ctx;
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        let len = u32::try_from(frame.len()).expect("a test frame is a few dozen bytes");
+        ctx[4..8].copy_from_slice(&len.to_ne_bytes());
         ctx
     };
     // An fd of our own: `loaded` stays free to switch the counters between runs.
@@ -205,10 +214,10 @@ fn run_one(
             check(hit)?;
             sum[2] += u64::from(hit.duration_ns);
         }
-        let n = params.flows as f64;
-        row.floor1.push(sum[0] as f64 / n);
-        row.miss1.push(sum[1] as f64 / n);
-        row.hit1.push(sum[2] as f64 / n);
+        let n = params.flows.to_f64();
+        row.floor1.push(sum[0].to_f64() / n);
+        row.miss1.push(sum[1].to_f64() / n);
+        row.hit1.push(sum[2].to_f64() / n);
     }
     // The misses really created flows.
     let conntrack: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(

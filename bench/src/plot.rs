@@ -1,4 +1,4 @@
-//! PNG plots with plotters' bitmap backend. Text is drawn with ab_glyph from DejaVu Sans
+//! PNG plots with plotters' bitmap backend. Text is drawn with `ab_glyph` from DejaVu Sans
 //! (Debian's fonts-dejavu-core), registered at run time: no fontconfig or freetype needed.
 
 use std::path::Path;
@@ -115,7 +115,7 @@ pub fn bars(
     x_label: &str,
     bars: &[(String, f64, f64, f64)],
 ) -> Result<()> {
-    let height = 120 + 42 * bars.len() as u32;
+    let height = 120 + 42 * u32::try_from(bars.len()).context("too many bars to plot")?;
     let root = BitMapBackend::new(path, (900, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let max = bars.iter().map(|b| b.3).fold(0.0, f64::max) * 1.15;

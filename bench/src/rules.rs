@@ -5,7 +5,10 @@
 
 use std::fmt::Write as _;
 
-use crate::fixture::{cluster_frontend, pod_addr};
+use crate::{
+    fixture::{cluster_frontend, pod_addr},
+    stats::ToF64 as _,
+};
 
 const CHANGED_POD: &str = "198.18.64.1:9090";
 
@@ -43,7 +46,7 @@ fn service_rules(out: &mut String, i: usize, endpoints: usize, changed: Option<u
                 out,
                 "-A {svc} -m comment --comment \"bench/svc-{i} -> {addr}\" -m statistic \
                  --mode random --probability {:.10} -j {sep}",
-                1.0 / remaining as f64
+                1.0 / remaining.to_f64()
             );
         } else {
             let _ = writeln!(

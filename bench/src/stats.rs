@@ -20,7 +20,7 @@ impl Samples {
         match v.len() {
             0 => f64::NAN,
             n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+            n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
         }
     }
 
@@ -51,6 +51,39 @@ pub fn ratio(a: &Samples, b: &Samples) -> Samples {
 /// Element-wise `a[i] - b[i]`.
 pub fn minus(a: &Samples, b: &Samples) -> Samples {
     Samples(a.0.iter().zip(&b.0).map(|(a, b)| a - b).collect())
+}
+
+/// Counts and byte sizes as `f64`, for rates, ratios, means and plot axes.
+pub trait ToF64 {
+    fn to_f64(self) -> f64;
+}
+
+impl ToF64 for u64 {
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "a benchmark's counts and sizes stay far below 2^53, where f64 starts rounding"
+    )]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl ToF64 for usize {
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "a benchmark's counts and sizes stay far below 2^53, where f64 starts rounding"
+    )]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+/// Bytes in a MiB.
+pub const MIB: f64 = 1_048_576.0;
+
+/// Bytes in MiB.
+pub fn mib(bytes: u64) -> f64 {
+    bytes.to_f64() / MIB
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //!
 //! Sluice is measured two ways: the daemon's own path (`Planner::update` +
 //! `Reconciler::apply_changes`, one bpf(2) call per map entry) and the same entries written
-//! with BPF_MAP_UPDATE_BATCH in the same order (backends, slots, heads), which is what batching
+//! with `BPF_MAP_UPDATE_BATCH` in the same order (backends, slots, heads), which is what batching
 //! would give the daemon.
 
 use std::{
@@ -126,6 +126,10 @@ fn endpoint(addr: SocketAddrV4) -> Endpoint {
 const CHANGES: usize = 5;
 
 /// Change number `k`: the last endpoint of one service replaced by a new pod.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "`k` is below `CHANGES` (5)"
+)]
 fn change(desired: &mut DesiredState, services: usize, endpoints: usize, k: usize) {
     let i = (services / 2 + k) % services;
     let new = SocketAddrV4::new(Ipv4Addr::new(198, 18, 64, 1 + k as u8), 9090);
@@ -166,27 +170,16 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn run_one(params: &Params, services: usize, endpoints: usize) -> Result<Row> {
-    let mut row = Row {
-        services,
-        endpoints,
-        ..Row::default()
-    };
-    let sizes = fixture::sizes(services, endpoints, 1);
-    // At 100k the biggest rule sets take minutes to load: one round there keeps the bench
-    // inside its time budget.
-    let rounds = if services >= params.big {
-        1
-    } else {
-        params.rounds
-    };
+/// The daemon's planner and reconciler, then the same entries batched, `rounds` times.
+fn sluice_rounds(row: &mut Row, sizes: &[(&str, u32)], rounds: usize) -> Result<()> {
+    let (services, endpoints) = (row.services, row.endpoints);
     for _ in 0..rounds {
         // The state is shared with the planner, as the daemon shares the source's.
         let mut desired = Arc::new(desired(services, endpoints));
         // The daemon's path.
         {
             let rss_before = rss_bytes();
-            let mut loaded = Loaded::new(&sizes)?;
+            let mut loaded = Loaded::new(sizes)?;
             let mut maps = Maps::take_from(&mut loaded.ebpf)?;
             let mut reconciler = Reconciler::from_maps(&mut maps)?;
             let mut planner = Planner::new("node1");
@@ -227,13 +220,31 @@ fn run_one(params: &Params, services: usize, endpoints: usize) -> Result<Row> {
         // The same entries, batched.
         {
             let desired = self::desired(services, endpoints);
-            let loaded = Loaded::new(&sizes)?;
+            let loaded = Loaded::new(sizes)?;
             let started = Instant::now();
             let plan = Plan::build(&desired, "node1");
             apply_batched(&loaded, &plan)?;
             row.batched.push(started.elapsed().as_secs_f64());
         }
     }
+    Ok(())
+}
+
+fn run_one(params: &Params, services: usize, endpoints: usize) -> Result<Row> {
+    let mut row = Row {
+        services,
+        endpoints,
+        ..Row::default()
+    };
+    let sizes = fixture::sizes(services, endpoints, 1)?;
+    // At 100k the biggest rule sets take minutes to load: one round there keeps the bench
+    // inside its time budget.
+    let rounds = if services >= params.big {
+        1
+    } else {
+        params.rounds
+    };
+    sluice_rounds(&mut row, &sizes, rounds)?;
 
     let rule_count = rules::iptables_rule_count(services, endpoints);
     row.iptables_rules = rule_count;
@@ -376,12 +387,11 @@ fn timed(argv: &[&str], input: &str, timeout: Duration) -> Result<Option<f64>> {
     }
 }
 
-/// Writes a plan into empty maps with one BPF_MAP_UPDATE_BATCH per map and stage.
+/// Writes a plan into empty maps with one `BPF_MAP_UPDATE_BATCH` per map and stage.
 fn apply_batched(loaded: &Loaded, plan: &Plan) -> Result<()> {
     let mut ids = BTreeMap::new();
     let (mut bkeys, mut bvalues) = (Vec::new(), Vec::new());
-    for (n, (addr, flags)) in plan.backends.iter().enumerate() {
-        let id = n as u32 + 1;
+    for (id, (addr, flags)) in (1..).zip(&plan.backends) {
         ids.insert(*addr, id);
         bkeys.push(id);
         bvalues.push(fixture::backend(
@@ -392,10 +402,11 @@ fn apply_batched(loaded: &Loaded, plan: &Plan) -> Result<()> {
     let (mut keys, mut values, mut heads, mut head_values) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut meta_keys, mut metas) = (Vec::new(), Vec::new());
-    for (n, (frontend, planned)) in plan.frontends.iter().enumerate() {
-        let service_id = n as u32 + 1;
+    for (service_id, (frontend, planned)) in (1..).zip(&plan.frontends) {
         let addr = SocketAddrV4::new(frontend.addr, frontend.port);
-        let head = ServiceValue::head(service_id, planned.backends.len() as u16, planned.flags, 0);
+        let count = u16::try_from(planned.backends.len())
+            .with_context(|| format!("{} has more than 65535 endpoints", planned.name))?;
+        let head = ServiceValue::head(service_id, count, planned.flags, 0);
         for (slot, backend) in (1..).zip(&planned.backends) {
             keys.push(fixture::service_key(addr, slot));
             values.push(head.slot(ids[backend]));

@@ -31,6 +31,10 @@ impl Attr {
     }
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "`Attr` is a bpf_attr: a few hundred bytes"
+)]
 fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
     // SAFETY: attr is a zero-initialised bpf_attr of the size we pass, and every pointer in it
     // refers to memory that outlives the call.
@@ -38,7 +42,7 @@ fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            attr as *mut Attr,
+            std::ptr::from_mut::<Attr>(attr),
             size_of::<Attr>() as libc::c_uint,
         )
     };
@@ -49,7 +53,7 @@ fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
     }
 }
 
-/// What one BPF_PROG_TEST_RUN returned.
+/// What one `BPF_PROG_TEST_RUN` returned.
 #[derive(Clone, Copy, Debug)]
 pub struct TestRun {
     pub retval: u32,
@@ -58,6 +62,10 @@ pub struct TestRun {
 }
 
 /// Runs `prog` `repeat` times on `data` with the XDP context `ctx` (may be empty).
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "`data` and `ctx` are a test frame and its `xdp_md`: far below 4 GiB"
+)]
 pub fn test_run(
     prog: BorrowedFd<'_>,
     data: &[u8],
@@ -70,7 +78,7 @@ pub fn test_run(
     // struct { u32 prog_fd, retval, data_size_in, data_size_out; u64 data_in, data_out;
     //          u32 repeat, duration, ctx_size_in, ctx_size_out; u64 ctx_in, ctx_out;
     //          u32 flags, cpu, batch_size; }
-    attr.u32(0, prog.as_raw_fd() as u32);
+    attr.u32(0, prog.as_raw_fd().cast_unsigned());
     attr.u32(8, data.len() as u32);
     attr.u64(16, data.as_ptr() as u64);
     attr.u32(32, repeat);
@@ -91,6 +99,10 @@ pub fn test_run(
 pub use proxy_user::datapath::update_batch;
 
 /// Loads `r0 = XDP_PASS; exit`: the cheapest XDP program there is.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "two instructions; bpf(2) returns the new descriptor, an int, as a long"
+)]
 pub fn load_xdp_pass() -> io::Result<OwnedFd> {
     // mov64 r0, 2 (XDP_PASS); exit
     let insns: [u64; 2] = [
@@ -117,9 +129,8 @@ pub fn map_fd<'a>(ebpf: &'a aya::Ebpf, name: &str) -> anyhow::Result<BorrowedFd<
     let map = ebpf
         .map(name)
         .ok_or_else(|| anyhow::anyhow!("the eBPF object has no map {name}"))?;
-    let data = match map {
-        Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data) => data,
-        _ => anyhow::bail!("map {name} has an unexpected type"),
+    let (Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data)) = map else {
+        anyhow::bail!("map {name} has an unexpected type");
     };
     Ok(data.fd().as_fd())
 }

@@ -113,14 +113,14 @@ struct RunArgs {
     /// this kubeconfig's current context.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
-    /// Cluster mode from inside a pod: the service account and KUBERNETES_SERVICE_HOST.
+    /// Cluster mode from inside a pod: the service account and `KUBERNETES_SERVICE_HOST`.
     #[arg(long)]
     in_cluster: bool,
     /// Node interface for north-south traffic (XDP and TC); repeat for several. Without any,
     /// only the socket-level load balancer runs.
     #[arg(long = "iface")]
     ifaces: Vec<String>,
-    /// This node's name: endpoints with this nodeName are local. Default: $NODE_NAME, else the
+    /// This node's name: endpoints with this nodeName are local. Default: `$NODE_NAME`, else the
     /// hostname.
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
@@ -149,8 +149,8 @@ struct RunArgs {
     /// Serve Prometheus /metrics here.
     #[arg(long, default_value = "127.0.0.1:10249")]
     metrics_addr: SocketAddr,
-    /// Send rewritten packets straight back out from XDP (XDP_TX/redirect). `auto`: on unless
-    /// an interface is a veth, whose peer drops XDP_TX frames unless it runs XDP itself.
+    /// Send rewritten packets straight back out from XDP (`XDP_TX`/redirect). `auto`: on unless
+    /// an interface is a veth, whose peer drops `XDP_TX` frames unless it runs XDP itself.
     #[arg(long, value_enum, default_value_t = XdpTx::Auto)]
     xdp_tx: XdpTx,
     /// How long a closed TCP flow (FIN or RST seen) stays in conntrack.
@@ -294,12 +294,11 @@ fn cgroup2_root() -> Result<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/mounts")?;
     mounts
         .lines()
-        .filter_map(|line| {
+        .find_map(|line| {
             let mut fields = line.split_whitespace();
             let (_, path, fstype) = (fields.next()?, fields.next()?, fields.next()?);
             (fstype == "cgroup2").then(|| PathBuf::from(path))
         })
-        .next()
         .ok_or_else(|| {
             anyhow::anyhow!(
                 "no cgroup v2 mount in /proc/mounts: mount one (`mount -t cgroup2 none \

@@ -15,6 +15,11 @@ pub struct Capture {
 impl Capture {
     /// Opens an `AF_PACKET` socket bound to `ifindex` in the calling thread's namespace; each
     /// receive gives up after `timeout`.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "ETH_P_ALL and AF_PACKET are 16-bit numbers in a c_int; a sockaddr_ll and a \
+                  timeval are a few dozen bytes"
+    )]
     pub fn open(ifindex: u32, timeout: Duration) -> io::Result<Self> {
         let protocol = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: plain socket(2) call; the result is checked before use.

@@ -94,8 +94,7 @@ pub fn procs(dir: &Path) -> Result<Vec<i32>> {
 /// Whether any process is in `dir` or below (cgroup.events `populated`).
 fn populated(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join("cgroup.events"))
-        .map(|t| t.lines().any(|l| l.trim() == "populated 1"))
-        .unwrap_or(false)
+        .is_ok_and(|t| t.lines().any(|l| l.trim() == "populated 1"))
 }
 
 /// Empties (SIGKILL to every member) and removes the cgroup `dir` and every cgroup below it.

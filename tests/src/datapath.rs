@@ -1,5 +1,5 @@
 //! The packet-test fixture: the eBPF object loaded in a fresh network namespace with a fixed
-//! veth topology, run on crafted frames through BPF_PROG_TEST_RUN, checked Katran-style
+//! veth topology, run on crafted frames through `BPF_PROG_TEST_RUN`, checked Katran-style
 //! ({description, input, expected verdict, expected output}).
 //!
 //! Topology: the node interface `sl0` (`NODE_MAC`, 198.18.0.1/24) with its veth peer `sl1`
@@ -8,6 +8,7 @@
 
 use std::{
     ffi::CString,
+    fmt::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
 };
 
@@ -414,16 +415,15 @@ impl Datapath {
             Expect::Redirect { ifindex, frame } => (redirect_meta(*ifindex), frame),
         };
         assert_eq!(run.meta, meta, "{what}: XDP metadata");
-        if run.frame != expected {
-            panic!(
-                "{what}: output bytes differ\n got:      {}\n expected: {}\n got parsed: {:?}\n \
-                 expected parsed: {:?}",
-                hex(&run.frame),
-                hex(expected),
-                packet::parse(&run.frame),
-                packet::parse(expected),
-            );
-        }
+        assert!(
+            run.frame == expected,
+            "{what}: output bytes differ\n got:      {}\n expected: {}\n got parsed: {:?}\n \
+             expected parsed: {:?}",
+            hex(&run.frame),
+            hex(expected),
+            packet::parse(&run.frame),
+            packet::parse(expected),
+        );
         if !matches!(case.output, Expect::Unchanged)
             && let Err(err) = packet::parse(&run.frame)
         {
@@ -459,7 +459,7 @@ where
         .unwrap_or_else(|err| panic!("program {name} has an unexpected type: {err:?}"))
 }
 
-/// A `struct xdp_md` for BPF_PROG_TEST_RUN: the frame with no metadata, received on `ifindex`.
+/// A `struct xdp_md` for `BPF_PROG_TEST_RUN`: the frame with no metadata, received on `ifindex`.
 pub fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
     let fields = [
         0,
@@ -487,5 +487,9 @@ pub fn mac(mac: Mac) -> String {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    let mut out = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
 }

@@ -273,10 +273,10 @@ impl FakeApiServer {
             .and_then(|p| p["metadata"]["generation"].as_u64())
             .map_or(1, |g| g + 1);
         meta.insert("generation".into(), json!(generation));
-        let uid = previous
-            .as_ref()
-            .map(|p| p["metadata"]["uid"].clone())
-            .unwrap_or_else(|| json!(format!("00000000-0000-4000-8000-{revision:012}")));
+        let uid = previous.as_ref().map_or_else(
+            || json!(format!("00000000-0000-4000-8000-{revision:012}")),
+            |p| p["metadata"]["uid"].clone(),
+        );
         meta.insert("uid".into(), uid);
         meta.entry("creationTimestamp")
             .or_insert(json!("2026-01-01T00:00:00Z"));
@@ -725,15 +725,12 @@ fn percent_decode(text: &str) -> String {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
                 let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(byte) => {
-                        out.push(byte);
-                        i += 3;
-                    }
-                    Err(_) => {
-                        out.push(b'%');
-                        i += 1;
-                    }
+                if let Ok(byte) = u8::from_str_radix(hex, 16) {
+                    out.push(byte);
+                    i += 3;
+                } else {
+                    out.push(b'%');
+                    i += 1;
                 }
             }
             b'+' => {

@@ -2,6 +2,7 @@
 //! atomically into a directory that `sluice run --manifests` follows.
 
 use std::{
+    fmt::Write as _,
     fs,
     path::{Path, PathBuf},
 };
@@ -60,7 +61,8 @@ pub fn pods_yaml(cluster: &Cluster, ready: impl Fn(&str) -> bool) -> String {
     let mut out = String::new();
     for pod in cluster.pods() {
         let status = if ready(&pod.name) { "True" } else { "False" };
-        out.push_str(&format!(
+        let _ = write!(
+            out,
             "---
 apiVersion: v1
 kind: Pod
@@ -84,7 +86,7 @@ status:
             name = pod.name,
             node = pod.node,
             ip = pod.ip,
-        ));
+        );
     }
     out
 }

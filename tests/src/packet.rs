@@ -11,7 +11,7 @@ pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const ETH_HLEN: usize = 14;
 
-/// IPv4 "don't fragment" and "more fragments" flags (host order, in the frag_off word).
+/// IPv4 "don't fragment" and "more fragments" flags (host order, in the `frag_off` word).
 pub const IP_DF: u16 = 0x4000;
 pub const IP_MF: u16 = 0x2000;
 
@@ -123,17 +123,20 @@ pub fn icmp(src: Ipv4Addr, dst: Ipv4Addr, kind: u8, code: u8) -> Frame {
 }
 
 impl Frame {
+    #[must_use]
     pub fn macs(mut self, src: Mac, dst: Mac) -> Self {
         self.eth_src = src;
         self.eth_dst = dst;
         self
     }
 
+    #[must_use]
     pub fn payload(mut self, payload: &[u8]) -> Self {
         self.payload = payload.to_vec();
         self
     }
 
+    #[must_use]
     pub fn options(mut self, options: &[u8]) -> Self {
         assert!(
             options.len().is_multiple_of(4) && options.len() <= 40,
@@ -143,21 +146,25 @@ impl Frame {
         self
     }
 
+    #[must_use]
     pub fn frag_off(mut self, frag_off: u16) -> Self {
         self.frag_off = frag_off;
         self
     }
 
+    #[must_use]
     pub fn ttl(mut self, ttl: u8) -> Self {
         self.ttl = ttl;
         self
     }
 
+    #[must_use]
     pub fn id(mut self, id: u16) -> Self {
         self.id = id;
         self
     }
 
+    #[must_use]
     pub fn seq_ack(mut self, new_seq: u32, new_ack: u32) -> Self {
         if let Transport::Tcp { seq, ack, .. } = &mut self.transport {
             *seq = new_seq;
@@ -166,6 +173,7 @@ impl Frame {
         self
     }
 
+    #[must_use]
     pub fn window(mut self, new_window: u16) -> Self {
         if let Transport::Tcp { window, .. } = &mut self.transport {
             *window = new_window;
@@ -173,6 +181,7 @@ impl Frame {
         self
     }
 
+    #[must_use]
     pub fn without_udp_checksum(mut self) -> Self {
         if let Transport::Udp { checksum, .. } = &mut self.transport {
             *checksum = false;
@@ -181,6 +190,7 @@ impl Frame {
     }
 
     /// Changes source and destination addresses and ports, as a translation would.
+    #[must_use]
     pub fn addresses(mut self, src: SocketAddrV4, dst: SocketAddrV4) -> Self {
         self.saddr = *src.ip();
         self.daddr = *dst.ip();
@@ -208,7 +218,7 @@ impl Frame {
         let ihl = 20 + self.options.len();
         let tot_len = u16::try_from(ihl + l4.len()).expect("frame too long");
         let mut ip = Vec::with_capacity(ihl);
-        ip.push(0x40 | (ihl / 4) as u8);
+        ip.push(0x40 | u8::try_from(ihl / 4).expect("IPv4 options too long"));
         ip.push(self.tos);
         ip.extend_from_slice(&tot_len.to_be_bytes());
         ip.extend_from_slice(&self.id.to_be_bytes());
@@ -352,6 +362,10 @@ impl Parsed {
 
 /// Parses an Ethernet + IPv4 + TCP/UDP/ICMP frame and recomputes the IPv4 and L4 checksums from
 /// scratch; any mismatch or inconsistent length is an error naming the field.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the headers in wire order, each checked where it is read"
+)]
 pub fn parse(frame: &[u8]) -> Result<Parsed, String> {
     let need = |len: usize, what: &str| {
         if frame.len() < len {

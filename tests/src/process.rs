@@ -4,6 +4,7 @@
 //! dies without running any Drop (SIGKILL, abort, a CI timeout).
 
 use anyhow::{Context, Result, bail};
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{ChildStdin, Command, ExitStatus, Stdio};
@@ -85,7 +86,7 @@ fn tail(lines: &[String]) -> String {
     let start = lines.len().saturating_sub(REPORT_LINES);
     let mut out = String::new();
     if start > 0 {
-        out.push_str(&format!("  ... ({start} earlier lines)\n"));
+        let _ = writeln!(out, "  ... ({start} earlier lines)");
     }
     for line in &lines[start..] {
         out.push_str("  ");
@@ -299,7 +300,9 @@ impl Child {
         let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid() as libc::pid_t, 0) };
         if raw >= 0 {
             // SAFETY: pidfd_open returned a fresh fd that nothing else owns.
-            let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+            let fd = i32::try_from(raw).expect("pidfd_open returns a descriptor, an int");
+            // SAFETY: pidfd_open returned a fresh fd that nothing else owns.
+            let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let mut pfd = libc::pollfd {
@@ -307,9 +310,9 @@ impl Child {
                     events: libc::POLLIN,
                     revents: 0,
                 };
-                let ms = left.as_millis().min(i32::MAX as u128) as i32;
+                let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
                 // SAFETY: one valid pollfd.
-                let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+                let r = unsafe { libc::poll(&raw mut pfd, 1, ms) };
                 if r < 0
                     && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
                 {

@@ -90,6 +90,7 @@ impl DaemonConfig {
 
 impl DaemonConfig {
     /// Cluster mode: `--kubeconfig PATH` in place of `--manifests DIR`.
+    #[must_use]
     pub fn with_kubeconfig(mut self, kubeconfig: &Path) -> DaemonConfig {
         let at = self
             .args
@@ -212,13 +213,11 @@ impl SluiceDaemon {
         let Some(child) = self.child.as_mut() else {
             return false;
         };
-        match child.try_wait() {
-            Ok(None) => true,
-            _ => {
-                self.exited = self.child.take();
-                false
-            }
+        if matches!(child.try_wait(), Ok(None)) {
+            return true;
         }
+        self.exited = self.child.take();
+        false
     }
 
     fn latest(&self) -> Option<&Child> {

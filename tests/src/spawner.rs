@@ -1,4 +1,4 @@
-//! Starts the harness's child processes so they die with the test process (PR_SET_PDEATHSIG).
+//! Starts the harness's child processes so they die with the test process (`PR_SET_PDEATHSIG`).
 //!
 //! Every child gets `PR_SET_PDEATHSIG(SIGKILL)`: if the test process is SIGKILLed, aborts or
 //! is killed by a CI timeout, the kernel kills its daemons and workloads at once, and no Drop

@@ -266,12 +266,6 @@ impl Membership {
 
 /// The owner's namespaces (by inode) and cgroups (every dir of each subtree).
 fn memberships(leftovers: &Leftovers) -> Vec<Membership> {
-    let mut out = Vec::new();
-    for name in &leftovers.netns {
-        if let Ok(m) = std::fs::metadata(Path::new(netns::NETNS_DIR).join(name)) {
-            out.push(Membership::Netns(m.dev(), m.ino()));
-        }
-    }
     fn subtree(dir: &Path, out: &mut Vec<Membership>) {
         out.push(Membership::Cgroup(dir.to_owned()));
         if let Ok(entries) = std::fs::read_dir(dir) {
@@ -280,6 +274,12 @@ fn memberships(leftovers: &Leftovers) -> Vec<Membership> {
                     subtree(&entry.path(), out);
                 }
             }
+        }
+    }
+    let mut out = Vec::new();
+    for name in &leftovers.netns {
+        if let Ok(m) = std::fs::metadata(Path::new(netns::NETNS_DIR).join(name)) {
+            out.push(Membership::Netns(m.dev(), m.ino()));
         }
     }
     for dir in &leftovers.cgroups {
@@ -301,7 +301,7 @@ fn kill_members(leftovers: &Leftovers, report: &mut Report) -> bool {
         for (pid, why) in members(&memberships) {
             match kill_if(pid, why) {
                 Ok(Some(pidfd)) => {
-                    report.killed.push(pid as u32);
+                    report.killed.push(pid.cast_unsigned());
                     signalled.extend(pidfd);
                     killed_any = true;
                 }
@@ -329,7 +329,7 @@ fn kill_members(leftovers: &Leftovers, report: &mut Report) -> bool {
 /// The processes in any of `memberships`, each with one reason: cgroup members from the
 /// cgroups' `cgroup.procs`, namespace members from a scan of /proc.
 fn members(memberships: &[Membership]) -> Vec<(i32, &Membership)> {
-    let own_pid = std::process::id() as i32;
+    let own_pid = std::process::id().cast_signed();
     let mut out: Vec<(i32, &Membership)> = Vec::new();
     for m in memberships {
         if let Membership::Cgroup(dir) = m {
@@ -358,17 +358,19 @@ fn members(memberships: &[Membership]) -> Vec<(i32, &Membership)> {
     out
 }
 
+/// A process `kill_if` signalled: with a pidfd to wait on, or without (kernels before 5.3).
+type Killed = Option<OwnedFd>;
+
 /// SIGKILLs `pid` if it still `why.holds` it, checked through a pidfd so that the process
 /// checked is the process signalled. `Ok(Some(Some(fd)))`: killed, wait on `fd`;
 /// `Ok(Some(None))`: killed without a pidfd (kernels before 5.3); `Ok(None)`: gone or no
 /// longer a member.
-fn kill_if(pid: i32, why: &Membership) -> std::io::Result<Option<Option<OwnedFd>>> {
+fn kill_if(pid: i32, why: &Membership) -> std::io::Result<Option<Killed>> {
     // SAFETY: plain syscall.
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if raw < 0 {
         let err = std::io::Error::last_os_error();
         return match err.raw_os_error() {
-            Some(libc::ESRCH) => Ok(None),
             Some(libc::ENOSYS) if why.holds(pid) => {
                 // SAFETY: kill(2); the pid was a member a moment ago.
                 if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
@@ -377,12 +379,14 @@ fn kill_if(pid: i32, why: &Membership) -> std::io::Result<Option<Option<OwnedFd>
                     Ok(None)
                 }
             }
-            Some(libc::ENOSYS) => Ok(None),
+            Some(libc::ESRCH | libc::ENOSYS) => Ok(None),
             _ => Err(err),
         };
     }
     // SAFETY: pidfd_open returned a fresh fd that nothing else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    let pidfd = unsafe {
+        OwnedFd::from_raw_fd(i32::try_from(raw).expect("pidfd_open returns a descriptor, an int"))
+    };
     // The pidfd pins the process: if the pid now belongs to a member, the pidfd is that
     // member (or a process that already exited, which the signal cannot reach).
     if !why.holds(pid) {
@@ -426,7 +430,7 @@ fn wait_exited(pidfds: Vec<OwnedFd>, timeout: Duration) -> bool {
                 revents: 0,
             })
             .collect();
-        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: a valid array of pollfds and its length.
         let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
         if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {

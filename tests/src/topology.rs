@@ -102,8 +102,10 @@ pub struct Cluster {
 
 impl Cluster {
     /// Builds the topology; panics with the reason if anything fails (after cleaning up).
-    // Not `Default`: building a cluster creates namespaces and mounts; keep that explicit.
-    #[allow(clippy::new_without_default)]
+    #[expect(
+        clippy::new_without_default,
+        reason = "building a cluster creates namespaces and mounts: keep that explicit"
+    )]
     pub fn new() -> Cluster {
         Self::try_new().unwrap_or_else(|e| panic!("building the test cluster: {e:#}"))
     }
@@ -272,7 +274,7 @@ impl Cluster {
     }
 
     /// The bridge-side veth of each node's eth0, in the underlay namespace:
-    /// `[("node1", "u-node1"), ("node2", "u-node2")]`. XDP_TX out of a node's eth0 only
+    /// `[("node1", "u-node1"), ("node2", "u-node2")]`. `XDP_TX` out of a node's eth0 only
     /// arrives if this interface has an XDP program (see [`Cluster::attach_underlay_xdp_pass`]).
     pub fn underlay_node_ports(&self) -> Vec<(&str, &str)> {
         self.nodes
@@ -281,7 +283,7 @@ impl Cluster {
             .collect()
     }
 
-    /// Puts an XDP_PASS program (native mode) on every node's bridge-side port, so XDP_TX
+    /// Puts an `XDP_PASS` program (native mode) on every node's bridge-side port, so `XDP_TX`
     /// from the nodes' eth0 reaches the bridge. Idempotent.
     pub fn attach_underlay_xdp_pass(&self) -> Result<()> {
         let pin = self.bpffs.path().join("underlay_xdp_pass");
@@ -354,7 +356,7 @@ fn plug_into_underlay(underlay: &Netns, ns: &Netns, port: &str, ip: Ipv4Addr) ->
 
 /// Makes `eth0` send complete checksums, as every packet on a real wire has. A veth would
 /// otherwise hand partially checksummed packets (offload metadata) across the underlay, and a
-/// node's XDP_TX, which carries no such metadata, would deliver them with bad checksums.
+/// node's `XDP_TX`, which carries no such metadata, would deliver them with bad checksums.
 fn wire_checksums(ns: &Netns) -> Result<()> {
     let status = ns.run_in(|| {
         std::process::Command::new("ethtool")

@@ -192,7 +192,7 @@ mod tests {
         let parsed = parse_stat(stat).unwrap();
         assert_eq!(parsed.state, 'S');
         assert_eq!(parsed.threads, 3);
-        assert_eq!(parsed.start, 123456);
+        assert_eq!(parsed.start, 123_456);
         assert!(parse_stat("77 (a) S 1").is_none());
     }
 

@@ -14,12 +14,11 @@ pub fn wait_until(timeout: Duration, poll_interval: Duration, mut cond: impl FnM
         if cond() {
             return;
         }
-        if start.elapsed() >= timeout {
-            panic!(
-                "wait_until: condition still false after {timeout:?} ({polls} polls, one every \
-                 {poll_interval:?})"
-            );
-        }
+        assert!(
+            start.elapsed() < timeout,
+            "wait_until: condition still false after {timeout:?} ({polls} polls, one every \
+             {poll_interval:?})"
+        );
         std::thread::sleep(poll_interval);
     }
 }

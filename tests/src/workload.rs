@@ -172,8 +172,8 @@ impl Cluster {
         self.run_requests(from, proto, target, count, timeout, &[])
     }
 
-    /// One TCP request from local port `source_port` (bound with SO_REUSEADDR, so it can be
-    /// reused while an earlier connection from it waits in TIME_WAIT).
+    /// One TCP request from local port `source_port` (bound with `SO_REUSEADDR`, so it can be
+    /// reused while an earlier connection from it waits in `TIME_WAIT`).
     pub fn request_from_port(
         &self,
         from: Place<'_>,
@@ -204,7 +204,8 @@ impl Cluster {
             .args(["--timeout-ms", &timeout.as_millis().to_string()])
             .args(extra_args);
         // Each attempt is bounded by about two timeouts (connect + read).
-        let overall = timeout * 2 * (count as u32) + Duration::from_secs(10);
+        let overall =
+            timeout * 2 * u32::try_from(count).expect("a request count") + Duration::from_secs(10);
         let what = format!("{proto} requests from {from:?} to {target}");
         let out = self.run(from, cmd, overall);
         assert!(

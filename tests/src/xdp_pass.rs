@@ -1,7 +1,7 @@
-//! A minimal XDP_PASS program, loaded with bpf(2) and pinned, for the underlay's bridge ports.
+//! A minimal `XDP_PASS` program, loaded with bpf(2) and pinned, for the underlay's bridge ports.
 //!
-//! XDP_TX out of a veth only arrives when the peer veth has an XDP program (TOOLCHAIN.md), so
-//! tests of the XDP_TX path put this one on the bridge side of the node's eth0.
+//! `XDP_TX` out of a veth only arrives when the peer veth has an XDP program (TOOLCHAIN.md), so
+//! tests of the `XDP_TX` path put this one on the bridge side of the node's eth0.
 
 use anyhow::{Context, Result};
 use std::ffi::CString;
@@ -22,7 +22,7 @@ struct Insn {
     imm: i32,
 }
 
-/// The leading fields of `union bpf_attr` for BPF_PROG_LOAD; the kernel zero-fills the rest.
+/// The leading fields of `union bpf_attr` for `BPF_PROG_LOAD`; the kernel zero-fills the rest.
 #[repr(C)]
 struct ProgLoadAttr {
     prog_type: u32,
@@ -44,13 +44,17 @@ struct ObjPinAttr {
     file_flags: u32,
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "`T` is a bpf_attr prefix, a few dozen bytes; bpf(2) returns an fd, an int, as a long"
+)]
 fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<i32> {
     // SAFETY: bpf(2) with a properly sized, initialised attr that outlives the call.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            attr as *const T,
+            std::ptr::from_ref::<T>(attr),
             std::mem::size_of::<T>() as u32,
         )
     };
@@ -84,7 +88,7 @@ pub fn load_and_pin(path: &Path) -> Result<()> {
     prog_name[..9].copy_from_slice(b"xdp_pass\0");
     let attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_XDP,
-        insn_cnt: insns.len() as u32,
+        insn_cnt: u32::try_from(insns.len()).expect("two instructions"),
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         log_level: 0,
@@ -100,7 +104,7 @@ pub fn load_and_pin(path: &Path) -> Result<()> {
     let pathname = CString::new(path.as_os_str().as_bytes())?;
     let pin = ObjPinAttr {
         pathname: pathname.as_ptr() as u64,
-        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
+        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd).cast_unsigned(),
         file_flags: 0,
     };
     bpf(BPF_OBJ_PIN, &pin).with_context(|| format!("pinning XDP_PASS at {}", path.display()))?;

@@ -1,9 +1,9 @@
-//! Session affinity on the packet path, through BPF_PROG_TEST_RUN of `xdp_ingress`: a hit
+//! Session affinity on the packet path, through `BPF_PROG_TEST_RUN` of `xdp_ingress`: a hit
 //! sends new flows to the remembered backend and refreshes it, a miss remembers the random
 //! choice, an expired entry or one whose backend left the service is not used, and a service
 //! without affinity neither uses nor writes entries. Needs root.
 //!
-//! Entries are written straight into `AFFINITY_V1`, with timestamps on CLOCK_MONOTONIC (the
+//! Entries are written straight into `AFFINITY_V1`, with timestamps on `CLOCK_MONOTONIC` (the
 //! clock of `bpf_ktime_get_ns`), so expiry needs no waiting.
 
 use std::{collections::BTreeSet, net::SocketAddrV4};
@@ -45,8 +45,9 @@ fn monotonic_ns() -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid timespec to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * NANOS_PER_SEC + ts.tv_nsec as u64
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    // CLOCK_MONOTONIC is never negative.
+    ts.tv_sec.cast_unsigned() * NANOS_PER_SEC + ts.tv_nsec.cast_unsigned()
 }
 
 fn client_key() -> AffinityKey {
@@ -251,7 +252,7 @@ fn an_entry_whose_backend_left_the_service_is_not_used() {
         remember(&mut dp, stray, monotonic_ns());
         new_flow_to(
             &mut dp,
-            41000 + stray as u16,
+            41000 + u16::try_from(stray).expect("a small id"),
             addr(A),
             "not a slot: not used",
         );

@@ -1,4 +1,4 @@
-//! Packet tests of a reused tuple through BPF_PROG_TEST_RUN: the reply entry of a closed flow
+//! Packet tests of a reused tuple through `BPF_PROG_TEST_RUN`: the reply entry of a closed flow
 //! must not translate a new connection between the same backend and client that bypassed the
 //! service (`tc_egress` for local backends, `xdp_ingress` for SNATed ones); live flows and
 //! flows reopened through the service keep being translated. Needs root.

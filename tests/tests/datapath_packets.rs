@@ -1,4 +1,4 @@
-//! Packet tests of the XDP and TC programs through BPF_PROG_TEST_RUN: crafted frames in,
+//! Packet tests of the XDP and TC programs through `BPF_PROG_TEST_RUN`: crafted frames in,
 //! verdict and exact output bytes checked (Katran-style tables), conntrack inspected.
 //!
 //! Each test runs in its own network namespace (a veth topology with fixed addresses and
@@ -542,6 +542,10 @@ fn arp_frame() -> Vec<u8> {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one case per kind of foreign traffic"
+)]
 fn traffic_that_is_not_ours_passes_untouched() {
     let mut dp = datapath(CONFIG_F_XDP_TX);
     let service = sock(CLUSTER_IP, 80);

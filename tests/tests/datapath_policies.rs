@@ -1,4 +1,4 @@
-//! Packet tests of the service policies in `xdp_ingress` through BPF_PROG_TEST_RUN:
+//! Packet tests of the service policies in `xdp_ingress` through `BPF_PROG_TEST_RUN`:
 //! `loadBalancerSourceRanges`, `externalTrafficPolicy: Local` (local endpoints only, no SNAT,
 //! and a drop on nodes without a local endpoint), and the internal scope off-node clients
 //! never use. Needs root.

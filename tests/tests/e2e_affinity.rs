@@ -2,7 +2,7 @@
 //! (pods, per network namespace) and the packet path (off-node client, per source address),
 //! expiry, switching on and off, and backends leaving.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr, time::Duration};
 
 use proxy_tests::{
     Place, Proto,
@@ -25,13 +25,21 @@ fn ip(text: &str) -> Ipv4Addr {
     text.parse().expect("valid address")
 }
 
-/// `affinity`: `None` for `sessionAffinity: None`, `Some(None)` for ClientIP with the default
-/// timeout, `Some(Some(t))` for ClientIP with `timeoutSeconds: t`.
-fn sticky_yaml(affinity: Option<Option<u32>>) -> String {
+/// The `sessionAffinity` of `sticky`.
+#[derive(Clone, Copy)]
+enum Affinity {
+    None,
+    /// ClientIP with the default timeout.
+    ClientIp,
+    /// ClientIP with `timeoutSeconds`.
+    ClientIpFor(u32),
+}
+
+fn sticky_yaml(affinity: Affinity) -> String {
     let affinity = match affinity {
-        None => "  sessionAffinity: None\n".to_owned(),
-        Some(None) => "  sessionAffinity: ClientIP\n".to_owned(),
-        Some(Some(t)) => format!(
+        Affinity::None => "  sessionAffinity: None\n".to_owned(),
+        Affinity::ClientIp => "  sessionAffinity: ClientIP\n".to_owned(),
+        Affinity::ClientIpFor(t) => format!(
             "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: \
              {t}}}}}\n"
         ),
@@ -52,7 +60,7 @@ spec:
 }
 
 /// The cluster with `sticky` (affinity as [`sticky_yaml`] says) programmed on both nodes.
-fn start(affinity: Option<Option<u32>>) -> Scenario {
+fn start(affinity: Affinity) -> Scenario {
     let scenario = Scenario::start(&[]);
     scenario
         .manifests
@@ -117,7 +125,7 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn every_connection_of_a_client_reaches_the_same_backend() {
-    let scenario = start(Some(None));
+    let scenario = start(Affinity::ClientIp);
     let sticky = ip(STICKY_IP);
 
     // Socket path: ClusterIP from pods on both nodes, TCP and UDP (connected and not).
@@ -177,7 +185,7 @@ fn every_connection_of_a_client_reaches_the_same_backend() {
 
 #[test]
 fn after_the_timeout_a_client_may_move_and_over_many_expiries_reaches_every_backend() {
-    let scenario = start(Some(Some(2)));
+    let scenario = start(Affinity::ClientIpFor(2));
     let sticky = ip(STICKY_IP);
     let node1_ip = scenario.cluster.node("node1").ip;
     let mut from_pod = BTreeSet::new();
@@ -217,7 +225,7 @@ fn after_the_timeout_a_client_may_move_and_over_many_expiries_reaches_every_back
 
 #[test]
 fn switching_affinity_off_spreads_and_back_on_sticks_again() {
-    let scenario = start(Some(None));
+    let scenario = start(Affinity::ClientIp);
     let sticky = ip(STICKY_IP);
     let node1_ip = scenario.cluster.node("node1").ip;
     the_one_pod(&scenario, Place::Pod("pod-1a"), Proto::Tcp, sticky, 80);
@@ -228,10 +236,15 @@ fn switching_affinity_off_spreads_and_back_on_sticks_again() {
         node1_ip,
         STICKY_NODE_PORT_TCP,
     );
-    assert!(!entries(&scenario, "node1", STICKY).is_empty());
+    assert!(
+        !entries(&scenario, "node1", STICKY).is_empty(),
+        "node1 has affinity entries for the sticky service"
+    );
 
     // Off: the entries go at once and connections spread.
-    scenario.manifests.write("sticky.yaml", &sticky_yaml(None));
+    scenario
+        .manifests
+        .write("sticky.yaml", &sticky_yaml(Affinity::None));
     wait_for("node1 drops every sticky entry", SYNC_TIMEOUT, || {
         entries(&scenario, "node1", STICKY).is_empty()
     });
@@ -259,7 +272,7 @@ fn switching_affinity_off_spreads_and_back_on_sticks_again() {
     // On again: as soon as a connection leaves an entry, every next one sticks to it.
     scenario
         .manifests
-        .write("sticky.yaml", &sticky_yaml(Some(Some(600))));
+        .write("sticky.yaml", &sticky_yaml(Affinity::ClientIpFor(600)));
     wait_for("node1 remembers pod-1a again", SYNC_TIMEOUT, || {
         scenario.answering_pods(Place::Pod("pod-1a"), Proto::Tcp, sticky, 80, 1);
         !entries(&scenario, "node1", STICKY).is_empty()
@@ -276,7 +289,7 @@ fn switching_affinity_off_spreads_and_back_on_sticks_again() {
 
 #[test]
 fn a_client_pinned_to_a_backend_that_stops_being_ready_moves() {
-    let scenario = start(Some(None));
+    let scenario = start(Affinity::ClientIp);
     let sticky = ip(STICKY_IP);
     let node1_ip = scenario.cluster.node("node1").ip;
     let pinned = the_one_pod(&scenario, Place::Pod("pod-1a"), Proto::Tcp, sticky, 80);
@@ -346,10 +359,11 @@ endpoints:
     );
     for member in members {
         let pod = scenario.cluster.pod(member);
-        out.push_str(&format!(
-            "- {{addresses: [\"{}\"], nodeName: {}, conditions: {{ready: true}}}}\n",
+        let _ = writeln!(
+            out,
+            "- {{addresses: [\"{}\"], nodeName: {}, conditions: {{ready: true}}}}",
             pod.ip, pod.node
-        ));
+        );
     }
     out
 }
@@ -397,7 +411,7 @@ fn a_client_pinned_to_a_backend_removed_from_the_service_moves() {
 
 #[test]
 fn a_restart_keeps_every_client_on_its_backend() {
-    let mut scenario = start(Some(None));
+    let mut scenario = start(Affinity::ClientIp);
     let sticky = ip(STICKY_IP);
     let node1_ip = scenario.cluster.node("node1").ip;
     let from_pod = the_one_pod(&scenario, Place::Pod("pod-1a"), Proto::Tcp, sticky, 80);

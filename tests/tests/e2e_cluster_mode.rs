@@ -465,6 +465,7 @@ fn a_dropped_watch_resumes_from_its_resource_version() {
 
 #[test]
 fn an_unreachable_api_server_leaves_traffic_flowing_and_the_daemon_catches_up() {
+    const LOST: &str = "retrying with backoff";
     let mut mode = start();
     let mut held = mode
         .cluster
@@ -472,7 +473,6 @@ fn an_unreachable_api_server_leaves_traffic_flowing_and_the_daemon_catches_up() 
         .unwrap_or_else(|e| panic!("hold a connection: {e}\n{}", mode.stderr()));
     let holder = held.greeting().name.clone();
 
-    const LOST: &str = "retrying with backoff";
     let lost_before = [&mode.node1, &mode.node2].map(|node| node.stderr().matches(LOST).count());
     mode.api.stop();
     // A change while the nodes cannot see it.
@@ -541,6 +541,8 @@ fn log_counts(mode: &ClusterMode, text: &str) -> [usize; 2] {
 
 #[test]
 fn an_object_sluice_cannot_decode_is_logged_and_holds_back_only_what_it_must() {
+    const CHANGE: &str = "the API server sent a change sluice cannot decode";
+    const LIST: &str = "the API server sent a list with an object sluice cannot decode";
     let mut mode = start();
     // A port as a string: the API server never sends it, k8s-openapi (so kube-rs) rejects it.
     let mut odd = objects::service(
@@ -551,8 +553,6 @@ fn an_object_sluice_cannot_decode_is_logged_and_holds_back_only_what_it_must() {
         &[],
     );
     odd["spec"]["ports"][0]["port"] = json!("eighty-one");
-    const CHANGE: &str = "the API server sent a change sluice cannot decode";
-    const LIST: &str = "the API server sent a list with an object sluice cannot decode";
     let (changes_before, lists_before) = (log_counts(&mode, CHANGE), log_counts(&mode, LIST));
 
     // In a watch: that change is skipped, said so, and the watch goes on.

@@ -3,6 +3,7 @@
 //! and /healthz.
 
 use std::{
+    fmt::Write as _,
     net::Ipv4Addr,
     process::Command,
     time::{Duration, Instant},
@@ -25,14 +26,15 @@ fn ip(s: &str) -> Ipv4Addr {
 
 /// `count` ClusterIP Services `PREFIX-i` with one TCP port and no endpoints, as one manifest.
 fn services_without_endpoints(prefix: &str, count: usize) -> String {
-    (0..count)
-        .map(|i| {
-            format!(
-                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {prefix}-{i}, namespace: default}}\n\
-                 spec:\n  ports:\n  - {{port: 80, protocol: TCP}}\n"
-            )
-        })
-        .collect()
+    let mut out = String::new();
+    for i in 0..count {
+        let _ = write!(
+            out,
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {prefix}-{i}, namespace: default}}\n\
+             spec:\n  ports:\n  - {{port: 80, protocol: TCP}}\n"
+        );
+    }
+    out
 }
 
 /// Requests from pod-1a to echo's ClusterIP reach every pod (`why` names the moment).

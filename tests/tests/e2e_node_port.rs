@@ -1,5 +1,5 @@
 //! NodePort end to end: from off-node through XDP on either node (both ways XDP can send a
-//! packet back out), from node processes, on 127.0.0.1 without route_localnet, and a client
+//! packet back out), from node processes, on 127.0.0.1 without `route_localnet`, and a client
 //! port reused for a direct connection while the NodePort flow's conntrack entries linger.
 
 use std::{

@@ -3,6 +3,7 @@
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     time::{Duration, SystemTime},
 };
 
@@ -104,11 +105,13 @@ fn metrics_report_syncs_and_map_fill() {
         .sum();
     let netns = &scenario.cluster.node("node1").netns;
     let mut text = String::new();
+    // Samples are f64; a count below 2^32 converts exactly.
+    let want = f64::from(u32::try_from(slots).expect("a few slots"));
     wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
         let (status, body) = http::get(netns, "127.0.0.1:10249", "/metrics");
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
         text = body;
-        http::sample(&text, "sluice_map_entries{map=\"SVC_V1\"}") == Some(slots as f64)
+        http::sample(&text, "sluice_map_entries{map=\"SVC_V1\"}") == Some(want)
     });
     let syncs = http::sample(&text, "kubeproxy_sync_proxy_rules_duration_seconds_count")
         .expect("the sync histogram");
@@ -132,9 +135,11 @@ fn metrics_report_syncs_and_map_fill() {
 /// `trigger`, and `timed-2` with `timed_2_pods` and no trigger time.
 fn timed_yaml(cluster: &Cluster, trigger: SystemTime, timed_2_pods: &[&str]) -> String {
     let endpoints = |pods: &[&str]| -> String {
-        pods.iter()
-            .map(|pod| format!("  - {{addresses: [{}]}}\n", cluster.pod(pod).ip))
-            .collect()
+        let mut out = String::new();
+        for pod in pods {
+            let _ = writeln!(out, "  - {{addresses: [{}]}}", cluster.pod(pod).ip);
+        }
+        out
     };
     format!(
         "apiVersion: v1
@@ -315,11 +320,8 @@ fn counters_match_the_traffic_sent() {
         let ip = scenario.cluster.pod(pod).ip;
         let series =
             format!("sluice_backend_packets_total{{backend=\"{ip}:8053\",direction=\"in\"}}");
-        assert_eq!(
-            http::sample(&text, &series),
-            Some(*sent as f64),
-            "{series}\n{text}"
-        );
+        let sent = f64::from(u32::try_from(*sent).expect("a few packets"));
+        assert_eq!(http::sample(&text, &series), Some(sent), "{series}\n{text}");
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::{
     collections::BTreeSet,
+    fmt::Write as _,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
     time::Duration,
@@ -51,12 +52,13 @@ endpoints:
     );
     for (pod, ready, serving, terminating) in endpoints {
         let pod = scenario.cluster.pod(pod);
-        out.push_str(&format!(
+        let _ = writeln!(
+            out,
             "- addresses: [{ip}]\n  nodeName: {node}\n  conditions: {{ready: {ready}, serving: \
-             {serving}, terminating: {terminating}}}\n",
+             {serving}, terminating: {terminating}}}",
             ip = pod.ip,
             node = pod.node,
-        ));
+        );
     }
     out
 }
@@ -297,7 +299,7 @@ fn load_balancer_ips_are_served_on_every_node_with_node_port_and_cluster_ip() {
     // Off-node clients: each LB IP through the node it is routed to; local backends see the
     // client, remote ones the entry node.
     for (lb, node) in [(lb1, "node1"), (lb2, "node2")] {
-        let node_ip = scenario.cluster.node(node).ip;
+        let entry_ip = scenario.cluster.node(node).ip;
         for proto in [Proto::Tcp, Proto::UdpConnected] {
             let port = if proto == Proto::Tcp { 80 } else { 53 };
             let replies = scenario.replies(Place::Client, proto, lb, port, SPREAD_REQUESTS);
@@ -305,7 +307,7 @@ fn load_balancer_ips_are_served_on_every_node_with_node_port_and_cluster_ip() {
                 if scenario.cluster.node_of(&r.name).name == node {
                     CLIENT_IP
                 } else {
-                    node_ip
+                    entry_ip
                 }
             };
             assert_replies(
@@ -319,7 +321,7 @@ fn load_balancer_ips_are_served_on_every_node_with_node_port_and_cluster_ip() {
             }
         }
         // Its NodePort too.
-        let replies = scenario.replies(Place::Client, Proto::Tcp, node_ip, node_port, 20);
+        let replies = scenario.replies(Place::Client, Proto::Tcp, entry_ip, node_port, 20);
         let answered: BTreeSet<String> = replies.iter().map(|r| r.name.clone()).collect();
         assert_eq!(answered, pods(&ALL_PODS), "NodePort via {node}");
     }
@@ -459,6 +461,7 @@ fn external_ips_are_served_from_off_node_and_from_local_processes() {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn external_traffic_policy_local_keeps_the_client_address_and_answers_health_checks() {
     let scenario = Scenario::start(&[]);
     let node1_ip = scenario.cluster.node("node1").ip;
@@ -775,6 +778,7 @@ fn publish_not_ready_addresses_serves_pods_that_are_not_ready() {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn proxy_labels_headless_and_external_name_are_listed_but_not_programmed() {
     let scenario = Scenario::start(&[]);
     let labelled = |label: &str| {
@@ -930,6 +934,7 @@ fn hairpin_and_the_client_address_through_a_cluster_ip() {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn changing_the_type_reprograms_cleanly() {
     let scenario = Scenario::start(&[]);
     let write = |spec: &str| {

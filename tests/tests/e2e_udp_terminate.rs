@@ -1,5 +1,5 @@
 //! Connected UDP sockets and removed backends: the socket LB translated the socket once, at
-//! connect(), so when its backend leaves the service Sluice must close the socket (the
+//! `connect()`, so when its backend leaves the service Sluice must close the socket (the
 //! application sees an error and reconnects) instead of leaving it sending to the old pod.
 
 use std::{net::Ipv4Addr, time::Duration};

@@ -99,6 +99,11 @@ fn ip_of(addr: SocketAddr) -> IpAddr {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
+#[expect(
+    clippy::similar_names,
+    reason = "`pod_2a` and `pod_1b` are the pods of those names"
+)]
 fn cluster_wiring_echo_servers_and_cleanup() {
     let mut cluster = Cluster::new();
     let footprint = Footprint::of(&cluster);
@@ -107,7 +112,10 @@ fn cluster_wiring_echo_servers_and_cleanup() {
 
     // Every server lives in its node's cgroup.
     for pod in cluster.pods() {
-        let pid = cluster.pod_server_pid(&pod.name).expect("server running") as i32;
+        let pid = cluster
+            .pod_server_pid(&pod.name)
+            .expect("server running")
+            .cast_signed();
         let members = proxy_tests::cgroup::procs(&cluster.node(&pod.node).cgroup).unwrap();
         assert!(
             members.contains(&pid),
@@ -243,7 +251,7 @@ fn cluster_wiring_echo_servers_and_cleanup() {
     let node_pids: Vec<i32> = cluster
         .pods()
         .iter()
-        .map(|p| cluster.pod_server_pid(&p.name).unwrap() as i32)
+        .map(|p| cluster.pod_server_pid(&p.name).unwrap().cast_signed())
         .collect();
     drop(cluster);
     footprint.assert_gone();
@@ -532,7 +540,7 @@ fn pidfd(pid: u32) -> OwnedFd {
         std::io::Error::last_os_error()
     );
     // SAFETY: a fresh fd nothing else owns.
-    unsafe { OwnedFd::from_raw_fd(raw as i32) }
+    unsafe { OwnedFd::from_raw_fd(i32::try_from(raw).expect("pidfd_open returns an int")) }
 }
 
 /// Whether the process behind `pidfd` exits within `timeout` (zero: has exited).
@@ -543,7 +551,9 @@ fn exits_within(pidfd: &OwnedFd, timeout: Duration) -> bool {
         revents: 0,
     };
     // SAFETY: one valid pollfd.
-    let ready = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd.
+    let ready = unsafe { libc::poll(&raw mut pfd, 1, ms) };
     assert!(ready >= 0, "poll: {}", std::io::Error::last_os_error());
     ready == 1
 }

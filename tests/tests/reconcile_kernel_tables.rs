@@ -102,7 +102,10 @@ fn the_kernel_maps_end_up_as_the_in_memory_tables() {
     let _netns = IsolatedNetns::enter().expect("create a network namespace (needs root)");
     let (failed, succeeded) = run_in_step(0, SEEDS, Capacity::default());
     assert_eq!(failed, 0);
-    assert_eq!(succeeded, SEEDS as usize * STEPS);
+    assert_eq!(
+        u64::try_from(succeeded).unwrap(),
+        SEEDS * u64::try_from(STEPS).unwrap()
+    );
 }
 
 /// Backend ids run out now and then (their counters array is tiny), so applies fail half way

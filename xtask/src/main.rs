@@ -31,7 +31,7 @@ enum Task {
     Setup,
     /// Install the eBPF toolchain if missing, then build the eBPF object.
     BuildEbpf,
-    /// Build everything and run every test: unit, BPF_PROG_TEST_RUN and netns end-to-end.
+    /// Build everything and run every test: unit, `BPF_PROG_TEST_RUN` and netns end-to-end.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]

@@ -1,7 +1,7 @@
 //! `sluice affinity`: the session-affinity entries (service, client, backend, age), read from
 //! the pins.
 
-use std::{collections::HashMap, path::Path};
+use std::{collections::HashMap, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 use proxy_common::{
@@ -41,7 +41,7 @@ pub struct AffinityRow {
 /// Reads every affinity entry, sorted by service, client kind and client.
 pub fn read(maps: &Maps) -> Result<Vec<AffinityRow>> {
     let mut frontends: HashMap<u32, (ServiceKey, ServiceValue)> = HashMap::new();
-    for entry in maps.services.iter() {
+    for entry in &maps.services {
         let (key, value) = entry.context("read the services map")?;
         if key.slot == 0 {
             frontends.insert(value.service_id, (key, value));
@@ -49,7 +49,7 @@ pub fn read(maps: &Maps) -> Result<Vec<AffinityRow>> {
     }
     let now = monotonic_ns();
     let mut rows = Vec::new();
-    for entry in maps.affinity.iter() {
+    for entry in &maps.affinity {
         let (key, value): (AffinityKey, AffinityValue) = entry.context("read the affinity map")?;
         let frontend = frontends.get(&key.service_id);
         let timeout = frontend.map_or(0, |(_, service)| service.affinity_timeout);
@@ -70,7 +70,7 @@ pub fn read(maps: &Maps) -> Result<Vec<AffinityRow>> {
             client: client_name(&key),
             backend_id: value.backend_id,
             backend,
-            age_seconds: age as f64 / 1e9,
+            age_seconds: Duration::from_nanos(age).as_secs_f64(),
             timeout_seconds: timeout,
             expired: timeout == 0 || age > u64::from(timeout) * 1_000_000_000,
         });
@@ -104,6 +104,10 @@ fn client_kind(kind: u8) -> &'static str {
     }
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "an IP client's high 32 bits are zero"
+)]
 fn client_name(key: &AffinityKey) -> String {
     match key.client_kind {
         // The address's network-order bytes sit in the low 32 bits.

@@ -21,7 +21,7 @@ pub struct BackendRow {
 
 pub fn read(maps: &Maps) -> Result<Vec<BackendRow>> {
     let mut rows: BTreeMap<u32, BackendRow> = BTreeMap::new();
-    for entry in maps.backends.iter() {
+    for entry in &maps.backends {
         let (id, backend) = entry?;
         let flags = backend.flags;
         rows.insert(

@@ -1,6 +1,6 @@
 //! `sluice conntrack`: the flows the packet path tracks, one row per flow.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::Result;
 use proxy_common::{
@@ -38,7 +38,7 @@ pub struct Filter {
 pub fn read(maps: &Maps, filter: &Filter) -> Result<Vec<FlowRow>> {
     let now = monotonic_ns();
     let mut rows = Vec::new();
-    for entry in maps.conntrack.iter() {
+    for entry in &maps.conntrack {
         let (key, flow): (CtKey, CtEntry) = entry?;
         // Each flow has one forward entry; the reply entry only mirrors it.
         if key.dir != CT_DIR_FORWARD {
@@ -66,7 +66,7 @@ pub fn read(maps: &Maps, filter: &Filter) -> Result<Vec<FlowRow>> {
             snat,
             service,
             state: state_name(key.proto, flow.tcp_state),
-            idle_seconds: now.saturating_sub(flow.last_seen_ns) as f64 / 1e9,
+            idle_seconds: Duration::from_nanos(now.saturating_sub(flow.last_seen_ns)).as_secs_f64(),
         });
     }
     rows.sort_by(|a, b| (&a.service, &a.client).cmp(&(&b.service, &b.client)));

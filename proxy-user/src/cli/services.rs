@@ -63,17 +63,17 @@ pub fn run(pin_dir: &Path, output: Output) -> Result<()> {
                     format!("not programmed: {reason}"),
                 ];
             }
-            let mut policy = format!(
-                "ext={} int={}",
-                row.external_traffic_policy, row.internal_traffic_policy
-            );
+            let mut policy = vec![
+                format!("ext={}", row.external_traffic_policy),
+                format!("int={}", row.internal_traffic_policy),
+            ];
             if let Some(port) = row.health_check_node_port {
-                policy.push_str(&format!(" hc={port}"));
+                policy.push(format!("hc={port}"));
             }
             if !row.source_ranges.is_empty() {
                 let ranges: Vec<String> =
                     row.source_ranges.iter().map(ToString::to_string).collect();
-                policy.push_str(&format!(" from={}", ranges.join(",")));
+                policy.push(format!("from={}", ranges.join(",")));
             }
             let mut backends = backends_cell(row, &row.backends);
             if let Some(internal) = &row.internal_backends {
@@ -88,7 +88,7 @@ pub fn run(pin_dir: &Path, output: Output) -> Result<()> {
                 row.kind.to_owned(),
                 row.frontend.clone(),
                 row.protocol.to_owned(),
-                policy,
+                policy.join(" "),
                 backends,
             ]
         },

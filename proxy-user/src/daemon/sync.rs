@@ -104,7 +104,7 @@ impl Syncer {
         if self.affinity_gc.is_scheduled() {
             self.affinity_gc.due().await;
         } else {
-            std::future::pending().await
+            std::future::pending::<()>().await;
         }
     }
 

@@ -8,7 +8,7 @@
 //! once when a frontend's affinity is switched on or off, so no entry of an earlier setting
 //! survives the switch.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, hash::BuildHasher, time::Duration};
 
 use anyhow::{Context as _, Result};
 use proxy_common::{AffinityKey, AffinityValue};
@@ -133,12 +133,12 @@ impl AffinityGc {
 pub fn collect(
     maps: &mut Maps,
     view: &AffinityView<'_>,
-    resets: &HashMap<u32, u64>,
+    resets: &HashMap<u32, u64, impl BuildHasher>,
 ) -> Result<GcStats> {
     let now = monotonic_ns();
     let mut stats = GcStats::default();
     let mut stale = Vec::new();
-    for entry in maps.affinity.iter() {
+    for entry in &maps.affinity {
         let (key, value) = entry.context("read the affinity map")?;
         if is_stale(
             &key,

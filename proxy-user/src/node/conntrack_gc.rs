@@ -5,7 +5,7 @@
 //! timeouts follow what kube-proxy sets for netfilter: established TCP 24 h, closing TCP
 //! (FIN or RST seen) 10 s, a SYN without answer 60 s, UDP 120 s.
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{collections::HashMap, hash::BuildHasher, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
 use proxy_common::{
@@ -28,7 +28,7 @@ pub struct CtTimeouts {
 impl Default for CtTimeouts {
     fn default() -> Self {
         Self {
-            tcp_established: Duration::from_secs(24 * 3600),
+            tcp_established: Duration::from_hours(24),
             tcp_closing: Duration::from_secs(10),
             tcp_syn: Duration::from_secs(60),
             udp: Duration::from_secs(120),
@@ -54,7 +54,7 @@ impl CtTimeouts {
 /// direction counts, the closing state of either), flows whose backend is gone, and reply
 /// entries whose forward entry the LRU already evicted.
 pub fn expired_keys(
-    entries: &HashMap<CtKey, CtEntry>,
+    entries: &HashMap<CtKey, CtEntry, impl BuildHasher>,
     backend_exists: impl Fn(u32) -> bool,
     timeouts: &CtTimeouts,
     now_ns: u64,

@@ -107,7 +107,7 @@ impl Reconciler {
             ..Self::default()
         };
         for (id, backend) in maps.backends().entries().context("read the backends map")? {
-            this.backend_ids.insert(backend_addr(&backend), id);
+            this.backend_ids.insert(backend_addr(backend), id);
             this.backends.insert(id, backend);
             this.next_backend_id = this.next_backend_id.max(id);
         }
@@ -143,11 +143,9 @@ impl Reconciler {
             // Slots without slot 0 are a remnant of an interrupted write, unreachable for a
             // reader: removed by the next apply (which writes the frontend anew if planned).
             let Some(&head) = slots.get(&0) else {
-                this.stale.slots.extend(
-                    slots
-                        .keys()
-                        .map(|&slot| service_key(&frontend, slot.into())),
-                );
+                this.stale
+                    .slots
+                    .extend(slots.keys().map(|&slot| service_key(frontend, slot.into())));
                 continue;
             };
             // Readers use slots `1..=count`; those past it are left by an interrupted write
@@ -159,7 +157,7 @@ impl Reconciler {
             this.stale.slots.extend(
                 slots
                     .range(head.count + 1..)
-                    .map(|(&slot, _)| service_key(&frontend, slot.into())),
+                    .map(|(&slot, _)| service_key(frontend, slot.into())),
             );
             let meta = meta
                 .get(&head.service_id)
@@ -307,7 +305,7 @@ impl Reconciler {
                 self.write_backend(&mut pending, *addr, flags, &mut stats)?;
             }
         }
-        self.flush_backends(maps, &mut pending)?;
+        Self::flush_backends(maps, &mut pending)?;
 
         // 2. Affinity to a backend that leaves a frontend ends before its slot goes.
         for frontend in scope.frontends.iter() {
@@ -334,7 +332,7 @@ impl Reconciler {
                 .filter_map(|frontend| plan.frontends.get_key_value(frontend))
         };
         for (frontend, planned) in planned(true).chain(planned(false)) {
-            if self.write_frontend(&mut pending, frontend, planned)? {
+            if self.write_frontend(&mut pending, *frontend, planned)? {
                 stats.frontends_written += 1;
             }
         }
@@ -352,7 +350,7 @@ impl Reconciler {
             .collect();
         gone.sort_by_key(|frontend| frontend.scope != SVC_SCOPE_DEFAULT);
         for frontend in gone {
-            self.remove_frontend(maps, &frontend)?;
+            self.remove_frontend(maps, frontend)?;
             stats.frontends_removed += 1;
         }
 
@@ -374,7 +372,7 @@ impl Reconciler {
                 },
             ));
         }
-        self.members.add(maps, joined)?;
+        self.members.add(maps, &joined)?;
 
         // 6. The skipped-services list, for the CLI.
         for name in scope.skipped.iter() {
@@ -443,13 +441,12 @@ impl Reconciler {
             flags,
             _pad: 0,
         };
-        let id = match self.backend_ids.get(&addr) {
-            Some(&id) => id,
-            None => {
-                let id = self.allocate_backend_id()?;
-                self.backend_ids.insert(addr, id);
-                id
-            }
+        let id = if let Some(&id) = self.backend_ids.get(&addr) {
+            id
+        } else {
+            let id = self.allocate_backend_id()?;
+            self.backend_ids.insert(addr, id);
+            id
         };
         if !self.backends.contains_key(&id) {
             // Counters start with the backend: a reused id never inherits old traffic.
@@ -487,7 +484,7 @@ impl Reconciler {
     fn write_frontend(
         &mut self,
         pending: &mut Pending,
-        frontend: &Frontend,
+        frontend: Frontend,
         planned: &FrontendPlan,
     ) -> Result<bool> {
         let slots = planned
@@ -502,7 +499,7 @@ impl Reconciler {
                 })
             })
             .collect::<Result<Vec<u32>>>()?;
-        let service_id = match self.frontends.get(frontend) {
+        let service_id = match self.frontends.get(&frontend) {
             Some(existing) => existing.service_id,
             None => self
                 .allocate_service_id()
@@ -530,7 +527,7 @@ impl Reconciler {
             meta,
             source_ranges,
         };
-        let old = self.frontends.get(frontend).cloned();
+        let old = self.frontends.get(&frontend).cloned();
         if old.as_ref() == Some(&wanted) {
             return Ok(false);
         }
@@ -573,13 +570,13 @@ impl Reconciler {
             self.affinity_timeouts
                 .insert(service_id, planned.affinity_timeout);
         }
-        self.frontends.insert(*frontend, wanted);
+        self.frontends.insert(frontend, wanted);
         Ok(true)
     }
 
     /// Removes slot 0 first: from then on lookups miss and the slots are unreachable.
-    fn remove_frontend(&mut self, maps: &mut dyn ServiceTables, frontend: &Frontend) -> Result<()> {
-        let programmed = self.frontends.remove(frontend).expect("caller checked");
+    fn remove_frontend(&mut self, maps: &mut dyn ServiceTables, frontend: Frontend) -> Result<()> {
+        let programmed = self.frontends.remove(&frontend).expect("caller checked");
         self.service_ids.remove(&programmed.service_id);
         self.affinity_timeouts.remove(&programmed.service_id);
         let context = || format!("remove service {} ({frontend:?})", programmed.meta.name());
@@ -683,7 +680,11 @@ fn next_id(id: u32, limit: u32) -> u32 {
     }
 }
 
-fn service_key(frontend: &Frontend, slot: usize) -> ServiceKey {
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "slots are 0..=count, and `write_frontend` refuses a count past u16::MAX"
+)]
+fn service_key(frontend: Frontend, slot: usize) -> ServiceKey {
     ServiceKey::new(
         SocketAddrV4::new(frontend.addr, frontend.port),
         frontend.protocol.ip_proto(),
@@ -706,7 +707,7 @@ fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
     })
 }
 
-fn backend_addr(backend: &Backend) -> BackendAddr {
+fn backend_addr(backend: Backend) -> BackendAddr {
     BackendAddr {
         addr: ip_from_net(backend.addr),
         port: port_from_net(backend.port),

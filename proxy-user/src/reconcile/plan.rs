@@ -123,7 +123,7 @@ impl Contribution {
             if later.0 != first.0 {
                 return false;
             }
-            warn_conflict(&first.0, &first.1.name, &later.1.name);
+            warn_conflict(first.0, &first.1.name, &later.1.name);
             true
         });
         contribution
@@ -140,7 +140,7 @@ impl Contribution {
     }
 }
 
-fn warn_conflict(frontend: &Frontend, kept: &str, ignored: &str) {
+fn warn_conflict(frontend: Frontend, kept: &str, ignored: &str) {
     warn!(
         frontend = ?frontend,
         kept = %kept,
@@ -186,7 +186,7 @@ impl Plan {
                         entry.insert(planned);
                     }
                     Entry::Occupied(entry) => {
-                        warn_conflict(&frontend, &entry.get().name, &planned.name);
+                        warn_conflict(frontend, &entry.get().name, &planned.name);
                     }
                 }
             }
@@ -218,29 +218,7 @@ impl Contribution {
             cluster: addrs(choose_endpoints(&port.endpoints)),
             local: addrs(choose_endpoints(&local)),
         };
-        let name = if port.name.is_empty() {
-            service.name.to_string()
-        } else {
-            format!("{}:{}", service.name, port.name)
-        };
-        let mut policy = 0;
-        if service.external_traffic_policy == TrafficPolicy::Local {
-            policy |= POLICY_F_EXTERNAL_LOCAL;
-        }
-        if service.internal_traffic_policy == TrafficPolicy::Local {
-            policy |= POLICY_F_INTERNAL_LOCAL;
-        }
-        let base = FrontendPlan {
-            name,
-            kind: 0,
-            svc_type: svc_type(service.service_type),
-            policy,
-            health_check_port: service.health_check_node_port.unwrap_or(0),
-            flags: SVC_F_EXTERNAL,
-            backends: Vec::new(),
-            affinity_timeout: service.affinity_timeout.unwrap_or(0),
-            source_ranges: Vec::new(),
-        };
+        let base = base_plan(service, port);
 
         // The cluster IP follows internalTrafficPolicy for every client, as kube-proxy does.
         if let Some(ip) = service.cluster_ip {
@@ -313,6 +291,33 @@ impl Contribution {
 
     fn insert(&mut self, frontend: Frontend, planned: FrontendPlan) {
         self.frontends.push((frontend, planned));
+    }
+}
+
+/// What every frontend of `port` shares; each sets its kind, flags, backends and ranges.
+fn base_plan(service: &Service, port: &ServicePort) -> FrontendPlan {
+    let name = if port.name.is_empty() {
+        service.name.to_string()
+    } else {
+        format!("{}:{}", service.name, port.name)
+    };
+    let mut policy = 0;
+    if service.external_traffic_policy == TrafficPolicy::Local {
+        policy |= POLICY_F_EXTERNAL_LOCAL;
+    }
+    if service.internal_traffic_policy == TrafficPolicy::Local {
+        policy |= POLICY_F_INTERNAL_LOCAL;
+    }
+    FrontendPlan {
+        name,
+        kind: 0,
+        svc_type: svc_type(service.service_type),
+        policy,
+        health_check_port: service.health_check_node_port.unwrap_or(0),
+        flags: SVC_F_EXTERNAL,
+        backends: Vec::new(),
+        affinity_timeout: service.affinity_timeout.unwrap_or(0),
+        source_ranges: Vec::new(),
     }
 }
 
@@ -440,8 +445,8 @@ mod tests {
             }],
             skip_reason: None,
             affinity_timeout: None,
-            external_traffic_policy: Default::default(),
-            internal_traffic_policy: Default::default(),
+            external_traffic_policy: TrafficPolicy::default(),
+            internal_traffic_policy: TrafficPolicy::default(),
             load_balancer_source_ranges: vec![],
             health_check_node_port: None,
         };
@@ -586,7 +591,7 @@ mod tests {
         // A node without a local endpoint drops off-node traffic instead of refusing it.
         let plan = Plan::build(&desired, "node3");
         let default = &plan.frontends[&key(any, 30080, SVC_SCOPE_DEFAULT)];
-        assert!(default.backends.is_empty());
+        assert_eq!(default.backends, []);
         assert_ne!(default.flags & SVC_F_NO_LOCAL_ENDPOINT, 0);
     }
 
@@ -615,7 +620,7 @@ mod tests {
         assert_eq!(cluster.backends[0].addr, Ipv4Addr::new(198, 18, 1, 12));
         let plan = Plan::build(&desired, "node3");
         let cluster = plan.frontends.values().next().unwrap();
-        assert!(cluster.backends.is_empty());
+        assert_eq!(cluster.backends, []);
         assert_ne!(cluster.flags & SVC_F_NO_LOCAL_ENDPOINT, 0);
     }
 
@@ -623,6 +628,6 @@ mod tests {
     fn no_endpoints_still_programs_the_frontend_to_refuse() {
         let desired = service(ServiceType::ClusterIP, vec![]);
         let plan = Plan::build(&desired, "node1");
-        assert!(plan.frontends.values().next().unwrap().backends.is_empty());
+        assert_eq!(plan.frontends.values().next().unwrap().backends, []);
     }
 }

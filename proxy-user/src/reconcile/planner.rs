@@ -126,6 +126,10 @@ impl Planner {
 
     /// Makes the plan that of `state`, working only on the services that differ from the last
     /// state's, and says which plan entries changed.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "the planner keeps `state`: callers hand their `Arc` over"
+    )]
     pub fn update(&mut self, state: Arc<DesiredState>) -> PlanChanges {
         let Some(previous) = self.state.replace(state.clone()) else {
             for service in state.services.values() {
@@ -138,21 +142,21 @@ impl Planner {
         if Arc::ptr_eq(&previous, &state) {
             return changes;
         }
-        let changed = changed_services(&previous, &state);
-        changes.services = changed
+        let differing = changed_services(&previous, &state);
+        changes.services = differing
             .iter()
             .filter_map(|(old, new)| old.or(*new).map(|service| service.name.clone()))
             .collect();
         // Every old claim goes before any new one is made, so a new claim sees only the
         // claims that stay.
-        for (old, _) in &changed {
+        for (old, _) in &differing {
             if let Some(old) = old {
                 let contribution = Contribution::of(old, &self.node_name);
                 self.remove(old, contribution, &mut changes);
             }
         }
-        // In name order (as `changed` is), like `Plan::build`.
-        for (_, new) in &changed {
+        // In name order (as `differing` is), like `Plan::build`.
+        for (_, new) in &differing {
             if let Some(new) = new {
                 let contribution = Contribution::of(new, &self.node_name);
                 self.add(new, contribution, Some(&mut changes));
@@ -200,11 +204,11 @@ impl Planner {
             let at = position(claims, service).unwrap_or_else(|at| at);
             claims.insert(at, service.clone());
             if claims.len() > 1 {
-                let other = &claims[if at == 0 { 1 } else { 0 }].name;
+                // The new claim sorts first (and wins) or after the one already kept.
                 let (kept, ignored) = if at == 0 {
-                    (&service.name, other)
+                    (&service.name, &claims[1].name)
                 } else {
-                    (other, &service.name)
+                    (&claims[0].name, &service.name)
                 };
                 tracing::warn!(
                     frontend = ?frontend,

@@ -181,11 +181,11 @@ fn incremental_applies_leave_what_a_full_apply_writes() {
         for step in 0..STEPS {
             let changes = planner.update(Arc::new(state.clone()));
             assert_eq!(changes.everything, step == 0);
-            let stats = reconciler
+            let applied = reconciler
                 .apply_changes(&mut tables, planner.plan(), &changes)
                 .unwrap_or_else(|err| panic!("seed {seed} step {step}: {err:#}"));
-            assert_eq!(stats.full, step == 0);
-            written += stats.frontends_written + stats.frontends_removed;
+            assert_eq!(applied.full, step == 0);
+            written += applied.frontends_written + applied.frontends_removed;
             assert_holds(&tables, &state, seed, step);
             random.change(&mut state);
         }
@@ -219,21 +219,18 @@ fn after_running_out_of_ids_the_next_apply_converges() {
             tables
                 .reader_violation()
                 .unwrap_or_else(|err| panic!("seed {seed} step {step}: {err:#}"));
-            match result {
-                Err(_) => {
-                    failed += 1;
-                    failing = true;
-                    // The next state needs fewer backends, so an apply can succeed again.
-                    let names: Vec<_> = state.services.keys().take(2).cloned().collect();
-                    for name in names {
-                        state.services.remove(&name);
-                    }
+            if result.is_err() {
+                failed += 1;
+                failing = true;
+                // The next state needs fewer backends, so an apply can succeed again.
+                let names: Vec<_> = state.services.keys().take(2).cloned().collect();
+                for name in names {
+                    state.services.remove(&name);
                 }
-                Ok(_) => {
-                    recovered += usize::from(failing);
-                    failing = false;
-                    assert_holds(&tables, &state, seed, step);
-                }
+            } else {
+                recovered += usize::from(failing);
+                failing = false;
+                assert_holds(&tables, &state, seed, step);
             }
             random.change(&mut state);
         }
@@ -265,10 +262,10 @@ fn a_write_failing_anywhere_leaves_a_usable_view_and_the_next_apply_converges() 
             tables.clear_failure();
             if result.is_err() {
                 failed += 1;
-                let stats = reconciler
+                let applied = reconciler
                     .apply_changes(&mut tables, planner.plan(), &changes)
                     .unwrap_or_else(|err| panic!("seed {seed} step {step}: retry: {err:#}"));
-                assert!(stats.full, "the retry after an error writes everything");
+                assert!(applied.full, "the retry after an error writes everything");
             }
             assert_holds(&tables, &state, seed, step);
             random.change(&mut state);
@@ -294,16 +291,12 @@ fn counters_start_from_zero_with_their_id_and_are_kept_after() {
     let contents = tables.contents();
     let service_ids: BTreeSet<u32> = contents.services.values().map(|v| v.service_id).collect();
     assert!(!service_ids.is_empty() && !contents.backends.is_empty());
-    for (id, traffic) in contents.service_counters.iter().enumerate() {
-        let expected = if service_ids.contains(&(id as u32)) {
-            0
-        } else {
-            7
-        };
+    for (id, traffic) in (0..).zip(&contents.service_counters) {
+        let expected = if service_ids.contains(&id) { 0 } else { 7 };
         assert_eq!(*traffic, expected, "service id {id}");
     }
-    for (id, traffic) in contents.backend_counters.iter().enumerate() {
-        let used = contents.backends.contains_key(&(id as u32));
+    for (id, traffic) in (0..).zip(&contents.backend_counters) {
+        let used = contents.backends.contains_key(&id);
         assert_eq!(*traffic, if used { 0 } else { 7 }, "backend id {id}");
     }
 
@@ -335,9 +328,9 @@ fn a_reconciler_reading_applied_tables_has_nothing_to_write() {
         first.apply(&mut tables, &plan).expect("apply");
         let ops = tables.ops();
         let mut restarted = Reconciler::from_maps(&mut tables).expect("read the tables");
-        let stats = restarted.apply(&mut tables, &plan).expect("apply again");
+        let applied = restarted.apply(&mut tables, &plan).expect("apply again");
         assert_eq!(
-            (stats.frontends_written, stats.backends_written),
+            (applied.frontends_written, applied.backends_written),
             (0, 0),
             "seed {seed}"
         );

@@ -17,7 +17,7 @@
 //! `NAME PEER LOCAL REMOTE` (REMOTE: where the client saw the answer come from) or
 //! `error: KIND: message`, KIND one of refused, timeout, reset, unreachable, eof, other.
 //! With `--source-port` (TCP only) every connection binds that local port first, with
-//! SO_REUSEADDR, so a test can reuse one client port across destinations.
+//! `SO_REUSEADDR`, so a test can reuse one client port across destinations.
 //!
 //! `hold` opens one TCP connection, prints the greeting and the `hold` acknowledgement, then
 //! for each stdin line sends it and prints the answer; it exits on stdin EOF or on error.
@@ -191,11 +191,11 @@ fn serve(name: &str, tcp: &[u16], udp: &[u16]) -> Result<ExitCode, String> {
     let mut threads = Vec::new();
     for listener in listeners {
         let name = name.clone();
-        threads.push(thread::spawn(move || accept_loop(listener, name)));
+        threads.push(thread::spawn(move || accept_loop(&listener, &name)));
     }
     for socket in sockets {
         let name = name.clone();
-        threads.push(thread::spawn(move || udp_loop(socket, name)));
+        threads.push(thread::spawn(move || udp_loop(&socket, &name)));
     }
     for t in threads {
         let _ = t.join();
@@ -203,7 +203,7 @@ fn serve(name: &str, tcp: &[u16], udp: &[u16]) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn accept_loop(listener: TcpListener, name: Arc<str>) {
+fn accept_loop(listener: &TcpListener, name: &Arc<str>) {
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
@@ -250,7 +250,7 @@ fn tcp_session(stream: &TcpStream, name: &str) -> io::Result<()> {
     }
 }
 
-fn udp_loop(socket: UdpSocket, name: Arc<str>) {
+fn udp_loop(socket: &UdpSocket, name: &Arc<str>) {
     let local = match socket.local_addr() {
         Ok(a) => a,
         Err(e) => {
@@ -332,8 +332,8 @@ fn tcp_once(addr: SocketAddr, timeout: Duration, source_port: u16) -> io::Result
     Ok(format!("{answer} {remote}"))
 }
 
-/// A TCP connection from local port `port`. SO_REUSEADDR lets the port be bound again while
-/// an earlier connection from it to another destination is still in TIME_WAIT.
+/// A TCP connection from local port `port`. `SO_REUSEADDR` lets the port be bound again while
+/// an earlier connection from it to another destination is still in `TIME_WAIT`.
 fn connect_from_port(addr: SocketAddr, timeout: Duration, port: u16) -> io::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
     let (domain, local) = if addr.is_ipv4() {

@@ -7,6 +7,7 @@
 //! connection) and per process started *without* the harness (`escaped N`: no parent-death
 //! signal, so only the sweep can end them), then `ready`. It then reads stdin until EOF.
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
@@ -80,14 +81,14 @@ fn leak() {
 
     let mut out = String::new();
     let owner = Owner::current();
-    out.push_str(&format!("owner {} {}\n", owner.pid, owner.start));
+    let _ = writeln!(out, "owner {} {}", owner.pid, owner.start);
     for name in cluster.netns_names() {
-        out.push_str(&format!("netns {name}\n"));
+        let _ = writeln!(out, "netns {name}");
     }
-    out.push_str(&format!("cgroup {}\n", cluster.cgroup_root().display()));
-    out.push_str(&format!("mount {}\n", cluster.bpffs_dir().display()));
+    let _ = writeln!(out, "cgroup {}", cluster.cgroup_root().display());
+    let _ = writeln!(out, "mount {}", cluster.bpffs_dir().display());
     for dir in [cluster.bpffs_dir(), cluster.state_root(), manifests.path()] {
-        out.push_str(&format!("dir {}\n", dir.display()));
+        let _ = writeln!(out, "dir {}", dir.display());
     }
     let pods: Vec<u32> = cluster
         .pods()
@@ -96,10 +97,10 @@ fn leak() {
         .collect();
     let daemon_pid = daemon.pid().expect("the stand-in runs");
     for pid in pods.iter().copied().chain([daemon_pid, held.pid()]) {
-        out.push_str(&format!("pid {pid}\n"));
+        let _ = writeln!(out, "pid {pid}");
     }
     for child in &escaped {
-        out.push_str(&format!("escaped {}\n", child.id()));
+        let _ = writeln!(out, "escaped {}", child.id());
     }
     out.push_str("ready\n");
     let mut stdout = std::io::stdout().lock();

@@ -30,6 +30,10 @@ fn main() -> ExitCode {
 }
 
 /// Runs the demo; returns how many requests failed.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the demo's steps in the order it prints them"
+)]
 fn demo() -> Result<usize> {
     let examples: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let examples = examples

@@ -1,7 +1,7 @@
 //! Socket termination: after a sync, destroys the connected UDP sockets the socket LB sent to a
 //! backend that no frontend uses any more, so clients reconnect instead of sending into a void.
 //!
-//! A connected UDP socket is translated once, at connect(); its later sends pass no hook. When
+//! A connected UDP socket is translated once, at `connect()`; its later sends pass no hook. When
 //! its backend goes, kube-proxy would flush the UDP conntrack entries; Sluice has none to flush
 //! on this path, so it does what Cilium's socket LB does: it walks the UDP sockets with a BPF
 //! iterator and calls `bpf_sock_destroy` on the ones connected to the removed backend whose
@@ -84,7 +84,7 @@ fn terminate(
     cgroup: &Path,
     backends: &[BackendAddr],
 ) -> Result<u64> {
-    let keys: Vec<SockTermKey> = backends.iter().map(term_key).collect();
+    let keys: Vec<SockTermKey> = backends.iter().copied().map(term_key).collect();
     for key in &keys {
         program
             .targets
@@ -133,7 +133,7 @@ fn log_destroyed(record: &SockTermRecord, netns: u64) {
     );
 }
 
-fn term_key(backend: &BackendAddr) -> SockTermKey {
+fn term_key(backend: BackendAddr) -> SockTermKey {
     SockTermKey {
         addr: ip_to_net(backend.addr),
         port: port_to_net(backend.port),
@@ -143,7 +143,7 @@ fn term_key(backend: &BackendAddr) -> SockTermKey {
 
 fn udp_backends_in_maps(maps: &Maps) -> Result<BTreeSet<BackendAddr>> {
     let mut ids = BTreeSet::new();
-    for entry in maps.services.iter() {
+    for entry in &maps.services {
         let (key, value) = entry.context("read the services map")?;
         if key.proto == IPPROTO_UDP && key.slot != 0 {
             ids.insert(value.backend_id);

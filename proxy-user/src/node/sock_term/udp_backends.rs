@@ -120,7 +120,7 @@ mod tests {
             planner.update(Arc::new(state.clone()));
             let mut before = udp_backends(planner.plan());
             let mut tracked = UdpBackends::from_maps(before.clone());
-            assert!(tracked.update(planner.plan(), None).is_empty());
+            assert_eq!(tracked.update(planner.plan(), None), []);
             for step in 0..30 {
                 random.change(&mut state);
                 let changes = planner.update(Arc::new(state.clone()));

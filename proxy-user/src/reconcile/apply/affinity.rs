@@ -72,9 +72,9 @@ impl AffinityMembers {
     pub(super) fn add(
         &mut self,
         maps: &mut dyn ServiceTables,
-        new: Vec<AffinityMatchKey>,
+        new: &[AffinityMatchKey],
     ) -> Result<()> {
-        let written = maps.affinity_match().write(&new, &vec![(); new.len()]);
+        let written = maps.affinity_match().write(new, &vec![(); new.len()]);
         let done = written
             .as_ref()
             .map_or_else(|err| err.index, |()| new.len());

@@ -1,5 +1,5 @@
 //! An apply's writes collected per map and stage, then sent with one batched write per stage
-//! (BPF_MAP_UPDATE_BATCH for the kernel's maps): a cold start writes millions of entries, and
+//! (`BPF_MAP_UPDATE_BATCH` for the kernel's maps): a cold start writes millions of entries, and
 //! a call per entry made it take seconds. The stages are the write order readers rely on:
 //! counters and backends before the slots that point at them, new source ranges and slots
 //! before the heads that enable and count them, internal-scope heads before the default-scope
@@ -97,7 +97,6 @@ impl Pending {
 impl Reconciler {
     /// Writes the pending backends and their counters.
     pub(super) fn flush_backends(
-        &self,
         maps: &mut dyn ServiceTables,
         pending: &mut Pending,
     ) -> Result<()> {

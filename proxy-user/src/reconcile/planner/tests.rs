@@ -1,7 +1,10 @@
 use std::{collections::BTreeSet, sync::Arc};
 
 use super::*;
-use crate::reconcile::random_state::{NODE, RandomStates};
+use crate::{
+    model::TrafficPolicy,
+    reconcile::random_state::{NODE, RandomStates},
+};
 
 /// The keys whose entries differ between two plans.
 fn differences(old: &Plan, new: &Plan) -> PlanChanges {
@@ -129,8 +132,8 @@ fn one_changed_endpoint_lists_only_its_entries() {
         }],
         skip_reason: None,
         affinity_timeout: None,
-        external_traffic_policy: Default::default(),
-        internal_traffic_policy: Default::default(),
+        external_traffic_policy: TrafficPolicy::default(),
+        internal_traffic_policy: TrafficPolicy::default(),
         load_balancer_source_ranges: vec![],
         health_check_node_port: None,
     };

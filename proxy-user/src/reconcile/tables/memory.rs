@@ -25,6 +25,10 @@ use super::{BatchError, Counters, RangeKey, ServiceTables, Table};
 
 /// What the tables hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[expect(
+    clippy::zero_sized_map_values,
+    reason = "like the kernel maps they stand in for, the key-only tables are `Table<K, ()>`"
+)]
 pub struct Contents {
     pub services: HashMap<ServiceKey, ServiceValue>,
     pub backends: HashMap<u32, Backend>,
@@ -335,6 +339,10 @@ impl std::fmt::Debug for CounterHandle {
 }
 
 impl Counters for CounterHandle {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the counter arrays are made `Capacity::service_ids` or `backend_ids` (u32) long"
+    )]
     fn slots(&self) -> u32 {
         let mut shared = self.shared.borrow_mut();
         (self.counters)(&mut shared.contents).len() as u32

@@ -78,7 +78,7 @@ fn node(name: &str, ip: &str) -> Box<Node> {
     })
 }
 
-/// A complete list through the watcher item wrapper `what`: Init, InitApply.., InitDone.
+/// A complete list through the watcher item wrapper `what`: `Init`, `InitApply`.., `InitDone`.
 fn list<K>(view: &mut ClusterView, what: fn(WatchItem<K>) -> Update, objects: Vec<Box<K>>) {
     view.update(what(Ok(Event::Init)));
     for object in objects {

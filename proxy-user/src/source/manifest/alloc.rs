@@ -153,6 +153,11 @@ impl Allocator {
 
     /// Meets every request, keeping earlier allocations, never handing out a claimed
     /// address or port, and forgetting allocations nobody requests any more.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "two passes (keep, then hand out) filling the same sets; apart, each would \
+                  take seven arguments"
+    )]
     pub(crate) fn assign(
         &mut self,
         requests: &[AllocRequest],

@@ -258,6 +258,10 @@ mod tests {
     }
 
     /// A Service as `kubectl get -o json` shows it: every default filled in by the API server.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "the callers' `json!` literals read better without a `&`"
+    )]
     fn service(name: &str, cluster_ip: &str, labels: Value) -> Value {
         json!({
             "apiVersion": "v1",
@@ -284,6 +288,10 @@ mod tests {
         })
     }
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "the callers' `json!` literals read better without a `&`"
+    )]
     fn slice(name: &str, service: &str, endpoints: Value) -> Value {
         json!({
             "apiVersion": "discovery.k8s.io/v1",
@@ -329,10 +337,9 @@ mod tests {
     fn slices_are_merged_and_addresses_come_from_the_api_server() {
         let mut objects = ApiObjects::new();
         // 10.96.0.0/12 is kubeadm's service CIDR, outside sluice's standalone default.
-        assert!(
-            objects
-                .apply_json(service("web", "10.96.0.10", json!({})))
-                .is_empty()
+        assert_eq!(
+            objects.apply_json(service("web", "10.96.0.10", json!({}))),
+            []
         );
         let problems = objects.apply_json(slice(
             "web-abcde",

@@ -62,121 +62,147 @@ pub(crate) fn port_endpoints(
     let mut p = Problems::new(&context);
     let mut merged = Merged::default();
     match source {
-        Source::Slices(slices) => {
-            let mut matched = false;
-            for slice in slices.iter() {
-                let Some(found) = matching_port(&slice.ports, port) else {
-                    continue;
-                };
-                matched = true;
-                let number = match (found.port, &port.target) {
-                    (Some(number), _) => number,
-                    // A slice port without a number: use a numeric targetPort.
-                    (None, TargetPort::Number(number)) => *number,
-                    (None, TargetPort::Name(_)) => continue,
-                };
-                for endpoint in &slice.endpoints {
-                    for &addr in &endpoint.addresses {
-                        merged.add(Endpoint {
-                            addr,
-                            port: number,
-                            node_name: endpoint.node_name.clone(),
-                            ready: endpoint.ready,
-                            serving: endpoint.serving,
-                            terminating: endpoint.terminating,
-                        });
-                    }
-                }
-            }
-            if !matched {
-                p.warning(
-                    &format!("spec.ports[{index}].name"),
-                    format!(
-                        "no EndpointSlice of this Service has a port named {:?} for {}: this \
-                         port has no endpoints (a slice port takes the name of the Service port \
-                         it serves)",
-                        port.name, port.protocol
-                    ),
-                );
-            }
-        }
+        Source::Slices(slices) => slice_endpoints(slices, index, port, &mut merged, &mut p),
         Source::Endpoints(endpoints) => {
-            let mut matched = false;
-            for subset in &endpoints.subsets {
-                let Some(number) = matching_port(&subset.ports, port).and_then(|found| found.port)
-                else {
-                    continue;
-                };
-                matched = true;
-                let lists = [
-                    (&subset.addresses, true),
-                    (&subset.not_ready_addresses, false),
-                ];
-                for (addresses, ready) in lists {
-                    for address in addresses {
-                        merged.add(Endpoint {
-                            addr: address.ip,
-                            port: number,
-                            node_name: address.node_name.clone(),
-                            ready,
-                            serving: ready,
-                            terminating: false,
-                        });
-                    }
-                }
-            }
-            if !matched {
-                p.warning(
-                    &format!("spec.ports[{index}].name"),
-                    format!(
-                        "the Endpoints of this Service have no port named {:?} for {}: this port \
-                         has no endpoints",
-                        port.name, port.protocol
-                    ),
-                );
-            }
+            subset_endpoints(endpoints, index, port, &mut merged, &mut p);
         }
-        Source::Pods(pods) => {
-            let candidates: Vec<_> = pods
-                .iter()
-                .filter(|pod| pod.ip.is_some() && !pod.finished)
-                .collect();
-            let mut found = false;
-            for pod in &candidates {
-                let Some(number) = pod_port(pod, port) else {
-                    continue;
-                };
-                found = true;
-                let Some(addr) = pod.ip else { continue };
-                // As the endpoint-slice controller: serving is the Ready condition; ready is
-                // never true for a terminating pod.
-                let serving = pod.ready;
-                merged.add(Endpoint {
-                    addr,
-                    port: number,
-                    node_name: pod.node_name.clone(),
-                    ready: serving && !pod.terminating,
-                    serving,
-                    terminating: pod.terminating,
-                });
-            }
-            if let (false, false, TargetPort::Name(name)) =
-                (found, candidates.is_empty(), &port.target)
-            {
-                p.warning(
-                    &format!("spec.ports[{index}].targetPort"),
-                    format!(
-                        "no pod selected by this Service has a container port named {name:?} for \
-                         {}: this port has no endpoints",
-                        port.protocol
-                    ),
-                );
-            }
-        }
+        Source::Pods(pods) => pod_endpoints(pods, index, port, &mut merged, &mut p),
         Source::Nothing => {}
     }
     problems.append(&mut p.list);
     merged.into_sorted(service.def.publish_not_ready)
+}
+
+/// Adds the endpoints of the slices that have `port`.
+fn slice_endpoints(
+    slices: &[&SliceDef],
+    index: usize,
+    port: &PortDef,
+    merged: &mut Merged,
+    p: &mut Problems<'_>,
+) {
+    let mut matched = false;
+    for slice in slices {
+        let Some(found) = matching_port(&slice.ports, port) else {
+            continue;
+        };
+        matched = true;
+        let number = match (found.port, &port.target) {
+            (Some(number), _) => number,
+            // A slice port without a number: use a numeric targetPort.
+            (None, TargetPort::Number(number)) => *number,
+            (None, TargetPort::Name(_)) => continue,
+        };
+        for endpoint in &slice.endpoints {
+            for &addr in &endpoint.addresses {
+                merged.add(Endpoint {
+                    addr,
+                    port: number,
+                    node_name: endpoint.node_name.clone(),
+                    ready: endpoint.ready,
+                    serving: endpoint.serving,
+                    terminating: endpoint.terminating,
+                });
+            }
+        }
+    }
+    if !matched {
+        p.warning(
+            &format!("spec.ports[{index}].name"),
+            format!(
+                "no EndpointSlice of this Service has a port named {:?} for {}: this \
+                 port has no endpoints (a slice port takes the name of the Service port \
+                 it serves)",
+                port.name, port.protocol
+            ),
+        );
+    }
+}
+
+/// Adds the addresses of the Endpoints subsets that have `port`.
+fn subset_endpoints(
+    endpoints: &EndpointsDef,
+    index: usize,
+    port: &PortDef,
+    merged: &mut Merged,
+    p: &mut Problems<'_>,
+) {
+    let mut matched = false;
+    for subset in &endpoints.subsets {
+        let Some(number) = matching_port(&subset.ports, port).and_then(|found| found.port) else {
+            continue;
+        };
+        matched = true;
+        let lists = [
+            (&subset.addresses, true),
+            (&subset.not_ready_addresses, false),
+        ];
+        for (addresses, ready) in lists {
+            for address in addresses {
+                merged.add(Endpoint {
+                    addr: address.ip,
+                    port: number,
+                    node_name: address.node_name.clone(),
+                    ready,
+                    serving: ready,
+                    terminating: false,
+                });
+            }
+        }
+    }
+    if !matched {
+        p.warning(
+            &format!("spec.ports[{index}].name"),
+            format!(
+                "the Endpoints of this Service have no port named {:?} for {}: this port \
+                 has no endpoints",
+                port.name, port.protocol
+            ),
+        );
+    }
+}
+
+/// Adds the selected pods that have `port`, as the endpoint-slice controller would.
+fn pod_endpoints(
+    pods: &[&PodDef],
+    index: usize,
+    port: &PortDef,
+    merged: &mut Merged,
+    p: &mut Problems<'_>,
+) {
+    let candidates: Vec<_> = pods
+        .iter()
+        .filter(|pod| pod.ip.is_some() && !pod.finished)
+        .collect();
+    let mut found = false;
+    for pod in &candidates {
+        let Some(number) = pod_port(pod, port) else {
+            continue;
+        };
+        found = true;
+        let Some(addr) = pod.ip else { continue };
+        // As the endpoint-slice controller: serving is the Ready condition; ready is
+        // never true for a terminating pod.
+        let serving = pod.ready;
+        merged.add(Endpoint {
+            addr,
+            port: number,
+            node_name: pod.node_name.clone(),
+            ready: serving && !pod.terminating,
+            serving,
+            terminating: pod.terminating,
+        });
+    }
+    if let (false, false, TargetPort::Name(name)) = (found, candidates.is_empty(), &port.target) {
+        p.warning(
+            &format!("spec.ports[{index}].targetPort"),
+            format!(
+                "no pod selected by this Service has a container port named {name:?} for \
+                 {}: this port has no endpoints",
+                port.protocol
+            ),
+        );
+    }
 }
 
 /// Slice and Endpoints ports match the Service port by name and protocol.

@@ -289,27 +289,24 @@ fn typed<T: DeserializeOwned>(value: Value, p: &mut Problems) -> Option<T> {
 fn reject_duplicates(path: &Path, parsed: &mut ParsedFile) {
     let mut first: BTreeMap<ObjectKey, usize> = BTreeMap::new();
     let mut problems = Vec::new();
-    parsed
-        .objects
-        .retain(|object| match first.get(&object.key) {
-            Some(&document) => {
-                let mut context = Context::new(path, Some(object.document));
-                context.object = Some(object.key.object_ref());
-                problems.push(context.problem(
-                    Severity::Error,
-                    Some("metadata.name"),
-                    format!(
-                        "{} is already defined in document {document} of this file: rename or \
-                     remove one of them",
-                        object.key
-                    ),
-                ));
-                false
-            }
-            None => {
-                first.insert(object.key.clone(), object.document);
-                true
-            }
-        });
+    parsed.objects.retain(|object| {
+        if let Some(&document) = first.get(&object.key) {
+            let mut context = Context::new(path, Some(object.document));
+            context.object = Some(object.key.object_ref());
+            problems.push(context.problem(
+                Severity::Error,
+                Some("metadata.name"),
+                format!(
+                    "{} is already defined in document {document} of this file: rename or \
+                 remove one of them",
+                    object.key
+                ),
+            ));
+            false
+        } else {
+            first.insert(object.key.clone(), object.document);
+            true
+        }
+    });
     parsed.problems.extend(problems);
 }

@@ -229,10 +229,10 @@ fn build_service(
         (ServiceSpecType::LoadBalancer, _) => ServiceType::LoadBalancer,
     };
     let cluster_ip = match (service_type, def.cluster_ip) {
-        (ServiceType::ExternalName | ServiceType::Headless, _) => None,
+        (ServiceType::ExternalName | ServiceType::Headless, _)
+        | (_, ClusterIp::Headless | ClusterIp::V6(_)) => None,
         (_, ClusterIp::V4(ip)) => Some(ip),
         (_, ClusterIp::Allocate) => assignments.cluster_ips.get(&def.name).copied(),
-        (_, ClusterIp::Headless | ClusterIp::V6(_)) => None,
     };
     let mut external_ips = def.external_ips.clone();
     external_ips.sort_unstable();

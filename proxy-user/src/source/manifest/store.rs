@@ -116,16 +116,17 @@ impl ManifestStore {
     /// module doc). A file that no longer exists is removed.
     pub fn reload_file(&mut self, path: &Path) -> FileReport {
         let text = match fs::read(path) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => text,
-                Err(_) => {
+            Ok(bytes) => {
+                if let Ok(text) = String::from_utf8(bytes) {
+                    text
+                } else {
                     let error = ManifestError::file(
                         path,
                         "is not UTF-8 text: save it as UTF-8 YAML or JSON",
                     );
                     return self.keep_all(path, vec![error]);
                 }
-            },
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return self.remove_file(path),
             Err(e) => {
                 let error = ManifestError::file(path, format!("cannot read: {e}"));
@@ -170,7 +171,7 @@ impl ManifestStore {
     /// An unreadable file: keep everything it had.
     fn keep_all(&mut self, path: &Path, problems: Vec<ManifestError>) -> FileReport {
         let entry = self.entry(path);
-        entry.problems = problems.clone();
+        entry.problems.clone_from(&problems);
         FileReport {
             file: path.to_path_buf(),
             problems,

@@ -188,7 +188,7 @@ fn named_target_ports_resolve_per_pod_and_by_protocol() {
         endpoints(&echo.ports[1].endpoints),
         [ready("198.18.1.3", 8081, "node2")]
     );
-    assert!(echo.ports[2].endpoints.is_empty());
+    assert_eq!(echo.ports[2].endpoints, []);
     // A name no pod defines is not an error, but worth a warning.
     let warnings = only(&resolution.problems, Severity::Warning);
     assert_eq!(
@@ -203,7 +203,10 @@ fn named_target_ports_resolve_per_pod_and_by_protocol() {
                 )
         ]
     );
-    assert!(only(&resolution.problems, Severity::Error).is_empty());
+    assert_eq!(
+        only(&resolution.problems, Severity::Error),
+        Vec::<String>::new()
+    );
 }
 
 const SLICE: &str = "apiVersion: discovery.k8s.io/v1
@@ -268,7 +271,10 @@ ports: [{name: http, port: 8080}]
             ),
         ]
     );
-    assert!(only(&resolution.problems, Severity::Warning).is_empty());
+    assert_eq!(
+        only(&resolution.problems, Severity::Warning),
+        Vec::<String>::new()
+    );
 
     // A Service port no slice names gets a warning explaining how slices match.
     write(
@@ -579,7 +585,7 @@ fn conflicting_claims_are_errors_and_the_later_service_is_not_programmed() {
 
     let problems = validate_dir(dir.path(), &ManifestOptions::default());
     let errors: Vec<_> = problems.iter().filter(|p| p.is_error()).collect();
-    let shown: Vec<_> = errors.iter().map(|e| e.to_string()).collect();
+    let shown: Vec<_> = errors.iter().map(ToString::to_string).collect();
     assert_eq!(errors.len(), 3, "{shown:#?}");
     assert_eq!(
         (errors[0].document, errors[0].field.as_deref()),
@@ -628,7 +634,7 @@ fn validate_dir_collects_every_file() {
     let errors: Vec<_> = problems
         .iter()
         .filter(|p| p.is_error())
-        .map(|p| p.to_string())
+        .map(ToString::to_string)
         .collect();
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(errors[0].contains("a.yaml: document 1 (Service default/a): spec.ports[0].port"));

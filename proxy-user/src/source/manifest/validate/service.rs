@@ -323,15 +323,15 @@ fn check_target_port(
 ) -> Option<TargetPort> {
     const EXPECTED: &str = "expected an integer 1-65535 or an IANA port name";
     match target {
-        None => port.map(TargetPort::Number),
-        Some(IntOrString::Int(0)) => port.map(TargetPort::Number),
-        Some(IntOrString::Int(value)) => match u16::try_from(*value) {
-            Ok(target) => Some(TargetPort::Number(target)),
-            Err(_) => {
+        None | Some(IntOrString::Int(0)) => port.map(TargetPort::Number),
+        Some(IntOrString::Int(value)) => {
+            if let Ok(target) = u16::try_from(*value) {
+                Some(TargetPort::Number(target))
+            } else {
                 p.error(field, format!("{EXPECTED}, got {value}"));
                 None
             }
-        },
+        }
         Some(IntOrString::String(name)) if is_port_name(name) => {
             Some(TargetPort::Name(name.clone()))
         }
