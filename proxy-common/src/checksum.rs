@@ -24,6 +24,10 @@ pub const fn accumulate_u32(sum: u64, value: u32) -> u64 {
 }
 
 /// Folds the carries of a running sum into 16 bits (not complemented).
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the last step leaves at most 0xffff"
+)]
 pub const fn fold(sum: u64) -> u16 {
     // A fixed number of steps instead of a loop, so the eBPF verifier sees straight-line code.
     let sum = (sum & 0xffff_ffff) + (sum >> 32); // <= 0x1_ffff_fffe
@@ -57,6 +61,10 @@ pub const fn update_u16(check: u16, old: u16, new: u16) -> u16 {
 }
 
 /// Incremental update of checksum field `check` when a 32-bit field changes (two words).
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "splits each 32-bit field into its two 16-bit words"
+)]
 pub const fn update_u32(check: u16, old: u32, new: u32) -> u16 {
     let (old_low, old_high) = (old as u16, (old >> 16) as u16);
     let (new_low, new_high) = (new as u16, (new >> 16) as u16);

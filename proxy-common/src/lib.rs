@@ -7,6 +7,11 @@
 //!
 //! When a layout changes, bump the `_V1` suffix of the map names that use it.
 #![cfg_attr(not(test), no_std)]
+#![expect(
+    clippy::pub_underscore_fields,
+    reason = "explicit padding of structs shared with the kernel: public so either side can \
+              build a value with a struct literal; the underscore says it carries nothing"
+)]
 
 use bytemuck::{Pod, Zeroable};
 
@@ -21,7 +26,7 @@ mod user;
 #[cfg(feature = "user")]
 pub use user::MetaFields;
 
-/// Pinned map names (at most 15 bytes: the kernel's BPF_OBJ_NAME_LEN minus the NUL).
+/// Pinned map names (at most 15 bytes: the kernel's `BPF_OBJ_NAME_LEN` minus the NUL).
 pub mod map_names {
     pub const SERVICES: &str = "SVC_V1";
     pub const BACKENDS: &str = "BACKEND_V1";
@@ -386,9 +391,9 @@ pub const LOG_LEVEL_TRACE: u32 = 5;
 /// Count traffic, drops and verdicts (`stats`); off only to measure what counting costs.
 pub const CONFIG_F_COUNTERS: u32 = 1 << 1;
 
-/// Send rewritten packets back out with XDP_TX / XDP_REDIRECT. Without it XDP hands them to
+/// Send rewritten packets back out with `XDP_TX` / `XDP_REDIRECT`. Without it XDP hands them to
 /// the stack with a metadata mark and `tc_ingress` redirects them; needed on veth whose peer
-/// runs no XDP program (XDP_TX frames would be dropped there).
+/// runs no XDP program (`XDP_TX` frames would be dropped there).
 pub const CONFIG_F_XDP_TX: u32 = 1 << 0;
 
 /// Metadata XDP prepends to a packet it passes to the stack for `tc_ingress` to redirect.
@@ -428,7 +433,7 @@ pub const AFFINITY_CLIENT_NETNS: u8 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct AffinityValue {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last new connection that used the entry.
+    /// `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`) of the last new connection that used the entry.
     pub last_used_ns: u64,
     pub backend_id: u32,
     pub _pad: u32,

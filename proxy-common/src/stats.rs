@@ -116,6 +116,10 @@ impl Hook {
     }
 
     /// The name of a verdict (the program's raw return value) of this hook.
+    #[expect(
+        clippy::match_same_arms,
+        reason = "one arm per hook's verdict reads as the kernel's tables of return values"
+    )]
     pub const fn verdict_name(self, verdict: u32) -> &'static str {
         match (self, verdict) {
             (Self::Xdp, 0) => "aborted",

@@ -1,4 +1,4 @@
-//! Sends a translated packet back out of XDP: FIB lookup, then XDP_TX / redirect, or a hand-off
+//! Sends a translated packet back out of XDP: FIB lookup, then `XDP_TX` / redirect, or a hand-off
 //! to the stack with metadata that `tc_ingress` turns into `bpf_redirect_neigh`.
 
 use core::mem::{offset_of, size_of};
@@ -25,7 +25,7 @@ const AF_INET: u8 = 2;
 /// Forwards the packet (already carrying `tuple`, IPv4 total length `tot_len`) to its next hop.
 ///
 /// With `CONFIG_F_XDP_TX` and a resolved neighbour, the MACs are rewritten and the packet leaves
-/// through XDP_TX (same interface) or `bpf_redirect`. Otherwise (no flag, or the neighbour is
+/// through `XDP_TX` (same interface) or `bpf_redirect`. Otherwise (no flag, or the neighbour is
 /// not resolved yet) it goes to the stack with [`XdpRedirectMeta`], and `tc_ingress` redirects
 /// it with `bpf_redirect_neigh`. When the FIB has no usable route the stack routes it. Either
 /// way out of XDP decrements the TTL, as the stack's forwarding would.

@@ -96,7 +96,7 @@ pub fn fib_request() -> bpf_fib_lookup {
     unsafe { core::mem::zeroed() }
 }
 
-/// Sends an XDP frame out of `ifindex` (an XDP_REDIRECT verdict).
+/// Sends an XDP frame out of `ifindex` (an `XDP_REDIRECT` verdict).
 #[inline(always)]
 pub fn redirect(ifindex: u32) -> u32 {
     // SAFETY: a helper taking plain integers.
@@ -129,7 +129,7 @@ pub struct SockAddr {
     pub port: u16,
 }
 
-/// The fields of the call's `bpf_sock_addr` every sock_addr hook may read (the verifier
+/// The fields of the call's `bpf_sock_addr` every `sock_addr` hook may read (the verifier
 /// refuses others, such as `msg_src_ip4` outside sendmsg).
 #[inline(always)]
 pub fn sock_addr(ctx: &SockAddrContext) -> SockAddr {
@@ -162,7 +162,7 @@ pub fn set_retval(errno: i32) {
     unsafe { bpf_set_retval(-errno) };
 }
 
-/// The cookie of the socket a sock_addr program runs for.
+/// The cookie of the socket a `sock_addr` program runs for.
 #[inline(always)]
 pub fn socket_cookie(ctx: &SockAddrContext) -> u64 {
     // SAFETY: the context carries a socket.

@@ -1,5 +1,5 @@
 //! Address and port translation of a parsed packet, with its checksums: in place for XDP,
-//! through the checksum helpers for TC (so CHECKSUM_PARTIAL skbs stay right).
+//! through the checksum helpers for TC (so `CHECKSUM_PARTIAL` skbs stay right).
 
 use core::mem::offset_of;
 

@@ -59,7 +59,7 @@ pub fn write_at<T: Copy>(
 /// Reads the multi-byte header field at `field` as the word it holds, in network byte order
 /// (as the maps keep addresses and ports), with one load. network-types declares these fields
 /// as byte arrays, and the BPF backend reads anything of alignment 1 byte by byte (so do its
-/// `read_unaligned` accessors): on the per-packet path that made xdp_ingress 9% longer.
+/// `read_unaligned` accessors): on the per-packet path that made `xdp_ingress` 9% longer.
 ///
 /// # Safety
 ///

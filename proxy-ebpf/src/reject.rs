@@ -24,7 +24,7 @@ const ICMP_PORT_UNREACH: u8 = 3;
 /// The L4 bytes an ICMP error quotes after the original IP header (RFC 792).
 const ICMP_QUOTED_L4: usize = 8;
 /// The most 16-bit words an ICMP error quotes: a 60-byte IP header and 8 bytes.
-const ICMP_QUOTED_WORDS_MAX: usize = (60 + ICMP_QUOTED_L4) / 2;
+const ICMP_QUOTED_WORDS_MAX: usize = (60 + ICMP_QUOTED_L4) / size_of::<u16>();
 
 /// Turns a TCP segment into the RST that answers it (RFC 793, "Reset Generation"), in place.
 /// A RST is never answered: it is dropped.
@@ -207,7 +207,12 @@ fn resize(ctx: &XdpContext, len: usize) -> Result<(), Error> {
 fn bytes_of<T: Copy>(header: &T) -> &[u8] {
     // SAFETY: only used with network-types' `#[repr(C)]` header structs, which are byte arrays
     // without padding, so every byte is initialised; the slice borrows `header`.
-    unsafe { core::slice::from_raw_parts((header as *const T).cast::<u8>(), size_of::<T>()) }
+    unsafe {
+        core::slice::from_raw_parts(
+            core::ptr::from_ref::<T>(header).cast::<u8>(),
+            size_of::<T>(),
+        )
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,10 @@ const TCP_ESTABLISHED: u8 = 1;
 /// each socket it destroys.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/udp")]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "the kernel's struct sock_common keeps its fields at their natural alignment"
+)]
 pub extern "C" fn sock_term_udp(ctx: *mut IterUdpCtx) -> i32 {
     // SAFETY: the kernel passes its bpf_iter__udp context; the verifier checks the loads.
     let (meta, sk) = unsafe { ((*ctx).meta, (*ctx).udp_sk) };

@@ -15,7 +15,7 @@ use crate::{
     service::{for_internal_clients, lookup_frontend},
 };
 
-/// Returned from cgroup sock_addr programs to reject the call; the error is set with
+/// Returned from cgroup `sock_addr` programs to reject the call; the error is set with
 /// `bpf_set_retval`.
 const SK_REJECT: i32 = 0;
 const ECONNREFUSED: i32 = 111;

@@ -53,6 +53,10 @@ const RETRY_BACKOFF: Backoff = Backoff {
 
 /// Runs until SIGTERM or SIGINT. The programs and maps stay pinned afterwards, so traffic keeps
 /// flowing while the daemon is down or restarting.
+#[expect(
+    clippy::too_many_lines,
+    reason = "start-up, then the one loop that picks a sync, a retry or a stop: read in order"
+)]
 pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()> {
     let started = Instant::now();
     let mut programming = ProgrammingLatency::new(SystemTime::now());
@@ -135,11 +139,11 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
             syncer.sync(&mut datapath.maps, state.clone()).await
         };
         match result {
-            Ok(synced) => {
+            Ok(done) => {
                 retry = None;
                 metrics
                     .udp_sockets_terminated
-                    .inc_by(synced.udp_sockets_terminated);
+                    .inc_by(done.udp_sockets_terminated);
                 health.synced();
                 let took = sync_started.elapsed();
                 metrics.sync_duration.observe(took.as_secs_f64());
@@ -149,7 +153,8 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                 }
                 // Last: a change is fully accounted for once this moves.
                 metrics.last_sync.set(unix_seconds(now));
-                info!(stats = ?synced.apply, micros = took.as_micros() as u64, "maps synced");
+                let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+                info!(stats = ?done.apply, micros, "maps synced");
                 count_now.notify_one();
                 if first_sync {
                     first_sync = false;
@@ -212,7 +217,7 @@ mod tests {
             .map(|_| {
                 let next = RETRY_BACKOFF.next(wait);
                 wait = Some(next);
-                next.as_millis() as u64
+                u64::try_from(next.as_millis()).expect("at most 30 s")
             })
             .collect();
         assert_eq!(

@@ -10,6 +10,7 @@ pub fn monotonic_ns() -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * NANOS_PER_SEC + ts.tv_nsec as u64
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    // CLOCK_MONOTONIC counts up from boot: both fields are non-negative.
+    ts.tv_sec.cast_unsigned() * NANOS_PER_SEC + ts.tv_nsec.cast_unsigned()
 }

@@ -109,7 +109,7 @@ impl Maps {
     /// Entries and capacity of every map under `pin_dir` (entries by walking the keys).
     pub fn fill(&self, pin_dir: &Path) -> Result<Vec<MapFill>> {
         fn count<K, E>(keys: impl Iterator<Item = Result<K, E>>) -> u64 {
-            keys.filter(Result::is_ok).count() as u64
+            keys.flatten().count() as u64
         }
         let frontends = count(self.service_meta.keys());
         let backends = count(self.backends.keys());

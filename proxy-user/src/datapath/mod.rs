@@ -43,10 +43,10 @@ use tracing::{info, warn};
 use self::udp_sockets::SockTermProgram;
 use crate::EBPF_OBJECT;
 
-/// Whether XDP may send rewritten packets straight back out (XDP_TX / XDP_REDIRECT).
+/// Whether XDP may send rewritten packets straight back out (`XDP_TX` / `XDP_REDIRECT`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpTx {
-    /// On unless an interface is a veth (whose peer drops XDP_TX frames without XDP of its own).
+    /// On unless an interface is a veth (whose peer drops `XDP_TX` frames without XDP of its own).
     Auto,
     On,
     Off,
@@ -187,7 +187,7 @@ fn fs_magic(path: &Path) -> Result<i64> {
     // SAFETY: statfs only writes into `buf`.
     let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: c_path is NUL-terminated and buf is a valid statfs.
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } != 0 {
+    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut buf) } != 0 {
         bail!(
             "statfs {}: {}",
             path.display(),
@@ -272,7 +272,7 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
 }
 
 /// The program types whose links are pinned: aya swaps the program behind such a link
-/// atomically (`attach_to_link`, BPF_LINK_UPDATE).
+/// atomically (`attach_to_link`, `BPF_LINK_UPDATE`).
 trait PinnedHook {
     fn replace(&mut self, link: FdLink) -> Result<()>;
 }

@@ -6,7 +6,7 @@ use std::{ffi::CStr, io, net::Ipv4Addr};
 pub fn ipv4_addresses() -> io::Result<Vec<(String, Ipv4Addr)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
         return Err(io::Error::last_os_error());
     }
     let mut found = Vec::new();
@@ -22,8 +22,8 @@ pub fn ipv4_addresses() -> io::Result<Vec<(String, Ipv4Addr)>> {
         if i32::from(unsafe { (*entry.ifa_addr).sa_family }) != libc::AF_INET {
             continue;
         }
-        // SAFETY: an AF_INET ifa_addr is a sockaddr_in.
-        let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
+        // SAFETY: an AF_INET ifa_addr is a sockaddr_in, allocated by libc with its alignment.
+        let sin = unsafe { &*entry.ifa_addr.cast::<libc::sockaddr_in>() };
         let addr = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
         // SAFETY: ifa_name is a NUL-terminated interface name.
         let name = unsafe { CStr::from_ptr(entry.ifa_name) }
@@ -72,9 +72,9 @@ pub fn driver_name(iface: &str) -> io::Result<String> {
         .iter_mut()
         .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
     {
-        *dst = src as libc::c_char;
+        *dst = src.cast_signed();
     }
-    req.ifr_ifru.ifru_data = (&mut info as *mut EthtoolDrvinfo).cast();
+    req.ifr_ifru.ifru_data = (&raw mut info).cast();
     // SAFETY: SIOCETHTOOL with ETHTOOL_GDRVINFO writes into `info`, which outlives the call.
     let ret = unsafe { libc::ioctl(sock, SIOCETHTOOL, &mut req) };
     let err = io::Error::last_os_error();

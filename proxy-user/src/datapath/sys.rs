@@ -1,6 +1,12 @@
 //! The bpf(2) commands aya 0.16 does not expose as needed: an iterator link to open more than
 //! one BPF iterator from (aya's `IterLink` gives no fd, and `into_file` consumes it; the kernel
 //! binds each iterator to the opener's network namespace), and many map entries in one call.
+#![expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "bpf(2)'s attribute fields are u32 by its ABI: file descriptors are non-negative, \
+              a batch chunk holds at most 16384 entries, the attribute's size is a constant"
+)]
 
 use std::{
     io,
@@ -38,7 +44,7 @@ fn bpf(cmd: libc::c_long, attr: &mut BpfAttr) -> io::Result<libc::c_long> {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            attr as *mut BpfAttr,
+            std::ptr::from_mut(attr),
             size_of::<BpfAttr>() as libc::c_uint,
         )
     };
@@ -71,6 +77,10 @@ pub fn iter_create(link: impl AsFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Entries per `BPF_MAP_UPDATE_BATCH` call: chunks bound the kernel's temporary copy of keys
+/// and values.
+const CHUNK: usize = 16_384;
+
 /// A batch update that stopped at entry `index`.
 #[derive(Debug)]
 pub struct BatchError {
@@ -86,7 +96,7 @@ impl std::fmt::Display for BatchError {
 
 impl std::error::Error for BatchError {}
 
-/// Writes `keys[i] -> values[i]` with one BPF_MAP_UPDATE_BATCH call per chunk, instead of one
+/// Writes `keys[i] -> values[i]` with one `BPF_MAP_UPDATE_BATCH` call per chunk, instead of one
 /// call per entry. For a per-CPU map, `values` holds one value per CPU for each key, in order.
 /// On failure, says which entry was not written (those before it were).
 pub fn update_batch<K: bytemuck::Pod, V: bytemuck::Pod>(
@@ -105,8 +115,6 @@ pub fn update_batch<K: bytemuck::Pod, V: bytemuck::Pod>(
         );
         return Err(BatchError { index: 0, error });
     }
-    // Chunks bound the kernel's temporary copy of keys and values.
-    const CHUNK: usize = 16_384;
     for (chunk, (keys, values)) in keys
         .chunks(CHUNK)
         .zip(values.chunks(CHUNK * per_key))

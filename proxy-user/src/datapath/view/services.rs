@@ -64,7 +64,7 @@ type Slots = BTreeMap<u16, ServiceValue>;
 /// Reads every frontend with its backends, and every skipped service, from the maps.
 pub fn read(maps: &Maps) -> Result<Vec<ServiceRow>> {
     let mut frontends: BTreeMap<(u32, u16, u8), BTreeMap<u8, Slots>> = BTreeMap::new();
-    for entry in maps.services.iter() {
+    for entry in &maps.services {
         let (key, value): (ServiceKey, ServiceValue) = entry.context("read the services map")?;
         frontends
             .entry((key.addr, key.port, key.proto))
@@ -122,7 +122,7 @@ pub fn read(maps: &Maps) -> Result<Vec<ServiceRow>> {
             internal_backends,
         });
     }
-    for entry in maps.skipped.iter() {
+    for entry in &maps.skipped {
         let (key, value) = entry.context("read the skipped-services map")?;
         rows.push(ServiceRow {
             service_id: 0,

@@ -101,7 +101,7 @@ pub fn read(maps: &Maps) -> Result<Stats> {
     }
 
     let mut backends = Vec::new();
-    for entry in maps.backends.iter() {
+    for entry in &maps.backends {
         let (id, backend) = entry.context("read the backends map")?;
         let traffic = maps
             .backend_stats
@@ -123,8 +123,7 @@ pub fn read(maps: &Maps) -> Result<Stats> {
             let count = maps
                 .drop_stats
                 .get(&(reason as u32), 0)
-                .map(|values| values.iter().sum())
-                .unwrap_or(0);
+                .map_or(0, |values| values.iter().sum());
             Ok(DropStats {
                 reason: reason.as_str(),
                 count,
@@ -140,8 +139,7 @@ pub fn read(maps: &Maps) -> Result<Stats> {
         let count: u64 = maps
             .hook_stats
             .get(&slot, 0)
-            .map(|values| values.iter().sum())
-            .unwrap_or(0);
+            .map_or(0, |values| values.iter().sum());
         if count > 0 {
             hooks.push(HookStats {
                 hook: hook.as_str(),
