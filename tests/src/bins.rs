@@ -1,7 +1,8 @@
 //! Where the binaries under test live: an env override, else the test executable's target dir.
 
-use anyhow::{Result, bail};
 use std::path::PathBuf;
+
+use anyhow::{Result, bail};
 
 /// `target/<profile>` derived from the running test executable
 /// (`target/debug/deps/harness-1234` → `target/debug`).

@@ -1,9 +1,12 @@
 //! A private bpffs mounted on a temp directory, unmounted (lazily if busy) and removed on drop.
 
+use std::{
+    ffi::CString,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
 use anyhow::{Context, Result};
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
 
 /// A bpffs instance of our own, so tests never touch /sys/fs/bpf (which may not even be
 /// mounted) and parallel tests never see each other's pins. It is mounted in the root mount

@@ -1,8 +1,11 @@
 //! cgroup v2 directories as guards: find the cgroup2 mount, create, and empty + remove on drop.
 
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
 use anyhow::{Context, Result, bail};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 /// How long drop waits for killed members to leave and for rmdir to succeed.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -4,8 +4,7 @@
 //! own address). `netns-echo request` prints that line followed by the address the client
 //! saw the answer come from (`REMOTE`), or `error: KIND: message`.
 
-use std::fmt;
-use std::net::SocketAddr;
+use std::{fmt, net::SocketAddr};
 
 /// How `netns-echo request` talks to the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

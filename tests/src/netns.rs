@@ -1,13 +1,19 @@
 //! Named network namespaces (`ip netns add`) as guards, and entering them from child processes.
 
-use crate::process::Child;
+use std::{
+    fs::{File, OpenOptions},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::process::CommandExt,
+    },
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Mutex,
+};
+
 use anyhow::{Context, Result, bail};
-use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
+
+use crate::process::Child;
 
 /// The first `ip netns add` on a machine bind-mounts /run/netns; two of those racing can
 /// fail, so netns creation and deletion within this process go one at a time.

@@ -3,13 +3,16 @@
 //! Children are started through [`crate::spawner`], so they also die when the test process
 //! dies without running any Drop (SIGKILL, abort, a CI timeout).
 
+use std::{
+    fmt::Write as _,
+    io::{BufRead, BufReader, Read, Write},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    process::{ChildStdin, Command, ExitStatus, Stdio},
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant},
+};
+
 use anyhow::{Context, Result, bail};
-use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::{ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
 
 /// How many trailing lines of each stream go into error messages.
 const REPORT_LINES: usize = 60;

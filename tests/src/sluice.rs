@@ -1,14 +1,19 @@
 //! Running the `sluice` daemon on a test node, and its read-only CLI against the node's pins.
 
-use crate::bins;
-use crate::netns;
-use crate::process::{self, Child, Finished};
-use crate::topology::Cluster;
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus},
+    time::Duration,
+};
+
 use anyhow::{Context, Result, bail};
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
-use std::time::Duration;
+
+use crate::{
+    bins, netns,
+    process::{self, Child, Finished},
+    topology::Cluster,
+};
 
 /// The daemon prints a line starting with this once its first full sync is in the maps.
 pub const READY_PREFIX: &str = "sluice ready:";

@@ -12,14 +12,19 @@
 //! namespace); the spawner joins the caller's namespace before each fork, so the child still
 //! starts where it would have started had the caller forked it.
 
-use std::fs::File;
-use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
-use std::process::Command;
-use std::sync::OnceLock;
-use std::sync::mpsc::{self, Sender, SyncSender};
+use std::{
+    fs::File,
+    io,
+    os::{
+        fd::AsRawFd,
+        unix::{fs::MetadataExt, process::CommandExt},
+    },
+    process::Command,
+    sync::{
+        OnceLock,
+        mpsc::{self, Sender, SyncSender},
+    },
+};
 
 struct Request {
     cmd: Command,
@@ -127,11 +132,14 @@ fn same_namespace(a: &File, b: &File) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        io::{BufRead, BufReader, Write},
+        path::Path,
+        process::Stdio,
+        time::Duration,
+    };
+
     use super::*;
-    use std::io::{BufRead, BufReader, Write};
-    use std::path::Path;
-    use std::process::Stdio;
-    use std::time::Duration;
 
     /// A child started from a thread that then exits keeps running: it dies with the
     /// process, not with the thread that asked for it.

@@ -21,20 +21,26 @@
 //! runs `netns-harness sweep` first. Owner pids are read from this process's /proc: the
 //! harness and everything it spawns share one pid namespace.
 
-use crate::cgroup;
-use crate::netns;
-use crate::unique::{self, Owner};
+use std::{
+    collections::{BTreeMap, HashMap},
+    ffi::CString,
+    fmt,
+    fs::{File, OpenOptions},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::{ffi::OsStrExt, fs::MetadataExt},
+    },
+    path::{Path, PathBuf},
+    sync::Once,
+    time::{Duration, Instant},
+};
+
 use anyhow::{Context, Result};
-use std::collections::{BTreeMap, HashMap};
-use std::ffi::CString;
-use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::sync::Once;
-use std::time::{Duration, Instant};
+
+use crate::{
+    cgroup, netns,
+    unique::{self, Owner},
+};
 
 /// How long the sweep waits for the processes it killed to exit.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,7 +1,8 @@
 //! A temporary directory removed (recursively) on drop.
 
-use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
 
 /// A directory under the system temp dir, removed with its contents on drop.
 #[derive(Debug)]

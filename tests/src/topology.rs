@@ -11,16 +11,15 @@
 //! onlink via the link-local gateway 169.254.1.1 that the node's end of the veth owns, and a
 //! /32 route per pod on the node. Nodes route each other's pod /24 over the underlay.
 
-use crate::bpffs::Bpffs;
-use crate::cgroup::Cgroup;
-use crate::netns::Netns;
-use crate::process::Child;
-use crate::tempdir::TempDir;
-use crate::unique;
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
 use anyhow::{Context, Result};
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+
+use crate::{bpffs::Bpffs, cgroup::Cgroup, netns::Netns, process::Child, tempdir::TempDir, unique};
 
 /// The Service CIDR: the client routes it via node1, so ClusterIPs are reachable off-node.
 pub const SERVICE_CIDR: &str = "198.19.0.0/16";

@@ -7,8 +7,10 @@
 //! can be reused. The pid together with the process's start time (field 22 of
 //! `/proc/PID/stat`, clock ticks since boot) names one process for the machine's uptime.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{
+    OnceLock,
+    atomic::{AtomicU32, Ordering},
+};
 
 /// What every owned name starts with (cgroups: [`CGROUP_PREFIX`] before it).
 pub const PREFIX: &str = "sl-";

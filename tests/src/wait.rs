@@ -1,7 +1,9 @@
 //! Polling helpers that fail with a clear message instead of hanging or sleeping blindly.
 
-use std::fmt::Display;
-use std::time::{Duration, Instant};
+use std::{
+    fmt::Display,
+    time::{Duration, Instant},
+};
 
 /// Polls `cond` every `poll_interval` until it returns true; panics (at the caller's line)
 /// if it is still false after `timeout`.

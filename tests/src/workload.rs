@@ -1,15 +1,21 @@
 //! Workloads on the cluster: the pods' echo servers, requests from anywhere, held connections.
 
-use crate::bins;
-use crate::echo::{self, Proto, Reply};
-use crate::netns::Netns;
-use crate::process::{self, Child, Finished};
-use crate::topology::Cluster;
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
 use anyhow::{Context as _, Result};
-use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+
+use crate::{
+    bins,
+    echo::{self, Proto, Reply},
+    netns::Netns,
+    process::{self, Child, Finished},
+    topology::Cluster,
+};
 
 /// TCP ports every pod serves after [`Cluster::start_pods`].
 pub const TCP_PORTS: [u16; 2] = [80, 8080];

@@ -3,11 +3,16 @@
 //! `XDP_TX` out of a veth only arrives when the peer veth has an XDP program (TOOLCHAIN.md), so
 //! tests of the `XDP_TX` path put this one on the bridge side of the node's eth0.
 
+use std::{
+    ffi::CString,
+    os::{
+        fd::{FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
+
 use anyhow::{Context, Result};
-use std::ffi::CString;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_PIN: libc::c_long = 6;

@@ -1,18 +1,24 @@
 //! Self-test of the netns harness (no sluice needed): wiring, echo servers, daemon plumbing,
 //! that everything is gone after drop, and after a SIGKILL of the test process plus a sweep.
 
-use proxy_tests::sluice::DaemonConfig;
-use proxy_tests::sweep::{self, SweepLock};
-use proxy_tests::unique::{self, Owner};
-use proxy_tests::{
-    CLIENT_IP, Child, Cluster, Place, Proto, SluiceDaemon, TCP_PORTS, UDP_PORTS, wait_until,
+use std::{
+    net::{IpAddr, SocketAddr},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::process::ExitStatusExt,
+    },
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
 };
-use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+
+use proxy_tests::{
+    CLIENT_IP, Child, Cluster, Place, Proto, SluiceDaemon, TCP_PORTS, UDP_PORTS,
+    sluice::DaemonConfig,
+    sweep::{self, SweepLock},
+    unique::{self, Owner},
+    wait_until,
+};
 
 const TIMEOUT: Duration = Duration::from_millis(1500);
 

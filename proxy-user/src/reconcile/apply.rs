@@ -17,9 +17,8 @@ use proxy_common::{
     net::{ip_from_net, ip_to_net, port_from_net, port_to_net},
 };
 
-use self::affinity::AffinityMembers;
 pub use self::affinity::AffinityView;
-use self::batch::Pending;
+use self::{affinity::AffinityMembers, batch::Pending};
 use super::{
     plan::{BackendAddr, Frontend, FrontendPlan, Plan, SkippedPlan},
     planner::PlanChanges,

@@ -27,12 +27,14 @@
 //! `request` prints them), `recv MS` (wait up to MS ms for a datagram or a socket error) and
 //! `connect` (connect again to ADDR:PORT; `connected` or the error). Errors do not end it.
 
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
-use std::process::ExitCode;
-use std::sync::Arc;
-use std::thread;
-use std::time::Duration;
+use std::{
+    io::{self, BufRead, BufReader, Write},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket},
+    process::ExitCode,
+    sync::Arc,
+    thread,
+    time::Duration,
+};
 
 /// A plain TCP client reads the answer and closes; clients that send nothing (nc, curl)
 /// get the connection closed after this long.

@@ -7,15 +7,17 @@
 //! connection) and per process started *without* the harness (`escaped N`: no parent-death
 //! signal, so only the sweep can end them), then `ready`. It then reads stdin until EOF.
 
-use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::{
+    fmt::Write as _,
+    io::{Read, Write},
+    path::Path,
+    process::{Command, ExitCode, Stdio},
+};
 
-use proxy_tests::manifests::ManifestDir;
-use proxy_tests::sluice::DaemonConfig;
-use proxy_tests::unique::Owner;
-use proxy_tests::{Cluster, Place, SluiceDaemon, sweep};
+use proxy_tests::{
+    Cluster, Place, SluiceDaemon, manifests::ManifestDir, sluice::DaemonConfig, sweep,
+    unique::Owner,
+};
 
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {

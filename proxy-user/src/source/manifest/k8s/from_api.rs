@@ -16,7 +16,6 @@ use serde::{
     Deserialize,
     de::{IntoDeserializer as _, value::Error as ValueError},
 };
-
 use yaml_serde::Value;
 
 use super::{

@@ -7,8 +7,11 @@ mod service;
 
 use std::net::IpAddr;
 
-pub(crate) use self::service::{NODE_PORT_MAX, NODE_PORT_MIN, check_service};
-pub(crate) use self::{endpoints::check_endpoints, endpoints::check_slice, pod::check_pod};
+pub(crate) use self::{
+    endpoints::{check_endpoints, check_slice},
+    pod::check_pod,
+    service::{NODE_PORT_MAX, NODE_PORT_MIN, check_service},
+};
 use super::{
     error::Problems,
     k8s::{Integer, ObjectMeta, PortProtocol},
