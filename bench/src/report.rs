@@ -169,8 +169,21 @@ pub fn write(results: &Results, doc: &Path, plots: &Path) -> Result<()> {
     )?;
 
     md.push_str(WHY);
+    md.push_str(&kept_section(doc));
     std::fs::write(doc, md).with_context(|| format!("write {}", doc.display()))?;
     Ok(())
+}
+
+/// Marks the start of a hand-written part of the report (comparisons between builds, which one
+/// run cannot measure) that a new run carries over unchanged.
+const KEPT: &str = "<!-- kept by the bench: -->";
+
+/// The hand-written part of the report at `doc`, from [`KEPT`] on; empty when it has none.
+fn kept_section(doc: &Path) -> String {
+    std::fs::read_to_string(doc)
+        .ok()
+        .and_then(|old| old.find(KEPT).map(|at| format!("\n{}", &old[at..])))
+        .unwrap_or_default()
 }
 
 /// Section 1: the per-packet cost of the XDP NodePort path.
