@@ -4,7 +4,6 @@
 //! programmed (`apply`: the first sync, and after an error), and writes them in one order.
 
 use std::{
-    borrow::Cow,
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::SocketAddrV4,
 };
@@ -89,12 +88,99 @@ struct Stale {
 }
 
 /// The plan entries one apply writes (and removes where the plan no longer has them).
-struct Scope<'a> {
-    /// Every entry: the plan's and every programmed one.
-    everything: bool,
-    frontends: Cow<'a, BTreeSet<Frontend>>,
-    backends: Cow<'a, BTreeSet<BackendAddr>>,
-    skipped: Cow<'a, BTreeSet<String>>,
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// Every entry the plan has or the maps hold (walked in place: a cold start has millions).
+    Everything,
+    /// The entries one planner update changed.
+    Changes(&'a PlanChanges),
+}
+
+impl<'a> Scope<'a> {
+    /// The planned frontends in scope, in frontend order.
+    fn planned_frontends<'p>(
+        self,
+        plan: &'p Plan,
+    ) -> Box<dyn Iterator<Item = (&'p Frontend, &'p FrontendPlan)> + 'p>
+    where
+        'a: 'p,
+    {
+        match self {
+            Self::Everything => Box::new(plan.frontends.iter()),
+            Self::Changes(changes) => Box::new(
+                changes
+                    .frontends
+                    .iter()
+                    .filter_map(|frontend| plan.frontends.get_key_value(frontend)),
+            ),
+        }
+    }
+
+    /// The planned backends in scope.
+    fn planned_backends<'p>(
+        self,
+        plan: &'p Plan,
+    ) -> Box<dyn Iterator<Item = (&'p BackendAddr, &'p u8)> + 'p>
+    where
+        'a: 'p,
+    {
+        match self {
+            Self::Everything => Box::new(plan.backends.iter()),
+            Self::Changes(changes) => Box::new(
+                changes
+                    .backends
+                    .iter()
+                    .filter_map(|addr| plan.backends.get_key_value(addr)),
+            ),
+        }
+    }
+
+    /// The programmed frontends in scope.
+    fn programmed_frontends<'p>(
+        self,
+        programmed: &'p HashMap<Frontend, Programmed>,
+    ) -> Box<dyn Iterator<Item = (&'p Frontend, &'p Programmed)> + 'p>
+    where
+        'a: 'p,
+    {
+        match self {
+            Self::Everything => Box::new(programmed.iter()),
+            Self::Changes(changes) => Box::new(
+                changes
+                    .frontends
+                    .iter()
+                    .filter_map(|frontend| programmed.get_key_value(frontend)),
+            ),
+        }
+    }
+
+    /// The programmed backends in scope the plan no longer has.
+    fn unplanned_backends(
+        self,
+        plan: &Plan,
+        programmed: &HashMap<BackendAddr, u32>,
+    ) -> Vec<BackendAddr> {
+        let candidates: Box<dyn Iterator<Item = &BackendAddr>> = match self {
+            Self::Everything => Box::new(programmed.keys()),
+            Self::Changes(changes) => Box::new(changes.backends.iter()),
+        };
+        candidates
+            .filter(|addr| !plan.backends.contains_key(addr) && programmed.contains_key(addr))
+            .copied()
+            .collect()
+    }
+
+    /// The skipped names in scope: listed by the plan, by the maps, or both.
+    fn skipped(self, plan: &Plan, listed: &BTreeMap<String, SkippedService>) -> Vec<String> {
+        match self {
+            Self::Everything => {
+                let mut names: BTreeSet<&String> = plan.skipped.keys().collect();
+                names.extend(listed.keys());
+                names.into_iter().cloned().collect()
+            }
+            Self::Changes(changes) => changes.skipped.iter().cloned().collect(),
+        }
+    }
 }
 
 impl Reconciler {
@@ -206,8 +292,7 @@ impl Reconciler {
     /// Makes the maps hold exactly `plan`, walking all of it and all they hold. On error the
     /// mirror is re-read from the maps so the next apply starts from the truth.
     pub fn apply(&mut self, maps: &mut dyn ServiceTables, plan: &Plan) -> Result<ApplyStats> {
-        let scope = self.everything(plan);
-        let result = self.try_apply(maps, plan, &scope);
+        let result = self.try_apply(maps, plan, Scope::Everything);
         self.after(maps, result)
     }
 
@@ -224,42 +309,8 @@ impl Reconciler {
         if changes.everything || !self.in_sync {
             return self.apply(maps, plan);
         }
-        let scope = Scope {
-            everything: false,
-            frontends: Cow::Borrowed(&changes.frontends),
-            backends: Cow::Borrowed(&changes.backends),
-            skipped: Cow::Borrowed(&changes.skipped),
-        };
-        let result = self.try_apply(maps, plan, &scope);
+        let result = self.try_apply(maps, plan, Scope::Changes(changes));
         self.after(maps, result)
-    }
-
-    /// Every entry of `plan` and every programmed one.
-    fn everything(&self, plan: &Plan) -> Scope<'static> {
-        Scope {
-            everything: true,
-            frontends: Cow::Owned(
-                plan.frontends
-                    .keys()
-                    .chain(self.frontends.keys())
-                    .copied()
-                    .collect(),
-            ),
-            backends: Cow::Owned(
-                plan.backends
-                    .keys()
-                    .chain(self.backend_ids.keys())
-                    .copied()
-                    .collect(),
-            ),
-            skipped: Cow::Owned(
-                plan.skipped
-                    .keys()
-                    .chain(self.skipped.keys())
-                    .cloned()
-                    .collect(),
-            ),
-        }
     }
 
     /// Marks the mirror exact after a success; re-reads it from the maps after an error, and
@@ -289,35 +340,32 @@ impl Reconciler {
         &mut self,
         maps: &mut dyn ServiceTables,
         plan: &Plan,
-        scope: &Scope<'_>,
+        scope: Scope<'_>,
     ) -> Result<ApplyStats> {
         let mut stats = ApplyStats {
-            full: scope.everything,
+            full: matches!(scope, Scope::Everything),
             ..ApplyStats::default()
         };
         self.remove_stale(maps)?;
 
         // 1. Backends (with fresh counters), so every slot written below points at one.
         let mut pending = Pending::default();
-        for addr in scope.backends.iter() {
-            if let Some(&flags) = plan.backends.get(addr) {
-                self.write_backend(&mut pending, *addr, flags, &mut stats)?;
-            }
+        for (&addr, &flags) in scope.planned_backends(plan) {
+            self.write_backend(&mut pending, addr, flags, &mut stats)?;
         }
         Self::flush_backends(maps, &mut pending)?;
 
         // 2. Affinity to a backend that leaves a frontend ends before its slot goes.
-        for frontend in scope.frontends.iter() {
-            let Some(service_id) = self.frontends.get(frontend).map(|p| p.service_id) else {
-                continue;
-            };
-            let wanted = self.wanted_members(plan.frontends.get(frontend));
-            let gone: Vec<u32> = self
-                .members
-                .of(service_id)
-                .difference(&wanted)
-                .copied()
-                .collect();
+        let leaving: Vec<(u32, Vec<u32>)> = scope
+            .programmed_frontends(&self.frontends)
+            .filter_map(|(frontend, programmed)| {
+                let held = self.members.of(programmed.service_id);
+                let wanted = self.wanted_members(plan.frontends.get(frontend));
+                let gone: Vec<u32> = held.difference(&wanted).copied().collect();
+                (!gone.is_empty()).then_some((programmed.service_id, gone))
+            })
+            .collect();
+        for (service_id, gone) in leaving {
             self.members.remove(maps, service_id, gone)?;
         }
 
@@ -325,10 +373,8 @@ impl Reconciler {
         // sends the socket path to them; each one's slots before its head (in `pending`).
         let planned = |internal: bool| {
             scope
-                .frontends
-                .iter()
-                .filter(move |frontend| (frontend.scope != SVC_SCOPE_DEFAULT) == internal)
-                .filter_map(|frontend| plan.frontends.get_key_value(frontend))
+                .planned_frontends(plan)
+                .filter(move |(frontend, _)| (frontend.scope != SVC_SCOPE_DEFAULT) == internal)
         };
         for (frontend, planned) in planned(true).chain(planned(false)) {
             if self.write_frontend(&mut pending, *frontend, planned)? {
@@ -340,12 +386,9 @@ impl Reconciler {
         // 4. Frontends the plan no longer has, default-scope entries first, so no
         // SVC_F_TWO_SCOPES points at a removed entry.
         let mut gone: Vec<Frontend> = scope
-            .frontends
-            .iter()
-            .filter(|frontend| {
-                !plan.frontends.contains_key(frontend) && self.frontends.contains_key(frontend)
-            })
-            .copied()
+            .programmed_frontends(&self.frontends)
+            .map(|(frontend, _)| *frontend)
+            .filter(|frontend| !plan.frontends.contains_key(frontend))
             .collect();
         gone.sort_by_key(|frontend| frontend.scope != SVC_SCOPE_DEFAULT);
         for frontend in gone {
@@ -356,10 +399,8 @@ impl Reconciler {
         // 5. Affinity to the backends that joined a frontend, now that their slots exist (and
         // a new frontend has its id).
         let mut joined = Vec::new();
-        for frontend in scope.frontends.iter() {
-            let (Some(planned), Some(programmed)) =
-                (plan.frontends.get(frontend), self.frontends.get(frontend))
-            else {
+        for (frontend, planned) in scope.planned_frontends(plan) {
+            let Some(programmed) = self.frontends.get(frontend) else {
                 continue;
             };
             let held = self.members.of(programmed.service_id);
@@ -374,15 +415,13 @@ impl Reconciler {
         self.members.add(maps, &joined)?;
 
         // 6. The skipped-services list, for the CLI.
-        for name in scope.skipped.iter() {
-            self.write_skipped_entry(maps, name, plan.skipped.get(name))?;
+        for name in scope.skipped(plan, &self.skipped) {
+            self.write_skipped_entry(maps, &name, plan.skipped.get(&name))?;
         }
 
         // 7. Backends last: no slot refers to them any more.
-        for addr in scope.backends.iter() {
-            if !plan.backends.contains_key(addr) {
-                self.remove_backend(maps, *addr, &mut stats)?;
-            }
+        for addr in scope.unplanned_backends(plan, &self.backend_ids) {
+            self.remove_backend(maps, addr, &mut stats)?;
         }
         Ok(stats)
     }
