@@ -38,8 +38,8 @@ pub fn ptr_at<T>(data: usize, data_end: usize, offset: usize) -> Result<*mut T, 
 #[inline(always)]
 pub fn read_at<T: Copy>(data: usize, data_end: usize, offset: usize) -> Result<T, Error> {
     let at: *const T = ptr_at(data, data_end, offset)?;
-    // SAFETY: ptr_at checked that the `T` lies inside the packet; see there for alignment.
-    Ok(unsafe { at.read_unaligned() })
+    // SAFETY: ptr_at checked that the `T` lies inside the packet.
+    Ok(unsafe { read(at) })
 }
 
 /// Writes `value` at `offset` in the packet `[data, data_end)`, or fails with `Truncated`.
@@ -52,8 +52,46 @@ pub fn write_at<T: Copy>(
 ) -> Result<(), Error> {
     let at: *mut T = ptr_at(data, data_end, offset)?;
     // SAFETY: as for `read_at`.
-    unsafe { at.write_unaligned(value) };
+    unsafe { write(at, value) };
     Ok(())
+}
+
+/// Reads a `T` from the packet with whole-word loads. BPF loads do not fault on a misaligned
+/// word (see [`ptr_at`]), while `read_unaligned` would make the BPF backend load byte by byte;
+/// on the host (the unit tests) a misaligned `read` is undefined, so there it is unaligned.
+///
+/// # Safety
+///
+/// `at` points at a `T` inside the packet.
+#[inline(always)]
+unsafe fn read<T: Copy>(at: *const T) -> T {
+    // SAFETY: the caller's.
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        at.read()
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe {
+        at.read_unaligned()
+    }
+}
+
+/// Writes a `T` into the packet with whole-word stores; the counterpart of [`read`].
+///
+/// # Safety
+///
+/// As for [`read`].
+#[inline(always)]
+unsafe fn write<T: Copy>(at: *mut T, value: T) {
+    // SAFETY: the caller's.
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        at.write(value);
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe {
+        at.write_unaligned(value);
+    }
 }
 
 /// Reads the multi-byte header field at `field` as the word it holds, in network byte order
@@ -67,16 +105,8 @@ pub fn write_at<T: Copy>(
 #[inline(always)]
 pub unsafe fn load<T: Copy, const N: usize>(field: *const [u8; N]) -> T {
     const { assert!(N == size_of::<T>()) };
-    // SAFETY: the caller's; the sizes match. BPF loads do not fault on a misaligned word; on
-    // the host (the unit tests) a misaligned `read` is undefined, so there it is unaligned.
-    #[cfg(target_arch = "bpf")]
-    unsafe {
-        field.cast::<T>().read()
-    }
-    #[cfg(not(target_arch = "bpf"))]
-    unsafe {
-        field.cast::<T>().read_unaligned()
-    }
+    // SAFETY: the caller's; the sizes match.
+    unsafe { read(field.cast::<T>()) }
 }
 
 /// Writes `value` (network byte order) to the multi-byte header field at `field`, with one
@@ -88,15 +118,8 @@ pub unsafe fn load<T: Copy, const N: usize>(field: *const [u8; N]) -> T {
 #[inline(always)]
 pub unsafe fn store<T: Copy, const N: usize>(field: *mut [u8; N], value: T) {
     const { assert!(N == size_of::<T>()) };
-    // SAFETY: the caller's; the sizes match. Unaligned on the host, as in `load`.
-    #[cfg(target_arch = "bpf")]
-    unsafe {
-        field.cast::<T>().write(value);
-    }
-    #[cfg(not(target_arch = "bpf"))]
-    unsafe {
-        field.cast::<T>().write_unaligned(value);
-    }
+    // SAFETY: the caller's; the sizes match.
+    unsafe { write(field.cast::<T>(), value) }
 }
 
 /// A flow's addresses, ports (network byte order) and protocol.

@@ -109,7 +109,7 @@ fn run_task(task: Task) -> Result<()> {
             cargo_run(&test)?;
         }
         Task::Fmt { check } => {
-            toolchain::ensure_ebpf(&root, &toolchains)?;
+            toolchain::ensure_nightly(&toolchains)?;
             let mut fmt = cargo(&root, &toolchains);
             fmt.env("RUSTUP_TOOLCHAIN", &toolchains.ebpf.nightly).args([
                 "fmt",

@@ -70,7 +70,7 @@ pub fn ensure_stable(root: &Path, toolchains: &Toolchains) -> Result<()> {
 pub fn ensure_ebpf(root: &Path, toolchains: &Toolchains) -> Result<()> {
     let ebpf = &toolchains.ebpf;
     let nightly = &ebpf.nightly;
-    ensure_toolchain(nightly, &["rust-src", "rustfmt"])?;
+    ensure_nightly(toolchains)?;
     let version = output(Command::new("rustc").args([&format!("+{nightly}"), "-vV"]))?;
     let llvm_major = version
         .lines()
@@ -89,6 +89,12 @@ pub fn ensure_ebpf(root: &Path, toolchains: &Toolchains) -> Result<()> {
         install_bpf_linker(root, toolchains)?;
     }
     Ok(())
+}
+
+/// Installs the pinned nightly with rust-src (the eBPF build) and rustfmt (`cargo xtask fmt`,
+/// whose import grouping only a nightly rustfmt does).
+pub fn ensure_nightly(toolchains: &Toolchains) -> Result<()> {
+    ensure_toolchain(&toolchains.ebpf.nightly, &["rust-src", "rustfmt"])
 }
 
 /// Installs `toolchain` (minimal profile) with `components`, or adds the components it lacks;

@@ -359,9 +359,10 @@ impl Reconciler {
         let leaving: Vec<(u32, Vec<u32>)> = scope
             .programmed_frontends(&self.frontends)
             .filter_map(|(frontend, programmed)| {
-                let held = self.members.of(programmed.service_id);
+                let mut held = self.members.of(programmed.service_id).peekable();
+                held.peek()?;
                 let wanted = self.wanted_members(plan.frontends.get(frontend));
-                let gone: Vec<u32> = held.difference(&wanted).copied().collect();
+                let gone: Vec<u32> = held.filter(|id| !wanted.contains(id)).collect();
                 (!gone.is_empty()).then_some((programmed.service_id, gone))
             })
             .collect();
@@ -403,14 +404,16 @@ impl Reconciler {
             let Some(programmed) = self.frontends.get(frontend) else {
                 continue;
             };
-            let held = self.members.of(programmed.service_id);
             let service_id = programmed.service_id;
-            joined.extend(self.wanted_members(Some(planned)).difference(&held).map(
-                |&backend_id| AffinityMatchKey {
-                    service_id,
-                    backend_id,
-                },
-            ));
+            joined.extend(
+                self.wanted_members(Some(planned))
+                    .into_iter()
+                    .filter(|&backend_id| !self.members.holds(service_id, backend_id))
+                    .map(|backend_id| AffinityMatchKey {
+                        service_id,
+                        backend_id,
+                    }),
+            );
         }
         self.members.add(maps, &joined)?;
 
@@ -459,7 +462,7 @@ impl Reconciler {
                 .context("remove a source range left without its frontend")?;
         }
         for service_id in stale.members {
-            let members = self.members.of(service_id);
+            let members: Vec<u32> = self.members.of(service_id).collect();
             self.members.remove(maps, service_id, members)?;
         }
         Ok(())

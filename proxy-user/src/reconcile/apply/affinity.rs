@@ -31,8 +31,13 @@ impl AffinityMembers {
     }
 
     /// The members of `service_id`.
-    pub(super) fn of(&self, service_id: u32) -> HashSet<u32> {
-        self.held.get(&service_id).cloned().unwrap_or_default()
+    pub(super) fn of(&self, service_id: u32) -> impl Iterator<Item = u32> + '_ {
+        self.held.get(&service_id).into_iter().flatten().copied()
+    }
+
+    /// Whether `backend_id` is a member of `service_id`.
+    pub(super) fn holds(&self, service_id: u32, backend_id: u32) -> bool {
+        is_member(&self.held, service_id, backend_id)
     }
 
     /// The service ids with members, for finding those of no frontend.
@@ -116,8 +121,12 @@ impl<'a> AffinityView<'a> {
 
     /// Whether `backend_id` is one of the backend slots of `service_id`.
     pub fn serves(&self, service_id: u32, backend_id: u32) -> bool {
-        self.members
-            .get(&service_id)
-            .is_some_and(|members| members.contains(&backend_id))
+        is_member(self.members, service_id, backend_id)
     }
+}
+
+fn is_member(members: &HashMap<u32, HashSet<u32>>, service_id: u32, backend_id: u32) -> bool {
+    members
+        .get(&service_id)
+        .is_some_and(|members| members.contains(&backend_id))
 }
