@@ -1,12 +1,13 @@
 //! The two conntrack keys of one flow, each derived from the other key and its entry.
 
-use crate::{CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, CtEntry, CtKey};
+use crate::{Address, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, CtEntryOf, CtKeyOf};
 
 /// The reply key a forward entry implies: its rewritten tuple, reversed.
-pub const fn reply_key(forward_key: &CtKey, forward: &CtEntry) -> CtKey {
-    CtKey {
-        saddr: or_u32(forward.new_daddr, forward_key.daddr),
-        daddr: or_u32(forward.new_saddr, forward_key.saddr),
+#[inline(always)]
+pub fn reply_key<A: Address>(forward_key: &CtKeyOf<A>, forward: &CtEntryOf<A>) -> CtKeyOf<A> {
+    CtKeyOf {
+        saddr: or_addr(forward.new_daddr, forward_key.daddr),
+        daddr: or_addr(forward.new_saddr, forward_key.saddr),
         sport: or_u16(forward.new_dport, forward_key.dport),
         dport: or_u16(forward.new_sport, forward_key.sport),
         proto: forward_key.proto,
@@ -18,13 +19,14 @@ pub const fn reply_key(forward_key: &CtKey, forward: &CtEntry) -> CtKey {
 /// The forward key a reply entry belongs to: the client and the frontend it restores. A local
 /// reply goes to the client itself; a SNAT reply goes to the SNAT address and its entry names
 /// the client.
-pub const fn forward_key(reply_key: &CtKey, reply: &CtEntry) -> CtKey {
+#[inline(always)]
+pub fn forward_key<A: Address>(reply_key: &CtKeyOf<A>, reply: &CtEntryOf<A>) -> CtKeyOf<A> {
     let (client, client_port) = if reply.flags & CT_F_SNAT != 0 {
         (reply.new_daddr, reply.new_dport)
     } else {
         (reply_key.daddr, reply_key.dport)
     };
-    CtKey {
+    CtKeyOf {
         saddr: client,
         daddr: reply.new_saddr,
         sport: client_port,
@@ -36,8 +38,9 @@ pub const fn forward_key(reply_key: &CtKey, reply: &CtEntry) -> CtKey {
 }
 
 /// A zero `new_*` field leaves the header field as it is.
-const fn or_u32(new: u32, old: u32) -> u32 {
-    if new != 0 { new } else { old }
+#[inline(always)]
+fn or_addr<A: Address>(new: A, old: A) -> A {
+    if new.is_unset() { old } else { new }
 }
 
 const fn or_u16(new: u16, old: u16) -> u16 {
@@ -47,7 +50,7 @@ const fn or_u16(new: u16, old: u16) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CT_F_LOCAL, IPPROTO_TCP};
+    use crate::{CT_F_LOCAL, CtEntry, CtKey, IPPROTO_TCP};
 
     const CLIENT: u32 = 0x6400_12c6;
     const FRONTEND: u32 = 0x0b00_12c6;

@@ -5,6 +5,12 @@
 //! in-memory bytes of an address field are the address's octets, exactly as in a packet
 //! header or `bpf_sock_addr.user_ip4`. Use [`net`] to convert on the user side.
 //!
+//! IPv6 sits beside IPv4 in maps of its own (`*6_V1`), as in Cilium: the types that hold an
+//! address are generic over it ([`Address`]: `u32` or [`Addr6`]) and the IPv4 names
+//! (`ServiceKey`, `CtKey`, ...) are aliases of the `u32` instance, so IPv4 entries keep their
+//! size and the IPv4 maps their names. Ids (service, backend) are one space for both families:
+//! the per-id maps (meta, counters, affinity match) serve both. See docs/datapath.md.
+//!
 //! When a layout changes, bump the `_V1` suffix of the map names that use it.
 #![cfg_attr(not(test), no_std)]
 #![expect(
@@ -15,6 +21,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+pub mod address;
 pub mod checksum;
 pub mod flow;
 #[cfg(feature = "user")]
@@ -25,6 +32,8 @@ pub mod tcp;
 mod user;
 #[cfg(feature = "user")]
 pub use user::MetaFields;
+
+pub use crate::address::{Addr6, Address};
 
 /// Pinned map names (at most 15 bytes: the kernel's `BPF_OBJ_NAME_LEN` minus the NUL).
 pub mod map_names {
@@ -38,14 +47,28 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "SVC_STATS_V2";
     pub const BACKEND_STATS: &str = "BE_STATS_V2";
     pub const DROP_STATS: &str = "DROP_STATS_V1";
-    pub const HOOK_STATS: &str = "HOOK_STATS_V1";
+    /// V2: room for the IPv6 socket hooks.
+    pub const HOOK_STATS: &str = "HOOK_STATS_V2";
     pub const AFFINITY: &str = "AFFINITY_V1";
     pub const AFFINITY_MATCH: &str = "AFF_MATCH_V1";
     pub const SOURCE_RANGES: &str = "SRC_RANGE_V1";
     pub const SKIPPED: &str = "SVC_SKIP_V1";
     /// Not pinned: the daemon fills it just before each socket-termination run.
     pub const SOCK_TERM: &str = "SOCK_TERM_V1";
-    pub const ALL: [&str; 15] = [
+
+    // The IPv6 maps: the same roles, keyed or valued by IPv6 addresses.
+    pub const SERVICES6: &str = "SVC6_V1";
+    pub const BACKENDS6: &str = "BACKEND6_V1";
+    pub const CONNTRACK6: &str = "CT6_V1";
+    pub const SOCK_REV_NAT6: &str = "SOCK_RNAT6_V1";
+    pub const NODE_ADDRS6: &str = "NODE_ADDR6_V1";
+    pub const CONFIG6: &str = "CONFIG6_V1";
+    pub const AFFINITY6: &str = "AFFINITY6_V1";
+    pub const SOURCE_RANGES6: &str = "SRC_RANGE6_V1";
+    /// Not pinned, like `SOCK_TERM`.
+    pub const SOCK_TERM6: &str = "SOCK_TERM6_V1";
+
+    pub const ALL: [&str; 23] = [
         SERVICES,
         BACKENDS,
         SERVICE_META,
@@ -61,6 +84,14 @@ pub mod map_names {
         AFFINITY_MATCH,
         SOURCE_RANGES,
         SKIPPED,
+        SERVICES6,
+        BACKENDS6,
+        CONNTRACK6,
+        SOCK_REV_NAT6,
+        NODE_ADDRS6,
+        CONFIG6,
+        AFFINITY6,
+        SOURCE_RANGES6,
     ];
 }
 
@@ -70,14 +101,20 @@ pub mod program_names {
     pub const SENDMSG4: &str = "sock_sendmsg4";
     pub const RECVMSG4: &str = "sock_recvmsg4";
     pub const GETPEERNAME4: &str = "sock_getpeername4";
+    pub const CONNECT6: &str = "sock_connect6";
+    pub const SENDMSG6: &str = "sock_sendmsg6";
+    pub const RECVMSG6: &str = "sock_recvmsg6";
+    pub const GETPEERNAME6: &str = "sock_getpeername6";
     pub const XDP_INGRESS: &str = "xdp_ingress";
     pub const TC_INGRESS: &str = "tc_ingress";
     pub const TC_EGRESS: &str = "tc_egress";
+    /// Walks UDP sockets of both families.
     pub const SOCK_TERM_UDP: &str = "sock_term_udp";
 }
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Default map sizes; the daemon may override them at load time.
 pub mod map_sizes {
@@ -94,6 +131,31 @@ pub mod map_sizes {
     pub const SKIPPED: u32 = 16_384;
     /// Backends per socket-termination run; the daemon runs in batches of this many.
     pub const SOCK_TERM: u32 = 1_024;
+    // The IPv6 maps are sized like their IPv4 counterparts.
+    pub const SERVICES6: u32 = SERVICES;
+    pub const BACKENDS6: u32 = BACKENDS;
+    pub const CONNTRACK6: u32 = CONNTRACK;
+    pub const SOCK_REV_NAT6: u32 = SOCK_REV_NAT;
+    pub const NODE_ADDRS6: u32 = NODE_ADDRS;
+    pub const AFFINITY6: u32 = AFFINITY;
+    pub const SOURCE_RANGES6: u32 = SOURCE_RANGES;
+    pub const SOCK_TERM6: u32 = SOCK_TERM;
+}
+
+/// `Pod` and `Zeroable` for the instances of a generic map type: `bytemuck`'s derive cannot
+/// check a generic struct for padding, so each instance states its size, which must be the sum
+/// of its fields' (checked here against the expected size given).
+macro_rules! pod_instances {
+    ($($t:ty = $size:expr),* $(,)?) => {
+        $(
+            const _: () = assert!(core::mem::size_of::<$t>() == $size);
+            // SAFETY: `#[repr(C)]`, every field is `Pod`, and the size above is the sum of
+            // the fields' sizes: no padding.
+            unsafe impl Zeroable for $t {}
+            // SAFETY: as above.
+            unsafe impl Pod for $t {}
+        )*
+    };
 }
 
 /// Key of the services map: one frontend (address, port, protocol) and a slot.
@@ -101,10 +163,10 @@ pub mod map_sizes {
 /// Slot 0 is the service entry (backend count, id, flags); slots `1..=count` hold backend ids.
 /// A NodePort frontend has `addr == 0`: it is served on every address in the node-address map.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct ServiceKey {
-    /// Frontend IPv4 address, network byte order; 0 for a NodePort.
-    pub addr: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKeyOf<A> {
+    /// Frontend address, network byte order; 0 for a NodePort.
+    pub addr: A,
     /// Frontend port, network byte order.
     pub port: u16,
     /// 0 for the service entry, `1..=count` for the backend slots.
@@ -115,7 +177,9 @@ pub struct ServiceKey {
     pub scope: u8,
     pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<ServiceKey>() == 12);
+pub type ServiceKey = ServiceKeyOf<u32>;
+pub type ServiceKey6 = ServiceKeyOf<Addr6>;
+pod_instances!(ServiceKey = 12, ServiceKey6 = 24);
 
 /// Value of the services map. In slot 0: `count`, `service_id`, `flags`, `affinity_timeout`;
 /// in slot `n`: `backend_id` (the other fields repeat slot 0's for convenience).
@@ -158,17 +222,19 @@ pub const SVC_SCOPE_INTERNAL: u8 = 1;
 
 /// Value of the backends map (key: backend id, `u32`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct Backend {
-    /// Pod IPv4 address, network byte order.
-    pub addr: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendOf<A> {
+    /// Pod address, network byte order.
+    pub addr: A,
     /// Pod port, network byte order.
     pub port: u16,
     /// `BACKEND_F_*`.
     pub flags: u8,
     pub _pad: u8,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+pub type Backend = BackendOf<u32>;
+pub type Backend6 = BackendOf<Addr6>;
+pod_instances!(Backend = 8, Backend6 = 20);
 
 /// The backend runs on this node.
 pub const BACKEND_F_LOCAL: u8 = 1 << 0;
@@ -237,20 +303,22 @@ const _: () = assert!(core::mem::size_of::<SkippedService>() == 192);
 /// Data of a source-range (LPM trie) key: a frontend's service id, then the client prefix.
 /// The prefix length of the trie key counts the 32 bits of `service_id` plus the range's own.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct SourceRange {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceRangeOf<A> {
     pub service_id: u32,
     /// Client address (network byte order).
-    pub addr: u32,
+    pub addr: A,
 }
-const _: () = assert!(core::mem::size_of::<SourceRange>() == 8);
+pub type SourceRange = SourceRangeOf<u32>;
+pub type SourceRange6 = SourceRangeOf<Addr6>;
+pod_instances!(SourceRange = 8, SourceRange6 = 20);
 
 /// Conntrack key: a packet's 5-tuple as seen at the hook, and the direction it was recorded for.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct CtKey {
-    pub saddr: u32,
-    pub daddr: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKeyOf<A> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -258,7 +326,9 @@ pub struct CtKey {
     pub dir: u8,
     pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+pub type CtKey = CtKeyOf<u32>;
+pub type CtKey6 = CtKeyOf<Addr6>;
+pod_instances!(CtKey = 16, CtKey6 = 40);
 
 /// Client to frontend, before translation (looked up by XDP on ingress).
 pub const CT_DIR_FORWARD: u8 = 0;
@@ -269,12 +339,12 @@ pub const CT_DIR_REPLY: u8 = 1;
 ///
 /// A zero `new_*` field leaves that header field as it is.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct CtEntry {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntryOf<A> {
     /// `bpf_ktime_get_ns` of the last packet seen.
     pub last_seen_ns: u64,
-    pub new_saddr: u32,
-    pub new_daddr: u32,
+    pub new_saddr: A,
+    pub new_daddr: A,
     pub new_sport: u16,
     pub new_dport: u16,
     pub backend_id: u32,
@@ -285,7 +355,9 @@ pub struct CtEntry {
     pub tcp_state: u8,
     pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
+pub type CtEntry = CtEntryOf<u32>;
+pub type CtEntry6 = CtEntryOf<Addr6>;
+pod_instances!(CtEntry = 32, CtEntry6 = 56);
 
 /// The flow was source-NATed to the node address (remote backend): replies arrive at XDP.
 pub const CT_F_SNAT: u8 = 1 << 0;
@@ -308,42 +380,60 @@ pub struct SockRevNatKey {
 }
 const _: () = assert!(core::mem::size_of::<SockRevNatKey>() == 16);
 
-/// Socket-level reverse NAT value: the address the application asked for.
+/// [`SockRevNatKey`] of an IPv6 socket to an IPv6 backend. (An `AF_INET6` socket to an
+/// IPv4-mapped address is translated in the IPv4 maps.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct SockRevNatValue {
-    pub addr: u32,
+pub struct SockRevNatKey6 {
+    pub cookie: u64,
+    pub addr: Addr6,
+    pub port: u16,
+    pub _pad: [u16; 3],
+}
+const _: () = assert!(core::mem::size_of::<SockRevNatKey6>() == 32);
+
+/// Socket-level reverse NAT value: the address the application asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevNatValueOf<A> {
+    pub addr: A,
     pub port: u16,
     pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<SockRevNatValue>() == 8);
+pub type SockRevNatValue = SockRevNatValueOf<u32>;
+pub type SockRevNatValue6 = SockRevNatValueOf<Addr6>;
+pod_instances!(SockRevNatValue = 8, SockRevNatValue6 = 20);
 
 /// Key of the socket-termination map: a removed backend (address and port, network byte
 /// order) whose connected UDP client sockets the `iter/udp` program destroys. Value: `u8` 1.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct SockTermKey {
-    pub addr: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockTermKeyOf<A> {
+    pub addr: A,
     pub port: u16,
     pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<SockTermKey>() == 8);
+pub type SockTermKey = SockTermKeyOf<u32>;
+pub type SockTermKey6 = SockTermKeyOf<Addr6>;
+pod_instances!(SockTermKey = 8, SockTermKey6 = 20);
 
 /// What the `iter/udp` program writes to its output for each socket it destroyed.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct SockTermRecord {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockTermRecordOf<A> {
     /// `bpf_get_socket_cookie` of the destroyed socket.
     pub cookie: u64,
     /// The backend it was connected to (network byte order).
-    pub backend_addr: u32,
+    pub backend_addr: A,
     /// The service address the application had connected to (network byte order).
-    pub service_addr: u32,
+    pub service_addr: A,
     pub backend_port: u16,
     pub service_port: u16,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockTermRecord>() == 24);
+pub type SockTermRecord = SockTermRecordOf<u32>;
+pub type SockTermRecord6 = SockTermRecordOf<Addr6>;
+pod_instances!(SockTermRecord = 24, SockTermRecord6 = 48);
 
 /// Stand-in for the `bpf_sock_destroy` kfunc in the compiled `iter/udp` program: a helper call
 /// with this number, which the daemon rewrites into a kfunc call (`BPF_PSEUDO_KFUNC_CALL` and the
@@ -363,6 +453,16 @@ const _: () = assert!(core::mem::size_of::<NodeAddr>() == 4);
 
 /// The address is the primary node address, used as the SNAT source for remote backends.
 pub const NODE_ADDR_F_PRIMARY: u32 = 1 << 0;
+
+/// Datapath configuration of the IPv6 path, in a one-entry array beside [`Config`] (whose SNAT
+/// port range and flags it shares).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Config6 {
+    /// Source address for SNAT to remote IPv6 backends; all zero disables it.
+    pub snat_addr: Addr6,
+}
+const _: () = assert!(core::mem::size_of::<Config6>() == 16);
 
 /// Datapath configuration, in a one-entry array so the daemon can change it without reloading.
 #[repr(C)]
@@ -423,6 +523,20 @@ pub struct AffinityKey {
     pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
+
+/// Key of the IPv6 session-affinity map: an IPv6 client (packet path) of a frontend. The socket
+/// path keys IPv6 sockets by network namespace in [`AffinityKey`], like IPv4 ones.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct AffinityKey6 {
+    /// The source IPv6 address.
+    pub client: Addr6,
+    pub service_id: u32,
+    /// `AFFINITY_CLIENT_IP`.
+    pub client_kind: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey6>() == 24);
 
 /// Packet path (XDP): the client is the packet's source address.
 pub const AFFINITY_CLIENT_IP: u8 = 1;

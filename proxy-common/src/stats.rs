@@ -79,7 +79,7 @@ impl DropReason {
 /// Slots in `DROP_STATS_V1` (room to add reasons without a new map).
 pub const DROP_SLOTS: u32 = 16;
 
-/// A program whose verdicts are counted in `HOOK_STATS_V1`.
+/// A program whose verdicts are counted in `HOOK_STATS_V2`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
@@ -90,10 +90,14 @@ pub enum Hook {
     Sendmsg4 = 4,
     Recvmsg4 = 5,
     Getpeername4 = 6,
+    Connect6 = 7,
+    Sendmsg6 = 8,
+    Recvmsg6 = 9,
+    Getpeername6 = 10,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 7] = [
+    pub const ALL: [Hook; 11] = [
         Self::Xdp,
         Self::TcIngress,
         Self::TcEgress,
@@ -101,6 +105,10 @@ impl Hook {
         Self::Sendmsg4,
         Self::Recvmsg4,
         Self::Getpeername4,
+        Self::Connect6,
+        Self::Sendmsg6,
+        Self::Recvmsg6,
+        Self::Getpeername6,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -112,6 +120,10 @@ impl Hook {
             Self::Sendmsg4 => "sendmsg4",
             Self::Recvmsg4 => "recvmsg4",
             Self::Getpeername4 => "getpeername4",
+            Self::Connect6 => "connect6",
+            Self::Sendmsg6 => "sendmsg6",
+            Self::Recvmsg6 => "recvmsg6",
+            Self::Getpeername6 => "getpeername6",
         }
     }
 
@@ -139,10 +151,10 @@ impl Hook {
 
 /// Verdicts kept per hook: return values 0..=7 (larger ones share the last slot).
 pub const VERDICTS_PER_HOOK: u32 = 8;
-/// Slots in `HOOK_STATS_V1`.
-pub const HOOK_SLOTS: u32 = 64;
+/// Slots in `HOOK_STATS_V2` (room for 16 hooks).
+pub const HOOK_SLOTS: u32 = 128;
 
-/// The `HOOK_STATS_V1` slot of a hook's verdict.
+/// The `HOOK_STATS_V2` slot of a hook's verdict.
 pub const fn hook_slot(hook: Hook, verdict: u32) -> u32 {
     let verdict = if verdict < VERDICTS_PER_HOOK {
         verdict
@@ -151,4 +163,4 @@ pub const fn hook_slot(hook: Hook, verdict: u32) -> u32 {
     };
     hook as u32 * VERDICTS_PER_HOOK + verdict
 }
-const _: () = assert!(hook_slot(Hook::Getpeername4, 99) < HOOK_SLOTS);
+const _: () = assert!(hook_slot(Hook::Getpeername6, 99) < HOOK_SLOTS);

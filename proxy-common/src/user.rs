@@ -1,9 +1,10 @@
 //! `aya::Pod` for every map type, so the daemon can read and write them.
 
 use crate::{
-    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, CtEntry, CtKey, NodeAddr,
-    ServiceKey, ServiceMeta, ServiceValue, SkippedKey, SkippedService, SockRevNatKey,
-    SockRevNatValue, SockTermKey, SourceRange, stats::Traffic,
+    AffinityKey, AffinityKey6, AffinityMatchKey, AffinityValue, Backend, Backend6, Config, Config6,
+    CtEntry, CtEntry6, CtKey, CtKey6, NodeAddr, ServiceKey, ServiceKey6, ServiceMeta, ServiceValue,
+    SkippedKey, SkippedService, SockRevNatKey, SockRevNatKey6, SockRevNatValue, SockRevNatValue6,
+    SockTermKey, SockTermKey6, SourceRange, SourceRange6, stats::Traffic,
 };
 
 macro_rules! aya_pod {
@@ -34,6 +35,16 @@ aya_pod!(
     SockTermKey,
     Traffic,
     SourceRange,
+    AffinityKey6,
+    Backend6,
+    Config6,
+    CtEntry6,
+    CtKey6,
+    ServiceKey6,
+    SockRevNatKey6,
+    SockRevNatValue6,
+    SockTermKey6,
+    SourceRange6,
 );
 
 /// The metadata of one frontend, as [`ServiceMeta::new`] takes it.

@@ -21,7 +21,7 @@ static BACKEND_STATS: PerCpuArray<Traffic, { map_sizes::BACKENDS as usize }> = P
 #[btf_map(name = "DROP_STATS_V1")]
 static DROP_STATS: PerCpuArray<u64, { DROP_SLOTS as usize }> = PerCpuArray::new();
 
-#[btf_map(name = "HOOK_STATS_V1")]
+#[btf_map(name = "HOOK_STATS_V2")]
 static HOOK_STATS: PerCpuArray<u64, { HOOK_SLOTS as usize }> = PerCpuArray::new();
 
 #[inline(always)]

@@ -6,9 +6,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use proxy_common::{
-    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, CtEntry, CtKey, NodeAddr,
-    ServiceKey, ServiceMeta, ServiceValue, SkippedKey, SkippedService, SockRevNatKey,
-    SockRevNatValue, SockTermKey, SourceRange, map_sizes,
+    Addr6, AffinityKey, AffinityKey6, AffinityMatchKey, AffinityValue, Backend, Backend6, Config,
+    Config6, CtEntry, CtEntry6, CtKey, CtKey6, NodeAddr, ServiceKey, ServiceKey6, ServiceMeta,
+    ServiceValue, SkippedKey, SkippedService, SockRevNatKey, SockRevNatKey6, SockRevNatValue,
+    SockRevNatValue6, SockTermKey, SockTermKey6, SourceRange, SourceRange6, map_sizes,
 };
 
 #[btf_map(name = "SVC_V1")]
@@ -66,6 +67,46 @@ pub static SOURCE_RANGES: LpmTrie<SourceRange, u32, { map_sizes::SOURCE_RANGES a
 #[btf_map(name = "SVC_SKIP_V1")]
 pub static SKIPPED: HashMap<SkippedKey, SkippedService, { map_sizes::SKIPPED as usize }> =
     HashMap::new();
+
+// The IPv6 maps: the roles of the IPv4 ones above, keyed or valued by IPv6 addresses. Ids
+// (service, backend) are shared with IPv4, so the per-id maps above serve both families.
+
+#[btf_map(name = "SVC6_V1")]
+pub static SERVICES6: HashMap<ServiceKey6, ServiceValue, { map_sizes::SERVICES6 as usize }> =
+    HashMap::new();
+
+#[btf_map(name = "BACKEND6_V1")]
+pub static BACKENDS6: HashMap<u32, Backend6, { map_sizes::BACKENDS6 as usize }> = HashMap::new();
+
+#[btf_map(name = "CT6_V1")]
+pub static CONNTRACK6: LruHashMap<CtKey6, CtEntry6, { map_sizes::CONNTRACK6 as usize }> =
+    LruHashMap::new();
+
+#[btf_map(name = "SOCK_RNAT6_V1")]
+pub static SOCK_REV_NAT6: LruHashMap<
+    SockRevNatKey6,
+    SockRevNatValue6,
+    { map_sizes::SOCK_REV_NAT6 as usize },
+> = LruHashMap::new();
+
+#[btf_map(name = "SOCK_TERM6_V1")]
+pub static SOCK_TERM6: HashMap<SockTermKey6, u8, { map_sizes::SOCK_TERM6 as usize }> =
+    HashMap::new();
+
+#[btf_map(name = "NODE_ADDR6_V1")]
+pub static NODE_ADDRS6: HashMap<Addr6, NodeAddr, { map_sizes::NODE_ADDRS6 as usize }> =
+    HashMap::new();
+
+#[btf_map(name = "CONFIG6_V1")]
+pub static CONFIG6: Array<Config6, 1> = Array::new();
+
+#[btf_map(name = "AFFINITY6_V1")]
+pub static AFFINITY6: LruHashMap<AffinityKey6, AffinityValue, { map_sizes::AFFINITY6 as usize }> =
+    LruHashMap::new();
+
+#[btf_map(name = "SRC_RANGE6_V1")]
+pub static SOURCE_RANGES6: LpmTrie<SourceRange6, u32, { map_sizes::SOURCE_RANGES6 as usize }> =
+    LpmTrie::new();
 
 /// A value found in a map: copied out or changed in place.
 #[derive(Clone, Copy)]
