@@ -11,7 +11,7 @@ pub type Addr6 = [u32; 4];
 /// NodePort key's address, an unset rewrite).
 pub trait Address: Pod + Default + Eq {
     /// Whether the field is all zero.
-    #[inline(always)]
+    #[inline]
     fn is_unset(&self) -> bool {
         *self == Self::default()
     }
@@ -22,7 +22,7 @@ impl Address for Addr6 {}
 
 /// The IPv4 address inside an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), as a `u32` map
 /// field: what an `AF_INET6` socket connecting to an IPv4 service holds.
-#[inline(always)]
+#[inline]
 pub fn mapped_ipv4(addr: &Addr6) -> Option<u32> {
     // The words hold octets in memory order: `::ffff:` is words 0, 0, then the bytes
     // 00 00 ff ff, which is `0xffff_0000` read little-endian or `0x0000_ffff` big-endian.
@@ -31,7 +31,7 @@ pub fn mapped_ipv4(addr: &Addr6) -> Option<u32> {
 }
 
 /// `::ffff:a.b.c.d` of an IPv4 map field.
-#[inline(always)]
+#[inline]
 pub fn ipv4_mapped(addr: u32) -> Addr6 {
     [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), addr]
 }

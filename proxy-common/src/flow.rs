@@ -3,7 +3,7 @@
 use crate::{Address, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, CtEntryOf, CtKeyOf};
 
 /// The reply key a forward entry implies: its rewritten tuple, reversed.
-#[inline(always)]
+#[inline]
 pub fn reply_key<A: Address>(forward_key: &CtKeyOf<A>, forward: &CtEntryOf<A>) -> CtKeyOf<A> {
     CtKeyOf {
         saddr: or_addr(forward.new_daddr, forward_key.daddr),
@@ -19,7 +19,7 @@ pub fn reply_key<A: Address>(forward_key: &CtKeyOf<A>, forward: &CtEntryOf<A>) -
 /// The forward key a reply entry belongs to: the client and the frontend it restores. A local
 /// reply goes to the client itself; a SNAT reply goes to the SNAT address and its entry names
 /// the client.
-#[inline(always)]
+#[inline]
 pub fn forward_key<A: Address>(reply_key: &CtKeyOf<A>, reply: &CtEntryOf<A>) -> CtKeyOf<A> {
     let (client, client_port) = if reply.flags & CT_F_SNAT != 0 {
         (reply.new_daddr, reply.new_dport)
@@ -38,7 +38,7 @@ pub fn forward_key<A: Address>(reply_key: &CtKeyOf<A>, reply: &CtEntryOf<A>) -> 
 }
 
 /// A zero `new_*` field leaves the header field as it is.
-#[inline(always)]
+#[inline]
 fn or_addr<A: Address>(new: A, old: A) -> A {
     if new.is_unset() { old } else { new }
 }
