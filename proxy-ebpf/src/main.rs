@@ -27,6 +27,7 @@ mod affinity;
 mod conntrack;
 mod counters;
 mod error;
+mod family;
 mod forward;
 mod kernel;
 mod klog;

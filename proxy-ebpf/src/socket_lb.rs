@@ -8,6 +8,7 @@ use crate::{
     affinity::{self, Client},
     counters::{self, Direction},
     error::Error,
+    family::V4,
     kernel::{self, SockAddr},
     klog,
     maps::{self, SOCK_REV_NAT},
@@ -98,17 +99,17 @@ fn try_translate_forward(ctx: &SockAddrContext) -> Result<(), Error> {
     let (dst_addr, dst_port) = (sa.addr, sa.port);
 
     // Local processes are in-cluster clients: the internal scope, where there is one.
-    let Some((key, service)) = lookup_frontend(dst_addr, dst_port, proto, true)
-        .and_then(|(key, service)| for_internal_clients(key, service))
+    let Some((key, service)) = lookup_frontend::<V4>(dst_addr, dst_port, proto, true)
+        .and_then(|(key, service)| for_internal_clients::<V4>(key, service))
     else {
         return Ok(());
     };
     if service.count == 0 {
         return Err(Error::NoEndpoints);
     }
-    let client = Client::netns(kernel::netns_cookie(ctx));
+    let client = Client::Netns(kernel::netns_cookie(ctx));
     let (backend_id, backend) =
-        affinity::select_backend_for(key, &service, client).ok_or(Error::NoBackend)?;
+        affinity::select_backend_for::<V4>(key, &service, client).ok_or(Error::NoBackend)?;
     // Sockets, not packets, are translated here: count the new connection only.
     counters::traffic(
         service.service_id,
