@@ -35,7 +35,6 @@ pub trait Family {
 }
 
 pub enum V4 {}
-#[expect(dead_code, reason = "the IPv6 paths are being added")]
 pub enum V6 {}
 
 impl Family for V4 {

@@ -37,6 +37,7 @@ mod outcome;
 mod packet;
 mod reject;
 mod service;
+mod sock_family;
 mod sock_term;
 mod socket_lb;
 mod tc;

@@ -7,6 +7,7 @@ pub mod netdev;
 pub mod netns;
 pub mod preflight;
 mod sizes;
+mod sock_btf;
 pub(crate) mod sys;
 pub mod udp_sockets;
 pub mod view;
@@ -216,6 +217,10 @@ fn attach_socket_programs(ebpf: &mut Ebpf, cgroup: &Path, links: &mut Links) -> 
         program_names::SENDMSG4,
         program_names::RECVMSG4,
         program_names::GETPEERNAME4,
+        program_names::CONNECT6,
+        program_names::SENDMSG6,
+        program_names::RECVMSG6,
+        program_names::GETPEERNAME6,
     ] {
         let program: &mut CgroupSockAddr = program(ebpf, name)?.try_into()?;
         program
