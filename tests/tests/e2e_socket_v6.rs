@@ -9,10 +9,14 @@ use std::{
 
 use proxy_tests::{
     Place, Proto, Reply,
-    manifests::{ECHO_IP, ECHO_NODE_PORT_TCP, EMPTY_IP},
-    scenario::{ALL_PODS, SPREAD_REQUESTS, Scenario, pods},
+    manifests::{ECHO_IP, ECHO_NODE_PORT_TCP, EMPTY_IP, pods_yaml},
+    scenario::{ALL_PODS, SPREAD_REQUESTS, SYNC_TIMEOUT, Scenario, pods},
+    wait_until,
     workload::REQUEST_TIMEOUT,
 };
+
+/// ECONNABORTED, what `bpf_sock_destroy` reports to the socket's owner.
+const ECONNABORTED: &str = "(os error 103)";
 
 fn mapped(ip: &str) -> IpAddr {
     let ip: Ipv4Addr = ip.parse().expect("valid address");
@@ -175,4 +179,41 @@ fn an_ipv4_mapped_socket_to_a_service_without_endpoints_is_refused() {
     // TCP and connected UDP are refused in connect6; the unconnected datagrams in sendmsg4.
     assert!(count_of(&counts, "connect6", "reject") >= 6, "{counts:?}");
     assert!(count_of(&counts, "sendmsg4", "reject") >= 3, "{counts:?}");
+}
+
+#[test]
+fn an_ipv6_socket_connected_to_a_mapped_service_is_closed_when_its_ipv4_backend_goes() {
+    let scenario = Scenario::start(&[]);
+    let from = Place::Pod("pod-1b");
+    let service = SocketAddr::new(mapped(ECHO_IP), 53);
+    // An AF_INET6 datagram socket connected to `[::ffff:198.19.0.10]:53`: translated once,
+    // at connect(), to an IPv4 pod.
+    let mut doomed = scenario.cluster.udp_session_to(from, service);
+    let first = doomed.ping().expect("the first ping is answered");
+    assert_eq!(first.remote, service, "{first:?}");
+    let leaving = first.name;
+
+    // The pod turns not-ready: its IPv4 endpoint leaves the service.
+    scenario.manifests.write(
+        "pods.yaml",
+        &pods_yaml(&scenario.cluster, |pod| pod != leaving),
+    );
+    let err = doomed
+        .recv(SYNC_TIMEOUT)
+        .expect_err("the socket to the removed backend is closed");
+    assert!(
+        err.contains(ECONNABORTED),
+        "expected ECONNABORTED, got {err:?}\nnode1 stderr:\n{}",
+        scenario.node1.stderr()
+    );
+    doomed.reconnect().expect("reconnect");
+    let reply = doomed.ping().expect("the reconnected socket is answered");
+    assert_ne!(reply.name, leaving, "reconnected to the removed backend");
+    assert_eq!(reply.remote, service, "{reply:?}");
+    // Logged with the IPv4 addresses the IPv4 maps hold.
+    wait_until(SYNC_TIMEOUT, std::time::Duration::from_millis(50), || {
+        let stderr = scenario.node1.stderr();
+        stderr.contains("closed a connected UDP socket whose backend was removed")
+            && stderr.contains(&format!("service={ECHO_IP}:53"))
+    });
 }
