@@ -217,3 +217,38 @@ fn an_ipv6_socket_connected_to_a_mapped_service_is_closed_when_its_ipv4_backend_
             && stderr.contains(&format!("service={ECHO_IP}:53"))
     });
 }
+
+#[test]
+fn a_restart_replaces_the_ipv6_hooks_in_place_and_keeps_mapped_connections() {
+    let mut scenario = Scenario::start(&[]);
+    let service = SocketAddr::new(mapped(ECHO_IP), 80);
+    let mut held = scenario
+        .cluster
+        .hold_to(Place::Pod("pod-1a"), service)
+        .expect("a mapped connection");
+    let pod = held.greeting().name.clone();
+    assert_eq!(held.greeting().remote, service, "{:?}", held.greeting());
+
+    scenario.node1.restart();
+    // Every hook, the IPv6 ones included, swapped inside its pinned link: none detached.
+    assert!(
+        scenario
+            .node1
+            .ready_line()
+            .ends_with("hooks: 11 replaced in place, 0 attached"),
+        "{}",
+        scenario.node1.ready_line()
+    );
+    assert_eq!(held.ping().expect("the held connection").name, pod);
+    // New mapped connections are translated by the new programs and see the service back.
+    for reply in replies(
+        &scenario,
+        Place::Pod("pod-1a"),
+        Proto::Tcp,
+        service.ip(),
+        80,
+        3,
+    ) {
+        assert_eq!(reply.remote, service, "{reply:?}");
+    }
+}
