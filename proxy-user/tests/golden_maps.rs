@@ -84,3 +84,15 @@ fn local_policies_affinity_and_endpoint_conditions() {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/local-policies"),
     );
 }
+
+/// A dual-stack and an IPv6-only Service on a dual-stack cluster, for a node of both families
+/// and for an IPv4-only node.
+#[test]
+fn dual_stack_and_ipv6_only_services() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/dual-stack");
+    let options = ManifestOptions {
+        service_cidrs: "198.19.0.0/16,fd00:19::/108".parse().expect("valid"),
+    };
+    check_on("dual-stack", &dir, &options, &[IpFamily::V4, IpFamily::V6]);
+    check_on("dual-stack-ipv4-node", &dir, &options, &[IpFamily::V4]);
+}
