@@ -84,7 +84,7 @@ fn terminate(
     cgroup: &Path,
     backends: &[BackendAddr],
 ) -> Result<u64> {
-    let keys: Vec<SockTermKey> = backends.iter().copied().map(term_key).collect();
+    let keys: Vec<SockTermKey> = backends.iter().copied().filter_map(term_key).collect();
     for key in &keys {
         program
             .targets
@@ -133,12 +133,17 @@ fn log_destroyed(record: &SockTermRecord, netns: u64) {
     );
 }
 
-fn term_key(backend: BackendAddr) -> SockTermKey {
-    SockTermKey {
-        addr: ip_to_net(backend.addr),
+/// The IPv4 socket-termination key of a backend; IPv6 backends' sockets are not terminated
+/// yet (their map, `SOCK_TERM6_V1`, is the socket hooks' work).
+fn term_key(backend: BackendAddr) -> Option<SockTermKey> {
+    let std::net::IpAddr::V4(addr) = backend.addr else {
+        return None;
+    };
+    Some(SockTermKey {
+        addr: ip_to_net(addr),
         port: port_to_net(backend.port),
         _pad: 0,
-    }
+    })
 }
 
 fn udp_backends_in_maps(maps: &Maps) -> Result<BTreeSet<BackendAddr>> {
@@ -153,7 +158,7 @@ fn udp_backends_in_maps(maps: &Maps) -> Result<BTreeSet<BackendAddr>> {
     for id in ids {
         if let Ok(backend) = maps.backends.get(&id, 0) {
             backends.insert(BackendAddr {
-                addr: ip_from_net(backend.addr),
+                addr: ip_from_net(backend.addr).into(),
                 port: port_from_net(backend.port),
             });
         }
