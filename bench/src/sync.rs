@@ -10,7 +10,7 @@
 use std::{
     collections::BTreeMap,
     io::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
     process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
@@ -22,10 +22,10 @@ use proxy_tests::isolated_netns::IsolatedNetns;
 use proxy_user::{
     datapath::Maps,
     model::{
-        DesiredState, Endpoint, Protocol, Service, ServiceName, ServicePort, ServiceType,
+        DesiredState, Endpoint, IpFamily, Protocol, Service, ServiceName, ServicePort, ServiceType,
         TrafficPolicy,
     },
-    reconcile::{Plan, Planner, Reconciler},
+    reconcile::{Plan, PlanNode, Planner, Reconciler},
 };
 
 use crate::{
@@ -86,7 +86,8 @@ pub fn desired(services: usize, endpoints: usize) -> DesiredState {
         let service = Service {
             name: name.clone(),
             service_type: ServiceType::ClusterIP,
-            cluster_ip: Some(*frontend.ip()),
+            cluster_ips: vec![(*frontend.ip()).into()],
+            ip_families: vec![IpFamily::V4],
             external_ips: Vec::new(),
             ports: vec![ServicePort {
                 name: String::new(),
@@ -112,7 +113,7 @@ pub fn desired(services: usize, endpoints: usize) -> DesiredState {
 
 fn endpoint(addr: SocketAddrV4) -> Endpoint {
     Endpoint {
-        addr: *addr.ip(),
+        addr: (*addr.ip()).into(),
         port: addr.port(),
         node_name: Some("node1".into()),
         ready: true,
@@ -182,7 +183,7 @@ fn sluice_rounds(row: &mut Row, sizes: &[(&str, u32)], rounds: usize) -> Result<
             let mut loaded = Loaded::new(sizes)?;
             let mut maps = Maps::take_from(&mut loaded.ebpf)?;
             let mut reconciler = Reconciler::from_maps(&mut maps)?;
-            let mut planner = Planner::new("node1");
+            let mut planner = Planner::new(PlanNode::new("node1", [IpFamily::V4]));
             let started = Instant::now();
             let changes = planner.update(desired.clone());
             row.plan.push(started.elapsed().as_secs_f64());
@@ -213,7 +214,7 @@ fn sluice_rounds(row: &mut Row, sizes: &[(&str, u32)], rounds: usize) -> Result<
                     bail!("one changed service rewrote {stats:?}");
                 }
             }
-            if planner.plan() != &Plan::build(&desired, "node1") {
+            if planner.plan() != &Plan::build(&desired, &PlanNode::new("node1", [IpFamily::V4])) {
                 bail!("the planner's plan differs from a full build after the changes");
             }
         }
@@ -222,7 +223,7 @@ fn sluice_rounds(row: &mut Row, sizes: &[(&str, u32)], rounds: usize) -> Result<
             let desired = self::desired(services, endpoints);
             let loaded = Loaded::new(sizes)?;
             let started = Instant::now();
-            let plan = Plan::build(&desired, "node1");
+            let plan = Plan::build(&desired, &PlanNode::new("node1", [IpFamily::V4]));
             apply_batched(&loaded, &plan)?;
             row.batched.push(started.elapsed().as_secs_f64());
         }
@@ -394,16 +395,19 @@ fn apply_batched(loaded: &Loaded, plan: &Plan) -> Result<()> {
     for (id, (addr, flags)) in (1..).zip(&plan.backends) {
         ids.insert(*addr, id);
         bkeys.push(id);
-        bvalues.push(fixture::backend(
-            SocketAddrV4::new(addr.addr, addr.port),
-            *flags,
-        ));
+        let IpAddr::V4(ip) = addr.addr else {
+            bail!("the bench's services are IPv4 only");
+        };
+        bvalues.push(fixture::backend(SocketAddrV4::new(ip, addr.port), *flags));
     }
     let (mut keys, mut values, mut heads, mut head_values) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut meta_keys, mut metas) = (Vec::new(), Vec::new());
     for (service_id, (frontend, planned)) in (1..).zip(&plan.frontends) {
-        let addr = SocketAddrV4::new(frontend.addr, frontend.port);
+        let IpAddr::V4(ip) = frontend.addr else {
+            bail!("the bench's services are IPv4 only");
+        };
+        let addr = SocketAddrV4::new(ip, frontend.port);
         let count = u16::try_from(planned.backends.len())
             .with_context(|| format!("{} has more than 65535 endpoints", planned.name))?;
         let head = ServiceValue::head(service_id, count, planned.flags, 0);

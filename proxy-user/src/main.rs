@@ -85,9 +85,10 @@ enum Command {
     /// Check a manifests directory and report every problem with file, document and field.
     Validate {
         dir: PathBuf,
-        /// Range cluster IPs must come from.
-        #[arg(long, default_value_t = proxy_user::source::manifest::DEFAULT_SERVICE_CIDR)]
-        service_cidr: ipnet::Ipv4Net,
+        /// Range cluster IPs must come from, one per family (repeat, or `<v4>,<v6>`); the
+        /// first one's family is the primary.
+        #[arg(long = "service-cidr", value_delimiter = ',', default_value = DEFAULT_SERVICE_CIDR)]
+        service_cidrs: Vec<ipnet::IpNet>,
     },
 }
 
@@ -124,10 +125,11 @@ struct RunArgs {
     /// hostname.
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
-    /// Address NodePorts answer on; repeat for several. The first is the SNAT source for
-    /// remote backends. Default: every local address.
+    /// Address NodePorts answer on, of either family; repeat for several. The first of each
+    /// family is that family's SNAT source for remote backends, and Services are served only
+    /// in the families given. Default: every local address.
     #[arg(long = "node-ip")]
-    node_ips: Vec<std::net::Ipv4Addr>,
+    node_ips: Vec<std::net::IpAddr>,
     /// cgroup v2 directory whose processes get socket-level load balancing.
     /// Default: the cgroup2 mount's root.
     #[arg(long)]
@@ -140,9 +142,11 @@ struct RunArgs {
     /// allocations).
     #[arg(long, default_value = "/var/lib/sluice")]
     state_dir: PathBuf,
-    /// Range to allocate missing cluster IPs from (standalone mode).
-    #[arg(long, default_value_t = proxy_user::source::manifest::DEFAULT_SERVICE_CIDR)]
-    service_cidr: ipnet::Ipv4Net,
+    /// Range to allocate missing cluster IPs from (standalone mode), one per family (repeat,
+    /// or `<v4>,<v6>` as kube-apiserver's --service-cluster-ip-range); the first one's family
+    /// is the primary.
+    #[arg(long = "service-cidr", value_delimiter = ',', default_value = DEFAULT_SERVICE_CIDR)]
+    service_cidrs: Vec<ipnet::IpNet>,
     /// Serve /healthz here (503 until the first sync, then 200).
     #[arg(long, default_value = "127.0.0.1:10256")]
     healthz_addr: SocketAddr,
@@ -172,6 +176,16 @@ struct RunArgs {
     /// `kernel`). Change it while running with `sluice log-level`.
     #[arg(long, value_enum, default_value_t = KernelLogLevel::Off)]
     kernel_log_level: KernelLogLevel,
+}
+
+/// `--service-cidr`'s default (inside 198.18.0.0/15, reserved for testing).
+const DEFAULT_SERVICE_CIDR: &str = "198.19.0.0/16";
+
+/// `--service-cidr` checked: one range per family.
+fn service_cidrs_of(
+    cidrs: Vec<ipnet::IpNet>,
+) -> Result<proxy_user::source::manifest::ServiceCidrs> {
+    proxy_user::source::manifest::ServiceCidrs::new(cidrs).map_err(anyhow::Error::msg)
 }
 
 /// A failure is one line on stderr (the error and its causes), never a panic or a backtrace.
@@ -205,7 +219,9 @@ fn run_command(command: Command) -> Result<()> {
             &cli::conntrack::Filter { service, client },
         ),
         Command::Affinity { pins, output } => cli::affinity::run(&pins.pin_dir, output),
-        Command::Validate { dir, service_cidr } => cli::validate::run(&dir, service_cidr),
+        Command::Validate { dir, service_cidrs } => {
+            cli::validate::run(&dir, service_cidrs_of(service_cidrs)?)
+        }
     }
 }
 
@@ -260,7 +276,7 @@ fn run(args: RunArgs) -> Result<()> {
                 source::manifests::spawn(source::manifests::ManifestSourceOptions {
                     dir,
                     state_dir: args.state_dir,
-                    service_cidr: args.service_cidr,
+                    service_cidrs: service_cidrs_of(args.service_cidrs)?,
                 })?
             }
             (None, None) => unreachable!("clap requires one of the sources"),

@@ -1,9 +1,15 @@
 //! The desired state: what every source (manifests, Kubernetes API) produces and the
 //! reconciler programs into the maps. Plain data, independent of where it came from.
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr, sync::Arc, time::SystemTime};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+    time::SystemTime,
+};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -59,22 +65,78 @@ pub enum ServiceType {
     Headless,
 }
 
+/// An IP family, as `spec.ipFamilies` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum IpFamily {
+    #[serde(rename = "IPv4")]
+    V4,
+    #[serde(rename = "IPv6")]
+    V6,
+}
+
+impl IpFamily {
+    pub fn of(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => IpFamily::V4,
+            IpAddr::V6(_) => IpFamily::V6,
+        }
+    }
+
+    pub fn of_net(net: &IpNet) -> Self {
+        Self::of(net.addr())
+    }
+
+    /// The other family (of a dual-stack pair).
+    #[must_use]
+    pub fn other(self) -> Self {
+        match self {
+            IpFamily::V4 => IpFamily::V6,
+            IpFamily::V6 => IpFamily::V4,
+        }
+    }
+
+    /// The unspecified address of the family: a NodePort frontend's.
+    pub fn unspecified(self) -> IpAddr {
+        match self {
+            IpFamily::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpFamily::V6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        }
+    }
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One Service as the datapath should serve it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Service {
     pub name: ServiceName,
     pub service_type: ServiceType,
-    /// The (allocated when missing) cluster IP; `None` for headless and ExternalName.
-    pub cluster_ip: Option<Ipv4Addr>,
-    /// `spec.externalIPs`; sorted, no duplicates.
-    pub external_ips: Vec<Ipv4Addr>,
+    /// `spec.clusterIPs` (allocated when missing): the primary family's first, at most one
+    /// per family, in the order of `ip_families`; empty for headless and ExternalName.
+    pub cluster_ips: Vec<IpAddr>,
+    /// `spec.ipFamilies` as decided for this Service (primary first); the families its
+    /// NodePorts are served in.
+    pub ip_families: Vec<IpFamily>,
+    /// `spec.externalIPs` (either family); sorted, no duplicates.
+    pub external_ips: Vec<IpAddr>,
     /// For type LoadBalancer: `spec.loadBalancerIP` and the `status.loadBalancer.ingress` IPs;
     /// sorted, no duplicates. Served like external IPs, with `loadBalancerSourceRanges`.
-    pub load_balancer_ips: Vec<Ipv4Addr>,
+    pub load_balancer_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
     /// Why the service is not programmed, when it is not (shown by `sluice services`).
-    /// A skipped service may still have a cluster IP (e.g. one labelled for another proxy):
-    /// the reconciler must check this, not `cluster_ip`.
+    /// A skipped service may still have cluster IPs (e.g. one labelled for another proxy):
+    /// the reconciler must check this, not `cluster_ips`.
     pub skip_reason: Option<String>,
     /// `sessionAffinity: ClientIP` timeout in seconds; `None` when affinity is off.
     pub affinity_timeout: Option<u32>,
@@ -82,12 +144,20 @@ pub struct Service {
     pub external_traffic_policy: TrafficPolicy,
     /// `spec.internalTrafficPolicy`: for the cluster IP.
     pub internal_traffic_policy: TrafficPolicy,
-    /// `spec.loadBalancerSourceRanges`: clients allowed on LoadBalancer IPs (empty: all).
-    pub load_balancer_source_ranges: Vec<Ipv4Net>,
+    /// `spec.loadBalancerSourceRanges` (either family): clients allowed on LoadBalancer IPs
+    /// (empty: all). A range applies to the LoadBalancer IPs of its family.
+    pub load_balancer_source_ranges: Vec<IpNet>,
     /// `spec.healthCheckNodePort` (allocated when missing) for LoadBalancer services with
     /// `externalTrafficPolicy: Local`: the daemon answers there whether this node has a local
     /// ready endpoint.
     pub health_check_node_port: Option<u16>,
+}
+
+impl Service {
+    /// The primary cluster IP (`spec.clusterIP`), if any.
+    pub fn cluster_ip(&self) -> Option<IpAddr> {
+        self.cluster_ips.first().copied()
+    }
 }
 
 /// `externalTrafficPolicy` / `internalTrafficPolicy`.
@@ -116,7 +186,8 @@ pub struct ServicePort {
 /// One endpoint address and port, with its KEP-1669 conditions.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Endpoint {
-    pub addr: Ipv4Addr,
+    /// Of the family of the Service addresses it serves (a slice's `addressType`).
+    pub addr: IpAddr,
     pub port: u16,
     /// `nodeName` of the endpoint, when known: endpoints on this node are local.
     pub node_name: Option<String>,
@@ -197,7 +268,8 @@ mod tests {
             let service = Service {
                 name: name.clone(),
                 service_type: ServiceType::ClusterIP,
-                cluster_ip: Some(Ipv4Addr::new(198, 19, 0, 1)),
+                cluster_ips: vec![Ipv4Addr::new(198, 19, 0, 1).into()],
+                ip_families: vec![IpFamily::V4],
                 external_ips: vec![],
                 load_balancer_ips: vec![],
                 ports: vec![ServicePort {

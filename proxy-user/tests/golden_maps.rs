@@ -7,8 +7,9 @@
 use std::{fs, path::Path};
 
 use proxy_user::{
+    model::IpFamily,
     reconcile::{
-        Plan, Reconciler,
+        Plan, PlanNode, Reconciler,
         tables::memory::{Capacity, MemoryTables},
     },
     source::manifest::{Allocator, ManifestOptions, ManifestStore},
@@ -16,14 +17,14 @@ use proxy_user::{
 
 const NODE: &str = "node1";
 
-/// The map entries `dir`'s manifests program.
-fn programmed(dir: &Path) -> String {
-    let options = ManifestOptions::default();
+/// The map entries `dir`'s manifests program on a cluster of `options`' service CIDRs, for
+/// node1 with addresses of `node_families`.
+fn programmed(dir: &Path, options: &ManifestOptions, node_families: &[IpFamily]) -> String {
     let mut store = ManifestStore::new(options.clone());
     for report in store.load_dir(dir).expect("read the fixture directory") {
         assert!(report.problems.is_empty(), "{:?}", report.problems);
     }
-    let resolution = store.desired_state(&mut Allocator::in_memory(options.service_cidr));
+    let resolution = store.desired_state(&mut Allocator::in_memory(options.service_cidrs.clone()));
     let errors: Vec<_> = resolution
         .problems
         .iter()
@@ -33,17 +34,27 @@ fn programmed(dir: &Path) -> String {
     let mut tables = MemoryTables::new(Capacity::default());
     let mut reconciler = Reconciler::from_maps(&mut tables).expect("read the empty tables");
     reconciler
-        .apply(&mut tables, &Plan::build(&resolution.state, NODE))
+        .apply(
+            &mut tables,
+            &Plan::build(
+                &resolution.state,
+                &PlanNode::new(NODE, node_families.iter().copied()),
+            ),
+        )
         .expect("apply");
     tables.reader_violation().expect("a consistent view");
     tables.contents().render()
 }
 
 fn check(name: &str, dir: &Path) {
+    check_on(name, dir, &ManifestOptions::default(), &[IpFamily::V4]);
+}
+
+fn check_on(name: &str, dir: &Path, options: &ManifestOptions, node_families: &[IpFamily]) {
     let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
         .join(format!("{name}.maps"));
-    let actual = programmed(dir);
+    let actual = programmed(dir, options, node_families);
     if std::env::var_os("SLUICE_BLESS").is_some() {
         fs::write(&golden, &actual).expect("write the golden file");
         return;
@@ -72,4 +83,16 @@ fn local_policies_affinity_and_endpoint_conditions() {
         "local-policies",
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/local-policies"),
     );
+}
+
+/// A dual-stack and an IPv6-only Service on a dual-stack cluster, for a node of both families
+/// and for an IPv4-only node.
+#[test]
+fn dual_stack_and_ipv6_only_services() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/dual-stack");
+    let options = ManifestOptions {
+        service_cidrs: "198.19.0.0/16,fd00:19::/108".parse().expect("valid"),
+    };
+    check_on("dual-stack", &dir, &options, &[IpFamily::V4, IpFamily::V6]);
+    check_on("dual-stack-ipv4-node", &dir, &options, &[IpFamily::V4]);
 }

@@ -3,7 +3,9 @@
 //! sequences of desired states, applied by two reconcilers, one into each, must leave the same
 //! entries, ids included, after every step; also when applies fail half way because backend
 //! ids run out. The unit tests show the in-memory result is right; this shows the kernel's is
-//! the same. Needs root (loads the eBPF object).
+//! the same. The random services are of either family or both, so both families' maps
+//! (`SVC_V1`/`SVC6_V1`, `BACKEND_V1`/`BACKEND6_V1`, `SRC_RANGE_V1`/`SRC_RANGE6_V1`) are
+//! compared. Needs root (loads the eBPF object).
 
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use proxy_user::{
     datapath::Maps,
     reconcile::{
         Planner, Reconciler,
-        random_state::{NODE, RandomStates},
+        random_state::{RandomStates, plan_node},
         tables::memory::{Capacity, Contents, MemoryTables},
     },
 };
@@ -38,6 +40,12 @@ fn load(capacity: &Capacity) -> (Ebpf, Maps) {
         .map_max_entries(map_names::AFFINITY_MATCH, entries(capacity.affinity_match))
         .map_max_entries(map_names::SOURCE_RANGES, entries(capacity.source_ranges))
         .map_max_entries(map_names::SKIPPED, entries(capacity.skipped))
+        .map_max_entries(map_names::SERVICES6, entries(capacity.services))
+        .map_max_entries(map_names::BACKENDS6, entries(capacity.backends))
+        .map_max_entries(map_names::SOURCE_RANGES6, entries(capacity.source_ranges))
+        .map_max_entries(map_names::CONNTRACK6, 1024)
+        .map_max_entries(map_names::SOCK_REV_NAT6, 64)
+        .map_max_entries(map_names::AFFINITY6, 1024)
         .load(proxy_user::EBPF_OBJECT)
         .expect("load the eBPF object");
     let maps = Maps::take_from(&mut ebpf).expect("take the maps");
@@ -48,6 +56,7 @@ fn load(capacity: &Capacity) -> (Ebpf, Maps) {
 /// applies that succeeded).
 fn run_in_step(first_seed: u64, seeds: u64, capacity: Capacity) -> (usize, usize) {
     let (mut failed, mut succeeded) = (0, 0);
+    let mut ipv6_entries = 0;
     for seed in first_seed..first_seed + seeds {
         let mut random = RandomStates::new(seed);
         let mut state = random.state(10);
@@ -55,7 +64,7 @@ fn run_in_step(first_seed: u64, seeds: u64, capacity: Capacity) -> (usize, usize
         let mut memory = MemoryTables::new(capacity);
         let mut in_kernel = Reconciler::from_maps(&mut maps).expect("read the empty maps");
         let mut in_memory = Reconciler::from_maps(&mut memory).expect("read the empty tables");
-        let mut planner = Planner::new(NODE);
+        let mut planner = Planner::new(plan_node());
         for step in 0..STEPS {
             let changes = planner.update(Arc::new(state.clone()));
             let kernel = in_kernel.apply_changes(&mut maps, planner.plan(), &changes);
@@ -91,9 +100,14 @@ fn run_in_step(first_seed: u64, seeds: u64, capacity: Capacity) -> (usize, usize
                 in_maps.render(),
                 in_tables.render()
             );
+            ipv6_entries += in_maps.services6.len() + in_maps.backends6.len();
             random.change(&mut state);
         }
     }
+    assert!(
+        ipv6_entries > 0,
+        "no step wrote an IPv6 entry: the test covers one family"
+    );
     (failed, succeeded)
 }
 

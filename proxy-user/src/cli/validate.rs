@@ -3,12 +3,11 @@
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use ipnet::Ipv4Net;
 
-use crate::source::manifest::{ManifestOptions, Severity, validate_dir};
+use crate::source::manifest::{ManifestOptions, ServiceCidrs, Severity, validate_dir};
 
-pub fn run(dir: &Path, service_cidr: Ipv4Net) -> Result<()> {
-    let problems = validate_dir(dir, &ManifestOptions { service_cidr });
+pub fn run(dir: &Path, service_cidrs: ServiceCidrs) -> Result<()> {
+    let problems = validate_dir(dir, &ManifestOptions { service_cidrs });
     let mut errors = 0;
     for problem in &problems {
         let label = match problem.severity {

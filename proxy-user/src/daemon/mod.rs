@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 pub use self::sync::{Synced, Syncer};
 use crate::{
     datapath::{Datapath, DatapathOptions, HookCounts},
-    model::DesiredReceiver,
+    model::{DesiredReceiver, IpFamily},
     node::{
         conntrack_gc::{self, CtTimeouts},
         healthz::{self, Health},
@@ -31,7 +31,7 @@ use crate::{
         programming_latency::ProgrammingLatency,
         sock_term::SockTerminator,
     },
-    reconcile::Reconciler,
+    reconcile::{PlanNode, Reconciler},
 };
 
 pub struct DaemonOptions {
@@ -98,7 +98,15 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
         ));
     }
 
-    let mut syncer = Syncer::new(&opts.node_name, reconciler, sock_term);
+    let node = PlanNode::new(
+        &opts.node_name,
+        [(true, IpFamily::V4), (false, IpFamily::V6)]
+            .into_iter()
+            .filter(|(v4, _)| datapath.node_addrs.serves(*v4))
+            .map(|(_, family)| family),
+    );
+    info!(node = %opts.node_name, families = ?node.families, "serving these IP families");
+    let mut syncer = Syncer::new(node, reconciler, sock_term);
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut first_sync = true;

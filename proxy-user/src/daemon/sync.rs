@@ -13,7 +13,7 @@ use crate::{
         service_health::{HealthCheckIndex, HealthCheckServers},
         sock_term::SockTerminator,
     },
-    reconcile::{ApplyStats, PlanChanges, Planner, Reconciler},
+    reconcile::{ApplyStats, PlanChanges, PlanNode, Planner, Reconciler},
 };
 
 /// Owns the planner, the reconciler and what runs after each apply.
@@ -36,10 +36,10 @@ pub struct Synced {
 }
 
 impl Syncer {
-    pub fn new(node_name: &str, reconciler: Reconciler, sock_term: SockTerminator) -> Self {
+    pub fn new(node: PlanNode, reconciler: Reconciler, sock_term: SockTerminator) -> Self {
         Self {
-            node_name: node_name.to_owned(),
-            planner: Planner::new(node_name),
+            node_name: node.name.clone(),
+            planner: Planner::new(node),
             reconciler,
             health_check_index: HealthCheckIndex::default(),
             health_checks: HealthCheckServers::default(),

@@ -8,9 +8,10 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues},
 };
 use proxy_common::{
-    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, CtEntry, CtKey, NodeAddr,
-    ServiceKey, ServiceMeta, ServiceValue, SkippedKey, SkippedService, SockRevNatKey,
-    SockRevNatValue, SourceRange, map_names, stats::Traffic,
+    Addr6, AffinityKey, AffinityMatchKey, AffinityValue, Backend, Backend6, Config, Config6,
+    CtEntry, CtKey, NodeAddr, ServiceKey, ServiceKey6, ServiceMeta, ServiceValue, SkippedKey,
+    SkippedService, SockRevNatKey, SockRevNatValue, SourceRange, SourceRange6, map_names,
+    stats::Traffic,
 };
 
 pub struct Maps {
@@ -31,6 +32,11 @@ pub struct Maps {
     pub affinity_match: HashMap<MapData, AffinityMatchKey, u32>,
     pub source_ranges: LpmTrie<MapData, SourceRange, u32>,
     pub skipped: HashMap<MapData, SkippedKey, SkippedService>,
+    pub services6: HashMap<MapData, ServiceKey6, ServiceValue>,
+    pub backends6: HashMap<MapData, u32, Backend6>,
+    pub source_ranges6: LpmTrie<MapData, SourceRange6, u32>,
+    pub node_addrs6: HashMap<MapData, Addr6, NodeAddr>,
+    pub config6: Array<MapData, Config6>,
 }
 
 impl Maps {
@@ -81,6 +87,11 @@ impl Maps {
             affinity_match: typed!(map_names::AFFINITY_MATCH),
             source_ranges: typed!(map_names::SOURCE_RANGES),
             skipped: typed!(map_names::SKIPPED),
+            services6: typed!(map_names::SERVICES6),
+            backends6: typed!(map_names::BACKENDS6),
+            source_ranges6: typed!(map_names::SOURCE_RANGES6),
+            node_addrs6: typed!(map_names::NODE_ADDRS6),
+            config6: typed!(map_names::CONFIG6),
         })
     }
 }
@@ -112,14 +123,17 @@ impl Maps {
             keys.flatten().count() as u64
         }
         let frontends = count(self.service_meta.keys());
-        let backends = count(self.backends.keys());
+        let backends = count(self.backends.keys()) + count(self.backends6.keys());
         let counts = [
             (map_names::SERVICES, count(self.services.keys())),
-            (map_names::BACKENDS, backends),
+            (map_names::SERVICES6, count(self.services6.keys())),
+            (map_names::BACKENDS, count(self.backends.keys())),
+            (map_names::BACKENDS6, count(self.backends6.keys())),
             (map_names::SERVICE_META, frontends),
             (map_names::CONNTRACK, count(self.conntrack.keys())),
             (map_names::SOCK_REV_NAT, count(self.sock_rev_nat.keys())),
             (map_names::NODE_ADDRS, count(self.node_addrs.keys())),
+            (map_names::NODE_ADDRS6, count(self.node_addrs6.keys())),
             // Arrays: the slots in use are those of the ids in use.
             (map_names::SERVICE_STATS, frontends),
             (map_names::BACKEND_STATS, backends),

@@ -5,6 +5,7 @@ pub mod clock;
 mod maps;
 pub mod netdev;
 pub mod netns;
+mod node_addrs;
 pub mod preflight;
 mod sizes;
 mod sock_btf;
@@ -16,7 +17,7 @@ use std::{
     collections::BTreeSet,
     ffi::CString,
     fs::{self, File},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -33,9 +34,12 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 pub use maps::{MapFill, Maps, zero_traffic, zero_traffic_slots};
+pub use node_addrs::NodeAddrs;
 use proxy_common::{
-    CONFIG_F_COUNTERS, CONFIG_F_XDP_TX, Config, NODE_ADDR_F_PRIMARY, NodeAddr, map_names,
-    net::ip_to_net, program_names,
+    Addr6, CONFIG_F_COUNTERS, CONFIG_F_XDP_TX, Config, Config6, NODE_ADDR_F_PRIMARY, NodeAddr,
+    map_names,
+    net::{ip_to_net, ip6_to_net},
+    program_names,
 };
 pub use sizes::MapSizes;
 pub use sys::{BatchError, update_batch};
@@ -60,8 +64,9 @@ pub struct DatapathOptions {
     pub cgroup: PathBuf,
     pub ifaces: Vec<String>,
     pub xdp_tx: XdpTx,
-    /// Addresses a NodePort answers on, besides loopback; empty means every local address.
-    pub node_ips: Vec<Ipv4Addr>,
+    /// Addresses a NodePort answers on, besides loopback, of either family (the first of each
+    /// family is its SNAT source); empty means every local address.
+    pub node_ips: Vec<IpAddr>,
     /// Count traffic, drops and verdicts in the datapath.
     pub counters: bool,
     /// The most verbose kernel log level the programs emit (`LOG_LEVEL_*`; 0: none).
@@ -90,6 +95,8 @@ pub struct Datapath {
     pub kernel_log: Option<EbpfLogger<&'static dyn log::Log>>,
     /// The socket-termination program; `None` where the kernel cannot run it.
     pub sock_term: Option<SockTermProgram>,
+    /// The node addresses written to the maps: which families this node serves.
+    pub node_addrs: NodeAddrs,
     /// Keeps the programs loaded while the daemon runs.
     _ebpf: Ebpf,
 }
@@ -138,12 +145,13 @@ impl Datapath {
         let kernel_log =
             EbpfLogger::init(&mut ebpf).context("read the programs' aya-log ring buffer")?;
         let mut maps = Maps::take_from(&mut ebpf)?;
-        configure(&mut maps, opts)?;
+        let node_addrs = configure(&mut maps, opts)?;
         Ok(Self {
             maps,
             hooks: links.counts,
             kernel_log: Some(kernel_log),
             sock_term,
+            node_addrs,
             _ebpf: ebpf,
         })
     }
@@ -375,40 +383,49 @@ fn is_map_pin_name(name: &str) -> bool {
         && version.chars().all(|c| c.is_ascii_digit())
 }
 
-/// Writes the node addresses and the datapath configuration.
-fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<()> {
-    let local = netdev::ipv4_addresses().context("list the node's IPv4 addresses")?;
-    let node_ips: Vec<Ipv4Addr> = if opts.node_ips.is_empty() {
-        local
-            .iter()
-            .map(|(_, addr)| *addr)
-            .filter(|addr| !addr.is_loopback())
-            .collect()
-    } else {
-        opts.node_ips.clone()
-    };
-    // The SNAT source: the first --node-ip, else the first address of the first --iface.
-    let snat_addr = opts.node_ips.first().copied().or_else(|| {
-        let first_iface = opts.ifaces.first()?;
-        local
-            .iter()
-            .find(|(name, _)| name == first_iface)
-            .map(|(_, addr)| *addr)
-    });
-
-    let existing: Vec<u32> = maps.node_addrs.keys().collect::<Result<_, _>>()?;
-    let wanted: BTreeSet<u32> = node_ips.iter().map(|&ip| ip_to_net(ip)).collect();
-    for key in existing.iter().filter(|key| !wanted.contains(key)) {
-        maps.node_addrs.remove(key)?;
-    }
-    for ip in &node_ips {
-        let flags = if Some(*ip) == snat_addr {
+/// Writes the node addresses of both families and the datapath configuration; returns the
+/// addresses written.
+fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<NodeAddrs> {
+    let local = netdev::ip_addresses().context("list the node's addresses")?;
+    let node_addrs = NodeAddrs::choose(
+        &opts.node_ips,
+        &local,
+        opts.ifaces.first().map(String::as_str),
+    );
+    let flags = |addr: IpAddr| NodeAddr {
+        flags: if node_addrs.is_primary(addr) {
             NODE_ADDR_F_PRIMARY
         } else {
             0
-        };
-        maps.node_addrs
-            .insert(&ip_to_net(*ip), &NodeAddr { flags }, 0)?;
+        },
+    };
+    let mut wanted4 = Vec::new();
+    let mut wanted6 = Vec::new();
+    for &addr in &node_addrs.addrs {
+        match addr {
+            IpAddr::V4(ip) => wanted4.push((ip_to_net(ip), flags(addr))),
+            IpAddr::V6(ip) => wanted6.push((ip6_to_net(ip), flags(addr))),
+        }
+    }
+    let existing: Vec<u32> = maps.node_addrs.keys().collect::<Result<_, _>>()?;
+    for key in existing
+        .iter()
+        .filter(|key| !wanted4.iter().any(|(k, _)| k == *key))
+    {
+        maps.node_addrs.remove(key)?;
+    }
+    for (key, value) in &wanted4 {
+        maps.node_addrs.insert(key, value, 0)?;
+    }
+    let existing: Vec<Addr6> = maps.node_addrs6.keys().collect::<Result<_, _>>()?;
+    for key in existing
+        .iter()
+        .filter(|key| !wanted6.iter().any(|(k, _)| k == *key))
+    {
+        maps.node_addrs6.remove(key)?;
+    }
+    for (key, value) in &wanted6 {
+        maps.node_addrs6.insert(key, value, 0)?;
     }
 
     let xdp_tx = match opts.xdp_tx {
@@ -419,8 +436,12 @@ fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<()> {
             .iter()
             .all(|iface| netdev::driver_name(iface).is_ok_and(|driver| driver != "veth")),
     };
+    let snat_addr = match node_addrs.primary_v4 {
+        Some(IpAddr::V4(ip)) => ip_to_net(ip),
+        _ => 0,
+    };
     let config = Config {
-        snat_addr: snat_addr.map_or(0, ip_to_net),
+        snat_addr,
         snat_port_min: SNAT_PORTS.0,
         snat_port_max: SNAT_PORTS.1,
         flags: if xdp_tx { CONFIG_F_XDP_TX } else { 0 }
@@ -428,13 +449,21 @@ fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<()> {
         log_level: opts.kernel_log_level,
     };
     maps.config.set(0, &config, 0)?;
+    let config6 = Config6 {
+        snat_addr: match node_addrs.primary_v6 {
+            Some(IpAddr::V6(ip)) => ip6_to_net(ip),
+            _ => Addr6::default(),
+        },
+    };
+    maps.config6.set(0, &config6, 0)?;
     info!(
-        node_ips = ?node_ips,
-        snat = ?snat_addr,
+        node_ips = ?node_addrs.addrs,
+        snat = ?node_addrs.primary_v4,
+        snat6 = ?node_addrs.primary_v6,
         xdp_tx,
         "datapath configured"
     );
-    Ok(())
+    Ok(node_addrs)
 }
 
 #[cfg(test)]

@@ -1,9 +1,14 @@
 //! What the daemon asks of the node's network devices: addresses and driver names.
 
-use std::{ffi::CStr, io, net::Ipv4Addr};
+use std::{
+    ffi::CStr,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
-/// Every IPv4 address of every interface in this network namespace, with its interface name.
-pub fn ipv4_addresses() -> io::Result<Vec<(String, Ipv4Addr)>> {
+/// Every IPv4 and IPv6 address of every interface in this network namespace, with its
+/// interface name.
+pub fn ip_addresses() -> io::Result<Vec<(String, IpAddr)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
@@ -19,12 +24,21 @@ pub fn ipv4_addresses() -> io::Result<Vec<(String, Ipv4Addr)>> {
             continue;
         }
         // SAFETY: ifa_addr points at a sockaddr whose family tells its real type.
-        if i32::from(unsafe { (*entry.ifa_addr).sa_family }) != libc::AF_INET {
-            continue;
-        }
-        // SAFETY: an AF_INET ifa_addr is a sockaddr_in, allocated by libc with its alignment.
-        let sin = unsafe { &*entry.ifa_addr.cast::<libc::sockaddr_in>() };
-        let addr = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+        let addr: IpAddr = match i32::from(unsafe { (*entry.ifa_addr).sa_family }) {
+            libc::AF_INET => {
+                // SAFETY: an AF_INET ifa_addr is a sockaddr_in, allocated by libc with its
+                // alignment.
+                let sin = unsafe { &*entry.ifa_addr.cast::<libc::sockaddr_in>() };
+                Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()).into()
+            }
+            libc::AF_INET6 => {
+                // SAFETY: an AF_INET6 ifa_addr is a sockaddr_in6, allocated by libc with its
+                // alignment.
+                let sin6 = unsafe { &*entry.ifa_addr.cast::<libc::sockaddr_in6>() };
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr).into()
+            }
+            _ => continue,
+        };
         // SAFETY: ifa_name is a NUL-terminated interface name.
         let name = unsafe { CStr::from_ptr(entry.ifa_name) }
             .to_string_lossy()

@@ -41,15 +41,23 @@ impl Default for MapSizes {
 }
 
 impl MapSizes {
-    /// Every sized map with its capacity and the flag that sets it.
-    pub fn per_map(&self) -> [(&'static str, u32, &'static str); 8] {
+    /// Every sized map with its capacity and the flag that sets it. One flag sizes both
+    /// families' maps of a kind (each family may fill its map alone, and the id-indexed maps
+    /// they share hold both families' ids).
+    pub fn per_map(&self) -> [(&'static str, u32, &'static str); 12] {
         [
             (map_names::SERVICE_META, self.frontends, "--max-frontends"),
             (map_names::SERVICE_STATS, self.frontends, "--max-frontends"),
             (map_names::BACKENDS, self.backends, "--max-backends"),
+            (map_names::BACKENDS6, self.backends, "--max-backends"),
             (map_names::BACKEND_STATS, self.backends, "--max-backends"),
             (
                 map_names::SERVICES,
+                self.backend_slots,
+                "--max-backend-slots",
+            ),
+            (
+                map_names::SERVICES6,
                 self.backend_slots,
                 "--max-backend-slots",
             ),
@@ -59,7 +67,13 @@ impl MapSizes {
                 "--max-backend-slots",
             ),
             (map_names::CONNTRACK, self.conntrack, "--ct-max-entries"),
+            (map_names::CONNTRACK6, self.conntrack, "--ct-max-entries"),
             (map_names::AFFINITY, self.affinity, "--affinity-max-entries"),
+            (
+                map_names::AFFINITY6,
+                self.affinity,
+                "--affinity-max-entries",
+            ),
         ]
     }
 

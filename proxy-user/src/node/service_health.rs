@@ -194,7 +194,7 @@ mod tests {
 
     fn endpoint(last: u8, node: &str, ready: bool) -> Endpoint {
         Endpoint {
-            addr: Ipv4Addr::new(198, 18, 1, last),
+            addr: Ipv4Addr::new(198, 18, 1, last).into(),
             port: 8080,
             node_name: Some(node.into()),
             ready,
@@ -223,7 +223,8 @@ mod tests {
         let service = Service {
             name: name.clone(),
             service_type: ServiceType::LoadBalancer,
-            cluster_ip: Some(Ipv4Addr::new(198, 19, 0, 10)),
+            cluster_ips: vec![Ipv4Addr::new(198, 19, 0, 10).into()],
+            ip_families: vec![crate::model::IpFamily::V4],
             external_ips: vec![],
             load_balancer_ips: vec![],
             ports: vec![port(Protocol::Tcp), port(Protocol::Udp)],
@@ -256,13 +257,13 @@ mod tests {
     fn the_index_wants_what_the_whole_state_wants() {
         use crate::reconcile::{
             Planner,
-            random_state::{NODE, RandomStates},
+            random_state::{NODE, RandomStates, plan_node},
         };
         let mut checks_seen = 0;
         for seed in 0..100 {
             let mut random = RandomStates::new(seed);
             let mut state = random.state(10);
-            let mut planner = Planner::new(NODE);
+            let mut planner = Planner::new(plan_node());
             let mut index = HealthCheckIndex::default();
             for step in 0..30 {
                 let changes = planner.update(Arc::new(state.clone()));

@@ -3,30 +3,33 @@
 //! says changed (`apply_changes`, so a change costs what it changes) or every entry planned or
 //! programmed (`apply`: the first sync, and after an error), and writes them in one order.
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::SocketAddrV4,
-};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use anyhow::{Context as _, Result, bail};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use proxy_common::{
-    AffinityMatchKey, Backend, MetaFields, SVC_SCOPE_DEFAULT, ServiceKey, ServiceMeta,
-    ServiceValue, SkippedKey, SkippedService,
-    net::{ip_from_net, ip_to_net, port_from_net, port_to_net},
+    Addr6, AffinityMatchKey, MetaFields, SVC_SCOPE_DEFAULT, ServiceMeta, ServiceValue, SkippedKey,
+    SkippedService,
 };
 
 pub use self::affinity::AffinityView;
-use self::{affinity::AffinityMembers, batch::Pending};
+use self::{
+    affinity::AffinityMembers,
+    batch::Pending,
+    family::{
+        AnyServiceKey, Family, backend_addr, check_range_family, frontend_of, remove_range,
+        remove_service_key, service_key,
+    },
+};
 use super::{
     plan::{BackendAddr, Frontend, FrontendPlan, Plan, SkippedPlan},
     planner::PlanChanges,
     tables::ServiceTables,
 };
-use crate::model::Protocol;
 
 mod affinity;
 mod batch;
+mod family;
 
 /// A frontend as programmed: its id, flags and backend ids by slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,8 +39,8 @@ struct Programmed {
     affinity_timeout: u32,
     slots: Vec<u32>,
     meta: ServiceMeta,
-    /// Source ranges in the source-range map under `service_id`, sorted.
-    source_ranges: Vec<Ipv4Net>,
+    /// Source ranges in the frontend family's source-range map under `service_id`, sorted.
+    source_ranges: Vec<IpNet>,
 }
 
 /// What one `apply` changed.
@@ -51,12 +54,13 @@ pub struct ApplyStats {
     pub backends_removed: usize,
 }
 
-/// The daemon's mirror of the services and backends maps.
+/// The daemon's mirror of the services and backends maps of both families.
 #[derive(Debug, Default)]
 pub struct Reconciler {
     frontends: HashMap<Frontend, Programmed>,
     backend_ids: HashMap<BackendAddr, u32>,
-    backends: BTreeMap<u32, Backend>,
+    /// Backend id → what its family's backends map holds: address, port and flags.
+    backends: BTreeMap<u32, (BackendAddr, u8)>,
     /// The skipped-services map, by `namespace/name`.
     skipped: BTreeMap<String, SkippedService>,
     /// What an interrupted apply left unreachable, found in the maps: removed by the next apply.
@@ -81,9 +85,9 @@ pub struct Reconciler {
 /// members under no frontend's id), left by an interrupted apply.
 #[derive(Debug, Default)]
 struct Stale {
-    slots: Vec<ServiceKey>,
+    slots: Vec<AnyServiceKey>,
     meta: Vec<u32>,
-    ranges: Vec<(u32, Ipv4Net)>,
+    ranges: Vec<(u32, IpNet)>,
     members: Vec<u32>,
 }
 
@@ -191,11 +195,8 @@ impl Reconciler {
             backend_id_limit: maps.backend_counters().slots(),
             ..Self::default()
         };
-        for (id, backend) in maps.backends().entries().context("read the backends map")? {
-            this.backend_ids.insert(backend_addr(backend), id);
-            this.backends.insert(id, backend);
-            this.next_backend_id = this.next_backend_id.max(id);
-        }
+        this.read_backends::<u32>(maps)?;
+        this.read_backends::<Addr6>(maps)?;
         let skipped = maps
             .skipped()
             .entries()
@@ -203,14 +204,9 @@ impl Reconciler {
         for (key, value) in skipped {
             this.skipped.insert(key.name().to_owned(), value);
         }
-        let mut ranges: HashMap<u32, Vec<Ipv4Net>> = HashMap::new();
-        let range_keys = maps
-            .source_ranges()
-            .entries()
-            .context("read the source-range map")?;
-        for ((service_id, net), ()) in range_keys {
-            ranges.entry(service_id).or_default().push(net);
-        }
+        let mut ranges: HashMap<u32, Vec<IpNet>> = HashMap::new();
+        read_ranges::<u32>(maps, &mut ranges)?;
+        read_ranges::<Addr6>(maps, &mut ranges)?;
         let meta: HashMap<u32, ServiceMeta> = maps
             .service_meta()
             .entries()
@@ -218,12 +214,8 @@ impl Reconciler {
             .into_iter()
             .collect();
         let mut slots: HashMap<Frontend, BTreeMap<u16, ServiceValue>> = HashMap::new();
-        for (key, value) in maps.services().entries().context("read the services map")? {
-            let Some(frontend) = frontend_of(&key) else {
-                continue;
-            };
-            slots.entry(frontend).or_default().insert(key.slot, value);
-        }
+        read_slots::<u32>(maps, &mut slots)?;
+        read_slots::<Addr6>(maps, &mut slots)?;
         for (frontend, slots) in slots {
             // Slots without slot 0 are a remnant of an interrupted write, unreachable for a
             // reader: removed by the next apply (which writes the frontend anew if planned).
@@ -287,6 +279,20 @@ impl Reconciler {
                 .collect(),
         };
         Ok(this)
+    }
+
+    /// Adds one family's backends map to the mirror.
+    fn read_backends<A: Family>(&mut self, maps: &mut dyn ServiceTables) -> Result<()> {
+        let entries = A::backends(maps)
+            .entries()
+            .context("read the backends maps")?;
+        for (id, backend) in entries {
+            let addr = backend_addr(&backend);
+            self.backend_ids.insert(addr, id);
+            self.backends.insert(id, (addr, backend.flags));
+            self.next_backend_id = self.next_backend_id.max(id);
+        }
+        Ok(())
     }
 
     /// Makes the maps hold exactly `plan`, walking all of it and all they hold. On error the
@@ -447,9 +453,7 @@ impl Reconciler {
     fn remove_stale(&mut self, maps: &mut dyn ServiceTables) -> Result<()> {
         let stale = std::mem::take(&mut self.stale);
         for key in stale.slots {
-            maps.services()
-                .remove(&key)
-                .context("remove a slot left without its frontend")?;
+            remove_service_key(maps, key).context("remove a slot left without its frontend")?;
         }
         for id in stale.meta {
             maps.service_meta()
@@ -457,8 +461,7 @@ impl Reconciler {
                 .context("remove metadata left without its frontend")?;
         }
         for (service_id, net) in stale.ranges {
-            maps.source_ranges()
-                .remove(&(service_id, net))
+            remove_range(maps, service_id, net)
                 .context("remove a source range left without its frontend")?;
         }
         for service_id in stale.members {
@@ -476,12 +479,7 @@ impl Reconciler {
         flags: u8,
         stats: &mut ApplyStats,
     ) -> Result<()> {
-        let value = Backend {
-            addr: ip_to_net(addr.addr),
-            port: port_to_net(addr.port),
-            flags,
-            _pad: 0,
-        };
+        let value = (addr, flags);
         let id = if let Some(&id) = self.backend_ids.get(&addr) {
             id
         } else {
@@ -494,7 +492,7 @@ impl Reconciler {
             pending.zero_backend_counters(id);
         }
         if self.backends.get(&id) != Some(&value) {
-            pending.backend(id, value);
+            pending.backend(id, addr, flags);
             self.backends.insert(id, value);
             stats.backends_written += 1;
         }
@@ -512,9 +510,12 @@ impl Reconciler {
             return Ok(());
         };
         self.backends.remove(&id);
-        maps.backends()
-            .remove(&id)
-            .with_context(|| format!("remove backend {}:{}", addr.addr, addr.port))?;
+        let removed = if addr.addr.is_ipv4() {
+            maps.backends().remove(&id)
+        } else {
+            maps.backends6().remove(&id)
+        };
+        removed.with_context(|| format!("remove backend {}:{}", addr.addr, addr.port))?;
         stats.backends_removed += 1;
         Ok(())
     }
@@ -558,6 +559,10 @@ impl Reconciler {
             },
         );
         let mut source_ranges = planned.source_ranges.clone();
+        for net in &source_ranges {
+            check_range_family(&frontend, net)
+                .with_context(|| format!("program service {}", planned.name))?;
+        }
         source_ranges.sort_unstable();
         source_ranges.dedup();
         let wanted = Programmed {
@@ -622,14 +627,10 @@ impl Reconciler {
         self.affinity_timeouts.remove(&programmed.service_id);
         let context = || format!("remove service {} ({frontend:?})", programmed.meta.name());
         for slot in 0..=programmed.slots.len() {
-            maps.services()
-                .remove(&service_key(frontend, slot))
-                .with_context(context)?;
+            remove_service_key(maps, service_key(frontend, slot)).with_context(context)?;
         }
         for net in &programmed.source_ranges {
-            maps.source_ranges()
-                .remove(&(programmed.service_id, *net))
-                .with_context(context)?;
+            remove_range(maps, programmed.service_id, *net).with_context(context)?;
         }
         maps.service_meta()
             .remove(&programmed.service_id)
@@ -721,38 +722,34 @@ fn next_id(id: u32, limit: u32) -> u32 {
     }
 }
 
-#[expect(
-    clippy::cast_possible_truncation,
-    reason = "slots are 0..=count, and `write_frontend` refuses a count past u16::MAX"
-)]
-fn service_key(frontend: Frontend, slot: usize) -> ServiceKey {
-    ServiceKey::new(
-        SocketAddrV4::new(frontend.addr, frontend.port),
-        frontend.protocol.ip_proto(),
-        frontend.scope,
-        slot as u16,
-    )
-}
-
-fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
-    let protocol = match key.proto {
-        proxy_common::IPPROTO_TCP => Protocol::Tcp,
-        proxy_common::IPPROTO_UDP => Protocol::Udp,
-        _ => return None,
-    };
-    Some(Frontend {
-        addr: ip_from_net(key.addr),
-        port: port_from_net(key.port),
-        protocol,
-        scope: key.scope,
-    })
-}
-
-fn backend_addr(backend: Backend) -> BackendAddr {
-    BackendAddr {
-        addr: ip_from_net(backend.addr),
-        port: port_from_net(backend.port),
+/// Adds one family's source ranges to `ranges`, by service id.
+fn read_ranges<A: Family>(
+    maps: &mut dyn ServiceTables,
+    ranges: &mut HashMap<u32, Vec<IpNet>>,
+) -> Result<()> {
+    let entries = A::source_ranges(maps)
+        .entries()
+        .context("read the source-range maps")?;
+    for ((service_id, net), ()) in entries {
+        ranges.entry(service_id).or_default().push(A::ip_net(net));
     }
+    Ok(())
+}
+
+/// Adds one family's services map to `slots`, by frontend and slot.
+fn read_slots<A: Family>(
+    maps: &mut dyn ServiceTables,
+    slots: &mut HashMap<Frontend, BTreeMap<u16, ServiceValue>>,
+) -> Result<()> {
+    let entries = A::services(maps)
+        .entries()
+        .context("read the services maps")?;
+    for (key, value) in entries {
+        if let Some(frontend) = frontend_of(&key) {
+            slots.entry(frontend).or_default().insert(key.slot, value);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -14,5 +14,7 @@ pub mod tables;
 mod tests;
 
 pub use apply::{AffinityView, ApplyStats, Reconciler};
-pub use plan::{BackendAddr, Frontend, FrontendPlan, Plan, SkippedPlan, local_ready_endpoints};
+pub use plan::{
+    BackendAddr, Frontend, FrontendPlan, Plan, PlanNode, SkippedPlan, local_ready_endpoints,
+};
 pub use planner::{PlanChanges, Planner};

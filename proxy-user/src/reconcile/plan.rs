@@ -7,10 +7,10 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, btree_map::Entry},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use proxy_common::{
     BACKEND_F_LOCAL, BACKEND_F_TERMINATING, POLICY_F_EXTERNAL_LOCAL, POLICY_F_INTERNAL_LOCAL,
     SVC_F_EXTERNAL, SVC_F_NO_LOCAL_ENDPOINT, SVC_F_NODEPORT, SVC_F_SOURCE_RANGES, SVC_F_TWO_SCOPES,
@@ -21,14 +21,45 @@ use proxy_common::{
 use tracing::warn;
 
 use crate::model::{
-    DesiredState, Endpoint, Protocol, Service, ServicePort, ServiceType, TrafficPolicy,
+    DesiredState, Endpoint, IpFamily, Protocol, Service, ServicePort, ServiceType, TrafficPolicy,
 };
 
+/// The node a plan is for: its name (endpoints there are local) and the IP families it has an
+/// address of. As kube-proxy, which runs one proxier per family the node has, a Service's
+/// addresses of another family are not programmed (and listed as skipped).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanNode {
+    pub name: String,
+    /// Sorted, distinct.
+    pub families: Vec<IpFamily>,
+}
+
+impl PlanNode {
+    pub fn new(name: &str, families: impl IntoIterator<Item = IpFamily>) -> Self {
+        let mut families: Vec<IpFamily> = families.into_iter().collect();
+        families.sort_unstable();
+        families.dedup();
+        Self {
+            name: name.to_owned(),
+            families,
+        }
+    }
+
+    /// A node with addresses of both families.
+    pub fn dual_stack(name: &str) -> Self {
+        Self::new(name, [IpFamily::V4, IpFamily::V6])
+    }
+
+    pub fn has(&self, family: IpFamily) -> bool {
+        self.families.contains(&family)
+    }
+}
+
 /// One address the datapath answers on, in one lookup scope. A NodePort has the unspecified
-/// address: it is served on every node address.
+/// address of its family: it is served on every node address of that family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Frontend {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     /// `SVC_SCOPE_*`.
@@ -38,7 +69,7 @@ pub struct Frontend {
 /// A backend as the datapath sees it: one pod address and port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackendAddr {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
 }
 
@@ -60,8 +91,9 @@ pub struct FrontendPlan {
     pub backends: Vec<BackendAddr>,
     /// ClientIP session affinity timeout in seconds; 0 when affinity is off.
     pub affinity_timeout: u32,
-    /// `loadBalancerSourceRanges` enforced on this frontend (with `SVC_F_SOURCE_RANGES`).
-    pub source_ranges: Vec<Ipv4Net>,
+    /// `loadBalancerSourceRanges` enforced on this frontend (with `SVC_F_SOURCE_RANGES`): those
+    /// of the frontend's family.
+    pub source_ranges: Vec<IpNet>,
 }
 
 /// A service that is listed but not programmed.
@@ -80,7 +112,9 @@ pub struct Plan {
     /// those new connections do not use (terminating, not ready), so established flows to them
     /// keep their translation until the endpoint goes away.
     pub backends: BTreeMap<BackendAddr, u8>,
-    /// Services not programmed, by `namespace/name`, for the CLI.
+    /// Services not programmed, by `namespace/name`, for the CLI; a Service programmed in one
+    /// family but not the other (the node has no address of it) is listed under
+    /// `namespace/name (IPv6)` (or IPv4).
     pub skipped: BTreeMap<String, SkippedPlan>,
 }
 
@@ -94,26 +128,52 @@ pub(super) struct Contribution {
     pub frontends: Vec<(Frontend, FrontendPlan)>,
     /// Sorted by address, distinct, flags OR'ed over the service's ports.
     pub backends: Vec<(BackendAddr, u8)>,
-    /// Set when the service is not programmed (it then has no frontends and no backends).
-    pub skipped: Option<(String, SkippedPlan)>,
+    /// The listings of what is not programmed: the service (it then has no frontends and no
+    /// backends), or the family of it this node lacks. Sorted by name, distinct.
+    pub skipped: Vec<(String, SkippedPlan)>,
 }
 
 impl Contribution {
-    /// Plans one service for the node `node_name`.
-    pub fn of(service: &Service, node_name: &str) -> Self {
+    /// Plans one service for `node`.
+    pub fn of(service: &Service, node: &PlanNode) -> Self {
         let mut contribution = Contribution::default();
+        let skip = |name: String, reason: String| {
+            let svc_type = svc_type(service.service_type);
+            (name, SkippedPlan { svc_type, reason })
+        };
         if let Some(reason) = not_programmed(service) {
-            contribution.skipped = Some((
-                service.name.to_string(),
-                SkippedPlan {
-                    svc_type: svc_type(service.service_type),
-                    reason,
-                },
-            ));
+            contribution
+                .skipped
+                .push(skip(service.name.to_string(), reason));
             return contribution;
         }
-        for port in &service.ports {
-            contribution.add_port(service, port, node_name);
+        let (served, lacking): (Vec<IpFamily>, Vec<IpFamily>) = service
+            .ip_families
+            .iter()
+            .partition(|&&family| node.has(family));
+        for &family in &lacking {
+            let addrs: Vec<String> = service
+                .cluster_ips
+                .iter()
+                .filter(|&&ip| IpFamily::of(ip) == family)
+                .map(ToString::to_string)
+                .collect();
+            let reason = format!(
+                "{family} cluster IP {}: this node has no {family} address (--node-ip), so its \
+                 {family} addresses are not served here",
+                addrs.join(", ")
+            );
+            let name = if served.is_empty() {
+                service.name.to_string()
+            } else {
+                format!("{} ({family})", service.name)
+            };
+            contribution.skipped.push(skip(name, reason));
+        }
+        for &family in &served {
+            for port in &service.ports {
+                contribution.add_port(service, port, family, &node.name);
+            }
         }
         // A stable sort keeps the claims of one frontend in the order they were made.
         contribution
@@ -167,14 +227,14 @@ impl PortBackends {
 }
 
 impl Plan {
-    /// Plans the frontends of every programmable service for the node `node_name`: the merge
-    /// of the services' contributions in name order. Two services claiming one frontend: the
-    /// first by name keeps it. Backend flags are OR'ed over the services sharing an endpoint.
-    pub fn build(desired: &DesiredState, node_name: &str) -> Self {
+    /// Plans the frontends of every programmable service for `node`: the merge of the
+    /// services' contributions in name order. Two services claiming one frontend: the first by
+    /// name keeps it. Backend flags are OR'ed over the services sharing an endpoint.
+    pub fn build(desired: &DesiredState, node: &PlanNode) -> Self {
         let mut plan = Plan::default();
         for service in desired.services.values() {
-            let contribution = Contribution::of(service, node_name);
-            if let Some((name, skipped)) = contribution.skipped {
+            let contribution = Contribution::of(service, node);
+            for (name, skipped) in contribution.skipped {
                 plan.skipped.insert(name, skipped);
             }
             for (addr, flags) in contribution.backends {
@@ -196,9 +256,23 @@ impl Plan {
 }
 
 impl Contribution {
-    fn add_port(&mut self, service: &Service, port: &ServicePort, node_name: &str) {
+    /// Plans the frontends of `port` in `family`, with the endpoints of that family.
+    fn add_port(
+        &mut self,
+        service: &Service,
+        port: &ServicePort,
+        family: IpFamily,
+        node_name: &str,
+    ) {
         let is_local = |e: &Endpoint| e.node_name.as_deref() == Some(node_name);
-        for endpoint in &port.endpoints {
+        let of_family = |ip: &&IpAddr| IpFamily::of(**ip) == family;
+        let endpoints: Vec<Endpoint> = port
+            .endpoints
+            .iter()
+            .filter(|e| IpFamily::of(e.addr) == family)
+            .cloned()
+            .collect();
+        for endpoint in &endpoints {
             let mut flags = 0;
             if is_local(endpoint) {
                 flags |= BACKEND_F_LOCAL;
@@ -208,20 +282,15 @@ impl Contribution {
             }
             self.backends.push((backend_addr(endpoint), flags));
         }
-        let local: Vec<Endpoint> = port
-            .endpoints
-            .iter()
-            .filter(|e| is_local(e))
-            .cloned()
-            .collect();
+        let local: Vec<Endpoint> = endpoints.iter().filter(|e| is_local(e)).cloned().collect();
         let sets = PortBackends {
-            cluster: addrs(choose_endpoints(&port.endpoints)),
+            cluster: addrs(choose_endpoints(&endpoints)),
             local: addrs(choose_endpoints(&local)),
         };
         let base = base_plan(service, port);
 
         // The cluster IP follows internalTrafficPolicy for every client, as kube-proxy does.
-        if let Some(ip) = service.cluster_ip {
+        for &ip in service.cluster_ips.iter().filter(of_family) {
             let backends = sets.for_policy(service.internal_traffic_policy);
             let planned = FrontendPlan {
                 kind: SVC_KIND_CLUSTER_IP,
@@ -236,11 +305,17 @@ impl Contribution {
         // External frontends follow externalTrafficPolicy for off-node clients; in-cluster
         // clients (the socket path) reach every endpoint, like kube-proxy's short-circuit.
         let mut external = Vec::new();
-        for &ip in &service.external_ips {
+        for &ip in service.external_ips.iter().filter(of_family) {
             external.push((ip, port.port, SVC_KIND_EXTERNAL_IP, 0, Vec::new()));
         }
-        for &ip in &service.load_balancer_ips {
-            let ranges = service.load_balancer_source_ranges.clone();
+        let ranges: Vec<IpNet> = service
+            .load_balancer_source_ranges
+            .iter()
+            .filter(|net| IpFamily::of_net(net) == family)
+            .copied()
+            .collect();
+        for &ip in service.load_balancer_ips.iter().filter(of_family) {
+            let ranges = ranges.clone();
             let flags = if ranges.is_empty() {
                 0
             } else {
@@ -254,7 +329,7 @@ impl Contribution {
         ) && let Some(node_port) = port.node_port
         {
             external.push((
-                Ipv4Addr::UNSPECIFIED,
+                family.unspecified(),
                 node_port,
                 SVC_KIND_NODE_PORT,
                 SVC_F_NODEPORT,
@@ -321,7 +396,7 @@ fn base_plan(service: &Service, port: &ServicePort) -> FrontendPlan {
     }
 }
 
-fn frontend(addr: Ipv4Addr, port: u16, protocol: Protocol, scope: u8) -> Frontend {
+fn frontend(addr: IpAddr, port: u16, protocol: Protocol, scope: u8) -> Frontend {
     Frontend {
         addr,
         port,
@@ -397,7 +472,7 @@ fn choose_endpoints(endpoints: &[Endpoint]) -> Vec<&Endpoint> {
 /// Local ready endpoints of a service (distinct addresses, over all its ports), as kube-proxy's
 /// health check server counts them.
 pub fn local_ready_endpoints(service: &Service, node_name: &str) -> usize {
-    let addrs: BTreeSet<Ipv4Addr> = service
+    let addrs: BTreeSet<IpAddr> = service
         .ports
         .iter()
         .flat_map(|port| &port.endpoints)
@@ -409,14 +484,14 @@ pub fn local_ready_endpoints(service: &Service, node_name: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use std::{net::Ipv4Addr, sync::Arc};
 
     use super::*;
     use crate::model::ServiceName;
 
     fn endpoint(last: u8, node: &str, ready: bool, terminating: bool) -> Endpoint {
         Endpoint {
-            addr: Ipv4Addr::new(198, 18, 1, last),
+            addr: Ipv4Addr::new(198, 18, 1, last).into(),
             port: 8080,
             node_name: Some(node.into()),
             ready,
@@ -433,7 +508,8 @@ mod tests {
         let service = Service {
             name: name.clone(),
             service_type,
-            cluster_ip: Some(Ipv4Addr::new(198, 19, 0, 10)),
+            cluster_ips: vec![Ipv4Addr::new(198, 19, 0, 10).into()],
+            ip_families: vec![IpFamily::V4],
             external_ips: vec![],
             load_balancer_ips: vec![],
             ports: vec![ServicePort {
@@ -462,7 +538,7 @@ mod tests {
             ServiceType::ClusterIP,
             vec![endpoint(10, "node1", true, false)],
         );
-        let plan = Plan::build(&desired, "node1");
+        let plan = Plan::build(&desired, &PlanNode::dual_stack("node1"));
         assert_eq!(plan.frontends.len(), 1);
         let (frontend, planned) = plan.frontends.iter().next().unwrap();
         assert_eq!(frontend.addr, Ipv4Addr::new(198, 19, 0, 10));
@@ -482,9 +558,9 @@ mod tests {
                 endpoint(11, "node2", true, false),
             ],
         );
-        let plan = Plan::build(&desired, "node2");
+        let plan = Plan::build(&desired, &PlanNode::dual_stack("node2"));
         let node_port = Frontend {
-            addr: Ipv4Addr::UNSPECIFIED,
+            addr: Ipv4Addr::UNSPECIFIED.into(),
             port: 30080,
             protocol: Protocol::Tcp,
             scope: SVC_SCOPE_DEFAULT,
@@ -505,7 +581,7 @@ mod tests {
                 endpoint(11, "node1", false, true),
             ],
         );
-        let plan = Plan::build(&desired, "node1");
+        let plan = Plan::build(&desired, &PlanNode::dual_stack("node1"));
         assert_eq!(plan.frontends.values().next().unwrap().backends.len(), 1);
 
         let desired = service(
@@ -515,7 +591,7 @@ mod tests {
                 endpoint(11, "node1", false, true),
             ],
         );
-        let plan = Plan::build(&desired, "node1");
+        let plan = Plan::build(&desired, &PlanNode::dual_stack("node1"));
         let backends = &plan.frontends.values().next().unwrap().backends;
         assert_eq!(backends.len(), 1);
         assert_eq!(backends[0].addr, Ipv4Addr::new(198, 18, 1, 11));
@@ -529,13 +605,13 @@ mod tests {
     #[test]
     fn skipped_and_headless_services_are_not_programmed_but_listed() {
         let mut desired = service(ServiceType::Headless, vec![]);
-        let plan = Plan::build(&desired, "node1");
+        let plan = Plan::build(&desired, &PlanNode::dual_stack("node1"));
         assert!(plan.frontends.is_empty());
         assert_eq!(plan.skipped["default/web"].svc_type, SVC_TYPE_HEADLESS);
         let service = Arc::make_mut(desired.services.values_mut().next().unwrap());
         service.service_type = ServiceType::ClusterIP;
         service.skip_reason = Some("label service.kubernetes.io/service-proxy-name".into());
-        let plan = Plan::build(&desired, "node1");
+        let plan = Plan::build(&desired, &PlanNode::dual_stack("node1"));
         assert!(plan.frontends.is_empty());
         assert_eq!(
             plan.skipped["default/web"].reason,
@@ -544,7 +620,7 @@ mod tests {
     }
 
     fn key(addr: Ipv4Addr, port: u16, scope: u8) -> Frontend {
-        frontend(addr, port, Protocol::Tcp, scope)
+        frontend(addr.into(), port, Protocol::Tcp, scope)
     }
 
     #[test]
@@ -558,14 +634,14 @@ mod tests {
         );
         let svc = Arc::make_mut(desired.services.values_mut().next().unwrap());
         svc.external_traffic_policy = TrafficPolicy::Local;
-        svc.load_balancer_ips = vec![Ipv4Addr::new(198, 18, 9, 1)];
+        svc.load_balancer_ips = vec![Ipv4Addr::new(198, 18, 9, 1).into()];
         svc.load_balancer_source_ranges = vec!["198.18.0.0/24".parse().unwrap()];
         let lb = Ipv4Addr::new(198, 18, 9, 1);
         let any = Ipv4Addr::UNSPECIFIED;
 
-        let plan = Plan::build(&desired, "node1");
+        let plan = Plan::build(&desired, &PlanNode::dual_stack("node1"));
         let local = [BackendAddr {
-            addr: Ipv4Addr::new(198, 18, 1, 10),
+            addr: Ipv4Addr::new(198, 18, 1, 10).into(),
             port: 8080,
         }];
         for addr_port in [(lb, 80), (any, 30080)] {
@@ -589,7 +665,7 @@ mod tests {
         assert_eq!(cluster.flags & SVC_F_TWO_SCOPES, 0);
 
         // A node without a local endpoint drops off-node traffic instead of refusing it.
-        let plan = Plan::build(&desired, "node3");
+        let plan = Plan::build(&desired, &PlanNode::dual_stack("node3"));
         let default = &plan.frontends[&key(any, 30080, SVC_SCOPE_DEFAULT)];
         assert_eq!(default.backends, []);
         assert_ne!(default.flags & SVC_F_NO_LOCAL_ENDPOINT, 0);
@@ -607,7 +683,7 @@ mod tests {
         );
         let svc = Arc::make_mut(desired.services.values_mut().next().unwrap());
         svc.internal_traffic_policy = TrafficPolicy::Local;
-        let plan = Plan::build(&desired, "node2");
+        let plan = Plan::build(&desired, &PlanNode::dual_stack("node2"));
         let cluster = plan.frontends.values().next().unwrap();
         assert_eq!(cluster.backends.len(), 1);
         assert_eq!(cluster.backends[0].addr, Ipv4Addr::new(198, 18, 1, 11));
@@ -615,10 +691,10 @@ mod tests {
         // Only a terminating local endpoint left: it serves (KEP-1669, per locality).
         let svc = Arc::make_mut(desired.services.values_mut().next().unwrap());
         svc.ports[0].endpoints[1].ready = false;
-        let plan = Plan::build(&desired, "node2");
+        let plan = Plan::build(&desired, &PlanNode::dual_stack("node2"));
         let cluster = plan.frontends.values().next().unwrap();
         assert_eq!(cluster.backends[0].addr, Ipv4Addr::new(198, 18, 1, 12));
-        let plan = Plan::build(&desired, "node3");
+        let plan = Plan::build(&desired, &PlanNode::dual_stack("node3"));
         let cluster = plan.frontends.values().next().unwrap();
         assert_eq!(cluster.backends, []);
         assert_ne!(cluster.flags & SVC_F_NO_LOCAL_ENDPOINT, 0);
@@ -627,7 +703,7 @@ mod tests {
     #[test]
     fn no_endpoints_still_programs_the_frontend_to_refuse() {
         let desired = service(ServiceType::ClusterIP, vec![]);
-        let plan = Plan::build(&desired, "node1");
+        let plan = Plan::build(&desired, &PlanNode::dual_stack("node1"));
         assert_eq!(plan.frontends.values().next().unwrap().backends, []);
     }
 }

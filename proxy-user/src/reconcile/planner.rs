@@ -16,7 +16,7 @@ use std::{
     sync::Arc,
 };
 
-use super::plan::{BackendAddr, Contribution, Frontend, Plan};
+use super::plan::{BackendAddr, Contribution, Frontend, Plan, PlanNode};
 use crate::model::{DesiredState, Service, ServiceName};
 
 /// The plan entries one update changed (or may have: an entry rewritten to the same value is
@@ -93,7 +93,7 @@ fn position(claimants: &Claimants, service: &Service) -> Result<usize, usize> {
 /// The plan of the last desired state, kept up to date by `update`.
 #[derive(Debug)]
 pub struct Planner {
-    node_name: String,
+    node: PlanNode,
     /// The state `plan` was made from; `None` before the first update.
     state: Option<Arc<DesiredState>>,
     plan: Plan,
@@ -107,10 +107,10 @@ pub struct Planner {
 }
 
 impl Planner {
-    /// An empty planner for the node `node_name`.
-    pub fn new(node_name: &str) -> Self {
+    /// An empty planner for `node`.
+    pub fn new(node: PlanNode) -> Self {
         Self {
-            node_name: node_name.to_owned(),
+            node,
             state: None,
             plan: Plan::default(),
             frontend_claims: HashMap::new(),
@@ -133,7 +133,7 @@ impl Planner {
     pub fn update(&mut self, state: Arc<DesiredState>) -> PlanChanges {
         let Some(previous) = self.state.replace(state.clone()) else {
             for service in state.services.values() {
-                let contribution = Contribution::of(service, &self.node_name);
+                let contribution = Contribution::of(service, &self.node);
                 self.add(service, contribution, None);
             }
             return PlanChanges::everything();
@@ -151,14 +151,14 @@ impl Planner {
         // claims that stay.
         for (old, _) in &differing {
             if let Some(old) = old {
-                let contribution = Contribution::of(old, &self.node_name);
+                let contribution = Contribution::of(old, &self.node);
                 self.remove(old, contribution, &mut changes);
             }
         }
         // In name order (as `differing` is), like `Plan::build`.
         for (_, new) in &differing {
             if let Some(new) = new {
-                let contribution = Contribution::of(new, &self.node_name);
+                let contribution = Contribution::of(new, &self.node);
                 self.add(new, contribution, Some(&mut changes));
             }
         }
@@ -224,14 +224,14 @@ impl Planner {
                 changes.frontends.insert(frontend);
             }
         }
-        if let Some((skipped_name, skipped)) = contribution.skipped {
+        for (skipped_name, skipped) in contribution.skipped {
             let claims = self.skipped_claims.entry(skipped_name.clone()).or_default();
             let at = position(claims, service).unwrap_or_else(|at| at);
             claims.insert(at, service.clone());
             if at + 1 == claims.len() {
                 self.plan.skipped.insert(skipped_name.clone(), skipped);
             }
-            if let Some(changes) = changes {
+            if let Some(changes) = changes.as_deref_mut() {
                 changes.skipped.insert(skipped_name);
             }
         }
@@ -269,7 +269,7 @@ impl Planner {
             }
             changes.frontends.insert(frontend);
         }
-        if let Some((skipped_name, _)) = contribution.skipped {
+        for (skipped_name, _) in contribution.skipped {
             if let Entry::Occupied(mut claims) = self.skipped_claims.entry(skipped_name.clone())
                 && let Ok(at) = position(claims.get(), service)
             {
@@ -292,11 +292,11 @@ impl Planner {
         fn contribution_of<'c>(
             cache: &'c mut HashMap<*const Service, Contribution>,
             service: &Arc<Service>,
-            node_name: &str,
+            node: &PlanNode,
         ) -> &'c Contribution {
             cache
                 .entry(Arc::as_ptr(service))
-                .or_insert_with(|| Contribution::of(service, node_name))
+                .or_insert_with(|| Contribution::of(service, node))
         }
         let mut contributions = HashMap::new();
         for frontend in &changes.frontends {
@@ -306,7 +306,7 @@ impl Planner {
             let Some(holder) = self.frontend_claims.get(frontend).and_then(|c| c.first()) else {
                 continue;
             };
-            let contribution = contribution_of(&mut contributions, holder, &self.node_name);
+            let contribution = contribution_of(&mut contributions, holder, &self.node);
             if let Ok(at) = contribution
                 .frontends
                 .binary_search_by_key(frontend, |(frontend, _)| *frontend)
@@ -322,8 +322,12 @@ impl Planner {
             let Some(holder) = self.skipped_claims.get(skipped_name).and_then(|c| c.last()) else {
                 continue;
             };
-            let contribution = contribution_of(&mut contributions, holder, &self.node_name);
-            if let Some((_, skipped)) = &contribution.skipped {
+            let contribution = contribution_of(&mut contributions, holder, &self.node);
+            if let Some((_, skipped)) = contribution
+                .skipped
+                .iter()
+                .find(|(name, _)| name == skipped_name)
+            {
                 self.plan
                     .skipped
                     .insert(skipped_name.clone(), skipped.clone());

@@ -1,22 +1,33 @@
 //! Random desired states and random changes to them, drawn from small pools of names,
 //! addresses and ports so services collide on frontends and share endpoints: what the tests of
-//! incremental planning and applying run through.
+//! incremental planning and applying run through. Services are of either family or both, so
+//! every test of them covers both families' maps.
 
-use std::{net::Ipv4Addr, sync::Arc};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use rand::{
     Rng, SeedableRng,
     rngs::StdRng,
     seq::{IndexedMutRandom, IndexedRandom},
 };
 
+use super::plan::PlanNode;
 use crate::model::{
-    DesiredState, Endpoint, Protocol, Service, ServiceName, ServicePort, ServiceType, TrafficPolicy,
+    DesiredState, Endpoint, IpFamily, Protocol, Service, ServiceName, ServicePort, ServiceType,
+    TrafficPolicy,
 };
 
 /// The node the states are planned for; endpoints are spread over it and two others.
 pub const NODE: &str = "node1";
+
+/// [`NODE`] with addresses of both families.
+pub fn plan_node() -> PlanNode {
+    PlanNode::dual_stack(NODE)
+}
 
 /// A seeded source of random services and changes.
 pub struct RandomStates {
@@ -103,7 +114,10 @@ impl RandomStates {
             65..72 => service.affinity_timeout = affinity(rng),
             72..79 => service.external_traffic_policy = policy(rng),
             79..85 => service.internal_traffic_policy = policy(rng),
-            85..90 => service.cluster_ip = cluster_ip(rng),
+            85..90 => {
+                service.ip_families = families(rng);
+                service.cluster_ips = cluster_ips(rng, &service.ip_families);
+            }
             90..94 => service.external_ips = ips(rng, 1, 3),
             94..97 => {
                 service.load_balancer_ips = ips(rng, 2, 4);
@@ -142,10 +156,12 @@ impl RandomStates {
                     .collect(),
             })
             .collect();
+        let ip_families = families(rng);
         Service {
             name,
             service_type: service_type(rng),
-            cluster_ip: cluster_ip(rng),
+            cluster_ips: cluster_ips(rng, &ip_families),
+            ip_families,
             external_ips: ips(rng, 1, 3),
             load_balancer_ips: ips(rng, 2, 4),
             ports,
@@ -165,7 +181,7 @@ fn endpoint(rng: &mut StdRng) -> Endpoint {
     let ready = rng.random_bool(0.7);
     let terminating = !ready && rng.random_bool(0.5);
     Endpoint {
-        addr: Ipv4Addr::new(198, 18, 1, rng.random_range(1..=8)),
+        addr: pod_addr(rng),
         port: 8080 + rng.random_range(0..2),
         node_name: node(rng),
         ready,
@@ -194,28 +210,68 @@ fn service_type(rng: &mut StdRng) -> ServiceType {
     .expect("non-empty")
 }
 
-fn cluster_ip(rng: &mut StdRng) -> Option<Ipv4Addr> {
-    rng.random_bool(0.9)
-        .then(|| Ipv4Addr::new(198, 19, 0, rng.random_range(1..=6)))
+/// One of 198.18.1.1-8 or `fd00:18:1::1-8` (IPv4 more often).
+fn pod_addr(rng: &mut StdRng) -> IpAddr {
+    let last = rng.random_range(1..=8);
+    if rng.random_bool(0.6) {
+        Ipv4Addr::new(198, 18, 1, last).into()
+    } else {
+        Ipv6Addr::new(0xfd00, 18, 1, 0, 0, 0, 0, last.into()).into()
+    }
 }
 
-/// Sorted, distinct addresses from 198.18.9.first..=last, often none.
-fn ips(rng: &mut StdRng, first: u8, last: u8) -> Vec<Ipv4Addr> {
+/// A Service's families: single-stack of either, or dual-stack of either primary.
+fn families(rng: &mut StdRng) -> Vec<IpFamily> {
+    use IpFamily::{V4, V6};
+    [&[V4][..], &[V4], &[V6], &[V4, V6], &[V6, V4]]
+        .choose(rng)
+        .expect("non-empty")
+        .to_vec()
+}
+
+/// One cluster IP per family (usually: an allocation may have failed).
+fn cluster_ips(rng: &mut StdRng, families: &[IpFamily]) -> Vec<IpAddr> {
+    let mut ips = Vec::new();
+    for family in families {
+        if !rng.random_bool(0.9) {
+            continue;
+        }
+        let last = rng.random_range(1..=6);
+        ips.push(match family {
+            IpFamily::V4 => Ipv4Addr::new(198, 19, 0, last).into(),
+            IpFamily::V6 => Ipv6Addr::new(0xfd00, 19, 0, 0, 0, 0, 0, last.into()).into(),
+        });
+    }
+    ips
+}
+
+/// Distinct addresses from 198.18.9.first..=last and `fd00:18:9::first..=last`, often
+/// none.
+fn ips(rng: &mut StdRng, first: u8, last: u8) -> Vec<IpAddr> {
     if rng.random_bool(0.6) {
         return Vec::new();
     }
-    (first..=last)
-        .filter(|_| rng.random_bool(0.4))
-        .map(|last| Ipv4Addr::new(198, 18, 9, last))
+    let v4 = (first..=last).map(|last| IpAddr::from(Ipv4Addr::new(198, 18, 9, last)));
+    let v6 = (first..=last)
+        .map(|last| IpAddr::from(Ipv6Addr::new(0xfd00, 18, 9, 0, 0, 0, 0, last.into())));
+    let candidates: Vec<IpAddr> = v4.chain(v6).collect();
+    candidates
+        .into_iter()
+        .filter(|_| rng.random_bool(0.3))
         .collect()
 }
 
-fn ranges(rng: &mut StdRng) -> Vec<Ipv4Net> {
-    ["198.18.0.0/24", "198.18.4.0/22"]
-        .into_iter()
-        .filter(|_| rng.random_bool(0.3))
-        .map(|net| net.parse().expect("valid"))
-        .collect()
+fn ranges(rng: &mut StdRng) -> Vec<IpNet> {
+    [
+        "198.18.0.0/24",
+        "198.18.4.0/22",
+        "fd00:18::/64",
+        "fd00:18:4::/48",
+    ]
+    .into_iter()
+    .filter(|_| rng.random_bool(0.3))
+    .map(|net| net.parse().expect("valid"))
+    .collect()
 }
 
 fn affinity(rng: &mut StdRng) -> Option<u32> {

@@ -8,21 +8,21 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::Arc,
 };
 
-use ipnet::Ipv4Net;
-use proxy_common::{
-    ServiceMeta,
-    net::{ip_from_net, port_from_net},
-};
+use ipnet::IpNet;
+use proxy_common::{BackendOf, ServiceKeyOf, ServiceMeta, ServiceValue, net::port_from_net};
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 
 use super::{
     Plan, Planner, Reconciler,
-    random_state::{NODE, RandomStates},
-    tables::memory::{Capacity, Contents, MemoryTables},
+    random_state::{RandomStates, plan_node},
+    tables::{
+        MapAddr,
+        memory::{Capacity, Contents, MemoryTables},
+    },
 };
 use crate::model::DesiredState;
 
@@ -32,9 +32,9 @@ const FAILING_SEEDS: u64 = 100;
 const STEPS: usize = 30;
 
 /// A frontend: address, port, protocol, scope.
-type FrontendKey = (Ipv4Addr, u16, u8, u8);
+type FrontendKey = (IpAddr, u16, u8, u8);
 /// A backend: address and port.
-type BackendKey = (Ipv4Addr, u16);
+type BackendKey = (IpAddr, u16);
 
 /// One frontend as the tables hold it, with ids replaced by what they stand for.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -45,7 +45,7 @@ struct FrontendEntry {
     /// Backends by slot, `1..=count` (and any slot past the count, which must not exist).
     slots: BTreeMap<u16, BackendKey>,
     meta: Option<ServiceMeta>,
-    source_ranges: BTreeSet<Ipv4Net>,
+    source_ranges: BTreeSet<IpNet>,
     /// The affinity-match entries of the frontend's id.
     members: BTreeSet<BackendKey>,
 }
@@ -58,51 +58,75 @@ struct Snapshot {
     skipped: BTreeMap<String, (u8, String)>,
 }
 
-/// `contents` without ids, checking on the way that every id refers to something: slots to
-/// backends and to their frontend's id, metadata, source ranges and affinity members to a
-/// frontend; and that no slot is left past a frontend's count.
-fn snapshot(contents: &Contents) -> Snapshot {
-    let backend_addr = |id: &u32| -> BackendKey {
-        let backend = contents
-            .backends
-            .get(id)
-            .unwrap_or_else(|| panic!("backend id {id} is not in the backends table"));
-        (ip_from_net(backend.addr), port_from_net(backend.port))
-    };
-    let backends = contents
-        .backends
+/// Both families' backends by id.
+fn all_backends(contents: &Contents) -> HashMap<u32, (BackendKey, u8)> {
+    fn of<A: MapAddr>(backends: &HashMap<u32, BackendOf<A>>) -> Vec<(u32, (BackendKey, u8))> {
+        backends
+            .iter()
+            .map(|(id, b)| (*id, ((b.addr.ip(), port_from_net(b.port)), b.flags)))
+            .collect()
+    }
+    let mut all: HashMap<u32, (BackendKey, u8)> = of(&contents.backends).into_iter().collect();
+    for (id, backend) in of(&contents.backends6) {
+        assert!(
+            all.insert(id, backend).is_none(),
+            "backend id {id} is in both families' tables"
+        );
+    }
+    all
+}
+
+/// One family's services table as (frontend, slot, value).
+fn all_services<A: MapAddr>(
+    services: &HashMap<ServiceKeyOf<A>, ServiceValue>,
+) -> Vec<(FrontendKey, u16, ServiceValue)> {
+    services
         .iter()
-        .map(|(id, backend)| (backend_addr(id), backend.flags))
-        .collect();
+        .map(|(key, value)| {
+            let frontend = (key.addr.ip(), port_from_net(key.port), key.proto, key.scope);
+            (frontend, key.slot, *value)
+        })
+        .collect()
+}
+
+/// `contents` without ids, checking on the way that every id refers to something: slots to
+/// backends of their family and to their frontend's id, metadata, source ranges and affinity
+/// members to a frontend; and that no slot is left past a frontend's count.
+fn snapshot(contents: &Contents) -> Snapshot {
+    let all = all_backends(contents);
+    let backend_addr = |id: &u32| -> BackendKey {
+        all.get(id)
+            .unwrap_or_else(|| panic!("backend id {id} is not in the backends tables"))
+            .0
+    };
+    let backends = all.values().copied().collect();
     let mut frontends: BTreeMap<FrontendKey, FrontendEntry> = BTreeMap::new();
     let mut ids: HashMap<u32, FrontendKey> = HashMap::new();
-    let frontend_of = |key: &proxy_common::ServiceKey| {
-        (
-            ip_from_net(key.addr),
-            port_from_net(key.port),
-            key.proto,
-            key.scope,
-        )
-    };
-    for (key, value) in contents.services.iter().filter(|(key, _)| key.slot == 0) {
-        let frontend = frontend_of(key);
-        let head = frontends.entry(frontend).or_default();
+    let mut services = all_services(&contents.services);
+    services.extend(all_services(&contents.services6));
+    for (frontend, _, value) in services.iter().filter(|(_, slot, _)| *slot == 0) {
+        let head = frontends.entry(*frontend).or_default();
         head.count = value.count;
         head.flags = value.flags;
         head.affinity_timeout = value.affinity_timeout;
         assert!(
-            ids.insert(value.service_id, frontend).is_none(),
+            ids.insert(value.service_id, *frontend).is_none(),
             "two frontends have id {}",
             value.service_id
         );
     }
-    for (key, value) in contents.services.iter().filter(|(key, _)| key.slot != 0) {
-        let frontend = frontend_of(key);
+    for (frontend, slot, value) in services.iter().filter(|(_, slot, _)| *slot != 0) {
         let head = frontends
-            .get_mut(&frontend)
-            .unwrap_or_else(|| panic!("slot {} of {frontend:?} has no slot 0", key.slot));
-        assert_eq!(ids.get(&value.service_id), Some(&frontend), "slot's id");
-        head.slots.insert(key.slot, backend_addr(&value.backend_id));
+            .get_mut(frontend)
+            .unwrap_or_else(|| panic!("slot {slot} of {frontend:?} has no slot 0"));
+        assert_eq!(ids.get(&value.service_id), Some(frontend), "slot's id");
+        let backend = backend_addr(&value.backend_id);
+        assert_eq!(
+            backend.0.is_ipv4(),
+            frontend.0.is_ipv4(),
+            "slot {slot} of {frontend:?} points at a backend of the other family"
+        );
+        head.slots.insert(*slot, backend);
     }
     let of_id = |id: u32, what: &str| -> FrontendKey {
         *ids.get(&id)
@@ -112,10 +136,25 @@ fn snapshot(contents: &Contents) -> Snapshot {
         let frontend = of_id(*id, "metadata");
         frontends.get_mut(&frontend).expect("listed").meta = Some(*meta);
     }
-    for (id, net) in contents.source_ranges.keys() {
-        let frontend = of_id(*id, "a source range");
+    let ranges = contents
+        .source_ranges
+        .keys()
+        .map(|(id, net)| (*id, IpNet::from(*net)))
+        .chain(
+            contents
+                .source_ranges6
+                .keys()
+                .map(|(id, net)| (*id, IpNet::from(*net))),
+        );
+    for (id, net) in ranges {
+        let frontend = of_id(id, "a source range");
+        assert_eq!(
+            net.addr().is_ipv4(),
+            frontend.0.is_ipv4(),
+            "source range {net} of {frontend:?} is of the other family"
+        );
         let entry = frontends.get_mut(&frontend).expect("listed");
-        entry.source_ranges.insert(*net);
+        entry.source_ranges.insert(net);
     }
     for key in contents.affinity_match.keys() {
         let frontend = of_id(key.service_id, "an affinity member");
@@ -150,7 +189,7 @@ fn fully_applied(state: &DesiredState) -> Snapshot {
     let mut tables = MemoryTables::new(Capacity::default());
     let mut reconciler = Reconciler::from_maps(&mut tables).expect("read the empty tables");
     reconciler
-        .apply(&mut tables, &Plan::build(state, NODE))
+        .apply(&mut tables, &Plan::build(state, &plan_node()))
         .expect("full apply");
     tables.reader_violation().expect("a consistent view");
     snapshot(&tables.contents())
@@ -177,7 +216,7 @@ fn incremental_applies_leave_what_a_full_apply_writes() {
         let mut state = random.state(10);
         let mut tables = MemoryTables::new(Capacity::default());
         let mut reconciler = Reconciler::from_maps(&mut tables).expect("read the empty tables");
-        let mut planner = Planner::new(NODE);
+        let mut planner = Planner::new(plan_node());
         for step in 0..STEPS {
             let changes = planner.update(Arc::new(state.clone()));
             assert_eq!(changes.everything, step == 0);
@@ -211,7 +250,7 @@ fn after_running_out_of_ids_the_next_apply_converges() {
         let mut state = random.state(10);
         let mut tables = MemoryTables::new(capacity);
         let mut reconciler = Reconciler::from_maps(&mut tables).expect("read the empty tables");
-        let mut planner = Planner::new(NODE);
+        let mut planner = Planner::new(plan_node());
         let mut failing = false;
         for step in 0..STEPS {
             let changes = planner.update(Arc::new(state.clone()));
@@ -253,7 +292,7 @@ fn a_write_failing_anywhere_leaves_a_usable_view_and_the_next_apply_converges() 
         let mut state = random.state(10);
         let mut tables = MemoryTables::new(Capacity::default());
         let mut reconciler = Reconciler::from_maps(&mut tables).expect("read the empty tables");
-        let mut planner = Planner::new(NODE);
+        let mut planner = Planner::new(plan_node());
         for step in 0..STEPS {
             let changes = planner.update(Arc::new(state.clone()));
             // Fail one of the first writes of this apply (a change writes a few dozen).
@@ -286,17 +325,23 @@ fn counters_start_from_zero_with_their_id_and_are_kept_after() {
     let mut tables = MemoryTables::new(Capacity::default());
     tables.set_traffic(7);
     let mut reconciler = Reconciler::from_maps(&mut tables).expect("read the empty tables");
-    let plan = Plan::build(&state, NODE);
+    let plan = Plan::build(&state, &plan_node());
     reconciler.apply(&mut tables, &plan).expect("apply");
     let contents = tables.contents();
-    let service_ids: BTreeSet<u32> = contents.services.values().map(|v| v.service_id).collect();
+    let service_ids: BTreeSet<u32> = contents
+        .services
+        .values()
+        .chain(contents.services6.values())
+        .map(|v| v.service_id)
+        .collect();
     assert!(!service_ids.is_empty() && !contents.backends.is_empty());
+    assert!(!contents.services6.is_empty() && !contents.backends6.is_empty());
     for (id, traffic) in (0..).zip(&contents.service_counters) {
         let expected = if service_ids.contains(&id) { 0 } else { 7 };
         assert_eq!(*traffic, expected, "service id {id}");
     }
     for (id, traffic) in (0..).zip(&contents.backend_counters) {
-        let used = contents.backends.contains_key(&id);
+        let used = contents.backends.contains_key(&id) || contents.backends6.contains_key(&id);
         assert_eq!(*traffic, if used { 0 } else { 7 }, "backend id {id}");
     }
 
@@ -322,7 +367,7 @@ fn counters_start_from_zero_with_their_id_and_are_kept_after() {
 fn a_reconciler_reading_applied_tables_has_nothing_to_write() {
     for seed in 0..SEEDS {
         let state = RandomStates::new(seed).state(10);
-        let plan = Plan::build(&state, NODE);
+        let plan = Plan::build(&state, &plan_node());
         let mut tables = MemoryTables::new(Capacity::default());
         let mut first = Reconciler::from_maps(&mut tables).expect("read the empty tables");
         first.apply(&mut tables, &plan).expect("apply");

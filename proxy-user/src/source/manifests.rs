@@ -3,7 +3,6 @@
 use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow};
-use ipnet::Ipv4Net;
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -11,7 +10,7 @@ use tracing::{info, warn};
 use super::log_problems;
 use crate::{
     model::DesiredReceiver,
-    source::manifest::{Allocator, ManifestOptions, ManifestStore, is_manifest_file},
+    source::manifest::{Allocator, ManifestOptions, ManifestStore, ServiceCidrs, is_manifest_file},
 };
 
 /// Changes arriving within this window are applied together (an editor's save is several
@@ -22,7 +21,8 @@ pub struct ManifestSourceOptions {
     pub dir: PathBuf,
     /// Holds `allocations.json`: cluster IPs and NodePorts handed out, stable across restarts.
     pub state_dir: PathBuf,
-    pub service_cidr: Ipv4Net,
+    /// One range per family the cluster serves, primary first.
+    pub service_cidrs: ServiceCidrs,
 }
 
 /// Loads the directory once (so the first sync sees every file), then follows it in the
@@ -30,10 +30,13 @@ pub struct ManifestSourceOptions {
 pub fn spawn(opts: ManifestSourceOptions) -> Result<DesiredReceiver> {
     std::fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("create the state directory {}", opts.state_dir.display()))?;
-    let mut allocator = Allocator::open(opts.state_dir.join("allocations.json"), opts.service_cidr)
-        .map_err(|err| anyhow!("{err}"))?;
+    let mut allocator = Allocator::open(
+        opts.state_dir.join("allocations.json"),
+        opts.service_cidrs.clone(),
+    )
+    .map_err(|err| anyhow!("{err}"))?;
     let mut store = ManifestStore::new(ManifestOptions {
-        service_cidr: opts.service_cidr,
+        service_cidrs: opts.service_cidrs,
     });
     let reports = store.load_dir(&opts.dir).map_err(|err| anyhow!("{err}"))?;
     for report in &reports {

@@ -90,7 +90,7 @@ fn terminate(
     let mut keys6 = Vec::new();
     for backend in backends {
         let port = port_to_net(backend.port);
-        match IpAddr::from(backend.addr) {
+        match backend.addr {
             IpAddr::V4(addr) => keys.push(SockTermKey {
                 addr: ip_to_net(addr),
                 port,
@@ -171,6 +171,7 @@ fn log_destroyed(record: &SockTermRecord6, netns: u64) {
     );
 }
 
+/// The backends the maps' UDP frontends of both families use.
 fn udp_backends_in_maps(maps: &Maps) -> Result<BTreeSet<BackendAddr>> {
     let mut ids = BTreeSet::new();
     for entry in &maps.services {
@@ -179,11 +180,26 @@ fn udp_backends_in_maps(maps: &Maps) -> Result<BTreeSet<BackendAddr>> {
             ids.insert(value.backend_id);
         }
     }
+    let mut ids6 = BTreeSet::new();
+    for entry in &maps.services6 {
+        let (key, value) = entry.context("read the IPv6 services map")?;
+        if key.proto == IPPROTO_UDP && key.slot != 0 {
+            ids6.insert(value.backend_id);
+        }
+    }
     let mut backends = BTreeSet::new();
     for id in ids {
         if let Ok(backend) = maps.backends.get(&id, 0) {
             backends.insert(BackendAddr {
-                addr: ip_from_net(backend.addr),
+                addr: ip_from_net(backend.addr).into(),
+                port: port_from_net(backend.port),
+            });
+        }
+    }
+    for id in ids6 {
+        if let Ok(backend) = maps.backends6.get(&id, 0) {
+            backends.insert(BackendAddr {
+                addr: ip6_from_net(backend.addr).into(),
                 port: port_from_net(backend.port),
             });
         }

@@ -97,7 +97,7 @@ mod tests {
     use super::*;
     use crate::reconcile::{
         Planner,
-        random_state::{NODE, RandomStates},
+        random_state::{RandomStates, plan_node},
     };
 
     fn udp_backends(plan: &Plan) -> BTreeSet<BackendAddr> {
@@ -116,7 +116,7 @@ mod tests {
         for seed in 0..200 {
             let mut random = RandomStates::new(seed);
             let mut state = random.state(10);
-            let mut planner = Planner::new(NODE);
+            let mut planner = Planner::new(plan_node());
             planner.update(Arc::new(state.clone()));
             let mut before = udp_backends(planner.plan());
             let mut tracked = UdpBackends::from_maps(before.clone());

@@ -4,14 +4,17 @@
 //! counters and backends before the slots that point at them, new source ranges and slots
 //! before the heads that enable and count them, internal-scope heads before the default-scope
 //! heads that send the socket path to them, and removals of slots and source ranges a head no
-//! longer needs after that head.
+//! longer needs after that head. Each stage is written in both families' maps before the next.
 
 use anyhow::{Context as _, Result};
-use ipnet::Ipv4Net;
-use proxy_common::{Backend, ServiceKey, ServiceMeta, ServiceValue};
+use ipnet::IpNet;
+use proxy_common::{Addr6, BackendOf, ServiceKeyOf, ServiceMeta, ServiceValue};
 
-use super::{Reconciler, frontend_of};
-use crate::reconcile::tables::{RangeKey, ServiceTables};
+use super::{
+    Reconciler,
+    family::{AnyServiceKey, Family, backend_socket, frontend_of},
+};
+use crate::reconcile::{plan::BackendAddr, tables::ServiceTables};
 
 /// Keys and values of one map, in write order.
 struct Writes<K, V> {
@@ -35,21 +38,42 @@ impl<K, V> Writes<K, V> {
     }
 }
 
-/// What `write_backend` and `write_frontend` decided to write, not written yet.
+/// The pending writes to one family's own maps (services, backends, source ranges).
+struct FamilyWrites<A: Family> {
+    backends: Writes<u32, BackendOf<A>>,
+    new_ranges: Vec<(u32, A::Net)>,
+    slots: Writes<ServiceKeyOf<A>, ServiceValue>,
+    internal_heads: Writes<ServiceKeyOf<A>, ServiceValue>,
+    default_heads: Writes<ServiceKeyOf<A>, ServiceValue>,
+    slot_removals: Vec<ServiceKeyOf<A>>,
+    range_removals: Vec<(u32, A::Net)>,
+}
+
+impl<A: Family> Default for FamilyWrites<A> {
+    fn default() -> Self {
+        Self {
+            backends: Writes::default(),
+            new_ranges: Vec::new(),
+            slots: Writes::default(),
+            internal_heads: Writes::default(),
+            default_heads: Writes::default(),
+            slot_removals: Vec::new(),
+            range_removals: Vec::new(),
+        }
+    }
+}
+
+/// What `write_backend` and `write_frontend` decided to write, not written yet: the maps both
+/// families share (counters, metadata), and each family's own.
 #[derive(Default)]
 pub(super) struct Pending {
     /// Backend ids whose counters start from zero.
     backend_counters: Vec<u32>,
-    backends: Writes<u32, Backend>,
     /// Service ids whose counters start from zero, with the service's name.
     service_counters: Writes<u32, String>,
     meta: Writes<u32, ServiceMeta>,
-    new_ranges: Vec<RangeKey>,
-    slots: Writes<ServiceKey, ServiceValue>,
-    internal_heads: Writes<ServiceKey, ServiceValue>,
-    default_heads: Writes<ServiceKey, ServiceValue>,
-    slot_removals: Vec<ServiceKey>,
-    range_removals: Vec<(u32, Ipv4Net)>,
+    v4: FamilyWrites<u32>,
+    v6: FamilyWrites<Addr6>,
 }
 
 impl Pending {
@@ -57,8 +81,17 @@ impl Pending {
         self.backend_counters.push(id);
     }
 
-    pub(super) fn backend(&mut self, id: u32, value: Backend) {
-        self.backends.push(id, value);
+    /// Queues backend `id` in its family's map.
+    pub(super) fn backend(&mut self, id: u32, addr: BackendAddr, flags: u8) {
+        fn push<A: Family>(writes: &mut FamilyWrites<A>, id: u32, addr: BackendAddr, flags: u8) {
+            let value = super::family::backend_value(addr, flags).expect("family checked");
+            writes.backends.push(id, value);
+        }
+        if addr.addr.is_ipv4() {
+            push(&mut self.v4, id, addr, flags);
+        } else {
+            push(&mut self.v6, id, addr, flags);
+        }
     }
 
     pub(super) fn zero_service_counters(&mut self, id: u32, name: &str) {
@@ -69,33 +102,56 @@ impl Pending {
         self.meta.push(id, meta);
     }
 
-    pub(super) fn add_range(&mut self, service_id: u32, net: Ipv4Net) {
-        self.new_ranges.push((service_id, net));
-    }
-
-    pub(super) fn slot(&mut self, key: ServiceKey, value: ServiceValue) {
-        self.slots.push(key, value);
-    }
-
-    pub(super) fn head(&mut self, key: ServiceKey, value: ServiceValue, internal: bool) {
-        if internal {
-            self.internal_heads.push(key, value);
-        } else {
-            self.default_heads.push(key, value);
+    pub(super) fn add_range(&mut self, service_id: u32, net: IpNet) {
+        match net {
+            IpNet::V4(net) => self.v4.new_ranges.push((service_id, net)),
+            IpNet::V6(net) => self.v6.new_ranges.push((service_id, net)),
         }
     }
 
-    pub(super) fn remove_slot(&mut self, key: ServiceKey) {
-        self.slot_removals.push(key);
+    pub(super) fn slot(&mut self, key: AnyServiceKey, value: ServiceValue) {
+        match key {
+            AnyServiceKey::V4(key) => self.v4.slots.push(key, value),
+            AnyServiceKey::V6(key) => self.v6.slots.push(key, value),
+        }
     }
 
-    pub(super) fn remove_range(&mut self, service_id: u32, net: Ipv4Net) {
-        self.range_removals.push((service_id, net));
+    pub(super) fn head(&mut self, key: AnyServiceKey, value: ServiceValue, internal: bool) {
+        match (key, internal) {
+            (AnyServiceKey::V4(key), true) => self.v4.internal_heads.push(key, value),
+            (AnyServiceKey::V4(key), false) => self.v4.default_heads.push(key, value),
+            (AnyServiceKey::V6(key), true) => self.v6.internal_heads.push(key, value),
+            (AnyServiceKey::V6(key), false) => self.v6.default_heads.push(key, value),
+        }
+    }
+
+    pub(super) fn remove_slot(&mut self, key: AnyServiceKey) {
+        match key {
+            AnyServiceKey::V4(key) => self.v4.slot_removals.push(key),
+            AnyServiceKey::V6(key) => self.v6.slot_removals.push(key),
+        }
+    }
+
+    pub(super) fn remove_range(&mut self, service_id: u32, net: IpNet) {
+        match net {
+            IpNet::V4(net) => self.v4.range_removals.push((service_id, net)),
+            IpNet::V6(net) => self.v6.range_removals.push((service_id, net)),
+        }
     }
 }
 
+/// The stages of the frontends' writes to one family's maps, in order.
+#[derive(Clone, Copy)]
+enum Stage {
+    NewRanges,
+    Slots,
+    InternalHeads,
+    DefaultHeads,
+    Removals,
+}
+
 impl Reconciler {
-    /// Writes the pending backends and their counters.
+    /// Writes the pending backends of both families and their counters.
     pub(super) fn flush_backends(
         maps: &mut dyn ServiceTables,
         pending: &mut Pending,
@@ -104,22 +160,12 @@ impl Reconciler {
         maps.backend_counters()
             .reset(&ids)
             .map_err(|err| err.with(|at| format!("zero the counters of backend id {}", ids[at])))?;
-        let backends = std::mem::take(&mut pending.backends);
-        maps.backends()
-            .write(&backends.keys, &backends.values)
-            .map_err(|err| {
-                err.with(|at| {
-                    let backend = backends.values[at];
-                    format!(
-                        "write backend {}:{}",
-                        proxy_common::net::ip_from_net(backend.addr),
-                        proxy_common::net::port_from_net(backend.port)
-                    )
-                })
-            })
+        write_backends(maps, &std::mem::take(&mut pending.v4.backends))?;
+        write_backends(maps, &std::mem::take(&mut pending.v6.backends))
     }
 
-    /// Writes the pending frontends, stage by stage, then removes what they no longer need.
+    /// Writes the pending frontends, stage by stage (each stage in both families before the
+    /// next), then removes what they no longer need.
     pub(super) fn flush_frontends(
         &self,
         maps: &mut dyn ServiceTables,
@@ -136,56 +182,92 @@ impl Reconciler {
         maps.service_meta()
             .write(&meta.keys, &meta.values)
             .map_err(|err| err.with(|at| format!("write service {}", meta.values[at].name())))?;
-        let ranges = &pending.new_ranges;
-        maps.source_ranges()
-            .write(ranges, &vec![(); ranges.len()])
-            .map_err(|err| {
-                err.with(|at| {
-                    let (service_id, net) = ranges[at];
-                    format!("add source range {net} of service id {service_id}")
-                })
-            })?;
-        for writes in [
-            &pending.slots,
-            &pending.internal_heads,
-            &pending.default_heads,
+        for stage in [
+            Stage::NewRanges,
+            Stage::Slots,
+            Stage::InternalHeads,
+            Stage::DefaultHeads,
+            Stage::Removals,
         ] {
-            maps.services()
-                .write(&writes.keys, &writes.values)
-                .map_err(|err| {
-                    let full = if err.error.raw_os_error() == Some(libc::E2BIG) {
-                        " (the services map is full: see --max-backend-slots)"
-                    } else {
-                        ""
-                    };
-                    err.with(|at| {
-                        let key = writes.keys[at];
-                        let what = if key.slot == 0 {
-                            "its head".to_owned()
-                        } else {
-                            format!("backend slot {}", key.slot)
-                        };
-                        format!("write service {} ({what}){full}", self.name_of(&key))
-                    })
-                })?;
-        }
-        for key in &pending.slot_removals {
-            maps.services()
-                .remove(key)
-                .with_context(|| format!("remove slot {} of {}", key.slot, self.name_of(key)))?;
-        }
-        for (service_id, net) in &pending.range_removals {
-            maps.source_ranges()
-                .remove(&(*service_id, *net))
-                .with_context(|| format!("remove source range {net} of service id {service_id}"))?;
+            self.flush_stage(maps, &pending.v4, stage)?;
+            self.flush_stage(maps, &pending.v6, stage)?;
         }
         Ok(())
     }
 
+    /// One stage of the frontends' writes to one family's maps.
+    fn flush_stage<A: Family>(
+        &self,
+        maps: &mut dyn ServiceTables,
+        pending: &FamilyWrites<A>,
+        stage: Stage,
+    ) -> Result<()> {
+        let services = match stage {
+            Stage::NewRanges => {
+                let ranges = &pending.new_ranges;
+                return A::source_ranges(maps)
+                    .write(ranges, &vec![(); ranges.len()])
+                    .map_err(|err| {
+                        err.with(|at| {
+                            let (service_id, net) = ranges[at];
+                            format!("add source range {net} of service id {service_id}")
+                        })
+                    });
+            }
+            Stage::Removals => {
+                for key in &pending.slot_removals {
+                    A::services(maps).remove(key).with_context(|| {
+                        format!("remove slot {} of {}", key.slot, self.name_of(key))
+                    })?;
+                }
+                for (service_id, net) in &pending.range_removals {
+                    A::source_ranges(maps)
+                        .remove(&(*service_id, *net))
+                        .with_context(|| {
+                            format!("remove source range {net} of service id {service_id}")
+                        })?;
+                }
+                return Ok(());
+            }
+            Stage::Slots => &pending.slots,
+            Stage::InternalHeads => &pending.internal_heads,
+            Stage::DefaultHeads => &pending.default_heads,
+        };
+        A::services(maps)
+            .write(&services.keys, &services.values)
+            .map_err(|err| {
+                let full = if err.error.raw_os_error() == Some(libc::E2BIG) {
+                    " (the services map is full: see --max-backend-slots)"
+                } else {
+                    ""
+                };
+                err.with(|at| {
+                    let key = services.keys[at];
+                    let what = if key.slot == 0 {
+                        "its head".to_owned()
+                    } else {
+                        format!("backend slot {}", key.slot)
+                    };
+                    format!("write service {} ({what}){full}", self.name_of(&key))
+                })
+            })
+    }
+
     /// The name of the frontend a services-map key belongs to, for errors.
-    fn name_of(&self, key: &ServiceKey) -> String {
+    fn name_of<A: Family>(&self, key: &ServiceKeyOf<A>) -> String {
         frontend_of(key)
             .and_then(|frontend| self.frontends.get(&frontend))
             .map_or_else(|| format!("{key:?}"), |p| p.meta.name().to_owned())
     }
+}
+
+fn write_backends<A: Family>(
+    maps: &mut dyn ServiceTables,
+    backends: &Writes<u32, BackendOf<A>>,
+) -> Result<()> {
+    A::backends(maps)
+        .write(&backends.keys, &backends.values)
+        .map_err(|err| {
+            err.with(|at| format!("write backend {}", backend_socket(&backends.values[at])))
+        })
 }

@@ -3,7 +3,7 @@ use std::{collections::BTreeSet, sync::Arc};
 use super::*;
 use crate::{
     model::TrafficPolicy,
-    reconcile::random_state::{NODE, RandomStates},
+    reconcile::random_state::{NODE, RandomStates, plan_node},
 };
 
 /// The keys whose entries differ between two plans.
@@ -48,10 +48,10 @@ fn incremental_plans_equal_full_builds() {
     for seed in 0..300 {
         let mut random = RandomStates::new(seed);
         let mut state = random.state(10);
-        let mut planner = Planner::new(NODE);
+        let mut planner = Planner::new(plan_node());
         let changes = planner.update(Arc::new(state.clone()));
         assert!(changes.everything);
-        let mut built = Plan::build(&state, NODE);
+        let mut built = Plan::build(&state, &plan_node());
         assert_eq!(planner.plan(), &built, "seed {seed}: first plan");
         for step in 0..40 {
             random.change(&mut state);
@@ -59,7 +59,7 @@ fn incremental_plans_equal_full_builds() {
                 state = deep_copy(&state);
             }
             let changes = planner.update(Arc::new(state.clone()));
-            let previous = std::mem::replace(&mut built, Plan::build(&state, NODE));
+            let previous = std::mem::replace(&mut built, Plan::build(&state, &plan_node()));
             assert_eq!(planner.plan(), &built, "seed {seed} step {step}");
             let needed = differences(&previous, &built);
             assert!(!changes.everything);
@@ -92,7 +92,7 @@ fn incremental_plans_equal_full_builds() {
 fn an_unchanged_state_changes_nothing() {
     let mut random = RandomStates::new(7);
     let state = Arc::new(random.state(10));
-    let mut planner = Planner::new(NODE);
+    let mut planner = Planner::new(plan_node());
     planner.update(state.clone());
     assert!(planner.update(state.clone()).is_empty());
     assert!(planner.update(Arc::new((*state).clone())).is_empty());
@@ -106,7 +106,7 @@ fn one_changed_endpoint_lists_only_its_entries() {
     use crate::model::{Endpoint, Protocol, Service, ServiceName, ServicePort, ServiceType};
 
     let endpoint = |last| Endpoint {
-        addr: Ipv4Addr::new(198, 18, 2, last),
+        addr: Ipv4Addr::new(198, 18, 2, last).into(),
         port: 8080,
         node_name: Some(NODE.into()),
         ready: true,
@@ -120,7 +120,8 @@ fn one_changed_endpoint_lists_only_its_entries() {
     let web = Service {
         name: name.clone(),
         service_type: ServiceType::ClusterIP,
-        cluster_ip: Some(Ipv4Addr::new(198, 19, 1, 1)),
+        cluster_ips: vec![Ipv4Addr::new(198, 19, 1, 1).into()],
+        ip_families: vec![crate::model::IpFamily::V4],
         external_ips: vec![],
         load_balancer_ips: vec![],
         ports: vec![ServicePort {
@@ -139,24 +140,24 @@ fn one_changed_endpoint_lists_only_its_entries() {
     };
     let mut state = RandomStates::new(11).state(10);
     state.services.insert(name.clone(), Arc::new(web));
-    let mut planner = Planner::new(NODE);
+    let mut planner = Planner::new(plan_node());
     planner.update(Arc::new(state.clone()));
 
     Arc::make_mut(state.services.get_mut(&name).expect("inserted")).ports[0].endpoints[1] =
         endpoint(3);
     let changes = planner.update(Arc::new(state.clone()));
     let frontend = Frontend {
-        addr: Ipv4Addr::new(198, 19, 1, 1),
+        addr: Ipv4Addr::new(198, 19, 1, 1).into(),
         port: 80,
         protocol: Protocol::Tcp,
         scope: proxy_common::SVC_SCOPE_DEFAULT,
     };
     assert_eq!(changes.frontends, [frontend].into());
     let addr = |last| BackendAddr {
-        addr: Ipv4Addr::new(198, 18, 2, last),
+        addr: Ipv4Addr::new(198, 18, 2, last).into(),
         port: 8080,
     };
     assert_eq!(changes.backends, [addr(1), addr(2), addr(3)].into());
     assert!(changes.skipped.is_empty());
-    assert_eq!(planner.plan(), &Plan::build(&state, NODE));
+    assert_eq!(planner.plan(), &Plan::build(&state, &plan_node()));
 }

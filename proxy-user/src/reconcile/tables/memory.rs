@@ -10,18 +10,18 @@ use std::{
     fmt::Write as _,
     hash::Hash,
     io,
-    net::SocketAddrV4,
+    net::SocketAddr,
     rc::Rc,
 };
 
 use anyhow::{Result, bail};
 use proxy_common::{
-    AffinityMatchKey, Backend, SVC_F_TWO_SCOPES, SVC_SCOPE_DEFAULT, SVC_SCOPE_INTERNAL, ServiceKey,
-    ServiceMeta, ServiceValue, SkippedKey, SkippedService,
-    net::{ip_from_net, port_from_net},
+    AffinityMatchKey, Backend, Backend6, BackendOf, SVC_F_TWO_SCOPES, SVC_SCOPE_DEFAULT,
+    SVC_SCOPE_INTERNAL, ServiceKey, ServiceKey6, ServiceKeyOf, ServiceMeta, ServiceValue,
+    SkippedKey, SkippedService, net::port_from_net,
 };
 
-use super::{BatchError, Counters, RangeKey, ServiceTables, Table};
+use super::{BatchError, Counters, MapAddr, RangeKey, RangeKey6, ServiceTables, Table};
 
 /// What the tables hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -36,12 +36,16 @@ pub struct Contents {
     pub source_ranges: HashMap<RangeKey, ()>,
     pub affinity_match: HashMap<AffinityMatchKey, ()>,
     pub skipped: HashMap<SkippedKey, SkippedService>,
+    pub services6: HashMap<ServiceKey6, ServiceValue>,
+    pub backends6: HashMap<u32, Backend6>,
+    pub source_ranges6: HashMap<RangeKey6, ()>,
     /// Traffic per service id: a test may set some to see which an apply starts from zero.
     pub service_counters: Vec<u64>,
     pub backend_counters: Vec<u64>,
 }
 
-/// How many entries each table takes, like the maps' `max_entries`.
+/// How many entries each table takes, like the maps' `max_entries`; an IPv6 table takes as many
+/// as its IPv4 counterpart (one flag sizes both maps).
 #[derive(Clone, Copy, Debug)]
 pub struct Capacity {
     pub services: usize,
@@ -115,6 +119,9 @@ pub struct MemoryTables {
     source_ranges: Handle<RangeKey, ()>,
     affinity_match: Handle<AffinityMatchKey, ()>,
     skipped: Handle<SkippedKey, SkippedService>,
+    services6: Handle<ServiceKey6, ServiceValue>,
+    backends6: Handle<u32, Backend6>,
+    source_ranges6: Handle<RangeKey6, ()>,
     service_counters: CounterHandle,
     backend_counters: CounterHandle,
 }
@@ -164,6 +171,14 @@ impl MemoryTables {
                 |c| c.affinity_match,
             ),
             skipped: Handle::new(&shared, "skipped", |c| &mut c.skipped, |c| c.skipped),
+            services6: Handle::new(&shared, "services6", |c| &mut c.services6, |c| c.services),
+            backends6: Handle::new(&shared, "backends6", |c| &mut c.backends6, |c| c.backends),
+            source_ranges6: Handle::new(
+                &shared,
+                "source ranges6",
+                |c| &mut c.source_ranges6,
+                |c| c.source_ranges,
+            ),
             service_counters: CounterHandle {
                 shared: shared.clone(),
                 counters: |c| &mut c.service_counters,
@@ -229,14 +244,23 @@ impl ServiceTables for MemoryTables {
     fn services(&mut self) -> &mut dyn Table<ServiceKey, ServiceValue> {
         &mut self.services
     }
+    fn services6(&mut self) -> &mut dyn Table<ServiceKey6, ServiceValue> {
+        &mut self.services6
+    }
     fn backends(&mut self) -> &mut dyn Table<u32, Backend> {
         &mut self.backends
+    }
+    fn backends6(&mut self) -> &mut dyn Table<u32, Backend6> {
+        &mut self.backends6
     }
     fn service_meta(&mut self) -> &mut dyn Table<u32, ServiceMeta> {
         &mut self.service_meta
     }
     fn source_ranges(&mut self) -> &mut dyn Table<RangeKey, ()> {
         &mut self.source_ranges
+    }
+    fn source_ranges6(&mut self) -> &mut dyn Table<RangeKey6, ()> {
+        &mut self.source_ranges6
     }
     fn affinity_match(&mut self) -> &mut dyn Table<AffinityMatchKey, ()> {
         &mut self.affinity_match
@@ -362,21 +386,54 @@ impl Counters for CounterHandle {
     }
 }
 
-/// Checks what a datapath reader relies on: every head's slots `1..=count` exist under the
-/// head's id and point at backends; every head has metadata; a default-scope head that sends
-/// in-cluster clients to the internal scope has that entry; every affinity member names a
-/// frontend's id and a backend.
+/// Checks what a datapath reader relies on, in each family: every head's slots `1..=count`
+/// exist under the head's id and point at backends of the head's family; every head has
+/// metadata; a default-scope head that sends in-cluster clients to the internal scope has that
+/// entry. Across both: a service or backend id names one entry of one family (one id space),
+/// and every affinity member names a frontend's id and a backend.
 pub fn reader_view(contents: &Contents) -> Result<()> {
     let mut ids = HashSet::new();
-    for (key, head) in &contents.services {
+    check_family(&contents.services, &contents.backends, contents, &mut ids)?;
+    check_family(&contents.services6, &contents.backends6, contents, &mut ids)?;
+    if let Some(id) = contents
+        .backends
+        .keys()
+        .find(|id| contents.backends6.contains_key(id))
+    {
+        bail!("backend id {id} is in both families' backend maps");
+    }
+    for member in contents.affinity_match.keys() {
+        if !ids.contains(&member.service_id) {
+            bail!("affinity member {member:?} names no frontend");
+        }
+        if !contents.backends.contains_key(&member.backend_id)
+            && !contents.backends6.contains_key(&member.backend_id)
+        {
+            bail!("affinity member {member:?} names no backend");
+        }
+    }
+    Ok(())
+}
+
+/// The checks of one family's services map against its backends map; adds the heads' ids to
+/// `ids`, failing on an id another head has.
+fn check_family<A: MapAddr>(
+    services: &HashMap<ServiceKeyOf<A>, ServiceValue>,
+    backends: &HashMap<u32, BackendOf<A>>,
+    contents: &Contents,
+    ids: &mut HashSet<u32>,
+) -> Result<()> {
+    for (key, head) in services {
         if key.slot != 0 {
             continue;
         }
-        ids.insert(head.service_id);
         let frontend = frontend_name(key);
+        if !ids.insert(head.service_id) {
+            bail!("{frontend} has id {}, as another head has", head.service_id);
+        }
         for slot in 1..=head.count {
-            let slot_key = ServiceKey { slot, ..*key };
-            let Some(value) = contents.services.get(&slot_key) else {
+            let slot_key = ServiceKeyOf { slot, ..*key };
+            let Some(value) = services.get(&slot_key) else {
                 bail!(
                     "{frontend} counts {} slots but has no slot {slot}",
                     head.count
@@ -385,9 +442,9 @@ pub fn reader_view(contents: &Contents) -> Result<()> {
             if value.service_id != head.service_id {
                 bail!("slot {slot} of {frontend} has another frontend's id");
             }
-            if !contents.backends.contains_key(&value.backend_id) {
+            if !backends.contains_key(&value.backend_id) {
                 bail!(
-                    "slot {slot} of {frontend} points at no backend ({})",
+                    "slot {slot} of {frontend} points at no backend of its family ({})",
                     value.backend_id
                 );
             }
@@ -396,28 +453,24 @@ pub fn reader_view(contents: &Contents) -> Result<()> {
             bail!("{frontend} (id {}) has no metadata", head.service_id);
         }
         if key.scope == SVC_SCOPE_DEFAULT && head.flags & SVC_F_TWO_SCOPES != 0 {
-            let internal = ServiceKey {
+            let internal = ServiceKeyOf {
                 scope: SVC_SCOPE_INTERNAL,
                 ..*key
             };
-            if !contents.services.contains_key(&internal) {
+            if !services.contains_key(&internal) {
                 bail!("{frontend} sends in-cluster clients to an internal entry it has not");
             }
-        }
-    }
-    for member in contents.affinity_match.keys() {
-        if !ids.contains(&member.service_id) {
-            bail!("affinity member {member:?} names no frontend");
-        }
-        if !contents.backends.contains_key(&member.backend_id) {
-            bail!("affinity member {member:?} names no backend");
         }
     }
     Ok(())
 }
 
-fn frontend_name(key: &ServiceKey) -> String {
-    let addr = SocketAddrV4::new(ip_from_net(key.addr), port_from_net(key.port));
+fn socket_addr<A: MapAddr>(addr: A, port: u16) -> SocketAddr {
+    SocketAddr::new(addr.ip(), port_from_net(port))
+}
+
+fn frontend_name<A: MapAddr>(key: &ServiceKeyOf<A>) -> String {
+    let addr = socket_addr(key.addr, key.port);
     format!("frontend {addr} proto {} scope {}", key.proto, key.scope)
 }
 
@@ -434,56 +487,32 @@ impl Contents {
             source_ranges: all(tables.source_ranges().entries()?),
             affinity_match: all(tables.affinity_match().entries()?),
             skipped: all(tables.skipped().entries()?),
+            services6: all(tables.services6().entries()?),
+            backends6: all(tables.backends6().entries()?),
+            source_ranges6: all(tables.source_ranges6().entries()?),
             service_counters: Vec::new(),
             backend_counters: Vec::new(),
         })
     }
 
-    /// The contents as sorted text lines, one entry a line, for golden files.
+    /// The contents as sorted text lines, one entry a line, for golden files. The IPv6 maps'
+    /// sections come only when they hold something.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut lines = |title: &str, mut lines: Vec<String>| {
+        let mut lines = |title: &str, mut lines: Vec<String>, always: bool| {
+            if !always && lines.is_empty() {
+                return;
+            }
             lines.sort();
             let _ = writeln!(out, "{title}:");
             for line in lines {
                 let _ = writeln!(out, "  {line}");
             }
         };
-        lines(
-            "services",
-            self.services
-                .iter()
-                .map(|(key, value)| {
-                    let addr = SocketAddrV4::new(ip_from_net(key.addr), port_from_net(key.port));
-                    let frontend = format!(
-                        "{addr:<21} proto {:>2} scope {} slot {:>2}",
-                        key.proto, key.scope, key.slot
-                    );
-                    if key.slot == 0 {
-                        format!(
-                            "{frontend}: id {} count {} flags {:#06x} affinity {}",
-                            value.service_id, value.count, value.flags, value.affinity_timeout
-                        )
-                    } else {
-                        format!(
-                            "{frontend}: id {} backend {}",
-                            value.service_id, value.backend_id
-                        )
-                    }
-                })
-                .collect(),
-        );
-        lines(
-            "backends",
-            self.backends
-                .iter()
-                .map(|(id, backend)| {
-                    let addr =
-                        SocketAddrV4::new(ip_from_net(backend.addr), port_from_net(backend.port));
-                    format!("{id:>4}: {addr} flags {:#04x}", backend.flags)
-                })
-                .collect(),
-        );
+        lines("services", render_services(&self.services), true);
+        lines("backends", render_backends(&self.backends), true);
+        lines("services6", render_services(&self.services6), false);
+        lines("backends6", render_backends(&self.backends6), false);
         lines(
             "service meta",
             self.service_meta
@@ -501,6 +530,7 @@ impl Contents {
                     )
                 })
                 .collect(),
+            true,
         );
         lines(
             "source ranges",
@@ -508,6 +538,15 @@ impl Contents {
                 .keys()
                 .map(|(id, net)| format!("{id:>4}: {net}"))
                 .collect(),
+            true,
+        );
+        lines(
+            "source ranges6",
+            self.source_ranges6
+                .keys()
+                .map(|(id, net)| format!("{id:>4}: {net}"))
+                .collect(),
+            false,
         );
         lines(
             "affinity match",
@@ -515,6 +554,7 @@ impl Contents {
                 .keys()
                 .map(|key| format!("{:>4}: backend {}", key.service_id, key.backend_id))
                 .collect(),
+            true,
         );
         lines(
             "skipped",
@@ -524,7 +564,42 @@ impl Contents {
                     format!("{}: type {} {}", key.name(), value.svc_type, value.reason())
                 })
                 .collect(),
+            true,
         );
         out
     }
+}
+
+fn render_services<A: MapAddr>(services: &HashMap<ServiceKeyOf<A>, ServiceValue>) -> Vec<String> {
+    services
+        .iter()
+        .map(|(key, value)| {
+            let addr = socket_addr(key.addr, key.port).to_string();
+            let frontend = format!(
+                "{addr:<21} proto {:>2} scope {} slot {:>2}",
+                key.proto, key.scope, key.slot
+            );
+            if key.slot == 0 {
+                format!(
+                    "{frontend}: id {} count {} flags {:#06x} affinity {}",
+                    value.service_id, value.count, value.flags, value.affinity_timeout
+                )
+            } else {
+                format!(
+                    "{frontend}: id {} backend {}",
+                    value.service_id, value.backend_id
+                )
+            }
+        })
+        .collect()
+}
+
+fn render_backends<A: MapAddr>(backends: &HashMap<u32, BackendOf<A>>) -> Vec<String> {
+    backends
+        .iter()
+        .map(|(id, backend)| {
+            let addr = socket_addr(backend.addr, backend.port);
+            format!("{id:>4}: {addr} flags {:#04x}", backend.flags)
+        })
+        .collect()
 }

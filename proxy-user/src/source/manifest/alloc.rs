@@ -11,15 +11,18 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     io::{self, Write},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::validate::{NODE_PORT_MAX, NODE_PORT_MIN};
-use crate::model::ServiceName;
+use super::{
+    ServiceCidrs,
+    validate::{NODE_PORT_MAX, NODE_PORT_MIN},
+};
+use crate::model::{IpFamily, ServiceName};
 
 const STATE_VERSION: u32 = 1;
 
@@ -40,13 +43,17 @@ pub enum AllocatorError {
     Write { path: PathBuf, source: io::Error },
 }
 
-/// The state file: `{"version":1,"cluster_ips":{"ns/name":"IP"},"node_ports":{"ns/name":
-/// {"http/TCP":30000}}}`.
+/// The state file: `{"version":1,"cluster_ips":{"ns/name":"IPv4"},"cluster_ips6":{"ns/name":
+/// "IPv6"},"node_ports":{"ns/name":{"http/TCP":30000}}}`. IPv6 allocations sit in a map of
+/// their own, written only when there is one, so the IPv4 part reads as before dual-stack
+/// (an upgrade keeps every IPv4 allocation, and a v4-only file does not change).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct AllocState {
     version: u32,
     #[serde(default)]
     cluster_ips: BTreeMap<String, Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    cluster_ips6: BTreeMap<String, Ipv6Addr>,
     #[serde(default)]
     node_ports: BTreeMap<String, BTreeMap<String, u16>>,
 }
@@ -55,7 +62,8 @@ struct AllocState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct AllocRequest {
     pub service: ServiceName,
-    pub cluster_ip: bool,
+    /// The families whose cluster IP must be allocated.
+    pub cluster_ips: Vec<IpFamily>,
     /// Keys of the ports that need a nodePort (see `port_key`).
     pub node_ports: Vec<String>,
 }
@@ -63,7 +71,7 @@ pub(crate) struct AllocRequest {
 /// What was handed out, and what could not be.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Assignments {
-    pub cluster_ips: BTreeMap<ServiceName, Ipv4Addr>,
+    pub cluster_ips: BTreeMap<(ServiceName, IpFamily), IpAddr>,
     pub node_ports: BTreeMap<(ServiceName, String), u16>,
     /// Services whose request could not be met, with why.
     pub failures: BTreeMap<ServiceName, String>,
@@ -74,7 +82,7 @@ pub(crate) struct Assignments {
 #[derive(Debug)]
 pub struct Allocator {
     path: Option<PathBuf>,
-    cidr: Ipv4Net,
+    cidrs: ServiceCidrs,
     state: AllocState,
     dirty: bool,
     /// Hands out nothing: cluster mode, where the API server assigns every address.
@@ -83,7 +91,10 @@ pub struct Allocator {
 
 impl Allocator {
     /// Opens the state file (a missing file is an empty state, created on first `save`).
-    pub fn open(path: impl Into<PathBuf>, service_cidr: Ipv4Net) -> Result<Self, AllocatorError> {
+    pub fn open(
+        path: impl Into<PathBuf>,
+        service_cidrs: ServiceCidrs,
+    ) -> Result<Self, AllocatorError> {
         let path = path.into();
         let state = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice::<AllocState>(&bytes).map_err(|source| {
@@ -97,7 +108,7 @@ impl Allocator {
         };
         Ok(Allocator {
             path: Some(path),
-            cidr: service_cidr.trunc(),
+            cidrs: service_cidrs,
             state,
             dirty: false,
             disabled: false,
@@ -105,10 +116,10 @@ impl Allocator {
     }
 
     /// An allocator that remembers nothing (for `sluice validate` and tests).
-    pub fn in_memory(service_cidr: Ipv4Net) -> Self {
+    pub fn in_memory(service_cidrs: ServiceCidrs) -> Self {
         Allocator {
             path: None,
-            cidr: service_cidr.trunc(),
+            cidrs: service_cidrs,
             state: AllocState::default(),
             dirty: false,
             disabled: false,
@@ -120,21 +131,21 @@ impl Allocator {
     pub fn disabled() -> Self {
         Allocator {
             disabled: true,
-            ..Allocator::in_memory(Ipv4Net::default())
+            ..Allocator::in_memory(ServiceCidrs::any())
         }
     }
 
-    pub fn service_cidr(&self) -> Ipv4Net {
-        self.cidr
+    pub fn service_cidrs(&self) -> &ServiceCidrs {
+        &self.cidrs
     }
 
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
 
-    /// The cluster IP allocated to `service`, if any.
-    pub fn cluster_ip(&self, service: &ServiceName) -> Option<Ipv4Addr> {
-        self.state.cluster_ips.get(&service.to_string()).copied()
+    /// The cluster IP of `family` allocated to `service`, if any.
+    pub fn cluster_ip(&self, service: &ServiceName, family: IpFamily) -> Option<IpAddr> {
+        self.state.get(&service.to_string(), family)
     }
 
     /// The nodePort allocated to a port of `service` (`port_key` names the port).
@@ -161,7 +172,7 @@ impl Allocator {
     pub(crate) fn assign(
         &mut self,
         requests: &[AllocRequest],
-        claimed_ips: &BTreeSet<Ipv4Addr>,
+        claimed_ips: &BTreeSet<IpAddr>,
         claimed_ports: &BTreeSet<u16>,
     ) -> Assignments {
         let mut out = Assignments::default();
@@ -186,17 +197,19 @@ impl Allocator {
         // First keep what services already have, so a new service cannot take it.
         for request in requests {
             let service = request.service.to_string();
-            if request.cluster_ip
-                && let Some(&ip) = self.state.cluster_ips.get(&service)
-            {
+            for &family in &request.cluster_ips {
+                let Some(ip) = self.state.get(&service, family) else {
+                    continue;
+                };
                 if claimed_ips.contains(&ip) {
                     out.moved.push((
                         request.service.clone(),
                         format!("its allocated cluster IP {ip} is now claimed by a manifest"),
                     ));
                 } else if self.usable_ip(ip) && used_ips.insert(ip) {
-                    next.cluster_ips.insert(service.clone(), ip);
-                    out.cluster_ips.insert(request.service.clone(), ip);
+                    next.insert(service.clone(), ip);
+                    out.cluster_ips
+                        .insert((request.service.clone(), family), ip);
                 }
             }
             for key in &request.node_ports {
@@ -230,20 +243,32 @@ impl Allocator {
         // Then hand out new ones.
         for request in requests {
             let service = request.service.to_string();
-            if request.cluster_ip && !out.cluster_ips.contains_key(&request.service) {
-                match self.pick_ip(&service, &used_ips) {
+            for &family in &request.cluster_ips {
+                let slot = (request.service.clone(), family);
+                if out.cluster_ips.contains_key(&slot) {
+                    continue;
+                }
+                let Some(cidr) = self.cidrs.of(family) else {
+                    out.failures.insert(
+                        request.service.clone(),
+                        format!(
+                            "no {family} service CIDR to allocate from: add one to --service-cidr"
+                        ),
+                    );
+                    continue;
+                };
+                match pick_ip(cidr, &service, &used_ips) {
                     Some(ip) => {
                         used_ips.insert(ip);
-                        next.cluster_ips.insert(service.clone(), ip);
-                        out.cluster_ips.insert(request.service.clone(), ip);
+                        next.insert(service.clone(), ip);
+                        out.cluster_ips.insert(slot, ip);
                     }
                     None => {
                         out.failures.insert(
                             request.service.clone(),
                             format!(
-                                "no free cluster IP left in the service CIDR {}: widen \
-                                 --service-cidr or set clusterIP explicitly",
-                                self.cidr
+                                "no free cluster IP left in the service CIDR {cidr}: widen \
+                                 --service-cidr or set clusterIP explicitly"
                             ),
                         );
                     }
@@ -331,41 +356,82 @@ impl Allocator {
         Ok(())
     }
 
-    /// Whether `ip` may be handed out: inside the CIDR and not its network or broadcast
-    /// address.
-    fn usable_ip(&self, ip: Ipv4Addr) -> bool {
-        let (first, last) = self.host_range();
-        (first..=last).contains(&u32::from(ip))
-    }
-
-    /// First and last assignable address (as integers).
-    fn host_range(&self) -> (u32, u32) {
-        let network = u32::from(self.cidr.network());
-        let broadcast = u32::from(self.cidr.broadcast());
-        if self.cidr.prefix_len() >= 31 {
-            (network, broadcast)
-        } else {
-            (network + 1, broadcast - 1)
-        }
-    }
-
-    fn pick_ip(&self, key: &str, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
-        let (first, last) = self.host_range();
-        let size = u64::from(last - first) + 1;
-        // KEP-3070: the first min(max(16, size/16), 256) addresses are for static choices.
-        let static_band = (size / 16).clamp(16, 256).min(size / 2);
-        pick(key, u64::from(first), size, static_band, |n| {
-            let ip = Ipv4Addr::from(u32::try_from(n).ok()?);
-            (!used.contains(&ip)).then_some(ip)
-        })
+    /// Whether `ip` may be handed out: inside its family's CIDR and not its network (or IPv4
+    /// broadcast) address.
+    fn usable_ip(&self, ip: IpAddr) -> bool {
+        let Some(cidr) = self.cidrs.of(IpFamily::of(ip)) else {
+            return false;
+        };
+        let (first, last) = host_range(cidr);
+        (first..=last).contains(&ip_number(ip))
     }
 }
 
+impl AllocState {
+    fn get(&self, service: &str, family: IpFamily) -> Option<IpAddr> {
+        match family {
+            IpFamily::V4 => self.cluster_ips.get(service).copied().map(IpAddr::V4),
+            IpFamily::V6 => self.cluster_ips6.get(service).copied().map(IpAddr::V6),
+        }
+    }
+
+    fn insert(&mut self, service: String, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(ip) => {
+                self.cluster_ips.insert(service, ip);
+            }
+            IpAddr::V6(ip) => {
+                self.cluster_ips6.insert(service, ip);
+            }
+        }
+    }
+}
+
+/// An address as a number, so both families' ranges are probed alike.
+fn ip_number(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(ip) => u128::from(u32::from(ip)),
+        IpAddr::V6(ip) => u128::from(ip),
+    }
+}
+
+/// The address of number `n` in the family of `cidr`.
+fn ip_of_number(cidr: IpNet, n: u128) -> Option<IpAddr> {
+    Some(match cidr {
+        IpNet::V4(_) => IpAddr::V4(Ipv4Addr::from(u32::try_from(n).ok()?)),
+        IpNet::V6(_) => IpAddr::V6(Ipv6Addr::from(n)),
+    })
+}
+
+/// First and last assignable address of `cidr` (as numbers): not the network address, nor an
+/// IPv4 broadcast address (as Kubernetes' allocator), unless the range is that small.
+fn host_range(cidr: IpNet) -> (u128, u128) {
+    let network = ip_number(cidr.network());
+    let last = ip_number(cidr.broadcast());
+    match cidr {
+        IpNet::V4(net) if net.prefix_len() >= 31 => (network, last),
+        IpNet::V4(_) => (network + 1, last - 1),
+        IpNet::V6(net) if net.prefix_len() >= 127 => (network, last),
+        IpNet::V6(_) => (network + 1, last),
+    }
+}
+
+fn pick_ip(cidr: IpNet, key: &str, used: &BTreeSet<IpAddr>) -> Option<IpAddr> {
+    let (first, last) = host_range(cidr);
+    let size = last - first + 1;
+    // KEP-3070: the first min(max(16, size/16), 256) addresses are for static choices.
+    let static_band = (size / 16).clamp(16, 256).min(size / 2);
+    pick(key, first, size, static_band, |n| {
+        let ip = ip_of_number(cidr, n)?;
+        (!used.contains(&ip)).then_some(ip)
+    })
+}
+
 fn pick_node_port(key: &str, used: &BTreeSet<u16>) -> Option<u16> {
-    let size = u64::from(NODE_PORT_MAX - NODE_PORT_MIN) + 1;
+    let size = u128::from(NODE_PORT_MAX - NODE_PORT_MIN) + 1;
     // KEP-3668: the first min(max(16, size/32), 128) ports are for static choices.
     let static_band = (size / 32).clamp(16, 128);
-    pick(key, u64::from(NODE_PORT_MIN), size, static_band, |n| {
+    pick(key, u128::from(NODE_PORT_MIN), size, static_band, |n| {
         let port = u16::try_from(n).ok()?;
         (!used.contains(&port)).then_some(port)
     })
@@ -375,12 +441,12 @@ fn pick_node_port(key: &str, used: &BTreeSet<u16>) -> Option<u16> {
 /// first, then the static band.
 fn pick<T>(
     key: &str,
-    start: u64,
-    size: u64,
-    static_band: u64,
-    free: impl Fn(u64) -> Option<T>,
+    start: u128,
+    size: u128,
+    static_band: u128,
+    free: impl Fn(u128) -> Option<T>,
 ) -> Option<T> {
-    let hash = fnv1a(key);
+    let hash = u128::from(fnv1a(key));
     let bands = [
         (start + static_band, size - static_band),
         (start, static_band),
@@ -420,13 +486,17 @@ mod tests {
     fn request(service: &str, ports: &[&str]) -> AllocRequest {
         AllocRequest {
             service: name(service),
-            cluster_ip: true,
+            cluster_ips: vec![IpFamily::V4],
             node_ports: ports.iter().map(|p| (*p).to_owned()).collect(),
         }
     }
 
-    fn cidr() -> Ipv4Net {
+    fn cidr() -> ServiceCidrs {
         "198.19.0.0/16".parse().unwrap()
+    }
+
+    fn v4(name_: &str) -> (ServiceName, IpFamily) {
+        (name(name_), IpFamily::V4)
     }
 
     #[test]
@@ -449,19 +519,13 @@ mod tests {
             request("a", &["http/TCP"]),
         ];
         let second = allocator.assign(&requests, &BTreeSet::new(), &BTreeSet::new());
-        assert_eq!(
-            second.cluster_ips[&name("a")],
-            first.cluster_ips[&name("a")]
-        );
-        assert_eq!(
-            second.cluster_ips[&name("b")],
-            first.cluster_ips[&name("b")]
-        );
+        assert_eq!(second.cluster_ips[&v4("a")], first.cluster_ips[&v4("a")]);
+        assert_eq!(second.cluster_ips[&v4("b")], first.cluster_ips[&v4("b")]);
         let key = (name("a"), "http/TCP".to_owned());
         assert_eq!(second.node_ports[&key], first.node_ports[&key]);
         assert_ne!(
-            second.cluster_ips[&name("0-new")],
-            first.cluster_ips[&name("a")]
+            second.cluster_ips[&v4("0-new")],
+            first.cluster_ips[&v4("a")]
         );
     }
 
@@ -475,11 +539,9 @@ mod tests {
         let ips: BTreeSet<_> = out.cluster_ips.values().collect();
         assert_eq!(ips.len(), 50, "all distinct");
         for ip in ips {
-            assert!(cidr().contains(ip));
-            assert!(
-                u32::from(*ip) >= u32::from(Ipv4Addr::new(198, 19, 1, 0)),
-                "{ip}"
-            );
+            assert!(cidr().of(IpFamily::V4).unwrap().contains(ip));
+            let static_band_end = u128::from(u32::from(Ipv4Addr::new(198, 19, 1, 0)));
+            assert!(ip_number(*ip) >= static_band_end, "{ip}");
         }
         for port in out.node_ports.values() {
             assert!(
@@ -493,13 +555,16 @@ mod tests {
     fn claimed_addresses_are_never_handed_out_and_win_over_allocations() {
         let mut allocator = Allocator::in_memory("198.19.0.0/29".parse().unwrap());
         // /29: hosts .1-.6; claim all but one.
-        let claimed: BTreeSet<Ipv4Addr> =
-            [1, 2, 3, 5, 6].map(|n| Ipv4Addr::new(198, 19, 0, n)).into();
+        let claimed: BTreeSet<IpAddr> = [1, 2, 3, 5, 6]
+            .map(|n| Ipv4Addr::new(198, 19, 0, n).into())
+            .into();
         let out = allocator.assign(&[request("a", &[])], &claimed, &BTreeSet::new());
-        assert_eq!(out.cluster_ips[&name("a")], Ipv4Addr::new(198, 19, 0, 4));
+        assert_eq!(out.cluster_ips[&v4("a")], Ipv4Addr::new(198, 19, 0, 4));
 
         // Now a manifest claims .4: `a` moves, and with nothing left it fails.
-        let claimed: BTreeSet<Ipv4Addr> = (1..=6).map(|n| Ipv4Addr::new(198, 19, 0, n)).collect();
+        let claimed: BTreeSet<IpAddr> = (1..=6)
+            .map(|n| Ipv4Addr::new(198, 19, 0, n).into())
+            .collect();
         let out = allocator.assign(&[request("a", &[])], &claimed, &BTreeSet::new());
         assert_eq!(out.moved.len(), 1);
         assert!(out.failures[&name("a")].contains("no free cluster IP"));
@@ -513,10 +578,10 @@ mod tests {
             &BTreeSet::new(),
             &BTreeSet::new(),
         );
-        assert!(allocator.cluster_ip(&name("a")).is_some());
+        assert!(allocator.cluster_ip(&name("a"), IpFamily::V4).is_some());
         assert!(allocator.node_port(&name("a"), "x/UDP").is_some());
         allocator.assign(&[], &BTreeSet::new(), &BTreeSet::new());
-        assert_eq!(allocator.cluster_ip(&name("a")), None);
+        assert_eq!(allocator.cluster_ip(&name("a"), IpFamily::V4), None);
         assert_eq!(allocator.node_port(&name("a"), "x/UDP"), None);
     }
 
@@ -527,10 +592,37 @@ mod tests {
         let mut allocator = Allocator::open(&path, cidr()).unwrap();
         allocator.assign(&[request("a", &[])], &BTreeSet::new(), &BTreeSet::new());
         allocator.save().unwrap();
-        let other: Ipv4Net = "10.96.0.0/12".parse().unwrap();
-        let mut allocator = Allocator::open(&path, other).unwrap();
+        let other: IpNet = "10.96.0.0/12".parse().unwrap();
+        let mut allocator = Allocator::open(&path, ServiceCidrs::new([other]).unwrap()).unwrap();
         let out = allocator.assign(&[request("a", &[])], &BTreeSet::new(), &BTreeSet::new());
-        assert!(other.contains(&out.cluster_ips[&name("a")]));
+        assert!(other.contains(&out.cluster_ips[&v4("a")]));
+    }
+
+    /// An upgrade to dual-stack keeps every IPv4 allocation of an IPv4-only state file, adds
+    /// IPv6 ones beside them, and a v4-only state is written as before.
+    #[test]
+    fn dual_stack_keeps_the_ipv4_allocations_and_adds_ipv6_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("allocations.json");
+        let mut allocator = Allocator::open(&path, cidr()).unwrap();
+        let before = allocator.assign(&[request("a", &[])], &BTreeSet::new(), &BTreeSet::new());
+        allocator.save().unwrap();
+        let v4_only = fs::read_to_string(&path).unwrap();
+        assert!(!v4_only.contains("cluster_ips6"), "{v4_only}");
+
+        let dual: ServiceCidrs = "198.19.0.0/16,fd00:19::/108".parse().unwrap();
+        let mut allocator = Allocator::open(&path, dual.clone()).unwrap();
+        let both = AllocRequest {
+            cluster_ips: vec![IpFamily::V6, IpFamily::V4],
+            ..request("a", &[])
+        };
+        let after = allocator.assign(&[both], &BTreeSet::new(), &BTreeSet::new());
+        assert_eq!(after.cluster_ips[&v4("a")], before.cluster_ips[&v4("a")]);
+        let v6 = after.cluster_ips[&(name("a"), IpFamily::V6)];
+        assert!(dual.of(IpFamily::V6).unwrap().contains(&v6), "{v6}");
+        allocator.save().unwrap();
+        let reopened = Allocator::open(&path, dual).unwrap();
+        assert_eq!(reopened.cluster_ip(&name("a"), IpFamily::V6), Some(v6));
     }
 
     #[test]

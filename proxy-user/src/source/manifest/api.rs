@@ -14,16 +14,15 @@
 //! assigns cluster IPs and nodePorts), so a Service it left without one is listed but not
 //! programmed.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{collections::BTreeMap, path::Path};
 
-use ipnet::Ipv4Net;
 use k8s_openapi::{
     api::{core::v1::Service, discovery::v1::EndpointSlice},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
 use super::{
-    ManifestOptions,
+    ManifestOptions, ServiceCidrs,
     alloc::Allocator,
     catalog::Catalog,
     error::{Context, ManifestError, ObjectRef, Problems},
@@ -114,10 +113,10 @@ pub struct ApiObjects {
 impl Default for ApiObjects {
     fn default() -> Self {
         ApiObjects {
-            // Every cluster IP is valid: the API server already checked it against its own
-            // service CIDR, which sluice does not know.
+            // Every cluster IP of either family is valid: the API server already checked it
+            // against its own service CIDRs (and set ipFamilies), which sluice does not know.
             options: ManifestOptions {
-                service_cidr: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("valid CIDR"),
+                service_cidrs: ServiceCidrs::any(),
             },
             objects: BTreeMap::new(),
         }
@@ -366,7 +365,7 @@ mod tests {
         let state = state(&objects);
         let web = &state.services[&name("web")];
         assert_eq!(web.service_type, ServiceType::NodePort);
-        assert_eq!(web.cluster_ip, Some("10.96.0.10".parse().expect("valid")));
+        assert_eq!(web.cluster_ip(), Some("10.96.0.10".parse().expect("valid")));
         assert_eq!(web.skip_reason, None);
         assert_eq!(web.ports[0].node_port, Some(31080));
         assert_eq!(web.ports[1].node_port, Some(31053));
@@ -474,7 +473,7 @@ mod tests {
         );
         let state = state(&objects);
         assert_eq!(
-            state.services[&name("web")].cluster_ip,
+            state.services[&name("web")].cluster_ip(),
             Some("10.96.0.10".parse().expect("valid"))
         );
     }
@@ -545,7 +544,7 @@ mod tests {
             )]
         );
         assert_eq!(
-            state(&objects).services[&name("web")].cluster_ip,
+            state(&objects).services[&name("web")].cluster_ip(),
             Some("10.96.0.10".parse().expect("valid"))
         );
     }
@@ -580,7 +579,7 @@ mod tests {
         let names: Vec<_> = state.services.keys().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["db", "web"]);
         assert_eq!(
-            state.services[&name("web")].cluster_ip,
+            state.services[&name("web")].cluster_ip(),
             Some("10.96.0.10".parse().expect("valid"))
         );
     }

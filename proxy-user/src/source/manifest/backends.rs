@@ -1,7 +1,7 @@
 //! The endpoints of one Service port: from its EndpointSlices (merged), else its v1
 //! Endpoints, else the Pods its selector matches (as the endpoint-slice controller would).
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use super::{
     catalog::{Catalog, LocatedService},
@@ -172,7 +172,7 @@ fn pod_endpoints(
 ) {
     let candidates: Vec<_> = pods
         .iter()
-        .filter(|pod| pod.ip.is_some() && !pod.finished)
+        .filter(|pod| !pod.ips.is_empty() && !pod.finished)
         .collect();
     let mut found = false;
     for pod in &candidates {
@@ -180,18 +180,20 @@ fn pod_endpoints(
             continue;
         };
         found = true;
-        let Some(addr) = pod.ip else { continue };
         // As the endpoint-slice controller: serving is the Ready condition; ready is
-        // never true for a terminating pod.
+        // never true for a terminating pod. One endpoint per pod address: the planner serves
+        // each frontend with those of its family.
         let serving = pod.ready;
-        merged.add(Endpoint {
-            addr,
-            port: number,
-            node_name: pod.node_name.clone(),
-            ready: serving && !pod.terminating,
-            serving,
-            terminating: pod.terminating,
-        });
+        for &addr in &pod.ips {
+            merged.add(Endpoint {
+                addr,
+                port: number,
+                node_name: pod.node_name.clone(),
+                ready: serving && !pod.terminating,
+                serving,
+                terminating: pod.terminating,
+            });
+        }
     }
     if let (false, false, TargetPort::Name(name)) = (found, candidates.is_empty(), &port.target) {
         p.warning(
@@ -228,7 +230,7 @@ fn pod_port(pod: &PodDef, port: &PortDef) -> Option<u16> {
 /// Endpoints deduplicated by address and port: the same endpoint in two slices counts once,
 /// with the readier conditions.
 #[derive(Default)]
-struct Merged(BTreeMap<(Ipv4Addr, u16), Endpoint>);
+struct Merged(BTreeMap<(IpAddr, u16), Endpoint>);
 
 impl Merged {
     fn add(&mut self, endpoint: Endpoint) {

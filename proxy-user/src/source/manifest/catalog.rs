@@ -84,7 +84,7 @@ impl<'a> Catalog<'a> {
                         );
                     }
                     Object::EndpointSlice(def) => {
-                        if let (true, Some(service)) = (def.ipv4, &def.service) {
+                        if let (Some(_), Some(service)) = (def.family, &def.service) {
                             let name = ServiceName {
                                 namespace: def.namespace.clone(),
                                 name: service.clone(),

@@ -24,7 +24,7 @@ pub fn validate_dir(dir: &Path, options: &ManifestOptions) -> Vec<ManifestError>
                 .with_severity(super::error::Severity::Warning),
         );
     }
-    let mut allocator = Allocator::in_memory(options.service_cidr);
+    let mut allocator = Allocator::in_memory(options.service_cidrs.clone());
     problems.extend(store.desired_state(&mut allocator).problems);
     problems.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
     problems.dedup();

@@ -11,6 +11,7 @@ mod api;
 mod backends;
 mod catalog;
 mod check;
+mod cidrs;
 mod error;
 pub mod k8s;
 mod object;
@@ -28,6 +29,7 @@ pub use self::{
     alloc::{Allocator, AllocatorError},
     api::{API_ORIGIN, ApiObject, ApiObjects},
     check::validate_dir,
+    cidrs::ServiceCidrs,
     error::{ManifestError, ObjectRef, Severity},
     object::Kind,
     resolve::{HEADLESS_LABEL, Resolution, SERVICE_PROXY_NAME_LABEL},
@@ -44,14 +46,15 @@ pub const DEFAULT_SERVICE_CIDR: Ipv4Net =
 /// Settings that checking manifests depends on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManifestOptions {
-    /// `--service-cidr`: explicit cluster IPs must be inside it, missing ones come from it.
-    pub service_cidr: Ipv4Net,
+    /// `--service-cidr`: the families the cluster serves (the first is the primary); explicit
+    /// cluster IPs must be inside their family's range, missing ones come from it.
+    pub service_cidrs: ServiceCidrs,
 }
 
 impl Default for ManifestOptions {
     fn default() -> Self {
         ManifestOptions {
-            service_cidr: DEFAULT_SERVICE_CIDR,
+            service_cidrs: ServiceCidrs::ipv4(DEFAULT_SERVICE_CIDR),
         }
     }
 }

@@ -1,16 +1,11 @@
 //! Checked objects: manifests after validation, with addresses parsed and defaults applied.
 
-use std::{
-    collections::BTreeMap,
-    fmt,
-    net::{Ipv4Addr, Ipv6Addr},
-    time::SystemTime,
-};
+use std::{collections::BTreeMap, fmt, net::IpAddr, time::SystemTime};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::{error::ObjectRef, k8s::ServiceSpecType};
-use crate::model::{Protocol, ServiceName, TrafficPolicy};
+use crate::model::{IpFamily, Protocol, ServiceName, TrafficPolicy};
 
 /// The kinds sluice reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -104,15 +99,32 @@ impl Object {
     }
 }
 
-/// `spec.clusterIP` (or `spec.clusterIPs[0]`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClusterIp {
-    /// Missing or empty: allocate one from the service CIDR.
-    Allocate,
-    /// `None`: a headless service.
-    Headless,
-    V4(Ipv4Addr),
-    V6(Ipv6Addr),
+/// `spec.clusterIP(s)` and `spec.ipFamilies` as decided for the cluster's families.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterIps {
+    /// `clusterIP: None`: a headless service (no addresses, never allocated).
+    pub headless: bool,
+    /// The Service's families, primary first (empty for ExternalName).
+    pub families: Vec<IpFamily>,
+    /// The address given for each of `families` (same order); `None`: allocate one from that
+    /// family's service CIDR. Empty when headless.
+    pub given: Vec<Option<IpAddr>>,
+}
+
+impl ClusterIps {
+    /// The addresses named explicitly.
+    pub fn explicit(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.given.iter().flatten().copied()
+    }
+
+    /// The families whose address must be allocated.
+    pub fn to_allocate(&self) -> impl Iterator<Item = IpFamily> + '_ {
+        self.families
+            .iter()
+            .zip(&self.given)
+            .filter(|(_, given)| given.is_none())
+            .map(|(family, _)| *family)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,17 +158,18 @@ pub struct ServiceDef {
     pub name: ServiceName,
     pub labels: BTreeMap<String, String>,
     pub spec_type: ServiceSpecType,
-    pub cluster_ip: ClusterIp,
+    pub cluster_ips: ClusterIps,
     pub ports: Vec<PortDef>,
     /// Empty when the service has no selector.
     pub selector: BTreeMap<String, String>,
-    pub external_ips: Vec<Ipv4Addr>,
+    /// Of the Service's families (others are dropped with a note, as kube-proxy ignores them).
+    pub external_ips: Vec<IpAddr>,
     /// `spec.loadBalancerIP` and `status.loadBalancer.ingress[].ip` (type LoadBalancer only).
-    pub load_balancer_ips: Vec<Ipv4Addr>,
+    pub load_balancer_ips: Vec<IpAddr>,
     pub affinity_timeout: Option<u32>,
     pub external_traffic_policy: TrafficPolicy,
     pub internal_traffic_policy: TrafficPolicy,
-    pub load_balancer_source_ranges: Vec<Ipv4Net>,
+    pub load_balancer_source_ranges: Vec<IpNet>,
     pub publish_not_ready: bool,
     /// Whether missing nodePorts are allocated (NodePort, and LoadBalancer unless
     /// `allocateLoadBalancerNodePorts: false`).
@@ -179,7 +192,8 @@ pub struct EndpointPortDef {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SliceEndpointDef {
-    pub addresses: Vec<Ipv4Addr>,
+    /// Of the slice's address type.
+    pub addresses: Vec<IpAddr>,
     pub node_name: Option<String>,
     pub ready: bool,
     pub serving: bool,
@@ -192,8 +206,8 @@ pub struct SliceDef {
     pub name: String,
     /// `kubernetes.io/service-name` label.
     pub service: Option<String>,
-    /// Only IPv4 slices are programmed; others are kept (for identity) but unused.
-    pub ipv4: bool,
+    /// `addressType` IPv4 or IPv6; `None` for FQDN slices, kept (for identity) but unused.
+    pub family: Option<IpFamily>,
     pub endpoints: Vec<SliceEndpointDef>,
     pub ports: Vec<EndpointPortDef>,
     /// `endpoints.kubernetes.io/last-change-trigger-time`, when set and valid.
@@ -202,7 +216,7 @@ pub struct SliceDef {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AddressDef {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub node_name: Option<String>,
 }
 
@@ -233,7 +247,8 @@ pub struct PodDef {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub node_name: Option<String>,
-    pub ip: Option<Ipv4Addr>,
+    /// `status.podIPs` (or `podIP`): at most one per family.
+    pub ips: Vec<IpAddr>,
     /// The Ready condition is "True".
     pub ready: bool,
     /// `metadata.deletionTimestamp` is set.

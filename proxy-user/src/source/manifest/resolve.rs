@@ -13,7 +13,7 @@ use super::{
     catalog::{Catalog, LocatedService},
     error::{ManifestError, Problems, Severity},
     k8s::ServiceSpecType,
-    object::{ClusterIp, PortDef, ServiceDef},
+    object::{PortDef, ServiceDef},
 };
 use crate::model::{
     DesiredState, Service, ServiceName, ServicePort, ServiceType, SliceName, TriggerTimes,
@@ -53,9 +53,7 @@ pub(crate) fn resolve(catalog: &Catalog, allocator: &mut Allocator) -> Resolutio
     let mut requests = Vec::new();
     for service in catalog.services.values() {
         let def = service.def;
-        if let ClusterIp::V4(ip) = def.cluster_ip {
-            claimed_ips.insert(ip);
-        }
+        claimed_ips.extend(def.cluster_ips.explicit());
         claimed_ports.extend(def.ports.iter().filter_map(|port| port.node_port));
         claimed_ports.extend(def.health_check_node_port);
         if def.spec_type == ServiceSpecType::ExternalName {
@@ -70,11 +68,15 @@ pub(crate) fn resolve(catalog: &Catalog, allocator: &mut Allocator) -> Resolutio
         if def.wants_health_check && def.health_check_node_port.is_none() {
             node_ports.push(HEALTH_CHECK_PORT_KEY.to_owned());
         }
-        let cluster_ip = def.cluster_ip == ClusterIp::Allocate;
-        if cluster_ip || !node_ports.is_empty() {
+        let cluster_ips: Vec<_> = if def.cluster_ips.headless {
+            Vec::new()
+        } else {
+            def.cluster_ips.to_allocate().collect()
+        };
+        if !cluster_ips.is_empty() || !node_ports.is_empty() {
             requests.push(AllocRequest {
                 service: def.name.clone(),
-                cluster_ip,
+                cluster_ips,
                 node_ports,
             });
         }
@@ -139,14 +141,19 @@ fn find_conflicts(
     for (name, service) in &catalog.services {
         let context = service.context();
         let mut p = Problems::new(&context);
-        if let ClusterIp::V4(ip) = service.def.cluster_ip {
+        for (i, ip) in service.def.cluster_ips.explicit().enumerate() {
             if let Some(owner) = ips.get(&ip) {
                 let why = format!("cluster IP {ip} is also claimed by Service {owner}");
+                let field = if i == 0 {
+                    "spec.clusterIP".to_owned()
+                } else {
+                    format!("spec.clusterIPs[{i}]")
+                };
                 p.error(
-                    "spec.clusterIP",
+                    &field,
                     format!("{why}, which keeps it: pick another address, or leave clusterIP out"),
                 );
-                conflicts.insert(name.clone(), why);
+                conflicts.entry(name.clone()).or_insert(why);
             } else {
                 ips.insert(ip, name);
             }
@@ -186,16 +193,8 @@ fn skip_reason(
     if def.spec_type == ServiceSpecType::ExternalName {
         return Some("type ExternalName: served by DNS, not proxied".into());
     }
-    match def.cluster_ip {
-        ClusterIp::Headless => {
-            return Some("headless (clusterIP: None): served by DNS, not proxied".into());
-        }
-        ClusterIp::V6(ip) => {
-            return Some(format!(
-                "IPv6 cluster IP {ip}: sluice programs IPv4 only for now"
-            ));
-        }
-        ClusterIp::Allocate | ClusterIp::V4(_) => {}
+    if def.cluster_ips.headless {
+        return Some("headless (clusterIP: None): served by DNS, not proxied".into());
     }
     if let Some(proxy) = def.labels.get(SERVICE_PROXY_NAME_LABEL) {
         return Some(format!(
@@ -221,19 +220,27 @@ fn build_service(
     problems: &mut Vec<ManifestError>,
 ) -> Service {
     let def = service.def;
-    let service_type = match (def.spec_type, def.cluster_ip) {
+    let service_type = match (def.spec_type, def.cluster_ips.headless) {
         (ServiceSpecType::ExternalName, _) => ServiceType::ExternalName,
-        (_, ClusterIp::Headless) => ServiceType::Headless,
+        (_, true) => ServiceType::Headless,
         (ServiceSpecType::ClusterIP, _) => ServiceType::ClusterIP,
         (ServiceSpecType::NodePort, _) => ServiceType::NodePort,
         (ServiceSpecType::LoadBalancer, _) => ServiceType::LoadBalancer,
     };
-    let cluster_ip = match (service_type, def.cluster_ip) {
-        (ServiceType::ExternalName | ServiceType::Headless, _)
-        | (_, ClusterIp::Headless | ClusterIp::V6(_)) => None,
-        (_, ClusterIp::V4(ip)) => Some(ip),
-        (_, ClusterIp::Allocate) => assignments.cluster_ips.get(&def.name).copied(),
-    };
+    // In the order of the families, primary first; one whose allocation failed is missing
+    // (and the Service is skipped with the failure as its reason).
+    let cluster_ips = def
+        .cluster_ips
+        .families
+        .iter()
+        .zip(&def.cluster_ips.given)
+        .filter_map(|(&family, given)| {
+            given.or_else(|| {
+                let key = (def.name.clone(), family);
+                assignments.cluster_ips.get(&key).copied()
+            })
+        })
+        .collect();
     let mut external_ips = def.external_ips.clone();
     external_ips.sort_unstable();
     external_ips.dedup();
@@ -291,7 +298,8 @@ fn build_service(
     Service {
         name: def.name.clone(),
         service_type,
-        cluster_ip,
+        cluster_ips,
+        ip_families: def.cluster_ips.families.clone(),
         external_ips,
         load_balancer_ips,
         ports,

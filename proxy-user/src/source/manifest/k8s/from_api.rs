@@ -100,6 +100,8 @@ pub fn service(service: core::Service) -> Result<Service, FieldError> {
         type_,
         cluster_ip: spec.cluster_ip,
         cluster_ips: spec.cluster_ips.unwrap_or_default(),
+        ip_families: spec.ip_families.unwrap_or_default(),
+        ip_family_policy: spec.ip_family_policy,
         ports,
         selector: spec.selector,
         external_ips: spec.external_ips.unwrap_or_default(),

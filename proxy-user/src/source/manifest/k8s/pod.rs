@@ -43,6 +43,8 @@ pub struct PodStatus {
     pub phase: Option<String>,
     #[serde(rename = "podIP")]
     pub pod_ip: Option<String>,
+    #[serde(rename = "podIPs", default, deserialize_with = "nullable")]
+    pub pod_ips: Vec<PodIp>,
     #[serde(default, deserialize_with = "nullable")]
     pub conditions: Vec<PodCondition>,
 }
@@ -52,4 +54,9 @@ pub struct PodCondition {
     #[serde(rename = "type")]
     pub type_: Option<String>,
     pub status: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct PodIp {
+    pub ip: Option<String>,
 }

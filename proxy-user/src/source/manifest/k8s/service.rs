@@ -50,6 +50,9 @@ pub struct ServiceSpec {
     #[serde(rename = "clusterIPs", default, deserialize_with = "nullable")]
     pub cluster_ips: Vec<String>,
     #[serde(default, deserialize_with = "nullable")]
+    pub ip_families: Vec<String>,
+    pub ip_family_policy: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
     pub ports: Vec<ServicePort>,
     /// `None` when absent: the service has no selector (endpoints come from slices).
     pub selector: Option<BTreeMap<String, String>>,

@@ -48,7 +48,7 @@ pub(super) fn resolve_dir(dir: &Path) -> Resolution {
     let mut store = ManifestStore::default();
     store.load_dir(dir).unwrap();
     store.desired_state(&mut Allocator::in_memory(
-        ManifestOptions::default().service_cidr,
+        ManifestOptions::default().service_cidrs,
     ))
 }
 

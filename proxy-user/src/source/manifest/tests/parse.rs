@@ -8,7 +8,7 @@ use crate::{
     source::manifest::{
         Severity,
         k8s::ServiceSpecType,
-        object::{ClusterIp, Kind, Object, TargetPort},
+        object::{Kind, Object, TargetPort},
         parse::ParsedFile,
     },
 };
@@ -454,7 +454,7 @@ metadata:
   labels:
 spec:
   type: LoadBalancer
-  clusterIPs: [198.19.3.4, \"fd00::4\"]
+  clusterIPs: [198.19.3.4]
   selector: {app: web}
   externalIPs: [198.18.9.9, \"fd00::9\"]
   loadBalancerIP: 198.18.9.10
@@ -480,14 +480,15 @@ status:
     };
     assert_eq!(s.name.to_string(), "shop/web");
     assert_eq!(s.spec_type, ServiceSpecType::LoadBalancer);
-    assert_eq!(s.cluster_ip, ClusterIp::V4("198.19.3.4".parse().unwrap()));
+    assert_eq!(s.cluster_ips.given, [Some("198.19.3.4".parse().unwrap())]);
+    assert_eq!(s.cluster_ips.families, [crate::model::IpFamily::V4]);
     assert_eq!(s.ports[0].target, TargetPort::Name("http-web".into()));
     assert_eq!(s.ports[0].protocol, Protocol::Tcp);
     assert_eq!(s.ports[1].target, TargetPort::Number(53));
     assert_eq!(s.ports[1].node_port, Some(30053));
     assert_eq!(
         s.external_ips,
-        ["198.18.9.9".parse::<std::net::Ipv4Addr>().unwrap()]
+        ["198.18.9.9".parse::<std::net::IpAddr>().unwrap()]
     );
     assert_eq!(s.load_balancer_ips.len(), 2);
     assert_eq!(
@@ -496,7 +497,7 @@ status:
     );
     assert_eq!(s.affinity_timeout, Some(10_800));
     assert!(s.wants_node_ports);
-    // The IPv6 external IP is skipped with a note.
+    // The IPv6 external IP of this IPv4-only Service is skipped with a note.
     assert_eq!(only(&parsed.problems, Severity::Note).len(), 1);
 }
 
@@ -506,7 +507,8 @@ fn headless_and_quoted_none() {
     let Object::Service(s) = &parsed.objects[0].object else {
         panic!("{:#?}", parsed.problems)
     };
-    assert_eq!(s.cluster_ip, ClusterIp::Headless);
+    assert!(s.cluster_ips.headless);
+    assert_eq!(s.cluster_ips.given, []);
 }
 
 #[test]
@@ -552,17 +554,42 @@ ports:
 #[test]
 fn slice_problems() {
     let base = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: s\n  labels: {kubernetes.io/service-name: web}\n";
-    // IPv6 slices are skipped, not errors.
+    // IPv6 slices are read; FQDN ones are skipped, not errors.
     let parsed = parse(
         "t.yaml",
         &format!("{base}addressType: IPv6\nendpoints: [{{addresses: [\"fd00::1\"]}}]\n"),
     );
+    assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
+    let Object::EndpointSlice(slice) = &parsed.objects[0].object else {
+        panic!("{:?}", parsed.objects)
+    };
+    assert_eq!(slice.family, Some(crate::model::IpFamily::V6));
+    assert_eq!(
+        slice.endpoints[0].addresses,
+        ["fd00::1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    let parsed = parse(
+        "t.yaml",
+        &format!("{base}addressType: FQDN\nendpoints: [{{addresses: [\"a.example\"]}}]\n"),
+    );
     assert!(!parsed.has_errors());
     assert_eq!(parsed.objects[0].key.kind, Kind::EndpointSlice);
-    assert!(only(&parsed.problems, Severity::Note)[0].contains("IPv6 slices are not programmed"));
+    assert!(only(&parsed.problems, Severity::Note)[0].contains("FQDN slices are not programmed"));
+    assert_eq!(
+        errors(&format!(
+            "{base}addressType: IPv6\nendpoints: [{{addresses: [198.18.1.1]}}]\n"
+        )),
+        [
+            "t.yaml: document 1 (EndpointSlice default/s): endpoints[0].addresses[0]: 198.18.1.1 \
+             is an IPv4 address in an IPv6 slice: move it to a slice with addressType IPv4"
+        ]
+    );
     assert_eq!(
         errors(&format!("{base}endpoints: []\n")),
-        ["t.yaml: document 1 (EndpointSlice default/s): addressType: is missing: set it to IPv4"]
+        [
+            "t.yaml: document 1 (EndpointSlice default/s): addressType: is missing: set it to \
+             IPv4 or IPv6"
+        ]
     );
     assert_eq!(
         errors(&format!(

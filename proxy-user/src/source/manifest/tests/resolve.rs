@@ -1,6 +1,6 @@
 //! Resolution: endpoint sources, target ports, conditions, skips, conflicts, allocation.
 
-use std::{fs, net::Ipv4Addr, path::Path, time::UNIX_EPOCH};
+use std::{fs, path::Path, time::UNIX_EPOCH};
 
 use super::{only, pod, resolve_dir, service, svc, write};
 use crate::{
@@ -8,7 +8,7 @@ use crate::{
     source::manifest::{Allocator, ManifestOptions, ManifestStore, Severity, validate_dir},
 };
 
-fn ip(text: &str) -> Ipv4Addr {
+fn ip(text: &str) -> std::net::IpAddr {
     text.parse().unwrap()
 }
 
@@ -55,7 +55,7 @@ fn the_examples_are_valid_and_resolve_as_documented() {
 
     let echo = service(&resolution, "echo");
     assert_eq!(echo.service_type, ServiceType::ClusterIP);
-    assert_eq!(echo.cluster_ip, Some(ip("198.19.0.10")));
+    assert_eq!(echo.cluster_ip(), Some(ip("198.19.0.10")));
     assert_eq!(echo.skip_reason, None);
     let all = |port| {
         vec![
@@ -92,9 +92,9 @@ fn the_examples_are_valid_and_resolve_as_documented() {
     assert_eq!(endpoints(&slice.ports[1].endpoints), from_slice(8081));
 
     // Every address of the demo is inside 198.18.0.0/15.
-    let test_net: ipnet::Ipv4Net = "198.18.0.0/15".parse().unwrap();
+    let test_net: ipnet::IpNet = "198.18.0.0/15".parse().unwrap();
     for service in resolution.state.services.values() {
-        let addresses = service.cluster_ip.iter().chain(&service.load_balancer_ips);
+        let addresses = service.cluster_ips.iter().chain(&service.load_balancer_ips);
         assert!(addresses.into_iter().all(|ip| test_net.contains(ip)));
         for port in &service.ports {
             assert!(port.endpoints.iter().all(|e| test_net.contains(&e.addr)));
@@ -237,7 +237,8 @@ fn slices_are_merged_deduplicated_and_win_over_pods() {
   - {addresses: [198.18.2.2], conditions: {ready: false}}
 ports: [{name: http, port: 8080}, {name: dns, port: 5353, protocol: UDP}]
 ";
-    // The second slice repeats 198.18.2.2 (now ready) and adds one; a third is IPv6.
+    // The second slice repeats 198.18.2.2 (now ready) and adds one; a third is IPv6 (its
+    // endpoints are kept: the planner serves each frontend with those of its family).
     let two = SLICE.replace("NAME", "web-2")
         + "endpoints:
   - {addresses: [198.18.2.2], nodeName: node2}
@@ -255,6 +256,7 @@ ports: [{name: http, port: 8080}]
             ready("198.18.2.1", 8080, "node2"),
             ready("198.18.2.2", 8080, "node2"),
             ("198.18.2.3".into(), 8080, String::new(), false, true, true),
+            ready("fd00::1", 8080, ""),
         ]
     );
     assert_eq!(
@@ -437,7 +439,7 @@ fn skipped_services_are_listed_with_a_reason() {
         service(&resolution, "headless").service_type,
         ServiceType::Headless
     );
-    assert_eq!(service(&resolution, "headless").cluster_ip, None);
+    assert_eq!(service(&resolution, "headless").cluster_ip(), None);
     assert!(reason("headless").contains("headless"));
     assert_eq!(
         service(&resolution, "external").service_type,
@@ -445,7 +447,7 @@ fn skipped_services_are_listed_with_a_reason() {
     );
     assert!(reason("external").contains("ExternalName"));
     assert!(reason("other-proxy").contains("service-proxy-name=cilium"));
-    assert!(service(&resolution, "other-proxy").cluster_ip.is_some());
+    assert!(service(&resolution, "other-proxy").cluster_ip().is_some());
     assert!(reason("dns-only").contains("service.kubernetes.io/headless"));
     assert_eq!(service(&resolution, "plain").skip_reason, None);
 }
@@ -501,12 +503,12 @@ fn allocations_are_stable_across_a_restart_and_freed_when_services_go() {
         ),
     );
     write(&manifests, "b.yaml", &svc("b", "", "    - port: 80\n"));
-    let cidr = ManifestOptions::default().service_cidr;
+    let cidr = ManifestOptions::default().service_cidrs;
 
     let run = || {
         let mut store = ManifestStore::default();
         store.load_dir(&manifests).unwrap();
-        let mut allocator = Allocator::open(&state, cidr).unwrap();
+        let mut allocator = Allocator::open(&state, cidr.clone()).unwrap();
         let resolution = store.desired_state(&mut allocator);
         assert!(!allocator.is_dirty(), "saved");
         resolution
@@ -514,10 +516,10 @@ fn allocations_are_stable_across_a_restart_and_freed_when_services_go() {
     let first = run();
     assert!(state.exists());
     let a = service(&first, "a");
-    assert!(a.cluster_ip.is_some());
+    assert!(a.cluster_ip().is_some());
     assert!(a.ports.iter().all(|p| p.node_port.is_some()));
     assert_ne!(a.ports[0].node_port, a.ports[1].node_port);
-    assert_ne!(a.cluster_ip, service(&first, "b").cluster_ip);
+    assert_ne!(a.cluster_ip(), service(&first, "b").cluster_ip());
 
     // A restart (new store, allocator reopened from the file) gives the same answers, even
     // with a newcomer whose hash might have wanted the same addresses.
@@ -545,9 +547,9 @@ fn explicit_claims_win_over_allocations() {
     write(dir.path(), "a.yaml", &svc("a", "", "    - port: 80\n"));
     let mut store = ManifestStore::default();
     store.load_dir(dir.path()).unwrap();
-    let mut allocator = Allocator::in_memory(ManifestOptions::default().service_cidr);
+    let mut allocator = Allocator::in_memory(ManifestOptions::default().service_cidrs);
     let first = store.desired_state(&mut allocator);
-    let taken = service(&first, "a").cluster_ip.unwrap();
+    let taken = service(&first, "a").cluster_ip().unwrap();
 
     // A new manifest claims a's allocated address: it gets it, and a moves.
     write(
@@ -557,8 +559,8 @@ fn explicit_claims_win_over_allocations() {
     );
     store.load_dir(dir.path()).unwrap();
     let second = store.desired_state(&mut allocator);
-    assert_eq!(service(&second, "b").cluster_ip, Some(taken));
-    let moved = service(&second, "a").cluster_ip.unwrap();
+    assert_eq!(service(&second, "b").cluster_ip(), Some(taken));
+    let moved = service(&second, "a").cluster_ip().unwrap();
     assert_ne!(moved, taken);
     assert!(only(&second.problems, Severity::Note)[0].contains("now claimed by a manifest"));
 }

@@ -6,7 +6,7 @@ use super::{name, service, svc, write};
 use crate::source::manifest::{Allocator, ManifestOptions, ManifestStore, is_manifest_file};
 
 fn ports(store: &ManifestStore, service_name: &str) -> Option<Vec<u16>> {
-    let mut allocator = Allocator::in_memory(ManifestOptions::default().service_cidr);
+    let mut allocator = Allocator::in_memory(ManifestOptions::default().service_cidrs);
     let resolution = store.desired_state(&mut allocator);
     resolution
         .state
@@ -195,5 +195,5 @@ fn the_resolved_state_of_a_store_is_deterministic() {
         .map(|n| n.name.as_str())
         .collect();
     assert_eq!(names, ["a", "m", "z"]);
-    assert!(service(&first, "a").cluster_ip.is_some());
+    assert!(service(&first, "a").cluster_ip().is_some());
 }

@@ -1,12 +1,17 @@
 //! Checks of discovery.k8s.io/v1 EndpointSlice and v1 Endpoints.
 
-use std::{net::IpAddr, time::SystemTime};
+use std::time::SystemTime;
 
 use super::{NameRule, check_meta, check_port, endpoint_protocol, parse_ip, require_port};
-use crate::source::manifest::{
-    error::Problems,
-    k8s::{self, EndpointPort},
-    object::{AddressDef, EndpointPortDef, EndpointsDef, SliceDef, SliceEndpointDef, SubsetDef},
+use crate::{
+    model::IpFamily,
+    source::manifest::{
+        error::Problems,
+        k8s::{self, EndpointPort},
+        object::{
+            AddressDef, EndpointPortDef, EndpointsDef, SliceDef, SliceEndpointDef, SubsetDef,
+        },
+    },
 };
 
 /// The label that ties an EndpointSlice to its Service.
@@ -25,29 +30,30 @@ pub(crate) fn check_slice(raw: &k8s::EndpointSlice, p: &mut Problems) -> Option<
              label with the Service's name",
         );
     }
-    let ipv4 = match raw.address_type.as_deref() {
-        Some("IPv4") => true,
-        Some(other @ ("IPv6" | "FQDN")) => {
+    let family = match raw.address_type.as_deref() {
+        Some("IPv4") => Some(IpFamily::V4),
+        Some("IPv6") => Some(IpFamily::V6),
+        Some("FQDN") => {
             p.note(
                 "addressType",
-                format!("{other} slices are not programmed (sluice serves IPv4): skipped"),
+                "FQDN slices are not programmed (kube-proxy ignores them too): skipped",
             );
-            false
+            None
         }
         Some(other) => {
             p.error(
                 "addressType",
                 format!("expected IPv4, IPv6 or FQDN, got {other:?}"),
             );
-            false
+            None
         }
         None => {
-            p.error("addressType", "is missing: set it to IPv4");
-            false
+            p.error("addressType", "is missing: set it to IPv4 or IPv6");
+            None
         }
     };
     let mut endpoints = Vec::new();
-    if ipv4 {
+    if let Some(family) = family {
         for (i, endpoint) in raw.endpoints.iter().enumerate() {
             if endpoint.addresses.is_empty() {
                 p.error(
@@ -61,19 +67,19 @@ pub(crate) fn check_slice(raw: &k8s::EndpointSlice, p: &mut Problems) -> Option<
                 .enumerate()
                 .filter_map(|(j, address)| {
                     let field = format!("endpoints[{i}].addresses[{j}]");
-                    match parse_ip(address, &field, p)? {
-                        IpAddr::V4(ip) => Some(ip),
-                        IpAddr::V6(_) => {
-                            p.error(
-                                &field,
-                                format!(
-                                    "{address} is an IPv6 address in an IPv4 slice: move it to \
-                                     a slice with addressType IPv6"
-                                ),
-                            );
-                            None
-                        }
+                    let ip = parse_ip(address, &field, p)?;
+                    if IpFamily::of(ip) == family {
+                        return Some(ip);
                     }
+                    let other = IpFamily::of(ip);
+                    p.error(
+                        &field,
+                        format!(
+                            "{address} is an {other} address in an {family} slice: move it to \
+                             a slice with addressType {other}"
+                        ),
+                    );
+                    None
                 })
                 .collect();
             // Kubernetes' defaults: ready nil → true; serving nil → ready; terminating nil
@@ -98,7 +104,7 @@ pub(crate) fn check_slice(raw: &k8s::EndpointSlice, p: &mut Problems) -> Option<
         namespace,
         name,
         service,
-        ipv4,
+        family,
         endpoints,
         ports,
         trigger_time,
@@ -186,15 +192,11 @@ fn check_addresses(
             p.error(&field, "is missing: an address needs its ip");
             continue;
         };
-        match parse_ip(ip, &field, p) {
-            Some(IpAddr::V4(ip)) => defs.push(AddressDef {
+        if let Some(ip) = parse_ip(ip, &field, p) {
+            defs.push(AddressDef {
                 ip,
                 node_name: address.node_name.clone().filter(|n| !n.is_empty()),
-            }),
-            Some(IpAddr::V6(_)) => {
-                p.note(&field, "IPv6 endpoints are not programmed yet: skipped");
-            }
-            None => {}
+            });
         }
     }
     defs

@@ -2,6 +2,7 @@
 //! problem (not only the first) with its field path.
 
 mod endpoints;
+mod families;
 mod pod;
 mod service;
 

@@ -3,31 +3,18 @@
 use std::net::IpAddr;
 
 use super::{NameRule, check_meta, endpoint_protocol, is_port_name, parse_ip, require_port};
-use crate::source::manifest::{
-    error::Problems,
-    k8s,
-    object::{ContainerPortDef, PodDef},
+use crate::{
+    model::IpFamily,
+    source::manifest::{
+        error::Problems,
+        k8s,
+        object::{ContainerPortDef, PodDef},
+    },
 };
 
 pub(crate) fn check_pod(raw: &k8s::Pod, p: &mut Problems) -> Option<PodDef> {
     let meta = check_meta(&raw.metadata, NameRule::Subdomain, p);
-    let ip = match raw.status.pod_ip.as_deref() {
-        None | Some("") => {
-            p.warning(
-                "status.podIP",
-                "is missing: this pod serves no Service until it has an address",
-            );
-            None
-        }
-        Some(text) => match parse_ip(text, "status.podIP", p) {
-            Some(IpAddr::V4(ip)) => Some(ip),
-            Some(IpAddr::V6(_)) => {
-                p.note("status.podIP", "IPv6 pods are not programmed yet: skipped");
-                None
-            }
-            None => None,
-        },
-    };
+    let ips = check_pod_ips(&raw.status, p);
     let mut ports = Vec::new();
     for (i, container) in raw.spec.containers.iter().enumerate() {
         for (j, port) in container.ports.iter().enumerate() {
@@ -66,10 +53,60 @@ pub(crate) fn check_pod(raw: &k8s::Pod, p: &mut Problems) -> Option<PodDef> {
         name,
         labels: raw.metadata.labels.clone(),
         node_name: raw.spec.node_name.clone().filter(|n| !n.is_empty()),
-        ip,
+        ips,
         ready,
         terminating: raw.metadata.deletion_timestamp.is_some(),
         finished,
         ports,
     })
+}
+
+/// `status.podIPs` (at most one per family, the first equal to `podIP`), or `status.podIP`
+/// alone.
+fn check_pod_ips(status: &k8s::PodStatus, p: &mut Problems) -> Vec<IpAddr> {
+    let pod_ip = status.pod_ip.as_deref().filter(|ip| !ip.is_empty());
+    if status.pod_ips.is_empty() {
+        let Some(text) = pod_ip else {
+            p.warning(
+                "status.podIP",
+                "is missing: this pod serves no Service until it has an address",
+            );
+            return Vec::new();
+        };
+        return parse_ip(text, "status.podIP", p).into_iter().collect();
+    }
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for (i, entry) in status.pod_ips.iter().enumerate() {
+        let field = format!("status.podIPs[{i}].ip");
+        let Some(ip) = entry
+            .ip
+            .as_deref()
+            .and_then(|text| parse_ip(text, &field, p))
+        else {
+            continue;
+        };
+        if ips
+            .iter()
+            .any(|seen| IpFamily::of(*seen) == IpFamily::of(ip))
+        {
+            p.error(
+                &field,
+                format!(
+                    "a second {} address: a pod has at most one per family",
+                    IpFamily::of(ip)
+                ),
+            );
+            continue;
+        }
+        ips.push(ip);
+    }
+    if let (Some(text), Some(first)) = (pod_ip, ips.first())
+        && text.parse::<IpAddr>().ok() != Some(*first)
+    {
+        p.error(
+            "status.podIPs[0].ip",
+            format!("{first} differs from status.podIP {text}: make them equal"),
+        );
+    }
+    ips
 }

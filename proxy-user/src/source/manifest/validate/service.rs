@@ -2,19 +2,23 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
-use super::{NameRule, check_meta, check_port, is_dns1123_label, is_port_name, parse_ip};
+use super::{
+    NameRule, check_meta, check_port,
+    families::{FamilyPolicy, FamilyRequest, decide},
+    is_dns1123_label, is_port_name, parse_ip,
+};
 use crate::{
-    model::{Protocol, ServiceName, TrafficPolicy},
+    model::{IpFamily, Protocol, ServiceName, TrafficPolicy},
     source::manifest::{
-        ManifestOptions,
+        ManifestOptions, ServiceCidrs,
         error::Problems,
         k8s::{
             self, IntOrString, Integer, PortProtocol, ServiceSpecType, SessionAffinity,
             TrafficPolicySpec,
         },
-        object::{ClusterIp, PortDef, ServiceDef, TargetPort},
+        object::{ClusterIps, PortDef, ServiceDef, TargetPort},
     },
 };
 
@@ -32,22 +36,23 @@ pub(crate) fn check_service(
     let meta = check_meta(&raw.metadata, NameRule::Label1035, p);
     let spec = &raw.spec;
     let spec_type = spec.type_.unwrap_or_default();
-    let cluster_ip = check_cluster_ip(spec, spec_type, options.service_cidr, p);
-    let ports = check_ports(spec, spec_type, cluster_ip, p);
+    let cluster_ips = check_cluster_ips(spec, spec_type, &options.service_cidrs, p);
+    let ports = check_ports(spec, spec_type, cluster_ips.headless, p);
+    let families = &cluster_ips.families;
     let external_ips = spec
         .external_ips
         .iter()
         .enumerate()
-        .filter_map(|(i, ip)| ipv4_or_note(ip, &format!("spec.externalIPs[{i}]"), p))
+        .filter_map(|(i, ip)| of_families(ip, families, &format!("spec.externalIPs[{i}]"), p))
         .collect();
     let mut load_balancer_ips = Vec::new();
     if let Some(ip) = spec.load_balancer_ip.as_deref().filter(|ip| !ip.is_empty()) {
-        load_balancer_ips.extend(ipv4_or_note(ip, "spec.loadBalancerIP", p));
+        load_balancer_ips.extend(of_families(ip, families, "spec.loadBalancerIP", p));
     }
     for (i, ingress) in raw.status.load_balancer.ingress.iter().enumerate() {
         if let Some(ip) = ingress.ip.as_deref().filter(|ip| !ip.is_empty()) {
             let field = format!("status.loadBalancer.ingress[{i}].ip");
-            load_balancer_ips.extend(ipv4_or_note(ip, &field, p));
+            load_balancer_ips.extend(of_families(ip, families, &field, p));
         }
     }
     if spec_type != ServiceSpecType::LoadBalancer {
@@ -84,7 +89,7 @@ pub(crate) fn check_service(
         name: ServiceName { namespace, name },
         labels: raw.metadata.labels.clone(),
         spec_type,
-        cluster_ip,
+        cluster_ips,
         ports,
         selector: spec.selector.clone().unwrap_or_default(),
         external_ips,
@@ -145,91 +150,164 @@ fn traffic_policy(policy: Option<TrafficPolicySpec>) -> TrafficPolicy {
     }
 }
 
-fn check_cluster_ip(
+/// `spec.clusterIP(s)`, `spec.ipFamilies` and `spec.ipFamilyPolicy`: the families the Service
+/// gets on this cluster (`families::decide`) and the address given for each.
+fn check_cluster_ips(
     spec: &k8s::ServiceSpec,
     spec_type: ServiceSpecType,
-    service_cidr: Ipv4Net,
+    cidrs: &ServiceCidrs,
     p: &mut Problems,
-) -> ClusterIp {
-    let (text, field) = match (spec.cluster_ip.as_deref(), spec.cluster_ips.first()) {
-        (Some(ip), Some(first)) if !ip.is_empty() && ip != first => {
-            p.error(
-                "spec.clusterIPs[0]",
-                format!(
-                    "{first:?} differs from spec.clusterIP {ip:?}: make them equal or drop one"
-                ),
-            );
-            return ClusterIp::Allocate;
-        }
-        (Some(ip), _) if !ip.is_empty() => (ip, "spec.clusterIP"),
-        (_, Some(first)) => (first.as_str(), "spec.clusterIPs[0]"),
-        _ => ("", "spec.clusterIP"),
-    };
-    for (i, ip) in spec.cluster_ips.iter().enumerate().skip(1) {
-        if ip != "None" {
-            parse_ip(ip, &format!("spec.clusterIPs[{i}]"), p);
-        }
+) -> ClusterIps {
+    let cluster_ip = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty());
+    if let (Some(ip), Some(first)) = (cluster_ip, spec.cluster_ips.first())
+        && ip != first
+    {
+        p.error(
+            "spec.clusterIPs[0]",
+            format!("{first:?} differs from spec.clusterIP {ip:?}: make them equal or drop one"),
+        );
+        return ClusterIps::default();
     }
+    // (text, field) of every address given.
+    let texts: Vec<(&str, String)> = if spec.cluster_ips.is_empty() {
+        cluster_ip
+            .map(|ip| (ip, "spec.clusterIP".to_owned()))
+            .into_iter()
+            .collect()
+    } else {
+        spec.cluster_ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| (ip.as_str(), format!("spec.clusterIPs[{i}]")))
+            .collect()
+    };
     if spec_type == ServiceSpecType::ExternalName {
-        if !text.is_empty() && text != "None" {
+        if let Some((text, field)) = texts.first()
+            && *text != "None"
+        {
             p.warning(field, "is ignored for type ExternalName");
         }
-        return ClusterIp::Allocate;
+        return ClusterIps::default();
     }
-    match text {
-        "" => ClusterIp::Allocate,
-        "None" => {
-            if matches!(
-                spec_type,
-                ServiceSpecType::NodePort | ServiceSpecType::LoadBalancer
-            ) {
-                p.error(
-                    field,
-                    format!(
-                        "a headless Service (clusterIP: None) cannot be of type {spec_type:?}: \
-                         drop clusterIP or use type ClusterIP"
-                    ),
-                );
-            }
-            ClusterIp::Headless
+    let headless = texts.first().is_some_and(|(text, _)| *text == "None");
+    if headless {
+        check_headless(&texts, spec_type, p);
+    }
+    let mut given = Vec::new();
+    let mut ok = true;
+    for (text, field) in texts.iter().filter(|_| !headless) {
+        if let Ok(ip) = text.parse::<IpAddr>() {
+            given.push(ip);
+        } else {
+            ok = false;
+            p.error(
+                field,
+                format!(
+                    "expected an IP address, \"None\" (headless) or nothing (allocate one), got \
+                     {text:?}"
+                ),
+            );
         }
-        text => match text.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) if service_cidr.contains(&ip) => ClusterIp::V4(ip),
-            Ok(IpAddr::V4(ip)) => {
-                p.error(
-                    field,
-                    format!(
-                        "{ip} is outside the service CIDR {service_cidr}: use an address inside \
-                         it, or leave clusterIP out to have one allocated"
-                    ),
-                );
-                ClusterIp::Allocate
-            }
-            Ok(IpAddr::V6(ip)) => ClusterIp::V6(ip),
-            Err(_) => {
-                p.error(
-                    field,
-                    format!(
-                        "expected an IP address, \"None\" (headless) or nothing (allocate one), \
-                         got {text:?}"
-                    ),
-                );
-                ClusterIp::Allocate
-            }
-        },
     }
+    let requested = FamilyRequest {
+        policy: check_policy(spec.ip_family_policy.as_deref(), p),
+        families: check_families(&spec.ip_families, p),
+        cluster_ips: given.clone(),
+        headless_selectorless: headless && spec.selector.as_ref().is_none_or(BTreeMap::is_empty),
+    };
+    if !ok || p.has_errors() {
+        return ClusterIps::default();
+    }
+    let families = match decide(&cidrs.families(), &requested) {
+        Ok(families) => families,
+        Err(err) => {
+            p.error(&err.field, err.message);
+            return ClusterIps::default();
+        }
+    };
+    let mut given: Vec<Option<IpAddr>> = given.into_iter().map(Some).collect();
+    given.resize(if headless { 0 } else { families.len() }, None);
+    for (ip, (_, field)) in given.iter().flatten().zip(&texts) {
+        let cidr = cidrs.of(IpFamily::of(*ip));
+        if let Some(cidr) = cidr.filter(|cidr| !cidr.contains(ip)) {
+            p.error(
+                field,
+                format!(
+                    "{ip} is outside the service CIDR {cidr}: use an address inside it, or \
+                     leave it out to have one allocated"
+                ),
+            );
+        }
+    }
+    ClusterIps {
+        headless,
+        families,
+        given,
+    }
+}
+
+/// A headless Service is of type ClusterIP and has no other cluster IP.
+fn check_headless(texts: &[(&str, String)], spec_type: ServiceSpecType, p: &mut Problems) {
+    if matches!(
+        spec_type,
+        ServiceSpecType::NodePort | ServiceSpecType::LoadBalancer
+    ) {
+        p.error(
+            &texts[0].1,
+            format!(
+                "a headless Service (clusterIP: None) cannot be of type {spec_type:?}: drop \
+                 clusterIP or use type ClusterIP"
+            ),
+        );
+    }
+    if let Some((_, field)) = texts.get(1) {
+        p.error(
+            field,
+            "a headless Service (clusterIPs[0]: None) has no other cluster IP: remove it",
+        );
+    }
+}
+
+fn check_policy(text: Option<&str>, p: &mut Problems) -> Option<FamilyPolicy> {
+    Some(match text? {
+        "SingleStack" => FamilyPolicy::SingleStack,
+        "PreferDualStack" => FamilyPolicy::PreferDualStack,
+        "RequireDualStack" => FamilyPolicy::RequireDualStack,
+        other => {
+            p.error(
+                "spec.ipFamilyPolicy",
+                format!("expected SingleStack, PreferDualStack or RequireDualStack, got {other:?}"),
+            );
+            return None;
+        }
+    })
+}
+
+fn check_families(texts: &[String], p: &mut Problems) -> Vec<IpFamily> {
+    texts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, text)| match text.as_str() {
+            "IPv4" => Some(IpFamily::V4),
+            "IPv6" => Some(IpFamily::V6),
+            other => {
+                p.error(
+                    &format!("spec.ipFamilies[{i}]"),
+                    format!("expected IPv4 or IPv6, got {other:?}"),
+                );
+                None
+            }
+        })
+        .collect()
 }
 
 fn check_ports(
     spec: &k8s::ServiceSpec,
     spec_type: ServiceSpecType,
-    cluster_ip: ClusterIp,
+    headless: bool,
     p: &mut Problems,
 ) -> Vec<PortDef> {
-    if spec.ports.is_empty()
-        && spec_type != ServiceSpecType::ExternalName
-        && cluster_ip != ClusterIp::Headless
-    {
+    if spec.ports.is_empty() && spec_type != ServiceSpecType::ExternalName && !headless {
         p.error(
             "spec.ports",
             "is empty: a Service needs at least one port (only headless and ExternalName \
@@ -409,30 +487,28 @@ fn check_affinity(spec: &k8s::ServiceSpec, p: &mut Problems) -> Option<u32> {
     }
 }
 
-/// An IPv4 address; IPv6 ones are skipped with a note (sluice programs IPv4 only).
-fn ipv4_or_note(text: &str, field: &str, p: &mut Problems) -> Option<std::net::Ipv4Addr> {
-    match parse_ip(text, field, p)? {
-        IpAddr::V4(ip) => Some(ip),
-        IpAddr::V6(_) => {
-            p.note(field, "IPv6 addresses are not programmed yet: skipped");
-            None
-        }
+/// An address of one of the Service's families; one of another family is dropped with a note,
+/// as kube-proxy serves a Service in its own families only.
+fn of_families(text: &str, families: &[IpFamily], field: &str, p: &mut Problems) -> Option<IpAddr> {
+    let ip = parse_ip(text, field, p)?;
+    let family = IpFamily::of(ip);
+    if families.is_empty() || families.contains(&family) {
+        return Some(ip);
     }
+    p.note(
+        field,
+        format!("{ip} is not served: the Service has no {family} cluster IP (spec.ipFamilies)"),
+    );
+    None
 }
 
-fn source_range(text: &str, field: &str, p: &mut Problems) -> Option<Ipv4Net> {
-    match text.trim().parse::<IpNet>() {
-        Ok(IpNet::V4(net)) => Some(net.trunc()),
-        Ok(IpNet::V6(_)) => {
-            p.note(field, "IPv6 ranges are not programmed yet: skipped");
-            None
-        }
-        Err(_) => {
-            p.error(
-                field,
-                format!("expected a CIDR like 203.0.113.0/24, got {text:?}"),
-            );
-            None
-        }
-    }
+fn source_range(text: &str, field: &str, p: &mut Problems) -> Option<IpNet> {
+    let Ok(net) = text.trim().parse::<IpNet>() else {
+        p.error(
+            field,
+            format!("expected a CIDR like 203.0.113.0/24 or 2001:db8::/64, got {text:?}"),
+        );
+        return None;
+    };
+    Some(net.trunc())
 }
