@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    cmd::{run, target_dir},
+    cmd::{run, target_dir, without_cargo_run_env},
     toolchain::{self, Toolchains},
 };
 
@@ -63,7 +63,9 @@ pub fn build(root: &Path) -> Result<PathBuf> {
     toolchain::ensure_nightly(&toolchains)?;
     // The same packages as this tree's `cargo xtask test` build, so the features of every
     // dependency, hence the seeded artifacts, are the same.
-    run(Command::new("cargo")
+    let mut cargo = Command::new("cargo");
+    without_cargo_run_env(&mut cargo);
+    run(cargo
         .current_dir(&src)
         .env("RUSTUP_TOOLCHAIN", &toolchains.stable)
         .env("CARGO_TARGET_DIR", &target)
