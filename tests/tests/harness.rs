@@ -522,6 +522,21 @@ fn daemon_plumbing_with_a_fake_sluice() {
     let services = daemon.services_json();
     let args = services[0]["args"].as_str().unwrap();
     assert!(args.starts_with("services -o json --pin-dir "), "{args}");
+    // Dual stack adds the node's IPv6 address and the IPv6 Service CIDR.
+    let dual = config.clone().dual_stack(&cluster);
+    let tail: Vec<&std::ffi::OsStr> = dual.args[config.args.len()..]
+        .iter()
+        .map(std::ffi::OsString::as_os_str)
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            "--node-ip",
+            "fd00:18::12",
+            "--service-cidr",
+            "fd00:19::/108"
+        ]
+    );
 
     let first = daemon.pid().unwrap();
     daemon.restart();
