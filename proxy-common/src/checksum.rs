@@ -209,8 +209,8 @@ mod tests {
 
     fn addr6(octets: [u8; 16]) -> [u32; 4] {
         let mut words = [0; 4];
-        for (word, chunk) in words.iter_mut().zip(octets.chunks_exact(4)) {
-            *word = u32::from_ne_bytes(chunk.try_into().unwrap());
+        for (word, chunk) in words.iter_mut().zip(octets.as_chunks::<4>().0) {
+            *word = u32::from_ne_bytes(*chunk);
         }
         words
     }
@@ -244,7 +244,11 @@ mod tests {
             let new = addr6(new);
             let updated = update_addr6(check, &old, &new);
             let expected = finish(pseudo_header6(&new, &old, 17, 6) + accumulate(0, &data));
-            assert_eq!(fold(u64::from(updated)), fold(u64::from(expected)), "{new:x?}");
+            assert_eq!(
+                fold(u64::from(updated)),
+                fold(u64::from(expected)),
+                "{new:x?}"
+            );
         }
     }
 

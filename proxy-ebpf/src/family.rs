@@ -315,7 +315,7 @@ impl Family for V6 {
     #[inline(always)]
     fn log_ip(addr: &Addr6) -> [u8; 16] {
         let mut octets = [0; 16];
-        for (chunk, word) in octets.chunks_exact_mut(4).zip(addr) {
+        for (chunk, word) in octets.as_chunks_mut::<4>().0.iter_mut().zip(addr) {
             chunk.copy_from_slice(&word.to_ne_bytes());
         }
         octets

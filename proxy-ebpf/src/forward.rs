@@ -42,7 +42,11 @@ pub fn forward<F: Family>(
 
 /// Sends a packet this node made (a reset, an ICMP error) like [`forward`], TTL untouched.
 #[inline(always)]
-pub fn send<F: Family>(ctx: &XdpContext, tuple: &Tuple<F::Addr>, tot_len: u16) -> Result<u32, Error> {
+pub fn send<F: Family>(
+    ctx: &XdpContext,
+    tuple: &Tuple<F::Addr>,
+    tot_len: u16,
+) -> Result<u32, Error> {
     route::<F>(ctx, tuple, tot_len, false)
 }
 

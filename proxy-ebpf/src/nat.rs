@@ -329,7 +329,14 @@ mod tests {
         use crate::family::V6;
         let client = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64];
         let service = [0xfd, 0, 0, 0, 0, 0, 0, 0x19, 0, 0, 0, 0, 0, 0, 0, 0x0a];
-        let mut frame = ipv6(IPPROTO_UDP, IPPROTO_UDP, client, service, &[], &udp(1, 53, b"ab"));
+        let mut frame = ipv6(
+            IPPROTO_UDP,
+            IPPROTO_UDP,
+            client,
+            service,
+            &[],
+            &udp(1, 53, b"ab"),
+        );
         let (data, end) = frame.data_mut();
         let pkt = crate::packet::parse_v6(data, end).expect("parses");
         // Choose the new destination port so that the new checksum is exactly 0 (0xffff

@@ -448,8 +448,8 @@ pub mod frames {
     /// The words of an IPv6 address as the maps and the parser hold them.
     pub fn addr6(octets: [u8; 16]) -> [u32; 4] {
         let mut words = [0; 4];
-        for (word, chunk) in words.iter_mut().zip(octets.chunks_exact(4)) {
-            *word = u32::from_ne_bytes(chunk.try_into().expect("4 bytes"));
+        for (word, chunk) in words.iter_mut().zip(octets.as_chunks::<4>().0) {
+            *word = u32::from_ne_bytes(*chunk);
         }
         words
     }
@@ -486,8 +486,7 @@ pub mod frames {
         b[l4_at..l4_at + l4.len()].copy_from_slice(l4);
         frame.len = l4_at + l4.len();
         let at = l4_at + if proto == IPPROTO_TCP { 16 } else { 6 };
-        let pseudo =
-            checksum::pseudo_header6(&addr6(src), &addr6(dst), proto, l4.len() as u32);
+        let pseudo = checksum::pseudo_header6(&addr6(src), &addr6(dst), proto, l4.len() as u32);
         let sum = checksum::finish(checksum::accumulate(pseudo, &frame.bytes[l4_at..frame.len]));
         frame.bytes[at..at + 2].copy_from_slice(&checksum::udp_wire(sum).to_ne_bytes());
         frame
@@ -496,9 +495,8 @@ pub mod frames {
     impl Frame {
         /// Whether the `proto` checksum of an IPv6 frame whose L4 header is at `l4` verifies.
         pub fn checksum6_holds(&self, l4: usize, proto: u8) -> bool {
-            let word = |at: usize| -> [u8; 16] {
-                self.bytes[at..at + 16].try_into().expect("16 bytes")
-            };
+            let word =
+                |at: usize| -> [u8; 16] { self.bytes[at..at + 16].try_into().expect("16 bytes") };
             let segment = &self.bytes[l4..self.len];
             let pseudo = checksum::pseudo_header6(
                 &addr6(word(ETH_HLEN + 8)),
@@ -628,7 +626,7 @@ mod tests {
     const HOPOPTS: u8 = 0;
     const DSTOPTS: u8 = 60;
 
-    /// An extension header of 8 bytes (PadN options) whose next header is `next`.
+    /// An extension header of 8 bytes (`PadN` options) whose next header is `next`.
     fn ext(next: u8) -> [u8; 8] {
         [next, 0, 1, 4, 0, 0, 0, 0]
     }
@@ -657,7 +655,14 @@ mod tests {
         let mut chain = Vec::new();
         chain.extend_from_slice(&ext(DSTOPTS));
         chain.extend_from_slice(&ext(IPPROTO_UDP));
-        let frame = ipv6(HOPOPTS, IPPROTO_UDP, CLIENT6, SERVICE6, &chain, &udp(5353, 53, b"q"));
+        let frame = ipv6(
+            HOPOPTS,
+            IPPROTO_UDP,
+            CLIENT6,
+            SERVICE6,
+            &chain,
+            &udp(5353, 53, b"q"),
+        );
         let pkt = parsed6(&frame).expect("parses");
         assert_eq!((pkt.l4, pkt.ihl), (54 + 16, 56));
         assert_eq!(pkt.tuple.proto, IPPROTO_UDP);
@@ -667,7 +672,14 @@ mod tests {
         let mut long = vec![51, 2, 0, 0, 0, 0, 0, 0];
         long.extend_from_slice(&[0; 16]);
         long.extend_from_slice(&[IPPROTO_TCP, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        let frame = ipv6(43, IPPROTO_TCP, CLIENT6, SERVICE6, &long, &tcp(1, 2, 0, &[]));
+        let frame = ipv6(
+            43,
+            IPPROTO_TCP,
+            CLIENT6,
+            SERVICE6,
+            &long,
+            &tcp(1, 2, 0, &[]),
+        );
         assert_eq!(parsed6(&frame).map(|pkt| pkt.ihl), Ok(40 + 24 + 12));
 
         let mut five = Vec::new();
@@ -675,7 +687,14 @@ mod tests {
             five.extend_from_slice(&ext(DSTOPTS));
         }
         five.extend_from_slice(&ext(IPPROTO_TCP));
-        let frame = ipv6(HOPOPTS, IPPROTO_TCP, CLIENT6, SERVICE6, &five, &tcp(1, 2, 0, &[]));
+        let frame = ipv6(
+            HOPOPTS,
+            IPPROTO_TCP,
+            CLIENT6,
+            SERVICE6,
+            &five,
+            &tcp(1, 2, 0, &[]),
+        );
         assert_eq!(parsed6(&frame).err(), Some(Error::ExtensionHeaders));
     }
 
@@ -692,11 +711,29 @@ mod tests {
         let no_next = ipv6(HOPOPTS, 59, CLIENT6, SERVICE6, &ext(59), &[]);
         assert_eq!(parsed6(&no_next).err(), Some(Error::NotTcpUdp));
 
-        let whole = ipv6(HOPOPTS, IPPROTO_TCP, CLIENT6, SERVICE6, &ext(IPPROTO_TCP), &segment);
+        let whole = ipv6(
+            HOPOPTS,
+            IPPROTO_TCP,
+            CLIENT6,
+            SERVICE6,
+            &ext(IPPROTO_TCP),
+            &segment,
+        );
         for len in [ETH_HLEN, ETH_HLEN + 39, ETH_HLEN + 41, ETH_HLEN + 48 + 19] {
-            let mut truncated = ipv6(HOPOPTS, IPPROTO_TCP, CLIENT6, SERVICE6, &ext(IPPROTO_TCP), &segment);
+            let mut truncated = ipv6(
+                HOPOPTS,
+                IPPROTO_TCP,
+                CLIENT6,
+                SERVICE6,
+                &ext(IPPROTO_TCP),
+                &segment,
+            );
             truncated.len = len;
-            assert_eq!(parsed6(&truncated).err(), Some(Error::Truncated), "{len} bytes");
+            assert_eq!(
+                parsed6(&truncated).err(),
+                Some(Error::Truncated),
+                "{len} bytes"
+            );
         }
         assert!(parsed6(&whole).is_ok());
 
@@ -706,7 +743,14 @@ mod tests {
         let mut jumbo = ipv6(IPPROTO_TCP, IPPROTO_TCP, CLIENT6, SERVICE6, &[], &segment);
         jumbo.bytes[ETH_HLEN + 4..ETH_HLEN + 6].copy_from_slice(&[0, 0]);
         assert_eq!(parsed6(&jumbo).err(), Some(Error::Malformed));
-        let mut unchecked = ipv6(IPPROTO_UDP, IPPROTO_UDP, CLIENT6, SERVICE6, &[], &udp(1, 53, b"q"));
+        let mut unchecked = ipv6(
+            IPPROTO_UDP,
+            IPPROTO_UDP,
+            CLIENT6,
+            SERVICE6,
+            &[],
+            &udp(1, 53, b"q"),
+        );
         unchecked.bytes[54 + 6..54 + 8].copy_from_slice(&[0, 0]);
         assert_eq!(parsed6(&unchecked).err(), Some(Error::Malformed));
     }

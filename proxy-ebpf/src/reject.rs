@@ -232,8 +232,7 @@ pub fn tcp_reset6(ctx: &XdpContext, pkt: &Packet<Addr6>) -> Result<u32, Error> {
     tcp_out.set_doff((TCP_HLEN / 4) as u16);
     tcp_out.set_rst(1);
     tcp_out.set_ack(u16::from(ack));
-    let sum =
-        checksum::pseudo_header6(&reply.saddr, &reply.daddr, IPPROTO_TCP, TCP_HLEN as u32);
+    let sum = checksum::pseudo_header6(&reply.saddr, &reply.daddr, IPPROTO_TCP, TCP_HLEN as u32);
     tcp_out.check = checksum::finish(checksum::accumulate(sum, bytes_of(&tcp_out))).to_ne_bytes();
 
     // SAFETY: ptr_at checked all three headers lie inside the packet; the inputs were copied.

@@ -165,9 +165,7 @@ fn try_xdp_ingress<F: Family>(ctx: &XdpContext) -> Result<u32, Error> {
         let reply = entry.get();
         // A stale entry (closed flow, the SNAT tuple reused by a node process) is deleted and
         // the packet is not a reply of ours.
-        if reply.flags & CT_F_SNAT != 0
-            && conntrack::reply_belongs::<F>(&pkt, &reply_key, &reply)
-        {
+        if reply.flags & CT_F_SNAT != 0 && conntrack::reply_belongs::<F>(&pkt, &reply_key, &reply) {
             conntrack::touch(entry, &pkt, now);
             counters::traffic(
                 reply.service_id,

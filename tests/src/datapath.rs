@@ -2,10 +2,10 @@
 //! veth topology, run on crafted frames through `BPF_PROG_TEST_RUN`, checked Katran-style
 //! ({description, input, expected verdict, expected output}).
 //!
-//! Topology: the node interface `sl0` (`NODE_MAC`, 198.18.0.1/24, fd00:18::1/64) with its veth
-//! peer `sl1` (`PEER_MAC`), and a second link `sl2` (198.18.2.1/24, fd00:18:2::1/64). The client
-//! and two next hops are permanent neighbours in both families, so every FIB lookup has one
-//! answer. IPv6 is on only on `sl0` and `sl2`, without autoconfiguration.
+//! Topology: the node interface `sl0` (`NODE_MAC`, 198.18.0.1/24, `fd00:18::1/64`) with its
+//! veth peer `sl1` (`PEER_MAC`), and a second link `sl2` (198.18.2.1/24, `fd00:18:2::1/64`).
+//! The client and two next hops are permanent neighbours in both families, so every FIB lookup
+//! has one answer. IPv6 is on only on `sl0` and `sl2`, without autoconfiguration.
 
 use std::{
     ffi::CString,
@@ -19,9 +19,9 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, TestRun, TestRunAttrs, TestRunOptions, Xdp, tc},
 };
 use proxy_common::{
-    Addr6, Backend, Backend6, CONFIG_F_COUNTERS, Config, Config6, CtEntry, CtEntry6, CtKey,
-    CtKey6, NODE_ADDR_F_PRIMARY, NodeAddr, SVC_F_EXTERNAL, SVC_SCOPE_DEFAULT, ServiceKey,
-    ServiceKey6, ServiceValue, SourceRange, SourceRange6, XDP_META_MAGIC, map_names,
+    Addr6, Backend, Backend6, CONFIG_F_COUNTERS, Config, Config6, CtEntry, CtEntry6, CtKey, CtKey6,
+    NODE_ADDR_F_PRIMARY, NodeAddr, SVC_F_EXTERNAL, SVC_SCOPE_DEFAULT, ServiceKey, ServiceKey6,
+    ServiceValue, SourceRange, SourceRange6, XDP_META_MAGIC, map_names,
     net::ip6_to_net,
     program_names,
     stats::{DropReason, PassReason},
@@ -53,7 +53,7 @@ pub const NEXT_HOP_MAC: Mac = [0x02, 0, 0, 0, 0, 0x20];
 pub const OTHER_LINK_IP: [u8; 4] = [198, 18, 2, 20];
 pub const OTHER_LINK_MAC: Mac = [0x02, 0, 0, 0, 0, 0x22];
 
-/// The same places in IPv6 (fd00::/8).
+/// The same places in IPv6 (`fd00::/8`).
 pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 1);
 pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 0x100);
 pub const NEXT_HOP_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 0x20);
@@ -287,7 +287,9 @@ impl Datapath {
             flags,
             _pad: 0,
         };
-        backends.insert(&id, &backend, 0).expect("write BACKEND6_V1");
+        backends
+            .insert(&id, &backend, 0)
+            .expect("write BACKEND6_V1");
     }
 
     /// Writes an IPv6 service the way the daemon must: backend slots first, then slot 0.

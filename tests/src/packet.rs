@@ -490,11 +490,14 @@ pub struct ExtHeader {
 }
 
 impl ExtHeader {
-    /// Hop-by-hop or destination options of `len` bytes in all (a multiple of 8), PadN.
+    /// Hop-by-hop or destination options of `len` bytes in all (a multiple of 8), `PadN`.
     pub fn options(kind: u8, len: usize) -> Self {
-        assert!(len >= 8 && len.is_multiple_of(8), "options header of {len} bytes");
+        assert!(
+            len >= 8 && len.is_multiple_of(8),
+            "options header of {len} bytes"
+        );
         let mut body = vec![0; len - 2];
-        body[0] = 1; // PadN
+        body[0] = 1; // `PadN`
         body[1] = u8::try_from(len - 4).expect("short options");
         Self { kind, body }
     }
@@ -793,6 +796,10 @@ impl Parsed6 {
 /// Parses an Ethernet + IPv6 (+ extension headers) + TCP/UDP/ICMPv6 frame and recomputes the
 /// L4 checksum from scratch; any mismatch, a UDP checksum of 0 or an inconsistent length is an
 /// error naming the field.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the headers in wire order, each checked where it is read"
+)]
 pub fn parse6(frame: &[u8]) -> Result<Parsed6, String> {
     if frame.len() < ETH_HLEN + IPV6_HLEN {
         return Err(format!("frame of {} bytes too short for IPv6", frame.len()));

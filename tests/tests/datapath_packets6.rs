@@ -134,7 +134,10 @@ fn cluster_ip_to_local_backend_is_dnated_and_replies_reverse_translated() {
 
     // The backend is random: learn it from the first run, then require the exact bytes.
     let run = dp.run(Program::Xdp, &syn.build());
-    assert_eq!(run.verdict, XDP_PASS, "local backend: the stack delivers it");
+    assert_eq!(
+        run.verdict, XDP_PASS,
+        "local backend: the stack delivers it"
+    );
     let backend = packet::parse6(&run.frame)
         .expect("valid translated frame")
         .destination();
@@ -148,7 +151,9 @@ fn cluster_ip_to_local_backend_is_dnated_and_replies_reverse_translated() {
         "only the destination changes (hop limit and flow label kept)"
     );
 
-    let forward = dp.conntrack6(forward_key(&syn)).expect("forward entry in CT6_V1");
+    let forward = dp
+        .conntrack6(forward_key(&syn))
+        .expect("forward entry in CT6_V1");
     assert_eq!(forward.flags, CT_F_LOCAL);
     assert_eq!(forward.tcp_state, TCP_STATE_SYN);
     assert_eq!(
@@ -367,8 +372,15 @@ fn remote_backend_is_snated_and_sent_back_out_with_xdp_tx() {
             .macs(NODE_MAC, NEXT_HOP_MAC)
             .build()
     };
-    assert_eq!(run.verdict, XDP_TX, "the backend is behind the ingress interface");
-    assert_eq!(run.frame, to_backend(&syn), "DNAT + SNAT + hop limit + MACs");
+    assert_eq!(
+        run.verdict, XDP_TX,
+        "the backend is behind the ingress interface"
+    );
+    assert_eq!(
+        run.frame,
+        to_backend(&syn),
+        "DNAT + SNAT + hop limit + MACs"
+    );
 
     let synack = packet::tcp6(backend, snat, tcp::SYN | tcp::ACK)
         .seq_ack(7000, 1001)
@@ -519,8 +531,12 @@ fn traffic_that_is_not_ours_passes_untouched() {
         .hop_limit(255)
         .payload(&CLIENT_IP6.octets());
     let echo = packet::icmp6(CLIENT_IP6, CLUSTER_IP, 128, 0, [0, 1, 0, 1]).payload(b"ping");
-    let unreachable =
-        packet::icmp6_unreachable(CLIENT_IP6, CLUSTER_IP, 4, &packet::udp6(service, client(1)).build());
+    let unreachable = packet::icmp6_unreachable(
+        CLIENT_IP6,
+        CLUSTER_IP,
+        4,
+        &packet::udp6(service, client(1)).build(),
+    );
     let mut five = packet::tcp6(client(40000), service, tcp::SYN);
     for _ in 0..5 {
         five = five.ext(ExtHeader::options(IPPROTO_DSTOPTS, 8));
@@ -559,10 +575,25 @@ fn traffic_that_is_not_ours_passes_untouched() {
             XDP_PASS,
             Expect::Unchanged,
         ),
-        Case::xdp("echo request to a service", echo.build(), XDP_PASS, Expect::Unchanged),
-        Case::xdp("an ICMPv6 error", unreachable.build(), XDP_PASS, Expect::Unchanged),
+        Case::xdp(
+            "echo request to a service",
+            echo.build(),
+            XDP_PASS,
+            Expect::Unchanged,
+        ),
+        Case::xdp(
+            "an ICMPv6 error",
+            unreachable.build(),
+            XDP_PASS,
+            Expect::Unchanged,
+        ),
         Case::xdp("ESP to a service", esp, XDP_PASS, Expect::Unchanged),
-        Case::xdp("an unknown next header", unknown, XDP_PASS, Expect::Unchanged),
+        Case::xdp(
+            "an unknown next header",
+            unknown,
+            XDP_PASS,
+            Expect::Unchanged,
+        ),
         Case::xdp(
             "TCP to an IPv6 address that is no service",
             packet::tcp6(client(40000), sock6(NODE_IP6, 22), tcp::SYN).build(),
@@ -593,8 +624,18 @@ fn traffic_that_is_not_ours_passes_untouched() {
             XDP_PASS,
             Expect::Unchanged,
         ),
-        Case::xdp("IP version 4 in an IPv6 frame", version4, XDP_PASS, Expect::Unchanged),
-        Case::xdp("payload length 0 (jumbogram)", jumbo, XDP_PASS, Expect::Unchanged),
+        Case::xdp(
+            "IP version 4 in an IPv6 frame",
+            version4,
+            XDP_PASS,
+            Expect::Unchanged,
+        ),
+        Case::xdp(
+            "payload length 0 (jumbogram)",
+            jumbo,
+            XDP_PASS,
+            Expect::Unchanged,
+        ),
         Case::xdp(
             "Ethernet header only",
             syn[..14].to_vec(),
@@ -621,7 +662,7 @@ fn traffic_that_is_not_ours_passes_untouched() {
         ),
         Case::xdp(
             "extension header cut before its length",
-            with_ext[..14 + 40 + 1].to_vec(),
+            with_ext[..=14 + 40].to_vec(),
             XDP_PASS,
             Expect::Unchanged,
         ),
@@ -633,7 +674,11 @@ fn traffic_that_is_not_ours_passes_untouched() {
         ),
     ];
     dp.check_all(&cases);
-    assert_eq!(dp.conntrack6_len(), 0, "nothing that is not ours is tracked");
+    assert_eq!(
+        dp.conntrack6_len(),
+        0,
+        "nothing that is not ours is tracked"
+    );
     assert_eq!(
         dp.passes(PassReason::Fragment),
         3,
@@ -688,7 +733,11 @@ fn service_without_endpoints_answers_rst_and_icmpv6_port_unreachable() {
             .build()
     };
     let quoted_big = unreachable(&big);
-    assert_eq!(quoted_big.len(), 14 + 1280, "the quote fills the minimum MTU");
+    assert_eq!(
+        quoted_big.len(),
+        14 + 1280,
+        "the quote fills the minimum MTU"
+    );
     dp.check_all(&[
         Case::xdp(
             "SYN: RST|ACK acknowledging the SYN",
@@ -776,7 +825,9 @@ fn session_affinity_keeps_an_ipv6_client_on_one_backend() {
     let first = packet::tcp6(client(41000), frontend, tcp::SYN);
     let run = dp.run(Program::Xdp, &first.build());
     assert_eq!(run.verdict, XDP_PASS);
-    let backend = packet::parse6(&run.frame).expect("valid frame").destination();
+    let backend = packet::parse6(&run.frame)
+        .expect("valid frame")
+        .destination();
     let key = AffinityKey6 {
         client: ip6_to_net(CLIENT_IP6),
         service_id: 211,
@@ -784,8 +835,14 @@ fn session_affinity_keeps_an_ipv6_client_on_one_backend() {
         _pad: [0; 3],
     };
     let affinity: HashMap<_, AffinityKey6, AffinityValue> = dp.hash_map(map_names::AFFINITY6);
-    let remembered = affinity.get(&key, 0).expect("AFFINITY6_V1 entry for the client");
-    let expected_id = if backend == addr(LOCAL_A) { LOCAL_A.0 } else { LOCAL_B.0 };
+    let remembered = affinity
+        .get(&key, 0)
+        .expect("AFFINITY6_V1 entry for the client");
+    let expected_id = if backend == addr(LOCAL_A) {
+        LOCAL_A.0
+    } else {
+        LOCAL_B.0
+    };
     assert_eq!(remembered.backend_id, expected_id);
     // Twenty more new flows from other ports: random choice would leave the backend with
     // probability 1 - 2^-20.
@@ -849,6 +906,9 @@ fn ipv6_entries_cost_more_than_ipv4_ones() {
         figures.push((v4, v6));
     }
     for (v4, v6) in figures {
-        assert!(v6 > v4, "an IPv6 entry ({v6} B) must cost more than an IPv4 one ({v4} B)");
+        assert!(
+            v6 > v4,
+            "an IPv6 entry ({v6} B) must cost more than an IPv4 one ({v4} B)"
+        );
     }
 }
