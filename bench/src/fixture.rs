@@ -2,7 +2,7 @@
 //! measured, inside a network namespace the bench created, and synthetic service tables
 //! written with batched updates.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -11,15 +11,16 @@ use aya::{
     programs::Xdp,
 };
 use proxy_common::{
-    BACKEND_F_LOCAL, Backend, CONFIG_F_COUNTERS, Config, NODE_ADDR_F_PRIMARY, NodeAddr,
-    SVC_F_EXTERNAL, SVC_F_NODEPORT, ServiceKey, ServiceValue, map_names, program_names,
-    stats::Traffic,
+    BACKEND_F_LOCAL, Backend, Backend6, CONFIG_F_COUNTERS, Config, NODE_ADDR_F_PRIMARY, NodeAddr,
+    SVC_F_EXTERNAL, SVC_F_NODEPORT, ServiceKey, ServiceKey6, ServiceValue, map_names,
+    net::ip6_to_net, program_names, stats::Traffic,
 };
 use proxy_tests::isolated_netns::IsolatedNetns;
 
 use crate::sys;
 
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 1);
 pub const NODE_PORT: u16 = 30080;
 pub const IPPROTO_TCP: u8 = 6;
 
@@ -254,6 +255,56 @@ impl Loaded {
         // Slots before heads, as the daemon orders them.
         sys::update_batch(fd, &keys, &values).context("write the service slots")?;
         sys::update_batch(fd, &heads.0, &heads.1).context("write the service heads")?;
+        Ok(())
+    }
+}
+
+impl Loaded {
+    /// Writes the IPv6 NodePort `[::]:30080` served on `NODE_IP6`, with `backends` (local) as
+    /// its endpoints under backend ids `first_id..`, as frontend `service_id`: the IPv6
+    /// counterpart of service 0 of [`Loaded::fill`].
+    pub fn fill6_nodeport(
+        &mut self,
+        backends: &[SocketAddrV6],
+        service_id: u32,
+        first_id: u32,
+    ) -> Result<()> {
+        let fd = sys::map_fd(&self.ebpf, map_names::NODE_ADDRS6)?;
+        let flags = NodeAddr {
+            flags: NODE_ADDR_F_PRIMARY,
+        };
+        sys::update_batch(fd, &[ip6_to_net(NODE_IP6)], &[flags])?;
+        let ids: Vec<u32> = (first_id..).take(backends.len()).collect();
+        let values: Vec<Backend6> = backends
+            .iter()
+            .map(|addr| Backend6 {
+                addr: ip6_to_net(*addr.ip()),
+                port: addr.port().to_be(),
+                flags: BACKEND_F_LOCAL,
+                _pad: 0,
+            })
+            .collect();
+        sys::update_batch(
+            sys::map_fd(&self.ebpf, map_names::BACKENDS6)?,
+            &ids,
+            &values,
+        )
+        .context("write the IPv6 backends")?;
+        let key = |slot: u16| ServiceKey6 {
+            addr: [0; 4],
+            port: NODE_PORT.to_be(),
+            slot,
+            proto: IPPROTO_TCP,
+            scope: 0,
+            _pad: 0,
+        };
+        let count = u16::try_from(ids.len()).context("more than 65535 endpoints")?;
+        let head = ServiceValue::head(service_id, count, SVC_F_NODEPORT | SVC_F_EXTERNAL, 0);
+        let keys: Vec<ServiceKey6> = (1..=count).map(key).collect();
+        let slots: Vec<ServiceValue> = ids.iter().map(|id| head.slot(*id)).collect();
+        let fd = sys::map_fd(&self.ebpf, map_names::SERVICES6)?;
+        sys::update_batch(fd, &keys, &slots).context("write the IPv6 service slots")?;
+        sys::update_batch(fd, &[key(0)], &[head]).context("write the IPv6 service head")?;
         Ok(())
     }
 }

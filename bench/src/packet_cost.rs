@@ -14,15 +14,24 @@
 //!   same flows again as hits. The kernel's own duration for a single run is used, so the
 //!   syscall is not counted, but the timer's fixed cost is: it is in the floor measured the
 //!   same way, and the figures are differences and ratios against that floor.
+//!
+//! IPv6 beside IPv4: the same NodePort on the node's IPv6 address (`[::]:30080` on
+//! `fd00:18::1`, its backends the node address and port itself, so the repeat method again
+//! rewrites to the same bytes), measured the same two ways in the same rounds. Its frames are
+//! 20 bytes longer (74 bytes for a bare TCP segment against 54): the IPv4 hit is also measured
+//! on a 74-byte frame (20 bytes of payload), which separates the header size from the
+//! family's work.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use anyhow::{Context as _, Result, ensure};
-use proxy_common::{CT_DIR_FORWARD, CtEntry, CtKey, map_names, tcp};
+use proxy_common::{
+    CT_DIR_FORWARD, CtEntry, CtEntry6, CtKey, CtKey6, map_names, net::ip6_to_net, tcp,
+};
 use proxy_tests::{datapath::xdp_md, packet};
 
 use crate::{
-    fixture::{self, Loaded, NODE_IP, NODE_PORT},
+    fixture::{self, Loaded, NODE_IP, NODE_IP6, NODE_PORT},
     stats::{Samples, ToF64 as _, minus, ratio},
     sys,
 };
@@ -54,6 +63,14 @@ pub struct Row {
     pub floor1: Samples,
     pub miss1: Samples,
     pub hit1: Samples,
+    /// The IPv6 NodePort, repeat method: its floor (the `XDP_PASS` program on the 74-byte
+    /// frame), the hit, and the IPv4 hit on a frame of the same 74 bytes.
+    pub floor6: Samples,
+    pub hit6: Samples,
+    pub hit_74: Samples,
+    /// The IPv6 NodePort, per-flow method.
+    pub miss6_1: Samples,
+    pub hit6_1: Samples,
 }
 
 impl Row {
@@ -73,6 +90,20 @@ impl Row {
     pub fn hit1_overhead(&self) -> Samples {
         minus(&self.hit1, &self.floor1)
     }
+    /// IPv6 hit cost over IPv4's, both above their floors, on their own frames.
+    pub fn hit6_ratio(&self) -> Samples {
+        ratio(&minus(&self.hit6, &self.floor6), &self.hit_overhead())
+    }
+    /// The same with the IPv4 frame padded to IPv6's size.
+    pub fn hit6_ratio_same_size(&self) -> Samples {
+        ratio(
+            &minus(&self.hit6, &self.floor6),
+            &minus(&self.hit_74, &self.floor6),
+        )
+    }
+    pub fn miss6_ratio(&self) -> Samples {
+        ratio(&minus(&self.miss6_1, &self.floor1), &self.miss_overhead())
+    }
 }
 
 #[expect(
@@ -82,6 +113,16 @@ impl Row {
 fn client(k: usize) -> SocketAddrV4 {
     let ip = u32::from(Ipv4Addr::new(198, 18, 1, 0)) + (k / 60_000) as u32;
     SocketAddrV4::new(Ipv4Addr::from(ip), 1024 + (k % 60_000) as u16)
+}
+
+/// Client `k` of the IPv6 flows (`fd00:18:1::/64`).
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "as for `client`: the address part is a few hundred at most"
+)]
+fn client6(k: usize) -> SocketAddrV6 {
+    let ip = Ipv6Addr::new(0xfd00, 0x18, 1, 0, 0, 0, 0, (k / 60_000) as u16 + 1);
+    SocketAddrV6::new(ip, 1024 + (k % 60_000) as u16, 0, 0)
 }
 
 pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
@@ -99,6 +140,18 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
                 row.miss1.median(),
                 row.floor1.median(),
                 row.fill_secs
+            ));
+            log(&format!(
+                "packet: IPv6 {services} x {endpoints}: hit {:.1} ns (floor {:.1}; IPv4 on 74 \
+                 bytes {:.1}), miss {:.1} ns; IPv6 / IPv4 above the floors: hit {:.2} \
+                 (same frame size {:.2}), miss {:.2}",
+                row.hit6.median(),
+                row.floor6.median(),
+                row.hit_74.median(),
+                row.miss6_1.median(),
+                row.hit6_ratio().median(),
+                row.hit6_ratio_same_size().median(),
+                row.miss6_ratio().median(),
             ));
             rows.push(row);
         }
@@ -118,12 +171,26 @@ fn run_one(
 ) -> Result<Row> {
     use std::os::fd::AsFd;
     let total_flows = params.flows * params.rounds + 1;
-    let mut loaded = Loaded::new(&fixture::sizes(services, endpoints, total_flows)?)?;
+    let mut sizes = fixture::sizes(services, endpoints, total_flows)?.to_vec();
+    let flows_v6 = u32::try_from(2 * total_flows + 4096).context("too many flows")?;
+    sizes.extend([
+        (map_names::SERVICES6, 1024),
+        (map_names::BACKENDS6, 1024),
+        (map_names::CONNTRACK6, flows_v6),
+    ]);
+    let mut loaded = Loaded::new(&sizes)?;
     loaded.load_xdp()?;
     let started = std::time::Instant::now();
     let identity = vec![SocketAddrV4::new(NODE_IP, NODE_PORT); endpoints];
     loaded.fill(services, endpoints, &identity)?;
     let fill_secs = started.elapsed().as_secs_f64();
+    let identity_v6 = vec![SocketAddrV6::new(NODE_IP6, NODE_PORT, 0, 0); endpoints];
+    let pool = (services * endpoints).clamp(1, fixture::BACKEND_POOL);
+    let first_v6 = u32::try_from(pool + endpoints + 1).context("too many backends")?;
+    let v6_service_id = u32::try_from(services + 1).context("too many services")?;
+    loaded.fill6_nodeport(&identity_v6, v6_service_id, first_v6)?;
+    let frontend_v6 = SocketAddrV6::new(NODE_IP6, NODE_PORT, 0, 0);
+    let frame_v6 = |k: usize, flags: u8| packet::tcp6(client6(k), frontend_v6, flags).build();
 
     let frontend = SocketAddrV4::new(NODE_IP, NODE_PORT);
     let ctx = xdp_md(0, loaded.sl0);
@@ -144,6 +211,18 @@ fn run_one(
     let syn = packet::tcp(hot, frontend, tcp::SYN).build();
     let ack = packet::tcp(hot, frontend, tcp::ACK).build();
     check(sys::test_run(xdp, &syn, &with_len(&syn), 1, 0, 0)?)?;
+    // The same flow's ACK padded to an IPv6 segment's size, and the IPv6 hot flow.
+    let padded_ack = packet::tcp(hot, frontend, tcp::ACK)
+        .payload(&[0; 20])
+        .build();
+    let hot_client_v6 = SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0x18, 3, 0, 0, 0, 0, 1), 999, 0, 0);
+    let syn_v6 = packet::tcp6(hot_client_v6, frontend_v6, tcp::SYN).build();
+    let ack_v6 = packet::tcp6(hot_client_v6, frontend_v6, tcp::ACK).build();
+    ensure!(
+        ack_v6.len() == padded_ack.len(),
+        "the IPv6 and padded IPv4 frames differ in size"
+    );
+    check(sys::test_run(xdp, &syn_v6, &with_len(&syn_v6), 1, 0, 0)?)?;
     // The daemon zeroes a frontend's and a backend's counters when it hands out their ids.
     let hot_flow = {
         let conntrack: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(
@@ -168,8 +247,14 @@ fn run_one(
         floor1: Samples::default(),
         miss1: Samples::default(),
         hit1: Samples::default(),
+        floor6: Samples::default(),
+        hit6: Samples::default(),
+        hit_74: Samples::default(),
+        miss6_1: Samples::default(),
+        hit6_1: Samples::default(),
     };
     let ack_ctx = with_len(&ack);
+    let ack_v6_ctx = with_len(&ack_v6);
     for round in 0..params.rounds {
         let floor = sys::test_run(pass, &ack, &ack_ctx, params.repeat, 0, 0)?;
         let counted_before = loaded.backend_packets_in(hot_flow.backend_id)?;
@@ -196,6 +281,16 @@ fn run_one(
         row.hit.push(f64::from(hit.duration_ns));
         row.hit_uncounted.push(f64::from(uncounted.duration_ns));
 
+        // IPv6 and the same-size IPv4 frame, back to back with their floor.
+        let floor_v6 = sys::test_run(pass, &ack_v6, &ack_v6_ctx, params.repeat, 0, 0)?;
+        let timed_v6 = sys::test_run(xdp, &ack_v6, &ack_v6_ctx, params.repeat, 0, 0)?;
+        check(timed_v6)?;
+        let hit_74 = sys::test_run(xdp, &padded_ack, &ack_v6_ctx, params.repeat, 0, 0)?;
+        check(hit_74)?;
+        row.floor6.push(f64::from(floor_v6.duration_ns));
+        row.hit6.push(f64::from(timed_v6.duration_ns));
+        row.hit_74.push(f64::from(hit_74.duration_ns));
+
         let first = round * params.flows;
         let syns: Vec<Vec<u8>> = (first..first + params.flows)
             .map(|k| frame(k, tcp::SYN))
@@ -218,6 +313,19 @@ fn run_one(
         row.floor1.push(sum[0].to_f64() / n);
         row.miss1.push(sum[1].to_f64() / n);
         row.hit1.push(sum[2].to_f64() / n);
+
+        let ctx_v6 = with_len(&frame_v6(first, tcp::SYN));
+        let mut sum_v6 = [0u64; 2];
+        for k in first..first + params.flows {
+            let miss = sys::test_run(xdp, &frame_v6(k, tcp::SYN), &ctx_v6, 1, 0, 0)?;
+            check(miss)?;
+            sum_v6[0] += u64::from(miss.duration_ns);
+            let hit = sys::test_run(xdp, &frame_v6(k, tcp::ACK), &ctx_v6, 1, 0, 0)?;
+            check(hit)?;
+            sum_v6[1] += u64::from(hit.duration_ns);
+        }
+        row.miss6_1.push(sum_v6[0].to_f64() / n);
+        row.hit6_1.push(sum_v6[1].to_f64() / n);
     }
     // The misses really created flows.
     let conntrack: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(
@@ -230,7 +338,31 @@ fn run_one(
         conntrack.get(&forward_key(client(0)), 0).is_ok(),
         "a conntrack miss did not create its flow: the miss figures would be wrong"
     );
+    let conntrack_v6: aya::maps::HashMap<_, CtKey6, CtEntry6> = aya::maps::HashMap::try_from(
+        loaded
+            .ebpf
+            .map(map_names::CONNTRACK6)
+            .context("no IPv6 conntrack map")?,
+    )?;
+    ensure!(
+        conntrack_v6.get(&forward_key6(client6(0)), 0).is_ok()
+            && conntrack_v6.get(&forward_key6(hot_client_v6), 0).is_ok(),
+        "an IPv6 conntrack miss did not create its flow: the IPv6 figures would be wrong"
+    );
     Ok(row)
+}
+
+/// The conntrack key of an IPv6 client's flow to the measured NodePort.
+fn forward_key6(client: SocketAddrV6) -> CtKey6 {
+    CtKey6 {
+        saddr: ip6_to_net(*client.ip()),
+        daddr: ip6_to_net(NODE_IP6),
+        sport: client.port().to_be(),
+        dport: NODE_PORT.to_be(),
+        proto: fixture::IPPROTO_TCP,
+        dir: CT_DIR_FORWARD,
+        _pad: 0,
+    }
 }
 
 /// The conntrack key of a client's flow to the measured NodePort.

@@ -72,6 +72,34 @@ pub const fn update_u32(check: u16, old: u32, new: u32) -> u16 {
     finish(sum)
 }
 
+/// Incremental update of checksum field `check` when an IPv6 address (four words as they lie
+/// in memory, see [`crate::Addr6`]) changes: the eight 16-bit words of the pseudo-header's
+/// address (RFC 1624, equation 3).
+pub const fn update_addr6(check: u16, old: &[u32; 4], new: &[u32; 4]) -> u16 {
+    let mut sum = !check as u64;
+    let mut word = 0;
+    while word < 4 {
+        sum = accumulate_u32(sum, !old[word]);
+        sum = accumulate_u32(sum, new[word]);
+        word += 1;
+    }
+    finish(sum)
+}
+
+/// Sum of the IPv6 pseudo header (RFC 8200 §8.1): addresses, upper-layer length (host order)
+/// and next header.
+pub const fn pseudo_header6(saddr: &[u32; 4], daddr: &[u32; 4], proto: u8, l4_len: u32) -> u64 {
+    let mut sum = 0;
+    let mut word = 0;
+    while word < 4 {
+        sum = accumulate_u32(sum, saddr[word]);
+        sum = accumulate_u32(sum, daddr[word]);
+        word += 1;
+    }
+    sum = accumulate_u32(sum, l4_len.to_be());
+    sum + (proto as u16).to_be() as u64
+}
+
 /// A UDP checksum as it must be sent: a computed zero is sent as all ones (RFC 768), because
 /// zero on the wire means "no checksum".
 pub const fn udp_wire(check: u16) -> u16 {
@@ -177,6 +205,51 @@ mod tests {
             fold(pseudo_header(saddr, daddr, 17, 0x0102)),
             fold(accumulate(0, &bytes))
         );
+    }
+
+    fn addr6(octets: [u8; 16]) -> [u32; 4] {
+        let mut words = [0; 4];
+        for (word, chunk) in words.iter_mut().zip(octets.as_chunks::<4>().0) {
+            *word = u32::from_ne_bytes(*chunk);
+        }
+        words
+    }
+
+    #[test]
+    fn ipv6_pseudo_header_matches_its_bytes() {
+        let src = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let dst = [0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0xab, 0xcd, 0, 0x10];
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&src);
+        bytes.extend_from_slice(&dst);
+        bytes.extend_from_slice(&0x0001_0203u32.to_be_bytes());
+        bytes.extend_from_slice(&[0, 0, 0, 6]);
+        assert_eq!(
+            fold(pseudo_header6(&addr6(src), &addr6(dst), 6, 0x0001_0203)),
+            fold(accumulate(0, &bytes))
+        );
+    }
+
+    #[test]
+    fn incremental_ipv6_address_update_matches_full_compute() {
+        let data = [0x12u8, 0x34, 0x56, 0x78, 0x9a, 0xbc];
+        let old = addr6([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64]);
+        let check = finish(pseudo_header6(&old, &old, 17, 6) + accumulate(0, &data));
+        for new in [
+            [0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x0a],
+            [0xff; 16],
+            [0; 16],
+            [0xfd, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ] {
+            let new = addr6(new);
+            let updated = update_addr6(check, &old, &new);
+            let expected = finish(pseudo_header6(&new, &old, 17, 6) + accumulate(0, &data));
+            assert_eq!(
+                fold(u64::from(updated)),
+                fold(u64::from(expected)),
+                "{new:x?}"
+            );
+        }
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "SVC_STATS_V2";
     pub const BACKEND_STATS: &str = "BE_STATS_V2";
     pub const DROP_STATS: &str = "DROP_STATS_V1";
+    /// Packets passed untranslated, by `stats::PassReason`.
+    pub const PASS_STATS: &str = "PASS_STATS_V1";
     /// V2: room for the IPv6 socket hooks.
     pub const HOOK_STATS: &str = "HOOK_STATS_V2";
     pub const AFFINITY: &str = "AFFINITY_V1";
@@ -68,7 +70,7 @@ pub mod map_names {
     /// Not pinned, like `SOCK_TERM`.
     pub const SOCK_TERM6: &str = "SOCK_TERM6_V1";
 
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 24] = [
         SERVICES,
         BACKENDS,
         SERVICE_META,
@@ -79,6 +81,7 @@ pub mod map_names {
         SERVICE_STATS,
         BACKEND_STATS,
         DROP_STATS,
+        PASS_STATS,
         HOOK_STATS,
         AFFINITY,
         AFFINITY_MATCH,

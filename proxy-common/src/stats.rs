@@ -79,6 +79,33 @@ impl DropReason {
 /// Slots in `DROP_STATS_V1` (room to add reasons without a new map).
 pub const DROP_SLOTS: u32 = 16;
 
+/// Why `xdp_ingress` or `tc_egress` passed a packet to the stack untranslated although it may
+/// be for a service: not a drop (the stack still handles it), but traffic Sluice cannot
+/// translate, worth seeing. The index in `PASS_STATS_V1`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassReason {
+    /// An IPv4 fragment, or an IPv6 packet with a Fragment header: no L4 header to translate.
+    Fragment = 0,
+    /// An IPv6 chain of more extension headers than the parser walks before TCP/UDP.
+    Ipv6ExtensionHeaders = 1,
+}
+
+impl PassReason {
+    pub const ALL: [PassReason; 2] = [Self::Fragment, Self::Ipv6ExtensionHeaders];
+
+    /// The label in the CLI and in metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Fragment => "fragment",
+            Self::Ipv6ExtensionHeaders => "ipv6_extension_headers",
+        }
+    }
+}
+
+/// Slots in `PASS_STATS_V1`.
+pub const PASS_SLOTS: u32 = 16;
+
 /// A program whose verdicts are counted in `HOOK_STATS_V2`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,14 +3,15 @@
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use proxy_common::{
-    Backend, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_LOCAL, CT_F_SNAT, CtEntry, CtKey, IPPROTO_TCP,
-    flow, tcp,
+    Address, BackendOf, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_LOCAL, CT_F_SNAT, CtEntryOf, CtKeyOf,
+    IPPROTO_TCP, flow, tcp,
 };
 
 use crate::{
     error::Error,
+    family::Family,
     kernel,
-    maps::{self, CONFIG, CONNTRACK, Entry},
+    maps::{CONFIG, Entry},
     nat::rewritten,
     packet::{Packet, Tuple},
 };
@@ -22,14 +23,14 @@ const EEXIST: i32 = 17;
 
 /// The entry for `key`, if any.
 #[inline(always)]
-pub fn lookup(key: &CtKey) -> Option<Entry<CtEntry>> {
-    maps::conntrack(key)
+pub fn lookup<F: Family>(key: &CtKeyOf<F::Addr>) -> Option<Entry<CtEntryOf<F::Addr>>> {
+    F::conntrack(key)
 }
 
 /// Records that `pkt` was seen on the flow of `entry`: time and TCP state. Concurrent packets
 /// of the same flow may write these fields at once; the last write wins.
 #[inline(always)]
-pub fn touch(entry: Entry<CtEntry>, pkt: &Packet, now: u64) {
+pub fn touch<A: Address>(entry: Entry<CtEntryOf<A>>, pkt: &Packet<A>, now: u64) {
     entry.update(|entry| {
         entry.last_seen_ns = now;
         if pkt.tuple.proto == IPPROTO_TCP {
@@ -40,10 +41,10 @@ pub fn touch(entry: Entry<CtEntry>, pkt: &Packet, now: u64) {
 
 /// Deletes a forward entry and the reply entry that belongs to it.
 #[inline(always)]
-pub fn remove_flow(forward: &CtKey, entry: &CtEntry) {
+pub fn remove_flow<F: Family>(forward: &CtKeyOf<F::Addr>, entry: &CtEntryOf<F::Addr>) {
     // Missing entries (already evicted) are fine: the goal is that neither exists.
-    let _ = CONNTRACK.remove(&flow::reply_key(forward, entry));
-    let _ = CONNTRACK.remove(forward);
+    F::conntrack_remove(&flow::reply_key(forward, entry));
+    F::conntrack_remove(forward);
 }
 
 /// Whether `pkt`, which matched the reply entry `reply` at `key`, belongs to that entry's
@@ -53,12 +54,16 @@ pub fn remove_flow(forward: &CtKey, entry: &CtEntry) {
 /// SYN or SYN-ACK the flow's states decide ([`tcp::syn_answers_flow`]). One that does not
 /// belong deletes the flow's stale entries and must pass untranslated.
 #[inline(always)]
-pub fn reply_belongs(pkt: &Packet, key: &CtKey, reply: &CtEntry) -> bool {
+pub fn reply_belongs<F: Family>(
+    pkt: &Packet<F::Addr>,
+    key: &CtKeyOf<F::Addr>,
+    reply: &CtEntryOf<F::Addr>,
+) -> bool {
     if pkt.tuple.proto != IPPROTO_TCP || pkt.tcp_flags & tcp::SYN == 0 {
         return true;
     }
     let forward_key = flow::forward_key(key, reply);
-    let forward = lookup(&forward_key)
+    let forward = lookup::<F>(&forward_key)
         .map(Entry::get)
         // A forward entry for another backend is a later flow of the tuple: not this one's.
         .filter(|forward| forward.backend_id == reply.backend_id);
@@ -66,29 +71,29 @@ pub fn reply_belongs(pkt: &Packet, key: &CtKey, reply: &CtEntry) -> bool {
         return true;
     }
     if forward.is_some() {
-        let _ = CONNTRACK.remove(&forward_key);
+        F::conntrack_remove(&forward_key);
     }
-    let _ = CONNTRACK.remove(key);
+    F::conntrack_remove(key);
     false
 }
 
 /// A new flow to a backend on this node: destination NAT only. Returns the translated tuple.
 #[inline(always)]
-pub fn create_local(
-    pkt: &Packet,
+pub fn create_local<F: Family>(
+    pkt: &Packet<F::Addr>,
     backend_id: u32,
-    backend: &Backend,
+    backend: &BackendOf<F::Addr>,
     service_id: u32,
     now: u64,
-) -> Result<Tuple, Error> {
+) -> Result<Tuple<F::Addr>, Error> {
     let client = pkt.tuple;
     let base = new_entry(pkt, backend_id, service_id, CT_F_LOCAL, now);
-    let forward = CtEntry {
+    let forward = CtEntryOf {
         new_daddr: backend.addr,
         new_dport: backend.port,
         ..base
     };
-    let reply_key = CtKey {
+    let reply_key = CtKeyOf {
         saddr: backend.addr,
         daddr: client.saddr,
         sport: backend.port,
@@ -97,12 +102,12 @@ pub fn create_local(
         dir: CT_DIR_REPLY,
         _pad: 0,
     };
-    let reply = CtEntry {
+    let reply = CtEntryOf {
         new_saddr: client.daddr,
         new_sport: client.dport,
         ..base
     };
-    insert_pair(
+    insert_pair::<F>(
         &client.ct_key(CT_DIR_FORWARD),
         &forward,
         &reply_key,
@@ -115,16 +120,17 @@ pub fn create_local(
 /// A new flow to a backend on another node: destination NAT to the backend and source NAT to
 /// the configured node address and a free port. Returns the translated tuple.
 #[inline(always)]
-pub fn create_snat(
-    pkt: &Packet,
+pub fn create_snat<F: Family>(
+    pkt: &Packet<F::Addr>,
     backend_id: u32,
-    backend: &Backend,
+    backend: &BackendOf<F::Addr>,
     service_id: u32,
     now: u64,
-) -> Result<Tuple, Error> {
+) -> Result<Tuple<F::Addr>, Error> {
+    // The port range is shared by both families (CONFIG_V1), the address is the family's.
     let config = CONFIG.get(0).ok_or(Error::NoSnatAddress)?;
-    let snat_addr = config.snat_addr;
-    if snat_addr == 0 {
+    let snat_addr = F::snat_addr();
+    if snat_addr.is_unset() {
         return Err(Error::NoSnatAddress);
     }
     let (port_min, port_max) = (config.snat_port_min, config.snat_port_max);
@@ -136,7 +142,7 @@ pub fn create_snat(
     let client = pkt.tuple;
     let base = new_entry(pkt, backend_id, service_id, CT_F_SNAT, now);
     // Replies come back from the backend to the SNAT address; they go out as the frontend.
-    let reply = CtEntry {
+    let reply = CtEntryOf {
         new_saddr: client.daddr,
         new_sport: client.dport,
         new_daddr: client.saddr,
@@ -146,7 +152,7 @@ pub fn create_snat(
     for _ in 0..SNAT_PORT_TRIES {
         let random = kernel::random();
         let snat_port = (port_min + (random % span) as u16).to_be();
-        let reply_key = CtKey {
+        let reply_key = CtKeyOf {
             saddr: backend.addr,
             daddr: snat_addr,
             sport: backend.port,
@@ -155,7 +161,7 @@ pub fn create_snat(
             dir: CT_DIR_REPLY,
             _pad: 0,
         };
-        let forward = CtEntry {
+        let forward = CtEntryOf {
             new_saddr: snat_addr,
             new_sport: snat_port,
             new_daddr: backend.addr,
@@ -163,7 +169,7 @@ pub fn create_snat(
             ..base
         };
         // BPF_NOEXIST on the reply entry claims the port: two flows never share a reply tuple.
-        match insert_pair(
+        match insert_pair::<F>(
             &client.ct_key(CT_DIR_FORWARD),
             &forward,
             &reply_key,
@@ -182,41 +188,44 @@ pub fn create_snat(
 /// is `NoSnatPort`) and then the forward entry; undoes the reply entry when the forward one
 /// cannot be written.
 #[inline(always)]
-fn insert_pair(
-    forward_key: &CtKey,
-    forward: &CtEntry,
-    reply_key: &CtKey,
-    reply: &CtEntry,
+fn insert_pair<F: Family>(
+    forward_key: &CtKeyOf<F::Addr>,
+    forward: &CtEntryOf<F::Addr>,
+    reply_key: &CtKeyOf<F::Addr>,
+    reply: &CtEntryOf<F::Addr>,
     reply_flags: u64,
 ) -> Result<(), Error> {
-    match CONNTRACK.insert(reply_key, reply, reply_flags) {
+    match F::conntrack_insert(reply_key, reply, reply_flags) {
         Ok(()) => {}
         Err(err) if err == -EEXIST => return Err(Error::NoSnatPort),
         Err(_) => return Err(Error::ConntrackUpdate),
     }
-    if CONNTRACK
-        .insert(forward_key, forward, u64::from(BPF_ANY))
-        .is_err()
-    {
-        let _ = CONNTRACK.remove(reply_key);
+    if F::conntrack_insert(forward_key, forward, u64::from(BPF_ANY)).is_err() {
+        F::conntrack_remove(reply_key);
         return Err(Error::ConntrackUpdate);
     }
     Ok(())
 }
 
 #[inline(always)]
-fn new_entry(pkt: &Packet, backend_id: u32, service_id: u32, flags: u8, now: u64) -> CtEntry {
+fn new_entry<A: Address>(
+    pkt: &Packet<A>,
+    backend_id: u32,
+    service_id: u32,
+    flags: u8,
+    now: u64,
+) -> CtEntryOf<A> {
     let tcp_state = if pkt.tuple.proto == IPPROTO_TCP {
         tcp::next_state(0, pkt.tcp_flags)
     } else {
         0
     };
-    CtEntry {
+    CtEntryOf {
         last_seen_ns: now,
         backend_id,
         service_id,
         flags,
         tcp_state,
-        ..CtEntry::default()
+        ..CtEntryOf::default()
     }
 }

@@ -6,7 +6,7 @@
 use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map};
 use proxy_common::{
     CONFIG_F_COUNTERS, map_sizes,
-    stats::{DROP_SLOTS, DropReason, HOOK_SLOTS, Hook, Traffic, hook_slot},
+    stats::{DROP_SLOTS, DropReason, HOOK_SLOTS, Hook, PASS_SLOTS, PassReason, Traffic, hook_slot},
 };
 
 use crate::maps::CONFIG;
@@ -20,6 +20,9 @@ static BACKEND_STATS: PerCpuArray<Traffic, { map_sizes::BACKENDS as usize }> = P
 
 #[btf_map(name = "DROP_STATS_V1")]
 static DROP_STATS: PerCpuArray<u64, { DROP_SLOTS as usize }> = PerCpuArray::new();
+
+#[btf_map(name = "PASS_STATS_V1")]
+static PASS_STATS: PerCpuArray<u64, { PASS_SLOTS as usize }> = PerCpuArray::new();
 
 #[btf_map(name = "HOOK_STATS_V2")]
 static HOOK_STATS: PerCpuArray<u64, { HOOK_SLOTS as usize }> = PerCpuArray::new();
@@ -51,6 +54,14 @@ pub fn verdict(hook: Hook, verdict: u32) {
 pub fn drop(reason: DropReason) {
     if enabled() {
         bump(DROP_STATS.get_ptr_mut(reason as u32));
+    }
+}
+
+/// Counts a packet passed untranslated for `reason`.
+#[inline(always)]
+pub fn pass(reason: PassReason) {
+    if enabled() {
+        bump(PASS_STATS.get_ptr_mut(reason as u32));
     }
 }
 

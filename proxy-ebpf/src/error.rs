@@ -3,15 +3,19 @@
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {
-    /// Not an IPv4 frame (ARP, IPv6, ...).
-    NotIpv4,
-    /// IPv4, but neither TCP nor UDP.
+    /// Neither an IPv4 nor an IPv6 frame (ARP, ...).
+    NotIp,
+    /// IP, but neither TCP nor UDP (ICMP, ICMPv6, ESP, an unknown IPv6 next header, ...).
     NotTcpUdp,
-    /// A fragment: no L4 header to translate (first fragments with MF set included).
+    /// A fragment: no L4 header to translate (first fragments with MF set included; in IPv6,
+    /// any packet with a Fragment header).
     Fragment,
+    /// More IPv6 extension headers before TCP/UDP than the parser walks.
+    ExtensionHeaders,
     /// A header does not fit in the packet.
     Truncated,
-    /// A header field is impossible (IP version, IHL, total length).
+    /// A header field is impossible (IP version, IHL, total or payload length, an IPv6 UDP
+    /// checksum of 0).
     Malformed,
     /// The service has no endpoint to choose (`count` 0 without a `Local` policy's reason).
     NoEndpoints,
@@ -37,10 +41,11 @@ pub enum Error {
 
 impl Error {
     #[cfg(test)]
-    pub const ALL: [Error; 15] = [
-        Self::NotIpv4,
+    pub const ALL: [Error; 16] = [
+        Self::NotIp,
         Self::NotTcpUdp,
         Self::Fragment,
+        Self::ExtensionHeaders,
         Self::Truncated,
         Self::Malformed,
         Self::NoEndpoints,
@@ -58,9 +63,10 @@ impl Error {
     /// What went wrong, for log lines.
     pub const fn as_str(self) -> &'static str {
         match self {
-            Self::NotIpv4 => "not IPv4",
+            Self::NotIp => "not IPv4 or IPv6",
             Self::NotTcpUdp => "not TCP or UDP",
-            Self::Fragment => "IPv4 fragment",
+            Self::Fragment => "IP fragment",
+            Self::ExtensionHeaders => "too many IPv6 extension headers",
             Self::Truncated => "truncated header",
             Self::Malformed => "malformed header",
             Self::NoEndpoints => "no endpoints",

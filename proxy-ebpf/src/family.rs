@@ -1,16 +1,31 @@
-//! The address families: which maps serve IPv4 and which IPv6. The lookups every path shares
-//! (`service`, `affinity`) are generic over a [`Family`], so each family's code is the same
-//! source compiled for its own maps and key sizes.
+//! The address families: which maps serve IPv4 and which IPv6, and what differs between their
+//! headers. The lookups every path shares (`service`, `affinity`) and the packet paths
+//! (`xdp_ingress`, `tc_egress`, `conntrack`, `nat`, `forward`) are generic over a [`Family`],
+//! so each family's code is the same source compiled for its own maps, key sizes and header
+//! layout; nothing is decided per packet but the EtherType.
 
-use aya_ebpf::btf_maps::lpm_trie::Key;
+use aya_ebpf::{
+    bindings::bpf_fib_lookup,
+    btf_maps::lpm_trie::Key,
+    programs::{TcContext, XdpContext},
+};
+use aya_log_ebpf::macro_support::{Argument, IpFormatter};
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use proxy_common::{
     AFFINITY_CLIENT_IP, Addr6, Address, AffinityKey, AffinityKey6, AffinityValue, BackendOf,
-    ServiceKeyOf, ServiceValue, SourceRangeOf,
+    CtEntryOf, CtKeyOf, IPPROTO_TCP, ServiceKeyOf, ServiceValue, SourceRangeOf,
 };
 
-use crate::maps::{
-    self, AFFINITY, AFFINITY6, BACKENDS, BACKENDS6, Entry, NODE_ADDRS, NODE_ADDRS6, SERVICES,
-    SERVICES6, SOURCE_RANGES, SOURCE_RANGES6,
+use crate::{
+    error::Error,
+    forward,
+    maps::{
+        self, AFFINITY, AFFINITY6, BACKENDS, BACKENDS6, CONFIG, CONFIG6, CONNTRACK, CONNTRACK6,
+        Entry, NODE_ADDRS, NODE_ADDRS6, SERVICES, SERVICES6, SOURCE_RANGES, SOURCE_RANGES6,
+    },
+    nat,
+    packet::{self, ETH_HLEN, IPV4_HLEN, IPV6_HLEN, Packet, TCP_HLEN, Tuple},
+    reject,
 };
 
 /// One address family's maps.
@@ -32,10 +47,68 @@ pub trait Family {
     fn affinity(key: &Self::AffinityKey) -> Option<Entry<AffinityValue>>;
     /// Remembers `value` for `key`; a failed write (map busy) only loses stickiness.
     fn remember_affinity(key: &Self::AffinityKey, value: &AffinityValue);
+
+    // The packet path.
+
+    /// The fixed IP header.
+    type IpHdr;
+    /// An address as aya-log's `{:i}` prints it.
+    type LogIp: IpFormatter + Argument;
+    fn log_ip(addr: &Self::Addr) -> Self::LogIp;
+    /// The smallest frame whose headers may sit partly in paged skb data (Ethernet and the
+    /// fixed IP header), and the most header bytes the parser reads.
+    const MIN_HEADERS: usize;
+    const MAX_HEADERS: u32;
+    /// Whether `xdp_ingress` balances new flows in a subprogram apart from known flows' (the
+    /// verifier allows 512 bytes of stack per call chain).
+    const NEW_FLOWS_APART: bool;
+    /// Parses the frame (its EtherType is this family's).
+    fn parse(data: usize, data_end: usize) -> Result<Packet<Self::Addr>, Error>;
+    fn conntrack(key: &CtKeyOf<Self::Addr>) -> Option<Entry<CtEntryOf<Self::Addr>>>;
+    /// `bpf_map_update_elem` on this family's conntrack map; the error is the helper's.
+    fn conntrack_insert(
+        key: &CtKeyOf<Self::Addr>,
+        value: &CtEntryOf<Self::Addr>,
+        flags: u64,
+    ) -> Result<(), i32>;
+    /// Deletes a conntrack entry; a missing one is fine.
+    fn conntrack_remove(key: &CtKeyOf<Self::Addr>);
+    /// The address remote backends' flows are source-NATed to; unset: none configured.
+    fn snat_addr() -> Self::Addr;
+    /// Writes `to`'s addresses over `from`'s in the IP header of the frame (updating the IPv4
+    /// header checksum), and returns the L4 checksum `l4_sum` updated for them.
+    fn rewrite_addresses(
+        data: usize,
+        data_end: usize,
+        from: &Tuple<Self::Addr>,
+        to: &Tuple<Self::Addr>,
+        l4_sum: u16,
+    ) -> Result<u16, Error>;
+    /// Replaces the source (`source`) or destination address of an skb from `from` to `to`
+    /// with the kernel's store and checksum helpers (`l4_flags` for the L4 checksum at
+    /// `l4_check`).
+    fn skb_replace_address(
+        ctx: &TcContext,
+        source: bool,
+        l4_check: usize,
+        from: &Self::Addr,
+        to: &Self::Addr,
+        l4_flags: u64,
+    ) -> Result<(), Error>;
+    /// Fills in the family, addresses and length of a FIB lookup for `tuple`.
+    fn fib_addresses(fib: &mut bpf_fib_lookup, tuple: &Tuple<Self::Addr>, tot_len: u16);
+    /// Decrements the TTL / hop limit as a router does; false (and no change) when it would
+    /// reach zero.
+    fn decrement_hop_limit(ctx: &XdpContext) -> Result<bool, Error>;
+    /// Answers a new flow to a service without endpoints: TCP RST, or ICMP port unreachable.
+    fn refuse(ctx: &XdpContext, pkt: &Packet<Self::Addr>) -> Result<u32, Error>;
 }
 
 pub enum V4 {}
 pub enum V6 {}
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 impl Family for V4 {
     type Addr = u32;
@@ -94,6 +167,89 @@ impl Family for V4 {
     fn remember_affinity(key: &AffinityKey, value: &AffinityValue) {
         let _ = AFFINITY.insert(key, value, 0);
     }
+
+    type IpHdr = Ipv4Hdr;
+    type LogIp = [u8; 4];
+
+    #[inline(always)]
+    fn log_ip(addr: &u32) -> [u8; 4] {
+        addr.to_ne_bytes()
+    }
+
+    const NEW_FLOWS_APART: bool = false;
+    const MIN_HEADERS: usize = ETH_HLEN + IPV4_HLEN;
+    /// Ethernet, IPv4 with options, TCP without options.
+    const MAX_HEADERS: u32 = (ETH_HLEN + 60 + TCP_HLEN) as u32;
+
+    #[inline(always)]
+    fn parse(data: usize, data_end: usize) -> Result<Packet<u32>, Error> {
+        packet::parse_v4(data, data_end)
+    }
+
+    #[inline(always)]
+    fn conntrack(key: &CtKeyOf<u32>) -> Option<Entry<CtEntryOf<u32>>> {
+        maps::conntrack(key)
+    }
+
+    #[inline(always)]
+    fn conntrack_insert(key: &CtKeyOf<u32>, value: &CtEntryOf<u32>, flags: u64) -> Result<(), i32> {
+        CONNTRACK.insert(key, value, flags)
+    }
+
+    #[inline(always)]
+    fn conntrack_remove(key: &CtKeyOf<u32>) {
+        let _ = CONNTRACK.remove(key);
+    }
+
+    #[inline(always)]
+    fn snat_addr() -> u32 {
+        CONFIG.get(0).map_or(0, |config| config.snat_addr)
+    }
+
+    #[inline(always)]
+    fn rewrite_addresses(
+        data: usize,
+        data_end: usize,
+        from: &Tuple<u32>,
+        to: &Tuple<u32>,
+        l4_sum: u16,
+    ) -> Result<u16, Error> {
+        nat::rewrite_ipv4_addresses(data, data_end, from, to, l4_sum)
+    }
+
+    #[inline(always)]
+    fn skb_replace_address(
+        ctx: &TcContext,
+        source: bool,
+        l4_check: usize,
+        from: &u32,
+        to: &u32,
+        l4_flags: u64,
+    ) -> Result<(), Error> {
+        nat::skb_replace_ipv4_address(ctx, source, l4_check, *from, *to, l4_flags)
+    }
+
+    #[inline(always)]
+    fn fib_addresses(fib: &mut bpf_fib_lookup, tuple: &Tuple<u32>, tot_len: u16) {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_1.tot_len = tot_len;
+        fib.__bindgen_anon_3.ipv4_src = tuple.saddr;
+        fib.__bindgen_anon_4.ipv4_dst = tuple.daddr;
+    }
+
+    #[inline(always)]
+    fn decrement_hop_limit(ctx: &XdpContext) -> Result<bool, Error> {
+        forward::decrement_ttl(ctx)
+    }
+
+    #[inline(always)]
+    fn refuse(ctx: &XdpContext, pkt: &Packet<u32>) -> Result<u32, Error> {
+        if pkt.tuple.proto == IPPROTO_TCP {
+            reject::tcp_reset(ctx, pkt)
+        } else {
+            reject::icmp_port_unreachable(ctx, pkt)
+        }
+    }
 }
 
 impl Family for V6 {
@@ -151,5 +307,96 @@ impl Family for V6 {
     #[inline(always)]
     fn remember_affinity(key: &AffinityKey6, value: &AffinityValue) {
         let _ = AFFINITY6.insert(key, value, 0);
+    }
+
+    type IpHdr = Ipv6Hdr;
+    type LogIp = [u8; 16];
+
+    #[inline(always)]
+    fn log_ip(addr: &Addr6) -> [u8; 16] {
+        let mut octets = [0; 16];
+        for (chunk, word) in octets.as_chunks_mut::<4>().0.iter_mut().zip(addr) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        octets
+    }
+
+    const NEW_FLOWS_APART: bool = true;
+    const MIN_HEADERS: usize = ETH_HLEN + IPV6_HLEN;
+    /// Ethernet, IPv6, room for a few extension headers, TCP without options.
+    const MAX_HEADERS: u32 = (ETH_HLEN + IPV6_HLEN + 64 + TCP_HLEN) as u32;
+
+    #[inline(always)]
+    fn parse(data: usize, data_end: usize) -> Result<Packet<Addr6>, Error> {
+        packet::parse_v6(data, data_end)
+    }
+
+    #[inline(always)]
+    fn conntrack(key: &CtKeyOf<Addr6>) -> Option<Entry<CtEntryOf<Addr6>>> {
+        maps::found(CONNTRACK6.get_ptr_mut(key))
+    }
+
+    #[inline(always)]
+    fn conntrack_insert(
+        key: &CtKeyOf<Addr6>,
+        value: &CtEntryOf<Addr6>,
+        flags: u64,
+    ) -> Result<(), i32> {
+        CONNTRACK6.insert(key, value, flags)
+    }
+
+    #[inline(always)]
+    fn conntrack_remove(key: &CtKeyOf<Addr6>) {
+        let _ = CONNTRACK6.remove(key);
+    }
+
+    #[inline(always)]
+    fn snat_addr() -> Addr6 {
+        CONFIG6.get(0).map_or([0; 4], |config| config.snat_addr)
+    }
+
+    #[inline(always)]
+    fn rewrite_addresses(
+        data: usize,
+        data_end: usize,
+        from: &Tuple<Addr6>,
+        to: &Tuple<Addr6>,
+        l4_sum: u16,
+    ) -> Result<u16, Error> {
+        nat::rewrite_ipv6_addresses(data, data_end, from, to, l4_sum)
+    }
+
+    #[inline(always)]
+    fn skb_replace_address(
+        ctx: &TcContext,
+        source: bool,
+        l4_check: usize,
+        from: &Addr6,
+        to: &Addr6,
+        l4_flags: u64,
+    ) -> Result<(), Error> {
+        nat::skb_replace_ipv6_address(ctx, source, l4_check, from, to, l4_flags)
+    }
+
+    #[inline(always)]
+    fn fib_addresses(fib: &mut bpf_fib_lookup, tuple: &Tuple<Addr6>, tot_len: u16) {
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_1.tot_len = tot_len;
+        fib.__bindgen_anon_3.ipv6_src = tuple.saddr;
+        fib.__bindgen_anon_4.ipv6_dst = tuple.daddr;
+    }
+
+    #[inline(always)]
+    fn decrement_hop_limit(ctx: &XdpContext) -> Result<bool, Error> {
+        forward::decrement_hop_limit6(ctx)
+    }
+
+    #[inline(always)]
+    fn refuse(ctx: &XdpContext, pkt: &Packet<Addr6>) -> Result<u32, Error> {
+        if pkt.tuple.proto == IPPROTO_TCP {
+            reject::tcp_reset6(ctx, pkt)
+        } else {
+            reject::icmp6_port_unreachable(ctx, pkt)
+        }
     }
 }

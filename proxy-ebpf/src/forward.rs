@@ -10,54 +10,66 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
 use proxy_common::{CONFIG_F_XDP_TX, XDP_META_MAGIC, XdpRedirectMeta, checksum};
 
 use crate::{
     error::Error,
+    family::Family,
     kernel,
     maps::CONFIG,
     packet::{ETH_HLEN, Tuple, load, ptr_at, store, write_at},
 };
 
-const AF_INET: u8 = 2;
-
-/// Forwards the packet (already carrying `tuple`, IPv4 total length `tot_len`) to its next hop.
+/// Forwards the packet (already carrying `tuple`, IP packet length `tot_len`) to its next hop.
 ///
 /// With `CONFIG_F_XDP_TX` and a resolved neighbour, the MACs are rewritten and the packet leaves
 /// through `XDP_TX` (same interface) or `bpf_redirect`. Otherwise (no flag, or the neighbour is
 /// not resolved yet) it goes to the stack with [`XdpRedirectMeta`], and `tc_ingress` redirects
 /// it with `bpf_redirect_neigh`. When the FIB has no usable route the stack routes it. Either
-/// way out of XDP decrements the TTL, as the stack's forwarding would.
+/// way out of XDP decrements the TTL (IPv6: the hop limit), as the stack's forwarding would.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, tuple: &Tuple, tot_len: u16) -> Result<u32, Error> {
-    route(ctx, tuple, tot_len, true)
+pub fn forward<F: Family>(
+    ctx: &XdpContext,
+    tuple: &Tuple<F::Addr>,
+    tot_len: u16,
+) -> Result<u32, Error> {
+    route::<F>(ctx, tuple, tot_len, true)
 }
 
 /// Sends a packet this node made (a reset, an ICMP error) like [`forward`], TTL untouched.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, tuple: &Tuple, tot_len: u16) -> Result<u32, Error> {
-    route(ctx, tuple, tot_len, false)
+pub fn send<F: Family>(
+    ctx: &XdpContext,
+    tuple: &Tuple<F::Addr>,
+    tot_len: u16,
+) -> Result<u32, Error> {
+    route::<F>(ctx, tuple, tot_len, false)
 }
 
 #[inline(always)]
-fn route(ctx: &XdpContext, tuple: &Tuple, tot_len: u16, forwarded: bool) -> Result<u32, Error> {
+fn route<F: Family>(
+    ctx: &XdpContext,
+    tuple: &Tuple<F::Addr>,
+    tot_len: u16,
+    forwarded: bool,
+) -> Result<u32, Error> {
     let ingress = ctx.ingress_ifindex() as u32;
     let mut fib = kernel::fib_request();
-    fib.family = AF_INET;
+    F::fib_addresses(&mut fib, tuple, tot_len);
     fib.l4_protocol = tuple.proto;
     fib.sport = tuple.sport;
     fib.dport = tuple.dport;
-    fib.__bindgen_anon_1.tot_len = tot_len;
     fib.ifindex = ingress;
-    fib.__bindgen_anon_3.ipv4_src = tuple.saddr;
-    fib.__bindgen_anon_4.ipv4_dst = tuple.daddr;
     let rc = kernel::fib_lookup(ctx, &mut fib, 0) as u32;
 
     let routed = rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH;
     // Both ways out below skip the stack's forwarding, so they must do its TTL decrement; a
     // packet whose TTL runs out goes to the stack, which answers ICMP time exceeded.
-    if !routed || (forwarded && !decrement_ttl(ctx)?) {
+    if !routed || (forwarded && !F::decrement_hop_limit(ctx)?) {
         return Ok(XDP_PASS);
     }
     let xdp_tx = CONFIG
@@ -79,7 +91,7 @@ fn route(ctx: &XdpContext, tuple: &Tuple, tot_len: u16, forwarded: bool) -> Resu
 /// Decrements the IPv4 TTL with an incremental checksum update, as a router does; false (and
 /// no change) when the TTL would reach zero.
 #[inline(always)]
-fn decrement_ttl(ctx: &XdpContext) -> Result<bool, Error> {
+pub fn decrement_ttl(ctx: &XdpContext) -> Result<bool, Error> {
     let ip: *mut Ipv4Hdr = ptr_at(ctx.data(), ctx.data_end(), ETH_HLEN)?;
     // SAFETY: ptr_at checked that the IPv4 header lies inside the packet.
     unsafe {
@@ -93,6 +105,22 @@ fn decrement_ttl(ctx: &XdpContext) -> Result<bool, Error> {
         (*ip).ttl = ttl - 1;
         let check = checksum::update_u16(load(&raw const (*ip).check), old, new);
         store(&raw mut (*ip).check, check);
+    }
+    Ok(true)
+}
+
+/// Decrements the IPv6 hop limit (no header checksum); false (and no change) when it would
+/// reach zero, as for [`decrement_ttl`]: the stack then answers ICMPv6 time exceeded.
+#[inline(always)]
+pub fn decrement_hop_limit6(ctx: &XdpContext) -> Result<bool, Error> {
+    let ip: *mut Ipv6Hdr = ptr_at(ctx.data(), ctx.data_end(), ETH_HLEN)?;
+    // SAFETY: ptr_at checked that the IPv6 header lies inside the packet.
+    unsafe {
+        let hop_limit = (*ip).hop_limit;
+        if hop_limit <= 1 {
+            return Ok(false);
+        }
+        (*ip).hop_limit = hop_limit - 1;
     }
     Ok(true)
 }

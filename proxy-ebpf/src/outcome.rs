@@ -1,7 +1,7 @@
 //! What an error does on each path: its action, the drop counter it is counted in, and whether
 //! it is logged. The one table every hook's entry function reads.
 
-use proxy_common::stats::DropReason;
+use proxy_common::stats::{DropReason, PassReason};
 
 use crate::error::Error;
 
@@ -34,6 +34,9 @@ pub struct Outcome {
     /// The drop counter (`DROP_STATS_V1`) it is counted in; `None` for packets that are not
     /// ours, which the hook's verdict counters count as passed.
     pub counted: Option<DropReason>,
+    /// The pass counter (`PASS_STATS_V1`) of a packet that may be for a service but is passed
+    /// untranslated.
+    pub passed: Option<PassReason>,
     /// Whether it is logged (at debug) when kernel log lines are on.
     pub logged: bool,
 }
@@ -43,7 +46,15 @@ impl Outcome {
         Self {
             action: Action::Pass,
             counted: None,
+            passed: None,
             logged: false,
+        }
+    }
+
+    const fn untranslated(reason: PassReason) -> Self {
+        Self {
+            passed: Some(reason),
+            ..Self::not_ours()
         }
     }
 
@@ -51,6 +62,7 @@ impl Outcome {
         Self {
             action: Action::Drop,
             counted: Some(reason),
+            passed: None,
             logged: true,
         }
     }
@@ -60,20 +72,23 @@ impl Outcome {
 pub const fn outcome(path: Path, err: Error) -> Outcome {
     match err {
         // Not a TCP or UDP packet we can translate: the stack's, untouched.
-        Error::NotIpv4
-        | Error::NotTcpUdp
-        | Error::Fragment
-        | Error::Truncated
-        | Error::Malformed => Outcome::not_ours(),
+        Error::NotIp | Error::NotTcpUdp | Error::Truncated | Error::Malformed => {
+            Outcome::not_ours()
+        }
+        // The same, but possibly a service's traffic: counted as passed.
+        Error::Fragment => Outcome::untranslated(PassReason::Fragment),
+        Error::ExtensionHeaders => Outcome::untranslated(PassReason::Ipv6ExtensionHeaders),
         // XDP could not hand the translated packet to tc_ingress: the stack still routes it.
         Error::Metadata => Outcome {
             action: Action::Pass,
             counted: None,
+            passed: None,
             logged: true,
         },
         Error::NoEndpoints => Outcome {
             action: Action::Refuse,
             counted: Some(DropReason::NoEndpoints),
+            passed: None,
             logged: true,
         },
         // A slot or backend vanished under a concurrent update: a connecting socket is refused
@@ -83,6 +98,7 @@ pub const fn outcome(path: Path, err: Error) -> Outcome {
             Path::Socket => Outcome {
                 action: Action::Refuse,
                 counted: Some(DropReason::NoBackend),
+                passed: None,
                 logged: true,
             },
             Path::Xdp | Path::TcEgress => Outcome::drop(DropReason::NoBackend),
@@ -109,9 +125,8 @@ mod tests {
     fn packets_that_are_not_ours_pass_untouched_and_uncounted() {
         for path in PATHS {
             for err in [
-                Error::NotIpv4,
+                Error::NotIp,
                 Error::NotTcpUdp,
-                Error::Fragment,
                 Error::Truncated,
                 Error::Malformed,
             ] {
@@ -121,11 +136,28 @@ mod tests {
     }
 
     #[test]
+    fn fragments_and_long_ipv6_header_chains_pass_untouched_and_are_counted_as_passed() {
+        for path in PATHS {
+            for (err, reason) in [
+                (Error::Fragment, PassReason::Fragment),
+                (Error::ExtensionHeaders, PassReason::Ipv6ExtensionHeaders),
+            ] {
+                let outcome = outcome(path, err);
+                assert_eq!(
+                    (outcome.action, outcome.counted, outcome.passed),
+                    (Action::Pass, None, Some(reason)),
+                    "{path:?} {err:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn every_other_error_is_counted_and_logged() {
         for path in PATHS {
             for err in Error::ALL {
                 let outcome = outcome(path, err);
-                if outcome == Outcome::not_ours() {
+                if outcome.action == Action::Pass && outcome.counted.is_none() && !outcome.logged {
                     continue;
                 }
                 assert!(outcome.logged, "{path:?} {err:?}");

@@ -1,21 +1,32 @@
-//! Bounds-checked packet access and the parser that describes an IPv4 TCP/UDP packet.
+//! Bounds-checked packet access and the parsers that describe an IPv4 or IPv6 TCP/UDP packet.
 
 use core::mem::{offset_of, size_of};
 
 use network_types::{
-    eth::{EthHdr, EtherType},
-    ip::{IpProto, Ipv4Hdr},
+    eth::EthHdr,
+    ip::{IpProto, Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
     udp::UdpHdr,
 };
-use proxy_common::{CtKey, IPPROTO_TCP, IPPROTO_UDP};
+use proxy_common::{Addr6, Address, CtKeyOf, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::error::Error;
 
 pub const ETH_HLEN: usize = EthHdr::LEN;
 pub const IPV4_HLEN: usize = Ipv4Hdr::LEN;
 pub const TCP_HLEN: usize = TcpHdr::LEN;
+pub const IPV6_HLEN: usize = Ipv6Hdr::LEN;
 pub const IPPROTO_ICMP: u8 = IpProto::Icmp as u8;
+
+/// IPv6 extension headers (RFC 8200 §4): the ones the parser walks, and the Fragment header.
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+/// The most extension headers walked before TCP/UDP (Cilium walks 4 too); a longer chain goes
+/// to the stack.
+pub const IPV6_EXT_HEADERS_MAX: usize = 4;
 
 /// IPv4 "more fragments" flag and fragment offset mask, host byte order.
 const IP_MF: u16 = 0x2000;
@@ -122,19 +133,20 @@ pub unsafe fn store<T: Copy, const N: usize>(field: *mut [u8; N], value: T) {
     unsafe { write(field.cast::<T>(), value) }
 }
 
-/// A flow's addresses, ports (network byte order) and protocol.
+/// A flow's addresses, ports (network byte order) and protocol, in one family's addresses.
 #[derive(Clone, Copy)]
-pub struct Tuple {
-    pub saddr: u32,
-    pub daddr: u32,
+pub struct Tuple<A> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
 }
 
-impl Tuple {
-    pub fn ct_key(&self, dir: u8) -> CtKey {
-        CtKey {
+impl<A: Address> Tuple<A> {
+    #[inline(always)]
+    pub fn ct_key(&self, dir: u8) -> CtKeyOf<A> {
+        CtKeyOf {
             saddr: self.saddr,
             daddr: self.daddr,
             sport: self.sport,
@@ -148,20 +160,23 @@ impl Tuple {
 
 /// What the datapath needs to know about a parsed packet.
 #[derive(Clone, Copy)]
-pub struct Packet {
-    pub tuple: Tuple,
-    /// Offset of the L4 header (the IPv4 header is at `ETH_HLEN`).
+pub struct Packet<A> {
+    pub tuple: Tuple<A>,
+    /// Offset of the L4 header (the IP header is at `ETH_HLEN`).
     pub l4: usize,
-    /// IPv4 header length in bytes (20..=60).
+    /// Bytes of IP headers before the L4 header: the IPv4 header with its options (20..=60),
+    /// or the IPv6 header and the extension headers walked.
     pub ihl: usize,
-    /// IPv4 total length, host byte order.
+    /// The IP packet's length in bytes, host order: the IPv4 total length, or 40 plus the IPv6
+    /// payload length.
     pub tot_len: u16,
     /// TCP flags; 0 for UDP.
     pub tcp_flags: u8,
 }
 
-impl Packet {
+impl<A> Packet<A> {
     /// Offset of the L4 checksum field.
+    #[inline(always)]
     pub fn l4_check_offset(&self) -> usize {
         if self.tuple.proto == IPPROTO_TCP {
             self.l4 + offset_of!(TcpHdr, check)
@@ -171,15 +186,19 @@ impl Packet {
     }
 }
 
-/// Parses Ethernet → IPv4 (honouring IHL) → TCP/UDP. Anything else, fragments included, is an
-/// error the caller passes untouched.
+/// The frame's EtherType as it lies in the header (network byte order: compare with
+/// `EtherType::Ipv4 as u16`).
 #[inline(always)]
-pub fn parse(data: usize, data_end: usize) -> Result<Packet, Error> {
+pub fn ether_type(data: usize, data_end: usize) -> Result<u16, Error> {
     let eth: *const EthHdr = ptr_at(data, data_end, 0)?;
     // SAFETY: ptr_at checked that the header is inside the packet.
-    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
-        return Err(Error::NotIpv4);
-    }
+    Ok(unsafe { (*eth).ether_type })
+}
+
+/// Parses Ethernet → IPv4 (honouring IHL) → TCP/UDP. Anything else, fragments included, is an
+/// error the caller passes untouched. The caller has checked the EtherType.
+#[inline(always)]
+pub fn parse_v4(data: usize, data_end: usize) -> Result<Packet<u32>, Error> {
     let ip: *const Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN)?;
     // SAFETY: ptr_at checked that the header is inside the packet.
     let (ip, frags, tot_len, saddr, daddr) = unsafe {
@@ -205,25 +224,7 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, Error> {
         return Err(Error::Malformed);
     }
     let l4 = ETH_HLEN + ihl;
-    let (sport, dport, tcp_flags) = match ip.proto {
-        IPPROTO_TCP => {
-            let tcp: *const TcpHdr = ptr_at(data, data_end, l4)?;
-            // SAFETY: ptr_at checked that the header is inside the packet.
-            unsafe {
-                (
-                    load(&raw const (*tcp).source),
-                    load(&raw const (*tcp).dest),
-                    tcp_flags(&*tcp),
-                )
-            }
-        }
-        IPPROTO_UDP => {
-            let udp: *const UdpHdr = ptr_at(data, data_end, l4)?;
-            // SAFETY: ptr_at checked that the header is inside the packet.
-            unsafe { (load(&raw const (*udp).src), load(&raw const (*udp).dst), 0) }
-        }
-        _ => return Err(Error::NotTcpUdp),
-    };
+    let (sport, dport, tcp_flags) = ports(data, data_end, l4, ip.proto)?;
     Ok(Packet {
         tuple: Tuple {
             saddr,
@@ -237,6 +238,104 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, Error> {
         tot_len,
         tcp_flags,
     })
+}
+
+/// Parses Ethernet → IPv6 → at most [`IPV6_EXT_HEADERS_MAX`] hop-by-hop, routing, destination
+/// options or AH headers → TCP/UDP. A Fragment header is `Fragment`; ESP, ICMPv6, unknown
+/// headers and longer chains are `NotTcpUdp` or `ExtensionHeaders`: the stack's, untouched.
+/// The caller has checked the EtherType.
+#[inline(always)]
+pub fn parse_v6(data: usize, data_end: usize) -> Result<Packet<Addr6>, Error> {
+    let ip: *const Ipv6Hdr = ptr_at(data, data_end, ETH_HLEN)?;
+    // SAFETY: ptr_at checked that the header is inside the packet.
+    let (version, payload_len, mut next, saddr, daddr) = unsafe {
+        (
+            (*ip).vcf[0] >> 4,
+            u16::from_be(load(&raw const (*ip).payload_len)),
+            (*ip).next_hdr,
+            load::<Addr6, 16>(&raw const (*ip).src_addr),
+            load::<Addr6, 16>(&raw const (*ip).dst_addr),
+        )
+    };
+    if version != 6 {
+        return Err(Error::Malformed);
+    }
+    let mut ihl = IPV6_HLEN;
+    let mut walked = 0;
+    while next != IPPROTO_TCP && next != IPPROTO_UDP {
+        if walked == IPV6_EXT_HEADERS_MAX {
+            return Err(Error::ExtensionHeaders);
+        }
+        walked += 1;
+        let len = match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let header: [u8; 2] = read_at(data, data_end, ETH_HLEN + ihl)?;
+                next = header[0];
+                (usize::from(header[1]) + 1) * 8
+            }
+            IPPROTO_AH => {
+                let header: [u8; 2] = read_at(data, data_end, ETH_HLEN + ihl)?;
+                next = header[0];
+                (usize::from(header[1]) + 2) * 4
+            }
+            IPPROTO_FRAGMENT => return Err(Error::Fragment),
+            _ => return Err(Error::NotTcpUdp),
+        };
+        ihl += len;
+    }
+    // A payload length of 0 is a jumbogram (RFC 2675): not for us.
+    let tot_len = IPV6_HLEN as u16 + payload_len;
+    if payload_len == 0 || usize::from(tot_len) < ihl {
+        return Err(Error::Malformed);
+    }
+    let l4 = ETH_HLEN + ihl;
+    let (sport, dport, tcp_flags) = ports(data, data_end, l4, next)?;
+    if next == IPPROTO_UDP {
+        // The UDP checksum is mandatory in IPv6 (RFC 8200 §8.1): the stack drops a datagram
+        // without one, and an incremental update of 0 would invent a checksum for it.
+        let check: u16 = read_at(data, data_end, l4 + offset_of!(UdpHdr, check))?;
+        if check == 0 {
+            return Err(Error::Malformed);
+        }
+    }
+    Ok(Packet {
+        tuple: Tuple {
+            saddr,
+            daddr,
+            sport,
+            dport,
+            proto: next,
+        },
+        l4,
+        ihl,
+        tot_len,
+        tcp_flags,
+    })
+}
+
+/// Source port, destination port (network byte order) and TCP flags of the TCP or UDP header
+/// at `l4`.
+#[inline(always)]
+fn ports(data: usize, data_end: usize, l4: usize, proto: u8) -> Result<(u16, u16, u8), Error> {
+    match proto {
+        IPPROTO_TCP => {
+            let tcp: *const TcpHdr = ptr_at(data, data_end, l4)?;
+            // SAFETY: ptr_at checked that the header is inside the packet.
+            Ok(unsafe {
+                (
+                    load(&raw const (*tcp).source),
+                    load(&raw const (*tcp).dest),
+                    tcp_flags(&*tcp),
+                )
+            })
+        }
+        IPPROTO_UDP => {
+            let udp: *const UdpHdr = ptr_at(data, data_end, l4)?;
+            // SAFETY: ptr_at checked that the header is inside the packet.
+            Ok(unsafe { (load(&raw const (*udp).src), load(&raw const (*udp).dst), 0) })
+        }
+        _ => Err(Error::NotTcpUdp),
+    }
 }
 
 /// The TCP flags byte (`proxy_common::tcp`'s bits: FIN, SYN, RST, PSH, ACK, ...).
@@ -257,13 +356,19 @@ pub mod frames {
     /// header starts aligned; the IPv4 header then sits at offset 14).
     #[repr(C, align(8))]
     pub struct Frame {
-        pub bytes: [u8; 128],
+        pub bytes: [u8; 256],
         pub len: usize,
     }
 
     impl Frame {
         pub fn data(&self) -> (usize, usize) {
             let start = self.bytes.as_ptr() as usize;
+            (start, start + self.len)
+        }
+
+        /// As [`Frame::data`], for a frame the code under test writes through the pointers.
+        pub fn data_mut(&mut self) -> (usize, usize) {
+            let start = self.bytes.as_mut_ptr() as usize;
             (start, start + self.len)
         }
 
@@ -302,7 +407,7 @@ pub mod frames {
         l4_checksum: bool,
     ) -> Frame {
         let mut frame = Frame {
-            bytes: [0; 128],
+            bytes: [0; 256],
             len: 0,
         };
         let b = &mut frame.bytes;
@@ -340,6 +445,69 @@ pub mod frames {
         frame
     }
 
+    /// The words of an IPv6 address as the maps and the parser hold them.
+    pub fn addr6(octets: [u8; 16]) -> [u32; 4] {
+        let mut words = [0; 4];
+        for (word, chunk) in words.iter_mut().zip(octets.as_chunks::<4>().0) {
+            *word = u32::from_ne_bytes(*chunk);
+        }
+        words
+    }
+
+    /// An IPv6 frame from `src` to `dst`: `ext` is a chain of extension headers (each one's
+    /// first byte its next header) that starts with `first` and ends in `proto`, then `l4`,
+    /// whose checksum is computed over the IPv6 pseudo-header.
+    pub fn ipv6(
+        first: u8,
+        proto: u8,
+        src: [u8; 16],
+        dst: [u8; 16],
+        ext: &[u8],
+        l4: &[u8],
+    ) -> Frame {
+        let mut frame = Frame {
+            bytes: [0; 256],
+            len: 0,
+        };
+        let b = &mut frame.bytes;
+        b[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        b[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+        b[12..14].copy_from_slice(&[0x86, 0xdd]);
+        let ip = ETH_HLEN;
+        b[ip] = 0x60;
+        let payload_len = (ext.len() + l4.len()) as u16;
+        b[ip + 4..ip + 6].copy_from_slice(&payload_len.to_be_bytes());
+        b[ip + 6] = if ext.is_empty() { proto } else { first };
+        b[ip + 7] = 64;
+        b[ip + 8..ip + 24].copy_from_slice(&src);
+        b[ip + 24..ip + 40].copy_from_slice(&dst);
+        let l4_at = ip + 40 + ext.len();
+        b[ip + 40..l4_at].copy_from_slice(ext);
+        b[l4_at..l4_at + l4.len()].copy_from_slice(l4);
+        frame.len = l4_at + l4.len();
+        let at = l4_at + if proto == IPPROTO_TCP { 16 } else { 6 };
+        let pseudo = checksum::pseudo_header6(&addr6(src), &addr6(dst), proto, l4.len() as u32);
+        let sum = checksum::finish(checksum::accumulate(pseudo, &frame.bytes[l4_at..frame.len]));
+        frame.bytes[at..at + 2].copy_from_slice(&checksum::udp_wire(sum).to_ne_bytes());
+        frame
+    }
+
+    impl Frame {
+        /// Whether the `proto` checksum of an IPv6 frame whose L4 header is at `l4` verifies.
+        pub fn checksum6_holds(&self, l4: usize, proto: u8) -> bool {
+            let word =
+                |at: usize| -> [u8; 16] { self.bytes[at..at + 16].try_into().expect("16 bytes") };
+            let segment = &self.bytes[l4..self.len];
+            let pseudo = checksum::pseudo_header6(
+                &addr6(word(ETH_HLEN + 8)),
+                &addr6(word(ETH_HLEN + 24)),
+                proto,
+                segment.len() as u32,
+            );
+            checksum::fold(checksum::accumulate(pseudo, segment)) == 0xffff
+        }
+    }
+
     /// A TCP header (no options) from `sport` to `dport` with `flags`, and `payload`.
     pub fn tcp(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
         let mut l4 = vec![0; 20];
@@ -373,9 +541,14 @@ mod tests {
     const CLIENT: [u8; 4] = [198, 18, 0, 100];
     const SERVICE: [u8; 4] = [198, 19, 0, 10];
 
-    fn parsed(frame: &Frame) -> Result<Packet, Error> {
+    fn parsed(frame: &Frame) -> Result<Packet<u32>, Error> {
         let (data, end) = frame.data();
-        parse(data, end)
+        parse_v4(data, end)
+    }
+
+    fn parsed6(frame: &Frame) -> Result<Packet<Addr6>, Error> {
+        let (data, end) = frame.data();
+        parse_v6(data, end)
     }
 
     #[test]
@@ -431,7 +604,8 @@ mod tests {
 
         let mut arp = ipv4(IPPROTO_TCP, CLIENT, SERVICE, &[], &segment, true);
         arp.bytes[12..14].copy_from_slice(&[0x08, 0x06]);
-        assert_eq!(parsed(&arp).err(), Some(Error::NotIpv4));
+        let (data, end) = arp.data();
+        assert_eq!(ether_type(data, end), Ok(0x0806u16.to_be()));
 
         let icmp = ipv4(1, CLIENT, SERVICE, &[], &[8, 0, 0, 0, 0, 0, 0, 0], false);
         assert_eq!(parsed(&icmp).err(), Some(Error::NotTcpUdp));
@@ -445,5 +619,139 @@ mod tests {
         let mut short_total = ipv4(IPPROTO_TCP, CLIENT, SERVICE, &[], &segment, true);
         short_total.bytes[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&10u16.to_be_bytes());
         assert_eq!(parsed(&short_total).err(), Some(Error::Malformed));
+    }
+
+    const CLIENT6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64];
+    const SERVICE6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0x19, 0, 0, 0, 0, 0, 0, 0, 0x0a];
+    const HOPOPTS: u8 = 0;
+    const DSTOPTS: u8 = 60;
+
+    /// An extension header of 8 bytes (`PadN` options) whose next header is `next`.
+    fn ext(next: u8) -> [u8; 8] {
+        [next, 0, 1, 4, 0, 0, 0, 0]
+    }
+
+    #[test]
+    fn an_ipv6_segment_parses_into_its_tuple() {
+        let frame = ipv6(
+            IPPROTO_TCP,
+            IPPROTO_TCP,
+            CLIENT6,
+            SERVICE6,
+            &[],
+            &tcp(40000, 80, tcp::SYN, b"hi"),
+        );
+        assert!(frame.checksum6_holds(54, IPPROTO_TCP));
+        let pkt = parsed6(&frame).expect("parses");
+        assert_eq!(pkt.tuple.saddr, addr6(CLIENT6));
+        assert_eq!(pkt.tuple.daddr, addr6(SERVICE6));
+        assert_eq!(u16::from_be(pkt.tuple.dport), 80);
+        assert_eq!((pkt.l4, pkt.ihl, pkt.tot_len), (54, 40, 62));
+        assert_eq!(pkt.tcp_flags, tcp::SYN);
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_walked_up_to_the_bound() {
+        let mut chain = Vec::new();
+        chain.extend_from_slice(&ext(DSTOPTS));
+        chain.extend_from_slice(&ext(IPPROTO_UDP));
+        let frame = ipv6(
+            HOPOPTS,
+            IPPROTO_UDP,
+            CLIENT6,
+            SERVICE6,
+            &chain,
+            &udp(5353, 53, b"q"),
+        );
+        let pkt = parsed6(&frame).expect("parses");
+        assert_eq!((pkt.l4, pkt.ihl), (54 + 16, 56));
+        assert_eq!(pkt.tuple.proto, IPPROTO_UDP);
+        assert_eq!(pkt.l4_check_offset(), 70 + 6);
+
+        // A routing header of 24 bytes (length field 2) and AH (length counted in 4 bytes).
+        let mut long = vec![51, 2, 0, 0, 0, 0, 0, 0];
+        long.extend_from_slice(&[0; 16]);
+        long.extend_from_slice(&[IPPROTO_TCP, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let frame = ipv6(
+            43,
+            IPPROTO_TCP,
+            CLIENT6,
+            SERVICE6,
+            &long,
+            &tcp(1, 2, 0, &[]),
+        );
+        assert_eq!(parsed6(&frame).map(|pkt| pkt.ihl), Ok(40 + 24 + 12));
+
+        let mut five = Vec::new();
+        for _ in 0..4 {
+            five.extend_from_slice(&ext(DSTOPTS));
+        }
+        five.extend_from_slice(&ext(IPPROTO_TCP));
+        let frame = ipv6(
+            HOPOPTS,
+            IPPROTO_TCP,
+            CLIENT6,
+            SERVICE6,
+            &five,
+            &tcp(1, 2, 0, &[]),
+        );
+        assert_eq!(parsed6(&frame).err(), Some(Error::ExtensionHeaders));
+    }
+
+    #[test]
+    fn what_is_not_a_whole_ipv6_tcp_or_udp_packet_is_an_error() {
+        let segment = tcp(40000, 80, tcp::ACK, &[]);
+        let fragment = [IPPROTO_TCP, 0, 0, 1, 0, 0, 0, 7];
+        let frame = ipv6(44, IPPROTO_TCP, CLIENT6, SERVICE6, &fragment, &segment);
+        assert_eq!(parsed6(&frame).err(), Some(Error::Fragment));
+        let icmp = ipv6(58, 58, CLIENT6, SERVICE6, &[], &[135, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(parsed6(&icmp).err(), Some(Error::NotTcpUdp));
+        let esp = ipv6(50, 50, CLIENT6, SERVICE6, &[], &[0; 16]);
+        assert_eq!(parsed6(&esp).err(), Some(Error::NotTcpUdp));
+        let no_next = ipv6(HOPOPTS, 59, CLIENT6, SERVICE6, &ext(59), &[]);
+        assert_eq!(parsed6(&no_next).err(), Some(Error::NotTcpUdp));
+
+        let whole = ipv6(
+            HOPOPTS,
+            IPPROTO_TCP,
+            CLIENT6,
+            SERVICE6,
+            &ext(IPPROTO_TCP),
+            &segment,
+        );
+        for len in [ETH_HLEN, ETH_HLEN + 39, ETH_HLEN + 41, ETH_HLEN + 48 + 19] {
+            let mut truncated = ipv6(
+                HOPOPTS,
+                IPPROTO_TCP,
+                CLIENT6,
+                SERVICE6,
+                &ext(IPPROTO_TCP),
+                &segment,
+            );
+            truncated.len = len;
+            assert_eq!(
+                parsed6(&truncated).err(),
+                Some(Error::Truncated),
+                "{len} bytes"
+            );
+        }
+        assert!(parsed6(&whole).is_ok());
+
+        let mut version4 = ipv6(IPPROTO_TCP, IPPROTO_TCP, CLIENT6, SERVICE6, &[], &segment);
+        version4.bytes[ETH_HLEN] = 0x40;
+        assert_eq!(parsed6(&version4).err(), Some(Error::Malformed));
+        let mut jumbo = ipv6(IPPROTO_TCP, IPPROTO_TCP, CLIENT6, SERVICE6, &[], &segment);
+        jumbo.bytes[ETH_HLEN + 4..ETH_HLEN + 6].copy_from_slice(&[0, 0]);
+        assert_eq!(parsed6(&jumbo).err(), Some(Error::Malformed));
+        let mut unchecked = ipv6(
+            IPPROTO_UDP,
+            IPPROTO_UDP,
+            CLIENT6,
+            SERVICE6,
+            &[],
+            &udp(1, 53, b"q"),
+        );
+        unchecked.bytes[54 + 6..54 + 8].copy_from_slice(&[0, 0]);
+        assert_eq!(parsed6(&unchecked).err(), Some(Error::Malformed));
     }
 }

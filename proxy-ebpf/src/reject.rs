@@ -1,19 +1,27 @@
-//! Answers for connections to a service without endpoints: a TCP RST, or an ICMP port
+//! Answers for connections to a service without endpoints: a TCP RST, or an ICMP (ICMPv6) port
 //! unreachable for UDP, both from the frontend address, sent back the way the packet came.
 
 use core::mem::size_of;
 
 use aya_ebpf::{bindings::xdp_action::XDP_DROP, programs::XdpContext};
 use network_types::{
-    bitfield::BitfieldU16, eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr,
+    bitfield::BitfieldU16,
+    eth::EthHdr,
+    icmp::Icmpv4Hdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
 };
-use proxy_common::{IPPROTO_TCP, checksum, tcp};
+use proxy_common::{Addr6, IPPROTO_ICMPV6, IPPROTO_TCP, checksum, tcp};
 
 use crate::{
     error::Error,
+    family::{V4, V6},
     forward::send,
     kernel,
-    packet::{ETH_HLEN, IPPROTO_ICMP, IPV4_HLEN, Packet, TCP_HLEN, Tuple, load, ptr_at, tcp_flags},
+    packet::{
+        ETH_HLEN, IPPROTO_ICMP, IPV4_HLEN, IPV6_HLEN, Packet, TCP_HLEN, Tuple, load, ptr_at,
+        tcp_flags, write_at,
+    },
 };
 
 /// IPv4 "don't fragment", of the 3 flag bits.
@@ -25,11 +33,18 @@ const ICMP_PORT_UNREACH: u8 = 3;
 const ICMP_QUOTED_L4: usize = 8;
 /// The most 16-bit words an ICMP error quotes: a 60-byte IP header and 8 bytes.
 const ICMP_QUOTED_WORDS_MAX: usize = (60 + ICMP_QUOTED_L4) / size_of::<u16>();
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PORT_UNREACH: u8 = 4;
+const ICMPV6_HLEN: usize = 8;
+/// IPv6's minimum MTU: an ICMPv6 error quotes as much of the offending packet as fits in it
+/// (RFC 4443 §2.4 (c)), as the kernel does.
+const IPV6_MIN_MTU: usize = 1280;
+const ICMPV6_QUOTED_MAX: usize = IPV6_MIN_MTU - IPV6_HLEN - ICMPV6_HLEN;
 
 /// Turns a TCP segment into the RST that answers it (RFC 793, "Reset Generation"), in place.
 /// A RST is never answered: it is dropped.
 #[inline(always)]
-pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Error> {
+pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet<u32>) -> Result<u32, Error> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     // Fixed offsets first: the verifier cannot carry the variable-offset check of the segment
     // over to them, and the compiler would drop them as implied by it.
@@ -88,7 +103,7 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Error> {
         *tcp_ptr = tcp_out;
     }
     resize(ctx, ETH_HLEN + usize::from(tot_len))?;
-    send(ctx, &reply, tot_len)
+    send::<V4>(ctx, &reply, tot_len)
 }
 
 /// The sequence and acknowledgment numbers (network byte order) of the RST answering a segment
@@ -113,7 +128,7 @@ pub fn rst_numbers(flags: u8, seq: u32, ack_seq: u32, payload: u32) -> (u32, u32
 /// Turns a UDP datagram into an ICMP destination unreachable / port unreachable quoting its IP
 /// header and first 8 bytes (RFC 792, RFC 1122 §3.2.2.1).
 #[inline(always)]
-pub fn icmp_port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Error> {
+pub fn icmp_port_unreachable(ctx: &XdpContext, pkt: &Packet<u32>) -> Result<u32, Error> {
     let eth: *const EthHdr = ptr_at(ctx.data(), ctx.data_end(), 0)?;
     // SAFETY: ptr_at checked that the Ethernet header lies inside the packet.
     let eth_in = unsafe { *eth };
@@ -166,12 +181,159 @@ pub fn icmp_port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Erro
         *ip_out = ip;
         *icmp_out = icmp;
     }
-    send(ctx, &reply, tot_len)
+    send::<V4>(ctx, &reply, tot_len)
+}
+
+/// [`tcp_reset`] for IPv6: the RST goes out with a bare IPv6 header (the request's extension
+/// headers are not repeated).
+#[inline(always)]
+pub fn tcp_reset6(ctx: &XdpContext, pkt: &Packet<Addr6>) -> Result<u32, Error> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    // Fixed offsets first, as in `tcp_reset`.
+    let eth: *mut EthHdr = ptr_at(data, data_end, 0)?;
+    let ip_out: *mut Ipv6Hdr = ptr_at(data, data_end, ETH_HLEN)?;
+    let tcp_ptr: *mut TcpHdr = ptr_at(data, data_end, ETH_HLEN + IPV6_HLEN)?;
+    let tcp_in: *const TcpHdr = ptr_at(data, data_end, pkt.l4)?;
+    // SAFETY: ptr_at checked that these headers lie inside the packet; what is read of the
+    // segment is copied out before the new headers overwrite it.
+    let (eth_in, flags_in, doff, seq_in, ack_seq_in) = unsafe {
+        (
+            *eth,
+            tcp_flags(&*tcp_in),
+            (*tcp_in).doff(),
+            load::<u32, 4>(&raw const (*tcp_in).seq),
+            load::<u32, 4>(&raw const (*tcp_in).ack_seq),
+        )
+    };
+    if flags_in & tcp::RST != 0 {
+        return Ok(XDP_DROP);
+    }
+    let payload = usize::from(pkt.tot_len).saturating_sub(pkt.ihl + usize::from(doff) * 4);
+    let (seq, ack_seq, ack) = rst_numbers(flags_in, seq_in, ack_seq_in, payload as u32);
+    let reply = Tuple {
+        saddr: pkt.tuple.daddr,
+        daddr: pkt.tuple.saddr,
+        sport: pkt.tuple.dport,
+        dport: pkt.tuple.sport,
+        proto: IPPROTO_TCP,
+    };
+    let ip = ipv6_header(&reply, TCP_HLEN as u16);
+    let mut tcp_out = TcpHdr {
+        source: reply.sport.to_ne_bytes(),
+        dest: reply.dport.to_ne_bytes(),
+        seq: seq.to_ne_bytes(),
+        ack_seq: ack_seq.to_ne_bytes(),
+        _bitfield_align_1: [],
+        _bitfield_1: BitfieldU16::default(),
+        window: [0; 2],
+        check: [0; 2],
+        urg_ptr: [0; 2],
+    };
+    tcp_out.set_doff((TCP_HLEN / 4) as u16);
+    tcp_out.set_rst(1);
+    tcp_out.set_ack(u16::from(ack));
+    let sum = checksum::pseudo_header6(&reply.saddr, &reply.daddr, IPPROTO_TCP, TCP_HLEN as u32);
+    tcp_out.check = checksum::finish(checksum::accumulate(sum, bytes_of(&tcp_out))).to_ne_bytes();
+
+    // SAFETY: ptr_at checked all three headers lie inside the packet; the inputs were copied.
+    unsafe {
+        (*eth).dst_addr = eth_in.src_addr;
+        (*eth).src_addr = eth_in.dst_addr;
+        *ip_out = ip;
+        *tcp_ptr = tcp_out;
+    }
+    let tot_len = (IPV6_HLEN + TCP_HLEN) as u16;
+    resize(ctx, ETH_HLEN + usize::from(tot_len))?;
+    send::<V6>(ctx, &reply, tot_len)
+}
+
+/// Turns a UDP datagram into an ICMPv6 destination unreachable / port unreachable (RFC 4443
+/// §3.1) quoting as much of the datagram, from its IPv6 header on, as fits in the minimum MTU.
+#[inline(always)]
+pub fn icmp6_port_unreachable(ctx: &XdpContext, pkt: &Packet<Addr6>) -> Result<u32, Error> {
+    let eth: *const EthHdr = ptr_at(ctx.data(), ctx.data_end(), 0)?;
+    // SAFETY: ptr_at checked that the Ethernet header lies inside the packet.
+    let eth_in = unsafe { *eth };
+    let quoted = usize::from(pkt.tot_len).min(ICMPV6_QUOTED_MAX);
+    let added = IPV6_HLEN + ICMPV6_HLEN;
+    // Room for a new IPv6 and ICMPv6 header in front; the original packet then follows them.
+    if !kernel::xdp_adjust_head(ctx, -(added as i32)) {
+        return Err(Error::Resize);
+    }
+    let quoted_at = ETH_HLEN + added;
+    resize(ctx, quoted_at + quoted)?;
+
+    let reply = Tuple {
+        saddr: pkt.tuple.daddr,
+        daddr: pkt.tuple.saddr,
+        sport: 0,
+        dport: 0,
+        proto: IPPROTO_ICMPV6,
+    };
+    let icmp_len = ICMPV6_HLEN + quoted;
+    let ip = ipv6_header(&reply, icmp_len as u16);
+    let mut icmp = [0u8; ICMPV6_HLEN];
+    icmp[0] = ICMPV6_DEST_UNREACH;
+    icmp[1] = ICMPV6_PORT_UNREACH;
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let pseudo =
+        checksum::pseudo_header6(&reply.saddr, &reply.daddr, IPPROTO_ICMPV6, icmp_len as u32);
+    let mut sum = checksum::accumulate(pseudo, &icmp);
+    for word in 0..ICMPV6_QUOTED_MAX / 2 {
+        if word * 2 + 1 >= quoted {
+            break;
+        }
+        let value: *const u16 = ptr_at(data, data_end, quoted_at + word * 2)?;
+        // SAFETY: ptr_at checked that the word lies inside the packet.
+        sum += u64::from(unsafe { *value });
+    }
+    if quoted % 2 == 1 {
+        // The odd last byte, padded with a zero byte (RFC 1071).
+        let last: *const u8 = ptr_at(data, data_end, quoted_at + quoted - 1)?;
+        // SAFETY: ptr_at checked that the byte lies inside the packet.
+        sum += u64::from(u16::from_ne_bytes([unsafe { *last }, 0]));
+    }
+    let check = checksum::finish(sum).to_ne_bytes();
+    icmp[2] = check[0];
+    icmp[3] = check[1];
+
+    let eth: *mut EthHdr = ptr_at(data, data_end, 0)?;
+    let ip_out: *mut Ipv6Hdr = ptr_at(data, data_end, ETH_HLEN)?;
+    // SAFETY: ptr_at checked both headers lie inside the packet.
+    unsafe {
+        *eth = EthHdr {
+            dst_addr: eth_in.src_addr,
+            src_addr: eth_in.dst_addr,
+            ether_type: eth_in.ether_type,
+        };
+        *ip_out = ip;
+    }
+    write_at(data, data_end, ETH_HLEN + IPV6_HLEN, icmp)?;
+    send::<V6>(ctx, &reply, (IPV6_HLEN + icmp_len) as u16)
+}
+
+/// An IPv6 header without extension headers for `tuple`, carrying `payload_len` bytes.
+#[inline(always)]
+fn ipv6_header(tuple: &Tuple<Addr6>, payload_len: u16) -> Ipv6Hdr {
+    let mut src_addr = [0; 16];
+    let mut dst_addr = [0; 16];
+    for word in 0..4 {
+        src_addr[word * 4..word * 4 + 4].copy_from_slice(&tuple.saddr[word].to_ne_bytes());
+        dst_addr[word * 4..word * 4 + 4].copy_from_slice(&tuple.daddr[word].to_ne_bytes());
+    }
+    Ipv6Hdr {
+        vcf: [0x60, 0, 0, 0],
+        payload_len: payload_len.to_be_bytes(),
+        next_hdr: tuple.proto,
+        hop_limit: TTL,
+        src_addr,
+        dst_addr,
+    }
 }
 
 /// An IPv4 header without options for `tuple`, with its checksum.
 #[inline(always)]
-fn ipv4_header(tuple: &Tuple, tot_len: u16, frag_flags: u8) -> Ipv4Hdr {
+fn ipv4_header(tuple: &Tuple<u32>, tot_len: u16, frag_flags: u8) -> Ipv4Hdr {
     let mut ip = Ipv4Hdr {
         vihl: 0,
         tos: 0,

@@ -6,20 +6,19 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
+use network_types::eth::EtherType;
 use proxy_common::{CT_DIR_REPLY, CT_F_LOCAL, XDP_META_MAGIC, XdpRedirectMeta, stats::Hook};
 
 use crate::{
     conntrack,
     counters::{self, Direction},
     error::Error,
+    family::{Family, V4, V6},
     kernel, klog,
     nat::{rewrite_skb, rewritten},
     outcome::{Action, Path, outcome},
-    packet::{self, ETH_HLEN, IPV4_HLEN, TCP_HLEN, read_at, write_at},
+    packet::{self, read_at, write_at},
 };
-
-/// The most header bytes the parser reads: Ethernet, IPv4 with options, TCP without options.
-const MAX_HEADERS: u32 = (ETH_HLEN + 60 + TCP_HLEN) as u32;
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
@@ -45,20 +44,36 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn tc_egress(ctx: TcContext) -> i32 {
-    let verdict = match try_tc_egress(&ctx) {
-        Ok(action) => action,
+    // The Ethernet header is always in the skb's linear data.
+    let verdict = match packet::ether_type(ctx.data(), ctx.data_end()) {
+        Ok(ether_type) if ether_type == EtherType::Ipv4 as u16 => egress::<V4>(&ctx),
+        Ok(ether_type) if ether_type == EtherType::Ipv6 as u16 => egress::<V6>(&ctx),
+        Ok(_) => on_error(&ctx, Error::NotIp),
         Err(err) => on_error(&ctx, err),
     };
     counters::verdict(Hook::TcEgress, verdict as u32);
     verdict
 }
 
+/// One family's path, as a BPF subprogram of its own (see `xdp_ingress::ingress`).
+#[inline(never)]
+fn egress<F: Family>(ctx: &TcContext) -> i32 {
+    match try_tc_egress::<F>(ctx) {
+        Ok(action) => action,
+        Err(err) => on_error(ctx, err),
+    }
+}
+
 /// Carries out what `outcome` says `err` does here: what is not ours leaves as it is; a reply
 /// that could not be turned back would leave with the pod's address, and is dropped instead.
+#[inline(always)]
 fn on_error(ctx: &TcContext, err: Error) -> i32 {
     let outcome = outcome(Path::TcEgress, err);
     if let Some(reason) = outcome.counted {
         counters::drop(reason);
+    }
+    if let Some(reason) = outcome.passed {
+        counters::pass(reason);
     }
     if outcome.logged {
         klog::debug!(ctx, "tc: reply dropped: {}", err.as_str());
@@ -70,26 +85,26 @@ fn on_error(ctx: &TcContext, err: Error) -> i32 {
 }
 
 #[inline(always)]
-fn try_tc_egress(ctx: &TcContext) -> Result<i32, Error> {
-    let pkt = match packet::parse(ctx.data(), ctx.data_end()) {
-        Err(Error::Truncated) if ctx.len() as usize > ETH_HLEN + IPV4_HLEN => {
+fn try_tc_egress<F: Family>(ctx: &TcContext) -> Result<i32, Error> {
+    let pkt = match F::parse(ctx.data(), ctx.data_end()) {
+        Err(Error::Truncated) if ctx.len() as usize > F::MIN_HEADERS => {
             // The headers may sit in paged data: make them linear and look again.
-            let _ = ctx.pull_data(MAX_HEADERS.min(ctx.len()));
-            packet::parse(ctx.data(), ctx.data_end())?
+            let _ = ctx.pull_data(F::MAX_HEADERS.min(ctx.len()));
+            F::parse(ctx.data(), ctx.data_end())?
         }
         parsed => parsed?,
     };
     let key = pkt.tuple.ct_key(CT_DIR_REPLY);
-    let Some(entry) = conntrack::lookup(&key) else {
+    let Some(entry) = conntrack::lookup::<F>(&key) else {
         return Ok(TC_ACT_OK);
     };
     let reply = entry.get();
     // A closed flow's entry must not take over a new connection between the same endpoints.
-    if reply.flags & CT_F_LOCAL == 0 || !conntrack::reply_belongs(&pkt, &key, &reply) {
+    if reply.flags & CT_F_LOCAL == 0 || !conntrack::reply_belongs::<F>(&pkt, &key, &reply) {
         return Ok(TC_ACT_OK);
     }
     conntrack::touch(entry, &pkt, kernel::now_ns());
-    rewrite_skb(ctx, &pkt, &rewritten(&pkt.tuple, &reply))?;
+    rewrite_skb::<F>(ctx, &pkt, &rewritten(&pkt.tuple, &reply))?;
     counters::traffic(
         reply.service_id,
         reply.backend_id,

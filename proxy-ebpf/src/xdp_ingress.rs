@@ -7,8 +7,9 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
+use network_types::eth::EtherType;
 use proxy_common::{
-    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, IPPROTO_TCP, SVC_F_NO_LOCAL_ENDPOINT,
+    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, SVC_F_NO_LOCAL_ENDPOINT,
     SVC_F_SOURCE_RANGES, stats::Hook,
 };
 
@@ -17,42 +18,94 @@ use crate::{
     conntrack,
     counters::{self, Direction},
     error::Error,
-    family::{Family, V4},
+    family::{Family, V4, V6},
     forward::forward,
     kernel, klog,
-    maps::CONFIG,
     nat::{rewrite_in_place, rewritten},
     outcome::{Action, Outcome, Path, outcome},
     packet::{self, Packet, Tuple},
-    reject,
     service::{lookup_frontend, source_allowed},
 };
 
 #[xdp]
 pub fn xdp_ingress(ctx: XdpContext) -> u32 {
-    let verdict = match try_xdp_ingress(&ctx) {
-        Ok(action) => action,
+    // The one per-packet decision between the families: each gets its own copy of the path.
+    let verdict = match packet::ether_type(ctx.data(), ctx.data_end()) {
+        Ok(ether_type) if ether_type == EtherType::Ipv4 as u16 => {
+            answer::<V4>(&ctx, ingress::<V4>(&ctx))
+        }
+        Ok(ether_type) if ether_type == EtherType::Ipv6 as u16 => {
+            answer::<V6>(&ctx, ingress::<V6>(&ctx))
+        }
+        Ok(_) => on_error(&ctx, Error::NotIp),
         Err(err) => on_error(&ctx, err),
     };
     counters::verdict(Hook::Xdp, verdict);
     verdict
 }
 
-/// Carries out what `outcome` says `err` does here.
+/// What [`ingress`] returns for a flow to refuse, and (with `Family::NEW_FLOWS_APART`) for a
+/// packet of no known flow; no XDP action has these values.
+const REFUSE: u32 = u32::MAX;
+const NEW_FLOW: u32 = u32::MAX - 1;
+
+/// One family's path, as a BPF subprogram of its own: inlined together, the two families'
+/// keys and FIB requests would not fit in one 512-byte stack frame (the verifier sums the
+/// frames of a call chain, so the refusal, [`answer`], is a sibling call, not a callee).
+#[inline(never)]
+fn ingress<F: Family>(ctx: &XdpContext) -> u32 {
+    match try_xdp_ingress::<F>(ctx) {
+        Ok(action) => action,
+        Err(err) => on_error(ctx, err),
+    }
+}
+
+/// `verdict`, or what the sibling subprograms make of [`NEW_FLOW`] and [`REFUSE`].
+#[inline(always)]
+fn answer<F: Family>(ctx: &XdpContext, mut verdict: u32) -> u32 {
+    if F::NEW_FLOWS_APART && verdict == NEW_FLOW {
+        verdict = new_flow_apart::<F>(ctx);
+    }
+    if verdict == REFUSE {
+        return refused::<F>(ctx);
+    }
+    verdict
+}
+
+/// [`new_flow`] as a subprogram of its own, for a family whose known and new flows do not fit
+/// in one stack frame (IPv6: its keys and addresses spill).
+#[inline(never)]
+fn new_flow_apart<F: Family>(ctx: &XdpContext) -> u32 {
+    let now = kernel::coarse_now_ns();
+    let result = F::parse(ctx.data(), ctx.data_end()).and_then(|pkt| new_flow::<F>(ctx, &pkt, now));
+    match result {
+        Ok(action) => action,
+        Err(err) => on_error(ctx, err),
+    }
+}
+
+/// Carries out what `outcome` says `err` does here (a refusal: [`REFUSE`], for [`answer`]).
+#[inline(always)]
 fn on_error(ctx: &XdpContext, err: Error) -> u32 {
     let outcome = outcome(Path::Xdp, err);
     count_and_log(ctx, err, outcome);
     match outcome.action {
         Action::Pass => XDP_PASS,
         Action::Drop => XDP_DROP,
-        Action::Refuse => match refuse(ctx, outcome.logged) {
-            Ok(verdict) => verdict,
-            // The answer could not be written: the packet goes unanswered.
-            Err(err) => {
-                count_and_log(ctx, err, self::outcome(Path::Xdp, err));
-                XDP_DROP
-            }
-        },
+        Action::Refuse => REFUSE,
+    }
+}
+
+/// Answers a flow `outcome` refused, as a subprogram of its own (see [`ingress`]).
+#[inline(never)]
+fn refused<F: Family>(ctx: &XdpContext) -> u32 {
+    match refuse::<F>(ctx) {
+        Ok(verdict) => verdict,
+        // The answer could not be written: the packet goes unanswered.
+        Err(err) => {
+            count_and_log(ctx, err, outcome(Path::Xdp, err));
+            XDP_DROP
+        }
     }
 }
 
@@ -60,6 +113,9 @@ fn on_error(ctx: &XdpContext, err: Error) -> u32 {
 fn count_and_log(ctx: &XdpContext, err: Error, outcome: Outcome) {
     if let Some(reason) = outcome.counted {
         counters::drop(reason);
+    }
+    if let Some(reason) = outcome.passed {
+        counters::pass(reason);
     }
     if !outcome.logged {
         return;
@@ -76,45 +132,40 @@ fn count_and_log(ctx: &XdpContext, err: Error, outcome: Outcome) {
 
 /// Answers a new flow to a service without endpoints: TCP RST, or ICMP port unreachable.
 #[inline(always)]
-fn refuse(ctx: &XdpContext, logged: bool) -> Result<u32, Error> {
+fn refuse<F: Family>(ctx: &XdpContext) -> Result<u32, Error> {
     // The packet is as it arrived (nothing is rewritten before a refusal): parse it again
     // rather than carry it through every error.
-    let pkt = packet::parse(ctx.data(), ctx.data_end())?;
+    let pkt = F::parse(ctx.data(), ctx.data_end())?;
     let tuple = &pkt.tuple;
-    if logged {
-        klog::debug!(
-            ctx,
-            "xdp: no endpoints, flow refused frontend={:i}:{} client={:i}:{}",
-            tuple.daddr.to_ne_bytes(),
-            u16::from_be(tuple.dport),
-            tuple.saddr.to_ne_bytes(),
-            u16::from_be(tuple.sport)
-        );
-    }
-    if tuple.proto == IPPROTO_TCP {
-        reject::tcp_reset(ctx, &pkt)
-    } else {
-        reject::icmp_port_unreachable(ctx, &pkt)
-    }
+    // Every refusal is logged (`outcome` of `NoEndpoints`).
+    klog::debug!(
+        ctx,
+        "xdp: no endpoints, flow refused frontend={:i}:{} client={:i}:{}",
+        F::log_ip(&tuple.daddr),
+        u16::from_be(tuple.dport),
+        F::log_ip(&tuple.saddr),
+        u16::from_be(tuple.sport)
+    );
+    F::refuse(ctx, &pkt)
 }
 
 #[inline(always)]
-fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, Error> {
-    let pkt = packet::parse(ctx.data(), ctx.data_end())?;
+fn try_xdp_ingress<F: Family>(ctx: &XdpContext) -> Result<u32, Error> {
+    let pkt = F::parse(ctx.data(), ctx.data_end())?;
     // Conntrack times need no more than the tick's resolution, and the coarse clock is cheaper.
     let now = kernel::coarse_now_ns();
 
     // Only replies to the SNAT address can belong to a SNATed flow: other packets skip the
     // lookup (a hash lookup is most of a conntrack hit's cost).
-    let snat_addr = CONFIG.get(0).map_or(0, |config| config.snat_addr);
+    let snat_addr = F::snat_addr();
     let reply_key = pkt.tuple.ct_key(CT_DIR_REPLY);
     if pkt.tuple.daddr == snat_addr
-        && let Some(entry) = conntrack::lookup(&reply_key)
+        && let Some(entry) = conntrack::lookup::<F>(&reply_key)
     {
         let reply = entry.get();
         // A stale entry (closed flow, the SNAT tuple reused by a node process) is deleted and
         // the packet is not a reply of ours.
-        if reply.flags & CT_F_SNAT != 0 && conntrack::reply_belongs(&pkt, &reply_key, &reply) {
+        if reply.flags & CT_F_SNAT != 0 && conntrack::reply_belongs::<F>(&pkt, &reply_key, &reply) {
             conntrack::touch(entry, &pkt, now);
             counters::traffic(
                 reply.service_id,
@@ -122,40 +173,43 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, Error> {
                 Direction::Out,
                 pkt.tot_len,
             );
-            return translate_and_forward(ctx, &pkt, &rewritten(&pkt.tuple, &reply));
+            return translate_and_forward::<F>(ctx, &pkt, &rewritten(&pkt.tuple, &reply));
         }
     }
 
     let forward_key = pkt.tuple.ct_key(CT_DIR_FORWARD);
-    if let Some(entry) = conntrack::lookup(&forward_key) {
+    if let Some(entry) = conntrack::lookup::<F>(&forward_key) {
         let flow = entry.get();
-        if V4::backend(flow.backend_id).is_some() {
+        if F::backend(flow.backend_id).is_some() {
             conntrack::touch(entry, &pkt, now);
             let direction = Direction::In { new: false };
             counters::traffic(flow.service_id, flow.backend_id, direction, pkt.tot_len);
             let to = rewritten(&pkt.tuple, &flow);
             if flow.flags & CT_F_SNAT != 0 {
-                return translate_and_forward(ctx, &pkt, &to);
+                return translate_and_forward::<F>(ctx, &pkt, &to);
             }
-            rewrite_in_place(ctx.data(), ctx.data_end(), &pkt, &to)?;
+            rewrite_in_place::<F>(ctx.data(), ctx.data_end(), &pkt, &to)?;
             return Ok(XDP_PASS);
         }
         // The backend is gone: the flow is balanced again as a new one.
-        conntrack::remove_flow(&forward_key, &flow);
+        conntrack::remove_flow::<F>(&forward_key, &flow);
     }
 
-    new_flow(ctx, &pkt, now)
+    if F::NEW_FLOWS_APART {
+        return Ok(NEW_FLOW);
+    }
+    new_flow::<F>(ctx, &pkt, now)
 }
 
 #[inline(always)]
-fn new_flow(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<u32, Error> {
+fn new_flow<F: Family>(ctx: &XdpContext, pkt: &Packet<F::Addr>, now: u64) -> Result<u32, Error> {
     let tuple = &pkt.tuple;
-    let Some((key, service)) = lookup_frontend::<V4>(tuple.daddr, tuple.dport, tuple.proto, false)
+    let Some((key, service)) = lookup_frontend::<F>(tuple.daddr, tuple.dport, tuple.proto, false)
     else {
         return Ok(XDP_PASS);
     };
     if service.flags & SVC_F_SOURCE_RANGES != 0
-        && !source_allowed::<V4>(service.service_id, tuple.saddr)
+        && !source_allowed::<F>(service.service_id, tuple.saddr)
     {
         return Err(Error::SourceRangeDenied);
     }
@@ -167,31 +221,35 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<u32, Error> {
         });
     }
     let (backend_id, backend) =
-        affinity::select_backend_for::<V4>(key, &service, Client::Ip(tuple.saddr))
+        affinity::select_backend_for::<F>(key, &service, Client::Ip(tuple.saddr))
             .ok_or(Error::NoBackend)?;
     let direction = Direction::In { new: true };
     counters::traffic(service.service_id, backend_id, direction, pkt.tot_len);
     klog::trace!(
         ctx,
         "xdp: new flow client={:i}:{} frontend={:i}:{} backend={:i}:{}",
-        tuple.saddr.to_ne_bytes(),
+        F::log_ip(&tuple.saddr),
         u16::from_be(tuple.sport),
-        tuple.daddr.to_ne_bytes(),
+        F::log_ip(&tuple.daddr),
         u16::from_be(tuple.dport),
-        backend.addr.to_ne_bytes(),
+        F::log_ip(&backend.addr),
         u16::from_be(backend.port)
     );
     if backend.flags & BACKEND_F_LOCAL != 0 {
-        let to = conntrack::create_local(pkt, backend_id, &backend, service.service_id, now)?;
-        rewrite_in_place(ctx.data(), ctx.data_end(), pkt, &to)?;
+        let to = conntrack::create_local::<F>(pkt, backend_id, &backend, service.service_id, now)?;
+        rewrite_in_place::<F>(ctx.data(), ctx.data_end(), pkt, &to)?;
         return Ok(XDP_PASS);
     }
-    let to = conntrack::create_snat(pkt, backend_id, &backend, service.service_id, now)?;
-    translate_and_forward(ctx, pkt, &to)
+    let to = conntrack::create_snat::<F>(pkt, backend_id, &backend, service.service_id, now)?;
+    translate_and_forward::<F>(ctx, pkt, &to)
 }
 
 #[inline(always)]
-fn translate_and_forward(ctx: &XdpContext, pkt: &Packet, to: &Tuple) -> Result<u32, Error> {
-    rewrite_in_place(ctx.data(), ctx.data_end(), pkt, to)?;
-    forward(ctx, to, pkt.tot_len)
+fn translate_and_forward<F: Family>(
+    ctx: &XdpContext,
+    pkt: &Packet<F::Addr>,
+    to: &Tuple<F::Addr>,
+) -> Result<u32, Error> {
+    rewrite_in_place::<F>(ctx.data(), ctx.data_end(), pkt, to)?;
+    forward::<F>(ctx, to, pkt.tot_len)
 }

@@ -2,14 +2,15 @@
 //! veth topology, run on crafted frames through `BPF_PROG_TEST_RUN`, checked Katran-style
 //! ({description, input, expected verdict, expected output}).
 //!
-//! Topology: the node interface `sl0` (`NODE_MAC`, 198.18.0.1/24) with its veth peer `sl1`
-//! (`PEER_MAC`), and a second link `sl2` (198.18.2.1/24). The client and two next hops are
-//! permanent neighbours, so every FIB lookup has one answer.
+//! Topology: the node interface `sl0` (`NODE_MAC`, 198.18.0.1/24, `fd00:18::1/64`) with its
+//! veth peer `sl1` (`PEER_MAC`), and a second link `sl2` (198.18.2.1/24, `fd00:18:2::1/64`).
+//! The client and two next hops are permanent neighbours in both families, so every FIB lookup
+//! has one answer. IPv6 is on only on `sl0` and `sl2`, without autoconfiguration.
 
 use std::{
     ffi::CString,
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
 };
 
 use aya::{
@@ -18,9 +19,12 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, TestRun, TestRunAttrs, TestRunOptions, Xdp, tc},
 };
 use proxy_common::{
-    Backend, CONFIG_F_COUNTERS, Config, CtEntry, CtKey, NODE_ADDR_F_PRIMARY, NodeAddr,
-    SVC_F_EXTERNAL, SVC_SCOPE_DEFAULT, ServiceKey, ServiceValue, SourceRange, XDP_META_MAGIC,
-    map_names, program_names, stats::DropReason,
+    Addr6, Backend, Backend6, CONFIG_F_COUNTERS, Config, Config6, CtEntry, CtEntry6, CtKey, CtKey6,
+    NODE_ADDR_F_PRIMARY, NodeAddr, SVC_F_EXTERNAL, SVC_SCOPE_DEFAULT, ServiceKey, ServiceKey6,
+    ServiceValue, SourceRange, SourceRange6, XDP_META_MAGIC, map_names,
+    net::ip6_to_net,
+    program_names,
+    stats::{DropReason, PassReason},
 };
 
 use crate::{
@@ -48,6 +52,29 @@ pub const NEXT_HOP_IP: [u8; 4] = [198, 18, 0, 20];
 pub const NEXT_HOP_MAC: Mac = [0x02, 0, 0, 0, 0, 0x20];
 pub const OTHER_LINK_IP: [u8; 4] = [198, 18, 2, 20];
 pub const OTHER_LINK_MAC: Mac = [0x02, 0, 0, 0, 0, 0x22];
+
+/// The same places in IPv6 (`fd00::/8`).
+pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 1);
+pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 0x100);
+pub const NEXT_HOP_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 0x20);
+pub const OTHER_LINK_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 2, 0, 0, 0, 0, 0x20);
+
+pub fn sock6(ip: Ipv6Addr, port: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(ip, port, 0, 0)
+}
+
+/// A conntrack key of the IPv6 map for packets from `from` to `to`.
+pub fn ct_key6(from: SocketAddrV6, to: SocketAddrV6, proto: u8, dir: u8) -> CtKey6 {
+    CtKey6 {
+        saddr: ip6_to_net(*from.ip()),
+        daddr: ip6_to_net(*to.ip()),
+        sport: from.port().to_be(),
+        dport: to.port().to_be(),
+        proto,
+        dir,
+        _pad: 0,
+    }
+}
 
 pub fn sock(ip: [u8; 4], port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::from(ip), port)
@@ -139,9 +166,12 @@ pub struct Datapath {
 impl Datapath {
     pub fn new(config_flags: u32) -> Self {
         let netns = IsolatedNetns::enter().expect("create a network namespace (needs root)");
-        // No IPv6 chatter (router solicitations, MLD) on the links the capture test watches.
+        // No IPv6 chatter (router solicitations, MLD) on the links the capture test watches:
+        // IPv6 only where the IPv6 tables need it (sl0, sl2), with no link-local address and
+        // no autoconfiguration.
         netns.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
-        netns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+        netns.sysctl("net.ipv6.conf.default.addr_gen_mode", "1");
+        netns.sysctl("net.ipv6.conf.default.accept_ra", "0");
         netns.ip(&format!(
             "link add sl0 address {} type veth peer name sl1 address {}",
             mac(NODE_MAC),
@@ -157,6 +187,22 @@ impl Datapath {
         }
         netns.ip("addr add 198.18.0.1/24 dev sl0");
         netns.ip("addr add 198.18.2.1/24 dev sl2");
+        for link in ["sl0", "sl2"] {
+            netns.sysctl(&format!("net.ipv6.conf.{link}.disable_ipv6"), "0");
+        }
+        netns.ip(&format!("addr add {NODE_IP6}/64 dev sl0 nodad"));
+        netns.ip("addr add fd00:18:2::1/64 dev sl2 nodad");
+        for (ip, link, lladdr) in [
+            (CLIENT_IP6, "sl0", CLIENT_MAC),
+            (NEXT_HOP_IP6, "sl0", NEXT_HOP_MAC),
+            (OTHER_LINK_IP6, "sl2", OTHER_LINK_MAC),
+        ] {
+            netns.ip(&format!(
+                "neigh replace {ip} lladdr {} dev {link} nud permanent",
+                mac(lladdr)
+            ));
+        }
+        netns.sysctl("net.ipv6.conf.all.forwarding", "1");
         for (ip, link, lladdr) in [
             (CLIENT_IP, "sl0", CLIENT_MAC),
             (NEXT_HOP_IP, "sl0", NEXT_HOP_MAC),
@@ -178,6 +224,11 @@ impl Datapath {
             .map_max_entries(map_names::SERVICE_META, 16)
             .map_max_entries(map_names::CONNTRACK, 4096)
             .map_max_entries(map_names::SOCK_REV_NAT, 16)
+            .map_max_entries(map_names::SERVICES6, 1024)
+            .map_max_entries(map_names::BACKENDS6, 1024)
+            .map_max_entries(map_names::CONNTRACK6, 4096)
+            .map_max_entries(map_names::SOCK_REV_NAT6, 16)
+            .map_max_entries(map_names::AFFINITY6, 1024)
             .load(proxy_user::EBPF_OBJECT)
             .expect("load the eBPF object");
         load_xdp(&mut ebpf);
@@ -202,7 +253,115 @@ impl Datapath {
             log_level: 0,
         });
         datapath.add_node_address(NODE_IP);
+        datapath.set_config6(NODE_IP6);
+        datapath.add_node_address6(NODE_IP6);
         datapath
+    }
+
+    /// Sets the IPv6 SNAT address (`CONFIG6_V1`); `::` disables SNAT for IPv6.
+    pub fn set_config6(&mut self, snat: Ipv6Addr) {
+        let map = self.ebpf.map_mut(map_names::CONFIG6).expect("CONFIG6_V1");
+        let mut array: Array<_, Config6> = Array::try_from(map).expect("CONFIG6_V1 is an array");
+        let config = Config6 {
+            snat_addr: ip6_to_net(snat),
+        };
+        array.set(0, &config, 0).expect("write CONFIG6_V1");
+    }
+
+    /// Registers an IPv6 node address (NodePorts are served on it).
+    pub fn add_node_address6(&mut self, ip: Ipv6Addr) {
+        let mut node_addrs: HashMap<_, Addr6, NodeAddr> = self.hash_map(map_names::NODE_ADDRS6);
+        let flags = NodeAddr {
+            flags: NODE_ADDR_F_PRIMARY,
+        };
+        node_addrs
+            .insert(&ip6_to_net(ip), &flags, 0)
+            .expect("write NODE_ADDR6_V1");
+    }
+
+    pub fn add_backend6(&mut self, id: u32, addr: SocketAddrV6, flags: u8) {
+        let mut backends: HashMap<_, u32, Backend6> = self.hash_map(map_names::BACKENDS6);
+        let backend = Backend6 {
+            addr: ip6_to_net(*addr.ip()),
+            port: addr.port().to_be(),
+            flags,
+            _pad: 0,
+        };
+        backends
+            .insert(&id, &backend, 0)
+            .expect("write BACKEND6_V1");
+    }
+
+    /// Writes an IPv6 service the way the daemon must: backend slots first, then slot 0.
+    /// `affinity_timeout` seconds of ClientIP affinity (0: off).
+    pub fn add_service6(
+        &mut self,
+        service_id: u32,
+        frontend: SocketAddrV6,
+        proto: u8,
+        flags: u16,
+        affinity_timeout: u32,
+        backend_ids: &[u32],
+    ) {
+        let mut services: HashMap<_, ServiceKey6, ServiceValue> =
+            self.hash_map(map_names::SERVICES6);
+        let count = u16::try_from(backend_ids.len()).expect("few backends");
+        let key = |slot: u16| ServiceKey6 {
+            addr: ip6_to_net(*frontend.ip()),
+            port: frontend.port().to_be(),
+            slot,
+            proto,
+            scope: SVC_SCOPE_DEFAULT,
+            _pad: 0,
+        };
+        let head = ServiceValue::head(service_id, count, flags | SVC_F_EXTERNAL, affinity_timeout);
+        for (slot, backend_id) in (1..).zip(backend_ids) {
+            services
+                .insert(&key(slot), &head.slot(*backend_id), 0)
+                .expect("write SVC6_V1 slot");
+        }
+        services.insert(&key(0), &head, 0).expect("write SVC6_V1");
+    }
+
+    /// Allows IPv6 clients in `addr/prefix` on the frontend `service_id`.
+    pub fn add_source_range6(&mut self, service_id: u32, addr: Ipv6Addr, prefix: u32) {
+        let map = self
+            .ebpf
+            .map_mut(map_names::SOURCE_RANGES6)
+            .expect("SRC_RANGE6_V1");
+        let mut trie: LpmTrie<_, SourceRange6, u32> =
+            LpmTrie::try_from(map).expect("SRC_RANGE6_V1 is an LPM trie");
+        let data = SourceRange6 {
+            service_id,
+            addr: ip6_to_net(addr),
+        };
+        trie.insert(&Key::new(32 + prefix, data), &1, 0)
+            .expect("write SRC_RANGE6_V1");
+    }
+
+    pub fn conntrack6(&mut self, key: CtKey6) -> Option<CtEntry6> {
+        let conntrack: HashMap<_, CtKey6, CtEntry6> = self.hash_map(map_names::CONNTRACK6);
+        conntrack.get(&key, 0).ok()
+    }
+
+    pub fn conntrack6_len(&mut self) -> usize {
+        let conntrack: HashMap<_, CtKey6, CtEntry6> = self.hash_map(map_names::CONNTRACK6);
+        conntrack.keys().count()
+    }
+
+    /// The pass counter of `reason` (`PASS_STATS_V1`), summed over CPUs.
+    pub fn passes(&mut self, reason: PassReason) -> u64 {
+        let map = self
+            .ebpf
+            .map_mut(map_names::PASS_STATS)
+            .expect("PASS_STATS_V1");
+        let counters: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).expect("PASS_STATS_V1 is a per-CPU array");
+        counters
+            .get(&(reason as u32), 0)
+            .expect("read PASS_STATS_V1")
+            .iter()
+            .sum()
     }
 
     /// Registers a node address (NodePorts are served on it).
@@ -421,11 +580,11 @@ impl Datapath {
              expected parsed: {:?}",
             hex(&run.frame),
             hex(expected),
-            packet::parse(&run.frame),
-            packet::parse(expected),
+            packet::parse_any(&run.frame),
+            packet::parse_any(expected),
         );
         if !matches!(case.output, Expect::Unchanged)
-            && let Err(err) = packet::parse(&run.frame)
+            && let Err(err) = packet::parse_any(&run.frame)
         {
             panic!("{what}: output is not a valid frame: {err}");
         }
