@@ -320,7 +320,7 @@ fn a_failure_is_logged_once_and_a_new_one_again() {
 }
 
 /// A dual-stack Service from the API server (its `clusterIPs` and `ipFamilies` as the server
-/// set them, IPv6 primary), its IPv4 and IPv6 slices, and a Node with InternalIPs of both
+/// set them, IPv6 primary), its IPv4 and IPv6 slices, and a Node with `InternalIP` addresses of both
 /// families.
 #[test]
 fn dual_stack_services_slices_and_node_addresses_come_through() {
