@@ -442,6 +442,25 @@ pod_instances!(SockTermRecord = 24, SockTermRecord6 = 48);
 /// No helper has this number, so an object loaded without the rewrite fails verification.
 pub const SOCK_DESTROY_CALL_MARKER: u32 = 0x5eed_d357;
 
+/// The byte offsets in the kernel's `struct sock_common` the `iter/udp` program reads (it has
+/// no CO-RE relocations); the daemon checks them against the running kernel's BTF before
+/// loading it. See `proxy-ebpf/src/sock_term.rs` for why they hold.
+pub mod sock_common {
+    pub const SKC_DADDR: usize = 0;
+    pub const SKC_DPORT: usize = 12;
+    pub const SKC_FAMILY: usize = 16;
+    pub const SKC_STATE: usize = 18;
+    pub const SKC_V6_DADDR: usize = 56;
+    /// Each offset with the field's name in the kernel's BTF.
+    pub const FIELDS: [(&str, usize); 5] = [
+        ("skc_daddr", SKC_DADDR),
+        ("skc_dport", SKC_DPORT),
+        ("skc_family", SKC_FAMILY),
+        ("skc_state", SKC_STATE),
+        ("skc_v6_daddr", SKC_V6_DADDR),
+    ];
+}
+
 /// Value of the node-address map (key: IPv4 address in network byte order, `u32`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]

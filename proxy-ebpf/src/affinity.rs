@@ -3,42 +3,66 @@
 //! still serves the frontend.
 
 use proxy_common::{
-    AFFINITY_CLIENT_IP, AFFINITY_CLIENT_NETNS, AffinityKey, AffinityMatchKey, AffinityValue,
-    Backend, ServiceKey, ServiceValue,
+    AFFINITY_CLIENT_NETNS, AffinityKey, AffinityMatchKey, AffinityValue, BackendOf, ServiceKeyOf,
+    ServiceValue,
 };
 
 use crate::{
+    family::Family,
     kernel,
-    maps::{self, AFFINITY},
+    maps::{self, AFFINITY, Entry},
     service::select_backend,
 };
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
-/// Who a client is for affinity: a source address or a network namespace.
+/// Who a client is for affinity.
 #[derive(Clone, Copy)]
-pub struct Client {
-    id: u64,
-    kind: u8,
+pub enum Client<A> {
+    /// Packet path: the source address (network byte order), in the family's affinity map.
+    Ip(A),
+    /// Socket path: the network namespace of the socket (`bpf_get_netns_cookie`), so every
+    /// process of a pod sticks to the same backend; kept in `AFFINITY_V1` for both families
+    /// (each frontend has its own service id).
+    Netns(u64),
 }
 
-impl Client {
-    /// Packet path: the source IPv4 address (network byte order).
+/// Where a client's affinity entry for one frontend lives.
+enum Remembered<F: Family> {
+    Ip(F::AffinityKey),
+    Netns(AffinityKey),
+}
+
+impl<F: Family> Remembered<F> {
     #[inline(always)]
-    pub fn ip(addr: u32) -> Self {
-        Self {
-            id: u64::from(addr),
-            kind: AFFINITY_CLIENT_IP,
+    fn new(client: Client<F::Addr>, service_id: u32) -> Self {
+        match client {
+            Client::Ip(addr) => Self::Ip(F::affinity_key(addr, service_id)),
+            Client::Netns(cookie) => Self::Netns(AffinityKey {
+                client: cookie,
+                service_id,
+                client_kind: AFFINITY_CLIENT_NETNS,
+                _pad: [0; 3],
+            }),
         }
     }
 
-    /// Socket path: the network namespace of the socket (`bpf_get_netns_cookie`), so every
-    /// process of a pod sticks to the same backend.
     #[inline(always)]
-    pub fn netns(cookie: u64) -> Self {
-        Self {
-            id: cookie,
-            kind: AFFINITY_CLIENT_NETNS,
+    fn entry(&self) -> Option<Entry<AffinityValue>> {
+        match self {
+            Self::Ip(key) => F::affinity(key),
+            Self::Netns(key) => maps::affinity(key),
+        }
+    }
+
+    /// Overwrites an expired or stale entry. A failed write only loses stickiness.
+    #[inline(always)]
+    fn remember(&self, value: &AffinityValue) {
+        match self {
+            Self::Ip(key) => F::remember_affinity(key, value),
+            Self::Netns(key) => {
+                let _ = AFFINITY.insert(key, value, 0);
+            }
         }
     }
 }
@@ -48,36 +72,29 @@ impl Client {
 /// timeout and the backend is still one of the service's slots; else a random one, which is
 /// then remembered. Every use refreshes the entry's time.
 #[inline(always)]
-pub fn select_backend_for(
-    key: ServiceKey,
+pub fn select_backend_for<F: Family>(
+    key: ServiceKeyOf<F::Addr>,
     service: &ServiceValue,
-    client: Client,
-) -> Option<(u32, Backend)> {
+    client: Client<F::Addr>,
+) -> Option<(u32, BackendOf<F::Addr>)> {
     if service.affinity_timeout == 0 {
-        return select_backend(key, service.count);
+        return select_backend::<F>(key, service.count);
     }
     let now = kernel::now_ns();
-    let affinity_key = AffinityKey {
-        client: client.id,
-        service_id: service.service_id,
-        client_kind: client.kind,
-        _pad: [0; 3],
-    };
-    if let Some(entry) = maps::affinity(&affinity_key) {
+    let remembered_at = Remembered::<F>::new(client, service.service_id);
+    if let Some(entry) = remembered_at.entry() {
         let remembered = entry.get();
-        if let Some(backend) = still_valid(&remembered, service, now) {
+        if let Some(backend) = still_valid::<F>(&remembered, service, now) {
             entry.update(|entry| entry.last_used_ns = now);
             return Some((remembered.backend_id, backend));
         }
     }
-    let (backend_id, backend) = select_backend(key, service.count)?;
-    let value = AffinityValue {
+    let (backend_id, backend) = select_backend::<F>(key, service.count)?;
+    remembered_at.remember(&AffinityValue {
         last_used_ns: now,
         backend_id,
         _pad: 0,
-    };
-    // Overwrites an expired or stale entry. A failed write only loses stickiness.
-    let _ = AFFINITY.insert(&affinity_key, &value, 0);
+    });
     Some((backend_id, backend))
 }
 
@@ -85,7 +102,11 @@ pub fn select_backend_for(
 /// the backend is still in the service's slots (the daemon removes the match entry before a
 /// backend leaves them, e.g. when it is deleted or stops being ready).
 #[inline(always)]
-fn still_valid(entry: &AffinityValue, service: &ServiceValue, now: u64) -> Option<Backend> {
+fn still_valid<F: Family>(
+    entry: &AffinityValue,
+    service: &ServiceValue,
+    now: u64,
+) -> Option<BackendOf<F::Addr>> {
     // An entry another CPU refreshed after our clock read is fresh, not 584 years old.
     let age = now.saturating_sub(entry.last_used_ns);
     if age > u64::from(service.affinity_timeout) * NANOS_PER_SEC {
@@ -98,5 +119,5 @@ fn still_valid(entry: &AffinityValue, service: &ServiceValue, now: u64) -> Optio
     if !maps::serves(&member) {
         return None;
     }
-    maps::backend(entry.backend_id)
+    F::backend(entry.backend_id)
 }

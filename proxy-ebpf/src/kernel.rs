@@ -1,7 +1,7 @@
 //! The kernel helpers the programs call, as safe functions: each wrapper states once why its
 //! call is sound, so the packet paths hold no `unsafe` of their own.
 
-use core::ptr::null_mut;
+use core::ptr::{addr_of, addr_of_mut, null_mut};
 
 use aya_ebpf::{
     EbpfContext,
@@ -16,6 +16,7 @@ use aya_ebpf::{
     },
     programs::{SockAddrContext, TcContext, XdpContext},
 };
+use proxy_common::Addr6;
 
 /// Monotonic time in nanoseconds.
 #[inline(always)]
@@ -118,41 +119,83 @@ pub fn skb_meta(ctx: &TcContext) -> (usize, usize) {
     unsafe { ((*skb).data_meta as usize, (*skb).data as usize) }
 }
 
-/// What a socket call's address says: the socket's type and protocol, and the address and
-/// port (network byte order) it is going to (connect, sendmsg) or coming from (recvmsg,
-/// getpeername).
+/// The socket a `sock_addr` hook runs for: its type (`SOCK_STREAM`, `SOCK_DGRAM`, ...) and
+/// protocol (0: the type's default).
 #[derive(Clone, Copy)]
-pub struct SockAddr {
+pub struct SockKind {
     pub sock_type: u32,
     pub protocol: u32,
-    pub addr: u32,
-    pub port: u16,
 }
 
 /// The fields of the call's `bpf_sock_addr` every `sock_addr` hook may read (the verifier
 /// refuses others, such as `msg_src_ip4` outside sendmsg).
 #[inline(always)]
-pub fn sock_addr(ctx: &SockAddrContext) -> SockAddr {
+pub fn sock_kind(ctx: &SockAddrContext) -> SockKind {
     // SAFETY: the context pointer is the kernel's bpf_sock_addr for this call.
     let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
-    SockAddr {
+    SockKind {
         sock_type: sa.type_,
         protocol: sa.protocol,
-        addr: sa.user_ip4,
-        // user_port holds the port in network byte order in its low 16 bits.
-        port: sa.user_port as u16,
     }
 }
 
-/// Rewrites the call's address to `addr:port` (network byte order).
+/// The IPv4 address and port (network byte order) an `AF_INET` call is going to (connect,
+/// sendmsg) or coming from (recvmsg, getpeername).
 #[inline(always)]
-pub fn set_sock_addr(ctx: &SockAddrContext, addr: u32, port: u16) {
-    // SAFETY: as for `sock_addr`; these two fields are writable in every sock_addr hook, and
+pub fn sock_addr4(ctx: &SockAddrContext) -> (u32, u16) {
+    // SAFETY: as for `sock_kind`.
+    let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
+    // user_port holds the port in network byte order in its low 16 bits.
+    (sa.user_ip4, sa.user_port as u16)
+}
+
+/// Rewrites an `AF_INET` call's address to `addr:port` (network byte order).
+#[inline(always)]
+pub fn set_sock_addr4(ctx: &SockAddrContext, addr: u32, port: u16) {
+    // SAFETY: as for `sock_kind`; these two fields are writable in every sock_addr hook, and
     // the kernel reads them back after the program returns.
     unsafe {
         (*ctx.sock_addr).user_ip4 = addr;
         (*ctx.sock_addr).user_port = u32::from(port);
     }
+}
+
+/// The IPv6 address and port of an `AF_INET6` call, as [`sock_addr4`]. Words in memory order,
+/// as the `Addr6` map fields hold them.
+#[inline(always)]
+pub fn sock_addr6(ctx: &SockAddrContext) -> (Addr6, u16) {
+    let sa = ctx.sock_addr;
+    // SAFETY: as for `sock_kind`. One volatile 4-byte load per word, each at a constant
+    // offset: the verifier allows loads of `user_ip6` only at word offsets with the size of a
+    // word (or aligned 8-byte loads on newer kernels) and refuses variable context offsets, so
+    // the compiler must neither merge nor loop over them.
+    let addr = unsafe {
+        [
+            addr_of!((*sa).user_ip6[0]).read_volatile(),
+            addr_of!((*sa).user_ip6[1]).read_volatile(),
+            addr_of!((*sa).user_ip6[2]).read_volatile(),
+            addr_of!((*sa).user_ip6[3]).read_volatile(),
+        ]
+    };
+    // SAFETY: as for `sock_kind`.
+    let port = unsafe { (*sa).user_port } as u16;
+    (addr, port)
+}
+
+/// Rewrites an `AF_INET6` call's address to `addr:port`, as [`set_sock_addr4`].
+#[inline(always)]
+pub fn set_sock_addr6(ctx: &SockAddrContext, addr: Addr6, port: u16) {
+    let sa = ctx.sock_addr;
+    // SAFETY: as for `set_sock_addr4`. The kernel takes stores to `user_ip6` only as whole
+    // 4-byte words at constant word offsets: one volatile store per word keeps them so.
+    unsafe {
+        addr_of_mut!((*sa).user_ip6[0]).write_volatile(addr[0]);
+        addr_of_mut!((*sa).user_ip6[1]).write_volatile(addr[1]);
+        addr_of_mut!((*sa).user_ip6[2]).write_volatile(addr[2]);
+        addr_of_mut!((*sa).user_ip6[3]).write_volatile(addr[3]);
+    }
+    // SAFETY: as for `set_sock_addr4`.
+    unsafe { (*sa).user_port = u32::from(port) };
 }
 
 /// Makes the refused socket call fail with `-errno`.

@@ -133,26 +133,11 @@ impl<V: Copy> Entry<V> {
     }
 }
 
+/// The one way a lookup result becomes an [`Entry`]: only pointers from these maps' lookups
+/// may be passed (the `family` module's lookups use it too).
 #[inline(always)]
-fn found<V>(value: Option<*mut V>) -> Option<Entry<V>> {
+pub(crate) fn found<V>(value: Option<*mut V>) -> Option<Entry<V>> {
     value.map(Entry)
-}
-
-/// The frontend entry (slot 0) or backend slot under `key`.
-#[inline(always)]
-pub fn service(key: &ServiceKey) -> Option<ServiceValue> {
-    found(SERVICES.get_ptr_mut(key)).map(Entry::get)
-}
-
-#[inline(always)]
-pub fn backend(id: u32) -> Option<Backend> {
-    found(BACKENDS.get_ptr_mut(&id)).map(Entry::get)
-}
-
-/// Whether `addr` (network byte order) is one of this node's addresses.
-#[inline(always)]
-pub fn is_node_addr(addr: u32) -> bool {
-    NODE_ADDRS.get_ptr(&addr).is_some()
 }
 
 /// Whether a backend still serves a frontend (`AFF_MATCH_V1`).

@@ -1,27 +1,23 @@
-//! Service frontend lookup and backend selection, shared by the socket and packet paths.
+//! Service frontend lookup and backend selection, shared by the socket and packet paths of
+//! both families.
 
-use aya_ebpf::btf_maps::lpm_trie::Key;
 use proxy_common::{
-    Backend, SVC_F_NODEPORT, SVC_F_TWO_SCOPES, SVC_SCOPE_INTERNAL, ServiceKey, ServiceValue,
-    SourceRange,
+    BackendOf, SVC_F_NODEPORT, SVC_F_TWO_SCOPES, SVC_SCOPE_INTERNAL, ServiceKeyOf, ServiceValue,
 };
 
-use crate::{
-    kernel,
-    maps::{self, SOURCE_RANGES},
-};
+use crate::{family::Family, kernel};
 
 /// Finds the service entry for a destination: an exact frontend (ClusterIP, external address),
-/// or a NodePort when the destination is a node address (or, with `loopback_is_node`, any
-/// 127.0.0.0/8 address: sockets on the node may reach NodePorts through loopback).
+/// or a NodePort when the destination is a node address (or, with `loopback_is_node`, a
+/// loopback address: sockets on the node may reach NodePorts through loopback).
 #[inline(always)]
-pub fn lookup_frontend(
-    addr: u32,
+pub fn lookup_frontend<F: Family>(
+    addr: F::Addr,
     port: u16,
     proto: u8,
     loopback_is_node: bool,
-) -> Option<(ServiceKey, ServiceValue)> {
-    let mut key = ServiceKey {
+) -> Option<(ServiceKeyOf<F::Addr>, ServiceValue)> {
+    let mut key = ServiceKeyOf {
         addr,
         port,
         slot: 0,
@@ -29,55 +25,49 @@ pub fn lookup_frontend(
         scope: 0,
         _pad: 0,
     };
-    if let Some(service) = maps::service(&key) {
+    if let Some(service) = F::service(&key) {
         return Some((key, service));
     }
-    // 127.0.0.0/8: the first octet is the first byte in memory.
-    let loopback = loopback_is_node && addr.to_ne_bytes()[0] == 127;
-    if !loopback && !maps::is_node_addr(addr) {
+    let loopback = loopback_is_node && F::is_loopback(&addr);
+    if !loopback && !F::is_node_addr(&addr) {
         return None;
     }
-    key.addr = 0;
-    let service = maps::service(&key)?;
+    key.addr = F::Addr::default();
+    let service = F::service(&key)?;
     (service.flags & SVC_F_NODEPORT != 0).then_some((key, service))
 }
 
 /// The entry in-cluster clients use: the internal-scope one when the frontend has two scopes
 /// (its backend set differs for off-node clients, as with `externalTrafficPolicy: Local`).
 #[inline(always)]
-pub fn for_internal_clients(
-    key: ServiceKey,
+pub fn for_internal_clients<F: Family>(
+    key: ServiceKeyOf<F::Addr>,
     service: ServiceValue,
-) -> Option<(ServiceKey, ServiceValue)> {
+) -> Option<(ServiceKeyOf<F::Addr>, ServiceValue)> {
     if service.flags & SVC_F_TWO_SCOPES == 0 {
         return Some((key, service));
     }
-    let key = ServiceKey {
+    let key = ServiceKeyOf {
         scope: SVC_SCOPE_INTERNAL,
         ..key
     };
-    Some((key, maps::service(&key)?))
+    Some((key, F::service(&key)?))
 }
 
 /// Whether `client` may use the frontend `service_id` under its `loadBalancerSourceRanges`.
 #[inline(always)]
-pub fn source_allowed(service_id: u32, client: u32) -> bool {
-    // The service id's 32 bits, then the client address's.
-    let key = Key::new(
-        64,
-        SourceRange {
-            service_id,
-            addr: client,
-        },
-    );
-    SOURCE_RANGES.get(&key).is_some()
+pub fn source_allowed<F: Family>(service_id: u32, client: F::Addr) -> bool {
+    F::source_range_matches(service_id, client)
 }
 
 /// Picks a backend uniformly among the service's `count` slots (`count` > 0); returns its id
 /// and value.
 #[inline(always)]
-pub fn select_backend(mut key: ServiceKey, count: u16) -> Option<(u32, Backend)> {
+pub fn select_backend<F: Family>(
+    mut key: ServiceKeyOf<F::Addr>,
+    count: u16,
+) -> Option<(u32, BackendOf<F::Addr>)> {
     key.slot = (kernel::random() % u32::from(count)) as u16 + 1;
-    let slot = maps::service(&key)?;
-    Some((slot.backend_id, maps::backend(slot.backend_id)?))
+    let slot = F::service(&key)?;
+    Some((slot.backend_id, F::backend(slot.backend_id)?))
 }

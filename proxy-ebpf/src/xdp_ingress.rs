@@ -17,9 +17,10 @@ use crate::{
     conntrack,
     counters::{self, Direction},
     error::Error,
+    family::{Family, V4},
     forward::forward,
     kernel, klog,
-    maps::{self, CONFIG},
+    maps::CONFIG,
     nat::{rewrite_in_place, rewritten},
     outcome::{Action, Outcome, Path, outcome},
     packet::{self, Packet, Tuple},
@@ -128,7 +129,7 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, Error> {
     let forward_key = pkt.tuple.ct_key(CT_DIR_FORWARD);
     if let Some(entry) = conntrack::lookup(&forward_key) {
         let flow = entry.get();
-        if maps::backend(flow.backend_id).is_some() {
+        if V4::backend(flow.backend_id).is_some() {
             conntrack::touch(entry, &pkt, now);
             let direction = Direction::In { new: false };
             counters::traffic(flow.service_id, flow.backend_id, direction, pkt.tot_len);
@@ -149,10 +150,12 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, Error> {
 #[inline(always)]
 fn new_flow(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<u32, Error> {
     let tuple = &pkt.tuple;
-    let Some((key, service)) = lookup_frontend(tuple.daddr, tuple.dport, tuple.proto, false) else {
+    let Some((key, service)) = lookup_frontend::<V4>(tuple.daddr, tuple.dport, tuple.proto, false)
+    else {
         return Ok(XDP_PASS);
     };
-    if service.flags & SVC_F_SOURCE_RANGES != 0 && !source_allowed(service.service_id, tuple.saddr)
+    if service.flags & SVC_F_SOURCE_RANGES != 0
+        && !source_allowed::<V4>(service.service_id, tuple.saddr)
     {
         return Err(Error::SourceRangeDenied);
     }
@@ -164,7 +167,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<u32, Error> {
         });
     }
     let (backend_id, backend) =
-        affinity::select_backend_for(key, &service, Client::ip(tuple.saddr))
+        affinity::select_backend_for::<V4>(key, &service, Client::Ip(tuple.saddr))
             .ok_or(Error::NoBackend)?;
     let direction = Direction::In { new: true };
     counters::traffic(service.service_id, backend_id, direction, pkt.tot_len);

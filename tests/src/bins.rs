@@ -1,6 +1,6 @@
 //! Where the binaries under test live: an env override, else the test executable's target dir.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
@@ -49,4 +49,38 @@ pub fn echo_bin() -> Result<PathBuf> {
 /// The `sluice` daemon binary.
 pub fn sluice_bin() -> Result<PathBuf> {
     existing_binary("SLUICE_BIN", "sluice", "proxy-user")
+}
+
+/// The commit of the previous release the upgrade test starts from (`tests/previous-release.txt`).
+pub fn previous_release() -> &'static str {
+    include_str!("../previous-release.txt")
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty() && !line.starts_with('#'))
+        .expect("tests/previous-release.txt names a commit")
+}
+
+/// The previous release's `sluice` (see [`previous_release`]): `$SLUICE_PREVIOUS_BIN`, else
+/// where `cargo xtask previous-release` caches it,
+/// `<target-dir>/previous-release/<commit>/sluice`. Fails with that hint when missing.
+pub fn previous_sluice_bin() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("SLUICE_PREVIOUS_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let target = target_profile_dir()?
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow::anyhow!("the profile dir has no parent"))?;
+    let path = target
+        .join("previous-release")
+        .join(previous_release())
+        .join("sluice");
+    if !path.is_file() {
+        bail!(
+            "the previous release's sluice is not at {}: build it with `cargo xtask \
+             previous-release` (`cargo xtask test` does) or point SLUICE_PREVIOUS_BIN at it",
+            path.display()
+        );
+    }
+    Ok(path)
 }

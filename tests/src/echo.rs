@@ -1,7 +1,7 @@
 //! The `netns-echo` wire format seen from the tests: protocols, answers, and parsing them.
 //!
 //! A server answers `NAME PEER LOCAL` (the pod's name, the client address it saw, and its
-//! own address). `netns-echo request` prints that line followed by the address the client
+//! own address; IPv6 ones as `[fd00:18::100]:4000`). `netns-echo request` prints that line followed by the address the client
 //! saw the answer come from (`REMOTE`), or `error: KIND: message`.
 
 use std::{fmt, net::SocketAddr};
@@ -94,5 +94,17 @@ mod tests {
             Err("refused: Connection refused (os error 111)".to_owned())
         );
         assert!(parse_line("pod-1a 1.2.3.4:5").is_err());
+    }
+
+    #[test]
+    fn parses_ipv6_and_mapped_answers() {
+        let r =
+            parse_line("pod-2a [fd00:18::100]:4000 [fd00:18:2::10]:80 [fd00:19::10]:80").unwrap();
+        assert_eq!(r.peer, "[fd00:18::100]:4000".parse().unwrap());
+        assert_eq!(r.remote, "[fd00:19::10]:80".parse().unwrap());
+        let r =
+            parse_line("pod-1a 198.18.0.100:4000 198.18.1.10:80 [::ffff:198.19.0.10]:80").unwrap();
+        assert!(r.peer.is_ipv4());
+        assert_eq!(r.remote.to_string(), "[::ffff:198.19.0.10]:80");
     }
 }

@@ -7,6 +7,7 @@
 //! cluster with [`Cluster::new`], start the echo servers with [`Cluster::start_pods`], send
 //! traffic with [`Cluster::request`], and run the daemon with [`SluiceDaemon::start`].
 
+pub mod addresses;
 pub mod bins;
 pub mod bpffs;
 pub mod capture;
@@ -29,13 +30,16 @@ pub mod topology;
 pub mod udp_session;
 pub mod unique;
 pub mod wait;
+pub mod wiring;
 pub mod workload;
 pub mod xdp_pass;
 
 pub use echo::{Proto, Reply};
 pub use process::{Child, Finished};
 pub use sluice::SluiceDaemon;
-pub use topology::{CLIENT_IP, Cluster, Host, Node, Pod, SERVICE_CIDR};
+pub use topology::{
+    CLIENT_IP, CLIENT_IP6, Cluster, Family, Host, Node, Pod, SERVICE_CIDR, SERVICE_CIDR6,
+};
 pub use udp_session::UdpSession;
 pub use wait::{wait_for, wait_until};
 pub use workload::{HeldConn, Place, TCP_PORTS, UDP_PORTS};

@@ -1,7 +1,11 @@
 //! The standard end-to-end setup: the two-node cluster with its pods serving, the standard
 //! manifests, and `sluice run` on both nodes; plus the assertions the tests share.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use crate::{Cluster, Place, Proto, Reply, SluiceDaemon, manifests::ManifestDir, wait::wait_for};
 
@@ -58,10 +62,11 @@ impl Scenario {
         &self,
         from: Place<'_>,
         proto: Proto,
-        addr: Ipv4Addr,
+        addr: impl Into<IpAddr>,
         port: u16,
         count: usize,
     ) -> Vec<Reply> {
+        let addr = addr.into();
         let results = self.cluster.request_detailed(
             from,
             proto,
@@ -91,7 +96,7 @@ impl Scenario {
         &self,
         from: Place<'_>,
         proto: Proto,
-        addr: Ipv4Addr,
+        addr: impl Into<IpAddr>,
         port: u16,
         count: usize,
     ) -> BTreeSet<String> {
@@ -101,12 +106,18 @@ impl Scenario {
             .collect()
     }
 
-    /// Waits until `node`'s maps give `frontend` exactly the backend addresses `expected`.
-    pub fn wait_for_backends(&self, node: &str, frontend: &str, expected: &[Ipv4Addr]) {
-        let expected: BTreeSet<Ipv4Addr> = expected.iter().copied().collect();
+    /// Waits until `node`'s maps give `frontend` exactly the backend addresses `expected`
+    /// (of either family).
+    pub fn wait_for_backends<A: Into<IpAddr> + Copy>(
+        &self,
+        node: &str,
+        frontend: &str,
+        expected: &[A],
+    ) {
+        let expected: BTreeSet<IpAddr> = expected.iter().map(|&a| a.into()).collect();
         let what = format!("{node}: {frontend} with backends {expected:?}");
         wait_for(&what, SYNC_TIMEOUT, POLL, || {
-            let current = backends_of(self.daemon(node), frontend);
+            let current = backend_ips_of(self.daemon(node), frontend);
             if current.as_ref() == Some(&expected) {
                 return Ok(());
             }
@@ -116,9 +127,21 @@ impl Scenario {
     }
 }
 
-/// The backend addresses `sluice services -o json` shows for `frontend` (`ADDR:PORT`, or
-/// `*:PORT` for a NodePort); `None` when the frontend is not programmed.
+/// The IPv4 backend addresses `sluice services -o json` shows for `frontend` (`ADDR:PORT`,
+/// or `*:PORT` for a NodePort); `None` when the frontend is not programmed. Panics on an IPv6
+/// backend: see [`backend_ips_of`].
 pub fn backends_of(daemon: &SluiceDaemon, frontend: &str) -> Option<BTreeSet<Ipv4Addr>> {
+    let ips = backend_ips_of(daemon, frontend)?;
+    let v4 = ips.iter().map(|ip| match ip {
+        IpAddr::V4(v4) => *v4,
+        IpAddr::V6(v6) => panic!("{frontend}: IPv6 backend {v6} (use backend_ips_of)"),
+    });
+    Some(v4.collect())
+}
+
+/// The backend addresses, of either family, `sluice services -o json` shows for `frontend`;
+/// `None` when the frontend is not programmed.
+pub fn backend_ips_of(daemon: &SluiceDaemon, frontend: &str) -> Option<BTreeSet<IpAddr>> {
     let services = daemon.services_json();
     let rows = services
         .as_array()
@@ -132,7 +155,7 @@ pub fn backends_of(daemon: &SluiceDaemon, frontend: &str) -> Option<BTreeSet<Ipv
                 b["addr"]
                     .as_str()
                     .and_then(|a| a.parse().ok())
-                    .expect("backend addr is an IPv4 address")
+                    .expect("backend addr is an IP address")
             })
             .collect(),
     )

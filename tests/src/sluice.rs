@@ -94,6 +94,17 @@ impl DaemonConfig {
 }
 
 impl DaemonConfig {
+    /// Dual stack, as issue 13 gives the flags: the node's IPv6 address as a second
+    /// `--node-ip` and the IPv6 Service CIDR as a second `--service-cidr`.
+    #[must_use]
+    pub fn dual_stack(mut self, cluster: &Cluster) -> DaemonConfig {
+        let ip6 = cluster.node(&self.node).ip6.to_string();
+        for arg in ["--node-ip", &ip6, "--service-cidr", crate::SERVICE_CIDR6] {
+            self.args.push(arg.into());
+        }
+        self
+    }
+
     /// Cluster mode: `--kubeconfig PATH` in place of `--manifests DIR`.
     #[must_use]
     pub fn with_kubeconfig(mut self, kubeconfig: &Path) -> DaemonConfig {

@@ -1,52 +1,50 @@
 //! The test cluster: an underlay bridge, two nodes with their pods, and an off-cluster client.
 //!
 //! ```text
-//!  client 198.18.0.100 ─┐
-//!                       ├─ br0 (underlay ns) ─┬─ node1 198.18.0.11 ─┬─ pod-1a 198.18.1.10
-//!                       │                     │                     └─ pod-1b 198.18.1.11
-//!                       │                     └─ node2 198.18.0.12 ─── pod-2a 198.18.2.10
+//!  client 198.18.0.100   ─┐
+//!         fd00:18::100    │
+//!                         ├─ br0 (underlay ns) ─┬─ node1 198.18.0.11 ─┬─ pod-1a 198.18.1.10  fd00:18:1::10
+//!                         │                     │       fd00:18::11   └─ pod-1b 198.18.1.11  fd00:18:1::11
+//!                         │                     └─ node2 198.18.0.12 ─── pod-2a 198.18.2.10  fd00:18:2::10
+//!                         │                             fd00:18::12
 //! ```
 //!
-//! Pods are wired like a routed CNI (Calico style): a /32 on the pod's eth0, a default route
-//! onlink via the link-local gateway 169.254.1.1 that the node's end of the veth owns, and a
-//! /32 route per pod on the node. Nodes route each other's pod /24 over the underlay.
-
+//! Every link carries both families, addressed as [`crate::addresses`] says. Pods are wired like a routed CNI (Calico style): a /32 and a /128 on the pod's eth0, default
+//! routes via the link-local gateways `169.254.1.1` (onlink) and `fe80::1` (`dev eth0`: a
+//! link-local gateway needs its interface), both owned by the node's end of the veth, and a
+//! /32 and a /128 route per pod on the node. Nodes route each other's pod /24 and /64 over the
+//! underlay. Duplicate address detection is off in every namespace (`accept_dad=0`, `nodad`),
+//! so addresses are usable at once; [`Cluster::try_new`] still waits until no address is
+//! tentative. Router advertisements and redirects are ignored everywhere.
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result};
 
-use crate::{bpffs::Bpffs, cgroup::Cgroup, netns::Netns, process::Child, tempdir::TempDir, unique};
-
-/// The Service CIDR: the client routes it via node1, so ClusterIPs are reachable off-node.
-pub const SERVICE_CIDR: &str = "198.19.0.0/16";
-/// The off-cluster client's address.
-pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
-/// The underlay's prefix length.
-pub const UNDERLAY_PREFIX: u8 = 24;
-/// The pods' gateway, owned by every node-side pod veth.
-pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
-
-/// (name, address, pod CIDR)
-const NODES: [(&str, Ipv4Addr, &str); 2] = [
-    ("node1", Ipv4Addr::new(198, 18, 0, 11), "198.18.1.0/24"),
-    ("node2", Ipv4Addr::new(198, 18, 0, 12), "198.18.2.0/24"),
-];
-/// (name, address, node, node-side veth)
-const PODS: [(&str, Ipv4Addr, &str, &str); 3] = [
-    ("pod-1a", Ipv4Addr::new(198, 18, 1, 10), "node1", "v-1a"),
-    ("pod-1b", Ipv4Addr::new(198, 18, 1, 11), "node1", "v-1b"),
-    ("pod-2a", Ipv4Addr::new(198, 18, 2, 10), "node2", "v-2a"),
-];
+pub use crate::addresses::{
+    CLIENT_IP, CLIENT_IP6, Family, POD_GATEWAY, POD_GATEWAY6, SERVICE_CIDR, SERVICE_CIDR6,
+    UNDERLAY_PREFIX, UNDERLAY_PREFIX6,
+};
+use crate::{
+    addresses::{NODES, NodePlan, PODS},
+    bpffs::Bpffs,
+    cgroup::Cgroup,
+    netns::Netns,
+    process::Child,
+    tempdir::TempDir,
+    unique,
+    wiring::{self, base_sysctls},
+};
 
 /// A host on the underlay that is not a node (the off-cluster client).
 #[derive(Debug)]
 pub struct Host {
     pub name: String,
     pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
     pub netns: Netns,
     /// Its veth peer on the bridge, in the underlay namespace.
     pub underlay_port: String,
@@ -57,8 +55,12 @@ pub struct Host {
 pub struct Node {
     pub name: String,
     pub ip: Ipv4Addr,
+    /// The node's IPv6 address on the underlay, e.g. `fd00:18::11`.
+    pub ip6: Ipv6Addr,
     /// The pods' range on this node, e.g. `198.18.1.0/24`.
     pub pod_cidr: String,
+    /// The pods' IPv6 range on this node, e.g. `fd00:18:1::/64`.
+    pub pod_cidr6: String,
     pub netns: Netns,
     /// The node's cgroup v2 dir; its pods' processes and node-local test clients join it,
     /// and the daemon attaches its socket-LB programs there (`--cgroup`).
@@ -76,10 +78,83 @@ pub struct Node {
 pub struct Pod {
     pub name: String,
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address (a /128 on its eth0), e.g. `fd00:18:1::10`.
+    pub ip6: Ipv6Addr,
     pub node: String,
     pub netns: Netns,
     /// The node-side end of the pod's veth, in the node's namespace.
     pub node_iface: String,
+}
+
+impl Host {
+    /// The host's address of `family`.
+    pub fn addr(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.ip.into(),
+            Family::V6 => self.ip6.into(),
+        }
+    }
+}
+
+impl Node {
+    /// Node `plan`: its namespace plugged into the underlay and routed, its cgroup, pin dir
+    /// and state dir.
+    fn create(
+        plan: &NodePlan,
+        prefix: &str,
+        underlay: &Netns,
+        cgroup: &Cgroup,
+        bpffs: &Bpffs,
+        state: &TempDir,
+    ) -> Result<Node> {
+        let name = plan.name;
+        let netns = Netns::create(&format!("{prefix}-{name}"))?;
+        base_sysctls(&netns, true)?;
+        let underlay_port =
+            wiring::plug_into_underlay(underlay, &netns, &format!("u-{name}"), plan.ip, plan.ip6)?;
+        netns.sysctl("net/ipv4/conf/eth0/send_redirects", "0")?;
+        wiring::route_node(&netns, name)?;
+        let state_dir = state.path().join(name);
+        std::fs::create_dir(&state_dir)?;
+        Ok(Node {
+            name: name.into(),
+            ip: plan.ip,
+            ip6: plan.ip6,
+            pod_cidr: plan.pod_cidr.into(),
+            pod_cidr6: plan.pod_cidr6.into(),
+            netns,
+            cgroup: cgroup.create_child(name)?,
+            pin_dir: bpffs.subdir(name)?,
+            state_dir,
+            underlay_port,
+        })
+    }
+
+    /// The node's underlay address of `family`.
+    pub fn addr(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.ip.into(),
+            Family::V6 => self.ip6.into(),
+        }
+    }
+
+    /// The node's pod range of `family`.
+    pub fn pod_cidr_of(&self, family: Family) -> &str {
+        match family {
+            Family::V4 => &self.pod_cidr,
+            Family::V6 => &self.pod_cidr6,
+        }
+    }
+}
+
+impl Pod {
+    /// The pod's address of `family`.
+    pub fn addr(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.ip.into(),
+            Family::V6 => self.ip6.into(),
+        }
+    }
 }
 
 /// The whole test topology. Dropping it stops the pods' servers and removes every namespace,
@@ -118,72 +193,54 @@ impl Cluster {
         let cgroup = Cgroup::create_top_level(&format!("{}{prefix}", unique::CGROUP_PREFIX))?;
 
         let underlay = Netns::create(&format!("{prefix}-underlay"))?;
-        // A pure L2 switch: no addresses, no IPv6 chatter of its own.
-        underlay.sysctl_if_present("net.ipv6.conf.all.disable_ipv6", "1")?;
-        underlay.sysctl_if_present("net.ipv6.conf.default.disable_ipv6", "1")?;
-        underlay.ip(&["link", "add", "br0", "type", "bridge", "stp_state", "0"])?;
-        underlay.ip(&["link", "set", "br0", "up"])?;
+        wiring::underlay_bridge(&underlay)?;
 
         let client_ns = Netns::create(&format!("{prefix}-client"))?;
         base_sysctls(&client_ns, false)?;
         let client = Host {
             name: "client".into(),
             ip: CLIENT_IP,
-            underlay_port: plug_into_underlay(&underlay, &client_ns, "u-client", CLIENT_IP)?,
+            ip6: CLIENT_IP6,
+            underlay_port: wiring::plug_into_underlay(
+                &underlay, &client_ns, "u-client", CLIENT_IP, CLIENT_IP6,
+            )?,
             netns: client_ns,
         };
-        let via_node1 = NODES[0].1.to_string();
-        client
-            .netns
-            .ip(&["route", "add", SERVICE_CIDR, "via", &via_node1])?;
-        for (_, node_ip, pod_cidr) in NODES {
-            client
-                .netns
-                .ip(&["route", "add", pod_cidr, "via", &node_ip.to_string()])?;
-        }
+        wiring::route_client(&client.netns)?;
 
         let mut nodes = Vec::new();
-        for (name, ip, pod_cidr) in NODES {
-            let netns = Netns::create(&format!("{prefix}-{name}"))?;
-            base_sysctls(&netns, true)?;
-            let underlay_port = plug_into_underlay(&underlay, &netns, &format!("u-{name}"), ip)?;
-            netns.sysctl("net/ipv4/conf/eth0/send_redirects", "0")?;
-            for (other, other_ip, other_cidr) in NODES {
-                if other != name {
-                    netns.ip(&["route", "add", other_cidr, "via", &other_ip.to_string()])?;
-                }
-            }
-            let state_dir = state.path().join(name);
-            std::fs::create_dir(&state_dir)?;
-            nodes.push(Node {
-                name: name.into(),
-                ip,
-                pod_cidr: pod_cidr.into(),
-                netns,
-                cgroup: cgroup.create_child(name)?,
-                pin_dir: bpffs.subdir(name)?,
-                state_dir,
-                underlay_port,
-            });
+        for plan in &NODES {
+            nodes.push(Node::create(
+                plan, &prefix, &underlay, &cgroup, &bpffs, &state,
+            )?);
         }
 
         let mut pods = Vec::new();
-        for (name, ip, node_name, node_iface) in PODS {
+        for plan in &PODS {
             let node = nodes
                 .iter()
-                .find(|n| n.name == node_name)
+                .find(|n| n.name == plan.node)
                 .expect("pod table names a known node");
-            let netns = Netns::create(&format!("{prefix}-{name}"))?;
+            let netns = Netns::create(&format!("{prefix}-{}", plan.name))?;
             base_sysctls(&netns, false)?;
-            wire_pod(node, &netns, node_iface, ip)
-                .with_context(|| format!("wiring {name} to {node_name}"))?;
+            wiring::wire_pod(node, &netns, plan)
+                .with_context(|| format!("wiring {} to {}", plan.name, plan.node))?;
             pods.push(Pod {
-                name: name.into(),
-                ip,
-                node: node_name.into(),
+                name: plan.name.into(),
+                ip: plan.ip,
+                ip6: plan.ip6,
+                node: plan.node.into(),
                 netns,
-                node_iface: node_iface.into(),
+                node_iface: plan.node_iface.into(),
             });
+        }
+
+        let hosts = [&client.netns]
+            .into_iter()
+            .chain(nodes.iter().map(|n| &n.netns))
+            .chain(pods.iter().map(|p| &p.netns));
+        for netns in hosts {
+            wiring::wait_for_addresses(netns)?;
         }
 
         Ok(Cluster {
@@ -307,109 +364,4 @@ impl Cluster {
         }
         Ok(())
     }
-}
-
-/// Settings that must not depend on what the host's root namespace happens to use (new
-/// namespaces inherit some IPv4 defaults from it).
-fn base_sysctls(ns: &Netns, node: bool) -> Result<()> {
-    // Forwarding first: changing it resets some per-device settings.
-    ns.sysctl("net.ipv4.ip_forward", if node { "1" } else { "0" })?;
-    for scope in ["all", "default"] {
-        ns.sysctl(&format!("net.ipv4.conf.{scope}.rp_filter"), "0")?;
-        // Nodes forward client→node2-pod traffic out the interface it came in on; a
-        // redirect would teach the client to bypass node1.
-        ns.sysctl(&format!("net.ipv4.conf.{scope}.send_redirects"), "0")?;
-        ns.sysctl(&format!("net.ipv4.conf.{scope}.accept_redirects"), "0")?;
-        // No duplicate address detection delay for link-local IPv6 addresses.
-        ns.sysctl_if_present(&format!("net.ipv6.conf.{scope}.accept_dad"), "0")?;
-    }
-    Ok(())
-}
-
-/// Creates veth `eth0` in `ns` with `ip/24`, its peer `port` enslaved to br0 in the underlay.
-fn plug_into_underlay(underlay: &Netns, ns: &Netns, port: &str, ip: Ipv4Addr) -> Result<String> {
-    underlay.ip(&[
-        "link",
-        "add",
-        port,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        ns.name(),
-    ])?;
-    underlay.ip(&["link", "set", port, "master", "br0", "up"])?;
-    ns.ip(&[
-        "addr",
-        "add",
-        &format!("{ip}/{UNDERLAY_PREFIX}"),
-        "dev",
-        "eth0",
-    ])?;
-    ns.ip(&["link", "set", "eth0", "up"])?;
-    wire_checksums(ns)?;
-    Ok(port.to_owned())
-}
-
-/// Makes `eth0` send complete checksums, as every packet on a real wire has. A veth would
-/// otherwise hand partially checksummed packets (offload metadata) across the underlay, and a
-/// node's `XDP_TX`, which carries no such metadata, would deliver them with bad checksums.
-fn wire_checksums(ns: &Netns) -> Result<()> {
-    let status = ns.run_in(|| {
-        std::process::Command::new("ethtool")
-            .args(["-K", "eth0", "tx", "off"])
-            .stdout(std::process::Stdio::null())
-            .status()
-    })?;
-    let status = status.context("run ethtool (Debian package ethtool)")?;
-    anyhow::ensure!(status.success(), "ethtool -K eth0 tx off failed: {status}");
-    Ok(())
-}
-
-fn wire_pod(node: &Node, pod_ns: &Netns, node_iface: &str, ip: Ipv4Addr) -> Result<()> {
-    let gateway = POD_GATEWAY.to_string();
-    node.netns.ip(&[
-        "link",
-        "add",
-        node_iface,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        pod_ns.name(),
-    ])?;
-    node.netns
-        .sysctl(&format!("net/ipv4/conf/{node_iface}/send_redirects"), "0")?;
-    node.netns.ip(&[
-        "addr",
-        "add",
-        &format!("{gateway}/32"),
-        "dev",
-        node_iface,
-        "scope",
-        "link",
-    ])?;
-    node.netns.ip(&["link", "set", node_iface, "up"])?;
-    // `src` so the node talks to its pods from its own address, not from the gateway's.
-    node.netns.ip(&[
-        "route",
-        "add",
-        &format!("{ip}/32"),
-        "dev",
-        node_iface,
-        "scope",
-        "link",
-        "src",
-        &node.ip.to_string(),
-    ])?;
-    pod_ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
-    pod_ns.ip(&["link", "set", "eth0", "up"])?;
-    pod_ns.ip(&[
-        "route", "add", "default", "via", &gateway, "dev", "eth0", "onlink",
-    ])?;
-    Ok(())
 }

@@ -24,7 +24,12 @@ pub struct UdpSession {
 impl Cluster {
     /// Connects a UDP socket from `from` to `addr:port` in a helper process.
     pub fn udp_session(&self, from: Place<'_>, addr: impl Into<IpAddr>, port: u16) -> UdpSession {
-        let target = SocketAddr::new(addr.into(), port);
+        self.udp_session_to(from, SocketAddr::new(addr.into(), port))
+    }
+
+    /// Like [`Cluster::udp_session`] to a socket address of any kind (IPv4, IPv6,
+    /// IPv4-mapped: an `AF_INET6` socket then).
+    pub fn udp_session_to(&self, from: Place<'_>, target: SocketAddr) -> UdpSession {
         let mut cmd =
             std::process::Command::new(bins::echo_bin().unwrap_or_else(|e| panic!("{e:#}")));
         cmd.args(["udp-session", &target.to_string()]);

@@ -174,7 +174,26 @@ impl Cluster {
         count: usize,
         timeout: Duration,
     ) -> Vec<Result<Reply, String>> {
-        let target = SocketAddr::new(addr.into(), port);
+        self.request_to(
+            from,
+            proto,
+            SocketAddr::new(addr.into(), port),
+            count,
+            timeout,
+        )
+    }
+
+    /// Like [`Cluster::request_detailed`] to a socket address: IPv4, IPv6, or IPv4-mapped
+    /// (`[::ffff:198.19.0.10]:80`, an `AF_INET6` socket reaching an IPv4 address, as the JVM
+    /// connects). A mapped target's answer shows the mapped address as `remote`.
+    pub fn request_to(
+        &self,
+        from: Place<'_>,
+        proto: Proto,
+        target: SocketAddr,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<Result<Reply, String>> {
         self.run_requests(from, proto, target, count, timeout, &[])
     }
 
@@ -241,7 +260,11 @@ impl Cluster {
         addr: impl Into<IpAddr>,
         port: u16,
     ) -> Result<HeldConn, String> {
-        let target = SocketAddr::new(addr.into(), port);
+        self.hold_to(from, SocketAddr::new(addr.into(), port))
+    }
+
+    /// Like [`Cluster::hold`] to a socket address of any kind (IPv4, IPv6, IPv4-mapped).
+    pub fn hold_to(&self, from: Place<'_>, target: SocketAddr) -> Result<HeldConn, String> {
         let mut cmd = Command::new(bins::echo_bin().unwrap_or_else(|e| panic!("{e:#}")));
         cmd.args(["hold", &target.to_string()]);
         let (netns, cgroup) = self.place(from);

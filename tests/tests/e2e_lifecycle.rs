@@ -1,22 +1,27 @@
 //! The daemon's life with real traffic: refusing services without endpoints, following
-//! endpoint changes, restarts that keep connections, bad manifests that lose nothing else,
-//! and /healthz.
+//! endpoint changes, restarts that keep connections, an upgrade from the previous release,
+//! bad manifests that lose nothing else, and /healthz.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     net::Ipv4Addr,
+    path::Path,
     process::Command,
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
+use proxy_common::map_names;
 use proxy_tests::{
-    Place, Proto, bins, http,
+    Cluster, HeldConn, Place, Proto, SluiceDaemon, bins, http,
     manifests::{
         ECHO_IP, ECHO_NODE_PORT_TCP, EMPTY_IP, EMPTY_NODE_PORT_TCP, EMPTY_NODE_PORT_UDP,
-        SERVICES_YAML, pods_yaml,
+        ManifestDir, SERVICES_YAML, pods_yaml,
     },
     process,
     scenario::{ALL_PODS, SPREAD_REQUESTS, SYNC_TIMEOUT, Scenario, pods},
+    sluice::DaemonConfig,
     wait_until,
 };
 
@@ -418,4 +423,279 @@ fn a_restart_unpins_maps_a_new_version_replaced() {
     }
     assert_echo_reaches_every_pod(&scenario, "after the restart");
     std::fs::remove_dir(&unrelated).expect("remove the test directory");
+}
+
+/// The maps the IPv6 datapath added (`SOCK_TERM6_V1` is never pinned).
+const IPV6_MAPS: [&str; 8] = [
+    map_names::SERVICES6,
+    map_names::BACKENDS6,
+    map_names::CONNTRACK6,
+    map_names::SOCK_REV_NAT6,
+    map_names::NODE_ADDRS6,
+    map_names::CONFIG6,
+    map_names::AFFINITY6,
+    map_names::SOURCE_RANGES6,
+];
+/// The previous release's name of the hook counters (`HOOK_STATS_V2` now).
+const RETIRED_HOOK_STATS: &str = "HOOK_STATS_V1";
+
+/// Every frontend `daemon` shows, with its backend addresses (the fields both releases print).
+fn frontends(daemon: &SluiceDaemon) -> BTreeMap<String, BTreeSet<String>> {
+    let services = daemon.services_json();
+    let rows = services.as_array().expect("services -o json is an array");
+    rows.iter()
+        .map(|row| {
+            let frontend = row["frontend"].as_str().expect("a frontend").to_owned();
+            let backends = row["backends"].as_array().expect("backends is an array");
+            let addrs = backends
+                .iter()
+                .map(|b| b["addr"].as_str().expect("a backend addr").to_owned())
+                .collect();
+            (frontend, addrs)
+        })
+        .collect()
+}
+
+/// Holds connections from `from` to `addr:port` until one lands on a pod `wanted` accepts;
+/// every other one is closed again.
+fn hold_one(
+    cluster: &Cluster,
+    from: Place<'_>,
+    addr: Ipv4Addr,
+    port: u16,
+    wanted: impl Fn(&str) -> bool,
+) -> HeldConn {
+    let mut seen = Vec::new();
+    for _ in 0..SPREAD_REQUESTS {
+        let held = cluster
+            .hold(from, addr, port)
+            .unwrap_or_else(|e| panic!("hold {addr}:{port} from {from:?}: {e}"));
+        if wanted(&held.greeting().name) {
+            return held;
+        }
+        seen.push(held.greeting().name.clone());
+    }
+    panic!("{SPREAD_REQUESTS} connections to {addr}:{port} from {from:?} all went to {seen:?}");
+}
+
+/// Traffic kept flowing by a thread until `stop`: `done` counts its successes; a failure
+/// ends it (and sets `failed`, so the test stops waiting for more).
+struct Flowing<'a> {
+    stop: &'a AtomicBool,
+    failed: &'a AtomicBool,
+    done: AtomicUsize,
+}
+
+impl Flowing<'_> {
+    /// Runs `once` until stopped or failed; the first error, naming how many went before.
+    fn run(&self, mut once: impl FnMut() -> Result<(), String>) -> Result<(), String> {
+        while !self.stop.load(Ordering::Relaxed) {
+            if let Err(e) = once() {
+                self.failed.store(true, Ordering::Relaxed);
+                let done = self.done.load(Ordering::Relaxed);
+                return Err(format!("after {done} successes: {e}"));
+            }
+            self.done.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One ping over `held`: its pod must answer.
+fn ping_same_pod(held: &mut HeldConn) -> Result<(), String> {
+    let pod = &held.greeting().name.clone();
+    match held.ping() {
+        Ok(reply) if reply.name == *pod => Ok(()),
+        Ok(reply) => Err(format!("answered by {reply:?}, not {pod}")),
+        Err(e) => Err(e),
+    }
+}
+
+/// One new TCP connection from `from` to `addr:port`: some pod must answer.
+fn connect_once(
+    cluster: &Cluster,
+    from: Place<'_>,
+    addr: Ipv4Addr,
+    port: u16,
+) -> Result<(), String> {
+    let mut answers = cluster.request(from, Proto::Tcp, addr, port, 1);
+    answers.remove(0).map(drop)
+}
+
+fn assert_pinned(pin_dir: &Path, names: &[&str], pinned: bool, when: &str) {
+    for name in names {
+        assert_eq!(
+            pin_dir.join(name).exists(),
+            pinned,
+            "{when}: {name} pinned should be {pinned}"
+        );
+    }
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "one upgrade, step by step")]
+fn an_upgrade_from_the_previous_release_keeps_ipv4_flows_and_adds_the_ipv6_maps() {
+    let previous = bins::previous_sluice_bin().unwrap_or_else(|e| panic!("{e:#}"));
+    // Declared before the daemons, dropped after them.
+    let mut cluster = Cluster::new();
+    cluster.start_pods();
+    let manifests = ManifestDir::standard(&cluster);
+    let echo = ip(ECHO_IP);
+    let node1_ip = cluster.node("node1").ip;
+
+    // node1 runs the previous release (node2 the current one, as in a rolling upgrade).
+    let current_config = DaemonConfig::new(&cluster, "node1", manifests.path(), &[]);
+    let mut previous_config = current_config.clone();
+    previous_config.bin = previous;
+    let mut old = SluiceDaemon::launch(previous_config).expect("the previous release starts");
+    let _node2 = SluiceDaemon::start(&cluster, "node2", manifests.path(), &[]);
+    let pin_dir = current_config.pin_dir.clone();
+    assert_pinned(&pin_dir, &[RETIRED_HOOK_STATS], true, "previous release");
+    assert_pinned(&pin_dir, &IPV6_MAPS, false, "previous release");
+    let frontends_before = frontends(&old);
+
+    // Long-lived IPv4 flows over every path node1 serves: the socket LB (a pod on node1 to
+    // the ClusterIP), XDP to the ClusterIP from off-node, and XDP to the NodePort with a
+    // local backend and with a remote one (SNAT to node1).
+    let on_node1 = |pod: &str| pod != "pod-2a";
+    let flows = vec![
+        (
+            "socket LB",
+            hold_one(&cluster, Place::Pod("pod-1b"), echo, 81, |_| true),
+        ),
+        (
+            "XDP ClusterIP",
+            hold_one(&cluster, Place::Client, echo, 80, |_| true),
+        ),
+        (
+            "XDP NodePort, local backend",
+            hold_one(
+                &cluster,
+                Place::Client,
+                node1_ip,
+                ECHO_NODE_PORT_TCP,
+                on_node1,
+            ),
+        ),
+        (
+            "XDP NodePort, remote backend",
+            hold_one(
+                &cluster,
+                Place::Client,
+                node1_ip,
+                ECHO_NODE_PORT_TCP,
+                |pod| pod == "pod-2a",
+            ),
+        ),
+    ];
+
+    // The upgrade, while every flow is pinged and new connections are made without pause:
+    // none of them may fail, before, during or after the switch.
+    let new_connections = [
+        (Place::Pod("pod-1a"), echo, 80),
+        (Place::Client, echo, 80),
+        (Place::Client, node1_ip, ECHO_NODE_PORT_TCP),
+    ];
+    let (stop, failed) = (AtomicBool::new(false), AtomicBool::new(false));
+    let flowing = || Flowing {
+        stop: &stop,
+        failed: &failed,
+        done: AtomicUsize::new(0),
+    };
+    let flows_kept: Vec<Flowing> = flows.iter().map(|_| flowing()).collect();
+    let connections_made: Vec<Flowing> = new_connections.iter().map(|_| flowing()).collect();
+    let (mut flows, new) = std::thread::scope(|scope| {
+        // Whatever happens below (a panic too), the threads stop before the scope joins them.
+        let _stop = StopOnDrop(&stop);
+        let pingers: Vec<_> = flows
+            .into_iter()
+            .zip(&flows_kept)
+            .map(|((path, mut held), flowing)| {
+                let pinger = scope.spawn(move || {
+                    let result = flowing.run(|| ping_same_pod(&mut held));
+                    (held, result)
+                });
+                (path, pinger)
+            })
+            .collect();
+        let cluster = &cluster;
+        let connectors: Vec<_> = new_connections
+            .into_iter()
+            .zip(&connections_made)
+            .map(|((from, addr, port), flowing)| {
+                let what = format!("new connections from {from:?} to {addr}:{port}");
+                let connector =
+                    scope.spawn(move || flowing.run(|| connect_once(cluster, from, addr, port)));
+                (what, connector)
+            })
+            .collect();
+        old.stop();
+        let new = SluiceDaemon::launch(current_config.clone());
+        // Traffic of every kind flows after the new daemon is ready too (or something failed).
+        let at_ready: Vec<usize> = flows_kept
+            .iter()
+            .chain(&connections_made)
+            .map(|f| f.done.load(Ordering::Relaxed))
+            .collect();
+        if new.is_ok() {
+            wait_until(SYNC_TIMEOUT, Duration::from_millis(20), || {
+                failed.load(Ordering::Relaxed)
+                    || flows_kept
+                        .iter()
+                        .chain(&connections_made)
+                        .zip(&at_ready)
+                        .all(|(f, &ready)| f.done.load(Ordering::Relaxed) >= ready + 3)
+            });
+        }
+        stop.store(true, Ordering::Relaxed);
+        let flows: Vec<(&str, HeldConn)> = pingers
+            .into_iter()
+            .map(|(path, pinger)| {
+                let (held, result) = pinger.join().expect("pinger thread");
+                result.unwrap_or_else(|e| panic!("the {path} flow broke while upgrading: {e}"));
+                (path, held)
+            })
+            .collect();
+        for (what, connector) in connectors {
+            let result = connector.join().expect("connector thread");
+            result.unwrap_or_else(|e| panic!("{what} failed while upgrading: {e}"));
+        }
+        (flows, new)
+    });
+    let new = new.expect("the current release starts over the previous release's pins");
+
+    // After it: the same flows on the same pods, new connections reach every pod, the same
+    // frontends and backends, the IPv6 maps created and the retired pin gone.
+    for (path, held) in &mut flows {
+        let pod = held.greeting().name.clone();
+        let reply = held
+            .ping()
+            .unwrap_or_else(|e| panic!("{path} after the upgrade: {e}"));
+        assert_eq!(reply.name, pod, "{path} after the upgrade");
+    }
+    for (from, addr, port) in [
+        (Place::Pod("pod-1a"), echo, 80),
+        (Place::Client, echo, 80),
+        (Place::Client, node1_ip, ECHO_NODE_PORT_TCP),
+    ] {
+        let answered: BTreeSet<String> = cluster
+            .request(from, Proto::Tcp, addr, port, SPREAD_REQUESTS)
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|e| panic!("{from:?} -> {addr}:{port}: {e}")))
+            .collect();
+        assert_eq!(answered, pods(&ALL_PODS), "{from:?} -> {addr}:{port}");
+    }
+    assert_eq!(frontends(&new), frontends_before, "frontends and backends");
+    assert_pinned(&pin_dir, &IPV6_MAPS, true, "current release");
+    assert_pinned(&pin_dir, &[map_names::HOOK_STATS], true, "current release");
+    assert_pinned(&pin_dir, &[RETIRED_HOOK_STATS], false, "current release");
 }

@@ -13,7 +13,8 @@ use std::{
 };
 
 use proxy_tests::{
-    CLIENT_IP, Child, Cluster, Place, Proto, SluiceDaemon, TCP_PORTS, UDP_PORTS,
+    CLIENT_IP, CLIENT_IP6, Child, Cluster, Family, Place, Proto, Reply, SluiceDaemon, TCP_PORTS,
+    UDP_PORTS,
     sluice::DaemonConfig,
     sweep::{self, SweepLock},
     unique::{self, Owner},
@@ -268,6 +269,123 @@ fn cluster_wiring_echo_servers_and_cleanup() {
     }
 }
 
+/// Every protocol `netns-echo request` speaks, with the ports the pods serve it on.
+const PROTOCOLS: [(Proto, [u16; 2]); 3] = [
+    (Proto::Tcp, TCP_PORTS),
+    (Proto::Udp, UDP_PORTS),
+    (Proto::UdpConnected, UDP_PORTS),
+];
+
+/// Sends 2 requests of every protocol to every port of `pod`'s `target` address from `from`,
+/// and checks each answer: `pod` answered on that port, it saw the client as `peer`, and the
+/// client saw the answer come from `target` itself.
+fn assert_answers(cluster: &Cluster, from: Place<'_>, pod: &str, target: IpAddr, peer: IpAddr) {
+    for (proto, ports) in PROTOCOLS {
+        for port in ports {
+            let to = SocketAddr::new(target, port);
+            for answer in cluster.request_to(from, proto, to, 2, TIMEOUT) {
+                let reply: Reply =
+                    answer.unwrap_or_else(|e| panic!("{from:?} -> {pod} {to} {proto}: {e}"));
+                let what = format!("{from:?} -> {to} {proto}: {reply:?}");
+                assert_eq!(reply.name, pod, "{what}");
+                assert_eq!(reply.peer.ip(), peer, "{what}");
+                assert_eq!(reply.local.port(), port, "{what}");
+                assert_eq!(reply.remote, to, "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn ipv6_on_every_link_without_sluice() {
+    let mut cluster = Cluster::new();
+    cluster.start_pods();
+    let names: Vec<String> = cluster.pods().iter().map(|p| p.name.clone()).collect();
+
+    for pod in &names {
+        let pod_ip6 = IpAddr::from(cluster.pod(pod).ip6);
+        // Client → each pod, routed via the pod's node.
+        assert_answers(&cluster, Place::Client, pod, pod_ip6, CLIENT_IP6.into());
+        // Every node → the pod, from the node's own address (local pod or across the underlay).
+        for node in ["node1", "node2"] {
+            let node_ip6 = cluster.node(node).ip6.into();
+            assert_answers(&cluster, Place::Node(node), pod, pod_ip6, node_ip6);
+        }
+        // Every other pod → the pod, same node and across nodes.
+        for other in names.iter().filter(|other| *other != pod) {
+            let other_ip6 = cluster.pod(other).ip6.into();
+            assert_answers(&cluster, Place::Pod(other), pod, pod_ip6, other_ip6);
+        }
+        // An AF_INET6 socket to the pod's IPv4-mapped address: IPv4 on the wire, so the pod
+        // sees the IPv4 client; the client sees the mapped address answer.
+        let mapped = IpAddr::from(cluster.pod(pod).ip.to_ipv6_mapped());
+        assert_answers(&cluster, Place::Client, pod, mapped, CLIENT_IP.into());
+        let pod_1a = cluster.pod("pod-1a").ip.into();
+        if pod != "pod-1a" {
+            assert_answers(&cluster, Place::Pod("pod-1a"), pod, mapped, pod_1a);
+        }
+    }
+
+    // The per-family accessors name the same addresses as the fields.
+    let pod_2a = cluster.pod("pod-2a");
+    assert_eq!(pod_2a.addr(Family::V6), IpAddr::from(pod_2a.ip6));
+    assert_eq!(pod_2a.addr(Family::V4), IpAddr::from(pod_2a.ip));
+    assert_eq!(Family::of(pod_2a.addr(Family::V6)), Family::V6);
+    assert_eq!(cluster.client().addr(Family::V6), IpAddr::from(CLIENT_IP6));
+    assert_eq!(
+        cluster.node("node2").pod_cidr_of(Family::V6),
+        "fd00:18:2::/64"
+    );
+
+    // A held connection and a connected UDP socket work over IPv6 as over IPv4.
+    let pod_2a_ip6 = pod_2a.ip6;
+    let mut held = cluster
+        .hold(Place::Pod("pod-1a"), pod_2a_ip6, 80)
+        .expect("hold to pod-2a over IPv6");
+    assert_eq!(held.greeting().name, "pod-2a");
+    assert_eq!(
+        held.greeting().peer.ip(),
+        IpAddr::from(cluster.pod("pod-1a").ip6)
+    );
+    assert_eq!(held.ping().expect("ping over IPv6").name, "pod-2a");
+    let mut session = cluster.udp_session(Place::Client, pod_2a_ip6, 53);
+    let reply = session.ping().expect("UDP session over IPv6");
+    assert_eq!(reply.name, "pod-2a");
+    assert_eq!(reply.peer.ip(), IpAddr::from(CLIENT_IP6));
+    assert_eq!(reply.remote, SocketAddr::new(pod_2a_ip6.into(), 53));
+    // A closed port refuses over IPv6 too (TCP RST, ICMPv6 port unreachable).
+    let refused = cluster.request(Place::Client, Proto::Tcp, pod_2a_ip6, 81, 1);
+    assert!(
+        refused[0].as_ref().is_err_and(|e| e.starts_with("refused")),
+        "{refused:?}"
+    );
+    let refused = cluster.request(Place::Client, Proto::UdpConnected, pod_2a_ip6, 54, 1);
+    assert!(
+        refused[0].as_ref().is_err_and(|e| e.starts_with("refused")),
+        "{refused:?}"
+    );
+
+    // Nodes forward IPv6; the client routes the IPv6 Service CIDR via node1, pods default via
+    // the link-local gateway on their eth0.
+    let node1 = &cluster.node("node1").netns;
+    assert_eq!(
+        node1.read_sysctl("net.ipv6.conf.all.forwarding").unwrap(),
+        "1"
+    );
+    let route = cluster
+        .client()
+        .netns
+        .ip(&["-6", "route", "get", "fd00:19::1"])
+        .unwrap();
+    assert!(route.contains("via fd00:18::11"), "{route}");
+    let route = cluster
+        .pod("pod-1b")
+        .netns
+        .ip(&["-6", "route", "get", "fd00:18::100"])
+        .unwrap();
+    assert!(route.contains("via fe80::1 dev eth0"), "{route}");
+}
+
 #[test]
 fn underlay_xdp_pass_keeps_traffic_flowing() {
     let mut cluster = Cluster::new();
@@ -404,6 +522,21 @@ fn daemon_plumbing_with_a_fake_sluice() {
     let services = daemon.services_json();
     let args = services[0]["args"].as_str().unwrap();
     assert!(args.starts_with("services -o json --pin-dir "), "{args}");
+    // Dual stack adds the node's IPv6 address and the IPv6 Service CIDR.
+    let dual = config.clone().dual_stack(&cluster);
+    let tail: Vec<&std::ffi::OsStr> = dual.args[config.args.len()..]
+        .iter()
+        .map(std::ffi::OsString::as_os_str)
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            "--node-ip",
+            "fd00:18::12",
+            "--service-cidr",
+            "fd00:19::/108"
+        ]
+    );
 
     let first = daemon.pid().unwrap();
     daemon.restart();

@@ -17,7 +17,26 @@ pub fn cargo(root: &Path, toolchains: &Toolchains) -> Command {
     command
         .current_dir(root)
         .env("RUSTUP_TOOLCHAIN", &toolchains.stable);
+    without_cargo_run_env(&mut command);
     command
+}
+
+/// Removes what `cargo run` set for xtask itself (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...):
+/// build scripts that watch those variables (ring's does) would otherwise rebuild whenever a
+/// build alternates between `cargo xtask` and a plain `cargo` in a shell.
+pub fn without_cargo_run_env(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                key,
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            command.env_remove(key);
+        }
+    }
 }
 
 /// Cargo's target directory as cargo picks it: `CARGO_TARGET_DIR`, else `target/`.

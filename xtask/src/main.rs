@@ -2,6 +2,7 @@
 
 mod cmd;
 mod packages;
+mod previous;
 mod toolchain;
 
 use std::{
@@ -37,6 +38,9 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Build the previous release's `sluice` for the upgrade test (cached per commit; see
+    /// tests/previous-release.txt) and print its path.
+    PreviousRelease,
     /// Format the tree (rustfmt.toml, plus import grouping, which only a nightly rustfmt does).
     Fmt {
         /// Fail if anything is not formatted, changing nothing (CI).
@@ -97,6 +101,9 @@ fn run_task(task: Task) -> Result<()> {
             setup(&[Use::Ebpf, Use::Netns])?;
             // The end-to-end tests run the real binaries.
             cargo_run(&build_bins(&["proxy-user", "proxy-tests"], false))?;
+            // The upgrade test starts from the previous release (after the build above, whose
+            // dependency artifacts it reuses).
+            let previous = previous::build(&root)?;
             // Leftovers of earlier runs that were killed (SIGKILL, CI timeout) go first; each
             // test process sweeps too, this just says what it found up front. A leftover
             // that cannot be removed is a warning, not a reason to skip the tests.
@@ -106,7 +113,15 @@ fn run_task(task: Task) -> Result<()> {
             cargo_run(&["test", "--package", "proxy-common", "--features", "user"])?;
             let mut test = vec!["test", "--workspace", "--exclude", "proxy-common"];
             test.extend(args.iter().map(String::as_str));
-            cargo_run(&test)?;
+            run(cargo(&root, &toolchains)
+                .env(previous::BIN_ENV, &previous)
+                .args(&test))?;
+        }
+        Task::PreviousRelease => {
+            setup(&[Use::Ebpf])?;
+            // Its dependencies come from this tree's build.
+            cargo_run(&build_bins(&["proxy-user", "proxy-tests"], false))?;
+            println!("{}", previous::build(&root)?.display());
         }
         Task::Fmt { check } => {
             toolchain::ensure_nightly(&toolchains)?;

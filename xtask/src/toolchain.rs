@@ -99,7 +99,7 @@ pub fn ensure_nightly(toolchains: &Toolchains) -> Result<()> {
 
 /// Installs `toolchain` (minimal profile) with `components`, or adds the components it lacks;
 /// asks rustup nothing over the network when all are there.
-fn ensure_toolchain(toolchain: &str, components: &[&str]) -> Result<()> {
+pub fn ensure_toolchain(toolchain: &str, components: &[&str]) -> Result<()> {
     let list = ["component", "list", "--installed", "--toolchain", toolchain];
     let installed = output(Command::new("rustup").args(list)).unwrap_or_default();
     let has = |component: &str| installed.lines().any(|line| line.starts_with(component));

@@ -8,6 +8,7 @@ pub mod netns;
 mod node_addrs;
 pub mod preflight;
 mod sizes;
+mod sock_btf;
 pub(crate) mod sys;
 pub mod udp_sockets;
 pub mod view;
@@ -224,6 +225,10 @@ fn attach_socket_programs(ebpf: &mut Ebpf, cgroup: &Path, links: &mut Links) -> 
         program_names::SENDMSG4,
         program_names::RECVMSG4,
         program_names::GETPEERNAME4,
+        program_names::CONNECT6,
+        program_names::SENDMSG6,
+        program_names::RECVMSG6,
+        program_names::GETPEERNAME6,
     ] {
         let program: &mut CgroupSockAddr = program(ebpf, name)?.try_into()?;
         program

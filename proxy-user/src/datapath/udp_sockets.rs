@@ -15,10 +15,10 @@ use aya::{
 };
 use aya_obj::btf::BtfKind;
 use proxy_common::{
-    SOCK_DESTROY_CALL_MARKER, SockTermKey, SockTermRecord, map_names, program_names,
+    SOCK_DESTROY_CALL_MARKER, SockTermKey, SockTermKey6, SockTermRecord6, map_names, program_names,
 };
 
-use crate::datapath::sys;
+use crate::datapath::{sock_btf, sys};
 
 /// The kfunc the program calls (Linux 6.5+).
 const SOCK_DESTROY_KFUNC: &str = "bpf_sock_destroy";
@@ -99,10 +99,12 @@ fn kfunc_btf_id(name: &str) -> Result<(Btf, u32)> {
     Ok((btf, id))
 }
 
-/// The loaded program, linked as an iterator, and the map of backends it acts on.
+/// The loaded program, linked as an iterator, and the maps of backends it acts on (one per
+/// family).
 pub struct SockTermProgram {
     link: OwnedFd,
     pub targets: HashMap<MapData, SockTermKey, u8>,
+    pub targets6: HashMap<MapData, SockTermKey6, u8>,
 }
 
 impl SockTermProgram {
@@ -112,6 +114,9 @@ impl SockTermProgram {
             .btf
             .as_ref()
             .map_err(|why| anyhow::anyhow!("{why}"))?;
+        // The program reads `struct sock_common` at fixed offsets: refuse to run it on a kernel
+        // whose layout differs, where it would read other fields.
+        sock_btf::check_sock_common_offsets()?;
         let name = program_names::SOCK_TERM_UDP;
         let program: &mut Iter = ebpf
             .program_mut(name)
@@ -122,19 +127,24 @@ impl SockTermProgram {
             .with_context(|| format!("load program {name}"))?;
         let link = sys::iter_link_create(program.fd()?.as_fd())
             .with_context(|| format!("link program {name} as a UDP socket iterator"))?;
-        let targets = ebpf
-            .take_map(map_names::SOCK_TERM)
-            .with_context(|| format!("the eBPF object has no map {}", map_names::SOCK_TERM))?;
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("the eBPF object has no map {name}"))
+        };
+        let targets = take(map_names::SOCK_TERM)?.try_into()?;
+        let targets6 = take(map_names::SOCK_TERM6)?.try_into()?;
         Ok(Self {
             link,
-            targets: targets.try_into()?,
+            targets,
+            targets6,
         })
     }
 
     /// Runs the program over the UDP sockets of network namespace `netns` (a `/proc/PID/ns/net`
     /// file); returns the sockets it destroyed. Runs on a thread of its own, which enters the
-    /// namespace: the kernel binds a socket iterator to the opener's namespace.
-    pub fn run_in(&self, netns: &File) -> Result<Vec<SockTermRecord>> {
+    /// namespace: the kernel binds a socket iterator to the opener's namespace. Sockets of both
+    /// families are reported as IPv6 records (IPv4 addresses mapped, `::ffff:a.b.c.d`).
+    pub fn run_in(&self, netns: &File) -> Result<Vec<SockTermRecord6>> {
         let link = self.link.as_fd();
         std::thread::scope(|scope| {
             scope
@@ -146,7 +156,7 @@ impl SockTermProgram {
 }
 
 /// Enters `netns` and reads one iterator to its end. The thread must not be reused.
-fn run_on_this_thread(link: BorrowedFd<'_>, netns: BorrowedFd<'_>) -> Result<Vec<SockTermRecord>> {
+fn run_on_this_thread(link: BorrowedFd<'_>, netns: BorrowedFd<'_>) -> Result<Vec<SockTermRecord6>> {
     // SAFETY: setns only reads the fd; CLONE_NEWNET moves this thread alone.
     if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(std::io::Error::last_os_error()).context("enter the network namespace");
@@ -156,7 +166,7 @@ fn run_on_this_thread(link: BorrowedFd<'_>, netns: BorrowedFd<'_>) -> Result<Vec
     File::from(iter)
         .read_to_end(&mut out)
         .context("run the UDP socket iterator")?;
-    let (records, _) = out.as_chunks::<{ size_of::<SockTermRecord>() }>();
+    let (records, _) = out.as_chunks::<{ size_of::<SockTermRecord6>() }>();
     Ok(records
         .iter()
         .map(|record| bytemuck::pod_read_unaligned(record))
@@ -188,11 +198,9 @@ mod tests {
     #[test]
     fn the_placeholder_becomes_a_call_of_the_kernels_bpf_sock_destroy() {
         let placeholder = call_insn(0, SOCK_DESTROY_CALL_MARKER);
-        assert_eq!(
-            count(EBPF_OBJECT, placeholder),
-            1,
-            "one placeholder in the object"
-        );
+        // One per inlined call site: IPv4 sockets, IPv6 ones, IPv6 ones to mapped addresses.
+        let calls = count(EBPF_OBJECT, placeholder);
+        assert_eq!(calls, 3, "the placeholders in the object");
         let patched = patch_object(EBPF_OBJECT);
         let btf = patched
             .btf
@@ -204,13 +212,14 @@ mod tests {
         let bytes = patched.bytes();
         assert_eq!(bytes.len(), EBPF_OBJECT.len());
         assert_eq!(count(bytes, placeholder), 0);
-        assert_eq!(count(bytes, call_insn(PSEUDO_KFUNC_CALL, id)), 1);
-        // Nothing else changed.
+        assert_eq!(count(bytes, call_insn(PSEUDO_KFUNC_CALL, id)), calls);
+        // Nothing else changed: at most the source register and the four bytes of the
+        // immediate of each call.
         let differing = bytes
             .iter()
             .zip(EBPF_OBJECT)
             .filter(|(a, b)| a != b)
             .count();
-        assert!(differing <= 5, "{differing} bytes changed");
+        assert!(differing <= 5 * calls, "{differing} bytes changed");
     }
 }

@@ -8,10 +8,15 @@
 //! netns-echo udp-session ADDR:PORT [--timeout-ms T]
 //! ```
 //!
-//! `serve` binds 0.0.0.0 on every port, prints `ready`, then answers every TCP connection
-//! and every UDP datagram with `NAME PEER LOCAL` (the client address it saw and its own).
+//! `serve` binds 0.0.0.0 and [::] (IPv6 only: IPv4 peers stay IPv4) on every port, prints
+//! `ready`, then answers every TCP connection and every UDP datagram, of either family, with
+//! `NAME PEER LOCAL` (the client address it saw and its own, e.g. `[fd00:18::100]:4000`).
 //! A TCP client that sends `hold` keeps its connection, and each further line gets the
 //! same answer. A plain TCP connection is closed once the client closes or stays silent.
+//!
+//! The clients take `ADDR:PORT` of either family (`198.19.0.10:80`, `[fd00:19::10]:80`); an
+//! IPv4-mapped address (`[::ffff:198.19.0.10]:80`) is reached from an `AF_INET6` socket that
+//! is not IPv6-only, as the JVM does.
 //!
 //! `request` makes N fresh connections/datagrams, one socket each, and prints per answer
 //! `NAME PEER LOCAL REMOTE` (REMOTE: where the client saw the answer come from) or
@@ -29,12 +34,16 @@
 
 use std::{
     io::{self, BufRead, BufReader, Write},
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket},
+    net::{
+        IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket,
+    },
     process::ExitCode,
     sync::Arc,
     thread,
     time::Duration,
 };
+
+use socket2::{Domain, Socket, Type};
 
 /// A plain TCP client reads the answer and closes; clients that send nothing (nc, curl)
 /// get the connection closed after this long.
@@ -176,16 +185,21 @@ fn serve(name: &str, tcp: &[u16], udp: &[u16]) -> Result<ExitCode, String> {
         return Err("serve needs --tcp or --udp ports".into());
     }
     // Bind everything before saying `ready`, so a test never races the server.
-    let listeners = tcp
-        .iter()
-        .map(|&p| TcpListener::bind((Ipv4Addr::UNSPECIFIED, p)).map_err(|e| (p, e)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|(p, e)| format!("binding tcp port {p}: {e}"))?;
-    let sockets = udp
-        .iter()
-        .map(|&p| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, p)).map_err(|e| (p, e)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|(p, e)| format!("binding udp port {p}: {e}"))?;
+    let mut listeners = Vec::new();
+    let mut sockets = Vec::new();
+    for any in [
+        IpAddr::from(Ipv4Addr::UNSPECIFIED),
+        Ipv6Addr::UNSPECIFIED.into(),
+    ] {
+        for &port in tcp {
+            let addr = SocketAddr::new(any, port);
+            listeners.push(listen_tcp(addr).map_err(|e| format!("binding tcp {addr}: {e}"))?);
+        }
+        for &port in udp {
+            let addr = SocketAddr::new(any, port);
+            sockets.push(bind_udp(addr).map_err(|e| format!("binding udp {addr}: {e}"))?);
+        }
+    }
     println!("ready");
     let _ = io::stdout().flush();
 
@@ -203,6 +217,33 @@ fn serve(name: &str, tcp: &[u16], udp: &[u16]) -> Result<ExitCode, String> {
         let _ = t.join();
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A socket of `addr`'s family. IPv6 sockets are IPv6-only when `v6_only`, else they also
+/// reach IPv4-mapped addresses, whatever `net.ipv6.bindv6only` says.
+fn socket_for(addr: SocketAddr, kind: Type, v6_only: bool) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), kind, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(v6_only)?;
+    }
+    Ok(socket)
+}
+
+/// A TCP listener on `addr`; on `[::]` for IPv6 peers only (IPv4 has its own listener).
+fn listen_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket_for(addr, Type::STREAM, true)?;
+    // As std's TcpListener::bind does: a restarted server binds at once.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    Ok(socket.into())
+}
+
+/// A UDP socket on `addr`; on `[::]` for IPv6 peers only.
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = socket_for(addr, Type::DGRAM, true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 fn accept_loop(listener: &TcpListener, name: &Arc<str>) {
@@ -323,45 +364,46 @@ fn read_answer(reader: &mut impl BufRead) -> io::Result<String> {
 }
 
 fn tcp_once(addr: SocketAddr, timeout: Duration, source_port: u16) -> io::Result<String> {
-    let stream = if source_port == 0 {
-        TcpStream::connect_timeout(&addr, timeout)?
-    } else {
-        connect_from_port(addr, timeout, source_port)?
-    };
+    let stream = connect_tcp(addr, timeout, source_port)?;
     stream.set_read_timeout(Some(timeout))?;
     let remote = stream.peer_addr()?;
     let answer = read_answer(&mut BufReader::new(&stream))?;
     Ok(format!("{answer} {remote}"))
 }
 
-/// A TCP connection from local port `port`. `SO_REUSEADDR` lets the port be bound again while
-/// an earlier connection from it to another destination is still in `TIME_WAIT`.
-fn connect_from_port(addr: SocketAddr, timeout: Duration, port: u16) -> io::Result<TcpStream> {
-    use socket2::{Domain, Socket, Type};
-    let (domain, local) = if addr.is_ipv4() {
-        (
-            Domain::IPV4,
-            SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
-        )
-    } else {
-        (
-            Domain::IPV6,
-            SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
-        )
-    };
-    let socket = Socket::new(domain, Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&local.into())?;
+/// A TCP connection to `addr` (IPv4, IPv6 or IPv4-mapped), from local port `source_port`
+/// unless 0. `SO_REUSEADDR` lets a port be bound again while an earlier connection from it to
+/// another destination is still in `TIME_WAIT`.
+fn connect_tcp(addr: SocketAddr, timeout: Duration, source_port: u16) -> io::Result<TcpStream> {
+    let socket = socket_for(addr, Type::STREAM, false)?;
+    if source_port != 0 {
+        socket.set_reuse_address(true)?;
+        socket.bind(&unspecified(addr, source_port).into())?;
+    }
     socket.connect_timeout(&addr.into(), timeout)?;
     Ok(socket.into())
 }
 
-fn udp_once(addr: SocketAddr, timeout: Duration, connect: bool) -> io::Result<String> {
-    let socket = if addr.is_ipv4() {
-        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?
+/// A UDP socket, bound to an ephemeral port, that can send to `addr` (of any of the three
+/// kinds).
+fn udp_socket_for(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = socket_for(addr, Type::DGRAM, false)?;
+    socket.bind(&unspecified(addr, 0).into())?;
+    Ok(socket.into())
+}
+
+/// The wildcard address of `addr`'s socket family, with `port`.
+fn unspecified(addr: SocketAddr, port: u16) -> SocketAddr {
+    let any = if addr.is_ipv4() {
+        IpAddr::from(Ipv4Addr::UNSPECIFIED)
     } else {
-        UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?
+        Ipv6Addr::UNSPECIFIED.into()
     };
+    SocketAddr::new(any, port)
+}
+
+fn udp_once(addr: SocketAddr, timeout: Duration, connect: bool) -> io::Result<String> {
+    let socket = udp_socket_for(addr)?;
     socket.set_read_timeout(Some(timeout))?;
     let mut buf = [0u8; 2048];
     let (n, from) = if connect {
@@ -388,7 +430,7 @@ fn hold(addr: SocketAddr, timeout: Duration) -> ExitCode {
 }
 
 fn hold_session(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
-    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    let stream = connect_tcp(addr, timeout, 0)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(timeout))?;
     let remote = stream.peer_addr()?;
@@ -406,7 +448,7 @@ fn hold_session(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
 }
 
 fn udp_session(addr: SocketAddr, timeout: Duration) -> ExitCode {
-    let socket = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).and_then(|socket| {
+    let socket = match udp_socket_for(addr).and_then(|socket| {
         socket.connect(addr)?;
         Ok(socket)
     }) {

@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -116,9 +116,22 @@ fn demo() -> Result<usize> {
             80,
         ),
     ];
+    // An AF_INET6 socket (the JVM's default) to the IPv4-mapped ClusterIP: translated to an
+    // IPv4 pod, shown back as `::ffff:198.19.0.10`.
+    let mapped = [(
+        "ClusterIP echo from an AF_INET6 socket in pod-1b (IPv4-mapped address)",
+        Place::Pod("pod-1b"),
+        Proto::Tcp,
+        IpAddr::V6(echo.to_ipv6_mapped()),
+        80,
+    )];
+    let cases = cases
+        .map(|(title, from, proto, addr, port)| (title, from, proto, IpAddr::V4(addr), port))
+        .into_iter()
+        .chain(mapped);
     let mut failed = 0;
     for (title, from, proto, addr, port) in cases {
-        println!("{title}: {proto} {addr}:{port}");
+        println!("{title}: {proto} {}", SocketAddr::new(addr, port));
         let mut tally: BTreeMap<String, usize> = BTreeMap::new();
         for (i, result) in cluster
             .request_detailed(from, proto, addr, port, REQUESTS, REQUEST_TIMEOUT)

@@ -5,22 +5,24 @@
 //! its backend goes, kube-proxy would flush the UDP conntrack entries; Sluice has none to flush
 //! on this path, so it does what Cilium's socket LB does: it walks the UDP sockets with a BPF
 //! iterator and calls `bpf_sock_destroy` on the ones connected to the removed backend whose
-//! translation it made (their cookie and backend are in `SOCK_RNAT_V1`). The application's next
-//! receive fails with ECONNABORTED, a send with EDESTADDRREQ (the socket is no longer
-//! connected), and it reconnects.
+//! translation it made (their cookie and backend are in `SOCK_RNAT_V1`, or `SOCK_RNAT6_V1` for
+//! an IPv6 socket to an IPv6 backend). The application's next receive fails with ECONNABORTED,
+//! a send with EDESTADDRREQ (the socket is no longer connected), and it reconnects. Removed
+//! IPv4 backends go to `SOCK_TERM_V1`, IPv6 ones to `SOCK_TERM6_V1`; an `AF_INET6` socket
+//! connected to an IPv4-mapped service address is matched by its IPv4 backend.
 
 mod udp_backends;
 
 use std::{
     collections::BTreeSet,
-    net::SocketAddrV4,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result};
 use proxy_common::{
-    IPPROTO_UDP, SockTermKey, SockTermRecord, map_sizes,
-    net::{ip_from_net, ip_to_net, port_from_net, port_to_net},
+    IPPROTO_UDP, SockTermKey, SockTermKey6, SockTermRecord6, map_sizes,
+    net::{ip_from_net, ip_to_net, ip6_from_net, ip6_to_net, port_from_net, port_to_net},
 };
 use tracing::{debug, info, warn};
 
@@ -84,19 +86,53 @@ fn terminate(
     cgroup: &Path,
     backends: &[BackendAddr],
 ) -> Result<u64> {
-    let keys: Vec<SockTermKey> = backends.iter().copied().filter_map(term_key).collect();
+    let mut keys = Vec::new();
+    let mut keys6 = Vec::new();
+    for backend in backends {
+        let port = port_to_net(backend.port);
+        match backend.addr {
+            IpAddr::V4(addr) => keys.push(SockTermKey {
+                addr: ip_to_net(addr),
+                port,
+                _pad: 0,
+            }),
+            IpAddr::V6(addr) => keys6.push(SockTermKey6 {
+                addr: ip6_to_net(addr),
+                port,
+                _pad: 0,
+            }),
+        }
+    }
+    let written = write_targets(program, &keys, &keys6);
+    let result = written.and_then(|()| run_everywhere(program, cgroup));
     for key in &keys {
+        // Left behind, a key would only make a later run look at that backend again.
+        let _ = program.targets.remove(key);
+    }
+    for key in &keys6 {
+        let _ = program.targets6.remove(key);
+    }
+    result
+}
+
+fn write_targets(
+    program: &mut SockTermProgram,
+    keys: &[SockTermKey],
+    keys6: &[SockTermKey6],
+) -> Result<()> {
+    for key in keys {
         program
             .targets
             .insert(key, &1, 0)
             .context("write the socket-termination map")?;
     }
-    let result = run_everywhere(program, cgroup);
-    for key in &keys {
-        // Left behind, a key would only make a later run look at that backend again.
-        let _ = program.targets.remove(key);
+    for key in keys6 {
+        program
+            .targets6
+            .insert(key, &1, 0)
+            .context("write the IPv6 socket-termination map")?;
     }
-    result
+    Ok(())
 }
 
 fn run_everywhere(program: &SockTermProgram, cgroup: &Path) -> Result<u64> {
@@ -115,13 +151,15 @@ fn run_everywhere(program: &SockTermProgram, cgroup: &Path) -> Result<u64> {
     Ok(destroyed)
 }
 
-fn log_destroyed(record: &SockTermRecord, netns: u64) {
-    let backend = SocketAddrV4::new(
-        ip_from_net(record.backend_addr),
+fn log_destroyed(record: &SockTermRecord6, netns: u64) {
+    // IPv4 sockets, and IPv6 ones connected to a mapped IPv4 address, come as `::ffff:a.b.c.d`.
+    let addr = |addr| IpAddr::V6(ip6_from_net(addr)).to_canonical();
+    let backend = SocketAddr::new(
+        addr(record.backend_addr),
         port_from_net(record.backend_port),
     );
-    let service = SocketAddrV4::new(
-        ip_from_net(record.service_addr),
+    let service = SocketAddr::new(
+        addr(record.service_addr),
         port_from_net(record.service_port),
     );
     info!(
@@ -133,19 +171,7 @@ fn log_destroyed(record: &SockTermRecord, netns: u64) {
     );
 }
 
-/// The IPv4 socket-termination key of a backend; IPv6 backends' sockets are not terminated
-/// yet (their map, `SOCK_TERM6_V1`, is the socket hooks' work).
-fn term_key(backend: BackendAddr) -> Option<SockTermKey> {
-    let std::net::IpAddr::V4(addr) = backend.addr else {
-        return None;
-    };
-    Some(SockTermKey {
-        addr: ip_to_net(addr),
-        port: port_to_net(backend.port),
-        _pad: 0,
-    })
-}
-
+/// The backends the maps' UDP frontends of both families use.
 fn udp_backends_in_maps(maps: &Maps) -> Result<BTreeSet<BackendAddr>> {
     let mut ids = BTreeSet::new();
     for entry in &maps.services {
@@ -154,11 +180,26 @@ fn udp_backends_in_maps(maps: &Maps) -> Result<BTreeSet<BackendAddr>> {
             ids.insert(value.backend_id);
         }
     }
+    let mut ids6 = BTreeSet::new();
+    for entry in &maps.services6 {
+        let (key, value) = entry.context("read the IPv6 services map")?;
+        if key.proto == IPPROTO_UDP && key.slot != 0 {
+            ids6.insert(value.backend_id);
+        }
+    }
     let mut backends = BTreeSet::new();
     for id in ids {
         if let Ok(backend) = maps.backends.get(&id, 0) {
             backends.insert(BackendAddr {
                 addr: ip_from_net(backend.addr).into(),
+                port: port_from_net(backend.port),
+            });
+        }
+    }
+    for id in ids6 {
+        if let Ok(backend) = maps.backends6.get(&id, 0) {
+            backends.insert(BackendAddr {
+                addr: ip6_from_net(backend.addr).into(),
                 port: port_from_net(backend.port),
             });
         }
