@@ -80,7 +80,7 @@ enum Command {
         service: Option<String>,
         /// Only flows from this client address.
         #[arg(long)]
-        client: Option<std::net::Ipv4Addr>,
+        client: Option<std::net::IpAddr>,
     },
     /// Check a manifests directory and report every problem with file, document and field.
     Validate {

@@ -1,17 +1,20 @@
 //! `sluice backends`: every backend in the maps and the frontends that use it.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use anyhow::Result;
 use serde::Serialize;
 
 use super::{Output, print_rows};
-use crate::datapath::{Maps, view::services};
+use crate::datapath::{
+    Maps,
+    view::{self, services},
+};
 
 #[derive(Debug, Serialize)]
 pub struct BackendRow {
     pub id: u32,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub local: bool,
     pub terminating: bool,
@@ -21,15 +24,14 @@ pub struct BackendRow {
 
 pub fn read(maps: &Maps) -> Result<Vec<BackendRow>> {
     let mut rows: BTreeMap<u32, BackendRow> = BTreeMap::new();
-    for entry in &maps.backends {
-        let (id, backend) = entry?;
-        let flags = backend.flags;
+    for backend in view::all_backends(maps)? {
+        let (id, flags) = (backend.id, backend.flags);
         rows.insert(
             id,
             BackendRow {
                 id,
-                addr: proxy_common::net::ip_from_net(backend.addr),
-                port: proxy_common::net::port_from_net(backend.port),
+                addr: backend.addr,
+                port: backend.port,
                 local: flags & proxy_common::BACKEND_F_LOCAL != 0,
                 terminating: flags & proxy_common::BACKEND_F_TERMINATING != 0,
                 used_by: Vec::new(),
@@ -65,7 +67,7 @@ pub fn run(pin_dir: &Path, output: Output) -> Result<()> {
             }
             vec![
                 row.id.to_string(),
-                format!("{}:{}", row.addr, row.port),
+                view::socket(row.addr, row.port),
                 flags.join(","),
                 row.used_by.join(", "),
             ]

@@ -8,7 +8,10 @@ use anyhow::Result;
 use super::{Output, print_rows};
 use crate::datapath::{
     Maps,
-    view::services::{BackendRow, ServiceRow, read},
+    view::{
+        services::{BackendRow, ServiceRow, read},
+        socket,
+    },
 };
 
 fn backends_cell(row: &ServiceRow, backends: &[BackendRow]) -> String {
@@ -22,7 +25,7 @@ fn backends_cell(row: &ServiceRow, backends: &[BackendRow]) -> String {
     backends
         .iter()
         .map(|b| {
-            let mut s = format!("{}:{}", b.addr, b.port);
+            let mut s = socket(b.addr, b.port);
             if b.local {
                 s.push_str(" local");
             }

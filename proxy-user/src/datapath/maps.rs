@@ -9,9 +9,9 @@ use aya::{
 };
 use proxy_common::{
     Addr6, AffinityKey, AffinityMatchKey, AffinityValue, Backend, Backend6, Config, Config6,
-    CtEntry, CtKey, NodeAddr, ServiceKey, ServiceKey6, ServiceMeta, ServiceValue, SkippedKey,
-    SkippedService, SockRevNatKey, SockRevNatValue, SourceRange, SourceRange6, map_names,
-    stats::Traffic,
+    CtEntry, CtEntry6, CtKey, CtKey6, NodeAddr, ServiceKey, ServiceKey6, ServiceMeta, ServiceValue,
+    SkippedKey, SkippedService, SockRevNatKey, SockRevNatValue, SourceRange, SourceRange6,
+    map_names, stats::Traffic,
 };
 
 pub struct Maps {
@@ -37,6 +37,8 @@ pub struct Maps {
     pub source_ranges6: LpmTrie<MapData, SourceRange6, u32>,
     pub node_addrs6: HashMap<MapData, Addr6, NodeAddr>,
     pub config6: Array<MapData, Config6>,
+    /// Written by the datapath; read by `sluice conntrack`.
+    pub conntrack6: HashMap<MapData, CtKey6, CtEntry6>,
 }
 
 impl Maps {
@@ -92,6 +94,7 @@ impl Maps {
             source_ranges6: typed!(map_names::SOURCE_RANGES6),
             node_addrs6: typed!(map_names::NODE_ADDRS6),
             config6: typed!(map_names::CONFIG6),
+            conntrack6: typed!(map_names::CONNTRACK6),
         })
     }
 }
@@ -131,6 +134,7 @@ impl Maps {
             (map_names::BACKENDS6, count(self.backends6.keys())),
             (map_names::SERVICE_META, frontends),
             (map_names::CONNTRACK, count(self.conntrack.keys())),
+            (map_names::CONNTRACK6, count(self.conntrack6.keys())),
             (map_names::SOCK_REV_NAT, count(self.sock_rev_nat.keys())),
             (map_names::NODE_ADDRS, count(self.node_addrs.keys())),
             (map_names::NODE_ADDRS6, count(self.node_addrs6.keys())),

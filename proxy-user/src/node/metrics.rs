@@ -23,7 +23,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::datapath::{Maps, view::stats};
+use crate::datapath::{
+    Maps,
+    view::{socket, stats},
+};
 
 /// Labels of the per-map gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -166,7 +169,7 @@ impl Collector for DatapathCounters {
             labels
         };
         let backend = |b: &stats::BackendStats, direction: Option<&'static str>| {
-            let mut labels: Labels = vec![("backend", format!("{}:{}", b.addr, b.port))];
+            let mut labels: Labels = vec![("backend", socket(b.addr, b.port))];
             labels.extend(direction.map(|d| ("direction", d.to_owned())));
             labels
         };

@@ -342,6 +342,8 @@ impl Reconciler {
 
     /// The write order, the one place it is decided: each step leaves the maps in a state a
     /// datapath reader can use (see `tables::memory`, whose tests check that after every entry).
+    /// Every step covers both families: their own maps are written per stage through
+    /// `family::Family` (`batch.rs`), the id-keyed maps they share once.
     fn try_apply(
         &mut self,
         maps: &mut dyn ServiceTables,

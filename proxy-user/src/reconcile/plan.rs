@@ -706,4 +706,70 @@ mod tests {
         let plan = Plan::build(&desired, &PlanNode::dual_stack("node1"));
         assert_eq!(plan.frontends.values().next().unwrap().backends, []);
     }
+
+    /// A dual-stack Service: each family's frontends get that family's endpoints, ranges and
+    /// NodePort; on a node of one family the other family is listed as skipped.
+    #[test]
+    fn each_family_is_served_with_its_own_endpoints_and_ranges() {
+        let v6 = |text: &str| -> IpAddr { text.parse().unwrap() };
+        let mut v6_endpoint = endpoint(20, "node1", true, false);
+        v6_endpoint.addr = v6("fd00:18:1::20");
+        let mut desired = service(
+            ServiceType::LoadBalancer,
+            vec![endpoint(10, "node1", true, false), v6_endpoint],
+        );
+        let svc = Arc::make_mut(desired.services.values_mut().next().unwrap());
+        svc.ip_families = vec![IpFamily::V4, IpFamily::V6];
+        svc.cluster_ips.push(v6("fd00:19::10"));
+        svc.load_balancer_ips = vec![Ipv4Addr::new(198, 18, 9, 1).into(), v6("fd00:18:9::1")];
+        svc.load_balancer_source_ranges = vec![
+            "198.18.0.0/24".parse().unwrap(),
+            "fd00:18::/64".parse().unwrap(),
+        ];
+
+        let plan = Plan::build(&desired, &PlanNode::dual_stack("node1"));
+        let at = |addr: IpAddr, port| &plan.frontends[&frontend(addr, port, Protocol::Tcp, 0)];
+        for (family, addrs) in [
+            (IpFamily::V4, [v6("198.19.0.10"), v6("198.18.9.1")]),
+            (IpFamily::V6, [v6("fd00:19::10"), v6("fd00:18:9::1")]),
+        ] {
+            for addr in addrs.into_iter().chain([family.unspecified()]) {
+                let port = if addr.is_unspecified() { 30080 } else { 80 };
+                let planned = at(addr, port);
+                assert_eq!(planned.backends.len(), 1, "{addr}");
+                assert!(
+                    planned
+                        .backends
+                        .iter()
+                        .all(|b| IpFamily::of(b.addr) == family)
+                );
+                assert!(
+                    planned
+                        .source_ranges
+                        .iter()
+                        .all(|net| IpFamily::of_net(net) == family),
+                    "{addr}"
+                );
+            }
+        }
+        assert_eq!(at(v6("fd00:18:9::1"), 80).source_ranges.len(), 1);
+        assert!(plan.skipped.is_empty());
+
+        let plan = Plan::build(&desired, &PlanNode::new("node1", [IpFamily::V4]));
+        assert!(plan.frontends.keys().all(|f| f.addr.is_ipv4()));
+        assert!(plan.backends.keys().all(|b| b.addr.is_ipv4()));
+        let skipped = &plan.skipped["default/web (IPv6)"];
+        assert!(skipped.reason.contains("fd00:19::10"), "{}", skipped.reason);
+        // An IPv6-only Service on that node is skipped under its own name.
+        let svc = Arc::make_mut(desired.services.values_mut().next().unwrap());
+        svc.ip_families = vec![IpFamily::V6];
+        svc.cluster_ips = vec![v6("fd00:19::10")];
+        let plan = Plan::build(&desired, &PlanNode::new("node1", [IpFamily::V4]));
+        assert!(plan.frontends.is_empty() && plan.backends.is_empty());
+        assert!(
+            plan.skipped["default/web"]
+                .reason
+                .contains("no IPv6 address")
+        );
+    }
 }

@@ -1,13 +1,10 @@
 //! Reads the datapath's per-CPU counters from the maps, summed over CPUs: for `sluice stats`
 //! and for /metrics.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use anyhow::{Context as _, Result};
-use proxy_common::{
-    net::{ip_from_net, port_from_net},
-    stats::{DropReason, HOOK_SLOTS, Hook, Traffic, VERDICTS_PER_HOOK},
-};
+use anyhow::Result;
+use proxy_common::stats::{DropReason, HOOK_SLOTS, Hook, Traffic, VERDICTS_PER_HOOK};
 use serde::Serialize;
 
 use super::services;
@@ -33,7 +30,7 @@ pub struct ServiceStats {
 #[derive(Debug, Serialize)]
 pub struct BackendStats {
     pub id: u32,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     #[serde(flatten)]
     pub traffic: TrafficRow,
@@ -101,17 +98,16 @@ pub fn read(maps: &Maps) -> Result<Stats> {
     }
 
     let mut backends = Vec::new();
-    for entry in &maps.backends {
-        let (id, backend) = entry.context("read the backends map")?;
+    for backend in super::all_backends(maps)? {
         let traffic = maps
             .backend_stats
-            .get(&id, 0)
+            .get(&backend.id, 0)
             .map(|values| sum(&values))
             .unwrap_or_default();
         backends.push(BackendStats {
-            id,
-            addr: ip_from_net(backend.addr),
-            port: port_from_net(backend.port),
+            id: backend.id,
+            addr: backend.addr,
+            port: backend.port,
             traffic: traffic.into(),
         });
     }

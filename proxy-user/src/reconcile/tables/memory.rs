@@ -603,3 +603,59 @@ fn render_backends<A: MapAddr>(backends: &HashMap<u32, BackendOf<A>>) -> Vec<Str
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use proxy_common::{Addr6, BackendOf, MetaFields, ServiceKey6, net::ip6_to_net};
+
+    use super::*;
+
+    fn v6(text: &str) -> Addr6 {
+        ip6_to_net(text.parse().expect("valid"))
+    }
+
+    /// An IPv6 head with one slot whose backend id is `backend_id`.
+    fn ipv6_frontend(backend_id: u32) -> Contents {
+        let key = ServiceKey6 {
+            addr: v6("fd00:19::10"),
+            port: 80u16.to_be(),
+            slot: 0,
+            proto: proxy_common::IPPROTO_TCP,
+            scope: SVC_SCOPE_DEFAULT,
+            _pad: 0,
+        };
+        let head = ServiceValue::head(1, 1, 0, 0);
+        let mut contents = Contents::default();
+        contents.services6.insert(key, head);
+        contents
+            .services6
+            .insert(ServiceKey6 { slot: 1, ..key }, head.slot(backend_id));
+        contents
+            .service_meta
+            .insert(1, ServiceMeta::new("default/web", MetaFields::default()));
+        contents
+    }
+
+    #[test]
+    fn an_ipv6_slot_must_point_at_an_ipv6_backend() {
+        let backend6 = BackendOf {
+            addr: v6("fd00:18::1"),
+            port: 8080u16.to_be(),
+            flags: 0,
+            _pad: 0,
+        };
+        let mut good = ipv6_frontend(7);
+        good.backends6.insert(7, backend6);
+        reader_view(&good).expect("consistent");
+
+        let mut wrong_family = ipv6_frontend(7);
+        wrong_family.backends.insert(7, Backend::default());
+        let err = reader_view(&wrong_family).unwrap_err().to_string();
+        assert!(err.contains("no backend of its family"), "{err}");
+
+        let mut both = good.clone();
+        both.backends.insert(7, Backend::default());
+        let err = reader_view(&both).unwrap_err().to_string();
+        assert!(err.contains("both families"), "{err}");
+    }
+}

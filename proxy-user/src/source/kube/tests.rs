@@ -318,3 +318,47 @@ fn a_failure_is_logged_once_and_a_new_one_again() {
     assert!(view.failing.is_empty());
     assert_eq!(services(&view), ["db", "new", "web"]);
 }
+
+/// A dual-stack Service from the API server (its `clusterIPs` and `ipFamilies` as the server
+/// set them, IPv6 primary), its IPv4 and IPv6 slices, and a Node with `InternalIP` addresses of both
+/// families.
+#[test]
+fn dual_stack_services_slices_and_node_addresses_come_through() {
+    let mut web = service("web", "fd00:96::10");
+    let spec = web.spec.as_mut().expect("set");
+    spec.cluster_ips = Some(vec!["fd00:96::10".into(), "10.96.0.10".into()]);
+    spec.ip_families = Some(vec!["IPv6".into(), "IPv4".into()]);
+    spec.ip_family_policy = Some("RequireDualStack".into());
+    let mut v6 = slice("web-v6", "web", "fd00:244::5");
+    v6.address_type = "IPv6".into();
+    let mut fqdn = slice("web-fqdn", "web", "pod.example");
+    fqdn.address_type = "FQDN".into();
+    let mut view = ClusterView::new("node1".into());
+    list(&mut view, Update::Services, vec![web]);
+    list(
+        &mut view,
+        Update::EndpointSlices,
+        vec![slice("web-v4", "web", "10.244.1.5"), v6, fqdn],
+    );
+    let mut this = node("node1", "192.0.2.11");
+    let status = this.status.as_mut().expect("set");
+    status.addresses.as_mut().expect("set").push(NodeAddress {
+        type_: "InternalIP".into(),
+        address: "fd00:2::11".into(),
+    });
+    list(&mut view, Update::Node, vec![this]);
+
+    let state = view.resolve().expect("synced").state;
+    let web = state.services.values().next().expect("web");
+    let ip = |text: &str| text.parse::<IpAddr>().expect("valid");
+    assert_eq!(web.cluster_ips, [ip("fd00:96::10"), ip("10.96.0.10")]);
+    assert_eq!(
+        web.ip_families,
+        [crate::model::IpFamily::V6, crate::model::IpFamily::V4]
+    );
+    assert_eq!(endpoints(&view, "web"), ["10.244.1.5", "fd00:244::5"]);
+    assert_eq!(
+        view.node().map(|n| n.internal_ips.clone()),
+        Some(vec![ip("192.0.2.11"), ip("fd00:2::11")])
+    );
+}
