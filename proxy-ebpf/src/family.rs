@@ -245,7 +245,7 @@ impl Family for V4 {
     #[inline(always)]
     fn refuse(ctx: &XdpContext, pkt: &Packet<u32>) -> Result<u32, Error> {
         if pkt.tuple.proto == IPPROTO_TCP {
-            reject::tcp_reset(ctx, pkt)
+            reject::tcp_reset::<Self>(ctx, pkt)
         } else {
             reject::icmp_port_unreachable(ctx, pkt)
         }
@@ -394,7 +394,7 @@ impl Family for V6 {
     #[inline(always)]
     fn refuse(ctx: &XdpContext, pkt: &Packet<Addr6>) -> Result<u32, Error> {
         if pkt.tuple.proto == IPPROTO_TCP {
-            reject::tcp_reset6(ctx, pkt)
+            reject::tcp_reset::<Self>(ctx, pkt)
         } else {
             reject::icmp6_port_unreachable(ctx, pkt)
         }

@@ -15,7 +15,7 @@ use proxy_common::{Addr6, IPPROTO_ICMPV6, IPPROTO_TCP, checksum, tcp};
 
 use crate::{
     error::Error,
-    family::{V4, V6},
+    family::{Family, V4, V6},
     forward::send,
     kernel,
     packet::{
@@ -41,16 +41,17 @@ const ICMPV6_HLEN: usize = 8;
 const IPV6_MIN_MTU: usize = 1280;
 const ICMPV6_QUOTED_MAX: usize = IPV6_MIN_MTU - IPV6_HLEN - ICMPV6_HLEN;
 
-/// Turns a TCP segment into the RST that answers it (RFC 793, "Reset Generation"), in place.
-/// A RST is never answered: it is dropped.
+/// Turns a TCP segment into the RST that answers it (RFC 793, "Reset Generation"), in place,
+/// behind a bare IP header of the family (an IPv6 request's extension headers are not
+/// repeated). A RST is never answered: it is dropped.
 #[inline(always)]
-pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet<u32>) -> Result<u32, Error> {
+pub fn tcp_reset<F: Answer>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> Result<u32, Error> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     // Fixed offsets first: the verifier cannot carry the variable-offset check of the segment
     // over to them, and the compiler would drop them as implied by it.
     let eth: *mut EthHdr = ptr_at(data, data_end, 0)?;
-    let ip_out: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN)?;
-    let tcp_ptr: *mut TcpHdr = ptr_at(data, data_end, ETH_HLEN + IPV4_HLEN)?;
+    let ip_out: *mut F::Header = ptr_at(data, data_end, ETH_HLEN)?;
+    let tcp_ptr: *mut TcpHdr = ptr_at(data, data_end, ETH_HLEN + F::HEADER_LEN)?;
     let tcp_in: *const TcpHdr = ptr_at(data, data_end, pkt.l4)?;
     // SAFETY: ptr_at checked that these headers lie inside the packet; what is read of the
     // segment is copied out before the new headers overwrite it.
@@ -75,8 +76,7 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet<u32>) -> Result<u32, Error> {
         dport: pkt.tuple.sport,
         proto: IPPROTO_TCP,
     };
-    let tot_len = (IPV4_HLEN + TCP_HLEN) as u16;
-    let ip = ipv4_header(&reply, tot_len, IP_DF);
+    let ip = F::header(&reply, TCP_HLEN as u16);
     let mut tcp_out = TcpHdr {
         source: reply.sport.to_ne_bytes(),
         dest: reply.dport.to_ne_bytes(),
@@ -91,7 +91,7 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet<u32>) -> Result<u32, Error> {
     tcp_out.set_doff((TCP_HLEN / 4) as u16);
     tcp_out.set_rst(1);
     tcp_out.set_ack(u16::from(ack));
-    let sum = checksum::pseudo_header(reply.saddr, reply.daddr, IPPROTO_TCP, TCP_HLEN as u16);
+    let sum = F::pseudo_header(&reply, TCP_HLEN as u16);
     tcp_out.check = checksum::finish(checksum::accumulate(sum, bytes_of(&tcp_out))).to_ne_bytes();
 
     // The new headers go right after the Ethernet header, over the old ones.
@@ -102,8 +102,49 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet<u32>) -> Result<u32, Error> {
         *ip_out = ip;
         *tcp_ptr = tcp_out;
     }
+    let tot_len = (F::HEADER_LEN + TCP_HLEN) as u16;
     resize(ctx, ETH_HLEN + usize::from(tot_len))?;
-    send::<V4>(ctx, &reply, tot_len)
+    send::<F>(ctx, &reply, tot_len)
+}
+
+/// The IP header of an answer, per family.
+pub trait Answer: Family {
+    type Header: Copy;
+    const HEADER_LEN: usize;
+    /// A header without options or extension headers for `reply`, carrying `l4_len` bytes.
+    fn header(reply: &Tuple<Self::Addr>, l4_len: u16) -> Self::Header;
+    /// The L4 checksum's pseudo-header sum for `reply`.
+    fn pseudo_header(reply: &Tuple<Self::Addr>, l4_len: u16) -> u64;
+}
+
+impl Answer for V4 {
+    type Header = Ipv4Hdr;
+    const HEADER_LEN: usize = IPV4_HLEN;
+
+    #[inline(always)]
+    fn header(reply: &Tuple<u32>, l4_len: u16) -> Ipv4Hdr {
+        ipv4_header(reply, IPV4_HLEN as u16 + l4_len, IP_DF)
+    }
+
+    #[inline(always)]
+    fn pseudo_header(reply: &Tuple<u32>, l4_len: u16) -> u64 {
+        checksum::pseudo_header(reply.saddr, reply.daddr, reply.proto, l4_len)
+    }
+}
+
+impl Answer for V6 {
+    type Header = Ipv6Hdr;
+    const HEADER_LEN: usize = IPV6_HLEN;
+
+    #[inline(always)]
+    fn header(reply: &Tuple<Addr6>, l4_len: u16) -> Ipv6Hdr {
+        ipv6_header(reply, l4_len)
+    }
+
+    #[inline(always)]
+    fn pseudo_header(reply: &Tuple<Addr6>, l4_len: u16) -> u64 {
+        checksum::pseudo_header6(&reply.saddr, &reply.daddr, reply.proto, u32::from(l4_len))
+    }
 }
 
 /// The sequence and acknowledgment numbers (network byte order) of the RST answering a segment
@@ -182,69 +223,6 @@ pub fn icmp_port_unreachable(ctx: &XdpContext, pkt: &Packet<u32>) -> Result<u32,
         *icmp_out = icmp;
     }
     send::<V4>(ctx, &reply, tot_len)
-}
-
-/// [`tcp_reset`] for IPv6: the RST goes out with a bare IPv6 header (the request's extension
-/// headers are not repeated).
-#[inline(always)]
-pub fn tcp_reset6(ctx: &XdpContext, pkt: &Packet<Addr6>) -> Result<u32, Error> {
-    let (data, data_end) = (ctx.data(), ctx.data_end());
-    // Fixed offsets first, as in `tcp_reset`.
-    let eth: *mut EthHdr = ptr_at(data, data_end, 0)?;
-    let ip_out: *mut Ipv6Hdr = ptr_at(data, data_end, ETH_HLEN)?;
-    let tcp_ptr: *mut TcpHdr = ptr_at(data, data_end, ETH_HLEN + IPV6_HLEN)?;
-    let tcp_in: *const TcpHdr = ptr_at(data, data_end, pkt.l4)?;
-    // SAFETY: ptr_at checked that these headers lie inside the packet; what is read of the
-    // segment is copied out before the new headers overwrite it.
-    let (eth_in, flags_in, doff, seq_in, ack_seq_in) = unsafe {
-        (
-            *eth,
-            tcp_flags(&*tcp_in),
-            (*tcp_in).doff(),
-            load::<u32, 4>(&raw const (*tcp_in).seq),
-            load::<u32, 4>(&raw const (*tcp_in).ack_seq),
-        )
-    };
-    if flags_in & tcp::RST != 0 {
-        return Ok(XDP_DROP);
-    }
-    let payload = usize::from(pkt.tot_len).saturating_sub(pkt.ihl + usize::from(doff) * 4);
-    let (seq, ack_seq, ack) = rst_numbers(flags_in, seq_in, ack_seq_in, payload as u32);
-    let reply = Tuple {
-        saddr: pkt.tuple.daddr,
-        daddr: pkt.tuple.saddr,
-        sport: pkt.tuple.dport,
-        dport: pkt.tuple.sport,
-        proto: IPPROTO_TCP,
-    };
-    let ip = ipv6_header(&reply, TCP_HLEN as u16);
-    let mut tcp_out = TcpHdr {
-        source: reply.sport.to_ne_bytes(),
-        dest: reply.dport.to_ne_bytes(),
-        seq: seq.to_ne_bytes(),
-        ack_seq: ack_seq.to_ne_bytes(),
-        _bitfield_align_1: [],
-        _bitfield_1: BitfieldU16::default(),
-        window: [0; 2],
-        check: [0; 2],
-        urg_ptr: [0; 2],
-    };
-    tcp_out.set_doff((TCP_HLEN / 4) as u16);
-    tcp_out.set_rst(1);
-    tcp_out.set_ack(u16::from(ack));
-    let sum = checksum::pseudo_header6(&reply.saddr, &reply.daddr, IPPROTO_TCP, TCP_HLEN as u32);
-    tcp_out.check = checksum::finish(checksum::accumulate(sum, bytes_of(&tcp_out))).to_ne_bytes();
-
-    // SAFETY: ptr_at checked all three headers lie inside the packet; the inputs were copied.
-    unsafe {
-        (*eth).dst_addr = eth_in.src_addr;
-        (*eth).src_addr = eth_in.dst_addr;
-        *ip_out = ip;
-        *tcp_ptr = tcp_out;
-    }
-    let tot_len = (IPV6_HLEN + TCP_HLEN) as u16;
-    resize(ctx, ETH_HLEN + usize::from(tot_len))?;
-    send::<V6>(ctx, &reply, tot_len)
 }
 
 /// Turns a UDP datagram into an ICMPv6 destination unreachable / port unreachable (RFC 4443
