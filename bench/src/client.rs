@@ -17,8 +17,9 @@ fn micros(elapsed: Duration) -> u64 {
     u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
 }
 
-pub fn serve(port: u16) -> Result<()> {
-    let listener = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("bind :{port}"))?;
+pub fn serve(port: u16, ipv6: bool) -> Result<()> {
+    let host = if ipv6 { "::" } else { "0.0.0.0" };
+    let listener = TcpListener::bind((host, port)).with_context(|| format!("bind :{port}"))?;
     println!("ready");
     let mut buf = [0u8; 64];
     for stream in listener.incoming() {

@@ -9,19 +9,24 @@
 //! - off-node (client namespace over the underlay): direct to pod-1a (routed via node1);
 //!   Sluice XDP NodePort; kube-proxy iptables and nftables (the ClusterIP routed via node1).
 //!
+//! - over IPv6 (on-node): Sluice socket-LB to an IPv6 ClusterIP beside the direct IPv6 path,
+//!   each round also timing the IPv4 socket-LB run, for IPv6 as a ratio against IPv4.
+//!
 //! The rule sets hold N services with the measured one last in KUBE-SERVICES, and are loaded
 //! into node1's namespace only; Sluice runs as `sluice run --manifests` with the same N.
 
 use std::{
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     path::Path,
     process::Command,
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
-use proxy_tests::{Cluster, Place, SluiceDaemon, manifests::ManifestDir, sluice::DaemonConfig};
+use proxy_tests::{
+    Cluster, Place, SERVICE_CIDR6, SluiceDaemon, manifests::ManifestDir, sluice::DaemonConfig,
+};
 
 use crate::{
     fixture::{cluster_frontend, pod_addr},
@@ -42,6 +47,12 @@ const SLUICE_PORT: u16 = 9004;
 /// egress (a bug this bench found, since fixed); a separate port also keeps each path clear of
 /// the other's `TIME_WAIT` sockets.
 const DIRECT_PORT: u16 = 9001;
+/// The IPv6 server ports on pod-1a (socket-LB backend, direct), apart from the IPv4 ones.
+const SLUICE_PORT6: u16 = 9006;
+const DIRECT_PORT6: u16 = 9007;
+/// The IPv6 ClusterIP measured, in the harness's `fd00:19::/108`.
+const FRONTEND6: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0xe, 1), 80, 0, 0);
 const FRONTEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 19, 200, 1), 80);
 const NODE_PORT: u16 = 30080;
 const POD_1A: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
@@ -73,6 +84,8 @@ pub struct DaemonFootprint {
 pub struct Outcome {
     pub rows: Vec<Row>,
     pub daemons: Vec<DaemonFootprint>,
+    /// Per size: the socket LB's IPv6 rate over its IPv4 rate, round by round.
+    pub ipv6_vs_ipv4: Vec<(usize, Samples)>,
 }
 
 /// One client run.
@@ -128,7 +141,8 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    fn client(&self, place: Place<'_>, target: SocketAddrV4) -> Result<Run> {
+    fn client(&self, place: Place<'_>, target: impl Into<SocketAddr>) -> Result<Run> {
+        let target: SocketAddr = target.into();
         let mut cmd = Command::new(&self.exe);
         cmd.args([
             "client",
@@ -167,7 +181,8 @@ impl Bench<'_> {
     }
 
     /// Waits until `target` answers from `place` (links settle after programs attach).
-    fn settle(&self, place: Place<'_>, target: SocketAddrV4) -> Result<()> {
+    fn settle(&self, place: Place<'_>, target: impl Into<SocketAddr> + Copy) -> Result<()> {
+        let target: SocketAddr = target.into();
         let started = std::time::Instant::now();
         loop {
             let quick = Bench {
@@ -248,6 +263,44 @@ impl Bench<'_> {
     }
 }
 
+impl Bench<'_> {
+    /// Rounds of (direct IPv6, socket LB IPv6, socket LB IPv4) from pod-1b: the IPv6 row
+    /// (against the IPv6 direct path, and the IPv4 clean direct path) and IPv6 / IPv4.
+    fn ipv6_pairs(&self, services: usize, rounds: usize, clean: &Clean) -> Result<(Row, Samples)> {
+        let place = Place::Pod("pod-1b");
+        let pod_1a6 = self.cluster.pod("pod-1a").ip6;
+        let direct = SocketAddrV6::new(pod_1a6, DIRECT_PORT6, 0, 0);
+        self.settle(place, direct)?;
+        self.settle(place, FRONTEND6)?;
+        let mut row = Row {
+            services,
+            variant: "Sluice socket-LB IPv6 ClusterIP (pod → service)".to_owned(),
+            ..Row::default()
+        };
+        for run in &clean[0] {
+            row.clean_rate.push(run.rate);
+            row.clean_p50.push(run.p50);
+            row.clean_p99.push(run.p99);
+        }
+        let (mut v6, mut v4) = (Samples::default(), Samples::default());
+        for _ in 0..rounds {
+            let d = self.client(place, direct)?;
+            let v = self.client(place, FRONTEND6)?;
+            let four = self.client(place, FRONTEND)?;
+            row.direct_rate.push(d.rate);
+            row.rate.push(v.rate);
+            row.direct_p50.push(d.p50);
+            row.p50.push(v.p50);
+            row.direct_p99.push(d.p99);
+            row.p99.push(v.p99);
+            row.errors += v.errors;
+            v6.push(v.rate);
+            v4.push(four.rate);
+        }
+        Ok((row, ratio(&v6, &v4)))
+    }
+}
+
 fn node1(cluster: &Cluster, argv: &[&str]) -> Result<()> {
     let mut cmd = Command::new(argv[0]);
     cmd.args(&argv[1..]);
@@ -258,7 +311,7 @@ fn node1(cluster: &Cluster, argv: &[&str]) -> Result<()> {
 }
 
 /// N-1 filler services plus the measured one, as manifests for `sluice run`.
-fn manifests(services: usize) -> String {
+fn manifests(services: usize, pod_1a6: Ipv6Addr) -> String {
     let mut out = String::with_capacity(services * 400);
     let _ = write!(
         out,
@@ -268,6 +321,18 @@ fn manifests(services: usize) -> String {
          subsets:\n- addresses: [{{ip: {POD_1A}, nodeName: node1}}]\n  ports: [{{port: {SLUICE_PORT}}}]\n",
         FRONTEND.ip(),
         FRONTEND.port()
+    );
+    let _ = write!(
+        out,
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: measured6, namespace: bench}}\n\
+         spec:\n  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv6]\n  clusterIP: {ip}\n  \
+         ports:\n  - {{name: http, port: {port}, targetPort: {SLUICE_PORT6}}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: measured6, namespace: bench, labels: {{kubernetes.io/service-name: measured6}}}}\n\
+         addressType: IPv6\nports: [{{name: http, port: {SLUICE_PORT6}}}]\n\
+         endpoints:\n- addresses: [\"{pod_1a6}\"]\n  nodeName: node1\n",
+        ip = FRONTEND6.ip(),
+        port = FRONTEND6.port()
     );
     for i in 1..services {
         let f = cluster_frontend(i);
@@ -328,6 +393,7 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
     let mut daemons = Vec::new();
+    let mut ipv6_vs_ipv4 = Vec::new();
     for &services in params.services {
         let cluster = Cluster::try_new().context("build the netns cluster")?;
         cluster.client().netns.ip(&[
@@ -337,14 +403,24 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
             "via",
             &NODE1.to_string(),
         ])?;
-        let _servers: Vec<_> = [IPTABLES_PORT, NFT_PORT, SLUICE_PORT, DIRECT_PORT]
-            .iter()
-            .map(|port| {
-                let mut cmd = Command::new(&exe);
-                cmd.args(["serve", "--port", &port.to_string()]);
-                cluster.spawn(Place::Pod("pod-1a"), &format!("bench-server-{port}"), cmd)
-            })
-            .collect();
+        let _servers: Vec<_> = [
+            (IPTABLES_PORT, false),
+            (NFT_PORT, false),
+            (SLUICE_PORT, false),
+            (DIRECT_PORT, false),
+            (SLUICE_PORT6, true),
+            (DIRECT_PORT6, true),
+        ]
+        .iter()
+        .map(|&(port, ipv6)| {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["serve", "--port", &port.to_string()]);
+            if ipv6 {
+                cmd.arg("--ipv6");
+            }
+            cluster.spawn(Place::Pod("pod-1a"), &format!("bench-server-{port}"), cmd)
+        })
+        .collect();
         std::thread::sleep(Duration::from_millis(300));
         let bench = Bench {
             cluster: &cluster,
@@ -388,8 +464,11 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
 
         // Sluice.
         let manifest_dir = ManifestDir::new("bench");
-        manifest_dir.write("services.yaml", &manifests(services));
-        let mut config = DaemonConfig::new(&cluster, "node1", manifest_dir.path(), &[]);
+        let pod_1a6 = cluster.pod("pod-1a").ip6;
+        manifest_dir.write("services.yaml", &manifests(services, pod_1a6));
+        let node1_ip6 = cluster.node("node1").ip6.to_string();
+        let dual_stack = ["--node-ip", &node1_ip6, "--service-cidr", SERVICE_CIDR6];
+        let mut config = DaemonConfig::new(&cluster, "node1", manifest_dir.path(), &dual_stack);
         config.ready_timeout = Duration::from_secs(300);
         let clean = bench.clean(params.rounds)?;
         let started = std::time::Instant::now();
@@ -410,6 +489,13 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
                 SocketAddrV4::new(NODE1, NODE_PORT),
             )),
         )?);
+        let (ipv6_row, v6_vs_v4) = bench.ipv6_pairs(services, params.rounds, &clean)?;
+        rows.push(ipv6_row);
+        log(&format!(
+            "connrate: {services} services, Sluice socket-LB IPv6 / IPv4: {:.3} x",
+            v6_vs_v4.median()
+        ));
+        ipv6_vs_ipv4.push((services, v6_vs_v4));
         let footprint = DaemonFootprint {
             services,
             ready_secs,
@@ -439,7 +525,17 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
             row.p99.median()
         ));
     }
-    Ok(Outcome { rows, daemons })
+    for (services, v6_vs_v4) in &ipv6_vs_ipv4 {
+        log(&format!(
+            "connrate: {services} services, Sluice socket-LB IPv6 / IPv4 conn/s: {:.3} x",
+            v6_vs_v4.median()
+        ));
+    }
+    Ok(Outcome {
+        rows,
+        daemons,
+        ipv6_vs_ipv4,
+    })
 }
 
 /// User plus system CPU time of a process so far, from /proc/PID/stat.
@@ -484,7 +580,7 @@ fn tempdir(name: &str) -> Result<std::path::PathBuf> {
 
 pub fn report(
     md: &mut String,
-    rows: &[Row],
+    outcome: &Outcome,
     error: Option<&str>,
     plots: &Path,
     rel: &str,
@@ -518,6 +614,7 @@ pub fn report(
         let _ = writeln!(md, "**Not measured in this run**: {error}\n");
         return Ok(());
     }
+    let rows = &outcome.rows;
     md.push_str(
         "| services | variant | conn/s | clean direct conn/s | **ratio to clean direct** | \
          ratio to direct with the proxy loaded | direct with proxy loaded / clean | p50 µs \
@@ -540,6 +637,14 @@ pub fn report(
             row.p99.median(),
             row.clean_p99.median(),
             row.errors
+        );
+    }
+    for (services, v6_vs_v4) in &outcome.ipv6_vs_ipv4 {
+        let _ = writeln!(
+            md,
+            "\nSocket LB over IPv6 against IPv4 at {services} services (the same pod, each \
+             round's IPv6 run over the IPv4 run right after it): **{}**",
+            v6_vs_v4.show(3)
         );
     }
     let bars: Vec<(String, f64, f64, f64)> = rows

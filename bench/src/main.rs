@@ -62,6 +62,9 @@ enum Role {
     Serve {
         #[arg(long)]
         port: u16,
+        /// Listen on `[::]` (IPv6) in place of `0.0.0.0`.
+        #[arg(long)]
+        ipv6: bool,
     },
     #[command(hide = true)]
     Client {
@@ -179,7 +182,7 @@ fn live_params(quick: bool) -> live::Params {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.role {
-        Some(Role::Serve { port }) => return client::serve(port),
+        Some(Role::Serve { port, ipv6 }) => return client::serve(port, ipv6),
         Some(Role::Client { target, millis }) => return client::client(target, millis),
         None => {}
     }

@@ -150,7 +150,7 @@ pub fn write(results: &Results, doc: &Path, plots: &Path) -> Result<()> {
     // 2. Connection rate.
     connrate::report(
         &mut md,
-        &results.connrate.rows,
+        &results.connrate,
         results.connrate_error.as_deref(),
         plots,
         &rel,

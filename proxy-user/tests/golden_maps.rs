@@ -68,12 +68,17 @@ fn check_on(name: &str, dir: &Path, options: &ManifestOptions, node_families: &[
     );
 }
 
-/// The README's demo manifests.
+/// The README's demo manifests, planned as the demo runs them: a dual-stack cluster and node.
 #[test]
 fn the_examples() {
-    check(
+    let options = ManifestOptions {
+        service_cidrs: "198.19.0.0/16,fd00:19::/108".parse().expect("valid"),
+    };
+    check_on(
         "examples",
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples"),
+        &options,
+        &[IpFamily::V4, IpFamily::V6],
     );
 }
 

@@ -4,13 +4,15 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     process::ExitCode,
 };
 
 use anyhow::{Context as _, Result};
-use proxy_tests::{Cluster, Place, Proto, SluiceDaemon, http, workload::REQUEST_TIMEOUT};
+use proxy_tests::{
+    Cluster, Place, Proto, SERVICE_CIDR6, SluiceDaemon, http, workload::REQUEST_TIMEOUT,
+};
 
 const REQUESTS: usize = 6;
 
@@ -47,17 +49,29 @@ fn demo() -> Result<usize> {
     for node in cluster.nodes() {
         let pods: Vec<String> = cluster
             .pods_on(&node.name)
-            .map(|pod| format!("{} {}", pod.name, pod.ip))
+            .map(|pod| format!("{} {} {}", pod.name, pod.ip, pod.ip6))
             .collect();
-        println!("  {} {}: {}", node.name, node.ip, pods.join(", "));
+        println!(
+            "  {} {} {}: {}",
+            node.name,
+            node.ip,
+            node.ip6,
+            pods.join(", ")
+        );
     }
     println!(
         "  client {} (off-node, reaches nodes over the underlay)\n",
         cluster.client().ip
     );
 
-    let node1 = SluiceDaemon::try_start(&cluster, "node1", &examples, &[])?;
-    let node2 = SluiceDaemon::try_start(&cluster, "node2", &examples, &[])?;
+    // Dual-stack: each node's IPv6 address and the IPv6 Service CIDR beside the IPv4 ones.
+    let start = |node: &str| {
+        let ip6 = cluster.node(node).ip6.to_string();
+        let args = ["--node-ip", &ip6, "--service-cidr", SERVICE_CIDR6];
+        SluiceDaemon::try_start(&cluster, node, &examples, &args)
+    };
+    let node1 = start("node1")?;
+    let node2 = start("node2")?;
     println!("node1: {}", node1.ready_line());
     println!("node2: {}\n", node2.ready_line());
 
@@ -125,10 +139,37 @@ fn demo() -> Result<usize> {
         IpAddr::V6(echo.to_ipv6_mapped()),
         80,
     )];
+    // A dual-stack Service: the same pods behind an IPv4 and an IPv6 cluster IP.
+    let dual4 = Ipv4Addr::new(198, 19, 0, 14);
+    let dual6 = Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0, 0x14);
+    let dual = [
+        (
+            "Dual-stack ClusterIP echo-dual over IPv4, from pod-1a",
+            Place::Pod("pod-1a"),
+            Proto::Tcp,
+            IpAddr::V4(dual4),
+            80,
+        ),
+        (
+            "Dual-stack ClusterIP echo-dual over IPv6, from pod-2a",
+            Place::Pod("pod-2a"),
+            Proto::Tcp,
+            IpAddr::V6(dual6),
+            80,
+        ),
+        (
+            "Dual-stack ClusterIP echo-dual UDP over IPv6, from pod-1b",
+            Place::Pod("pod-1b"),
+            Proto::Udp,
+            IpAddr::V6(dual6),
+            53,
+        ),
+    ];
     let cases = cases
         .map(|(title, from, proto, addr, port)| (title, from, proto, IpAddr::V4(addr), port))
         .into_iter()
-        .chain(mapped);
+        .chain(mapped)
+        .chain(dual);
     let mut failed = 0;
     for (title, from, proto, addr, port) in cases {
         println!("{title}: {proto} {}", SocketAddr::new(addr, port));
@@ -138,7 +179,24 @@ fn demo() -> Result<usize> {
             .into_iter()
             .enumerate()
         {
+            // No NAT on the socket path: the pod sees the client in the target's family (an
+            // IPv4-mapped target reaches an IPv4 pod from the client's IPv4 address).
+            let ipv4_target = match addr {
+                IpAddr::V4(_) => true,
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+            };
             match result {
+                Ok(reply)
+                    if matches!(from, Place::Pod(_)) && reply.peer.is_ipv4() != ipv4_target =>
+                {
+                    println!(
+                        "  request {} -> {} saw the client as {}: the wrong family",
+                        i + 1,
+                        reply.name,
+                        reply.peer.ip()
+                    );
+                    failed += 1;
+                }
                 Ok(reply) => {
                     println!(
                         "  request {} -> {}  (it saw the client as {}; the client saw the answer \
