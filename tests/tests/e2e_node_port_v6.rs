@@ -21,7 +21,7 @@ use proxy_tests::{
 const ECHO6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0, 0x10);
 const EMPTY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0, 0x20);
 const AFFINITY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0, 0x40);
-/// LoadBalancer IPs inside fd00:19::/108, which the client routes via node1.
+/// LoadBalancer IPs inside `fd00:19::/108`, which the client routes via node1.
 const LOCAL_LB6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0xe, 0x10);
 const ALLOWED_LB6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0xe, 0x20);
 const DENIED_LB6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0xe, 0x30);
@@ -214,7 +214,11 @@ impl Dual {
     /// Waits until `node` programs `frontend` (`[ADDR]:PORT`, `[::]:PORT` for a NodePort), so
     /// that a drop is the datapath's and not a Service not there yet.
     fn wait_programmed(&self, node: &str, frontend: &str) {
-        let daemon = if node == "node1" { &self.node1 } else { &self.node2 };
+        let daemon = if node == "node1" {
+            &self.node1
+        } else {
+            &self.node2
+        };
         wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
             backend_ips_of(daemon, frontend).is_some()
         });
@@ -250,7 +254,11 @@ fn assert_spread_with_snat(dual: &Dual, via: &str, replies: &[Reply], target: So
         } else {
             dual.node_ip6(via).into()
         };
-        assert_eq!(reply.peer.ip(), expected, "via {via} to {target}: {reply:?}");
+        assert_eq!(
+            reply.peer.ip(),
+            expected,
+            "via {via} to {target}: {reply:?}"
+        );
     }
 }
 
@@ -295,17 +303,19 @@ fn an_ipv6_cluster_ip_from_off_node_is_served_by_node1() {
         (Proto::Udp, 53),
     ] {
         let replies = dual.replies(proto, ECHO6, port, SPREAD_REQUESTS);
-        assert_spread_with_snat(&dual, "node1", &replies, SocketAddr::new(ECHO6.into(), port));
+        assert_spread_with_snat(
+            &dual,
+            "node1",
+            &replies,
+            SocketAddr::new(ECHO6.into(), port),
+        );
     }
 }
 
 #[test]
 fn an_ipv6_service_without_endpoints_is_rejected_from_off_node() {
     let dual = Dual::start();
-    let mut targets = vec![
-        (Proto::Tcp, EMPTY6, 80),
-        (Proto::UdpConnected, EMPTY6, 53),
-    ];
+    let mut targets = vec![(Proto::Tcp, EMPTY6, 80), (Proto::UdpConnected, EMPTY6, 53)];
     for node in ["node1", "node2"] {
         let ip6 = dual.node_ip6(node);
         targets.push((Proto::Tcp, ip6, EMPTY_NODE_PORT_TCP));
@@ -383,7 +393,9 @@ fn a_restart_keeps_an_ipv6_node_port_flow_to_a_remote_backend() {
     assert_eq!(held.greeting().peer.ip(), IpAddr::V6(node1_ip6), "SNAT");
     dual.node1.restart();
     for _ in 0..3 {
-        let reply = held.ping().expect("the held IPv6 flow survives the restart");
+        let reply = held
+            .ping()
+            .expect("the held IPv6 flow survives the restart");
         assert_eq!(reply.name, "pod-2a", "{reply:?}");
         assert_eq!(reply.peer.ip(), IpAddr::V6(node1_ip6), "{reply:?}");
     }
