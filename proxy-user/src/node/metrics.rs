@@ -235,6 +235,15 @@ impl Collector for DatapathCounters {
         )?;
         counters(
             &mut encoder,
+            "sluice_packets_passed",
+            "Packets passed to the stack untranslated on purpose (not drops), by reason",
+            stats
+                .passes
+                .iter()
+                .map(|p| (vec![("reason", p.reason.to_owned())], p.count)),
+        )?;
+        counters(
+            &mut encoder,
             "sluice_hook_verdicts",
             "Verdicts of each datapath program",
             stats.hooks.iter().map(|h| {
