@@ -50,13 +50,19 @@ pub fn read(maps: &Maps) -> Result<Vec<AffinityRow>> {
     for entry in &maps.services {
         let (key, value) = entry.context("read the services map")?;
         if key.slot == 0 {
-            frontends.insert(value.service_id, (frontend_name(&key), value.affinity_timeout));
+            frontends.insert(
+                value.service_id,
+                (frontend_name(&key), value.affinity_timeout),
+            );
         }
     }
     for entry in &maps.services6 {
         let (key, value) = entry.context("read the IPv6 services map")?;
         if key.slot == 0 {
-            frontends.insert(value.service_id, (frontend_name6(&key), value.affinity_timeout));
+            frontends.insert(
+                value.service_id,
+                (frontend_name6(&key), value.affinity_timeout),
+            );
         }
     }
     let now = monotonic_ns();

@@ -8,10 +8,10 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues},
 };
 use proxy_common::{
-    Addr6, AffinityKey, AffinityKey6, AffinityMatchKey, AffinityValue, Backend, Backend6, Config, Config6,
-    CtEntry, CtEntry6, CtKey, CtKey6, NodeAddr, ServiceKey, ServiceKey6, ServiceMeta, ServiceValue,
-    SkippedKey, SkippedService, SockRevNatKey, SockRevNatValue, SourceRange, SourceRange6,
-    map_names, stats::Traffic,
+    Addr6, AffinityKey, AffinityKey6, AffinityMatchKey, AffinityValue, Backend, Backend6, Config,
+    Config6, CtEntry, CtEntry6, CtKey, CtKey6, NodeAddr, ServiceKey, ServiceKey6, ServiceMeta,
+    ServiceValue, SkippedKey, SkippedService, SockRevNatKey, SockRevNatValue, SourceRange,
+    SourceRange6, map_names, stats::Traffic,
 };
 
 pub struct Maps {
