@@ -42,7 +42,8 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
-    /// Traffic per frontend and backend, drops by reason, verdicts per hook (from the pins).
+    /// Traffic per frontend and backend, drops and untranslated passes by reason, verdicts per
+    /// hook (from the pins).
     Stats {
         #[command(flatten)]
         pins: PinArgs,

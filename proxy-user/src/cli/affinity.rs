@@ -5,9 +5,9 @@ use std::{collections::HashMap, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 use proxy_common::{
-    AFFINITY_CLIENT_IP, AFFINITY_CLIENT_NETNS, AffinityKey, AffinityValue, ServiceKey,
-    ServiceValue,
-    net::{ip_from_net, port_from_net, proto_name},
+    AFFINITY_CLIENT_IP, AFFINITY_CLIENT_NETNS, AffinityKey, AffinityKey6, AffinityValue,
+    ServiceKey, ServiceKey6,
+    net::{ip_from_net, ip6_from_net, port_from_net, proto_name},
 };
 use serde::Serialize;
 
@@ -25,8 +25,12 @@ pub struct AffinityRow {
     /// `ip` (packet path: the source address) or `netns` (socket path: the client's network
     /// namespace cookie).
     pub client_kind: &'static str,
-    /// The address, or the netns cookie in decimal.
+    /// The address (IPv4 from `AFFINITY_V1`, IPv6 from `AFFINITY6_V1`), or the netns cookie in
+    /// decimal.
     pub client: String,
+    /// `ipv4` or `ipv6` for an `ip` client (which map holds it); absent for a netns client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub family: Option<&'static str>,
     pub backend_id: u32,
     /// `ADDR:PORT`; "?" when the backend is gone.
     pub backend: String,
@@ -38,42 +42,77 @@ pub struct AffinityRow {
     pub expired: bool,
 }
 
-/// Reads every affinity entry, sorted by service, client kind and client.
+/// Reads every affinity entry of both maps (`AFFINITY_V1`: IPv4 and netns clients,
+/// `AFFINITY6_V1`: IPv6 clients of the packet path), sorted by service, client kind and client.
 pub fn read(maps: &Maps) -> Result<Vec<AffinityRow>> {
-    let mut frontends: HashMap<u32, (ServiceKey, ServiceValue)> = HashMap::new();
+    // Service ids are unique across families, so one map holds the frontends of both.
+    let mut frontends: HashMap<u32, (String, u32)> = HashMap::new();
     for entry in &maps.services {
         let (key, value) = entry.context("read the services map")?;
         if key.slot == 0 {
-            frontends.insert(value.service_id, (key, value));
+            frontends.insert(
+                value.service_id,
+                (frontend_name(&key), value.affinity_timeout),
+            );
+        }
+    }
+    for entry in &maps.services6 {
+        let (key, value) = entry.context("read the IPv6 services map")?;
+        if key.slot == 0 {
+            frontends.insert(
+                value.service_id,
+                (frontend_name6(&key), value.affinity_timeout),
+            );
         }
     }
     let now = monotonic_ns();
-    let mut rows = Vec::new();
-    for entry in &maps.affinity {
-        let (key, value): (AffinityKey, AffinityValue) = entry.context("read the affinity map")?;
-        let frontend = frontends.get(&key.service_id);
-        let timeout = frontend.map_or(0, |(_, service)| service.affinity_timeout);
+    let row = |service_id: u32,
+               client_kind: &'static str,
+               client: String,
+               family: Option<&'static str>,
+               value: &AffinityValue| {
+        let frontend = frontends.get(&service_id);
+        let timeout = frontend.map_or(0, |(_, timeout)| *timeout);
         let age = now.saturating_sub(value.last_used_ns);
-        let service = maps
-            .service_meta
-            .get(&key.service_id, 0)
-            .map_or_else(|_| "?".to_owned(), |meta| meta.name().to_owned());
-        let backend = maps.backends.get(&value.backend_id, 0).map_or_else(
-            |_| "?".to_owned(),
-            |b| format!("{}:{}", ip_from_net(b.addr), port_from_net(b.port)),
-        );
-        rows.push(AffinityRow {
-            service_id: key.service_id,
-            service,
-            frontend: frontend.map_or_else(|| "?".to_owned(), |(key, _)| frontend_name(key)),
-            client_kind: client_kind(key.client_kind),
-            client: client_name(&key),
+        AffinityRow {
+            service_id,
+            service: maps
+                .service_meta
+                .get(&service_id, 0)
+                .map_or_else(|_| "?".to_owned(), |meta| meta.name().to_owned()),
+            frontend: frontend.map_or_else(|| "?".to_owned(), |(name, _)| name.clone()),
+            client_kind,
+            client,
+            family,
             backend_id: value.backend_id,
-            backend,
+            backend: backend_name(maps, value.backend_id),
             age_seconds: Duration::from_nanos(age).as_secs_f64(),
             timeout_seconds: timeout,
             expired: timeout == 0 || age > u64::from(timeout) * 1_000_000_000,
-        });
+        }
+    };
+    let mut rows = Vec::new();
+    for entry in &maps.affinity {
+        let (key, value): (AffinityKey, AffinityValue) = entry.context("read the affinity map")?;
+        let family = (key.client_kind == AFFINITY_CLIENT_IP).then_some("ipv4");
+        rows.push(row(
+            key.service_id,
+            client_kind(key.client_kind),
+            client_name(&key),
+            family,
+            &value,
+        ));
+    }
+    for entry in &maps.affinity6 {
+        let (key, value): (AffinityKey6, AffinityValue) =
+            entry.context("read the IPv6 affinity map")?;
+        rows.push(row(
+            key.service_id,
+            client_kind(key.client_kind),
+            ip6_from_net(key.client).to_string(),
+            Some("ipv6"),
+            &value,
+        ));
     }
     rows.sort_by(|a, b| {
         (&a.service, &a.frontend, a.client_kind, &a.client).cmp(&(
@@ -84,6 +123,27 @@ pub fn read(maps: &Maps) -> Result<Vec<AffinityRow>> {
         ))
     });
     Ok(rows)
+}
+
+/// `ADDR:PORT` of a backend of either family (`[ADDR]:PORT` for IPv6); "?" when it is gone.
+fn backend_name(maps: &Maps, id: u32) -> String {
+    if let Ok(b) = maps.backends.get(&id, 0) {
+        return format!("{}:{}", ip_from_net(b.addr), port_from_net(b.port));
+    }
+    maps.backends6.get(&id, 0).map_or_else(
+        |_| "?".to_owned(),
+        |b| format!("[{}]:{}", ip6_from_net(b.addr), port_from_net(b.port)),
+    )
+}
+
+/// `[ADDR]:PORT/PROTO`, or `[::]:PORT/PROTO` for an IPv6 NodePort.
+fn frontend_name6(key: &ServiceKey6) -> String {
+    format!(
+        "[{}]:{}/{}",
+        ip6_from_net(key.addr),
+        port_from_net(key.port),
+        proto_name(key.proto)
+    )
 }
 
 fn frontend_name(key: &ServiceKey) -> String {

@@ -1,4 +1,5 @@
-//! `sluice stats`: traffic per frontend and backend, drops by reason, verdicts per hook.
+//! `sluice stats`: traffic per frontend and backend, drops by reason, packets passed
+//! untranslated by reason, verdicts per hook.
 
 use std::path::Path;
 
@@ -52,6 +53,13 @@ pub fn run(pin_dir: &Path, output: Output) -> Result<()> {
         .map(|d| vec![d.reason.to_owned(), d.count.to_string()])
         .collect();
     print_table(&["DROP REASON", "COUNT"], &rows);
+    println!();
+    let rows: Vec<Vec<String>> = stats
+        .passes
+        .iter()
+        .map(|p| vec![p.reason.to_owned(), p.count.to_string()])
+        .collect();
+    print_table(&["PASSED UNTRANSLATED", "COUNT"], &rows);
     println!();
     let rows: Vec<Vec<String>> = stats
         .hooks

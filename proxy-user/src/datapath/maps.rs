@@ -8,10 +8,10 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues},
 };
 use proxy_common::{
-    Addr6, AffinityKey, AffinityMatchKey, AffinityValue, Backend, Backend6, Config, Config6,
-    CtEntry, CtEntry6, CtKey, CtKey6, NodeAddr, ServiceKey, ServiceKey6, ServiceMeta, ServiceValue,
-    SkippedKey, SkippedService, SockRevNatKey, SockRevNatValue, SourceRange, SourceRange6,
-    map_names, stats::Traffic,
+    Addr6, AffinityKey, AffinityKey6, AffinityMatchKey, AffinityValue, Backend, Backend6, Config,
+    Config6, CtEntry, CtEntry6, CtKey, CtKey6, NodeAddr, ServiceKey, ServiceKey6, ServiceMeta,
+    ServiceValue, SkippedKey, SkippedService, SockRevNatKey, SockRevNatValue, SourceRange,
+    SourceRange6, map_names, stats::Traffic,
 };
 
 pub struct Maps {
@@ -28,6 +28,8 @@ pub struct Maps {
     pub backend_stats: PerCpuArray<MapData, Traffic>,
     pub drop_stats: PerCpuArray<MapData, u64>,
     pub hook_stats: PerCpuArray<MapData, u64>,
+    /// Packets passed untranslated, indexed by `stats::PassReason`.
+    pub pass_stats: PerCpuArray<MapData, u64>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub affinity_match: HashMap<MapData, AffinityMatchKey, u32>,
     pub source_ranges: LpmTrie<MapData, SourceRange, u32>,
@@ -39,6 +41,8 @@ pub struct Maps {
     pub config6: Array<MapData, Config6>,
     /// Written by the datapath; read by `sluice conntrack`.
     pub conntrack6: HashMap<MapData, CtKey6, CtEntry6>,
+    /// IPv6 clients of the packet path; written by the datapath, cleaned by the affinity GC.
+    pub affinity6: HashMap<MapData, AffinityKey6, AffinityValue>,
 }
 
 impl Maps {
@@ -85,6 +89,7 @@ impl Maps {
             backend_stats: typed!(map_names::BACKEND_STATS),
             drop_stats: typed!(map_names::DROP_STATS),
             hook_stats: typed!(map_names::HOOK_STATS),
+            pass_stats: typed!(map_names::PASS_STATS),
             affinity: typed!(map_names::AFFINITY),
             affinity_match: typed!(map_names::AFFINITY_MATCH),
             source_ranges: typed!(map_names::SOURCE_RANGES),
@@ -95,6 +100,7 @@ impl Maps {
             node_addrs6: typed!(map_names::NODE_ADDRS6),
             config6: typed!(map_names::CONFIG6),
             conntrack6: typed!(map_names::CONNTRACK6),
+            affinity6: typed!(map_names::AFFINITY6),
         })
     }
 }

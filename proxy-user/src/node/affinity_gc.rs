@@ -1,4 +1,5 @@
-//! Background removal of session-affinity entries (`AFFINITY_V1`) that can no longer be used:
+//! Background removal of session-affinity entries (`AFFINITY_V1`, and `AFFINITY6_V1` of IPv6
+//! packet-path clients, by the same rules) that can no longer be used:
 //! older than their frontend's timeout, of a frontend without affinity (or gone), or pointing
 //! at a backend that left the frontend.
 //!
@@ -11,7 +12,8 @@
 use std::{collections::HashMap, hash::BuildHasher, time::Duration};
 
 use anyhow::{Context as _, Result};
-use proxy_common::{AffinityKey, AffinityValue};
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use proxy_common::{AffinityKey, AffinityKey6, AffinityValue};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -24,21 +26,39 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_INTERVAL: Duration = Duration::from_secs(300);
 
+/// The key of an affinity map of either family: the frontend it belongs to.
+pub trait AffinityMapKey: aya::Pod {
+    fn service_id(&self) -> u32;
+}
+
+impl AffinityMapKey for AffinityKey {
+    fn service_id(&self) -> u32 {
+        self.service_id
+    }
+}
+
+impl AffinityMapKey for AffinityKey6 {
+    fn service_id(&self) -> u32 {
+        self.service_id
+    }
+}
+
 /// Whether an entry can no longer be used. `reset_before`: entries of a frontend whose
 /// affinity was switched on are stale when last used before the switch.
 pub fn is_stale(
-    key: &AffinityKey,
+    key: &impl AffinityMapKey,
     value: &AffinityValue,
     view: &AffinityView<'_>,
     reset_before: Option<u64>,
     now_ns: u64,
 ) -> bool {
-    let Some(&timeout) = view.timeouts.get(&key.service_id) else {
+    let service_id = key.service_id();
+    let Some(&timeout) = view.timeouts.get(&service_id) else {
         return true;
     };
     let age = now_ns.saturating_sub(value.last_used_ns);
     age > u64::from(timeout) * NANOS_PER_SEC
-        || !view.serves(key.service_id, value.backend_id)
+        || !view.serves(service_id, value.backend_id)
         || reset_before.is_some_and(|switched| value.last_used_ns < switched)
 }
 
@@ -128,23 +148,36 @@ impl AffinityGc {
     }
 }
 
-/// Deletes every stale entry. Each is re-read just before its deletion: a connection may have
-/// refreshed it meanwhile.
+/// Deletes every stale entry of both families' maps. Each is re-read just before its
+/// deletion: a connection may have refreshed it meanwhile.
 pub fn collect(
     maps: &mut Maps,
+    view: &AffinityView<'_>,
+    resets: &HashMap<u32, u64, impl BuildHasher>,
+) -> Result<GcStats> {
+    let v4 = collect_map(&mut maps.affinity, view, resets).context("AFFINITY_V1")?;
+    let v6 = collect_map(&mut maps.affinity6, view, resets).context("AFFINITY6_V1")?;
+    Ok(GcStats {
+        kept: v4.kept + v6.kept,
+        removed: v4.removed + v6.removed,
+    })
+}
+
+fn collect_map<K: AffinityMapKey>(
+    map: &mut BpfHashMap<MapData, K, AffinityValue>,
     view: &AffinityView<'_>,
     resets: &HashMap<u32, u64, impl BuildHasher>,
 ) -> Result<GcStats> {
     let now = monotonic_ns();
     let mut stats = GcStats::default();
     let mut stale = Vec::new();
-    for entry in &maps.affinity {
+    for entry in map.iter() {
         let (key, value) = entry.context("read the affinity map")?;
         if is_stale(
             &key,
             &value,
             view,
-            resets.get(&key.service_id).copied(),
+            resets.get(&key.service_id()).copied(),
             now,
         ) {
             stale.push(key);
@@ -153,14 +186,14 @@ pub fn collect(
         }
     }
     for key in stale {
-        if let Ok(value) = maps.affinity.get(&key, 0) {
-            let reset = resets.get(&key.service_id).copied();
+        if let Ok(value) = map.get(&key, 0) {
+            let reset = resets.get(&key.service_id()).copied();
             if !is_stale(&key, &value, view, reset, monotonic_ns()) {
                 stats.kept += 1;
                 continue;
             }
         }
-        match maps.affinity.remove(&key) {
+        match map.remove(&key) {
             Ok(()) => stats.removed += 1,
             // Evicted by the LRU or deleted meanwhile: the goal is its absence.
             Err(aya::maps::MapError::KeyNotFound) => {}
@@ -196,6 +229,15 @@ mod tests {
             last_used_ns,
             backend_id,
             _pad: 0,
+        }
+    }
+
+    fn key6(service_id: u32) -> AffinityKey6 {
+        AffinityKey6 {
+            client: proxy_common::net::ip6_to_net("fd00:10:1::2".parse().unwrap()),
+            service_id,
+            client_kind: AFFINITY_CLIENT_IP,
+            _pad: [0; 3],
         }
     }
 
@@ -266,6 +308,40 @@ mod tests {
             now
         ));
         assert!(!is_stale(&key(7), &value(1, now), &view, switched, now));
+    }
+
+    #[test]
+    fn ipv6_client_entries_follow_the_same_rules() {
+        let members = members();
+        let timeouts = [(7, 10)].into();
+        let view = AffinityView::new(&timeouts, &members);
+        let now = 1_000 * SECOND;
+        assert!(!is_stale(
+            &key6(7),
+            &value(1, now - 10 * SECOND),
+            &view,
+            None,
+            now
+        ));
+        assert!(
+            is_stale(&key6(7), &value(1, now - 11 * SECOND), &view, None, now),
+            "expired"
+        );
+        assert!(
+            is_stale(&key6(8), &value(1, now), &view, None, now),
+            "frontend gone or without affinity"
+        );
+        assert!(
+            is_stale(&key6(7), &value(3, now), &view, None, now),
+            "backend left"
+        );
+        assert!(!is_stale(&key6(7), &value(2, now), &view, None, now));
+        let switched = Some(now - SECOND);
+        assert!(
+            is_stale(&key6(7), &value(1, now - 2 * SECOND), &view, switched, now),
+            "used before affinity was switched on"
+        );
+        assert!(!is_stale(&key6(7), &value(1, now), &view, switched, now));
     }
 
     #[test]

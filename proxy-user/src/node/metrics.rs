@@ -224,14 +224,17 @@ impl Collector for DatapathCounters {
                 .iter()
                 .map(|b| (backend(b, None), b.traffic.connections)),
         )?;
-        counters(
+        by_reason(
             &mut encoder,
             "sluice_drops",
             "Packets and connections dropped or refused, by reason",
-            stats
-                .drops
-                .iter()
-                .map(|d| (vec![("reason", d.reason.to_owned())], d.count)),
+            stats.drops.iter().map(|d| (d.reason, d.count)),
+        )?;
+        by_reason(
+            &mut encoder,
+            "sluice_packets_passed",
+            "Packets passed to the stack untranslated on purpose (not drops), by reason",
+            stats.passes.iter().map(|p| (p.reason, p.count)),
         )?;
         counters(
             &mut encoder,
@@ -259,6 +262,21 @@ fn counters(
         ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// A counter family with one `reason` label.
+fn by_reason(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl Iterator<Item = (&'static str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    counters(
+        encoder,
+        name,
+        help,
+        samples.map(|(reason, count)| (vec![("reason", reason.to_owned())], count)),
+    )
 }
 
 /// Seconds since the Unix epoch, for timestamp gauges.

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use anyhow::Result;
-use proxy_common::stats::{DropReason, HOOK_SLOTS, Hook, Traffic, VERDICTS_PER_HOOK};
+use proxy_common::stats::{DropReason, HOOK_SLOTS, Hook, PassReason, Traffic, VERDICTS_PER_HOOK};
 use serde::Serialize;
 
 use super::services;
@@ -15,6 +15,8 @@ pub struct Stats {
     pub services: Vec<ServiceStats>,
     pub backends: Vec<BackendStats>,
     pub drops: Vec<DropStats>,
+    /// Packets passed to the stack untranslated on purpose (not drops).
+    pub passes: Vec<PassStats>,
     pub hooks: Vec<HookStats>,
 }
 
@@ -60,6 +62,12 @@ impl From<Traffic> for TrafficRow {
 
 #[derive(Debug, Serialize)]
 pub struct DropStats {
+    pub reason: &'static str,
+    pub count: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PassStats {
     pub reason: &'static str,
     pub count: u64,
 }
@@ -127,6 +135,17 @@ pub fn read(maps: &Maps) -> Result<Stats> {
         })
         .collect::<Result<_>>()?;
 
+    let passes = PassReason::ALL
+        .iter()
+        .map(|&reason| PassStats {
+            reason: reason.as_str(),
+            count: maps
+                .pass_stats
+                .get(&(reason as u32), 0)
+                .map_or(0, |values| values.iter().sum()),
+        })
+        .collect();
+
     let mut hooks = Vec::new();
     for slot in 0..HOOK_SLOTS {
         let Some(&hook) = Hook::ALL.get((slot / VERDICTS_PER_HOOK) as usize) else {
@@ -148,6 +167,7 @@ pub fn read(maps: &Maps) -> Result<Stats> {
         services,
         backends,
         drops,
+        passes,
         hooks,
     })
 }
