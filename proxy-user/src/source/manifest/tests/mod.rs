@@ -45,11 +45,14 @@ pub(super) fn name(name: &str) -> ServiceName {
 
 /// Loads `dir` and resolves it with an in-memory allocator.
 pub(super) fn resolve_dir(dir: &Path) -> Resolution {
-    let mut store = ManifestStore::default();
+    resolve_dir_with(dir, &ManifestOptions::default())
+}
+
+/// [`resolve_dir`] for a cluster of `options`' families.
+pub(super) fn resolve_dir_with(dir: &Path, options: &ManifestOptions) -> Resolution {
+    let mut store = ManifestStore::new(options.clone());
     store.load_dir(dir).unwrap();
-    store.desired_state(&mut Allocator::in_memory(
-        ManifestOptions::default().service_cidrs,
-    ))
+    store.desired_state(&mut Allocator::in_memory(options.service_cidrs.clone()))
 }
 
 pub(super) fn service<'a>(resolution: &'a Resolution, service: &str) -> &'a Service {

@@ -2,7 +2,7 @@
 
 use std::{fs, path::Path, time::UNIX_EPOCH};
 
-use super::{only, pod, resolve_dir, service, svc, write};
+use super::{only, pod, resolve_dir, resolve_dir_with, service, svc, write};
 use crate::{
     model::{Endpoint, Protocol, ServiceType, TrafficPolicy},
     source::manifest::{Allocator, ManifestOptions, ManifestStore, Severity, validate_dir},
@@ -36,13 +36,19 @@ fn ready(addr: &str, port: u16, node: &str) -> (String, u16, String, bool, bool,
 #[test]
 fn the_examples_are_valid_and_resolve_as_documented() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let problems = validate_dir(&dir, &ManifestOptions::default());
+    // The examples are a dual-stack cluster, as the demo runs them.
+    let options = ManifestOptions {
+        service_cidrs: "198.19.0.0/16,fd00:19::/108".parse().expect("valid"),
+    };
+    let problems = validate_dir(&dir, &options);
     assert_eq!(
         problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
         Vec::<String>::new()
     );
-    let resolution = resolve_dir(&dir);
-    assert_eq!(resolution.state.services.len(), 5);
+    let resolution = resolve_dir_with(&dir, &options);
+    assert_eq!(resolution.state.services.len(), 6);
+    let dual = service(&resolution, "echo-dual");
+    assert_eq!(dual.cluster_ips, [ip("198.19.0.14"), ip("fd00:19::14")]);
 
     let lb = service(&resolution, "echo-lb");
     assert_eq!(lb.service_type, ServiceType::LoadBalancer);
@@ -57,11 +63,16 @@ fn the_examples_are_valid_and_resolve_as_documented() {
     assert_eq!(echo.service_type, ServiceType::ClusterIP);
     assert_eq!(echo.cluster_ip(), Some(ip("198.19.0.10")));
     assert_eq!(echo.skip_reason, None);
+    // Every pod of both families: the model keeps them; each frontend is served by its own
+    // family's (the planner's choice).
     let all = |port| {
         vec![
             ready("198.18.1.10", port, "node1"),
             ready("198.18.1.11", port, "node1"),
             ready("198.18.2.10", port, "node2"),
+            ready("fd00:18:1::10", port, "node1"),
+            ready("fd00:18:1::11", port, "node1"),
+            ready("fd00:18:2::10", port, "node2"),
         ]
     };
     assert_eq!(
@@ -91,13 +102,17 @@ fn the_examples_are_valid_and_resolve_as_documented() {
     assert_eq!(endpoints(&slice.ports[0].endpoints), from_slice(8080));
     assert_eq!(endpoints(&slice.ports[1].endpoints), from_slice(8081));
 
-    // Every address of the demo is inside 198.18.0.0/15.
-    let test_net: ipnet::IpNet = "198.18.0.0/15".parse().unwrap();
+    // Every address of the demo is inside 198.18.0.0/15 or fd00::/8.
+    let test_nets: [ipnet::IpNet; 2] = [
+        "198.18.0.0/15".parse().unwrap(),
+        "fd00::/8".parse().unwrap(),
+    ];
+    let in_test_nets = |ip: &std::net::IpAddr| test_nets.iter().any(|net| net.contains(ip));
     for service in resolution.state.services.values() {
         let addresses = service.cluster_ips.iter().chain(&service.load_balancer_ips);
-        assert!(addresses.into_iter().all(|ip| test_net.contains(ip)));
+        assert!(addresses.into_iter().all(in_test_nets));
         for port in &service.ports {
-            assert!(port.endpoints.iter().all(|e| test_net.contains(&e.addr)));
+            assert!(port.endpoints.iter().all(|e| in_test_nets(&e.addr)));
         }
     }
 }
