@@ -237,7 +237,7 @@ fn run(args: RunArgs) -> Result<()> {
     };
     // Before anything is created: a user mistake is one line, not a failure half-way.
     proxy_user::datapath::preflight::check(&cgroup)?;
-    let opts = DaemonOptions {
+    let mut opts = DaemonOptions {
         datapath: DatapathOptions {
             pin_dir: args.pins.pin_dir,
             cgroup,
@@ -271,7 +271,13 @@ fn run(args: RunArgs) -> Result<()> {
     runtime.block_on(async {
         let desired = match (access, args.manifests) {
             (Some(access), _) => {
-                source::kube::spawn(source::kube::KubeSourceOptions { access, node_name }).await?
+                let client = source::kube::connect(&access, &node_name).await?;
+                if opts.datapath.node_ips.is_empty() {
+                    // Cluster mode: the Node's InternalIPs act as `--node-ip`.
+                    opts.datapath.node_ips =
+                        source::kube::node_internal_ips(&client, &node_name).await;
+                }
+                source::kube::spawn(source::kube::KubeSourceOptions { client, node_name }).await?
             }
             (None, Some(dir)) => {
                 source::manifests::spawn(source::manifests::ManifestSourceOptions {

@@ -882,8 +882,13 @@ pub mod objects {
         object
     }
 
-    /// A v1 Node with its InternalIP.
-    pub fn node(name: &str, ip: Ipv4Addr) -> Value {
+    /// A v1 Node with its InternalIPs (one per family, as the kubelet reports them).
+    pub fn node(name: &str, ips: &[std::net::IpAddr]) -> Value {
+        let mut addresses: Vec<Value> = ips
+            .iter()
+            .map(|ip| json!({"type": "InternalIP", "address": ip.to_string()}))
+            .collect();
+        addresses.push(json!({"type": "Hostname", "address": name}));
         json!({
             "kind": "Node",
             "apiVersion": "v1",
@@ -893,10 +898,7 @@ pub mod objects {
             },
             "spec": {},
             "status": {
-                "addresses": [
-                    {"type": "InternalIP", "address": ip.to_string()},
-                    {"type": "Hostname", "address": name},
-                ],
+                "addresses": addresses,
                 "conditions": [{"type": "Ready", "status": "True"}],
             },
         })

@@ -105,6 +105,16 @@ impl DaemonConfig {
         self
     }
 
+    /// Without `--node-ip`: the daemon chooses the node's addresses itself (in cluster mode,
+    /// from its Node's InternalIPs).
+    #[must_use]
+    pub fn without_node_ip(mut self) -> DaemonConfig {
+        while let Some(at) = self.args.iter().position(|arg| arg == "--node-ip") {
+            self.args.drain(at..at + 2);
+        }
+        self
+    }
+
     /// Cluster mode: `--kubeconfig PATH` in place of `--manifests DIR`.
     #[must_use]
     pub fn with_kubeconfig(mut self, kubeconfig: &Path) -> DaemonConfig {

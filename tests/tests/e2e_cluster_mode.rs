@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant, SystemTime},
 };
@@ -54,7 +54,7 @@ fn start_api(cluster: &Cluster) -> FakeApiServer {
     let api =
         FakeApiServer::start_in(&[&cluster.node("node1").netns, &cluster.node("node2").netns]);
     for node in cluster.nodes() {
-        api.apply(objects::node(&node.name, node.ip));
+        api.apply(objects::node(&node.name, &[node.ip.into()]));
     }
     api.apply(objects::service(
         "echo",
@@ -762,5 +762,104 @@ fn network_programming_latency_is_timed_from_each_slices_trigger_time() {
         backends,
         ready_pods.iter().map(String::as_str).collect(),
         "timed-1's ready pods, not the terminating one: {timed:#}"
+    );
+}
+
+/// `dual`: a dual-stack NodePort Service (198.19.0.80 and fd00:19::80, port 80 → 8080,
+/// NodePort 30081) with pod-1a behind it, by a slice of each family.
+fn apply_dual_stack_service(api: &FakeApiServer, cluster: &Cluster) {
+    let mut service = objects::service(
+        "dual",
+        "NodePort",
+        "198.19.0.80",
+        &[("http", "TCP", 80, 8080, 30081)],
+        &[],
+    );
+    service["spec"]["clusterIPs"] = json!(["198.19.0.80", "fd00:19::80"]);
+    service["spec"]["ipFamilies"] = json!(["IPv4", "IPv6"]);
+    service["spec"]["ipFamilyPolicy"] = json!("RequireDualStack");
+    api.apply(service);
+    let pod = cluster.pod("pod-1a");
+    api.apply(objects::endpoint_slice(
+        "dual-v4",
+        "dual",
+        &[ready(pod.ip, "node1")],
+        &[("http", "TCP", 8080)],
+    ));
+    let mut slice6 = objects::endpoint_slice(
+        "dual-v6",
+        "dual",
+        &[ready(pod.ip, "node1")],
+        &[("http", "TCP", 8080)],
+    );
+    slice6["addressType"] = json!("IPv6");
+    slice6["endpoints"][0]["addresses"] = json!([pod.ip6.to_string()]);
+    api.apply(slice6);
+}
+
+/// Without `--node-ip`, a node's addresses are its Node's InternalIPs, as kube-proxy takes
+/// them: node1 reports both families and serves the IPv6 NodePort; node2 reports only IPv4,
+/// so it serves IPv4 only though its interface has an IPv6 address too.
+#[test]
+fn without_node_ip_the_nodes_internal_ips_decide_its_addresses_and_families() {
+    let mut cluster = Cluster::new();
+    cluster.start_pods();
+    let api =
+        FakeApiServer::start_in(&[&cluster.node("node1").netns, &cluster.node("node2").netns]);
+    let node1 = cluster.node("node1");
+    api.apply(objects::node("node1", &[node1.ip.into(), node1.ip6.into()]));
+    api.apply(objects::node("node2", &[cluster.node("node2").ip.into()]));
+    apply_dual_stack_service(&api, &cluster);
+    let start = |node: &str| {
+        SluiceDaemon::launch(daemon_config(&cluster, &api, node).without_node_ip())
+            .unwrap_or_else(|e| panic!("starting sluice on {node} in cluster mode: {e:#}"))
+    };
+    let daemon1 = start("node1");
+    let daemon2 = start("node2");
+
+    // node1: the IPv6 NodePort on its IPv6 InternalIP, from off the cluster, reaches pod-1a.
+    let pod = cluster.pod("pod-1a");
+    for target in [
+        SocketAddr::new(node1.ip.into(), 30081),
+        SocketAddr::new(node1.ip6.into(), 30081),
+    ] {
+        let replies =
+            cluster.request_to(Place::Client, Proto::Tcp, target, 3, Duration::from_secs(5));
+        for reply in replies {
+            let reply = reply.unwrap_or_else(|e| panic!("{target}: {e}\n{}", daemon1.stderr()));
+            assert_eq!(reply.name, "pod-1a", "{target}");
+            assert_eq!(
+                reply.local,
+                SocketAddr::new(
+                    if target.is_ipv4() {
+                        pod.ip.into()
+                    } else {
+                        pod.ip6.into()
+                    },
+                    8080,
+                ),
+                "{target}"
+            );
+        }
+    }
+
+    // node2: the IPv6 cluster IP is listed as skipped, for the node has no IPv6 address.
+    let rows = daemon2.read_json("services");
+    let skipped: Vec<&Value> = rows
+        .as_array()
+        .expect("services -o json prints an array")
+        .iter()
+        .filter(|row| {
+            row["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("default/dual"))
+                && row["programmed"] == false
+        })
+        .collect();
+    assert_eq!(skipped.len(), 1, "{rows:#}");
+    let reason = skipped[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("fd00:19::80") && reason.contains("no IPv6 address"),
+        "{reason}"
     );
 }

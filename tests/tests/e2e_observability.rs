@@ -4,6 +4,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     time::{Duration, SystemTime},
 };
 
@@ -271,7 +272,7 @@ fn counters_match_the_traffic_sent() {
         );
     }
     // Socket level: ten connections from a pod on node1 to the ClusterIP.
-    let echo: std::net::Ipv4Addr = ECHO_IP.parse().expect("address");
+    let echo: Ipv4Addr = ECHO_IP.parse().expect("address");
     scenario.replies(Place::Pod("pod-1a"), Proto::Tcp, echo, 80, 10);
 
     let stats = scenario.node1.read_json("stats");
@@ -323,6 +324,65 @@ fn counters_match_the_traffic_sent() {
         let sent = f64::from(u32::try_from(*sent).expect("a few packets"));
         assert_eq!(http::sample(&text, &series), Some(sent), "{series}\n{text}");
     }
+}
+
+/// The node's count of packets passed untranslated for `reason`, as `sluice stats` reports it.
+fn passes(scenario: &Scenario, reason: &str) -> u64 {
+    let stats = scenario.node1.read_json("stats");
+    stats["passes"]
+        .as_array()
+        .expect("passes")
+        .iter()
+        .find(|p| p["reason"] == reason)
+        .and_then(|p| p["count"].as_u64())
+        .unwrap_or_else(|| panic!("no {reason} pass counter in {stats:#}"))
+}
+
+#[test]
+fn fragments_reach_the_stack_untranslated_and_are_counted() {
+    let scenario = Scenario::start(&[]);
+    let node1 = scenario.cluster.node("node1");
+    let before = passes(&scenario, "fragment");
+    // One 4000-byte UDP datagram to node1's NodePort on each family: the client's stack
+    // splits it at the underlay's 1500-byte MTU into three IPv4 fragments and three IPv6
+    // packets with a Fragment header. The XDP program cannot see the ports of a later
+    // fragment, so it passes all six to node1's stack untranslated and counts them.
+    let targets = [
+        SocketAddr::new(node1.ip.into(), ECHO_NODE_PORT_UDP),
+        SocketAddr::new(node1.ip6.into(), ECHO_NODE_PORT_UDP),
+    ];
+    scenario
+        .cluster
+        .client()
+        .netns
+        .run_in(|| {
+            for target in targets {
+                let any: SocketAddr = if target.is_ipv4() {
+                    (Ipv4Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (Ipv6Addr::UNSPECIFIED, 0).into()
+                };
+                let socket = UdpSocket::bind(any)?;
+                assert_eq!(socket.send_to(&[0x5a; 4000], target)?, 4000);
+            }
+            std::io::Result::Ok(())
+        })
+        .expect("enter the client's namespace")
+        .expect("send the datagrams");
+    wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        passes(&scenario, "fragment") >= before + 6
+    });
+    assert_eq!(
+        passes(&scenario, "fragment"),
+        before + 6,
+        "nothing else fragmented"
+    );
+
+    // The same count in /metrics.
+    let (_, text) = http::get(&node1.netns, "127.0.0.1:10249", "/metrics");
+    let sample = http::sample(&text, "sluice_packets_passed_total{reason=\"fragment\"}");
+    let expected = f64::from(u32::try_from(before + 6).expect("a few packets"));
+    assert_eq!(sample, Some(expected), "{text}");
 }
 
 #[test]

@@ -246,6 +246,19 @@ mod tests {
         );
         assert_eq!(wanted(&desired, "node3")[&30999].local_endpoints, 0);
 
+        // Dual-stack: the same pod by its IPv6 address is still one pod, and a second pod
+        // with only an IPv6 endpoint ready makes two (kube-proxy counts per family).
+        let service = Arc::make_mut(desired.services.get_mut(&name).expect("present"));
+        let endpoint6 = |last: u16| Endpoint {
+            addr: std::net::Ipv6Addr::new(0xfd00, 0x18, 1, 0, 0, 0, 0, last).into(),
+            ..endpoint(0, "node1", true)
+        };
+        service.ports[0].endpoints.push(endpoint6(10));
+        assert_eq!(wanted(&desired, "node1")[&30999].local_endpoints, 1);
+        let service = Arc::make_mut(desired.services.get_mut(&name).expect("present"));
+        service.ports[1].endpoints.push(endpoint6(11));
+        assert_eq!(wanted(&desired, "node1")[&30999].local_endpoints, 2);
+
         let service = Arc::make_mut(desired.services.get_mut(&name).expect("present"));
         service.external_traffic_policy = TrafficPolicy::Cluster;
         assert!(wanted(&desired, "node1").is_empty());

@@ -470,7 +470,8 @@ fn choose_endpoints(endpoints: &[Endpoint]) -> Vec<&Endpoint> {
 }
 
 /// Local ready endpoints of a service (distinct addresses, over all its ports), as kube-proxy's
-/// health check server counts them.
+/// health check server counts them. A dual-stack pod has an address of each family: kube-proxy
+/// counts per family (one proxier each), so this is the larger family's count, not the sum.
 pub fn local_ready_endpoints(service: &Service, node_name: &str) -> usize {
     let addrs: BTreeSet<IpAddr> = service
         .ports
@@ -479,7 +480,8 @@ pub fn local_ready_endpoints(service: &Service, node_name: &str) -> usize {
         .filter(|e| e.ready && e.node_name.as_deref() == Some(node_name))
         .map(|e| e.addr)
         .collect();
-    addrs.len()
+    let v4 = addrs.iter().filter(|addr| addr.is_ipv4()).count();
+    v4.max(addrs.len() - v4)
 }
 
 #[cfg(test)]

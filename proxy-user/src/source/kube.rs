@@ -76,9 +76,9 @@ pub enum ApiAccess {
     InCluster,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct KubeSourceOptions {
-    pub access: ApiAccess,
+    pub client: Client,
     /// This node's name: its Node object is watched.
     pub node_name: String,
 }
@@ -105,12 +105,9 @@ impl fmt::Display for Watched {
     }
 }
 
-/// Connects to the API server and follows it in the background. The receiver holds `None`
-/// until Services, EndpointSlices and the Node have all been listed. Must be called inside a
-/// Tokio runtime. Fails only when the access configuration itself is unusable (a missing or
-/// broken kubeconfig, not running in a pod); an unreachable server is retried.
-pub async fn spawn(opts: KubeSourceOptions) -> Result<DesiredReceiver> {
-    let config = match &opts.access {
+/// A client for the API server that `access` names.
+pub async fn connect(access: &ApiAccess, node_name: &str) -> Result<Client> {
+    let config = match access {
         ApiAccess::Kubeconfig(path) => {
             let kubeconfig = Kubeconfig::read_from(path)
                 .with_context(|| format!("read the kubeconfig {}", path.display()))?;
@@ -123,9 +120,46 @@ pub async fn spawn(opts: KubeSourceOptions) -> Result<DesiredReceiver> {
              or pass --kubeconfig)",
         )?,
     };
-    info!(server = %config.cluster_url, node = %opts.node_name, "following the Kubernetes API");
-    let client = Client::try_from(config).context("create the Kubernetes client")?;
+    info!(server = %config.cluster_url, node = %node_name, "following the Kubernetes API");
+    Client::try_from(config).context("create the Kubernetes client")
+}
 
+/// This node's InternalIPs (both families), as kube-proxy takes its node IPs from its Node at
+/// start-up. Empty, with a warning, when the Node cannot be read within `NODE_IP_TIMEOUT` or
+/// has none: the datapath then uses the local addresses, as without `--node-ip`.
+pub async fn node_internal_ips(client: &Client, node_name: &str) -> Vec<IpAddr> {
+    let nodes = Api::<Node>::all(client.clone());
+    let params = ::kube::api::ListParams::default().fields(&format!("metadata.name={node_name}"));
+    let listed = tokio::time::timeout(NODE_IP_TIMEOUT, nodes.list(&params)).await;
+    let ips: Vec<IpAddr> = match listed {
+        Ok(Ok(list)) => list
+            .items
+            .iter()
+            .flat_map(|node| node_info(node).internal_ips)
+            .collect(),
+        Ok(Err(e)) => {
+            warn!(node = %node_name, error = %e, "cannot read this node's InternalIPs: using the local addresses (pass --node-ip to choose)");
+            return Vec::new();
+        }
+        Err(_) => {
+            warn!(node = %node_name, timeout = ?NODE_IP_TIMEOUT, "no answer for this node's InternalIPs: using the local addresses (pass --node-ip to choose)");
+            return Vec::new();
+        }
+    };
+    if ips.is_empty() {
+        warn!(node = %node_name, "this node has no InternalIP: using the local addresses (pass --node-ip to choose)");
+    }
+    ips
+}
+
+/// How long start-up waits for this node's Node object.
+const NODE_IP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Follows the API server through `client` in the background (an unreachable server is
+/// retried). The receiver holds `None` until Services, EndpointSlices and the Node have all
+/// been listed. Must be called inside a Tokio runtime.
+pub async fn spawn(opts: KubeSourceOptions) -> Result<DesiredReceiver> {
+    let client = opts.client;
     let (updates_tx, mut updates) = mpsc::channel(1024);
     follow(
         Api::<Service>::all(client.clone()),
