@@ -277,7 +277,7 @@ fn run(args: RunArgs) -> Result<()> {
                     opts.datapath.node_ips =
                         source::kube::node_internal_ips(&client, &node_name).await;
                 }
-                source::kube::spawn(source::kube::KubeSourceOptions { client, node_name }).await?
+                source::kube::spawn(source::kube::KubeSourceOptions { client, node_name })
             }
             (None, Some(dir)) => {
                 source::manifests::spawn(source::manifests::ManifestSourceOptions {

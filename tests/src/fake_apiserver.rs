@@ -882,7 +882,7 @@ pub mod objects {
         object
     }
 
-    /// A v1 Node with its InternalIPs (one per family, as the kubelet reports them).
+    /// A v1 Node with its `InternalIP` addresses (one per family, as the kubelet reports them).
     pub fn node(name: &str, ips: &[std::net::IpAddr]) -> Value {
         let mut addresses: Vec<Value> = ips
             .iter()

@@ -106,7 +106,7 @@ impl DaemonConfig {
     }
 
     /// Without `--node-ip`: the daemon chooses the node's addresses itself (in cluster mode,
-    /// from its Node's InternalIPs).
+    /// from its Node's `InternalIP` addresses).
     #[must_use]
     pub fn without_node_ip(mut self) -> DaemonConfig {
         while let Some(at) = self.args.iter().position(|arg| arg == "--node-ip") {

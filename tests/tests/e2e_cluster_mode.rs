@@ -765,7 +765,7 @@ fn network_programming_latency_is_timed_from_each_slices_trigger_time() {
     );
 }
 
-/// `dual`: a dual-stack NodePort Service (198.19.0.80 and fd00:19::80, port 80 → 8080,
+/// `dual`: a dual-stack NodePort Service (198.19.0.80 and `fd00:19::80`, port 80 → 8080,
 /// NodePort 30081) with pod-1a behind it, by a slice of each family.
 fn apply_dual_stack_service(api: &FakeApiServer, cluster: &Cluster) {
     let mut service = objects::service(
@@ -797,9 +797,9 @@ fn apply_dual_stack_service(api: &FakeApiServer, cluster: &Cluster) {
     api.apply(slice6);
 }
 
-/// Without `--node-ip`, a node's addresses are its Node's InternalIPs, as kube-proxy takes
-/// them: node1 reports both families and serves the IPv6 NodePort; node2 reports only IPv4,
-/// so it serves IPv4 only though its interface has an IPv6 address too.
+/// Without `--node-ip`, a node's addresses are its Node's `InternalIP` addresses, as
+/// kube-proxy takes them: node1 reports both families and serves the IPv6 NodePort; node2
+/// reports only IPv4, so it serves IPv4 only though its interface has an IPv6 address too.
 #[test]
 fn without_node_ip_the_nodes_internal_ips_decide_its_addresses_and_families() {
     let mut cluster = Cluster::new();

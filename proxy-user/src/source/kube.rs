@@ -124,7 +124,7 @@ pub async fn connect(access: &ApiAccess, node_name: &str) -> Result<Client> {
     Client::try_from(config).context("create the Kubernetes client")
 }
 
-/// This node's InternalIPs (both families), as kube-proxy takes its node IPs from its Node at
+/// This node's `InternalIP` addresses (both families), as kube-proxy takes its node IPs from its Node at
 /// start-up. Empty, with a warning, when the Node cannot be read within `NODE_IP_TIMEOUT` or
 /// has none: the datapath then uses the local addresses, as without `--node-ip`.
 pub async fn node_internal_ips(client: &Client, node_name: &str) -> Vec<IpAddr> {
@@ -158,7 +158,7 @@ const NODE_IP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Follows the API server through `client` in the background (an unreachable server is
 /// retried). The receiver holds `None` until Services, EndpointSlices and the Node have all
 /// been listed. Must be called inside a Tokio runtime.
-pub async fn spawn(opts: KubeSourceOptions) -> Result<DesiredReceiver> {
+pub fn spawn(opts: KubeSourceOptions) -> DesiredReceiver {
     let client = opts.client;
     let (updates_tx, mut updates) = mpsc::channel(1024);
     follow(
@@ -215,7 +215,7 @@ pub async fn spawn(opts: KubeSourceOptions) -> Result<DesiredReceiver> {
             });
         }
     });
-    Ok(receiver)
+    receiver
 }
 
 /// One watcher's item, an event with the typed object as kube-rs decoded it (boxed: a
