@@ -227,20 +227,21 @@ fn packet_section(md: &mut String, results: &Results, plots: &Path, rel: &str) -
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in &results.packet {
-        let _ = writeln!(
+        table_row(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
-            r.services,
-            r.endpoints,
-            s(&r.floor, 1),
-            s(&r.hit, 1),
-            s(&r.hit_overhead(), 1),
-            s(&r.hit_ratio(), 2),
-            s(&r.counters_ratio(), 3),
-            s(&r.floor1, 1),
-            s(&r.miss_overhead(), 1),
-            s(&r.hit1_overhead(), 1),
-            r.fill_secs
+            &[
+                r.services.to_string(),
+                r.endpoints.to_string(),
+                s(&r.floor, 1),
+                s(&r.hit, 1),
+                s(&r.hit_overhead(), 1),
+                s(&r.hit_ratio(), 2),
+                s(&r.counters_ratio(), 3),
+                s(&r.floor1, 1),
+                s(&r.miss_overhead(), 1),
+                s(&r.hit1_overhead(), 1),
+                format!("{:.2}", r.fill_secs),
+            ],
         );
     }
     let mut scale_lines = Vec::new();
@@ -306,6 +307,11 @@ fn packet_section(md: &mut String, results: &Results, plots: &Path, rel: &str) -
     Ok(())
 }
 
+/// One markdown table row of `cells`.
+fn table_row(md: &mut String, cells: &[String]) {
+    let _ = writeln!(md, "| {} |", cells.join(" | "));
+}
+
 /// IPv6 beside IPv4 (issue 13): the same NodePort on the node's IPv6 address, measured in
 /// the same rounds as the IPv4 rows.
 fn ipv6_table(md: &mut String, results: &Results) {
@@ -321,18 +327,19 @@ fn ipv6_table(md: &mut String, results: &Results) {
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in &results.packet {
-        let _ = writeln!(
+        table_row(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.services,
-            r.endpoints,
-            s(&r.floor6, 1),
-            s(&r.hit6, 1),
-            s(&minus(&r.hit6, &r.floor6), 1),
-            s(&r.hit6_ratio(), 2),
-            s(&r.hit6_ratio_same_size(), 2),
-            s(&minus(&r.miss6_1, &r.floor1), 1),
-            s(&r.miss6_ratio(), 2),
+            &[
+                r.services.to_string(),
+                r.endpoints.to_string(),
+                s(&r.floor6, 1),
+                s(&r.hit6, 1),
+                s(&minus(&r.hit6, &r.floor6), 1),
+                s(&r.hit6_ratio(), 2),
+                s(&r.hit6_ratio_same_size(), 2),
+                s(&minus(&r.miss6_1, &r.floor1), 1),
+                s(&r.miss6_ratio(), 2),
+            ],
         );
     }
     md.push('\n');
@@ -562,6 +569,19 @@ fn yes_no(met: bool) -> &'static str {
     if met { "yes" } else { "**no**" }
 }
 
+/// One goals row measured on the hit and the miss path: (hit, miss) as shown, and whether each
+/// meets the goal.
+fn hit_miss_goal(md: &mut String, goal: &str, measured: (&str, &str), met: (bool, bool)) {
+    let _ = writeln!(
+        md,
+        "| {goal} | hit {}, miss {} | hit {}, miss {} |",
+        measured.0,
+        measured.1,
+        yes_no(met.0),
+        yes_no(met.1)
+    );
+}
+
 /// The issue's goals against this run's medians (a statement, not an assertion).
 #[expect(
     clippy::too_many_lines,
@@ -572,15 +592,15 @@ fn goals(md: &mut String, results: &Results) {
     let max_services = results.packet.iter().map(|r| r.services).max().unwrap_or(0);
     let min_services = results.packet.iter().map(|r| r.services).min().unwrap_or(0);
     for r in results.packet.iter().filter(|r| r.services == max_services) {
-        let hit = r.hit_overhead().median();
-        let miss = r.miss_overhead().median();
-        let _ = writeln!(
+        let (hit, miss) = (r.hit_overhead().median(), r.miss_overhead().median());
+        hit_miss_goal(
             md,
-            "| XDP overhead over the floor <= 60 ns/packet ({} x {}) | hit {hit:.0} ns, miss {miss:.0} ns | hit {}, miss {} |",
-            r.services,
-            r.endpoints,
-            yes_no(hit <= 60.0),
-            yes_no(miss <= 60.0)
+            &format!(
+                "XDP overhead over the floor <= 60 ns/packet ({} x {})",
+                r.services, r.endpoints
+            ),
+            (&format!("{hit:.0} ns"), &format!("{miss:.0} ns")),
+            (hit <= 60.0, miss <= 60.0),
         );
         if let Some(small) = results
             .packet
@@ -599,15 +619,16 @@ fn goals(md: &mut String, results: &Results) {
         }
     }
     for r in results.packet.iter().filter(|r| r.services == max_services) {
-        let hit = r.hit6_ratio_same_size().median();
-        let miss = r.miss6_ratio().median();
-        let _ = writeln!(
+        let (hit, miss) = (r.hit6_ratio_same_size().median(), r.miss6_ratio().median());
+        hit_miss_goal(
             md,
-            "| IPv6 per packet <= 1.1x IPv4 (issue 13; {} x {}, above the floors, same frame size) | hit {hit:.2}x, miss {miss:.2}x | hit {}, miss {} |",
-            r.services,
-            r.endpoints,
-            yes_no(hit <= 1.1),
-            yes_no(miss <= 1.1)
+            &format!(
+                "IPv6 per packet <= 1.1x IPv4 (issue 13; {} x {}, above the floors, same frame \
+                 size)",
+                r.services, r.endpoints
+            ),
+            (&format!("{hit:.2}x"), &format!("{miss:.2}x")),
+            (hit <= 1.1, miss <= 1.1),
         );
     }
     for r in results.packet.iter().filter(|r| r.services == max_services) {
