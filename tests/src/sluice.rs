@@ -369,6 +369,18 @@ impl SluiceDaemon {
         })
     }
 
+    /// The count of `reason` in the `list` (`drops` or `passes`) of `sluice stats -o json`.
+    pub fn stats_count(&self, list: &str, reason: &str) -> u64 {
+        let stats = self.read_json("stats");
+        stats[list]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {list} in {stats:#}"))
+            .iter()
+            .find(|row| row["reason"] == reason)
+            .and_then(|row| row["count"].as_u64())
+            .unwrap_or_else(|| panic!("no {list} counter {reason} in {stats:#}"))
+    }
+
     /// `sluice services -o json --pin-dir PIN`.
     pub fn services_json(&self) -> serde_json::Value {
         self.read_json("services")

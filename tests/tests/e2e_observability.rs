@@ -8,6 +8,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use proxy_common::stats::PassReason;
 use proxy_tests::{
     CLIENT_IP, Cluster, Place, Proto, http,
     manifests::{
@@ -326,23 +327,18 @@ fn counters_match_the_traffic_sent() {
     }
 }
 
-/// The node's count of packets passed untranslated for `reason`, as `sluice stats` reports it.
-fn passes(scenario: &Scenario, reason: &str) -> u64 {
-    let stats = scenario.node1.read_json("stats");
-    stats["passes"]
-        .as_array()
-        .expect("passes")
-        .iter()
-        .find(|p| p["reason"] == reason)
-        .and_then(|p| p["count"].as_u64())
-        .unwrap_or_else(|| panic!("no {reason} pass counter in {stats:#}"))
+/// node1's count of packets passed untranslated as fragments (`sluice stats`).
+fn fragments(scenario: &Scenario) -> u64 {
+    scenario
+        .node1
+        .stats_count("passes", PassReason::Fragment.as_str())
 }
 
 #[test]
 fn fragments_reach_the_stack_untranslated_and_are_counted() {
     let scenario = Scenario::start(&[]);
     let node1 = scenario.cluster.node("node1");
-    let before = passes(&scenario, "fragment");
+    let before = fragments(&scenario);
     // One 4000-byte UDP datagram to node1's NodePort on each family: the client's stack
     // splits it at the underlay's 1500-byte MTU into three IPv4 fragments and three IPv6
     // packets with a Fragment header. The XDP program cannot see the ports of a later
@@ -370,13 +366,9 @@ fn fragments_reach_the_stack_untranslated_and_are_counted() {
         .expect("enter the client's namespace")
         .expect("send the datagrams");
     wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
-        passes(&scenario, "fragment") >= before + 6
+        fragments(&scenario) >= before + 6
     });
-    assert_eq!(
-        passes(&scenario, "fragment"),
-        before + 6,
-        "nothing else fragmented"
-    );
+    assert_eq!(fragments(&scenario), before + 6, "nothing else fragmented");
 
     // The same count in /metrics.
     let (_, text) = http::get(&node1.netns, "127.0.0.1:10249", "/metrics");

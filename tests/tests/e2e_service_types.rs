@@ -194,18 +194,6 @@ fn map_entries(daemon: &SluiceDaemon) -> [usize; 4] {
     ]
 }
 
-/// The node's drop counter of `reason`, as `sluice stats` reports it.
-fn drops(daemon: &SluiceDaemon, reason: DropReason) -> u64 {
-    let stats = daemon.read_json("stats");
-    stats["drops"]
-        .as_array()
-        .expect("drops")
-        .iter()
-        .find(|d| d["reason"] == reason.as_str())
-        .and_then(|d| d["count"].as_u64())
-        .unwrap_or_else(|| panic!("no {} counter in {stats:#}", reason.as_str()))
-}
-
 /// `GET /` on `addr:port` from the client; returns (status code, body).
 fn http_get(scenario: &Scenario, addr: Ipv4Addr, port: u16) -> (u16, Value) {
     let response = scenario
@@ -389,10 +377,15 @@ fn load_balancer_source_ranges_drop_other_clients() {
                 && r["source_ranges"] == serde_json::json!(["203.0.113.0/24"])
         })
     });
-    let dropped_before = drops(&scenario.node1, DropReason::SourceRange);
+    let dropped_before = scenario
+        .node1
+        .stats_count("drops", DropReason::SourceRange.as_str());
     assert_dropped(&scenario, Place::Client, lb, 80);
     assert!(
-        drops(&scenario.node1, DropReason::SourceRange) >= dropped_before + 3,
+        scenario
+            .node1
+            .stats_count("drops", DropReason::SourceRange.as_str())
+            >= dropped_before + 3,
         "node1 counts the drops"
     );
     // The cluster IP of the same service is not restricted.

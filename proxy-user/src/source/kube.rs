@@ -124,32 +124,33 @@ pub async fn connect(access: &ApiAccess, node_name: &str) -> Result<Client> {
     Client::try_from(config).context("create the Kubernetes client")
 }
 
-/// This node's `InternalIP` addresses (both families), as kube-proxy takes its node IPs from its Node at
-/// start-up. Empty, with a warning, when the Node cannot be read within `NODE_IP_TIMEOUT` or
-/// has none: the datapath then uses the local addresses, as without `--node-ip`.
+/// This node's `InternalIP` addresses (both families), as kube-proxy takes its node IPs from
+/// its Node at start-up. Empty, with a warning, when the Node cannot be read within
+/// `NODE_IP_TIMEOUT` or has none: the datapath then uses the local addresses, as without
+/// `--node-ip`.
 pub async fn node_internal_ips(client: &Client, node_name: &str) -> Vec<IpAddr> {
     let nodes = Api::<Node>::all(client.clone());
     let params = ::kube::api::ListParams::default().fields(&format!("metadata.name={node_name}"));
-    let listed = tokio::time::timeout(NODE_IP_TIMEOUT, nodes.list(&params)).await;
-    let ips: Vec<IpAddr> = match listed {
-        Ok(Ok(list)) => list
-            .items
-            .iter()
-            .flat_map(|node| node_info(node).internal_ips)
-            .collect(),
-        Ok(Err(e)) => {
-            warn!(node = %node_name, error = %e, "cannot read this node's InternalIPs: using the local addresses (pass --node-ip to choose)");
-            return Vec::new();
+    let why = match tokio::time::timeout(NODE_IP_TIMEOUT, nodes.list(&params)).await {
+        Ok(Ok(list)) => {
+            let ips: Vec<IpAddr> = list
+                .items
+                .iter()
+                .flat_map(|node| node_info(node).internal_ips)
+                .collect();
+            if !ips.is_empty() {
+                return ips;
+            }
+            "the Node has none".to_owned()
         }
-        Err(_) => {
-            warn!(node = %node_name, timeout = ?NODE_IP_TIMEOUT, "no answer for this node's InternalIPs: using the local addresses (pass --node-ip to choose)");
-            return Vec::new();
-        }
+        Ok(Err(e)) => format!("cannot read the Node: {e}"),
+        Err(_) => format!("no answer in {NODE_IP_TIMEOUT:?}"),
     };
-    if ips.is_empty() {
-        warn!(node = %node_name, "this node has no InternalIP: using the local addresses (pass --node-ip to choose)");
-    }
-    ips
+    warn!(
+        node = %node_name,
+        "this node's InternalIPs: {why}; using the local addresses (pass --node-ip to choose)"
+    );
+    Vec::new()
 }
 
 /// How long start-up waits for this node's Node object.
