@@ -98,6 +98,7 @@ pub fn desired(services: usize, endpoints: usize) -> DesiredState {
                     .map(|j| endpoint(pod_addr(i * endpoints + j)))
                     .collect(),
             }],
+            unserved_ports: Vec::new(),
             skip_reason: None,
             affinity_timeout: None,
             external_traffic_policy: TrafficPolicy::Cluster,

@@ -9,7 +9,10 @@ use proxy_user::{
     daemon::{self, DaemonOptions},
     datapath::{DatapathOptions, MapSizes, XdpTx},
     node::conntrack_gc::CtTimeouts,
-    source,
+    source::{
+        self,
+        manifest::{ManifestOptions, NodePortRange},
+    },
 };
 
 #[derive(Parser)]
@@ -90,6 +93,9 @@ enum Command {
         /// first one's family is the primary.
         #[arg(long = "service-cidr", value_delimiter = ',', default_value = DEFAULT_SERVICE_CIDR)]
         service_cidrs: Vec<ipnet::IpNet>,
+        /// Range explicit nodePorts must be in (as kube-apiserver's flag).
+        #[arg(long, default_value_t = NodePortRange::DEFAULT)]
+        service_node_port_range: NodePortRange,
     },
 }
 
@@ -148,6 +154,10 @@ struct RunArgs {
     /// is the primary.
     #[arg(long = "service-cidr", value_delimiter = ',', default_value = DEFAULT_SERVICE_CIDR)]
     service_cidrs: Vec<ipnet::IpNet>,
+    /// Range NodePorts must be in and are allocated from (standalone mode; `LOW-HIGH` as
+    /// kube-apiserver's flag). Cluster mode takes the API server's word for every nodePort.
+    #[arg(long, default_value_t = NodePortRange::DEFAULT)]
+    service_node_port_range: NodePortRange,
     /// Serve /healthz here (503 until the first sync, then 200).
     #[arg(long, default_value = "127.0.0.1:10256")]
     healthz_addr: SocketAddr,
@@ -220,8 +230,16 @@ fn run_command(command: Command) -> Result<()> {
             &cli::conntrack::Filter { service, client },
         ),
         Command::Affinity { pins, output } => cli::affinity::run(&pins.pin_dir, output),
-        Command::Validate { dir, service_cidrs } => {
-            cli::validate::run(&dir, service_cidrs_of(service_cidrs)?)
+        Command::Validate {
+            dir,
+            service_cidrs,
+            service_node_port_range,
+        } => {
+            let options = ManifestOptions {
+                service_cidrs: service_cidrs_of(service_cidrs)?,
+                node_port_range: service_node_port_range,
+            };
+            cli::validate::run(&dir, &options)
         }
     }
 }
@@ -283,7 +301,10 @@ fn run(args: RunArgs) -> Result<()> {
                 source::manifests::spawn(source::manifests::ManifestSourceOptions {
                     dir,
                     state_dir: args.state_dir,
-                    service_cidrs: service_cidrs_of(args.service_cidrs)?,
+                    manifest: ManifestOptions {
+                        service_cidrs: service_cidrs_of(args.service_cidrs)?,
+                        node_port_range: args.service_node_port_range,
+                    },
                 })?
             }
             (None, None) => unreachable!("clap requires one of the sources"),

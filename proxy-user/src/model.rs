@@ -134,6 +134,9 @@ pub struct Service {
     /// sorted, no duplicates. Served like external IPs, with `loadBalancerSourceRanges`.
     pub load_balancer_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
+    /// `spec.ports[]` entries the datapath cannot carry (SCTP): listed by `sluice services`
+    /// with the reason; the other ports are served.
+    pub unserved_ports: Vec<UnservedPort>,
     /// Why the service is not programmed, when it is not (shown by `sluice services`).
     /// A skipped service may still have cluster IPs (e.g. one labelled for another proxy):
     /// the reconciler must check this, not `cluster_ips`.
@@ -154,6 +157,26 @@ pub struct Service {
 }
 
 impl Service {
+    /// A Service listed but not programmed at all, with nothing but its name, type and why.
+    pub fn rejected(name: ServiceName, service_type: ServiceType, reason: &str) -> Self {
+        Service {
+            name,
+            service_type,
+            cluster_ips: Vec::new(),
+            ip_families: Vec::new(),
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            ports: Vec::new(),
+            unserved_ports: Vec::new(),
+            skip_reason: Some(reason.to_owned()),
+            affinity_timeout: None,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            load_balancer_source_ranges: Vec::new(),
+            health_check_node_port: None,
+        }
+    }
+
     /// The primary cluster IP (`spec.clusterIP`), if any.
     pub fn cluster_ip(&self) -> Option<IpAddr> {
         self.cluster_ips.first().copied()
@@ -181,6 +204,17 @@ pub struct ServicePort {
     pub node_port: Option<u16>,
     /// Endpoints with the target port resolved (numeric or named).
     pub endpoints: Vec<Endpoint>,
+}
+
+/// A Service port listed but not served, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UnservedPort {
+    /// `spec.ports[].name` ("" when unnamed).
+    pub name: String,
+    /// As the manifest names it (`SCTP`).
+    pub protocol: String,
+    pub port: u16,
+    pub reason: String,
 }
 
 /// One endpoint address and port, with its KEP-1669 conditions.
@@ -279,6 +313,7 @@ mod tests {
                     node_port: None,
                     endpoints: vec![],
                 }],
+                unserved_ports: Vec::new(),
                 skip_reason: None,
                 affinity_timeout: None,
                 external_traffic_policy: TrafficPolicy::Cluster,

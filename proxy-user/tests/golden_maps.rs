@@ -73,6 +73,7 @@ fn check_on(name: &str, dir: &Path, options: &ManifestOptions, node_families: &[
 fn the_examples() {
     let options = ManifestOptions {
         service_cidrs: "198.19.0.0/16,fd00:19::/108".parse().expect("valid"),
+        ..ManifestOptions::default()
     };
     check_on(
         "examples",
@@ -97,6 +98,7 @@ fn dual_stack_and_ipv6_only_services() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/dual-stack");
     let options = ManifestOptions {
         service_cidrs: "198.19.0.0/16,fd00:19::/108".parse().expect("valid"),
+        ..ManifestOptions::default()
     };
     check_on("dual-stack", &dir, &options, &[IpFamily::V4, IpFamily::V6]);
     check_on("dual-stack-ipv4-node", &dir, &options, &[IpFamily::V4]);

@@ -863,3 +863,128 @@ fn without_node_ip_the_nodes_internal_ips_decide_its_addresses_and_families() {
         "{reason}"
     );
 }
+
+const WIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 80);
+const MIXED_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 81);
+const LB_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 82);
+/// Published by the load balancer with `ipMode: VIP`, with `ipMode: Proxy`, and requested in
+/// `spec.loadBalancerIP` only.
+const LB_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 81);
+const LB_PROXY: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 82);
+const LB_REQUESTED: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 83);
+
+/// The rows `sluice services -o json` lists under `name` (programmed or not).
+fn listed(daemon: &SluiceDaemon, name: &str) -> Vec<Value> {
+    daemon
+        .services_json()
+        .as_array()
+        .expect("services -o json is an array")
+        .iter()
+        .filter(|row| row["name"] == name)
+        .cloned()
+        .collect()
+}
+
+/// Services the API server accepts but sluice's standalone checks would not, programmed as
+/// kube-proxy programs them: a nodePort outside 30000-32767 (clusters set
+/// `--service-node-port-range`), an SCTP port beside a TCP one (only the SCTP port is left
+/// out, and listed), and LoadBalancer IPs as kube-proxy picks them (only `ipMode: VIP` ingress
+/// IPs; not `ipMode: Proxy`, not `spec.loadBalancerIP`).
+#[test]
+fn every_service_the_api_server_accepts_is_programmed_as_far_as_the_datapath_can() {
+    let mode = start();
+    let all = ["pod-1a", "pod-1b", "pod-2a"];
+    let endpoints: Vec<_> = all
+        .iter()
+        .map(|pod| ready(pod_ip(&mode.cluster, pod), &mode.cluster.pod(pod).node))
+        .collect();
+    mode.api.apply(objects::service(
+        "wide",
+        "NodePort",
+        &WIDE_IP.to_string(),
+        &[("http", "TCP", 80, 8080, 40000)],
+        &[],
+    ));
+    mode.api.apply(objects::endpoint_slice(
+        "wide-1",
+        "wide",
+        &endpoints,
+        &[("http", "TCP", 8080)],
+    ));
+    mode.api.apply(objects::service(
+        "mixed",
+        "ClusterIP",
+        &MIXED_IP.to_string(),
+        &[
+            ("http", "TCP", 81, 8080, 0),
+            ("signalling", "SCTP", 9000, 9000, 0),
+        ],
+        &[],
+    ));
+    mode.api.apply(objects::endpoint_slice(
+        "mixed-1",
+        "mixed",
+        &endpoints,
+        &[("http", "TCP", 8080), ("signalling", "SCTP", 9000)],
+    ));
+    let mut lb = objects::service(
+        "lb",
+        "LoadBalancer",
+        &LB_CLUSTER_IP.to_string(),
+        &[("http", "TCP", 80, 8080, 31081)],
+        &[],
+    );
+    lb["spec"]["loadBalancerIP"] = json!(LB_REQUESTED.to_string());
+    lb["status"]["loadBalancer"]["ingress"] = json!([
+        {"ip": LB_VIP.to_string(), "ipMode": "VIP"},
+        {"ip": LB_PROXY.to_string(), "ipMode": "Proxy"},
+    ]);
+    mode.api.apply(lb);
+    mode.api.apply(objects::endpoint_slice(
+        "lb-1",
+        "lb",
+        &endpoints,
+        &[("http", "TCP", 8080)],
+    ));
+
+    // nodePort 40000, from off the cluster through each node's XDP.
+    for node in ["node1", "node2"] {
+        let node_ip = mode.cluster.node(node).ip;
+        mode.wait_for_answers(Place::Client, Proto::Tcp, node_ip, 40000, &all);
+    }
+    // The TCP port of the Service with an SCTP port; the SCTP port listed with the reason.
+    mode.wait_for_answers(Place::Pod("pod-1a"), Proto::Tcp, MIXED_IP, 81, &all);
+    for daemon in [&mode.node1, &mode.node2] {
+        let sctp = listed(daemon, "default/mixed (port signalling 9000/SCTP)");
+        assert_eq!(sctp.len(), 1, "{sctp:#?}\n{}", mode.stderr());
+        assert_eq!(sctp[0]["programmed"], false);
+        let reason = sctp[0]["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with("SCTP is not served by sluice"),
+            "{reason}"
+        );
+    }
+    // Only the VIP-mode address of the load balancer answers on the nodes.
+    mode.wait_for_answers(Place::Pod("pod-2a"), Proto::Tcp, LB_VIP, 80, &all);
+    for node in ["node1", "node2"] {
+        let lb_frontends: BTreeSet<String> = mode
+            .frontends_of(node, "default/lb:http")
+            .into_iter()
+            .filter(|frontend| frontend.starts_with("198.19.200."))
+            .collect();
+        assert_eq!(
+            lb_frontends,
+            BTreeSet::from([format!("{LB_VIP}:80")]),
+            "{node}"
+        );
+    }
+    // A pod's connection to the Proxy-mode address is not short-circuited to a pod: it is
+    // left to the network, where (in this test) no load balancer answers.
+    let to_proxy = mode
+        .cluster
+        .request(Place::Pod("pod-1b"), Proto::Tcp, LB_PROXY, 80, 1);
+    assert!(
+        to_proxy[0].is_err(),
+        "a pod answered {LB_PROXY}: {to_proxy:?}"
+    );
+}

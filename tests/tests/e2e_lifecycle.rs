@@ -484,16 +484,23 @@ struct Flowing<'a> {
     stop: &'a AtomicBool,
     failed: &'a AtomicBool,
     done: AtomicUsize,
+    /// When the traffic began: a failure says how far into the run it came.
+    began: Instant,
 }
 
 impl Flowing<'_> {
-    /// Runs `once` until stopped or failed; the first error, naming how many went before.
+    /// Runs `once` until stopped or failed; the first error, naming how many went before and
+    /// when the attempt that failed started.
     fn run(&self, mut once: impl FnMut() -> Result<(), String>) -> Result<(), String> {
         while !self.stop.load(Ordering::Relaxed) {
+            let attempt = self.began.elapsed();
             if let Err(e) = once() {
                 self.failed.store(true, Ordering::Relaxed);
                 let done = self.done.load(Ordering::Relaxed);
-                return Err(format!("after {done} successes: {e}"));
+                return Err(format!(
+                    "after {done} successes, in the attempt begun {attempt:.2?} after the \
+                     traffic: {e}"
+                ));
             }
             self.done.fetch_add(1, Ordering::Relaxed);
         }
@@ -606,10 +613,12 @@ fn an_upgrade_from_the_previous_release_keeps_ipv4_flows_and_adds_the_ipv6_maps(
         (Place::Client, node1_ip, ECHO_NODE_PORT_TCP),
     ];
     let (stop, failed) = (AtomicBool::new(false), AtomicBool::new(false));
+    let began = Instant::now();
     let flowing = || Flowing {
         stop: &stop,
         failed: &failed,
         done: AtomicUsize::new(0),
+        began,
     };
     let flows_kept: Vec<Flowing> = flows.iter().map(|_| flowing()).collect();
     let connections_made: Vec<Flowing> = new_connections.iter().map(|_| flowing()).collect();
@@ -639,7 +648,13 @@ fn an_upgrade_from_the_previous_release_keeps_ipv4_flows_and_adds_the_ipv6_maps(
             })
             .collect();
         old.stop();
+        let stopped = began.elapsed();
         let new = SluiceDaemon::launch(current_config.clone());
+        let when = format!(
+            "the previous release stopped {stopped:.2?} after the traffic began, the current \
+             one was ready at {:.2?}",
+            began.elapsed()
+        );
         // Traffic of every kind flows after the new daemon is ready too (or something failed).
         let at_ready: Vec<usize> = flows_kept
             .iter()
@@ -657,18 +672,31 @@ fn an_upgrade_from_the_previous_release_keeps_ipv4_flows_and_adds_the_ipv6_maps(
             });
         }
         stop.store(true, Ordering::Relaxed);
+        // Every failure, with the times and the new daemon's log: one flaky run must be
+        // enough to tell what broke when.
+        let mut failures = Vec::new();
         let flows: Vec<(&str, HeldConn)> = pingers
             .into_iter()
             .map(|(path, pinger)| {
                 let (held, result) = pinger.join().expect("pinger thread");
-                result.unwrap_or_else(|e| panic!("the {path} flow broke while upgrading: {e}"));
+                if let Err(e) = result {
+                    failures.push(format!("the {path} flow broke while upgrading: {e}"));
+                }
                 (path, held)
             })
             .collect();
         for (what, connector) in connectors {
             let result = connector.join().expect("connector thread");
-            result.unwrap_or_else(|e| panic!("{what} failed while upgrading: {e}"));
+            if let Err(e) = result {
+                failures.push(format!("{what} failed while upgrading: {e}"));
+            }
         }
+        assert!(
+            failures.is_empty(),
+            "{}\n{when}\nthe current release's log:\n{}",
+            failures.join("\n"),
+            new.as_ref().map(SluiceDaemon::stderr).unwrap_or_default()
+        );
         (flows, new)
     });
     let new = new.expect("the current release starts over the previous release's pins");

@@ -73,12 +73,14 @@ spec:
   ipFamilies: [IPv6]
   clusterIP: fd00:19::30
   clusterIPs: [fd00:19::30]
-  loadBalancerIP: fd00:19::e:10
   externalTrafficPolicy: Local
   healthCheckNodePort: 30281
   selector: {pod: pod-2a}
   ports:
   - {name: http, port: 80, targetPort: 8080, nodePort: 30280}
+status:
+  loadBalancer:
+    ingress: [{ip: 'fd00:19::e:10'}]
 ---
 apiVersion: v1
 kind: Service
@@ -103,11 +105,13 @@ spec:
   ipFamilies: [IPv6]
   clusterIP: fd00:19::50
   clusterIPs: [fd00:19::50]
-  loadBalancerIP: fd00:19::e:20
   loadBalancerSourceRanges: [fd00:18::/64]
   selector: {app: echo}
   ports:
   - {name: http, port: 80, targetPort: 8080, nodePort: 30250}
+status:
+  loadBalancer:
+    ingress: [{ip: 'fd00:19::e:20'}]
 ---
 apiVersion: v1
 kind: Service
@@ -118,11 +122,13 @@ spec:
   ipFamilies: [IPv6]
   clusterIP: fd00:19::60
   clusterIPs: [fd00:19::60]
-  loadBalancerIP: fd00:19::e:30
   loadBalancerSourceRanges: [fd00:18::200/120]
   selector: {app: echo}
   ports:
   - {name: http, port: 80, targetPort: 8080, nodePort: 30260}
+status:
+  loadBalancer:
+    ingress: [{ip: 'fd00:19::e:30'}]
 ";
 
 /// Every pod with both of its addresses, labelled `app: echo` and `pod: <name>`.

@@ -81,7 +81,13 @@ metadata:
     )
 }
 
-/// The rows of `sluice services -o json` named `namespace/name[:port]` for `service`.
+/// The `status` of a LoadBalancer Service whose load balancer published `ip`.
+fn lb_status(ip: Ipv4Addr) -> String {
+    format!("status:\n  loadBalancer:\n    ingress: [{{ip: {ip}}}]\n")
+}
+
+/// The rows of `sluice services -o json` named `namespace/name[:port]` for `service`, and its
+/// listings of what is not served (`namespace/name (...)`).
 fn rows_of(daemon: &SluiceDaemon, service: &str) -> Vec<Value> {
     let prefix = format!("default/{service}");
     daemon
@@ -91,7 +97,9 @@ fn rows_of(daemon: &SluiceDaemon, service: &str) -> Vec<Value> {
         .iter()
         .filter(|row| {
             let name = row["name"].as_str().unwrap_or("");
-            name == prefix || name.starts_with(&format!("{prefix}:"))
+            name == prefix
+                || name.starts_with(&format!("{prefix}:"))
+                || name.starts_with(&format!("{prefix} ("))
         })
         .cloned()
         .collect()
@@ -244,14 +252,11 @@ fn load_balancer_ips_are_served_on_every_node_with_node_port_and_cluster_ip() {
     scenario.manifests.write(
         "lb.yaml",
         &format!(
-            "{}status:\n  loadBalancer:\n    ingress: [{{ip: {lb2}}}]\n",
+            "{}status:\n  loadBalancer:\n    ingress: [{{ip: {lb1}}}, {{ip: {lb2}, ipMode: VIP}}]\n",
             service_yaml(
                 "lb",
                 "",
-                &format!(
-                    "  type: LoadBalancer\n  clusterIP: 198.19.0.30\n  loadBalancerIP: {lb1}\n  \
-                     selector: {{app: echo}}\n"
-                )
+                "  type: LoadBalancer\n  clusterIP: 198.19.0.30\n  selector: {app: echo}\n"
             )
         ),
     );
@@ -339,13 +344,17 @@ fn load_balancer_source_ranges_drop_other_clients() {
     let write = |ranges: &str| {
         scenario.manifests.write(
             "lb.yaml",
-            &service_yaml(
-                "ranged",
-                "",
-                &format!(
-                    "  type: LoadBalancer\n  clusterIP: 198.19.0.31\n  loadBalancerIP: {lb}\n  \
-                     loadBalancerSourceRanges: [{ranges}]\n  selector: {{app: echo}}\n"
+            &format!(
+                "{}{}",
+                service_yaml(
+                    "ranged",
+                    "",
+                    &format!(
+                        "  type: LoadBalancer\n  clusterIP: 198.19.0.31\n  \
+                         loadBalancerSourceRanges: [{ranges}]\n  selector: {{app: echo}}\n"
+                    ),
                 ),
+                lb_status(lb)
             ),
         );
     };
@@ -459,30 +468,23 @@ fn external_traffic_policy_local_keeps_the_client_address_and_answers_health_che
     let scenario = Scenario::start(&[]);
     let node1_ip = scenario.cluster.node("node1").ip;
     let node2_ip = scenario.cluster.node("node2").ip;
-    let spec = |cluster_ip: &str, lb: &str, hc: u16, selector: &str| {
+    let spec = |cluster_ip: &str, hc: u16, selector: &str| {
         format!(
-            "  type: LoadBalancer\n  clusterIP: {cluster_ip}\n  loadBalancerIP: {lb}\n  \
-             externalTrafficPolicy: Local\n  healthCheckNodePort: {hc}\n{selector}"
+            "  type: LoadBalancer\n  clusterIP: {cluster_ip}\n  externalTrafficPolicy: Local\n  \
+             healthCheckNodePort: {hc}\n{selector}"
         )
     };
     // `everywhere` has pods on both nodes; `only2a` only on node2 (an EndpointSlice).
     let everywhere = service_yaml(
         "everywhere",
         "",
-        &spec(
-            "198.19.0.33",
-            "198.19.200.10",
-            30201,
-            "  selector: {app: echo}\n",
-        ),
+        &spec("198.19.0.33", 30201, "  selector: {app: echo}\n"),
     )
-    .replace("targetPort: 8080}", "targetPort: 8080, nodePort: 30200}");
-    let only2a = service_yaml(
-        "only2a",
-        "",
-        &spec("198.19.0.34", "198.19.200.11", 30211, ""),
-    )
-    .replace("targetPort: 8080}", "targetPort: 8080, nodePort: 30210}");
+    .replace("targetPort: 8080}", "targetPort: 8080, nodePort: 30200}")
+        + &lb_status(ip("198.19.200.10"));
+    let only2a = service_yaml("only2a", "", &spec("198.19.0.34", 30211, ""))
+        .replace("targetPort: 8080}", "targetPort: 8080, nodePort: 30210}")
+        + &lb_status(ip("198.19.200.11"));
     scenario.manifests.write(
         "local.yaml",
         &format!(
@@ -933,9 +935,11 @@ fn changing_the_type_reprograms_cleanly() {
     let write = |spec: &str| {
         scenario.manifests.write(
             "morph.yaml",
-            &service_yaml("morph", "", &format!("{spec}  selector: {{app: echo}}\n"))
+            // The status is read for type LoadBalancer only.
+            &(service_yaml("morph", "", &format!("{spec}  selector: {{app: echo}}\n"))
                 .replace("targetPort: 8080}", "targetPort: 8080, nodePort: 30500}")
-                .replace("targetPort: 8053}", "targetPort: 8053, nodePort: 30501}"),
+                .replace("targetPort: 8053}", "targetPort: 8053, nodePort: 30501}")
+                + &lb_status(ip("198.19.200.20"))),
         );
     };
     let cluster_ip = |port: u16| ("ClusterIP", format!("198.19.0.41:{port}"));
@@ -998,8 +1002,8 @@ fn changing_the_type_reprograms_cleanly() {
     check_node_port(true);
 
     write(
-        "  type: LoadBalancer\n  clusterIP: 198.19.0.41\n  loadBalancerIP: 198.19.200.20\n  \
-         externalTrafficPolicy: Local\n  loadBalancerSourceRanges: [198.18.0.0/24]\n",
+        "  type: LoadBalancer\n  clusterIP: 198.19.0.41\n  externalTrafficPolicy: Local\n  \
+         loadBalancerSourceRanges: [198.18.0.0/24]\n",
     );
     wait_frontends(
         &scenario,
@@ -1077,16 +1081,14 @@ fn a_restart_keeps_scopes_source_ranges_and_skipped_services() {
     scenario.manifests.write(
         "restart.yaml",
         &format!(
-            "{}{}",
+            "{}{}{}",
             service_yaml(
                 "kept",
                 "",
-                &format!(
-                    "  type: LoadBalancer\n  clusterIP: 198.19.0.42\n  loadBalancerIP: {lb}\n  \
-                     externalTrafficPolicy: Local\n  loadBalancerSourceRanges: [198.18.0.0/24]\n  \
-                     selector: {{app: echo}}\n"
-                ),
+                "  type: LoadBalancer\n  clusterIP: 198.19.0.42\n  externalTrafficPolicy: Local\n  \
+                 loadBalancerSourceRanges: [198.18.0.0/24]\n  selector: {app: echo}\n",
             ),
+            lb_status(lb),
             service_yaml(
                 "gone-dns",
                 "",
@@ -1122,4 +1124,73 @@ fn a_restart_keeps_scopes_source_ranges_and_skipped_services() {
         |_| CLIENT_IP,
         "LB IP via node1 after a restart",
     );
+}
+
+/// Standalone mode with a NodePort range like a cluster's `--service-node-port-range`: an
+/// explicit nodePort of 40000 and an allocated one, both from the range, served on every node;
+/// an SCTP port beside them is listed as not served and leaves the TCP and UDP ports be.
+#[test]
+fn node_ports_follow_the_configured_range_and_an_sctp_port_leaves_the_others_served() {
+    let scenario = Scenario::start(&["--service-node-port-range", "40000-40999"]);
+    scenario.manifests.write(
+        "wide.yaml",
+        "apiVersion: v1
+kind: Service
+metadata: {name: wide, namespace: default}
+spec:
+  type: NodePort
+  clusterIP: 198.19.0.45
+  selector: {app: echo}
+  ports:
+  - {name: http, port: 80, targetPort: 8080, nodePort: 40000}
+  - {name: dns, port: 53, protocol: UDP, targetPort: 8053}
+  - {name: signalling, port: 9000, protocol: SCTP, targetPort: 9000}
+",
+    );
+    wait_rows(
+        &scenario,
+        "wide",
+        "NodePorts and the SCTP listing",
+        |rows| {
+            rows.iter().filter(|r| r["kind"] == "NodePort").count() == 2
+                && rows
+                    .iter()
+                    .any(|r| r["name"] == "default/wide (port signalling 9000/SCTP)")
+        },
+    );
+    let rows = rows_of(&scenario.node1, "wide");
+    let udp_node_port = rows
+        .iter()
+        .find(|r| r["kind"] == "NodePort" && r["protocol"] == "UDP")
+        .and_then(|r| {
+            r["frontend"]
+                .as_str()?
+                .strip_prefix("*:")?
+                .parse::<u16>()
+                .ok()
+        })
+        .expect("an allocated UDP NodePort");
+    assert!(
+        (40_000..=40_999).contains(&udp_node_port),
+        "allocated from the range: {udp_node_port}"
+    );
+    let sctp = rows
+        .iter()
+        .find(|r| r["name"] == "default/wide (port signalling 9000/SCTP)")
+        .expect("listed");
+    assert_eq!(sctp["programmed"], false);
+    assert!(
+        sctp["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("SCTP is not served by sluice")),
+        "{sctp:#}"
+    );
+    for node in ["node1", "node2"] {
+        let node_ip = scenario.cluster.node(node).ip;
+        for (proto, port) in [(Proto::Tcp, 40000), (Proto::UdpConnected, udp_node_port)] {
+            let replies = scenario.replies(Place::Client, proto, node_ip, port, SPREAD_REQUESTS);
+            let answered: BTreeSet<String> = replies.iter().map(|r| r.name.clone()).collect();
+            assert_eq!(answered, pods(&ALL_PODS), "{proto} {node_ip}:{port}");
+        }
+    }
 }

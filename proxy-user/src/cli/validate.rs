@@ -4,10 +4,10 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 
-use crate::source::manifest::{ManifestOptions, ServiceCidrs, Severity, validate_dir};
+use crate::source::manifest::{ManifestOptions, Severity, validate_dir};
 
-pub fn run(dir: &Path, service_cidrs: ServiceCidrs) -> Result<()> {
-    let problems = validate_dir(dir, &ManifestOptions { service_cidrs });
+pub fn run(dir: &Path, options: &ManifestOptions) -> Result<()> {
+    let problems = validate_dir(dir, options);
     let mut errors = 0;
     for problem in &problems {
         let label = match problem.severity {

@@ -228,6 +228,7 @@ mod tests {
             external_ips: vec![],
             load_balancer_ips: vec![],
             ports: vec![port(Protocol::Tcp), port(Protocol::Udp)],
+            unserved_ports: Vec::new(),
             skip_reason: None,
             affinity_timeout: None,
             external_traffic_policy: TrafficPolicy::Local,

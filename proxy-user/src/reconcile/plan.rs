@@ -175,6 +175,19 @@ impl Contribution {
                 contribution.add_port(service, port, family, &node.name);
             }
         }
+        for port in &service.unserved_ports {
+            let label = if port.name.is_empty() {
+                format!("{}/{}", port.port, port.protocol)
+            } else {
+                format!("{} {}/{}", port.name, port.port, port.protocol)
+            };
+            let name = format!("{} (port {label})", service.name);
+            contribution.skipped.push(skip(name, port.reason.clone()));
+        }
+        contribution.skipped.sort_by(|a, b| a.0.cmp(&b.0));
+        contribution
+            .skipped
+            .dedup_by(|later, first| later.0 == first.0);
         // A stable sort keeps the claims of one frontend in the order they were made.
         contribution
             .frontends
@@ -489,7 +502,7 @@ mod tests {
     use std::{net::Ipv4Addr, sync::Arc};
 
     use super::*;
-    use crate::model::ServiceName;
+    use crate::model::{ServiceName, UnservedPort};
 
     fn endpoint(last: u8, node: &str, ready: bool, terminating: bool) -> Endpoint {
         Endpoint {
@@ -521,6 +534,7 @@ mod tests {
                 node_port: Some(30080),
                 endpoints,
             }],
+            unserved_ports: Vec::new(),
             skip_reason: None,
             affinity_timeout: None,
             external_traffic_policy: TrafficPolicy::default(),
@@ -618,6 +632,35 @@ mod tests {
         assert_eq!(
             plan.skipped["default/web"].reason,
             "label service.kubernetes.io/service-proxy-name"
+        );
+    }
+
+    #[test]
+    fn an_unserved_port_is_listed_and_the_other_ports_are_programmed() {
+        let mut desired = service(
+            ServiceType::ClusterIP,
+            vec![endpoint(10, "node1", true, false)],
+        );
+        let service = Arc::make_mut(desired.services.values_mut().next().unwrap());
+        service.unserved_ports = vec![UnservedPort {
+            name: "signalling".into(),
+            protocol: "SCTP".into(),
+            port: 9000,
+            reason: "SCTP is not served".into(),
+        }];
+        let plan = Plan::build(&desired, &PlanNode::dual_stack("node1"));
+        assert_eq!(plan.frontends.len(), 1);
+        let listed: Vec<(&str, &str)> = plan
+            .skipped
+            .iter()
+            .map(|(name, skipped)| (name.as_str(), skipped.reason.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            [(
+                "default/web (port signalling 9000/SCTP)",
+                "SCTP is not served"
+            )]
         );
     }
 

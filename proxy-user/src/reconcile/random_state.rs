@@ -18,7 +18,7 @@ use rand::{
 use super::plan::PlanNode;
 use crate::model::{
     DesiredState, Endpoint, IpFamily, Protocol, Service, ServiceName, ServicePort, ServiceType,
-    TrafficPolicy,
+    TrafficPolicy, UnservedPort,
 };
 
 /// The node the states are planned for; endpoints are spread over it and two others.
@@ -165,6 +165,16 @@ impl RandomStates {
             external_ips: ips(rng, 1, 3),
             load_balancer_ips: ips(rng, 2, 4),
             ports,
+            unserved_ports: if rng.random_bool(0.1) {
+                vec![UnservedPort {
+                    name: "signalling".into(),
+                    protocol: "SCTP".into(),
+                    port: 9000,
+                    reason: "SCTP is not served".into(),
+                }]
+            } else {
+                Vec::new()
+            },
             skip_reason: rng
                 .random_bool(0.05)
                 .then(|| "label service.kubernetes.io/service-proxy-name".into()),

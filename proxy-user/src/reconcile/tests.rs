@@ -321,7 +321,7 @@ fn a_write_failing_anywhere_leaves_a_usable_view_and_the_next_apply_converges() 
 #[test]
 fn counters_start_from_zero_with_their_id_and_are_kept_after() {
     let mut random = RandomStates::new(42);
-    let state = random.state(10);
+    let state = random.state(20);
     let mut tables = MemoryTables::new(Capacity::default());
     tables.set_traffic(7);
     let mut reconciler = Reconciler::from_maps(&mut tables).expect("read the empty tables");

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use super::log_problems;
 use crate::{
     model::DesiredReceiver,
-    source::manifest::{Allocator, ManifestOptions, ManifestStore, ServiceCidrs, is_manifest_file},
+    source::manifest::{Allocator, ManifestOptions, ManifestStore, is_manifest_file},
 };
 
 /// Changes arriving within this window are applied together (an editor's save is several
@@ -21,8 +21,8 @@ pub struct ManifestSourceOptions {
     pub dir: PathBuf,
     /// Holds `allocations.json`: cluster IPs and NodePorts handed out, stable across restarts.
     pub state_dir: PathBuf,
-    /// One range per family the cluster serves, primary first.
-    pub service_cidrs: ServiceCidrs,
+    /// `--service-cidr` and `--service-node-port-range`.
+    pub manifest: ManifestOptions,
 }
 
 /// Loads the directory once (so the first sync sees every file), then follows it in the
@@ -32,12 +32,11 @@ pub fn spawn(opts: ManifestSourceOptions) -> Result<DesiredReceiver> {
         .with_context(|| format!("create the state directory {}", opts.state_dir.display()))?;
     let mut allocator = Allocator::open(
         opts.state_dir.join("allocations.json"),
-        opts.service_cidrs.clone(),
+        opts.manifest.service_cidrs.clone(),
     )
-    .map_err(|err| anyhow!("{err}"))?;
-    let mut store = ManifestStore::new(ManifestOptions {
-        service_cidrs: opts.service_cidrs,
-    });
+    .map_err(|err| anyhow!("{err}"))?
+    .with_node_port_range(opts.manifest.node_port_range);
+    let mut store = ManifestStore::new(opts.manifest);
     let reports = store.load_dir(&opts.dir).map_err(|err| anyhow!("{err}"))?;
     for report in &reports {
         log_problems(&report.problems);

@@ -142,6 +142,7 @@ fn one_changed_endpoint_lists_only_its_entries() {
             node_port: None,
             endpoints: vec![endpoint(1), endpoint(2)],
         }],
+        unserved_ports: Vec::new(),
         skip_reason: None,
         affinity_timeout: None,
         external_traffic_policy: TrafficPolicy::default(),

@@ -18,10 +18,7 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    ServiceCidrs,
-    validate::{NODE_PORT_MAX, NODE_PORT_MIN},
-};
+use super::{NodePortRange, ServiceCidrs};
 use crate::model::{IpFamily, ServiceName};
 
 const STATE_VERSION: u32 = 1;
@@ -83,6 +80,8 @@ pub(crate) struct Assignments {
 pub struct Allocator {
     path: Option<PathBuf>,
     cidrs: ServiceCidrs,
+    /// Where nodePorts are handed out from (`--service-node-port-range`).
+    node_ports: NodePortRange,
     state: AllocState,
     dirty: bool,
     /// Hands out nothing: cluster mode, where the API server assigns every address.
@@ -109,6 +108,7 @@ impl Allocator {
         Ok(Allocator {
             path: Some(path),
             cidrs: service_cidrs,
+            node_ports: NodePortRange::DEFAULT,
             state,
             dirty: false,
             disabled: false,
@@ -120,6 +120,7 @@ impl Allocator {
         Allocator {
             path: None,
             cidrs: service_cidrs,
+            node_ports: NodePortRange::DEFAULT,
             state: AllocState::default(),
             dirty: false,
             disabled: false,
@@ -132,6 +133,16 @@ impl Allocator {
         Allocator {
             disabled: true,
             ..Allocator::in_memory(ServiceCidrs::any())
+        }
+    }
+
+    /// Hands out nodePorts from `range` instead of the default 30000-32767; allocations outside
+    /// it are given new ones.
+    #[must_use]
+    pub fn with_node_port_range(self, range: NodePortRange) -> Self {
+        Allocator {
+            node_ports: range,
+            ..self
         }
     }
 
@@ -228,8 +239,7 @@ impl Allocator {
                             "its allocated nodePort {port} ({key}) is now claimed by a manifest"
                         ),
                     ));
-                } else if (NODE_PORT_MIN..=NODE_PORT_MAX).contains(&port) && used_ports.insert(port)
-                {
+                } else if self.node_ports.contains(port) && used_ports.insert(port) {
                     next.node_ports
                         .entry(service.clone())
                         .or_default()
@@ -279,7 +289,7 @@ impl Allocator {
                 if out.node_ports.contains_key(&slot) {
                     continue;
                 }
-                match pick_node_port(&format!("{service}/{key}"), &used_ports) {
+                match pick_node_port(self.node_ports, &format!("{service}/{key}"), &used_ports) {
                     Some(port) => {
                         used_ports.insert(port);
                         next.node_ports
@@ -292,8 +302,9 @@ impl Allocator {
                         out.failures.insert(
                             request.service.clone(),
                             format!(
-                                "no free nodePort left in {NODE_PORT_MIN}-{NODE_PORT_MAX}: \
-                                 delete unused NodePort Services"
+                                "no free nodePort left in {}: delete unused NodePort \
+                                 Services or widen --service-node-port-range",
+                                self.node_ports
                             ),
                         );
                     }
@@ -427,11 +438,11 @@ fn pick_ip(cidr: IpNet, key: &str, used: &BTreeSet<IpAddr>) -> Option<IpAddr> {
     })
 }
 
-fn pick_node_port(key: &str, used: &BTreeSet<u16>) -> Option<u16> {
-    let size = u128::from(NODE_PORT_MAX - NODE_PORT_MIN) + 1;
+fn pick_node_port(range: NodePortRange, key: &str, used: &BTreeSet<u16>) -> Option<u16> {
+    let size = u128::from(range.size());
     // KEP-3668: the first min(max(16, size/32), 128) ports are for static choices.
-    let static_band = (size / 32).clamp(16, 128);
-    pick(key, u128::from(NODE_PORT_MIN), size, static_band, |n| {
+    let static_band = (size / 32).clamp(16, 128).min(size / 2);
+    pick(key, u128::from(range.min), size, static_band, |n| {
         let port = u16::try_from(n).ok()?;
         (!used.contains(&port)).then_some(port)
     })
@@ -544,10 +555,19 @@ mod tests {
             assert!(ip_number(*ip) >= static_band_end, "{ip}");
         }
         for port in out.node_ports.values() {
-            assert!(
-                (NODE_PORT_MIN + 86..=NODE_PORT_MAX).contains(port),
-                "{port}"
-            );
+            assert!((30_000 + 86..=32_767).contains(port), "{port}");
+        }
+
+        // Another range: every port from it, earlier ones outside it given new ones.
+        let range = NodePortRange {
+            min: 40_000,
+            max: 40_999,
+        };
+        let mut allocator = allocator.with_node_port_range(range);
+        let out = allocator.assign(&requests, &BTreeSet::new(), &BTreeSet::new());
+        assert_eq!(out.node_ports.len(), 50);
+        for port in out.node_ports.values() {
+            assert!((40_000 + 31..=40_999).contains(port), "{port}");
         }
     }
 

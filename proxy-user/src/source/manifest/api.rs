@@ -14,7 +14,7 @@
 //! assigns cluster IPs and nodePorts), so a Service it left without one is listed but not
 //! programmed.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use k8s_openapi::{
     api::{core::v1::Service, discovery::v1::EndpointSlice},
@@ -22,7 +22,7 @@ use k8s_openapi::{
 };
 
 use super::{
-    ManifestOptions, ServiceCidrs,
+    ManifestOptions, NodePortRange, ServiceCidrs,
     alloc::Allocator,
     catalog::Catalog,
     error::{Context, ManifestError, ObjectRef, Problems},
@@ -31,6 +31,7 @@ use super::{
     parse::{ParsedObject, RawObject, check_object},
     resolve::{Resolution, resolve},
 };
+use crate::model::{self, ServiceName, ServiceType};
 
 /// What problems about API objects name instead of a file.
 pub const API_ORIGIN: &str = "kubernetes API";
@@ -108,17 +109,31 @@ impl ApiObject {
 pub struct ApiObjects {
     options: ManifestOptions,
     objects: BTreeMap<ObjectKey, ParsedObject>,
+    /// Services that failed the checks with no good version to keep: listed as not
+    /// programmed, with their first error, so `sluice services` shows every Service the API
+    /// server holds.
+    rejected: BTreeMap<ServiceName, Rejected>,
+}
+
+/// A Service sluice could not check: its type and why.
+#[derive(Clone, Debug)]
+struct Rejected {
+    service_type: ServiceType,
+    reason: String,
 }
 
 impl Default for ApiObjects {
     fn default() -> Self {
         ApiObjects {
-            // Every cluster IP of either family is valid: the API server already checked it
-            // against its own service CIDRs (and set ipFamilies), which sluice does not know.
+            // Every cluster IP of either family and every nodePort is valid: the API server
+            // already checked them against its own service CIDRs and NodePort range (and set
+            // ipFamilies), which sluice does not know.
             options: ManifestOptions {
                 service_cidrs: ServiceCidrs::any(),
+                node_port_range: NodePortRange::ANY,
             },
             objects: BTreeMap::new(),
+            rejected: BTreeMap::new(),
         }
     }
 }
@@ -140,11 +155,52 @@ impl ApiObjects {
     /// Adds or replaces one object. An object that fails the checks keeps its last good
     /// version, as in a file. Returns what the checks found.
     pub fn apply(&mut self, object: impl Into<ApiObject>) -> Vec<ManifestError> {
-        let (parsed, problems) = self.check(object.into());
-        if let Some(parsed) = parsed {
-            self.objects.insert(parsed.key.clone(), parsed);
-        }
+        let object = object.into();
+        let (key, rejected) = (object.key(), Rejected::of(&object));
+        let (parsed, problems) = self.check(object);
+        self.keep(key, parsed, rejected, &problems);
         problems
+    }
+
+    /// Holds a checked object; for one that failed, keeps its last good version or, when
+    /// there is none, lists a Service as rejected.
+    fn keep(
+        &mut self,
+        key: ObjectKey,
+        parsed: Option<ParsedObject>,
+        rejected: Option<Rejected>,
+        problems: &[ManifestError],
+    ) {
+        let service = (key.kind == Kind::Service).then(|| ServiceName {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+        });
+        match parsed {
+            Some(parsed) => {
+                if let Some(service) = &service {
+                    self.rejected.remove(service);
+                }
+                self.objects.insert(key, parsed);
+            }
+            None if self.objects.contains_key(&key) => {}
+            None => {
+                if let (Some(service), Some(mut rejected)) = (service, rejected) {
+                    let first = problems.iter().find(|p| p.is_error());
+                    rejected.reason = match first {
+                        Some(p) => format!(
+                            "rejected: {}{}",
+                            p.field
+                                .as_deref()
+                                .map(|f| format!("{f}: "))
+                                .unwrap_or_default(),
+                            p.message
+                        ),
+                        None => "rejected by sluice's checks".to_owned(),
+                    };
+                    self.rejected.insert(service, rejected);
+                }
+            }
+        }
     }
 
     /// Forgets an object; true when it was held.
@@ -154,7 +210,15 @@ impl ApiObjects {
             namespace: namespace_or_default(namespace).to_owned(),
             name: name.to_owned(),
         };
-        self.objects.remove(&key).is_some()
+        let rejected = kind == Kind::Service
+            && self
+                .rejected
+                .remove(&ServiceName {
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                })
+                .is_some();
+        self.objects.remove(&key).is_some() || rejected
     }
 
     /// Replaces every object of `kind` with `objects` (a complete list, after a (re-)list):
@@ -165,19 +229,31 @@ impl ApiObjects {
         kind: Kind,
         objects: impl IntoIterator<Item = ApiObject>,
     ) -> Vec<ManifestError> {
-        let mut fresh = BTreeMap::new();
+        let mut checked = Vec::new();
         let mut problems = Vec::new();
         for object in objects.into_iter().filter(|object| object.kind() == kind) {
-            let key = object.key();
-            let (parsed, mut found) = self.check(object);
-            problems.append(&mut found);
-            let kept = parsed.or_else(|| self.objects.get(&key).cloned());
-            if let Some(parsed) = kept {
-                fresh.insert(parsed.key.clone(), parsed);
-            }
+            let (key, rejected) = (object.key(), Rejected::of(&object));
+            let (parsed, found) = self.check(object);
+            checked.push((key, parsed, rejected, found.len()));
+            problems.extend(found);
         }
-        self.objects.retain(|key, _| key.kind != kind);
-        self.objects.extend(fresh);
+        // Only what the list holds stays (a failing object's last good version too).
+        let (other, mut last_good): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            std::mem::take(&mut self.objects)
+                .into_iter()
+                .partition(|(key, _)| key.kind != kind);
+        self.objects = other;
+        if kind == Kind::Service {
+            self.rejected.clear();
+        }
+        let mut at = 0;
+        for (key, parsed, rejected, count) in checked {
+            if let Some(object) = last_good.remove(&key) {
+                self.objects.insert(key.clone(), object);
+            }
+            self.keep(key, parsed, rejected, &problems[at..at + count]);
+            at += count;
+        }
         problems
     }
 
@@ -189,7 +265,17 @@ impl ApiObjects {
                 .values()
                 .map(|object| (origin, std::slice::from_ref(object))),
         );
-        resolve(&catalog, &mut Allocator::disabled())
+        let mut resolution = resolve(&catalog, &mut Allocator::disabled());
+        for (name, rejected) in &self.rejected {
+            let service =
+                model::Service::rejected(name.clone(), rejected.service_type, &rejected.reason);
+            resolution
+                .state
+                .services
+                .entry(name.clone())
+                .or_insert_with(|| Arc::new(service));
+        }
+        resolution
     }
 
     /// The checks a manifest file's object gets, on the converted object.
@@ -215,6 +301,30 @@ impl ApiObjects {
             object,
         });
         (parsed, p.list)
+    }
+}
+
+impl Rejected {
+    /// The type of a Service as the API server sent it (the reason comes later); `None` for
+    /// other kinds.
+    fn of(object: &ApiObject) -> Option<Self> {
+        let ApiObject::Service(service) = object else {
+            return None;
+        };
+        let spec = service.spec.as_ref();
+        let service_type = match spec.and_then(|spec| spec.type_.as_deref()) {
+            Some("NodePort") => ServiceType::NodePort,
+            Some("LoadBalancer") => ServiceType::LoadBalancer,
+            Some("ExternalName") => ServiceType::ExternalName,
+            _ if spec.and_then(|spec| spec.cluster_ip.as_deref()) == Some("None") => {
+                ServiceType::Headless
+            }
+            _ => ServiceType::ClusterIP,
+        };
+        Some(Rejected {
+            service_type,
+            reason: String::new(),
+        })
     }
 }
 
@@ -439,6 +549,77 @@ mod tests {
         );
     }
 
+    /// The API server's checks are trusted: a nodePort outside sluice's standalone range is
+    /// programmed, an SCTP port only leaves itself out, and a Service that still fails is
+    /// listed as not programmed with its first error, never silently missing.
+    #[test]
+    fn what_the_api_server_accepts_is_programmed_as_far_as_the_datapath_can() {
+        let mut objects = ApiObjects::new();
+        let mut wide = service("wide", "10.96.0.20", json!({}));
+        wide["spec"]["ports"][0]["nodePort"] = json!(40000);
+        assert_eq!(objects.apply_json(wide), []);
+        let mut mixed = service("mixed", "10.96.0.21", json!({}));
+        mixed["spec"]["ports"][1] = json!(
+            {"name": "signalling", "protocol": "SCTP", "port": 9000, "targetPort": 9000, "nodePort": 31900}
+        );
+        let notes: Vec<String> = objects
+            .apply_json(mixed)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            notes,
+            [format!(
+                "kubernetes API (Service default/mixed): spec.ports[1].protocol: {}",
+                super::super::validate::SCTP_UNSERVED
+            )]
+        );
+        let mut broken = service("broken", "10.96.0.22", json!({}));
+        broken["spec"]["ports"][0]["port"] = json!(70000);
+        assert_ne!(objects.apply_json(broken.clone()), []);
+
+        let listed = state(&objects);
+        let wide = &listed.services[&name("wide")];
+        assert_eq!(
+            (wide.skip_reason.clone(), wide.ports[0].node_port),
+            (None, Some(40000))
+        );
+        let mixed = &listed.services[&name("mixed")];
+        assert_eq!(mixed.skip_reason, None);
+        assert_eq!(mixed.ports.len(), 1);
+        assert_eq!(mixed.ports[0].node_port, Some(31080));
+        assert_eq!(
+            (
+                mixed.unserved_ports[0].name.as_str(),
+                mixed.unserved_ports[0].port
+            ),
+            ("signalling", 9000)
+        );
+        let broken_state = &listed.services[&name("broken")];
+        assert_eq!(broken_state.service_type, ServiceType::NodePort);
+        assert!(
+            broken_state
+                .skip_reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("rejected: spec.ports[0].port: expected")),
+            "{:?}",
+            broken_state.skip_reason
+        );
+
+        // A relist keeps listing it; a good version replaces the listing; a delete forgets it.
+        objects.replace_kind(Kind::Service, [api(broken)]);
+        assert!(
+            state(&objects).services[&name("broken")]
+                .skip_reason
+                .is_some()
+        );
+        assert!(!state(&objects).services.contains_key(&name("wide")));
+        objects.apply_json(service("broken", "10.96.0.22", json!({})));
+        assert_eq!(state(&objects).services[&name("broken")].skip_reason, None);
+        assert!(objects.delete(Kind::Service, "default", "broken"));
+        assert!(state(&objects).services.is_empty());
+    }
+
     #[test]
     fn nothing_is_allocated() {
         let mut objects = ApiObjects::new();
@@ -463,12 +644,12 @@ mod tests {
         let mut objects = ApiObjects::new();
         objects.apply_json(service("web", "10.96.0.10", json!({})));
         let mut broken = service("web", "10.96.0.99", json!({}));
-        broken["spec"]["ports"][0]["protocol"] = json!("SCTP");
+        broken["spec"]["ports"][0]["port"] = json!(70000);
         let problems = objects.apply_json(broken);
         let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert!(
             shown.iter().any(|p| p
-                .starts_with("kubernetes API (Service default/web): spec.ports[0].protocol: SCTP")),
+                .starts_with("kubernetes API (Service default/web): spec.ports[0].port: expected")),
             "{shown:?}"
         );
         let state = state(&objects);
@@ -577,11 +758,21 @@ mod tests {
         );
         let state = state(&objects);
         let names: Vec<_> = state.services.keys().map(|n| n.name.as_str()).collect();
-        assert_eq!(names, ["db", "web"]);
+        assert_eq!(names, ["db", "new", "web"]);
         assert_eq!(
             state.services[&name("web")].cluster_ip(),
             Some("10.96.0.10".parse().expect("valid"))
         );
+        // The one never good is listed, not programmed, with its error.
+        let new = &state.services[&name("new")];
+        assert_eq!(
+            new.skip_reason.as_deref(),
+            Some(
+                "rejected: spec.type: unknown variant `Nodeport`, expected one of `ClusterIP`, \
+                 `NodePort`, `LoadBalancer`, `ExternalName`"
+            )
+        );
+        assert!(new.cluster_ips.is_empty() && new.ports.is_empty());
     }
 
     fn trigger_time(objects: &ApiObjects, slice: &str) -> Option<std::time::SystemTime> {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{ManifestOptions, alloc::Allocator, error::ManifestError, store::ManifestStore};
+use super::{ManifestOptions, error::ManifestError, store::ManifestStore};
 
 /// Every problem of every file in `dir`, including cross-object ones (an object defined
 /// twice, a cluster IP or nodePort claimed by two Services, ports that get no endpoints).
@@ -24,7 +24,7 @@ pub fn validate_dir(dir: &Path, options: &ManifestOptions) -> Vec<ManifestError>
                 .with_severity(super::error::Severity::Warning),
         );
     }
-    let mut allocator = Allocator::in_memory(options.service_cidrs.clone());
+    let mut allocator = options.in_memory_allocator();
     problems.extend(store.desired_state(&mut allocator).problems);
     problems.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
     problems.dedup();

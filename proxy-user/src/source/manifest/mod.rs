@@ -14,6 +14,7 @@ mod check;
 mod cidrs;
 mod error;
 pub mod k8s;
+mod node_ports;
 mod object;
 mod parse;
 mod resolve;
@@ -31,6 +32,7 @@ pub use self::{
     check::validate_dir,
     cidrs::ServiceCidrs,
     error::{ManifestError, ObjectRef, Severity},
+    node_ports::NodePortRange,
     object::Kind,
     resolve::{HEADLESS_LABEL, Resolution, SERVICE_PROXY_NAME_LABEL},
     store::{FileReport, ManifestStore, is_manifest_file},
@@ -49,12 +51,23 @@ pub struct ManifestOptions {
     /// `--service-cidr`: the families the cluster serves (the first is the primary); explicit
     /// cluster IPs must be inside their family's range, missing ones come from it.
     pub service_cidrs: ServiceCidrs,
+    /// `--service-node-port-range`: explicit nodePorts must be inside it, missing ones come
+    /// from it.
+    pub node_port_range: NodePortRange,
 }
 
 impl Default for ManifestOptions {
     fn default() -> Self {
         ManifestOptions {
             service_cidrs: ServiceCidrs::ipv4(DEFAULT_SERVICE_CIDR),
+            node_port_range: NodePortRange::DEFAULT,
         }
+    }
+}
+
+impl ManifestOptions {
+    /// The allocator these options call for, remembering nothing (validation, tests).
+    pub fn in_memory_allocator(&self) -> Allocator {
+        Allocator::in_memory(self.service_cidrs.clone()).with_node_port_range(self.node_port_range)
     }
 }

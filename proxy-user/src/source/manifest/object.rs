@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, time::SystemTime};
 use ipnet::IpNet;
 
 use super::{error::ObjectRef, k8s::ServiceSpecType};
-use crate::model::{IpFamily, Protocol, ServiceName, TrafficPolicy};
+use crate::model::{IpFamily, Protocol, ServiceName, TrafficPolicy, UnservedPort};
 
 /// The kinds sluice reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -160,6 +160,8 @@ pub struct ServiceDef {
     pub spec_type: ServiceSpecType,
     pub cluster_ips: ClusterIps,
     pub ports: Vec<PortDef>,
+    /// Ports listed but not served (SCTP).
+    pub unserved_ports: Vec<UnservedPort>,
     /// Empty when the service has no selector.
     pub selector: BTreeMap<String, String>,
     /// Of the Service's families (others are dropped with a note, as kube-proxy ignores them).

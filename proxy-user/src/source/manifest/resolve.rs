@@ -303,6 +303,7 @@ fn build_service(
         external_ips,
         load_balancer_ips,
         ports,
+        unserved_ports: def.unserved_ports.clone(),
         skip_reason,
         affinity_timeout: def.affinity_timeout,
         external_traffic_policy: def.external_traffic_policy,

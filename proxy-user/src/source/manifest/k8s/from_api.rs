@@ -122,8 +122,17 @@ pub fn service(service: core::Service) -> Result<Service, FieldError> {
         .and_then(|load_balancer| load_balancer.ingress)
         .unwrap_or_default()
         .into_iter()
-        .map(|ingress| LoadBalancerIngress { ip: ingress.ip })
-        .collect();
+        .enumerate()
+        .map(|(i, ingress)| {
+            let ip_mode = variant(ingress.ip_mode.as_deref(), || {
+                format!("status.loadBalancer.ingress[{i}].ipMode")
+            })?;
+            Ok(LoadBalancerIngress {
+                ip: ingress.ip,
+                ip_mode,
+            })
+        })
+        .collect::<Result<_, _>>()?;
     Ok(Service {
         metadata: metadata(service.metadata),
         spec,

@@ -108,6 +108,20 @@ pub struct LoadBalancerStatus {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LoadBalancerIngress {
     pub ip: Option<String>,
+    /// KEP-1860; `None` means `VIP`.
+    pub ip_mode: Option<IpMode>,
+}
+
+/// How a load balancer delivers traffic for its IP (`status.loadBalancer.ingress[].ipMode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum IpMode {
+    /// With the LB IP as destination: the node answers for it, as for an external IP.
+    #[default]
+    VIP,
+    /// Rewritten by the load balancer (a proxy, PROXY protocol, TLS termination): traffic to
+    /// the IP must reach the load balancer, so nodes do not answer for it.
+    Proxy,
 }

@@ -8,7 +8,7 @@ mod store;
 use std::path::{Path, PathBuf};
 
 use super::{
-    Allocator, ManifestError, ManifestOptions, ManifestStore, Resolution, Severity,
+    ManifestError, ManifestOptions, ManifestStore, Resolution, Severity,
     parse::{ParsedFile, parse_file},
 };
 use crate::model::{Service, ServiceName};
@@ -52,7 +52,7 @@ pub(super) fn resolve_dir(dir: &Path) -> Resolution {
 pub(super) fn resolve_dir_with(dir: &Path, options: &ManifestOptions) -> Resolution {
     let mut store = ManifestStore::new(options.clone());
     store.load_dir(dir).unwrap();
-    store.desired_state(&mut Allocator::in_memory(options.service_cidrs.clone()))
+    store.desired_state(&mut options.in_memory_allocator())
 }
 
 pub(super) fn service<'a>(resolution: &'a Resolution, service: &str) -> &'a Service {

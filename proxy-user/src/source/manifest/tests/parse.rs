@@ -89,14 +89,14 @@ fn the_error_names_file_document_object_and_field() {
     let text = format!(
         "{}\n---\n{}",
         svc("ok", "", PORT),
-        svc("web", "", "    - port: 80\n      targetPort: 80x\n")
+        svc("web", "", "    - port: 80\n      targetPort: web_80\n")
     );
     let parsed = parse("examples/web.yaml", &text);
     assert_eq!(
         only(&parsed.problems, Severity::Error),
         [
             "examples/web.yaml: document 2 (Service default/web): spec.ports[0].targetPort: \
-          expected an integer 1-65535 or an IANA port name, got \"80x\""
+          expected an integer 1-65535 or an IANA port name, got \"web_80\""
         ]
     );
     let error = &parsed.problems[0];
@@ -157,12 +157,6 @@ fn service_rules() {
         ),
         (
             "",
-            "    - port: 80\n      protocol: SCTP\n",
-            "spec.ports[0].protocol",
-            "SCTP is not supported",
-        ),
-        (
-            "",
             "    - port: 80\n      targetPort: \"8080\"\n",
             "spec.ports[0].targetPort",
             "write 8080 without quotes",
@@ -189,7 +183,7 @@ fn service_rules() {
             "  type: NodePort\n",
             "    - port: 80\n      nodePort: 80\n",
             "spec.ports[0].nodePort",
-            "NodePort range 30000-32767, got 80",
+            "NodePort range 30000-32767 (--service-node-port-range), got 80",
         ),
         (
             "",
@@ -471,7 +465,8 @@ spec:
       nodePort: 30053
 status:
   loadBalancer:
-    ingress: [{ip: 198.18.9.11}, {hostname: lb.example}]
+    ingress: [{ip: 198.18.9.11}, {hostname: lb.example}, {ip: 198.18.9.12, ipMode: VIP},
+      {ip: 198.18.9.13, ipMode: Proxy}]
 ";
     let parsed = parse("t.yaml", text);
     assert!(!parsed.has_errors(), "{:#?}", parsed.problems);
@@ -490,15 +485,23 @@ status:
         s.external_ips,
         ["198.18.9.9".parse::<std::net::IpAddr>().unwrap()]
     );
-    assert_eq!(s.load_balancer_ips.len(), 2);
+    // The status's VIP-mode IPs; not the requested loadBalancerIP, not the Proxy-mode one.
+    assert_eq!(
+        s.load_balancer_ips,
+        ["198.18.9.11", "198.18.9.12"].map(|ip| ip.parse::<std::net::IpAddr>().unwrap())
+    );
     assert_eq!(
         s.load_balancer_source_ranges[0].to_string(),
         "198.18.0.0/16"
     );
     assert_eq!(s.affinity_timeout, Some(10_800));
     assert!(s.wants_node_ports);
-    // The IPv6 external IP of this IPv4-only Service is skipped with a note.
-    assert_eq!(only(&parsed.problems, Severity::Note).len(), 1);
+    // Notes: the IPv6 external IP of this IPv4-only Service is skipped, and neither
+    // loadBalancerIP nor the Proxy-mode ingress IP is served.
+    let notes = only(&parsed.problems, Severity::Note);
+    assert_eq!(notes.len(), 3, "{notes:#?}");
+    assert!(notes[1].contains("status.loadBalancer.ingress[3].ip: 198.18.9.13 has ipMode: Proxy"));
+    assert!(notes[2].contains("spec.loadBalancerIP: 198.18.9.10 is not served until"));
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use std::{fs, path::Path, time::UNIX_EPOCH};
 
-use super::{only, pod, resolve_dir, resolve_dir_with, service, svc, write};
+use super::{errors, only, parse, pod, resolve_dir, resolve_dir_with, service, svc, write};
 use crate::{
     model::{Endpoint, Protocol, ServiceType, TrafficPolicy},
     source::manifest::{Allocator, ManifestOptions, ManifestStore, Severity, validate_dir},
@@ -39,6 +39,7 @@ fn the_examples_are_valid_and_resolve_as_documented() {
     // The examples are a dual-stack cluster, as the demo runs them.
     let options = ManifestOptions {
         service_cidrs: "198.19.0.0/16,fd00:19::/108".parse().expect("valid"),
+        ..ManifestOptions::default()
     };
     let problems = validate_dir(&dir, &options);
     assert_eq!(
@@ -472,17 +473,17 @@ fn service_fields_reach_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let extra = "  type: LoadBalancer
   externalIPs: [198.18.9.2, 198.18.9.1]
-  loadBalancerIP: 198.18.9.3
   loadBalancerSourceRanges: [198.18.0.0/16]
   sessionAffinity: ClientIP
   sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}
   externalTrafficPolicy: Local
   internalTrafficPolicy: Local
 ";
+    let status = "status:\n  loadBalancer:\n    ingress: [{ip: 198.18.9.3}]\n";
     write(
         dir.path(),
         "svc.yaml",
-        &svc("lb", extra, "    - port: 80\n"),
+        &format!("{}{status}", svc("lb", extra, "    - port: 80\n")),
     );
     let resolution = resolve_dir(dir.path());
     let lb = service(&resolution, "lb");
@@ -661,4 +662,83 @@ fn validate_dir_collects_every_file() {
     let problems = validate_dir(empty.path(), &ManifestOptions::default());
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].severity, Severity::Warning);
+}
+
+#[test]
+fn an_sctp_port_is_listed_as_not_served_and_the_other_ports_are() {
+    let text = svc(
+        "web",
+        "",
+        "    - name: http\n      port: 80\n    - name: signalling\n      port: 9000\n      \
+         protocol: SCTP\n",
+    );
+    let parsed = parse("t.yaml", &text);
+    assert_eq!(
+        only(&parsed.problems, Severity::Error),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        only(&parsed.problems, Severity::Note),
+        [format!(
+            "t.yaml: document 1 (Service default/web): spec.ports[1].protocol: {}",
+            crate::source::manifest::validate::SCTP_UNSERVED
+        )]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "web.yaml", &text);
+    let resolution = resolve_dir(dir.path());
+    let web = service(&resolution, "web");
+    assert_eq!(web.skip_reason, None);
+    assert_eq!(
+        web.ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.port))
+            .collect::<Vec<_>>(),
+        [("http", 80)]
+    );
+    assert_eq!(
+        web.unserved_ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.protocol.as_str(), p.port))
+            .collect::<Vec<_>>(),
+        [("signalling", "SCTP", 9000)]
+    );
+}
+
+#[test]
+fn node_ports_follow_the_service_node_port_range() {
+    let text = svc(
+        "web",
+        "  type: NodePort\n",
+        "    - name: a\n      port: 80\n      nodePort: 40000\n    - name: b\n      port: 81\n",
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "t.yaml: document 1 (Service default/web): spec.ports[0].nodePort: expected a port in \
+          the NodePort range 30000-32767 (--service-node-port-range), got 40000: pick one in the \
+          range or leave it out to have one allocated"
+        ]
+    );
+    let options = ManifestOptions {
+        node_port_range: "40000-40999".parse().unwrap(),
+        ..ManifestOptions::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "web.yaml", &text);
+    let resolution = resolve_dir_with(dir.path(), &options);
+    assert_eq!(
+        only(&resolution.problems, Severity::Error),
+        Vec::<String>::new()
+    );
+    let ports: Vec<u16> = service(&resolution, "web")
+        .ports
+        .iter()
+        .map(|p| p.node_port.expect("a nodePort"))
+        .collect();
+    assert_eq!(ports[0], 40000);
+    assert!(
+        (40_001..=40_999).contains(&ports[1]),
+        "allocated from the range: {ports:?}"
+    );
 }

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 pub(crate) use self::{
     endpoints::{check_endpoints, check_slice},
     pod::check_pod,
-    service::{NODE_PORT_MAX, NODE_PORT_MIN, check_service},
+    service::{SCTP_UNSERVED, check_service},
 };
 use super::{
     error::Problems,
@@ -114,10 +114,7 @@ pub(crate) fn endpoint_protocol(
         PortProtocol::Tcp => Some(Protocol::Tcp),
         PortProtocol::Udp => Some(Protocol::Udp),
         PortProtocol::Sctp => {
-            p.note(
-                field,
-                "SCTP is not supported by sluice: this port is skipped",
-            );
+            p.note(field, SCTP_UNSERVED);
             None
         }
     }
@@ -154,14 +151,15 @@ pub(crate) fn is_dns1123_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }
 
-/// An IANA service name as Kubernetes accepts for port names (at most 15 characters,
-/// lower-case letters, digits and non-repeated inner '-', at least one letter) — and, unlike
-/// Kubernetes, starting with a letter, so that typos like `80x` are caught rather than
-/// looked up as names no pod has.
+/// An IANA service name, as Kubernetes accepts for port names (`IsValidPortName`): at most
+/// 15 characters, lower-case letters, digits and non-repeated inner '-', at least one letter.
+/// A name no pod has (a typo like `80x`) is caught later: its port gets no endpoints, with a
+/// warning.
 pub(crate) fn is_port_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
-        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.bytes().any(|b| b.is_ascii_lowercase())
+        && !s.starts_with('-')
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.ends_with('-')
@@ -174,12 +172,12 @@ mod tests {
 
     #[test]
     fn port_names() {
-        for good in ["http", "tcp-echo", "h2c", "a"] {
+        for good in ["http", "tcp-echo", "h2c", "a", "80x", "9p", "3gpp-gtp"] {
             assert!(is_port_name(good), "{good}");
         }
         for bad in [
             "",
-            "80x",
+            "80-x-",
             "8080",
             "Http",
             "-a",

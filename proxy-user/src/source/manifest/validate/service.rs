@@ -10,12 +10,12 @@ use super::{
     is_dns1123_label, is_port_name, parse_ip,
 };
 use crate::{
-    model::{IpFamily, Protocol, ServiceName, TrafficPolicy},
+    model::{IpFamily, Protocol, ServiceName, TrafficPolicy, UnservedPort},
     source::manifest::{
         ManifestOptions, ServiceCidrs,
         error::Problems,
         k8s::{
-            self, IntOrString, Integer, PortProtocol, ServiceSpecType, SessionAffinity,
+            self, IntOrString, Integer, IpMode, PortProtocol, ServiceSpecType, SessionAffinity,
             TrafficPolicySpec,
         },
         object::{ClusterIps, PortDef, ServiceDef, TargetPort},
@@ -25,8 +25,11 @@ use crate::{
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
 const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 const MAX_AFFINITY_TIMEOUT: i64 = 86_400;
-pub(crate) const NODE_PORT_MIN: u16 = 30_000;
-pub(crate) const NODE_PORT_MAX: u16 = 32_767;
+/// Why an SCTP port is listed but not served: the kernel runs no cgroup connect hook for SCTP
+/// sockets (`sctp_connect` has none), so the socket LB never sees them, and the XDP and tc
+/// programs translate TCP and UDP only.
+pub(crate) const SCTP_UNSERVED: &str = "SCTP is not served by sluice (its datapath carries TCP \
+                                        and UDP only); the Service's other ports are served";
 
 pub(crate) fn check_service(
     raw: &k8s::Service,
@@ -37,7 +40,7 @@ pub(crate) fn check_service(
     let spec = &raw.spec;
     let spec_type = spec.type_.unwrap_or_default();
     let cluster_ips = check_cluster_ips(spec, spec_type, &options.service_cidrs, p);
-    let ports = check_ports(spec, spec_type, cluster_ips.headless, p);
+    let (ports, unserved_ports) = check_ports(spec, spec_type, cluster_ips.headless, options, p);
     let families = &cluster_ips.families;
     let external_ips = spec
         .external_ips
@@ -45,20 +48,13 @@ pub(crate) fn check_service(
         .enumerate()
         .filter_map(|(i, ip)| of_families(ip, families, &format!("spec.externalIPs[{i}]"), p))
         .collect();
-    let mut load_balancer_ips = Vec::new();
-    if let Some(ip) = spec.load_balancer_ip.as_deref().filter(|ip| !ip.is_empty()) {
-        load_balancer_ips.extend(of_families(ip, families, "spec.loadBalancerIP", p));
-    }
-    for (i, ingress) in raw.status.load_balancer.ingress.iter().enumerate() {
-        if let Some(ip) = ingress.ip.as_deref().filter(|ip| !ip.is_empty()) {
-            let field = format!("status.loadBalancer.ingress[{i}].ip");
-            load_balancer_ips.extend(of_families(ip, families, &field, p));
-        }
-    }
-    if spec_type != ServiceSpecType::LoadBalancer {
+    let load_balancer_ips = check_load_balancer_ips(raw, families, p);
+    let load_balancer_ips = if spec_type == ServiceSpecType::LoadBalancer {
+        load_balancer_ips
+    } else {
         // Kubernetes ignores these for other types; so do we.
-        load_balancer_ips.clear();
-    }
+        Vec::new()
+    };
     let load_balancer_source_ranges = spec
         .load_balancer_source_ranges
         .iter()
@@ -80,7 +76,7 @@ pub(crate) fn check_service(
     let wants_health_check = spec_type == ServiceSpecType::LoadBalancer
         && external_traffic_policy == TrafficPolicy::Local;
     let health_check_node_port =
-        check_health_check_node_port(spec.health_check_node_port, wants_health_check, p);
+        check_health_check_node_port(spec.health_check_node_port, wants_health_check, options, p);
     if p.has_errors() {
         return None;
     }
@@ -91,6 +87,7 @@ pub(crate) fn check_service(
         spec_type,
         cluster_ips,
         ports,
+        unserved_ports,
         selector: spec.selector.clone().unwrap_or_default(),
         external_ips,
         load_balancer_ips,
@@ -109,11 +106,65 @@ pub(crate) fn check_service(
     })
 }
 
+/// The LoadBalancer IPs nodes answer for, as kube-proxy picks them: the
+/// `status.loadBalancer.ingress[].ip`s whose `ipMode` is `VIP` (the default). `ipMode: Proxy`
+/// (KEP-1860) means the load balancer rewrites the traffic, so in-cluster clients must go
+/// through it rather than be short-circuited to the pods. `spec.loadBalancerIP` is only a
+/// request to the cloud provider, which publishes what it assigned in the status.
+fn check_load_balancer_ips(
+    raw: &k8s::Service,
+    families: &[IpFamily],
+    p: &mut Problems,
+) -> Vec<IpAddr> {
+    let mut ips = Vec::new();
+    for (i, ingress) in raw.status.load_balancer.ingress.iter().enumerate() {
+        let Some(ip) = ingress.ip.as_deref().filter(|ip| !ip.is_empty()) else {
+            continue;
+        };
+        let field = format!("status.loadBalancer.ingress[{i}].ip");
+        if ingress.ip_mode == Some(IpMode::Proxy) {
+            p.note(
+                &field,
+                format!(
+                    "{ip} has ipMode: Proxy: not served by the nodes, so its traffic goes \
+                     through the load balancer, as kube-proxy does"
+                ),
+            );
+            continue;
+        }
+        ips.extend(of_families(ip, families, &field, p));
+    }
+    let requested = raw
+        .spec
+        .load_balancer_ip
+        .as_deref()
+        .filter(|ip| !ip.is_empty());
+    if let Some(requested) = requested
+        && !raw
+            .status
+            .load_balancer
+            .ingress
+            .iter()
+            .any(|ingress| ingress.ip.as_deref() == Some(requested))
+    {
+        p.note(
+            "spec.loadBalancerIP",
+            format!(
+                "{requested} is not served until the load balancer publishes it in \
+                 status.loadBalancer.ingress (as kube-proxy); to serve an address on the nodes \
+                 without one, put it in spec.externalIPs"
+            ),
+        );
+    }
+    ips
+}
+
 /// `spec.healthCheckNodePort`: only for LoadBalancer with `externalTrafficPolicy: Local`, as
 /// Kubernetes requires; in the NodePort range.
 fn check_health_check_node_port(
     port: Option<Integer>,
     wanted: bool,
+    options: &ManifestOptions,
     p: &mut Problems,
 ) -> Option<u16> {
     const FIELD: &str = "spec.healthCheckNodePort";
@@ -128,19 +179,7 @@ fn check_health_check_node_port(
         );
         return None;
     }
-    match u16::try_from(value) {
-        Ok(port) if (NODE_PORT_MIN..=NODE_PORT_MAX).contains(&port) => Some(port),
-        _ => {
-            p.error(
-                FIELD,
-                format!(
-                    "expected a port in the NodePort range {NODE_PORT_MIN}-{NODE_PORT_MAX}, got \
-                     {value}: pick one in the range or leave it out to have one allocated"
-                ),
-            );
-            None
-        }
-    }
+    in_node_port_range(value, options, FIELD, p)
 }
 
 fn traffic_policy(policy: Option<TrafficPolicySpec>) -> TrafficPolicy {
@@ -301,12 +340,14 @@ fn check_families(texts: &[String], p: &mut Problems) -> Vec<IpFamily> {
         .collect()
 }
 
+/// The ports the datapath serves, and the ones it lists as not served (SCTP).
 fn check_ports(
     spec: &k8s::ServiceSpec,
     spec_type: ServiceSpecType,
     headless: bool,
+    options: &ManifestOptions,
     p: &mut Problems,
-) -> Vec<PortDef> {
+) -> (Vec<PortDef>, Vec<UnservedPort>) {
     if spec.ports.is_empty() && spec_type != ServiceSpecType::ExternalName && !headless {
         p.error(
             "spec.ports",
@@ -318,6 +359,7 @@ fn check_ports(
     let mut ports: BTreeMap<(u16, Protocol), usize> = BTreeMap::new();
     let mut node_ports: BTreeMap<(u16, Protocol), usize> = BTreeMap::new();
     let mut defs = Vec::new();
+    let mut unserved = Vec::new();
     for (i, port) in spec.ports.iter().enumerate() {
         let at = |field: &str| format!("spec.ports[{i}].{field}");
         let name = port.name.as_deref().unwrap_or("");
@@ -343,24 +385,27 @@ fn check_ports(
                 format!("duplicate port name {name:?}: spec.ports[{first}] has it too"),
             );
         }
-        let protocol = match port.protocol.unwrap_or(PortProtocol::Tcp) {
-            PortProtocol::Tcp => Some(Protocol::Tcp),
-            PortProtocol::Udp => Some(Protocol::Udp),
-            PortProtocol::Sctp => {
-                p.error(
-                    &at("protocol"),
-                    "SCTP is not supported by sluice: use TCP or UDP, or remove this port",
-                );
-                None
-            }
-        };
         let number = if port.port.is_none() {
             p.error(&at("port"), "is missing: give the Service port, 1-65535");
             None
         } else {
             check_port(port.port, &at("port"), p)
         };
-        if let (Some(number), Some(protocol)) = (number, protocol)
+        let protocol = match port.protocol.unwrap_or(PortProtocol::Tcp) {
+            PortProtocol::Tcp => Protocol::Tcp,
+            PortProtocol::Udp => Protocol::Udp,
+            PortProtocol::Sctp => {
+                p.note(&at("protocol"), SCTP_UNSERVED);
+                unserved.extend(number.map(|port| UnservedPort {
+                    name: name.to_owned(),
+                    protocol: "SCTP".to_owned(),
+                    port,
+                    reason: SCTP_UNSERVED.to_owned(),
+                }));
+                continue;
+            }
+        };
+        if let Some(number) = number
             && let Some(first) = ports.insert((number, protocol), i)
         {
             p.error(
@@ -369,8 +414,8 @@ fn check_ports(
             );
         }
         let target = check_target_port(port.target_port.as_ref(), number, &at("targetPort"), p);
-        let node_port = check_node_port(port.node_port, spec_type, &at("nodePort"), p);
-        if let (Some(node_port), Some(protocol)) = (node_port, protocol)
+        let node_port = check_node_port(port.node_port, spec_type, options, &at("nodePort"), p);
+        if let Some(node_port) = node_port
             && let Some(first) = node_ports.insert((node_port, protocol), i)
         {
             p.error(
@@ -380,7 +425,7 @@ fn check_ports(
                 ),
             );
         }
-        if let (Some(protocol), Some(port), Some(target)) = (protocol, number, target) {
+        if let (Some(port), Some(target)) = (number, target) {
             defs.push(PortDef {
                 name: name.to_owned(),
                 protocol,
@@ -390,7 +435,7 @@ fn check_ports(
             });
         }
     }
-    defs
+    (defs, unserved)
 }
 
 fn check_target_port(
@@ -428,6 +473,7 @@ fn check_target_port(
 fn check_node_port(
     node_port: Option<Integer>,
     spec_type: ServiceSpecType,
+    options: &ManifestOptions,
     field: &str,
     p: &mut Problems,
 ) -> Option<u16> {
@@ -448,14 +494,26 @@ fn check_node_port(
         );
         return None;
     }
+    in_node_port_range(value, options, field, p)
+}
+
+/// A nodePort inside `--service-node-port-range` (any port in cluster mode, where the API
+/// server checked it against its own range).
+fn in_node_port_range(
+    value: i64,
+    options: &ManifestOptions,
+    field: &str,
+    p: &mut Problems,
+) -> Option<u16> {
+    let range = options.node_port_range;
     match u16::try_from(value) {
-        Ok(port) if (NODE_PORT_MIN..=NODE_PORT_MAX).contains(&port) => Some(port),
+        Ok(port) if range.contains(port) => Some(port),
         _ => {
             p.error(
                 field,
                 format!(
-                    "expected a port in the NodePort range {NODE_PORT_MIN}-{NODE_PORT_MAX}, got \
-                     {value}: pick one in the range or leave it out to have one allocated"
+                    "expected a port in the NodePort range {range} (--service-node-port-range), \
+                     got {value}: pick one in the range or leave it out to have one allocated"
                 ),
             );
             None
