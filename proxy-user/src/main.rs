@@ -158,9 +158,14 @@ struct RunArgs {
     /// kube-apiserver's flag). Cluster mode takes the API server's word for every nodePort.
     #[arg(long, default_value_t = NodePortRange::DEFAULT)]
     service_node_port_range: NodePortRange,
-    /// Serve /healthz here (503 until the first sync, then 200).
+    /// Serve /healthz and /livez here (kube-proxy's: 503 until the first sync, then 200; /healthz
+    /// also 503 while the Node is being deleted or tainted for deletion).
     #[arg(long, default_value = "127.0.0.1:10256")]
     healthz_addr: SocketAddr,
+    /// How often the maps are read back and anything changed or removed behind the daemon's
+    /// back (bpftool, another process) is written again, like kube-proxy's periodic sync.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    resync_period: Duration,
     /// Serve Prometheus /metrics here.
     #[arg(long, default_value = "127.0.0.1:10249")]
     metrics_addr: SocketAddr,
@@ -276,6 +281,7 @@ fn run(args: RunArgs) -> Result<()> {
             ..CtTimeouts::default()
         },
         conntrack_gc_interval: args.ct_gc_interval,
+        resync_period: args.resync_period,
     };
     let access = match (args.kubeconfig, args.in_cluster) {
         (Some(path), _) => Some(source::kube::ApiAccess::Kubeconfig(path)),

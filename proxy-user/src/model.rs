@@ -261,6 +261,24 @@ pub struct DesiredState {
     /// the changes since the last publish, so states the daemon never saw (the channel keeps
     /// only the latest) lose nothing but intermediate times.
     pub trigger_times: TriggerTimes,
+    /// This node's Node object, when a source knows it (cluster mode).
+    pub node: Option<NodeState>,
+}
+
+/// What a Node object says about this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeState {
+    /// Being deleted (`metadata.deletionTimestamp`, or the Node is gone) or tainted
+    /// `ToBeDeletedByClusterAutoscaler`: kube-proxy's `nodeEligible` is false, /healthz fails,
+    /// and load balancers drain the node before it goes.
+    pub draining: bool,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NodeState {
+    /// The taint the cluster autoscaler puts on a node it is about to delete.
+    pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 }
 
 impl DesiredState {
@@ -270,6 +288,7 @@ impl DesiredState {
     pub fn share_unchanged(&mut self, previous: &DesiredState) -> bool {
         let mut changed = self.services.len() != previous.services.len();
         let previous_trigger_times = &previous.trigger_times;
+        let previous_node = &previous.node;
         let mut previous = previous.services.iter().peekable();
         for (name, service) in &mut self.services {
             while previous.next_if(|(old, _)| *old < name).is_some() {
@@ -280,7 +299,10 @@ impl DesiredState {
                 _ => changed = true,
             }
         }
-        changed || previous.next().is_some() || self.trigger_times != *previous_trigger_times
+        changed
+            || previous.next().is_some()
+            || self.trigger_times != *previous_trigger_times
+            || self.node != *previous_node
     }
 }
 

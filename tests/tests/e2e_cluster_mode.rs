@@ -988,3 +988,85 @@ fn every_service_the_api_server_accepts_is_programmed_as_far_as_the_datapath_can
         "a pod answered {LB_PROXY}: {to_proxy:?}"
     );
 }
+
+/// `/healthz` and `/livez` as kube-proxy answers them: healthy once synced; when the Node is
+/// tainted `ToBeDeletedByClusterAutoscaler` or being deleted, /healthz says 503 with
+/// `nodeEligible: false` (load balancers drain the node) while /livez stays 200 (the proxy
+/// itself is fine, so it is not restarted); each answer is counted in
+/// `kubeproxy_proxy_healthz_total` / `kubeproxy_proxy_livez_total`.
+#[test]
+fn a_node_tainted_or_being_deleted_fails_healthz_but_not_livez() {
+    let mode = start();
+    let netns = &mode.cluster.node("node1").netns;
+    let get = |path: &str| {
+        let (status, body) = http::get(netns, "127.0.0.1:10256", path);
+        let body: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body:?}"));
+        (status, body)
+    };
+    let (status, body) = get("/healthz");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status} {body}");
+    assert_eq!(
+        (body["healthy"].clone(), body["nodeEligible"].clone()),
+        (json!(true), json!(true)),
+        "{body}"
+    );
+    assert_eq!(body["status"]["IPv4"]["healthy"], true, "{body}");
+    let (status, body) = get("/livez");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(body.get("nodeEligible").is_none(), "{body}");
+
+    let node1_ip = mode.cluster.node("node1").ip;
+    let mut tainted = objects::node("node1", &[node1_ip.into()]);
+    tainted["spec"]["taints"] = json!([
+        {"key": "ToBeDeletedByClusterAutoscaler", "value": "1700000000", "effect": "NoSchedule"}
+    ]);
+    mode.api.apply(tainted);
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(100), || {
+        get("/healthz").0.starts_with("HTTP/1.1 503")
+    });
+    let (_, body) = get("/healthz");
+    assert_eq!(
+        (body["healthy"].clone(), body["nodeEligible"].clone()),
+        (json!(false), json!(false)),
+        "{body}"
+    );
+    let (status, body) = get("/livez");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status} {body}");
+    // Traffic is served all the while.
+    assert_eq!(
+        mode.answering(
+            Place::Pod("pod-1a"),
+            Proto::Tcp,
+            ECHO_IP,
+            80,
+            SPREAD_REQUESTS
+        ),
+        pods(&ALL_PODS)
+    );
+
+    // The taint goes: eligible again. Then the Node is being deleted: not eligible.
+    mode.api.apply(objects::node("node1", &[node1_ip.into()]));
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(100), || {
+        get("/healthz").0.starts_with("HTTP/1.1 200")
+    });
+    let mut deleting = objects::node("node1", &[node1_ip.into()]);
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-12-01T00:00:00Z");
+    mode.api.apply(deleting);
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(100), || {
+        get("/healthz").0.starts_with("HTTP/1.1 503")
+    });
+    assert!(get("/livez").0.starts_with("HTTP/1.1 200"));
+
+    let metrics = http::metrics(netns);
+    for series in [
+        r#"kubeproxy_proxy_healthz_total{code="200"}"#,
+        r#"kubeproxy_proxy_healthz_total{code="503"}"#,
+        r#"kubeproxy_proxy_livez_total{code="200"}"#,
+    ] {
+        assert!(
+            http::sample(&metrics, series).is_some_and(|n| n >= 1.0),
+            "{series} in:\n{metrics}"
+        );
+    }
+}

@@ -727,3 +727,50 @@ fn an_upgrade_from_the_previous_release_keeps_ipv4_flows_and_adds_the_ipv6_maps(
     assert_pinned(&pin_dir, &[map_names::HOOK_STATS], true, "current release");
     assert_pinned(&pin_dir, &[RETIRED_HOOK_STATS], false, "current release");
 }
+
+/// An entry deleted behind the daemon's back (here with bpftool, as an operator or another
+/// tool might) is found by the periodic read-back (`--resync-period`) and written again: the
+/// Service answers as before, the log says so, and `sluice_drift_repaired_entries_total`
+/// counts it.
+#[test]
+fn drift_in_the_maps_is_found_and_repaired() {
+    let scenario = Scenario::start(&["--resync-period", "1s"]);
+    assert_echo_reaches_every_pod(&scenario, "before");
+    let pin_dir = scenario.node1.config().pin_dir.clone();
+    // The head entry of echo's TCP cluster IP frontend (ServiceKey: address and port in
+    // network order, slot 0, TCP, the default scope).
+    let echo = ip(ECHO_IP);
+    let mut key: Vec<u8> = echo.octets().to_vec();
+    key.extend(80u16.to_be_bytes());
+    key.extend([
+        0,
+        0,
+        proxy_common::IPPROTO_TCP,
+        proxy_common::SVC_SCOPE_DEFAULT,
+        0,
+        0,
+    ]);
+    let mut delete = Command::new("bpftool");
+    delete
+        .args(["map", "delete", "pinned"])
+        .arg(pin_dir.join(map_names::SERVICES))
+        .arg("key")
+        .args(key.iter().map(u8::to_string));
+    let status = delete.status().expect("run bpftool");
+    assert!(status.success(), "bpftool map delete {delete:?}");
+
+    let netns = &scenario.cluster.node("node1").netns;
+    let series = "sluice_drift_repaired_entries_total";
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(100), || {
+        http::sample(&http::metrics(netns), series).is_some_and(|n| n >= 1.0)
+    });
+    assert!(
+        scenario
+            .node1
+            .stderr()
+            .contains("the maps had drifted from the desired state"),
+        "{}",
+        scenario.node1.stderr()
+    );
+    assert_echo_reaches_every_pod(&scenario, "after the repair");
+}

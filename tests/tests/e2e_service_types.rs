@@ -578,6 +578,19 @@ fn external_traffic_policy_local_keeps_the_client_address_and_answers_health_che
     assert_eq!(body["localEndpoints"], 0);
     let (status, body) = http_get(&scenario, node1_ip, 30201);
     assert_eq!((status, body["localEndpoints"].clone()), (200, 2.into()));
+    // Only on the NodePort addresses (--node-ip here), as kube-proxy on its
+    // --nodeport-addresses: not on loopback, where no load balancer probes.
+    let loopback = scenario.cluster.node("node2").netns.run_in(|| {
+        TcpStream::connect_timeout(
+            &SocketAddr::from((Ipv4Addr::LOCALHOST, 30211)),
+            Duration::from_secs(2),
+        )
+        .map(drop)
+    });
+    assert!(
+        loopback.expect("enter node2").is_err(),
+        "the health check answers on 127.0.0.1"
+    );
 }
 
 #[test]

@@ -29,6 +29,7 @@ use crate::{
         kernel_log, map_fill,
         metrics::{self, Metrics, unix_seconds},
         programming_latency::ProgrammingLatency,
+        service_health::HealthCheckServers,
         sock_term::SockTerminator,
     },
     reconcile::{PlanNode, Reconciler},
@@ -42,6 +43,8 @@ pub struct DaemonOptions {
     /// Idle timeouts of conntrack flows, and how often the GC looks.
     pub conntrack_timeouts: CtTimeouts,
     pub conntrack_gc_interval: Duration,
+    /// How often the maps are read back and drift repaired (`Syncer::repair`).
+    pub resync_period: Duration,
 }
 
 /// The wait before retrying a failed sync: doubled after each failure up to the last, reset
@@ -71,17 +74,25 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
         "datapath attached; maps reopened"
     );
 
-    let health = Health::default();
+    let node = PlanNode::new(
+        &opts.node_name,
+        [(true, IpFamily::V4), (false, IpFamily::V6)]
+            .into_iter()
+            .filter(|(v4, _)| datapath.node_addrs.serves(*v4))
+            .map(|(_, family)| family),
+    );
+    info!(node = %opts.node_name, families = ?node.families, "serving these IP families");
+    let metrics = Metrics::new(Some(opts.datapath.pin_dir.clone()));
+    let health = Health::new(node.families.clone());
     if let Some(addr) = opts.healthz_addr {
-        let bound = healthz::serve(addr, health.clone()).await?;
-        info!(%bound, "serving /healthz");
+        let bound = healthz::serve(addr, health.clone(), metrics.clone()).await?;
+        info!(%bound, "serving /healthz and /livez");
     }
     tokio::spawn(conntrack_gc::run(
         opts.datapath.pin_dir.clone(),
         opts.conntrack_timeouts,
         opts.conntrack_gc_interval,
     ));
-    let metrics = Metrics::new(Some(opts.datapath.pin_dir.clone()));
     let sock_term = SockTerminator::new(
         datapath.sock_term.take(),
         &datapath.maps,
@@ -98,20 +109,15 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
         ));
     }
 
-    let node = PlanNode::new(
-        &opts.node_name,
-        [(true, IpFamily::V4), (false, IpFamily::V6)]
-            .into_iter()
-            .filter(|(v4, _)| datapath.node_addrs.serves(*v4))
-            .map(|(_, family)| family),
-    );
-    info!(node = %opts.node_name, families = ?node.families, "serving these IP families");
-    let mut syncer = Syncer::new(node, reconciler, sock_term);
+    let health_checks = HealthCheckServers::new(datapath.node_addrs.addrs.clone(), health.clone());
+    let mut syncer = Syncer::new(node, reconciler, sock_term, health_checks);
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut first_sync = true;
     // Set while the maps do not hold the last state (its sync failed): when to try again.
     let mut retry: Option<(Instant, Duration)> = None;
+    let mut resync = tokio::time::interval(opts.resync_period);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The source's first complete state may already be waiting: handle it like a change.
     desired.mark_changed();
     loop {
@@ -123,6 +129,8 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                 let Some(state) = desired.borrow_and_update().clone() else {
                     continue;
                 };
+                // Without a Node object (standalone mode) the node is eligible.
+                health.set_node_eligible(!state.node.as_ref().is_some_and(|node| node.draining));
                 health.queued();
                 metrics.last_queued.set(unix_seconds(SystemTime::now()));
                 (state, false)
@@ -132,6 +140,24 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                     continue;
                 };
                 (state, true)
+            }
+            // Only once the maps hold a state (a failed sync's retry repairs everything anyway).
+            _ = resync.tick(), if !first_sync && retry.is_none() => {
+                match syncer.repair(&mut datapath.maps).await {
+                    Ok(repaired) => {
+                        metrics.drift_repaired.inc_by(repaired as u64);
+                        if repaired > 0 {
+                            count_now.notify_one();
+                        }
+                    }
+                    Err(err) => {
+                        metrics.sync_errors.inc();
+                        let wait = RETRY_BACKOFF.next(None);
+                        error!(retry_in = ?wait, "reading back the maps failed: {err:#}");
+                        retry = Some((Instant::now() + wait, wait));
+                    }
+                }
+                continue;
             }
             () = syncer.affinity_gc_due() => {
                 syncer.collect_affinity(&mut datapath.maps);

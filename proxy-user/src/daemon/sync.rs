@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Result;
+use tracing::warn;
 
 use crate::{
     datapath::{Maps, clock},
@@ -36,13 +37,18 @@ pub struct Synced {
 }
 
 impl Syncer {
-    pub fn new(node: PlanNode, reconciler: Reconciler, sock_term: SockTerminator) -> Self {
+    pub fn new(
+        node: PlanNode,
+        reconciler: Reconciler,
+        sock_term: SockTerminator,
+        health_checks: HealthCheckServers,
+    ) -> Self {
         Self {
             node_name: node.name.clone(),
             planner: Planner::new(node),
             reconciler,
             health_check_index: HealthCheckIndex::default(),
-            health_checks: HealthCheckServers::default(),
+            health_checks,
             sock_term,
             affinity_gc: AffinityGc::default(),
         }
@@ -76,6 +82,30 @@ impl Syncer {
         Ok(self
             .after_apply(maps, apply, &PlanChanges::everything(), started_ns)
             .await)
+    }
+
+    /// Reads the maps back and writes again what differs from the last plan: entries changed or
+    /// removed behind the daemon's back (bpftool, another process), as a restart would find and
+    /// mend them. Returns how many frontend and backend entries it wrote or removed (0 when the
+    /// maps hold the plan, the usual case: then nothing else runs).
+    pub async fn repair(&mut self, maps: &mut Maps) -> Result<usize> {
+        let started_ns = clock::monotonic_ns();
+        self.reconciler = Reconciler::from_maps(maps)?;
+        let apply = self.reconciler.apply(maps, self.planner.plan())?;
+        let repaired = apply.frontends_written
+            + apply.frontends_removed
+            + apply.backends_written
+            + apply.backends_removed;
+        if repaired > 0 {
+            warn!(
+                stats = ?apply,
+                "the maps had drifted from the desired state (changed behind sluice's back): \
+                 repaired"
+            );
+            self.after_apply(maps, apply, &PlanChanges::everything(), started_ns)
+                .await;
+        }
+        Ok(repaired)
     }
 
     async fn after_apply(

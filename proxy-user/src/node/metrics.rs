@@ -34,6 +34,12 @@ pub struct MapLabels {
     pub map: String,
 }
 
+/// Labels of kube-proxy's `proxy_healthz_total` and `proxy_livez_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusCodeLabels {
+    pub code: String,
+}
+
 /// Every metric the daemon exports; cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -46,6 +52,9 @@ pub struct Metrics {
     pub udp_sockets_terminated: Counter,
     pub map_entries: Family<MapLabels, Gauge>,
     pub map_max_entries: Family<MapLabels, Gauge>,
+    pub proxy_healthz: Family<StatusCodeLabels, Counter>,
+    pub proxy_livez: Family<StatusCodeLabels, Counter>,
+    pub drift_repaired: Counter,
 }
 
 impl Metrics {
@@ -62,6 +71,9 @@ impl Metrics {
         let udp_sockets_terminated = Counter::default();
         let map_entries = Family::<MapLabels, Gauge>::default();
         let map_max_entries = Family::<MapLabels, Gauge>::default();
+        let proxy_healthz = Family::<StatusCodeLabels, Counter>::default();
+        let proxy_livez = Family::<StatusCodeLabels, Counter>::default();
+        let drift_repaired = Counter::default();
 
         let mut registry = Registry::default();
         registry.register(
@@ -106,6 +118,23 @@ impl Metrics {
             "Capacity of each BPF map",
             map_max_entries.clone(),
         );
+        // prometheus-client appends `_total` to counters.
+        registry.register(
+            "kubeproxy_proxy_healthz",
+            "Cumulative proxy healthz HTTP status",
+            proxy_healthz.clone(),
+        );
+        registry.register(
+            "kubeproxy_proxy_livez",
+            "Cumulative proxy livez HTTP status",
+            proxy_livez.clone(),
+        );
+        registry.register(
+            "sluice_drift_repaired_entries",
+            "Frontend and backend entries written again because the maps had changed behind \
+             sluice's back (found by the periodic read-back, --resync-period)",
+            drift_repaired.clone(),
+        );
         if let Some(pin_dir) = pin_dir {
             registry.register_collector(Box::new(DatapathCounters { pin_dir }));
         }
@@ -119,6 +148,9 @@ impl Metrics {
             udp_sockets_terminated,
             map_entries,
             map_max_entries,
+            proxy_healthz,
+            proxy_livez,
+            drift_repaired,
         }
     }
 

@@ -1,26 +1,27 @@
 //! The service health check server, like kube-proxy's: for every LoadBalancer Service with
-//! `externalTrafficPolicy: Local`, an HTTP server on its `healthCheckNodePort` tells load
-//! balancers whether this node has a local ready endpoint (200) or not (503), so they only
-//! send traffic to nodes that can serve it without a hop.
+//! `externalTrafficPolicy: Local`, an HTTP server on its `healthCheckNodePort`, on each of the
+//! node's NodePort addresses, tells load balancers whether this node has a local ready endpoint
+//! and a healthy proxy (200) or not (503), so they only send traffic to nodes that can serve it
+//! without a hop.
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
 };
 
 use axum::{
-    Json, Router,
+    Router,
     extract::State,
-    http::{StatusCode, header},
+    http::{HeaderName, StatusCode, header},
     response::IntoResponse,
 };
-use serde::Serialize;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::{
     model::{DesiredState, Service, ServiceName, TrafficPolicy},
+    node::healthz::Health,
     reconcile::{PlanChanges, local_ready_endpoints},
 };
 
@@ -101,15 +102,33 @@ impl HealthCheckIndex {
 
 type Shared = Arc<Mutex<Option<HealthCheck>>>;
 
-/// The running servers, one per port.
-#[derive(Default)]
+/// The running servers, one per port, each listening on every NodePort address.
 pub struct HealthCheckServers {
-    servers: BTreeMap<u16, (Shared, JoinHandle<()>)>,
+    /// Where they listen: the node's NodePort addresses (kube-proxy binds its
+    /// `--nodeport-addresses`).
+    addrs: Vec<IpAddr>,
+    health: Health,
+    servers: BTreeMap<u16, (Shared, Vec<JoinHandle<()>>)>,
 }
 
 impl HealthCheckServers {
+    /// Listens on `addrs` but IPv6 link-local ones (load balancers do not probe those, and
+    /// binding them needs an interface scope).
+    pub fn new(addrs: Vec<IpAddr>, health: Health) -> Self {
+        let addrs = addrs
+            .into_iter()
+            .filter(|addr| !matches!(addr, IpAddr::V6(ip) if ip.is_unicast_link_local()))
+            .collect();
+        Self {
+            addrs,
+            health,
+            servers: BTreeMap::new(),
+        }
+    }
+
     /// Serves exactly `wanted`: new ports are bound, gone ones closed, counts updated. A port
-    /// that cannot be bound is logged and tried again on the next update.
+    /// that cannot be bound on every address is logged, closed, and tried again on the next
+    /// update.
     pub async fn update(&mut self, wanted: &BTreeMap<u16, HealthCheck>) {
         let gone: Vec<u16> = self
             .servers
@@ -118,8 +137,8 @@ impl HealthCheckServers {
             .copied()
             .collect();
         for port in gone {
-            if let Some((_, task)) = self.servers.remove(&port) {
-                task.abort();
+            if let Some((_, tasks)) = self.servers.remove(&port) {
+                tasks.iter().for_each(JoinHandle::abort);
                 info!(port, "health check port closed");
             }
         }
@@ -128,61 +147,74 @@ impl HealthCheckServers {
                 *shared.lock().expect("not poisoned") = Some(check.clone());
                 continue;
             }
-            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
             let shared: Shared = Arc::new(Mutex::new(Some(check.clone())));
-            let app = Router::new().fallback(answer).with_state(shared.clone());
-            let task = match crate::node::http_server::serve(addr, app, "health check").await {
-                Ok((_, task)) => task,
-                Err(err) => {
-                    warn!(%addr, service = %check.service, %err, "cannot serve healthCheckNodePort");
-                    continue;
+            let app = Router::new().fallback(answer).with_state(Answering {
+                check: shared.clone(),
+                health: self.health.clone(),
+            });
+            let mut tasks = Vec::new();
+            for &ip in &self.addrs {
+                let addr = SocketAddr::from((ip, port));
+                match crate::node::http_server::serve(addr, app.clone(), "health check").await {
+                    Ok((_, task)) => tasks.push(task),
+                    Err(err) => {
+                        warn!(%addr, service = %check.service, %err, "cannot serve healthCheckNodePort");
+                        tasks.iter().for_each(JoinHandle::abort);
+                        tasks.clear();
+                        break;
+                    }
                 }
-            };
-            info!(port, service = %check.service, "serving healthCheckNodePort");
-            self.servers.insert(port, (shared, task));
+            }
+            if tasks.is_empty() {
+                continue;
+            }
+            info!(port, addrs = ?self.addrs, service = %check.service, "serving healthCheckNodePort");
+            self.servers.insert(port, (shared, tasks));
         }
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Body {
-    service: ServiceRef,
-    local_endpoints: usize,
-    service_proxy_healthy: bool,
+#[derive(Clone)]
+struct Answering {
+    check: Shared,
+    health: Health,
 }
 
-#[derive(Serialize)]
-struct ServiceRef {
-    namespace: String,
-    name: String,
-}
+/// kube-proxy's `X-Load-Balancing-Endpoint-Weight`: the local endpoint count.
+static ENDPOINT_WEIGHT: HeaderName = HeaderName::from_static("x-load-balancing-endpoint-weight");
 
-/// kube-proxy's answer, on any path: 200 with local endpoints, 503 without.
-async fn answer(State(shared): State<Shared>) -> impl IntoResponse {
-    let check = shared.lock().expect("not poisoned").clone();
+/// kube-proxy's answer, on any path: 200 with local endpoints and a healthy proxy, else 503;
+/// its body byte for byte (tab-indented, no trailing newline).
+async fn answer(State(answering): State<Answering>) -> impl IntoResponse {
+    let check = answering.check.lock().expect("not poisoned").clone();
     let Some(check) = check else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "no service\n").into_response();
+        // A closed service: kube-proxy writes nothing, which Go sends as an empty 200.
+        return StatusCode::OK.into_response();
     };
-    let status = if check.local_endpoints > 0 {
+    let proxy_healthy = answering.health.proxy_healthy();
+    let status = if check.local_endpoints > 0 && proxy_healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = Body {
-        service: ServiceRef {
-            namespace: check.service.namespace,
-            name: check.service.name,
-        },
-        local_endpoints: check.local_endpoints,
-        service_proxy_healthy: true,
-    };
     (
         status,
-        [(header::X_CONTENT_TYPE_OPTIONS, "nosniff")],
-        Json(body),
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+            (ENDPOINT_WEIGHT.clone(), check.local_endpoints.to_string()),
+        ],
+        body(&check, proxy_healthy),
     )
         .into_response()
+}
+
+fn body(check: &HealthCheck, proxy_healthy: bool) -> String {
+    format!(
+        "{{\n\t\"service\": {{\n\t\t\"namespace\": {:?},\n\t\t\"name\": {:?}\n\t}},\n\t\
+         \"localEndpoints\": {},\n\t\"serviceProxyHealthy\": {}\n}}",
+        check.service.namespace, check.service.name, check.local_endpoints, proxy_healthy
+    )
 }
 
 #[cfg(test)]
@@ -263,6 +295,24 @@ mod tests {
         let service = Arc::make_mut(desired.services.get_mut(&name).expect("present"));
         service.external_traffic_policy = TrafficPolicy::Cluster;
         assert!(wanted(&desired, "node1").is_empty());
+    }
+
+    #[test]
+    fn the_body_is_kube_proxys_byte_for_byte() {
+        let check = HealthCheck {
+            service: ServiceName {
+                namespace: "default".into(),
+                name: "lb".into(),
+            },
+            local_endpoints: 2,
+        };
+        assert_eq!(
+            body(&check, true),
+            "{\n\t\"service\": {\n\t\t\"namespace\": \"default\",\n\t\t\"name\": \"lb\"\n\t},\n\t\
+             \"localEndpoints\": 2,\n\t\"serviceProxyHealthy\": true\n}"
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&body(&check, false)).unwrap();
+        assert_eq!(parsed["serviceProxyHealthy"], false);
     }
 
     /// Kept up to date from the planner's changes, the index wants what a look at every

@@ -20,7 +20,7 @@ use super::{
     Plan, Planner, Reconciler,
     random_state::{RandomStates, plan_node},
     tables::{
-        MapAddr,
+        MapAddr, ServiceTables as _,
         memory::{Capacity, Contents, MemoryTables},
     },
 };
@@ -385,4 +385,53 @@ fn a_reconciler_reading_applied_tables_has_nothing_to_write() {
             "seed {seed}: an apply of no change wrote"
         );
     }
+}
+
+/// The periodic read-back (`Syncer::repair`): an entry removed or changed behind the
+/// reconciler's back is found by reading the tables again and written back, and only it.
+#[test]
+fn a_reread_finds_and_repairs_what_changed_behind_the_reconcilers_back() {
+    let mut repaired_seen = 0u64;
+    for seed in 0..SEEDS {
+        let state = RandomStates::new(seed).state(10);
+        let plan = Plan::build(&state, &plan_node());
+        let mut tables = MemoryTables::new(Capacity::default());
+        let mut reconciler = Reconciler::from_maps(&mut tables).expect("read the empty tables");
+        reconciler.apply(&mut tables, &plan).expect("apply");
+        let expected = snapshot(&tables.contents());
+        // Remove one frontend's head entry and one backend, as `bpftool map delete` would.
+        let contents = tables.contents();
+        let Some(head) = contents.services.keys().find(|key| key.slot == 0).copied() else {
+            continue;
+        };
+        let backend = contents.backends.keys().next().copied();
+        tables.services().remove(&head).expect("remove");
+        if let Some(id) = backend {
+            tables.backends().remove(&id).expect("remove");
+        }
+        assert!(!tables.contents().services.contains_key(&head));
+
+        let mut reread = Reconciler::from_maps(&mut tables).expect("read the tables back");
+        let applied = reread.apply(&mut tables, &plan).expect("repair");
+        assert_eq!(snapshot(&tables.contents()), expected, "seed {seed}");
+        let written = applied.frontends_written + applied.backends_written;
+        assert!(written >= 1, "seed {seed}: {applied:?}");
+        let heads = expected.frontends.len();
+        assert!(
+            applied.frontends_written < heads || heads <= 2,
+            "seed {seed}: only what drifted (the head, frontends on the backend) is written: \
+             {applied:?} of {heads}"
+        );
+        let mut again = Reconciler::from_maps(&mut tables).expect("read the tables back");
+        let applied = again.apply(&mut tables, &plan).expect("apply");
+        assert_eq!(
+            (applied.frontends_written, applied.backends_written),
+            (0, 0)
+        );
+        repaired_seen += 1;
+    }
+    assert!(
+        repaired_seen > SEEDS / 2,
+        "only {repaired_seen} repairs"
+    );
 }

@@ -58,7 +58,7 @@ use tracing::{info, warn};
 
 use super::log_problems;
 use crate::{
-    model::DesiredReceiver,
+    model::{DesiredReceiver, NodeState},
     source::manifest::{ApiObject, ApiObjects, Kind, ManifestError, Resolution},
 };
 
@@ -342,6 +342,8 @@ impl Backoff for RetryBackoff {
 pub struct NodeInfo {
     /// `status.addresses` of type InternalIP.
     pub internal_ips: Vec<IpAddr>,
+    /// What the desired state carries of it.
+    pub state: NodeState,
 }
 
 /// Everything the watchers have told so far, and whether it is complete.
@@ -495,8 +497,17 @@ impl ClusterView {
             }
             Event::Apply(node) if self.is_this_node(&node) => self.set_node(Some(node_info(&node))),
             Event::Delete(node) if self.is_this_node(&node) => {
-                warn!("the Node {:?} was deleted", self.node_name);
-                self.node = None;
+                warn!(
+                    "the Node {:?} was deleted: /healthz fails from now on",
+                    self.node_name
+                );
+                self.node = Some(NodeInfo {
+                    internal_ips: Vec::new(),
+                    state: NodeState {
+                        draining: true,
+                        labels: BTreeMap::new(),
+                    },
+                });
             }
             Event::Apply(_) | Event::Delete(_) => {}
         }
@@ -510,14 +521,18 @@ impl ClusterView {
         if info != self.node
             && let Some(info) = &info
         {
-            info!(node = %self.node_name, internal_ips = ?info.internal_ips, "this node");
+            info!(node = %self.node_name, internal_ips = ?info.internal_ips, draining = info.state.draining, "this node");
         }
         self.node = info;
     }
 
     /// The desired state, once the view is complete.
     pub fn resolve(&self) -> Option<Resolution> {
-        self.is_synced().then(|| self.objects.desired_state())
+        self.is_synced().then(|| {
+            let mut resolution = self.objects.desired_state();
+            resolution.state.node = self.node.as_ref().map(|node| node.state.clone());
+            resolution
+        })
     }
 }
 
@@ -529,7 +544,18 @@ fn node_info(node: &Node) -> NodeInfo {
         .filter(|address| address.type_ == "InternalIP")
         .filter_map(|address| address.address.parse().ok())
         .collect();
-    NodeInfo { internal_ips }
+    let to_be_deleted = node
+        .spec
+        .iter()
+        .flat_map(|spec| spec.taints.iter().flatten())
+        .any(|taint| taint.key == NodeState::TO_BE_DELETED_TAINT);
+    NodeInfo {
+        internal_ips,
+        state: NodeState {
+            draining: node.metadata.deletion_timestamp.is_some() || to_be_deleted,
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+        },
+    }
 }
 
 /// Logs the cross-object problems of a resolution that were not logged last time, so a

@@ -36,6 +36,7 @@ fn deep_copy(state: &DesiredState) -> DesiredState {
             .map(|(name, service)| (name.clone(), Arc::new((**service).clone())))
             .collect(),
         trigger_times: state.trigger_times.clone(),
+        node: state.node.clone(),
     }
 }
 

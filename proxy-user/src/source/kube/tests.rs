@@ -228,8 +228,31 @@ fn the_node_is_this_node_only() {
     assert_eq!(view.node().map(|n| n.internal_ips.clone()), Some(vec![ip]));
     view.update(Update::Node(Ok(Event::Apply(node("node2", "192.0.2.12")))));
     assert_eq!(view.node().map(|n| n.internal_ips.clone()), Some(vec![ip]));
+    let draining = |view: &ClusterView| {
+        view.resolve()
+            .and_then(|resolution| resolution.state.node)
+            .map(|node| node.draining)
+    };
+    assert_eq!(draining(&view), Some(false));
+
+    // Tainted for deletion by the cluster autoscaler, then deleted: draining (kube-proxy's
+    // nodeEligible false), until a Node of that name is back.
+    let mut tainted = node("node1", "192.0.2.11");
+    tainted.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+        taints: Some(vec![k8s_openapi::api::core::v1::Taint {
+            key: "ToBeDeletedByClusterAutoscaler".into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    view.update(Update::Node(Ok(Event::Apply(tainted))));
+    assert_eq!(draining(&view), Some(true));
+    view.update(Update::Node(Ok(Event::Apply(node("node1", "192.0.2.11")))));
+    assert_eq!(draining(&view), Some(false));
     view.update(Update::Node(Ok(Event::Delete(node("node1", "192.0.2.11")))));
-    assert_eq!(view.node(), None);
+    assert_eq!(view.node().map(|n| n.internal_ips.len()), Some(0));
+    assert_eq!(draining(&view), Some(true));
     // The services do not depend on it.
     assert_eq!(services(&view), ["db", "web"]);
 }
