@@ -306,6 +306,57 @@ impl DesiredState {
     }
 }
 
+/// Service and endpoint changes from `previous` to `next`, as kube-proxy's change trackers
+/// count them for `sync_proxy_rules_{service,endpoint}_changes_total`: a Service added,
+/// removed or changed apart from its endpoints is a service change; one whose endpoints changed
+/// (or that came or went with endpoints) is an endpoint change. kube-proxy counts watch events
+/// per object (each EndpointSlice update); sluice counts per Service, as its sources publish
+/// whole states. Services shared with `previous` cost a pointer comparison.
+pub fn count_changes(previous: Option<&DesiredState>, next: &DesiredState) -> (u64, u64) {
+    fn has_endpoints(service: &Service) -> bool {
+        service.ports.iter().any(|port| !port.endpoints.is_empty())
+    }
+    fn without_endpoints(service: &Service) -> Service {
+        let mut spec = service.clone();
+        for port in &mut spec.ports {
+            port.endpoints.clear();
+        }
+        spec
+    }
+    let empty = DesiredState::default();
+    let previous = previous.unwrap_or(&empty);
+    let (mut services, mut endpoints) = (0, 0);
+    let mut count_one = |old: Option<&Service>, new: Option<&Service>| match (old, new) {
+        (Some(old), Some(new)) => {
+            let same_endpoints = old.ports.len() == new.ports.len()
+                && old
+                    .ports
+                    .iter()
+                    .zip(&new.ports)
+                    .all(|(a, b)| a.endpoints == b.endpoints);
+            endpoints += u64::from(!same_endpoints);
+            services += u64::from(without_endpoints(old) != without_endpoints(new));
+        }
+        (Some(one), None) | (None, Some(one)) => {
+            services += 1;
+            endpoints += u64::from(has_endpoints(one));
+        }
+        (None, None) => {}
+    };
+    for (name, new) in &next.services {
+        match previous.services.get(name) {
+            Some(old) if Arc::ptr_eq(old, new) || old == new => {}
+            old => count_one(old.map(|old| &**old), Some(new)),
+        }
+    }
+    for (name, old) in &previous.services {
+        if !next.services.contains_key(name) {
+            count_one(Some(old), None);
+        }
+    }
+    (services, endpoints)
+}
+
 /// Where sources publish the complete desired state; `None` until their first full view,
 /// so the daemon never deletes live services before it knows the whole picture.
 pub type DesiredSender = watch::Sender<Option<Arc<DesiredState>>>;
@@ -349,6 +400,26 @@ mod tests {
             services: services.collect(),
             ..DesiredState::default()
         }
+    }
+
+    #[test]
+    fn changes_are_counted_as_kube_proxy_counts_them() {
+        let previous = state(&[("a", 80), ("b", 80), ("c", 80)]);
+        assert_eq!(count_changes(None, &previous), (3, 0), "no endpoints yet");
+        let mut next = state(&[("a", 80), ("b", 81), ("d", 80)]);
+        // `a` gains an endpoint: an endpoint change only.
+        let a = Arc::make_mut(next.services.values_mut().next().unwrap());
+        a.ports[0].endpoints.push(Endpoint {
+            addr: Ipv4Addr::new(198, 18, 1, 10).into(),
+            port: 8080,
+            node_name: None,
+            ready: true,
+            serving: true,
+            terminating: false,
+        });
+        // b changed its port, c went, d came: three service changes.
+        assert_eq!(count_changes(Some(&previous), &next), (3, 1));
+        assert_eq!(count_changes(Some(&next), &next), (0, 0));
     }
 
     #[test]

@@ -56,10 +56,14 @@ pub fn metrics(netns: &Netns) -> String {
     body
 }
 
-/// `_count` and `_sum` of the histogram `name` in Prometheus text; panics if it is missing.
+/// kube-proxy's `ip_family` label (1.33+) of the IPv4 series: every test node serves IPv4.
+pub const IPV4: &str = r#"{ip_family="IPv4"}"#;
+
+/// `_count` and `_sum` of the IPv4 series of kube-proxy's histogram `name` in Prometheus text;
+/// panics if it is missing.
 pub fn histogram(text: &str, name: &str) -> (f64, f64) {
-    let count = sample(text, &format!("{name}_count"));
-    let sum = sample(text, &format!("{name}_sum"));
+    let count = sample(text, &format!("{name}_count{IPV4}"));
+    let sum = sample(text, &format!("{name}_sum{IPV4}"));
     match (count, sum) {
         (Some(count), Some(sum)) => (count, sum),
         _ => panic!("no histogram {name} in:\n{text}"),
@@ -69,6 +73,9 @@ pub fn histogram(text: &str, name: &str) -> (f64, f64) {
 /// `kubeproxy_sync_proxy_rules_last_timestamp_seconds`: it moves once a sync is complete,
 /// metrics included.
 pub fn last_sync(text: &str) -> f64 {
-    sample(text, "kubeproxy_sync_proxy_rules_last_timestamp_seconds")
-        .unwrap_or_else(|| panic!("no last sync timestamp in:\n{text}"))
+    sample(
+        text,
+        &format!("kubeproxy_sync_proxy_rules_last_timestamp_seconds{IPV4}"),
+    )
+    .unwrap_or_else(|| panic!("no last sync timestamp in:\n{text}"))
 }

@@ -1070,3 +1070,85 @@ fn a_node_tainted_or_being_deleted_fails_healthz_but_not_livez() {
         );
     }
 }
+
+/// Every kube-proxy metric sluice exports, scraped under its name, with its `ip_family`
+/// labels and the values a change leaves: changes counted and none pending once synced, and a
+/// Service with `internalTrafficPolicy: Local` whose only endpoint is on node2 counted on node1
+/// in `sync_proxy_rules_no_local_endpoints_total`.
+#[test]
+fn kube_proxys_metrics_are_scraped_under_their_names() {
+    let mode = start();
+    let mut local = objects::service(
+        "local-only",
+        "ClusterIP",
+        &LATE_IP.to_string(),
+        &[("http", "TCP", 81, 8080, 0)],
+        &[],
+    );
+    local["spec"]["internalTrafficPolicy"] = json!("Local");
+    mode.api.apply(local);
+    mode.api.apply(objects::endpoint_slice(
+        "local-only-1",
+        "local-only",
+        &[ready(pod_ip(&mode.cluster, "pod-2a"), "node2")],
+        &[("http", "TCP", 8080)],
+    ));
+    let netns = &mode.cluster.node("node1").netns;
+    let no_local = r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="internal",ip_family="IPv4"}"#;
+    let mut text = String::new();
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(100), || {
+        text = http::metrics(netns);
+        http::sample(&text, no_local) == Some(1.0)
+    });
+    let ipv4 = |name: &str| format!("{name}{}", http::IPV4);
+    for series in [
+        ipv4("kubeproxy_sync_proxy_rules_duration_seconds_count"),
+        ipv4("kubeproxy_sync_full_proxy_rules_duration_seconds_count"),
+        ipv4("kubeproxy_sync_partial_proxy_rules_duration_seconds_count"),
+        ipv4("kubeproxy_sync_proxy_rules_last_timestamp_seconds"),
+        ipv4("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds"),
+        ipv4("kubeproxy_network_programming_duration_seconds_count"),
+        "kubeproxy_sync_proxy_rules_endpoint_changes_pending".to_owned(),
+        "kubeproxy_sync_proxy_rules_endpoint_changes_total".to_owned(),
+        "kubeproxy_sync_proxy_rules_service_changes_pending".to_owned(),
+        "kubeproxy_sync_proxy_rules_service_changes_total".to_owned(),
+        r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external",ip_family="IPv4"}"#.to_owned(),
+        r#"kubeproxy_proxy_healthz_total{code="200"}"#.to_owned(),
+    ] {
+        // /healthz is counted once it is asked.
+        if series.starts_with("kubeproxy_proxy_healthz") {
+            http::get(netns, "127.0.0.1:10256", "/healthz");
+            text = http::metrics(netns);
+        }
+        assert!(http::sample(&text, &series).is_some(), "{series} in:\n{text}");
+    }
+    let value = |series: &str| http::sample(&text, series).unwrap_or_default();
+    assert!(
+        value("kubeproxy_sync_proxy_rules_service_changes_total") >= 2.0,
+        "{text}"
+    );
+    assert!(
+        value("kubeproxy_sync_proxy_rules_endpoint_changes_total") >= 2.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("kubeproxy_sync_proxy_rules_service_changes_pending"),
+        0.0
+    );
+    assert_eq!(
+        value("kubeproxy_sync_proxy_rules_endpoint_changes_pending"),
+        0.0
+    );
+    // The buckets are kube-proxy's: 0 first, then 0.25, ... 300.
+    let programming = "kubeproxy_network_programming_duration_seconds_bucket";
+    for le in ["0.0", "0.25", "59.0", "65.0", "300.0", "+Inf"] {
+        let series = format!(r#"{programming}{{le="{le}",ip_family="IPv4"}}"#);
+        assert!(
+            http::sample(&text, &series).is_some(),
+            "{series} in:\n{text}"
+        );
+    }
+    // node2 has the endpoint: nothing counted there.
+    let text2 = http::metrics(&mode.cluster.node("node2").netns);
+    assert_eq!(http::sample(&text2, no_local), Some(0.0), "{text2}");
+}

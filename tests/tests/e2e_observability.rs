@@ -115,11 +115,9 @@ fn metrics_report_syncs_and_map_fill() {
         text = body;
         http::sample(&text, "sluice_map_entries{map=\"SVC_V1\"}") == Some(want)
     });
-    let syncs = http::sample(&text, "kubeproxy_sync_proxy_rules_duration_seconds_count")
-        .expect("the sync histogram");
+    let (syncs, _) = http::histogram(&text, "kubeproxy_sync_proxy_rules_duration_seconds");
     assert!(syncs >= 1.0, "{text}");
-    let last = http::sample(&text, "kubeproxy_sync_proxy_rules_last_timestamp_seconds")
-        .expect("the last sync timestamp");
+    let last = http::last_sync(&text);
     assert!(last > 1.7e9, "a Unix time: {last}");
     assert_eq!(
         http::sample(&text, "sluice_map_max_entries{map=\"SVC_V1\"}"),

@@ -22,12 +22,12 @@ use tracing::{error, info, warn};
 pub use self::sync::{Synced, Syncer};
 use crate::{
     datapath::{Datapath, DatapathOptions, HookCounts},
-    model::{DesiredReceiver, IpFamily},
+    model::{DesiredReceiver, DesiredState, IpFamily, count_changes},
     node::{
         conntrack_gc::{self, CtTimeouts},
         healthz::{self, Health},
         kernel_log, map_fill,
-        metrics::{self, Metrics, unix_seconds},
+        metrics::{self, Metrics},
         programming_latency::ProgrammingLatency,
         service_health::HealthCheckServers,
         sock_term::SockTerminator,
@@ -82,7 +82,7 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
             .map(|(_, family)| family),
     );
     info!(node = %opts.node_name, families = ?node.families, "serving these IP families");
-    let metrics = Metrics::new(Some(opts.datapath.pin_dir.clone()));
+    let metrics = Metrics::new(Some(opts.datapath.pin_dir.clone()), &node.families);
     let health = Health::new(node.families.clone());
     if let Some(addr) = opts.healthz_addr {
         let bound = healthz::serve(addr, health.clone(), metrics.clone()).await?;
@@ -109,11 +109,14 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
         ));
     }
 
+    let node_families = node.families.clone();
     let health_checks = HealthCheckServers::new(datapath.node_addrs.addrs.clone(), health.clone());
     let mut syncer = Syncer::new(node, reconciler, sock_term, health_checks);
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut first_sync = true;
+    // The last state received: changes are counted against it.
+    let mut last_seen: Option<Arc<DesiredState>> = None;
     // Set while the maps do not hold the last state (its sync failed): when to try again.
     let mut retry: Option<(Instant, Duration)> = None;
     let mut resync = tokio::time::interval(opts.resync_period);
@@ -132,7 +135,13 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                 // Without a Node object (standalone mode) the node is eligible.
                 health.set_node_eligible(!state.node.as_ref().is_some_and(|node| node.draining));
                 health.queued();
-                metrics.last_queued.set(unix_seconds(SystemTime::now()));
+                metrics.queued(SystemTime::now());
+                let (services, endpoints) = count_changes(last_seen.as_deref(), &state);
+                metrics.service_changes.inc_by(services);
+                metrics.endpoint_changes.inc_by(endpoints);
+                metrics.service_changes_pending.inc_by(i64::try_from(services).unwrap_or(i64::MAX));
+                metrics.endpoint_changes_pending.inc_by(i64::try_from(endpoints).unwrap_or(i64::MAX));
+                last_seen = Some(state.clone());
                 (state, false)
             }
             () = sleep_until(retry_at.unwrap_or_else(Instant::now).into()), if retry_at.is_some() => {
@@ -180,13 +189,19 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                     .inc_by(done.udp_sockets_terminated);
                 health.synced();
                 let took = sync_started.elapsed();
-                metrics.sync_duration.observe(took.as_secs_f64());
+                metrics.synced(took, done.apply.full);
+                metrics.service_changes_pending.set(0);
+                metrics.endpoint_changes_pending.set(0);
+                for &family in &node_families {
+                    let (internal, external) = syncer.no_local_endpoints(family);
+                    metrics.set_no_local_endpoints(family, internal, external);
+                }
                 let now = SystemTime::now();
                 for latency in programming.programmed(&state.trigger_times, now) {
-                    metrics.network_programming.observe(latency.as_secs_f64());
+                    metrics.programmed(latency);
                 }
                 // Last: a change is fully accounted for once this moves.
-                metrics.last_sync.set(unix_seconds(now));
+                metrics.last_synced(now);
                 let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
                 info!(stats = ?done.apply, micros, "maps synced");
                 count_now.notify_one();

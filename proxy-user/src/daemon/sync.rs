@@ -8,10 +8,12 @@ use tracing::warn;
 
 use crate::{
     datapath::{Maps, clock},
-    model::DesiredState,
+    model::{DesiredState, IpFamily},
     node::{
         affinity_gc::AffinityGc,
-        service_health::{HealthCheckIndex, HealthCheckServers},
+        no_local_endpoints,
+        service_health::{self, HealthCheckServers},
+        service_index::ServiceIndex,
         sock_term::SockTerminator,
     },
     reconcile::{ApplyStats, PlanChanges, PlanNode, Planner, Reconciler},
@@ -22,8 +24,9 @@ pub struct Syncer {
     node_name: String,
     planner: Planner,
     reconciler: Reconciler,
-    health_check_index: HealthCheckIndex,
+    health_check_index: ServiceIndex,
     health_checks: HealthCheckServers,
+    local_policy_index: ServiceIndex,
     sock_term: SockTerminator,
     affinity_gc: AffinityGc,
 }
@@ -47,8 +50,9 @@ impl Syncer {
             node_name: node.name.clone(),
             planner: Planner::new(node),
             reconciler,
-            health_check_index: HealthCheckIndex::default(),
+            health_check_index: service_health::index(),
             health_checks,
+            local_policy_index: no_local_endpoints::index(),
             sock_term,
             affinity_gc: AffinityGc::default(),
         }
@@ -68,6 +72,7 @@ impl Syncer {
         let started_ns = clock::monotonic_ns();
         let changes = self.planner.update(state.clone());
         self.health_check_index.update(&state, &changes);
+        self.local_policy_index.update(&state, &changes);
         let apply = self
             .reconciler
             .apply_changes(maps, self.planner.plan(), &changes)?;
@@ -121,7 +126,10 @@ impl Syncer {
         let changes = (!apply.full).then_some(changes);
         let udp_sockets_terminated = self.sock_term.after_apply(self.planner.plan(), changes);
         self.health_checks
-            .update(&self.health_check_index.wanted(&self.node_name))
+            .update(&service_health::wanted_in(
+                &self.health_check_index,
+                &self.node_name,
+            ))
             .await;
         Synced {
             apply,
@@ -141,6 +149,12 @@ impl Syncer {
     /// One pass of the affinity GC.
     pub fn collect_affinity(&mut self, maps: &mut Maps) {
         self.affinity_gc.run(maps, &self.reconciler.affinity_view());
+    }
+
+    /// kube-proxy's no-local-endpoints counts (internal, external) of `family` for the last
+    /// state.
+    pub fn no_local_endpoints(&self, family: IpFamily) -> (i64, i64) {
+        no_local_endpoints::count(&self.local_policy_index, &self.node_name, family)
     }
 
     pub fn reconciler(&self) -> &Reconciler {

@@ -40,14 +40,65 @@ pub struct StatusCodeLabels {
     pub code: String,
 }
 
+/// kube-proxy's `ip_family` label (1.33+): one series per family the node serves.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyLabels {
+    pub ip_family: &'static str,
+}
+
+/// Labels of `sync_proxy_rules_no_local_endpoints_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyFamilyLabels {
+    /// `internal` or `external`.
+    pub traffic_policy: &'static str,
+    pub ip_family: &'static str,
+}
+
+type Histograms = Family<FamilyLabels, Histogram, fn() -> Histogram>;
+type TimeGauges = Family<FamilyLabels, Gauge<f64, AtomicU64>>;
+
+/// kube-proxy's buckets for sync durations: 1 ms doubling to about 16 s.
+fn sync_buckets() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 15,
+    ))
+}
+
+/// kube-proxy's network programming buckets: `MergeBuckets(LinearBuckets(0.25, 0.25, 2),
+/// LinearBuckets(1, 1, 59), LinearBuckets(60, 5, 12), LinearBuckets(120, 30, 7))`, which
+/// starts with a 0 bound: 0, 0.25, 0.5, 1 .. 59, 60 .. 115 by 5, 120 .. 300 by 30.
+fn network_programming_buckets() -> Histogram {
+    Histogram::new(network_programming_bounds())
+}
+
+fn network_programming_bounds() -> Vec<f64> {
+    let linear =
+        |start: f64, width: f64, count: u32| (0..count).map(move |i| start + width * f64::from(i));
+    std::iter::once(0.0)
+        .chain(linear(0.25, 0.25, 2))
+        .chain(linear(1.0, 1.0, 59))
+        .chain(linear(60.0, 5.0, 12))
+        .chain(linear(120.0, 30.0, 7))
+        .collect()
+}
+
 /// Every metric the daemon exports; cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
-    pub sync_duration: Histogram,
-    pub network_programming: Histogram,
-    pub last_sync: Gauge<f64, AtomicU64>,
-    pub last_queued: Gauge<f64, AtomicU64>,
+    /// The families the node serves: the `ip_family` values of kube-proxy's metrics.
+    families: Vec<&'static str>,
+    sync_duration: Histograms,
+    sync_full_duration: Histograms,
+    sync_partial_duration: Histograms,
+    network_programming: Histograms,
+    last_sync: TimeGauges,
+    last_queued: TimeGauges,
+    pub endpoint_changes_pending: Gauge,
+    pub endpoint_changes: Counter,
+    pub service_changes_pending: Gauge,
+    pub service_changes: Counter,
+    pub no_local_endpoints: Family<PolicyFamilyLabels, Gauge>,
     pub sync_errors: Counter,
     pub udp_sockets_terminated: Counter,
     pub map_entries: Family<MapLabels, Gauge>,
@@ -58,99 +109,222 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The daemon's metrics; with `pin_dir`, also the datapath's counters read from the maps
-    /// pinned there at each scrape.
-    pub fn new(pin_dir: Option<PathBuf>) -> Self {
-        // kube-proxy's buckets: 1 ms doubling to about 16 s.
-        let buckets = || prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15);
-        let sync_duration = Histogram::new(buckets());
-        let network_programming = Histogram::new(buckets());
-        let last_sync = Gauge::<f64, AtomicU64>::default();
-        let last_queued = Gauge::<f64, AtomicU64>::default();
-        let sync_errors = Counter::default();
-        let udp_sockets_terminated = Counter::default();
-        let map_entries = Family::<MapLabels, Gauge>::default();
-        let map_max_entries = Family::<MapLabels, Gauge>::default();
-        let proxy_healthz = Family::<StatusCodeLabels, Counter>::default();
-        let proxy_livez = Family::<StatusCodeLabels, Counter>::default();
-        let drift_repaired = Counter::default();
-
+    /// The daemon's metrics for a node serving `families`; with `pin_dir`, also the
+    /// datapath's counters read from the maps pinned there at each scrape.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one registration per metric, in the order docs/observability.md lists them"
+    )]
+    pub fn new(pin_dir: Option<PathBuf>, families: &[crate::model::IpFamily]) -> Self {
+        let this = Self {
+            registry: Arc::default(),
+            families: families.iter().map(|family| family.as_str()).collect(),
+            sync_duration: Family::new_with_constructor(sync_buckets),
+            sync_full_duration: Family::new_with_constructor(sync_buckets),
+            sync_partial_duration: Family::new_with_constructor(sync_buckets),
+            network_programming: Family::new_with_constructor(network_programming_buckets),
+            last_sync: TimeGauges::default(),
+            last_queued: TimeGauges::default(),
+            endpoint_changes_pending: Gauge::default(),
+            endpoint_changes: Counter::default(),
+            service_changes_pending: Gauge::default(),
+            service_changes: Counter::default(),
+            no_local_endpoints: Family::default(),
+            sync_errors: Counter::default(),
+            udp_sockets_terminated: Counter::default(),
+            map_entries: Family::default(),
+            map_max_entries: Family::default(),
+            proxy_healthz: Family::default(),
+            proxy_livez: Family::default(),
+            drift_repaired: Counter::default(),
+        };
         let mut registry = Registry::default();
+        // kube-proxy's (pkg/proxy/metrics), with its names, help texts, labels and buckets;
+        // prometheus-client appends `_total` to counters.
         registry.register(
             "kubeproxy_sync_proxy_rules_duration_seconds",
-            "How long one sync of the desired state into the BPF maps took",
-            sync_duration.clone(),
+            "SyncProxyRules latency in seconds",
+            this.sync_duration.clone(),
         );
         registry.register(
-            "kubeproxy_network_programming_duration_seconds",
-            "From the Pod or Service change behind an EndpointSlice update \
-             (endpoints.kubernetes.io/last-change-trigger-time) to the datapath serving it",
-            network_programming.clone(),
+            "kubeproxy_sync_full_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for full resyncs",
+            this.sync_full_duration.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for partial resyncs",
+            this.sync_partial_duration.clone(),
         );
         registry.register(
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-            "When the maps last matched the desired state (Unix time)",
-            last_sync.clone(),
+            "The last time proxy rules were successfully synced",
+            this.last_sync.clone(),
         );
         registry.register(
             "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
-            "When the last change was queued for the maps (Unix time)",
-            last_queued.clone(),
+            "The last time a sync of proxy rules was queued",
+            this.last_queued.clone(),
         );
+        registry.register(
+            "kubeproxy_network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds",
+            this.network_programming.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+            "Pending proxy rules Endpoint changes",
+            this.endpoint_changes_pending.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_proxy_rules_endpoint_changes",
+            "Cumulative proxy rules Endpoint changes",
+            this.endpoint_changes.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_proxy_rules_service_changes_pending",
+            "Pending proxy rules Service changes",
+            this.service_changes_pending.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_proxy_rules_service_changes",
+            "Cumulative proxy rules Service changes",
+            this.service_changes.clone(),
+        );
+        // A gauge despite its name, as in kube-proxy (registered as such there).
+        registry.register(
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+            "Number of services with a Local traffic policy and no endpoints",
+            this.no_local_endpoints.clone(),
+        );
+        registry.register(
+            "kubeproxy_proxy_healthz",
+            "Cumulative proxy healthz HTTP status",
+            this.proxy_healthz.clone(),
+        );
+        registry.register(
+            "kubeproxy_proxy_livez",
+            "Cumulative proxy livez HTTP status",
+            this.proxy_livez.clone(),
+        );
+        // Sluice's own.
         registry.register(
             "sluice_sync_errors",
             "Syncs that failed; the maps kept their last good content",
-            sync_errors.clone(),
+            this.sync_errors.clone(),
         );
         registry.register(
             "sluice_udp_sockets_terminated",
             "Connected UDP sockets closed because the backend the socket LB had given them left \
              every frontend",
-            udp_sockets_terminated.clone(),
+            this.udp_sockets_terminated.clone(),
         );
         registry.register(
             "sluice_map_entries",
             "Entries in each BPF map",
-            map_entries.clone(),
+            this.map_entries.clone(),
         );
         registry.register(
             "sluice_map_max_entries",
             "Capacity of each BPF map",
-            map_max_entries.clone(),
-        );
-        // prometheus-client appends `_total` to counters.
-        registry.register(
-            "kubeproxy_proxy_healthz",
-            "Cumulative proxy healthz HTTP status",
-            proxy_healthz.clone(),
-        );
-        registry.register(
-            "kubeproxy_proxy_livez",
-            "Cumulative proxy livez HTTP status",
-            proxy_livez.clone(),
+            this.map_max_entries.clone(),
         );
         registry.register(
             "sluice_drift_repaired_entries",
             "Frontend and backend entries written again because the maps had changed behind \
              sluice's back (found by the periodic read-back, --resync-period)",
-            drift_repaired.clone(),
+            this.drift_repaired.clone(),
         );
         if let Some(pin_dir) = pin_dir {
             registry.register_collector(Box::new(DatapathCounters { pin_dir }));
         }
+        // Every family's series from the start (at 0), as a scrape before the first sync
+        // should show them.
+        for labels in this.each_family() {
+            for histograms in [
+                &this.sync_duration,
+                &this.sync_full_duration,
+                &this.sync_partial_duration,
+                &this.network_programming,
+            ] {
+                drop(histograms.get_or_create(&labels));
+            }
+            drop(this.last_sync.get_or_create(&labels));
+            drop(this.last_queued.get_or_create(&labels));
+            for traffic_policy in ["internal", "external"] {
+                let ip_family = labels.ip_family;
+                drop(this.no_local_endpoints.get_or_create(&PolicyFamilyLabels {
+                    traffic_policy,
+                    ip_family,
+                }));
+            }
+        }
         Self {
             registry: Arc::new(registry),
-            sync_duration,
-            network_programming,
-            last_sync,
-            last_queued,
-            sync_errors,
-            udp_sockets_terminated,
-            map_entries,
-            map_max_entries,
-            proxy_healthz,
-            proxy_livez,
-            drift_repaired,
+            ..this
+        }
+    }
+
+    fn each_family(&self) -> impl Iterator<Item = FamilyLabels> + '_ {
+        self.families
+            .iter()
+            .map(|&ip_family| FamilyLabels { ip_family })
+    }
+
+    /// A change was queued for the maps (one sync programs every family).
+    pub fn queued(&self, at: SystemTime) {
+        for labels in self.each_family() {
+            self.last_queued
+                .get_or_create(&labels)
+                .set(unix_seconds(at));
+        }
+    }
+
+    /// A sync took `took`; `full` when it wrote everything.
+    pub fn synced(&self, took: Duration, full: bool) {
+        let by_kind = if full {
+            &self.sync_full_duration
+        } else {
+            &self.sync_partial_duration
+        };
+        for labels in self.each_family() {
+            self.sync_duration
+                .get_or_create(&labels)
+                .observe(took.as_secs_f64());
+            by_kind.get_or_create(&labels).observe(took.as_secs_f64());
+        }
+    }
+
+    /// One change's network programming latency (see `programming_latency`).
+    pub fn programmed(&self, latency: Duration) {
+        for labels in self.each_family() {
+            self.network_programming
+                .get_or_create(&labels)
+                .observe(latency.as_secs_f64());
+        }
+    }
+
+    /// kube-proxy's no-local-endpoints gauges of `family`.
+    pub fn set_no_local_endpoints(
+        &self,
+        family: crate::model::IpFamily,
+        internal: i64,
+        external: i64,
+    ) {
+        for (traffic_policy, count) in [("internal", internal), ("external", external)] {
+            let labels = PolicyFamilyLabels {
+                traffic_policy,
+                ip_family: family.as_str(),
+            };
+            self.no_local_endpoints.get_or_create(&labels).set(count);
+        }
+    }
+
+    /// The maps hold the desired state as of `at`. Last in a sync: a change is fully
+    /// accounted for once this moves.
+    pub fn last_synced(&self, at: SystemTime) {
+        for labels in self.each_family() {
+            self.last_sync.get_or_create(&labels).set(unix_seconds(at));
         }
     }
 
@@ -344,26 +518,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exports_kube_proxy_names() {
-        let metrics = Metrics::new(None);
-        metrics.sync_duration.observe(0.002);
+    fn exports_kube_proxy_names_labels_and_buckets() {
+        let metrics = Metrics::new(
+            None,
+            &[crate::model::IpFamily::V4, crate::model::IpFamily::V6],
+        );
+        metrics.synced(Duration::from_millis(2), false);
+        metrics.programmed(Duration::from_millis(700));
+        metrics.last_synced(UNIX_EPOCH + Duration::from_secs(5));
         metrics.set_map_fill("SVC_V1", 3, 10);
+        metrics.set_no_local_endpoints(crate::model::IpFamily::V4, 1, 0);
         let text = metrics.encode();
-        assert!(
-            text.contains("kubeproxy_sync_proxy_rules_duration_seconds_count 1"),
-            "{text}"
+        for line in [
+            r#"kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv4"} 1"#,
+            r#"kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv6"} 1"#,
+            r#"kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family="IPv4"} 1"#,
+            r#"kubeproxy_sync_proxy_rules_duration_seconds_bucket{le="0.002",ip_family="IPv4"} 1"#,
+            r#"kubeproxy_network_programming_duration_seconds_bucket{le="0.5",ip_family="IPv4"} 0"#,
+            r#"kubeproxy_network_programming_duration_seconds_bucket{le="1.0",ip_family="IPv4"} 1"#,
+            r#"kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"} 5.0"#,
+            r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="internal",ip_family="IPv4"} 1"#,
+            "# TYPE kubeproxy_sync_proxy_rules_no_local_endpoints_total gauge",
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total 0",
+            "kubeproxy_sync_proxy_rules_service_changes_pending 0",
+            r#"sluice_map_entries{map="SVC_V1"} 3"#,
+            r#"sluice_map_max_entries{map="SVC_V1"} 10"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn network_programming_buckets_are_kube_proxys() {
+        let bounds = network_programming_bounds();
+        assert_eq!(bounds.len(), 81);
+        assert_eq!(bounds[..5], [0.0, 0.25, 0.5, 1.0, 2.0]);
+        assert_eq!(bounds[60..65], [58.0, 59.0, 60.0, 65.0, 70.0]);
+        assert_eq!(
+            bounds[73..],
+            [115.0, 120.0, 150.0, 180.0, 210.0, 240.0, 270.0, 300.0]
         );
-        assert!(
-            text.contains("sluice_map_entries{map=\"SVC_V1\"} 3"),
-            "{text}"
-        );
-        assert!(
-            text.contains("sluice_map_max_entries{map=\"SVC_V1\"} 10"),
-            "{text}"
-        );
-        assert!(
-            text.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds"),
-            "{text}"
-        );
+        assert_eq!(bounds.last(), Some(&300.0));
     }
 }

@@ -8,6 +8,8 @@ pub mod http_server;
 pub mod kernel_log;
 pub mod map_fill;
 pub mod metrics;
+pub mod no_local_endpoints;
 pub mod programming_latency;
 pub mod service_health;
+pub mod service_index;
 pub mod sock_term;

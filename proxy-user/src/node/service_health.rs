@@ -21,8 +21,8 @@ use tracing::{info, warn};
 
 use crate::{
     model::{DesiredState, Service, ServiceName, TrafficPolicy},
-    node::healthz::Health,
-    reconcile::{PlanChanges, local_ready_endpoints},
+    node::{healthz::Health, service_index::ServiceIndex},
+    reconcile::local_ready_endpoints,
 };
 
 /// What one health check port reports.
@@ -62,42 +62,14 @@ fn has_health_check(service: &Service) -> bool {
         && service.external_traffic_policy == TrafficPolicy::Local
 }
 
-/// The Services that have a health check, kept up to date from the planner's changes, so a
-/// sync looks at those few instead of every Service.
-#[derive(Debug, Default)]
-pub struct HealthCheckIndex {
-    services: BTreeMap<ServiceName, Arc<Service>>,
+/// The index of the Services that have a health check.
+pub fn index() -> ServiceIndex {
+    ServiceIndex::new(has_health_check)
 }
 
-impl HealthCheckIndex {
-    /// Takes in `state`, which differs from the last one only in `changes.services` (unless
-    /// `changes.everything`).
-    pub fn update(&mut self, state: &DesiredState, changes: &PlanChanges) {
-        if changes.everything {
-            self.services = state
-                .services
-                .iter()
-                .filter(|(_, service)| has_health_check(service))
-                .map(|(name, service)| (name.clone(), service.clone()))
-                .collect();
-            return;
-        }
-        for name in &changes.services {
-            match state.services.get(name) {
-                Some(service) if has_health_check(service) => {
-                    self.services.insert(name.clone(), service.clone());
-                }
-                _ => {
-                    self.services.remove(name);
-                }
-            }
-        }
-    }
-
-    /// What `wanted` gives for the last state.
-    pub fn wanted(&self, node_name: &str) -> BTreeMap<u16, HealthCheck> {
-        wanted_of(self.services.values(), node_name)
-    }
+/// What `wanted` gives for the Services of an [`index`].
+pub fn wanted_in(index: &ServiceIndex, node_name: &str) -> BTreeMap<u16, HealthCheck> {
+    wanted_of(index.services(), node_name)
 }
 
 type Shared = Arc<Mutex<Option<HealthCheck>>>;
@@ -328,12 +300,12 @@ mod tests {
             let mut random = RandomStates::new(seed);
             let mut state = random.state(10);
             let mut planner = Planner::new(plan_node());
-            let mut index = HealthCheckIndex::default();
+            let mut index = index();
             for step in 0..30 {
                 let changes = planner.update(Arc::new(state.clone()));
                 index.update(&state, &changes);
                 let checks = wanted(&state, NODE);
-                assert_eq!(index.wanted(NODE), checks, "seed {seed} step {step}");
+                assert_eq!(wanted_in(&index, NODE), checks, "seed {seed} step {step}");
                 checks_seen += checks.len();
                 random.change(&mut state);
             }

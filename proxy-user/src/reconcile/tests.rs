@@ -430,8 +430,5 @@ fn a_reread_finds_and_repairs_what_changed_behind_the_reconcilers_back() {
         );
         repaired_seen += 1;
     }
-    assert!(
-        repaired_seen > SEEDS / 2,
-        "only {repaired_seen} repairs"
-    );
+    assert!(repaired_seen > SEEDS / 2, "only {repaired_seen} repairs");
 }
