@@ -120,6 +120,7 @@ fn endpoint(addr: SocketAddrV4) -> Endpoint {
         ready: true,
         serving: true,
         terminating: false,
+        hints: proxy_user::model::Hints::default(),
     }
 }
 

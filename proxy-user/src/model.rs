@@ -228,6 +228,17 @@ pub struct Endpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    /// The slice's topology hints for it (KEP-2433, KEP-3015).
+    pub hints: Hints,
+}
+
+/// EndpointSlice `hints`: where the endpoint-slice controller wants an endpoint used.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Hints {
+    /// `forZones[].name`: the zones whose nodes should use it.
+    pub for_zones: Vec<String>,
+    /// `forNodes[].name` (`trafficDistribution: PreferSameNode`): the nodes that should.
+    pub for_nodes: Vec<String>,
 }
 
 /// `namespace/name` of an EndpointSlice.
@@ -279,6 +290,16 @@ pub struct NodeState {
 impl NodeState {
     /// The taint the cluster autoscaler puts on a node it is about to delete.
     pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+    /// The label topology hints are matched against.
+    pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+    /// `topology.kubernetes.io/zone`, if set and not empty.
+    pub fn zone(&self) -> Option<&str> {
+        self.labels
+            .get(Self::ZONE_LABEL)
+            .map(String::as_str)
+            .filter(|zone| !zone.is_empty())
+    }
 }
 
 impl DesiredState {
@@ -416,6 +437,7 @@ mod tests {
             ready: true,
             serving: true,
             terminating: false,
+            hints: Hints::default(),
         });
         // b changed its port, c went, d came: three service changes.
         assert_eq!(count_changes(Some(&previous), &next), (3, 1));

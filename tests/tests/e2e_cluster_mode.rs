@@ -1152,3 +1152,90 @@ fn kube_proxys_metrics_are_scraped_under_their_names() {
     let text2 = http::metrics(&mode.cluster.node("node2").netns);
     assert_eq!(http::sample(&text2, no_local), Some(0.0), "{text2}");
 }
+
+const ZONAL_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 90);
+
+/// Topology as kube-proxy does it: the endpoint-slice controller's hints (`forZones` from
+/// `trafficDistribution: PreferClose`/`PreferSameZone` or `topology-mode: Auto`, `forNodes`
+/// from `PreferSameNode`) keep a node's Cluster traffic on its zone's or its own endpoints,
+/// matched against the Node's `topology.kubernetes.io/zone`; when an endpoint has no hint, or
+/// none is for this node or zone, every ready endpoint is used.
+#[test]
+fn topology_hints_keep_traffic_in_the_zone_and_on_the_node() {
+    let mode = start();
+    for (node, zone) in [("node1", "zone-a"), ("node2", "zone-b")] {
+        let mut object = objects::node(node, &[mode.cluster.node(node).ip.into()]);
+        object["metadata"]["labels"]["topology.kubernetes.io/zone"] = json!(zone);
+        mode.api.apply(object);
+    }
+    let mut service = objects::service(
+        "zonal",
+        "ClusterIP",
+        &ZONAL_IP.to_string(),
+        &[("http", "TCP", 81, 8080, 0)],
+        &[],
+    );
+    service["spec"]["trafficDistribution"] = json!("PreferSameZone");
+    mode.api.apply(service);
+    let pods = ["pod-1a", "pod-1b", "pod-2a"];
+    // Hints per pod: (forZones, forNodes).
+    let apply_slice = |hints: [(Option<&str>, Option<&str>); 3]| {
+        let endpoints: Vec<_> = pods
+            .iter()
+            .map(|pod| ready(pod_ip(&mode.cluster, pod), &mode.cluster.pod(pod).node))
+            .collect();
+        let mut slice =
+            objects::endpoint_slice("zonal-1", "zonal", &endpoints, &[("http", "TCP", 8080)]);
+        for (i, (zone, node)) in hints.into_iter().enumerate() {
+            let mut value = json!({});
+            if let Some(zone) = zone {
+                value["forZones"] = json!([{"name": zone}]);
+            }
+            if let Some(node) = node {
+                value["forNodes"] = json!([{"name": node}]);
+            }
+            slice["endpoints"][i]["hints"] = value;
+        }
+        mode.api.apply(slice);
+    };
+    let from_each_node = |node1: &[&str], node2: &[&str]| {
+        mode.wait_for_answers(Place::Pod("pod-1b"), Proto::Tcp, ZONAL_IP, 81, node1);
+        mode.wait_for_answers(Place::Pod("pod-2a"), Proto::Tcp, ZONAL_IP, 81, node2);
+    };
+
+    // forZones: each zone keeps its traffic.
+    apply_slice([
+        (Some("zone-a"), None),
+        (Some("zone-a"), None),
+        (Some("zone-b"), None),
+    ]);
+    from_each_node(&["pod-1a", "pod-1b"], &["pod-2a"]);
+    // One endpoint without a hint: hints are not trusted, every endpoint serves everyone.
+    apply_slice([(Some("zone-a"), None), (None, None), (Some("zone-b"), None)]);
+    from_each_node(&pods, &pods);
+    // No endpoint for zone-b: node2 uses every endpoint, node1 its zone's.
+    apply_slice([
+        (Some("zone-a"), None),
+        (Some("zone-a"), None),
+        (Some("zone-a"), None),
+    ]);
+    from_each_node(&pods, &pods);
+    // forNodes (PreferSameNode): this node's endpoints first.
+    apply_slice([
+        (Some("zone-a"), Some("node1")),
+        (Some("zone-a"), Some("node2")),
+        (Some("zone-b"), Some("node2")),
+    ]);
+    from_each_node(&["pod-1a"], &["pod-1b", "pod-2a"]);
+    // The node moves to zone-b: node1 now follows zone-b's hints.
+    apply_slice([
+        (Some("zone-a"), None),
+        (Some("zone-b"), None),
+        (Some("zone-b"), None),
+    ]);
+    from_each_node(&["pod-1a"], &["pod-1b", "pod-2a"]);
+    let mut moved = objects::node("node1", &[mode.cluster.node("node1").ip.into()]);
+    moved["metadata"]["labels"]["topology.kubernetes.io/zone"] = json!("zone-b");
+    mode.api.apply(moved);
+    from_each_node(&["pod-1b", "pod-2a"], &["pod-1b", "pod-2a"]);
+}

@@ -100,6 +100,7 @@ mod tests {
                 ready: true,
                 serving: true,
                 terminating: false,
+                hints: crate::model::Hints::default(),
             })
             .collect();
         let mut service = Service::rejected(

@@ -204,6 +204,7 @@ mod tests {
             ready,
             serving: ready,
             terminating: false,
+            hints: crate::model::Hints::default(),
         }
     }
 

@@ -32,6 +32,9 @@ pub struct PlanNode {
     pub name: String,
     /// Sorted, distinct.
     pub families: Vec<IpFamily>,
+    /// `topology.kubernetes.io/zone` of its Node, which topology hints are matched against;
+    /// taken from each desired state ([`PlanNode::for_state`]).
+    pub zone: Option<String>,
 }
 
 impl PlanNode {
@@ -42,6 +45,20 @@ impl PlanNode {
         Self {
             name: name.to_owned(),
             families,
+            zone: None,
+        }
+    }
+
+    /// This node with the zone `state`'s Node object gives it.
+    #[must_use]
+    pub fn for_state(&self, state: &DesiredState) -> Self {
+        Self {
+            zone: state
+                .node
+                .as_ref()
+                .and_then(|node| node.zone())
+                .map(str::to_owned),
+            ..self.clone()
         }
     }
 
@@ -172,7 +189,7 @@ impl Contribution {
         }
         for &family in &served {
             for port in &service.ports {
-                contribution.add_port(service, port, family, &node.name);
+                contribution.add_port(service, port, family, node);
             }
         }
         for port in &service.unserved_ports {
@@ -244,6 +261,7 @@ impl Plan {
     /// services' contributions in name order. Two services claiming one frontend: the first by
     /// name keeps it. Backend flags are OR'ed over the services sharing an endpoint.
     pub fn build(desired: &DesiredState, node: &PlanNode) -> Self {
+        let node = &node.for_state(desired);
         let mut plan = Plan::default();
         for service in desired.services.values() {
             let contribution = Contribution::of(service, node);
@@ -275,8 +293,9 @@ impl Contribution {
         service: &Service,
         port: &ServicePort,
         family: IpFamily,
-        node_name: &str,
+        node: &PlanNode,
     ) {
+        let node_name = node.name.as_str();
         let is_local = |e: &Endpoint| e.node_name.as_deref() == Some(node_name);
         let of_family = |ip: &&IpAddr| IpFamily::of(**ip) == family;
         let endpoints: Vec<Endpoint> = port
@@ -297,7 +316,7 @@ impl Contribution {
         }
         let local: Vec<Endpoint> = endpoints.iter().filter(|e| is_local(e)).cloned().collect();
         let sets = PortBackends {
-            cluster: addrs(choose_endpoints(&endpoints)),
+            cluster: addrs(cluster_endpoints(&endpoints, node)),
             local: addrs(choose_endpoints(&local)),
         };
         let base = base_plan(service, port);
@@ -469,6 +488,56 @@ fn not_programmed(service: &Service) -> Option<String> {
     }
 }
 
+/// The endpoints Cluster-policy traffic goes to, as kube-proxy's `CategorizeEndpoints`: the
+/// ready ones, narrowed by topology hints when they apply ([`topology`]); when none is ready,
+/// the serving-terminating ones (KEP-1669), hints ignored.
+fn cluster_endpoints<'a>(endpoints: &'a [Endpoint], node: &PlanNode) -> Vec<&'a Endpoint> {
+    let ready: Vec<&Endpoint> = endpoints.iter().filter(|e| e.ready).collect();
+    if ready.is_empty() {
+        return choose_endpoints(endpoints);
+    }
+    match topology(&ready, node) {
+        Some(Topology::SameNode) => ready
+            .into_iter()
+            .filter(|e| e.hints.for_nodes.contains(&node.name))
+            .collect(),
+        Some(Topology::SameZone(zone)) => ready
+            .into_iter()
+            .filter(|e| e.hints.for_zones.iter().any(|z| z == zone))
+            .collect(),
+        None => ready,
+    }
+}
+
+/// Which topology hints narrow a port's ready endpoints on `node`.
+#[derive(Debug, PartialEq, Eq)]
+enum Topology<'a> {
+    /// `forNodes` (`trafficDistribution: PreferSameNode`, KEP-3015).
+    SameNode,
+    /// `forZones` (`PreferSameZone`/`PreferClose`, or `topology-mode: Auto`), for this zone.
+    SameZone(&'a str),
+}
+
+/// kube-proxy's `topologyModeFromHints`: node hints when every ready endpoint has some and one
+/// is for this node; else zone hints when every ready endpoint has some and one is for this
+/// node's zone; else none (a missing hint, or none for this node or zone, means the hints
+/// cannot be trusted and every ready endpoint is used).
+fn topology<'a>(ready: &[&Endpoint], node: &'a PlanNode) -> Option<Topology<'a>> {
+    let all_have =
+        |hints: fn(&Endpoint) -> &Vec<String>| ready.iter().all(|e| !hints(e).is_empty());
+    if all_have(|e| &e.hints.for_nodes)
+        && ready.iter().any(|e| e.hints.for_nodes.contains(&node.name))
+    {
+        return Some(Topology::SameNode);
+    }
+    let zone = node.zone.as_deref()?;
+    (all_have(|e| &e.hints.for_zones)
+        && ready
+            .iter()
+            .any(|e| e.hints.for_zones.iter().any(|z| z == zone)))
+    .then_some(Topology::SameZone(zone))
+}
+
 /// New connections go to ready endpoints; when none is ready, to serving-terminating ones
 /// (KEP-1669), so a rolling update never leaves a service refusing while pods drain.
 fn choose_endpoints(endpoints: &[Endpoint]) -> Vec<&Endpoint> {
@@ -502,7 +571,7 @@ mod tests {
     use std::{net::Ipv4Addr, sync::Arc};
 
     use super::*;
-    use crate::model::{ServiceName, UnservedPort};
+    use crate::model::{Hints, ServiceName, UnservedPort};
 
     fn endpoint(last: u8, node: &str, ready: bool, terminating: bool) -> Endpoint {
         Endpoint {
@@ -512,6 +581,7 @@ mod tests {
             ready,
             serving: ready || terminating,
             terminating,
+            hints: Hints::default(),
         }
     }
 
@@ -633,6 +703,89 @@ mod tests {
             plan.skipped["default/web"].reason,
             "label service.kubernetes.io/service-proxy-name"
         );
+    }
+
+    /// kube-proxy's topology cases (`pkg/proxy/topology_test.go` in spirit): hints are used
+    /// only when every ready endpoint has them and some are for this node or zone.
+    #[test]
+    fn topology_hints_narrow_cluster_endpoints_as_kube_proxy_does() {
+        let hinted = |last: u8, zones: &[&str], nodes: &[&str]| Endpoint {
+            hints: Hints {
+                for_zones: zones.iter().map(|z| (*z).to_owned()).collect(),
+                for_nodes: nodes.iter().map(|n| (*n).to_owned()).collect(),
+            },
+            ..endpoint(
+                last,
+                if last.is_multiple_of(2) {
+                    "node1"
+                } else {
+                    "node2"
+                },
+                true,
+                false,
+            )
+        };
+        let mut node = PlanNode::dual_stack("node1");
+        node.zone = Some("zone-a".into());
+        let picked = |endpoints: &[Endpoint], node: &PlanNode| -> Vec<u8> {
+            cluster_endpoints(endpoints, node)
+                .into_iter()
+                .map(|e| match e.addr {
+                    IpAddr::V4(ip) => ip.octets()[3],
+                    IpAddr::V6(_) => 0,
+                })
+                .collect()
+        };
+        let zoned = [
+            hinted(10, &["zone-a"], &[]),
+            hinted(11, &["zone-b"], &[]),
+            hinted(12, &["zone-a"], &[]),
+        ];
+        assert_eq!(picked(&zoned, &node), [10, 12], "this zone's");
+        let mut elsewhere = node.clone();
+        elsewhere.zone = Some("zone-c".into());
+        assert_eq!(
+            picked(&zoned, &elsewhere),
+            [10, 11, 12],
+            "none for this zone: all"
+        );
+        let mut no_zone = node.clone();
+        no_zone.zone = None;
+        assert_eq!(
+            picked(&zoned, &no_zone),
+            [10, 11, 12],
+            "the node has no zone: all"
+        );
+        let partly = [hinted(10, &["zone-a"], &[]), hinted(11, &[], &[])];
+        assert_eq!(picked(&partly, &node), [10, 11], "one without hints: all");
+        let by_node = [
+            hinted(10, &["zone-a"], &["node1"]),
+            hinted(11, &["zone-a"], &["node2"]),
+            hinted(12, &["zone-b"], &["node1"]),
+        ];
+        assert_eq!(
+            picked(&by_node, &node),
+            [10, 12],
+            "this node's, before zones"
+        );
+        let node_hint_missing = [
+            hinted(10, &["zone-a"], &["node1"]),
+            hinted(11, &["zone-a"], &[]),
+        ];
+        assert_eq!(
+            picked(&node_hint_missing, &node),
+            [10, 11],
+            "falls back to zones"
+        );
+        // Not ready anywhere: serving-terminating ones, hints ignored.
+        let terminating = [Endpoint {
+            hints: Hints {
+                for_zones: vec!["zone-b".into()],
+                for_nodes: Vec::new(),
+            },
+            ..endpoint(13, "node2", false, true)
+        }];
+        assert_eq!(picked(&terminating, &node), [13]);
     }
 
     #[test]

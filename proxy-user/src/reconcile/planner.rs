@@ -131,6 +131,12 @@ impl Planner {
         reason = "the planner keeps `state`: callers hand their `Arc` over"
     )]
     pub fn update(&mut self, state: Arc<DesiredState>) -> PlanChanges {
+        // A new zone changes which endpoints topology hints pick: every Service is planned
+        // again (as kube-proxy does a full sync on a node label change), its old claims with
+        // the old node.
+        let old_node = self.node.clone();
+        self.node = self.node.for_state(&state);
+        let every_service = old_node != self.node;
         let Some(previous) = self.state.replace(state.clone()) else {
             for service in state.services.values() {
                 let contribution = Contribution::of(service, &self.node);
@@ -139,10 +145,10 @@ impl Planner {
             return PlanChanges::everything();
         };
         let mut changes = PlanChanges::default();
-        if Arc::ptr_eq(&previous, &state) {
+        if Arc::ptr_eq(&previous, &state) && !every_service {
             return changes;
         }
-        let differing = changed_services(&previous, &state);
+        let differing = changed_services(&previous, &state, every_service);
         changes.services = differing
             .iter()
             .filter_map(|(old, new)| old.or(*new).map(|service| service.name.clone()))
@@ -151,7 +157,7 @@ impl Planner {
         // claims that stay.
         for (old, _) in &differing {
             if let Some(old) = old {
-                let contribution = Contribution::of(old, &self.node);
+                let contribution = Contribution::of(old, &old_node);
                 self.remove(old, contribution, &mut changes);
             }
         }
@@ -357,8 +363,12 @@ type Changed<'a> = (Option<&'a Arc<Service>>, Option<&'a Arc<Service>>);
 
 /// The services added, removed or changed from `old` to `new`, in name order. A service both
 /// states share (the same `Arc`) is unchanged without looking at it: only the changed ones are
-/// compared or even read.
-fn changed_services<'a>(old: &'a DesiredState, new: &'a DesiredState) -> Vec<Changed<'a>> {
+/// compared or even read. With `every_service`, every service of either state is listed.
+fn changed_services<'a>(
+    old: &'a DesiredState,
+    new: &'a DesiredState,
+    every_service: bool,
+) -> Vec<Changed<'a>> {
     let mut changed = Vec::new();
     let mut old = old.services.iter().peekable();
     let mut new = new.services.iter().peekable();
@@ -368,7 +378,7 @@ fn changed_services<'a>(old: &'a DesiredState, new: &'a DesiredState) -> Vec<Cha
             (Some(_), None) => Ordering::Less,
             (None, Some(_)) => Ordering::Greater,
             // Keys are the services' names: one service means one name.
-            (Some((_, a)), Some((_, b))) if Arc::ptr_eq(a, b) => {
+            (Some((_, a)), Some((_, b))) if Arc::ptr_eq(a, b) && !every_service => {
                 old.next();
                 new.next();
                 continue;
@@ -380,7 +390,7 @@ fn changed_services<'a>(old: &'a DesiredState, new: &'a DesiredState) -> Vec<Cha
             Ordering::Greater => changed.push((None, new.next().map(|(_, s)| s))),
             Ordering::Equal => {
                 let (a, b) = (old.next().map(|(_, s)| s), new.next().map(|(_, s)| s));
-                if a != b {
+                if a != b || every_service {
                     changed.push((a, b));
                 }
             }

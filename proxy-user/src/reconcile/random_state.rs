@@ -17,8 +17,8 @@ use rand::{
 
 use super::plan::PlanNode;
 use crate::model::{
-    DesiredState, Endpoint, IpFamily, Protocol, Service, ServiceName, ServicePort, ServiceType,
-    TrafficPolicy, UnservedPort,
+    DesiredState, Endpoint, Hints, IpFamily, NodeState, Protocol, Service, ServiceName,
+    ServicePort, ServiceType, TrafficPolicy, UnservedPort,
 };
 
 /// The node the states are planned for; endpoints are spread over it and two others.
@@ -43,7 +43,14 @@ impl RandomStates {
 
     /// A state of up to `services` random services.
     pub fn state(&mut self, services: usize) -> DesiredState {
-        let mut state = DesiredState::default();
+        let mut state = DesiredState {
+            // The node is in zone-a (hints for zone-a are for it).
+            node: Some(NodeState {
+                draining: false,
+                labels: [(NodeState::ZONE_LABEL.to_owned(), "zone-a".to_owned())].into(),
+            }),
+            ..DesiredState::default()
+        };
         for _ in 0..services {
             let service = self.service();
             state
@@ -53,10 +60,22 @@ impl RandomStates {
         state
     }
 
-    /// Applies one to four random changes to `state`.
+    /// Applies one to four random changes to `state`; now and then the node changes zone
+    /// (which re-plans every Service).
     pub fn change(&mut self, state: &mut DesiredState) {
         for _ in 0..self.rng.random_range(1..=4) {
             self.change_one(state);
+        }
+        if self.rng.random_bool(0.05)
+            && let Some(node) = &mut state.node
+        {
+            let zone = if node.zone() == Some("zone-a") {
+                "zone-b"
+            } else {
+                "zone-a"
+            };
+            node.labels
+                .insert(NodeState::ZONE_LABEL.to_owned(), zone.to_owned());
         }
     }
 
@@ -197,6 +216,23 @@ fn endpoint(rng: &mut StdRng) -> Endpoint {
         ready,
         serving: ready || terminating,
         terminating,
+        hints: hints(rng),
+    }
+}
+
+/// Topology hints, often none, sometimes for this node's zone or node, sometimes elsewhere.
+fn hints(rng: &mut StdRng) -> Hints {
+    if rng.random_bool(0.5) {
+        return Hints::default();
+    }
+    let zone = *["zone-a", "zone-b"].choose(rng).expect("non-empty");
+    Hints {
+        for_zones: vec![zone.to_owned()],
+        for_nodes: if rng.random_bool(0.3) {
+            vec![node(rng).unwrap_or_else(|| NODE.to_owned())]
+        } else {
+            Vec::new()
+        },
     }
 }
 

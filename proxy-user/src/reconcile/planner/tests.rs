@@ -124,6 +124,7 @@ fn one_changed_endpoint_lists_only_its_entries() {
         ready: true,
         serving: true,
         terminating: false,
+        hints: crate::model::Hints::default(),
     };
     let name = ServiceName {
         namespace: "c".into(),

@@ -429,6 +429,7 @@ mod tests {
             ready,
             serving,
             terminating,
+            hints: crate::model::Hints::default(),
         }
     }
 

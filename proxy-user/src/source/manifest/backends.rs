@@ -8,7 +8,7 @@ use super::{
     error::{ManifestError, Problems},
     object::{EndpointPortDef, EndpointsDef, PodDef, PortDef, SliceDef, TargetPort},
 };
-use crate::model::Endpoint;
+use crate::model::{Endpoint, Hints};
 
 /// Where a service's endpoints come from.
 #[derive(Debug)]
@@ -102,6 +102,7 @@ fn slice_endpoints(
                     ready: endpoint.ready,
                     serving: endpoint.serving,
                     terminating: endpoint.terminating,
+                    hints: endpoint.hints.clone(),
                 });
             }
         }
@@ -146,6 +147,7 @@ fn subset_endpoints(
                     ready,
                     serving: ready,
                     terminating: false,
+                    hints: Hints::default(),
                 });
             }
         }
@@ -192,6 +194,7 @@ fn pod_endpoints(
                 ready: serving && !pod.terminating,
                 serving,
                 terminating: pod.terminating,
+                hints: Hints::default(),
             });
         }
     }

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, time::SystemTime};
 use ipnet::IpNet;
 
 use super::{error::ObjectRef, k8s::ServiceSpecType};
-use crate::model::{IpFamily, Protocol, ServiceName, TrafficPolicy, UnservedPort};
+use crate::model::{Hints, IpFamily, Protocol, ServiceName, TrafficPolicy, UnservedPort};
 
 /// The kinds sluice reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -200,6 +200,7 @@ pub struct SliceEndpointDef {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    pub hints: Hints,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -24,6 +24,25 @@ pub struct SliceEndpoint {
     #[serde(default, deserialize_with = "nullable")]
     pub conditions: EndpointConditions,
     pub node_name: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub hints: EndpointHints,
+}
+
+/// `endpoints[].hints`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointHints {
+    #[serde(default, deserialize_with = "nullable")]
+    pub for_zones: Vec<HintName>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub for_nodes: Vec<HintName>,
+}
+
+/// A `forZones[]` or `forNodes[]` entry.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct HintName {
+    #[serde(default)]
+    pub name: String,
 }
 
 /// Conditions as written; `None` takes Kubernetes' default (see `validate`).

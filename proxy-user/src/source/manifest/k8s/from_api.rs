@@ -19,9 +19,9 @@ use serde::{
 use yaml_serde::Value;
 
 use super::{
-    ClientIpConfig, EndpointConditions, EndpointPort, EndpointSlice, IntOrString, Integer,
-    LoadBalancerIngress, LoadBalancerStatus, ObjectMeta, Service, ServicePort, ServiceSpec,
-    ServiceStatus, SessionAffinityConfig, SliceEndpoint,
+    ClientIpConfig, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, HintName,
+    IntOrString, Integer, LoadBalancerIngress, LoadBalancerStatus, ObjectMeta, Service,
+    ServicePort, ServiceSpec, ServiceStatus, SessionAffinityConfig, SliceEndpoint,
 };
 
 /// A field the subset cannot take as the API server sent it: `field` is the path (as a
@@ -174,6 +174,30 @@ pub fn endpoint_slice(slice: discovery::EndpointSlice) -> Result<EndpointSlice, 
                 })
                 .unwrap_or_default(),
             node_name: endpoint.node_name,
+            hints: endpoint
+                .hints
+                .map(|hints| {
+                    let names = |names: Option<Vec<String>>| {
+                        names
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|name| HintName { name })
+                            .collect()
+                    };
+                    EndpointHints {
+                        for_zones: names(
+                            hints
+                                .for_zones
+                                .map(|zones| zones.into_iter().map(|zone| zone.name).collect()),
+                        ),
+                        for_nodes: names(
+                            hints
+                                .for_nodes
+                                .map(|nodes| nodes.into_iter().map(|node| node.name).collect()),
+                        ),
+                    }
+                })
+                .unwrap_or_default(),
         })
         .collect();
     let ports = slice

@@ -4,10 +4,10 @@ use std::time::SystemTime;
 
 use super::{NameRule, check_meta, check_port, endpoint_protocol, parse_ip, require_port};
 use crate::{
-    model::IpFamily,
+    model::{Hints, IpFamily},
     source::manifest::{
         error::Problems,
-        k8s::{self, EndpointPort},
+        k8s::{self, EndpointPort, HintName},
         object::{
             AddressDef, EndpointPortDef, EndpointsDef, SliceDef, SliceEndpointDef, SubsetDef,
         },
@@ -91,6 +91,10 @@ pub(crate) fn check_slice(raw: &k8s::EndpointSlice, p: &mut Problems) -> Option<
                 ready,
                 serving: endpoint.conditions.serving.unwrap_or(ready),
                 terminating: endpoint.conditions.terminating.unwrap_or(false),
+                hints: Hints {
+                    for_zones: hint_names(&endpoint.hints.for_zones),
+                    for_nodes: hint_names(&endpoint.hints.for_nodes),
+                },
             });
         }
     }
@@ -237,4 +241,13 @@ fn check_endpoint_ports(
         });
     }
     defs
+}
+
+/// The names of `forZones` or `forNodes`, empty ones left out.
+fn hint_names(names: &[HintName]) -> Vec<String> {
+    names
+        .iter()
+        .map(|hint| hint.name.clone())
+        .filter(|name| !name.is_empty())
+        .collect()
 }
