@@ -8,7 +8,7 @@ use proxy_user::{
     cli::{self, Output, log_level::KernelLogLevel},
     daemon::{self, DaemonOptions},
     datapath::{DatapathOptions, MapSizes, XdpTx},
-    node::conntrack_gc::CtTimeouts,
+    node::{conntrack_gc::CtTimeouts, events::Events},
     source::{
         self,
         manifest::{ManifestOptions, NodePortRange},
@@ -282,6 +282,7 @@ fn run(args: RunArgs) -> Result<()> {
         },
         conntrack_gc_interval: args.ct_gc_interval,
         resync_period: args.resync_period,
+        events: None,
     };
     let access = match (args.kubeconfig, args.in_cluster) {
         (Some(path), _) => Some(source::kube::ApiAccess::Kubeconfig(path)),
@@ -296,6 +297,7 @@ fn run(args: RunArgs) -> Result<()> {
         let desired = match (access, args.manifests) {
             (Some(access), _) => {
                 let client = source::kube::connect(&access, &node_name).await?;
+                opts.events = Some(Events::spawn(client.clone(), &node_name));
                 if opts.datapath.node_ips.is_empty() {
                     // Cluster mode: the Node's InternalIPs act as `--node-ip`.
                     opts.datapath.node_ips =

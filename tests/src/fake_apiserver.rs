@@ -125,6 +125,9 @@ struct Store {
     requests: Vec<Request>,
     /// Every bookmark written to a watch: (resource, its fieldSelector, resourceVersion).
     bookmarks: Vec<(Resource, Option<String>, u64)>,
+    /// events.k8s.io/v1 Events created (POST) and updated (PATCH, a merge), by namespace and
+    /// name, as the client last left them.
+    events: BTreeMap<(String, String), Value>,
 }
 
 struct Shared {
@@ -315,6 +318,11 @@ impl FakeApiServer {
     /// The current resourceVersion.
     pub fn revision(&self) -> u64 {
         self.shared.lock().revision
+    }
+
+    /// Every Event clients created, as last updated.
+    pub fn events(&self) -> Vec<Value> {
+        self.shared.lock().events.values().cloned().collect()
     }
 
     /// Every request so far.
@@ -511,6 +519,10 @@ fn serve_connection(stream: &TcpStream, shared: &Shared) -> std::io::Result<()> 
             resource_version: params.get("resourceVersion").cloned(),
             target: target.to_owned(),
         });
+        if let Some(rest) = path.strip_prefix("/apis/events.k8s.io/v1/namespaces/") {
+            serve_event(&mut out, shared, method, rest, &body)?;
+            continue;
+        }
         match (method, resource) {
             ("GET", Some(resource)) if watch => {
                 // Keep-alive after a watch that ended properly, as a real server does.
@@ -523,6 +535,66 @@ fn serve_connection(stream: &TcpStream, shared: &Shared) -> std::io::Result<()> 
                 let status = status_json(404, "NotFound", &format!("{method} {path}: not found"));
                 respond(&mut out, "404 Not Found", &status)?;
             }
+        }
+    }
+}
+
+/// `POST {ns}/events` creates an Event, `PATCH {ns}/events/{name}` merges into one (as
+/// kube-runtime's recorder updates a series); both answer with the stored object.
+fn serve_event(
+    out: &mut TcpStream,
+    shared: &Shared,
+    method: &str,
+    rest: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let Ok(object) = serde_json::from_slice::<Value>(body) else {
+        return respond(
+            out,
+            "400 Bad Request",
+            &status_json(400, "BadRequest", "not JSON"),
+        );
+    };
+    let mut parts = rest.split('/');
+    let (namespace, resource, name) = (parts.next(), parts.next(), parts.next());
+    let mut store = shared.lock();
+    match (method, namespace, resource, name) {
+        ("POST", Some(namespace), Some("events"), None) => {
+            // As a real API server: the object lands in the namespace of its URL.
+            let mut object = object;
+            object["metadata"]["namespace"] = json!(namespace);
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            store
+                .events
+                .insert((namespace.to_owned(), name), object.clone());
+            drop(store);
+            respond(out, "201 Created", &object)
+        }
+        ("PATCH", Some(namespace), Some("events"), Some(name)) => {
+            let key = (namespace.to_owned(), name.to_owned());
+            let Some(stored) = store.events.get_mut(&key) else {
+                drop(store);
+                return respond(out, "404 Not Found", &status_json(404, "NotFound", name));
+            };
+            if let (Some(stored), Some(patch)) = (stored.as_object_mut(), object.as_object()) {
+                for (field, value) in patch {
+                    stored.insert(field.clone(), value.clone());
+                }
+            }
+            let merged = stored.clone();
+            drop(store);
+            respond(out, "200 OK", &merged)
+        }
+        _ => {
+            drop(store);
+            respond(
+                out,
+                "404 Not Found",
+                &status_json(404, "NotFound", &format!("{method} events {rest}")),
+            )
         }
     }
 }

@@ -1239,3 +1239,83 @@ fn topology_hints_keep_traffic_in_the_zone_and_on_the_node() {
     mode.api.apply(moved);
     from_each_node(&["pod-1b", "pod-2a"], &["pod-1b", "pod-2a"]);
 }
+
+/// Events like kube-proxy's, through events.k8s.io/v1 (the fake API server keeps them):
+/// `Starting` on each node's Node once it serves, and `FailedToStartServiceHealthcheck` on a
+/// Service whose healthCheckNodePort is taken on the node, sent once however many syncs fail
+/// to bind it (repeats within a minute are held back).
+#[test]
+fn events_are_published_like_kube_proxys() {
+    const HC_PORT: u16 = 31999;
+    let mode = start();
+    let events_where = |pred: &dyn Fn(&Value) -> bool| -> Vec<Value> {
+        mode.api.events().into_iter().filter(|e| pred(e)).collect()
+    };
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(100), || {
+        events_where(&|e| e["reason"] == "Starting").len() == 2
+    });
+    for node in ["node1", "node2"] {
+        let starting =
+            events_where(&|e| e["reason"] == "Starting" && e["regarding"]["name"] == node);
+        assert_eq!(starting.len(), 1, "{starting:#?}");
+        let event = &starting[0];
+        assert_eq!(event["type"], "Normal");
+        assert_eq!(event["regarding"]["kind"], "Node");
+        assert_eq!(event["reportingController"], "sluice");
+        assert_eq!(event["reportingInstance"], format!("sluice-{node}"));
+        assert_eq!(event["metadata"]["namespace"], "default");
+    }
+
+    // Something on node1 holds the health check port already.
+    let node1_ip = mode.cluster.node("node1").ip;
+    let _taken = mode
+        .cluster
+        .node("node1")
+        .netns
+        .run_in(|| std::net::TcpListener::bind((node1_ip, HC_PORT)))
+        .expect("enter node1")
+        .expect("bind the health check port first");
+    let mut lb = objects::service(
+        "lb-local",
+        "LoadBalancer",
+        "198.19.0.95",
+        &[("http", "TCP", 80, 8080, 31095)],
+        &[],
+    );
+    lb["spec"]["externalTrafficPolicy"] = json!("Local");
+    lb["spec"]["healthCheckNodePort"] = json!(HC_PORT);
+    mode.api.apply(lb);
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(100), || {
+        !events_where(&|e| e["reason"] == "FailedToStartServiceHealthcheck").is_empty()
+    });
+    // More syncs that fail to bind it: no more Events.
+    simple_service(
+        &mode.api,
+        &mode.cluster,
+        "extra",
+        EXTRA_IP,
+        &["pod-1a"],
+        &[],
+    );
+    mode.wait_for_answers(Place::Pod("pod-1b"), Proto::Tcp, EXTRA_IP, 81, &["pod-1a"]);
+    let failed = events_where(&|e| e["reason"] == "FailedToStartServiceHealthcheck");
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    let event = &failed[0];
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["action"], "Listen");
+    assert_eq!(
+        (
+            event["regarding"]["kind"].clone(),
+            event["regarding"]["name"].clone()
+        ),
+        (json!("Service"), json!("lb-local"))
+    );
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with(
+            "node node1 failed to start healthcheck \"default/lb-local\" on port 31999:"
+        ),
+        "{note}"
+    );
+    assert!(event["series"].is_null(), "sent once: {event:#}");
+}

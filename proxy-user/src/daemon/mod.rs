@@ -25,6 +25,7 @@ use crate::{
     model::{DesiredReceiver, DesiredState, IpFamily, count_changes},
     node::{
         conntrack_gc::{self, CtTimeouts},
+        events::Events,
         healthz::{self, Health},
         kernel_log, map_fill,
         metrics::{self, Metrics},
@@ -45,6 +46,8 @@ pub struct DaemonOptions {
     pub conntrack_gc_interval: Duration,
     /// How often the maps are read back and drift repaired (`Syncer::repair`).
     pub resync_period: Duration,
+    /// Kubernetes Events (cluster mode).
+    pub events: Option<Events>,
 }
 
 /// The wait before retrying a failed sync: doubled after each failure up to the last, reset
@@ -110,7 +113,11 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
     }
 
     let node_families = node.families.clone();
-    let health_checks = HealthCheckServers::new(datapath.node_addrs.addrs.clone(), health.clone());
+    let health_checks = HealthCheckServers::new(
+        datapath.node_addrs.addrs.clone(),
+        health.clone(),
+        opts.events.clone(),
+    );
     let mut syncer = Syncer::new(node, reconciler, sock_term, health_checks);
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -208,6 +215,9 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                 if first_sync {
                     first_sync = false;
                     announce_ready(syncer.reconciler(), datapath.hooks, started);
+                    if let Some(events) = &opts.events {
+                        events.starting();
+                    }
                 }
             }
             // The maps keep what the failed apply left; the retry writes everything again.

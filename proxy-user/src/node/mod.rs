@@ -3,6 +3,7 @@
 
 pub mod affinity_gc;
 pub mod conntrack_gc;
+pub mod events;
 pub mod healthz;
 pub mod http_server;
 pub mod kernel_log;

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::{
     model::{DesiredState, Service, ServiceName, TrafficPolicy},
-    node::{healthz::Health, service_index::ServiceIndex},
+    node::{events::Events, healthz::Health, service_index::ServiceIndex},
     reconcile::local_ready_endpoints,
 };
 
@@ -80,13 +80,15 @@ pub struct HealthCheckServers {
     /// `--nodeport-addresses`).
     addrs: Vec<IpAddr>,
     health: Health,
+    /// Where a port that cannot be bound is reported (cluster mode).
+    events: Option<Events>,
     servers: BTreeMap<u16, (Shared, Vec<JoinHandle<()>>)>,
 }
 
 impl HealthCheckServers {
     /// Listens on `addrs` but IPv6 link-local ones (load balancers do not probe those, and
     /// binding them needs an interface scope).
-    pub fn new(addrs: Vec<IpAddr>, health: Health) -> Self {
+    pub fn new(addrs: Vec<IpAddr>, health: Health, events: Option<Events>) -> Self {
         let addrs = addrs
             .into_iter()
             .filter(|addr| !matches!(addr, IpAddr::V6(ip) if ip.is_unicast_link_local()))
@@ -94,6 +96,7 @@ impl HealthCheckServers {
         Self {
             addrs,
             health,
+            events,
             servers: BTreeMap::new(),
         }
     }
@@ -131,6 +134,9 @@ impl HealthCheckServers {
                     Ok((_, task)) => tasks.push(task),
                     Err(err) => {
                         warn!(%addr, service = %check.service, %err, "cannot serve healthCheckNodePort");
+                        if let Some(events) = &self.events {
+                            events.health_check_failed(&check.service, port, &err.to_string());
+                        }
                         tasks.iter().for_each(JoinHandle::abort);
                         tasks.clear();
                         break;
