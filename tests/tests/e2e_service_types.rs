@@ -81,6 +81,14 @@ metadata:
     )
 }
 
+/// The port of the (first) `protocol` NodePort frontend among `rows`.
+fn node_port_of(rows: &[Value], protocol: &str) -> u16 {
+    rows.iter()
+        .find(|r| r["kind"] == "NodePort" && r["protocol"] == protocol)
+        .and_then(|r| r["frontend"].as_str()?.strip_prefix("*:")?.parse().ok())
+        .unwrap_or_else(|| panic!("no {protocol} NodePort in {rows:#?}"))
+}
+
 /// The `status` of a LoadBalancer Service whose load balancer published `ip`.
 fn lb_status(ip: Ipv4Addr) -> String {
     format!("status:\n  loadBalancer:\n    ingress: [{{ip: {ip}}}]\n")
@@ -277,17 +285,7 @@ fn load_balancer_ips_are_served_on_every_node_with_node_port_and_cluster_ip() {
         rows.iter().all(|r| r["type"] == "LoadBalancer"),
         "{rows:#?}"
     );
-    let node_port = rows
-        .iter()
-        .find(|r| r["kind"] == "NodePort" && r["protocol"] == "TCP")
-        .and_then(|r| {
-            r["frontend"]
-                .as_str()?
-                .strip_prefix("*:")?
-                .parse::<u16>()
-                .ok()
-        })
-        .expect("an allocated NodePort");
+    let node_port = node_port_of(&rows, "TCP");
 
     // Off-node clients: each LB IP through the node it is routed to; local backends see the
     // client, remote ones the entry node.
@@ -1172,17 +1170,7 @@ spec:
         },
     );
     let rows = rows_of(&scenario.node1, "wide");
-    let udp_node_port = rows
-        .iter()
-        .find(|r| r["kind"] == "NodePort" && r["protocol"] == "UDP")
-        .and_then(|r| {
-            r["frontend"]
-                .as_str()?
-                .strip_prefix("*:")?
-                .parse::<u16>()
-                .ok()
-        })
-        .expect("an allocated UDP NodePort");
+    let udp_node_port = node_port_of(&rows, "UDP");
     assert!(
         (40_000..=40_999).contains(&udp_node_port),
         "allocated from the range: {udp_node_port}"
