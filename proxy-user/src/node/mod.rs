@@ -1,5 +1,6 @@
-//! The node services around the datapath: /healthz, service health-check ports, /metrics,
-//! the conntrack and affinity GC tasks, socket termination and kernel log forwarding.
+//! The node services around the datapath: /healthz and /livez, service health-check ports,
+//! /metrics, Events, the conntrack and affinity GC tasks, socket termination and kernel log
+//! forwarding.
 
 pub mod affinity_gc;
 pub mod conntrack_gc;
