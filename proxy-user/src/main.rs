@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use proxy_user::{
     cli::{self, Output, log_level::KernelLogLevel},
     daemon::{self, DaemonOptions},
-    datapath::{DatapathOptions, MapSizes, XdpTx},
+    datapath::{DatapathOptions, MapSizes, NodePortAddresses, XdpTx},
     node::{conntrack_gc::CtTimeouts, events::Events},
     source::{
         self,
@@ -137,6 +137,11 @@ struct RunArgs {
     /// in the families given. Default: every local address.
     #[arg(long = "node-ip")]
     node_ips: Vec<std::net::IpAddr>,
+    /// Which node addresses NodePorts (and health check NodePorts) answer on, as kube-proxy's
+    /// flag: CIDRs (repeat, or comma-separated; a family with none keeps all its addresses),
+    /// or `primary` (the first `--node-ip`, or InternalIP, of each family). Default: all.
+    #[arg(long = "nodeport-addresses", value_delimiter = ',')]
+    nodeport_addresses: Vec<String>,
     /// cgroup v2 directory whose processes get socket-level load balancing.
     /// Default: the cgroup2 mount's root.
     #[arg(long)]
@@ -267,6 +272,8 @@ fn run(args: RunArgs) -> Result<()> {
             ifaces: args.ifaces,
             xdp_tx: args.xdp_tx,
             node_ips: args.node_ips,
+            node_port_addresses: NodePortAddresses::parse(&args.nodeport_addresses)
+                .map_err(anyhow::Error::msg)?,
             counters: !args.no_counters,
             kernel_log_level: args.kernel_log_level.into(),
             sizes: args.sizes,

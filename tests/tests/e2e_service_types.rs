@@ -1195,3 +1195,141 @@ spec:
         }
     }
 }
+
+/// `--nodeport-addresses` as kube-proxy's: node1 has a second address, but NodePorts answer
+/// only on the one inside the given range; the other is left to the node's own stack (no
+/// listener there: refused). The cluster IP is not affected.
+#[test]
+fn nodeport_addresses_limit_where_node_ports_answer() {
+    const SECOND: &str = "198.18.0.21";
+    let mut cluster = proxy_tests::Cluster::new();
+    cluster.start_pods();
+    let node1 = cluster.node("node1");
+    node1
+        .netns
+        .ip(&["addr", "add", &format!("{SECOND}/24"), "dev", "eth0"])
+        .expect("a second address on node1");
+    let node1_ip = node1.ip;
+    let manifests = proxy_tests::manifests::ManifestDir::standard(&cluster);
+    let daemon = SluiceDaemon::start(
+        &cluster,
+        "node1",
+        manifests.path(),
+        &[
+            "--node-ip",
+            SECOND,
+            "--nodeport-addresses",
+            &format!("{node1_ip}/32"),
+        ],
+    );
+    assert!(
+        daemon
+            .stderr()
+            .contains(&format!("node_port_addrs=[{node1_ip}")),
+        "{}",
+        daemon.stderr()
+    );
+    let node_port = proxy_tests::manifests::ECHO_NODE_PORT_TCP;
+    let answered: BTreeSet<String> = cluster
+        .request(
+            Place::Client,
+            Proto::Tcp,
+            node1_ip,
+            node_port,
+            SPREAD_REQUESTS,
+        )
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("NodePort on {node1_ip}: {e}")))
+        .collect();
+    assert_eq!(answered, pods(&ALL_PODS));
+    let refused = cluster.request(Place::Client, Proto::Tcp, ip(SECOND), node_port, 2);
+    assert!(
+        refused.iter().all(Result::is_err),
+        "a NodePort answered on {SECOND}: {refused:?}"
+    );
+    // From a pod, the cluster IP is served as before.
+    let answered: BTreeSet<String> = cluster
+        .request(
+            Place::Pod("pod-1a"),
+            Proto::Tcp,
+            ip(proxy_tests::manifests::ECHO_IP),
+            80,
+            SPREAD_REQUESTS,
+        )
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("cluster IP: {e}")))
+        .collect();
+    assert_eq!(answered, pods(&ALL_PODS));
+}
+
+/// Without `--node-ip`, NodePorts answer on the node's local addresses, and follow them:
+/// an address added while the daemon runs serves NodePorts within moments (rtnetlink tells
+/// the daemon), and one removed stops being a NodePort address.
+#[test]
+fn node_ports_follow_addresses_added_at_run_time() {
+    const ADDED: &str = "198.18.0.22";
+    let mut cluster = proxy_tests::Cluster::new();
+    cluster.start_pods();
+    let manifests = proxy_tests::manifests::ManifestDir::standard(&cluster);
+    let config = proxy_tests::sluice::DaemonConfig::new(&cluster, "node1", manifests.path(), &[])
+        .without_node_ip();
+    let daemon = SluiceDaemon::launch(config).expect("sluice starts on node1");
+    let node_port = proxy_tests::manifests::ECHO_NODE_PORT_TCP;
+    let before = cluster.request(Place::Client, Proto::Tcp, ip(ADDED), node_port, 1);
+    assert!(
+        before[0].is_err(),
+        "{ADDED} answered before it existed: {before:?}"
+    );
+
+    let node1 = cluster.node("node1");
+    node1
+        .netns
+        .ip(&["addr", "add", &format!("{ADDED}/24"), "dev", "eth0"])
+        .expect("add an address to node1");
+    wait_for(&format!("NodePorts on {ADDED}"), SYNC_TIMEOUT, POLL, || {
+        let answers = cluster.request(Place::Client, Proto::Tcp, ip(ADDED), node_port, 3);
+        if answers.iter().all(Result::is_ok) {
+            Ok(())
+        } else {
+            Err(format!("{answers:?}\n{}", daemon.stderr()))
+        }
+    });
+    assert!(
+        daemon.stderr().contains("node addresses changed"),
+        "{}",
+        daemon.stderr()
+    );
+    let answered: BTreeSet<String> = cluster
+        .request(
+            Place::Client,
+            Proto::Tcp,
+            ip(ADDED),
+            node_port,
+            SPREAD_REQUESTS,
+        )
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("NodePort on {ADDED}: {e}")))
+        .collect();
+    assert_eq!(answered, pods(&ALL_PODS));
+
+    node1
+        .netns
+        .ip(&["addr", "del", &format!("{ADDED}/24"), "dev", "eth0"])
+        .expect("remove it");
+    wait_for(
+        "the removed address leaves the node-address map",
+        SYNC_TIMEOUT,
+        POLL,
+        || {
+            let stderr = daemon.stderr();
+            let changes: Vec<&str> = stderr
+                .lines()
+                .filter(|line| line.contains("node addresses changed"))
+                .collect();
+            match changes.as_slice() {
+                [.., added, removed] if added.contains(ADDED) && !removed.contains(ADDED) => Ok(()),
+                _ => Err(format!("{changes:#?}")),
+            }
+        },
+    );
+}

@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 
 pub use self::sync::{Synced, Syncer};
 use crate::{
-    datapath::{Datapath, DatapathOptions, HookCounts},
+    datapath::{Datapath, DatapathOptions, HookCounts, addr_watch::AddressWatch},
     model::{DesiredReceiver, DesiredState, IpFamily, count_changes},
     node::{
         conntrack_gc::{self, CtTimeouts},
@@ -126,6 +126,17 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
     let mut last_seen: Option<Arc<DesiredState>> = None;
     // Set while the maps do not hold the last state (its sync failed): when to try again.
     let mut retry: Option<(Instant, Duration)> = None;
+    // Without `--node-ip` (or InternalIPs) NodePorts answer on the local addresses: follow
+    // them.
+    let mut addr_watch = if opts.datapath.node_ips.is_empty() {
+        AddressWatch::open()
+            .inspect_err(|err| {
+                warn!(%err, "cannot follow address changes: NodePort addresses are read once");
+            })
+            .ok()
+    } else {
+        None
+    };
     let mut resync = tokio::time::interval(opts.resync_period);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The source's first complete state may already be waiting: handle it like a change.
@@ -172,6 +183,28 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                         error!(retry_in = ?wait, "reading back the maps failed: {err:#}");
                         retry = Some((Instant::now() + wait, wait));
                     }
+                }
+                continue;
+            }
+            changed = async { addr_watch.as_mut().expect("guarded").changed().await },
+                if addr_watch.is_some() =>
+            {
+                if let Err(err) = changed {
+                    warn!(%err, "following address changes stopped");
+                    addr_watch = None;
+                    continue;
+                }
+                // An address change comes as a burst of messages: let it finish.
+                tokio::time::sleep(ADDRESS_SETTLE).await;
+                match datapath.refresh_node_addrs(&opts.datapath) {
+                    Ok(true) => {
+                        info!(node_port_addrs = ?datapath.node_addrs.addrs, "node addresses changed");
+                        syncer
+                            .node_addrs_changed(datapath.node_addrs.addrs.clone())
+                            .await;
+                    }
+                    Ok(false) => {}
+                    Err(err) => error!("writing the new node addresses: {err:#}"),
                 }
                 continue;
             }
@@ -235,6 +268,9 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
     info!("stopping; the datapath keeps serving from the pinned programs and maps");
     Ok(())
 }
+
+/// How long after an address change message the addresses are read again.
+const ADDRESS_SETTLE: Duration = Duration::from_millis(100);
 
 /// Doubling waits between `first` and `max`.
 struct Backoff {

@@ -151,6 +151,17 @@ impl Syncer {
         self.affinity_gc.run(maps, &self.reconciler.affinity_view());
     }
 
+    /// The NodePort addresses changed: the health check ports move to `addrs`.
+    pub async fn node_addrs_changed(&mut self, addrs: Vec<std::net::IpAddr>) {
+        self.health_checks.set_addrs(addrs);
+        self.health_checks
+            .update(&service_health::wanted_in(
+                &self.health_check_index,
+                &self.node_name,
+            ))
+            .await;
+    }
+
     /// kube-proxy's no-local-endpoints counts (internal, external) of `family` for the last
     /// state.
     pub fn no_local_endpoints(&self, family: IpFamily) -> (i64, i64) {

@@ -1,6 +1,7 @@
 //! Loading the eBPF object, pinning its maps and links, and attaching (or atomically replacing)
 //! every program, so a restart never drops established connections or the datapath.
 
+pub mod addr_watch;
 pub mod clock;
 mod maps;
 pub mod netdev;
@@ -34,7 +35,7 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 pub use maps::{MapFill, Maps, zero_traffic, zero_traffic_slots};
-pub use node_addrs::NodeAddrs;
+pub use node_addrs::{NodeAddrs, NodePortAddresses};
 use proxy_common::{
     Addr6, CONFIG_F_COUNTERS, CONFIG_F_XDP_TX, Config, Config6, NODE_ADDR_F_PRIMARY, NodeAddr,
     map_names,
@@ -67,6 +68,8 @@ pub struct DatapathOptions {
     /// Addresses a NodePort answers on, besides loopback, of either family (the first of each
     /// family is its SNAT source); empty means every local address.
     pub node_ips: Vec<IpAddr>,
+    /// `--nodeport-addresses`: which of those NodePorts answer on.
+    pub node_port_addresses: NodePortAddresses,
     /// Count traffic, drops and verdicts in the datapath.
     pub counters: bool,
     /// The most verbose kernel log level the programs emit (`LOG_LEVEL_*`; 0: none).
@@ -154,6 +157,17 @@ impl Datapath {
             node_addrs,
             _ebpf: ebpf,
         })
+    }
+}
+
+impl Datapath {
+    /// Reads the node's addresses again and writes the NodePort addresses and SNAT sources
+    /// they give (after an address change); returns whether they changed.
+    pub fn refresh_node_addrs(&mut self, opts: &DatapathOptions) -> Result<bool> {
+        let node_addrs = configure(&mut self.maps, opts)?;
+        let changed = node_addrs != self.node_addrs;
+        self.node_addrs = node_addrs;
+        Ok(changed)
     }
 }
 
@@ -391,7 +405,8 @@ fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<NodeAddrs> {
         &opts.node_ips,
         &local,
         opts.ifaces.first().map(String::as_str),
-    );
+    )
+    .with_node_ports(&opts.node_port_addresses);
     let flags = |addr: IpAddr| NodeAddr {
         flags: if node_addrs.is_primary(addr) {
             NODE_ADDR_F_PRIMARY
@@ -457,7 +472,8 @@ fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<NodeAddrs> {
     };
     maps.config6.set(0, &config6, 0)?;
     info!(
-        node_ips = ?node_addrs.addrs,
+        node_ips = ?node_addrs.node_addrs,
+        node_port_addrs = ?node_addrs.addrs,
         snat = ?node_addrs.primary_v4,
         snat6 = ?node_addrs.primary_v6,
         xdp_tx,

@@ -89,16 +89,28 @@ impl HealthCheckServers {
     /// Listens on `addrs` but IPv6 link-local ones (load balancers do not probe those, and
     /// binding them needs an interface scope).
     pub fn new(addrs: Vec<IpAddr>, health: Health, events: Option<Events>) -> Self {
-        let addrs = addrs
-            .into_iter()
-            .filter(|addr| !matches!(addr, IpAddr::V6(ip) if ip.is_unicast_link_local()))
-            .collect();
         Self {
-            addrs,
+            addrs: Self::listen_addrs(addrs),
             health,
             events,
             servers: BTreeMap::new(),
         }
+    }
+
+    /// Listens on `addrs` from now on: every port is closed, to be bound again by the next
+    /// `update` on the new addresses.
+    pub fn set_addrs(&mut self, addrs: Vec<IpAddr>) {
+        for (_, (_, tasks)) in std::mem::take(&mut self.servers) {
+            tasks.iter().for_each(JoinHandle::abort);
+        }
+        self.addrs = Self::listen_addrs(addrs);
+    }
+
+    fn listen_addrs(addrs: Vec<IpAddr>) -> Vec<IpAddr> {
+        addrs
+            .into_iter()
+            .filter(|addr| !matches!(addr, IpAddr::V6(ip) if ip.is_unicast_link_local()))
+            .collect()
     }
 
     /// Serves exactly `wanted`: new ports are bound, gone ones closed, counts updated. A port
