@@ -158,9 +158,7 @@ impl Datapath {
             _ebpf: ebpf,
         })
     }
-}
 
-impl Datapath {
     /// Reads the node's addresses again and writes the NodePort addresses and SNAT sources
     /// they give (after an address change); returns whether they changed.
     pub fn refresh_node_addrs(&mut self, opts: &DatapathOptions) -> Result<bool> {
