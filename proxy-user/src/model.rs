@@ -327,55 +327,59 @@ impl DesiredState {
     }
 }
 
-/// Service and endpoint changes from `previous` to `next`, as kube-proxy's change trackers
-/// count them for `sync_proxy_rules_{service,endpoint}_changes_total`: a Service added,
-/// removed or changed apart from its endpoints is a service change; one whose endpoints changed
-/// (or that came or went with endpoints) is an endpoint change. kube-proxy counts watch events
-/// per object (each EndpointSlice update); sluice counts per Service, as its sources publish
-/// whole states. Services shared with `previous` cost a pointer comparison.
-pub fn count_changes(previous: Option<&DesiredState>, next: &DesiredState) -> (u64, u64) {
-    fn has_endpoints(service: &Service) -> bool {
-        service.ports.iter().any(|port| !port.endpoints.is_empty())
+/// Service and endpoint changes, as kube-proxy's change trackers count them for
+/// `sync_proxy_rules_{service,endpoint}_changes_total`. kube-proxy counts watch events per
+/// object (each EndpointSlice update); sluice counts per Service, as its sources publish
+/// whole states.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChangeCounts {
+    pub services: u64,
+    pub endpoints: u64,
+}
+
+impl std::ops::AddAssign for ChangeCounts {
+    fn add_assign(&mut self, other: Self) {
+        self.services += other.services;
+        self.endpoints += other.endpoints;
     }
-    fn without_endpoints(service: &Service) -> Service {
-        let mut spec = service.clone();
-        for port in &mut spec.ports {
-            port.endpoints.clear();
+}
+
+impl ChangeCounts {
+    /// One Service going from `old` to `new` (`None`: absent): a Service added, removed or
+    /// changed apart from its endpoints is a service change; one whose endpoints changed (or
+    /// that came or went with endpoints) is an endpoint change.
+    pub fn of(old: Option<&Service>, new: Option<&Service>) -> Self {
+        fn has_endpoints(service: &Service) -> bool {
+            service.ports.iter().any(|port| !port.endpoints.is_empty())
         }
-        spec
+        fn without_endpoints(service: &Service) -> Service {
+            let mut spec = service.clone();
+            for port in &mut spec.ports {
+                port.endpoints.clear();
+            }
+            spec
+        }
+        match (old, new) {
+            (Some(old), Some(new)) if old == new => Self::default(),
+            (Some(old), Some(new)) => {
+                let same_endpoints = old.ports.len() == new.ports.len()
+                    && old
+                        .ports
+                        .iter()
+                        .zip(&new.ports)
+                        .all(|(a, b)| a.endpoints == b.endpoints);
+                Self {
+                    services: u64::from(without_endpoints(old) != without_endpoints(new)),
+                    endpoints: u64::from(!same_endpoints),
+                }
+            }
+            (Some(one), None) | (None, Some(one)) => Self {
+                services: 1,
+                endpoints: u64::from(has_endpoints(one)),
+            },
+            (None, None) => Self::default(),
+        }
     }
-    let empty = DesiredState::default();
-    let previous = previous.unwrap_or(&empty);
-    let (mut services, mut endpoints) = (0, 0);
-    let mut count_one = |old: Option<&Service>, new: Option<&Service>| match (old, new) {
-        (Some(old), Some(new)) => {
-            let same_endpoints = old.ports.len() == new.ports.len()
-                && old
-                    .ports
-                    .iter()
-                    .zip(&new.ports)
-                    .all(|(a, b)| a.endpoints == b.endpoints);
-            endpoints += u64::from(!same_endpoints);
-            services += u64::from(without_endpoints(old) != without_endpoints(new));
-        }
-        (Some(one), None) | (None, Some(one)) => {
-            services += 1;
-            endpoints += u64::from(has_endpoints(one));
-        }
-        (None, None) => {}
-    };
-    for (name, new) in &next.services {
-        match previous.services.get(name) {
-            Some(old) if Arc::ptr_eq(old, new) || old == new => {}
-            old => count_one(old.map(|old| &**old), Some(new)),
-        }
-    }
-    for (name, old) in &previous.services {
-        if !next.services.contains_key(name) {
-            count_one(Some(old), None);
-        }
-    }
-    (services, endpoints)
 }
 
 /// Where sources publish the complete desired state; `None` until their first full view,
@@ -386,6 +390,13 @@ pub type DesiredReceiver = watch::Receiver<Option<Arc<DesiredState>>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn name(name: &str) -> ServiceName {
+        ServiceName {
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
 
     fn state(services: &[(&str, u16)]) -> DesiredState {
         let services = services.iter().map(|&(name, port)| {
@@ -425,9 +436,8 @@ mod tests {
 
     #[test]
     fn changes_are_counted_as_kube_proxy_counts_them() {
-        let previous = state(&[("a", 80), ("b", 80), ("c", 80)]);
-        assert_eq!(count_changes(None, &previous), (3, 0), "no endpoints yet");
-        let mut next = state(&[("a", 80), ("b", 81), ("d", 80)]);
+        let previous = state(&[("a", 80), ("b", 80)]);
+        let mut next = state(&[("a", 80), ("b", 81)]);
         // `a` gains an endpoint: an endpoint change only.
         let a = Arc::make_mut(next.services.values_mut().next().unwrap());
         a.ports[0].endpoints.push(Endpoint {
@@ -439,9 +449,24 @@ mod tests {
             terminating: false,
             hints: Hints::default(),
         });
-        // b changed its port, c went, d came: three service changes.
-        assert_eq!(count_changes(Some(&previous), &next), (3, 1));
-        assert_eq!(count_changes(Some(&next), &next), (0, 0));
+        let (old_a, old_b) = (
+            &previous.services[&name("a")],
+            &previous.services[&name("b")],
+        );
+        let (new_a, new_b) = (&next.services[&name("a")], &next.services[&name("b")]);
+        let counts =
+            |old: &Arc<Service>, new: &Arc<Service>| ChangeCounts::of(Some(old), Some(new));
+        let changes = |services, endpoints| ChangeCounts {
+            services,
+            endpoints,
+        };
+        assert_eq!(counts(old_a, new_a), changes(0, 1));
+        // b changed its port: a service change.
+        assert_eq!(counts(old_b, new_b), changes(1, 0));
+        assert_eq!(counts(new_a, new_a), changes(0, 0));
+        // Coming and going: a service change, and an endpoint change with endpoints.
+        assert_eq!(ChangeCounts::of(None, Some(new_a)), changes(1, 1));
+        assert_eq!(ChangeCounts::of(Some(old_b), None), changes(1, 0));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 pub use self::sync::{Synced, Syncer};
 use crate::{
     datapath::{Datapath, DatapathOptions, HookCounts, addr_watch::AddressWatch},
-    model::{DesiredReceiver, DesiredState, IpFamily, count_changes},
+    model::{DesiredReceiver, IpFamily},
     node::{
         conntrack_gc::{self, CtTimeouts},
         events::Events,
@@ -122,8 +122,6 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut first_sync = true;
-    // The last state received: changes are counted against it.
-    let mut last_seen: Option<Arc<DesiredState>> = None;
     // Set while the maps do not hold the last state (its sync failed): when to try again.
     let mut retry: Option<(Instant, Duration)> = None;
     // Without `--node-ip` (or InternalIPs) NodePorts answer on the local addresses: follow
@@ -154,12 +152,6 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                 health.set_node_eligible(!state.node.as_ref().is_some_and(|node| node.draining));
                 health.queued();
                 metrics.queued(SystemTime::now());
-                let (services, endpoints) = count_changes(last_seen.as_deref(), &state);
-                metrics.service_changes.inc_by(services);
-                metrics.endpoint_changes.inc_by(endpoints);
-                metrics.service_changes_pending.inc_by(i64::try_from(services).unwrap_or(i64::MAX));
-                metrics.endpoint_changes_pending.inc_by(i64::try_from(endpoints).unwrap_or(i64::MAX));
-                last_seen = Some(state.clone());
                 (state, false)
             }
             () = sleep_until(retry_at.unwrap_or_else(Instant::now).into()), if retry_at.is_some() => {
@@ -221,6 +213,7 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
         } else {
             syncer.sync(&mut datapath.maps, state.clone()).await
         };
+        metrics.changes(syncer.take_counted(), syncer.pending());
         match result {
             Ok(done) => {
                 retry = None;
@@ -230,8 +223,6 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                 health.synced();
                 let took = sync_started.elapsed();
                 metrics.synced(took, done.apply.full);
-                metrics.service_changes_pending.set(0);
-                metrics.endpoint_changes_pending.set(0);
                 for &family in &node_families {
                     let (internal, external) = syncer.no_local_endpoints(family);
                     metrics.set_no_local_endpoints(family, internal, external);

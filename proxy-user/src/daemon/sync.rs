@@ -8,7 +8,7 @@ use tracing::warn;
 
 use crate::{
     datapath::{Maps, clock},
-    model::{DesiredState, IpFamily},
+    model::{ChangeCounts, DesiredState, IpFamily},
     node::{
         affinity_gc::AffinityGc,
         no_local_endpoints,
@@ -29,6 +29,10 @@ pub struct Syncer {
     local_policy_index: ServiceIndex,
     sock_term: SockTerminator,
     affinity_gc: AffinityGc,
+    /// Changes planned since the last [`Syncer::take_counted`], for the change totals.
+    counted: ChangeCounts,
+    /// Changes planned but not yet in the maps (their apply failed; a retry brings them).
+    pending: ChangeCounts,
 }
 
 /// What one successful sync did.
@@ -55,6 +59,8 @@ impl Syncer {
             local_policy_index: no_local_endpoints::index(),
             sock_term,
             affinity_gc: AffinityGc::default(),
+            counted: ChangeCounts::default(),
+            pending: ChangeCounts::default(),
         }
     }
 
@@ -71,6 +77,8 @@ impl Syncer {
     pub async fn sync(&mut self, maps: &mut Maps, state: Arc<DesiredState>) -> Result<Synced> {
         let started_ns = clock::monotonic_ns();
         let changes = self.planner.update(state.clone());
+        self.counted += changes.counts;
+        self.pending += changes.counts;
         self.health_check_index.update(&state, &changes);
         self.local_policy_index.update(&state, &changes);
         let apply = self
@@ -120,17 +128,13 @@ impl Syncer {
         changes: &PlanChanges,
         started_ns: u64,
     ) -> Synced {
+        self.pending = ChangeCounts::default();
         let view = self.reconciler.affinity_view();
         self.affinity_gc.after_apply(maps, &view, started_ns);
         // A full apply may have written anything: socket termination then compares everything.
         let changes = (!apply.full).then_some(changes);
         let udp_sockets_terminated = self.sock_term.after_apply(self.planner.plan(), changes);
-        self.health_checks
-            .update(&service_health::wanted_in(
-                &self.health_check_index,
-                &self.node_name,
-            ))
-            .await;
+        self.serve_health_checks().await;
         Synced {
             apply,
             udp_sockets_terminated,
@@ -154,12 +158,23 @@ impl Syncer {
     /// The NodePort addresses changed: the health check ports move to `addrs`.
     pub async fn node_addrs_changed(&mut self, addrs: Vec<std::net::IpAddr>) {
         self.health_checks.set_addrs(addrs);
-        self.health_checks
-            .update(&service_health::wanted_in(
-                &self.health_check_index,
-                &self.node_name,
-            ))
-            .await;
+        self.serve_health_checks().await;
+    }
+
+    /// The health check ports answer for the last programmed state.
+    async fn serve_health_checks(&mut self) {
+        let wanted = service_health::wanted_in(&self.health_check_index, &self.node_name);
+        self.health_checks.update(&wanted).await;
+    }
+
+    /// The changes planned since the last call (counted once each, applied or not).
+    pub fn take_counted(&mut self) -> ChangeCounts {
+        std::mem::take(&mut self.counted)
+    }
+
+    /// The changes planned but not yet in the maps.
+    pub fn pending(&self) -> ChangeCounts {
+        self.pending
     }
 
     /// kube-proxy's no-local-endpoints counts (internal, external) of `family` for the last

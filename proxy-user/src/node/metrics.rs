@@ -23,9 +23,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::datapath::{
-    Maps,
-    view::{socket, stats},
+use crate::{
+    datapath::{
+        Maps,
+        view::{socket, stats},
+    },
+    model::ChangeCounts,
 };
 
 /// Labels of the per-map gauges.
@@ -94,10 +97,10 @@ pub struct Metrics {
     network_programming: Histograms,
     last_sync: TimeGauges,
     last_queued: TimeGauges,
-    pub endpoint_changes_pending: Gauge,
-    pub endpoint_changes: Counter,
-    pub service_changes_pending: Gauge,
-    pub service_changes: Counter,
+    endpoint_changes_pending: Gauge,
+    endpoint_changes: Counter,
+    service_changes_pending: Gauge,
+    service_changes: Counter,
     pub no_local_endpoints: Family<PolicyFamilyLabels, Gauge>,
     pub sync_errors: Counter,
     pub udp_sockets_terminated: Counter,
@@ -302,6 +305,16 @@ impl Metrics {
                 .get_or_create(&labels)
                 .observe(latency.as_secs_f64());
         }
+    }
+
+    /// Changes `counted` since the last call, and those still `pending` (planned, not yet in
+    /// the maps).
+    pub fn changes(&self, counted: ChangeCounts, pending: ChangeCounts) {
+        self.service_changes.inc_by(counted.services);
+        self.endpoint_changes.inc_by(counted.endpoints);
+        let gauge = |count: u64| i64::try_from(count).unwrap_or(i64::MAX);
+        self.service_changes_pending.set(gauge(pending.services));
+        self.endpoint_changes_pending.set(gauge(pending.endpoints));
     }
 
     /// kube-proxy's no-local-endpoints gauges of `family`.

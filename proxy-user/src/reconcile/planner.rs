@@ -17,7 +17,7 @@ use std::{
 };
 
 use super::plan::{BackendAddr, Contribution, Frontend, Plan, PlanNode};
-use crate::model::{DesiredState, Service, ServiceName};
+use crate::model::{ChangeCounts, DesiredState, Service, ServiceName};
 
 /// The plan entries one update changed (or may have: an entry rewritten to the same value is
 /// listed too). The reconciler writes only these.
@@ -30,6 +30,8 @@ pub struct PlanChanges {
     pub frontends: BTreeSet<Frontend>,
     pub backends: BTreeSet<BackendAddr>,
     pub skipped: BTreeSet<String>,
+    /// The Service and endpoint changes of the update, for kube-proxy's change metrics.
+    pub counts: ChangeCounts,
 }
 
 impl PlanChanges {
@@ -138,11 +140,13 @@ impl Planner {
         self.node = self.node.for_state(&state);
         let every_service = old_node != self.node;
         let Some(previous) = self.state.replace(state.clone()) else {
+            let mut changes = PlanChanges::everything();
             for service in state.services.values() {
+                changes.counts += ChangeCounts::of(None, Some(service));
                 let contribution = Contribution::of(service, &self.node);
                 self.add(service, contribution, None);
             }
-            return PlanChanges::everything();
+            return changes;
         };
         let mut changes = PlanChanges::default();
         if Arc::ptr_eq(&previous, &state) && !every_service {
@@ -153,6 +157,9 @@ impl Planner {
             .iter()
             .filter_map(|(old, new)| old.or(*new).map(|service| service.name.clone()))
             .collect();
+        for (old, new) in &differing {
+            changes.counts += ChangeCounts::of(old.map(|s| &**s), new.map(|s| &**s));
+        }
         // Every old claim goes before any new one is made, so a new claim sees only the
         // claims that stay.
         for (old, _) in &differing {
