@@ -112,7 +112,7 @@ pub struct ApiObjects {
     /// Services that failed the checks with no good version to keep: listed as not
     /// programmed, with their first error, so `sluice services` shows every Service the API
     /// server holds.
-    rejected: BTreeMap<ServiceName, Rejected>,
+    rejected: BTreeMap<ObjectKey, Rejected>,
 }
 
 /// A Service sluice could not check: its type and why.
@@ -156,9 +156,9 @@ impl ApiObjects {
     /// version, as in a file. Returns what the checks found.
     pub fn apply(&mut self, object: impl Into<ApiObject>) -> Vec<ManifestError> {
         let object = object.into();
-        let (key, rejected) = (object.key(), Rejected::of(&object));
+        let (key, service_type) = (object.key(), service_type_of(&object));
         let (parsed, problems) = self.check(object);
-        self.keep(key, parsed, rejected, &problems);
+        self.keep(key, parsed, service_type, &problems);
         problems
     }
 
@@ -168,25 +168,19 @@ impl ApiObjects {
         &mut self,
         key: ObjectKey,
         parsed: Option<ParsedObject>,
-        rejected: Option<Rejected>,
+        service_type: Option<ServiceType>,
         problems: &[ManifestError],
     ) {
-        let service = (key.kind == Kind::Service).then(|| ServiceName {
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
-        });
         match parsed {
             Some(parsed) => {
-                if let Some(service) = &service {
-                    self.rejected.remove(service);
-                }
+                self.rejected.remove(&key);
                 self.objects.insert(key, parsed);
             }
             None if self.objects.contains_key(&key) => {}
             None => {
-                if let (Some(service), Some(mut rejected)) = (service, rejected) {
+                if let Some(service_type) = service_type {
                     let first = problems.iter().find(|p| p.is_error());
-                    rejected.reason = match first {
+                    let reason = match first {
                         Some(p) => format!(
                             "rejected: {}{}",
                             p.field
@@ -197,7 +191,11 @@ impl ApiObjects {
                         ),
                         None => "rejected by sluice's checks".to_owned(),
                     };
-                    self.rejected.insert(service, rejected);
+                    let rejected = Rejected {
+                        service_type,
+                        reason,
+                    };
+                    self.rejected.insert(key, rejected);
                 }
             }
         }
@@ -210,14 +208,7 @@ impl ApiObjects {
             namespace: namespace_or_default(namespace).to_owned(),
             name: name.to_owned(),
         };
-        let rejected = kind == Kind::Service
-            && self
-                .rejected
-                .remove(&ServiceName {
-                    namespace: key.namespace.clone(),
-                    name: key.name.clone(),
-                })
-                .is_some();
+        let rejected = self.rejected.remove(&key).is_some();
         self.objects.remove(&key).is_some() || rejected
     }
 
@@ -232,9 +223,9 @@ impl ApiObjects {
         let mut checked = Vec::new();
         let mut problems = Vec::new();
         for object in objects.into_iter().filter(|object| object.kind() == kind) {
-            let (key, rejected) = (object.key(), Rejected::of(&object));
+            let (key, service_type) = (object.key(), service_type_of(&object));
             let (parsed, found) = self.check(object);
-            checked.push((key, parsed, rejected, found.len()));
+            checked.push((key, parsed, service_type, found.len()));
             problems.extend(found);
         }
         // Only what the list holds stays (a failing object's last good version too).
@@ -243,15 +234,13 @@ impl ApiObjects {
                 .into_iter()
                 .partition(|(key, _)| key.kind != kind);
         self.objects = other;
-        if kind == Kind::Service {
-            self.rejected.clear();
-        }
+        self.rejected.retain(|key, _| key.kind != kind);
         let mut at = 0;
-        for (key, parsed, rejected, count) in checked {
+        for (key, parsed, service_type, count) in checked {
             if let Some(object) = last_good.remove(&key) {
                 self.objects.insert(key.clone(), object);
             }
-            self.keep(key, parsed, rejected, &problems[at..at + count]);
+            self.keep(key, parsed, service_type, &problems[at..at + count]);
             at += count;
         }
         problems
@@ -266,7 +255,11 @@ impl ApiObjects {
                 .map(|object| (origin, std::slice::from_ref(object))),
         );
         let mut resolution = resolve(&catalog, &mut Allocator::disabled());
-        for (name, rejected) in &self.rejected {
+        for (key, rejected) in &self.rejected {
+            let name = ServiceName {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+            };
             let service =
                 model::Service::rejected(name.clone(), rejected.service_type, &rejected.reason);
             resolution
@@ -304,28 +297,21 @@ impl ApiObjects {
     }
 }
 
-impl Rejected {
-    /// The type of a Service as the API server sent it (the reason comes later); `None` for
-    /// other kinds.
-    fn of(object: &ApiObject) -> Option<Self> {
-        let ApiObject::Service(service) = object else {
-            return None;
-        };
-        let spec = service.spec.as_ref();
-        let service_type = match spec.and_then(|spec| spec.type_.as_deref()) {
-            Some("NodePort") => ServiceType::NodePort,
-            Some("LoadBalancer") => ServiceType::LoadBalancer,
-            Some("ExternalName") => ServiceType::ExternalName,
-            _ if spec.and_then(|spec| spec.cluster_ip.as_deref()) == Some("None") => {
-                ServiceType::Headless
-            }
-            _ => ServiceType::ClusterIP,
-        };
-        Some(Rejected {
-            service_type,
-            reason: String::new(),
-        })
-    }
+/// The type of a Service as the API server sent it; `None` for other kinds.
+fn service_type_of(object: &ApiObject) -> Option<ServiceType> {
+    let ApiObject::Service(service) = object else {
+        return None;
+    };
+    let spec = service.spec.as_ref();
+    Some(match spec.and_then(|spec| spec.type_.as_deref()) {
+        Some("NodePort") => ServiceType::NodePort,
+        Some("LoadBalancer") => ServiceType::LoadBalancer,
+        Some("ExternalName") => ServiceType::ExternalName,
+        _ if spec.and_then(|spec| spec.cluster_ip.as_deref()) == Some("None") => {
+            ServiceType::Headless
+        }
+        _ => ServiceType::ClusterIP,
+    })
 }
 
 fn namespace_or_default(namespace: &str) -> &str {
