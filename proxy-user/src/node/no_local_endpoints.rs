@@ -3,8 +3,9 @@
 //! their traffic is dropped here.
 
 use crate::{
-    model::{IpFamily, Service, ServiceType, TrafficPolicy},
+    model::{Endpoint, IpFamily, Service, ServiceType, TrafficPolicy},
     node::service_index::ServiceIndex,
+    reconcile::choose_endpoints,
 };
 
 /// The index of the Services with a Local traffic policy.
@@ -41,30 +42,22 @@ pub fn count(index: &ServiceIndex, node_name: &str, family: IpFamily) -> (i64, i
     (internal, external)
 }
 
-/// Endpoints of `family` that take new connections (ready; serving-terminating when none is
-/// ready), everywhere and on `node_name`.
+/// Endpoints of `family` that take new connections (`choose_endpoints`: ready; serving-
+/// terminating when none is ready), everywhere and on `node_name`.
 fn usable_endpoints(service: &Service, node_name: &str, family: IpFamily) -> (usize, usize) {
-    let endpoints = || {
-        service
-            .ports
-            .iter()
-            .flat_map(|port| &port.endpoints)
-            .filter(move |e| IpFamily::of(e.addr) == family)
-    };
-    let any_ready = endpoints().any(|e| e.ready);
-    let usable = |e: &&crate::model::Endpoint| {
-        if any_ready {
-            e.ready
-        } else {
-            e.serving && e.terminating
-        }
-    };
-    let anywhere = endpoints().filter(usable).count();
-    let local = endpoints()
-        .filter(usable)
+    let endpoints: Vec<Endpoint> = service
+        .ports
+        .iter()
+        .flat_map(|port| &port.endpoints)
+        .filter(|e| IpFamily::of(e.addr) == family)
+        .cloned()
+        .collect();
+    let usable = choose_endpoints(&endpoints);
+    let local = usable
+        .iter()
         .filter(|e| e.node_name.as_deref() == Some(node_name))
         .count();
-    (anywhere, local)
+    (usable.len(), local)
 }
 
 /// kube-proxy's `ExternallyAccessible`, in one family: a NodePort, or a LoadBalancer or
@@ -85,7 +78,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        model::{DesiredState, Endpoint, Protocol, ServiceName, ServicePort},
+        model::{DesiredState, Protocol, ServiceName, ServicePort},
         reconcile::PlanChanges,
     };
 

@@ -15,6 +15,7 @@ mod tests;
 
 pub use apply::{AffinityView, ApplyStats, Reconciler};
 pub use plan::{
-    BackendAddr, Frontend, FrontendPlan, Plan, PlanNode, SkippedPlan, local_ready_endpoints,
+    BackendAddr, Frontend, FrontendPlan, Plan, PlanNode, SkippedPlan, choose_endpoints,
+    local_ready_endpoints,
 };
 pub use planner::{PlanChanges, Planner};

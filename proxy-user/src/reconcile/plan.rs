@@ -540,7 +540,7 @@ fn topology<'a>(ready: &[&Endpoint], node: &'a PlanNode) -> Option<Topology<'a>>
 
 /// New connections go to ready endpoints; when none is ready, to serving-terminating ones
 /// (KEP-1669), so a rolling update never leaves a service refusing while pods drain.
-fn choose_endpoints(endpoints: &[Endpoint]) -> Vec<&Endpoint> {
+pub fn choose_endpoints(endpoints: &[Endpoint]) -> Vec<&Endpoint> {
     let ready: Vec<&Endpoint> = endpoints.iter().filter(|e| e.ready).collect();
     if !ready.is_empty() {
         return ready;
