@@ -248,6 +248,7 @@ fn run_command(command: Command) -> Result<()> {
             let options = ManifestOptions {
                 service_cidrs: service_cidrs_of(service_cidrs)?,
                 node_port_range: service_node_port_range,
+                node_name: None,
             };
             cli::validate::run(&dir, &options)
         }
@@ -319,6 +320,7 @@ fn run(args: RunArgs) -> Result<()> {
                     manifest: ManifestOptions {
                         service_cidrs: service_cidrs_of(args.service_cidrs)?,
                         node_port_range: args.service_node_port_range,
+                        node_name: Some(node_name.clone()),
                     },
                 })?
             }

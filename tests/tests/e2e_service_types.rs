@@ -1333,3 +1333,112 @@ fn node_ports_follow_addresses_added_at_run_time() {
         },
     );
 }
+
+/// Node manifests with `nodes` as (name, zone, tainted for deletion).
+fn nodes_yaml(nodes: &[(&str, &str, bool)]) -> String {
+    let mut out = String::new();
+    for (name, zone, tainted) in nodes {
+        let _ = write!(
+            out,
+            "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: \
+             {{topology.kubernetes.io/zone: {zone}}}\n"
+        );
+        if *tainted {
+            out.push_str(
+                "spec:\n  taints: [{key: ToBeDeletedByClusterAutoscaler, effect: NoSchedule}]\n",
+            );
+        }
+    }
+    out
+}
+
+/// Standalone topology: Node manifests give each node its zone and the Pods' endpoints the
+/// hints the endpoint-slice controller would write for `trafficDistribution`
+/// (`PreferSameZone`: the zone of the pod's node; `PreferSameNode`: its node, too), so each
+/// node keeps its clients in its zone or on itself; a Node tainted for deletion fails
+/// /healthz (not /livez), as in cluster mode.
+#[test]
+fn traffic_distribution_and_node_manifests_keep_traffic_close_and_drain_the_node() {
+    const ZONAL: &str = "198.19.0.37";
+    let scenario = Scenario::start(&[]);
+    let zonal = |distribution: &str| {
+        service_yaml(
+            "zonal",
+            "",
+            &format!(
+                "  clusterIP: {ZONAL}\n  selector: {{app: echo}}\n  trafficDistribution: \
+                 {distribution}\n"
+            ),
+        )
+    };
+    let from_each_node = |node1: &[&str], node2: &[&str]| {
+        let ips = |names: &[&str]| -> Vec<Ipv4Addr> {
+            names
+                .iter()
+                .map(|name| scenario.cluster.pod(name).ip)
+                .collect()
+        };
+        scenario.wait_for_backends("node1", &format!("{ZONAL}:80"), &ips(node1));
+        scenario.wait_for_backends("node2", &format!("{ZONAL}:80"), &ips(node2));
+        for (from, expected) in [("pod-1b", node1), ("pod-2a", node2)] {
+            for proto in [Proto::Tcp, Proto::Udp] {
+                let port = if proto == Proto::Tcp { 80 } else { 53 };
+                let answering = scenario.answering_pods(
+                    Place::Pod(from),
+                    proto,
+                    ip(ZONAL),
+                    port,
+                    SPREAD_REQUESTS,
+                );
+                assert_eq!(answering, pods(expected), "{proto} from {from}");
+            }
+        }
+    };
+
+    scenario.manifests.write(
+        "nodes.yaml",
+        &nodes_yaml(&[("node1", "zone-a", false), ("node2", "zone-b", false)]),
+    );
+    scenario
+        .manifests
+        .write("zonal.yaml", &zonal("PreferSameZone"));
+    from_each_node(&["pod-1a", "pod-1b"], &["pod-2a"]);
+    // node2 joins zone-a: one zone, every endpoint for both.
+    scenario.manifests.write(
+        "nodes.yaml",
+        &nodes_yaml(&[("node1", "zone-a", false), ("node2", "zone-a", false)]),
+    );
+    from_each_node(&ALL_PODS, &ALL_PODS);
+    // PreferSameNode: each node its own endpoints.
+    scenario
+        .manifests
+        .write("zonal.yaml", &zonal("PreferSameNode"));
+    from_each_node(&["pod-1a", "pod-1b"], &["pod-2a"]);
+
+    let netns = &scenario.cluster.node("node1").netns;
+    let get = |path: &str| {
+        let (status, body) = proxy_tests::http::get(netns, "127.0.0.1:10256", path);
+        let body: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body:?}"));
+        (status, body)
+    };
+    let (status, body) = get("/healthz");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status} {body}");
+    assert_eq!(body["nodeEligible"], true, "{body}");
+    scenario.manifests.write(
+        "nodes.yaml",
+        &nodes_yaml(&[("node1", "zone-a", true), ("node2", "zone-a", false)]),
+    );
+    wait_for("node1's /healthz to fail", SYNC_TIMEOUT, POLL, || {
+        let (status, body) = get("/healthz");
+        if status.starts_with("HTTP/1.1 503") && body["nodeEligible"] == false {
+            Ok(())
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    });
+    let (status, body) = get("/livez");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status} {body}");
+    // Still serving while it drains.
+    from_each_node(&["pod-1a", "pod-1b"], &["pod-2a"]);
+}

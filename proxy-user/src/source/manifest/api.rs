@@ -131,6 +131,8 @@ impl Default for ApiObjects {
             options: ManifestOptions {
                 service_cidrs: ServiceCidrs::any(),
                 node_port_range: NodePortRange::ANY,
+                // The source reads this node's Node itself.
+                node_name: None,
             },
             objects: BTreeMap::new(),
             rejected: BTreeMap::new(),
@@ -254,7 +256,7 @@ impl ApiObjects {
                 .values()
                 .map(|object| (origin, std::slice::from_ref(object))),
         );
-        let mut resolution = resolve(&catalog, &mut Allocator::disabled());
+        let mut resolution = resolve(&catalog, None, &mut Allocator::disabled());
         for (key, rejected) in &self.rejected {
             let name = ServiceName {
                 namespace: key.namespace.clone(),

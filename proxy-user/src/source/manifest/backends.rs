@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 use super::{
     catalog::{Catalog, LocatedService},
     error::{ManifestError, Problems},
-    object::{EndpointPortDef, EndpointsDef, PodDef, PortDef, SliceDef, TargetPort},
+    object::{
+        EndpointPortDef, EndpointsDef, NodeDef, PodDef, PortDef, SliceDef, TargetPort,
+        TrafficDistribution,
+    },
 };
 use crate::model::{Endpoint, Hints};
 
@@ -15,9 +18,43 @@ use crate::model::{Endpoint, Hints};
 pub(crate) enum Source<'a> {
     Slices(&'a [&'a SliceDef]),
     Endpoints(&'a EndpointsDef),
-    Pods(Vec<&'a PodDef>),
+    Pods(SelectedPods<'a>),
     /// No selector and no slices or Endpoints.
     Nothing,
+}
+
+/// The pods a Service selects, and what the endpoint-slice controller reads to give their
+/// endpoints topology hints.
+#[derive(Debug)]
+pub(crate) struct SelectedPods<'a> {
+    pub pods: Vec<&'a PodDef>,
+    pub distribution: Option<TrafficDistribution>,
+    /// Every Node, for the zone of each pod's node.
+    pub nodes: &'a BTreeMap<String, &'a NodeDef>,
+}
+
+impl SelectedPods<'_> {
+    /// The hints the endpoint-slice controller writes for `pod`'s endpoints (its
+    /// `trafficdist` heuristics): none without a traffic distribution or for a pod that is
+    /// not ready; else a zone hint for the zone of the pod's node (when that Node has one)
+    /// and, for `PreferSameNode`, a node hint for its node.
+    fn hints(&self, pod: &PodDef, ready: bool) -> Hints {
+        let Some(distribution) = self.distribution.filter(|_| ready) else {
+            return Hints::default();
+        };
+        let node = pod.node_name.as_deref();
+        let zone = node
+            .and_then(|node| self.nodes.get(node))
+            .and_then(|node| node.state.zone());
+        Hints {
+            for_zones: zone.map(str::to_owned).into_iter().collect(),
+            for_nodes: node
+                .filter(|_| distribution == TrafficDistribution::PreferSameNode)
+                .map(str::to_owned)
+                .into_iter()
+                .collect(),
+        }
+    }
 }
 
 impl<'a> Source<'a> {
@@ -45,7 +82,11 @@ impl<'a> Source<'a> {
                     .all(|(key, value)| pod.labels.get(key) == Some(value))
             })
             .collect();
-        Source::Pods(pods)
+        Source::Pods(SelectedPods {
+            pods,
+            distribution: service.def.traffic_distribution,
+            nodes: &catalog.nodes,
+        })
     }
 }
 
@@ -166,13 +207,14 @@ fn subset_endpoints(
 
 /// Adds the selected pods that have `port`, as the endpoint-slice controller would.
 fn pod_endpoints(
-    pods: &[&PodDef],
+    selected: &SelectedPods,
     index: usize,
     port: &PortDef,
     merged: &mut Merged,
     p: &mut Problems<'_>,
 ) {
-    let candidates: Vec<_> = pods
+    let candidates: Vec<_> = selected
+        .pods
         .iter()
         .filter(|pod| !pod.ips.is_empty() && !pod.finished)
         .collect();
@@ -186,15 +228,17 @@ fn pod_endpoints(
         // never true for a terminating pod. One endpoint per pod address: the planner serves
         // each frontend with those of its family.
         let serving = pod.ready;
+        let ready = serving && !pod.terminating;
+        let hints = selected.hints(pod, ready);
         for &addr in &pod.ips {
             merged.add(Endpoint {
                 addr,
                 port: number,
                 node_name: pod.node_name.clone(),
-                ready: serving && !pod.terminating,
+                ready,
                 serving,
                 terminating: pod.terminating,
-                hints: Hints::default(),
+                hints: hints.clone(),
             });
         }
     }

@@ -8,7 +8,7 @@ use std::{
 
 use super::{
     error::{Context, ManifestError, Severity},
-    object::{EndpointsDef, Object, ObjectKey, PodDef, ServiceDef, SliceDef},
+    object::{EndpointsDef, NodeDef, Object, ObjectKey, PodDef, ServiceDef, SliceDef},
     parse::ParsedObject,
 };
 use crate::model::ServiceName;
@@ -44,6 +44,8 @@ pub(crate) struct Catalog<'a> {
     pub endpoints: BTreeMap<ServiceName, &'a EndpointsDef>,
     /// Pods by namespace, in name order.
     pub pods: BTreeMap<String, Vec<&'a PodDef>>,
+    /// Nodes by name.
+    pub nodes: BTreeMap<String, &'a NodeDef>,
     pub problems: Vec<ManifestError>,
 }
 
@@ -100,6 +102,9 @@ impl<'a> Catalog<'a> {
                         catalog.endpoints.insert(name, def);
                     }
                     Object::Pod(def) => pods.entry(def.namespace.clone()).or_default().push(def),
+                    Object::Node(def) => {
+                        catalog.nodes.insert(def.name.clone(), def);
+                    }
                 }
             }
         }

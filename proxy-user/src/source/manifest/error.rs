@@ -4,6 +4,8 @@ use std::{fmt, path::PathBuf};
 
 use serde::Serialize;
 
+use super::object::Kind;
+
 /// How bad a problem is. Only `Error` makes a document invalid (its object keeps its last
 /// good version) and makes `sluice validate` fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -34,25 +36,27 @@ pub struct ObjectRef {
 }
 
 impl ObjectRef {
+    /// An empty `namespace`: a cluster-scoped object.
     pub fn new(kind: &str, namespace: &str, name: &str) -> Self {
         ObjectRef {
             kind: kind.to_owned(),
-            namespace: Some(namespace.to_owned()),
+            namespace: Some(namespace.to_owned()).filter(|ns| !ns.is_empty()),
             name: Some(name.to_owned()),
         }
     }
 
     /// The object as its metadata names it, before any check: a missing or empty namespace
-    /// is `default`, as Kubernetes has it.
+    /// is `default`, as Kubernetes has it, and a cluster-scoped kind has none.
     pub fn named(kind: &str, namespace: Option<&str>, name: Option<&str>) -> Self {
+        let cluster_scoped = Kind::from_kind(kind).is_some_and(Kind::is_cluster_scoped);
         ObjectRef {
             kind: kind.to_owned(),
-            namespace: Some(
+            namespace: (!cluster_scoped).then(|| {
                 namespace
                     .filter(|ns| !ns.is_empty())
                     .unwrap_or("default")
-                    .to_owned(),
-            ),
+                    .to_owned()
+            }),
             name: name.map(str::to_owned),
         }
     }

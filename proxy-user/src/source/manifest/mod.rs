@@ -54,6 +54,9 @@ pub struct ManifestOptions {
     /// `--service-node-port-range`: explicit nodePorts must be inside it, missing ones come
     /// from it.
     pub node_port_range: NodePortRange,
+    /// `--node-name`: the Node manifest of that name gives this node's zone (for topology
+    /// hints) and whether it is draining (for /healthz). `None` when checking files alone.
+    pub node_name: Option<String>,
 }
 
 impl Default for ManifestOptions {
@@ -61,6 +64,7 @@ impl Default for ManifestOptions {
         ManifestOptions {
             service_cidrs: ServiceCidrs::ipv4(DEFAULT_SERVICE_CIDR),
             node_port_range: NodePortRange::DEFAULT,
+            node_name: None,
         }
     }
 }

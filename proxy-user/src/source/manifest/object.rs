@@ -5,7 +5,9 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, time::SystemTime};
 use ipnet::IpNet;
 
 use super::{error::ObjectRef, k8s::ServiceSpecType};
-use crate::model::{Hints, IpFamily, Protocol, ServiceName, TrafficPolicy, UnservedPort};
+use crate::model::{
+    Hints, IpFamily, NodeState, Protocol, ServiceName, TrafficPolicy, UnservedPort,
+};
 
 /// The kinds sluice reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -14,6 +16,8 @@ pub enum Kind {
     EndpointSlice,
     Endpoints,
     Pod,
+    /// Cluster-scoped: its key's namespace is empty.
+    Node,
 }
 
 impl Kind {
@@ -23,6 +27,7 @@ impl Kind {
             "EndpointSlice" => Kind::EndpointSlice,
             "Endpoints" => Kind::Endpoints,
             "Pod" => Kind::Pod,
+            "Node" => Kind::Node,
             _ => return None,
         })
     }
@@ -33,14 +38,20 @@ impl Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Endpoints => "Endpoints",
             Kind::Pod => "Pod",
+            Kind::Node => "Node",
         }
+    }
+
+    /// Objects of this kind have no namespace.
+    pub fn is_cluster_scoped(self) -> bool {
+        self == Kind::Node
     }
 
     /// The `apiVersion` this kind must come with.
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::EndpointSlice => "discovery.k8s.io/v1",
-            Kind::Service | Kind::Endpoints | Kind::Pod => "v1",
+            Kind::Service | Kind::Endpoints | Kind::Pod | Kind::Node => "v1",
         }
     }
 }
@@ -67,7 +78,7 @@ impl ObjectKey {
 
 impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        self.object_ref().fmt(f)
     }
 }
 
@@ -77,6 +88,7 @@ pub enum Object {
     EndpointSlice(SliceDef),
     Endpoints(EndpointsDef),
     Pod(PodDef),
+    Node(NodeDef),
 }
 
 impl Object {
@@ -90,6 +102,13 @@ impl Object {
                 (Kind::Endpoints, &endpoints.namespace, &endpoints.name)
             }
             Object::Pod(pod) => (Kind::Pod, &pod.namespace, &pod.name),
+            Object::Node(node) => {
+                return ObjectKey {
+                    kind: Kind::Node,
+                    namespace: String::new(),
+                    name: node.name.clone(),
+                };
+            }
         };
         ObjectKey {
             kind,
@@ -181,6 +200,17 @@ pub struct ServiceDef {
     /// Whether the Service has a health check NodePort (allocated when missing):
     /// type LoadBalancer with `externalTrafficPolicy: Local`.
     pub wants_health_check: bool,
+    /// `spec.trafficDistribution`: the hints selected pods' endpoints get.
+    pub traffic_distribution: Option<TrafficDistribution>,
+}
+
+/// `spec.trafficDistribution`, as the endpoint-slice controller turns it into hints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrafficDistribution {
+    /// `PreferSameZone` and its older name `PreferClose`: a zone hint.
+    PreferSameZone,
+    /// `PreferSameNode`: a node hint, and a zone hint as the fallback.
+    PreferSameNode,
 }
 
 /// A port of an EndpointSlice or Endpoints subset.
@@ -259,4 +289,11 @@ pub struct PodDef {
     /// Phase Succeeded or Failed: never an endpoint.
     pub finished: bool,
     pub ports: Vec<ContainerPortDef>,
+}
+
+/// A v1 Node: what topology and /healthz read of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeDef {
+    pub name: String,
+    pub state: NodeState,
 }

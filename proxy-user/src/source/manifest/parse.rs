@@ -11,7 +11,7 @@ use super::{
     error::{Context, ManifestError, ObjectRef, Problems, Severity},
     k8s,
     object::{Kind, Object, ObjectKey},
-    validate::{check_endpoints, check_pod, check_service, check_slice},
+    validate::{check_endpoints, check_node, check_pod, check_service, check_slice},
 };
 
 /// A valid object and where it was defined.
@@ -36,6 +36,9 @@ impl ParsedFile {
 }
 
 /// Whether the file is read as JSON (by its extension) rather than YAML.
+/// The kinds a manifest may have, for the notes on the others.
+const READ_KINDS: &str = "Service, EndpointSlice, Endpoints, Pod, Node and List";
+
 fn is_json(path: &Path) -> bool {
     path.extension()
         .is_some_and(|ext| ext.eq_ignore_ascii_case("json"))
@@ -146,9 +149,7 @@ fn parse_document(
     // `kind: List`, or a typed list like `ServiceList` whose items may omit kind.
     let defaults = Kind::from_kind(item_kind).map(|kind| (kind.as_str(), kind.api_version()));
     if !item_kind.is_empty() && defaults.is_none() {
-        let message = format!(
-            "kind {item_kind}List is ignored: sluice reads Service, EndpointSlice, Endpoints, Pod and List"
-        );
+        let message = format!("kind {item_kind}List is ignored: sluice reads {READ_KINDS}");
         parsed
             .problems
             .push(context.problem(Severity::Note, Some("kind"), message));
@@ -197,7 +198,7 @@ fn parse_object(
     let namespace = metadata.and_then(|m| str_field(m, "namespace"));
     let Some(kind) = kind else {
         context.object = name.map(|name| ObjectRef::named("object", namespace, Some(name)));
-        let message = "kind is missing: set it to Service, EndpointSlice, Endpoints or Pod";
+        let message = "kind is missing: set it to Service, EndpointSlice, Endpoints, Pod or Node";
         parsed
             .problems
             .push(context.problem(Severity::Error, Some("kind"), message));
@@ -205,9 +206,7 @@ fn parse_object(
     };
     context.object = Some(ObjectRef::named(kind, namespace, name));
     let Some(known) = Kind::from_kind(kind) else {
-        let message = format!(
-            "{kind} is ignored: sluice reads Service, EndpointSlice, Endpoints, Pod and List"
-        );
+        let message = format!("{kind} is ignored: sluice reads {READ_KINDS}");
         parsed
             .problems
             .push(context.problem(Severity::Note, Some("kind"), message));
@@ -234,6 +233,7 @@ fn parse_object(
         Kind::EndpointSlice => typed(value, &mut p).map(RawObject::EndpointSlice),
         Kind::Endpoints => typed(value, &mut p).map(RawObject::Endpoints),
         Kind::Pod => typed(value, &mut p).map(RawObject::Pod),
+        Kind::Node => typed(value, &mut p).map(RawObject::Node),
     };
     let object = raw.and_then(|raw| check_object(&raw, options, &mut p));
     parsed.problems.append(&mut p.list);
@@ -254,6 +254,7 @@ pub(crate) enum RawObject {
     EndpointSlice(k8s::EndpointSlice),
     Endpoints(k8s::Endpoints),
     Pod(k8s::Pod),
+    Node(k8s::Node),
 }
 
 /// The checks every object goes through, however it was read. The checked object, unless
@@ -268,6 +269,7 @@ pub(crate) fn check_object(
         RawObject::EndpointSlice(raw) => check_slice(raw, p).map(Object::EndpointSlice),
         RawObject::Endpoints(raw) => check_endpoints(raw, p).map(Object::Endpoints),
         RawObject::Pod(raw) => check_pod(raw, p).map(Object::Pod),
+        RawObject::Node(raw) => check_node(raw, p).map(Object::Node),
     };
     object.filter(|_| !p.has_errors())
 }

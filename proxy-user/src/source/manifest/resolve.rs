@@ -44,7 +44,12 @@ pub(crate) fn port_key(port: &PortDef) -> String {
     }
 }
 
-pub(crate) fn resolve(catalog: &Catalog, allocator: &mut Allocator) -> Resolution {
+/// `node_name` picks this node's Node from the catalog for the state's `node`.
+pub(crate) fn resolve(
+    catalog: &Catalog,
+    node_name: Option<&str>,
+    allocator: &mut Allocator,
+) -> Resolution {
     let mut problems = catalog.problems.clone();
     let conflicts = find_conflicts(catalog, &mut problems);
 
@@ -108,6 +113,9 @@ pub(crate) fn resolve(catalog: &Catalog, allocator: &mut Allocator) -> Resolutio
         state.services.insert(name.clone(), Arc::new(model));
     }
     state.trigger_times = trigger_times(catalog);
+    state.node = node_name
+        .and_then(|name| catalog.nodes.get(name))
+        .map(|node| node.state.clone());
     Resolution { state, problems }
 }
 
@@ -327,7 +335,7 @@ fn note_missing_endpoints(
             "is not set and no EndpointSlice or Endpoints belongs to this Service: it has no \
              endpoints (connections are refused)",
         ),
-        Source::Pods(pods) if pods.is_empty() => p.note(
+        Source::Pods(selected) if selected.pods.is_empty() => p.note(
             "spec.selector",
             format!(
                 "matches no pod in namespace {}: the Service has no endpoints (connections are \

@@ -209,7 +209,7 @@ impl ManifestStore {
                 .values()
                 .map(|entry| (entry.path.as_path(), entry.objects.as_slice())),
         );
-        resolve(&catalog, allocator)
+        resolve(&catalog, self.options.node_name.as_deref(), allocator)
     }
 }
 

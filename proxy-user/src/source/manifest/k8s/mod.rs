@@ -5,6 +5,7 @@
 
 mod endpoints;
 pub mod from_api;
+mod node;
 mod pod;
 mod service;
 
@@ -15,7 +16,7 @@ use serde::{
     de::{self, Visitor},
 };
 
-pub use self::{endpoints::*, pod::*, service::*};
+pub use self::{endpoints::*, node::*, pod::*, service::*};
 
 /// `metadata`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]

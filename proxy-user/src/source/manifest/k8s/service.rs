@@ -70,6 +70,9 @@ pub struct ServiceSpec {
     pub external_name: Option<String>,
     pub allocate_load_balancer_node_ports: Option<bool>,
     pub health_check_node_port: Option<Integer>,
+    /// `PreferClose`, `PreferSameZone` or `PreferSameNode` (KEP-4444, KEP-3015): the hints
+    /// the endpoint-slice controller writes for the endpoints of selected pods.
+    pub traffic_distribution: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]

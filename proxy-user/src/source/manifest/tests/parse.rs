@@ -53,7 +53,7 @@ fn json_files_and_lists_are_read() {
         only(&parsed.problems, Severity::Note),
         [
             "t.json: document 1 (ConfigMap default/c): items[1].kind: ConfigMap is ignored: \
-          sluice reads Service, EndpointSlice, Endpoints, Pod and List"
+          sluice reads Service, EndpointSlice, Endpoints, Pod, Node and List"
         ]
     );
 }

@@ -742,3 +742,162 @@ fn node_ports_follow_the_service_node_port_range() {
         "allocated from the range: {ports:?}"
     );
 }
+
+/// A Node manifest named `name`, with `extra` lines under `metadata` and `spec` text.
+fn node(name: &str, zone: Option<&str>, extra: &str) -> String {
+    let labels = zone.map_or(String::new(), |zone| {
+        format!("  labels: {{topology.kubernetes.io/zone: {zone}}}\n")
+    });
+    format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n{labels}{extra}")
+}
+
+/// (address, zone hints, node hints) of each endpoint.
+fn hints(endpoints: &[Endpoint]) -> Vec<(String, Vec<String>, Vec<String>)> {
+    endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.addr.to_string(),
+                e.hints.for_zones.clone(),
+                e.hints.for_nodes.clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn traffic_distribution_gives_selected_pods_the_hints_the_endpoint_slice_controller_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = "    - {name: tcp, port: 80, targetPort: 8080}\n";
+    let services = [
+        svc(
+            "zonal",
+            "  selector: {app: echo}\n  trafficDistribution: PreferClose\n",
+            port,
+        ),
+        svc(
+            "same-zone",
+            "  selector: {app: echo}\n  trafficDistribution: PreferSameZone\n",
+            port,
+        ),
+        svc(
+            "same-node",
+            "  selector: {app: echo}\n  trafficDistribution: PreferSameNode\n",
+            port,
+        ),
+        svc("anywhere", "  selector: {app: echo}\n", port),
+    ];
+    write(dir.path(), "svc.yaml", &services.join("---\n"));
+    // node3 has no Node manifest, node2's has no zone; d is not ready.
+    let pods = [
+        pod("a", "198.18.1.1", "node1", ""),
+        pod("b", "198.18.2.1", "node2", ""),
+        pod("c", "198.18.3.1", "node3", ""),
+        pod("d", "198.18.1.2", "node1", "").replace("status: \"True\"", "status: \"False\""),
+    ];
+    write(dir.path(), "pods.yaml", &pods.join("---\n"));
+    let nodes = [node("node1", Some("zone-a"), ""), node("node2", None, "")];
+    write(dir.path(), "nodes.yaml", &nodes.join("---\n"));
+    let resolution = resolve_dir(dir.path());
+    let strings = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let zone_hints = vec![
+        ("198.18.1.1".to_owned(), strings(&["zone-a"]), vec![]),
+        ("198.18.1.2".to_owned(), vec![], vec![]),
+        ("198.18.2.1".to_owned(), vec![], vec![]),
+        ("198.18.3.1".to_owned(), vec![], vec![]),
+    ];
+    for name in ["zonal", "same-zone"] {
+        let endpoints = &service(&resolution, name).ports[0].endpoints;
+        assert_eq!(hints(endpoints), zone_hints, "{name}");
+    }
+    assert_eq!(
+        hints(&service(&resolution, "same-node").ports[0].endpoints),
+        [
+            (
+                "198.18.1.1".to_owned(),
+                strings(&["zone-a"]),
+                strings(&["node1"])
+            ),
+            ("198.18.1.2".to_owned(), vec![], vec![]),
+            ("198.18.2.1".to_owned(), vec![], strings(&["node2"])),
+            ("198.18.3.1".to_owned(), vec![], strings(&["node3"])),
+        ]
+    );
+    let none = hints(&service(&resolution, "anywhere").ports[0].endpoints);
+    assert!(
+        none.iter()
+            .all(|(_, zones, nodes)| zones.is_empty() && nodes.is_empty())
+    );
+}
+
+#[test]
+fn an_unknown_traffic_distribution_is_the_api_servers_error() {
+    let text = svc(
+        "web",
+        "  trafficDistribution: PreferNearby\n",
+        "    - {port: 80}\n",
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "t.yaml: document 1 (Service default/web): spec.trafficDistribution: \"PreferNearby\" \
+          is not a traffic distribution: use PreferSameZone (or its older name PreferClose) or \
+          PreferSameNode, or leave it out"
+        ]
+    );
+}
+
+#[test]
+fn this_nodes_node_manifest_gives_its_zone_and_drain_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = [
+        node("node1", Some("zone-a"), ""),
+        node(
+            "node2",
+            Some("zone-b"),
+            "spec:\n  taints: [{key: ToBeDeletedByClusterAutoscaler, effect: NoSchedule}]\n",
+        ),
+        node(
+            "node3",
+            None,
+            "  deletionTimestamp: \"2026-01-01T00:00:00Z\"\n",
+        ),
+    ];
+    write(dir.path(), "nodes.yaml", &nodes.join("---\n"));
+    let state_of = |node_name: Option<&str>| {
+        let options = ManifestOptions {
+            node_name: node_name.map(str::to_owned),
+            ..ManifestOptions::default()
+        };
+        resolve_dir_with(dir.path(), &options).state.node
+    };
+    for (name, zone, draining) in [
+        ("node1", Some("zone-a"), false),
+        ("node2", Some("zone-b"), true),
+        ("node3", None, true),
+    ] {
+        let state = state_of(Some(name)).unwrap_or_else(|| panic!("{name}'s Node"));
+        assert_eq!((state.zone(), state.draining), (zone, draining), "{name}");
+    }
+    assert_eq!(state_of(Some("node4")), None);
+    assert_eq!(state_of(None), None);
+}
+
+#[test]
+fn a_node_is_cluster_scoped_and_named_without_a_namespace() {
+    let text = node("Node_1", None, "  namespace: kube-system\n");
+    let parsed = parse("t.yaml", &text);
+    assert_eq!(
+        parsed
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [
+            "t.yaml: document 1 (Node Node_1): metadata.namespace: is ignored: Nodes are \
+             cluster-scoped",
+            "t.yaml: document 1 (Node Node_1): metadata.name: \"Node_1\" is not a valid name: \
+             use lower-case letters, digits, '-' and '.', at most 253 characters",
+        ]
+    );
+}

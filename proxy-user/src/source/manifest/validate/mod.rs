@@ -3,6 +3,7 @@
 
 mod endpoints;
 mod families;
+mod node;
 mod pod;
 mod service;
 
@@ -10,6 +11,7 @@ use std::net::IpAddr;
 
 pub(crate) use self::{
     endpoints::{check_endpoints, check_slice},
+    node::check_node,
     pod::check_pod,
     service::{SCTP_UNSERVED, check_service},
 };
@@ -53,6 +55,12 @@ pub(crate) fn check_meta(
     } else {
         namespace
     };
+    let name = check_name(meta, rule, p)?;
+    namespace_ok.then_some((namespace, name))
+}
+
+/// `metadata.name`, when present and valid by `rule`.
+pub(crate) fn check_name(meta: &ObjectMeta, rule: NameRule, p: &mut Problems) -> Option<String> {
     let name = match meta.name.as_deref() {
         None | Some("") => {
             p.error("metadata.name", "is missing: every object needs a name");
@@ -78,7 +86,7 @@ pub(crate) fn check_meta(
         );
         return None;
     }
-    namespace_ok.then(|| (namespace, name.to_owned()))
+    Some(name.to_owned())
 }
 
 /// A port number 1-65535. `None` (with an error) when it is out of range; `Ok(None)` when it

@@ -18,7 +18,7 @@ use crate::{
             self, IntOrString, Integer, IpMode, PortProtocol, ServiceSpecType, SessionAffinity,
             TrafficPolicySpec,
         },
-        object::{ClusterIps, PortDef, ServiceDef, TargetPort},
+        object::{ClusterIps, PortDef, ServiceDef, TargetPort, TrafficDistribution},
     },
 };
 
@@ -77,6 +77,7 @@ pub(crate) fn check_service(
         && external_traffic_policy == TrafficPolicy::Local;
     let health_check_node_port =
         check_health_check_node_port(spec.health_check_node_port, wants_health_check, options, p);
+    let traffic_distribution = check_traffic_distribution(spec.traffic_distribution.as_deref(), p);
     if p.has_errors() {
         return None;
     }
@@ -103,7 +104,29 @@ pub(crate) fn check_service(
         },
         health_check_node_port,
         wants_health_check,
+        traffic_distribution,
     })
+}
+
+/// `spec.trafficDistribution`: the values kube-apiserver accepts.
+fn check_traffic_distribution(
+    value: Option<&str>,
+    p: &mut Problems,
+) -> Option<TrafficDistribution> {
+    match value? {
+        "PreferClose" | "PreferSameZone" => Some(TrafficDistribution::PreferSameZone),
+        "PreferSameNode" => Some(TrafficDistribution::PreferSameNode),
+        other => {
+            p.error(
+                "spec.trafficDistribution",
+                format!(
+                    "{other:?} is not a traffic distribution: use PreferSameZone (or its older \
+                     name PreferClose) or PreferSameNode, or leave it out"
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// The LoadBalancer IPs nodes answer for, as kube-proxy picks them: the
