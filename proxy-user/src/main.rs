@@ -17,6 +17,7 @@ use proxy_user::{
 
 #[derive(Parser)]
 #[command(
+    name = "sluice",
     version,
     about = "Sluice: an eBPF/XDP service proxy for Kubernetes nodes"
 )]

@@ -1,5 +1,6 @@
 //! An in-process stand-in for the Kubernetes API server: list and watch of Services,
-//! EndpointSlices and Nodes over plain HTTP/1.1, with real Kubernetes JSON.
+//! EndpointSlices and Nodes over HTTP/1.1 (plain, or HTTPS with a CA of its own for
+//! `--in-cluster`: [`FakeApiServer::start_tls_in`]), with real Kubernetes JSON.
 //!
 //! There is no real API server on these machines; this one speaks just enough of the protocol
 //! for `sluice run --kubeconfig` (kube-rs) to behave as against a real one:
@@ -136,6 +137,45 @@ struct Shared {
     /// Clones of every open connection by a serial number, to cut them.
     connections: Mutex<BTreeMap<u64, TcpStream>>,
     next_connection: std::sync::atomic::AtomicU64,
+    /// Serving HTTPS (as a real API server does) rather than plain HTTP.
+    tls: Option<Tls>,
+}
+
+/// The serving certificate, issued for 127.0.0.1 by a CA made at start.
+struct Tls {
+    config: Arc<rustls::ServerConfig>,
+    ca_pem: String,
+}
+
+impl Tls {
+    fn new() -> Tls {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::new()).expect("CA parameters");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "fake API server CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
+            .expect("CA certificate");
+        let key = KeyPair::generate().expect("serving key");
+        let serving = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .and_then(|params| params.signed_by(&key, &ca))
+            .expect("serving certificate");
+        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
+            .expect("serving key in DER");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![serving.der().clone()], key)
+        .expect("serving certificate and key");
+        Tls {
+            config: Arc::new(config),
+            ca_pem: ca.pem(),
+        }
+    }
 }
 
 impl Shared {
@@ -168,14 +208,26 @@ pub struct FakeApiServer {
 }
 
 impl FakeApiServer {
-    /// Starts listening on 127.0.0.1:[`PORT`] in each of `namespaces`.
+    /// Starts listening on 127.0.0.1:[`PORT`] in each of `namespaces`, over plain HTTP.
     pub fn start_in(namespaces: &[&Netns]) -> FakeApiServer {
+        Self::start_with(namespaces, None)
+    }
+
+    /// Like [`FakeApiServer::start_in`], over HTTPS with a certificate for 127.0.0.1 from a
+    /// CA made now ([`FakeApiServer::write_service_account`] gives clients the CA), as a
+    /// Pod's `--in-cluster` client needs.
+    pub fn start_tls_in(namespaces: &[&Netns]) -> FakeApiServer {
+        Self::start_with(namespaces, Some(Tls::new()))
+    }
+
+    fn start_with(namespaces: &[&Netns], tls: Option<Tls>) -> FakeApiServer {
         let mut server = FakeApiServer {
             shared: Arc::new(Shared {
                 store: Mutex::new(Store::default()),
                 changed: Condvar::new(),
                 connections: Mutex::new(BTreeMap::new()),
                 next_connection: std::sync::atomic::AtomicU64::new(0),
+                tls,
             }),
             namespaces: namespaces.iter().map(|ns| ns.path().to_owned()).collect(),
             listening: Vec::new(),
@@ -371,6 +423,25 @@ impl FakeApiServer {
         });
     }
 
+    /// Writes what the kubelet mounts at /var/run/secrets/kubernetes.io/serviceaccount into
+    /// `dir`: a token, this server's CA (`ca.crt`) and the namespace. TLS servers only.
+    pub fn write_service_account(&self, dir: &Path, namespace: &str) {
+        let tls = self
+            .shared
+            .tls
+            .as_ref()
+            .expect("a service account needs the TLS server (start_tls_in)");
+        for (file, content) in [
+            ("token", "fake-token"),
+            ("ca.crt", tls.ca_pem.as_str()),
+            ("namespace", namespace),
+        ] {
+            let path = dir.join(file);
+            std::fs::write(&path, content)
+                .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        }
+    }
+
     /// Writes a kubeconfig that points at this server from inside a node namespace.
     pub fn write_kubeconfig(&self, path: &Path) {
         let kubeconfig = format!(
@@ -478,9 +549,26 @@ fn accept_loop(listener: &TcpListener, stop: &AtomicBool, shared: &Arc<Shared>) 
 
 /// Serves requests on one keep-alive connection until the client or the test closes it.
 fn serve_connection(stream: &TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let stream = stream.try_clone()?;
+    match &shared.tls {
+        None => serve_requests(BufReader::new(stream), shared),
+        Some(tls) => {
+            let connection =
+                rustls::ServerConnection::new(tls.config.clone()).map_err(std::io::Error::other)?;
+            serve_requests(
+                BufReader::new(rustls::StreamOwned::new(connection, stream)),
+                shared,
+            )
+        }
+    }
+}
+
+/// HTTP/1.1 requests, read from and answered on `reader`'s stream.
+fn serve_requests<S: Read + Write>(
+    mut reader: BufReader<S>,
+    shared: &Shared,
+) -> std::io::Result<()> {
     let epoch = shared.lock().epoch;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut out = stream.try_clone()?;
     loop {
         let mut request_line = String::new();
         if reader.read_line(&mut request_line)? == 0 {
@@ -519,21 +607,22 @@ fn serve_connection(stream: &TcpStream, shared: &Shared) -> std::io::Result<()> 
             resource_version: params.get("resourceVersion").cloned(),
             target: target.to_owned(),
         });
+        let out = reader.get_mut();
         if let Some(rest) = path.strip_prefix("/apis/events.k8s.io/v1/namespaces/") {
-            serve_event(&mut out, shared, method, rest, &body)?;
+            serve_event(out, shared, method, rest, &body)?;
             continue;
         }
         match (method, resource) {
             ("GET", Some(resource)) if watch => {
                 // Keep-alive after a watch that ended properly, as a real server does.
-                if !serve_watch(&mut out, shared, resource, &params, epoch)? {
+                if !serve_watch(out, shared, resource, &params, epoch)? {
                     return Ok(());
                 }
             }
-            ("GET", Some(resource)) => serve_list(&mut out, shared, resource, &params)?,
+            ("GET", Some(resource)) => serve_list(out, shared, resource, &params)?,
             _ => {
                 let status = status_json(404, "NotFound", &format!("{method} {path}: not found"));
-                respond(&mut out, "404 Not Found", &status)?;
+                respond(out, "404 Not Found", &status)?;
             }
         }
     }
@@ -542,7 +631,7 @@ fn serve_connection(stream: &TcpStream, shared: &Shared) -> std::io::Result<()> 
 /// `POST {ns}/events` creates an Event, `PATCH {ns}/events/{name}` merges into one (as
 /// kube-runtime's recorder updates a series); both answer with the stored object.
 fn serve_event(
-    out: &mut TcpStream,
+    out: &mut impl Write,
     shared: &Shared,
     method: &str,
     rest: &str,
@@ -599,7 +688,7 @@ fn serve_event(
     }
 }
 
-fn respond(out: &mut TcpStream, status: &str, body: &Value) -> std::io::Result<()> {
+fn respond(out: &mut impl Write, status: &str, body: &Value) -> std::io::Result<()> {
     let body = body.to_string();
     write!(
         out,
@@ -638,7 +727,7 @@ fn matches_selector(object: &Value, params: &BTreeMap<String, String>) -> bool {
 }
 
 fn serve_list(
-    out: &mut TcpStream,
+    out: &mut impl Write,
     shared: &Shared,
     resource: Resource,
     params: &BTreeMap<String, String>,
@@ -660,7 +749,7 @@ fn serve_list(
     respond(out, "200 OK", &list)
 }
 
-fn write_chunk(out: &mut TcpStream, line: &Value) -> std::io::Result<()> {
+fn write_chunk(out: &mut impl Write, line: &Value) -> std::io::Result<()> {
     let data = format!("{line}\n");
     write!(out, "{:x}\r\n{data}\r\n", data.len())?;
     out.flush()
@@ -670,7 +759,7 @@ fn write_chunk(out: &mut TcpStream, line: &Value) -> std::io::Result<()> {
 /// expires it (410) or cuts the connection, or the client goes away. True when the response
 /// ended properly (the connection may serve more requests).
 fn serve_watch(
-    out: &mut TcpStream,
+    out: &mut impl Write,
     shared: &Shared,
     resource: Resource,
     params: &BTreeMap<String, String>,
@@ -772,7 +861,7 @@ fn serve_watch(
     }
 }
 
-fn finish(out: &mut TcpStream) -> std::io::Result<bool> {
+fn finish(out: &mut impl Write) -> std::io::Result<bool> {
     out.write_all(b"0\r\n\r\n")?;
     out.flush()?;
     Ok(true)

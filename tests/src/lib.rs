@@ -12,6 +12,7 @@ pub mod bins;
 pub mod bpffs;
 pub mod capture;
 pub mod cgroup;
+pub mod container;
 pub mod datapath;
 pub mod echo;
 pub mod fake_apiserver;

@@ -1,6 +1,7 @@
 //! `cargo xtask`: installs the pinned toolchains and Debian packages, builds, tests, demos, benches.
 
 mod cmd;
+mod image;
 mod packages;
 mod previous;
 mod toolchain;
@@ -49,6 +50,13 @@ enum Task {
     },
     /// Start a netns demo cluster from examples/, send traffic, show which pod answered.
     Demo,
+    /// Build the container image (release build) as an OCI archive, from the binary and the
+    /// libraries it links: no base image is pulled.
+    Image {
+        /// Where to write it (default: image/sluice.oci.tar in the target directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run the benchmarks (release build) and write docs/BENCHMARKS.md with its plots.
     Bench {
         /// Tiny sizes, a few seconds: checks that the benchmarks run (CI); writes its report
@@ -85,7 +93,7 @@ fn run_task(task: Task) -> Result<()> {
     };
     let cargo_run = |args: &[&str]| run(cargo(&root, &toolchains).args(args));
     match task {
-        Task::Setup => setup(&[Use::Ebpf, Use::Netns, Use::Bench, Use::Ci])?,
+        Task::Setup => setup(&[Use::Ebpf, Use::Netns, Use::Bench, Use::Ci, Use::Container])?,
         Task::BuildEbpf => {
             setup(&[Use::Ebpf])?;
             cargo_run(&["build", "--package", "proxy-user"])?;
@@ -98,9 +106,11 @@ fn run_task(task: Task) -> Result<()> {
         }
         Task::Test { args } => {
             ensure_root("the tests load eBPF programs and create network namespaces")?;
-            setup(&[Use::Ebpf, Use::Netns])?;
-            // The end-to-end tests run the real binaries.
+            setup(&[Use::Ebpf, Use::Netns, Use::Container])?;
+            // The end-to-end tests run the real binaries, and the container test the image.
             cargo_run(&build_bins(&["proxy-user", "proxy-tests"], false))?;
+            let image = target_dir(&root).join(image::DEFAULT_PATH);
+            image::build(&build_image_binary(&root, &cargo_run)?, &image)?;
             // The upgrade test starts from the previous release (after the build above, whose
             // dependency artifacts it reuses).
             let previous = previous::build(&root)?;
@@ -115,6 +125,7 @@ fn run_task(task: Task) -> Result<()> {
             test.extend(args.iter().map(String::as_str));
             run(cargo(&root, &toolchains)
                 .env(previous::BIN_ENV, &previous)
+                .env(image::ARCHIVE_ENV, &image)
                 .args(&test))?;
         }
         Task::PreviousRelease => {
@@ -145,6 +156,11 @@ fn run_task(task: Task) -> Result<()> {
             cargo_run(&build_bins(&["proxy-user", "proxy-tests"], false))?;
             cargo_run(&run_test_bin("sluice-demo", &[]))?;
         }
+        Task::Image { out } => {
+            setup(&[Use::Ebpf])?;
+            let out = out.unwrap_or_else(|| target_dir(&root).join(image::DEFAULT_PATH));
+            image::build(&build_image_binary(&root, &cargo_run)?, &out)?;
+        }
         Task::Bench { quick, args } => {
             ensure_root("the benchmarks load eBPF programs and create network namespaces")?;
             setup(&[Use::Ebpf, Use::Netns, Use::Bench])?;
@@ -165,6 +181,19 @@ fn run_task(task: Task) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The release `sluice` that goes into the image, built.
+fn build_image_binary(root: &Path, cargo_run: &dyn Fn(&[&str]) -> Result<()>) -> Result<PathBuf> {
+    cargo_run(&[
+        "build",
+        "--release",
+        "--package",
+        "proxy-user",
+        "--bin",
+        "sluice",
+    ])?;
+    Ok(target_dir(root).join("release/sluice"))
 }
 
 /// `cargo build` of the binaries of `packages`.

@@ -17,6 +17,8 @@ pub enum Use {
     Bench,
     /// `deploy/validate.sh` (a Python venv), run by `.ci/run`.
     Ci,
+    /// The container test: the image from `cargo xtask image` run by podman with runc.
+    Container,
 }
 
 /// How to tell that a package is already there without asking dpkg (works on any distribution
@@ -66,6 +68,9 @@ fn packages(toolchains: &Toolchains) -> Vec<Package> {
             Use::Bench,
         ),
         package("python3-venv", Probe::Python("ensurepip, venv"), Use::Ci),
+        package("podman", Probe::Command("podman"), Use::Container),
+        // podman's default runtime, crun, refuses hybrid cgroup layouts.
+        package("runc", Probe::Command("runc"), Use::Container),
     ]
 }
 
