@@ -1,14 +1,15 @@
-//! Connected UDP sockets and removed backends: the socket LB translated the socket once, at
-//! `connect()`, so when its backend leaves the service Sluice must close the socket (the
-//! application sees an error and reconnects) instead of leaving it sending to the old pod.
+//! UDP flows and backends that stop serving. The socket LB translated a connected socket once,
+//! at `connect()`, so when its backend leaves the service Sluice must close the socket (the
+//! application sees an error and reconnects) instead of leaving it sending to the old pod; on
+//! the packet path it must forget the flow's conntrack entries, as kube-proxy does.
 
 use std::{net::Ipv4Addr, time::Duration};
 
 use proxy_tests::{
     Place, UdpSession, http,
-    manifests::{ECHO_IP, pods_yaml},
+    manifests::{ECHO_IP, ECHO_NODE_PORT_UDP, pods_yaml},
     scenario::{ALL_PODS, SPREAD_REQUESTS, SYNC_TIMEOUT, Scenario},
-    wait_until,
+    wait_for, wait_until,
 };
 
 /// The `echo` service's UDP port (targetPort `dns`, 8053 in the pods).
@@ -128,4 +129,72 @@ fn a_backend_removed_while_the_daemon_was_down_has_its_sockets_closed_after_the_
     session.reconnect().expect("reconnect");
     let reply = session.ping().expect("the reconnected socket is answered");
     assert_ne!(reply.name, leaving, "reconnected to the removed backend");
+}
+
+/// Opens sessions from the client to node1's UDP NodePort (the packet path: XDP and
+/// conntrack) until one lands on a pod not in `not`.
+fn node_port_session_not_on(scenario: &Scenario, not: &[&str]) -> (UdpSession, String) {
+    let node1 = scenario.cluster.node("node1").ip;
+    for _ in 0..SPREAD_REQUESTS {
+        let mut session = scenario
+            .cluster
+            .udp_session(Place::Client, node1, ECHO_NODE_PORT_UDP);
+        let pod = session.ping().expect("a fresh session gets an answer").name;
+        if !not.contains(&pod.as_str()) {
+            return (session, pod);
+        }
+    }
+    panic!("{SPREAD_REQUESTS} sessions all landed on {not:?}");
+}
+
+/// The packet path's UDP flows as kube-proxy's conntrack cleanup leaves them: a flow whose
+/// backend stops serving (its pod turns not-ready) is forgotten, so its next datagram is
+/// balanced again; a flow to a pod that is terminating but still serving keeps its pod; both
+/// counted in `kubeproxy_conntrack_reconciler_deleted_entries_total`.
+#[test]
+fn a_udp_flow_through_the_node_port_moves_when_its_backend_stops_serving() {
+    let scenario = Scenario::start(&[]);
+    let (mut moving, leaving) = node_port_session_not_on(&scenario, &[]);
+    let (mut kept, draining) = node_port_session_not_on(&scenario, &[&leaving]);
+    for _ in 0..3 {
+        assert_eq!(
+            moving.ping().expect("ping").name,
+            leaving,
+            "a flow keeps its pod"
+        );
+    }
+    let deleted = |scenario: &Scenario| {
+        let text = http::metrics(&scenario.cluster.node("node1").netns);
+        let series = r#"kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family="IPv4"}"#;
+        http::sample(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    assert_eq!(deleted(&scenario), 0.0);
+
+    // `leaving` turns not-ready; `draining` is being deleted but still ready (serving).
+    let pods = pods_yaml(&scenario.cluster, |pod| pod != leaving).replace(
+        &format!("  name: {draining}\n"),
+        &format!("  name: {draining}\n  deletionTimestamp: \"2026-12-01T00:00:00Z\"\n"),
+    );
+    scenario.manifests.write("pods.yaml", &pods);
+    wait_for(
+        "the flow to leave its not-ready pod",
+        SYNC_TIMEOUT,
+        POLL,
+        || match moving.ping() {
+            Ok(reply) if reply.name != leaving => Ok(reply.name),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let now = moving.ping().expect("ping").name;
+    assert!(
+        now != leaving && now != draining,
+        "new datagrams go to a ready pod, not {now}"
+    );
+    assert_eq!(
+        kept.ping().expect("the terminating pod's flow").name,
+        draining,
+        "a serving terminating pod keeps its flows"
+    );
+    // The flow's two entries (forward and reply).
+    wait_until(SYNC_TIMEOUT, POLL, || deleted(&scenario) >= 2.0);
 }

@@ -118,7 +118,15 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
         health.clone(),
         opts.events.clone(),
     );
-    let mut syncer = Syncer::new(node, reconciler, sock_term, health_checks);
+    let retired_udp_flows =
+        conntrack_gc::RetiredUdpFlows::spawn(opts.datapath.pin_dir.clone(), metrics.clone());
+    let mut syncer = Syncer::new(
+        node,
+        reconciler,
+        sock_term,
+        retired_udp_flows,
+        health_checks,
+    );
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut first_sync = true;

@@ -11,6 +11,7 @@ use crate::{
     model::{ChangeCounts, DesiredState, IpFamily},
     node::{
         affinity_gc::AffinityGc,
+        conntrack_gc::RetiredUdpFlows,
         no_local_endpoints,
         service_health::{self, HealthCheckServers},
         service_index::ServiceIndex,
@@ -28,6 +29,7 @@ pub struct Syncer {
     health_checks: HealthCheckServers,
     local_policy_index: ServiceIndex,
     sock_term: SockTerminator,
+    retired_udp_flows: RetiredUdpFlows,
     affinity_gc: AffinityGc,
     /// Changes planned since the last [`Syncer::take_counted`], for the change totals.
     counted: ChangeCounts,
@@ -48,6 +50,7 @@ impl Syncer {
         node: PlanNode,
         reconciler: Reconciler,
         sock_term: SockTerminator,
+        retired_udp_flows: RetiredUdpFlows,
         health_checks: HealthCheckServers,
     ) -> Self {
         Self {
@@ -58,6 +61,7 @@ impl Syncer {
             health_checks,
             local_policy_index: no_local_endpoints::index(),
             sock_term,
+            retired_udp_flows,
             affinity_gc: AffinityGc::default(),
             counted: ChangeCounts::default(),
             pending: ChangeCounts::default(),
@@ -72,7 +76,8 @@ impl Syncer {
     /// that succeeds):
     /// 3. the affinity GC learns the new frontends (and cleans those switched off);
     /// 4. connected UDP sockets to backends gone from every frontend are closed (they are gone
-    ///    from the maps, so no new socket is sent there while they close);
+    ///    from the maps, so no new socket is sent there while they close), and the packet
+    ///    path's UDP flows to backends that left a frontend are queued for removal;
     /// 5. the health-check ports answer for the endpoints now programmed.
     pub async fn sync(&mut self, maps: &mut Maps, state: Arc<DesiredState>) -> Result<Synced> {
         let started_ns = clock::monotonic_ns();
@@ -134,6 +139,8 @@ impl Syncer {
         // A full apply may have written anything: socket termination then compares everything.
         let changes = (!apply.full).then_some(changes);
         let udp_sockets_terminated = self.sock_term.after_apply(self.planner.plan(), changes);
+        self.retired_udp_flows
+            .remove(self.reconciler.take_retired_udp_slots());
         self.serve_health_checks().await;
         Synced {
             apply,

@@ -1,20 +1,33 @@
-//! Background removal of finished and idle flows from conntrack (`CT_V1`), so the table holds
-//! live flows and `sluice conntrack` shows them, instead of waiting for LRU eviction.
+//! Background removal of flows from conntrack (`CT_V1`, `CT6_V1`): finished and idle ones, so
+//! the tables hold live flows and `sluice conntrack` shows them instead of waiting for LRU
+//! eviction, and on request the UDP flows of backends that stopped serving their frontend.
 //!
 //! A flow is two entries (forward and reply, see docs/packet-path.md); both go together. The
 //! timeouts follow what kube-proxy sets for netfilter: established TCP 24 h, closing TCP
 //! (FIN or RST seen) 10 s, a SYN without answer 60 s, UDP 120 s.
 
-use std::{collections::HashMap, hash::BuildHasher, path::PathBuf, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{BuildHasher, Hash},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use proxy_common::{
-    CT_DIR_REPLY, CtEntry, CtKey, IPPROTO_TCP, TCP_STATE_CLOSING, TCP_STATE_SYN,
+    CT_DIR_FORWARD, CT_DIR_REPLY, CtEntryOf, CtKeyOf, IPPROTO_TCP, IPPROTO_UDP, TCP_STATE_CLOSING,
+    TCP_STATE_SYN,
+    address::Address,
     flow::{forward_key, reply_key},
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use crate::datapath::{Maps, clock::monotonic_ns};
+use crate::{
+    datapath::{Maps, clock::monotonic_ns},
+    node::metrics::Metrics,
+    reconcile::RetiredUdpSlot,
+};
 
 /// How long a flow may stay idle, by kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,12 +66,12 @@ impl CtTimeouts {
 /// Which entries to delete: flows idle past their timeout (the later packet of either
 /// direction counts, the closing state of either), flows whose backend is gone, and reply
 /// entries whose forward entry the LRU already evicted.
-pub fn expired_keys(
-    entries: &HashMap<CtKey, CtEntry, impl BuildHasher>,
+pub fn expired_keys<A: Address + Hash>(
+    entries: &HashMap<CtKeyOf<A>, CtEntryOf<A>, impl BuildHasher>,
     backend_exists: impl Fn(u32) -> bool,
     timeouts: &CtTimeouts,
     now_ns: u64,
-) -> Vec<CtKey> {
+) -> Vec<CtKeyOf<A>> {
     let mut doomed = Vec::new();
     for (key, entry) in entries {
         if key.dir == CT_DIR_REPLY {
@@ -90,25 +103,128 @@ pub fn expired_keys(
     doomed
 }
 
-/// One pass over the pinned conntrack map; returns how many entries it removed.
+/// One pass over both pinned conntrack maps; returns how many entries it removed.
 pub fn collect(maps: &mut Maps, timeouts: &CtTimeouts) -> Result<usize> {
-    let entries: HashMap<CtKey, CtEntry> = maps.conntrack.iter().filter_map(Result::ok).collect();
-    let backends: std::collections::HashSet<u32> =
-        maps.backends.keys().filter_map(Result::ok).collect();
-    let doomed = expired_keys(
-        &entries,
-        |id| backends.contains(&id),
-        timeouts,
-        monotonic_ns(),
-    );
-    let mut removed = 0;
-    for key in &doomed {
-        // Gone already (the datapath or the LRU was quicker) is fine.
-        if maps.conntrack.remove(key).is_ok() {
-            removed += 1;
+    let now = monotonic_ns();
+    let backends: HashSet<u32> = maps.backends.keys().filter_map(Result::ok).collect();
+    let backends6: HashSet<u32> = maps.backends6.keys().filter_map(Result::ok).collect();
+    let removed = collect_in(&mut maps.conntrack, |entries| {
+        expired_keys(entries, |id| backends.contains(&id), timeouts, now)
+    });
+    let removed6 = collect_in(&mut maps.conntrack6, |entries| {
+        expired_keys(entries, |id| backends6.contains(&id), timeouts, now)
+    });
+    Ok(removed + removed6)
+}
+
+/// The UDP flows whose frontend no longer sends new flows to their backend: the forward
+/// entries of UDP recorded for one of `retired` (by the ids they carry), with their replies.
+/// kube-proxy deletes the netfilter conntrack entries of such flows, so that the next
+/// datagram is balanced again instead of going to a pod that is not ready or is terminating.
+pub fn retired_udp_keys<A: Address + Hash>(
+    entries: &HashMap<CtKeyOf<A>, CtEntryOf<A>, impl BuildHasher>,
+    retired: &HashSet<RetiredUdpSlot, impl BuildHasher>,
+) -> Vec<CtKeyOf<A>> {
+    let mut doomed = Vec::new();
+    for (key, entry) in entries {
+        if key.dir == CT_DIR_FORWARD
+            && key.proto == IPPROTO_UDP
+            && retired.contains(&(entry.service_id, entry.backend_id))
+        {
+            doomed.push(*key);
+            let reply = reply_key(key, entry);
+            if entries.contains_key(&reply) {
+                doomed.push(reply);
+            }
         }
     }
-    Ok(removed)
+    doomed
+}
+
+/// Removes the UDP flows of `retired` pairs from both pinned conntrack maps; returns how
+/// many entries it removed from each (IPv4, IPv6).
+pub fn remove_retired_udp_flows(
+    maps: &mut Maps,
+    retired: &HashSet<RetiredUdpSlot, impl BuildHasher>,
+) -> (usize, usize) {
+    (
+        collect_in(&mut maps.conntrack, |entries| {
+            retired_udp_keys(entries, retired)
+        }),
+        collect_in(&mut maps.conntrack6, |entries| {
+            retired_udp_keys(entries, retired)
+        }),
+    )
+}
+
+/// Hands retired UDP slots to a task that removes their flows off the sync loop (a pass reads
+/// the whole conntrack tables), on its own handles to the pinned maps. Slots handed over while
+/// a pass runs are taken together by the next one.
+#[derive(Clone)]
+pub struct RetiredUdpFlows {
+    queue: tokio::sync::mpsc::UnboundedSender<Vec<RetiredUdpSlot>>,
+}
+
+impl RetiredUdpFlows {
+    /// Starts the task; each pass is counted in kube-proxy's conntrack reconciler metrics.
+    pub fn spawn(pin_dir: PathBuf, metrics: Metrics) -> Self {
+        let (queue, mut slots) = tokio::sync::mpsc::unbounded_channel::<Vec<RetiredUdpSlot>>();
+        tokio::spawn(async move {
+            while let Some(first) = slots.recv().await {
+                let mut retired: HashSet<RetiredUdpSlot> = first.into_iter().collect();
+                while let Ok(more) = slots.try_recv() {
+                    retired.extend(more);
+                }
+                let dir = pin_dir.clone();
+                let started = std::time::Instant::now();
+                let pass = tokio::task::spawn_blocking(move || {
+                    let mut maps = Maps::open_pinned(&dir)?;
+                    anyhow::Ok(remove_retired_udp_flows(&mut maps, &retired))
+                })
+                .await;
+                match pass {
+                    Ok(Ok((removed, removed6))) => {
+                        metrics.conntrack_reconciled(started.elapsed(), removed, removed6);
+                        if removed + removed6 > 0 {
+                            info!(
+                                entries = removed + removed6,
+                                "removed the UDP flows of backends that stopped serving their \
+                                 frontend"
+                            );
+                        }
+                    }
+                    Ok(Err(err)) => warn!("removing UDP flows of retired backends: {err:#}"),
+                    Err(err) => warn!("removing UDP flows of retired backends: {err}"),
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    /// Queues `slots` (nothing happens for none).
+    pub fn remove(&self, slots: Vec<RetiredUdpSlot>) {
+        if !slots.is_empty() {
+            // The task lives as long as the runtime.
+            let _ = self.queue.send(slots);
+        }
+    }
+}
+
+/// Reads `map`, removes the keys `doomed` picks from what it read; returns how many went.
+fn collect_in<A: Address + Hash>(
+    map: &mut BpfHashMap<MapData, CtKeyOf<A>, CtEntryOf<A>>,
+    doomed: impl FnOnce(&HashMap<CtKeyOf<A>, CtEntryOf<A>>) -> Vec<CtKeyOf<A>>,
+) -> usize
+where
+    CtKeyOf<A>: aya::Pod,
+    CtEntryOf<A>: aya::Pod,
+{
+    let entries: HashMap<CtKeyOf<A>, CtEntryOf<A>> = map.iter().filter_map(Result::ok).collect();
+    // Gone already (the datapath or the LRU was quicker) is fine.
+    doomed(&entries)
+        .iter()
+        .filter(|key| map.remove(key).is_ok())
+        .count()
 }
 
 /// Runs [`collect`] every `interval` on its own handles to the pinned maps, off the sync loop.
@@ -133,7 +249,7 @@ pub async fn run(pin_dir: PathBuf, timeouts: CtTimeouts, interval: Duration) {
 
 #[cfg(test)]
 mod tests {
-    use proxy_common::{CT_DIR_FORWARD, CT_F_LOCAL, IPPROTO_UDP, TCP_STATE_ESTABLISHED};
+    use proxy_common::{CT_F_LOCAL, CtEntry, CtKey, TCP_STATE_ESTABLISHED};
 
     use super::*;
 
@@ -212,5 +328,35 @@ mod tests {
         assert_eq!(expired(flow, 101), 2);
         let orphan = local_flow(IPPROTO_TCP, TCP_STATE_ESTABLISHED, 100).remove(1);
         assert_eq!(expired(vec![orphan], 101), 1);
+    }
+
+    #[test]
+    fn the_udp_flows_of_retired_pairs_go_with_their_replies_and_nothing_else() {
+        let mut entries: HashMap<CtKey, CtEntry> = HashMap::new();
+        // Frontend 3 → backend 7, over UDP and over TCP; and UDP frontend 4 → backend 7.
+        for (proto, service_id, sport) in [
+            (IPPROTO_UDP, 3, 40000u16),
+            (IPPROTO_TCP, 3, 40001),
+            (IPPROTO_UDP, 4, 40002),
+        ] {
+            for (mut key, mut entry) in local_flow(proto, 0, 100) {
+                entry.service_id = service_id;
+                if key.dir == CT_DIR_FORWARD {
+                    key.sport = sport.to_be();
+                } else {
+                    key.dport = sport.to_be();
+                }
+                entries.insert(key, entry);
+            }
+        }
+        let retired: HashSet<RetiredUdpSlot> = [(3, 7)].into();
+        let mut doomed = retired_udp_keys(&entries, &retired);
+        doomed.sort_by_key(|key| key.dir);
+        assert_eq!(doomed.len(), 2, "{doomed:?}");
+        assert!(doomed.iter().all(|key| key.proto == IPPROTO_UDP));
+        assert_eq!(doomed[0].sport, 40000u16.to_be());
+        assert_eq!(doomed[1].dport, 40000u16.to_be());
+        let other: HashSet<RetiredUdpSlot> = [(3, 8)].into();
+        assert_eq!(retired_udp_keys(&entries, &other), []);
     }
 }

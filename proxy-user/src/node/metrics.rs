@@ -109,6 +109,8 @@ pub struct Metrics {
     pub proxy_healthz: Family<StatusCodeLabels, Counter>,
     pub proxy_livez: Family<StatusCodeLabels, Counter>,
     pub drift_repaired: Counter,
+    conntrack_reconciler_duration: Histograms,
+    conntrack_reconciler_deleted: Family<FamilyLabels, Counter>,
 }
 
 impl Metrics {
@@ -140,6 +142,8 @@ impl Metrics {
             proxy_healthz: Family::default(),
             proxy_livez: Family::default(),
             drift_repaired: Counter::default(),
+            conntrack_reconciler_duration: Family::new_with_constructor(sync_buckets),
+            conntrack_reconciler_deleted: Family::default(),
         };
         let mut registry = Registry::default();
         // kube-proxy's (pkg/proxy/metrics), with its names, help texts, labels and buckets;
@@ -201,6 +205,16 @@ impl Metrics {
             this.no_local_endpoints.clone(),
         );
         registry.register(
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+            "ReconcileConntrackFlowsLatency latency in seconds",
+            this.conntrack_reconciler_duration.clone(),
+        );
+        registry.register(
+            "kubeproxy_conntrack_reconciler_deleted_entries",
+            "Cumulative conntrack flows deleted by conntrack reconciler",
+            this.conntrack_reconciler_deleted.clone(),
+        );
+        registry.register(
             "kubeproxy_proxy_healthz",
             "Cumulative proxy healthz HTTP status",
             this.proxy_healthz.clone(),
@@ -252,6 +266,8 @@ impl Metrics {
             ] {
                 drop(histograms.get_or_create(&labels));
             }
+            drop(this.conntrack_reconciler_duration.get_or_create(&labels));
+            drop(this.conntrack_reconciler_deleted.get_or_create(&labels));
             drop(this.last_sync.get_or_create(&labels));
             drop(this.last_queued.get_or_create(&labels));
             for traffic_policy in ["internal", "external"] {
@@ -272,6 +288,24 @@ impl Metrics {
         self.families
             .iter()
             .map(|&ip_family| FamilyLabels { ip_family })
+    }
+
+    /// A pass removing the UDP flows of retired backends took `took` and removed `removed`
+    /// IPv4 and `removed6` IPv6 conntrack entries.
+    pub fn conntrack_reconciled(&self, took: Duration, removed: usize, removed6: usize) {
+        for labels in self.each_family() {
+            self.conntrack_reconciler_duration
+                .get_or_create(&labels)
+                .observe(took.as_secs_f64());
+            let count = if labels.ip_family == crate::model::IpFamily::V4.as_str() {
+                removed
+            } else {
+                removed6
+            };
+            self.conntrack_reconciler_deleted
+                .get_or_create(&labels)
+                .inc_by(count as u64);
+        }
     }
 
     /// A change was queued for the maps (one sync programs every family).

@@ -26,10 +26,15 @@ use super::{
     planner::PlanChanges,
     tables::ServiceTables,
 };
+use crate::model::Protocol;
 
 mod affinity;
 mod batch;
 mod family;
+
+/// A backend that left a UDP frontend's slots, as (frontend id, backend id): the packet path's
+/// flows of that pair must be forgotten, as kube-proxy deletes their conntrack entries.
+pub type RetiredUdpSlot = (u32, u32);
 
 /// A frontend as programmed: its id, flags and backend ids by slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +43,8 @@ struct Programmed {
     flags: u16,
     affinity_timeout: u32,
     slots: Vec<u32>,
+    /// UDP: the ids of `FrontendPlan::serving` (unknown, so empty, when read from the maps).
+    udp_serving: Vec<u32>,
     meta: ServiceMeta,
     /// Source ranges in the frontend family's source-range map under `service_id`, sorted.
     source_ranges: Vec<IpNet>,
@@ -79,6 +86,8 @@ pub struct Reconciler {
     /// The maps hold the plan of the last apply and the mirror is exact: a following apply
     /// may write only what changed since. False until a full apply succeeded, and after errors.
     in_sync: bool,
+    /// What left UDP frontends since the last [`Reconciler::take_retired_udp_slots`].
+    retired_udp_slots: Vec<RetiredUdpSlot>,
 }
 
 /// Entries no reader can reach (slots under no head; metadata, source ranges and affinity
@@ -255,6 +264,7 @@ impl Reconciler {
                     flags: head.flags,
                     affinity_timeout: head.affinity_timeout,
                     slots: backend_slots,
+                    udp_serving: Vec::new(),
                     meta,
                     source_ranges,
                 },
@@ -531,18 +541,7 @@ impl Reconciler {
         frontend: Frontend,
         planned: &FrontendPlan,
     ) -> Result<bool> {
-        let slots = planned
-            .backends
-            .iter()
-            .map(|addr| {
-                self.backend_ids.get(addr).copied().with_context(|| {
-                    format!(
-                        "program service {}: its backend {}:{} was not written first",
-                        planned.name, addr.addr, addr.port
-                    )
-                })
-            })
-            .collect::<Result<Vec<u32>>>()?;
+        let (slots, udp_serving) = self.backend_ids_of(planned)?;
         let service_id = match self.frontends.get(&frontend) {
             Some(existing) => existing.service_id,
             None => self
@@ -572,11 +571,23 @@ impl Reconciler {
             flags: planned.flags,
             affinity_timeout: planned.affinity_timeout,
             slots,
+            udp_serving,
             meta,
             source_ranges,
         };
         let old = self.frontends.get(&frontend).cloned();
-        if old.as_ref() == Some(&wanted) {
+        if let Some(old) = old.as_ref().filter(|_| frontend.protocol == Protocol::Udp) {
+            self.retire_udp_slots(old, Some(&wanted));
+        }
+        // `udp_serving` is the mirror's alone (no map holds it): a change of it alone writes
+        // nothing.
+        if old.as_ref().is_some_and(|old| {
+            Programmed {
+                udp_serving: wanted.udp_serving.clone(),
+                ..old.clone()
+            } == wanted
+        }) {
+            self.frontends.insert(frontend, wanted);
             return Ok(false);
         }
         let old_slots = old.as_ref().map_or(&[][..], |old| &old.slots[..]);
@@ -622,9 +633,52 @@ impl Reconciler {
         Ok(true)
     }
 
+    /// The ids of `planned`'s slots, and of its serving backends (UDP).
+    fn backend_ids_of(&self, planned: &FrontendPlan) -> Result<(Vec<u32>, Vec<u32>)> {
+        let slots = planned
+            .backends
+            .iter()
+            .map(|addr| {
+                self.backend_ids.get(addr).copied().with_context(|| {
+                    format!(
+                        "program service {}: its backend {}:{} was not written first",
+                        planned.name, addr.addr, addr.port
+                    )
+                })
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        let udp_serving = planned
+            .serving
+            .iter()
+            .filter_map(|addr| self.backend_ids.get(addr).copied())
+            .collect();
+        Ok((slots, udp_serving))
+    }
+
+    /// Records the backends `old` sent or kept UDP flows to that `new` (`None`: the frontend
+    /// goes) does neither for.
+    fn retire_udp_slots(&mut self, old: &Programmed, new: Option<&Programmed>) {
+        let held = |id: &u32| {
+            new.is_some_and(|new| new.slots.contains(id) || new.udp_serving.contains(id))
+        };
+        let mut retired: Vec<RetiredUdpSlot> = old
+            .slots
+            .iter()
+            .chain(&old.udp_serving)
+            .filter(|&id| *id != 0 && !held(id))
+            .map(|&id| (old.service_id, id))
+            .collect();
+        retired.sort_unstable();
+        retired.dedup();
+        self.retired_udp_slots.extend(retired);
+    }
+
     /// Removes slot 0 first: from then on lookups miss and the slots are unreachable.
     fn remove_frontend(&mut self, maps: &mut dyn ServiceTables, frontend: Frontend) -> Result<()> {
         let programmed = self.frontends.remove(&frontend).expect("caller checked");
+        if frontend.protocol == Protocol::Udp {
+            self.retire_udp_slots(&programmed, None);
+        }
         self.service_ids.remove(&programmed.service_id);
         self.affinity_timeouts.remove(&programmed.service_id);
         let context = || format!("remove service {} ({frontend:?})", programmed.meta.name());
@@ -704,6 +758,13 @@ impl Reconciler {
     /// date by every write, so this costs nothing).
     pub fn affinity_view(&self) -> AffinityView<'_> {
         self.members.view(&self.affinity_timeouts)
+    }
+
+    /// The backends that left UDP frontends (or went with them) in the applies since the last
+    /// call. An apply that failed forgets its own: the full apply that follows finds them again
+    /// against what it reads back from the maps.
+    pub fn take_retired_udp_slots(&mut self) -> Vec<RetiredUdpSlot> {
+        std::mem::take(&mut self.retired_udp_slots)
     }
 
     pub fn frontend_count(&self) -> usize {

@@ -13,7 +13,7 @@ pub mod tables;
 #[cfg(test)]
 mod tests;
 
-pub use apply::{AffinityView, ApplyStats, Reconciler};
+pub use apply::{AffinityView, ApplyStats, Reconciler, RetiredUdpSlot};
 pub use plan::{
     BackendAddr, Frontend, FrontendPlan, Plan, PlanNode, SkippedPlan, choose_endpoints,
     local_ready_endpoints,

@@ -106,6 +106,10 @@ pub struct FrontendPlan {
     pub flags: u16,
     /// The backends new connections are spread over, sorted.
     pub backends: Vec<BackendAddr>,
+    /// UDP only: the backends of the port's serving endpoints (ready, or terminating and still
+    /// serving), sorted. Flows to one of these stay when it leaves `backends`; flows to a
+    /// backend that leaves both are removed, as kube-proxy deletes their conntrack entries.
+    pub serving: Vec<BackendAddr>,
     /// ClientIP session affinity timeout in seconds; 0 when affinity is off.
     pub affinity_timeout: u32,
     /// `loadBalancerSourceRanges` enforced on this frontend (with `SVC_F_SOURCE_RANGES`): those
@@ -319,7 +323,10 @@ impl Contribution {
             cluster: addrs(cluster_endpoints(&endpoints, node)),
             local: addrs(choose_endpoints(&local)),
         };
-        let base = base_plan(service, port);
+        let mut base = base_plan(service, port);
+        if port.protocol == Protocol::Udp {
+            base.serving = addrs(endpoints.iter().filter(|e| e.serving).collect());
+        }
 
         // The cluster IP follows internalTrafficPolicy for every client, as kube-proxy does.
         for &ip in service.cluster_ips.iter().filter(of_family) {
@@ -423,6 +430,7 @@ fn base_plan(service: &Service, port: &ServicePort) -> FrontendPlan {
         health_check_port: service.health_check_node_port.unwrap_or(0),
         flags: SVC_F_EXTERNAL,
         backends: Vec::new(),
+        serving: Vec::new(),
         affinity_timeout: service.affinity_timeout.unwrap_or(0),
         source_ranges: Vec::new(),
     }
