@@ -173,6 +173,11 @@ struct Dual {
 
 impl Dual {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With `extra` arguments for both daemons.
+    fn start_with(extra: &[&str]) -> Self {
         let mut cluster = Cluster::new();
         cluster.start_pods();
         let manifests = ManifestDir::new("manifests-v6-offnode");
@@ -180,7 +185,8 @@ impl Dual {
         manifests.write("services.yaml", SERVICES_YAML);
         let daemon = |node: &str| {
             let ip6 = cluster.node(node).ip6.to_string();
-            let args = ["--node-ip", &ip6, "--service-cidr", SERVICE_CIDR6];
+            let mut args = vec!["--node-ip", ip6.as_str(), "--service-cidr", SERVICE_CIDR6];
+            args.extend_from_slice(extra);
             SluiceDaemon::start(&cluster, node, manifests.path(), &args)
         };
         let (node1, node2) = (daemon("node1"), daemon("node2"));
@@ -419,4 +425,27 @@ fn ipv6_load_balancer_source_ranges_allow_and_drop() {
     );
     dual.wait_programmed("node1", &format!("[{DENIED_LB6}]:80"));
     dual.assert_dropped(DENIED_LB6, 80);
+}
+
+/// The conntrack GC walks the IPv6 table too: finished IPv6 flows through the NodePort leave
+/// `CT6_V1` after their timeout (before, only `CT_V1` was collected and IPv6 entries waited
+/// for LRU eviction).
+#[test]
+fn idle_ipv6_flows_leave_conntrack_after_their_timeout() {
+    let dual = Dual::start_with(&["--ct-udp-timeout", "1s", "--ct-gc-interval", "200ms"]);
+    let node1 = dual.node_ip6("node1");
+    dual.replies(Proto::UdpConnected, node1, NODE_PORT_UDP, 3);
+    let ipv6_flows = || {
+        let flows = dual.node1.read_json("conntrack");
+        flows
+            .as_array()
+            .expect("conntrack -o json prints an array")
+            .iter()
+            .filter(|flow| flow["client"].as_str().is_some_and(|c| c.starts_with('[')))
+            .count()
+    };
+    assert!(ipv6_flows() > 0, "{:#}", dual.node1.read_json("conntrack"));
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(100), || {
+        ipv6_flows() == 0
+    });
 }
