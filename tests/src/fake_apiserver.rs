@@ -916,6 +916,21 @@ pub mod objects {
     /// A Service port: (name, protocol, port, targetPort, nodePort or 0).
     pub type Port<'a> = (&'a str, &'a str, u16, u16, u16);
 
+    /// The cluster-mode tests' `echo` Service: NodePort on 198.19.0.10, `http` TCP 80 → 8080
+    /// (nodePort 30080) and `dns` UDP 53 → 8053 (nodePort 30053), the ports the pods serve.
+    pub fn echo_service() -> Value {
+        service(
+            "echo",
+            "NodePort",
+            "198.19.0.10",
+            &[
+                ("http", "TCP", 80, 8080, 30080),
+                ("dns", "UDP", 53, 8053, 30053),
+            ],
+            &[],
+        )
+    }
+
     /// A v1 Service of `service_type` (ClusterIP, NodePort) with the fields the API server
     /// defaults filled in, as `kubectl get -o json` shows them.
     pub fn service(

@@ -56,16 +56,7 @@ fn start_api(cluster: &Cluster) -> FakeApiServer {
     for node in cluster.nodes() {
         api.apply(objects::node(&node.name, &[node.ip.into()]));
     }
-    api.apply(objects::service(
-        "echo",
-        "NodePort",
-        &ECHO_IP.to_string(),
-        &[
-            ("http", "TCP", 80, 8080, ECHO_NODE_PORT),
-            ("dns", "UDP", 53, 8053, 30053),
-        ],
-        &[],
-    ));
+    api.apply(objects::echo_service());
     api.apply(echo_slice_a(cluster, &["pod-1a", "pod-1b"]));
     api.apply(objects::endpoint_slice(
         "echo-b",

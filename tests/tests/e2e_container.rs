@@ -24,6 +24,7 @@ use proxy_tests::{
     wait_for,
 };
 
+/// `objects::echo_service`'s cluster IP and nodePorts.
 const ECHO_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 const LATE_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 50);
 const NODE_PORT_TCP: u16 = 30080;
@@ -45,16 +46,7 @@ fn start_api(cluster: &Cluster) -> FakeApiServer {
     for node in cluster.nodes() {
         api.apply(objects::node(&node.name, &[node.ip.into()]));
     }
-    api.apply(objects::service(
-        "echo",
-        "NodePort",
-        &ECHO_IP.to_string(),
-        &[
-            ("http", "TCP", 80, 8080, NODE_PORT_TCP),
-            ("dns", "UDP", 53, 8053, NODE_PORT_UDP),
-        ],
-        &[],
-    ));
+    api.apply(objects::echo_service());
     let endpoints: Vec<_> = ALL_PODS
         .iter()
         .map(|pod| ready(cluster.pod(pod).ip, &cluster.pod(pod).node))
