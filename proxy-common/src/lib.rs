@@ -55,6 +55,9 @@ pub mod map_names {
     pub const AFFINITY_MATCH: &str = "AFF_MATCH_V1";
     pub const SOURCE_RANGES: &str = "SRC_RANGE_V1";
     pub const SKIPPED: &str = "SVC_SKIP_V1";
+    /// Service addresses (LPM trie): cluster IPs and the service CIDRs, for refusing what no
+    /// frontend serves there.
+    pub const SERVICE_ADDRS: &str = "SVC_ADDR_V1";
     /// Not pinned: the daemon fills it just before each socket-termination run.
     pub const SOCK_TERM: &str = "SOCK_TERM_V1";
 
@@ -67,10 +70,11 @@ pub mod map_names {
     pub const CONFIG6: &str = "CONFIG6_V1";
     pub const AFFINITY6: &str = "AFFINITY6_V1";
     pub const SOURCE_RANGES6: &str = "SRC_RANGE6_V1";
+    pub const SERVICE_ADDRS6: &str = "SVC_ADDR6_V1";
     /// Not pinned, like `SOCK_TERM`.
     pub const SOCK_TERM6: &str = "SOCK_TERM6_V1";
 
-    pub const ALL: [&str; 24] = [
+    pub const ALL: [&str; 26] = [
         SERVICES,
         BACKENDS,
         SERVICE_META,
@@ -87,6 +91,7 @@ pub mod map_names {
         AFFINITY_MATCH,
         SOURCE_RANGES,
         SKIPPED,
+        SERVICE_ADDRS,
         SERVICES6,
         BACKENDS6,
         CONNTRACK6,
@@ -95,6 +100,7 @@ pub mod map_names {
         CONFIG6,
         AFFINITY6,
         SOURCE_RANGES6,
+        SERVICE_ADDRS6,
     ];
 }
 
@@ -132,6 +138,8 @@ pub mod map_sizes {
     pub const AFFINITY_MATCH: u32 = SERVICES;
     pub const SOURCE_RANGES: u32 = 65_536;
     pub const SKIPPED: u32 = 16_384;
+    /// Sized like the per-frontend maps: every cluster IP is at least one frontend.
+    pub const SERVICE_ADDRS: u32 = SERVICE_META;
     /// Backends per socket-termination run; the daemon runs in batches of this many.
     pub const SOCK_TERM: u32 = 1_024;
     // The IPv6 maps are sized like their IPv4 counterparts.
@@ -142,6 +150,7 @@ pub mod map_sizes {
     pub const NODE_ADDRS6: u32 = NODE_ADDRS;
     pub const AFFINITY6: u32 = AFFINITY;
     pub const SOURCE_RANGES6: u32 = SOURCE_RANGES;
+    pub const SERVICE_ADDRS6: u32 = SERVICE_ADDRS;
     pub const SOCK_TERM6: u32 = SOCK_TERM;
 }
 
@@ -315,6 +324,14 @@ pub struct SourceRangeOf<A> {
 pub type SourceRange = SourceRangeOf<u32>;
 pub type SourceRange6 = SourceRangeOf<Addr6>;
 pod_instances!(SourceRange = 8, SourceRange6 = 20);
+
+/// `SVC_ADDR_V1` value: a cluster IP (a /32 or /128 entry). A TCP or UDP packet or call to
+/// it on a port none of its frontends serves is refused, as kube-proxy's nftables mode rejects
+/// it.
+pub const SVC_ADDR_CLUSTER_IP: u32 = 1;
+/// `SVC_ADDR_V1` value: a service CIDR. An address in it that is no cluster IP (the longest
+/// match is this entry) holds no Service: refused too.
+pub const SVC_ADDR_SERVICE_CIDR: u32 = 2;
 
 /// Conntrack key: a packet's 5-tuple as seen at the hook, and the direction it was recorded for.
 #[repr(C)]

@@ -47,10 +47,14 @@ pub enum DropReason {
     NoBackend = 6,
     /// The packet could not be resized or rewritten.
     Rewrite = 7,
+    /// To a cluster IP, on a port (or protocol) none of its frontends serves: refused.
+    UnservedPort = 8,
+    /// To an address of a service CIDR that no Service holds: refused.
+    UnallocatedServiceIp = 9,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 10] = [
         Self::NoEndpoints,
         Self::SourceRange,
         Self::NoLocalEndpoint,
@@ -59,6 +63,8 @@ impl DropReason {
         Self::ConntrackFull,
         Self::NoBackend,
         Self::Rewrite,
+        Self::UnservedPort,
+        Self::UnallocatedServiceIp,
     ];
 
     /// The label in the CLI and in metrics.
@@ -72,6 +78,8 @@ impl DropReason {
             Self::ConntrackFull => "conntrack_full",
             Self::NoBackend => "no_backend",
             Self::Rewrite => "rewrite_failed",
+            Self::UnservedPort => "unserved_port",
+            Self::UnallocatedServiceIp => "unallocated_service_ip",
         }
     }
 }

@@ -37,11 +37,15 @@ pub enum Error {
     SourceRangeDenied,
     /// A `Local` traffic policy left no endpoint on this node (others exist elsewhere).
     NoLocalEndpoint,
+    /// A cluster IP, on a port or protocol none of its frontends serves.
+    UnservedPort,
+    /// An address of a service CIDR that no Service holds.
+    UnallocatedServiceIp,
 }
 
 impl Error {
     #[cfg(test)]
-    pub const ALL: [Error; 16] = [
+    pub const ALL: [Error; 18] = [
         Self::NotIp,
         Self::NotTcpUdp,
         Self::Fragment,
@@ -58,6 +62,8 @@ impl Error {
         Self::SkbRewrite,
         Self::SourceRangeDenied,
         Self::NoLocalEndpoint,
+        Self::UnservedPort,
+        Self::UnallocatedServiceIp,
     ];
 
     /// What went wrong, for log lines.
@@ -79,6 +85,8 @@ impl Error {
             Self::SkbRewrite => "skb rewrite failed",
             Self::SourceRangeDenied => "client outside loadBalancerSourceRanges",
             Self::NoLocalEndpoint => "traffic policy Local without a local endpoint",
+            Self::UnservedPort => "a port the cluster IP does not serve",
+            Self::UnallocatedServiceIp => "a service CIDR address no Service holds",
         }
     }
 }

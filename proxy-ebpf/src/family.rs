@@ -21,7 +21,8 @@ use crate::{
     forward,
     maps::{
         self, AFFINITY, AFFINITY6, BACKENDS, BACKENDS6, CONFIG, CONFIG6, CONNTRACK, CONNTRACK6,
-        Entry, NODE_ADDRS, NODE_ADDRS6, SERVICES, SERVICES6, SOURCE_RANGES, SOURCE_RANGES6,
+        Entry, NODE_ADDRS, NODE_ADDRS6, SERVICE_ADDRS, SERVICE_ADDRS6, SERVICES, SERVICES6,
+        SOURCE_RANGES, SOURCE_RANGES6,
     },
     nat,
     packet::{self, ETH_HLEN, IPV4_HLEN, IPV6_HLEN, Packet, TCP_HLEN, Tuple},
@@ -43,6 +44,8 @@ pub trait Family {
     fn is_loopback(addr: &Self::Addr) -> bool;
     /// Whether the source-range map holds a prefix of `client` for the frontend `service_id`.
     fn source_range_matches(service_id: u32, client: Self::Addr) -> bool;
+    /// `SVC_ADDR_*` of the longest service-address entry that holds `addr`.
+    fn service_addr(addr: Self::Addr) -> Option<u32>;
     fn affinity_key(client: Self::Addr, service_id: u32) -> Self::AffinityKey;
     fn affinity(key: &Self::AffinityKey) -> Option<Entry<AffinityValue>>;
     /// Remembers `value` for `key`; a failed write (map busy) only loses stickiness.
@@ -133,6 +136,11 @@ impl Family for V4 {
     fn is_loopback(addr: &u32) -> bool {
         // 127.0.0.0/8: the first octet is the first byte in memory.
         addr.to_ne_bytes()[0] == 127
+    }
+
+    #[inline(always)]
+    fn service_addr(addr: u32) -> Option<u32> {
+        SERVICE_ADDRS.get(&Key::new(32, addr)).copied()
     }
 
     #[inline(always)]
@@ -275,6 +283,11 @@ impl Family for V6 {
     fn is_loopback(addr: &Addr6) -> bool {
         // ::1 only: IPv6 has no loopback range.
         *addr == [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])]
+    }
+
+    #[inline(always)]
+    fn service_addr(addr: Addr6) -> Option<u32> {
+        SERVICE_ADDRS6.get(&Key::new(128, addr)).copied()
     }
 
     #[inline(always)]

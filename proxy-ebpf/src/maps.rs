@@ -63,6 +63,12 @@ pub static AFFINITY_MATCH: HashMap<AffinityMatchKey, u32, { map_sizes::AFFINITY_
 pub static SOURCE_RANGES: LpmTrie<SourceRange, u32, { map_sizes::SOURCE_RANGES as usize }> =
     LpmTrie::new();
 
+/// Service addresses: cluster IPs (/32, `SVC_ADDR_CLUSTER_IP`) and service CIDRs
+/// (`SVC_ADDR_SERVICE_CIDR`). A destination that matches but has no frontend for its port is
+/// refused.
+#[btf_map(name = "SVC_ADDR_V1")]
+pub static SERVICE_ADDRS: LpmTrie<u32, u32, { map_sizes::SERVICE_ADDRS as usize }> = LpmTrie::new();
+
 /// Services listed but not programmed; only the daemon and CLI use it.
 #[btf_map(name = "SVC_SKIP_V1")]
 pub static SKIPPED: HashMap<SkippedKey, SkippedService, { map_sizes::SKIPPED as usize }> =
@@ -106,6 +112,10 @@ pub static AFFINITY6: LruHashMap<AffinityKey6, AffinityValue, { map_sizes::AFFIN
 
 #[btf_map(name = "SRC_RANGE6_V1")]
 pub static SOURCE_RANGES6: LpmTrie<SourceRange6, u32, { map_sizes::SOURCE_RANGES6 as usize }> =
+    LpmTrie::new();
+
+#[btf_map(name = "SVC_ADDR6_V1")]
+pub static SERVICE_ADDRS6: LpmTrie<Addr6, u32, { map_sizes::SERVICE_ADDRS6 as usize }> =
     LpmTrie::new();
 
 /// A value found in a map: copied out or changed in place.

@@ -58,6 +58,15 @@ impl Outcome {
         }
     }
 
+    const fn refuse(reason: DropReason) -> Self {
+        Self {
+            action: Action::Refuse,
+            counted: Some(reason),
+            passed: None,
+            logged: true,
+        }
+    }
+
     const fn drop(reason: DropReason) -> Self {
         Self {
             action: Action::Drop,
@@ -85,22 +94,16 @@ pub const fn outcome(path: Path, err: Error) -> Outcome {
             passed: None,
             logged: true,
         },
-        Error::NoEndpoints => Outcome {
-            action: Action::Refuse,
-            counted: Some(DropReason::NoEndpoints),
-            passed: None,
-            logged: true,
-        },
+        Error::NoEndpoints => Outcome::refuse(DropReason::NoEndpoints),
+        // kube-proxy's nftables mode rejects the first and drops the second; both are
+        // refused here, so a client learns at once that nothing is there.
+        Error::UnservedPort => Outcome::refuse(DropReason::UnservedPort),
+        Error::UnallocatedServiceIp => Outcome::refuse(DropReason::UnallocatedServiceIp),
         // A slot or backend vanished under a concurrent update: a connecting socket is refused
         // (it would otherwise wait on the service address, which nothing answers), a packet
         // dropped (its retransmission finds the new state).
         Error::NoBackend => match path {
-            Path::Socket => Outcome {
-                action: Action::Refuse,
-                counted: Some(DropReason::NoBackend),
-                passed: None,
-                logged: true,
-            },
+            Path::Socket => Outcome::refuse(DropReason::NoBackend),
             Path::Xdp | Path::TcEgress => Outcome::drop(DropReason::NoBackend),
         },
         Error::NoSnatAddress => Outcome::drop(DropReason::NoSnatAddress),

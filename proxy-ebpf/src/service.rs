@@ -2,10 +2,11 @@
 //! both families.
 
 use proxy_common::{
-    BackendOf, SVC_F_NODEPORT, SVC_F_TWO_SCOPES, SVC_SCOPE_INTERNAL, ServiceKeyOf, ServiceValue,
+    BackendOf, SVC_ADDR_CLUSTER_IP, SVC_F_NODEPORT, SVC_F_TWO_SCOPES, SVC_SCOPE_INTERNAL,
+    ServiceKeyOf, ServiceValue,
 };
 
-use crate::{family::Family, kernel};
+use crate::{error::Error, family::Family, kernel};
 
 /// Finds the service entry for a destination: an exact frontend (ClusterIP, external address),
 /// or a NodePort when the destination is a node address (or, with `loopback_is_node`, a
@@ -35,6 +36,17 @@ pub fn lookup_frontend<F: Family>(
     key.addr = F::Addr::default();
     let service = F::service(&key)?;
     (service.flags & SVC_F_NODEPORT != 0).then_some((key, service))
+}
+
+/// Why a destination without a frontend is refused, when it is a service address: a cluster
+/// IP on a port none of its frontends serves, or a service CIDR address no Service holds.
+/// `None`: not a service address, not ours.
+#[inline(always)]
+pub fn unserved<F: Family>(addr: F::Addr) -> Option<Error> {
+    Some(match F::service_addr(addr)? {
+        SVC_ADDR_CLUSTER_IP => Error::UnservedPort,
+        _ => Error::UnallocatedServiceIp,
+    })
 }
 
 /// The entry in-cluster clients use: the internal-scope one when the frontend has two scopes

@@ -21,7 +21,7 @@ use crate::{
     family::{V4, V6},
     kernel::{self, SockKind},
     outcome::{Action, Path, outcome},
-    service::{for_internal_clients, lookup_frontend},
+    service::{for_internal_clients, lookup_frontend, unserved},
     sock_family::SockFamily,
 };
 
@@ -193,10 +193,11 @@ fn try_translate_forward<F: SockFamily>(
     port: u16,
     proto: u8,
 ) -> Result<Option<(F::Addr, u16)>, Error> {
+    let Some(frontend) = lookup_frontend::<F>(dst, port, proto, true) else {
+        return unserved::<F>(dst).map_or(Ok(None), Err);
+    };
     // Local processes are in-cluster clients: the internal scope, where there is one.
-    let Some((key, service)) = lookup_frontend::<F>(dst, port, proto, true)
-        .and_then(|(key, service)| for_internal_clients::<F>(key, service))
-    else {
+    let Some((key, service)) = for_internal_clients::<F>(frontend.0, frontend.1) else {
         return Ok(None);
     };
     if service.count == 0 {

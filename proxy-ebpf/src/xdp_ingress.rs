@@ -24,7 +24,7 @@ use crate::{
     nat::{rewrite_in_place, rewritten},
     outcome::{Action, Outcome, Path, outcome},
     packet::{self, Packet, Tuple},
-    service::{lookup_frontend, source_allowed},
+    service::{lookup_frontend, source_allowed, unserved},
 };
 
 #[xdp]
@@ -130,17 +130,18 @@ fn count_and_log(ctx: &XdpContext, err: Error, outcome: Outcome) {
     }
 }
 
-/// Answers a new flow to a service without endpoints: TCP RST, or ICMP port unreachable.
+/// Answers a flow `outcome` refuses (no endpoints, a port or address no Service serves): TCP
+/// RST, or ICMP port unreachable.
 #[inline(always)]
 fn refuse<F: Family>(ctx: &XdpContext) -> Result<u32, Error> {
     // The packet is as it arrived (nothing is rewritten before a refusal): parse it again
     // rather than carry it through every error.
     let pkt = F::parse(ctx.data(), ctx.data_end())?;
     let tuple = &pkt.tuple;
-    // Every refusal is logged (`outcome` of `NoEndpoints`).
+    // Every refusal is logged (`outcome`).
     klog::debug!(
         ctx,
-        "xdp: no endpoints, flow refused frontend={:i}:{} client={:i}:{}",
+        "xdp: flow refused frontend={:i}:{} client={:i}:{}",
         F::log_ip(&tuple.daddr),
         u16::from_be(tuple.dport),
         F::log_ip(&tuple.saddr),
@@ -206,7 +207,7 @@ fn new_flow<F: Family>(ctx: &XdpContext, pkt: &Packet<F::Addr>, now: u64) -> Res
     let tuple = &pkt.tuple;
     let Some((key, service)) = lookup_frontend::<F>(tuple.daddr, tuple.dport, tuple.proto, false)
     else {
-        return Ok(XDP_PASS);
+        return unserved::<F>(tuple.daddr).map_or(Ok(XDP_PASS), Err);
     };
     if service.flags & SVC_F_SOURCE_RANGES != 0
         && !source_allowed::<F>(service.service_id, tuple.saddr)

@@ -292,6 +292,7 @@ fn run(args: RunArgs) -> Result<()> {
         conntrack_gc_interval: args.ct_gc_interval,
         resync_period: args.resync_period,
         events: None,
+        service_cidrs: Vec::new(),
     };
     let access = match (args.kubeconfig, args.in_cluster) {
         (Some(path), _) => Some(source::kube::ApiAccess::Kubeconfig(path)),
@@ -315,11 +316,13 @@ fn run(args: RunArgs) -> Result<()> {
                 source::kube::spawn(source::kube::KubeSourceOptions { client, node_name })
             }
             (None, Some(dir)) => {
+                let service_cidrs = service_cidrs_of(args.service_cidrs)?;
+                opts.service_cidrs = service_cidrs.iter().copied().collect();
                 source::manifests::spawn(source::manifests::ManifestSourceOptions {
                     dir,
                     state_dir: args.state_dir,
                     manifest: ManifestOptions {
-                        service_cidrs: service_cidrs_of(args.service_cidrs)?,
+                        service_cidrs,
                         node_port_range: args.service_node_port_range,
                         node_name: Some(node_name.clone()),
                     },

@@ -443,6 +443,18 @@ impl Datapath {
             .expect("write SRC_RANGE_V1");
     }
 
+    /// Marks `addr/prefix` a service address of `kind` (`SVC_ADDR_*`).
+    pub fn add_service_addr(&mut self, addr: [u8; 4], prefix: u32, kind: u32) {
+        let map = self
+            .ebpf
+            .map_mut(map_names::SERVICE_ADDRS)
+            .expect("SVC_ADDR_V1");
+        let mut trie: LpmTrie<_, u32, u32> =
+            LpmTrie::try_from(map).expect("SVC_ADDR_V1 is an LPM trie");
+        trie.insert(&Key::new(prefix, u32::from_ne_bytes(addr)), &kind, 0)
+            .expect("write SVC_ADDR_V1");
+    }
+
     /// The drop counter of `reason`, summed over CPUs.
     pub fn drops(&mut self, reason: DropReason) -> u64 {
         let map = self

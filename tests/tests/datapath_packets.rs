@@ -15,8 +15,8 @@ use aya_log::EbpfLogger;
 use proxy_common::{
     BACKEND_F_LOCAL, Backend, CONFIG_F_COUNTERS, CONFIG_F_XDP_TX, CT_DIR_FORWARD, CT_DIR_REPLY,
     CT_F_LOCAL, CT_F_SNAT, Config, CtKey, IPPROTO_TCP, IPPROTO_UDP, LOG_LEVEL_DEBUG,
-    LOG_LEVEL_TRACE, SVC_F_NODEPORT, TCP_STATE_ESTABLISHED, TCP_STATE_SYN, map_names,
-    program_names, tcp,
+    LOG_LEVEL_TRACE, SVC_ADDR_CLUSTER_IP, SVC_ADDR_SERVICE_CIDR, SVC_F_NODEPORT,
+    TCP_STATE_ESTABLISHED, TCP_STATE_SYN, map_names, program_names, stats::DropReason, tcp,
 };
 use proxy_tests::{
     capture::Capture,
@@ -763,6 +763,68 @@ fn service_without_endpoints_answers_rst_and_port_unreachable() {
     ));
 }
 
+/// A cluster IP on a port it does not serve, and a service CIDR address no Service holds, are
+/// refused like a service without endpoints (RST, ICMP port unreachable, from the address
+/// asked for) and counted apart; an address outside the service addresses passes untouched.
+#[test]
+fn unserved_ports_and_unallocated_service_addresses_are_refused() {
+    let mut dp = datapath(CONFIG_F_XDP_TX);
+    dp.add_service_addr(CLUSTER_IP, 32, SVC_ADDR_CLUSTER_IP);
+    dp.add_service_addr([198, 19, 0, 0], 16, SVC_ADDR_SERVICE_CIDR);
+    let unserved = sock(CLUSTER_IP, 9999);
+    let unallocated = sock([198, 19, 0, 99], 53);
+    let syn = packet::tcp(client(40000), unserved, tcp::SYN).seq_ack(1000, 0);
+    let query = packet::udp(client(50000), unallocated).payload(b"query");
+    dp.check_all(&[
+        Case::xdp(
+            "SYN to an unserved port: RST|ACK from the cluster IP",
+            syn.build(),
+            XDP_TX,
+            Expect::Frame(
+                packet::tcp(unserved, client(40000), tcp::RST | tcp::ACK)
+                    .seq_ack(0, 1001)
+                    .window(0)
+                    .id(0)
+                    .macs(NODE_MAC, CLIENT_MAC)
+                    .build(),
+            ),
+        ),
+        Case::xdp(
+            "UDP to an unallocated address: ICMP port unreachable from it",
+            query.build(),
+            XDP_TX,
+            Expect::Frame(
+                packet::icmp_unreachable(
+                    *unallocated.ip(),
+                    Ipv4Addr::from(CLIENT_IP),
+                    3,
+                    &query.build(),
+                )
+                .id(0)
+                .frag_off(0)
+                .macs(NODE_MAC, CLIENT_MAC)
+                .build(),
+            ),
+        ),
+        Case::xdp(
+            "outside the service CIDR: not ours",
+            packet::tcp(client(40001), sock([198, 20, 0, 1], 80), tcp::SYN).build(),
+            XDP_PASS,
+            Expect::Unchanged,
+        ),
+    ]);
+    assert_eq!(dp.conntrack_len(), 0, "refused flows are not tracked");
+    // A served port of the cluster IP is still translated (a new flow, tracked).
+    let served = dp.run(
+        Program::Xdp,
+        &packet::tcp(client(40002), sock(CLUSTER_IP, 80), tcp::SYN).build(),
+    );
+    assert_eq!(served.verdict, XDP_PASS);
+    assert_eq!(dp.conntrack_len(), 2, "the served flow's two entries");
+    assert_eq!(dp.drops(DropReason::UnservedPort), 1);
+    assert_eq!(dp.drops(DropReason::UnallocatedServiceIp), 1);
+}
+
 #[test]
 fn handed_off_packets_leave_through_tc_ingress_redirect() {
     let mut dp = datapath(0);
@@ -964,7 +1026,7 @@ fn kernel_log_lines_are_written_up_to_the_configured_level() {
         *lines.0.lock().expect("not poisoned"),
         [
             debug(
-                "xdp: no endpoints, flow refused frontend=198.19.0.30:80 \
+                "xdp: flow refused frontend=198.19.0.30:80 \
                  client=198.18.0.100:40003"
             ),
             trace(

@@ -199,6 +199,31 @@ fn an_ipv6_cluster_ip_without_endpoints_is_refused() {
     }
 }
 
+/// As for IPv4: an IPv6 cluster IP on a port it does not serve, and an address of the IPv6
+/// service CIDR no Service holds, are refused at once.
+#[test]
+fn an_ipv6_cluster_ip_port_or_address_no_service_serves_is_refused() {
+    let dual = Dual::start();
+    let unallocated = Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0, 0x99);
+    for (proto, addr, port) in [
+        (Proto::Tcp, ECHO6, 9999),
+        (Proto::UdpConnected, ECHO6, 9999),
+        (Proto::Udp, ECHO6, 9999),
+        (Proto::Tcp, unallocated, 80),
+        (Proto::Udp, unallocated, 53),
+    ] {
+        for from in [Place::Pod("pod-1a"), Place::Node("node2")] {
+            for result in dual.cluster.request(from, proto, addr, port, 2) {
+                let err = result.expect_err("nothing serves it");
+                assert!(
+                    err.starts_with("refused"),
+                    "{proto} [{addr}]:{port} from {from:?}: {err}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn a_connected_ipv6_udp_socket_to_a_removed_backend_is_closed() {
     let dual = Dual::start();

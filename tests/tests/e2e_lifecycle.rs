@@ -97,6 +97,60 @@ fn a_service_without_endpoints_is_refused_at_once() {
     }
 }
 
+/// What no Service serves inside the service CIDR is refused at once, as kube-proxy's
+/// nftables mode rejects it, instead of leaking out or timing out: a cluster IP on a port (or
+/// protocol) none of its frontends serves, and an address of the CIDR no Service holds; on
+/// the socket path (ECONNREFUSED) and the packet path (RST, ICMP port unreachable), each
+/// counted by its drop reason. Addresses outside the CIDR are not touched.
+#[test]
+fn a_cluster_ip_port_or_address_no_service_serves_is_refused_at_once() {
+    let scenario = Scenario::start(&[]);
+    let echo = ip(ECHO_IP);
+    // Inside --service-cidr 198.19.0.0/16, held by no Service.
+    let unallocated = ip("198.19.0.99");
+    let socket_cases = [
+        (Proto::Tcp, echo, 9999),
+        (Proto::UdpConnected, echo, 9999),
+        (Proto::Udp, echo, 9999),
+        // `alt` is TCP 81: UDP 81 is no frontend.
+        (Proto::Udp, echo, 81),
+        (Proto::Tcp, unallocated, 80),
+        (Proto::Udp, unallocated, 53),
+    ];
+    let mut cases: Vec<(Place<'_>, Proto, Ipv4Addr, u16)> = Vec::new();
+    for (proto, addr, port) in socket_cases {
+        cases.push((Place::Pod("pod-1a"), proto, addr, port));
+        cases.push((Place::Node("node1"), proto, addr, port));
+    }
+    // The client reaches the service CIDR through node1's XDP.
+    cases.push((Place::Client, Proto::Tcp, echo, 9999));
+    cases.push((Place::Client, Proto::UdpConnected, echo, 9999));
+    cases.push((Place::Client, Proto::Tcp, unallocated, 80));
+    for (from, proto, addr, port) in cases {
+        let started = Instant::now();
+        for result in scenario.cluster.request(from, proto, addr, port, 2) {
+            let err = result.expect_err(&format!("{proto} {addr}:{port} from {from:?}"));
+            assert!(
+                err.starts_with("refused"),
+                "{proto} {addr}:{port} from {from:?}: expected refused, got {err}"
+            );
+        }
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < REFUSED_WITHIN * 2,
+            "{proto} {addr}:{port} from {from:?}: 2 refusals took {elapsed:?}"
+        );
+    }
+    for reason in ["unserved_port", "unallocated_service_ip"] {
+        assert!(
+            scenario.node1.stats_count("drops", reason) > 0,
+            "{reason} counted"
+        );
+    }
+    // The served ports still answer.
+    assert_echo_reaches_every_pod(&scenario, "beside the refusals");
+}
+
 #[test]
 fn endpoint_changes_reach_the_datapath_while_traffic_flows() {
     let scenario = Scenario::start(&[]);

@@ -30,6 +30,7 @@ use crate::{
         kernel_log, map_fill,
         metrics::{self, Metrics},
         programming_latency::ProgrammingLatency,
+        service_addrs::ServiceAddrs,
         service_health::HealthCheckServers,
         sock_term::SockTerminator,
     },
@@ -48,6 +49,9 @@ pub struct DaemonOptions {
     pub resync_period: Duration,
     /// Kubernetes Events (cluster mode).
     pub events: Option<Events>,
+    /// The service CIDRs, whose unallocated addresses are refused (standalone mode's
+    /// `--service-cidr`; empty in cluster mode).
+    pub service_cidrs: Vec<ipnet::IpNet>,
 }
 
 /// The wait before retrying a failed sync: doubled after each failure up to the last, reset
@@ -125,6 +129,7 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
         reconciler,
         sock_term,
         retired_udp_flows,
+        ServiceAddrs::new(opts.service_cidrs.clone()),
         health_checks,
     );
     let mut terminate = signal(SignalKind::terminate())?;

@@ -13,6 +13,7 @@ use crate::{
         affinity_gc::AffinityGc,
         conntrack_gc::RetiredUdpFlows,
         no_local_endpoints,
+        service_addrs::ServiceAddrs,
         service_health::{self, HealthCheckServers},
         service_index::ServiceIndex,
         sock_term::SockTerminator,
@@ -30,6 +31,7 @@ pub struct Syncer {
     local_policy_index: ServiceIndex,
     sock_term: SockTerminator,
     retired_udp_flows: RetiredUdpFlows,
+    service_addrs: ServiceAddrs,
     affinity_gc: AffinityGc,
     /// Changes planned since the last [`Syncer::take_counted`], for the change totals.
     counted: ChangeCounts,
@@ -51,6 +53,7 @@ impl Syncer {
         reconciler: Reconciler,
         sock_term: SockTerminator,
         retired_udp_flows: RetiredUdpFlows,
+        service_addrs: ServiceAddrs,
         health_checks: HealthCheckServers,
     ) -> Self {
         Self {
@@ -62,6 +65,7 @@ impl Syncer {
             local_policy_index: no_local_endpoints::index(),
             sock_term,
             retired_udp_flows,
+            service_addrs,
             affinity_gc: AffinityGc::default(),
             counted: ChangeCounts::default(),
             pending: ChangeCounts::default(),
@@ -74,7 +78,8 @@ impl Syncer {
     ///
     /// then, only once the maps hold the plan (after a failed apply, on a [`Syncer::retry`]
     /// that succeeds):
-    /// 3. the affinity GC learns the new frontends (and cleans those switched off);
+    /// 3. the affinity GC learns the new frontends (and cleans those switched off), and the
+    ///    service-address maps the cluster IPs (now that their frontends are in);
     /// 4. connected UDP sockets to backends gone from every frontend are closed (they are gone
     ///    from the maps, so no new socket is sent there while they close), and the packet
     ///    path's UDP flows to backends that left a frontend are queued for removal;
@@ -136,8 +141,10 @@ impl Syncer {
         self.pending = ChangeCounts::default();
         let view = self.reconciler.affinity_view();
         self.affinity_gc.after_apply(maps, &view, started_ns);
-        // A full apply may have written anything: socket termination then compares everything.
+        // A full apply may have written anything: what follows then compares everything.
         let changes = (!apply.full).then_some(changes);
+        self.service_addrs
+            .after_apply(maps, self.planner.plan(), changes);
         let udp_sockets_terminated = self.sock_term.after_apply(self.planner.plan(), changes);
         self.retired_udp_flows
             .remove(self.reconciler.take_retired_udp_slots());

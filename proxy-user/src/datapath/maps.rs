@@ -34,6 +34,8 @@ pub struct Maps {
     pub affinity_match: HashMap<MapData, AffinityMatchKey, u32>,
     pub source_ranges: LpmTrie<MapData, SourceRange, u32>,
     pub skipped: HashMap<MapData, SkippedKey, SkippedService>,
+    /// Cluster IPs and service CIDRs → `SVC_ADDR_*`.
+    pub service_addrs: LpmTrie<MapData, u32, u32>,
     pub services6: HashMap<MapData, ServiceKey6, ServiceValue>,
     pub backends6: HashMap<MapData, u32, Backend6>,
     pub source_ranges6: LpmTrie<MapData, SourceRange6, u32>,
@@ -43,6 +45,7 @@ pub struct Maps {
     pub conntrack6: HashMap<MapData, CtKey6, CtEntry6>,
     /// IPv6 clients of the packet path; written by the datapath, cleaned by the affinity GC.
     pub affinity6: HashMap<MapData, AffinityKey6, AffinityValue>,
+    pub service_addrs6: LpmTrie<MapData, Addr6, u32>,
 }
 
 impl Maps {
@@ -94,6 +97,7 @@ impl Maps {
             affinity_match: typed!(map_names::AFFINITY_MATCH),
             source_ranges: typed!(map_names::SOURCE_RANGES),
             skipped: typed!(map_names::SKIPPED),
+            service_addrs: typed!(map_names::SERVICE_ADDRS),
             services6: typed!(map_names::SERVICES6),
             backends6: typed!(map_names::BACKENDS6),
             source_ranges6: typed!(map_names::SOURCE_RANGES6),
@@ -101,6 +105,7 @@ impl Maps {
             config6: typed!(map_names::CONFIG6),
             conntrack6: typed!(map_names::CONNTRACK6),
             affinity6: typed!(map_names::AFFINITY6),
+            service_addrs6: typed!(map_names::SERVICE_ADDRS6),
         })
     }
 }
@@ -144,6 +149,8 @@ impl Maps {
             (map_names::SOCK_REV_NAT, count(self.sock_rev_nat.keys())),
             (map_names::NODE_ADDRS, count(self.node_addrs.keys())),
             (map_names::NODE_ADDRS6, count(self.node_addrs6.keys())),
+            (map_names::SERVICE_ADDRS, count(self.service_addrs.keys())),
+            (map_names::SERVICE_ADDRS6, count(self.service_addrs6.keys())),
             // Arrays: the slots in use are those of the ids in use.
             (map_names::SERVICE_STATS, frontends),
             (map_names::BACKEND_STATS, backends),

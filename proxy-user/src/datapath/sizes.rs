@@ -44,10 +44,12 @@ impl MapSizes {
     /// Every sized map with its capacity and the flag that sets it. One flag sizes both
     /// families' maps of a kind (each family may fill its map alone, and the id-indexed maps
     /// they share hold both families' ids).
-    pub fn per_map(&self) -> [(&'static str, u32, &'static str); 12] {
+    pub fn per_map(&self) -> [(&'static str, u32, &'static str); 14] {
         [
             (map_names::SERVICE_META, self.frontends, "--max-frontends"),
             (map_names::SERVICE_STATS, self.frontends, "--max-frontends"),
+            (map_names::SERVICE_ADDRS, self.frontends, "--max-frontends"),
+            (map_names::SERVICE_ADDRS6, self.frontends, "--max-frontends"),
             (map_names::BACKENDS, self.backends, "--max-backends"),
             (map_names::BACKENDS6, self.backends, "--max-backends"),
             (map_names::BACKEND_STATS, self.backends, "--max-backends"),

@@ -12,6 +12,7 @@ pub mod map_fill;
 pub mod metrics;
 pub mod no_local_endpoints;
 pub mod programming_latency;
+pub mod service_addrs;
 pub mod service_health;
 pub mod service_index;
 pub mod sock_term;
