@@ -208,15 +208,42 @@ fn assert_holds(tables: &MemoryTables, state: &DesiredState, seed: u64, step: us
     );
 }
 
+/// A random sequence's start: its first state, empty tables, a reconciler and a planner.
+struct Sequence {
+    random: RandomStates,
+    state: DesiredState,
+    tables: MemoryTables,
+    reconciler: Reconciler,
+    planner: Planner,
+}
+
+impl Sequence {
+    fn new(seed: u64) -> Self {
+        let mut random = RandomStates::new(seed);
+        let state = random.state(10);
+        let mut tables = MemoryTables::new(Capacity::default());
+        let reconciler = Reconciler::from_maps(&mut tables).expect("read the empty tables");
+        Self {
+            random,
+            state,
+            tables,
+            reconciler,
+            planner: Planner::new(plan_node()),
+        }
+    }
+}
+
 #[test]
 fn incremental_applies_leave_what_a_full_apply_writes() {
     let mut written = 0;
     for seed in 0..SEEDS {
-        let mut random = RandomStates::new(seed);
-        let mut state = random.state(10);
-        let mut tables = MemoryTables::new(Capacity::default());
-        let mut reconciler = Reconciler::from_maps(&mut tables).expect("read the empty tables");
-        let mut planner = Planner::new(plan_node());
+        let Sequence {
+            mut random,
+            mut state,
+            mut tables,
+            mut reconciler,
+            mut planner,
+        } = Sequence::new(seed);
         for step in 0..STEPS {
             let changes = planner.update(Arc::new(state.clone()));
             assert_eq!(changes.everything, step == 0);
@@ -493,11 +520,13 @@ fn ids_of(contents: &Contents) -> (HashMap<u32, FrontendKey>, HashMap<u32, Backe
 fn retired_udp_slots_are_the_pairs_that_stopped_being_served() {
     let mut retired_seen = 0;
     for seed in 0..SEEDS {
-        let mut random = RandomStates::new(seed);
-        let mut state = random.state(10);
-        let mut tables = MemoryTables::new(Capacity::default());
-        let mut reconciler = Reconciler::from_maps(&mut tables).expect("read the empty tables");
-        let mut planner = Planner::new(plan_node());
+        let Sequence {
+            mut random,
+            mut state,
+            mut tables,
+            mut reconciler,
+            mut planner,
+        } = Sequence::new(seed);
         let changes = planner.update(Arc::new(state.clone()));
         reconciler
             .apply_changes(&mut tables, planner.plan(), &changes)
