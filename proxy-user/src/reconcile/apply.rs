@@ -43,8 +43,6 @@ struct Programmed {
     flags: u16,
     affinity_timeout: u32,
     slots: Vec<u32>,
-    /// UDP: the ids of `FrontendPlan::serving` (unknown, so empty, when read from the maps).
-    udp_serving: Vec<u32>,
     meta: ServiceMeta,
     /// Source ranges in the frontend family's source-range map under `service_id`, sorted.
     source_ranges: Vec<IpNet>,
@@ -86,6 +84,9 @@ pub struct Reconciler {
     /// The maps hold the plan of the last apply and the mirror is exact: a following apply
     /// may write only what changed since. False until a full apply succeeded, and after errors.
     in_sync: bool,
+    /// UDP frontends → the ids of their `FrontendPlan::serving` backends. The mirror's alone
+    /// (no map holds them): unknown, so empty, after reading the maps.
+    udp_serving: HashMap<Frontend, Vec<u32>>,
     /// What left UDP frontends since the last [`Reconciler::take_retired_udp_slots`].
     retired_udp_slots: Vec<RetiredUdpSlot>,
 }
@@ -264,7 +265,6 @@ impl Reconciler {
                     flags: head.flags,
                     affinity_timeout: head.affinity_timeout,
                     slots: backend_slots,
-                    udp_serving: Vec::new(),
                     meta,
                     source_ranges,
                 },
@@ -541,7 +541,18 @@ impl Reconciler {
         frontend: Frontend,
         planned: &FrontendPlan,
     ) -> Result<bool> {
-        let (slots, udp_serving) = self.backend_ids_of(planned)?;
+        let slots = planned
+            .backends
+            .iter()
+            .map(|addr| {
+                self.backend_ids.get(addr).copied().with_context(|| {
+                    format!(
+                        "program service {}: its backend {}:{} was not written first",
+                        planned.name, addr.addr, addr.port
+                    )
+                })
+            })
+            .collect::<Result<Vec<u32>>>()?;
         let service_id = match self.frontends.get(&frontend) {
             Some(existing) => existing.service_id,
             None => self
@@ -571,23 +582,14 @@ impl Reconciler {
             flags: planned.flags,
             affinity_timeout: planned.affinity_timeout,
             slots,
-            udp_serving,
             meta,
             source_ranges,
         };
         let old = self.frontends.get(&frontend).cloned();
-        if let Some(old) = old.as_ref().filter(|_| frontend.protocol == Protocol::Udp) {
-            self.retire_udp_slots(old, Some(&wanted));
+        if frontend.protocol == Protocol::Udp {
+            self.update_udp_serving(frontend, planned, old.as_ref(), &wanted);
         }
-        // `udp_serving` is the mirror's alone (no map holds it): a change of it alone writes
-        // nothing.
-        if old.as_ref().is_some_and(|old| {
-            Programmed {
-                udp_serving: wanted.udp_serving.clone(),
-                ..old.clone()
-            } == wanted
-        }) {
-            self.frontends.insert(frontend, wanted);
+        if old.as_ref() == Some(&wanted) {
             return Ok(false);
         }
         let old_slots = old.as_ref().map_or(&[][..], |old| &old.slots[..]);
@@ -633,40 +635,40 @@ impl Reconciler {
         Ok(true)
     }
 
-    /// The ids of `planned`'s slots, and of its serving backends (UDP).
-    fn backend_ids_of(&self, planned: &FrontendPlan) -> Result<(Vec<u32>, Vec<u32>)> {
-        let slots = planned
-            .backends
-            .iter()
-            .map(|addr| {
-                self.backend_ids.get(addr).copied().with_context(|| {
-                    format!(
-                        "program service {}: its backend {}:{} was not written first",
-                        planned.name, addr.addr, addr.port
-                    )
-                })
-            })
-            .collect::<Result<Vec<u32>>>()?;
-        let udp_serving = planned
+    /// Remembers the serving backends of the UDP frontend `planned`, and retires what `old`
+    /// (its programmed state) kept flows for and `wanted` keeps none for.
+    fn update_udp_serving(
+        &mut self,
+        frontend: Frontend,
+        planned: &FrontendPlan,
+        old: Option<&Programmed>,
+        wanted: &Programmed,
+    ) {
+        let serving: Vec<u32> = planned
             .serving
             .iter()
             .filter_map(|addr| self.backend_ids.get(addr).copied())
             .collect();
-        Ok((slots, udp_serving))
+        let old_serving = self.udp_serving.remove(&frontend).unwrap_or_default();
+        if let Some(old) = old {
+            self.retire_udp_slots(
+                wanted.service_id,
+                [&old.slots, &old_serving],
+                Some([&wanted.slots, &serving]),
+            );
+        }
+        self.udp_serving.insert(frontend, serving);
     }
 
-    /// Records the backends `old` sent or kept UDP flows to that `new` (`None`: the frontend
-    /// goes) does neither for.
-    fn retire_udp_slots(&mut self, old: &Programmed, new: Option<&Programmed>) {
-        let held = |id: &u32| {
-            new.is_some_and(|new| new.slots.contains(id) || new.udp_serving.contains(id))
-        };
+    /// Records the backends a UDP frontend kept flows for (`old`: its slots and its serving
+    /// backends) that `new` (the same; `None`: the frontend goes) keeps none for.
+    fn retire_udp_slots(&mut self, service_id: u32, old: [&[u32]; 2], new: Option<[&[u32]; 2]>) {
+        let held = |id: &u32| new.is_some_and(|new| new.iter().any(|ids| ids.contains(id)));
         let mut retired: Vec<RetiredUdpSlot> = old
-            .slots
-            .iter()
-            .chain(&old.udp_serving)
+            .into_iter()
+            .flatten()
             .filter(|&id| *id != 0 && !held(id))
-            .map(|&id| (old.service_id, id))
+            .map(|&id| (service_id, id))
             .collect();
         retired.sort_unstable();
         retired.dedup();
@@ -677,7 +679,8 @@ impl Reconciler {
     fn remove_frontend(&mut self, maps: &mut dyn ServiceTables, frontend: Frontend) -> Result<()> {
         let programmed = self.frontends.remove(&frontend).expect("caller checked");
         if frontend.protocol == Protocol::Udp {
-            self.retire_udp_slots(&programmed, None);
+            let serving = self.udp_serving.remove(&frontend).unwrap_or_default();
+            self.retire_udp_slots(programmed.service_id, [&programmed.slots, &serving], None);
         }
         self.service_ids.remove(&programmed.service_id);
         self.affinity_timeouts.remove(&programmed.service_id);
