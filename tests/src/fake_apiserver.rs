@@ -423,6 +423,35 @@ impl FakeApiServer {
         });
     }
 
+    /// Applies a ClusterIP Service `name` on port 81 → 8080 with one slice holding `pods` of
+    /// `cluster`, ready.
+    pub fn simple_service(
+        &self,
+        cluster: &crate::Cluster,
+        name: &str,
+        ip: std::net::Ipv4Addr,
+        pods: &[&str],
+        labels: &[(&str, &str)],
+    ) {
+        self.apply(objects::service(
+            name,
+            "ClusterIP",
+            &ip.to_string(),
+            &[("http", "TCP", 81, 8080, 0)],
+            labels,
+        ));
+        let endpoints: Vec<_> = pods
+            .iter()
+            .map(|pod| objects::ready(cluster.pod(pod).ip, &cluster.pod(pod).node))
+            .collect();
+        self.apply(objects::endpoint_slice(
+            &format!("{name}-1"),
+            name,
+            &endpoints,
+            &[("http", "TCP", 8080)],
+        ));
+    }
+
     /// Writes what the kubelet mounts at /var/run/secrets/kubernetes.io/serviceaccount into
     /// `dir`: a token, this server's CA (`ca.crt`) and the namespace. TLS servers only.
     pub fn write_service_account(&self, dir: &Path, namespace: &str) {

@@ -81,34 +81,6 @@ fn echo_slice_a(cluster: &Cluster, pods: &[&str]) -> Value {
     )
 }
 
-/// A ClusterIP Service on port 81 → 8080 with one slice holding `pods`.
-fn simple_service(
-    api: &FakeApiServer,
-    cluster: &Cluster,
-    name: &str,
-    ip: Ipv4Addr,
-    pods: &[&str],
-    labels: &[(&str, &str)],
-) {
-    api.apply(objects::service(
-        name,
-        "ClusterIP",
-        &ip.to_string(),
-        &[("http", "TCP", 81, 8080, 0)],
-        labels,
-    ));
-    let endpoints: Vec<_> = pods
-        .iter()
-        .map(|pod| ready(pod_ip(cluster, pod), &cluster.pod(pod).node))
-        .collect();
-    api.apply(objects::endpoint_slice(
-        &format!("{name}-1"),
-        name,
-        &endpoints,
-        &[("http", "TCP", 8080)],
-    ));
-}
-
 fn kubeconfig_path(cluster: &Cluster, node: &str) -> PathBuf {
     cluster.state_root().join(format!("{node}.kubeconfig"))
 }
@@ -284,16 +256,9 @@ fn services_and_endpoints_from_the_watch_reach_the_datapath() {
 
     // A new Service appears; one labelled for another proxy, a headless one and an
     // ExternalName one are listed but never programmed.
-    simple_service(
-        &mode.api,
-        &mode.cluster,
-        "extra",
-        EXTRA_IP,
-        &["pod-2a"],
-        &[],
-    );
-    simple_service(
-        &mode.api,
+    mode.api
+        .simple_service(&mode.cluster, "extra", EXTRA_IP, &["pod-2a"], &[]);
+    mode.api.simple_service(
         &mode.cluster,
         "other-proxy",
         OTHER_PROXY_IP,
@@ -346,14 +311,8 @@ fn services_and_endpoints_from_the_watch_reach_the_datapath() {
 #[test]
 fn a_relist_after_410_gone_loses_nothing() {
     let mut mode = start();
-    simple_service(
-        &mode.api,
-        &mode.cluster,
-        "extra",
-        EXTRA_IP,
-        &["pod-2a"],
-        &[],
-    );
+    mode.api
+        .simple_service(&mode.cluster, "extra", EXTRA_IP, &["pod-2a"], &[]);
     mode.wait_for_answers(Place::Pod("pod-1a"), Proto::Tcp, EXTRA_IP, 81, &["pod-2a"]);
     let lists_before = mode.api.requests().len();
 
@@ -363,7 +322,8 @@ fn a_relist_after_410_gone_loses_nothing() {
     mode.api.apply(echo_slice_a(&mode.cluster, &["pod-1a"]));
     mode.api.delete("Service", "default", "extra");
     mode.api.delete("EndpointSlice", "default", "extra-1");
-    simple_service(&mode.api, &mode.cluster, "late", LATE_IP, &["pod-1b"], &[]);
+    mode.api
+        .simple_service(&mode.cluster, "late", LATE_IP, &["pod-1b"], &[]);
     mode.api.expire_watches();
 
     for resource in [Resource::Services, Resource::EndpointSlices] {
@@ -391,14 +351,8 @@ fn a_dropped_watch_resumes_from_its_resource_version() {
     let mut mode = start();
     // Changes the Node watch does not see (another resource): only bookmarks tell it how
     // far the server got.
-    simple_service(
-        &mode.api,
-        &mode.cluster,
-        "extra",
-        EXTRA_IP,
-        &["pod-2a"],
-        &[],
-    );
+    mode.api
+        .simple_service(&mode.cluster, "extra", EXTRA_IP, &["pod-2a"], &[]);
     mode.wait_for_answers(Place::Pod("pod-1a"), Proto::Tcp, EXTRA_IP, 81, &["pod-2a"]);
     let bookmarked = mode.api.revision();
     // Both Node watches were told how far the server got.
@@ -413,7 +367,8 @@ fn a_dropped_watch_resumes_from_its_resource_version() {
     mode.api.pause_watches();
     let revision_before = mode.api.revision();
     mode.api.apply(echo_slice_a(&mode.cluster, &["pod-1b"]));
-    simple_service(&mode.api, &mode.cluster, "late", LATE_IP, &["pod-2a"], &[]);
+    mode.api
+        .simple_service(&mode.cluster, "late", LATE_IP, &["pod-2a"], &[]);
     let requests_before = mode.api.requests().len();
     mode.api.drop_connections();
     mode.api.resume_watches();
@@ -468,7 +423,8 @@ fn an_unreachable_api_server_leaves_traffic_flowing_and_the_daemon_catches_up() 
     mode.api.stop();
     // A change while the nodes cannot see it.
     mode.api.apply(echo_slice_a(&mode.cluster, &["pod-1a"]));
-    simple_service(&mode.api, &mode.cluster, "late", LATE_IP, &["pod-1b"], &[]);
+    mode.api
+        .simple_service(&mode.cluster, "late", LATE_IP, &["pod-1b"], &[]);
     // Both daemons have noticed that the API server is gone.
     wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
         [&mode.node1, &mode.node2]
@@ -548,21 +504,16 @@ fn an_object_sluice_cannot_decode_is_logged_and_holds_back_only_what_it_must() {
 
     // In a watch: that change is skipped, said so, and the watch goes on.
     mode.api.apply(odd.clone());
-    simple_service(
-        &mode.api,
-        &mode.cluster,
-        "extra",
-        EXTRA_IP,
-        &["pod-2a"],
-        &[],
-    );
+    mode.api
+        .simple_service(&mode.cluster, "extra", EXTRA_IP, &["pod-2a"], &[]);
     mode.wait_for_answers(Place::Pod("pod-1a"), Proto::Tcp, EXTRA_IP, 81, &["pod-2a"]);
     wait_for_log(&mode, CHANGE, changes_before);
 
     // In a list (a re-list after 410 Gone): the Services stay as last listed, and only they.
     let requests_before = mode.api.requests().len();
     mode.api.pause_watches();
-    simple_service(&mode.api, &mode.cluster, "late", LATE_IP, &["pod-1b"], &[]);
+    mode.api
+        .simple_service(&mode.cluster, "late", LATE_IP, &["pod-1b"], &[]);
     mode.api.apply(echo_slice_a(&mode.cluster, &["pod-1a"]));
     mode.api.expire_watches();
     mode.api
@@ -1280,14 +1231,8 @@ fn events_are_published_like_kube_proxys() {
         !events_where(&|e| e["reason"] == "FailedToStartServiceHealthcheck").is_empty()
     });
     // More syncs that fail to bind it: no more Events.
-    simple_service(
-        &mode.api,
-        &mode.cluster,
-        "extra",
-        EXTRA_IP,
-        &["pod-1a"],
-        &[],
-    );
+    mode.api
+        .simple_service(&mode.cluster, "extra", EXTRA_IP, &["pod-1a"], &[]);
     mode.wait_for_answers(Place::Pod("pod-1b"), Proto::Tcp, EXTRA_IP, 81, &["pod-1a"]);
     let failed = events_where(&|e| e["reason"] == "FailedToStartServiceHealthcheck");
     assert_eq!(failed.len(), 1, "{failed:#?}");

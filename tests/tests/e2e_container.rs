@@ -313,19 +313,7 @@ fn the_image_runs_as_the_daemonset_says_and_survives_being_killed_with_connectio
     run.assert_serving("after the restart");
 
     // And it follows the API server: a Service added now is served.
-    api.apply(objects::service(
-        "late",
-        "ClusterIP",
-        &LATE_IP.to_string(),
-        &[("http", "TCP", 81, 8080, 0)],
-        &[],
-    ));
-    api.apply(objects::endpoint_slice(
-        "late-1",
-        "late",
-        &[ready(cluster.pod("pod-2a").ip, "node2")],
-        &[("http", "TCP", 8080)],
-    ));
+    api.simple_service(&cluster, "late", LATE_IP, &["pod-2a"], &[]);
     wait_for(
         "the new Service to be served",
         SYNC_TIMEOUT,

@@ -1230,36 +1230,26 @@ fn nodeport_addresses_limit_where_node_ports_answer() {
         daemon.stderr()
     );
     let node_port = proxy_tests::manifests::ECHO_NODE_PORT_TCP;
-    let answered: BTreeSet<String> = cluster
-        .request(
-            Place::Client,
-            Proto::Tcp,
-            node1_ip,
-            node_port,
-            SPREAD_REQUESTS,
-        )
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|e| panic!("NodePort on {node1_ip}: {e}")))
-        .collect();
-    assert_eq!(answered, pods(&ALL_PODS));
+    assert_every_pod_answers(
+        &cluster,
+        Place::Client,
+        node1_ip,
+        node_port,
+        &format!("NodePort on {node1_ip}"),
+    );
     let refused = cluster.request(Place::Client, Proto::Tcp, ip(SECOND), node_port, 2);
     assert!(
         refused.iter().all(Result::is_err),
         "a NodePort answered on {SECOND}: {refused:?}"
     );
     // From a pod, the cluster IP is served as before.
-    let answered: BTreeSet<String> = cluster
-        .request(
-            Place::Pod("pod-1a"),
-            Proto::Tcp,
-            ip(proxy_tests::manifests::ECHO_IP),
-            80,
-            SPREAD_REQUESTS,
-        )
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|e| panic!("cluster IP: {e}")))
-        .collect();
-    assert_eq!(answered, pods(&ALL_PODS));
+    assert_every_pod_answers(
+        &cluster,
+        Place::Pod("pod-1a"),
+        ip(proxy_tests::manifests::ECHO_IP),
+        80,
+        "cluster IP",
+    );
 }
 
 /// Without `--node-ip`, NodePorts answer on the node's local addresses, and follow them:
@@ -1299,18 +1289,13 @@ fn node_ports_follow_addresses_added_at_run_time() {
         "{}",
         daemon.stderr()
     );
-    let answered: BTreeSet<String> = cluster
-        .request(
-            Place::Client,
-            Proto::Tcp,
-            ip(ADDED),
-            node_port,
-            SPREAD_REQUESTS,
-        )
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|e| panic!("NodePort on {ADDED}: {e}")))
-        .collect();
-    assert_eq!(answered, pods(&ALL_PODS));
+    assert_every_pod_answers(
+        &cluster,
+        Place::Client,
+        ip(ADDED),
+        node_port,
+        &format!("NodePort on {ADDED}"),
+    );
 
     node1
         .netns
@@ -1332,6 +1317,23 @@ fn node_ports_follow_addresses_added_at_run_time() {
             }
         },
     );
+}
+
+/// `SPREAD_REQUESTS` TCP requests from `from` to `addr:port` all succeed, and every pod
+/// answers some (`what` names the target in a failure).
+fn assert_every_pod_answers(
+    cluster: &proxy_tests::Cluster,
+    from: Place<'_>,
+    addr: Ipv4Addr,
+    port: u16,
+    what: &str,
+) {
+    let answered: BTreeSet<String> = cluster
+        .request(from, Proto::Tcp, addr, port, SPREAD_REQUESTS)
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("{what}: {e}")))
+        .collect();
+    assert_eq!(answered, pods(&ALL_PODS), "{what}");
 }
 
 /// Node manifests with `nodes` as (name, zone, tainted for deletion).
