@@ -117,6 +117,9 @@ pub mod program_names {
     pub const XDP_INGRESS: &str = "xdp_ingress";
     pub const TC_INGRESS: &str = "tc_ingress";
     pub const TC_EGRESS: &str = "tc_egress";
+    /// On the host side of pod interfaces (`--pod-iface-prefix`): TC ingress and egress.
+    pub const TC_FROM_POD: &str = "tc_from_pod";
+    pub const TC_TO_POD: &str = "tc_to_pod";
     /// Walks UDP sockets of both families.
     pub const SOCK_TERM_UDP: &str = "sock_term_udp";
 }
@@ -383,6 +386,9 @@ pod_instances!(CtEntry = 32, CtEntry6 = 56);
 pub const CT_F_SNAT: u8 = 1 << 0;
 /// The flow goes to a backend on this node: replies leave through TC egress.
 pub const CT_F_LOCAL: u8 = 1 << 1;
+/// The flow came from a pod the socket hooks missed (`tc_from_pod`), destination NAT only:
+/// replies are turned back by `tc_to_pod` on the client pod's interface.
+pub const CT_F_POD: u8 = 1 << 2;
 
 pub const TCP_STATE_SYN: u8 = 1;
 pub const TCP_STATE_ESTABLISHED: u8 = 2;

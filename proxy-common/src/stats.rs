@@ -129,10 +129,12 @@ pub enum Hook {
     Sendmsg6 = 8,
     Recvmsg6 = 9,
     Getpeername6 = 10,
+    FromPod = 11,
+    ToPod = 12,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 11] = [
+    pub const ALL: [Hook; 13] = [
         Self::Xdp,
         Self::TcIngress,
         Self::TcEgress,
@@ -144,6 +146,8 @@ impl Hook {
         Self::Sendmsg6,
         Self::Recvmsg6,
         Self::Getpeername6,
+        Self::FromPod,
+        Self::ToPod,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -159,6 +163,8 @@ impl Hook {
             Self::Sendmsg6 => "sendmsg6",
             Self::Recvmsg6 => "recvmsg6",
             Self::Getpeername6 => "getpeername6",
+            Self::FromPod => "tc_from_pod",
+            Self::ToPod => "tc_to_pod",
         }
     }
 
@@ -174,9 +180,9 @@ impl Hook {
             (Self::Xdp, 2) => "pass",
             (Self::Xdp, 3) => "tx",
             (Self::Xdp, 4) => "redirect",
-            (Self::TcIngress | Self::TcEgress, 0) => "ok",
-            (Self::TcIngress | Self::TcEgress, 2) => "shot",
-            (Self::TcIngress | Self::TcEgress, 7) => "redirect",
+            (Self::TcIngress | Self::TcEgress | Self::FromPod | Self::ToPod, 0) => "ok",
+            (Self::TcIngress | Self::TcEgress | Self::FromPod | Self::ToPod, 2) => "shot",
+            (Self::TcIngress | Self::TcEgress | Self::FromPod | Self::ToPod, 7) => "redirect",
             (_, 0) => "reject",
             (_, 1) => "pass",
             _ => "other",
@@ -198,4 +204,4 @@ pub const fn hook_slot(hook: Hook, verdict: u32) -> u32 {
     };
     hook as u32 * VERDICTS_PER_HOOK + verdict
 }
-const _: () = assert!(hook_slot(Hook::Getpeername6, 99) < HOOK_SLOTS);
+const _: () = assert!(hook_slot(Hook::ToPod, 99) < HOOK_SLOTS);

@@ -3,8 +3,8 @@
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use proxy_common::{
-    Address, BackendOf, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_LOCAL, CT_F_SNAT, CtEntryOf, CtKeyOf,
-    IPPROTO_TCP, flow, tcp,
+    Address, BackendOf, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, CtEntryOf, CtKeyOf, IPPROTO_TCP,
+    flow, tcp,
 };
 
 use crate::{
@@ -77,17 +77,20 @@ pub fn reply_belongs<F: Family>(
     false
 }
 
-/// A new flow to a backend on this node: destination NAT only. Returns the translated tuple.
+/// A new flow translated by destination NAT only: to a backend on this node (`CT_F_LOCAL`),
+/// or from a pod (`CT_F_POD`, whose replies come back to it wherever the backend is). Returns
+/// the translated tuple.
 #[inline(always)]
-pub fn create_local<F: Family>(
+pub fn create_dnat<F: Family>(
     pkt: &Packet<F::Addr>,
     backend_id: u32,
     backend: &BackendOf<F::Addr>,
     service_id: u32,
+    flags: u8,
     now: u64,
 ) -> Result<Tuple<F::Addr>, Error> {
     let client = pkt.tuple;
-    let base = new_entry(pkt, backend_id, service_id, CT_F_LOCAL, now);
+    let base = new_entry(pkt, backend_id, service_id, flags, now);
     let forward = CtEntryOf {
         new_daddr: backend.addr,
         new_dport: backend.port,

@@ -104,7 +104,7 @@ pub trait Family {
     /// reach zero.
     fn decrement_hop_limit(ctx: &XdpContext) -> Result<bool, Error>;
     /// Answers a new flow to a service without endpoints: TCP RST, or ICMP port unreachable.
-    fn refuse(ctx: &XdpContext, pkt: &Packet<Self::Addr>) -> Result<u32, Error>;
+    fn refuse<C: reject::Frame>(ctx: &C, pkt: &Packet<Self::Addr>) -> Result<C::Verdict, Error>;
 }
 
 pub enum V4 {}
@@ -251,9 +251,9 @@ impl Family for V4 {
     }
 
     #[inline(always)]
-    fn refuse(ctx: &XdpContext, pkt: &Packet<u32>) -> Result<u32, Error> {
+    fn refuse<C: reject::Frame>(ctx: &C, pkt: &Packet<u32>) -> Result<C::Verdict, Error> {
         if pkt.tuple.proto == IPPROTO_TCP {
-            reject::tcp_reset::<Self>(ctx, pkt)
+            reject::tcp_reset::<Self, C>(ctx, pkt)
         } else {
             reject::icmp_port_unreachable(ctx, pkt)
         }
@@ -405,9 +405,9 @@ impl Family for V6 {
     }
 
     #[inline(always)]
-    fn refuse(ctx: &XdpContext, pkt: &Packet<Addr6>) -> Result<u32, Error> {
+    fn refuse<C: reject::Frame>(ctx: &C, pkt: &Packet<Addr6>) -> Result<C::Verdict, Error> {
         if pkt.tuple.proto == IPPROTO_TCP {
-            reject::tcp_reset::<Self>(ctx, pkt)
+            reject::tcp_reset::<Self, C>(ctx, pkt)
         } else {
             reject::icmp6_port_unreachable(ctx, pkt)
         }

@@ -97,11 +97,19 @@ pub fn fib_request() -> bpf_fib_lookup {
     unsafe { core::mem::zeroed() }
 }
 
-/// Sends an XDP frame out of `ifindex` (an `XDP_REDIRECT` verdict).
+/// Sends the packet out of `ifindex` (an `XDP_REDIRECT` or `TC_ACT_REDIRECT` verdict).
 #[inline(always)]
 pub fn redirect(ifindex: u32) -> u32 {
     // SAFETY: a helper taking plain integers.
     unsafe { bpf_redirect(ifindex, 0) as u32 }
+}
+
+/// The interface an skb is on (TC ingress: the one it arrived on).
+#[inline(always)]
+pub fn skb_ifindex(ctx: &TcContext) -> u32 {
+    let skb = ctx.as_ptr().cast::<__sk_buff>();
+    // SAFETY: `skb` is the kernel's __sk_buff for this call; the verifier checks the load.
+    unsafe { (*skb).ifindex }
 }
 
 /// Sends an skb out of `ifindex`, the kernel resolving the next hop's address.

@@ -35,6 +35,7 @@ mod maps;
 mod nat;
 mod outcome;
 mod packet;
+mod pod;
 mod reject;
 mod service;
 mod sock_family;

@@ -10,8 +10,11 @@ use crate::error::Error;
 pub enum Path {
     /// `xdp_ingress`: packets from off-node.
     Xdp,
-    /// `tc_egress`: replies of local backends leaving the node.
+    /// `tc_egress`: replies of local backends leaving the node (and `tc_to_pod`: replies
+    /// reaching a pod).
     TcEgress,
+    /// `tc_from_pod`: packets a pod sent that no socket hook translated.
+    FromPod,
     /// The cgroup socket hooks: a `connect` or `sendmsg` of a local process.
     Socket,
 }
@@ -104,7 +107,7 @@ pub const fn outcome(path: Path, err: Error) -> Outcome {
         // dropped (its retransmission finds the new state).
         Error::NoBackend => match path {
             Path::Socket => Outcome::refuse(DropReason::NoBackend),
-            Path::Xdp | Path::TcEgress => Outcome::drop(DropReason::NoBackend),
+            Path::Xdp | Path::TcEgress | Path::FromPod => Outcome::drop(DropReason::NoBackend),
         },
         Error::NoSnatAddress => Outcome::drop(DropReason::NoSnatAddress),
         Error::NoSnatPort => Outcome::drop(DropReason::NoSnatPort),
@@ -122,7 +125,7 @@ pub const fn outcome(path: Path, err: Error) -> Outcome {
 mod tests {
     use super::*;
 
-    const PATHS: [Path; 3] = [Path::Xdp, Path::TcEgress, Path::Socket];
+    const PATHS: [Path; 4] = [Path::Xdp, Path::TcEgress, Path::FromPod, Path::Socket];
 
     #[test]
     fn packets_that_are_not_ours_pass_untouched_and_uncounted() {

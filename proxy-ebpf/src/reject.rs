@@ -1,9 +1,13 @@
 //! Answers for connections to a service without endpoints: a TCP RST, or an ICMP (ICMPv6) port
-//! unreachable for UDP, both from the frontend address, sent back the way the packet came.
+//! unreachable for UDP, both from the frontend address, sent back the way the packet came;
+//! written over an XDP frame (from the wire) or a socket buffer (from a pod) alike.
 
 use core::mem::size_of;
 
-use aya_ebpf::{bindings::xdp_action::XDP_DROP, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, xdp_action::XDP_DROP},
+    programs::{TcContext, XdpContext},
+};
 use network_types::{
     bitfield::BitfieldU16,
     eth::EthHdr,
@@ -41,11 +45,112 @@ const ICMPV6_HLEN: usize = 8;
 const IPV6_MIN_MTU: usize = 1280;
 const ICMPV6_QUOTED_MAX: usize = IPV6_MIN_MTU - IPV6_HLEN - ICMPV6_HLEN;
 
+/// The packet an answer is written over, and how it goes back to where it came from.
+pub trait Frame {
+    /// The program's verdict type.
+    type Verdict;
+    /// The verdict that discards the packet.
+    const DROP: Self::Verdict;
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// Adds `len` bytes in front of the packet.
+    fn grow_head(&self, len: usize) -> Result<(), Error>;
+    /// Sets the packet's length to `len` bytes (shrinking it).
+    fn set_len(&self, len: usize) -> Result<(), Error>;
+    /// Makes the whole packet, up to `len` bytes, readable between `data` and `data_end`.
+    fn make_readable(&self, len: usize);
+    /// Sends the answer (headers written, addresses `reply`) back the way the packet came.
+    fn send_back<F: Family>(
+        &self,
+        reply: &Tuple<F::Addr>,
+        tot_len: u16,
+    ) -> Result<Self::Verdict, Error>;
+}
+
+/// A frame from the wire: the answer is routed like any packet XDP sends.
+impl Frame for XdpContext {
+    type Verdict = u32;
+    const DROP: u32 = XDP_DROP;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn grow_head(&self, len: usize) -> Result<(), Error> {
+        kernel::xdp_adjust_head(self, -(len as i32))
+            .then_some(())
+            .ok_or(Error::Resize)
+    }
+
+    #[inline(always)]
+    fn set_len(&self, len: usize) -> Result<(), Error> {
+        let delta = len as i32 - kernel::xdp_len(self) as i32;
+        kernel::xdp_adjust_tail(self, delta)
+            .then_some(())
+            .ok_or(Error::Resize)
+    }
+
+    #[inline(always)]
+    fn make_readable(&self, _len: usize) {
+        // An XDP frame's first buffer is all the program sees; answers quote from it only.
+    }
+
+    #[inline(always)]
+    fn send_back<F: Family>(&self, reply: &Tuple<F::Addr>, tot_len: u16) -> Result<u32, Error> {
+        send::<F>(self, reply, tot_len)
+    }
+}
+
+/// A packet a pod sent, seen on its host-side interface: the answer goes back out of that
+/// interface, into the pod.
+impl Frame for TcContext {
+    type Verdict = i32;
+    const DROP: i32 = TC_ACT_SHOT;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn grow_head(&self, len: usize) -> Result<(), Error> {
+        self.change_head(len as u32, 0).map_err(|_| Error::Resize)
+    }
+
+    #[inline(always)]
+    fn set_len(&self, len: usize) -> Result<(), Error> {
+        self.change_tail(len as u32, 0).map_err(|_| Error::Resize)
+    }
+
+    #[inline(always)]
+    fn make_readable(&self, len: usize) {
+        // A failed pull leaves the answer to fail its bounds checks (and the packet dropped).
+        let _ = self.pull_data((self.len() as usize).min(len) as u32);
+    }
+
+    #[inline(always)]
+    fn send_back<F: Family>(&self, _reply: &Tuple<F::Addr>, _tot_len: u16) -> Result<i32, Error> {
+        Ok(kernel::redirect(kernel::skb_ifindex(self)) as i32)
+    }
+}
+
 /// Turns a TCP segment into the RST that answers it (RFC 793, "Reset Generation"), in place,
 /// behind a bare IP header of the family (an IPv6 request's extension headers are not
 /// repeated). A RST is never answered: it is dropped.
 #[inline(always)]
-pub fn tcp_reset<F: Answer>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> Result<u32, Error> {
+pub fn tcp_reset<F: Answer, C: Frame>(ctx: &C, pkt: &Packet<F::Addr>) -> Result<C::Verdict, Error> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     // Fixed offsets first: the verifier cannot carry the variable-offset check of the segment
     // over to them, and the compiler would drop them as implied by it.
@@ -65,7 +170,7 @@ pub fn tcp_reset<F: Answer>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> Result<u
         )
     };
     if flags_in & tcp::RST != 0 {
-        return Ok(XDP_DROP);
+        return Ok(C::DROP);
     }
     let payload = usize::from(pkt.tot_len).saturating_sub(pkt.ihl + usize::from(doff) * 4);
     let (seq, ack_seq, ack) = rst_numbers(flags_in, seq_in, ack_seq_in, payload as u32);
@@ -103,8 +208,8 @@ pub fn tcp_reset<F: Answer>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> Result<u
         *tcp_ptr = tcp_out;
     }
     let tot_len = (F::HEADER_LEN + TCP_HLEN) as u16;
-    resize(ctx, ETH_HLEN + usize::from(tot_len))?;
-    send::<F>(ctx, &reply, tot_len)
+    ctx.set_len(ETH_HLEN + usize::from(tot_len))?;
+    ctx.send_back::<F>(&reply, tot_len)
 }
 
 /// The IP header of an answer, per family.
@@ -169,18 +274,17 @@ pub fn rst_numbers(flags: u8, seq: u32, ack_seq: u32, payload: u32) -> (u32, u32
 /// Turns a UDP datagram into an ICMP destination unreachable / port unreachable quoting its IP
 /// header and first 8 bytes (RFC 792, RFC 1122 §3.2.2.1).
 #[inline(always)]
-pub fn icmp_port_unreachable(ctx: &XdpContext, pkt: &Packet<u32>) -> Result<u32, Error> {
+pub fn icmp_port_unreachable<C: Frame>(ctx: &C, pkt: &Packet<u32>) -> Result<C::Verdict, Error> {
     let eth: *const EthHdr = ptr_at(ctx.data(), ctx.data_end(), 0)?;
     // SAFETY: ptr_at checked that the Ethernet header lies inside the packet.
     let eth_in = unsafe { *eth };
     let quoted = pkt.ihl + ICMP_QUOTED_L4;
     let added = IPV4_HLEN + Icmpv4Hdr::LEN;
     // Room for a new IP and ICMP header in front; the original IP header then follows them.
-    if !kernel::xdp_adjust_head(ctx, -(added as i32)) {
-        return Err(Error::Resize);
-    }
+    ctx.grow_head(added)?;
     let quoted_at = ETH_HLEN + added;
-    resize(ctx, quoted_at + quoted)?;
+    ctx.set_len(quoted_at + quoted)?;
+    ctx.make_readable(quoted_at + quoted);
 
     let reply = Tuple {
         saddr: pkt.tuple.daddr,
@@ -222,24 +326,23 @@ pub fn icmp_port_unreachable(ctx: &XdpContext, pkt: &Packet<u32>) -> Result<u32,
         *ip_out = ip;
         *icmp_out = icmp;
     }
-    send::<V4>(ctx, &reply, tot_len)
+    ctx.send_back::<V4>(&reply, tot_len)
 }
 
 /// Turns a UDP datagram into an ICMPv6 destination unreachable / port unreachable (RFC 4443
 /// §3.1) quoting as much of the datagram, from its IPv6 header on, as fits in the minimum MTU.
 #[inline(always)]
-pub fn icmp6_port_unreachable(ctx: &XdpContext, pkt: &Packet<Addr6>) -> Result<u32, Error> {
+pub fn icmp6_port_unreachable<C: Frame>(ctx: &C, pkt: &Packet<Addr6>) -> Result<C::Verdict, Error> {
     let eth: *const EthHdr = ptr_at(ctx.data(), ctx.data_end(), 0)?;
     // SAFETY: ptr_at checked that the Ethernet header lies inside the packet.
     let eth_in = unsafe { *eth };
     let quoted = usize::from(pkt.tot_len).min(ICMPV6_QUOTED_MAX);
     let added = IPV6_HLEN + ICMPV6_HLEN;
     // Room for a new IPv6 and ICMPv6 header in front; the original packet then follows them.
-    if !kernel::xdp_adjust_head(ctx, -(added as i32)) {
-        return Err(Error::Resize);
-    }
+    ctx.grow_head(added)?;
     let quoted_at = ETH_HLEN + added;
-    resize(ctx, quoted_at + quoted)?;
+    ctx.set_len(quoted_at + quoted)?;
+    ctx.make_readable(quoted_at + quoted);
 
     let reply = Tuple {
         saddr: pkt.tuple.daddr,
@@ -287,7 +390,7 @@ pub fn icmp6_port_unreachable(ctx: &XdpContext, pkt: &Packet<Addr6>) -> Result<u
         *ip_out = ip;
     }
     write_at(data, data_end, ETH_HLEN + IPV6_HLEN, icmp)?;
-    send::<V6>(ctx, &reply, (IPV6_HLEN + icmp_len) as u16)
+    ctx.send_back::<V6>(&reply, (IPV6_HLEN + icmp_len) as u16)
 }
 
 /// An IPv6 header without extension headers for `tuple`, carrying `payload_len` bytes.
@@ -329,17 +432,6 @@ fn ipv4_header(tuple: &Tuple<u32>, tot_len: u16, frag_flags: u8) -> Ipv4Hdr {
     ip.set_frags(frag_flags, 0);
     ip.check = checksum::compute(bytes_of(&ip)).to_ne_bytes();
     ip
-}
-
-/// Sets the frame length to `len` bytes (shrinking it; the tail helper cannot grow past the
-/// buffer).
-#[inline(always)]
-fn resize(ctx: &XdpContext, len: usize) -> Result<(), Error> {
-    let delta = len as i32 - kernel::xdp_len(ctx) as i32;
-    if !kernel::xdp_adjust_tail(ctx, delta) {
-        return Err(Error::Resize);
-    }
-    Ok(())
 }
 
 /// The bytes of a header built on the stack.

@@ -1,5 +1,6 @@
 //! TC programs on the node interfaces: `tc_ingress` finishes XDP's hand-off with
-//! `bpf_redirect_neigh`; `tc_egress` reverse-translates replies of local backends.
+//! `bpf_redirect_neigh`; `tc_egress` reverse-translates replies of local backends. The reply
+//! translation is shared with the pod-side path (`pod`).
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -17,7 +18,7 @@ use crate::{
     kernel, klog,
     nat::{rewrite_skb, rewritten},
     outcome::{Action, Path, outcome},
-    packet::{self, read_at, write_at},
+    packet::{self, Packet, read_at, write_at},
 };
 
 #[classifier]
@@ -58,16 +59,17 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
 /// One family's path, as a BPF subprogram of its own (see `xdp_ingress::ingress`).
 #[inline(never)]
 fn egress<F: Family>(ctx: &TcContext) -> i32 {
-    match try_tc_egress::<F>(ctx) {
+    match turn_back_reply::<F>(ctx, CT_F_LOCAL) {
         Ok(action) => action,
         Err(err) => on_error(ctx, err),
     }
 }
 
-/// Carries out what `outcome` says `err` does here: what is not ours leaves as it is; a reply
-/// that could not be turned back would leave with the pod's address, and is dropped instead.
+/// Carries out what `outcome` says `err` does to a reply: what is not ours leaves as it is;
+/// a reply that could not be turned back would leave with the pod's address, and is dropped
+/// instead.
 #[inline(always)]
-fn on_error(ctx: &TcContext, err: Error) -> i32 {
+pub fn on_error(ctx: &TcContext, err: Error) -> i32 {
     let outcome = outcome(Path::TcEgress, err);
     if let Some(reason) = outcome.counted {
         counters::drop(reason);
@@ -84,23 +86,31 @@ fn on_error(ctx: &TcContext, err: Error) -> i32 {
     }
 }
 
+/// Parses the skb's headers, making them linear first when they sit in paged data.
 #[inline(always)]
-fn try_tc_egress<F: Family>(ctx: &TcContext) -> Result<i32, Error> {
-    let pkt = match F::parse(ctx.data(), ctx.data_end()) {
+pub fn parse<F: Family>(ctx: &TcContext) -> Result<Packet<F::Addr>, Error> {
+    match F::parse(ctx.data(), ctx.data_end()) {
         Err(Error::Truncated) if ctx.len() as usize > F::MIN_HEADERS => {
-            // The headers may sit in paged data: make them linear and look again.
             let _ = ctx.pull_data(F::MAX_HEADERS.min(ctx.len()));
-            F::parse(ctx.data(), ctx.data_end())?
+            F::parse(ctx.data(), ctx.data_end())
         }
-        parsed => parsed?,
-    };
+        parsed => parsed,
+    }
+}
+
+/// Turns a reply of a flow back to the service address, when its reply entry carries `owner`
+/// (`CT_F_LOCAL`: a local backend's reply leaving the node; `CT_F_POD`: a reply reaching the
+/// pod that sent the flow); anything else leaves untouched.
+#[inline(always)]
+pub fn turn_back_reply<F: Family>(ctx: &TcContext, owner: u8) -> Result<i32, Error> {
+    let pkt = parse::<F>(ctx)?;
     let key = pkt.tuple.ct_key(CT_DIR_REPLY);
     let Some(entry) = conntrack::lookup::<F>(&key) else {
         return Ok(TC_ACT_OK);
     };
     let reply = entry.get();
     // A closed flow's entry must not take over a new connection between the same endpoints.
-    if reply.flags & CT_F_LOCAL == 0 || !conntrack::reply_belongs::<F>(&pkt, &key, &reply) {
+    if reply.flags & owner == 0 || !conntrack::reply_belongs::<F>(&pkt, &key, &reply) {
         return Ok(TC_ACT_OK);
     }
     conntrack::touch(entry, &pkt, kernel::now_ns());

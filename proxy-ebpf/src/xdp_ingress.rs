@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use network_types::eth::EtherType;
 use proxy_common::{
-    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, SVC_F_NO_LOCAL_ENDPOINT,
+    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_LOCAL, CT_F_SNAT, SVC_F_NO_LOCAL_ENDPOINT,
     SVC_F_SOURCE_RANGES, stats::Hook,
 };
 
@@ -237,7 +237,14 @@ fn new_flow<F: Family>(ctx: &XdpContext, pkt: &Packet<F::Addr>, now: u64) -> Res
         u16::from_be(backend.port)
     );
     if backend.flags & BACKEND_F_LOCAL != 0 {
-        let to = conntrack::create_local::<F>(pkt, backend_id, &backend, service.service_id, now)?;
+        let to = conntrack::create_dnat::<F>(
+            pkt,
+            backend_id,
+            &backend,
+            service.service_id,
+            CT_F_LOCAL,
+            now,
+        )?;
         rewrite_in_place::<F>(ctx.data(), ctx.data_end(), pkt, &to)?;
         return Ok(XDP_PASS);
     }

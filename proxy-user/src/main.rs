@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use proxy_user::{
     cli::{self, Output, log_level::KernelLogLevel},
@@ -129,6 +129,12 @@ struct RunArgs {
     /// only the socket-level load balancer runs.
     #[arg(long = "iface")]
     ifaces: Vec<String>,
+    /// Name prefix of the host-side interfaces of pods (as the CNI names them: `cali`, `lxc`,
+    /// `veth`, ...; repeat, or comma-separated): their traffic to Services that no socket hook
+    /// translated (a process outside --cgroup, a VM, a raw socket) is translated per packet
+    /// there. Interfaces are followed as pods come and go.
+    #[arg(long = "pod-iface-prefix", value_delimiter = ',')]
+    pod_iface_prefixes: Vec<String>,
     /// This node's name: endpoints with this nodeName are local. Default: `$NODE_NAME`, else the
     /// hostname.
     #[arg(long, env = "NODE_NAME")]
@@ -265,6 +271,9 @@ fn run(args: RunArgs) -> Result<()> {
         Some(path) => path,
         None => cgroup2_root()?,
     };
+    if args.pod_iface_prefixes.iter().any(String::is_empty) {
+        bail!("--pod-iface-prefix: an empty prefix would match every interface; give the CNI's");
+    }
     // Before anything is created: a user mistake is one line, not a failure half-way.
     proxy_user::datapath::preflight::check(&cgroup)?;
     let mut opts = DaemonOptions {
@@ -272,6 +281,7 @@ fn run(args: RunArgs) -> Result<()> {
             pin_dir: args.pins.pin_dir,
             cgroup,
             ifaces: args.ifaces,
+            pod_iface_prefixes: args.pod_iface_prefixes,
             xdp_tx: args.xdp_tx,
             node_ips: args.node_ips,
             node_port_addresses: NodePortAddresses::parse(&args.nodeport_addresses)

@@ -24,7 +24,7 @@ use proxy_common::{
     ServiceValue, SourceRange, SourceRange6, XDP_META_MAGIC, map_names,
     net::ip6_to_net,
     program_names,
-    stats::{DropReason, PassReason},
+    stats::{DropReason, Hook, PassReason, hook_slot},
 };
 
 use crate::{
@@ -37,6 +37,8 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
 
 pub const SNAT_PORT_MIN: u16 = 61000;
 pub const SNAT_PORT_MAX: u16 = 61999;
@@ -103,6 +105,23 @@ pub enum Program {
     Xdp,
     TcIngress,
     TcEgress,
+    /// `tc_from_pod`: what a pod sends, on its host-side interface's ingress.
+    FromPod,
+    /// `tc_to_pod`: what reaches a pod, on its host-side interface's egress.
+    ToPod,
+}
+
+impl Program {
+    /// The program's name in the object.
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::Xdp => program_names::XDP_INGRESS,
+            Program::TcIngress => program_names::TC_INGRESS,
+            Program::TcEgress => program_names::TC_EGRESS,
+            Program::FromPod => program_names::TC_FROM_POD,
+            Program::ToPod => program_names::TC_TO_POD,
+        }
+    }
 }
 
 /// The output a case expects.
@@ -140,6 +159,33 @@ impl Case {
         Self {
             description,
             program: Program::TcEgress,
+            input,
+            verdict: TC_ACT_OK,
+            output,
+        }
+    }
+
+    /// A frame a pod sends, through `tc_from_pod`.
+    pub fn from_pod(
+        description: &'static str,
+        input: Vec<u8>,
+        verdict: u32,
+        output: Expect,
+    ) -> Self {
+        Self {
+            description,
+            program: Program::FromPod,
+            input,
+            verdict,
+            output,
+        }
+    }
+
+    /// A frame on its way into a pod, through `tc_to_pod` (which never drops).
+    pub fn to_pod(description: &'static str, input: Vec<u8>, output: Expect) -> Self {
+        Self {
+            description,
+            program: Program::ToPod,
             input,
             verdict: TC_ACT_OK,
             output,
@@ -232,7 +278,12 @@ impl Datapath {
             .load(proxy_user::EBPF_OBJECT)
             .expect("load the eBPF object");
         load_xdp(&mut ebpf);
-        for name in [program_names::TC_INGRESS, program_names::TC_EGRESS] {
+        for name in [
+            program_names::TC_INGRESS,
+            program_names::TC_EGRESS,
+            program_names::TC_FROM_POD,
+            program_names::TC_TO_POD,
+        ] {
             let program: &mut SchedClassifier = program_mut(&mut ebpf, name);
             program
                 .load()
@@ -456,6 +507,21 @@ impl Datapath {
     }
 
     /// The drop counter of `reason`, summed over CPUs.
+    /// How often `hook` returned `verdict` (`HOOK_STATS_V2`, summed over CPUs).
+    pub fn hook_count(&mut self, hook: Hook, verdict: u32) -> u64 {
+        let map = self
+            .ebpf
+            .map_mut(map_names::HOOK_STATS)
+            .expect("HOOK_STATS_V2");
+        let counters: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).expect("HOOK_STATS_V2 is a per-CPU array");
+        counters
+            .get(&hook_slot(hook, verdict), 0)
+            .expect("read HOOK_STATS_V2")
+            .iter()
+            .sum()
+    }
+
     pub fn drops(&mut self, reason: DropReason) -> u64 {
         let map = self
             .ebpf
@@ -524,11 +590,8 @@ impl Datapath {
                     frame,
                 }
             }
-            Program::TcIngress | Program::TcEgress => {
-                let name = match program {
-                    Program::TcIngress => program_names::TC_INGRESS,
-                    _ => program_names::TC_EGRESS,
-                };
+            Program::TcIngress | Program::TcEgress | Program::FromPod | Program::ToPod => {
+                let name = program.name();
                 let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, name);
                 let result = tc
                     .test_run(TestRunOptions {

@@ -91,6 +91,40 @@ status:
     out
 }
 
+/// Every pod with both of its addresses (`status.podIPs`), ready; those `backend(name)`
+/// accepts are labelled `app: echo`, the others `app: client`.
+pub fn dual_stack_pods_yaml(cluster: &Cluster, backend: impl Fn(&str) -> bool) -> String {
+    let mut out = String::new();
+    for pod in cluster.pods() {
+        let app = if backend(&pod.name) { "echo" } else { "client" };
+        let _ = write!(
+            out,
+            "---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: echo
+    ports:
+    - {{containerPort: 8080, protocol: TCP}}
+    - {{containerPort: 8053, protocol: UDP}}
+status:
+  podIP: {ip}
+  podIPs: [{{ip: {ip}}}, {{ip: \"{ip6}\"}}]
+  conditions:
+  - {{type: Ready, status: \"True\"}}
+",
+            name = pod.name,
+            node = pod.node,
+            ip = pod.ip,
+            ip6 = pod.ip6,
+        );
+    }
+    out
+}
+
 /// `echo`: several ports, named and numeric target ports, TCP and UDP on port 53.
 /// `empty`: no endpoints, so it must refuse.
 pub const SERVICES_YAML: &str = "\

@@ -385,6 +385,38 @@ impl SluiceDaemon {
     pub fn services_json(&self) -> serde_json::Value {
         self.read_json("services")
     }
+
+    /// The `hooks` rows of `sluice stats -o json`: how often each program returned what.
+    pub fn hook_counts(&self) -> HookCounts {
+        let stats = self.read_json("stats");
+        let rows = stats["hooks"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no hooks in {stats:#}"))
+            .iter()
+            .map(|row| {
+                (
+                    row["hook"].as_str().expect("hook").to_owned(),
+                    row["verdict"].as_str().expect("verdict").to_owned(),
+                    row["count"].as_u64().expect("count"),
+                )
+            })
+            .collect();
+        HookCounts(rows)
+    }
+}
+
+/// `(hook, verdict, count)` rows of `sluice stats`, as [`SluiceDaemon::hook_counts`] reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookCounts(pub Vec<(String, String, u64)>);
+
+impl HookCounts {
+    /// How often `hook` returned `verdict` (0 when the row is absent).
+    pub fn of(&self, hook: &str, verdict: &str) -> u64 {
+        self.0
+            .iter()
+            .find(|(h, v, _)| h == hook && v == verdict)
+            .map_or(0, |(_, _, count)| *count)
+    }
 }
 
 impl Drop for SluiceDaemon {

@@ -36,6 +36,9 @@ pub enum Place<'a> {
     Node(&'a str),
     /// A pod's namespace, in its node's cgroup.
     Pod(&'a str),
+    /// A pod's namespace outside every node cgroup: the socket LB does not see its sockets
+    /// (a process outside `--cgroup`, as a VM in a pod is), only the pod-side packet path.
+    PodOutsideCgroup(&'a str),
 }
 
 impl Cluster {
@@ -51,6 +54,7 @@ impl Cluster {
                 let pod = self.pod(name);
                 (&pod.netns, Some(self.node(&pod.node).cgroup.as_path()))
             }
+            Place::PodOutsideCgroup(name) => (&self.pod(name).netns, None),
         }
     }
 

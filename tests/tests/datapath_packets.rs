@@ -909,6 +909,8 @@ fn every_program_in_the_object_passes_the_verifier() {
         program_names::XDP_INGRESS,
         program_names::TC_INGRESS,
         program_names::TC_EGRESS,
+        program_names::TC_FROM_POD,
+        program_names::TC_TO_POD,
         program_names::SOCK_TERM_UDP,
     ];
     expected.sort_unstable();

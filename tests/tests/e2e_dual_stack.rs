@@ -5,13 +5,12 @@
 
 use std::{
     collections::BTreeSet,
-    fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use proxy_tests::{
     Cluster, Place, Proto, Reply, SERVICE_CIDR6, SluiceDaemon,
-    manifests::ManifestDir,
+    manifests::{ManifestDir, dual_stack_pods_yaml},
     scenario::{ALL_PODS, SPREAD_REQUESTS, pods},
     workload::REQUEST_TIMEOUT,
 };
@@ -59,38 +58,6 @@ spec:
   - {name: http, port: 80, targetPort: 8080}
 ";
 
-/// Every pod with both of its addresses (`status.podIPs`), ready.
-fn pods_yaml(cluster: &Cluster) -> String {
-    let mut out = String::new();
-    for pod in cluster.pods() {
-        let _ = write!(
-            out,
-            "---
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: default, labels: {{app: echo}}}}
-spec:
-  nodeName: {node}
-  containers:
-  - name: echo
-    ports:
-    - {{containerPort: 8080, protocol: TCP}}
-    - {{containerPort: 8053, protocol: UDP}}
-status:
-  podIP: {ip}
-  podIPs: [{{ip: {ip}}}, {{ip: \"{ip6}\"}}]
-  conditions:
-  - {{type: Ready, status: \"True\"}}
-",
-            name = pod.name,
-            node = pod.node,
-            ip = pod.ip,
-            ip6 = pod.ip6,
-        );
-    }
-    out
-}
-
 /// What a daemon is told about IPv6.
 #[derive(Clone, Copy)]
 enum Stack {
@@ -114,7 +81,7 @@ impl Dual {
         let mut cluster = Cluster::new();
         cluster.start_pods();
         let manifests = ManifestDir::new("manifests-dual");
-        manifests.write("pods.yaml", &pods_yaml(&cluster));
+        manifests.write("pods.yaml", &dual_stack_pods_yaml(&cluster, |_| true));
         manifests.write("services.yaml", SERVICES_YAML);
         let daemon = |node: &str, stack: Stack| {
             let ip6 = cluster.node(node).ip6.to_string();

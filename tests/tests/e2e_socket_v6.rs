@@ -50,29 +50,6 @@ fn replies(
 }
 
 /// The hook counters `sluice stats -o json` shows on `node`, as (hook, verdict) → count.
-fn hook_counts(scenario: &Scenario, node: &str) -> Vec<(String, String, u64)> {
-    let stats = scenario.daemon(node).read_json("stats");
-    stats["hooks"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no hooks in {stats:#}"))
-        .iter()
-        .map(|row| {
-            (
-                row["hook"].as_str().expect("hook").to_owned(),
-                row["verdict"].as_str().expect("verdict").to_owned(),
-                row["count"].as_u64().expect("count"),
-            )
-        })
-        .collect()
-}
-
-fn count_of(counts: &[(String, String, u64)], hook: &str, verdict: &str) -> u64 {
-    counts
-        .iter()
-        .find(|(h, v, _)| h == hook && v == verdict)
-        .map_or(0, |(_, _, count)| *count)
-}
-
 #[test]
 fn an_ipv4_mapped_socket_reaches_an_ipv4_cluster_ip_and_sees_the_mapped_service_address() {
     let scenario = Scenario::start(&[]);
@@ -137,7 +114,7 @@ fn an_ipv4_mapped_socket_reaches_an_ipv4_cluster_ip_and_sees_the_mapped_service_
     }
 
     // Counted in the IPv6 hooks (and sendmsg4 for the unconnected datagrams).
-    let counts = hook_counts(&scenario, "node1");
+    let counts = scenario.daemon("node1").hook_counts();
     for (hook, verdict, at_least) in [
         // TCP and connected UDP from pod-1a, TCP from node1.
         ("connect6", "pass", 3 * SPREAD_REQUESTS as u64),
@@ -145,7 +122,7 @@ fn an_ipv4_mapped_socket_reaches_an_ipv4_cluster_ip_and_sees_the_mapped_service_
         ("recvmsg6", "pass", SPREAD_REQUESTS as u64),
         ("sendmsg4", "pass", SPREAD_REQUESTS as u64),
     ] {
-        let count = count_of(&counts, hook, verdict);
+        let count = counts.of(hook, verdict);
         assert!(
             count >= at_least,
             "{hook} {verdict}: {count} < {at_least} in {counts:?}"
@@ -175,10 +152,10 @@ fn an_ipv4_mapped_socket_to_a_service_without_endpoints_is_refused() {
             );
         }
     }
-    let counts = hook_counts(&scenario, "node1");
+    let counts = scenario.daemon("node1").hook_counts();
     // TCP and connected UDP are refused in connect6; the unconnected datagrams in sendmsg4.
-    assert!(count_of(&counts, "connect6", "reject") >= 6, "{counts:?}");
-    assert!(count_of(&counts, "sendmsg4", "reject") >= 3, "{counts:?}");
+    assert!(counts.of("connect6", "reject") >= 6, "{counts:?}");
+    assert!(counts.of("sendmsg4", "reject") >= 3, "{counts:?}");
 }
 
 #[test]

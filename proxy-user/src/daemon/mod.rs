@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 
 pub use self::sync::{Synced, Syncer};
 use crate::{
-    datapath::{Datapath, DatapathOptions, HookCounts, addr_watch::AddressWatch},
+    datapath::{Datapath, DatapathOptions, HookCounts, netlink_watch::NetlinkWatch},
     model::{DesiredReceiver, IpFamily},
     node::{
         conntrack_gc::{self, CtTimeouts},
@@ -140,13 +140,21 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
     // Without `--node-ip` (or InternalIPs) NodePorts answer on the local addresses: follow
     // them.
     let mut addr_watch = if opts.datapath.node_ips.is_empty() {
-        AddressWatch::open()
+        NetlinkWatch::addresses()
             .inspect_err(|err| {
                 warn!(%err, "cannot follow address changes: NodePort addresses are read once");
             })
             .ok()
     } else {
         None
+    };
+    let mut link_watch = if opts.datapath.pod_iface_prefixes.is_empty() {
+        None
+    } else {
+        let watch = NetlinkWatch::links().context("follow pod interfaces (--pod-iface-prefix)")?;
+        // Interfaces that came between the start's listing and the subscription.
+        refresh_pod_ifaces(&mut datapath, &opts.datapath);
+        Some(watch)
     };
     let mut resync = tokio::time::interval(opts.resync_period);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -211,6 +219,17 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                     Ok(false) => {}
                     Err(err) => error!("writing the new node addresses: {err:#}"),
                 }
+                continue;
+            }
+            changed = async { link_watch.as_mut().expect("guarded").changed().await },
+                if link_watch.is_some() =>
+            {
+                if let Err(err) = changed {
+                    error!(%err, "following pod interfaces stopped: new pods get no pod-side path");
+                    link_watch = None;
+                    continue;
+                }
+                refresh_pod_ifaces(&mut datapath, &opts.datapath);
                 continue;
             }
             () = syncer.affinity_gc_due() => {
@@ -303,6 +322,16 @@ fn announce_ready(reconciler: &Reconciler, hooks: HookCounts, started: Instant) 
         hooks.attached,
     );
     let _ = stdout.flush();
+}
+
+/// Attaches the pod-side path to new pod interfaces and forgets vanished ones, logging what
+/// changed; a failure is logged and retried at the next interface change.
+fn refresh_pod_ifaces(datapath: &mut Datapath, opts: &DatapathOptions) {
+    match datapath.refresh_pod_ifaces(opts) {
+        Ok((0, 0)) => {}
+        Ok((attached, detached)) => info!(attached, detached, "pod interfaces changed"),
+        Err(err) => error!("attaching the pod-side path: {err:#}"),
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
 //! Loading the eBPF object, pinning its maps and links, and attaching (or atomically replacing)
 //! every program, so a restart never drops established connections or the datapath.
 
-pub mod addr_watch;
 pub mod clock;
 mod maps;
 pub mod netdev;
+pub mod netlink_watch;
 pub mod netns;
 mod node_addrs;
 pub mod preflight;
@@ -64,6 +64,9 @@ pub struct DatapathOptions {
     pub pin_dir: PathBuf,
     pub cgroup: PathBuf,
     pub ifaces: Vec<String>,
+    /// `--pod-iface-prefix`: interfaces whose name starts with one of these are pods' host
+    /// ends, and get the pod-side path (followed as pods come and go).
+    pub pod_iface_prefixes: Vec<String>,
     pub xdp_tx: XdpTx,
     /// Addresses a NodePort answers on, besides loopback, of either family (the first of each
     /// family is its SNAT source); empty means every local address.
@@ -100,8 +103,11 @@ pub struct Datapath {
     pub sock_term: Option<SockTermProgram>,
     /// The node addresses written to the maps: which families this node serves.
     pub node_addrs: NodeAddrs,
-    /// Keeps the programs loaded while the daemon runs.
-    _ebpf: Ebpf,
+    /// The pod interfaces the pod-side path is attached to.
+    pod_ifaces: BTreeSet<String>,
+    links_dir: PathBuf,
+    /// Keeps the programs loaded while the daemon runs (and attaches them to new pods).
+    ebpf: Ebpf,
 }
 
 impl Datapath {
@@ -137,6 +143,11 @@ impl Datapath {
         for iface in &opts.ifaces {
             attach_iface_programs(&mut ebpf, iface, &mut links)?;
         }
+        load_pod_programs(&mut ebpf)?;
+        let pod_ifaces = pod_ifaces(opts)?;
+        for iface in &pod_ifaces {
+            attach_pod_programs(&mut ebpf, iface, &mut links)?;
+        }
         remove_stale_links(&links.dir, &links.pinned)?;
         remove_retired_map_pins(&opts.pin_dir)?;
         let sock_term = SockTermProgram::load(&mut ebpf, &object)
@@ -155,8 +166,45 @@ impl Datapath {
             kernel_log: Some(kernel_log),
             sock_term,
             node_addrs,
-            _ebpf: ebpf,
+            pod_ifaces,
+            links_dir: links.dir,
+            ebpf,
         })
+    }
+
+    /// Attaches the pod-side path to pod interfaces that appeared since the last call, and
+    /// unpins the links of those that went away; returns how many of each.
+    pub fn refresh_pod_ifaces(&mut self, opts: &DatapathOptions) -> Result<(usize, usize)> {
+        let now = pod_ifaces(opts)?;
+        let mut links = Links {
+            dir: self.links_dir.clone(),
+            pinned: BTreeSet::new(),
+            counts: HookCounts::default(),
+        };
+        let mut added = 0;
+        for iface in now.difference(&self.pod_ifaces) {
+            // A pod deleted between the listing and the attach is not an error.
+            match attach_pod_programs(&mut self.ebpf, iface, &mut links) {
+                Ok(()) => added += 1,
+                Err(err) if !netdev::exists(iface) => {
+                    info!(%iface, "pod interface went away before its attach: {err:#}");
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        let gone: Vec<String> = self.pod_ifaces.difference(&now).cloned().collect();
+        for iface in &gone {
+            for name in POD_PROGRAMS.map(|(name, _)| name) {
+                let path = self.links_dir.join(format!("{name}@{iface}"));
+                if let Err(err) = fs::remove_file(&path)
+                    && err.kind() != std::io::ErrorKind::NotFound
+                {
+                    return Err(err).with_context(|| format!("remove {}", path.display()));
+                }
+            }
+        }
+        self.pod_ifaces = now;
+        Ok((added, gone.len()))
     }
 
     /// Reads the node's addresses again and writes the NodePort addresses and SNAT sources
@@ -286,6 +334,56 @@ fn attach_iface_programs(ebpf: &mut Ebpf, iface: &str, links: &mut Links) -> Res
             Ok(tc.take_link(id)?.try_into()?)
         })
         .with_context(|| format!("attach {name} to {iface} (--iface; TCX needs Linux 6.6+)"))?;
+        links.pinned.insert(link_name);
+    }
+    Ok(())
+}
+
+/// The pod-side programs and where each runs on a pod's host-side interface.
+const POD_PROGRAMS: [(&str, TcAttachType); 2] = [
+    (program_names::TC_FROM_POD, TcAttachType::Ingress),
+    (program_names::TC_TO_POD, TcAttachType::Egress),
+];
+
+fn load_pod_programs(ebpf: &mut Ebpf) -> Result<()> {
+    for (name, _) in POD_PROGRAMS {
+        let tc: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
+        tc.load().with_context(|| format!("load program {name}"))?;
+    }
+    Ok(())
+}
+
+/// The interfaces of this namespace whose name starts with a `--pod-iface-prefix`, but for
+/// the node's own (`--iface`).
+fn pod_ifaces(opts: &DatapathOptions) -> Result<BTreeSet<String>> {
+    let prefixes = &opts.pod_iface_prefixes;
+    if prefixes.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let names = netdev::interface_names().context("list the network interfaces")?;
+    Ok(names
+        .into_iter()
+        .filter(|name| {
+            prefixes
+                .iter()
+                .any(|prefix| name.starts_with(prefix.as_str()))
+        })
+        .filter(|name| !opts.ifaces.contains(name))
+        .collect())
+}
+
+/// Attaches the pod-side path (loaded by [`load_pod_programs`]) to a pod's host-side
+/// interface.
+fn attach_pod_programs(ebpf: &mut Ebpf, iface: &str, links: &mut Links) -> Result<()> {
+    let iface_name = CString::new(iface).with_context(|| format!("interface name {iface:?}"))?;
+    for (name, direction) in POD_PROGRAMS {
+        let tc: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
+        let link_name = format!("{name}@{iface}");
+        attach_or_replace(links, &link_name, tc, |tc| {
+            let id = tc.attach(&iface_name, direction)?;
+            Ok(tc.take_link(id)?.try_into()?)
+        })
+        .with_context(|| format!("attach {name} to pod interface {iface} (--pod-iface-prefix)"))?;
         links.pinned.insert(link_name);
     }
     Ok(())

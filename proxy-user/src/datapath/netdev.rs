@@ -104,3 +104,36 @@ pub fn driver_name(iface: &str) -> io::Result<String> {
         .unwrap_or(info.driver.len());
     Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
+
+/// The names of every interface in this network namespace (`if_nameindex`, which asks the
+/// kernel over netlink: right in any namespace, unlike a /sys mounted for another one).
+pub fn interface_names() -> io::Result<Vec<String>> {
+    // SAFETY: if_nameindex returns a list we free below, or null with errno set.
+    let head = unsafe { libc::if_nameindex() };
+    if head.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let mut names = Vec::new();
+    let mut cursor = head;
+    // SAFETY: the list ends with an entry whose index is 0; every name before it is a valid
+    // NUL-terminated string until the list is freed.
+    unsafe {
+        while (*cursor).if_index != 0 {
+            names.push(
+                CStr::from_ptr((*cursor).if_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            cursor = cursor.add(1);
+        }
+        libc::if_freenameindex(head);
+    }
+    Ok(names)
+}
+
+/// Whether an interface of this name exists in this network namespace.
+pub fn exists(iface: &str) -> bool {
+    std::ffi::CString::new(iface)
+        // SAFETY: the name is a valid NUL-terminated string for the call.
+        .is_ok_and(|name| unsafe { libc::if_nametoindex(name.as_ptr()) } != 0)
+}

@@ -1,7 +1,8 @@
-//! `AddressWatch`: wakes when an address is added to or removed from an interface of this
+//! `NetlinkWatch`: wakes when an address is added to or removed from an interface of this
 //! network namespace (rtnetlink's `RTMGRP_IPV4_IFADDR` and `RTMGRP_IPV6_IFADDR` groups), so the
-//! NodePort addresses follow the node's. The messages are only a signal: the addresses are read
-//! again with `getifaddrs`, so nothing of the netlink format is parsed here, which is why a
+//! NodePort addresses follow the node's; or when an interface comes or goes (`RTMGRP_LINK`),
+//! so the pod-side path follows the pods. The messages are only a signal: the addresses or
+//! interfaces are read again, so nothing of the netlink format is parsed here, which is why a
 //! raw socket is enough and no netlink library is used.
 
 use std::{
@@ -11,13 +12,22 @@ use std::{
 
 use tokio::io::{Interest, unix::AsyncFd};
 
-pub struct AddressWatch {
+pub struct NetlinkWatch {
     socket: AsyncFd<OwnedFd>,
 }
 
-impl AddressWatch {
+impl NetlinkWatch {
     /// Subscribes to address changes (needs a Tokio runtime).
-    pub fn open() -> io::Result<Self> {
+    pub fn addresses() -> io::Result<Self> {
+        Self::open(libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR)
+    }
+
+    /// Subscribes to interfaces appearing, going and changing (needs a Tokio runtime).
+    pub fn links() -> io::Result<Self> {
+        Self::open(libc::RTMGRP_LINK)
+    }
+
+    fn open(groups: i32) -> io::Result<Self> {
         // SAFETY: plain socket(2); the fd is owned below.
         let fd = unsafe {
             libc::socket(
@@ -34,8 +44,7 @@ impl AddressWatch {
         // SAFETY: sockaddr_nl is plain data; zero is a valid start.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = u16::try_from(libc::AF_NETLINK).expect("small");
-        addr.nl_groups =
-            u32::try_from(libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR).expect("group bits");
+        addr.nl_groups = u32::try_from(groups).expect("group bits");
         let len = u32::try_from(std::mem::size_of::<libc::sockaddr_nl>()).expect("small");
         // SAFETY: addr is a valid sockaddr_nl of `len` bytes.
         let bound = unsafe {
