@@ -73,8 +73,11 @@ pub mod map_names {
     pub const SERVICE_ADDRS6: &str = "SVC_ADDR6_V1";
     /// Not pinned, like `SOCK_TERM`.
     pub const SOCK_TERM6: &str = "SOCK_TERM6_V1";
+    /// Fragmented datagrams: the first fragment's ports, for the later ones (`FragKeyOf`).
+    pub const FRAGMENTS: &str = "FRAG_V1";
+    pub const FRAGMENTS6: &str = "FRAG6_V1";
 
-    pub const ALL: [&str; 26] = [
+    pub const ALL: [&str; 28] = [
         SERVICES,
         BACKENDS,
         SERVICE_META,
@@ -101,6 +104,8 @@ pub mod map_names {
         AFFINITY6,
         SOURCE_RANGES6,
         SERVICE_ADDRS6,
+        FRAGMENTS,
+        FRAGMENTS6,
     ];
 }
 
@@ -155,6 +160,10 @@ pub mod map_sizes {
     pub const SOURCE_RANGES6: u32 = SOURCE_RANGES;
     pub const SERVICE_ADDRS6: u32 = SERVICE_ADDRS;
     pub const SOCK_TERM6: u32 = SOCK_TERM;
+    /// Datagrams in reassembly at once, per family (LRU: the oldest is forgotten first; a
+    /// datagram's fragments arrive within milliseconds).
+    pub const FRAGMENTS: u32 = 16_384;
+    pub const FRAGMENTS6: u32 = FRAGMENTS;
 }
 
 /// `Pod` and `Zeroable` for the instances of a generic map type: `bytemuck`'s derive cannot
@@ -352,6 +361,31 @@ pub struct CtKeyOf<A> {
 pub type CtKey = CtKeyOf<u32>;
 pub type CtKey6 = CtKeyOf<Addr6>;
 pod_instances!(CtKey = 16, CtKey6 = 40);
+
+/// Key of the fragment maps: what the fragments of one datagram share (RFC 791: source,
+/// destination, protocol, identification; IPv6: the Fragment header's 32-bit identification),
+/// as they arrive at the hook, before translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKeyOf<A> {
+    pub saddr: A,
+    pub daddr: A,
+    /// Host byte order (IPv4's 16 bits widened).
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+pub type FragKey = FragKeyOf<u32>;
+pub type FragKey6 = FragKeyOf<Addr6>;
+pod_instances!(FragKey = 16, FragKey6 = 40);
+
+/// Value of the fragment maps: the datagram's ports, from its first fragment (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
+}
 
 /// Client to frontend, before translation (looked up by XDP on ingress).
 pub const CT_DIR_FORWARD: u8 = 0;

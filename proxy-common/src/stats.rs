@@ -93,7 +93,8 @@ pub const DROP_SLOTS: u32 = 16;
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PassReason {
-    /// An IPv4 fragment, or an IPv6 packet with a Fragment header: no L4 header to translate.
+    /// A later fragment of a service's datagram whose first fragment was not seen here (or
+    /// started no flow): no L4 header to place it by.
     Fragment = 0,
     /// An IPv6 chain of more extension headers than the parser walks before TCP/UDP.
     Ipv6ExtensionHeaders = 1,

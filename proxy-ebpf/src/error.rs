@@ -7,8 +7,8 @@ pub enum Error {
     NotIp,
     /// IP, but neither TCP nor UDP (ICMP, ICMPv6, ESP, an unknown IPv6 next header, ...).
     NotTcpUdp,
-    /// A fragment: no L4 header to translate (first fragments with MF set included; in IPv6,
-    /// any packet with a Fragment header).
+    /// A later fragment that cannot be translated: its first fragment was not seen here (or
+    /// did not start a flow), so its ports and flow are unknown.
     Fragment,
     /// More IPv6 extension headers before TCP/UDP than the parser walks.
     ExtensionHeaders,

@@ -13,16 +13,17 @@ use aya_log_ebpf::macro_support::{Argument, IpFormatter};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use proxy_common::{
     AFFINITY_CLIENT_IP, Addr6, Address, AffinityKey, AffinityKey6, AffinityValue, BackendOf,
-    CtEntryOf, CtKeyOf, IPPROTO_TCP, ServiceKeyOf, ServiceValue, SourceRangeOf,
+    CtEntryOf, CtKeyOf, FragKeyOf, FragPorts, IPPROTO_TCP, ServiceKeyOf, ServiceValue,
+    SourceRangeOf,
 };
 
 use crate::{
     error::Error,
-    forward,
+    forward, fragments,
     maps::{
         self, AFFINITY, AFFINITY6, BACKENDS, BACKENDS6, CONFIG, CONFIG6, CONNTRACK, CONNTRACK6,
-        Entry, NODE_ADDRS, NODE_ADDRS6, SERVICE_ADDRS, SERVICE_ADDRS6, SERVICES, SERVICES6,
-        SOURCE_RANGES, SOURCE_RANGES6,
+        Entry, FRAGMENTS, FRAGMENTS6, NODE_ADDRS, NODE_ADDRS6, SERVICE_ADDRS, SERVICE_ADDRS6,
+        SERVICES, SERVICES6, SOURCE_RANGES, SOURCE_RANGES6,
     },
     nat,
     packet::{self, ETH_HLEN, IPV4_HLEN, IPV6_HLEN, Packet, TCP_HLEN, Tuple},
@@ -65,8 +66,14 @@ pub trait Family {
     /// Whether `xdp_ingress` balances new flows in a subprogram apart from known flows' (the
     /// verifier allows 512 bytes of stack per call chain).
     const NEW_FLOWS_APART: bool;
-    /// Parses the frame (its EtherType is this family's).
+    /// Parses the frame (its EtherType is this family's); a fragment gets its datagram's ports
+    /// (`fragments`).
     fn parse(data: usize, data_end: usize) -> Result<Packet<Self::Addr>, Error>;
+    /// The ports a datagram's first fragment carried.
+    fn fragment_ports(key: &FragKeyOf<Self::Addr>) -> Option<FragPorts>;
+    /// Remembers a first fragment's ports; a failed write only leaves its later fragments
+    /// untranslated.
+    fn remember_fragment(key: &FragKeyOf<Self::Addr>, ports: FragPorts);
     fn conntrack(key: &CtKeyOf<Self::Addr>) -> Option<Entry<CtEntryOf<Self::Addr>>>;
     /// `bpf_map_update_elem` on this family's conntrack map; the error is the helper's.
     fn conntrack_insert(
@@ -89,11 +96,11 @@ pub trait Family {
     ) -> Result<u16, Error>;
     /// Replaces the source (`source`) or destination address of an skb from `from` to `to`
     /// with the kernel's store and checksum helpers (`l4_flags` for the L4 checksum at
-    /// `l4_check`).
+    /// `l4_check`; `None`: a later fragment, whose L4 checksum is in its first fragment).
     fn skb_replace_address(
         ctx: &TcContext,
         source: bool,
-        l4_check: usize,
+        l4_check: Option<usize>,
         from: &Self::Addr,
         to: &Self::Addr,
         l4_flags: u64,
@@ -191,7 +198,19 @@ impl Family for V4 {
 
     #[inline(always)]
     fn parse(data: usize, data_end: usize) -> Result<Packet<u32>, Error> {
-        packet::parse_v4(data, data_end)
+        let mut pkt = packet::parse_v4(data, data_end)?;
+        fragments::resolve::<Self>(&mut pkt)?;
+        Ok(pkt)
+    }
+
+    #[inline(always)]
+    fn fragment_ports(key: &FragKeyOf<u32>) -> Option<FragPorts> {
+        maps::found(FRAGMENTS.get_ptr_mut(key)).map(Entry::get)
+    }
+
+    #[inline(always)]
+    fn remember_fragment(key: &FragKeyOf<u32>, ports: FragPorts) {
+        let _ = FRAGMENTS.insert(key, &ports, 0);
     }
 
     #[inline(always)]
@@ -229,7 +248,7 @@ impl Family for V4 {
     fn skb_replace_address(
         ctx: &TcContext,
         source: bool,
-        l4_check: usize,
+        l4_check: Option<usize>,
         from: &u32,
         to: &u32,
         l4_flags: u64,
@@ -341,7 +360,19 @@ impl Family for V6 {
 
     #[inline(always)]
     fn parse(data: usize, data_end: usize) -> Result<Packet<Addr6>, Error> {
-        packet::parse_v6(data, data_end)
+        let mut pkt = packet::parse_v6(data, data_end)?;
+        fragments::resolve::<Self>(&mut pkt)?;
+        Ok(pkt)
+    }
+
+    #[inline(always)]
+    fn fragment_ports(key: &FragKeyOf<Addr6>) -> Option<FragPorts> {
+        maps::found(FRAGMENTS6.get_ptr_mut(key)).map(Entry::get)
+    }
+
+    #[inline(always)]
+    fn remember_fragment(key: &FragKeyOf<Addr6>, ports: FragPorts) {
+        let _ = FRAGMENTS6.insert(key, &ports, 0);
     }
 
     #[inline(always)]
@@ -383,7 +414,7 @@ impl Family for V6 {
     fn skb_replace_address(
         ctx: &TcContext,
         source: bool,
-        l4_check: usize,
+        l4_check: Option<usize>,
         from: &Addr6,
         to: &Addr6,
         l4_flags: u64,

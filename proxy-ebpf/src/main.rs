@@ -29,6 +29,8 @@ mod counters;
 mod error;
 mod family;
 mod forward;
+mod fragments;
+mod icmp;
 mod kernel;
 mod klog;
 mod maps;

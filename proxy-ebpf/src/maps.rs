@@ -7,9 +7,10 @@ use aya_ebpf::{
 };
 use proxy_common::{
     Addr6, AffinityKey, AffinityKey6, AffinityMatchKey, AffinityValue, Backend, Backend6, Config,
-    Config6, CtEntry, CtEntry6, CtKey, CtKey6, NodeAddr, ServiceKey, ServiceKey6, ServiceMeta,
-    ServiceValue, SkippedKey, SkippedService, SockRevNatKey, SockRevNatKey6, SockRevNatValue,
-    SockRevNatValue6, SockTermKey, SockTermKey6, SourceRange, SourceRange6, map_sizes,
+    Config6, CtEntry, CtEntry6, CtKey, CtKey6, FragKey, FragKey6, FragPorts, NodeAddr, ServiceKey,
+    ServiceKey6, ServiceMeta, ServiceValue, SkippedKey, SkippedService, SockRevNatKey,
+    SockRevNatKey6, SockRevNatValue, SockRevNatValue6, SockTermKey, SockTermKey6, SourceRange,
+    SourceRange6, map_sizes,
 };
 
 #[btf_map(name = "SVC_V1")]
@@ -74,6 +75,11 @@ pub static SERVICE_ADDRS: LpmTrie<u32, u32, { map_sizes::SERVICE_ADDRS as usize 
 pub static SKIPPED: HashMap<SkippedKey, SkippedService, { map_sizes::SKIPPED as usize }> =
     HashMap::new();
 
+/// A fragmented datagram's ports, from its first fragment, for the later ones.
+#[btf_map(name = "FRAG_V1")]
+pub static FRAGMENTS: LruHashMap<FragKey, FragPorts, { map_sizes::FRAGMENTS as usize }> =
+    LruHashMap::new();
+
 // The IPv6 maps: the roles of the IPv4 ones above, keyed or valued by IPv6 addresses. Ids
 // (service, backend) are shared with IPv4, so the per-id maps above serve both families.
 
@@ -117,6 +123,10 @@ pub static SOURCE_RANGES6: LpmTrie<SourceRange6, u32, { map_sizes::SOURCE_RANGES
 #[btf_map(name = "SVC_ADDR6_V1")]
 pub static SERVICE_ADDRS6: LpmTrie<Addr6, u32, { map_sizes::SERVICE_ADDRS6 as usize }> =
     LpmTrie::new();
+
+#[btf_map(name = "FRAG6_V1")]
+pub static FRAGMENTS6: LruHashMap<FragKey6, FragPorts, { map_sizes::FRAGMENTS6 as usize }> =
+    LruHashMap::new();
 
 /// A value found in a map: copied out or changed in place.
 #[derive(Clone, Copy)]

@@ -54,6 +54,12 @@ pub fn rewrite_in_place<F: Family>(
     // The fixed-offset IP header first: the verifier cannot carry the variable-offset checks
     // below over to it, and the compiler would drop its check as implied by them.
     let _: *mut F::IpHdr = ptr_at(data, data_end, ETH_HLEN)?;
+    if !pkt.has_l4() {
+        // A later fragment: the addresses only (the ports and the L4 checksum, which covers
+        // the whole datagram, were rewritten in its first fragment).
+        F::rewrite_addresses(data, data_end, from, to, 0)?;
+        return Ok(());
+    }
     // Source and destination ports are the first two 16-bit words of TCP and UDP alike.
     let ports: *mut [u16; 2] = ptr_at(data, data_end, pkt.l4)?;
     let l4_check: *mut u16 = ptr_at(data, data_end, pkt.l4_check_offset())?;
@@ -144,7 +150,8 @@ pub fn rewrite_skb<F: Family>(
     to: &Tuple<F::Addr>,
 ) -> Result<(), Error> {
     let from = &pkt.tuple;
-    let l4_check = pkt.l4_check_offset();
+    // A later fragment has no L4 header: the addresses only (see `rewrite_in_place`).
+    let l4_check = pkt.has_l4().then(|| pkt.l4_check_offset());
     // For UDP, leave a zero checksum alone and send a computed zero as all ones.
     let mangled = if from.proto == IPPROTO_UDP {
         u64::from(BPF_F_MARK_MANGLED_0)
@@ -159,6 +166,9 @@ pub fn rewrite_skb<F: Family>(
     if from.daddr != to.daddr {
         F::skb_replace_address(ctx, false, l4_check, &from.daddr, &to.daddr, address)?;
     }
+    let Some(l4_check) = l4_check else {
+        return Ok(());
+    };
     if from.sport != to.sport {
         replace_port(ctx, pkt.l4, l4_check, from.sport, to.sport, port)?;
     }
@@ -173,14 +183,16 @@ pub fn rewrite_skb<F: Family>(
 pub fn skb_replace_ipv4_address(
     ctx: &TcContext,
     source: bool,
-    l4_check: usize,
+    l4_check: Option<usize>,
     from: u32,
     to: u32,
     l4_flags: u64,
 ) -> Result<(), Error> {
     let offset = if source { IP_SADDR } else { IP_DADDR };
-    ctx.l4_csum_replace(l4_check, u64::from(from), u64::from(to), l4_flags)
-        .map_err(|_| Error::SkbRewrite)?;
+    if let Some(l4_check) = l4_check {
+        ctx.l4_csum_replace(l4_check, u64::from(from), u64::from(to), l4_flags)
+            .map_err(|_| Error::SkbRewrite)?;
+    }
     ctx.l3_csum_replace(IP_CHECK, u64::from(from), u64::from(to), 4)
         .map_err(|_| Error::SkbRewrite)?;
     ctx.store(offset, &to, 0).map_err(|_| Error::SkbRewrite)
@@ -192,12 +204,15 @@ pub fn skb_replace_ipv4_address(
 pub fn skb_replace_ipv6_address(
     ctx: &TcContext,
     source: bool,
-    l4_check: usize,
+    l4_check: Option<usize>,
     from: &Addr6,
     to: &Addr6,
     l4_flags: u64,
 ) -> Result<(), Error> {
     let offset = if source { IP6_SADDR } else { IP6_DADDR };
+    let Some(l4_check) = l4_check else {
+        return ctx.store(offset, to, 0).map_err(|_| Error::SkbRewrite);
+    };
     for word in 0..4 {
         if from[word] != to[word] {
             ctx.l4_csum_replace(

@@ -31,6 +31,10 @@ pub const IPV6_EXT_HEADERS_MAX: usize = 4;
 /// IPv4 "more fragments" flag and fragment offset mask, host byte order.
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1fff;
+/// The IPv6 Fragment header's "more fragments" bit (host order, below the offset's 13 bits and
+/// 2 reserved bits) and its length.
+const IP6_MF: u16 = 0x0001;
+const IP6_FRAG_HLEN: usize = 8;
 
 /// Returns a pointer to a `T` at `offset` in the packet `[data, data_end)`, or `Truncated` when
 /// it does not fit. Dereferencing it is safe for `size_of::<T>()` bytes until the packet is
@@ -158,6 +162,21 @@ impl<A: Address> Tuple<A> {
     }
 }
 
+/// Where a packet stands in its datagram: whole, or one of its fragments, by the
+/// identification they share (IPv4's 16 bits, the IPv6 Fragment header's 32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fragment {
+    Whole,
+    /// Offset 0, more to come: it carries the L4 header.
+    First {
+        id: u32,
+    },
+    /// A later fragment: no L4 header; its ports are the first fragment's (`fragments`).
+    Later {
+        id: u32,
+    },
+}
+
 /// What the datapath needs to know about a parsed packet.
 #[derive(Clone, Copy)]
 pub struct Packet<A> {
@@ -170,11 +189,26 @@ pub struct Packet<A> {
     /// The IP packet's length in bytes, host order: the IPv4 total length, or 40 plus the IPv6
     /// payload length.
     pub tot_len: u16,
-    /// TCP flags; 0 for UDP.
+    /// TCP flags; 0 for UDP and later fragments.
     pub tcp_flags: u8,
+    pub fragment: Fragment,
 }
 
 impl<A> Packet<A> {
+    /// Whether the packet carries the L4 header (its ports and checksum): all but later
+    /// fragments, whose ports come from their first fragment.
+    #[inline(always)]
+    pub fn has_l4(&self) -> bool {
+        !matches!(self.fragment, Fragment::Later { .. })
+    }
+
+    /// `err`, or `Fragment` for a later fragment: a refusal answers the first fragment, which
+    /// has the L4 header to answer; the rest of the datagram passes.
+    #[inline(always)]
+    pub fn unless_later(&self, err: Error) -> Error {
+        if self.has_l4() { err } else { Error::Fragment }
+    }
+
     /// Offset of the L4 checksum field.
     #[inline(always)]
     pub fn l4_check_offset(&self) -> usize {
@@ -201,9 +235,10 @@ pub fn ether_type(data: usize, data_end: usize) -> Result<u16, Error> {
 pub fn parse_v4(data: usize, data_end: usize) -> Result<Packet<u32>, Error> {
     let ip: *const Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN)?;
     // SAFETY: ptr_at checked that the header is inside the packet.
-    let (ip, frags, tot_len, saddr, daddr) = unsafe {
+    let (ip, id, frags, tot_len, saddr, daddr) = unsafe {
         (
             &*ip,
+            u16::from_be(load(&raw const (*ip).id)),
             u16::from_be(load(&raw const (*ip).frags)),
             u16::from_be(load(&raw const (*ip).tot_len)),
             load(&raw const (*ip).src_addr),
@@ -217,14 +252,22 @@ pub fn parse_v4(data: usize, data_end: usize) -> Result<Packet<u32>, Error> {
     if ihl < IPV4_HLEN {
         return Err(Error::Malformed);
     }
-    if frags & (IP_MF | IP_OFFSET) != 0 {
-        return Err(Error::Fragment);
-    }
     if usize::from(tot_len) < ihl {
         return Err(Error::Malformed);
     }
     let l4 = ETH_HLEN + ihl;
-    let (sport, dport, tcp_flags) = ports(data, data_end, l4, ip.proto)?;
+    let id = u32::from(id);
+    let fragment = if frags & IP_OFFSET != 0 {
+        Fragment::Later { id }
+    } else if frags & IP_MF != 0 {
+        Fragment::First { id }
+    } else {
+        Fragment::Whole
+    };
+    let (sport, dport, tcp_flags) = match fragment {
+        Fragment::Later { .. } => later_fragment(ip.proto)?,
+        _ => ports(data, data_end, l4, ip.proto)?,
+    };
     Ok(Packet {
         tuple: Tuple {
             saddr,
@@ -237,13 +280,24 @@ pub fn parse_v4(data: usize, data_end: usize) -> Result<Packet<u32>, Error> {
         ihl,
         tot_len,
         tcp_flags,
+        fragment,
     })
 }
 
+/// The ports and flags of a later fragment until its first fragment's are known: none, for a
+/// TCP or UDP datagram.
+#[inline(always)]
+fn later_fragment(proto: u8) -> Result<(u16, u16, u8), Error> {
+    match proto {
+        IPPROTO_TCP | IPPROTO_UDP => Ok((0, 0, 0)),
+        _ => Err(Error::NotTcpUdp),
+    }
+}
+
 /// Parses Ethernet → IPv6 → at most [`IPV6_EXT_HEADERS_MAX`] hop-by-hop, routing, destination
-/// options or AH headers → TCP/UDP. A Fragment header is `Fragment`; ESP, ICMPv6, unknown
-/// headers and longer chains are `NotTcpUdp` or `ExtensionHeaders`: the stack's, untouched.
-/// The caller has checked the EtherType.
+/// options, AH or Fragment headers → TCP/UDP (a later fragment: the Fragment header ends the
+/// walk). ESP, ICMPv6, unknown headers and longer chains are `NotTcpUdp` or
+/// `ExtensionHeaders`: the stack's, untouched. The caller has checked the EtherType.
 #[inline(always)]
 pub fn parse_v6(data: usize, data_end: usize) -> Result<Packet<Addr6>, Error> {
     let ip: *const Ipv6Hdr = ptr_at(data, data_end, ETH_HLEN)?;
@@ -262,6 +316,7 @@ pub fn parse_v6(data: usize, data_end: usize) -> Result<Packet<Addr6>, Error> {
     }
     let mut ihl = IPV6_HLEN;
     let mut walked = 0;
+    let mut fragment = Fragment::Whole;
     while next != IPPROTO_TCP && next != IPPROTO_UDP {
         if walked == IPV6_EXT_HEADERS_MAX {
             return Err(Error::ExtensionHeaders);
@@ -278,7 +333,23 @@ pub fn parse_v6(data: usize, data_end: usize) -> Result<Packet<Addr6>, Error> {
                 next = header[0];
                 (usize::from(header[1]) + 2) * 4
             }
-            IPPROTO_FRAGMENT => return Err(Error::Fragment),
+            IPPROTO_FRAGMENT => {
+                // Next header, reserved, offset (13 bits) | 2 reserved | M, identification.
+                let header: [u8; 8] = read_at(data, data_end, ETH_HLEN + ihl)?;
+                next = header[0];
+                let offset_flags = u16::from_be_bytes([header[2], header[3]]);
+                let id = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+                if offset_flags >> 3 != 0 {
+                    fragment = Fragment::Later { id };
+                    ihl += IP6_FRAG_HLEN;
+                    break;
+                }
+                // Offset 0 without M is an atomic fragment (RFC 6946): a whole datagram.
+                if offset_flags & IP6_MF != 0 {
+                    fragment = Fragment::First { id };
+                }
+                IP6_FRAG_HLEN
+            }
             _ => return Err(Error::NotTcpUdp),
         };
         ihl += len;
@@ -289,6 +360,23 @@ pub fn parse_v6(data: usize, data_end: usize) -> Result<Packet<Addr6>, Error> {
         return Err(Error::Malformed);
     }
     let l4 = ETH_HLEN + ihl;
+    if matches!(fragment, Fragment::Later { .. }) {
+        let (sport, dport, tcp_flags) = later_fragment(next)?;
+        return Ok(Packet {
+            tuple: Tuple {
+                saddr,
+                daddr,
+                sport,
+                dport,
+                proto: next,
+            },
+            l4,
+            ihl,
+            tot_len,
+            tcp_flags,
+            fragment,
+        });
+    }
     let (sport, dport, tcp_flags) = ports(data, data_end, l4, next)?;
     if next == IPPROTO_UDP {
         // The UDP checksum is mandatory in IPv6 (RFC 8200 §8.1): the stack drops a datagram
@@ -310,6 +398,7 @@ pub fn parse_v6(data: usize, data_end: usize) -> Result<Packet<Addr6>, Error> {
         ihl,
         tot_len,
         tcp_flags,
+        fragment,
     })
 }
 
@@ -589,14 +678,69 @@ mod tests {
     }
 
     #[test]
+    fn fragments_parse_with_their_id_and_only_the_first_has_ports() {
+        let datagram = udp(5353, 53, b"query");
+        let mut first = ipv4(IPPROTO_UDP, CLIENT, SERVICE, &[], &datagram, true);
+        first.bytes[ETH_HLEN + 4..ETH_HLEN + 6].copy_from_slice(&0x1234u16.to_be_bytes());
+        first.bytes[ETH_HLEN + 6] = 0x20; // MF
+        let pkt = parsed(&first).expect("a first fragment parses");
+        assert_eq!(pkt.fragment, Fragment::First { id: 0x1234 });
+        assert_eq!(u16::from_be(pkt.tuple.dport), 53);
+        assert!(pkt.has_l4());
+        let mut later = ipv4(IPPROTO_UDP, CLIENT, SERVICE, &[], b"rest of it", true);
+        later.bytes[ETH_HLEN + 4..ETH_HLEN + 6].copy_from_slice(&0x1234u16.to_be_bytes());
+        later.bytes[ETH_HLEN + 6] = 0;
+        later.bytes[ETH_HLEN + 7] = 8; // offset 64
+        let pkt = parsed(&later).expect("a later fragment parses");
+        assert_eq!(pkt.fragment, Fragment::Later { id: 0x1234 });
+        assert_eq!((pkt.tuple.sport, pkt.tuple.dport, pkt.l4), (0, 0, 34));
+        assert!(!pkt.has_l4());
+        let mut icmp = ipv4(1, CLIENT, SERVICE, &[], b"rest of it", true);
+        icmp.bytes[ETH_HLEN + 7] = 8;
+        assert_eq!(parsed(&icmp).err(), Some(Error::NotTcpUdp));
+    }
+
+    #[test]
+    fn ipv6_fragments_parse_with_their_id_and_an_atomic_fragment_is_whole() {
+        let datagram = udp(5353, 53, b"query");
+        // Next header, reserved, offset 0 | M, id 7.
+        let first = ipv6(
+            44,
+            IPPROTO_UDP,
+            CLIENT6,
+            SERVICE6,
+            &[IPPROTO_UDP, 0, 0, 1, 0, 0, 0, 7],
+            &datagram,
+        );
+        let pkt = parsed6(&first).expect("a first fragment parses");
+        assert_eq!(pkt.fragment, Fragment::First { id: 7 });
+        assert_eq!((u16::from_be(pkt.tuple.dport), pkt.l4), (53, ETH_HLEN + 48));
+        // Offset 185 (1480 bytes), last.
+        let later = ipv6(
+            44,
+            IPPROTO_UDP,
+            CLIENT6,
+            SERVICE6,
+            &[IPPROTO_UDP, 0, 0x05, 0xc8, 0, 0, 0, 7],
+            b"tail",
+        );
+        let pkt = parsed6(&later).expect("a later fragment parses");
+        assert_eq!(pkt.fragment, Fragment::Later { id: 7 });
+        assert_eq!((pkt.tuple.dport, pkt.tuple.proto), (0, IPPROTO_UDP));
+        let atomic = ipv6(
+            44,
+            IPPROTO_UDP,
+            CLIENT6,
+            SERVICE6,
+            &[IPPROTO_UDP, 0, 0, 0, 0, 0, 0, 7],
+            &datagram,
+        );
+        assert_eq!(parsed6(&atomic).expect("parses").fragment, Fragment::Whole);
+    }
+
+    #[test]
     fn what_is_not_a_whole_tcp_or_udp_packet_is_an_error() {
         let segment = tcp(40000, 80, tcp::ACK, &[]);
-        let mut fragment = ipv4(IPPROTO_TCP, CLIENT, SERVICE, &[], &segment, true);
-        fragment.bytes[ETH_HLEN + 6] = 0x20; // MF
-        assert_eq!(parsed(&fragment).err(), Some(Error::Fragment));
-        let mut later = ipv4(IPPROTO_TCP, CLIENT, SERVICE, &[], &segment, true);
-        later.bytes[ETH_HLEN + 7] = 8; // offset 64
-        assert_eq!(parsed(&later).err(), Some(Error::Fragment));
 
         let mut truncated = ipv4(IPPROTO_TCP, CLIENT, SERVICE, &[], &segment, true);
         truncated.len -= 1;
@@ -701,9 +845,6 @@ mod tests {
     #[test]
     fn what_is_not_a_whole_ipv6_tcp_or_udp_packet_is_an_error() {
         let segment = tcp(40000, 80, tcp::ACK, &[]);
-        let fragment = [IPPROTO_TCP, 0, 0, 1, 0, 0, 0, 7];
-        let frame = ipv6(44, IPPROTO_TCP, CLIENT6, SERVICE6, &fragment, &segment);
-        assert_eq!(parsed6(&frame).err(), Some(Error::Fragment));
         let icmp = ipv6(58, 58, CLIENT6, SERVICE6, &[], &[135, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(parsed6(&icmp).err(), Some(Error::NotTcpUdp));
         let esp = ipv6(50, 50, CLIENT6, SERVICE6, &[], &[0; 16]);

@@ -25,6 +25,7 @@ use crate::{
     counters::{self, Direction},
     error::Error,
     family::{Family, V4, V6},
+    icmp::IcmpFamily,
     kernel, klog,
     nat::{rewrite_skb, rewritten},
     outcome::{Action, Path, outcome},
@@ -68,9 +69,10 @@ pub fn tc_to_pod(ctx: TcContext) -> i32 {
 
 /// One family's replies, as a BPF subprogram of its own (see `xdp_ingress::ingress`).
 #[inline(never)]
-fn to_pod<F: Family>(ctx: &TcContext) -> i32 {
+fn to_pod<F: IcmpFamily>(ctx: &TcContext) -> i32 {
     match turn_back_reply::<F>(ctx, CT_F_POD) {
         Ok(action) => action,
+        Err(Error::NotTcpUdp) => tc::turn_back_icmp_error::<F>(ctx, CT_F_POD),
         Err(err) => tc::on_error(ctx, err),
     }
 }
@@ -192,8 +194,12 @@ fn try_new_flow<F: Family>(ctx: &TcContext) -> Result<i32, Error> {
     let tuple = &pkt.tuple;
     let Some((key, service)) = lookup_frontend::<F>(tuple.daddr, tuple.dport, tuple.proto, false)
     else {
-        return unserved::<F>(tuple.daddr).map_or(Ok(TC_ACT_OK), Err);
+        return unserved::<F>(tuple.daddr).map_or(Ok(TC_ACT_OK), |err| Err(pkt.unless_later(err)));
     };
+    if !pkt.has_l4() {
+        // A later fragment of a datagram its first fragment did not start a flow for.
+        return Err(Error::Fragment);
+    }
     // A pod is an in-cluster client, as a socket on the node is: the internal scope, where
     // there is one (kube-proxy sends pods' traffic to a Local external address to every
     // endpoint too).

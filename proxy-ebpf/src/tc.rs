@@ -15,6 +15,7 @@ use crate::{
     counters::{self, Direction},
     error::Error,
     family::{Family, V4, V6},
+    icmp::{self, IcmpFamily},
     kernel, klog,
     nat::{rewrite_skb, rewritten},
     outcome::{Action, Path, outcome},
@@ -58,8 +59,19 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
 
 /// One family's path, as a BPF subprogram of its own (see `xdp_ingress::ingress`).
 #[inline(never)]
-fn egress<F: Family>(ctx: &TcContext) -> i32 {
+fn egress<F: IcmpFamily>(ctx: &TcContext) -> i32 {
     match turn_back_reply::<F>(ctx, CT_F_LOCAL) {
+        Ok(action) => action,
+        Err(Error::NotTcpUdp) => turn_back_icmp_error::<F>(ctx, CT_F_LOCAL),
+        Err(err) => on_error(ctx, err),
+    }
+}
+
+/// An ICMP error on its way to a client, about a flow whose reply entry carries `owner`,
+/// turned back like the flow's replies (see `icmp`); anything else passes.
+#[inline(always)]
+pub fn turn_back_icmp_error<F: IcmpFamily>(ctx: &TcContext, owner: u8) -> i32 {
+    match icmp::to_client::<F>(ctx, owner) {
         Ok(action) => action,
         Err(err) => on_error(ctx, err),
     }

@@ -20,6 +20,7 @@ use crate::{
     error::Error,
     family::{Family, V4, V6},
     forward::forward,
+    icmp::{self, IcmpFamily},
     kernel, klog,
     nat::{rewrite_in_place, rewritten},
     outcome::{Action, Outcome, Path, outcome},
@@ -44,10 +45,12 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
     verdict
 }
 
-/// What [`ingress`] returns for a flow to refuse, and (with `Family::NEW_FLOWS_APART`) for a
-/// packet of no known flow; no XDP action has these values.
+/// What [`ingress`] returns for a flow to refuse, (with `Family::NEW_FLOWS_APART`) for a
+/// packet of no known flow, and for a packet that is neither TCP nor UDP (perhaps an ICMP
+/// error about a flow); no XDP action has these values.
 const REFUSE: u32 = u32::MAX;
 const NEW_FLOW: u32 = u32::MAX - 1;
+const NOT_TCP_UDP: u32 = u32::MAX - 2;
 
 /// One family's path, as a BPF subprogram of its own: inlined together, the two families'
 /// keys and FIB requests would not fit in one 512-byte stack frame (the verifier sums the
@@ -56,13 +59,18 @@ const NEW_FLOW: u32 = u32::MAX - 1;
 fn ingress<F: Family>(ctx: &XdpContext) -> u32 {
     match try_xdp_ingress::<F>(ctx) {
         Ok(action) => action,
+        Err(Error::NotTcpUdp) => NOT_TCP_UDP,
         Err(err) => on_error(ctx, err),
     }
 }
 
-/// `verdict`, or what the sibling subprograms make of [`NEW_FLOW`] and [`REFUSE`].
+/// `verdict`, or what the sibling subprograms make of [`NEW_FLOW`], [`NOT_TCP_UDP`] and
+/// [`REFUSE`].
 #[inline(always)]
-fn answer<F: Family>(ctx: &XdpContext, mut verdict: u32) -> u32 {
+fn answer<F: IcmpFamily>(ctx: &XdpContext, mut verdict: u32) -> u32 {
+    if verdict == NOT_TCP_UDP {
+        return icmp_error::<F>(ctx);
+    }
     if F::NEW_FLOWS_APART && verdict == NEW_FLOW {
         verdict = new_flow_apart::<F>(ctx);
     }
@@ -84,11 +92,31 @@ fn new_flow_apart<F: Family>(ctx: &XdpContext) -> u32 {
     }
 }
 
+/// An ICMP error about a flow of ours, translated back and sent on, as a subprogram of its
+/// own; anything else that is not TCP or UDP passes.
+#[inline(never)]
+fn icmp_error<F: IcmpFamily>(ctx: &XdpContext) -> u32 {
+    match icmp::from_wire::<F>(ctx) {
+        Ok(action) => action,
+        // Counted, not logged: the logger's frame does not fit beside this one.
+        Err(err) => {
+            let outcome = outcome(Path::Xdp, err);
+            count(outcome);
+            action(outcome)
+        }
+    }
+}
+
 /// Carries out what `outcome` says `err` does here (a refusal: [`REFUSE`], for [`answer`]).
 #[inline(always)]
 fn on_error(ctx: &XdpContext, err: Error) -> u32 {
     let outcome = outcome(Path::Xdp, err);
     count_and_log(ctx, err, outcome);
+    action(outcome)
+}
+
+#[inline(always)]
+fn action(outcome: Outcome) -> u32 {
     match outcome.action {
         Action::Pass => XDP_PASS,
         Action::Drop => XDP_DROP,
@@ -110,13 +138,18 @@ fn refused<F: Family>(ctx: &XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn count_and_log(ctx: &XdpContext, err: Error, outcome: Outcome) {
+fn count(outcome: Outcome) {
     if let Some(reason) = outcome.counted {
         counters::drop(reason);
     }
     if let Some(reason) = outcome.passed {
         counters::pass(reason);
     }
+}
+
+#[inline(always)]
+fn count_and_log(ctx: &XdpContext, err: Error, outcome: Outcome) {
+    count(outcome);
     if !outcome.logged {
         return;
     }
@@ -207,8 +240,12 @@ fn new_flow<F: Family>(ctx: &XdpContext, pkt: &Packet<F::Addr>, now: u64) -> Res
     let tuple = &pkt.tuple;
     let Some((key, service)) = lookup_frontend::<F>(tuple.daddr, tuple.dport, tuple.proto, false)
     else {
-        return unserved::<F>(tuple.daddr).map_or(Ok(XDP_PASS), Err);
+        return unserved::<F>(tuple.daddr).map_or(Ok(XDP_PASS), |err| Err(pkt.unless_later(err)));
     };
+    if !pkt.has_l4() {
+        // A later fragment of a datagram its first fragment did not start a flow for.
+        return Err(Error::Fragment);
+    }
     if service.flags & SVC_F_SOURCE_RANGES != 0
         && !source_allowed::<F>(service.service_id, tuple.saddr)
     {

@@ -46,14 +46,23 @@ pub struct Reply {
     /// The address the client saw the answer from (getpeername / recvfrom), i.e. after
     /// reverse translation.
     pub remote: SocketAddr,
+    /// A large UDP request (`--size`): the bytes the server received, checked unchanged.
+    pub received: Option<usize>,
 }
 
 impl Reply {
-    /// Parses `NAME PEER LOCAL REMOTE`.
+    /// Parses `NAME PEER LOCAL [LEN] REMOTE`.
     pub fn parse(line: &str) -> Result<Reply, String> {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let [name, peer, local, remote] = fields[..] else {
-            return Err(format!("malformed answer {line:?}"));
+        let (name, peer, local, received, remote) = match fields[..] {
+            [name, peer, local, remote] => (name, peer, local, None, remote),
+            [name, peer, local, len, remote] => {
+                let len = len
+                    .parse()
+                    .map_err(|e| format!("malformed length {len:?} in answer {line:?}: {e}"))?;
+                (name, peer, local, Some(len), remote)
+            }
+            _ => return Err(format!("malformed answer {line:?}")),
         };
         let addr = |s: &str| {
             s.parse::<SocketAddr>()
@@ -64,6 +73,7 @@ impl Reply {
             peer: addr(peer)?,
             local: addr(local)?,
             remote: addr(remote)?,
+            received,
         })
     }
 }
@@ -94,6 +104,9 @@ mod tests {
             Err("refused: Connection refused (os error 111)".to_owned())
         );
         assert!(parse_line("pod-1a 1.2.3.4:5").is_err());
+        let big = parse_line("pod-1a 198.18.0.100:4000 0.0.0.0:8053 4000 198.19.0.1:53").unwrap();
+        assert_eq!(big.received, Some(4000));
+        assert_eq!(r.received, None);
     }
 
     #[test]

@@ -911,6 +911,107 @@ pub fn parse6(frame: &[u8]) -> Result<Parsed6, String> {
     })
 }
 
+/// The IPv6 Fragment header's length.
+const FRAG6_HLEN: usize = 8;
+
+/// Splits a built IPv4 frame into fragments carrying `chunk` bytes of its IP payload each (a
+/// multiple of 8), as a router does: the same header and identification in each, MF on all
+/// but the last, offsets in 8-byte units, DF cleared, each header's checksum its own.
+pub fn fragments(frame: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0, "fragment payloads are multiples of 8 bytes");
+    let ihl = usize::from(frame[ETH_HLEN] & 0x0f) * 4;
+    let (header, payload) = frame.split_at(ETH_HLEN + ihl);
+    payload
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, part)| {
+            let mut out = header.to_vec();
+            let ip = ETH_HLEN;
+            let tot_len = u16::try_from(ihl + part.len()).expect("short fragment");
+            out[ip + 2..ip + 4].copy_from_slice(&tot_len.to_be_bytes());
+            let more = (i + 1) * chunk < payload.len();
+            let offset = u16::try_from(i * chunk / 8).expect("offset fits 13 bits");
+            let frag_off = offset | if more { IP_MF } else { 0 };
+            out[ip + 6..ip + 8].copy_from_slice(&frag_off.to_be_bytes());
+            out[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
+            let check = checksum::compute(&out[ip..ip + ihl]);
+            out[ip + 10..ip + 12].copy_from_slice(&check.to_ne_bytes());
+            out.extend_from_slice(part);
+            out
+        })
+        .collect()
+}
+
+/// Splits a built IPv6 frame without extension headers into fragments carrying `chunk` bytes
+/// of its payload each (a multiple of 8), each behind a Fragment header with `id` (RFC 8200
+/// §4.5).
+pub fn fragments6(frame: &[u8], chunk: usize, id: u32) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0, "fragment payloads are multiples of 8 bytes");
+    let ip = ETH_HLEN;
+    let (header, payload) = frame.split_at(ip + IPV6_HLEN);
+    let next = header[ip + 6];
+    payload
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, part)| {
+            let mut out = header.to_vec();
+            let payload_len = u16::try_from(FRAG6_HLEN + part.len()).expect("short fragment");
+            out[ip + 4..ip + 6].copy_from_slice(&payload_len.to_be_bytes());
+            out[ip + 6] = IPPROTO_FRAGMENT;
+            let more = (i + 1) * chunk < payload.len();
+            let offset = u16::try_from(i * chunk / 8).expect("offset fits 13 bits");
+            let offset_flags = offset << 3 | u16::from(more);
+            out.extend_from_slice(&[next, 0]);
+            out.extend_from_slice(&offset_flags.to_be_bytes());
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(part);
+            out
+        })
+        .collect()
+}
+
+/// Whether a frame is an IPv4 fragment, or an IPv6 packet whose first extension header is a
+/// Fragment header: its L4 checksum covers bytes of other frames.
+pub fn is_fragment(frame: &[u8]) -> bool {
+    match frame.get(12..14) {
+        Some([0x08, 0x00]) => frame
+            .get(ETH_HLEN + 6..ETH_HLEN + 8)
+            .is_some_and(|f| u16::from_be_bytes([f[0], f[1]]) & (IP_MF | 0x1fff) != 0),
+        Some([0x86, 0xdd]) => frame.get(ETH_HLEN + 6) == Some(&IPPROTO_FRAGMENT),
+        _ => false,
+    }
+}
+
+/// The frame `fragments` (of [`fragments`] or [`fragments6`], in order) were split from, with
+/// the headers of the first: for checking the whole datagram's checksums from scratch.
+pub fn reassemble(fragments: &[Vec<u8>]) -> Vec<u8> {
+    let first = &fragments[0];
+    let ip = ETH_HLEN;
+    if first[12..14] == [0x86, 0xdd] {
+        let mut out = first[..ip + IPV6_HLEN].to_vec();
+        out[ip + 6] = first[ip + IPV6_HLEN];
+        for fragment in fragments {
+            out.extend_from_slice(&fragment[ip + IPV6_HLEN + FRAG6_HLEN..]);
+        }
+        let payload_len = u16::try_from(out.len() - ip - IPV6_HLEN).expect("short datagram");
+        out[ip + 4..ip + 6].copy_from_slice(&payload_len.to_be_bytes());
+        return out;
+    }
+    let ihl = usize::from(first[ip] & 0x0f) * 4;
+    let mut out = first[..ip + ihl].to_vec();
+    for fragment in fragments {
+        out.extend_from_slice(&fragment[ip + ihl..]);
+    }
+    let tot_len = u16::try_from(out.len() - ip).expect("short datagram");
+    out[ip + 2..ip + 4].copy_from_slice(&tot_len.to_be_bytes());
+    out[ip + 6..ip + 12].fill(0);
+    out[ip + 8] = first[ip + 8];
+    out[ip + 9] = first[ip + 9];
+    let check = checksum::compute(&out[ip..ip + ihl]);
+    out[ip + 10..ip + 12].copy_from_slice(&check.to_ne_bytes());
+    out
+}
+
 /// Parses a frame of either family (for failure messages and output checks).
 pub fn parse_any(frame: &[u8]) -> Result<String, String> {
     match frame.get(12..14) {

@@ -201,6 +201,27 @@ impl Cluster {
         self.run_requests(from, proto, target, count, timeout, &[])
     }
 
+    /// [`Cluster::request_to`] with UDP datagrams of `size` bytes (`netns-echo --size`): each
+    /// answer's `received` says the server got all of it, unchanged.
+    pub fn request_sized(
+        &self,
+        from: Place<'_>,
+        proto: Proto,
+        target: SocketAddr,
+        count: usize,
+        size: usize,
+    ) -> Vec<Result<Reply, String>> {
+        let size = size.to_string();
+        self.run_requests(
+            from,
+            proto,
+            target,
+            count,
+            REQUEST_TIMEOUT,
+            &["--size", &size],
+        )
+    }
+
     /// One TCP request from local port `source_port` (bound with `SO_REUSEADDR`, so it can be
     /// reused while an earlier connection from it waits in `TIME_WAIT`).
     pub fn request_from_port(
@@ -328,7 +349,12 @@ impl HeldConn {
     /// Sends a line over the connection; the answer says which pod still holds it.
     /// Err once the connection broke (`reset: ...`, `timeout: ...`, `eof: ...`).
     pub fn ping(&mut self) -> Result<Reply, String> {
-        if let Err(e) = self.child.write_line("ping") {
+        self.send("ping")
+    }
+
+    /// Sends `line` (any length: a long one fills full-size segments) and reads the answer.
+    pub fn send(&mut self, line: &str) -> Result<Reply, String> {
+        if let Err(e) = self.child.write_line(line) {
             // The helper exited; its last line says why.
             return match next_reply(&mut self.child, &mut self.next_line) {
                 Err(why) => Err(why),

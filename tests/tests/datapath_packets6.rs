@@ -541,8 +541,9 @@ fn traffic_that_is_not_ours_passes_untouched() {
     for _ in 0..5 {
         five = five.ext(ExtHeader::options(IPPROTO_DSTOPTS, 8));
     }
-    let first_fragment = packet::tcp6(client(40000), service, tcp::SYN)
-        .ext(ExtHeader::fragment(0, true, 7))
+    // First fragments are translated (datapath_fragments); later ones only with them.
+    let later_tcp_fragment = packet::tcp6(client(40000), service, tcp::SYN)
+        .ext(ExtHeader::fragment(100, true, 7))
         .build();
     let later_fragment = packet::udp6(client(40000), sock6(CLUSTER_IP, 53))
         .ext(ExtHeader::fragment(185, false, 7))
@@ -550,7 +551,7 @@ fn traffic_that_is_not_ours_passes_untouched() {
         .build();
     let fragment_after_options = packet::tcp6(client(40000), service, tcp::SYN)
         .ext(ExtHeader::options(IPPROTO_HOPOPTS, 8))
-        .ext(ExtHeader::fragment(0, true, 8))
+        .ext(ExtHeader::fragment(100, false, 8))
         .build();
     let mut esp = packet::ethernet(0x86dd, &syn[14..54]);
     esp[14 + 6] = 50;
@@ -607,19 +608,19 @@ fn traffic_that_is_not_ours_passes_untouched() {
             Expect::Unchanged,
         ),
         Case::xdp(
-            "first fragment (M set) to a service",
-            first_fragment,
+            "a later TCP fragment to a service, its first not seen",
+            later_tcp_fragment,
             XDP_PASS,
             Expect::Unchanged,
         ),
         Case::xdp(
-            "later fragment to a service",
+            "a later UDP fragment to a service, its first not seen",
             later_fragment,
             XDP_PASS,
             Expect::Unchanged,
         ),
         Case::xdp(
-            "a Fragment header after hop-by-hop options",
+            "a later fragment's Fragment header after hop-by-hop options",
             fragment_after_options,
             XDP_PASS,
             Expect::Unchanged,

@@ -4,11 +4,10 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    net::Ipv4Addr,
     time::{Duration, SystemTime},
 };
 
-use proxy_common::stats::PassReason;
 use proxy_tests::{
     CLIENT_IP, Cluster, Place, Proto, http,
     manifests::{
@@ -323,56 +322,6 @@ fn counters_match_the_traffic_sent() {
         let sent = f64::from(u32::try_from(*sent).expect("a few packets"));
         assert_eq!(http::sample(&text, &series), Some(sent), "{series}\n{text}");
     }
-}
-
-/// node1's count of packets passed untranslated as fragments (`sluice stats`).
-fn fragments(scenario: &Scenario) -> u64 {
-    scenario
-        .node1
-        .stats_count("passes", PassReason::Fragment.as_str())
-}
-
-#[test]
-fn fragments_reach_the_stack_untranslated_and_are_counted() {
-    let scenario = Scenario::start(&[]);
-    let node1 = scenario.cluster.node("node1");
-    let before = fragments(&scenario);
-    // One 4000-byte UDP datagram to node1's NodePort on each family: the client's stack
-    // splits it at the underlay's 1500-byte MTU into three IPv4 fragments and three IPv6
-    // packets with a Fragment header. The XDP program cannot see the ports of a later
-    // fragment, so it passes all six to node1's stack untranslated and counts them.
-    let targets = [
-        SocketAddr::new(node1.ip.into(), ECHO_NODE_PORT_UDP),
-        SocketAddr::new(node1.ip6.into(), ECHO_NODE_PORT_UDP),
-    ];
-    scenario
-        .cluster
-        .client()
-        .netns
-        .run_in(|| {
-            for target in targets {
-                let any: SocketAddr = if target.is_ipv4() {
-                    (Ipv4Addr::UNSPECIFIED, 0).into()
-                } else {
-                    (Ipv6Addr::UNSPECIFIED, 0).into()
-                };
-                let socket = UdpSocket::bind(any)?;
-                assert_eq!(socket.send_to(&[0x5a; 4000], target)?, 4000);
-            }
-            std::io::Result::Ok(())
-        })
-        .expect("enter the client's namespace")
-        .expect("send the datagrams");
-    wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
-        fragments(&scenario) >= before + 6
-    });
-    assert_eq!(fragments(&scenario), before + 6, "nothing else fragmented");
-
-    // The same count in /metrics.
-    let (_, text) = http::get(&node1.netns, "127.0.0.1:10249", "/metrics");
-    let sample = http::sample(&text, "sluice_packets_passed_total{reason=\"fragment\"}");
-    let expected = f64::from(u32::try_from(before + 6).expect("a few packets"));
-    assert_eq!(sample, Some(expected), "{text}");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! ```text
 //! netns-echo serve --name NAME [--tcp PORT[,PORT..]] [--udp PORT[,PORT..]]
 //! netns-echo request tcp|udp|udp-connected ADDR:PORT [--count N] [--timeout-ms T]
-//!                    [--source-port P]
+//!                    [--source-port P] [--size BYTES]
 //! netns-echo hold ADDR:PORT [--timeout-ms T]
 //! netns-echo udp-session ADDR:PORT [--timeout-ms T]
 //! ```
@@ -22,7 +22,11 @@
 //! `NAME PEER LOCAL REMOTE` (REMOTE: where the client saw the answer come from) or
 //! `error: KIND: message`, KIND one of refused, timeout, reset, unreachable, eof, other.
 //! With `--source-port` (TCP only) every connection binds that local port first, with
-//! `SO_REUSEADDR`, so a test can reuse one client port across destinations.
+//! `SO_REUSEADDR`, so a test can reuse one client port across destinations. With `--size`
+//! (UDP only) each datagram is that long (`ping` and a pattern); the server answers a datagram
+//! longer than `ping\n` with `LEN:HASH` after its address (its length and FNV-1a as it
+//! received them), the client checks both against what it sent and prints `NAME PEER LOCAL
+//! LEN REMOTE`, or `error: other: ...` when the datagram arrived changed.
 //!
 //! `hold` opens one TCP connection, prints the greeting and the `hold` acknowledgement, then
 //! for each stdin line sends it and prints the answer; it exits on stdin EOF or on error.
@@ -52,7 +56,7 @@ const FIRST_LINE_WAIT: Duration = Duration::from_secs(2);
 const USAGE: &str = "usage:
   netns-echo serve --name NAME [--tcp PORT[,PORT..]] [--udp PORT[,PORT..]]
   netns-echo request tcp|udp|udp-connected ADDR:PORT [--count N] [--timeout-ms T]
-                     [--source-port P]
+                     [--source-port P] [--size BYTES]
   netns-echo hold ADDR:PORT [--timeout-ms T]
   netns-echo udp-session ADDR:PORT [--timeout-ms T]";
 
@@ -82,7 +86,10 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             )
         }
         "request" => {
-            let opts = Opts::parse(rest, &["--count", "--timeout-ms", "--source-port"])?;
+            let opts = Opts::parse(
+                rest,
+                &["--count", "--timeout-ms", "--source-port", "--size"],
+            )?;
             let [proto, addr] = opts.positional[..] else {
                 return Err("request needs PROTO and ADDR:PORT".into());
             };
@@ -92,7 +99,12 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             if source_port != 0 && proto != "tcp" {
                 return Err("--source-port is for tcp requests".into());
             }
-            request(proto, resolve(addr)?, count, timeout, source_port)
+            let size = opts.number("--size", 0)?;
+            if size != 0 && proto == "tcp" {
+                return Err("--size is for udp requests".into());
+            }
+            let shape = Shape { source_port, size };
+            request(proto, resolve(addr)?, count, timeout, shape)
         }
         "hold" => {
             let opts = Opts::parse(rest, &["--timeout-ms"])?;
@@ -301,11 +313,15 @@ fn udp_loop(socket: &UdpSocket, name: &Arc<str>) {
             return;
         }
     };
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65536];
     loop {
         match socket.recv_from(&mut buf) {
-            Ok((_, peer)) => {
-                let answer = format!("{name} {peer} {local}\n");
+            Ok((n, peer)) => {
+                let answer = if n > PING.len() {
+                    format!("{name} {peer} {local} {n}:{:08x}\n", fnv1a(&buf[..n]))
+                } else {
+                    format!("{name} {peer} {local}\n")
+                };
                 if let Err(e) = socket.send_to(answer.as_bytes(), peer) {
                     eprintln!("netns-echo: udp reply to {peer}: {e}");
                 }
@@ -330,21 +346,47 @@ fn describe(e: &io::Error) -> String {
     format!("{kind}: {e}")
 }
 
+/// What each request of `request` looks like.
+#[derive(Clone, Copy)]
+struct Shape {
+    /// TCP: the local port to bind (0: any).
+    source_port: u16,
+    /// UDP: the datagram's length (0: just `ping\n`).
+    size: usize,
+}
+
+/// The datagram a UDP request sends.
+const PING: &[u8] = b"ping\n";
+
+/// 32-bit FNV-1a: what the server and the client compare a large datagram by.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |hash, &byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// A UDP request's datagram: `ping\n`, padded with a pattern to `size` bytes.
+fn datagram(size: usize) -> Vec<u8> {
+    let mut bytes = PING.to_vec();
+    bytes.extend((0..=250u8).cycle().take(size.saturating_sub(PING.len())));
+    bytes
+}
+
 fn request(
     proto: &str,
     addr: SocketAddr,
     count: u32,
     timeout: Duration,
-    source_port: u16,
+    shape: Shape,
 ) -> Result<ExitCode, String> {
-    let once: fn(SocketAddr, Duration, u16) -> io::Result<String> = match proto {
-        "tcp" => tcp_once,
-        "udp" => |a, t, _| udp_once(a, t, false),
-        "udp-connected" => |a, t, _| udp_once(a, t, true),
+    let once: fn(SocketAddr, Duration, Shape) -> io::Result<String> = match proto {
+        "tcp" => |a, t, shape| tcp_once(a, t, shape.source_port),
+        "udp" => |a, t, shape| udp_once(a, t, false, shape.size),
+        "udp-connected" => |a, t, shape| udp_once(a, t, true, shape.size),
         other => return Err(format!("unknown protocol {other:?}")),
     };
     for _ in 0..count {
-        match once(addr, timeout, source_port) {
+        match once(addr, timeout, shape) {
             Ok(line) => println!("{line}"),
             Err(e) => println!("error: {}", describe(&e)),
         }
@@ -402,21 +444,35 @@ fn unspecified(addr: SocketAddr, port: u16) -> SocketAddr {
     SocketAddr::new(any, port)
 }
 
-fn udp_once(addr: SocketAddr, timeout: Duration, connect: bool) -> io::Result<String> {
+fn udp_once(addr: SocketAddr, timeout: Duration, connect: bool, size: usize) -> io::Result<String> {
     let socket = udp_socket_for(addr)?;
     socket.set_read_timeout(Some(timeout))?;
+    let sent = datagram(size);
     let mut buf = [0u8; 2048];
     let (n, from) = if connect {
         socket.connect(addr)?;
-        socket.send(b"ping\n")?;
+        socket.send(&sent)?;
         let n = socket.recv(&mut buf)?;
         (n, socket.peer_addr()?)
     } else {
-        socket.send_to(b"ping\n", addr)?;
+        socket.send_to(&sent, addr)?;
         socket.recv_from(&mut buf)?
     };
     let answer = String::from_utf8_lossy(&buf[..n]);
-    Ok(format!("{} {from}", answer.trim_end()))
+    let answer = answer.trim_end();
+    if sent.len() == PING.len() {
+        return Ok(format!("{answer} {from}"));
+    }
+    // `NAME PEER LOCAL LEN:HASH`: the server saw the whole datagram, unchanged.
+    let expected = format!("{}:{:08x}", sent.len(), fnv1a(&sent));
+    match answer.rsplit_once(' ') {
+        Some((head, received)) if received == expected => {
+            Ok(format!("{head} {} {from}", sent.len()))
+        }
+        _ => Err(io::Error::other(format!(
+            "sent {expected} (LEN:FNV-1a), the server answered {answer:?}"
+        ))),
+    }
 }
 
 fn hold(addr: SocketAddr, timeout: Duration) -> ExitCode {

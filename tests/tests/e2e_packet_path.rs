@@ -1,8 +1,11 @@
-//! The pod-side path end to end (`--pod-iface-prefix`): a process in a pod that the socket LB
-//! does not see (outside `--cgroup`) reaches a dual-stack Service's cluster IPs and its
-//! NodePort on the node's own addresses, TCP and UDP, through TC on the pod's host interface;
-//! the replies come from the service address; sockets the socket LB translated are left alone;
-//! pods that appear later get the path.
+//! The packet path end to end on a dual-stack NodePort Service. The pod-side path
+//! (`--pod-iface-prefix`): a process in a pod that the socket LB does not see (outside
+//! `--cgroup`) reaches the Service's cluster IPs and its NodePort on the node's own addresses,
+//! TCP and UDP, through TC on the pod's host interface; the replies come from the service
+//! address; sockets the socket LB translated are left alone; pods that appear later get the
+//! path; what no Service serves is refused at once. Fragments: a 4000-byte datagram, split by
+//! the sender's stack, arrives whole at every backend through XDP and the pod-side path. ICMP:
+//! backends behind a small-MTU link lower an off-node client's path MTU through the NodePort.
 
 use std::{
     collections::BTreeSet,
@@ -10,8 +13,9 @@ use std::{
     time::Duration,
 };
 
+use proxy_common::stats::PassReason;
 use proxy_tests::{
-    Cluster, Place, Proto, Reply, SluiceDaemon,
+    Cluster, Place, Proto, Reply, SluiceDaemon, http,
     manifests::{ManifestDir, dual_stack_pods_yaml},
     scenario::{SPREAD_REQUESTS, SYNC_TIMEOUT, pods},
     sluice::DaemonConfig,
@@ -23,6 +27,8 @@ const DUAL4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 60);
 const DUAL6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0, 0x60);
 const NODE_PORT_TCP: u16 = 30180;
 const NODE_PORT_UDP: u16 = 30153;
+/// A UDP datagram three 1500-byte-MTU fragments long.
+const BIG: usize = 4000;
 
 const SERVICES_YAML: &str = "\
 apiVersion: v1
@@ -287,4 +293,123 @@ fn a_pods_flows_to_ports_and_addresses_no_service_serves_are_refused_at_once() {
     }
     let counts = path.node1.hook_counts();
     assert!(counts.of("tc_from_pod", "redirect") >= 16, "{counts:?}");
+}
+
+#[test]
+fn a_4000_byte_datagram_arrives_whole_at_every_backend_through_xdp_and_the_pod_side_path() {
+    let path = PodPath::start();
+    let node1 = path.cluster.node("node1");
+    let client = path.cluster.client();
+    // From off-node to node1's NodePort (XDP: DNAT to pod-1b, DNAT+SNAT to pod-2a), and from
+    // the client pod outside the cgroup to the cluster IPs (the pod-side path); each sender's
+    // stack splits the datagram at its 1500-byte MTU.
+    let cases = [
+        (
+            Place::Client,
+            SocketAddr::new(node1.ip.into(), NODE_PORT_UDP),
+            IpAddr::from(client.ip),
+        ),
+        (
+            Place::Client,
+            SocketAddr::new(node1.ip6.into(), NODE_PORT_UDP),
+            client.ip6.into(),
+        ),
+        (
+            Place::PodOutsideCgroup(CLIENT),
+            SocketAddr::new(DUAL4.into(), 53),
+            path.client_ip(DUAL4.into()),
+        ),
+        (
+            Place::PodOutsideCgroup(CLIENT),
+            SocketAddr::new(DUAL6.into(), 53),
+            path.client_ip(DUAL6.into()),
+        ),
+    ];
+    for (from, target, sender) in cases {
+        for proto in [Proto::Udp, Proto::UdpConnected] {
+            let replies: Vec<Reply> = path
+                .cluster
+                .request_sized(from, proto, target, SPREAD_REQUESTS, BIG)
+                .into_iter()
+                .map(|result| {
+                    result.unwrap_or_else(|err| panic!("{proto} {target} from {from:?}: {err}"))
+                })
+                .collect();
+            let mut answered = BTreeSet::new();
+            for reply in &replies {
+                assert_eq!(reply.received, Some(BIG), "{reply:?}");
+                assert_eq!(reply.remote, target, "{reply:?}");
+                if from != Place::Client || reply.name == "pod-1b" {
+                    // Local backends and the pod-side path keep the source; pod-2a sees node1's
+                    // SNAT address.
+                    assert_eq!(reply.peer.ip(), sender, "{reply:?}");
+                }
+                answered.insert(reply.name.clone());
+            }
+            assert_eq!(answered, pods(&BACKENDS), "{proto} {target} from {from:?}");
+        }
+    }
+    // Nothing passed untranslated, here and in /metrics.
+    assert_eq!(
+        path.node1
+            .stats_count("passes", PassReason::Fragment.as_str()),
+        0
+    );
+    let (_, text) = http::get(&node1.netns, "127.0.0.1:10249", "/metrics");
+    let sample = http::sample(&text, "sluice_packets_passed_total{reason=\"fragment\"}");
+    assert_eq!(sample, Some(0.0), "{text}");
+}
+
+#[test]
+fn backends_behind_a_small_mtu_link_lower_the_clients_path_mtu_through_a_node_port() {
+    let path = PodPath::start();
+    // The nodes' ends of the backends' veths carry 1280 bytes; the pods still announce an MSS
+    // for 1500, so full-size segments from the client meet the small link on the way: node1
+    // (to its pod-1b) or node2 (to pod-2a, SNATed by node1) answers "fragmentation needed" /
+    // "packet too big" about the translated segment, and only translated back does the
+    // client's TCP see it.
+    for (node, iface) in [("node1", "v-1b"), ("node2", "v-2a")] {
+        path.cluster
+            .node(node)
+            .netns
+            .ip(&["link", "set", iface, "mtu", "1280"])
+            .unwrap_or_else(|e| panic!("set {iface}'s MTU on {node}: {e:#}"));
+    }
+    let node1 = path.cluster.node("node1");
+    let client = &path.cluster.client().netns;
+    let line = "x".repeat(20_000);
+    for (target, family) in [
+        (SocketAddr::new(node1.ip.into(), NODE_PORT_TCP), "-4"),
+        (SocketAddr::new(node1.ip6.into(), NODE_PORT_TCP), "-6"),
+    ] {
+        let mut answered = BTreeSet::new();
+        // Random backends: enough connections that both are reached (a miss: 2^-15).
+        for _ in 0..16 {
+            // Each connection learns the path MTU afresh.
+            client
+                .ip(&[family, "route", "flush", "cache"])
+                .expect("flush the client's route cache");
+            let mut conn = path
+                .cluster
+                .hold_to(Place::Client, target)
+                .unwrap_or_else(|e| panic!("connect to {target}: {e}"));
+            let reply = conn.send(&line).unwrap_or_else(|e| {
+                panic!(
+                    "20 kB to {target} (first landed on {}): {e}\nnode1 stderr:\n{}",
+                    conn.greeting().name,
+                    path.node1.stderr()
+                )
+            });
+            assert_eq!(reply.name, conn.greeting().name);
+            answered.insert(reply.name);
+            let route = client
+                .ip(&[family, "route", "get", &target.ip().to_string()])
+                .expect("ip route get");
+            assert!(
+                route.contains("mtu 1280"),
+                "the client's route to {target}: {route}"
+            );
+        }
+        assert_eq!(answered, pods(&BACKENDS), "{target}");
+    }
 }
