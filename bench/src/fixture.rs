@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, PerCpuArray},
-    programs::Xdp,
+    programs::{SchedClassifier, Xdp},
 };
 use proxy_common::{
     BACKEND_F_LOCAL, Backend, Backend6, CONFIG_F_COUNTERS, Config, NODE_ADDR_F_PRIMARY, NodeAddr,
@@ -186,6 +186,27 @@ impl Loaded {
             .try_into()?;
         xdp.load().context("the verifier rejected xdp_ingress")?;
         Ok(())
+    }
+
+    /// Loads the pod-side path's `tc_from_pod` (run, not attached).
+    pub fn load_from_pod(&mut self) -> Result<()> {
+        let tc: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program_names::TC_FROM_POD)
+            .context("no tc_from_pod")?
+            .try_into()?;
+        tc.load().context("the verifier rejected tc_from_pod")?;
+        Ok(())
+    }
+
+    pub fn tc_from_pod_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        let tc: &SchedClassifier = self
+            .ebpf
+            .program(program_names::TC_FROM_POD)
+            .context("no tc_from_pod")?
+            .try_into()?;
+        Ok(tc.fd()?.as_fd())
     }
 
     pub fn xdp_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>> {

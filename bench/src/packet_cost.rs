@@ -15,6 +15,12 @@
 //!   syscall is not counted, but the timer's fixed cost is: it is in the floor measured the
 //!   same way, and the figures are differences and ratios against that floor.
 //!
+//! The pod-side path beside XDP: `tc_from_pod` against an empty `TC_ACT_OK` program, repeat
+//! method, on the two packets every pod sends once the path is on: one of an established flow
+//! (a pod's flow to the NodePort on the node's address, whose backend is that address and port
+//! itself, so the DNAT again rewrites to the same bytes), and one to another pod (no service:
+//! the frontend lookup misses and the packet passes untouched).
+//!
 //! IPv6 beside IPv4: the same NodePort on the node's IPv6 address (`[::]:30080` on
 //! `fd00:18::1`, its backends the node address and port itself, so the repeat method again
 //! rewrites to the same bytes), measured the same two ways in the same rounds. Its frames are
@@ -26,7 +32,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use anyhow::{Context as _, Result, ensure};
 use proxy_common::{
-    CT_DIR_FORWARD, CtEntry, CtEntry6, CtKey, CtKey6, map_names, net::ip6_to_net, tcp,
+    CT_DIR_FORWARD, CT_F_POD, CtEntry, CtEntry6, CtKey, CtKey6, map_names, net::ip6_to_net, tcp,
 };
 use proxy_tests::{datapath::xdp_md, packet};
 
@@ -37,6 +43,7 @@ use crate::{
 };
 
 const XDP_PASS: u32 = 2;
+const TC_ACT_OK: u32 = 0;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Params {
@@ -71,6 +78,11 @@ pub struct Row {
     /// The IPv6 NodePort, per-flow method.
     pub miss6_1: Samples,
     pub hit6_1: Samples,
+    /// The pod-side path, repeat method: the `TC_ACT_OK` floor, a pod's established flow, and
+    /// a pod-to-pod packet (no service).
+    pub tc_floor: Samples,
+    pub pod_hit: Samples,
+    pub pod_other: Samples,
 }
 
 impl Row {
@@ -104,6 +116,12 @@ impl Row {
     pub fn miss6_ratio(&self) -> Samples {
         ratio(&minus(&self.miss6_1, &self.floor1), &self.miss_overhead())
     }
+    pub fn pod_hit_overhead(&self) -> Samples {
+        minus(&self.pod_hit, &self.tc_floor)
+    }
+    pub fn pod_other_overhead(&self) -> Samples {
+        minus(&self.pod_other, &self.tc_floor)
+    }
 }
 
 #[expect(
@@ -127,10 +145,11 @@ fn client6(k: usize) -> SocketAddrV6 {
 
 pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
     let pass = sys::load_xdp_pass().context("load the XDP_PASS floor program")?;
+    let tc_ok = sys::load_tc_ok().context("load the TC_ACT_OK floor program")?;
     let mut rows = Vec::new();
     for &services in params.services {
         for &endpoints in params.endpoints {
-            let row = run_one(params, services, endpoints, &pass)
+            let row = run_one(params, services, endpoints, &pass, &tc_ok)
                 .with_context(|| format!("per-packet cost at {services} x {endpoints}"))?;
             log(&format!(
                 "packet: {services} services x {endpoints} endpoints: hit {:.1} ns (floor {:.1}), \
@@ -153,6 +172,15 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
                 row.hit6_ratio_same_size().median(),
                 row.miss6_ratio().median(),
             ));
+            log(&format!(
+                "packet: pod-side path {services} x {endpoints}: established flow {:.1} ns, \
+                 pod to pod {:.1} ns (TC floor {:.1}): over the floor {:.1} and {:.1} ns",
+                row.pod_hit.median(),
+                row.pod_other.median(),
+                row.tc_floor.median(),
+                row.pod_hit_overhead().median(),
+                row.pod_other_overhead().median(),
+            ));
             rows.push(row);
         }
     }
@@ -168,6 +196,7 @@ fn run_one(
     services: usize,
     endpoints: usize,
     pass: &std::os::fd::OwnedFd,
+    tc_ok: &std::os::fd::OwnedFd,
 ) -> Result<Row> {
     use std::os::fd::AsFd;
     let total_flows = params.flows * params.rounds + 1;
@@ -180,6 +209,7 @@ fn run_one(
     ]);
     let mut loaded = Loaded::new(&sizes)?;
     loaded.load_xdp()?;
+    loaded.load_from_pod()?;
     let started = std::time::Instant::now();
     let identity = vec![SocketAddrV4::new(NODE_IP, NODE_PORT); endpoints];
     loaded.fill(services, endpoints, &identity)?;
@@ -205,6 +235,23 @@ fn run_one(
     let xdp_owned = loaded.xdp_fd()?.try_clone_to_owned()?;
     let xdp = xdp_owned.as_fd();
     let pass = pass.as_fd();
+    let from_pod_owned = loaded.tc_from_pod_fd()?.try_clone_to_owned()?;
+    let from_pod = from_pod_owned.as_fd();
+    let tc_ok = tc_ok.as_fd();
+    // The pod-side path's flow (a pod of its own: XDP's hot flow has the same frontend), and a
+    // packet to another pod.
+    let pod = SocketAddrV4::new(Ipv4Addr::new(198, 18, 4, 1), 999);
+    check_tc(sys::test_run(
+        from_pod,
+        &packet::tcp(pod, frontend, tcp::SYN).build(),
+        &[],
+        1,
+        0,
+        0,
+    )?)?;
+    let pod_ack = packet::tcp(pod, frontend, tcp::ACK).build();
+    let other_pod = SocketAddrV4::new(Ipv4Addr::new(198, 18, 4, 2), 8080);
+    let pod_to_pod = packet::tcp(pod, other_pod, tcp::ACK).build();
 
     // The repeat method's flow: created once, then an established ACK.
     let hot = SocketAddrV4::new(Ipv4Addr::new(198, 18, 3, 1), 999);
@@ -252,6 +299,9 @@ fn run_one(
         hit_74: Samples::default(),
         miss6_1: Samples::default(),
         hit6_1: Samples::default(),
+        tc_floor: Samples::default(),
+        pod_hit: Samples::default(),
+        pod_other: Samples::default(),
     };
     let ack_ctx = with_len(&ack);
     let ack_v6_ctx = with_len(&ack_v6);
@@ -290,6 +340,16 @@ fn run_one(
         row.floor6.push(f64::from(floor_v6.duration_ns));
         row.hit6.push(f64::from(timed_v6.duration_ns));
         row.hit_74.push(f64::from(hit_74.duration_ns));
+
+        // The pod-side path, back to back with its floor.
+        let tc_floor = sys::test_run(tc_ok, &pod_ack, &[], params.repeat, 0, 0)?;
+        let pod_hit = sys::test_run(from_pod, &pod_ack, &[], params.repeat, 0, 0)?;
+        check_tc(pod_hit)?;
+        let pod_other = sys::test_run(from_pod, &pod_to_pod, &[], params.repeat, 0, 0)?;
+        check_tc(pod_other)?;
+        row.tc_floor.push(f64::from(tc_floor.duration_ns));
+        row.pod_hit.push(f64::from(pod_hit.duration_ns));
+        row.pod_other.push(f64::from(pod_other.duration_ns));
 
         let first = round * params.flows;
         let syns: Vec<Vec<u8>> = (first..first + params.flows)
@@ -349,6 +409,14 @@ fn run_one(
             && conntrack_v6.get(&forward_key6(hot_client_v6), 0).is_ok(),
         "an IPv6 conntrack miss did not create its flow: the IPv6 figures would be wrong"
     );
+    let pod_flow = conntrack
+        .get(&forward_key(pod), 0)
+        .context("the pod's SYN did not create its flow: the pod-side figures would be wrong")?;
+    ensure!(
+        pod_flow.flags & CT_F_POD != 0,
+        "the pod's flow is not the pod-side path's (flags {:#x})",
+        pod_flow.flags
+    );
     Ok(row)
 }
 
@@ -376,6 +444,15 @@ fn forward_key(client: SocketAddrV4) -> CtKey {
         dir: CT_DIR_FORWARD,
         _pad: 0,
     }
+}
+
+fn check_tc(run: sys::TestRun) -> Result<()> {
+    ensure!(
+        run.retval == TC_ACT_OK,
+        "tc_from_pod returned {} instead of TC_ACT_OK (0)",
+        run.retval
+    );
+    Ok(())
 }
 
 fn check(run: sys::TestRun) -> Result<()> {

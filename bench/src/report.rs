@@ -273,6 +273,7 @@ fn packet_section(md: &mut String, results: &Results, plots: &Path, rel: &str) -
     }
     let _ = writeln!(md, "\nScaling:\n\n{}\n", scale_lines.join("\n"));
     ipv6_table(md, results);
+    pod_path_table(md, results);
     let mut series = Vec::new();
     for &endpoints in p.endpoints {
         let rows: Vec<_> = results
@@ -339,6 +340,34 @@ fn ipv6_table(md: &mut String, results: &Results) {
                 s(&r.hit6_ratio_same_size(), 2),
                 s(&minus(&r.miss6_1, &r.floor1), 1),
                 s(&r.miss6_ratio(), 2),
+            ],
+        );
+    }
+    md.push('\n');
+}
+
+fn pod_path_table(md: &mut String, results: &Results) {
+    md.push_str(
+        "The pod-side path (`--pod-iface-prefix`, issue 15): `tc_from_pod` against an empty \
+         TC_ACT_OK program, repeat method, in the same rounds: a packet of a pod's \
+         established flow (to the NodePort on the node's address, its backend that address and \
+         port, so the DNAT rewrites to the same bytes), and a pod-to-pod packet (no service: \
+         what most pod traffic costs once the path is on).\n\n\
+         | services | endpoints | TC floor ns | established ns | established − floor ns | \
+         pod to pod ns | pod to pod − floor ns |\n\
+         |---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in &results.packet {
+        table_row(
+            md,
+            &[
+                r.services.to_string(),
+                r.endpoints.to_string(),
+                s(&r.tc_floor, 1),
+                s(&r.pod_hit, 1),
+                s(&r.pod_hit_overhead(), 1),
+                s(&r.pod_other, 1),
+                s(&r.pod_other_overhead(), 1),
             ],
         );
     }

@@ -11,6 +11,7 @@ use std::{
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 
 /// `union bpf_attr`, zero-filled; the kernel requires unused bytes to be zero.
 #[repr(C, align(8))]
@@ -99,25 +100,35 @@ pub fn test_run(
 pub use proxy_user::datapath::update_batch;
 
 /// Loads `r0 = XDP_PASS; exit`: the cheapest XDP program there is.
+pub fn load_xdp_pass() -> io::Result<OwnedFd> {
+    load_returning(BPF_PROG_TYPE_XDP, 2, b"xdp_pass\0")
+}
+
+/// Loads `r0 = TC_ACT_OK; exit`: the cheapest TC program, the pod-side path's floor.
+pub fn load_tc_ok() -> io::Result<OwnedFd> {
+    load_returning(BPF_PROG_TYPE_SCHED_CLS, 0, b"tc_ok\0")
+}
+
+/// Loads a program of `prog_type` that only returns `verdict`.
 #[expect(
     clippy::cast_possible_truncation,
     reason = "two instructions; bpf(2) returns the new descriptor, an int, as a long"
 )]
-pub fn load_xdp_pass() -> io::Result<OwnedFd> {
-    // mov64 r0, 2 (XDP_PASS); exit
+fn load_returning(prog_type: u32, verdict: u8, name: &[u8]) -> io::Result<OwnedFd> {
+    // mov64 r0, verdict; exit
     let insns: [u64; 2] = [
-        u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]),
+        u64::from_le_bytes([0xb7, 0, 0, 0, verdict, 0, 0, 0]),
         u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
     ];
     let license = c"GPL";
     let mut attr = Attr::new();
     // struct { u32 prog_type, insn_cnt; u64 insns, license; u32 log_level, log_size;
     //          u64 log_buf; u32 kern_version, prog_flags; char prog_name[16]; ... }
-    attr.u32(0, BPF_PROG_TYPE_XDP);
+    attr.u32(0, prog_type);
     attr.u32(4, insns.len() as u32);
     attr.u64(8, insns.as_ptr() as u64);
     attr.u64(16, license.as_ptr() as u64);
-    attr.0[48..57].copy_from_slice(b"xdp_pass\0");
+    attr.0[48..48 + name.len()].copy_from_slice(name);
     let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
     // SAFETY: the kernel returned a new file descriptor that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })

@@ -274,6 +274,9 @@ pub struct DesiredState {
     pub trigger_times: TriggerTimes,
     /// This node's Node object, when a source knows it (cluster mode).
     pub node: Option<NodeState>,
+    /// The service CIDRs, when a source knows them (cluster mode: the `ServiceCIDR` objects',
+    /// once listed); `None` leaves the daemon's (`--service-cidr` in standalone mode).
+    pub service_cidrs: Option<Vec<ipnet::IpNet>>,
 }
 
 /// What a Node object says about this node.
@@ -310,6 +313,7 @@ impl DesiredState {
         let mut changed = self.services.len() != previous.services.len();
         let previous_trigger_times = &previous.trigger_times;
         let previous_node = &previous.node;
+        let previous_cidrs = &previous.service_cidrs;
         let mut previous = previous.services.iter().peekable();
         for (name, service) in &mut self.services {
             while previous.next_if(|(old, _)| *old < name).is_some() {
@@ -324,6 +328,7 @@ impl DesiredState {
             || previous.next().is_some()
             || self.trigger_times != *previous_trigger_times
             || self.node != *previous_node
+            || self.service_cidrs != *previous_cidrs
     }
 }
 

@@ -5,8 +5,8 @@
 //! There is no real API server on these machines; this one speaks just enough of the protocol
 //! for `sluice run --kubeconfig` (kube-rs) to behave as against a real one:
 //!
-//! - `GET /api/v1/services`, `/apis/discovery.k8s.io/v1/endpointslices`, `/api/v1/nodes`
-//!   list every object (`kind: ServiceList`.., `metadata.resourceVersion`); `fieldSelector`
+//! - `GET /api/v1/services`, `/apis/discovery.k8s.io/v1/endpointslices`, `/api/v1/nodes`,
+//!   `/apis/networking.k8s.io/v1/servicecidrs` list every object (`kind: ServiceList`.., `metadata.resourceVersion`); `fieldSelector`
 //!   `metadata.name=` / `metadata.namespace=` filter; `limit` is accepted and ignored (one
 //!   page);
 //! - `?watch=true&resourceVersion=N` streams (chunked) every change after N as
@@ -19,8 +19,9 @@
 //! objects; [`FakeApiServer::pause_watches`] holds events back (a network partition);
 //! [`FakeApiServer::expire_watches`] compacts the history and ends every watch with 410 Gone;
 //! [`FakeApiServer::drop_connections`] cuts every connection; [`FakeApiServer::stop`] and
-//! [`FakeApiServer::start`] take it away and bring it back; [`FakeApiServer::requests`] is
-//! the log of what clients asked.
+//! [`FakeApiServer::start`] take it away and bring it back; [`FakeApiServer::withhold`]
+//! answers a resource 404, as an API server without it; [`FakeApiServer::requests`] is the
+//! log of what clients asked.
 //!
 //! It listens on 127.0.0.1:[`PORT`] inside each network namespace it is given (the socket is
 //! made by a thread that joined the namespace, so it belongs there), so a daemon in a node
@@ -56,6 +57,7 @@ pub enum Resource {
     Services,
     EndpointSlices,
     Nodes,
+    ServiceCidrs,
 }
 
 impl Resource {
@@ -64,6 +66,7 @@ impl Resource {
             "/api/v1/services" => Some(Resource::Services),
             "/apis/discovery.k8s.io/v1/endpointslices" => Some(Resource::EndpointSlices),
             "/api/v1/nodes" => Some(Resource::Nodes),
+            "/apis/networking.k8s.io/v1/servicecidrs" => Some(Resource::ServiceCidrs),
             _ => None,
         }
     }
@@ -73,6 +76,7 @@ impl Resource {
             "Service" => Some(Resource::Services),
             "EndpointSlice" => Some(Resource::EndpointSlices),
             "Node" => Some(Resource::Nodes),
+            "ServiceCIDR" => Some(Resource::ServiceCidrs),
             _ => None,
         }
     }
@@ -82,18 +86,20 @@ impl Resource {
             Resource::Services => "Service",
             Resource::EndpointSlices => "EndpointSlice",
             Resource::Nodes => "Node",
+            Resource::ServiceCidrs => "ServiceCIDR",
         }
     }
 
     fn api_version(self) -> &'static str {
         match self {
             Resource::EndpointSlices => "discovery.k8s.io/v1",
+            Resource::ServiceCidrs => "networking.k8s.io/v1",
             Resource::Services | Resource::Nodes => "v1",
         }
     }
 
     fn namespaced(self) -> bool {
-        self != Resource::Nodes
+        !matches!(self, Resource::Nodes | Resource::ServiceCidrs)
     }
 }
 
@@ -129,6 +135,8 @@ struct Store {
     /// events.k8s.io/v1 Events created (POST) and updated (PATCH, a merge), by namespace and
     /// name, as the client last left them.
     events: BTreeMap<(String, String), Value>,
+    /// Resources answered 404 (an API server that does not serve them).
+    withheld: Vec<Resource>,
 }
 
 struct Shared {
@@ -349,7 +357,14 @@ impl FakeApiServer {
         self.shared.changed.notify_all();
     }
 
-    /// Deletes an object (`namespace` is ignored for Nodes); panics if it does not exist.
+    /// Answers `resource` with 404 Not Found from now on, as an API server that does not
+    /// serve it (networking.k8s.io/v1 `ServiceCIDR`s before Kubernetes 1.33).
+    pub fn withhold(&self, resource: Resource) {
+        self.shared.lock().withheld.push(resource);
+    }
+
+    /// Deletes an object (`namespace` is ignored for Nodes and `ServiceCIDR`s); panics if it does
+    /// not exist.
     pub fn delete(&self, kind: &str, namespace: &str, name: &str) {
         let resource = Resource::of_kind(kind).expect("known kind");
         let namespace = if resource.namespaced() { namespace } else { "" };
@@ -641,6 +656,7 @@ fn serve_requests<S: Read + Write>(
             serve_event(out, shared, method, rest, &body)?;
             continue;
         }
+        let resource = resource.filter(|r| !shared.lock().withheld.contains(r));
         match (method, resource) {
             ("GET", Some(resource)) if watch => {
                 // Keep-alive after a watch that ended properly, as a real server does.
@@ -1106,6 +1122,18 @@ pub mod objects {
                 "addresses": addresses,
                 "conditions": [{"type": "Ready", "status": "True"}],
             },
+        })
+    }
+
+    /// A networking.k8s.io/v1 `ServiceCIDR` (the API server makes one named `kubernetes` from
+    /// its `--service-cluster-ip-range`).
+    pub fn service_cidr(name: &str, cidrs: &[&str]) -> Value {
+        json!({
+            "kind": "ServiceCIDR",
+            "apiVersion": "networking.k8s.io/v1",
+            "metadata": {"name": name},
+            "spec": {"cidrs": cidrs},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
         })
     }
 }

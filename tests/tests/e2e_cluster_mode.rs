@@ -93,9 +93,15 @@ fn daemon_config(cluster: &Cluster, api: &FakeApiServer, node: &str) -> DaemonCo
 }
 
 fn start() -> ClusterMode {
+    start_with(|_| {})
+}
+
+/// [`start`], with `prepare` changing the API server before the daemons start.
+fn start_with(prepare: impl FnOnce(&FakeApiServer)) -> ClusterMode {
     let mut cluster = Cluster::new();
     cluster.start_pods();
     let api = start_api(&cluster);
+    prepare(&api);
     let start = |node: &str| {
         SluiceDaemon::launch(daemon_config(&cluster, &api, node))
             .unwrap_or_else(|e| panic!("starting sluice on {node} in cluster mode: {e:#}"))
@@ -1254,4 +1260,57 @@ fn events_are_published_like_kube_proxys() {
         "{note}"
     );
     assert!(event["series"].is_null(), "sent once: {event:#}");
+}
+
+/// Waits until a TCP request to `addr:80` from pod-1a (the socket path) and from the client
+/// (node1's XDP) is refused at once (`refused`), or is not (`!refused`: it times out or is
+/// unreachable, as without Sluice).
+fn wait_for_refusal(mode: &ClusterMode, addr: Ipv4Addr, refused: bool) {
+    let start = Instant::now();
+    loop {
+        let results: Vec<Result<String, String>> = [Place::Pod("pod-1a"), Place::Client]
+            .into_iter()
+            .flat_map(|from| mode.cluster.request(from, Proto::Tcp, addr, 80, 1))
+            .collect();
+        let done = results.iter().all(|r| {
+            r.as_ref()
+                .is_err_and(|err| err.starts_with("refused") == refused)
+        });
+        if done {
+            return;
+        }
+        assert!(
+            start.elapsed() < SYNC_TIMEOUT,
+            "{addr}:80: {results:?}, expected refused: {refused}\n{}",
+            mode.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn service_cidrs_from_the_api_server_refuse_the_addresses_no_service_holds() {
+    let mode = start_with(|api| api.apply(objects::service_cidr("kubernetes", &["198.19.0.0/24"])));
+    // In the ServiceCIDR, held by no Service: refused; outside it: not Sluice's.
+    let unallocated = Ipv4Addr::new(198, 19, 0, 99);
+    let beyond = Ipv4Addr::new(198, 19, 1, 99);
+    wait_for_refusal(&mode, unallocated, true);
+    wait_for_refusal(&mode, beyond, false);
+    // The CIDR grows: the address beyond is refused too.
+    mode.api
+        .apply(objects::service_cidr("kubernetes", &["198.19.0.0/16"]));
+    wait_for_refusal(&mode, beyond, true);
+    // The ServiceCIDR goes: nothing is refused for being unallocated any more.
+    mode.api.delete("ServiceCIDR", "", "kubernetes");
+    wait_for_refusal(&mode, unallocated, false);
+    assert_echo_served_by(&mode, &ALL_PODS);
+}
+
+#[test]
+fn an_api_server_without_service_cidrs_holds_nothing_up() {
+    // Before Kubernetes 1.33 (or without the RBAC rule) the list is answered 404 / 403.
+    let mode = start_with(|api| api.withhold(Resource::ServiceCidrs));
+    assert_echo_served_by(&mode, &ALL_PODS);
+    let stderr = mode.node1.stderr();
+    assert!(stderr.contains("watching ServiceCIDRs"), "{stderr}");
 }

@@ -86,6 +86,9 @@ impl Syncer {
     /// 5. the health-check ports answer for the endpoints now programmed.
     pub async fn sync(&mut self, maps: &mut Maps, state: Arc<DesiredState>) -> Result<Synced> {
         let started_ns = clock::monotonic_ns();
+        if let Some(cidrs) = &state.service_cidrs {
+            self.service_addrs.set_cidrs(cidrs);
+        }
         let changes = self.planner.update(state.clone());
         self.counted += changes.counts;
         self.pending += changes.counts;

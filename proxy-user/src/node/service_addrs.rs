@@ -29,7 +29,7 @@ use crate::{
 /// What the service-address maps should hold, and how to keep them so.
 #[derive(Debug)]
 pub struct ServiceAddrs {
-    /// `--service-cidr` (standalone mode; none in cluster mode, where sluice does not know them).
+    /// `--service-cidr` (standalone mode), or the `ServiceCIDR` objects' (cluster mode).
     cidrs: Vec<IpNet>,
     /// The cluster-IP frontends of the plan last written, by address.
     frontends: HashSet<Frontend>,
@@ -45,6 +45,15 @@ impl ServiceAddrs {
             frontends: HashSet::new(),
             cluster_ips: HashMap::new(),
             in_sync: false,
+        }
+    }
+
+    /// Takes the service CIDRs a source knows; a change is written at the next
+    /// [`ServiceAddrs::after_apply`].
+    pub fn set_cidrs(&mut self, cidrs: &[IpNet]) {
+        if self.cidrs != cidrs {
+            self.cidrs = cidrs.to_vec();
+            self.in_sync = false;
         }
     }
 

@@ -1,8 +1,9 @@
 //! Cluster mode: follow the Kubernetes API server and publish the desired state on every
 //! change.
 //!
-//! Three kube-rs watchers (Services, discovery.k8s.io/v1 EndpointSlices, and this node's
-//! Node) feed one [`ClusterView`] with the typed objects kube-rs decodes (k8s-openapi). The
+//! Four kube-rs watchers (Services, discovery.k8s.io/v1 EndpointSlices, this node's Node, and
+//! networking.k8s.io/v1 `ServiceCIDR`s) feed one [`ClusterView`] with the typed objects kube-rs
+//! decodes (k8s-openapi). The
 //! Services and EndpointSlices are converted into the subset manifest files are read into and
 //! go through the same checks and the same resolve step ([`ApiObjects`]), so label filters,
 //! headless and ExternalName skipping and the KEP-1669 endpoint conditions behave exactly as
@@ -12,8 +13,11 @@
 //! - a (re-)list arrives as `Init`, `InitApply`.., `InitDone`; its objects are buffered and
 //!   replace that kind's objects at `InitDone`, so an object deleted while the watch was
 //!   broken disappears, and nothing is half-listed;
-//! - nothing is published (the channel stays `None`) until every kind has been listed once:
-//!   the daemon never deletes live services on a partial view;
+//! - nothing is published (the channel stays `None`) until Services, EndpointSlices and the
+//!   Node have been listed once: the daemon never deletes live services on a partial view.
+//!   `ServiceCIDR`s do not hold that up: an API server without them (before Kubernetes 1.33, or
+//!   RBAC without `servicecidrs`) only means that addresses of the service CIDRs no Service
+//!   holds are not refused, as kube-proxy without them;
 //! - a dropped watch resumes from the last resourceVersion (or bookmark); `410 Gone` makes
 //!   the watcher re-list;
 //! - while the API server is unreachable the watchers retry with backoff ([`RetryBackoff`])
@@ -48,9 +52,11 @@ use ::kube::{
 };
 use anyhow::{Context as _, Result};
 use futures_util::StreamExt as _;
+use ipnet::IpNet;
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::ServiceCIDR,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
@@ -89,10 +95,12 @@ pub enum Watched {
     Service,
     EndpointSlice,
     Node,
+    ServiceCidr,
 }
 
 impl Watched {
-    const ALL: [Watched; 3] = [Watched::Service, Watched::EndpointSlice, Watched::Node];
+    /// What must have been listed before a state is published.
+    const REQUIRED: [Watched; 3] = [Watched::Service, Watched::EndpointSlice, Watched::Node];
 }
 
 impl fmt::Display for Watched {
@@ -101,6 +109,7 @@ impl fmt::Display for Watched {
             Watched::Service => "Services",
             Watched::EndpointSlice => "EndpointSlices",
             Watched::Node => "Node",
+            Watched::ServiceCidr => "ServiceCIDRs",
         })
     }
 }
@@ -158,7 +167,7 @@ const NODE_IP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Follows the API server through `client` in the background (an unreachable server is
 /// retried). The receiver holds `None` until Services, EndpointSlices and the Node have all
-/// been listed. Must be called inside a Tokio runtime.
+/// been listed (`ServiceCIDR`s are not waited for). Must be called inside a Tokio runtime.
 pub fn spawn(opts: KubeSourceOptions) -> DesiredReceiver {
     let client = opts.client;
     let (updates_tx, mut updates) = mpsc::channel(1024);
@@ -175,9 +184,15 @@ pub fn spawn(opts: KubeSourceOptions) -> DesiredReceiver {
         updates_tx.clone(),
     );
     follow(
-        Api::<Node>::all(client),
+        Api::<Node>::all(client.clone()),
         watcher::Config::default().fields(&format!("metadata.name={}", opts.node_name)),
         Update::Node,
+        updates_tx.clone(),
+    );
+    follow(
+        Api::<ServiceCIDR>::all(client),
+        watcher::Config::default(),
+        Update::ServiceCidrs,
         updates_tx,
     );
 
@@ -227,6 +242,7 @@ pub enum Update {
     Services(WatchItem<Service>),
     EndpointSlices(WatchItem<EndpointSlice>),
     Node(WatchItem<Node>),
+    ServiceCidrs(WatchItem<ServiceCIDR>),
 }
 
 /// A watcher's event, or why it failed.
@@ -238,6 +254,7 @@ impl Update {
             Update::Services(_) => Watched::Service,
             Update::EndpointSlices(_) => Watched::EndpointSlice,
             Update::Node(_) => Watched::Node,
+            Update::ServiceCidrs(_) => Watched::ServiceCidr,
         }
     }
 }
@@ -361,6 +378,10 @@ pub struct ClusterView {
     /// The watchers failing now, with what was logged last (so that each failure is logged
     /// once, and recovery once).
     failing: BTreeMap<Watched, String>,
+    /// `spec.cidrs` of every `ServiceCIDR` by name, once they have been listed.
+    service_cidrs: BTreeMap<String, Vec<IpNet>>,
+    /// A `ServiceCIDR` (re-)list in progress.
+    service_cidr_listing: Option<BTreeMap<String, Vec<IpNet>>>,
 }
 
 /// What a Node (re-)list has shown so far.
@@ -379,12 +400,16 @@ impl ClusterView {
             listed: BTreeSet::new(),
             node: None,
             failing: BTreeMap::new(),
+            service_cidrs: BTreeMap::new(),
+            service_cidr_listing: None,
         }
     }
 
-    /// Whether every watched resource has been listed once: only then is the view complete.
+    /// Whether every required resource has been listed once: only then is the view complete.
     pub fn is_synced(&self) -> bool {
-        Watched::ALL.iter().all(|what| self.listed.contains(what))
+        Watched::REQUIRED
+            .iter()
+            .all(|what| self.listed.contains(what))
     }
 
     /// This node's Node, when it exists.
@@ -401,6 +426,12 @@ impl ClusterView {
             Update::Node(item) => {
                 if let Some(event) = self.event(what, item) {
                     self.update_node(event);
+                }
+                Vec::new()
+            }
+            Update::ServiceCidrs(item) => {
+                if let Some(event) = self.event(what, item) {
+                    self.update_service_cidrs(event);
                 }
                 Vec::new()
             }
@@ -513,6 +544,41 @@ impl ClusterView {
         }
     }
 
+    fn update_service_cidrs(&mut self, event: Event<Box<ServiceCIDR>>) {
+        match event {
+            Event::Init => self.service_cidr_listing = Some(BTreeMap::new()),
+            Event::InitApply(object) => {
+                let (name, cidrs) = service_cidrs_of(&object);
+                self.service_cidr_listing
+                    .get_or_insert_default()
+                    .insert(name, cidrs);
+            }
+            Event::InitDone => {
+                self.service_cidrs = self.service_cidr_listing.take().unwrap_or_default();
+                if self.listed.insert(Watched::ServiceCidr) {
+                    info!(cidrs = ?self.cidrs(), "listed ServiceCIDRs");
+                }
+            }
+            Event::Apply(object) => {
+                let (name, cidrs) = service_cidrs_of(&object);
+                self.service_cidrs.insert(name, cidrs);
+            }
+            Event::Delete(object) => {
+                self.service_cidrs
+                    .remove(object.metadata.name.as_deref().unwrap_or_default());
+            }
+        }
+    }
+
+    /// Every `ServiceCIDR`'s CIDRs, once listed (kube-proxy's `OnServiceCIDRsChanged` set: the
+    /// objects' `spec.cidrs`, whatever their status).
+    fn cidrs(&self) -> Option<Vec<IpNet>> {
+        self.listed.contains(&Watched::ServiceCidr).then(|| {
+            let cidrs: BTreeSet<IpNet> = self.service_cidrs.values().flatten().copied().collect();
+            cidrs.into_iter().collect()
+        })
+    }
+
     fn is_this_node(&self, node: &Node) -> bool {
         node.metadata.name.as_deref() == Some(self.node_name.as_str())
     }
@@ -531,9 +597,31 @@ impl ClusterView {
         self.is_synced().then(|| {
             let mut resolution = self.objects.desired_state();
             resolution.state.node = self.node.as_ref().map(|node| node.state.clone());
+            resolution.state.service_cidrs = self.cidrs();
             resolution
         })
     }
+}
+
+/// A `ServiceCIDR`'s name and the CIDRs of its spec that parse (the API server validates them;
+/// one that does not parse is logged and left out).
+fn service_cidrs_of(object: &ServiceCIDR) -> (String, Vec<IpNet>) {
+    let name = object.metadata.name.clone().unwrap_or_default();
+    let cidrs = object
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.cidrs.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|cidr| match cidr.parse::<IpNet>() {
+            Ok(net) => Some(net.trunc()),
+            Err(err) => {
+                warn!("ServiceCIDR {name}: spec.cidrs: {cidr:?} is not a CIDR ({err}); left out");
+                None
+            }
+        })
+        .collect();
+    (name, cidrs)
 }
 
 fn node_info(node: &Node) -> NodeInfo {

@@ -37,6 +37,7 @@ fn deep_copy(state: &DesiredState) -> DesiredState {
             .collect(),
         trigger_times: state.trigger_times.clone(),
         node: state.node.clone(),
+        service_cidrs: state.service_cidrs.clone(),
     }
 }
 

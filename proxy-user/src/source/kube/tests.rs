@@ -385,3 +385,59 @@ fn dual_stack_services_slices_and_node_addresses_come_through() {
         Some(vec![ip("192.0.2.11"), ip("fd00:2::11")])
     );
 }
+
+fn service_cidr(name: &str, cidrs: &[&str]) -> Box<ServiceCIDR> {
+    Box::new(ServiceCIDR {
+        metadata: meta(name, None),
+        spec: Some(k8s_openapi::api::networking::v1::ServiceCIDRSpec {
+            cidrs: Some(cidrs.iter().map(|c| (*c).to_owned()).collect()),
+        }),
+        status: None,
+    })
+}
+
+fn cidrs(view: &ClusterView) -> Option<Vec<String>> {
+    let state = view.resolve().expect("synced").state;
+    state
+        .service_cidrs
+        .map(|cidrs| cidrs.iter().map(ToString::to_string).collect())
+}
+
+#[test]
+fn service_cidrs_are_the_union_of_every_objects_and_never_hold_up_the_first_state() {
+    let mut view = synced_view();
+    // Not listed (an API server without them): the state goes out, and says nothing of them.
+    assert_eq!(cidrs(&view), None);
+    view.update(Update::ServiceCidrs(Err("404 Not Found".into())));
+    assert_eq!(cidrs(&view), None);
+    list(
+        &mut view,
+        Update::ServiceCidrs,
+        vec![
+            service_cidr("kubernetes", &["10.96.0.0/16", "fd00:96::/108"]),
+            // Host bits are dropped; what does not parse is left out.
+            service_cidr("extra", &["10.97.0.1/16", "10.96.0.0/16", "nope"]),
+        ],
+    );
+    assert_eq!(
+        cidrs(&view),
+        Some(vec![
+            "10.96.0.0/16".into(),
+            "10.97.0.0/16".into(),
+            "fd00:96::/108".into()
+        ])
+    );
+    view.update(Update::ServiceCidrs(Ok(Event::Delete(service_cidr(
+        "extra",
+        &[],
+    )))));
+    assert_eq!(
+        cidrs(&view),
+        Some(vec!["10.96.0.0/16".into(), "fd00:96::/108".into()])
+    );
+    view.update(Update::ServiceCidrs(Ok(Event::Apply(service_cidr(
+        "kubernetes",
+        &["10.96.0.0/12"],
+    )))));
+    assert_eq!(cidrs(&view), Some(vec!["10.96.0.0/12".into()]));
+}
