@@ -360,32 +360,20 @@ pub fn parse_v6(data: usize, data_end: usize) -> Result<Packet<Addr6>, Error> {
         return Err(Error::Malformed);
     }
     let l4 = ETH_HLEN + ihl;
-    if matches!(fragment, Fragment::Later { .. }) {
-        let (sport, dport, tcp_flags) = later_fragment(next)?;
-        return Ok(Packet {
-            tuple: Tuple {
-                saddr,
-                daddr,
-                sport,
-                dport,
-                proto: next,
-            },
-            l4,
-            ihl,
-            tot_len,
-            tcp_flags,
-            fragment,
-        });
-    }
-    let (sport, dport, tcp_flags) = ports(data, data_end, l4, next)?;
-    if next == IPPROTO_UDP {
-        // The UDP checksum is mandatory in IPv6 (RFC 8200 §8.1): the stack drops a datagram
-        // without one, and an incremental update of 0 would invent a checksum for it.
-        let check: u16 = read_at(data, data_end, l4 + offset_of!(UdpHdr, check))?;
-        if check == 0 {
-            return Err(Error::Malformed);
+    let (sport, dport, tcp_flags) = if matches!(fragment, Fragment::Later { .. }) {
+        later_fragment(next)?
+    } else {
+        let ports = ports(data, data_end, l4, next)?;
+        if next == IPPROTO_UDP {
+            // The UDP checksum is mandatory in IPv6 (RFC 8200 §8.1): the stack drops a
+            // datagram without one, and an incremental update of 0 would invent a checksum.
+            let check: u16 = read_at(data, data_end, l4 + offset_of!(UdpHdr, check))?;
+            if check == 0 {
+                return Err(Error::Malformed);
+            }
         }
-    }
+        ports
+    };
     Ok(Packet {
         tuple: Tuple {
             saddr,

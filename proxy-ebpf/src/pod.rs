@@ -15,9 +15,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use network_types::eth::EtherType;
-use proxy_common::{
-    CT_DIR_FORWARD, CT_F_POD, SVC_F_NO_LOCAL_ENDPOINT, SVC_F_SOURCE_RANGES, stats::Hook,
-};
+use proxy_common::{CT_DIR_FORWARD, CT_F_POD, stats::Hook};
 
 use crate::{
     affinity::{self, Client},
@@ -30,7 +28,7 @@ use crate::{
     nat::{rewrite_skb, rewritten},
     outcome::{Action, Path, outcome},
     packet,
-    service::{for_internal_clients, lookup_frontend, source_allowed, unserved},
+    service::{admit, for_internal_clients, lookup_frontend, unserved},
     tc::{self, turn_back_reply},
 };
 
@@ -206,18 +204,7 @@ fn try_new_flow<F: Family>(ctx: &TcContext) -> Result<i32, Error> {
     let Some((key, service)) = for_internal_clients::<F>(key, service) else {
         return Ok(TC_ACT_OK);
     };
-    if service.flags & SVC_F_SOURCE_RANGES != 0
-        && !source_allowed::<F>(service.service_id, tuple.saddr)
-    {
-        return Err(Error::SourceRangeDenied);
-    }
-    if service.count == 0 {
-        return Err(if service.flags & SVC_F_NO_LOCAL_ENDPOINT != 0 {
-            Error::NoLocalEndpoint
-        } else {
-            Error::NoEndpoints
-        });
-    }
+    admit::<F>(&service, tuple.saddr)?;
     let (backend_id, backend) =
         affinity::select_backend_for::<F>(key, &service, Client::Ip(tuple.saddr))
             .ok_or(Error::NoBackend)?;

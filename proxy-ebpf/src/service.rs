@@ -2,8 +2,8 @@
 //! both families.
 
 use proxy_common::{
-    BackendOf, SVC_ADDR_CLUSTER_IP, SVC_F_NODEPORT, SVC_F_TWO_SCOPES, SVC_SCOPE_INTERNAL,
-    ServiceKeyOf, ServiceValue,
+    BackendOf, SVC_ADDR_CLUSTER_IP, SVC_F_NO_LOCAL_ENDPOINT, SVC_F_NODEPORT, SVC_F_SOURCE_RANGES,
+    SVC_F_TWO_SCOPES, SVC_SCOPE_INTERNAL, ServiceKeyOf, ServiceValue,
 };
 
 use crate::{error::Error, family::Family, kernel};
@@ -68,8 +68,26 @@ pub fn for_internal_clients<F: Family>(
 
 /// Whether `client` may use the frontend `service_id` under its `loadBalancerSourceRanges`.
 #[inline(always)]
-pub fn source_allowed<F: Family>(service_id: u32, client: F::Addr) -> bool {
+fn source_allowed<F: Family>(service_id: u32, client: F::Addr) -> bool {
     F::source_range_matches(service_id, client)
+}
+
+/// Whether a new packet-path flow from `client` may use `service`: its source ranges, and an
+/// endpoint to choose (none: refused; none local under a `Local` policy: dropped).
+#[inline(always)]
+pub fn admit<F: Family>(service: &ServiceValue, client: F::Addr) -> Result<(), Error> {
+    if service.flags & SVC_F_SOURCE_RANGES != 0 && !source_allowed::<F>(service.service_id, client)
+    {
+        return Err(Error::SourceRangeDenied);
+    }
+    if service.count == 0 {
+        return Err(if service.flags & SVC_F_NO_LOCAL_ENDPOINT != 0 {
+            Error::NoLocalEndpoint
+        } else {
+            Error::NoEndpoints
+        });
+    }
+    Ok(())
 }
 
 /// Picks a backend uniformly among the service's `count` slots (`count` > 0); returns its id

@@ -9,8 +9,7 @@ use aya_ebpf::{
 };
 use network_types::eth::EtherType;
 use proxy_common::{
-    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_LOCAL, CT_F_SNAT, SVC_F_NO_LOCAL_ENDPOINT,
-    SVC_F_SOURCE_RANGES, stats::Hook,
+    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_LOCAL, CT_F_SNAT, stats::Hook,
 };
 
 use crate::{
@@ -25,7 +24,7 @@ use crate::{
     nat::{rewrite_in_place, rewritten},
     outcome::{Action, Outcome, Path, outcome},
     packet::{self, Packet, Tuple},
-    service::{lookup_frontend, source_allowed, unserved},
+    service::{admit, lookup_frontend, unserved},
 };
 
 #[xdp]
@@ -246,18 +245,7 @@ fn new_flow<F: Family>(ctx: &XdpContext, pkt: &Packet<F::Addr>, now: u64) -> Res
         // A later fragment of a datagram its first fragment did not start a flow for.
         return Err(Error::Fragment);
     }
-    if service.flags & SVC_F_SOURCE_RANGES != 0
-        && !source_allowed::<F>(service.service_id, tuple.saddr)
-    {
-        return Err(Error::SourceRangeDenied);
-    }
-    if service.count == 0 {
-        return Err(if service.flags & SVC_F_NO_LOCAL_ENDPOINT != 0 {
-            Error::NoLocalEndpoint
-        } else {
-            Error::NoEndpoints
-        });
-    }
+    admit::<F>(&service, tuple.saddr)?;
     let (backend_id, backend) =
         affinity::select_backend_for::<F>(key, &service, Client::Ip(tuple.saddr))
             .ok_or(Error::NoBackend)?;

@@ -91,18 +91,34 @@ status:
     out
 }
 
-/// Every pod with both of its addresses (`status.podIPs`), ready; those `backend(name)`
-/// accepts are labelled `app: echo`, the others `app: client`.
-pub fn dual_stack_pods_yaml(cluster: &Cluster, backend: impl Fn(&str) -> bool) -> String {
+/// How [`dual_stack_pods_yaml`] writes a pod: its `app` label and whether it is ready.
+#[derive(Clone, Copy, Debug)]
+pub struct PodAs {
+    pub app: &'static str,
+    pub ready: bool,
+}
+
+impl PodAs {
+    /// A ready backend of the `app: echo` Services.
+    pub const BACKEND: PodAs = PodAs {
+        app: "echo",
+        ready: true,
+    };
+}
+
+/// Every pod with both of its addresses (`status.podIPs`), labelled `app` and `pod: <name>`,
+/// as `how(name)` says.
+pub fn dual_stack_pods_yaml(cluster: &Cluster, how: impl Fn(&str) -> PodAs) -> String {
     let mut out = String::new();
     for pod in cluster.pods() {
-        let app = if backend(&pod.name) { "echo" } else { "client" };
+        let PodAs { app, ready } = how(&pod.name);
+        let status = if ready { "True" } else { "False" };
         let _ = write!(
             out,
             "---
 apiVersion: v1
 kind: Pod
-metadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}
+metadata: {{name: {name}, namespace: default, labels: {{app: {app}, pod: {name}}}}}
 spec:
   nodeName: {node}
   containers:
@@ -114,7 +130,7 @@ status:
   podIP: {ip}
   podIPs: [{{ip: {ip}}}, {{ip: \"{ip6}\"}}]
   conditions:
-  - {{type: Ready, status: \"True\"}}
+  - {{type: Ready, status: \"{status}\"}}
 ",
             name = pod.name,
             node = pod.node,

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    bins, netns,
+    Reply, bins, netns,
     process::{self, Child, Finished},
     topology::Cluster,
 };
@@ -403,6 +403,27 @@ impl SluiceDaemon {
             .collect();
         HookCounts(rows)
     }
+}
+
+/// Every answer of a batch of requests (`what` says which), or a panic at the first failure
+/// with the stderr of the `daemons` that served them.
+pub fn every_answer(
+    answers: Vec<Result<Reply, String>>,
+    what: &str,
+    daemons: &[&SluiceDaemon],
+) -> Vec<Reply> {
+    answers
+        .into_iter()
+        .map(|answer| {
+            answer.unwrap_or_else(|err| {
+                let stderr: Vec<String> = daemons
+                    .iter()
+                    .map(|d| format!("{} stderr:\n{}", d.config.node, d.stderr()))
+                    .collect();
+                panic!("{what}: {err}\n{}", stderr.join("\n"))
+            })
+        })
+        .collect()
 }
 
 /// `(hook, verdict, count)` rows of `sluice stats`, as [`SluiceDaemon::hook_counts`] reads them.

@@ -4,14 +4,13 @@
 
 use std::{
     collections::BTreeSet,
-    fmt::Write as _,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     time::Duration,
 };
 
 use proxy_tests::{
     Cluster, Place, Proto, Reply, SERVICE_CIDR6, SluiceDaemon,
-    manifests::ManifestDir,
+    manifests::{ManifestDir, PodAs, dual_stack_pods_yaml},
     scenario::{ALL_PODS, SPREAD_REQUESTS, SYNC_TIMEOUT, pods},
     wait_until,
     workload::REQUEST_TIMEOUT,
@@ -54,39 +53,6 @@ spec:
   - {name: dns, port: 53, protocol: UDP}
 ";
 
-/// Every pod with both of its addresses (`status.podIPs`), ready unless `ready` says not.
-fn pods_yaml(cluster: &Cluster, ready: impl Fn(&str) -> bool) -> String {
-    let mut out = String::new();
-    for pod in cluster.pods() {
-        let status = if ready(&pod.name) { "True" } else { "False" };
-        let _ = write!(
-            out,
-            "---
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: default, labels: {{app: echo}}}}
-spec:
-  nodeName: {node}
-  containers:
-  - name: echo
-    ports:
-    - {{containerPort: 8080, protocol: TCP}}
-    - {{containerPort: 8053, protocol: UDP}}
-status:
-  podIP: {ip}
-  podIPs: [{{ip: {ip}}}, {{ip: \"{ip6}\"}}]
-  conditions:
-  - {{type: Ready, status: \"{status}\"}}
-",
-            name = pod.name,
-            node = pod.node,
-            ip = pod.ip,
-            ip6 = pod.ip6,
-        );
-    }
-    out
-}
-
 /// Fields drop in order: the daemons first, the cluster last.
 struct Dual {
     node1: SluiceDaemon,
@@ -101,7 +67,10 @@ impl Dual {
         let mut cluster = Cluster::new();
         cluster.start_pods();
         let manifests = ManifestDir::new("manifests-v6");
-        manifests.write("pods.yaml", &pods_yaml(&cluster, |_| true));
+        manifests.write(
+            "pods.yaml",
+            &dual_stack_pods_yaml(&cluster, |_| PodAs::BACKEND),
+        );
         manifests.write("services.yaml", SERVICES_YAML);
         let daemon = |node: &str| {
             let ip6 = cluster.node(node).ip6.to_string();
@@ -237,8 +206,13 @@ fn a_connected_ipv6_udp_socket_to_a_removed_backend_is_closed() {
     let mut direct = dual.cluster.udp_session_to(from, direct_addr);
     assert_eq!(direct.ping().expect("direct ping").name, leaving);
 
-    dual.manifests
-        .write("pods.yaml", &pods_yaml(&dual.cluster, |pod| pod != leaving));
+    dual.manifests.write(
+        "pods.yaml",
+        &dual_stack_pods_yaml(&dual.cluster, |pod| PodAs {
+            app: "echo",
+            ready: pod != leaving,
+        }),
+    );
     let err = doomed
         .recv(SYNC_TIMEOUT)
         .expect_err("the socket to the removed backend is closed");

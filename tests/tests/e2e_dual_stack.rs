@@ -10,8 +10,9 @@ use std::{
 
 use proxy_tests::{
     Cluster, Place, Proto, Reply, SERVICE_CIDR6, SluiceDaemon,
-    manifests::{ManifestDir, dual_stack_pods_yaml},
+    manifests::{ManifestDir, PodAs, dual_stack_pods_yaml},
     scenario::{ALL_PODS, SPREAD_REQUESTS, pods},
+    sluice::every_answer,
     workload::REQUEST_TIMEOUT,
 };
 
@@ -81,7 +82,10 @@ impl Dual {
         let mut cluster = Cluster::new();
         cluster.start_pods();
         let manifests = ManifestDir::new("manifests-dual");
-        manifests.write("pods.yaml", &dual_stack_pods_yaml(&cluster, |_| true));
+        manifests.write(
+            "pods.yaml",
+            &dual_stack_pods_yaml(&cluster, |_| PodAs::BACKEND),
+        );
         manifests.write("services.yaml", SERVICES_YAML);
         let daemon = |node: &str, stack: Stack| {
             let ip6 = cluster.node(node).ip6.to_string();
@@ -113,20 +117,11 @@ impl Dual {
 
     /// `count` requests, each answered; panics with both daemons' stderr otherwise.
     fn replies(&self, from: Place<'_>, proto: Proto, target: SocketAddr, n: usize) -> Vec<Reply> {
-        self.cluster
-            .request_to(from, proto, target, n, REQUEST_TIMEOUT)
-            .into_iter()
-            .map(|result| {
-                result.unwrap_or_else(|err| {
-                    panic!(
-                        "{proto} {target} from {from:?}: {err}\nnode1 stderr:\n{}\nnode2 \
-                         stderr:\n{}",
-                        self.node1.stderr(),
-                        self.node2.stderr()
-                    )
-                })
-            })
-            .collect()
+        let answers = self
+            .cluster
+            .request_to(from, proto, target, n, REQUEST_TIMEOUT);
+        let what = format!("{proto} {target} from {from:?}");
+        every_answer(answers, &what, &[&self.node1, &self.node2])
     }
 
     /// `sluice services -o json` rows of `service` (`namespace/name`) on `node`.

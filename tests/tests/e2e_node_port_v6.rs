@@ -5,14 +5,13 @@
 
 use std::{
     collections::BTreeSet,
-    fmt::Write as _,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     time::Duration,
 };
 
 use proxy_tests::{
     CLIENT_IP6, Cluster, Place, Proto, Reply, SERVICE_CIDR6, SluiceDaemon,
-    manifests::ManifestDir,
+    manifests::{ManifestDir, PodAs, dual_stack_pods_yaml},
     scenario::{ALL_PODS, SPREAD_REQUESTS, SYNC_TIMEOUT, backend_ips_of, pods},
     wait_until,
     workload::REQUEST_TIMEOUT,
@@ -131,38 +130,6 @@ status:
     ingress: [{ip: 'fd00:19::e:30'}]
 ";
 
-/// Every pod with both of its addresses, labelled `app: echo` and `pod: <name>`.
-fn pods_yaml(cluster: &Cluster) -> String {
-    let mut out = String::new();
-    for pod in cluster.pods() {
-        let _ = write!(
-            out,
-            "---
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: default, labels: {{app: echo, pod: {name}}}}}
-spec:
-  nodeName: {node}
-  containers:
-  - name: echo
-    ports:
-    - {{containerPort: 8080, protocol: TCP}}
-    - {{containerPort: 8053, protocol: UDP}}
-status:
-  podIP: {ip}
-  podIPs: [{{ip: {ip}}}, {{ip: \"{ip6}\"}}]
-  conditions:
-  - {{type: Ready, status: \"True\"}}
-",
-            name = pod.name,
-            node = pod.node,
-            ip = pod.ip,
-            ip6 = pod.ip6,
-        );
-    }
-    out
-}
-
 /// Fields drop in order: the daemons first, the cluster last.
 struct Dual {
     node1: SluiceDaemon,
@@ -181,7 +148,10 @@ impl Dual {
         let mut cluster = Cluster::new();
         cluster.start_pods();
         let manifests = ManifestDir::new("manifests-v6-offnode");
-        manifests.write("pods.yaml", &pods_yaml(&cluster));
+        manifests.write(
+            "pods.yaml",
+            &dual_stack_pods_yaml(&cluster, |_| PodAs::BACKEND),
+        );
         manifests.write("services.yaml", SERVICES_YAML);
         let daemon = |node: &str| {
             let ip6 = cluster.node(node).ip6.to_string();

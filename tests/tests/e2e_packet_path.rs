@@ -16,9 +16,9 @@ use std::{
 use proxy_common::stats::PassReason;
 use proxy_tests::{
     Cluster, Place, Proto, Reply, SluiceDaemon, http,
-    manifests::{ManifestDir, dual_stack_pods_yaml},
+    manifests::{ManifestDir, PodAs, dual_stack_pods_yaml},
     scenario::{SPREAD_REQUESTS, SYNC_TIMEOUT, pods},
-    sluice::DaemonConfig,
+    sluice::{DaemonConfig, every_answer},
     wait_until,
     workload::REQUEST_TIMEOUT,
 };
@@ -67,7 +67,16 @@ impl PodPath {
         let manifests = ManifestDir::new("manifests-pod-path");
         manifests.write(
             "pods.yaml",
-            &dual_stack_pods_yaml(&cluster, |name| name != CLIENT),
+            &dual_stack_pods_yaml(&cluster, |name| {
+                if name == CLIENT {
+                    PodAs {
+                        app: "client",
+                        ready: true,
+                    }
+                } else {
+                    PodAs::BACKEND
+                }
+            }),
         );
         manifests.write("services.yaml", SERVICES_YAML);
         let daemon = |node: &str| {
@@ -92,20 +101,11 @@ impl PodPath {
     /// `count` requests from `from` to `target`, each answered; panics with both daemons'
     /// stderr otherwise.
     fn replies(&self, from: Place<'_>, proto: Proto, target: SocketAddr, n: usize) -> Vec<Reply> {
-        self.cluster
-            .request_to(from, proto, target, n, REQUEST_TIMEOUT)
-            .into_iter()
-            .map(|result| {
-                result.unwrap_or_else(|err| {
-                    panic!(
-                        "{proto} {target} from {from:?}: {err}\nnode1 stderr:\n{}\nnode2 \
-                         stderr:\n{}",
-                        self.node1.stderr(),
-                        self.node2.stderr()
-                    )
-                })
-            })
-            .collect()
+        let answers = self
+            .cluster
+            .request_to(from, proto, target, n, REQUEST_TIMEOUT);
+        let what = format!("{proto} {target} from {from:?}");
+        every_answer(answers, &what, &[&self.node1, &self.node2])
     }
 
     /// The client pod's address of `target`'s family.
