@@ -7,6 +7,7 @@ pub mod netdev;
 pub mod netlink_watch;
 pub mod netns;
 mod node_addrs;
+mod pin_dir;
 pub mod preflight;
 mod sizes;
 mod sock_btf;
@@ -22,7 +23,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
@@ -112,10 +113,7 @@ pub struct Datapath {
 
 impl Datapath {
     pub fn start(opts: &DatapathOptions) -> Result<Self> {
-        ensure_bpffs(&opts.pin_dir)?;
-        let links_dir = opts.pin_dir.join("links");
-        fs::create_dir_all(&links_dir)
-            .with_context(|| format!("create pin directory {}", links_dir.display()))?;
+        let links_dir = pin_dir::prepare(&opts.pin_dir)?;
 
         opts.sizes.validate()?;
         opts.sizes.check_pins(&opts.pin_dir)?;
@@ -215,59 +213,6 @@ impl Datapath {
         self.node_addrs = node_addrs;
         Ok(changed)
     }
-}
-
-/// Mounts bpffs at the pin directory's parent when no bpffs holds it (as on hosts that do not
-/// mount /sys/fs/bpf), so pins outlive the daemon.
-fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
-    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    let parent = pin_dir.parent().unwrap_or(pin_dir);
-    fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
-    if fs_magic(parent)? == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    info!(path = %parent.display(), "mounting bpffs: the pin directory is not on one");
-    let target = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())?;
-    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
-    let ret = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            target.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if ret != 0 {
-        bail!(
-            "mount bpffs at {}: {}: mount one there (`mount -t bpf bpf {}`) or pass a \
-             --pin-dir inside a bpffs",
-            parent.display(),
-            std::io::Error::last_os_error(),
-            parent.display()
-        );
-    }
-    Ok(())
-}
-
-/// The file system type (`f_type` of statfs) that holds `path`.
-fn fs_magic(path: &Path) -> Result<i64> {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: statfs only writes into `buf`.
-    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c_path is NUL-terminated and buf is a valid statfs.
-    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut buf) } != 0 {
-        bail!(
-            "statfs {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    #[allow(
-        clippy::useless_conversion,
-        reason = "f_type's width differs between targets"
-    )]
-    Ok(i64::from(buf.f_type))
 }
 
 /// The pinned links of this start: where they live, which were asked for, how they were made.
