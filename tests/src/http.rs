@@ -1,4 +1,4 @@
-//! A minimal HTTP/1.1 GET from inside a namespace, and reading Prometheus text samples.
+//! Minimal HTTP/1.1 requests from inside a namespace, and reading Prometheus text samples.
 
 use std::{
     io::{Read as _, Write as _},
@@ -17,21 +17,27 @@ pub fn get(netns: &Netns, addr: &str, path: &str) -> (String, String) {
 
 /// Like [`get`], returning the failure.
 pub fn try_get(netns: &Netns, addr: &str, path: &str) -> Result<(String, String)> {
+    request(netns, addr, "GET", path)
+}
+
+/// `METHOD path` (without a body) from inside `netns` to `addr`: status line and body.
+pub fn request(netns: &Netns, addr: &str, method: &str, path: &str) -> Result<(String, String)> {
     let response = netns
         .run_in(|| {
             let mut stream = TcpStream::connect(addr)?;
             write!(
                 stream,
-                "GET {path} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n"
+                "{method} {path} HTTP/1.1\r\nHost: sluice\r\nContent-Length: 0\r\n\
+                 Connection: close\r\n\r\n"
             )?;
             let mut response = String::new();
             stream.read_to_string(&mut response)?;
             std::io::Result::Ok(response)
         })
         .with_context(|| format!("enter {}", netns.name()))?
-        .with_context(|| format!("GET http://{addr}{path}"))?;
+        .with_context(|| format!("{method} http://{addr}{path}"))?;
     let Some((head, body)) = response.split_once("\r\n\r\n") else {
-        bail!("GET http://{addr}{path}: no HTTP header in {response:?}");
+        bail!("{method} http://{addr}{path}: no HTTP header in {response:?}");
     };
     let status = head.lines().next().unwrap_or_default().to_owned();
     Ok((status, body.to_owned()))

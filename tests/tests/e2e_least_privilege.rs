@@ -1,7 +1,9 @@
-//! Least privilege of the pins (issue 16): whoever opens a pin can rewrite a map or detach a
+//! Least privilege (issue 16). The pins: whoever opens a pin can rewrite a map or detach a
 //! program, so the pin directory is `0700` and its pins `0600`, a process without root cannot
 //! open them, and a `--pin-dir` off bpffs or through a symbolic link is refused with one line
-//! that names the flag.
+//! that names the flag. The HTTP endpoints: the daemon listens where the docs say and nowhere
+//! else, and serves status only (`/healthz`, `/livez`, `/metrics`, each on its own address,
+//! GET only).
 
 use std::{
     ffi::OsString,
@@ -12,7 +14,7 @@ use std::{
 };
 
 use proxy_tests::{
-    Cluster, SluiceDaemon, manifests::ManifestDir, process, scenario::Scenario,
+    Cluster, SluiceDaemon, http, manifests::ManifestDir, process, scenario::Scenario,
     sluice::DaemonConfig, tempdir::TempDir,
 };
 
@@ -127,4 +129,81 @@ fn a_pin_dir_off_bpffs_or_through_a_symlink_is_refused_in_one_line() {
     );
     assert!(!cluster.bpffs_dir().join("node9").exists());
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// The TCP sockets listening in the namespace the caller is in: `addr:port` as
+/// `/proc/thread-self/net/tcp{,6}` lists them (state 0A; the thread's namespace, not the
+/// process's).
+fn listening() -> Vec<String> {
+    let mut out = Vec::new();
+    for (file, v6) in [
+        ("/proc/thread-self/net/tcp", false),
+        ("/proc/thread-self/net/tcp6", true),
+    ] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some("0A")) = (fields.get(1), fields.get(3).copied()) else {
+                continue;
+            };
+            let (addr, port) = local.split_once(':').expect("ADDR:PORT");
+            let port = u16::from_str_radix(port, 16).expect("a hex port");
+            let addr = if v6 {
+                let bytes: Vec<u8> = (0..16)
+                    .map(|i| u8::from_str_radix(&addr[i * 2..i * 2 + 2], 16).expect("hex"))
+                    .collect();
+                // Four host-order 32-bit words.
+                let mut octets = [0u8; 16];
+                for word in 0..4 {
+                    for byte in 0..4 {
+                        octets[word * 4 + byte] = bytes[word * 4 + 3 - byte];
+                    }
+                }
+                format!("[{}]", std::net::Ipv6Addr::from(octets))
+            } else {
+                let raw = u32::from_str_radix(addr, 16).expect("a hex address");
+                std::net::Ipv4Addr::from(raw.to_le_bytes()).to_string()
+            };
+            out.push(format!("{addr}:{port}"));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_daemon_listens_where_the_docs_say_and_serves_status_only() {
+    let scenario = Scenario::start(&[]);
+    let netns = &scenario.cluster.node("node1").netns;
+    // Only the daemon listens in the node's namespace: its two documented defaults.
+    let sockets = netns.run_in(listening).expect("enter node1's namespace");
+    assert_eq!(sockets, ["127.0.0.1:10249", "127.0.0.1:10256"]);
+    let status = |addr: &str, method: &str, path: &str| {
+        http::request(netns, addr, method, path)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .0
+    };
+    let health = "127.0.0.1:10256";
+    let metrics = "127.0.0.1:10249";
+    for (addr, method, path, expected) in [
+        (health, "GET", "/healthz", "200"),
+        (health, "GET", "/livez", "200"),
+        (metrics, "GET", "/metrics", "200"),
+        // Each endpoint on its own address only, and nothing else anywhere.
+        (health, "GET", "/metrics", "404"),
+        (metrics, "GET", "/healthz", "404"),
+        (health, "GET", "/", "404"),
+        (metrics, "GET", "/debug/pprof/", "404"),
+        (health, "GET", "/../../etc/passwd", "404"),
+        // Status is read, never changed.
+        (health, "POST", "/healthz", "405"),
+        (metrics, "PUT", "/metrics", "405"),
+        (metrics, "DELETE", "/metrics", "405"),
+    ] {
+        let line = status(addr, method, path);
+        assert!(
+            line.split_whitespace().nth(1) == Some(expected),
+            "{method} http://{addr}{path}: {line}, expected {expected}"
+        );
+    }
 }
