@@ -276,6 +276,17 @@ fn rewrite<F: IcmpFamily, B: Bytes>(
     packet.put(check_at, check)
 }
 
+/// `err`, if it goes where errors go: to the source of the packet it quotes (RFC 792, RFC
+/// 4443). One addressed elsewhere is no error of a flow's, whatever it quotes: passed as it is.
+#[inline(always)]
+fn to_sender<A: PartialEq>(err: IcmpError<A>) -> Result<IcmpError<A>, Error> {
+    if err.daddr == err.quoted.saddr {
+        Ok(err)
+    } else {
+        Err(Error::NotTcpUdp)
+    }
+}
+
 /// The packet of the flow that goes the error's way: the quoted one, reversed.
 #[inline(always)]
 fn reversed<A: Copy>(tuple: &Tuple<A>) -> Tuple<A> {
@@ -294,7 +305,7 @@ fn reversed<A: Copy>(tuple: &Tuple<A>) -> Tuple<A> {
 /// for an error about no flow of ours.
 #[inline(always)]
 pub fn from_wire<F: IcmpFamily>(ctx: &XdpContext) -> Result<u32, Error> {
-    let err = F::parse_error(ctx.data(), ctx.data_end())?;
+    let err = to_sender(F::parse_error(ctx.data(), ctx.data_end())?)?;
     let flow_way = reversed(&err.quoted);
     if flow_way.daddr == F::snat_addr()
         && let Some(entry) = conntrack::lookup::<F>(&flow_way.ct_key(CT_DIR_REPLY))
@@ -351,6 +362,7 @@ pub fn to_client<F: IcmpFamily>(ctx: &TcContext, owner: u8) -> Result<i32, Error
         }
         parsed => parsed?,
     };
+    let err = to_sender(err)?;
     let flow_way = reversed(&err.quoted);
     let Some(entry) = conntrack::lookup::<F>(&flow_way.ct_key(CT_DIR_REPLY)) else {
         return Err(Error::NotTcpUdp);

@@ -565,47 +565,53 @@ impl Datapath {
 
     /// Runs a program on `input`; XDP runs as if the frame arrived on `sl0`.
     pub fn run(&mut self, program: Program, input: &[u8]) -> Run {
+        self.try_run(program, input)
+            .unwrap_or_else(|err| panic!("BPF_PROG_TEST_RUN {}: {err:?}", program.name()))
+    }
+
+    /// [`Datapath::run`], returning the kernel's refusal (an skb run on a frame whose IP
+    /// header is cut is one).
+    pub fn try_run(
+        &mut self,
+        program: Program,
+        input: &[u8],
+    ) -> Result<Run, aya::programs::ProgramError> {
         let mut out = vec![0u8; input.len() + 512];
         match program {
             Program::Xdp => {
                 let ctx_in = xdp_md(input.len(), self.sl0);
                 let mut ctx_out = [0u8; 24];
                 let xdp: &mut Xdp = program_mut(&mut self.ebpf, program_names::XDP_INGRESS);
-                let result = xdp
-                    .test_run(TestRunOptions {
-                        data_in: Some(input),
-                        data_out: Some(&mut out),
-                        ctx_in: Some(&ctx_in),
-                        ctx_out: Some(&mut ctx_out),
-                        ..TestRunOptions::default()
-                    })
-                    .expect("BPF_PROG_TEST_RUN xdp_ingress");
+                let result = xdp.test_run(TestRunOptions {
+                    data_in: Some(input),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&ctx_in),
+                    ctx_out: Some(&mut ctx_out),
+                    ..TestRunOptions::default()
+                })?;
                 out.truncate(result.data_size_out as usize);
                 // xdp_md.data after the run: the metadata length in front of the frame.
                 let meta_len = u32::from_ne_bytes(ctx_out[0..4].try_into().expect("4 bytes"));
                 let frame = out.split_off(meta_len as usize);
-                Run {
+                Ok(Run {
                     verdict: result.return_value,
                     meta: out,
                     frame,
-                }
+                })
             }
             Program::TcIngress | Program::TcEgress | Program::FromPod | Program::ToPod => {
-                let name = program.name();
-                let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, name);
-                let result = tc
-                    .test_run(TestRunOptions {
-                        data_in: Some(input),
-                        data_out: Some(&mut out),
-                        ..TestRunOptions::default()
-                    })
-                    .unwrap_or_else(|err| panic!("BPF_PROG_TEST_RUN {name}: {err:?}"));
+                let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, program.name());
+                let result = tc.test_run(TestRunOptions {
+                    data_in: Some(input),
+                    data_out: Some(&mut out),
+                    ..TestRunOptions::default()
+                })?;
                 out.truncate(result.data_size_out as usize);
-                Run {
+                Ok(Run {
                     verdict: result.return_value,
                     meta: Vec::new(),
                     frame: out,
-                }
+                })
             }
         }
     }

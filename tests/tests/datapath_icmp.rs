@@ -109,6 +109,16 @@ fn an_error_about_a_reply_goes_on_to_the_local_backend() {
         XDP_PASS,
         Expect::Frame(expected.build()),
     ));
+    // The same quote in an error addressed to someone else than the quoted packet's source:
+    // no error of this flow's (RFC 792 sends errors to the source), passed as it is.
+    let misaddressed =
+        packet::icmp_unreachable(ROUTER, Ipv4Addr::from(NODE_IP), FRAG_NEEDED, &reply.build());
+    dp.check(&Case::xdp(
+        "an error not addressed to the quoted packet's source",
+        misaddressed.build(),
+        XDP_PASS,
+        Expect::Unchanged,
+    ));
 }
 
 #[test]
