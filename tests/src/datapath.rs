@@ -402,15 +402,20 @@ impl Datapath {
 
     /// The pass counter of `reason` (`PASS_STATS_V1`), summed over CPUs.
     pub fn passes(&mut self, reason: PassReason) -> u64 {
+        self.counter(map_names::PASS_STATS, reason as u32)
+    }
+
+    /// Slot `index` of the per-CPU counter array `name`, summed over CPUs.
+    fn counter(&mut self, name: &str, index: u32) -> u64 {
         let map = self
             .ebpf
-            .map_mut(map_names::PASS_STATS)
-            .expect("PASS_STATS_V1");
-        let counters: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).expect("PASS_STATS_V1 is a per-CPU array");
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("no map {name}"));
+        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)
+            .unwrap_or_else(|e| panic!("{name} is not a per-CPU array: {e:?}"));
         counters
-            .get(&(reason as u32), 0)
-            .expect("read PASS_STATS_V1")
+            .get(&index, 0)
+            .unwrap_or_else(|e| panic!("read {name}[{index}]: {e:?}"))
             .iter()
             .sum()
     }
@@ -506,34 +511,14 @@ impl Datapath {
             .expect("write SVC_ADDR_V1");
     }
 
-    /// The drop counter of `reason`, summed over CPUs.
     /// How often `hook` returned `verdict` (`HOOK_STATS_V2`, summed over CPUs).
     pub fn hook_count(&mut self, hook: Hook, verdict: u32) -> u64 {
-        let map = self
-            .ebpf
-            .map_mut(map_names::HOOK_STATS)
-            .expect("HOOK_STATS_V2");
-        let counters: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).expect("HOOK_STATS_V2 is a per-CPU array");
-        counters
-            .get(&hook_slot(hook, verdict), 0)
-            .expect("read HOOK_STATS_V2")
-            .iter()
-            .sum()
+        self.counter(map_names::HOOK_STATS, hook_slot(hook, verdict))
     }
 
+    /// The drop counter of `reason` (`DROP_STATS_V1`), summed over CPUs.
     pub fn drops(&mut self, reason: DropReason) -> u64 {
-        let map = self
-            .ebpf
-            .map_mut(map_names::DROP_STATS)
-            .expect("DROP_STATS_V1");
-        let counters: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).expect("DROP_STATS_V1 is a per-CPU array");
-        counters
-            .get(&(reason as u32), 0)
-            .expect("read DROP_STATS_V1")
-            .iter()
-            .sum()
+        self.counter(map_names::DROP_STATS, reason as u32)
     }
 
     pub fn set_config(&mut self, config: Config) {
