@@ -9,7 +9,7 @@ use proxy_common::{
     stats::{DROP_SLOTS, DropReason, HOOK_SLOTS, Hook, PASS_SLOTS, PassReason, Traffic, hook_slot},
 };
 
-use crate::maps::CONFIG;
+use crate::{maps::CONFIG, outcome::Outcome};
 
 #[btf_map(name = "SVC_STATS_V2")]
 static SERVICE_STATS: PerCpuArray<Traffic, { map_sizes::SERVICE_META as usize }> =
@@ -54,6 +54,17 @@ pub fn verdict(hook: Hook, verdict: u32) {
 pub fn drop(reason: DropReason) {
     if enabled() {
         bump(DROP_STATS.get_ptr_mut(reason as u32));
+    }
+}
+
+/// Counts what `outcome` says an error is counted as: a drop, or a packet passed untranslated.
+#[inline(always)]
+pub fn outcome(outcome: Outcome) {
+    if let Some(reason) = outcome.counted {
+        drop(reason);
+    }
+    if let Some(reason) = outcome.passed {
+        pass(reason);
     }
 }
 

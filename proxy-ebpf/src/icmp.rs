@@ -287,18 +287,6 @@ fn to_sender<A: PartialEq>(err: IcmpError<A>) -> Result<IcmpError<A>, Error> {
     }
 }
 
-/// The packet of the flow that goes the error's way: the quoted one, reversed.
-#[inline(always)]
-fn reversed<A: Copy>(tuple: &Tuple<A>) -> Tuple<A> {
-    Tuple {
-        saddr: tuple.daddr,
-        daddr: tuple.saddr,
-        sport: tuple.dport,
-        dport: tuple.sport,
-        proto: tuple.proto,
-    }
-}
-
 /// An error arriving from the wire at `xdp_ingress`: about a packet a SNATed flow sent to its
 /// backend (it comes to the SNAT address and goes on to the client), or about a reply a
 /// client got (it goes on to the backend, past the SNAT when the flow has one). `NotTcpUdp`
@@ -306,7 +294,8 @@ fn reversed<A: Copy>(tuple: &Tuple<A>) -> Tuple<A> {
 #[inline(always)]
 pub fn from_wire<F: IcmpFamily>(ctx: &XdpContext) -> Result<u32, Error> {
     let err = to_sender(F::parse_error(ctx.data(), ctx.data_end())?)?;
-    let flow_way = reversed(&err.quoted);
+    // The packet of the flow that goes the error's way: the quoted one, reversed.
+    let flow_way = err.quoted.reversed();
     if flow_way.daddr == F::snat_addr()
         && let Some(entry) = conntrack::lookup::<F>(&flow_way.ct_key(CT_DIR_REPLY))
         && entry.get().flags & CT_F_SNAT != 0
@@ -323,7 +312,7 @@ pub fn from_wire<F: IcmpFamily>(ctx: &XdpContext) -> Result<u32, Error> {
         return forward_error::<F>(ctx, &err, &to);
     }
     // A local backend: the stack delivers it.
-    rewrite::<F, _>(ctx, &err, &reversed(&to), to.daddr)?;
+    rewrite::<F, _>(ctx, &err, &to.reversed(), to.daddr)?;
     Ok(XDP_PASS)
 }
 
@@ -334,7 +323,7 @@ fn forward_error<F: IcmpFamily>(
     err: &IcmpError<F::Addr>,
     to: &Tuple<F::Addr>,
 ) -> Result<u32, Error> {
-    rewrite::<F, _>(ctx, err, &reversed(to), to.daddr)?;
+    rewrite::<F, _>(ctx, err, &to.reversed(), to.daddr)?;
     let outer = Tuple {
         saddr: err.saddr,
         daddr: to.daddr,
@@ -363,7 +352,8 @@ pub fn to_client<F: IcmpFamily>(ctx: &TcContext, owner: u8) -> Result<i32, Error
         parsed => parsed?,
     };
     let err = to_sender(err)?;
-    let flow_way = reversed(&err.quoted);
+    // The packet of the flow that goes the error's way: the quoted one, reversed.
+    let flow_way = err.quoted.reversed();
     let Some(entry) = conntrack::lookup::<F>(&flow_way.ct_key(CT_DIR_REPLY)) else {
         return Err(Error::NotTcpUdp);
     };
@@ -372,6 +362,6 @@ pub fn to_client<F: IcmpFamily>(ctx: &TcContext, owner: u8) -> Result<i32, Error
         return Err(Error::NotTcpUdp);
     }
     let to = rewritten(&flow_way, &reply);
-    rewrite::<F, _>(ctx, &err, &reversed(&to), to.daddr)?;
+    rewrite::<F, _>(ctx, &err, &to.reversed(), to.daddr)?;
     Ok(TC_ACT_OK)
 }

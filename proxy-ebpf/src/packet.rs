@@ -148,6 +148,18 @@ pub struct Tuple<A> {
 }
 
 impl<A: Address> Tuple<A> {
+    /// The tuple of a packet going the other way (an answer, a reply).
+    #[inline(always)]
+    pub fn reversed(&self) -> Tuple<A> {
+        Tuple {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+        }
+    }
+
     #[inline(always)]
     pub fn ct_key(&self, dir: u8) -> CtKeyOf<A> {
         CtKeyOf {

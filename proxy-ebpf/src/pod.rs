@@ -147,12 +147,7 @@ fn new_flow<F: Family>(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn on_error(ctx: &TcContext, err: Error) -> i32 {
     let outcome = outcome(Path::FromPod, err);
-    if let Some(reason) = outcome.counted {
-        counters::drop(reason);
-    }
-    if let Some(reason) = outcome.passed {
-        counters::pass(reason);
-    }
+    counters::outcome(outcome);
     if outcome.logged {
         klog::debug!(ctx, "tc: packet from a pod dropped: {}", err.as_str());
     }

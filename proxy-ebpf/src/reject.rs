@@ -15,7 +15,7 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
 };
-use proxy_common::{Addr6, IPPROTO_ICMPV6, IPPROTO_TCP, checksum, tcp};
+use proxy_common::{Addr6, IPPROTO_ICMPV6, checksum, tcp};
 
 use crate::{
     error::Error,
@@ -174,13 +174,7 @@ pub fn tcp_reset<F: Answer, C: Frame>(ctx: &C, pkt: &Packet<F::Addr>) -> Result<
     }
     let payload = usize::from(pkt.tot_len).saturating_sub(pkt.ihl + usize::from(doff) * 4);
     let (seq, ack_seq, ack) = rst_numbers(flags_in, seq_in, ack_seq_in, payload as u32);
-    let reply = Tuple {
-        saddr: pkt.tuple.daddr,
-        daddr: pkt.tuple.saddr,
-        sport: pkt.tuple.dport,
-        dport: pkt.tuple.sport,
-        proto: IPPROTO_TCP,
-    };
+    let reply = pkt.tuple.reversed();
     let ip = F::header(&reply, TCP_HLEN as u16);
     let mut tcp_out = TcpHdr {
         source: reply.sport.to_ne_bytes(),

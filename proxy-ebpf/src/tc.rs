@@ -83,12 +83,7 @@ pub fn turn_back_icmp_error<F: IcmpFamily>(ctx: &TcContext, owner: u8) -> i32 {
 #[inline(always)]
 pub fn on_error(ctx: &TcContext, err: Error) -> i32 {
     let outcome = outcome(Path::TcEgress, err);
-    if let Some(reason) = outcome.counted {
-        counters::drop(reason);
-    }
-    if let Some(reason) = outcome.passed {
-        counters::pass(reason);
-    }
+    counters::outcome(outcome);
     if outcome.logged {
         klog::debug!(ctx, "tc: reply dropped: {}", err.as_str());
     }

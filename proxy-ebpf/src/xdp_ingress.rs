@@ -100,7 +100,7 @@ fn icmp_error<F: IcmpFamily>(ctx: &XdpContext) -> u32 {
         // Counted, not logged: the logger's frame does not fit beside this one.
         Err(err) => {
             let outcome = outcome(Path::Xdp, err);
-            count(outcome);
+            counters::outcome(outcome);
             action(outcome)
         }
     }
@@ -137,18 +137,8 @@ fn refused<F: Family>(ctx: &XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn count(outcome: Outcome) {
-    if let Some(reason) = outcome.counted {
-        counters::drop(reason);
-    }
-    if let Some(reason) = outcome.passed {
-        counters::pass(reason);
-    }
-}
-
-#[inline(always)]
 fn count_and_log(ctx: &XdpContext, err: Error, outcome: Outcome) {
-    count(outcome);
+    counters::outcome(outcome);
     if !outcome.logged {
         return;
     }
