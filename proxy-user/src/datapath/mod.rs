@@ -23,7 +23,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
@@ -141,7 +141,10 @@ impl Datapath {
         for iface in &opts.ifaces {
             attach_iface_programs(&mut ebpf, iface, &mut links)?;
         }
-        load_pod_programs(&mut ebpf)?;
+        // Verifying them costs start-up time: only when the pod-side path is asked for.
+        if !opts.pod_iface_prefixes.is_empty() {
+            load_pod_programs(&mut ebpf)?;
+        }
         let pod_ifaces = pod_ifaces(opts)?;
         for iface in &pod_ifaces {
             attach_pod_programs(&mut ebpf, iface, &mut links)?;
@@ -213,6 +216,26 @@ impl Datapath {
         self.node_addrs = node_addrs;
         Ok(changed)
     }
+}
+
+/// The file system type (`f_type` of statfs) that holds `path`.
+fn fs_magic(path: &Path) -> Result<i64> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statfs only writes into `buf`.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is NUL-terminated and buf is a valid statfs.
+    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut buf) } != 0 {
+        bail!(
+            "statfs {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    #[allow(
+        clippy::useless_conversion,
+        reason = "f_type's width differs between targets"
+    )]
+    Ok(i64::from(buf.f_type))
 }
 
 /// The pinned links of this start: where they live, which were asked for, how they were made.

@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use tracing::info;
 
+use super::fs_magic;
+
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// The standard bpffs mount point: mounted there when nothing is (as systemd does), never
 /// anywhere else.
@@ -99,26 +101,6 @@ fn mount_bpffs(at: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The file system type (`f_type` of statfs) that holds `path`.
-pub fn fs_magic(path: &Path) -> Result<i64> {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: statfs only writes into `buf`.
-    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c_path is NUL-terminated and buf is a valid statfs.
-    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut buf) } != 0 {
-        bail!(
-            "statfs {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    #[allow(
-        clippy::useless_conversion,
-        reason = "f_type's width differs between targets"
-    )]
-    Ok(i64::from(buf.f_type))
 }
 
 #[cfg(test)]

@@ -77,7 +77,7 @@ fn kernel(release: &str) -> Result<()> {
 }
 
 fn cgroup2(cgroup: &Path) -> Result<()> {
-    let magic = super::pin_dir::fs_magic(cgroup).with_context(|| {
+    let magic = super::fs_magic(cgroup).with_context(|| {
         format!(
             "--cgroup {}: pass a cgroup v2 directory (e.g. /sys/fs/cgroup)",
             cgroup.display()
