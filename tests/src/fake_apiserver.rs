@@ -212,7 +212,9 @@ impl Drop for Listening {
 pub struct FakeApiServer {
     shared: Arc<Shared>,
     namespaces: Vec<PathBuf>,
-    listening: Vec<Listening>,
+    /// Behind a lock so that a test can take the server away while other threads apply
+    /// objects through `&self`.
+    listening: Mutex<Vec<Listening>>,
 }
 
 impl FakeApiServer {
@@ -229,7 +231,7 @@ impl FakeApiServer {
     }
 
     fn start_with(namespaces: &[&Netns], tls: Option<Tls>) -> FakeApiServer {
-        let mut server = FakeApiServer {
+        let server = FakeApiServer {
             shared: Arc::new(Shared {
                 store: Mutex::new(Store::default()),
                 changed: Condvar::new(),
@@ -238,15 +240,19 @@ impl FakeApiServer {
                 tls,
             }),
             namespaces: namespaces.iter().map(|ns| ns.path().to_owned()).collect(),
-            listening: Vec::new(),
+            listening: Mutex::new(Vec::new()),
         };
         server.start();
         server
     }
 
     /// (Re)opens the listeners after [`FakeApiServer::stop`]. Idempotent.
-    pub fn start(&mut self) {
-        if !self.listening.is_empty() {
+    pub fn start(&self) {
+        let mut listening = self
+            .listening
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !listening.is_empty() {
             return;
         }
         for path in self.namespaces.clone() {
@@ -258,7 +264,7 @@ impl FakeApiServer {
                 let shared = self.shared.clone();
                 std::thread::spawn(move || accept_loop(&listener, &stop, &shared))
             };
-            self.listening.push(Listening {
+            listening.push(Listening {
                 stop,
                 thread: Some(thread),
             });
@@ -267,8 +273,11 @@ impl FakeApiServer {
 
     /// Closes the listeners and every connection: clients get "connection refused" until
     /// [`FakeApiServer::start`]. The objects and their history stay.
-    pub fn stop(&mut self) {
-        self.listening.clear();
+    pub fn stop(&self) {
+        self.listening
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         self.drop_connections();
     }
 

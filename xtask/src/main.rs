@@ -60,10 +60,21 @@ enum Task {
     /// Run the benchmarks (release build) and write docs/BENCHMARKS.md with its plots.
     Bench {
         /// Tiny sizes, a few seconds: checks that the benchmarks run (CI); writes its report
-        /// under target/bench-quick/ instead of docs/.
+        /// under target/proxy-bench-quick/ instead of docs/.
         #[arg(long)]
         quick: bool,
         /// Extra arguments for proxy-bench (e.g. `--only packet,sync`).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// The reliability run (release build): soak, packet fuzzing, exhaustion, leaks; writes
+    /// docs/RELIABILITY.md.
+    Reliability {
+        /// Small sizes, a few minutes: checks that everything runs and holds (CI); writes its
+        /// report under target/proxy-reliability-quick/ instead of docs/.
+        #[arg(long)]
+        quick: bool,
+        /// Extra arguments for proxy-reliability (e.g. `--only soak,leaks`).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
@@ -166,21 +177,38 @@ fn run_task(task: Task) -> Result<()> {
             setup(&[Use::Ebpf, Use::Netns, Use::Bench])?;
             // The connection benchmark runs the real daemon; both from the same profile.
             cargo_run(&build_bins(&["proxy-user", "proxy-bench"], true))?;
-            let out = if quick {
-                "target/bench-quick/BENCHMARKS.md"
-            } else {
-                "docs/BENCHMARKS.md"
-            };
-            let mut bench = Command::new(target_dir(&root).join("release/proxy-bench"));
-            bench.current_dir(&root).args(["--out", out]);
-            if quick {
-                bench.arg("--quick");
-            }
-            bench.args(&args);
-            run(&mut bench)?;
+            report_run(&root, "proxy-bench", "BENCHMARKS.md", quick, &args)?;
+        }
+        Task::Reliability { quick, args } => {
+            ensure_root("the reliability run loads eBPF programs and creates network namespaces")?;
+            setup(&[Use::Ebpf, Use::Netns])?;
+            // The daemon, the echo servers and the run itself, from one profile: the run finds
+            // the others next to itself.
+            cargo_run(&build_bins(
+                &["proxy-user", "proxy-tests", "proxy-reliability"],
+                true,
+            ))?;
+            report_run(&root, "proxy-reliability", "RELIABILITY.md", quick, &args)?;
         }
     }
     Ok(())
+}
+
+/// Runs the release `bin` that writes `report`: into docs/, or with `--quick` under
+/// target/<bin>-quick/ (a CI check whose numbers mean nothing).
+fn report_run(root: &Path, bin: &str, report: &str, quick: bool, args: &[String]) -> Result<()> {
+    let out = if quick {
+        format!("target/{bin}-quick/{report}")
+    } else {
+        format!("docs/{report}")
+    };
+    let mut command = Command::new(target_dir(root).join("release").join(bin));
+    command.current_dir(root).args(["--out", &out]);
+    if quick {
+        command.arg("--quick");
+    }
+    command.args(args);
+    run(&mut command)
 }
 
 /// The release `sluice` that goes into the image, built.
