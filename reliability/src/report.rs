@@ -160,19 +160,12 @@ struct Goal {
 
 /// Goals this run measures but Sluice does not meet yet, each with the reason the report
 /// gives; the run still fails when any other goal is missed. Matched by the start of the goal.
-const KNOWN_UNMET: &[(&str, &str)] = &[
-    (
-        "exhaustion: conntrack",
-        "conntrack is an LRU map: a flood of new flows evicts entries of active ones, whose \
+const KNOWN_UNMET: &[(&str, &str)] = &[(
+    "exhaustion: conntrack",
+    "conntrack is an LRU map: a flood of new flows evicts entries of active ones, whose \
          next packet is then balanced as a new flow (a mid-flow TCP packet to another backend \
          is reset). Not fixed yet: see the issue's notes.",
-    ),
-    (
-        "exhaustion: more Services",
-        "a sync that does not fit fails as a whole and is retried, so the maps keep their last \
-         good state but no later change lands until the overflow is removed. Not fixed yet.",
-    ),
-];
+)];
 
 fn known_unmet(goal: &str) -> Option<&'static str> {
     KNOWN_UNMET

@@ -382,12 +382,12 @@ fn map_sizes_are_set_at_start_and_kept_across_restarts() {
     assert_eq!(max_entries("BACKEND_V1"), Some(131_072.0), "default size");
     assert_echo_reaches_every_pod(&scenario, "with the sizes set");
 
-    // More frontends than the maps hold: an error that says so, and the rest keeps serving.
+    // More frontends than the maps hold: those that do not fit are left out and named, the
+    // rest keeps serving.
     overfill(
         &scenario,
         "extra",
-        "frontend ids are in use: the service maps are full",
-        "program service default/extra-",
+        "all frontend ids are in use (raise --max-frontends)",
     );
 
     // Other sizes over the pins of this run: refused before anything is touched.
@@ -413,40 +413,84 @@ fn map_sizes_are_set_at_start_and_kept_across_restarts() {
 }
 
 #[test]
-fn a_full_services_map_names_the_service_that_did_not_fit() {
+fn a_full_services_map_leaves_out_what_does_not_fit_and_takes_it_in_when_there_is_room() {
     let scenario = Scenario::start(&["--max-backend-slots", "64"]);
     overfill(
         &scenario,
         "slot",
-        "(the services map is full: see --max-backend-slots)",
-        "write service default/slot-",
+        "the services map is full (raise --max-backend-slots)",
     );
+    // Room again: what was left out lands at once, with no change of its own.
+    let few = services_without_endpoints("slot", 3);
+    scenario.manifests.write("many.yaml", &few);
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
+        scenario
+            .node1
+            .stderr()
+            .contains("every planned frontend is programmed")
+    });
+    assert_eq!(left_out(&scenario, "default/slot-"), Vec::<String>::new());
 }
 
-/// Adds 60 Services more than the maps hold; waits for the error `full`, checks that it names
-/// the Service (`named`), and that echo keeps serving.
-fn overfill(scenario: &Scenario, prefix: &str, full: &str, named: &str) {
+/// Adds 60 Services more than the maps hold; waits for the warning that names those left out
+/// (`why`), checks that `sluice services` lists them as not programmed, that echo keeps serving,
+/// and that a later change (echo losing a pod) still lands.
+fn overfill(scenario: &Scenario, prefix: &str, why: &str) {
     scenario
         .manifests
         .write("many.yaml", &services_without_endpoints(prefix, 60));
     wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
-        scenario.node1.stderr().contains(full)
-    });
-    assert!(
-        scenario.node1.stderr().contains(named),
-        "the error names the service that did not fit:\n{}",
-        scenario.node1.stderr()
-    );
-    // The failed sync is retried, with no new change, after a growing wait.
-    wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
-        scenario.node1.stderr().contains("retry_in=1s")
+        scenario.node1.stderr().contains(why)
     });
     let stderr = scenario.node1.stderr();
-    let first = stderr
-        .find("retry_in=500ms")
-        .expect("the first failure waits 500 ms");
-    assert!(first < stderr.find("retry_in=1s").unwrap(), "{stderr}");
+    let warning = stderr
+        .lines()
+        .find(|line| line.contains("frontends not programmed"))
+        .unwrap_or_else(|| panic!("no warning names what was left out:\n{stderr}"));
+    assert!(warning.contains(&format!("default/{prefix}-")), "{warning}");
+    let listed = left_out(scenario, &format!("default/{prefix}-"));
+    assert!(
+        !listed.is_empty(),
+        "sluice services lists none as not programmed"
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|reason| reason.contains("not programmed") && reason.contains(why)),
+        "{listed:#?}"
+    );
+    assert!(!stderr.contains("sync failed"), "{stderr}");
     assert_echo_reaches_every_pod(scenario, "echo keeps serving");
+
+    // A later change lands while the maps are full: echo loses pod-2a.
+    let pod = scenario.cluster.pod("pod-2a").ip;
+    scenario.manifests.write(
+        "pods.yaml",
+        &proxy_tests::manifests::pods_yaml(&scenario.cluster, |name| name != "pod-2a"),
+    );
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
+        proxy_tests::scenario::backends_of(&scenario.node1, "198.19.0.10:80")
+            .is_some_and(|backends| !backends.contains(&pod))
+    });
+    scenario.manifests.write(
+        "pods.yaml",
+        &proxy_tests::manifests::pods_yaml(&scenario.cluster, |_| true),
+    );
+}
+
+/// The reasons `sluice services` gives for the Services named `prefix*` it lists as not
+/// programmed.
+fn left_out(scenario: &Scenario, prefix: &str) -> Vec<String> {
+    let rows = scenario.node1.read_json("services");
+    rows.as_array()
+        .expect("services -o json prints an array")
+        .iter()
+        .filter(|row| {
+            row["name"].as_str().is_some_and(|n| n.starts_with(prefix))
+                && row["programmed"] == false
+        })
+        .map(|row| row["reason"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 #[test]

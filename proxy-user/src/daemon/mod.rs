@@ -267,6 +267,9 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                 metrics.last_synced(now);
                 let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
                 info!(stats = ?done.apply, micros, "maps synced");
+                if done.apply.unfit_changed {
+                    report_unfit(syncer.reconciler());
+                }
                 count_now.notify_one();
                 if first_sync {
                     first_sync = false;
@@ -290,6 +293,30 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
     }
     info!("stopping; the datapath keeps serving from the pinned programs and maps");
     Ok(())
+}
+
+/// Says which planned frontends the maps have no room for (each sync retries them), or that
+/// none is left out any more.
+fn report_unfit(reconciler: &crate::reconcile::Reconciler) {
+    /// Named in the log line; `sluice services` lists them all.
+    const SHOWN: usize = 10;
+    let unfit = reconciler.unfit();
+    if unfit.is_empty() {
+        info!("every planned frontend is programmed");
+        return;
+    }
+    let more = unfit.len().saturating_sub(SHOWN);
+    let shown = unfit[..unfit.len().min(SHOWN)].join("; ");
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    warn!(
+        count = unfit.len(),
+        "frontends not programmed (they keep what they had, and land once there is room): \
+         {shown}{more}"
+    );
 }
 
 /// How long after an address change message the addresses are read again.

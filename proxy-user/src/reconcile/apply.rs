@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use anyhow::{Context as _, Result, bail};
 use ipnet::IpNet;
 use proxy_common::{
-    Addr6, AffinityMatchKey, MetaFields, SVC_SCOPE_DEFAULT, ServiceMeta, ServiceValue, SkippedKey,
-    SkippedService,
+    Addr6, AffinityMatchKey, MetaFields, SVC_F_TWO_SCOPES, SVC_SCOPE_DEFAULT, SVC_SCOPE_INTERNAL,
+    ServiceMeta, ServiceValue, SkippedKey, SkippedService,
 };
 
 pub use self::affinity::AffinityView;
@@ -20,6 +20,7 @@ use self::{
         AnyServiceKey, Family, backend_addr, check_range_family, frontend_of, remove_range,
         remove_service_key, service_key,
     },
+    room::{Room, Unfit},
 };
 use super::{
     plan::{BackendAddr, Frontend, FrontendPlan, Plan, SkippedPlan},
@@ -31,6 +32,7 @@ use crate::model::Protocol;
 mod affinity;
 mod batch;
 mod family;
+mod room;
 
 /// A backend that left a UDP frontend's slots, as (frontend id, backend id): the packet path's
 /// flows of that pair must be forgotten, as kube-proxy deletes their conntrack entries.
@@ -57,6 +59,50 @@ pub struct ApplyStats {
     pub frontends_removed: usize,
     pub backends_written: usize,
     pub backends_removed: usize,
+    /// Planned frontends the maps have no room for, after the apply (see `Reconciler::unfit`).
+    pub frontends_unfit: usize,
+    /// Which frontends do not fit changed in this apply.
+    pub unfit_changed: bool,
+}
+
+impl ApplyStats {
+    /// Both applies' changes, as one.
+    fn and(self, more: Self) -> Self {
+        Self {
+            full: self.full,
+            frontends_written: self.frontends_written + more.frontends_written,
+            frontends_removed: self.frontends_removed + more.frontends_removed,
+            backends_written: self.backends_written + more.backends_written,
+            backends_removed: self.backends_removed + more.backends_removed,
+            frontends_unfit: more.frontends_unfit,
+            unfit_changed: self.unfit_changed || more.unfit_changed,
+        }
+    }
+}
+
+/// What `write_frontend` did with a planned frontend.
+enum Outcome {
+    Unchanged,
+    Changed,
+    /// Left out: the maps have no room (see `room`).
+    LeftOut,
+}
+
+/// A planned frontend the maps have room for: its backend ids by slot, its id, and its
+/// services-map entries before and after.
+struct Admitted {
+    slots: Vec<u32>,
+    service_id: u32,
+    old_entries: usize,
+    new_entries: usize,
+}
+
+/// A planned frontend the maps had no room for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct UnfitFrontend {
+    name: String,
+    svc_type: u8,
+    why: Unfit,
 }
 
 /// The daemon's mirror of the services and backends maps of both families.
@@ -89,6 +135,22 @@ pub struct Reconciler {
     udp_serving: HashMap<Frontend, Vec<u32>>,
     /// What left UDP frontends since the last [`Reconciler::take_retired_udp_slots`].
     retired_udp_slots: Vec<RetiredUdpSlot>,
+    /// Entries in use and capacity of the services maps.
+    room: Room,
+    /// Planned frontends the maps have no room for: an existing one keeps what it had, a new
+    /// one is not programmed. Every apply tries them again; their Services are listed as
+    /// skipped meanwhile.
+    unfit: BTreeMap<Frontend, UnfitFrontend>,
+    /// Names whose unfit frontends changed in this apply (their skipped entries follow).
+    unfit_names: BTreeSet<String>,
+    /// Planned backends that got no id (the backend maps were full): every apply tries again.
+    unallocated: HashSet<BackendAddr>,
+    /// Unplanned internal-scope frontends kept for the default-scope ones left out that still
+    /// send to them: every apply looks at them again.
+    lingering: BTreeSet<Frontend>,
+    /// Unplanned backends kept for the frontends left out that still use them: every apply
+    /// looks at them again.
+    held_back: HashSet<BackendAddr>,
 }
 
 /// Entries no reader can reach (slots under no head; metadata, source ranges and affinity
@@ -226,6 +288,11 @@ impl Reconciler {
         let mut slots: HashMap<Frontend, BTreeMap<u16, ServiceValue>> = HashMap::new();
         read_slots::<u32>(maps, &mut slots)?;
         read_slots::<Addr6>(maps, &mut slots)?;
+        let mut used = [0; 2];
+        for (frontend, slots) in &slots {
+            used[usize::from(frontend.addr.is_ipv6())] += slots.len();
+        }
+        this.room = Room::new(used, maps.services_capacity()?);
         for (frontend, slots) in slots {
             // Slots without slot 0 are a remnant of an interrupted write, unreachable for a
             // reader: removed by the next apply (which writes the frontend anew if planned).
@@ -309,6 +376,7 @@ impl Reconciler {
     /// mirror is re-read from the maps so the next apply starts from the truth.
     pub fn apply(&mut self, maps: &mut dyn ServiceTables, plan: &Plan) -> Result<ApplyStats> {
         let result = self.try_apply(maps, plan, Scope::Everything);
+        let result = self.retry_unfit(maps, plan, result);
         self.after(maps, result)
     }
 
@@ -326,7 +394,79 @@ impl Reconciler {
             return self.apply(maps, plan);
         }
         let result = self.try_apply(maps, plan, Scope::Changes(changes));
+        let result = self.retry_unfit(maps, plan, result);
         self.after(maps, result)
+    }
+
+    /// Once more for the frontends left out, when the apply made room (removed or shrank
+    /// frontends: their entries are free only once removed, after the writes).
+    fn retry_unfit(
+        &mut self,
+        maps: &mut dyn ServiceTables,
+        plan: &Plan,
+        result: Result<ApplyStats>,
+    ) -> Result<ApplyStats> {
+        let stats = result?;
+        if self.unfit.is_empty() || stats.frontends_removed + stats.frontends_written == 0 {
+            return Ok(stats);
+        }
+        let more = self.try_apply(maps, plan, Scope::Changes(&PlanChanges::default()))?;
+        Ok(stats.and(more))
+    }
+
+    /// The planned frontends the maps have no room for, each as `name address:port/protocol:
+    /// why`, in frontend order.
+    pub fn unfit(&self) -> Vec<String> {
+        self.unfit
+            .iter()
+            .map(|(frontend, unfit)| format!("{} {}: {}", unfit.name, show(frontend), unfit.why))
+            .collect()
+    }
+
+    /// The frontends left out, as the reconcile tests name them: (address, port, protocol,
+    /// scope) → Service.
+    #[cfg(test)]
+    pub(super) fn unfit_frontends(&self) -> BTreeMap<(std::net::IpAddr, u16, u8, u8), String> {
+        self.unfit
+            .iter()
+            .map(|(f, unfit)| {
+                let key = (f.addr, f.port, f.protocol.ip_proto(), f.scope);
+                (key, unfit.name.clone())
+            })
+            .collect()
+    }
+
+    /// How many planned backends got no id.
+    #[cfg(test)]
+    pub(super) fn unallocated_backends(&self) -> usize {
+        self.unallocated.len()
+    }
+
+    /// `changes` and what did not fit before: the frontends left out (with their backends and
+    /// names) and the backends that got no id, which every apply tries again.
+    fn with_unfit(&mut self, plan: &Plan, changes: &PlanChanges) -> PlanChanges {
+        let mut changes = changes.clone();
+        changes.backends.extend(self.unallocated.iter().copied());
+        for (frontend, unfit) in &self.unfit {
+            changes.frontends.insert(*frontend);
+            changes.skipped.insert(unfit.name.clone());
+            if let Some(planned) = plan.frontends.get(frontend) {
+                changes.backends.extend(planned.backends.iter().copied());
+            }
+        }
+        changes
+    }
+
+    /// Forgets the left-out frontends the plan no longer has.
+    fn forget_unplanned_unfit(&mut self, plan: &Plan) {
+        let names = &mut self.unfit_names;
+        self.unfit.retain(|frontend, unfit| {
+            let planned = plan.frontends.contains_key(frontend);
+            if !planned {
+                names.insert(unfit.name.clone());
+            }
+            planned
+        });
     }
 
     /// Marks the mirror exact after a success; re-reads it from the maps after an error, and
@@ -364,12 +504,23 @@ impl Reconciler {
             full: matches!(scope, Scope::Everything),
             ..ApplyStats::default()
         };
+        self.forget_unplanned_unfit(plan);
+        self.unallocated
+            .retain(|addr| plan.backends.contains_key(addr));
+        let with_unfit;
+        let scope = match scope {
+            Scope::Changes(changes) if !self.unfit.is_empty() || !self.unallocated.is_empty() => {
+                with_unfit = self.with_unfit(plan, changes);
+                Scope::Changes(&with_unfit)
+            }
+            scope => scope,
+        };
         self.remove_stale(maps)?;
 
         // 1. Backends (with fresh counters), so every slot written below points at one.
         let mut pending = Pending::default();
         for (&addr, &flags) in scope.planned_backends(plan) {
-            self.write_backend(&mut pending, addr, flags, &mut stats)?;
+            self.write_backend(&mut pending, addr, flags, &mut stats);
         }
         Self::flush_backends(maps, &mut pending)?;
 
@@ -396,11 +547,12 @@ impl Reconciler {
                 .filter(move |(frontend, _)| (frontend.scope != SVC_SCOPE_DEFAULT) == internal)
         };
         for (frontend, planned) in planned(true).chain(planned(false)) {
-            if self.write_frontend(&mut pending, *frontend, planned)? {
+            if let Outcome::Changed = self.write_frontend(&mut pending, *frontend, planned)? {
                 stats.frontends_written += 1;
             }
         }
         self.flush_frontends(maps, &mut pending)?;
+        self.room.settle();
 
         // 4. Frontends the plan no longer has, default-scope entries first, so no
         // SVC_F_TWO_SCOPES points at a removed entry.
@@ -410,7 +562,12 @@ impl Reconciler {
             .filter(|frontend| !plan.frontends.contains_key(frontend))
             .collect();
         gone.sort_by_key(|frontend| frontend.scope != SVC_SCOPE_DEFAULT);
+        gone.extend(std::mem::take(&mut self.lingering));
         for frontend in gone {
+            if self.sends_to(frontend) {
+                self.lingering.insert(frontend);
+                continue;
+            }
             self.remove_frontend(maps, frontend)?;
             stats.frontends_removed += 1;
         }
@@ -435,16 +592,73 @@ impl Reconciler {
         }
         self.members.add(maps, &joined)?;
 
-        // 6. The skipped-services list, for the CLI.
-        for name in scope.skipped(plan, &self.skipped) {
-            self.write_skipped_entry(maps, &name, plan.skipped.get(&name))?;
-        }
+        // 6. The skipped-services list, for the CLI: what the plan skips, and the Services
+        // with frontends left out.
+        stats.unfit_changed = self.write_skipped(maps, plan, scope)?;
 
-        // 7. Backends last: no slot refers to them any more.
-        for addr in scope.unplanned_backends(plan, &self.backend_ids) {
-            self.remove_backend(maps, addr, &mut stats)?;
-        }
+        // 7. Backends last: no slot refers to them any more (a left-out frontend keeps the
+        // backends it had).
+        self.remove_unused_backends(maps, plan, scope, &mut stats)?;
+        stats.frontends_unfit = self.unfit.len();
         Ok(stats)
+    }
+
+    /// Step 6 of `try_apply`: lists or unlists the names in scope and those whose left-out
+    /// frontends changed. Returns whether any of those did.
+    fn write_skipped(
+        &mut self,
+        maps: &mut dyn ServiceTables,
+        plan: &Plan,
+        scope: Scope<'_>,
+    ) -> Result<bool> {
+        let unfit_names = std::mem::take(&mut self.unfit_names);
+        let unfit_changed = !unfit_names.is_empty();
+        let mut names: BTreeSet<String> = scope.skipped(plan, &self.skipped).into_iter().collect();
+        names.extend(unfit_names);
+        for name in names {
+            let skipped = plan
+                .skipped
+                .get(&name)
+                .cloned()
+                .or_else(|| self.unfit_skipped(&name));
+            self.write_skipped_entry(maps, &name, skipped.as_ref())?;
+        }
+        Ok(unfit_changed)
+    }
+
+    /// Step 7 of `try_apply`: removes the backends in scope the plan no longer has, except
+    /// those a left-out frontend still uses (looked at again by every apply).
+    fn remove_unused_backends(
+        &mut self,
+        maps: &mut dyn ServiceTables,
+        plan: &Plan,
+        scope: Scope<'_>,
+        stats: &mut ApplyStats,
+    ) -> Result<()> {
+        let kept: HashSet<u32> = self
+            .unfit
+            .keys()
+            .filter_map(|frontend| self.frontends.get(frontend))
+            .flat_map(|programmed| programmed.slots.iter().copied())
+            .collect();
+        let mut unplanned = scope.unplanned_backends(plan, &self.backend_ids);
+        unplanned.extend(
+            std::mem::take(&mut self.held_back)
+                .into_iter()
+                .filter(|addr| !plan.backends.contains_key(addr)),
+        );
+        for addr in unplanned {
+            if self
+                .backend_ids
+                .get(&addr)
+                .is_some_and(|id| kept.contains(id))
+            {
+                self.held_back.insert(addr);
+                continue;
+            }
+            self.remove_backend(maps, addr, stats)?;
+        }
+        Ok(())
     }
 
     /// The affinity members a planned frontend should have: the ids of its backends when
@@ -460,12 +674,40 @@ impl Reconciler {
         }
     }
 
+    /// Whether `frontend` is an internal-scope entry that a programmed default-scope one still
+    /// sends in-cluster clients to: one left out keeps its old state, which may.
+    fn sends_to(&self, frontend: Frontend) -> bool {
+        frontend.scope == SVC_SCOPE_INTERNAL
+            && self
+                .frontends
+                .get(&Frontend {
+                    scope: SVC_SCOPE_DEFAULT,
+                    ..frontend
+                })
+                .is_some_and(|default| default.flags & SVC_F_TWO_SCOPES != 0)
+    }
+
+    /// The skipped entry of a Service with frontends left out: the first of them and why.
+    fn unfit_skipped(&self, name: &str) -> Option<SkippedPlan> {
+        let mut unfit = self.unfit.iter().filter(|(_, unfit)| unfit.name == name);
+        let (frontend, first) = unfit.next()?;
+        let more = match unfit.count() {
+            0 => String::new(),
+            n => format!(" (and {n} more)"),
+        };
+        Some(SkippedPlan {
+            svc_type: first.svc_type,
+            reason: format!("{}{more} not programmed: {}", show(frontend), first.why),
+        })
+    }
+
     /// Removes what an interrupted apply left unreachable: entries under no frontend's id,
     /// slots under no head.
     fn remove_stale(&mut self, maps: &mut dyn ServiceTables) -> Result<()> {
         let stale = std::mem::take(&mut self.stale);
         for key in stale.slots {
             remove_service_key(maps, key).context("remove a slot left without its frontend")?;
+            self.room.free(matches!(key, AnyServiceKey::V6(_)), 1);
         }
         for id in stale.meta {
             maps.service_meta()
@@ -490,13 +732,18 @@ impl Reconciler {
         addr: BackendAddr,
         flags: u8,
         stats: &mut ApplyStats,
-    ) -> Result<()> {
+    ) {
         let value = (addr, flags);
         let id = if let Some(&id) = self.backend_ids.get(&addr) {
             id
         } else {
-            let id = self.allocate_backend_id()?;
+            // Out of ids: the frontends that use it are left out (`write_frontend`).
+            let Some(id) = self.allocate_backend_id() else {
+                self.unallocated.insert(addr);
+                return;
+            };
             self.backend_ids.insert(addr, id);
+            self.unallocated.remove(&addr);
             id
         };
         if !self.backends.contains_key(&id) {
@@ -508,7 +755,6 @@ impl Reconciler {
             self.backends.insert(id, value);
             stats.backends_written += 1;
         }
-        Ok(())
     }
 
     /// Removes a backend no slot refers to any more.
@@ -540,25 +786,20 @@ impl Reconciler {
         pending: &mut Pending,
         frontend: Frontend,
         planned: &FrontendPlan,
-    ) -> Result<bool> {
-        let slots = planned
-            .backends
-            .iter()
-            .map(|addr| {
-                self.backend_ids.get(addr).copied().with_context(|| {
-                    format!(
-                        "program service {}: its backend {}:{} was not written first",
-                        planned.name, addr.addr, addr.port
-                    )
-                })
-            })
-            .collect::<Result<Vec<u32>>>()?;
-        let service_id = match self.frontends.get(&frontend) {
-            Some(existing) => existing.service_id,
-            None => self
-                .allocate_service_id()
-                .with_context(|| format!("program service {}", planned.name))?,
+    ) -> Result<Outcome> {
+        let Admitted {
+            slots,
+            service_id,
+            old_entries,
+            new_entries,
+        } = match self.admit(frontend, planned)? {
+            Ok(admitted) => admitted,
+            Err(why) => return Ok(self.left_out(frontend, planned, why)),
         };
+        let ipv6 = frontend.addr.is_ipv6();
+        if self.unfit.remove(&frontend).is_some() {
+            self.unfit_names.insert(planned.name.clone());
+        }
         let meta = ServiceMeta::new(
             &planned.name,
             MetaFields {
@@ -590,7 +831,10 @@ impl Reconciler {
             self.update_udp_serving(frontend, planned, old.as_ref(), &wanted);
         }
         if old.as_ref() == Some(&wanted) {
-            return Ok(false);
+            return Ok(Outcome::Unchanged);
+        }
+        if new_entries < old_entries {
+            self.room.free_later(ipv6, old_entries - new_entries);
         }
         let old_slots = old.as_ref().map_or(&[][..], |old| &old.slots[..]);
         let old_ranges = old.as_ref().map_or(&[][..], |old| &old.source_ranges[..]);
@@ -632,7 +876,81 @@ impl Reconciler {
                 .insert(service_id, planned.affinity_timeout);
         }
         self.frontends.insert(frontend, wanted);
-        Ok(true)
+        Ok(Outcome::Changed)
+    }
+
+    /// Whether the maps have room for `frontend` as planned: then its entries and (when new)
+    /// its id are reserved; otherwise nothing is, and why.
+    fn admit(
+        &mut self,
+        frontend: Frontend,
+        planned: &FrontendPlan,
+    ) -> Result<Result<Admitted, Unfit>> {
+        let mut slots = Vec::with_capacity(planned.backends.len());
+        for addr in &planned.backends {
+            match self.backend_ids.get(addr) {
+                Some(&id) => slots.push(id),
+                None if self.unallocated.contains(addr) => {
+                    return Ok(Err(Unfit::BackendIds));
+                }
+                None => bail!(
+                    "program service {}: its backend {}:{} was not written first",
+                    planned.name,
+                    addr.addr,
+                    addr.port
+                ),
+            }
+        }
+        // A default-scope entry that sends in-cluster clients to the internal-scope one needs
+        // it programmed (written before it, in step 3).
+        if planned.flags & SVC_F_TWO_SCOPES != 0 {
+            let internal = Frontend {
+                scope: SVC_SCOPE_INTERNAL,
+                ..frontend
+            };
+            if !self.frontends.contains_key(&internal)
+                && let Some(why) = self.unfit.get(&internal).map(|unfit| unfit.why)
+            {
+                return Ok(Err(why));
+            }
+        }
+        // Room first (a head and a slot per backend), then an id for a new frontend.
+        let ipv6 = frontend.addr.is_ipv6();
+        let old_entries = self
+            .frontends
+            .get(&frontend)
+            .map_or(0, |old| old.slots.len() + 1);
+        let new_entries = slots.len() + 1;
+        if new_entries > old_entries && !self.room.take(ipv6, new_entries - old_entries) {
+            return Ok(Err(Unfit::Slots));
+        }
+        let service_id = if let Some(existing) = self.frontends.get(&frontend) {
+            existing.service_id
+        } else if let Some(id) = self.allocate_service_id() {
+            id
+        } else {
+            self.room.free(ipv6, new_entries);
+            return Ok(Err(Unfit::FrontendIds));
+        };
+        Ok(Ok(Admitted {
+            slots,
+            service_id,
+            old_entries,
+            new_entries,
+        }))
+    }
+
+    /// Records that `frontend` is left out of this apply (it keeps what it had, if anything).
+    fn left_out(&mut self, frontend: Frontend, planned: &FrontendPlan, why: Unfit) -> Outcome {
+        let unfit = UnfitFrontend {
+            name: planned.name.clone(),
+            svc_type: planned.svc_type,
+            why,
+        };
+        if self.unfit.insert(frontend, unfit.clone()) != Some(unfit) {
+            self.unfit_names.insert(planned.name.clone());
+        }
+        Outcome::LeftOut
     }
 
     /// Remembers the serving backends of the UDP frontend `planned`, and retires what `old`
@@ -694,6 +1012,8 @@ impl Reconciler {
         maps.service_meta()
             .remove(&programmed.service_id)
             .with_context(context)?;
+        self.room
+            .free(frontend.addr.is_ipv6(), programmed.slots.len() + 1);
         Ok(())
     }
 
@@ -724,35 +1044,29 @@ impl Reconciler {
 
     /// Ids go round `1..limit`, so a conntrack entry does not find its old backend id reused
     /// by another pod right after a removal: only after every other id had its turn.
-    fn allocate_backend_id(&mut self) -> Result<u32> {
+    fn allocate_backend_id(&mut self) -> Option<u32> {
         let limit = self.backend_id_limit;
         if self.backends.len() + 1 >= limit as usize {
-            bail!(
-                "all {} backend ids are in use: the backend maps are full",
-                limit.saturating_sub(1)
-            );
+            return None;
         }
         loop {
             self.next_backend_id = next_id(self.next_backend_id, limit);
             if !self.backends.contains_key(&self.next_backend_id) {
-                return Ok(self.next_backend_id);
+                return Some(self.next_backend_id);
             }
         }
     }
 
     /// Ids go round `1..limit` like backend ids; the id is reserved at once.
-    fn allocate_service_id(&mut self) -> Result<u32> {
+    fn allocate_service_id(&mut self) -> Option<u32> {
         let limit = self.service_id_limit;
         if self.service_ids.len() + 1 >= limit as usize {
-            bail!(
-                "all {} frontend ids are in use: the service maps are full",
-                limit.saturating_sub(1)
-            );
+            return None;
         }
         loop {
             self.next_service_id = next_id(self.next_service_id, limit);
             if self.service_ids.insert(self.next_service_id) {
-                return Ok(self.next_service_id);
+                return Some(self.next_service_id);
             }
         }
     }
@@ -777,6 +1091,12 @@ impl Reconciler {
     pub fn backend_count(&self) -> usize {
         self.backends.len()
     }
+}
+
+/// A frontend as the skipped list and the log name it: `address:port/protocol`.
+fn show(frontend: &Frontend) -> String {
+    let addr = std::net::SocketAddr::new(frontend.addr, frontend.port);
+    format!("{addr}/{}", frontend.protocol)
 }
 
 /// The id after `id` in `1..limit`, round.

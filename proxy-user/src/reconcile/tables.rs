@@ -87,6 +87,8 @@ pub trait ServiceTables {
     fn skipped(&mut self) -> &mut dyn Table<SkippedKey, SkippedService>;
     fn service_counters(&mut self) -> &mut dyn Counters;
     fn backend_counters(&mut self) -> &mut dyn Counters;
+    /// The most entries each family's services map holds (IPv4, IPv6).
+    fn services_capacity(&mut self) -> Result<[usize; 2]>;
 }
 
 impl BatchError {

@@ -262,13 +262,15 @@ fn incremental_applies_leave_what_a_full_apply_writes() {
     );
 }
 
-/// Backend ids run out now and then (their counters array is tiny), so applies fail half way;
-/// the reconciler re-reads the tables, and the next apply (a full one) must converge.
+/// Small maps (a services map of 40 entries, 11 backend ids: fewer than the random states
+/// need): no apply fails; a frontend that does not fit is left out and listed (its Service in
+/// the skipped list), every other one is exactly as planned, nothing unplanned is left, and once
+/// the state shrinks to fit, everything left out lands (and every backend has an id).
 #[test]
-fn after_running_out_of_ids_the_next_apply_converges() {
-    let (mut failed, mut recovered) = (0, 0);
-    // At most 11 backends: fewer than the random states' 16 distinct endpoints.
+fn frontends_the_maps_have_no_room_for_are_left_out_and_land_once_there_is_room() {
+    let (mut left_out, mut landed) = (0, 0);
     let capacity = Capacity {
+        services: 40,
         backend_ids: 12,
         ..Capacity::default()
     };
@@ -278,33 +280,73 @@ fn after_running_out_of_ids_the_next_apply_converges() {
         let mut tables = MemoryTables::new(capacity);
         let mut reconciler = Reconciler::from_maps(&mut tables).expect("read the empty tables");
         let mut planner = Planner::new(plan_node());
-        let mut failing = false;
         for step in 0..STEPS {
             let changes = planner.update(Arc::new(state.clone()));
-            let result = reconciler.apply_changes(&mut tables, planner.plan(), &changes);
-            tables
-                .reader_violation()
+            reconciler
+                .apply_changes(&mut tables, planner.plan(), &changes)
                 .unwrap_or_else(|err| panic!("seed {seed} step {step}: {err:#}"));
-            if result.is_err() {
-                failed += 1;
-                failing = true;
-                // The next state needs fewer backends, so an apply can succeed again.
-                let names: Vec<_> = state.services.keys().take(2).cloned().collect();
-                for name in names {
-                    state.services.remove(&name);
-                }
-            } else {
-                recovered += usize::from(failing);
-                failing = false;
-                assert_holds(&tables, &state, seed, step);
-            }
+            let unfit = reconciler.unfit_frontends();
+            left_out += unfit.len();
+            assert_fits(&tables, &state, &unfit, seed, step);
             random.change(&mut state);
         }
+        // Fewer Services until everything fits: the last apply leaves what a full one writes.
+        loop {
+            let changes = planner.update(Arc::new(state.clone()));
+            reconciler
+                .apply_changes(&mut tables, planner.plan(), &changes)
+                .unwrap_or_else(|err| panic!("seed {seed} shrinking: {err:#}"));
+            if reconciler.unfit_frontends().is_empty() && reconciler.unallocated_backends() == 0 {
+                break;
+            }
+            let first = state.services.keys().next().cloned().expect("a service");
+            state.services.remove(&first);
+            landed += 1;
+        }
+        assert_holds(&tables, &state, seed, STEPS);
     }
     assert!(
-        failed > 20 && recovered > 20,
-        "{failed} failed applies, {recovered} recoveries: the test does not test much"
+        left_out > 100 && landed > 20,
+        "{left_out} frontends left out, {landed} shrinking applies: the test does not test much"
     );
+}
+
+/// `tables` hold every planned frontend not in `unfit` as a full apply writes it, nothing the
+/// plan lacks, and list each unfit frontend's Service as skipped.
+fn assert_fits(
+    tables: &MemoryTables,
+    state: &DesiredState,
+    unfit: &BTreeMap<FrontendKey, String>,
+    seed: u64,
+    step: usize,
+) {
+    tables
+        .reader_violation()
+        .unwrap_or_else(|err| panic!("seed {seed} step {step}: {err:#}"));
+    let held = snapshot(&tables.contents());
+    let full = fully_applied(state);
+    for (frontend, entry) in &full.frontends {
+        if !unfit.contains_key(frontend) {
+            assert_eq!(
+                held.frontends.get(frontend),
+                Some(entry),
+                "seed {seed} step {step}: {frontend:?} fits but is not as planned"
+            );
+        }
+    }
+    for frontend in held.frontends.keys() {
+        assert!(
+            full.frontends.contains_key(frontend),
+            "seed {seed} step {step}: {frontend:?} is not planned but programmed"
+        );
+    }
+    for name in unfit.values() {
+        let listed = held.skipped.get(name).map(|(_, reason)| reason.as_str());
+        assert!(
+            listed.is_some_and(|reason| reason.contains("not programmed")),
+            "seed {seed} step {step}: {name} has a frontend left out but is listed {listed:?}"
+        );
+    }
 }
 
 /// Any single write may fail (as a kernel map write can): whichever one does, the view stays

@@ -50,6 +50,13 @@ impl ServiceTables for Maps {
     fn backend_counters(&mut self) -> &mut dyn Counters {
         &mut self.backend_stats
     }
+    fn services_capacity(&mut self) -> Result<[usize; 2]> {
+        let capacity = |map: &MapData| -> Result<usize> { Ok(map.info()?.max_entries() as usize) };
+        Ok([
+            capacity(IterableMap::map(&self.services))?,
+            capacity(IterableMap::map(&self.services6))?,
+        ])
+    }
 }
 
 impl<K, V> Table<K, V> for HashMap<MapData, K, V>

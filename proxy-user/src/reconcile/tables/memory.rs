@@ -274,6 +274,10 @@ impl ServiceTables for MemoryTables {
     fn backend_counters(&mut self) -> &mut dyn Counters {
         &mut self.backend_counters
     }
+    fn services_capacity(&mut self) -> Result<[usize; 2]> {
+        let services = self.shared.borrow().capacity.services;
+        Ok([services; 2])
+    }
 }
 
 /// One table of the shared contents.
