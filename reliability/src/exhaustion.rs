@@ -19,7 +19,7 @@ use proxy_tests::{
 };
 use proxy_user::datapath::Maps;
 
-use crate::flows::{self, ManySummary, Spec, Summary};
+use crate::flows::{self, AffinitySummary, ManySummary, Spec, Summary};
 
 /// The section's sizes.
 pub struct Params {
@@ -34,6 +34,10 @@ pub struct Params {
     /// `--max-backend-slots` of the node given too many Services, and how many it is given.
     pub slots: u32,
     pub services: usize,
+    /// `--affinity-max-entries` of the node whose affinity Service gets more clients, and how
+    /// many clients (each its own address).
+    pub affinity_entries: u32,
+    pub affinity_clients: u32,
 }
 
 pub struct Conntrack {
@@ -62,10 +66,20 @@ pub struct ServicesFull {
     pub later_change_applied: bool,
 }
 
+pub struct AffinityFull {
+    pub capacity: u32,
+    /// Entries of the affinity map after every client connected.
+    pub entries: u64,
+    pub clients: AffinitySummary,
+    /// Every pod still answered echo afterwards.
+    pub still_serving: bool,
+}
+
 pub struct Outcome {
     pub conntrack: Result<Conntrack, String>,
     pub snat: Result<Snat, String>,
     pub services: Result<ServicesFull, String>,
+    pub affinity: Result<AffinityFull, String>,
 }
 
 /// Each part on a cluster of its own; one failing leaves the others' figures.
@@ -74,6 +88,7 @@ pub fn run(params: &Params) -> Outcome {
         conntrack: crate::section(|| conntrack(params)),
         snat: crate::section(|| snat(params)),
         services: crate::section(|| services_full(params)),
+        affinity: crate::section(|| affinity_full(params)),
     }
 }
 
@@ -246,5 +261,80 @@ fn services_full(params: &Params) -> Result<ServicesFull> {
         error,
         still_serving,
         later_change_applied,
+    })
+}
+
+/// Where the affinity clients' addresses start: outside the underlay's /24, routed to the
+/// client by both nodes.
+const AFFINITY_CLIENTS: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 1);
+const AFFINITY_CLIENTS_NET: &str = "198.18.200.0/22";
+/// The last clients that connect a second time, expecting the pod of their first connection.
+const AFFINITY_RECHECK: u32 = 32;
+
+/// A ClientIP-affinity NodePort given more clients (each from its own address) than
+/// `--affinity-max-entries` remembers.
+fn affinity_full(params: &Params) -> Result<AffinityFull> {
+    let capacity = params.affinity_entries.to_string();
+    let scenario = Scenario::start(&["--affinity-max-entries", &capacity]);
+    let cluster = &scenario.cluster;
+    let clients = params.affinity_clients.min(1000);
+    let mut batch = String::new();
+    for i in 0..clients {
+        let addr = Ipv4Addr::from(u32::from(AFFINITY_CLIENTS) + i);
+        let _ = writeln!(batch, "addr add {addr}/32 dev eth0");
+    }
+    let dir = std::env::temp_dir().join(format!("sluice-affinity-{}", std::process::id()));
+    std::fs::write(&dir, batch)?;
+    let added = proxy_tests::netns::ip(&[
+        "-n",
+        cluster.client().netns.name(),
+        "-batch",
+        &dir.display().to_string(),
+    ]);
+    let _ = std::fs::remove_file(&dir);
+    added?;
+    let client_ip = proxy_tests::topology::CLIENT_IP.to_string();
+    for node in ["node1", "node2"] {
+        cluster
+            .node(node)
+            .netns
+            .ip(&["route", "add", AFFINITY_CLIENTS_NET, "via", &client_ip])?;
+    }
+    scenario.manifests.write(
+        "sticky.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: sticky, namespace: default}\nspec:\n  \
+         type: NodePort\n  selector: {app: echo}\n  sessionAffinity: ClientIP\n  ports:\n  - \
+         {port: 80, targetPort: 8080, protocol: TCP, nodePort: 30410}\n",
+    );
+    let target = node_port(&scenario, 30410);
+    scenario.wait_for_backends(
+        "node1",
+        &format!("*:{}", target.port()),
+        &ALL_PODS.map(|pod| cluster.pod(pod).ip),
+    );
+    let args = [
+        "affinity-clients".to_owned(),
+        "--target".to_owned(),
+        target.to_string(),
+        "--first".to_owned(),
+        AFFINITY_CLIENTS.to_string(),
+        "--clients".to_owned(),
+        clients.to_string(),
+        "--recheck".to_owned(),
+        AFFINITY_RECHECK.to_string(),
+    ];
+    let mut child = flows::spawn_at(cluster, Place::Client, &args)?;
+    let summary: AffinitySummary = flows::last_json_line(&mut child, Duration::from_secs(300))?;
+    let maps = Maps::open_pinned(&scenario.node1.config().pin_dir)?;
+    let entries = maps.affinity.keys().flatten().count() as u64;
+    let echo: Ipv4Addr = proxy_tests::manifests::ECHO_IP.parse()?;
+    let still_serving =
+        scenario.answering_pods(Place::Pod("pod-1a"), Proto::Tcp, echo, 80, SPREAD_REQUESTS)
+            == pods(&ALL_PODS);
+    Ok(AffinityFull {
+        capacity: params.affinity_entries,
+        entries,
+        clients: summary,
+        still_serving,
     })
 }

@@ -471,6 +471,85 @@ fn greeting(target: SocketAddr) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The command line of the hidden `affinity-clients` subcommand.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AffinityClients {
+    #[arg(long)]
+    pub target: SocketAddr,
+    /// The first client address; the others follow it.
+    #[arg(long)]
+    pub first: std::net::Ipv4Addr,
+    #[arg(long)]
+    pub clients: u32,
+    /// How many of the last clients connect a second time.
+    #[arg(long)]
+    pub recheck: u32,
+}
+
+/// What [`affinity_clients`] saw, printed as one JSON line.
+#[derive(Serialize, Deserialize, Default, Debug, Clone)]
+pub struct AffinitySummary {
+    pub connections: usize,
+    pub failed: usize,
+    /// Second connections of the last clients answered by the pod of their first.
+    pub kept: usize,
+    pub rechecked: usize,
+    pub examples: Vec<String>,
+}
+
+/// Each client address connects once, in order; then the last `recheck` of them once more.
+/// Counts failures and second connections that reached the first one's pod.
+pub fn affinity_clients(args: &AffinityClients) -> anyhow::Result<()> {
+    let source = |i: u32| std::net::Ipv4Addr::from(u32::from(args.first) + i);
+    let mut summary = AffinitySummary::default();
+    let mut first_pod = std::collections::HashMap::new();
+    let connect = |i: u32, summary: &mut AffinitySummary| {
+        summary.connections += 1;
+        match greeting_from(source(i), args.target) {
+            Ok(pod) => Some(pod),
+            Err(e) => {
+                summary.failed += 1;
+                if summary.examples.len() < EXAMPLES {
+                    summary.examples.push(format!("from {}: {e}", source(i)));
+                }
+                None
+            }
+        }
+    };
+    for i in 0..args.clients {
+        if let Some(pod) = connect(i, &mut summary) {
+            first_pod.insert(i, pod);
+        }
+    }
+    for i in args.clients.saturating_sub(args.recheck)..args.clients {
+        summary.rechecked += 1;
+        if let Some(pod) = connect(i, &mut summary)
+            && first_pod.get(&i) == Some(&pod)
+        {
+            summary.kept += 1;
+        }
+    }
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
+/// One connection from `source`: the greeting line of the pod that answered.
+fn greeting_from(source: std::net::Ipv4Addr, target: SocketAddr) -> std::io::Result<String> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(source.into(), 0).into())?;
+    socket.connect_timeout(&target.into(), CONNECT_WAIT)?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(TCP_ANSWER_WAIT))?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    // `NAME PEER LOCAL`: the pod's name first.
+    line.split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
+}
+
 /// This binary with `args` at `place` in `cluster` (its namespace and cgroup).
 pub fn spawn_at(cluster: &Cluster, place: Place<'_>, args: &[String]) -> anyhow::Result<Child> {
     let mut cmd = std::process::Command::new(std::env::current_exe()?);

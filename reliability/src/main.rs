@@ -31,8 +31,8 @@ struct Cli {
     /// Where RELIABILITY.md goes.
     #[arg(long, default_value = "docs/RELIABILITY.md")]
     out: PathBuf,
-    /// Run only these sections (comma separated: soak, packet, exhaustion, leaks); the report shows the others
-    /// as not run. For development.
+    /// Run only these sections (comma separated: soak, packet, input, exhaustion, leaks; `input`
+    /// is `cargo xtask reliability`'s); the report shows the others as not run. For development.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The input fuzzing figures (JSON) `cargo xtask reliability` measured before.
@@ -52,6 +52,8 @@ enum Role {
     Flows(flows::Spec),
     #[command(hide = true)]
     ConnectMany(flows::Many),
+    #[command(hide = true)]
+    AffinityClients(flows::AffinityClients),
 }
 
 /// One section's result: its figures, or why it failed.
@@ -79,6 +81,7 @@ fn main() -> std::process::ExitCode {
         let result = match role {
             Role::Flows(spec) => flows::run(spec),
             Role::ConnectMany(many) => flows::connect_many(many),
+            Role::AffinityClients(args) => flows::affinity_clients(args),
         };
         return match result {
             Ok(()) => std::process::ExitCode::SUCCESS,
@@ -148,6 +151,8 @@ fn run(cli: &Cli) -> Result<bool> {
         snat_flows: 5_000,
         slots: 64,
         services: 60,
+        affinity_entries: 256,
+        affinity_clients: if cli.quick { 400 } else { 1000 },
     };
     let exhaustion = wanted("exhaustion").then(|| {
         eprintln!("exhaustion");

@@ -77,8 +77,8 @@ fn exhaustion_goals(outcome: &exhaustion::Outcome) -> Vec<(String, String, bool)
     }
     match &outcome.services {
         Ok(full) => goals.push((
-            "exhaustion: more Services than the maps hold: an error naming the Service, \
-             everything else serving and following changes"
+            "exhaustion: more Services than the maps hold: those left out named (and listed by \
+             `sluice services`), everything else serving and following changes"
                 .into(),
             format!(
                 "`{}`; echo still served: {}; a later change to echo applied: {}",
@@ -91,6 +91,30 @@ fn exhaustion_goals(outcome: &exhaustion::Outcome) -> Vec<(String, String, bool)
             failed(e),
             false,
         )),
+    }
+    match &outcome.affinity {
+        Ok(full) => {
+            let c = &full.clients;
+            goals.push((
+                format!(
+                    "exhaustion: affinity map ({} clients remembered) given {} clients: every \
+                     connection answered, the oldest clients forgotten (LRU, as kube-proxy's \
+                     `recent` list), the latest kept, everything else serving",
+                    full.capacity,
+                    c.connections - c.rechecked
+                ),
+                format!(
+                    "{} of {} connections failed; {} entries after; {} of the last {} clients \
+                     back at their first pod; echo still served: {}",
+                    c.failed, c.connections, full.entries, c.kept, c.rechecked, full.still_serving
+                ),
+                c.failed == 0
+                    && full.entries <= u64::from(full.capacity)
+                    && c.kept == c.rechecked
+                    && full.still_serving,
+            ));
+        }
+        Err(e) => goals.push(("exhaustion: affinity map".into(), failed(e), false)),
     }
     goals
 }
