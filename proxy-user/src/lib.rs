@@ -10,6 +10,8 @@
 pub mod cli;
 pub mod daemon;
 pub mod datapath;
+/// The fuzz targets' entries (`fuzz/`), beside the layers: each drives one of them on raw input.
+pub mod fuzz_input;
 pub mod model;
 pub mod node;
 pub mod reconcile;

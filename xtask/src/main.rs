@@ -1,6 +1,7 @@
 //! `cargo xtask`: installs the pinned toolchains and Debian packages, builds, tests, demos, benches.
 
 mod cmd;
+mod fuzz;
 mod image;
 mod packages;
 mod previous;
@@ -104,7 +105,10 @@ fn run_task(task: Task) -> Result<()> {
     };
     let cargo_run = |args: &[&str]| run(cargo(&root, &toolchains).args(args));
     match task {
-        Task::Setup => setup(&[Use::Ebpf, Use::Netns, Use::Bench, Use::Ci, Use::Container])?,
+        Task::Setup => {
+            setup(&[Use::Ebpf, Use::Netns, Use::Bench, Use::Ci, Use::Container])?;
+            fuzz::ensure_cargo_fuzz(&toolchains)?;
+        }
         Task::BuildEbpf => {
             setup(&[Use::Ebpf])?;
             cargo_run(&["build", "--package", "proxy-user"])?;
@@ -188,9 +192,36 @@ fn run_task(task: Task) -> Result<()> {
                 &["proxy-user", "proxy-tests", "proxy-reliability"],
                 true,
             ))?;
-            report_run(&root, "proxy-reliability", "RELIABILITY.md", quick, &args)?;
+            reliability(&root, &toolchains, quick, args)?;
         }
     }
+    Ok(())
+}
+
+/// `proxy-reliability`, after the input fuzzing it reports on (cargo-fuzz needs the pinned
+/// nightly, so it runs here). A crash fails the task once the report shows it.
+fn reliability(
+    root: &Path,
+    toolchains: &Toolchains,
+    quick: bool,
+    mut args: Vec<String>,
+) -> Result<()> {
+    let fuzzed = if fuzz::wanted(&args) {
+        let length = if quick { fuzz::QUICK } else { fuzz::FULL };
+        let figures = fuzz::run(root, toolchains, length)?;
+        let path = target_dir(root).join(if quick {
+            "proxy-reliability-quick/input-fuzz.json"
+        } else {
+            "proxy-reliability/input-fuzz.json"
+        });
+        fuzz::write_figures(&figures, &path)?;
+        args.extend(["--input-fuzz".to_owned(), path.display().to_string()]);
+        figures
+    } else {
+        Vec::new()
+    };
+    report_run(root, "proxy-reliability", "RELIABILITY.md", quick, &args)?;
+    fuzz::fail_on_crashes(&fuzzed)?;
     Ok(())
 }
 

@@ -15,6 +15,9 @@ use crate::cmd::{output, run};
 pub struct Toolchains {
     pub stable: String,
     pub ebpf: Ebpf,
+    /// `None` in the toolchains.toml of revisions before the fuzz targets (`previous.rs`
+    /// loads those).
+    pub fuzz: Option<Fuzz>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -23,6 +26,12 @@ pub struct Ebpf {
     #[serde(rename = "bpf-linker")]
     pub bpf_linker: String,
     pub llvm: u32,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Fuzz {
+    #[serde(rename = "cargo-fuzz")]
+    pub cargo_fuzz: String,
 }
 
 impl Toolchains {

@@ -1,6 +1,7 @@
 //! The read-only commands: they work from the pinned maps alone, daemon or not, like bpftool.
 
 pub mod affinity;
+pub mod args;
 pub mod backends;
 pub mod conntrack;
 pub mod log_level;

@@ -282,7 +282,8 @@ fn follow<K>(
     });
 }
 
-fn boxed<K>(event: Event<K>) -> Event<Box<K>> {
+/// A watcher event with its object boxed, as the view takes it.
+pub(crate) fn boxed<K>(event: Event<K>) -> Event<Box<K>> {
     match event {
         Event::Apply(object) => Event::Apply(Box::new(object)),
         Event::Delete(object) => Event::Delete(Box::new(object)),

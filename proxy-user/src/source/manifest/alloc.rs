@@ -96,11 +96,9 @@ impl Allocator {
     ) -> Result<Self, AllocatorError> {
         let path = path.into();
         let state = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<AllocState>(&bytes).map_err(|source| {
-                AllocatorError::Parse {
-                    path: path.clone(),
-                    source,
-                }
+            Ok(bytes) => AllocState::read(&bytes).map_err(|source| AllocatorError::Parse {
+                path: path.clone(),
+                source,
             })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => AllocState::default(),
             Err(source) => return Err(AllocatorError::Read { path, source }),
@@ -125,6 +123,18 @@ impl Allocator {
             dirty: false,
             disabled: false,
         }
+    }
+
+    /// An in-memory allocator starting from a state file's `bytes`, read as [`Allocator::open`]
+    /// reads them (the fuzz targets' way in, with no file).
+    pub fn from_state(
+        bytes: &[u8],
+        service_cidrs: ServiceCidrs,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Allocator {
+            state: AllocState::read(bytes)?,
+            ..Allocator::in_memory(service_cidrs)
+        })
     }
 
     /// An allocator that hands out nothing (cluster mode: the API server assigns cluster IPs
@@ -379,6 +389,11 @@ impl Allocator {
 }
 
 impl AllocState {
+    /// The state file's content.
+    fn read(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
     fn get(&self, service: &str, family: IpFamily) -> Option<IpAddr> {
         match family {
             IpFamily::V4 => self.cluster_ips.get(service).copied().map(IpAddr::V4),

@@ -17,6 +17,7 @@ pub mod k8s;
 mod node_ports;
 mod object;
 mod parse;
+mod parser_panic;
 mod resolve;
 mod store;
 mod validate;

@@ -11,6 +11,7 @@ use super::{
     error::{Context, ManifestError, ObjectRef, Problems, Severity},
     k8s,
     object::{Kind, Object, ObjectKey},
+    parser_panic,
     validate::{check_endpoints, check_node, check_pod, check_service, check_slice},
 };
 
@@ -71,8 +72,26 @@ fn yaml_documents(text: &str) -> Vec<Result<Value, String>> {
     /// Far more than any manifest; a guard against a parser that never ends.
     const MAX_DOCUMENTS: usize = 100_000;
     let mut documents = Vec::new();
+    let parsed = parser_panic::catch(|| read_yaml_documents(text, &mut documents, MAX_DOCUMENTS));
+    if parsed.is_none() {
+        // After an error the parser may panic on the next document: that error stands.
+        const NOT_READ: &str = "; the documents after this one are not read until it is fixed";
+        match documents.last_mut() {
+            Some(Err(previous)) if !previous.ends_with(NOT_READ) => previous.push_str(NOT_READ),
+            Some(Err(_)) => {}
+            _ => documents.push(Err(format!(
+                "invalid YAML: the parser cannot read this document (an alias `*name` with no \
+                 anchor `&name` before it does this){NOT_READ}"
+            ))),
+        }
+    }
+    documents
+}
+
+/// [`yaml_documents`]' loop, adding to `documents` as it goes (a panic keeps those before).
+fn read_yaml_documents(text: &str, documents: &mut Vec<Result<Value, String>>, max: usize) {
     let mut last_error = None;
-    for deserializer in yaml_serde::Deserializer::from_str(text).take(MAX_DOCUMENTS) {
+    for deserializer in yaml_serde::Deserializer::from_str(text).take(max) {
         match Value::deserialize(deserializer) {
             Ok(mut value) => {
                 last_error = None;
@@ -94,7 +113,6 @@ fn yaml_documents(text: &str) -> Vec<Result<Value, String>> {
             }
         }
     }
-    documents
 }
 
 /// The values of a JSON file (one object, or several one after the other).

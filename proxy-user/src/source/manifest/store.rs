@@ -115,23 +115,23 @@ impl ManifestStore {
     /// errors, the objects of its broken documents keep their last good versions (see the
     /// module doc). A file that no longer exists is removed.
     pub fn reload_file(&mut self, path: &Path) -> FileReport {
-        let text = match fs::read(path) {
-            Ok(bytes) => {
-                if let Ok(text) = String::from_utf8(bytes) {
-                    text
-                } else {
-                    let error = ManifestError::file(
-                        path,
-                        "is not UTF-8 text: save it as UTF-8 YAML or JSON",
-                    );
-                    return self.keep_all(path, vec![error]);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.remove_file(path),
+        match fs::read(path) {
+            Ok(bytes) => self.load_bytes(path, bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.remove_file(path),
             Err(e) => {
                 let error = ManifestError::file(path, format!("cannot read: {e}"));
-                return self.keep_all(path, vec![error]);
+                self.keep_all(path, vec![error])
             }
+        }
+    }
+
+    /// [`ManifestStore::reload_file`] once the file is read: `bytes` are `path`'s content (its
+    /// extension picks YAML or JSON). Also the fuzz targets' way in, with no file.
+    pub fn load_bytes(&mut self, path: &Path, bytes: Vec<u8>) -> FileReport {
+        let Ok(text) = String::from_utf8(bytes) else {
+            let error =
+                ManifestError::file(path, "is not UTF-8 text: save it as UTF-8 YAML or JSON");
+            return self.keep_all(path, vec![error]);
         };
         let parsed = parse_file(path, &text, &self.options);
         let has_errors = parsed.has_errors();
