@@ -45,12 +45,13 @@ fn exhaustion_goals(outcome: &exhaustion::Outcome) -> Vec<(String, String, bool)
                 ),
                 format!(
                     "{broken} of {} flows broken, {} of {} datagrams lost; the flood: {} failed; \
-                     peak {} entries",
+                     peak {} entries of new flows, {} of established ones",
                     h.tcp_flows + h.udp_flows,
                     h.datagrams_lost,
                     h.datagrams_sent,
                     ct.flood.failed,
-                    ct.peak
+                    ct.peak,
+                    ct.peak_established
                 ),
                 broken == 0 && h.datagrams_lost == 0,
             ));

@@ -99,9 +99,7 @@ fn reply_key(dp: &mut Datapath, port: u16) -> CtKey {
 /// to be in neither).
 fn tier_of(dp: &mut Datapath, port: u16) -> Option<Tier> {
     let forward = forward_key(port);
-    let Some(entry) = dp.conntrack(forward) else {
-        return None;
-    };
+    let entry = dp.conntrack(forward)?;
     let reply = reply_key(dp, port);
     let tiers = [Tier::New, Tier::Established].map(|tier| {
         (

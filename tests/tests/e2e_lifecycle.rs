@@ -490,6 +490,12 @@ const IPV6_MAPS: [&str; 8] = [
     map_names::AFFINITY6,
     map_names::SOURCE_RANGES6,
 ];
+/// The conntrack maps of confirmed flows, added after the previous release: its flows (in
+/// `CT_V1`) keep working from there and move at their next established reply.
+const ESTABLISHED_CT_MAPS: [&str; 2] = [
+    map_names::CONNTRACK_ESTABLISHED,
+    map_names::CONNTRACK_ESTABLISHED6,
+];
 /// The previous release's name of the hook counters (`HOOK_STATS_V2` now).
 const RETIRED_HOOK_STATS: &str = "HOOK_STATS_V1";
 
@@ -622,6 +628,7 @@ fn an_upgrade_from_the_previous_release_keeps_ipv4_flows_and_adds_the_ipv6_maps(
     let pin_dir = current_config.pin_dir.clone();
     assert_pinned(&pin_dir, &[RETIRED_HOOK_STATS], true, "previous release");
     assert_pinned(&pin_dir, &IPV6_MAPS, false, "previous release");
+    assert_pinned(&pin_dir, &ESTABLISHED_CT_MAPS, false, "previous release");
     let frontends_before = frontends(&old);
 
     // Long-lived IPv4 flows over every path node1 serves: the socket LB (a pod on node1 to
@@ -778,6 +785,7 @@ fn an_upgrade_from_the_previous_release_keeps_ipv4_flows_and_adds_the_ipv6_maps(
     }
     assert_eq!(frontends(&new), frontends_before, "frontends and backends");
     assert_pinned(&pin_dir, &IPV6_MAPS, true, "current release");
+    assert_pinned(&pin_dir, &ESTABLISHED_CT_MAPS, true, "current release");
     assert_pinned(&pin_dir, &[map_names::HOOK_STATS], true, "current release");
     assert_pinned(&pin_dir, &[RETIRED_HOOK_STATS], false, "current release");
 }
