@@ -363,6 +363,7 @@ fn finished_flows_leave_conntrack_and_live_ones_stay() {
     wait_until(SYNC_TIMEOUT, Duration::from_millis(100), || flows() == 1);
     let left = scenario.node1.read_json("conntrack");
     assert_eq!(left[0]["state"], "established", "{left:#}");
+    assert_eq!(left[0]["tier"], "established", "{left:#}");
     assert_eq!(
         held.ping().expect("the live flow still works").name,
         held.greeting().name
@@ -371,7 +372,14 @@ fn finished_flows_leave_conntrack_and_live_ones_stay() {
 
 #[test]
 fn map_sizes_are_set_at_start_and_kept_across_restarts() {
-    let mut scenario = Scenario::start(&["--max-frontends", "48", "--ct-max-entries", "2048"]);
+    let mut scenario = Scenario::start(&[
+        "--max-frontends",
+        "48",
+        "--ct-max-entries",
+        "2048",
+        "--ct-established-max-entries",
+        "1024",
+    ]);
     let netns = &scenario.cluster.node("node1").netns;
     let (_, text) = http::get(netns, "127.0.0.1:10249", "/metrics");
     let max_entries =
@@ -379,6 +387,9 @@ fn map_sizes_are_set_at_start_and_kept_across_restarts() {
     assert_eq!(max_entries("SVC_META_V2"), Some(48.0));
     assert_eq!(max_entries("SVC_STATS_V2"), Some(48.0));
     assert_eq!(max_entries("CT_V1"), Some(2048.0));
+    assert_eq!(max_entries("CT6_V1"), Some(2048.0));
+    assert_eq!(max_entries("CT_EST_V1"), Some(1024.0));
+    assert_eq!(max_entries("CT6_EST_V1"), Some(1024.0));
     assert_eq!(max_entries("BACKEND_V1"), Some(131_072.0), "default size");
     assert_echo_reaches_every_pod(&scenario, "with the sizes set");
 
