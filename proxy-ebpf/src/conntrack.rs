@@ -184,6 +184,10 @@ pub fn create_dnat<F: Family>(
         new_sport: client.dport,
         ..base
     };
+    // A confirmed flow's reply entry on the same backend and client tuple (a finished flow
+    // whose client reused its port towards another frontend) would shadow this one's, the
+    // established map being read first: the new flow's wins, as it would over an LRU entry.
+    F::conntrack_remove(Tier::Established, &reply_key);
     insert_pair::<F>(
         &client.ct_key(CT_DIR_FORWARD),
         &forward,

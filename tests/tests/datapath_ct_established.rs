@@ -30,6 +30,9 @@ const REMOTE_SVC: [u8; 4] = [198, 19, 0, 20];
 const LOCAL_A: (u32, [u8; 4], u16) = (1, [198, 19, 100, 1], 8080);
 const LOCAL_B: (u32, [u8; 4], u16) = (2, [198, 19, 100, 2], 8080);
 const REMOTE: (u32, [u8; 4], u16) = (10, NEXT_HOP_IP, 8080);
+/// A ClusterIP per local backend.
+const CLUSTER_IP_A: [u8; 4] = [198, 19, 0, 11];
+const CLUSTER_IP_B: [u8; 4] = [198, 19, 0, 12];
 /// An IPv6 ClusterIP for UDP with one local backend.
 const CLUSTER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0, 0x10);
 const LOCAL_DNS6: (u32, Ipv6Addr, u16) = (3, Ipv6Addr::new(0xfd00, 0x19, 0x100, 0, 0, 0, 0, 1), 53);
@@ -58,6 +61,8 @@ fn datapath(new_flows: u32, established: u32) -> Datapath {
     let both = [LOCAL_A.0, LOCAL_B.0];
     dp.add_service(100, any_node_address, IPPROTO_TCP, SVC_F_NODEPORT, &both);
     dp.add_service(101, sock(REMOTE_SVC, 80), IPPROTO_TCP, 0, &[REMOTE.0]);
+    dp.add_service(103, sock(CLUSTER_IP_A, 80), IPPROTO_TCP, 0, &[LOCAL_A.0]);
+    dp.add_service(104, sock(CLUSTER_IP_B, 80), IPPROTO_TCP, 0, &[LOCAL_B.0]);
     let dns6 = sock6(LOCAL_DNS6.1, LOCAL_DNS6.2);
     dp.add_backend6(LOCAL_DNS6.0, dns6, BACKEND_F_LOCAL);
     dp.add_service6(
@@ -453,5 +458,45 @@ fn a_snat_port_held_by_an_established_flow_is_not_handed_out_again() {
             .map(|entry| entry.new_dport),
         Some(40000u16.to_be()),
         "the port still belongs to the first flow"
+    );
+}
+
+#[test]
+fn a_new_flow_on_a_finished_established_flows_backend_tuple_gets_its_own_replies() {
+    let mut dp = datapath(4096, 4096);
+    let port = 40000;
+    let backend = open_and_confirm(&mut dp, port);
+    // The flow ends (FIN both ways); its entries linger in the established map until the GC.
+    client_sends(&mut dp, port, backend, tcp::FIN | tcp::ACK);
+    backend_sends(&mut dp, port, backend, tcp::FIN | tcp::ACK);
+    client_sends(&mut dp, port, backend, tcp::ACK);
+    assert_eq!(tier_of(&mut dp, port), Some(Tier::Established));
+
+    // The client reuses its port towards a ClusterIP of the same backend: the backend sees
+    // the same tuple, and its answers must go back from the ClusterIP, not the NodePort.
+    let cluster_ip = if backend == sock(LOCAL_A.1, LOCAL_A.2) {
+        sock(CLUSTER_IP_A, 80)
+    } else {
+        sock(CLUSTER_IP_B, 80)
+    };
+    let syn = packet::tcp(client(port), cluster_ip, tcp::SYN);
+    dp.check(&Case::xdp(
+        "the new flow's SYN goes to the same backend",
+        syn.build(),
+        XDP_PASS,
+        Expect::Frame(syn.clone().addresses(client(port), backend).build()),
+    ));
+    for flags in [tcp::SYN | tcp::ACK, tcp::PSH | tcp::ACK] {
+        let segment = packet::tcp(backend, client(port), flags).macs(NODE_MAC, PEER_MAC);
+        dp.check(&Case::tc_egress(
+            "the backend's answer leaves from the ClusterIP",
+            segment.build(),
+            Expect::Frame(segment.clone().addresses(cluster_ip, client(port)).build()),
+        ));
+    }
+    let forward = ct_key(client(port), cluster_ip, IPPROTO_TCP, CT_DIR_FORWARD);
+    assert!(
+        dp.conntrack_in(Tier::Established, forward).is_some(),
+        "the new flow is confirmed in its turn"
     );
 }
