@@ -57,7 +57,7 @@ pub struct Loaded {
 }
 
 /// Map sizes for `services` services of `endpoints` endpoints each, and `flows` conntrack flows.
-pub fn sizes(services: usize, endpoints: usize, flows: usize) -> Result<[(&'static str, u32); 8]> {
+pub fn sizes(services: usize, endpoints: usize, flows: usize) -> Result<[(&'static str, u32); 9]> {
     let entries = |n: usize| {
         u32::try_from(n).with_context(|| format!("{n} map entries: more than a map can hold"))
     };
@@ -73,6 +73,7 @@ pub fn sizes(services: usize, endpoints: usize, flows: usize) -> Result<[(&'stat
         (map_names::BACKEND_STATS, backends),
         (map_names::AFFINITY_MATCH, slots),
         (map_names::CONNTRACK, entries(2 * flows + 4096)?),
+        (map_names::CONNTRACK_ESTABLISHED, entries(2 * flows + 4096)?),
         (map_names::SOCK_REV_NAT, 1024),
     ])
 }

@@ -8,7 +8,10 @@
 //!   are the node address and NodePort itself (local), so the DNAT rewrites the frame to the
 //!   same bytes and every run takes the full hit path: both conntrack lookups, the backend
 //!   check, the state update, the rewrite and checksum fix-up. The flow is created by one run
-//!   before timing.
+//!   before timing. No reply ever confirms it, so it stays in the LRU map of new flows and each
+//!   lookup first misses the established map; a second flow, moved to the established map as
+//!   its first established reply would move it, is timed beside it (`hit_established`): the
+//!   difference is what that miss costs.
 //! - **per flow** (`repeat` = 1 on many distinct flows, one syscall each): the conntrack-miss
 //!   path (frontend lookup, random slot, backend, two conntrack inserts, rewrite), then the
 //!   same flows again as hits. The kernel's own duration for a single run is used, so the
@@ -63,7 +66,11 @@ pub struct Row {
     pub fill_secs: f64,
     /// Repeat method, ns per packet.
     pub floor: Samples,
+    /// A flow no reply confirmed (the bench's flows get no replies): in the LRU map of new
+    /// flows, found behind a miss in the established map.
     pub hit: Samples,
+    /// A confirmed flow's hit: its entries in the established map, found by the first lookup.
+    pub hit_established: Samples,
     /// The same hit with the datapath's counters switched off (`CONFIG_F_COUNTERS`).
     pub hit_uncounted: Samples,
     /// Per-flow method, ns per packet.
@@ -88,6 +95,10 @@ pub struct Row {
 impl Row {
     pub fn hit_overhead(&self) -> Samples {
         minus(&self.hit, &self.floor)
+    }
+    /// What a new flow's hit costs over a confirmed one's: the established map's miss.
+    pub fn established_miss_cost(&self) -> Samples {
+        minus(&self.hit, &self.hit_established)
     }
     pub fn hit_ratio(&self) -> Samples {
         ratio(&self.hit, &self.floor)
@@ -159,6 +170,14 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
                 row.miss1.median(),
                 row.floor1.median(),
                 row.fill_secs
+            ));
+            log(&format!(
+                "packet: {services} x {endpoints}: confirmed flow's hit {:.1} ns (established \
+                 map), new flow's hit {:.1} ns (LRU behind an established-map miss): the miss \
+                 costs {:.1} ns",
+                row.hit_established.median(),
+                row.hit.median(),
+                row.established_miss_cost().median(),
             ));
             log(&format!(
                 "packet: IPv6 {services} x {endpoints}: hit {:.1} ns (floor {:.1}; IPv4 on 74 \
@@ -283,6 +302,20 @@ fn run_one(
             .context("the SYN did not create its flow")?
     };
     loaded.zero_counters(hot_flow.service_id, hot_flow.backend_id)?;
+    // A second flow, confirmed: its entries moved to the established map as its first
+    // established reply would move them (the bench sends no replies).
+    let confirmed = SocketAddrV4::new(Ipv4Addr::new(198, 18, 3, 2), 999);
+    let confirmed_syn = packet::tcp(confirmed, frontend, tcp::SYN).build();
+    let confirmed_ack = packet::tcp(confirmed, frontend, tcp::ACK).build();
+    check(sys::test_run(
+        xdp,
+        &confirmed_syn,
+        &with_len(&confirmed_syn),
+        1,
+        0,
+        0,
+    )?)?;
+    confirm(&mut loaded, &forward_key(confirmed))?;
 
     let mut row = Row {
         services,
@@ -290,6 +323,7 @@ fn run_one(
         fill_secs,
         floor: Samples::default(),
         hit: Samples::default(),
+        hit_established: Samples::default(),
         hit_uncounted: Samples::default(),
         floor1: Samples::default(),
         miss1: Samples::default(),
@@ -327,8 +361,12 @@ fn run_one(
             uncounted_after - counted_after,
             params.repeat
         );
+        let confirmed_hit = sys::test_run(xdp, &confirmed_ack, &ack_ctx, params.repeat, 0, 0)?;
+        check(confirmed_hit)?;
         row.floor.push(f64::from(floor.duration_ns));
         row.hit.push(f64::from(hit.duration_ns));
+        row.hit_established
+            .push(f64::from(confirmed_hit.duration_ns));
         row.hit_uncounted.push(f64::from(uncounted.duration_ns));
 
         // IPv6 and the same-size IPv4 frame, back to back with their floor.
@@ -431,6 +469,45 @@ fn forward_key6(client: SocketAddrV6) -> CtKey6 {
         dir: CT_DIR_FORWARD,
         _pad: 0,
     }
+}
+
+/// Moves the flow of the forward entry at `forward` and its reply entry from the LRU map to the
+/// established map, as the datapath does at the flow's first established reply.
+fn confirm(loaded: &mut Loaded, forward: &CtKey) -> Result<()> {
+    let mut entries = Vec::new();
+    {
+        let new: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(
+            loaded
+                .ebpf
+                .map_mut(map_names::CONNTRACK)
+                .context("no conntrack map")?,
+        )?;
+        let entry = new
+            .get(forward, 0)
+            .context("the SYN did not create its flow")?;
+        let reply = proxy_common::flow::reply_key(forward, &entry);
+        entries.push((*forward, entry));
+        entries.push((reply, new.get(&reply, 0).context("no reply entry")?));
+    }
+    let mut established: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(
+        loaded
+            .ebpf
+            .map_mut(map_names::CONNTRACK_ESTABLISHED)
+            .context("no established conntrack map")?,
+    )?;
+    for (key, entry) in &entries {
+        established.insert(key, entry, 0)?;
+    }
+    let mut new: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(
+        loaded
+            .ebpf
+            .map_mut(map_names::CONNTRACK)
+            .context("no conntrack map")?,
+    )?;
+    for (key, _) in &entries {
+        new.remove(key)?;
+    }
+    Ok(())
 }
 
 /// The conntrack key of a client's flow to the measured NodePort.

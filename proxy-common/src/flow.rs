@@ -1,6 +1,9 @@
 //! The two conntrack keys of one flow, each derived from the other key and its entry.
 
-use crate::{Address, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, CtEntryOf, CtKeyOf};
+use crate::{
+    Address, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, CtEntryOf, CtKeyOf, IPPROTO_TCP,
+    TCP_STATE_ESTABLISHED, tcp,
+};
 
 /// The reply key a forward entry implies: its rewritten tuple, reversed.
 #[inline]
@@ -35,6 +38,18 @@ pub fn forward_key<A: Address>(reply_key: &CtKeyOf<A>, reply: &CtEntryOf<A>) -> 
         dir: CT_DIR_FORWARD,
         _pad: 0,
     }
+}
+
+/// Whether a reply packet (`flags` its TCP flags) that left its flow's reply entry in
+/// `tcp_state` (the state after it) confirms the flow, which then leaves the LRU map of new
+/// flows for the established map: any UDP reply; a TCP reply once the connection is
+/// established, not by a SYN-ACK (the handshake is not complete) and not while closing.
+#[inline]
+pub const fn reply_confirms(proto: u8, tcp_state: u8, flags: u8) -> bool {
+    if proto != IPPROTO_TCP {
+        return true;
+    }
+    tcp_state == TCP_STATE_ESTABLISHED && flags & tcp::SYN == 0
 }
 
 /// A zero `new_*` field leaves the header field as it is.
@@ -112,5 +127,32 @@ mod tests {
         assert_eq!((key.saddr, key.daddr), (BACKEND, SNAT));
         assert_eq!((key.sport, key.dport), (8080u16.to_be(), 61000u16.to_be()));
         assert_eq!(forward_key(&key, &reply), client_key());
+    }
+
+    #[test]
+    fn replies_confirm_udp_at_once_and_tcp_once_established() {
+        use tcp::{ACK, FIN, PSH, RST, SYN};
+
+        use crate::{IPPROTO_UDP, TCP_STATE_CLOSING, TCP_STATE_SYN};
+        assert!(reply_confirms(IPPROTO_UDP, 0, 0));
+        // The SYN-ACK leaves the reply entry established, but the handshake is not complete.
+        let after_syn_ack = tcp::next_state(TCP_STATE_SYN, SYN | ACK);
+        assert_eq!(after_syn_ack, TCP_STATE_ESTABLISHED);
+        assert!(!reply_confirms(IPPROTO_TCP, after_syn_ack, SYN | ACK));
+        // The backend's next segment does.
+        let after_ack = tcp::next_state(after_syn_ack, ACK);
+        assert!(reply_confirms(IPPROTO_TCP, after_ack, ACK));
+        assert!(reply_confirms(IPPROTO_TCP, after_ack, PSH | ACK));
+        // A reply that closes, or arrives while closing, does not.
+        for flags in [FIN | ACK, RST] {
+            let state = tcp::next_state(after_ack, flags);
+            assert_eq!(state, TCP_STATE_CLOSING);
+            assert!(!reply_confirms(IPPROTO_TCP, state, flags));
+        }
+        assert!(!reply_confirms(
+            IPPROTO_TCP,
+            tcp::next_state(TCP_STATE_CLOSING, ACK),
+            ACK
+        ));
     }
 }

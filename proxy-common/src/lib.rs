@@ -40,7 +40,11 @@ pub mod map_names {
     pub const SERVICES: &str = "SVC_V1";
     pub const BACKENDS: &str = "BACKEND_V1";
     pub const SERVICE_META: &str = "SVC_META_V2";
+    /// Conntrack of new, unconfirmed flows (LRU: a flood of new flows evicts the oldest).
     pub const CONNTRACK: &str = "CT_V1";
+    /// Conntrack of confirmed flows (plain hash, never evicted): a flow moves here from
+    /// `CONNTRACK` at its first established reply; only flow ends and the GC remove it.
+    pub const CONNTRACK_ESTABLISHED: &str = "CT_EST_V1";
     pub const SOCK_REV_NAT: &str = "SOCK_RNAT_V1";
     pub const NODE_ADDRS: &str = "NODE_ADDR_V1";
     pub const CONFIG: &str = "CONFIG_V1";
@@ -65,6 +69,7 @@ pub mod map_names {
     pub const SERVICES6: &str = "SVC6_V1";
     pub const BACKENDS6: &str = "BACKEND6_V1";
     pub const CONNTRACK6: &str = "CT6_V1";
+    pub const CONNTRACK_ESTABLISHED6: &str = "CT6_EST_V1";
     pub const SOCK_REV_NAT6: &str = "SOCK_RNAT6_V1";
     pub const NODE_ADDRS6: &str = "NODE_ADDR6_V1";
     pub const CONFIG6: &str = "CONFIG6_V1";
@@ -77,7 +82,7 @@ pub mod map_names {
     pub const FRAGMENTS: &str = "FRAG_V1";
     pub const FRAGMENTS6: &str = "FRAG6_V1";
 
-    pub const ALL: [&str; 28] = [
+    pub const ALL: [&str; 30] = [
         SERVICES,
         BACKENDS,
         SERVICE_META,
@@ -106,6 +111,8 @@ pub mod map_names {
         SERVICE_ADDRS6,
         FRAGMENTS,
         FRAGMENTS6,
+        CONNTRACK_ESTABLISHED,
+        CONNTRACK_ESTABLISHED6,
     ];
 }
 
@@ -139,6 +146,8 @@ pub mod map_sizes {
     pub const BACKENDS: u32 = 131_072;
     pub const SERVICE_META: u32 = 65_536;
     pub const CONNTRACK: u32 = 262_144;
+    /// Confirmed flows' entries (two per flow), apart from the LRU of new ones.
+    pub const CONNTRACK_ESTABLISHED: u32 = CONNTRACK;
     pub const SOCK_REV_NAT: u32 = 131_072;
     pub const NODE_ADDRS: u32 = 256;
     pub const AFFINITY: u32 = 131_072;
@@ -154,6 +163,7 @@ pub mod map_sizes {
     pub const SERVICES6: u32 = SERVICES;
     pub const BACKENDS6: u32 = BACKENDS;
     pub const CONNTRACK6: u32 = CONNTRACK;
+    pub const CONNTRACK_ESTABLISHED6: u32 = CONNTRACK_ESTABLISHED;
     pub const SOCK_REV_NAT6: u32 = SOCK_REV_NAT;
     pub const NODE_ADDRS6: u32 = NODE_ADDRS;
     pub const AFFINITY6: u32 = AFFINITY;

@@ -87,9 +87,11 @@ impl DropReason {
 /// Slots in `DROP_STATS_V1` (room to add reasons without a new map).
 pub const DROP_SLOTS: u32 = 16;
 
-/// Why `xdp_ingress` or `tc_egress` passed a packet to the stack untranslated although it may
-/// be for a service: not a drop (the stack still handles it), but traffic Sluice cannot
-/// translate, worth seeing. The index in `PASS_STATS_V1`.
+/// Why `xdp_ingress` or `tc_egress` passed a packet on with less than the full treatment,
+/// although it may be for a service: not a drop (the stack still handles it), but worth
+/// seeing. Mostly traffic Sluice cannot translate (passed untranslated); `CtEstablishedFull`
+/// is a translated packet whose flow could not be made safe from eviction. The index in
+/// `PASS_STATS_V1`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PassReason {
@@ -98,16 +100,26 @@ pub enum PassReason {
     Fragment = 0,
     /// An IPv6 chain of more extension headers than the parser walks before TCP/UDP.
     Ipv6ExtensionHeaders = 1,
+    /// A flow's reply confirmed it, but the established conntrack map (`CT_EST_V1`,
+    /// `CT6_EST_V1`, `--ct-established-max-entries`) is full: the packet is translated and
+    /// the flow stays in the LRU map of new flows, where a flood of new flows may evict it.
+    /// Counted once per reply packet that found it so.
+    CtEstablishedFull = 2,
 }
 
 impl PassReason {
-    pub const ALL: [PassReason; 2] = [Self::Fragment, Self::Ipv6ExtensionHeaders];
+    pub const ALL: [PassReason; 3] = [
+        Self::Fragment,
+        Self::Ipv6ExtensionHeaders,
+        Self::CtEstablishedFull,
+    ];
 
     /// The label in the CLI and in metrics.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Fragment => "fragment",
             Self::Ipv6ExtensionHeaders => "ipv6_extension_headers",
+            Self::CtEstablishedFull => "ct_established_full",
         }
     }
 }

@@ -4,12 +4,13 @@
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use proxy_common::{
     Address, BackendOf, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, CtEntryOf, CtKeyOf, IPPROTO_TCP,
-    flow, tcp,
+    flow, stats::PassReason, tcp,
 };
 
 use crate::{
+    counters,
     error::Error,
-    family::Family,
+    family::{Family, Tier},
     kernel,
     maps::{CONFIG, Entry},
     nat::rewritten,
@@ -24,7 +25,24 @@ const EEXIST: i32 = 17;
 /// The entry for `key`, if any.
 #[inline(always)]
 pub fn lookup<F: Family>(key: &CtKeyOf<F::Addr>) -> Option<Entry<CtEntryOf<F::Addr>>> {
-    F::conntrack(key)
+    lookup_tier::<F>(key).map(|(entry, _)| entry)
+}
+
+/// The entry for `key` and the map it is in: the established map first, so that a confirmed
+/// flow's packets cost one lookup, then the LRU map of new flows.
+#[inline(always)]
+pub fn lookup_tier<F: Family>(key: &CtKeyOf<F::Addr>) -> Option<(Entry<CtEntryOf<F::Addr>>, Tier)> {
+    if let Some(entry) = F::conntrack(Tier::Established, key) {
+        return Some((entry, Tier::Established));
+    }
+    F::conntrack(Tier::New, key).map(|entry| (entry, Tier::New))
+}
+
+/// Deletes the entry under `key` from both maps; a missing one is fine.
+#[inline(always)]
+pub fn remove<F: Family>(key: &CtKeyOf<F::Addr>) {
+    F::conntrack_remove(Tier::Established, key);
+    F::conntrack_remove(Tier::New, key);
 }
 
 /// Records that `pkt` was seen on the flow of `entry`: time and TCP state. Concurrent packets
@@ -39,12 +57,68 @@ pub fn touch<A: Address>(entry: Entry<CtEntryOf<A>>, pkt: &Packet<A>, now: u64) 
     });
 }
 
-/// Deletes a forward entry and the reply entry that belongs to it.
+/// [`touch`] for a reply packet that matched the reply entry `reply` (as it was before this
+/// packet) at `key` in `tier`. A reply that confirms a new flow ([`flow::reply_confirms`])
+/// moves the flow to the established map.
+#[inline(always)]
+pub fn touch_reply<F: Family>(
+    entry: Entry<CtEntryOf<F::Addr>>,
+    tier: Tier,
+    key: &CtKeyOf<F::Addr>,
+    reply: &CtEntryOf<F::Addr>,
+    pkt: &Packet<F::Addr>,
+    now: u64,
+) {
+    touch(entry, pkt, now);
+    if tier == Tier::New {
+        let state = tcp::next_state(reply.tcp_state, pkt.tcp_flags);
+        if flow::reply_confirms(pkt.tuple.proto, state, pkt.tcp_flags) {
+            confirm::<F>(key);
+        }
+    }
+}
+
+/// Moves the flow of the reply entry at `reply_key` from the LRU map to the established map:
+/// both entries are written there first, then deleted from the LRU, so a concurrent reader
+/// (which looks in the established map first) always finds them. When the established map
+/// is full the flow stays in the LRU (it works until evicted) and is counted
+/// (`ct_established_full`). A subprogram of its own: its copies of both entries do not fit in
+/// the frame of the packet path.
+#[inline(never)]
+fn confirm<F: Family>(reply_key: &CtKeyOf<F::Addr>) {
+    let Some(reply) = F::conntrack(Tier::New, reply_key).map(Entry::get) else {
+        return;
+    };
+    let forward_key = flow::forward_key(reply_key, &reply);
+    // Without its forward entry (evicted) the flow is not worth keeping; one for another
+    // backend is a later flow of the client's tuple.
+    let Some(forward) = F::conntrack(Tier::New, &forward_key)
+        .map(Entry::get)
+        .filter(|forward| forward.backend_id == reply.backend_id)
+    else {
+        return;
+    };
+    let any = u64::from(BPF_ANY);
+    if F::conntrack_insert(Tier::Established, reply_key, &reply, any).is_err() {
+        counters::pass(PassReason::CtEstablishedFull);
+        return;
+    }
+    if F::conntrack_insert(Tier::Established, &forward_key, &forward, any).is_err() {
+        F::conntrack_remove(Tier::Established, reply_key);
+        counters::pass(PassReason::CtEstablishedFull);
+        return;
+    }
+    F::conntrack_remove(Tier::New, &forward_key);
+    F::conntrack_remove(Tier::New, reply_key);
+}
+
+/// Deletes a forward entry and the reply entry that belongs to it, from whichever map holds
+/// them.
 #[inline(always)]
 pub fn remove_flow<F: Family>(forward: &CtKeyOf<F::Addr>, entry: &CtEntryOf<F::Addr>) {
     // Missing entries (already evicted) are fine: the goal is that neither exists.
-    F::conntrack_remove(&flow::reply_key(forward, entry));
-    F::conntrack_remove(forward);
+    remove::<F>(&flow::reply_key(forward, entry));
+    remove::<F>(forward);
 }
 
 /// Whether `pkt`, which matched the reply entry `reply` at `key`, belongs to that entry's
@@ -71,9 +145,9 @@ pub fn reply_belongs<F: Family>(
         return true;
     }
     if forward.is_some() {
-        F::conntrack_remove(&forward_key);
+        remove::<F>(&forward_key);
     }
-    F::conntrack_remove(key);
+    remove::<F>(key);
     false
 }
 
@@ -110,6 +184,10 @@ pub fn create_dnat<F: Family>(
         new_sport: client.dport,
         ..base
     };
+    // A confirmed flow's reply entry on the same backend and client tuple (a finished flow
+    // whose client reused its port towards another frontend) would shadow this one's, the
+    // established map being read first: the new flow's wins, as it would over an LRU entry.
+    F::conntrack_remove(Tier::Established, &reply_key);
     insert_pair::<F>(
         &client.ct_key(CT_DIR_FORWARD),
         &forward,
@@ -171,6 +249,10 @@ pub fn create_snat<F: Family>(
             new_dport: backend.port,
             ..base
         };
+        // A port an established flow holds is taken (that flow's entries left the LRU).
+        if F::conntrack(Tier::Established, &reply_key).is_some() {
+            continue;
+        }
         // BPF_NOEXIST on the reply entry claims the port: two flows never share a reply tuple.
         match insert_pair::<F>(
             &client.ct_key(CT_DIR_FORWARD),
@@ -188,8 +270,8 @@ pub fn create_snat<F: Family>(
 }
 
 /// Writes the reply entry (with `reply_flags`: `BPF_NOEXIST` to claim its tuple, a taken one
-/// is `NoSnatPort`) and then the forward entry; undoes the reply entry when the forward one
-/// cannot be written.
+/// is `NoSnatPort`) and then the forward entry into the LRU map of new flows; undoes the
+/// reply entry when the forward one cannot be written.
 #[inline(always)]
 fn insert_pair<F: Family>(
     forward_key: &CtKeyOf<F::Addr>,
@@ -198,13 +280,13 @@ fn insert_pair<F: Family>(
     reply: &CtEntryOf<F::Addr>,
     reply_flags: u64,
 ) -> Result<(), Error> {
-    match F::conntrack_insert(reply_key, reply, reply_flags) {
+    match F::conntrack_insert(Tier::New, reply_key, reply, reply_flags) {
         Ok(()) => {}
         Err(err) if err == -EEXIST => return Err(Error::NoSnatPort),
         Err(_) => return Err(Error::ConntrackUpdate),
     }
-    if F::conntrack_insert(forward_key, forward, u64::from(BPF_ANY)).is_err() {
-        F::conntrack_remove(reply_key);
+    if F::conntrack_insert(Tier::New, forward_key, forward, u64::from(BPF_ANY)).is_err() {
+        F::conntrack_remove(Tier::New, reply_key);
         return Err(Error::ConntrackUpdate);
     }
     Ok(())

@@ -21,9 +21,10 @@ use crate::{
     error::Error,
     forward, fragments,
     maps::{
-        self, AFFINITY, AFFINITY6, BACKENDS, BACKENDS6, CONFIG, CONFIG6, CONNTRACK, CONNTRACK6,
-        Entry, FRAGMENTS, FRAGMENTS6, NODE_ADDRS, NODE_ADDRS6, SERVICE_ADDRS, SERVICE_ADDRS6,
-        SERVICES, SERVICES6, SOURCE_RANGES, SOURCE_RANGES6,
+        self, AFFINITY, AFFINITY6, BACKENDS, BACKENDS6, CONFIG, CONFIG6, CONNTRACK,
+        CONNTRACK_ESTABLISHED, CONNTRACK_ESTABLISHED6, CONNTRACK6, Entry, FRAGMENTS, FRAGMENTS6,
+        NODE_ADDRS, NODE_ADDRS6, SERVICE_ADDRS, SERVICE_ADDRS6, SERVICES, SERVICES6, SOURCE_RANGES,
+        SOURCE_RANGES6,
     },
     nat,
     packet::{self, ETH_HLEN, IPV4_HLEN, IPV6_HLEN, Packet, TCP_HLEN, Tuple},
@@ -74,15 +75,18 @@ pub trait Family {
     /// Remembers a first fragment's ports; a failed write only leaves its later fragments
     /// untranslated.
     fn remember_fragment(key: &FragKeyOf<Self::Addr>, ports: FragPorts);
-    fn conntrack(key: &CtKeyOf<Self::Addr>) -> Option<Entry<CtEntryOf<Self::Addr>>>;
-    /// `bpf_map_update_elem` on this family's conntrack map; the error is the helper's.
+    /// The entry under `key` in one of this family's conntrack maps (`conntrack::lookup`
+    /// searches both).
+    fn conntrack(tier: Tier, key: &CtKeyOf<Self::Addr>) -> Option<Entry<CtEntryOf<Self::Addr>>>;
+    /// `bpf_map_update_elem` on one of this family's conntrack maps; the error is the helper's.
     fn conntrack_insert(
+        tier: Tier,
         key: &CtKeyOf<Self::Addr>,
         value: &CtEntryOf<Self::Addr>,
         flags: u64,
     ) -> Result<(), i32>;
-    /// Deletes a conntrack entry; a missing one is fine.
-    fn conntrack_remove(key: &CtKeyOf<Self::Addr>);
+    /// Deletes a conntrack entry from one map; a missing one is fine.
+    fn conntrack_remove(tier: Tier, key: &CtKeyOf<Self::Addr>);
     /// The address remote backends' flows are source-NATed to; unset: none configured.
     fn snat_addr() -> Self::Addr;
     /// Writes `to`'s addresses over `from`'s in the IP header of the frame (updating the IPv4
@@ -112,6 +116,16 @@ pub trait Family {
     fn decrement_hop_limit(ctx: &XdpContext) -> Result<bool, Error>;
     /// Answers a new flow to a service without endpoints: TCP RST, or ICMP port unreachable.
     fn refuse<C: reject::Frame>(ctx: &C, pkt: &Packet<Self::Addr>) -> Result<C::Verdict, Error>;
+}
+
+/// Which of a family's two conntrack maps: each flow's entries are in one (for a moment, while
+/// a flow is confirmed, in both: a reader then takes the established one).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// `CT_V1`, `CT6_V1` (LRU): flows not yet confirmed by an established reply.
+    New,
+    /// `CT_EST_V1`, `CT6_EST_V1` (plain hash, never evicted): confirmed flows.
+    Established,
 }
 
 pub enum V4 {}
@@ -214,18 +228,32 @@ impl Family for V4 {
     }
 
     #[inline(always)]
-    fn conntrack(key: &CtKeyOf<u32>) -> Option<Entry<CtEntryOf<u32>>> {
-        maps::conntrack(key)
+    fn conntrack(tier: Tier, key: &CtKeyOf<u32>) -> Option<Entry<CtEntryOf<u32>>> {
+        match tier {
+            Tier::New => maps::conntrack(key),
+            Tier::Established => maps::conntrack_established(key),
+        }
     }
 
     #[inline(always)]
-    fn conntrack_insert(key: &CtKeyOf<u32>, value: &CtEntryOf<u32>, flags: u64) -> Result<(), i32> {
-        CONNTRACK.insert(key, value, flags)
+    fn conntrack_insert(
+        tier: Tier,
+        key: &CtKeyOf<u32>,
+        value: &CtEntryOf<u32>,
+        flags: u64,
+    ) -> Result<(), i32> {
+        match tier {
+            Tier::New => CONNTRACK.insert(key, value, flags),
+            Tier::Established => CONNTRACK_ESTABLISHED.insert(key, value, flags),
+        }
     }
 
     #[inline(always)]
-    fn conntrack_remove(key: &CtKeyOf<u32>) {
-        let _ = CONNTRACK.remove(key);
+    fn conntrack_remove(tier: Tier, key: &CtKeyOf<u32>) {
+        let _ = match tier {
+            Tier::New => CONNTRACK.remove(key),
+            Tier::Established => CONNTRACK_ESTABLISHED.remove(key),
+        };
     }
 
     #[inline(always)]
@@ -376,22 +404,32 @@ impl Family for V6 {
     }
 
     #[inline(always)]
-    fn conntrack(key: &CtKeyOf<Addr6>) -> Option<Entry<CtEntryOf<Addr6>>> {
-        maps::found(CONNTRACK6.get_ptr_mut(key))
+    fn conntrack(tier: Tier, key: &CtKeyOf<Addr6>) -> Option<Entry<CtEntryOf<Addr6>>> {
+        match tier {
+            Tier::New => maps::found(CONNTRACK6.get_ptr_mut(key)),
+            Tier::Established => maps::found(CONNTRACK_ESTABLISHED6.get_ptr_mut(key)),
+        }
     }
 
     #[inline(always)]
     fn conntrack_insert(
+        tier: Tier,
         key: &CtKeyOf<Addr6>,
         value: &CtEntryOf<Addr6>,
         flags: u64,
     ) -> Result<(), i32> {
-        CONNTRACK6.insert(key, value, flags)
+        match tier {
+            Tier::New => CONNTRACK6.insert(key, value, flags),
+            Tier::Established => CONNTRACK_ESTABLISHED6.insert(key, value, flags),
+        }
     }
 
     #[inline(always)]
-    fn conntrack_remove(key: &CtKeyOf<Addr6>) {
-        let _ = CONNTRACK6.remove(key);
+    fn conntrack_remove(tier: Tier, key: &CtKeyOf<Addr6>) {
+        let _ = match tier {
+            Tier::New => CONNTRACK6.remove(key),
+            Tier::Established => CONNTRACK_ESTABLISHED6.remove(key),
+        };
     }
 
     #[inline(always)]

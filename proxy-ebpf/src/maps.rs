@@ -25,9 +25,21 @@ pub static BACKENDS: HashMap<u32, Backend, { map_sizes::BACKENDS as usize }> = H
 pub static SERVICE_META: HashMap<u32, ServiceMeta, { map_sizes::SERVICE_META as usize }> =
     HashMap::new();
 
+/// Conntrack of new flows, not yet confirmed by an established reply. LRU: a flood of new
+/// flows evicts the least recently used ones, never a confirmed flow (`CT_EST_V1`).
 #[btf_map(name = "CT_V1")]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { map_sizes::CONNTRACK as usize }> =
     LruHashMap::new();
+
+/// Conntrack of confirmed flows, moved here from `CT_V1` by their first established reply
+/// (`conntrack::confirm`). A plain preallocated hash: nothing is evicted; the flow's end
+/// (`conntrack::remove_flow`) and the daemon's GC remove entries.
+#[btf_map(name = "CT_EST_V1")]
+pub static CONNTRACK_ESTABLISHED: HashMap<
+    CtKey,
+    CtEntry,
+    { map_sizes::CONNTRACK_ESTABLISHED as usize },
+> = HashMap::new();
 
 #[btf_map(name = "SOCK_RNAT_V1")]
 pub static SOCK_REV_NAT: LruHashMap<
@@ -93,6 +105,13 @@ pub static BACKENDS6: HashMap<u32, Backend6, { map_sizes::BACKENDS6 as usize }> 
 #[btf_map(name = "CT6_V1")]
 pub static CONNTRACK6: LruHashMap<CtKey6, CtEntry6, { map_sizes::CONNTRACK6 as usize }> =
     LruHashMap::new();
+
+#[btf_map(name = "CT6_EST_V1")]
+pub static CONNTRACK_ESTABLISHED6: HashMap<
+    CtKey6,
+    CtEntry6,
+    { map_sizes::CONNTRACK_ESTABLISHED6 as usize },
+> = HashMap::new();
 
 #[btf_map(name = "SOCK_RNAT6_V1")]
 pub static SOCK_REV_NAT6: LruHashMap<
@@ -174,6 +193,11 @@ pub fn affinity(key: &AffinityKey) -> Option<Entry<AffinityValue>> {
 #[inline(always)]
 pub fn conntrack(key: &CtKey) -> Option<Entry<CtEntry>> {
     found(CONNTRACK.get_ptr_mut(key))
+}
+
+#[inline(always)]
+pub fn conntrack_established(key: &CtKey) -> Option<Entry<CtEntry>> {
+    found(CONNTRACK_ESTABLISHED.get_ptr_mut(key))
 }
 
 #[inline(always)]

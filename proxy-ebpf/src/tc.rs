@@ -112,7 +112,7 @@ pub fn parse<F: Family>(ctx: &TcContext) -> Result<Packet<F::Addr>, Error> {
 pub fn turn_back_reply<F: Family>(ctx: &TcContext, owner: u8) -> Result<i32, Error> {
     let pkt = parse::<F>(ctx)?;
     let key = pkt.tuple.ct_key(CT_DIR_REPLY);
-    let Some(entry) = conntrack::lookup::<F>(&key) else {
+    let Some((entry, tier)) = conntrack::lookup_tier::<F>(&key) else {
         return Ok(TC_ACT_OK);
     };
     let reply = entry.get();
@@ -120,7 +120,7 @@ pub fn turn_back_reply<F: Family>(ctx: &TcContext, owner: u8) -> Result<i32, Err
     if reply.flags & owner == 0 || !conntrack::reply_belongs::<F>(&pkt, &key, &reply) {
         return Ok(TC_ACT_OK);
     }
-    conntrack::touch(entry, &pkt, kernel::now_ns());
+    conntrack::touch_reply::<F>(entry, tier, &key, &reply, &pkt, kernel::now_ns());
     rewrite_skb::<F>(ctx, &pkt, &rewritten(&pkt.tuple, &reply))?;
     counters::traffic(
         reply.service_id,

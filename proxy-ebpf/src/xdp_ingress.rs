@@ -183,13 +183,13 @@ fn try_xdp_ingress<F: Family>(ctx: &XdpContext) -> Result<u32, Error> {
     let snat_addr = F::snat_addr();
     let reply_key = pkt.tuple.ct_key(CT_DIR_REPLY);
     if pkt.tuple.daddr == snat_addr
-        && let Some(entry) = conntrack::lookup::<F>(&reply_key)
+        && let Some((entry, tier)) = conntrack::lookup_tier::<F>(&reply_key)
     {
         let reply = entry.get();
         // A stale entry (closed flow, the SNAT tuple reused by a node process) is deleted and
         // the packet is not a reply of ours.
         if reply.flags & CT_F_SNAT != 0 && conntrack::reply_belongs::<F>(&pkt, &reply_key, &reply) {
-            conntrack::touch(entry, &pkt, now);
+            conntrack::touch_reply::<F>(entry, tier, &reply_key, &reply, &pkt, now);
             counters::traffic(
                 reply.service_id,
                 reply.backend_id,

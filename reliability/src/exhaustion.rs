@@ -42,7 +42,10 @@ pub struct Params {
 
 pub struct Conntrack {
     pub capacity: u32,
+    /// Most entries seen in the LRU map of new flows (`CT_V1`).
     pub peak: u64,
+    /// Most entries seen in the map of confirmed flows (`CT_EST_V1`): the held flows.
+    pub peak_established: u64,
     pub held: Summary,
     pub flood: ManySummary,
 }
@@ -114,11 +117,13 @@ fn conntrack(params: &Params) -> Result<Conntrack> {
     let pin_dir = scenario.node1.config().pin_dir.clone();
     let stop = AtomicBool::new(false);
     let peak = AtomicU64::new(0);
+    let peak_established = AtomicU64::new(0);
     let flood = thread::scope(|scope| {
         scope.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
-                if let Ok(n) = conntrack_entries(&pin_dir) {
-                    peak.fetch_max(n, Ordering::Relaxed);
+                if let Ok((new, established)) = conntrack_entries(&pin_dir) {
+                    peak.fetch_max(new, Ordering::Relaxed);
+                    peak_established.fetch_max(established, Ordering::Relaxed);
                 }
                 thread::sleep(Duration::from_millis(200));
             }
@@ -136,18 +141,26 @@ fn conntrack(params: &Params) -> Result<Conntrack> {
     Ok(Conntrack {
         capacity: params.ct_entries,
         peak: peak.into_inner(),
+        peak_established: peak_established.into_inner(),
         held,
         flood,
     })
 }
 
-fn conntrack_entries(pin_dir: &std::path::Path) -> Result<u64> {
+/// IPv4 conntrack entries: of new flows, of confirmed ones.
+fn conntrack_entries(pin_dir: &std::path::Path) -> Result<(u64, u64)> {
     let maps = Maps::open_pinned(pin_dir)?;
-    maps.fill(pin_dir)?
-        .into_iter()
-        .find(|m| m.map == map_names::CONNTRACK)
-        .map(|m| m.entries)
-        .context("no conntrack map")
+    let fill = maps.fill(pin_dir)?;
+    let entries = |name: &str| {
+        fill.iter()
+            .find(|m| m.map == name)
+            .map(|m| m.entries)
+            .with_context(|| format!("no map {name}"))
+    };
+    Ok((
+        entries(map_names::CONNTRACK)?,
+        entries(map_names::CONNTRACK_ESTABLISHED)?,
+    ))
 }
 
 /// A NodePort whose one backend is remote (pod-2a, SNATed by node1), held open by more

@@ -193,6 +193,31 @@ impl Case {
     }
 }
 
+/// Which of a family's conntrack maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// `CT_V1`, `CT6_V1`: new flows (LRU).
+    New,
+    /// `CT_EST_V1`, `CT6_EST_V1`: confirmed flows.
+    Established,
+}
+
+impl Tier {
+    pub const fn map(self) -> &'static str {
+        match self {
+            Self::New => map_names::CONNTRACK,
+            Self::Established => map_names::CONNTRACK_ESTABLISHED,
+        }
+    }
+
+    pub const fn map6(self) -> &'static str {
+        match self {
+            Self::New => map_names::CONNTRACK6,
+            Self::Established => map_names::CONNTRACK_ESTABLISHED6,
+        }
+    }
+}
+
 /// What a program run gave back.
 pub struct Run {
     pub verdict: u32,
@@ -209,8 +234,17 @@ pub struct Datapath {
     pub netns: IsolatedNetns,
 }
 
+/// Entries of each conntrack map in [`Datapath::new`].
+pub const CONNTRACK_ENTRIES: u32 = 4096;
+
 impl Datapath {
     pub fn new(config_flags: u32) -> Self {
+        Self::with_conntrack(config_flags, CONNTRACK_ENTRIES, CONNTRACK_ENTRIES)
+    }
+
+    /// [`Datapath::new`] with `new_flows` entries in each family's LRU map of new flows
+    /// (`CT_V1`, `CT6_V1`) and `established` in its map of confirmed ones.
+    pub fn with_conntrack(config_flags: u32, new_flows: u32, established: u32) -> Self {
         let netns = IsolatedNetns::enter().expect("create a network namespace (needs root)");
         // No IPv6 chatter (router solicitations, MLD) on the links the capture test watches:
         // IPv6 only where the IPv6 tables need it (sl0, sl2), with no link-local address and
@@ -268,11 +302,13 @@ impl Datapath {
             .map_max_entries(map_names::SERVICES, 1024)
             .map_max_entries(map_names::BACKENDS, 1024)
             .map_max_entries(map_names::SERVICE_META, 16)
-            .map_max_entries(map_names::CONNTRACK, 4096)
+            .map_max_entries(map_names::CONNTRACK, new_flows)
+            .map_max_entries(map_names::CONNTRACK_ESTABLISHED, established)
             .map_max_entries(map_names::SOCK_REV_NAT, 16)
             .map_max_entries(map_names::SERVICES6, 1024)
             .map_max_entries(map_names::BACKENDS6, 1024)
-            .map_max_entries(map_names::CONNTRACK6, 4096)
+            .map_max_entries(map_names::CONNTRACK6, new_flows)
+            .map_max_entries(map_names::CONNTRACK_ESTABLISHED6, established)
             .map_max_entries(map_names::SOCK_REV_NAT6, 16)
             .map_max_entries(map_names::AFFINITY6, 1024)
             .load(proxy_user::EBPF_OBJECT)
@@ -390,13 +426,25 @@ impl Datapath {
             .expect("write SRC_RANGE6_V1");
     }
 
+    /// The IPv6 entry under `key`, from whichever conntrack map holds it (the established
+    /// one first, as the datapath reads them).
     pub fn conntrack6(&mut self, key: CtKey6) -> Option<CtEntry6> {
-        let conntrack: HashMap<_, CtKey6, CtEntry6> = self.hash_map(map_names::CONNTRACK6);
+        self.conntrack6_in(Tier::Established, key)
+            .or_else(|| self.conntrack6_in(Tier::New, key))
+    }
+
+    pub fn conntrack6_in(&mut self, tier: Tier, key: CtKey6) -> Option<CtEntry6> {
+        let conntrack: HashMap<_, CtKey6, CtEntry6> = self.hash_map(tier.map6());
         conntrack.get(&key, 0).ok()
     }
 
+    /// IPv6 conntrack entries in both maps.
     pub fn conntrack6_len(&mut self) -> usize {
-        let conntrack: HashMap<_, CtKey6, CtEntry6> = self.hash_map(map_names::CONNTRACK6);
+        self.conntrack6_len_in(Tier::New) + self.conntrack6_len_in(Tier::Established)
+    }
+
+    pub fn conntrack6_len_in(&mut self, tier: Tier) -> usize {
+        let conntrack: HashMap<_, CtKey6, CtEntry6> = self.hash_map(tier.map6());
         conntrack.keys().count()
     }
 
@@ -538,13 +586,25 @@ impl Datapath {
         HashMap::try_from(map).unwrap_or_else(|err| panic!("map {name}: {err}"))
     }
 
+    /// The IPv4 entry under `key`, from whichever conntrack map holds it (the established
+    /// one first, as the datapath reads them).
     pub fn conntrack(&mut self, key: CtKey) -> Option<CtEntry> {
-        let conntrack: HashMap<_, CtKey, CtEntry> = self.hash_map(map_names::CONNTRACK);
+        self.conntrack_in(Tier::Established, key)
+            .or_else(|| self.conntrack_in(Tier::New, key))
+    }
+
+    pub fn conntrack_in(&mut self, tier: Tier, key: CtKey) -> Option<CtEntry> {
+        let conntrack: HashMap<_, CtKey, CtEntry> = self.hash_map(tier.map());
         conntrack.get(&key, 0).ok()
     }
 
+    /// IPv4 conntrack entries in both maps.
     pub fn conntrack_len(&mut self) -> usize {
-        let conntrack: HashMap<_, CtKey, CtEntry> = self.hash_map(map_names::CONNTRACK);
+        self.conntrack_len_in(Tier::New) + self.conntrack_len_in(Tier::Established)
+    }
+
+    pub fn conntrack_len_in(&mut self, tier: Tier) -> usize {
+        let conntrack: HashMap<_, CtKey, CtEntry> = self.hash_map(tier.map());
         conntrack.keys().count()
     }
 

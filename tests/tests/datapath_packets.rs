@@ -868,6 +868,7 @@ fn every_program_in_the_object_passes_the_verifier() {
     let btf = Btf::from_sys_fs().expect("the kernel's BTF");
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(map_names::CONNTRACK, 1024)
+        .map_max_entries(map_names::CONNTRACK_ESTABLISHED, 1024)
         .load(object.bytes())
         .expect("load the eBPF object");
     let mut loaded = Vec::new();

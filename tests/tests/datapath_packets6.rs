@@ -874,6 +874,8 @@ fn ipv6_entries_cost_more_than_ipv4_ones() {
         map_names::BACKENDS6,
         map_names::CONNTRACK,
         map_names::CONNTRACK6,
+        map_names::CONNTRACK_ESTABLISHED,
+        map_names::CONNTRACK_ESTABLISHED6,
     ];
     let mut loader = aya::EbpfLoader::new();
     for name in names {

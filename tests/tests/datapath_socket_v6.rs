@@ -56,7 +56,9 @@ fn load(cgroups: &[&Path]) -> (Ebpf, Vec<FdLink>, SockTermProgram) {
     let object = patch_object(proxy_user::EBPF_OBJECT);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(map_names::CONNTRACK, 1024)
+        .map_max_entries(map_names::CONNTRACK_ESTABLISHED, 1024)
         .map_max_entries(map_names::CONNTRACK6, 1024)
+        .map_max_entries(map_names::CONNTRACK_ESTABLISHED6, 1024)
         .load(object.bytes())
         .expect("load the eBPF object");
     let mut links = Vec::new();

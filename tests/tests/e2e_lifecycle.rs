@@ -363,6 +363,7 @@ fn finished_flows_leave_conntrack_and_live_ones_stay() {
     wait_until(SYNC_TIMEOUT, Duration::from_millis(100), || flows() == 1);
     let left = scenario.node1.read_json("conntrack");
     assert_eq!(left[0]["state"], "established", "{left:#}");
+    assert_eq!(left[0]["tier"], "established", "{left:#}");
     assert_eq!(
         held.ping().expect("the live flow still works").name,
         held.greeting().name
@@ -371,7 +372,14 @@ fn finished_flows_leave_conntrack_and_live_ones_stay() {
 
 #[test]
 fn map_sizes_are_set_at_start_and_kept_across_restarts() {
-    let mut scenario = Scenario::start(&["--max-frontends", "48", "--ct-max-entries", "2048"]);
+    let mut scenario = Scenario::start(&[
+        "--max-frontends",
+        "48",
+        "--ct-max-entries",
+        "2048",
+        "--ct-established-max-entries",
+        "1024",
+    ]);
     let netns = &scenario.cluster.node("node1").netns;
     let (_, text) = http::get(netns, "127.0.0.1:10249", "/metrics");
     let max_entries =
@@ -379,6 +387,9 @@ fn map_sizes_are_set_at_start_and_kept_across_restarts() {
     assert_eq!(max_entries("SVC_META_V2"), Some(48.0));
     assert_eq!(max_entries("SVC_STATS_V2"), Some(48.0));
     assert_eq!(max_entries("CT_V1"), Some(2048.0));
+    assert_eq!(max_entries("CT6_V1"), Some(2048.0));
+    assert_eq!(max_entries("CT_EST_V1"), Some(1024.0));
+    assert_eq!(max_entries("CT6_EST_V1"), Some(1024.0));
     assert_eq!(max_entries("BACKEND_V1"), Some(131_072.0), "default size");
     assert_echo_reaches_every_pod(&scenario, "with the sizes set");
 
@@ -534,6 +545,12 @@ const IPV6_MAPS: [&str; 8] = [
     map_names::AFFINITY6,
     map_names::SOURCE_RANGES6,
 ];
+/// The conntrack maps of confirmed flows, added after the previous release: its flows (in
+/// `CT_V1`) keep working from there and move at their next established reply.
+const ESTABLISHED_CT_MAPS: [&str; 2] = [
+    map_names::CONNTRACK_ESTABLISHED,
+    map_names::CONNTRACK_ESTABLISHED6,
+];
 /// The previous release's name of the hook counters (`HOOK_STATS_V2` now).
 const RETIRED_HOOK_STATS: &str = "HOOK_STATS_V1";
 
@@ -666,6 +683,7 @@ fn an_upgrade_from_the_previous_release_keeps_ipv4_flows_and_adds_the_ipv6_maps(
     let pin_dir = current_config.pin_dir.clone();
     assert_pinned(&pin_dir, &[RETIRED_HOOK_STATS], true, "previous release");
     assert_pinned(&pin_dir, &IPV6_MAPS, false, "previous release");
+    assert_pinned(&pin_dir, &ESTABLISHED_CT_MAPS, false, "previous release");
     let frontends_before = frontends(&old);
 
     // Long-lived IPv4 flows over every path node1 serves: the socket LB (a pod on node1 to
@@ -822,6 +840,7 @@ fn an_upgrade_from_the_previous_release_keeps_ipv4_flows_and_adds_the_ipv6_maps(
     }
     assert_eq!(frontends(&new), frontends_before, "frontends and backends");
     assert_pinned(&pin_dir, &IPV6_MAPS, true, "current release");
+    assert_pinned(&pin_dir, &ESTABLISHED_CT_MAPS, true, "current release");
     assert_pinned(&pin_dir, &[map_names::HOOK_STATS], true, "current release");
     assert_pinned(&pin_dir, &[RETIRED_HOOK_STATS], false, "current release");
 }

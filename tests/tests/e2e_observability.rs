@@ -45,6 +45,10 @@ fn conntrack_and_backends_show_what_the_datapath_holds() {
     assert_eq!(flow["protocol"], "TCP");
     assert_eq!(flow["state"], "established");
     assert_eq!(
+        flow["tier"], "established",
+        "the backend's answers confirmed the flow: {flow}"
+    );
+    assert_eq!(
         flow["snat"].is_string(),
         remote,
         "SNAT only to a remote backend: {flow}"

@@ -1,9 +1,10 @@
-//! `sluice conntrack`: the flows the packet path tracks (`CT_V1` and `CT6_V1`), one row per
-//! flow.
+//! `sluice conntrack`: the flows the packet path tracks, one row per flow: new ones (`CT_V1`,
+//! `CT6_V1`) and confirmed ones (`CT_EST_V1`, `CT6_EST_V1`), told apart by the TIER column.
 
-use std::{net::IpAddr, path::Path, time::Duration};
+use std::{collections::HashSet, hash::Hash, net::IpAddr, path::Path, time::Duration};
 
 use anyhow::Result;
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use proxy_common::{
     CT_DIR_FORWARD, CT_F_SNAT, CtEntryOf, CtKeyOf, TCP_STATE_CLOSING, TCP_STATE_ESTABLISHED,
     TCP_STATE_SYN,
@@ -24,6 +25,9 @@ pub struct FlowRow {
     pub snat: Option<String>,
     pub service: String,
     pub state: &'static str,
+    /// `new` (the LRU map of unconfirmed flows, which a flood of new flows may evict) or
+    /// `established` (confirmed by a reply: never evicted).
+    pub tier: &'static str,
     /// Seconds since the flow's last packet.
     pub idle_seconds: f64,
 }
@@ -39,27 +43,76 @@ pub struct Filter {
 pub fn read(maps: &Maps, filter: &Filter) -> Result<Vec<FlowRow>> {
     let now = monotonic_ns();
     let mut rows = Vec::new();
-    for entry in &maps.conntrack {
-        let (key, flow) = entry?;
-        if let Some(row) = flow_row(maps, filter, now, &key, &flow, |ip| ip_from_net(ip).into()) {
-            rows.push(row);
-        }
-    }
-    for entry in &maps.conntrack6 {
-        let (key, flow) = entry?;
-        if let Some(row) = flow_row(maps, filter, now, &key, &flow, |ip| ip6_from_net(ip).into()) {
-            rows.push(row);
-        }
-    }
+    tier_rows(
+        maps,
+        filter,
+        now,
+        &maps.conntrack_established,
+        &maps.conntrack,
+        |ip| ip_from_net(ip).into(),
+        &mut rows,
+    )?;
+    tier_rows(
+        maps,
+        filter,
+        now,
+        &maps.conntrack_established6,
+        &maps.conntrack6,
+        |ip| ip6_from_net(ip).into(),
+        &mut rows,
+    )?;
     rows.sort_by(|a, b| (&a.service, &a.client).cmp(&(&b.service, &b.client)));
     Ok(rows)
 }
 
-/// The row of one conntrack entry of either family, if it is a forward entry `filter` keeps.
+/// The rows of one family's flows, confirmed ones first. A flow being confirmed is in both
+/// maps for a moment: shown once, as established.
+fn tier_rows<A: Copy + Eq + Hash>(
+    maps: &Maps,
+    filter: &Filter,
+    now: u64,
+    established: &BpfHashMap<MapData, CtKeyOf<A>, CtEntryOf<A>>,
+    new: &BpfHashMap<MapData, CtKeyOf<A>, CtEntryOf<A>>,
+    ip: fn(A) -> IpAddr,
+    rows: &mut Vec<FlowRow>,
+) -> Result<()>
+where
+    CtKeyOf<A>: aya::Pod,
+    CtEntryOf<A>: aya::Pod,
+{
+    let mut confirmed = HashSet::new();
+    for entry in established {
+        let (key, flow) = entry?;
+        confirmed.insert(key);
+        rows.extend(flow_row(
+            maps,
+            filter,
+            now,
+            TIER_ESTABLISHED,
+            &key,
+            &flow,
+            ip,
+        ));
+    }
+    for entry in new {
+        let (key, flow) = entry?;
+        if !confirmed.contains(&key) {
+            rows.extend(flow_row(maps, filter, now, TIER_NEW, &key, &flow, ip));
+        }
+    }
+    Ok(())
+}
+
+const TIER_NEW: &str = "new";
+const TIER_ESTABLISHED: &str = "established";
+
+/// The row of one conntrack entry of either family (from the map `tier` names), if it is a
+/// forward entry `filter` keeps.
 fn flow_row<A: Copy>(
     maps: &Maps,
     filter: &Filter,
     now: u64,
+    tier: &'static str,
     key: &CtKeyOf<A>,
     flow: &CtEntryOf<A>,
     ip: fn(A) -> IpAddr,
@@ -92,6 +145,7 @@ fn flow_row<A: Copy>(
         snat,
         service,
         state: state_name(key.proto, flow.tcp_state),
+        tier,
         idle_seconds: Duration::from_nanos(now.saturating_sub(flow.last_seen_ns)).as_secs_f64(),
     })
 }
@@ -114,7 +168,7 @@ pub fn run(pin_dir: &Path, output: Output, filter: &Filter) -> Result<()> {
         &rows,
         output,
         &[
-            "PROTO", "CLIENT", "FRONTEND", "BACKEND", "SNAT", "SERVICE", "STATE", "IDLE",
+            "PROTO", "CLIENT", "FRONTEND", "BACKEND", "SNAT", "SERVICE", "STATE", "TIER", "IDLE",
         ],
         |row| {
             vec![
@@ -125,6 +179,7 @@ pub fn run(pin_dir: &Path, output: Output, filter: &Filter) -> Result<()> {
                 row.snat.clone().unwrap_or_else(|| "-".into()),
                 row.service.clone(),
                 row.state.to_owned(),
+                row.tier.to_owned(),
                 format!("{:.1}s", row.idle_seconds),
             ]
         },

@@ -59,7 +59,7 @@ pub fn run(pin_dir: &Path, output: Output) -> Result<()> {
         .iter()
         .map(|p| vec![p.reason.to_owned(), p.count.to_string()])
         .collect();
-    print_table(&["PASSED UNTRANSLATED", "COUNT"], &rows);
+    print_table(&["PASSED (REASON)", "COUNT"], &rows);
     println!();
     let rows: Vec<Vec<String>> = stats
         .hooks

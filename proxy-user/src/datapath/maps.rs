@@ -18,7 +18,10 @@ pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub backends: HashMap<MapData, u32, Backend>,
     pub service_meta: HashMap<MapData, u32, ServiceMeta>,
+    /// New flows (LRU); confirmed ones are in `conntrack_established`.
     pub conntrack: HashMap<MapData, CtKey, CtEntry>,
+    /// Confirmed flows (plain hash, never evicted).
+    pub conntrack_established: HashMap<MapData, CtKey, CtEntry>,
     pub sock_rev_nat: HashMap<MapData, SockRevNatKey, SockRevNatValue>,
     pub node_addrs: HashMap<MapData, u32, NodeAddr>,
     pub config: Array<MapData, Config>,
@@ -43,6 +46,7 @@ pub struct Maps {
     pub config6: Array<MapData, Config6>,
     /// Written by the datapath; read by `sluice conntrack`.
     pub conntrack6: HashMap<MapData, CtKey6, CtEntry6>,
+    pub conntrack_established6: HashMap<MapData, CtKey6, CtEntry6>,
     /// IPv6 clients of the packet path; written by the datapath, cleaned by the affinity GC.
     pub affinity6: HashMap<MapData, AffinityKey6, AffinityValue>,
     pub service_addrs6: LpmTrie<MapData, Addr6, u32>,
@@ -85,6 +89,7 @@ impl Maps {
             backends: typed!(map_names::BACKENDS),
             service_meta: typed!(map_names::SERVICE_META),
             conntrack: typed!(map_names::CONNTRACK),
+            conntrack_established: typed!(map_names::CONNTRACK_ESTABLISHED),
             sock_rev_nat: typed!(map_names::SOCK_REV_NAT),
             node_addrs: typed!(map_names::NODE_ADDRS),
             config: typed!(map_names::CONFIG),
@@ -104,6 +109,7 @@ impl Maps {
             node_addrs6: typed!(map_names::NODE_ADDRS6),
             config6: typed!(map_names::CONFIG6),
             conntrack6: typed!(map_names::CONNTRACK6),
+            conntrack_established6: typed!(map_names::CONNTRACK_ESTABLISHED6),
             affinity6: typed!(map_names::AFFINITY6),
             service_addrs6: typed!(map_names::SERVICE_ADDRS6),
         })
@@ -146,6 +152,14 @@ impl Maps {
             (map_names::SERVICE_META, frontends),
             (map_names::CONNTRACK, count(self.conntrack.keys())),
             (map_names::CONNTRACK6, count(self.conntrack6.keys())),
+            (
+                map_names::CONNTRACK_ESTABLISHED,
+                count(self.conntrack_established.keys()),
+            ),
+            (
+                map_names::CONNTRACK_ESTABLISHED6,
+                count(self.conntrack_established6.keys()),
+            ),
             (map_names::SOCK_REV_NAT, count(self.sock_rev_nat.keys())),
             (map_names::NODE_ADDRS, count(self.node_addrs.keys())),
             (map_names::NODE_ADDRS6, count(self.node_addrs6.keys())),

@@ -23,6 +23,15 @@ pub struct MapSizes {
     /// Conntrack entries of the packet path: two per tracked flow.
     #[arg(long = "ct-max-entries", value_name = "N", default_value_t = map_sizes::CONNTRACK)]
     pub conntrack: u32,
+    /// Conntrack entries of confirmed flows (two per flow), apart from the new flows'
+    /// `--ct-max-entries`: a flood of new flows cannot evict them. When it is full, further
+    /// confirmed flows stay with the new ones (counted as `ct_established_full`).
+    #[arg(
+        long = "ct-established-max-entries",
+        value_name = "N",
+        default_value_t = map_sizes::CONNTRACK_ESTABLISHED
+    )]
+    pub ct_established: u32,
     /// Clients remembered for ClientIP session affinity (least recently used go first).
     #[arg(long = "affinity-max-entries", value_name = "N", default_value_t = map_sizes::AFFINITY)]
     pub affinity: u32,
@@ -35,6 +44,7 @@ impl Default for MapSizes {
             backends: map_sizes::BACKENDS,
             backend_slots: map_sizes::SERVICES,
             conntrack: map_sizes::CONNTRACK,
+            ct_established: map_sizes::CONNTRACK_ESTABLISHED,
             affinity: map_sizes::AFFINITY,
         }
     }
@@ -44,7 +54,7 @@ impl MapSizes {
     /// Every sized map with its capacity and the flag that sets it. One flag sizes both
     /// families' maps of a kind (each family may fill its map alone, and the id-indexed maps
     /// they share hold both families' ids).
-    pub fn per_map(&self) -> [(&'static str, u32, &'static str); 14] {
+    pub fn per_map(&self) -> [(&'static str, u32, &'static str); 16] {
         [
             (map_names::SERVICE_META, self.frontends, "--max-frontends"),
             (map_names::SERVICE_STATS, self.frontends, "--max-frontends"),
@@ -70,6 +80,16 @@ impl MapSizes {
             ),
             (map_names::CONNTRACK, self.conntrack, "--ct-max-entries"),
             (map_names::CONNTRACK6, self.conntrack, "--ct-max-entries"),
+            (
+                map_names::CONNTRACK_ESTABLISHED,
+                self.ct_established,
+                "--ct-established-max-entries",
+            ),
+            (
+                map_names::CONNTRACK_ESTABLISHED6,
+                self.ct_established,
+                "--ct-established-max-entries",
+            ),
             (map_names::AFFINITY, self.affinity, "--affinity-max-entries"),
             (
                 map_names::AFFINITY6,
@@ -122,9 +142,10 @@ impl MapSizes {
             bail!(
                 "the pinned maps of an earlier run have other sizes:\n  {}\nstart with the sizes \
                  they were made with, or remove those pins (they are recreated empty: removing \
-                 {} forgets the tracked connections)",
+                 {} or {} forgets the tracked connections)",
                 problems.join("\n  "),
-                map_names::CONNTRACK
+                map_names::CONNTRACK,
+                map_names::CONNTRACK_ESTABLISHED
             );
         }
         Ok(())

@@ -1,8 +1,12 @@
-//! Background removal of flows from conntrack (`CT_V1`, `CT6_V1`): finished and idle ones, so
-//! the tables hold live flows and `sluice conntrack` shows them instead of waiting for LRU
-//! eviction, and on request the UDP flows of backends that stopped serving their frontend.
+//! Background removal of flows from conntrack (`CT_V1`, `CT6_V1` of new flows and
+//! `CT_EST_V1`, `CT6_EST_V1` of confirmed ones): finished and idle ones, so the tables hold
+//! live flows and `sluice conntrack` shows them instead of waiting for LRU eviction (the
+//! established maps evict nothing: this is what empties them), and on request the UDP flows
+//! of backends that stopped serving their frontend.
 //!
-//! A flow is two entries (forward and reply, see docs/packet-path.md); both go together. The
+//! A flow is two entries (forward and reply, see docs/packet-path.md); both go together. Each
+//! family's two maps are read as one table ([`merged`]): a flow's entries are in one of them,
+//! or for a moment in both, and a doomed key is removed from both. The
 //! timeouts follow what kube-proxy sets for netfilter: established TCP 24 h, closing TCP
 //! (FIN or RST seen) 10 s, a SYN without answer 60 s, UDP 120 s.
 
@@ -103,17 +107,35 @@ pub fn expired_keys<A: Address + Hash>(
     doomed
 }
 
-/// One pass over both pinned conntrack maps; returns how many entries it removed.
+/// One family's conntrack entries as one table: those of the LRU map of new flows, then
+/// those of the established map, which win where a key is in both (a flow being confirmed is
+/// written to the established map before it leaves the LRU; read in this order, its entries
+/// are seen in one map or the other).
+pub fn merged<K: Eq + Hash, V>(
+    new: impl IntoIterator<Item = (K, V)>,
+    established: impl IntoIterator<Item = (K, V)>,
+) -> HashMap<K, V> {
+    let mut entries: HashMap<K, V> = new.into_iter().collect();
+    entries.extend(established);
+    entries
+}
+
+/// One pass over the pinned conntrack maps of both families; returns how many entries it
+/// removed.
 pub fn collect(maps: &mut Maps, timeouts: &CtTimeouts) -> Result<usize> {
     let now = monotonic_ns();
     let backends: HashSet<u32> = maps.backends.keys().filter_map(Result::ok).collect();
     let backends6: HashSet<u32> = maps.backends6.keys().filter_map(Result::ok).collect();
-    let removed = collect_in(&mut maps.conntrack, |entries| {
-        expired_keys(entries, |id| backends.contains(&id), timeouts, now)
-    });
-    let removed6 = collect_in(&mut maps.conntrack6, |entries| {
-        expired_keys(entries, |id| backends6.contains(&id), timeouts, now)
-    });
+    let removed = collect_in(
+        &mut maps.conntrack,
+        &mut maps.conntrack_established,
+        |entries| expired_keys(entries, |id| backends.contains(&id), timeouts, now),
+    );
+    let removed6 = collect_in(
+        &mut maps.conntrack6,
+        &mut maps.conntrack_established6,
+        |entries| expired_keys(entries, |id| backends6.contains(&id), timeouts, now),
+    );
     Ok(removed + removed6)
 }
 
@@ -148,12 +170,16 @@ pub fn remove_retired_udp_flows(
     retired: &HashSet<RetiredUdpSlot, impl BuildHasher>,
 ) -> (usize, usize) {
     (
-        collect_in(&mut maps.conntrack, |entries| {
-            retired_udp_keys(entries, retired)
-        }),
-        collect_in(&mut maps.conntrack6, |entries| {
-            retired_udp_keys(entries, retired)
-        }),
+        collect_in(
+            &mut maps.conntrack,
+            &mut maps.conntrack_established,
+            |entries| retired_udp_keys(entries, retired),
+        ),
+        collect_in(
+            &mut maps.conntrack6,
+            &mut maps.conntrack_established6,
+            |entries| retired_udp_keys(entries, retired),
+        ),
     )
 }
 
@@ -210,20 +236,28 @@ impl RetiredUdpFlows {
     }
 }
 
-/// Reads `map`, removes the keys `doomed` picks from what it read; returns how many went.
+/// Reads one family's two maps as one table ([`merged`]), removes the keys `doomed` picks
+/// from what it read from both maps; returns how many keys went.
 fn collect_in<A: Address + Hash>(
-    map: &mut BpfHashMap<MapData, CtKeyOf<A>, CtEntryOf<A>>,
+    new: &mut BpfHashMap<MapData, CtKeyOf<A>, CtEntryOf<A>>,
+    established: &mut BpfHashMap<MapData, CtKeyOf<A>, CtEntryOf<A>>,
     doomed: impl FnOnce(&HashMap<CtKeyOf<A>, CtEntryOf<A>>) -> Vec<CtKeyOf<A>>,
 ) -> usize
 where
     CtKeyOf<A>: aya::Pod,
     CtEntryOf<A>: aya::Pod,
 {
-    let entries: HashMap<CtKeyOf<A>, CtEntryOf<A>> = map.iter().filter_map(Result::ok).collect();
+    let entries = merged(
+        new.iter().filter_map(Result::ok).collect::<Vec<_>>(),
+        established.iter().filter_map(Result::ok),
+    );
     // Gone already (the datapath or the LRU was quicker) is fine.
     doomed(&entries)
         .iter()
-        .filter(|key| map.remove(key).is_ok())
+        .filter(|key| {
+            let from_established = established.remove(key).is_ok();
+            new.remove(key).is_ok() || from_established
+        })
         .count()
 }
 
@@ -358,5 +392,45 @@ mod tests {
         assert_eq!(doomed[1].dport, 40000u16.to_be());
         let other: HashSet<RetiredUdpSlot> = [(3, 8)].into();
         assert_eq!(retired_udp_keys(&entries, &other), []);
+    }
+
+    #[test]
+    fn a_flow_split_across_the_maps_is_one_flow_and_goes_in_a_pair() {
+        // Forward entry confirmed (established map), reply entry still in the LRU: the
+        // moment of a confirmation, or a flow whose move half failed.
+        let flow = local_flow(IPPROTO_TCP, TCP_STATE_ESTABLISHED, 100);
+        let (new, established) = (vec![flow[1]], vec![flow[0]]);
+        let entries = merged(new.clone(), established.clone());
+        let timeouts = CtTimeouts::default();
+        // Not an orphan reply: nothing goes while the flow is live.
+        assert_eq!(
+            expired_keys(&entries, |id| id == 7, &timeouts, 101 * SEC),
+            []
+        );
+        // Its backend gone, both keys go, whichever map holds them.
+        let mut doomed = expired_keys(&entries, |_| false, &timeouts, 101 * SEC);
+        doomed.sort_by_key(|key| key.dir);
+        assert_eq!(doomed, [flow[0].0, flow[1].0]);
+        // Read apart, the reply would have been taken for an orphan.
+        let lru_alone: HashMap<CtKey, CtEntry> = new.into_iter().collect();
+        assert_eq!(
+            expired_keys(&lru_alone, |id| id == 7, &timeouts, 101 * SEC),
+            [flow[1].0]
+        );
+    }
+
+    #[test]
+    fn an_entry_in_both_maps_is_read_from_the_established_one() {
+        let flow = local_flow(IPPROTO_UDP, 0, 100);
+        let mut stale = flow[0];
+        stale.1.last_seen_ns = 0;
+        // The datapath reads the established copy first: it is the one packets refresh.
+        let entries = merged(vec![stale, flow[1]], vec![flow[0]]);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[&flow[0].0].last_seen_ns, 100 * SEC);
+        assert_eq!(
+            expired_keys(&entries, |id| id == 7, &CtTimeouts::default(), 150 * SEC),
+            []
+        );
     }
 }

@@ -486,7 +486,9 @@ impl Collector for DatapathCounters {
         by_reason(
             &mut encoder,
             "sluice_packets_passed",
-            "Packets passed to the stack untranslated on purpose (not drops), by reason",
+            "Packets passed on with less than the full treatment, on purpose (not drops), by \
+             reason: untranslated (fragment, ipv6_extension_headers) or translated with a flow \
+             the established conntrack map had no room for (ct_established_full)",
             stats.passes.iter().map(|p| (p.reason, p.count)),
         )?;
         counters(
