@@ -23,7 +23,9 @@ use crate::flows::{self, AffinitySummary, ManySummary, Spec, Summary};
 
 /// The section's sizes.
 pub struct Params {
-    /// `--ct-max-entries` of the flooded node.
+    /// `--ct-max-entries` (new flows) and `--ct-established-max-entries` (confirmed ones) of
+    /// the flooded node: the flood's answered connections fill the established map too, and
+    /// the held flows, confirmed before it, must keep their entries in both cases.
     pub ct_entries: u32,
     /// New connections of the flood.
     pub flood: usize,
@@ -44,8 +46,12 @@ pub struct Conntrack {
     pub capacity: u32,
     /// Most entries seen in the LRU map of new flows (`CT_V1`).
     pub peak: u64,
-    /// Most entries seen in the map of confirmed flows (`CT_EST_V1`): the held flows.
+    /// Most entries seen in the map of confirmed flows (`CT_EST_V1`): the held flows, and
+    /// the flood's answered connections while there is room.
     pub peak_established: u64,
+    /// Replies that confirmed a flow the full established map had no room for
+    /// (`ct_established_full`): those flows stayed in the LRU.
+    pub established_full: u64,
     pub held: Summary,
     pub flood: ManySummary,
 }
@@ -103,7 +109,7 @@ fn node_port(scenario: &Scenario, port: u16) -> SocketAddr {
 /// small conntrack table.
 fn conntrack(params: &Params) -> Result<Conntrack> {
     let ct = params.ct_entries.to_string();
-    let scenario = Scenario::start(&["--ct-max-entries", &ct]);
+    let scenario = Scenario::start(&["--ct-max-entries", &ct, "--ct-established-max-entries", &ct]);
     let spec = Spec {
         tcp_target: node_port(&scenario, 30080),
         udp_target: node_port(&scenario, 30053),
@@ -138,10 +144,15 @@ fn conntrack(params: &Params) -> Result<Conntrack> {
         flood
     })?;
     let held: Summary = flows::last_json_line(&mut held, Duration::from_secs(120))?;
+    let established_full = scenario.node1.stats_count(
+        "passes",
+        proxy_common::stats::PassReason::CtEstablishedFull.as_str(),
+    );
     Ok(Conntrack {
         capacity: params.ct_entries,
         peak: peak.into_inner(),
         peak_established: peak_established.into_inner(),
+        established_full,
         held,
         flood,
     })

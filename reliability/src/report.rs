@@ -39,19 +39,21 @@ fn exhaustion_goals(outcome: &exhaustion::Outcome) -> Vec<(String, String, bool)
             let broken = h.tcp_open_failed + h.udp_open_failed + h.tcp_broken + h.udp_broken;
             goals.push((
                 format!(
-                    "exhaustion: conntrack ({} entries) flooded with {} new connections: no \
-                     active flow broken",
-                    ct.capacity, ct.flood.made
+                    "exhaustion: conntrack ({} entries of new flows, {} of established ones) \
+                     flooded with {} new connections: no active flow broken",
+                    ct.capacity, ct.capacity, ct.flood.made
                 ),
                 format!(
                     "{broken} of {} flows broken, {} of {} datagrams lost; the flood: {} failed; \
-                     peak {} entries of new flows, {} of established ones",
+                     peak {} entries of new flows, {} of established ones; {} confirmations \
+                     found the established map full (`ct_established_full`)",
                     h.tcp_flows + h.udp_flows,
                     h.datagrams_lost,
                     h.datagrams_sent,
                     ct.flood.failed,
                     ct.peak,
-                    ct.peak_established
+                    ct.peak_established,
+                    ct.established_full
                 ),
                 broken == 0 && h.datagrams_lost == 0,
             ));
