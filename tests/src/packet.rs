@@ -461,6 +461,13 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, String> {
         }
         proto => return Err(format!("IP protocol {proto} not handled by the parser")),
     };
+    // A mutated header may claim more TCP header than the segment has.
+    let Some(payload) = l4.get(header_len..) else {
+        return Err(format!(
+            "TCP data offset {header_len} beyond a segment of {} bytes",
+            l4.len()
+        ));
+    };
     Ok(Parsed {
         eth_dst: frame[0..6].try_into().expect("6 bytes"),
         eth_src: frame[6..12].try_into().expect("6 bytes"),
@@ -469,7 +476,7 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, String> {
         ttl: ip[8],
         ihl,
         transport,
-        payload: l4[header_len..].to_vec(),
+        payload: payload.to_vec(),
     })
 }
 
@@ -899,6 +906,13 @@ pub fn parse6(frame: &[u8]) -> Result<Parsed6, String> {
             8,
         ),
     };
+    // A mutated header may claim more TCP header than the segment has.
+    let Some(payload) = l4.get(header_len..) else {
+        return Err(format!(
+            "TCP data offset {header_len} beyond a segment of {} bytes",
+            l4.len()
+        ));
+    };
     Ok(Parsed6 {
         eth_dst: frame[0..6].try_into().expect("6 bytes"),
         eth_src: frame[6..12].try_into().expect("6 bytes"),
@@ -907,7 +921,7 @@ pub fn parse6(frame: &[u8]) -> Result<Parsed6, String> {
         hop_limit: ip[7],
         ext,
         transport,
-        payload: l4[header_len..].to_vec(),
+        payload: payload.to_vec(),
     })
 }
 
@@ -1044,6 +1058,24 @@ mod tests {
             let parsed = parse(&frame).unwrap_or_else(|err| panic!("{err}: {frame:02x?}"));
             assert_eq!(parsed.saddr, *client.ip());
         }
+    }
+
+    /// A TCP data offset past the segment (found by the packet fuzzing: the parser sliced
+    /// past the end) is an error, checksum valid or not.
+    #[test]
+    fn a_tcp_data_offset_past_the_segment_is_an_error() {
+        let (client, server) = (addr([198, 18, 0, 100], 40000), addr([198, 19, 0, 10], 80));
+        let mut frame = tcp(client, server, 0x10).payload(b"abcd").build();
+        let tcp_at = ETH_HLEN + 20;
+        // Data offset 15 (60 bytes) over a 24-byte segment; the urgent pointer takes up the
+        // checksum's difference (0x5000 -> 0xf000 adds 0xa000; 0x5fff makes it 0xffff).
+        frame[tcp_at + 12] = 0xf0;
+        frame[tcp_at + 18..tcp_at + 20].copy_from_slice(&[0x5f, 0xff]);
+        let err = parse(&frame).expect_err("no TCP header of 60 bytes in 24");
+        assert!(
+            err.contains("data offset 60 beyond a segment of 24 bytes"),
+            "{err}"
+        );
     }
 
     #[test]
