@@ -444,7 +444,7 @@ impl Reconciler {
 
     /// `changes` and what did not fit before: the frontends left out (with their backends and
     /// names) and the backends that got no id, which every apply tries again.
-    fn with_unfit(&mut self, plan: &Plan, changes: &PlanChanges) -> PlanChanges {
+    fn with_unfit(&self, plan: &Plan, changes: &PlanChanges) -> PlanChanges {
         let mut changes = changes.clone();
         changes.backends.extend(self.unallocated.iter().copied());
         for (frontend, unfit) in &self.unfit {
