@@ -581,22 +581,64 @@ pub const LOG_LEVEL_TRACE: u32 = 5;
 pub const CONFIG_F_COUNTERS: u32 = 1 << 1;
 
 /// Send rewritten packets back out with `XDP_TX` / `XDP_REDIRECT`. Without it XDP hands them to
-/// the stack with a metadata mark and `tc_ingress` redirects them; needed on veth whose peer
+/// `tc_ingress` (see [`handoff`]), which redirects them; needed on veth whose peer
 /// runs no XDP program (`XDP_TX` frames would be dropped there).
 pub const CONFIG_F_XDP_TX: u32 = 1 << 0;
 
-/// Metadata XDP prepends to a packet it passes to the stack for `tc_ingress` to redirect.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct XdpRedirectMeta {
-    /// [`XDP_META_MAGIC`] when the packet must be redirected.
-    pub magic: u32,
-    /// Output interface index from the FIB lookup.
-    pub ifindex: u32,
-}
-const _: () = assert!(core::mem::size_of::<XdpRedirectMeta>() == 8);
+/// XDP's hand-off to `tc_ingress`: a packet XDP translated but cannot send itself goes to the
+/// stack with its Ethernet addresses overwritten by this mark, and `tc_ingress` redirects it
+/// with `bpf_redirect_neigh` (which writes the real addresses). The mark is in the frame, not
+/// in XDP metadata: some kernels refuse `bpf_xdp_adjust_meta` to XDP programs. Both addresses
+/// are locally administered unicast; a frame carrying them is for no host, so the stack would
+/// drop it, and `tc_ingress` runs before the stack.
+pub mod handoff {
+    /// The source address of a handed-off frame.
+    pub const SOURCE: [u8; 6] = [0x02, 0x51, 0x31, 0x0c, 0xe5, 0x00];
+    /// The first two bytes of a handed-off frame's destination; the output interface's index
+    /// follows (big-endian).
+    pub const DESTINATION_PREFIX: [u8; 2] = [0x02, 0x5c];
 
-pub const XDP_META_MAGIC: u32 = 0x5131_0ce5;
+    /// The destination address that asks for a redirect to `ifindex`.
+    #[must_use]
+    pub const fn destination(ifindex: u32) -> [u8; 6] {
+        let i = ifindex.to_be_bytes();
+        [
+            DESTINATION_PREFIX[0],
+            DESTINATION_PREFIX[1],
+            i[0],
+            i[1],
+            i[2],
+            i[3],
+        ]
+    }
+
+    /// The interface a frame with these addresses is handed off to, if it carries the mark.
+    #[must_use]
+    pub fn ifindex(destination: [u8; 6], source: [u8; 6]) -> Option<u32> {
+        (source == SOURCE && destination[..2] == DESTINATION_PREFIX).then(|| {
+            u32::from_be_bytes([
+                destination[2],
+                destination[3],
+                destination[4],
+                destination[5],
+            ])
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_mark_carries_the_interface_and_nothing_else_reads_as_one() {
+            assert_eq!(ifindex(destination(0x0102_0304), SOURCE), Some(0x0102_0304));
+            assert_eq!(destination(7), [0x02, 0x5c, 0, 0, 0, 7]);
+            // A real frame: another source, or a destination without the prefix.
+            assert_eq!(ifindex(destination(7), [0x02, 0, 0, 0, 0, 1]), None);
+            assert_eq!(ifindex([0x02, 0x5d, 0, 0, 0, 7], SOURCE), None);
+        }
+    }
+}
 
 /// Key of the session-affinity map (LRU): which client of which frontend.
 #[repr(C)]

@@ -29,8 +29,6 @@ pub enum Error {
     ConntrackUpdate,
     /// Growing or shrinking the packet failed.
     Resize,
-    /// The redirect metadata could not be prepended.
-    Metadata,
     /// A kernel helper rewriting an skb failed.
     SkbRewrite,
     /// The client is outside the frontend's `loadBalancerSourceRanges`.
@@ -45,7 +43,7 @@ pub enum Error {
 
 impl Error {
     #[cfg(test)]
-    pub const ALL: [Error; 18] = [
+    pub const ALL: [Error; 17] = [
         Self::NotIp,
         Self::NotTcpUdp,
         Self::Fragment,
@@ -58,7 +56,6 @@ impl Error {
         Self::NoSnatPort,
         Self::ConntrackUpdate,
         Self::Resize,
-        Self::Metadata,
         Self::SkbRewrite,
         Self::SourceRangeDenied,
         Self::NoLocalEndpoint,
@@ -81,7 +78,6 @@ impl Error {
             Self::NoSnatPort => "no free SNAT port",
             Self::ConntrackUpdate => "conntrack update failed",
             Self::Resize => "packet resize failed",
-            Self::Metadata => "XDP metadata not supported",
             Self::SkbRewrite => "skb rewrite failed",
             Self::SourceRangeDenied => "client outside loadBalancerSourceRanges",
             Self::NoLocalEndpoint => "traffic policy Local without a local endpoint",

@@ -1,7 +1,7 @@
 //! Sends a translated packet back out of XDP: FIB lookup, then `XDP_TX` / redirect, or a hand-off
-//! to the stack with metadata that `tc_ingress` turns into `bpf_redirect_neigh`.
+//! (a mark in the Ethernet addresses) that `tc_ingress` turns into `bpf_redirect_neigh`.
 
-use core::mem::{offset_of, size_of};
+use core::mem::offset_of;
 
 use aya_ebpf::{
     bindings::{
@@ -14,7 +14,7 @@ use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
-use proxy_common::{CONFIG_F_XDP_TX, XDP_META_MAGIC, XdpRedirectMeta, checksum};
+use proxy_common::{CONFIG_F_XDP_TX, checksum, handoff};
 
 use crate::{
     error::Error,
@@ -28,7 +28,7 @@ use crate::{
 ///
 /// With `CONFIG_F_XDP_TX` and a resolved neighbour, the MACs are rewritten and the packet leaves
 /// through `XDP_TX` (same interface) or `bpf_redirect`. Otherwise (no flag, or the neighbour is
-/// not resolved yet) it goes to the stack with [`XdpRedirectMeta`], and `tc_ingress` redirects
+/// not resolved yet) it goes to the stack marked as a [`handoff`], and `tc_ingress` redirects
 /// it with `bpf_redirect_neigh`. When the FIB has no usable route the stack routes it. Either
 /// way out of XDP decrements the TTL (IPv6: the hop limit), as the stack's forwarding would.
 #[inline(always)]
@@ -125,16 +125,22 @@ pub fn decrement_hop_limit6(ctx: &XdpContext) -> Result<bool, Error> {
     Ok(true)
 }
 
-/// Prepends [`XdpRedirectMeta`] and passes the packet to the stack, where `tc_ingress` finds it.
+/// Marks the packet as a [`handoff`] to `ifindex` and passes it to the stack, where
+/// `tc_ingress` finds the mark.
 #[inline(always)]
 fn pass_for_redirect(ctx: &XdpContext, ifindex: u32) -> Result<u32, Error> {
-    if !kernel::xdp_adjust_meta(ctx, size_of::<XdpRedirectMeta>() as i32) {
-        return Err(Error::Metadata);
-    }
-    let meta = XdpRedirectMeta {
-        magic: XDP_META_MAGIC,
-        ifindex,
-    };
-    write_at(ctx.metadata(), ctx.data(), 0, meta)?;
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    write_at(
+        data,
+        data_end,
+        offset_of!(EthHdr, dst_addr),
+        handoff::destination(ifindex),
+    )?;
+    write_at(
+        data,
+        data_end,
+        offset_of!(EthHdr, src_addr),
+        handoff::SOURCE,
+    )?;
     Ok(XDP_PASS)
 }

@@ -11,7 +11,7 @@ use aya_ebpf::{
         generated::{
             bpf_fib_lookup as fib_lookup_helper, bpf_get_netns_cookie, bpf_get_socket_cookie,
             bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh, bpf_set_retval,
-            bpf_xdp_adjust_head, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
+            bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
         },
     },
     programs::{SockAddrContext, TcContext, XdpContext},
@@ -50,13 +50,6 @@ pub fn xdp_adjust_head(ctx: &XdpContext, delta: i32) -> bool {
 pub fn xdp_adjust_tail(ctx: &XdpContext, delta: i32) -> bool {
     // SAFETY: the context is this program's xdp_md; the helper checks the new length itself.
     unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) == 0 }
-}
-
-/// Grows the metadata area in front of an XDP frame by `len` bytes.
-#[inline(always)]
-pub fn xdp_adjust_meta(ctx: &XdpContext, len: i32) -> bool {
-    // SAFETY: the context is this program's xdp_md; the helper checks the room itself.
-    unsafe { bpf_xdp_adjust_meta(ctx.ctx, -len) == 0 }
 }
 
 /// The frame's length. The helper rather than `data_end - data`: the compiler reorders that
@@ -117,14 +110,6 @@ pub fn skb_ifindex(ctx: &TcContext) -> u32 {
 pub fn redirect_neigh(ifindex: u32) -> i32 {
     // SAFETY: a null neighbour is allowed: the kernel looks the next hop up itself.
     unsafe { bpf_redirect_neigh(ifindex, null_mut(), 0, 0) as i32 }
-}
-
-/// The metadata area and the data start of an skb (the metadata XDP left in front of it).
-#[inline(always)]
-pub fn skb_meta(ctx: &TcContext) -> (usize, usize) {
-    let skb = ctx.as_ptr().cast::<__sk_buff>();
-    // SAFETY: `skb` is the kernel's __sk_buff for this call; the verifier checks the loads.
-    unsafe { ((*skb).data_meta as usize, (*skb).data as usize) }
 }
 
 /// The socket a `sock_addr` hook runs for: its type (`SOCK_STREAM`, `SOCK_DGRAM`, ...) and

@@ -90,13 +90,6 @@ pub const fn outcome(path: Path, err: Error) -> Outcome {
         // The same, but possibly a service's traffic: counted as passed.
         Error::Fragment => Outcome::untranslated(PassReason::Fragment),
         Error::ExtensionHeaders => Outcome::untranslated(PassReason::Ipv6ExtensionHeaders),
-        // XDP could not hand the translated packet to tc_ingress: the stack still routes it.
-        Error::Metadata => Outcome {
-            action: Action::Pass,
-            counted: None,
-            passed: None,
-            logged: true,
-        },
         Error::NoEndpoints => Outcome::refuse(DropReason::NoEndpoints),
         // kube-proxy's nftables mode rejects the first and drops the second; both are
         // refused here, so a client learns at once that nothing is there.
@@ -167,11 +160,8 @@ mod tests {
                     continue;
                 }
                 assert!(outcome.logged, "{path:?} {err:?}");
-                // The one error that still delivers the packet has nothing to count as a drop.
-                if err != Error::Metadata {
-                    assert!(outcome.counted.is_some(), "{path:?} {err:?}");
-                    assert_ne!(outcome.action, Action::Pass, "{path:?} {err:?}");
-                }
+                assert!(outcome.counted.is_some(), "{path:?} {err:?}");
+                assert_ne!(outcome.action, Action::Pass, "{path:?} {err:?}");
             }
         }
     }
@@ -240,7 +230,6 @@ mod tests {
                 Action::Drop,
                 Some(DropReason::Rewrite),
             ),
-            (Path::Xdp, Error::Metadata, Action::Pass, None),
         ];
         for (path, err, action, counted) in cases {
             let outcome = outcome(path, err);

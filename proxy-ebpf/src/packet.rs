@@ -241,6 +241,14 @@ pub fn ether_type(data: usize, data_end: usize) -> Result<u16, Error> {
     Ok(unsafe { (*eth).ether_type })
 }
 
+/// The frame's Ethernet addresses: (destination, source).
+#[inline(always)]
+pub fn eth_addresses(data: usize, data_end: usize) -> Result<([u8; 6], [u8; 6]), Error> {
+    let eth: *const EthHdr = ptr_at(data, data_end, 0)?;
+    // SAFETY: ptr_at checked that the header is inside the packet.
+    Ok(unsafe { ((*eth).dst_addr, (*eth).src_addr) })
+}
+
 /// Parses Ethernet → IPv4 (honouring IHL) → TCP/UDP. Anything else, fragments included, is an
 /// error the caller passes untouched. The caller has checked the EtherType.
 #[inline(always)]

@@ -1,5 +1,5 @@
-//! TC programs on the node interfaces: `tc_ingress` finishes XDP's hand-off with
-//! `bpf_redirect_neigh`; `tc_egress` reverse-translates replies of local backends. The reply
+//! TC programs on the node interfaces: `tc_ingress` finishes XDP's hand-off (see
+//! `proxy_common::handoff`) with `bpf_redirect_neigh`; `tc_egress` reverse-translates replies of local backends. The reply
 //! translation is shared with the pod-side path (`pod`).
 
 use aya_ebpf::{
@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use network_types::eth::EtherType;
-use proxy_common::{CT_DIR_REPLY, CT_F_LOCAL, XDP_META_MAGIC, XdpRedirectMeta, stats::Hook};
+use proxy_common::{CT_DIR_REPLY, CT_F_LOCAL, handoff, stats::Hook};
 
 use crate::{
     conntrack,
@@ -19,27 +19,20 @@ use crate::{
     kernel, klog,
     nat::{rewrite_skb, rewritten},
     outcome::{Action, Path, outcome},
-    packet::{self, Packet, read_at, write_at},
+    packet::{self, Packet},
 };
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
-    let (meta, data) = kernel::skb_meta(&ctx);
-    let Ok(redirect) = read_at::<XdpRedirectMeta>(meta, data, 0) else {
+    // The Ethernet header is always in the skb's linear data.
+    let Ok((destination, source)) = packet::eth_addresses(ctx.data(), ctx.data_end()) else {
         return TC_ACT_OK;
     };
-    if redirect.magic != XDP_META_MAGIC {
+    let Some(ifindex) = handoff::ifindex(destination, source) else {
         return TC_ACT_OK;
-    }
-    // Clear the mark so the packet is never redirected twice.
-    let cleared = XdpRedirectMeta {
-        magic: 0,
-        ..redirect
     };
-    if write_at(meta, data, 0, cleared).is_err() {
-        return TC_ACT_OK;
-    }
-    let verdict = kernel::redirect_neigh(redirect.ifindex);
+    // The redirect writes the next hop's addresses over the mark.
+    let verdict = kernel::redirect_neigh(ifindex);
     counters::verdict(Hook::TcIngress, verdict as u32);
     verdict
 }

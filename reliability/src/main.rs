@@ -35,12 +35,17 @@ struct Cli {
     /// is `cargo xtask reliability`'s); the report shows the others as not run. For development.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// The input fuzzing figures (JSON) `cargo xtask reliability` measured before.
+    /// The input fuzzing figures (JSON) `cargo xtask reliability` measured: a file, or `-`
+    /// for stdin, read once the sections are done (xtask fuzzes alongside them).
     #[arg(long)]
     input_fuzz: Option<PathBuf>,
     /// The packet fuzzing's seed (default: the time; the report names it).
     #[arg(long)]
     seed: Option<u64>,
+    /// A step `cargo xtask reliability` took before this binary ran, as NAME=SECONDS
+    /// (repeatable): the report's time is the whole command's.
+    #[arg(long = "step-before", value_parser = parse_step)]
+    steps_before: Vec<(String, Duration)>,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -62,7 +67,12 @@ pub type Section<T> = Option<Result<T, String>>;
 /// Everything one run measured.
 pub struct Results {
     pub quick: bool,
+    /// The whole command's time: `cargo xtask reliability`'s steps before this binary and
+    /// this binary's run.
     pub elapsed: Duration,
+    /// How long each step took, in order: those of `cargo xtask reliability` before this
+    /// binary, each section run here, then the input fuzzing that ran alongside them.
+    pub steps: Vec<(String, Duration)>,
     pub soak: Section<soak::Outcome>,
     pub soak_params: soak::Params,
     pub packet: Section<Vec<packet_fuzz::Tally>>,
@@ -116,9 +126,25 @@ fn soak_params(quick: bool) -> soak::Params {
     }
 }
 
+fn parse_step(arg: &str) -> Result<(String, Duration), String> {
+    let (name, seconds) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("`{arg}`: expected NAME=SECONDS"))?;
+    let seconds: f64 = seconds
+        .parse()
+        .map_err(|e| format!("`{arg}`: SECONDS: {e}"))?;
+    Ok((name.to_owned(), Duration::from_secs_f64(seconds)))
+}
+
 /// Runs the chosen sections and writes the report; false when one failed.
 fn run(cli: &Cli) -> Result<bool> {
     let began = Instant::now();
+    let mut steps = cli.steps_before.clone();
+    let mut timed = |name: &str, began: Instant| {
+        let took = began.elapsed();
+        eprintln!("{name}: done in {:.0} s", took.as_secs_f64());
+        steps.push((name.to_owned(), took));
+    };
     let wanted = |name: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == name);
     let soak_params = soak_params(cli.quick);
     let packet_seed = cli.seed.unwrap_or_else(packet_fuzz::seed_from_clock);
@@ -126,11 +152,17 @@ fn run(cli: &Cli) -> Result<bool> {
 
     let soak = wanted("soak").then(|| {
         eprintln!("soak: {} s", soak_params.seconds);
-        section(|| soak::run(&soak_params))
+        let began = Instant::now();
+        let outcome = section(|| soak::run(&soak_params));
+        timed("soak", began);
+        outcome
     });
     let packet = wanted("packet").then(|| {
         eprintln!("packet fuzzing: {frames} frames per program, seed {packet_seed}");
-        section(|| Ok(packet_fuzz::run(frames, packet_seed)))
+        let began = Instant::now();
+        let outcome = section(|| Ok(packet_fuzz::run(frames, packet_seed)));
+        timed("packet fuzzing", began);
+        outcome
     });
     let leak_params = leaks::Params {
         rounds: if cli.quick { 2 } else { 10 },
@@ -142,7 +174,10 @@ fn run(cli: &Cli) -> Result<bool> {
             "leaks: {} rounds of {} Services and {} flows",
             leak_params.rounds, leak_params.services, leak_params.flows
         );
-        section(|| leaks::run(&leak_params))
+        let began = Instant::now();
+        let outcome = section(|| leaks::run(&leak_params));
+        timed("leaks", began);
+        outcome
     });
     let exhaustion_params = exhaustion::Params {
         ct_entries: 4096,
@@ -156,15 +191,33 @@ fn run(cli: &Cli) -> Result<bool> {
     };
     let exhaustion = wanted("exhaustion").then(|| {
         eprintln!("exhaustion");
-        exhaustion::run(&exhaustion_params)
+        let began = Instant::now();
+        let outcome = exhaustion::run(&exhaustion_params);
+        timed("exhaustion", began);
+        outcome
     });
-    let input = cli
-        .input_fuzz
-        .as_ref()
-        .map(|path| report::InputFuzz::read(path).map_err(|e| format!("{e:#}")));
+    // Read last: on stdin it arrives when xtask's fuzzing, run alongside the sections, ends.
+    let input = cli.input_fuzz.as_ref().map(|path| {
+        match report::InputFuzzing::read(path).map_err(|e| format!("{e:#}"))? {
+            report::InputFuzzing::Ran { seconds, targets } => {
+                steps.push((
+                    "input fuzzing (alongside the sections)".to_owned(),
+                    Duration::from_secs_f64(seconds),
+                ));
+                Ok(targets)
+            }
+            report::InputFuzzing::Failed { error } => Err(error),
+        }
+    });
     let results = Results {
         quick: cli.quick,
-        elapsed: began.elapsed(),
+        elapsed: cli
+            .steps_before
+            .iter()
+            .map(|(_, took)| *took)
+            .sum::<Duration>()
+            + began.elapsed(),
+        steps,
         soak,
         soak_params,
         packet,
@@ -178,7 +231,12 @@ fn run(cli: &Cli) -> Result<bool> {
     };
     report::write(&results, &cli.out)?;
     eprintln!("wrote {}", cli.out.display());
-    Ok(report::all_passed(&results))
+    // The report holds the detail; CI shows only this output, so name each miss here too.
+    let missed = report::missed(&results);
+    for miss in &missed {
+        eprintln!("reliability: goal missed: {miss}");
+    }
+    Ok(missed.is_empty())
 }
 
 /// Runs one section; a panic of the harness (which asserts as it goes) is its failure.

@@ -21,10 +21,30 @@ pub struct InputFuzz {
     pub regressions: usize,
 }
 
-impl InputFuzz {
-    pub fn read(path: &Path) -> Result<Vec<InputFuzz>> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+/// What `cargo xtask reliability` hands over about its input fuzzing (in a file, or on stdin
+/// when it fuzzes alongside the sections).
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+pub enum InputFuzzing {
+    Ran {
+        /// The whole step: cargo-fuzz's build and every target's run.
+        seconds: f64,
+        targets: Vec<InputFuzz>,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+impl InputFuzzing {
+    /// Reads `path`, or stdin when it is `-` (until `cargo xtask` closes it: this waits for the
+    /// fuzzing to finish).
+    pub fn read(path: &Path) -> Result<InputFuzzing> {
+        let text = if path == Path::new("-") {
+            std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+        } else {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        };
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 }
@@ -155,10 +175,16 @@ pub fn write(results: &Results, doc: &Path) -> Result<()> {
     };
     let _ = write!(
         md,
-        "# Reliability\n\nWritten by `{command}` (as root), which took {} min, on:\n\n{}\n\
+        "# Reliability\n\nWritten by `{command}` (as root), which took {} min ({}), on:\n\n{}\n\
          Nothing here is a speed: every figure is a count of what went wrong (goal 0) or what \
          was run. A section that breaks an invariant fails the command.\n\n",
         fmt_minutes(results.elapsed),
+        results
+            .steps
+            .iter()
+            .map(|(name, took)| format!("{name} {}", fmt_minutes(*took)))
+            .collect::<Vec<_>>()
+            .join(", "),
         proxy_tests::machine::table(),
     );
     goals(&mut md, results);
@@ -207,11 +233,13 @@ fn known_unmet(goal: &str) -> Option<&'static str> {
         .map(|(_, why)| *why)
 }
 
-/// Whether every goal measured is met or a known miss.
-pub fn all_passed(results: &Results) -> bool {
+/// The goals missed that are not known misses, each as "goal: measured" (empty: all passed).
+pub fn missed(results: &Results) -> Vec<String> {
     goal_rows(results)
-        .iter()
-        .all(|g| g.met != Some(false) || known_unmet(&g.name).is_some())
+        .into_iter()
+        .filter(|g| g.met == Some(false) && known_unmet(&g.name).is_none())
+        .map(|g| format!("{}: {}", g.name, g.measured))
+        .collect()
 }
 
 fn goals(md: &mut String, results: &Results) {

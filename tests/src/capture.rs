@@ -1,4 +1,5 @@
-//! A raw packet socket on one interface, to see the frames that really leave a program.
+//! A raw packet socket on one interface, to see the frames that really leave a program and to
+//! send frames that really arrive at one.
 
 use std::{
     io,
@@ -7,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-/// Receives every frame arriving on one interface (closed on drop).
+/// Receives every frame arriving on one interface, and sends frames out of it (closed on drop).
 pub struct Capture {
     fd: OwnedFd,
 }
@@ -68,7 +69,34 @@ impl Capture {
         if set != 0 {
             return Err(io::Error::last_os_error());
         }
+        // What this socket sends is not a frame that arrived.
+        let one: libc::c_int = 1;
+        // SAFETY: `one` is a valid option value of the length passed.
+        let set = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_IGNORE_OUTGOING,
+                (&raw const one).cast(),
+                size_of_val(&one) as u32,
+            )
+        };
+        if set != 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(Self { fd })
+    }
+
+    /// Sends `frame` out of the interface (on a veth, it arrives at the peer).
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: `frame` is readable for its whole length.
+        let sent =
+            unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if usize::try_from(sent).ok() == Some(frame.len()) {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     /// The next frame for which `wanted` holds, or `None` when none arrives within the timeout.

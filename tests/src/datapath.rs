@@ -16,12 +16,12 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{SchedClassifier, TcAttachType, TestRun, TestRunAttrs, TestRunOptions, Xdp, tc},
+    programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode, tc},
 };
 use proxy_common::{
     Addr6, Backend, Backend6, CONFIG_F_COUNTERS, Config, Config6, CtEntry, CtEntry6, CtKey, CtKey6,
     NODE_ADDR_F_PRIMARY, NodeAddr, SVC_F_EXTERNAL, SVC_SCOPE_DEFAULT, ServiceKey, ServiceKey6,
-    ServiceValue, SourceRange, SourceRange6, XDP_META_MAGIC, map_names,
+    ServiceValue, SourceRange, SourceRange6, handoff, map_names,
     net::ip6_to_net,
     program_names,
     stats::{DropReason, Hook, PassReason, hook_slot},
@@ -131,7 +131,8 @@ pub enum Expect {
     Unchanged,
     /// These bytes.
     Frame(Vec<u8>),
-    /// XDP metadata asking `tc_ingress` to redirect to `ifindex`, then these bytes.
+    /// These bytes handed to `tc_ingress` for a redirect to `ifindex`: the hand-off mark in
+    /// their Ethernet addresses (see [`handed_off`]).
     Redirect { ifindex: u32, frame: Vec<u8> },
 }
 
@@ -221,7 +222,6 @@ impl Tier {
 /// What a program run gave back.
 pub struct Run {
     pub verdict: u32,
-    pub meta: Vec<u8>,
     pub frame: Vec<u8>,
 }
 
@@ -625,23 +625,17 @@ impl Datapath {
         match program {
             Program::Xdp => {
                 let ctx_in = xdp_md(input.len(), self.sl0);
-                let mut ctx_out = [0u8; 24];
                 let xdp: &mut Xdp = program_mut(&mut self.ebpf, program_names::XDP_INGRESS);
                 let result = xdp.test_run(TestRunOptions {
                     data_in: Some(input),
                     data_out: Some(&mut out),
                     ctx_in: Some(&ctx_in),
-                    ctx_out: Some(&mut ctx_out),
                     ..TestRunOptions::default()
                 })?;
                 out.truncate(result.data_size_out as usize);
-                // xdp_md.data after the run: the metadata length in front of the frame.
-                let meta_len = u32::from_ne_bytes(ctx_out[0..4].try_into().expect("4 bytes"));
-                let frame = out.split_off(meta_len as usize);
                 Ok(Run {
                     verdict: result.return_value,
-                    meta: out,
-                    frame,
+                    frame: out,
                 })
             }
             Program::TcIngress | Program::TcEgress | Program::FromPod | Program::ToPod => {
@@ -654,7 +648,6 @@ impl Datapath {
                 out.truncate(result.data_size_out as usize);
                 Ok(Run {
                     verdict: result.return_value,
-                    meta: Vec::new(),
                     frame: out,
                 })
             }
@@ -672,21 +665,17 @@ impl Datapath {
             .unwrap_or_else(|err| panic!("attach tc_ingress to {iface}: {err:?}"));
     }
 
-    /// Runs `xdp_ingress` on `input` in live-frame mode: what it passes enters the stack of
-    /// `sl0`, what it transmits leaves for real.
-    pub fn run_live(&mut self, input: &[u8]) {
-        let ctx_in = xdp_md(input.len(), self.sl0);
+    /// Attaches `xdp_ingress` to `sl0` as the daemon does, so that frames sent into `sl1` (see
+    /// [`Capture::send`](crate::capture::Capture::send)) meet it for real: what it passes enters
+    /// `sl0`'s stack, what it transmits leaves. (`BPF_PROG_TEST_RUN`'s live-frame mode would do
+    /// without the attachment, but some kernels refuse it.)
+    pub fn attach_xdp(&mut self) {
         let xdp: &mut Xdp = program_mut(&mut self.ebpf, program_names::XDP_INGRESS);
-        xdp.test_run(TestRunOptions {
-            data_in: Some(input),
-            ctx_in: Some(&ctx_in),
-            attrs: TestRunAttrs::new().xdp_live_frames(1),
-            ..TestRunOptions::default()
-        })
-        .expect("BPF_PROG_TEST_RUN xdp_ingress with live frames");
+        xdp.attach(c"sl0", XdpMode::default())
+            .unwrap_or_else(|err| panic!("attach xdp_ingress to sl0: {err:?}"));
     }
 
-    /// Runs one table row and checks verdict, metadata, bytes and checksums.
+    /// Runs one table row and checks verdict, bytes and checksums.
     pub fn check(&mut self, case: &Case) -> Run {
         let run = self.run(case.program, &case.input);
         let what = case.description;
@@ -694,12 +683,12 @@ impl Datapath {
             run.verdict, case.verdict,
             "{what}: verdict (XDP: 1 drop, 2 pass, 3 tx, 4 redirect; TC: 0 ok, 7 redirect)"
         );
-        let (meta, expected): (Vec<u8>, &[u8]) = match &case.output {
-            Expect::Unchanged => (Vec::new(), &case.input),
-            Expect::Frame(frame) => (Vec::new(), frame),
-            Expect::Redirect { ifindex, frame } => (redirect_meta(*ifindex), frame),
+        let expected = match &case.output {
+            Expect::Unchanged => case.input.clone(),
+            Expect::Frame(frame) => frame.clone(),
+            Expect::Redirect { ifindex, frame } => handed_off(frame, *ifindex),
         };
-        assert_eq!(run.meta, meta, "{what}: XDP metadata");
+        let expected = expected.as_slice();
         assert!(
             run.frame == expected,
             "{what}: output bytes differ\n got:      {}\n expected: {}\n got parsed: {:?}\n \
@@ -763,10 +752,13 @@ pub fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
     bytes
 }
 
-pub fn redirect_meta(ifindex: u32) -> Vec<u8> {
-    let mut meta = XDP_META_MAGIC.to_ne_bytes().to_vec();
-    meta.extend_from_slice(&ifindex.to_ne_bytes());
-    meta
+/// `frame` as XDP hands it to `tc_ingress` for a redirect to `ifindex`: the hand-off mark over
+/// its Ethernet addresses.
+pub fn handed_off(frame: &[u8], ifindex: u32) -> Vec<u8> {
+    let mut frame = frame.to_vec();
+    frame[0..6].copy_from_slice(&handoff::destination(ifindex));
+    frame[6..12].copy_from_slice(&handoff::SOURCE);
+    frame
 }
 
 pub fn mac(mac: Mac) -> String {

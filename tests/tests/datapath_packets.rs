@@ -23,7 +23,8 @@ use proxy_tests::{
     datapath::{
         CLIENT_IP, CLIENT_MAC, Case, Datapath, Expect, NEXT_HOP_IP, NEXT_HOP_MAC, NODE_IP,
         OTHER_LINK_IP, OTHER_LINK_MAC, Program, SL2_MAC, SNAT_PORT_MAX, SNAT_PORT_MIN, TC_ACT_OK,
-        XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, be_addr, ct_key, redirect_meta, sock,
+        TC_ACT_REDIRECT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, be_addr, ct_key, handed_off,
+        sock,
     },
     packet::{self, ETH_P_ARP, ETH_P_IPV6, Frame, IP_DF, NODE_MAC, PEER_MAC, Transport},
 };
@@ -413,7 +414,6 @@ fn remote_backend_is_snated_and_sent_back_out_with_xdp_tx() {
     // No neighbour entry: the stack must resolve it, so XDP hands over to tc_ingress.
     let run = dp.run(Program::Xdp, &no_neigh.build());
     assert_eq!(run.verdict, XDP_PASS, "unresolved neighbour");
-    assert_eq!(run.meta, redirect_meta(dp.sl0), "metadata for tc_ingress");
     let port = snat_port(
         &mut dp,
         &no_neigh,
@@ -422,18 +422,21 @@ fn remote_backend_is_snated_and_sent_back_out_with_xdp_tx() {
     );
     assert_eq!(
         run.frame,
-        no_neigh
-            .clone()
-            .addresses(sock(NODE_IP, port), sock(NO_NEIGH.1, NO_NEIGH.2))
-            .ttl(63)
-            .build(),
-        "translated, MACs left to bpf_redirect_neigh"
+        handed_off(
+            &no_neigh
+                .clone()
+                .addresses(sock(NODE_IP, port), sock(NO_NEIGH.1, NO_NEIGH.2))
+                .ttl(63)
+                .build(),
+            dp.sl0
+        ),
+        "translated and marked for tc_ingress (bpf_redirect_neigh writes the MACs)"
     );
     assert_eq!(dp.sl2, dp.netns.ifindex("sl2"));
 }
 
 #[test]
-fn remote_backend_without_xdp_tx_is_handed_to_tc_with_metadata() {
+fn remote_backend_without_xdp_tx_is_handed_to_tc_ingress() {
     let mut dp = datapath(0);
     let frontend = sock(REMOTE_SVC, 53);
     let backend = sock(REMOTE_DNS.1, REMOTE_DNS.2);
@@ -443,17 +446,13 @@ fn remote_backend_without_xdp_tx_is_handed_to_tc_with_metadata() {
 
     let run = dp.run(Program::Xdp, &query.build());
     assert_eq!(run.verdict, XDP_PASS);
-    assert_eq!(
-        run.meta,
-        redirect_meta(dp.sl0),
-        "redirect metadata for tc_ingress"
-    );
     let port = snat_port(&mut dp, &query, client(50000), backend);
     let snat = sock(NODE_IP, port);
+    let translated = query.clone().addresses(snat, backend).ttl(63).build();
     assert_eq!(
         run.frame,
-        query.clone().addresses(snat, backend).ttl(63).build(),
-        "DNAT + SNAT, UDP checksum 0 kept, MACs untouched"
+        handed_off(&translated, dp.sl0),
+        "DNAT + SNAT, UDP checksum 0 kept, marked for tc_ingress"
     );
 
     let answer = packet::udp(backend, snat)
@@ -474,15 +473,21 @@ fn remote_backend_without_xdp_tx_is_handed_to_tc_with_metadata() {
             },
         ),
         Case {
-            description: "tc_ingress leaves packets without metadata alone",
+            description: "tc_ingress leaves packets without the hand-off mark alone",
             program: Program::TcIngress,
             input: answer.build(),
             verdict: TC_ACT_OK,
             output: Expect::Unchanged,
         },
+        Case {
+            description: "tc_ingress redirects a handed-off packet (bpf_redirect_neigh)",
+            program: Program::TcIngress,
+            input: handed_off(&translated, dp.sl0),
+            verdict: TC_ACT_REDIRECT,
+            output: Expect::Unchanged,
+        },
     ]);
-    // An skb test run cannot carry XDP metadata (the kernel refuses `data_meta` in its
-    // context), so the redirect itself is tested live in `handed_off_packets_leave_...`.
+    // Where the redirect sends it is tested live in `handed_off_packets_leave_...`.
 }
 
 #[test]
@@ -818,15 +823,16 @@ fn unserved_ports_and_unallocated_service_addresses_are_refused() {
 fn handed_off_packets_leave_through_tc_ingress_redirect() {
     let mut dp = datapath(0);
     dp.attach_tc_ingress("sl0");
+    dp.attach_xdp();
     let wire = Capture::open(dp.netns.ifindex("sl1"), Duration::from_secs(2))
         .expect("packet socket on sl1");
 
     let frontend = sock(REMOTE_SVC, 80);
     let backend = sock(REMOTE.1, REMOTE.2);
     let syn = packet::tcp(client(40000), frontend, tcp::SYN);
-    // Live frames: XDP_PASS hands the frame to the stack as if sl0 had received it, so it meets
-    // tc_ingress there, which must send it out of sl0 to the backend's MAC.
-    dp.run_live(&syn.build());
+    // Sent into sl1, the frame arrives at sl0's XDP, whose XDP_PASS hands it to the stack; it
+    // meets tc_ingress there, which must send it out of sl0 to the backend's MAC.
+    wire.send(&syn.build()).expect("send the SYN into sl1");
     let port = snat_port(&mut dp, &syn, client(40000), backend);
     let snat = sock(NODE_IP, port);
     let sent = wire
@@ -845,7 +851,8 @@ fn handed_off_packets_leave_through_tc_ingress_redirect() {
     let synack = packet::tcp(backend, snat, tcp::SYN | tcp::ACK)
         .seq_ack(7000, 1001)
         .macs(NEXT_HOP_MAC, NODE_MAC);
-    dp.run_live(&synack.build());
+    wire.send(&synack.build())
+        .expect("send the SYN-ACK into sl1");
     let sent = wire
         .next(|frame| frame.get(12..14) == Some(&[0x08, 0x00]))
         .expect("the reverse-translated SYN-ACK leaves sl0");

@@ -19,8 +19,8 @@ use proxy_common::{
 use proxy_tests::{
     datapath::{
         CLIENT_IP6, CLIENT_MAC, Case, Datapath, Expect, NEXT_HOP_IP6, NEXT_HOP_MAC, NODE_IP6,
-        OTHER_LINK_IP6, OTHER_LINK_MAC, Program, SL2_MAC, SNAT_PORT_MAX, SNAT_PORT_MIN, XDP_DROP,
-        XDP_PASS, XDP_REDIRECT, XDP_TX, ct_key6, redirect_meta, sock6,
+        OTHER_LINK_IP6, OTHER_LINK_MAC, Program, SL2_MAC, SNAT_PORT_MAX, SNAT_PORT_MIN,
+        TC_ACT_REDIRECT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, ct_key6, handed_off, sock6,
     },
     packet::{
         self, ExtHeader, Frame6, IPPROTO_DSTOPTS, IPPROTO_HOPOPTS, IPPROTO_ROUTING, NODE_MAC,
@@ -443,34 +443,33 @@ fn remote_backend_is_snated_and_sent_back_out_with_xdp_tx() {
     let no_neigh = packet::tcp6(client(40002), sock6(NO_NEIGH_SVC, 80), tcp::SYN);
     let run = dp.run(Program::Xdp, &no_neigh.build());
     assert_eq!(run.verdict, XDP_PASS, "unresolved neighbour");
-    assert_eq!(run.meta, redirect_meta(dp.sl0), "metadata for tc_ingress");
     let port = snat_port(&mut dp, &no_neigh, client(40002), addr(NO_NEIGH));
     assert_eq!(
         run.frame,
-        no_neigh
-            .clone()
-            .addresses(sock6(NODE_IP6, port), addr(NO_NEIGH))
-            .hop_limit(63)
-            .build(),
-        "translated, MACs left to bpf_redirect_neigh"
+        handed_off(
+            &no_neigh
+                .clone()
+                .addresses(sock6(NODE_IP6, port), addr(NO_NEIGH))
+                .hop_limit(63)
+                .build(),
+            dp.sl0
+        ),
+        "translated and marked for tc_ingress (bpf_redirect_neigh writes the MACs)"
     );
 }
 
 #[test]
-fn remote_backend_without_xdp_tx_is_handed_to_tc_with_metadata() {
+fn remote_backend_without_xdp_tx_is_handed_to_tc_ingress() {
     let mut dp = datapath(0);
     let frontend = sock6(REMOTE_SVC, 53);
     let backend = addr(REMOTE_DNS);
     let query = packet::udp6(client(50000), frontend).payload(b"query");
     let run = dp.run(Program::Xdp, &query.build());
     assert_eq!(run.verdict, XDP_PASS);
-    assert_eq!(run.meta, redirect_meta(dp.sl0), "redirect metadata");
     let port = snat_port(&mut dp, &query, client(50000), backend);
     let snat = sock6(NODE_IP6, port);
-    assert_eq!(
-        run.frame,
-        query.clone().addresses(snat, backend).hop_limit(63).build()
-    );
+    let translated = query.clone().addresses(snat, backend).hop_limit(63).build();
+    assert_eq!(run.frame, handed_off(&translated, dp.sl0));
     let answer = packet::udp6(backend, snat)
         .payload(b"answer")
         .macs(NEXT_HOP_MAC, NODE_MAC);
@@ -487,6 +486,13 @@ fn remote_backend_without_xdp_tx_is_handed_to_tc_with_metadata() {
                 .build(),
         },
     ));
+    dp.check(&Case {
+        description: "tc_ingress redirects a handed-off IPv6 packet (bpf_redirect_neigh)",
+        program: Program::TcIngress,
+        input: handed_off(&translated, dp.sl0),
+        verdict: TC_ACT_REDIRECT,
+        output: Expect::Unchanged,
+    });
 }
 
 #[test]

@@ -5,14 +5,14 @@ use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use crate::{
-    cmd::{cargo, output, run as run_command, without_cargo_run_env},
+    cmd::{output, run as run_command, without_cargo_run_env},
     toolchain::{self, Toolchains},
 };
 
@@ -132,13 +132,14 @@ pub fn wanted(args: &[String]) -> bool {
     only.is_none_or(|list| list.split(',').any(|name| name == "input"))
 }
 
-/// The figures as `proxy-reliability --input-fuzz` reads them.
-pub fn write_figures(figures: &[FuzzFigure], path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    fs::write(path, serde_json::to_string_pretty(figures)?)
-        .with_context(|| format!("write {}", path.display()))
+/// What `proxy-reliability --input-fuzz` reads: the step's time and every target's figures,
+/// or why the step failed.
+pub fn handover(result: &Result<Vec<FuzzFigure>>, took: Duration) -> String {
+    let value = match result {
+        Ok(targets) => serde_json::json!({ "seconds": took.as_secs_f64(), "targets": targets }),
+        Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+    };
+    serde_json::to_string_pretty(&value).expect("JSON of plain figures")
 }
 
 /// An error naming each crash's reproducing files, if any target crashed.
@@ -168,13 +169,26 @@ pub fn fail_on_crashes(figures: &[FuzzFigure]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo +<nightly> fuzz <subcommand> --sanitizer ..` in the workspace root (`run` rebuilds
+/// `nice cargo +<nightly> fuzz <subcommand> --sanitizer ..` in the workspace root (`run` rebuilds
 /// unless its options are the build's).
+///
+/// At the lowest CPU priority: it runs alongside the reliability sections, which must not wait
+/// for it (their daemons restart against deadlines); it takes what they leave idle.
 fn cargo_fuzz(root: &Path, toolchains: &Toolchains, subcommand: &str, length: Length) -> Command {
-    let mut command = cargo(root, toolchains);
+    let mut command = Command::new("nice");
+    without_cargo_run_env(&mut command);
     command
+        .current_dir(root)
         .env("RUSTUP_TOOLCHAIN", &toolchains.ebpf.nightly)
-        .args(["fuzz", subcommand, "--sanitizer", length.sanitizer]);
+        .args([
+            "-n",
+            "19",
+            "cargo",
+            "fuzz",
+            subcommand,
+            "--sanitizer",
+            length.sanitizer,
+        ]);
     command
 }
 

@@ -8,11 +8,13 @@ mod previous;
 mod toolchain;
 
 use std::{
+    io::Write as _,
     path::{Path, PathBuf},
-    process::{Command, ExitCode},
+    process::{Command, ExitCode, Stdio},
+    time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::{
@@ -181,10 +183,17 @@ fn run_task(task: Task) -> Result<()> {
             setup(&[Use::Ebpf, Use::Netns, Use::Bench])?;
             // The connection benchmark runs the real daemon; both from the same profile.
             cargo_run(&build_bins(&["proxy-user", "proxy-bench"], true))?;
-            report_run(&root, "proxy-bench", "BENCHMARKS.md", quick, &args)?;
+            run(&mut report_command(
+                &root,
+                "proxy-bench",
+                "BENCHMARKS.md",
+                quick,
+                &args,
+            ))?;
         }
         Task::Reliability { quick, args } => {
             ensure_root("the reliability run loads eBPF programs and creates network namespaces")?;
+            let began = Instant::now();
             setup(&[Use::Ebpf, Use::Netns])?;
             // The daemon, the echo servers and the run itself, from one profile: the run finds
             // the others next to itself.
@@ -192,42 +201,68 @@ fn run_task(task: Task) -> Result<()> {
                 &["proxy-user", "proxy-tests", "proxy-reliability"],
                 true,
             ))?;
-            reliability(&root, &toolchains, quick, args)?;
+            reliability(&root, &toolchains, quick, began.elapsed(), args)?;
         }
     }
     Ok(())
 }
 
-/// `proxy-reliability`, after the input fuzzing it reports on (cargo-fuzz needs the pinned
-/// nightly, so it runs here). A crash fails the task once the report shows it.
+/// `proxy-reliability`, with the input fuzzing it reports on run alongside its sections (at the
+/// lowest CPU priority: the sections mostly wait on traffic and timers, and cargo-fuzz's build
+/// would otherwise add its whole length to the command's). Its figures reach the run on stdin
+/// once it ends; the run reads them after its sections.
 fn reliability(
     root: &Path,
     toolchains: &Toolchains,
     quick: bool,
+    setup_and_build: Duration,
     mut args: Vec<String>,
 ) -> Result<()> {
-    let fuzzed = if fuzz::wanted(&args) {
-        let length = if quick { fuzz::QUICK } else { fuzz::FULL };
-        let figures = fuzz::run(root, toolchains, length)?;
-        let path = target_dir(root).join(if quick {
-            "proxy-reliability-quick/input-fuzz.json"
-        } else {
-            "proxy-reliability/input-fuzz.json"
-        });
-        fuzz::write_figures(&figures, &path)?;
-        args.extend(["--input-fuzz".to_owned(), path.display().to_string()]);
-        figures
+    args.push(format!(
+        "--step-before=setup and build={:.1}",
+        setup_and_build.as_secs_f64()
+    ));
+    if !fuzz::wanted(&args) {
+        return run(&mut report_command(
+            root,
+            "proxy-reliability",
+            "RELIABILITY.md",
+            quick,
+            &args,
+        ));
+    }
+    args.push("--input-fuzz=-".to_owned());
+    let mut command = report_command(root, "proxy-reliability", "RELIABILITY.md", quick, &args);
+    let mut child = command
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("start proxy-reliability")?;
+    let length = if quick { fuzz::QUICK } else { fuzz::FULL };
+    let began = Instant::now();
+    let fuzzed = fuzz::run(root, toolchains, length);
+    let handover = fuzz::handover(&fuzzed, began.elapsed());
+    // Kept for a rerun of the binary by hand (`--input-fuzz FILE`).
+    let kept = target_dir(root).join(if quick {
+        "proxy-reliability-quick/input-fuzz.json"
     } else {
-        Vec::new()
-    };
-    report_run(root, "proxy-reliability", "RELIABILITY.md", quick, &args)?;
-    fuzz::fail_on_crashes(&fuzzed)?;
+        "proxy-reliability/input-fuzz.json"
+    });
+    write_file(&kept, &handover)?;
+    let mut stdin = child.stdin.take().context("proxy-reliability's stdin")?;
+    // A run that already failed and exited has closed its end; its status says why.
+    let _ = stdin.write_all(handover.as_bytes());
+    drop(stdin);
+    let status = child.wait()?;
+    fuzz::fail_on_crashes(&fuzzed?)?;
+    if !status.success() {
+        bail!("proxy-reliability failed ({status})");
+    }
     Ok(())
 }
 
-/// Runs the release `bin` that writes `report`: into docs/, or with `--quick` under
+/// The release `bin` that writes `report`: into docs/, or with `--quick` under
 /// target/<bin>-quick/ (a CI check whose numbers mean nothing).
-fn report_run(root: &Path, bin: &str, report: &str, quick: bool, args: &[String]) -> Result<()> {
+fn report_command(root: &Path, bin: &str, report: &str, quick: bool, args: &[String]) -> Command {
     let out = if quick {
         format!("target/{bin}-quick/{report}")
     } else {
@@ -239,7 +274,14 @@ fn report_run(root: &Path, bin: &str, report: &str, quick: bool, args: &[String]
         command.arg("--quick");
     }
     command.args(args);
-    run(&mut command)
+    command
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
 }
 
 /// The release `sluice` that goes into the image, built.
