@@ -2,6 +2,7 @@
 //! desired state that a source (manifests directory or Kubernetes API) publishes, one
 //! [`Syncer::sync`] per change, retrying a failed one with backoff.
 
+mod memory;
 mod sync;
 
 use std::{
@@ -267,6 +268,9 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                 metrics.last_synced(now);
                 let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
                 info!(stats = ?done.apply, micros, "maps synced");
+                if done.apply.frontends_removed >= memory::TRIM_AFTER_REMOVED {
+                    memory::return_freed();
+                }
                 if done.apply.unfit_changed {
                     report_unfit(syncer.reconciler());
                 }
