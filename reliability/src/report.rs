@@ -415,8 +415,13 @@ fn leaks_section(md: &mut String, results: &Results) {
          of {} TCP connections from off the cluster through node1's NodePort (XDP; local \
          backends and SNAT to node2), each connection closed. After each round the run waits \
          until every map on node1 holds exactly its baseline entry count (conntrack entries of \
-         closed flows go after the closing timeout, 10 s), then samples the daemon's RSS.\n\n",
-        p.rounds, p.services, p.rounds, p.flows
+         closed flows go after the closing timeout, {} here, the default 10 s shortened so a \
+         round drains in seconds), then samples the daemon's RSS.\n\n",
+        p.rounds,
+        p.services,
+        p.rounds,
+        p.flows,
+        leaks::CLOSING_TIMEOUT
     );
     let outcome = match &results.leaks {
         Some(Ok(outcome)) => outcome,

@@ -18,8 +18,8 @@ impl Capture {
     /// receive gives up after `timeout`.
     #[expect(
         clippy::cast_possible_truncation,
-        reason = "ETH_P_ALL and AF_PACKET are 16-bit numbers in a c_int; a sockaddr_ll and a \
-                  timeval are a few dozen bytes"
+        reason = "ETH_P_ALL and AF_PACKET are 16-bit numbers in a c_int; a sockaddr_ll is a few \
+                  dozen bytes"
     )]
     pub fn open(ifindex: u32, timeout: Duration) -> io::Result<Self> {
         let protocol = (libc::ETH_P_ALL as u16).to_be();
@@ -56,34 +56,9 @@ impl Capture {
             tv_sec: i64::try_from(timeout.as_secs()).expect("short timeout"),
             tv_usec: i64::from(timeout.subsec_micros()),
         };
-        // SAFETY: `timeval` is a valid option value of the length passed.
-        let set = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const timeval).cast(),
-                size_of_val(&timeval) as u32,
-            )
-        };
-        if set != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeval)?;
         // What this socket sends is not a frame that arrived.
-        let one: libc::c_int = 1;
-        // SAFETY: `one` is a valid option value of the length passed.
-        let set = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_IGNORE_OUTGOING,
-                (&raw const one).cast(),
-                size_of_val(&one) as u32,
-            )
-        };
-        if set != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_option(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &1_i32)?;
         Ok(Self { fd })
     }
 
@@ -124,5 +99,28 @@ impl Capture {
                 return Some(buf[..len].to_vec());
             }
         }
+    }
+}
+
+/// setsockopt(2) of a plain-data `value`.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "socket option values are a few bytes"
+)]
+fn set_option<T>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> io::Result<()> {
+    // SAFETY: `value` is a valid option value of the length passed.
+    let set = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(value).cast(),
+            size_of_val(value) as u32,
+        )
+    };
+    if set == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }

@@ -11,7 +11,7 @@ use std::{
     io::Write as _,
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -197,32 +197,40 @@ fn run_task(task: Task) -> Result<()> {
             setup(&[Use::Ebpf, Use::Netns])?;
             // The daemon, the echo servers and the run itself, from one profile: the run finds
             // the others next to itself.
-            cargo_run(&build_bins(
-                &["proxy-user", "proxy-tests", "proxy-reliability"],
-                true,
-            ))?;
-            reliability(&root, &toolchains, quick, began.elapsed(), args)?;
+            let build = || {
+                cargo_run(&build_bins(
+                    &["proxy-user", "proxy-tests", "proxy-reliability"],
+                    true,
+                ))
+            };
+            reliability(&root, &toolchains, quick, began, build, args)?;
         }
     }
     Ok(())
 }
 
-/// `proxy-reliability`, with the input fuzzing it reports on run alongside its sections (at the
-/// lowest CPU priority: the sections mostly wait on traffic and timers, and cargo-fuzz's build
-/// would otherwise add its whole length to the command's). Its figures reach the run on stdin
-/// once it ends; the run reads them after its sections.
+/// `proxy-reliability`, with the input fuzzing it reports on run alongside the workspace's
+/// build and then the sections, at the lowest CPU priority: cargo-fuzz's build is the longest
+/// step, and the sections mostly wait on traffic and timers, so it takes what they leave idle
+/// instead of adding its whole length to the command's. Its figures reach the run on stdin once
+/// it ends; the run reads them after its sections.
 fn reliability(
     root: &Path,
     toolchains: &Toolchains,
     quick: bool,
-    setup_and_build: Duration,
+    began: Instant,
+    build: impl FnOnce() -> Result<()>,
     mut args: Vec<String>,
 ) -> Result<()> {
-    args.push(format!(
-        "--step-before=setup and build={:.1}",
-        setup_and_build.as_secs_f64()
-    ));
+    let step_before = |began: Instant| {
+        format!(
+            "--step-before=setup and build={:.1}",
+            began.elapsed().as_secs_f64()
+        )
+    };
     if !fuzz::wanted(&args) {
+        build()?;
+        args.push(step_before(began));
         return run(&mut report_command(
             root,
             "proxy-reliability",
@@ -231,33 +239,43 @@ fn reliability(
             &args,
         ));
     }
-    args.push("--input-fuzz=-".to_owned());
-    let mut command = report_command(root, "proxy-reliability", "RELIABILITY.md", quick, &args);
-    let mut child = command
-        .stdin(Stdio::piped())
-        .spawn()
-        .context("start proxy-reliability")?;
     let length = if quick { fuzz::QUICK } else { fuzz::FULL };
-    let began = Instant::now();
-    let fuzzed = fuzz::run(root, toolchains, length);
-    let handover = fuzz::handover(&fuzzed, began.elapsed());
-    // Kept for a rerun of the binary by hand (`--input-fuzz FILE`).
-    let kept = target_dir(root).join(if quick {
-        "proxy-reliability-quick/input-fuzz.json"
-    } else {
-        "proxy-reliability/input-fuzz.json"
-    });
-    write_file(&kept, &handover)?;
-    let mut stdin = child.stdin.take().context("proxy-reliability's stdin")?;
-    // A run that already failed and exited has closed its end; its status says why.
-    let _ = stdin.write_all(handover.as_bytes());
-    drop(stdin);
-    let status = child.wait()?;
-    fuzz::fail_on_crashes(&fuzzed?)?;
-    if !status.success() {
-        bail!("proxy-reliability failed ({status})");
-    }
-    Ok(())
+    std::thread::scope(|scope| {
+        let fuzzing = scope.spawn(|| {
+            let began = Instant::now();
+            let fuzzed = fuzz::run(root, toolchains, length);
+            let handover = fuzz::handover(&fuzzed, began.elapsed());
+            (fuzzed, handover)
+        });
+        build()?;
+        args.push(step_before(began));
+        args.push("--input-fuzz=-".to_owned());
+        let mut command = report_command(root, "proxy-reliability", "RELIABILITY.md", quick, &args);
+        let mut child = command
+            .stdin(Stdio::piped())
+            .spawn()
+            .context("start proxy-reliability")?;
+        let (fuzzed, handover) = fuzzing
+            .join()
+            .map_err(|_| anyhow::anyhow!("the input fuzzing thread panicked"))?;
+        // Kept for a rerun of the binary by hand (`--input-fuzz FILE`).
+        let kept = target_dir(root).join(if quick {
+            "proxy-reliability-quick/input-fuzz.json"
+        } else {
+            "proxy-reliability/input-fuzz.json"
+        });
+        write_file(&kept, &handover)?;
+        let mut stdin = child.stdin.take().context("proxy-reliability's stdin")?;
+        // A run that already failed and exited has closed its end; its status says why.
+        let _ = stdin.write_all(handover.as_bytes());
+        drop(stdin);
+        let status = child.wait()?;
+        fuzz::fail_on_crashes(&fuzzed?)?;
+        if !status.success() {
+            bail!("proxy-reliability failed ({status})");
+        }
+        Ok(())
+    })
 }
 
 /// The release `bin` that writes `report`: into docs/, or with `--quick` under
