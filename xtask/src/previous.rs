@@ -1,11 +1,14 @@
 //! The previous release's `sluice`, built once per commit for the upgrade test.
 //!
 //! The commit is named in `tests/previous-release.txt`. Its tree is extracted with `git archive`
-//! (the repository's worktrees and branches stay as they are) and built in a target directory
+//! (the repository's worktrees and branches stay as they are), `tests/previous-release.patch`
+//! applied to it (a point release's backport: what the release needs to run on today's
+//! kernels), and built in a target directory
 //! of its own, seeded with a copy of this tree's dependency artifacts: the dependencies are the
 //! same crates at the same versions, so only the workspace's own crates compile (about a minute
 //! in place of a full build). What stays is the binary,
-//! `<target>/previous-release/<commit>/sluice`; the sources and the build are removed.
+//! `<target>/previous-release/<commit>/sluice` (rebuilt when the patch changes); the sources and
+//! the build are removed.
 
 use std::{
     path::{Path, PathBuf},
@@ -21,6 +24,8 @@ use crate::{
 
 /// Where the commit is named, relative to the workspace root.
 const RELEASE_FILE: &str = "tests/previous-release.txt";
+/// The backport applied to the commit's tree, relative to the workspace root.
+const PATCH_FILE: &str = "tests/previous-release.patch";
 /// The environment variable the upgrade test reads the binary's path from.
 pub const BIN_ENV: &str = "SLUICE_PREVIOUS_BIN";
 
@@ -40,9 +45,13 @@ fn commit(root: &Path) -> Result<String> {
 /// Builds the previous release's `sluice` unless it is cached; returns its path.
 pub fn build(root: &Path) -> Result<PathBuf> {
     let commit = commit(root)?;
+    let patch = root.join(PATCH_FILE);
+    let patch_text = std::fs::read(&patch).with_context(|| format!("read {}", patch.display()))?;
     let cache = target_dir(root).join("previous-release").join(&commit);
     let bin = cache.join("sluice");
-    if bin.is_file() {
+    // The backport the binary was built with, kept beside it: a changed one rebuilds.
+    let built_with = cache.join("previous-release.patch");
+    if bin.is_file() && std::fs::read(&built_with).ok().as_ref() == Some(&patch_text) {
         return Ok(bin);
     }
     eprintln!("xtask: building sluice of {commit} (the upgrade test's previous release)");
@@ -55,6 +64,14 @@ pub fn build(root: &Path) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(&src)?;
     extract(root, &commit, &src)?;
+    // Not inside this repository (the cache is under its target dir): there `git apply` would
+    // skip every path outside the current directory, silently.
+    run(Command::new("git")
+        .current_dir(&src)
+        .env("GIT_CEILING_DIRECTORIES", &cache)
+        .args(["apply", "--verbose"])
+        .arg(&patch))
+    .with_context(|| format!("apply {} to {commit}", patch.display()))?;
     seed(&target_dir(root), &target)?;
 
     // Its own toolchains (the eBPF build script reads the nightly from its toolchains.toml).
@@ -81,6 +98,7 @@ pub fn build(root: &Path) -> Result<PathBuf> {
     let tmp = cache.join("sluice.tmp");
     std::fs::copy(target.join("debug/sluice"), &tmp).context("copy the built sluice")?;
     std::fs::rename(&tmp, &bin)?;
+    std::fs::write(&built_with, &patch_text)?;
     for dir in [&src, &target] {
         std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
     }
