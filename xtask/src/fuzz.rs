@@ -85,11 +85,19 @@ pub fn ensure_cargo_fuzz(toolchains: &Toolchains) -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing cargo-fuzz {version} (toolchains.toml)");
-    // The pinned stable builds it; it only runs on the nightly.
-    let mut install = Command::new("cargo");
+    // The pinned stable builds it; it only runs on the nightly. At the lowest priority, like
+    // the fuzzing (see `cargo_fuzz`): on a fresh machine this build overlaps the sections.
+    let mut install = Command::new("nice");
     install.env("RUSTUP_TOOLCHAIN", &toolchains.stable);
     without_cargo_run_env(&mut install);
-    run_command(install.args(["install", &format!("cargo-fuzz@{version}"), "--locked"]))
+    run_command(install.args([
+        "-n",
+        "19",
+        "cargo",
+        "install",
+        &format!("cargo-fuzz@{version}"),
+        "--locked",
+    ]))
 }
 
 /// Runs every target of fuzz/ for `seconds_per_target`, from its seeds (fuzz/seeds/TARGET,
