@@ -139,12 +139,7 @@ fn parse_step(arg: &str) -> Result<(String, Duration), String> {
 /// Runs the chosen sections and writes the report; false when one failed.
 fn run(cli: &Cli) -> Result<bool> {
     let began = Instant::now();
-    let mut steps = cli.steps_before.clone();
-    let mut timed = |name: &str, began: Instant| {
-        let took = began.elapsed();
-        eprintln!("{name}: done in {:.0} s", took.as_secs_f64());
-        steps.push((name.to_owned(), took));
-    };
+    let mut steps = Steps(cli.steps_before.clone());
     let wanted = |name: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == name);
     let soak_params = soak_params(cli.quick);
     let packet_seed = cli.seed.unwrap_or_else(packet_fuzz::seed_from_clock);
@@ -152,17 +147,13 @@ fn run(cli: &Cli) -> Result<bool> {
 
     let soak = wanted("soak").then(|| {
         eprintln!("soak: {} s", soak_params.seconds);
-        let began = Instant::now();
-        let outcome = section(|| soak::run(&soak_params));
-        timed("soak", began);
-        outcome
+        steps.time("soak", || section(|| soak::run(&soak_params)))
     });
     let packet = wanted("packet").then(|| {
         eprintln!("packet fuzzing: {frames} frames per program, seed {packet_seed}");
-        let began = Instant::now();
-        let outcome = section(|| Ok(packet_fuzz::run(frames, packet_seed)));
-        timed("packet fuzzing", began);
-        outcome
+        steps.time("packet fuzzing", || {
+            section(|| Ok(packet_fuzz::run(frames, packet_seed)))
+        })
     });
     let leak_params = leaks::Params {
         rounds: if cli.quick { 2 } else { 10 },
@@ -174,10 +165,7 @@ fn run(cli: &Cli) -> Result<bool> {
             "leaks: {} rounds of {} Services and {} flows",
             leak_params.rounds, leak_params.services, leak_params.flows
         );
-        let began = Instant::now();
-        let outcome = section(|| leaks::run(&leak_params));
-        timed("leaks", began);
-        outcome
+        steps.time("leaks", || section(|| leaks::run(&leak_params)))
     });
     let exhaustion_params = exhaustion::Params {
         ct_entries: 4096,
@@ -191,16 +179,13 @@ fn run(cli: &Cli) -> Result<bool> {
     };
     let exhaustion = wanted("exhaustion").then(|| {
         eprintln!("exhaustion");
-        let began = Instant::now();
-        let outcome = exhaustion::run(&exhaustion_params);
-        timed("exhaustion", began);
-        outcome
+        steps.time("exhaustion", || exhaustion::run(&exhaustion_params))
     });
     // Read last: on stdin it arrives when xtask's fuzzing, run alongside the sections, ends.
     let input = cli.input_fuzz.as_ref().map(|path| {
         match report::InputFuzzing::read(path).map_err(|e| format!("{e:#}"))? {
             report::InputFuzzing::Ran { seconds, targets } => {
-                steps.push((
+                steps.0.push((
                     "input fuzzing (alongside the sections)".to_owned(),
                     Duration::from_secs_f64(seconds),
                 ));
@@ -217,7 +202,7 @@ fn run(cli: &Cli) -> Result<bool> {
             .map(|(_, took)| *took)
             .sum::<Duration>()
             + began.elapsed(),
-        steps,
+        steps: steps.0,
         soak,
         soak_params,
         packet,
@@ -237,6 +222,21 @@ fn run(cli: &Cli) -> Result<bool> {
         eprintln!("reliability: goal missed: {miss}");
     }
     Ok(missed.is_empty())
+}
+
+/// How long each step took, in order.
+struct Steps(Vec<(String, Duration)>);
+
+impl Steps {
+    /// Runs one step, printing and keeping its time.
+    fn time<T>(&mut self, name: &str, step: impl FnOnce() -> T) -> T {
+        let began = Instant::now();
+        let outcome = step();
+        let took = began.elapsed();
+        eprintln!("{name}: done in {:.0} s", took.as_secs_f64());
+        self.0.push((name.to_owned(), took));
+        outcome
+    }
 }
 
 /// Runs one section; a panic of the harness (which asserts as it goes) is its failure.

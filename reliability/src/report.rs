@@ -556,7 +556,7 @@ fn packet_section(md: &mut String, results: &Results) {
         "## Packet fuzzing\n\nSeeded frames of every kind the packet tables test, and mutations \
          of them (bits flipped, bytes replaced, cut, extended, addresses and ports changed), \
          through every XDP and TC program with `BPF_PROG_TEST_RUN`, seed {} (replay: \
-         `SLUICE_FUZZ_SEED={} SLUICE_FUZZ_FRAMES=N cargo xtask test --test datapath_fuzz`). \
+         `SLUICE_FUZZ_SEED={} SLUICE_FUZZ_FRAMES=N cargo xtask test -- --test datapath_fuzz`). \
          Checked on every run: the verdict is one the program may return; a frame to an \
          address Sluice has nothing at leaves byte for byte unchanged and passed; a spoofed \
          reply to a SNAT port no flow holds is never sent on and leaves unchanged; a valid \

@@ -4,7 +4,8 @@
 //! - the verdict is one the program may return (XDP: drop, pass, tx, redirect; TC: ok, shot,
 //!   redirect);
 //! - a frame to an address Sluice has nothing at (a foreign range) leaves byte for byte
-//!   unchanged, passed;
+//!   unchanged, passed, unless it is exactly the reply of a flow an earlier fuzzed frame opened
+//!   from that range (a client may have any address);
 //! - a frame to the SNAT address on a SNAT port that no flow's reply entry holds (a spoofed
 //!   reply) is never sent on (no tx, no redirect) and leaves unchanged (the fuzzing makes
 //!   flows of its own: a frame that matches one exactly is that flow's reply);
@@ -207,60 +208,85 @@ fn destination(frame: &[u8]) -> Option<(bool, Vec<u8>)> {
     }
 }
 
-fn is_foreign(frame: &[u8]) -> bool {
-    match destination(frame) {
+/// A frame to an address Sluice has nothing at, unless it is the reply of a flow the fuzzing
+/// opened (a client may have any address: an earlier frame from the foreign range to a
+/// service made one, and its reply is Sluice's to translate).
+fn is_foreign(dp: &mut Datapath, frame: &[u8]) -> bool {
+    let foreign = match destination(frame) {
         Some((false, dst)) => dst[..3] == FOREIGN[..3],
         Some((true, dst)) => dst[..8] == FOREIGN6.octets()[..8],
         None => false,
-    }
+    };
+    foreign && !ports(frame).is_some_and(|tuple| has_reply_entry(dp, &tuple))
 }
 
 /// A TCP or UDP frame to the SNAT address on a SNAT port that no flow's reply entry holds: a
-/// spoofed reply, which nothing may take. (Not a fragment: a later one's "ports" are data,
-/// and it belongs to whichever datagram shares its addresses and identification.)
+/// spoofed reply, which nothing may take.
 fn is_spoofed_reply(dp: &mut Datapath, frame: &[u8]) -> bool {
-    let Some((v6, dst)) = destination(frame) else {
+    let Some(tuple) = ports(frame) else {
         return false;
     };
+    let to_snat = if tuple.v6 {
+        tuple.dst == NODE_IP6.octets()
+    } else {
+        tuple.dst == NODE_IP
+    };
+    to_snat
+        && (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&tuple.dport)
+        && !has_reply_entry(dp, &tuple)
+}
+
+/// A frame's addresses, protocol and ports, read at the fixed offsets.
+struct Tuple {
+    v6: bool,
+    proto: u8,
+    src: Vec<u8>,
+    sport: u16,
+    dst: Vec<u8>,
+    dport: u16,
+}
+
+/// The tuple of a TCP or UDP frame that is not a fragment (a later fragment's "ports" are
+/// data, and it belongs to whichever datagram shares its addresses and identification).
+fn ports(frame: &[u8]) -> Option<Tuple> {
+    let (v6, dst) = destination(frame)?;
     if packet::is_fragment(frame) {
-        return false;
+        return None;
     }
-    let (proto, l4) = if v6 {
-        (frame.get(20).copied(), 54)
+    let (proto, src, l4) = if v6 {
+        (*frame.get(20)?, frame.get(22..38)?, 54)
     } else {
-        let ihl = usize::from(frame.get(14).map_or(0, |b| b & 0x0f)) * 4;
-        (frame.get(23).copied(), 14 + ihl)
+        let ihl = usize::from(frame.get(14)? & 0x0f) * 4;
+        (*frame.get(23)?, frame.get(26..30)?, 14 + ihl)
     };
-    let Some(proto @ (IPPROTO_TCP | IPPROTO_UDP)) = proto else {
-        return false;
-    };
-    let Some(ports) = frame.get(l4..l4 + 4) else {
-        return false;
-    };
-    let sport = u16::from_be_bytes([ports[0], ports[1]]);
-    let dport = u16::from_be_bytes([ports[2], ports[3]]);
-    if !(SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&dport) {
-        return false;
+    if !matches!(proto, IPPROTO_TCP | IPPROTO_UDP) {
+        return None;
     }
-    if v6 {
-        let src: [u8; 16] = frame[22..38].try_into().expect("16 bytes");
-        let to = SocketAddrV6::new(NODE_IP6, dport, 0, 0);
-        let from = SocketAddrV6::new(Ipv6Addr::from(src), sport, 0, 0);
-        dst == NODE_IP6.octets()
-            && dp
-                .conntrack6(ct_key6(from, to, proto, CT_DIR_REPLY))
-                .is_none()
+    let ports = frame.get(l4..l4 + 4)?;
+    Some(Tuple {
+        v6,
+        proto,
+        src: src.to_vec(),
+        sport: u16::from_be_bytes([ports[0], ports[1]]),
+        dst,
+        dport: u16::from_be_bytes([ports[2], ports[3]]),
+    })
+}
+
+/// Whether a flow's reply entry matches the tuple exactly.
+fn has_reply_entry(dp: &mut Datapath, tuple: &Tuple) -> bool {
+    if tuple.v6 {
+        let addr = |bytes: &[u8]| Ipv6Addr::from(<[u8; 16]>::try_from(bytes).expect("16 bytes"));
+        let from = SocketAddrV6::new(addr(&tuple.src), tuple.sport, 0, 0);
+        let to = SocketAddrV6::new(addr(&tuple.dst), tuple.dport, 0, 0);
+        dp.conntrack6(ct_key6(from, to, tuple.proto, CT_DIR_REPLY))
+            .is_some()
     } else {
-        let src: [u8; 4] = frame[26..30].try_into().expect("4 bytes");
-        dst == NODE_IP
-            && dp
-                .conntrack(ct_key(
-                    sock(src, sport),
-                    sock(NODE_IP, dport),
-                    proto,
-                    CT_DIR_REPLY,
-                ))
-                .is_none()
+        let addr = |bytes: &[u8]| <[u8; 4]>::try_from(bytes).expect("4 bytes");
+        let from = sock(addr(&tuple.src), tuple.sport);
+        let to = sock(addr(&tuple.dst), tuple.dport);
+        dp.conntrack(ct_key(from, to, tuple.proto, CT_DIR_REPLY))
+            .is_some()
     }
 }
 
@@ -310,7 +336,7 @@ fn fuzz(dp: &mut Datapath, rng: &mut StdRng, seed: u64, program: Program, frames
         };
         let what = || format!("{} on frame {i} {input:02x?} (seed {seed})", program.name());
         // Before the run: a reply may retire the entry it matched.
-        let not_ours = is_foreign(&input) || is_spoofed_reply(dp, &input);
+        let not_ours = is_foreign(dp, &input) || is_spoofed_reply(dp, &input);
         let run = match dp.try_run(program, &input) {
             Ok(run) => run,
             // The kernel refuses skb runs on frames too short for their headers.

@@ -85,26 +85,18 @@ pub fn ensure_cargo_fuzz(toolchains: &Toolchains) -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing cargo-fuzz {version} (toolchains.toml)");
-    // The pinned stable builds it; it only runs on the nightly. At the lowest priority, like
-    // the fuzzing (see `cargo_fuzz`): on a fresh machine this build overlaps the sections.
-    let mut install = Command::new("nice");
+    // The pinned stable builds it; it only runs on the nightly.
+    let mut install = Command::new("cargo");
     install.env("RUSTUP_TOOLCHAIN", &toolchains.stable);
     without_cargo_run_env(&mut install);
-    run_command(install.args([
-        "-n",
-        "19",
-        "cargo",
-        "install",
-        &format!("cargo-fuzz@{version}"),
-        "--locked",
-    ]))
+    run_command(install.args(["install", &format!("cargo-fuzz@{version}"), "--locked"]))
 }
 
 /// Runs every target of fuzz/ for `seconds_per_target`, from its seeds (fuzz/seeds/TARGET,
-/// read only) and a scratch corpus under fuzz/target that it grows. A crash is a figure, not
-/// an error: [`fail_on_crashes`] says what to do with it once the report shows it.
+/// read only) and a scratch corpus under fuzz/target that it grows, with cargo-fuzz installed
+/// ([`ensure_cargo_fuzz`]). A crash is a figure, not an error: [`fail_on_crashes`] says what
+/// to do with it once the report shows it.
 pub fn run(root: &Path, toolchains: &Toolchains, length: Length) -> Result<Vec<FuzzFigure>> {
-    ensure_cargo_fuzz(toolchains)?;
     let fuzz = root.join("fuzz");
     // One build for all targets, so no target's time is spent compiling.
     run_command(&mut cargo_fuzz(root, toolchains, "build", length))?;

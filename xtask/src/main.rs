@@ -209,11 +209,15 @@ fn run_task(task: Task) -> Result<()> {
     Ok(())
 }
 
-/// `proxy-reliability`, with the input fuzzing it reports on run alongside the workspace's
-/// build and then the sections, at the lowest CPU priority: cargo-fuzz's build is the longest
-/// step, and the sections mostly wait on traffic and timers, so it takes what they leave idle
-/// instead of adding its whole length to the command's. Its figures reach the run on stdin once
-/// it ends; the run reads them after its sections.
+/// `proxy-reliability`, with the input fuzzing it reports on run alongside the sections.
+///
+/// Input fuzzing is the command's longest path on a fresh machine: cargo-fuzz's install, the
+/// sanitized build, then the run. The install goes at normal priority beside the workspace's
+/// build, and the sections wait for both (niced, it ended only after the soak and delayed the
+/// rest by minutes). The fuzz build and run then go at the lowest priority: the sections mostly
+/// wait on traffic and timers, and must not wait on the fuzzing (their daemons restart against
+/// deadlines). Its figures reach the run on stdin once it ends; the run reads them after its
+/// sections.
 fn reliability(
     root: &Path,
     toolchains: &Toolchains,
@@ -222,35 +226,33 @@ fn reliability(
     build: impl FnOnce() -> Result<()>,
     mut args: Vec<String>,
 ) -> Result<()> {
-    let step_before = |began: Instant| {
-        format!(
-            "--step-before=setup and build={:.1}",
-            began.elapsed().as_secs_f64()
-        )
-    };
-    if !fuzz::wanted(&args) {
-        build()?;
-        args.push(step_before(began));
-        return run(&mut report_command(
-            root,
-            "proxy-reliability",
-            "RELIABILITY.md",
-            quick,
-            &args,
-        ));
-    }
+    let fuzzing_wanted = fuzz::wanted(&args);
     let length = if quick { fuzz::QUICK } else { fuzz::FULL };
     std::thread::scope(|scope| {
-        let fuzzing = scope.spawn(|| {
-            let began = Instant::now();
-            let fuzzed = fuzz::run(root, toolchains, length);
-            let handover = fuzz::handover(&fuzzed, began.elapsed());
-            (fuzzed, handover)
-        });
+        let install = fuzzing_wanted.then(|| scope.spawn(|| fuzz::ensure_cargo_fuzz(toolchains)));
         build()?;
-        args.push(step_before(began));
-        args.push("--input-fuzz=-".to_owned());
+        let fuzzing = install.map(|install| {
+            let installed = install
+                .join()
+                .unwrap_or_else(|_| bail!("cargo-fuzz's install panicked"));
+            scope.spawn(move || {
+                let began = Instant::now();
+                let fuzzed = installed.and_then(|()| fuzz::run(root, toolchains, length));
+                let handover = fuzz::handover(&fuzzed, began.elapsed());
+                (fuzzed, handover)
+            })
+        });
+        args.push(format!(
+            "--step-before=setup and build={:.1}",
+            began.elapsed().as_secs_f64()
+        ));
+        if fuzzing.is_some() {
+            args.push("--input-fuzz=-".to_owned());
+        }
         let mut command = report_command(root, "proxy-reliability", "RELIABILITY.md", quick, &args);
+        let Some(fuzzing) = fuzzing else {
+            return run(&mut command);
+        };
         let mut child = command
             .stdin(Stdio::piped())
             .spawn()
