@@ -78,6 +78,9 @@ pub mod map_names {
     pub const SERVICE_ADDRS6: &str = "SVC_ADDR6_V1";
     /// Not pinned, like `SOCK_TERM`.
     pub const SOCK_TERM6: &str = "SOCK_TERM6_V1";
+    /// Not pinned: each CPU's room for a new SNAT flow's entries while its port is searched.
+    pub const SNAT_ROOM: &str = "SNAT_ROOM_V1";
+    pub const SNAT_ROOM6: &str = "SNAT_ROOM6_V1";
     /// Fragmented datagrams: the first fragment's ports, for the later ones (`FragKeyOf`).
     pub const FRAGMENTS: &str = "FRAG_V1";
     pub const FRAGMENTS6: &str = "FRAG6_V1";

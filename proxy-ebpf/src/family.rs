@@ -23,8 +23,8 @@ use crate::{
     maps::{
         self, AFFINITY, AFFINITY6, BACKENDS, BACKENDS6, CONFIG, CONFIG6, CONNTRACK,
         CONNTRACK_ESTABLISHED, CONNTRACK_ESTABLISHED6, CONNTRACK6, Entry, FRAGMENTS, FRAGMENTS6,
-        NODE_ADDRS, NODE_ADDRS6, SERVICE_ADDRS, SERVICE_ADDRS6, SERVICES, SERVICES6, SOURCE_RANGES,
-        SOURCE_RANGES6,
+        NODE_ADDRS, NODE_ADDRS6, SERVICE_ADDRS, SERVICE_ADDRS6, SERVICES, SERVICES6, SNAT_ROOM,
+        SNAT_ROOM6, SOURCE_RANGES, SOURCE_RANGES6, SnatRoom,
     },
     nat,
     packet::{self, ETH_HLEN, IPV4_HLEN, IPV6_HLEN, Packet, TCP_HLEN, Tuple},
@@ -89,6 +89,8 @@ pub trait Family {
     fn conntrack_remove(tier: Tier, key: &CtKeyOf<Self::Addr>);
     /// The address remote backends' flows are source-NATed to; unset: none configured.
     fn snat_addr() -> Self::Addr;
+    /// This CPU's room for a new SNAT flow's entries (`maps::SnatRoom`).
+    fn snat_room() -> Option<Entry<SnatRoom<Self::Addr>>>;
     /// Writes `to`'s addresses over `from`'s in the IP header of the frame (updating the IPv4
     /// header checksum), and returns the L4 checksum `l4_sum` updated for them.
     fn rewrite_addresses(
@@ -259,6 +261,11 @@ impl Family for V4 {
     #[inline(always)]
     fn snat_addr() -> u32 {
         CONFIG.get(0).map_or(0, |config| config.snat_addr)
+    }
+
+    #[inline(always)]
+    fn snat_room() -> Option<Entry<SnatRoom<u32>>> {
+        maps::found(SNAT_ROOM.get_ptr_mut(0))
     }
 
     #[inline(always)]
@@ -435,6 +442,11 @@ impl Family for V6 {
     #[inline(always)]
     fn snat_addr() -> Addr6 {
         CONFIG6.get(0).map_or([0; 4], |config| config.snat_addr)
+    }
+
+    #[inline(always)]
+    fn snat_room() -> Option<Entry<SnatRoom<Addr6>>> {
+        maps::found(SNAT_ROOM6.get_ptr_mut(0))
     }
 
     #[inline(always)]

@@ -1,7 +1,10 @@
 //! The kernel helpers the programs call, as safe functions: each wrapper states once why its
 //! call is sound, so the packet paths hold no `unsafe` of their own.
 
-use core::ptr::{addr_of, addr_of_mut, null_mut};
+use core::{
+    ffi::c_void,
+    ptr::{addr_of, addr_of_mut, null_mut},
+};
 
 use aya_ebpf::{
     EbpfContext,
@@ -10,7 +13,7 @@ use aya_ebpf::{
         bpf_get_prandom_u32, bpf_ktime_get_ns,
         generated::{
             bpf_fib_lookup as fib_lookup_helper, bpf_get_netns_cookie, bpf_get_socket_cookie,
-            bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh, bpf_set_retval,
+            bpf_ktime_get_coarse_ns, bpf_loop, bpf_redirect, bpf_redirect_neigh, bpf_set_retval,
             bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
         },
     },
@@ -36,6 +39,31 @@ pub fn coarse_now_ns() -> u64 {
 pub fn random() -> u32 {
     // SAFETY: as for `now_ns`.
     unsafe { bpf_get_prandom_u32() }
+}
+
+/// What one step of [`for_each`] tells the loop.
+#[repr(i64)]
+pub enum Step {
+    Next = 0,
+    Stop = 1,
+}
+
+/// Calls `step(i, state)` for `i` in `0..count` until one says [`Step::Stop`]. `bpf_loop`
+/// (kernel 5.17): the verifier checks `step` once, however many times it runs, where a loop in
+/// the program would be checked turn by turn.
+#[inline(always)]
+pub fn for_each<T>(count: u32, step: extern "C" fn(u64, &mut T) -> Step, state: &mut T) {
+    // SAFETY: the helper calls `step` with the pointer it is given, `state`, borrowed for the
+    // call; `step` is a function of this program with the signature the helper expects
+    // (`long (*)(u64, void *)`: a reference is a pointer, `Step` an i64).
+    unsafe {
+        bpf_loop(
+            count,
+            step as *const () as *mut c_void,
+            core::ptr::from_mut(state).cast(),
+            0,
+        )
+    };
 }
 
 /// Moves the start of an XDP frame by `delta` bytes (negative: more room in front).

@@ -2,15 +2,15 @@
 //! lookups the programs use (the one place map values are dereferenced).
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use proxy_common::{
     Addr6, AffinityKey, AffinityKey6, AffinityMatchKey, AffinityValue, Backend, Backend6, Config,
-    Config6, CtEntry, CtEntry6, CtKey, CtKey6, FragKey, FragKey6, FragPorts, NodeAddr, ServiceKey,
-    ServiceKey6, ServiceMeta, ServiceValue, SkippedKey, SkippedService, SockRevNatKey,
-    SockRevNatKey6, SockRevNatValue, SockRevNatValue6, SockTermKey, SockTermKey6, SourceRange,
-    SourceRange6, map_sizes,
+    Config6, CtEntry, CtEntry6, CtEntryOf, CtKey, CtKey6, CtKeyOf, FragKey, FragKey6, FragPorts,
+    NodeAddr, ServiceKey, ServiceKey6, ServiceMeta, ServiceValue, SkippedKey, SkippedService,
+    SockRevNatKey, SockRevNatKey6, SockRevNatValue, SockRevNatValue6, SockTermKey, SockTermKey6,
+    SourceRange, SourceRange6, map_sizes,
 };
 
 #[btf_map(name = "SVC_V1")]
@@ -91,6 +91,24 @@ pub static SKIPPED: HashMap<SkippedKey, SkippedService, { map_sizes::SKIPPED as 
 #[btf_map(name = "FRAG_V1")]
 pub static FRAGMENTS: LruHashMap<FragKey, FragPorts, { map_sizes::FRAGMENTS as usize }> =
     LruHashMap::new();
+
+/// A new SNAT flow's entries while its port is searched (`conntrack::create_snat`): each try
+/// writes the port in and offers them to the conntrack map. In a per-CPU map, not on the stack:
+/// beside the packet path's own, four IPv6 entries exceed the 512 bytes a call chain may use.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SnatRoom<A> {
+    pub forward_key: CtKeyOf<A>,
+    pub forward: CtEntryOf<A>,
+    pub reply_key: CtKeyOf<A>,
+    pub reply: CtEntryOf<A>,
+}
+
+#[btf_map(name = "SNAT_ROOM_V1")]
+pub static SNAT_ROOM: PerCpuArray<SnatRoom<u32>, 1> = PerCpuArray::new();
+
+#[btf_map(name = "SNAT_ROOM6_V1")]
+pub static SNAT_ROOM6: PerCpuArray<SnatRoom<Addr6>, 1> = PerCpuArray::new();
 
 // The IPv6 maps: the roles of the IPv4 ones above, keyed or valued by IPv6 addresses. Ids
 // (service, backend) are shared with IPv4, so the per-id maps above serve both families.

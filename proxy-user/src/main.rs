@@ -115,6 +115,7 @@ fn run(args: RunArgs) -> Result<()> {
         (None, true) => Some(source::kube::ApiAccess::InCluster),
         (None, false) => None,
     };
+    daemon::memory::limit_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -416,7 +416,9 @@ fn leaks_section(md: &mut String, results: &Results) {
          backends and SNAT to node2), each connection closed. After each round the run waits \
          until every map on node1 holds exactly its baseline entry count (conntrack entries of \
          closed flows go after the closing timeout, {} here, the default 10 s shortened so a \
-         round drains in seconds), then samples the daemon's RSS.\n\n",
+         round drains in seconds), then samples the daemon's RSS once it is stable (five \
+         samples 100 ms apart within 1 %: the daemon gives freed memory back just after a \
+         sync's writes).\n\n",
         p.rounds,
         p.services,
         p.rounds,

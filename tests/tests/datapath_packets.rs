@@ -967,6 +967,39 @@ fn a_snat_port_is_claimed_once_and_exhaustion_drops() {
     assert_eq!(dp.conntrack_len(), 4, "two flows, two entries each");
 }
 
+#[test]
+fn new_flows_get_snat_ports_until_every_port_of_the_range_is_taken() {
+    // Random tries alone leave ports free and still fail: filling 64 ports with 8 random
+    // tries per flow misses some flow almost surely. The search from a random port on does not.
+    const PORTS: u16 = 64;
+    let mut dp = datapath(CONFIG_F_XDP_TX);
+    dp.set_config(Config {
+        snat_addr: u32::from_ne_bytes(NODE_IP),
+        snat_port_min: SNAT_PORT_MIN,
+        snat_port_max: SNAT_PORT_MIN + PORTS - 1,
+        flags: CONFIG_F_XDP_TX | CONFIG_F_COUNTERS,
+        log_level: 0,
+    });
+    let backend = sock(REMOTE.1, REMOTE.2);
+    let mut ports = std::collections::BTreeSet::new();
+    for i in 0..PORTS {
+        let syn = packet::tcp(client(40000 + i), sock(REMOTE_SVC, 80), tcp::SYN);
+        let run = dp.run(Program::Xdp, &syn.build());
+        assert_eq!(run.verdict, XDP_TX, "flow {i} of {PORTS} got no port");
+        ports.insert(snat_port(&mut dp, &syn, client(40000 + i), backend));
+    }
+    let range: std::collections::BTreeSet<u16> = (SNAT_PORT_MIN..SNAT_PORT_MIN + PORTS).collect();
+    assert_eq!(ports, range, "each flow its own port, the whole range used");
+    let one_more = packet::tcp(client(40000 + PORTS), sock(REMOTE_SVC, 80), tcp::SYN);
+    dp.check_all(&[Case::xdp(
+        "with every port taken, the next flow is dropped",
+        one_more.build(),
+        XDP_DROP,
+        Expect::Unchanged,
+    )]);
+    assert_eq!(dp.drops(DropReason::NoSnatPort), 1);
+}
+
 /// The `log` records the programs' aya-log lines arrive as: level, target, message.
 #[derive(Clone, Default)]
 struct LogLines(Arc<Mutex<Vec<(log::Level, String, String)>>>);

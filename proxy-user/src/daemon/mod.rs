@@ -2,7 +2,7 @@
 //! desired state that a source (manifests directory or Kubernetes API) publishes, one
 //! [`Syncer::sync`] per change, retrying a failed one with backoff.
 
-mod memory;
+pub mod memory;
 mod sync;
 
 use std::{

@@ -67,7 +67,11 @@ impl CtTimeouts {
     }
 }
 
-/// Which entries to delete: flows idle past their timeout (the later packet of either
+/// The keys of one flow's entries, which go together: forward and reply, or a reply whose
+/// forward entry is gone.
+pub type FlowKeys<A> = Vec<CtKeyOf<A>>;
+
+/// Which flows to delete: flows idle past their timeout (the later packet of either
 /// direction counts, the closing state of either), flows whose backend is gone, and reply
 /// entries whose forward entry the LRU already evicted.
 pub fn expired_keys<A: Address + Hash>(
@@ -75,12 +79,12 @@ pub fn expired_keys<A: Address + Hash>(
     backend_exists: impl Fn(u32) -> bool,
     timeouts: &CtTimeouts,
     now_ns: u64,
-) -> Vec<CtKeyOf<A>> {
+) -> Vec<FlowKeys<A>> {
     let mut doomed = Vec::new();
     for (key, entry) in entries {
         if key.dir == CT_DIR_REPLY {
             if !entries.contains_key(&forward_key(key, entry)) {
-                doomed.push(*key);
+                doomed.push(vec![*key]);
             }
             continue;
         }
@@ -98,13 +102,14 @@ pub fn expired_keys<A: Address + Hash>(
         };
         let idle = Duration::from_nanos(now_ns.saturating_sub(last_seen));
         if idle > timeouts.for_flow(key.proto, state) || !backend_exists(entry.backend_id) {
-            doomed.push(*key);
-            if reply.is_some() {
-                doomed.push(reply_key);
-            }
+            doomed.push(flow_keys(*key, reply.map(|_| reply_key)));
         }
     }
     doomed
+}
+
+fn flow_keys<A>(forward: CtKeyOf<A>, reply: Option<CtKeyOf<A>>) -> FlowKeys<A> {
+    std::iter::once(forward).chain(reply).collect()
 }
 
 /// One family's conntrack entries as one table: those of the LRU map of new flows, then
@@ -130,11 +135,13 @@ pub fn collect(maps: &mut Maps, timeouts: &CtTimeouts) -> Result<usize> {
         &mut maps.conntrack,
         &mut maps.conntrack_established,
         |entries| expired_keys(entries, |id| backends.contains(&id), timeouts, now),
+        Touched::Keep,
     );
     let removed6 = collect_in(
         &mut maps.conntrack6,
         &mut maps.conntrack_established6,
         |entries| expired_keys(entries, |id| backends6.contains(&id), timeouts, now),
+        Touched::Keep,
     );
     Ok(removed + removed6)
 }
@@ -146,18 +153,18 @@ pub fn collect(maps: &mut Maps, timeouts: &CtTimeouts) -> Result<usize> {
 pub fn retired_udp_keys<A: Address + Hash>(
     entries: &HashMap<CtKeyOf<A>, CtEntryOf<A>, impl BuildHasher>,
     retired: &HashSet<RetiredUdpSlot, impl BuildHasher>,
-) -> Vec<CtKeyOf<A>> {
+) -> Vec<FlowKeys<A>> {
     let mut doomed = Vec::new();
     for (key, entry) in entries {
         if key.dir == CT_DIR_FORWARD
             && key.proto == IPPROTO_UDP
             && retired.contains(&(entry.service_id, entry.backend_id))
         {
-            doomed.push(*key);
             let reply = reply_key(key, entry);
-            if entries.contains_key(&reply) {
-                doomed.push(reply);
-            }
+            doomed.push(flow_keys(
+                *key,
+                entries.contains_key(&reply).then_some(reply),
+            ));
         }
     }
     doomed
@@ -174,11 +181,13 @@ pub fn remove_retired_udp_flows(
             &mut maps.conntrack,
             &mut maps.conntrack_established,
             |entries| retired_udp_keys(entries, retired),
+            Touched::Remove,
         ),
         collect_in(
             &mut maps.conntrack6,
             &mut maps.conntrack_established6,
             |entries| retired_udp_keys(entries, retired),
+            Touched::Remove,
         ),
     )
 }
@@ -238,10 +247,26 @@ impl RetiredUdpFlows {
 
 /// Reads one family's two maps as one table ([`merged`]), removes the keys `doomed` picks
 /// from what it read from both maps; returns how many keys went.
+/// What [`collect_in`] does with a doomed flow a packet changed since the maps were read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Touched {
+    /// Keeps it: the flow is alive again. A client that reuses a closed flow's tuple (its
+    /// `TIME_WAIT` socket, `tcp_tw_reuse`) sends its SYN on the old entries while they are
+    /// doomed; removed after that, the backend's answer meets no reply entry and goes out
+    /// untranslated, and the connection fails (the leak rounds of `cargo xtask reliability`
+    /// lost about one connection in 5000 this way while a pass took tens of milliseconds).
+    Keep,
+    /// Removes it all the same (flows that must stop whatever they carry).
+    Remove,
+}
+
+/// Removes the `doomed` flows of one family's maps (read as one table), each from both maps;
+/// returns how many entries went.
 fn collect_in<A: Address + Hash>(
     new: &mut BpfHashMap<MapData, CtKeyOf<A>, CtEntryOf<A>>,
     established: &mut BpfHashMap<MapData, CtKeyOf<A>, CtEntryOf<A>>,
-    doomed: impl FnOnce(&HashMap<CtKeyOf<A>, CtEntryOf<A>>) -> Vec<CtKeyOf<A>>,
+    doomed: impl FnOnce(&HashMap<CtKeyOf<A>, CtEntryOf<A>>) -> Vec<FlowKeys<A>>,
+    touched: Touched,
 ) -> usize
 where
     CtKeyOf<A>: aya::Pod,
@@ -251,14 +276,37 @@ where
         new.iter().filter_map(Result::ok).collect::<Vec<_>>(),
         established.iter().filter_map(Result::ok),
     );
-    // Gone already (the datapath or the LRU was quicker) is fine.
-    doomed(&entries)
-        .iter()
-        .filter(|key| {
-            let from_established = established.remove(key).is_ok();
-            new.remove(key).is_ok() || from_established
-        })
-        .count()
+    let mut removed = 0;
+    for flow in doomed(&entries) {
+        // Read again right before the removal: what is left of the race is the microseconds
+        // between this read and the delete, instead of the whole pass.
+        if touched == Touched::Keep
+            && !unchanged(&flow, &entries, |key| {
+                established.get(key, 0).or_else(|_| new.get(key, 0)).ok()
+            })
+        {
+            continue;
+        }
+        // Gone already (the datapath or the LRU was quicker) is fine.
+        removed += flow
+            .iter()
+            .filter(|key| {
+                let from_established = established.remove(key).is_ok();
+                new.remove(key).is_ok() || from_established
+            })
+            .count();
+    }
+    removed
+}
+
+/// Whether every entry of `flow` is now (`now_in_maps`) as the pass read it (`read`).
+fn unchanged<A: Address + Hash>(
+    flow: &FlowKeys<A>,
+    read: &HashMap<CtKeyOf<A>, CtEntryOf<A>>,
+    now_in_maps: impl Fn(&CtKeyOf<A>) -> Option<CtEntryOf<A>>,
+) -> bool {
+    flow.iter()
+        .all(|key| now_in_maps(key) == read.get(key).copied())
 }
 
 /// Runs [`collect`] every `interval` on its own handles to the pinned maps, off the sync loop.
@@ -288,6 +336,7 @@ mod tests {
     use super::*;
 
     const SEC: u64 = 1_000_000_000;
+    const NONE: Vec<FlowKeys<u32>> = Vec::new();
     const CLIENT: u32 = 0x6400_12c6; // 198.18.0.100 in memory order
     const FRONTEND: u32 = 0x0b00_12c6;
     const BACKEND: u32 = 0x0a01_12c6;
@@ -328,7 +377,9 @@ mod tests {
 
     fn expired(entries: Vec<(CtKey, CtEntry)>, now: u64) -> usize {
         let map: HashMap<CtKey, CtEntry> = entries.into_iter().collect();
-        expired_keys(&map, |id| id == 7, &CtTimeouts::default(), now * SEC).len()
+        expired_keys(&map, |id| id == 7, &CtTimeouts::default(), now * SEC)
+            .concat()
+            .len()
     }
 
     #[test]
@@ -384,14 +435,14 @@ mod tests {
             }
         }
         let retired: HashSet<RetiredUdpSlot> = [(3, 7)].into();
-        let mut doomed = retired_udp_keys(&entries, &retired);
+        let mut doomed = retired_udp_keys(&entries, &retired).concat();
         doomed.sort_by_key(|key| key.dir);
         assert_eq!(doomed.len(), 2, "{doomed:?}");
         assert!(doomed.iter().all(|key| key.proto == IPPROTO_UDP));
         assert_eq!(doomed[0].sport, 40000u16.to_be());
         assert_eq!(doomed[1].dport, 40000u16.to_be());
         let other: HashSet<RetiredUdpSlot> = [(3, 8)].into();
-        assert_eq!(retired_udp_keys(&entries, &other), []);
+        assert_eq!(retired_udp_keys(&entries, &other), NONE);
     }
 
     #[test]
@@ -405,18 +456,38 @@ mod tests {
         // Not an orphan reply: nothing goes while the flow is live.
         assert_eq!(
             expired_keys(&entries, |id| id == 7, &timeouts, 101 * SEC),
-            []
+            NONE
         );
         // Its backend gone, both keys go, whichever map holds them.
-        let mut doomed = expired_keys(&entries, |_| false, &timeouts, 101 * SEC);
+        let mut doomed = expired_keys(&entries, |_| false, &timeouts, 101 * SEC).concat();
         doomed.sort_by_key(|key| key.dir);
         assert_eq!(doomed, [flow[0].0, flow[1].0]);
         // Read apart, the reply would have been taken for an orphan.
         let lru_alone: HashMap<CtKey, CtEntry> = new.into_iter().collect();
         assert_eq!(
             expired_keys(&lru_alone, |id| id == 7, &timeouts, 101 * SEC),
-            [flow[1].0]
+            [vec![flow[1].0]]
         );
+    }
+
+    #[test]
+    fn a_doomed_flow_a_packet_touched_since_the_read_is_kept() {
+        let flow = local_flow(IPPROTO_TCP, TCP_STATE_CLOSING, 100);
+        let read: HashMap<CtKey, CtEntry> = flow.iter().copied().collect();
+        let doomed = expired_keys(&read, |id| id == 7, &CtTimeouts::default(), 111 * SEC);
+        assert_eq!(doomed.len(), 1, "one flow, both entries");
+        let keys = &doomed[0];
+        assert!(unchanged(keys, &read, |key| read.get(key).copied()));
+        // A client reusing the tuple: its SYN refreshed the forward entry after the read.
+        let mut reused = read.clone();
+        let forward = reused.get_mut(&flow[0].0).expect("forward entry");
+        forward.last_seen_ns = 112 * SEC;
+        forward.tcp_state = TCP_STATE_SYN;
+        assert!(!unchanged(keys, &read, |key| reused.get(key).copied()));
+        // An entry gone meanwhile (the datapath ended the flow) is a change too.
+        assert!(!unchanged(keys, &read, |key| {
+            (key != &flow[1].0).then(|| read[key])
+        }));
     }
 
     #[test]
@@ -430,7 +501,7 @@ mod tests {
         assert_eq!(entries[&flow[0].0].last_seen_ns, 100 * SEC);
         assert_eq!(
             expired_keys(&entries, |id| id == 7, &CtTimeouts::default(), 150 * SEC),
-            []
+            NONE
         );
     }
 }
