@@ -285,8 +285,8 @@ extern "C" fn try_snat_port<F: Family>(step: u64, search: &mut PortSearch) -> ke
     };
     // `step` is below the span, so the offset fits in u32 and the port in u16.
     let port = (search.first + (search.start + step as u32) % search.span) as u16;
-    let mut claimed = false;
-    let mut failed = None;
+    // None while the port is taken.
+    let mut tried = None;
     room.update(|room| {
         room.reply_key.dport = port.to_be();
         room.forward.new_sport = port.to_be();
@@ -295,28 +295,23 @@ extern "C" fn try_snat_port<F: Family>(step: u64, search: &mut PortSearch) -> ke
             return;
         }
         // BPF_NOEXIST on the reply entry claims the port: two flows never share a reply tuple.
-        match insert_pair::<F>(
+        tried = match insert_pair::<F>(
             &room.forward_key,
             &room.forward,
             &room.reply_key,
             &room.reply,
             u64::from(BPF_NOEXIST),
         ) {
-            Ok(()) => claimed = true,
-            Err(Error::NoSnatPort) => {}
-            Err(err) => failed = Some(err),
-        }
+            Err(Error::NoSnatPort) => None,
+            outcome => Some(outcome),
+        };
     });
-    match (claimed, failed) {
-        (true, _) => {
-            search.outcome = Ok(());
+    match tried {
+        None => kernel::Step::Next,
+        Some(outcome) => {
+            search.outcome = outcome;
             kernel::Step::Stop
         }
-        (false, Some(err)) => {
-            search.outcome = Err(err);
-            kernel::Step::Stop
-        }
-        (false, None) => kernel::Step::Next,
     }
 }
 

@@ -95,6 +95,7 @@ pub static FRAGMENTS: LruHashMap<FragKey, FragPorts, { map_sizes::FRAGMENTS as u
 /// A new SNAT flow's entries while its port is searched (`conntrack::create_snat`): each try
 /// writes the port in and offers them to the conntrack map. In a per-CPU map, not on the stack:
 /// beside the packet path's own, four IPv6 entries exceed the 512 bytes a call chain may use.
+/// Only `xdp_ingress` uses it, and one XDP run never interrupts another on its CPU.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SnatRoom<A> {

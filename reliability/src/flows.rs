@@ -390,11 +390,12 @@ fn new_connections(
     while !stop.load(Ordering::Relaxed) {
         let attempt = greeting(target);
         made += 1;
-        if let Err(e) = attempt {
+        if let Err((e, port)) = attempt {
             failed += 1;
             if failures.len() < EXAMPLES {
+                let port = port.map_or_else(|| "?".to_owned(), |port| port.to_string());
                 failures.push(format!(
-                    "new connection at {:.1?}: {:?}: {e}",
+                    "new connection at {:.1?} from port {port}: {:?}: {e}",
                     began.elapsed(),
                     e.kind()
                 ));
@@ -423,6 +424,8 @@ pub struct ManySummary {
     pub made: usize,
     pub failed: usize,
     pub examples: Vec<String>,
+    /// The source ports of the first failed connections (their flows can be looked up).
+    pub failed_ports: Vec<u16>,
 }
 
 /// Opens and closes `many.count` TCP connections, each to be answered by a pod's greeting,
@@ -438,37 +441,62 @@ pub fn connect_many(many: &Many) -> anyhow::Result<()> {
             thread::spawn(move || {
                 let mut failures = Vec::new();
                 for _ in 0..share {
-                    if let Err(e) = greeting(target) {
-                        failures.push(format!("{:.1?}: {:?}: {e}", began.elapsed(), e.kind()));
+                    if let Err((e, port)) = greeting(target) {
+                        let what = format!("{:.1?}: {:?}: {e}", began.elapsed(), e.kind());
+                        failures.push((what, port));
                     }
                 }
                 failures
             })
         })
         .collect();
-    let failures: Vec<String> = workers
+    let failures: Vec<(String, Option<u16>)> = workers
         .into_iter()
         .flat_map(|w| w.join().expect("a connecting thread does not panic"))
         .collect();
     let summary = ManySummary {
         made: many.count,
         failed: failures.len(),
-        examples: failures.into_iter().take(EXAMPLES).collect(),
+        failed_ports: failures
+            .iter()
+            .filter_map(|(_, port)| *port)
+            .take(EXAMPLES)
+            .collect(),
+        examples: failures
+            .into_iter()
+            .map(|(what, _)| what)
+            .take(EXAMPLES)
+            .collect(),
     };
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }
 
-/// One connection: connect, read the pod's greeting, close.
-fn greeting(target: SocketAddr) -> std::io::Result<()> {
-    let stream = TcpStream::connect_timeout(&target, CONNECT_WAIT)?;
-    stream.set_read_timeout(Some(TCP_ANSWER_WAIT))?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line)?;
-    if line.is_empty() {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(())
+/// One connection: connect, read the pod's greeting, close. A failure comes with the
+/// connection's source port, once it had one.
+fn greeting(target: SocketAddr) -> Result<(), (std::io::Error, Option<u16>)> {
+    use socket2::{Domain, Socket, Type};
+    let socket =
+        Socket::new(Domain::for_address(target), Type::STREAM, None).map_err(|e| (e, None))?;
+    let port = || {
+        socket
+            .local_addr()
+            .ok()
+            .and_then(|addr| addr.as_socket())
+            .map(|addr| addr.port())
+    };
+    let answered = socket
+        .connect_timeout(&target.into(), CONNECT_WAIT)
+        .and_then(|()| socket.set_read_timeout(Some(TCP_ANSWER_WAIT)))
+        .and_then(|()| {
+            let mut line = String::new();
+            BufReader::new(&socket).read_line(&mut line)?;
+            if line.is_empty() {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            Ok(())
+        });
+    answered.map_err(|e| (e, port()))
 }
 
 /// The command line of the hidden `affinity-clients` subcommand.

@@ -102,11 +102,14 @@ pub fn run(params: &Params) -> Result<Outcome> {
         let made = flows::connect_many_at(&scenario.cluster, Place::Client, target, params.flows)?;
         if made.failed > 0 {
             bail!(
-                "round {round}: {} of {} connections failed: {:?}; node1's counters meanwhile: {:?}",
+                "round {round}: {} of {} connections failed: {:?}; node1's counters meanwhile: \
+                 {:?}; node1's flows of their source ports {:?}: {}",
                 made.failed,
                 made.made,
                 made.examples,
-                grown_since(&before, &counters(node))
+                grown_since(&before, &counters(node)),
+                made.failed_ports,
+                flows_from(node, &made.failed_ports)
             );
         }
         let closed = Instant::now();
@@ -200,6 +203,26 @@ fn counters(daemon: &SluiceDaemon) -> BTreeMap<String, u64> {
         }
     }
     counters
+}
+
+/// `sluice conntrack` rows of flows from the client source `ports` (to see where a failed
+/// connection's packets went).
+fn flows_from(daemon: &SluiceDaemon, ports: &[u16]) -> String {
+    let flows = daemon.read_json("conntrack");
+    let rows: Vec<String> = flows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|row| {
+            row["client"].as_str().is_some_and(|client| {
+                ports
+                    .iter()
+                    .any(|port| client.ends_with(&format!(":{port}")))
+            })
+        })
+        .map(ToString::to_string)
+        .collect();
+    rows.join("; ")
 }
 
 /// The counters that grew from `before` to `after`, and by how much.
