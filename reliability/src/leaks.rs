@@ -185,7 +185,6 @@ fn wait_stable(pin_dir: &Path) -> Result<BTreeMap<&'static str, u64>> {
     }
 }
 
-/// The daemon's resident set (`VmRSS`), KiB.
 /// Every counter of `sluice stats` (drops and passes by reason, verdicts by hook), by name.
 fn counters(daemon: &SluiceDaemon) -> BTreeMap<String, u64> {
     let stats = daemon.read_json("stats");
@@ -233,7 +232,8 @@ fn grown_since(
     after
         .iter()
         .filter_map(|(reason, &count)| {
-            let grew = count - before.get(reason).copied().unwrap_or(0);
+            // A daemon restarted meanwhile starts its counters again: no growth, not a wrap.
+            let grew = count.saturating_sub(before.get(reason).copied().unwrap_or(0));
             (grew > 0).then(|| (reason.clone(), grew))
         })
         .collect()
@@ -260,6 +260,7 @@ fn settled_rss_kib(daemon: &SluiceDaemon) -> Result<u64> {
     }
 }
 
+/// The daemon's resident set (`VmRSS`), KiB.
 fn rss_kib(daemon: &SluiceDaemon) -> Result<u64> {
     let pid = daemon.pid().context("the daemon is not running")?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
