@@ -14,6 +14,8 @@ pub mod datapath;
 pub mod fuzz_input;
 pub mod model;
 pub mod node;
+/// Below every layer: the one parser of `LOW-HIGH` port ranges, for flags of any of them.
+pub mod port_range;
 pub mod reconcile;
 pub mod source;
 

@@ -89,6 +89,7 @@ fn run(args: RunArgs) -> Result<()> {
             ifaces: args.ifaces,
             pod_iface_prefixes: args.pod_iface_prefixes,
             xdp_tx: args.xdp_tx,
+            snat_ports: args.snat_ports,
             node_ips: args.node_ips,
             node_port_addresses: NodePortAddresses::parse(&args.nodeport_addresses)
                 .map_err(anyhow::Error::msg)?,

@@ -5,6 +5,7 @@
 use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    ops::RangeInclusive,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     thread,
     time::{Duration, Instant},
@@ -31,8 +32,9 @@ pub struct Params {
     pub flood: usize,
     /// Long-lived flows held through the flood (TCP; a fifth as many UDP).
     pub held: usize,
-    /// Connections held to the one backend whose SNAT ports run out.
+    /// Connections held to the one backend whose SNAT ports (`--snat-ports`) run out.
     pub snat_flows: usize,
+    pub snat_ports: RangeInclusive<u16>,
     /// `--max-backend-slots` of the node given too many Services, and how many it is given.
     pub slots: u32,
     pub services: usize,
@@ -58,6 +60,7 @@ pub struct Conntrack {
 
 pub struct Snat {
     pub asked: usize,
+    pub ports: RangeInclusive<u16>,
     pub opened: usize,
     pub failed: usize,
     pub no_snat_port: u64,
@@ -177,7 +180,8 @@ fn conntrack_entries(pin_dir: &std::path::Path) -> Result<(u64, u64)> {
 /// A NodePort whose one backend is remote (pod-2a, SNATed by node1), held open by more
 /// flows than node1 has SNAT ports for that backend.
 fn snat(params: &Params) -> Result<Snat> {
-    let scenario = Scenario::start(&[]);
+    let ports = proxy_user::datapath::snat_ports::Display(&params.snat_ports).to_string();
+    let scenario = Scenario::start(&["--snat-ports", &ports]);
     let pod = scenario.cluster.pod("pod-2a").ip;
     scenario
         .manifests
@@ -213,6 +217,7 @@ fn snat(params: &Params) -> Result<Snat> {
     let summary: Summary = flows::last_json_line(&mut held, Duration::from_secs(120))?;
     Ok(Snat {
         asked: params.snat_flows,
+        ports: params.snat_ports.clone(),
         opened: params.snat_flows - summary.tcp_open_failed,
         failed: summary.tcp_open_failed,
         no_snat_port: scenario.node1.stats_count("drops", "no_snat_port"),

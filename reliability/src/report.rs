@@ -83,9 +83,12 @@ fn exhaustion_goals(outcome: &exhaustion::Outcome) -> Vec<(String, String, bool)
     match &outcome.snat {
         Ok(snat) => goals.push((
             format!(
-                "exhaustion: {} flows to one remote backend (more than its SNAT ports): the \
-                 overflow counted as a named drop, every other Service serving",
-                snat.asked
+                "exhaustion: {} flows to one remote backend, more than its {} SNAT ports \
+                 (`--snat-ports {}`): the overflow counted as a named drop, every other Service \
+                 serving",
+                snat.asked,
+                snat.ports.clone().count(),
+                proxy_user::datapath::snat_ports::Display(&snat.ports)
             ),
             format!(
                 "{} opened, {} refused; `no_snat_port` drops {}; the echo NodePort answered by {}",

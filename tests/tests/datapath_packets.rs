@@ -295,6 +295,17 @@ fn snat_port(
     client: SocketAddrV4,
     backend: SocketAddrV4,
 ) -> u16 {
+    snat_port_in(dp, request, client, backend, SNAT_PORT_MIN..=SNAT_PORT_MAX)
+}
+
+/// [`snat_port`] of a datapath configured with the SNAT ports `range`.
+fn snat_port_in(
+    dp: &mut Datapath,
+    request: &Frame,
+    client: SocketAddrV4,
+    backend: SocketAddrV4,
+    range: std::ops::RangeInclusive<u16>,
+) -> u16 {
     let (_, dport, proto) = ports(request);
     let forward = dp
         .conntrack(forward_key(request))
@@ -311,8 +322,8 @@ fn snat_port(
     );
     let port = u16::from_be(forward.new_sport);
     assert!(
-        (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&port),
-        "SNAT port {port} outside the configured range"
+        range.contains(&port),
+        "SNAT port {port} outside the configured range {range:?}"
     );
     let reply = dp
         .conntrack(reply_key(backend, sock(NODE_IP, port), proto))
@@ -998,6 +1009,39 @@ fn new_flows_get_snat_ports_until_every_port_of_the_range_is_taken() {
         Expect::Unchanged,
     )]);
     assert_eq!(dp.drops(DropReason::NoSnatPort), 1);
+}
+
+#[test]
+fn fifty_thousand_concurrent_flows_to_one_backend_all_get_a_snat_port() {
+    // Issue 17's measure: netfilter's masquerade holds about as many flows to one backend
+    // from the 64512 ports of 1024-65535 (`--snat-ports 1024-65535`).
+    const FLOWS: u16 = 50_000;
+    let mut dp =
+        Datapath::with_conntrack(CONFIG_F_XDP_TX, proxy_common::map_sizes::CONNTRACK, 4096);
+    install_services(&mut dp);
+    dp.set_config(Config {
+        snat_addr: u32::from_ne_bytes(NODE_IP),
+        snat_port_min: 1024,
+        snat_port_max: 65535,
+        flags: CONFIG_F_XDP_TX | CONFIG_F_COUNTERS,
+        log_level: 0,
+    });
+    let backend = sock(REMOTE.1, REMOTE.2);
+    let mut ports = std::collections::BTreeSet::new();
+    for i in 0..FLOWS {
+        let from = client(10_000 + i);
+        let syn = packet::tcp(from, sock(REMOTE_SVC, 80), tcp::SYN);
+        let run = dp.run(Program::Xdp, &syn.build());
+        assert_eq!(run.verdict, XDP_TX, "flow {i} of {FLOWS} got no port");
+        ports.insert(snat_port_in(&mut dp, &syn, from, backend, 1024..=65535));
+    }
+    assert_eq!(ports.len(), usize::from(FLOWS), "each flow its own port");
+    assert_eq!(dp.drops(DropReason::NoSnatPort), 0);
+    assert_eq!(
+        dp.conntrack_len(),
+        2 * usize::from(FLOWS),
+        "every flow kept"
+    );
 }
 
 /// The `log` records the programs' aya-log lines arrive as: level, target, message.

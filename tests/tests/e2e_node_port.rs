@@ -4,6 +4,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
+    ops::RangeInclusive,
     time::Duration,
 };
 
@@ -15,8 +16,12 @@ use proxy_tests::{
 };
 
 /// From the client via each node: every pod answers, the client sees the node address it
-/// used, local backends see the client and remote ones the entry node's SNAT address.
-fn node_port_from_the_client_reaches_every_pod(scenario: &Scenario) {
+/// used, local backends see the client and remote ones the entry node's SNAT address, from a
+/// port of `snat_ports`.
+fn node_port_from_the_client_reaches_every_pod(
+    scenario: &Scenario,
+    snat_ports: RangeInclusive<u16>,
+) {
     for node in ["node1", "node2"] {
         let node_ip = scenario.cluster.node(node).ip;
         for (proto, port) in [
@@ -37,6 +42,10 @@ fn node_port_from_the_client_reaches_every_pod(scenario: &Scenario) {
                     expected_peer,
                     "{proto} via {node}: {reply:?}"
                 );
+                assert!(
+                    local || snat_ports.contains(&reply.peer.port()),
+                    "{proto} via {node}: SNAT port outside {snat_ports:?}: {reply:?}"
+                );
             }
         }
     }
@@ -46,7 +55,8 @@ fn node_port_from_the_client_reaches_every_pod(scenario: &Scenario) {
 fn node_port_from_off_node_with_stack_forwarding() {
     // veth with a bare peer: `--xdp-tx auto` hands rewritten packets to tc_ingress.
     let scenario = Scenario::start(&[]);
-    node_port_from_the_client_reaches_every_pod(&scenario);
+    // `--snat-ports auto` below the nodes' ephemeral ports (Linux's default 32768-60999).
+    node_port_from_the_client_reaches_every_pod(&scenario, 1024..=32767);
 }
 
 #[test]
@@ -57,8 +67,18 @@ fn node_port_from_off_node_with_xdp_tx() {
         .attach_underlay_xdp_pass()
         .unwrap_or_else(|e| panic!("attach XDP_PASS on the underlay: {e:#}"));
     cluster.start_pods();
-    let scenario = Scenario::start_on(cluster, &["--xdp-tx", "on"]);
-    node_port_from_the_client_reaches_every_pod(&scenario);
+    // A range of the user's, inside the ephemeral ports: taken, and warned about.
+    let scenario = Scenario::start_on(cluster, &["--xdp-tx", "on", "--snat-ports", "40000-40099"]);
+    node_port_from_the_client_reaches_every_pod(&scenario, 40000..=40099);
+    let warning = "--snat-ports 40000-40099: 100 of its ports are also the node's ephemeral \
+                   ports 32768-60999";
+    for node in ["node1", "node2"] {
+        let log = scenario.daemon(node).stderr();
+        assert!(
+            log.contains(warning),
+            "{node}'s log lacks {warning:?}:\n{log}"
+        );
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     cli::{Output, log_level::KernelLogLevel},
-    datapath::{MapSizes, XdpTx},
+    datapath::{MapSizes, XdpTx, snat_ports::SnatPorts},
     source::manifest::NodePortRange,
 };
 
@@ -180,6 +180,12 @@ pub struct RunArgs {
     /// an interface is a veth, whose peer drops `XDP_TX` frames unless it runs XDP itself.
     #[arg(long, value_enum, default_value_t = XdpTx::Auto)]
     pub xdp_tx: XdpTx,
+    /// Source ports of flows SNATed to backends on other nodes, `LOW-HIGH` from 1024, per
+    /// backend. `auto`: the largest run of ports outside the node's ephemeral range
+    /// (`net.ipv4.ip_local_port_range`; 1024-32767 with Linux's default), which the kernel does
+    /// not give its own connections; a range sharing unreserved ephemeral ports is warned about.
+    #[arg(long, default_value_t = SnatPorts::Auto)]
+    pub snat_ports: SnatPorts,
     /// How long a closed TCP flow (FIN or RST seen) stays in conntrack.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub ct_tcp_closing_timeout: Duration,

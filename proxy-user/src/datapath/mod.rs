@@ -10,6 +10,7 @@ mod node_addrs;
 mod pin_dir;
 pub mod preflight;
 mod sizes;
+pub mod snat_ports;
 mod sock_btf;
 pub(crate) mod sys;
 pub mod udp_sockets;
@@ -47,7 +48,7 @@ pub use sizes::MapSizes;
 pub use sys::{BatchError, update_batch};
 use tracing::{info, warn};
 
-use self::udp_sockets::SockTermProgram;
+use self::{snat_ports::SnatPorts, udp_sockets::SockTermProgram};
 use crate::EBPF_OBJECT;
 
 /// Whether XDP may send rewritten packets straight back out (`XDP_TX` / `XDP_REDIRECT`).
@@ -69,6 +70,8 @@ pub struct DatapathOptions {
     /// ends, and get the pod-side path (followed as pods come and go).
     pub pod_iface_prefixes: Vec<String>,
     pub xdp_tx: XdpTx,
+    /// `--snat-ports`: the source ports of flows SNATed to remote backends.
+    pub snat_ports: SnatPorts,
     /// Addresses a NodePort answers on, besides loopback, of either family (the first of each
     /// family is its SNAT source); empty means every local address.
     pub node_ips: Vec<IpAddr>,
@@ -87,10 +90,6 @@ pub struct HookCounts {
     pub replaced: usize,
     pub attached: usize,
 }
-
-/// SNAT source ports for flows to remote backends: above Linux's default ephemeral range
-/// (32768-60999), so they never collide with the node's own connections.
-const SNAT_PORTS: (u16, u16) = (61000, 65535);
 
 /// The loaded datapath. Programs stay attached through their pinned links even after this is
 /// dropped; the maps stay pinned too.
@@ -519,10 +518,15 @@ fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<NodeAddrs> {
         Some(IpAddr::V4(ip)) => ip_to_net(ip),
         _ => 0,
     };
+    let (ephemeral, reserved) = snat_ports::kernel_ports(Path::new("/proc/sys/net/ipv4"))?;
+    let (snat_ports, overlap) = opts.snat_ports.resolve(ephemeral, &reserved);
+    if let Some(overlap) = overlap {
+        warn!("{overlap}");
+    }
     let config = Config {
         snat_addr,
-        snat_port_min: SNAT_PORTS.0,
-        snat_port_max: SNAT_PORTS.1,
+        snat_port_min: *snat_ports.start(),
+        snat_port_max: *snat_ports.end(),
         flags: if xdp_tx { CONFIG_F_XDP_TX } else { 0 }
             | if opts.counters { CONFIG_F_COUNTERS } else { 0 },
         log_level: opts.kernel_log_level,
@@ -540,6 +544,7 @@ fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<NodeAddrs> {
         node_port_addrs = ?node_addrs.addrs,
         snat = ?node_addrs.primary_v4,
         snat6 = ?node_addrs.primary_v6,
+        snat_ports = %snat_ports::Display(&snat_ports),
         xdp_tx,
         "datapath configured"
     );

@@ -51,29 +51,11 @@ impl FromStr for NodePortRange {
     /// `LOW-HIGH` (inclusive) or a single port, surrounding spaces ignored, as kube-apiserver
     /// parses it (`k8s.io/apimachinery/pkg/util/net.PortRange`); port 0 is not a NodePort.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let expected = || {
-            format!(
-                "expected a port range like {} (LOW-HIGH, inclusive) or one port, got {text:?}",
-                Self::DEFAULT
-            )
-        };
-        let port = |part: &str| match part.trim().parse::<u16>() {
-            Ok(0) | Err(_) => Err(expected()),
-            Ok(port) => Ok(port),
-        };
-        let trimmed = text.trim();
-        let (min, max) = if let Some((low, high)) = trimmed.split_once('-') {
-            (port(low)?, port(high)?)
-        } else {
-            let single = port(trimmed)?;
-            (single, single)
-        };
-        if max < min {
-            return Err(format!(
-                "{text:?}: the range ends ({max}) before it starts ({min})"
-            ));
-        }
-        Ok(Self { min, max })
+        let ports = crate::port_range::parse(text, &Self::DEFAULT.to_string())?;
+        Ok(Self {
+            min: *ports.start(),
+            max: *ports.end(),
+        })
     }
 }
 
