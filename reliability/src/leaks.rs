@@ -98,7 +98,7 @@ pub fn run(params: &Params) -> Result<Outcome> {
     };
     let target = SocketAddr::new(IpAddr::V4(scenario.cluster.node("node1").ip), 30080);
     for round in 0..params.rounds {
-        let before = counters(node);
+        let before = node.all_counters();
         let made = flows::connect_many_at(&scenario.cluster, Place::Client, target, params.flows)?;
         if made.failed > 0 {
             bail!(
@@ -107,7 +107,7 @@ pub fn run(params: &Params) -> Result<Outcome> {
                 made.failed,
                 made.made,
                 made.examples,
-                grown_since(&before, &counters(node)),
+                grown_since(&before, &node.all_counters()),
                 made.failed_ports,
                 flows_from(node, &made.failed_ports)
             );
@@ -183,25 +183,6 @@ fn wait_stable(pin_dir: &Path) -> Result<BTreeMap<&'static str, u64>> {
         }
         last = now;
     }
-}
-
-/// Every counter of `sluice stats` (drops and passes by reason, verdicts by hook), by name.
-fn counters(daemon: &SluiceDaemon) -> BTreeMap<String, u64> {
-    let stats = daemon.read_json("stats");
-    let mut counters = BTreeMap::new();
-    for (list, fields) in [
-        ("drops", &["reason"][..]),
-        ("passes", &["reason"]),
-        ("hooks", &["hook", "verdict"]),
-    ] {
-        for row in stats[list].as_array().into_iter().flatten() {
-            let name: Vec<&str> = fields.iter().filter_map(|f| row[*f].as_str()).collect();
-            if let Some(count) = row["count"].as_u64() {
-                counters.insert(format!("{list} {}", name.join(" ")), count);
-            }
-        }
-    }
-    counters
 }
 
 /// `sluice conntrack` rows of flows from the client source `ports` (to see where a failed

@@ -371,14 +371,32 @@ impl SluiceDaemon {
 
     /// The count of `reason` in the `list` (`drops` or `passes`) of `sluice stats -o json`.
     pub fn stats_count(&self, list: &str, reason: &str) -> u64 {
+        let name = format!("{list} {reason}");
+        let counters = self.all_counters();
+        counters
+            .get(&name)
+            .copied()
+            .unwrap_or_else(|| panic!("no counter {name:?} in {counters:#?}"))
+    }
+
+    /// Every counter of `sluice stats -o json` by name: `drops REASON`, `passes REASON` and
+    /// `hooks HOOK VERDICT`.
+    pub fn all_counters(&self) -> std::collections::BTreeMap<String, u64> {
         let stats = self.read_json("stats");
-        stats[list]
-            .as_array()
-            .unwrap_or_else(|| panic!("no {list} in {stats:#}"))
-            .iter()
-            .find(|row| row["reason"] == reason)
-            .and_then(|row| row["count"].as_u64())
-            .unwrap_or_else(|| panic!("no {list} counter {reason} in {stats:#}"))
+        let mut counters = std::collections::BTreeMap::new();
+        for (list, fields) in [
+            ("drops", &["reason"][..]),
+            ("passes", &["reason"]),
+            ("hooks", &["hook", "verdict"]),
+        ] {
+            for row in stats[list].as_array().into_iter().flatten() {
+                let name: Vec<&str> = fields.iter().filter_map(|f| row[*f].as_str()).collect();
+                if let Some(count) = row["count"].as_u64() {
+                    counters.insert(format!("{list} {}", name.join(" ")), count);
+                }
+            }
+        }
+        counters
     }
 
     /// `sluice services -o json --pin-dir PIN`.
