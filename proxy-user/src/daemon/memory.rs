@@ -20,9 +20,11 @@ pub fn limit_arenas() {
     }
 }
 
-/// Removals smaller than this leave freed memory to be reused: trimming walks every arena,
-/// which a churn of a few Services a second should not pay for.
-pub const TRIM_AFTER_REMOVED: usize = 256;
+/// Syncs that wrote or removed fewer frontends than this leave freed memory to be reused:
+/// trimming walks every arena, which a churn of a few Services a second should not pay for.
+/// A larger one followed a large change of the sources, whose parsing (manifests as YAML
+/// trees, several times their size) freed far more than the state kept.
+pub const TRIM_AFTER_CHANGED: usize = 256;
 
 /// Returns freed heap pages to the kernel (glibc only; elsewhere the allocator decides).
 pub fn return_freed() {

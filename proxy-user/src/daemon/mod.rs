@@ -268,7 +268,10 @@ pub async fn run(opts: DaemonOptions, mut desired: DesiredReceiver) -> Result<()
                 metrics.last_synced(now);
                 let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
                 info!(stats = ?done.apply, micros, "maps synced");
-                if done.apply.frontends_removed >= memory::TRIM_AFTER_REMOVED {
+                if done.apply.full
+                    || done.apply.frontends_written + done.apply.frontends_removed
+                        >= memory::TRIM_AFTER_CHANGED
+                {
                     memory::return_freed();
                 }
                 if done.apply.unfit_changed {
