@@ -180,7 +180,7 @@ fn conntrack_entries(pin_dir: &std::path::Path) -> Result<(u64, u64)> {
 /// A NodePort whose one backend is remote (pod-2a, SNATed by node1), held open by more
 /// flows than node1 has SNAT ports for that backend.
 fn snat(params: &Params) -> Result<Snat> {
-    let ports = proxy_user::datapath::snat_ports::Display(&params.snat_ports).to_string();
+    let ports = proxy_user::datapath::snat_ports::text(&params.snat_ports);
     let scenario = Scenario::start(&["--snat-ports", &ports]);
     let pod = scenario.cluster.pod("pod-2a").ip;
     scenario

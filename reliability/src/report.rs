@@ -88,7 +88,7 @@ fn exhaustion_goals(outcome: &exhaustion::Outcome) -> Vec<(String, String, bool)
                  serving",
                 snat.asked,
                 snat.ports.clone().count(),
-                proxy_user::datapath::snat_ports::Display(&snat.ports)
+                proxy_user::datapath::snat_ports::text(&snat.ports)
             ),
             format!(
                 "{} opened, {} refused; `no_snat_port` drops {}; the echo NodePort answered by {}",

@@ -544,7 +544,7 @@ fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<NodeAddrs> {
         node_port_addrs = ?node_addrs.addrs,
         snat = ?node_addrs.primary_v4,
         snat6 = ?node_addrs.primary_v6,
-        snat_ports = %snat_ports::Display(&snat_ports),
+        snat_ports = %snat_ports::text(&snat_ports),
         xdp_tx,
         "datapath configured"
     );

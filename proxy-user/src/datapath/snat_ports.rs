@@ -48,13 +48,16 @@ impl SnatPorts {
             .clone()
             .filter(|port| ephemeral.contains(port) && !reserved.iter().any(|r| r.contains(port)))
             .count();
+        let named = match self {
+            SnatPorts::Auto => format!("auto ({})", text(&ports)),
+            SnatPorts::Range { .. } => text(&ports),
+        };
         let warning = (shared > 0).then(|| {
             format!(
-                "--snat-ports {}: {shared} of its ports are also the node's ephemeral ports {}-{} \
+                "--snat-ports {named}: {shared} of its ports are also the node's ephemeral ports {}-{} \
                  (net.ipv4.ip_local_port_range): a node connection to a backend could take a \
                  port a SNATed flow holds; reserve them (net.ipv4.ip_local_reserved_ports) or \
                  give a range outside",
-                Display(&ports),
                 ephemeral.start(),
                 ephemeral.end()
             )
@@ -66,13 +69,9 @@ impl SnatPorts {
 /// When the ephemeral range leaves no room: Sluice's former fixed range, with the warning.
 const FALLBACK: RangeInclusive<u16> = 61000..=65535;
 
-/// A range as the flag writes it.
-pub struct Display<'a>(pub &'a RangeInclusive<u16>);
-
-impl fmt::Display for Display<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.0.start(), self.0.end())
-    }
+/// `ports` as the flag writes them.
+pub fn text(ports: &RangeInclusive<u16>) -> String {
+    format!("{}-{}", ports.start(), ports.end())
 }
 
 impl fmt::Display for SnatPorts {
@@ -159,7 +158,12 @@ mod tests {
         // No room outside: the fallback, said.
         let (ports, warning) = SnatPorts::Auto.resolve(1024..=65535, &[]);
         assert_eq!(ports, FALLBACK);
-        assert!(warning.is_some_and(|w| w.contains("4536 of its ports")));
+        assert!(
+            warning.as_deref().is_some_and(
+                |w| w.starts_with("--snat-ports auto (61000-65535): 4536 of its ports")
+            ),
+            "{warning:?}"
+        );
     }
 
     #[test]
