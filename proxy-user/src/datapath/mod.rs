@@ -21,6 +21,7 @@ use std::{
     ffi::CString,
     fs::{self, File},
     net::IpAddr,
+    ops::RangeInclusive,
     path::{Path, PathBuf},
 };
 
@@ -105,6 +106,9 @@ pub struct Datapath {
     pub node_addrs: NodeAddrs,
     /// The pod interfaces the pod-side path is attached to.
     pod_ifaces: BTreeSet<String>,
+    /// `--snat-ports` as resolved at start (the node's sysctls read, an overlap warned about
+    /// once), written again with every configuration.
+    snat_ports: RangeInclusive<u16>,
     links_dir: PathBuf,
     /// Keeps the programs loaded while the daemon runs (and attaches them to new pods).
     ebpf: Ebpf,
@@ -159,7 +163,12 @@ impl Datapath {
         let kernel_log =
             EbpfLogger::init(&mut ebpf).context("read the programs' aya-log ring buffer")?;
         let mut maps = Maps::take_from(&mut ebpf)?;
-        let node_addrs = configure(&mut maps, opts)?;
+        let (ephemeral, reserved) = snat_ports::kernel_ports(Path::new("/proc/sys/net/ipv4"))?;
+        let (snat_ports, overlap) = opts.snat_ports.resolve(ephemeral, &reserved);
+        if let Some(overlap) = overlap {
+            warn!("{overlap}");
+        }
+        let node_addrs = configure(&mut maps, opts, &snat_ports)?;
         Ok(Self {
             maps,
             hooks: links.counts,
@@ -167,6 +176,7 @@ impl Datapath {
             sock_term,
             node_addrs,
             pod_ifaces,
+            snat_ports,
             links_dir: links.dir,
             ebpf,
         })
@@ -210,7 +220,7 @@ impl Datapath {
     /// Reads the node's addresses again and writes the NodePort addresses and SNAT sources
     /// they give (after an address change); returns whether they changed.
     pub fn refresh_node_addrs(&mut self, opts: &DatapathOptions) -> Result<bool> {
-        let node_addrs = configure(&mut self.maps, opts)?;
+        let node_addrs = configure(&mut self.maps, opts, &self.snat_ports)?;
         let changed = node_addrs != self.node_addrs;
         self.node_addrs = node_addrs;
         Ok(changed)
@@ -462,7 +472,11 @@ fn is_map_pin_name(name: &str) -> bool {
 
 /// Writes the node addresses of both families and the datapath configuration; returns the
 /// addresses written.
-fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<NodeAddrs> {
+fn configure(
+    maps: &mut Maps,
+    opts: &DatapathOptions,
+    snat_range: &RangeInclusive<u16>,
+) -> Result<NodeAddrs> {
     let local = netdev::ip_addresses().context("list the node's addresses")?;
     let node_addrs = NodeAddrs::choose(
         &opts.node_ips,
@@ -518,15 +532,10 @@ fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<NodeAddrs> {
         Some(IpAddr::V4(ip)) => ip_to_net(ip),
         _ => 0,
     };
-    let (ephemeral, reserved) = snat_ports::kernel_ports(Path::new("/proc/sys/net/ipv4"))?;
-    let (snat_ports, overlap) = opts.snat_ports.resolve(ephemeral, &reserved);
-    if let Some(overlap) = overlap {
-        warn!("{overlap}");
-    }
     let config = Config {
         snat_addr,
-        snat_port_min: *snat_ports.start(),
-        snat_port_max: *snat_ports.end(),
+        snat_port_min: *snat_range.start(),
+        snat_port_max: *snat_range.end(),
         flags: if xdp_tx { CONFIG_F_XDP_TX } else { 0 }
             | if opts.counters { CONFIG_F_COUNTERS } else { 0 },
         log_level: opts.kernel_log_level,
@@ -544,7 +553,7 @@ fn configure(maps: &mut Maps, opts: &DatapathOptions) -> Result<NodeAddrs> {
         node_port_addrs = ?node_addrs.addrs,
         snat = ?node_addrs.primary_v4,
         snat6 = ?node_addrs.primary_v6,
-        snat_ports = %snat_ports::text(&snat_ports),
+        snat_ports = %snat_ports::text(snat_range),
         xdp_tx,
         "datapath configured"
     );
