@@ -78,14 +78,19 @@ pub mod map_names {
     pub const SERVICE_ADDRS6: &str = "SVC_ADDR6_V1";
     /// Not pinned, like `SOCK_TERM`.
     pub const SOCK_TERM6: &str = "SOCK_TERM6_V1";
-    /// Not pinned: each CPU's room for a new SNAT flow's entries while its port is searched.
+    /// Each CPU's room for a new SNAT flow's entries while its port is searched. Pinned, as
+    /// every map the hooks use, so a program reused from its pin shares them.
     pub const SNAT_ROOM: &str = "SNAT_ROOM_V1";
     pub const SNAT_ROOM6: &str = "SNAT_ROOM6_V1";
     /// Fragmented datagrams: the first fragment's ports, for the later ones (`FragKeyOf`).
     pub const FRAGMENTS: &str = "FRAG_V1";
     pub const FRAGMENTS6: &str = "FRAG6_V1";
 
-    pub const ALL: [&str; 30] = [
+    /// aya-log's ring buffer of the programs' log lines (the name is aya-log's).
+    pub const KERNEL_LOG: &str = "AYA_LOGS";
+
+    /// Every map the hooks use, each pinned under its name.
+    pub const ALL: [&str; 33] = [
         SERVICES,
         BACKENDS,
         SERVICE_META,
@@ -116,6 +121,9 @@ pub mod map_names {
         FRAGMENTS6,
         CONNTRACK_ESTABLISHED,
         CONNTRACK_ESTABLISHED6,
+        SNAT_ROOM,
+        SNAT_ROOM6,
+        KERNEL_LOG,
     ];
 }
 

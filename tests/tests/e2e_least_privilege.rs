@@ -34,11 +34,18 @@ fn the_pin_directory_is_private_and_nobody_else_opens_a_pin() {
     let scenario = Scenario::start(&[]);
     let pin_dir = scenario.cluster.node("node1").pin_dir.clone();
     let links = pin_dir.join("links");
-    for dir in [&pin_dir, &links] {
+    let programs = pin_dir.join("programs");
+    let mut dirs = vec![pin_dir.clone(), links, programs.clone()];
+    // The verified programs of this build.
+    for entry in std::fs::read_dir(&programs).expect("list the program builds") {
+        dirs.push(entry.expect("a build").path());
+    }
+    assert_eq!(dirs.len(), 4, "one build: {dirs:?}");
+    for dir in &dirs {
         assert_eq!(mode(dir), 0o700, "{}", dir.display());
     }
     let mut pins = 0;
-    for dir in [&pin_dir, &links] {
+    for dir in &dirs {
         for entry in std::fs::read_dir(dir).expect("list the pins") {
             let path = entry.expect("a pin").path();
             if path.is_dir() {

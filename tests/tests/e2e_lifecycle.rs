@@ -891,3 +891,72 @@ fn drift_in_the_maps_is_found_and_repaired() {
     );
     assert_echo_reaches_every_pod(&scenario, "after the repair");
 }
+
+/// The pinned programs' build directories (`programs/<hash>`) under node1's pin directory.
+fn program_builds(scenario: &Scenario) -> Vec<String> {
+    let dir = scenario.cluster.node("node1").pin_dir.join("programs");
+    let mut builds: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
+        .map(|entry| {
+            entry
+                .expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    builds.sort();
+    builds
+}
+
+/// A restart takes the verified programs from their pins (no verifier run), unless a map they
+/// use was made anew: then they are verified again against the new map, and the other build's
+/// pins go.
+#[test]
+fn a_restart_reuses_the_verified_programs_unless_a_map_they_use_was_recreated() {
+    let mut scenario = Scenario::start(&[]);
+    assert!(
+        scenario
+            .node1
+            .ready_line()
+            .ends_with("programs: 11 verified, 0 reused"),
+        "{}",
+        scenario.node1.ready_line()
+    );
+    let first = program_builds(&scenario);
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    scenario.node1.restart();
+    assert!(
+        scenario
+            .node1
+            .ready_line()
+            .ends_with("hooks: 11 replaced in place, 0 attached; programs: 0 verified, 11 reused"),
+        "{}",
+        scenario.node1.ready_line()
+    );
+    assert_eq!(program_builds(&scenario), first);
+    assert_echo_reaches_every_pod(&scenario, "with the reused programs");
+
+    // The operator removes a map's pin (to forget what it holds): it is made anew, empty.
+    scenario.node1.stop();
+    let pin = scenario.cluster.node("node1").pin_dir.join("AFFINITY_V1");
+    std::fs::remove_file(&pin).unwrap_or_else(|e| panic!("remove {}: {e}", pin.display()));
+    scenario.node1.start_again();
+    assert!(
+        scenario
+            .node1
+            .ready_line()
+            .ends_with("hooks: 11 replaced in place, 0 attached; programs: 11 verified, 0 reused"),
+        "{}",
+        scenario.node1.ready_line()
+    );
+    let second = program_builds(&scenario);
+    assert_eq!(
+        second.len(),
+        1,
+        "the first build's pins are gone: {second:?}"
+    );
+    assert_ne!(second, first);
+    assert_echo_reaches_every_pod(&scenario, "with the programs verified again");
+}

@@ -338,7 +338,7 @@ fn counters_match_the_traffic_sent() {
 
 #[test]
 fn kernel_log_lines_switch_on_and_off_at_run_time() {
-    let scenario = Scenario::start(&[]);
+    let mut scenario = Scenario::start(&[]);
     let node1_ip = scenario.cluster.node("node1").ip;
     let pin_dir = scenario
         .cluster
@@ -378,4 +378,25 @@ fn kernel_log_lines_switch_on_and_off_at_run_time() {
             && stderr.contains(&format!("client={CLIENT_IP}:")),
         "{stderr}"
     );
+
+    // After a restart the programs are the same ones, taken from their pins: their lines go
+    // to the pinned ring buffer, which the new daemon reads.
+    scenario.node1.restart();
+    let ready = scenario.node1.ready_line();
+    assert!(
+        ready.ends_with("programs: 0 verified, 11 reused"),
+        "{ready}"
+    );
+    let out = scenario
+        .node1
+        .cli(&["log-level", "debug", "--pin-dir", &pin_dir]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let results =
+        scenario
+            .cluster
+            .request(Place::Client, Proto::Tcp, node1_ip, EMPTY_NODE_PORT_TCP, 1);
+    assert!(results[0].as_ref().is_err_and(|e| e.starts_with("refused")));
+    wait_until(SYNC_TIMEOUT, Duration::from_millis(50), || {
+        scenario.node1.stderr().matches("xdp: flow refused").count() == 1
+    });
 }

@@ -145,3 +145,47 @@ fn applies_that_leave_frontends_out_leave_the_kernel_maps_as_the_in_memory_table
         SEEDS * 2 * u64::try_from(STEPS).unwrap()
     );
 }
+
+/// The maps are read back in batches of 16384 entries (a restart reads every frontend): a map
+/// of several batches, with hash buckets of more than one entry, reads back entry for entry.
+#[test]
+fn a_map_of_several_read_batches_reads_back_whole() {
+    use proxy_common::{ServiceKey, ServiceValue};
+    use proxy_user::reconcile::tables::Table as _;
+
+    let _netns = IsolatedNetns::enter().expect("create a network namespace (needs root)");
+    let capacity = Capacity {
+        services: 65_536,
+        ..Capacity::default()
+    };
+    let (_ebpf, mut maps) = load(&capacity);
+    let count: u32 = 40_000;
+    let keys: Vec<ServiceKey> = (0..count)
+        .map(|i| ServiceKey {
+            addr: 0xc613_0000 + i / 4,
+            port: 80,
+            slot: u16::try_from(i % 4).unwrap(),
+            proto: proxy_common::IPPROTO_TCP,
+            scope: 0,
+            _pad: 0,
+        })
+        .collect();
+    let values: Vec<ServiceValue> = (0..count)
+        .map(|i| ServiceValue {
+            backend_id: i + 1,
+            count: 3,
+            flags: 0,
+            service_id: i / 4 + 1,
+            affinity_timeout: 0,
+        })
+        .collect();
+    maps.services
+        .write(&keys, &values)
+        .expect("write 40000 entries");
+    let mut read = maps.services.entries().expect("read them back");
+    assert_eq!(read.len(), keys.len(), "every entry once");
+    read.sort_by_key(|(_, value)| value.backend_id);
+    for ((key, value), (wrote_key, wrote_value)) in read.iter().zip(keys.iter().zip(&values)) {
+        assert_eq!((key, value), (wrote_key, wrote_value));
+    }
+}

@@ -348,12 +348,14 @@ fn announce_ready(reconciler: &Reconciler, hooks: HookCounts, started: Instant) 
     let _ = writeln!(
         stdout,
         "sluice ready: {} frontends, {} backends programmed in {} ms; hooks: {} replaced in \
-         place, {} attached",
+         place, {} attached; programs: {} verified, {} reused",
         reconciler.frontend_count(),
         reconciler.backend_count(),
         started.elapsed().as_millis(),
         hooks.replaced,
         hooks.attached,
+        hooks.programs.verified,
+        hooks.programs.reused,
     );
     let _ = stdout.flush();
 }

@@ -9,6 +9,7 @@ pub mod netns;
 mod node_addrs;
 mod pin_dir;
 pub mod preflight;
+mod programs;
 mod sizes;
 pub mod snat_ports;
 mod sock_btf;
@@ -46,10 +47,11 @@ use proxy_common::{
     program_names,
 };
 pub use sizes::MapSizes;
-pub use sys::{BatchError, update_batch};
+pub use sys::{BatchError, lookup_batch, update_batch};
 use tracing::{info, warn};
 
-use self::{snat_ports::SnatPorts, udp_sockets::SockTermProgram};
+pub use self::programs::ProgramCounts;
+use self::{programs::Programs, snat_ports::SnatPorts, udp_sockets::SockTermProgram};
 use crate::EBPF_OBJECT;
 
 /// Whether XDP may send rewritten packets straight back out (`XDP_TX` / `XDP_REDIRECT`).
@@ -85,11 +87,13 @@ pub struct DatapathOptions {
     pub sizes: MapSizes,
 }
 
-/// Hooks whose program was swapped inside an existing pinned link, and hooks attached anew.
+/// Hooks whose program was swapped inside an existing pinned link, and hooks attached anew;
+/// and how their programs were come by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HookCounts {
     pub replaced: usize,
     pub attached: usize,
+    pub programs: ProgramCounts,
 }
 
 /// The loaded datapath. Programs stay attached through their pinned links even after this is
@@ -110,13 +114,15 @@ pub struct Datapath {
     /// once), written again with every configuration.
     snat_ports: RangeInclusive<u16>,
     links_dir: PathBuf,
-    /// Keeps the programs loaded while the daemon runs (and attaches them to new pods).
+    /// The hook programs, kept open to attach them to new pods.
+    programs: Programs,
+    /// Where a program not yet loaded comes from (the pod-side ones, on a first pod).
     ebpf: Ebpf,
 }
 
 impl Datapath {
     pub fn start(opts: &DatapathOptions) -> Result<Self> {
-        let links_dir = pin_dir::prepare(&opts.pin_dir)?;
+        let dirs = pin_dir::prepare(&opts.pin_dir)?;
 
         opts.sizes.validate()?;
         opts.sizes.check_pins(&opts.pin_dir)?;
@@ -135,24 +141,33 @@ impl Datapath {
             .load(object.bytes())
             .context("load the eBPF object (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
 
-        let mut links = Links {
-            dir: links_dir,
-            pinned: BTreeSet::new(),
-            counts: HookCounts::default(),
+        let map_pins: Vec<PathBuf> = pin_paths.into_iter().map(|(_, path)| path).collect();
+        let mut programs = Programs::new(&dirs.programs, object.bytes(), &map_pins)?;
+        let mut hook = Hook {
+            ebpf: &mut ebpf,
+            programs: &mut programs,
+            links: Links {
+                dir: dirs.links,
+                pinned: BTreeSet::new(),
+                counts: HookCounts::default(),
+            },
         };
-        attach_socket_programs(&mut ebpf, &opts.cgroup, &mut links)?;
+        hook.attach_socket_programs(&opts.cgroup)?;
         for iface in &opts.ifaces {
-            attach_iface_programs(&mut ebpf, iface, &mut links)?;
+            hook.attach_iface_programs(iface)?;
         }
         // Verifying them costs start-up time: only when the pod-side path is asked for.
         if !opts.pod_iface_prefixes.is_empty() {
-            load_pod_programs(&mut ebpf)?;
+            hook.load_pod_programs()?;
         }
         let pod_ifaces = pod_ifaces(opts)?;
         for iface in &pod_ifaces {
-            attach_pod_programs(&mut ebpf, iface, &mut links)?;
+            hook.attach_pod_programs(iface)?;
         }
+        let Hook { mut links, .. } = hook;
+        links.counts.programs = programs.counts;
         remove_stale_links(&links.dir, &links.pinned)?;
+        programs.remove_other_builds()?;
         remove_retired_map_pins(&opts.pin_dir)?;
         let sock_term = SockTermProgram::load(&mut ebpf, &object)
             .inspect_err(|err| {
@@ -178,6 +193,7 @@ impl Datapath {
             pod_ifaces,
             snat_ports,
             links_dir: links.dir,
+            programs,
             ebpf,
         })
     }
@@ -186,15 +202,19 @@ impl Datapath {
     /// unpins the links of those that went away; returns how many of each.
     pub fn refresh_pod_ifaces(&mut self, opts: &DatapathOptions) -> Result<(usize, usize)> {
         let now = pod_ifaces(opts)?;
-        let mut links = Links {
-            dir: self.links_dir.clone(),
-            pinned: BTreeSet::new(),
-            counts: HookCounts::default(),
+        let mut hook = Hook {
+            ebpf: &mut self.ebpf,
+            programs: &mut self.programs,
+            links: Links {
+                dir: self.links_dir.clone(),
+                pinned: BTreeSet::new(),
+                counts: HookCounts::default(),
+            },
         };
         let mut added = 0;
         for iface in now.difference(&self.pod_ifaces) {
             // A pod deleted between the listing and the attach is not an error.
-            match attach_pod_programs(&mut self.ebpf, iface, &mut links) {
+            match hook.attach_pod_programs(iface) {
                 Ok(()) => added += 1,
                 Err(err) if !netdev::exists(iface) => {
                     info!(%iface, "pod interface went away before its attach: {err:#}");
@@ -254,66 +274,97 @@ struct Links {
     counts: HookCounts,
 }
 
-fn attach_socket_programs(ebpf: &mut Ebpf, cgroup: &Path, links: &mut Links) -> Result<()> {
-    let cgroup_file = File::open(cgroup)
-        .with_context(|| format!("open cgroup {} (--cgroup)", cgroup.display()))?;
-    for name in [
-        program_names::CONNECT4,
-        program_names::SENDMSG4,
-        program_names::RECVMSG4,
-        program_names::GETPEERNAME4,
-        program_names::CONNECT6,
-        program_names::SENDMSG6,
-        program_names::RECVMSG6,
-        program_names::GETPEERNAME6,
-    ] {
-        let program: &mut CgroupSockAddr = program(ebpf, name)?.try_into()?;
-        program
-            .load()
-            .with_context(|| format!("load program {name}"))?;
-        let link_name = format!("{name}@cgroup");
-        attach_or_replace(links, &link_name, program, |program| {
-            // Links always coexist with other programs on the cgroup; the kernel refuses the
-            // multi-attach flag on BPF_LINK_CREATE.
-            let id = program.attach(&cgroup_file, CgroupAttachMode::Single)?;
-            Ok(program.take_link(id)?.try_into()?)
-        })
-        .with_context(|| format!("attach {name} to cgroup {}", cgroup.display()))?;
-        links.pinned.insert(link_name);
-    }
-    Ok(())
+/// What attaching a hook takes: the programs and the links they run behind.
+struct Hook<'a> {
+    ebpf: &'a mut Ebpf,
+    programs: &'a mut Programs,
+    links: Links,
 }
 
-fn attach_iface_programs(ebpf: &mut Ebpf, iface: &str, links: &mut Links) -> Result<()> {
-    // aya takes the interface as a C string (or an index), looked up at each attach.
-    let iface_name =
-        CString::new(iface).with_context(|| format!("interface name {iface:?} (--iface)"))?;
-    let name = program_names::XDP_INGRESS;
-    let xdp: &mut Xdp = program(ebpf, name)?.try_into()?;
-    xdp.load().with_context(|| format!("load program {name}"))?;
-    let link_name = format!("{name}@{iface}");
-    attach_or_replace(links, &link_name, xdp, |xdp| {
-        let id = xdp.attach(&iface_name, XdpMode::default())?;
-        Ok(xdp.take_link(id)?.try_into()?)
-    })
-    .with_context(|| format!("attach XDP to {iface} (--iface)"))?;
-    links.pinned.insert(link_name);
-
-    for (name, direction) in [
-        (program_names::TC_INGRESS, TcAttachType::Ingress),
-        (program_names::TC_EGRESS, TcAttachType::Egress),
-    ] {
-        let tc: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
-        tc.load().with_context(|| format!("load program {name}"))?;
-        let link_name = format!("{name}@{iface}");
-        attach_or_replace(links, &link_name, tc, |tc| {
-            let id = tc.attach(&iface_name, direction)?;
-            Ok(tc.take_link(id)?.try_into()?)
-        })
-        .with_context(|| format!("attach {name} to {iface} (--iface; TCX needs Linux 6.6+)"))?;
-        links.pinned.insert(link_name);
+impl Hook<'_> {
+    fn attach_socket_programs(&mut self, cgroup: &Path) -> Result<()> {
+        let cgroup_file = File::open(cgroup)
+            .with_context(|| format!("open cgroup {} (--cgroup)", cgroup.display()))?;
+        for name in [
+            program_names::CONNECT4,
+            program_names::SENDMSG4,
+            program_names::RECVMSG4,
+            program_names::GETPEERNAME4,
+            program_names::CONNECT6,
+            program_names::SENDMSG6,
+            program_names::RECVMSG6,
+            program_names::GETPEERNAME6,
+        ] {
+            let program: &mut CgroupSockAddr = self.programs.get(self.ebpf, name)?.try_into()?;
+            let link_name = format!("{name}@cgroup");
+            attach_or_replace(&mut self.links, &link_name, program, |program| {
+                // Links always coexist with other programs on the cgroup; the kernel refuses
+                // the multi-attach flag on BPF_LINK_CREATE.
+                let id = program.attach(&cgroup_file, CgroupAttachMode::Single)?;
+                Ok(program.take_link(id)?.try_into()?)
+            })
+            .with_context(|| format!("attach {name} to cgroup {}", cgroup.display()))?;
+            self.links.pinned.insert(link_name);
+        }
+        Ok(())
     }
-    Ok(())
+
+    fn attach_iface_programs(&mut self, iface: &str) -> Result<()> {
+        // aya takes the interface as a C string (or an index), looked up at each attach.
+        let iface_name =
+            CString::new(iface).with_context(|| format!("interface name {iface:?} (--iface)"))?;
+        let name = program_names::XDP_INGRESS;
+        let xdp: &mut Xdp = self.programs.get(self.ebpf, name)?.try_into()?;
+        let link_name = format!("{name}@{iface}");
+        attach_or_replace(&mut self.links, &link_name, xdp, |xdp| {
+            let id = xdp.attach(&iface_name, XdpMode::default())?;
+            Ok(xdp.take_link(id)?.try_into()?)
+        })
+        .with_context(|| format!("attach XDP to {iface} (--iface)"))?;
+        self.links.pinned.insert(link_name);
+
+        for (name, direction) in [
+            (program_names::TC_INGRESS, TcAttachType::Ingress),
+            (program_names::TC_EGRESS, TcAttachType::Egress),
+        ] {
+            let tc: &mut SchedClassifier = self.programs.get(self.ebpf, name)?.try_into()?;
+            let link_name = format!("{name}@{iface}");
+            attach_or_replace(&mut self.links, &link_name, tc, |tc| {
+                let id = tc.attach(&iface_name, direction)?;
+                Ok(tc.take_link(id)?.try_into()?)
+            })
+            .with_context(|| format!("attach {name} to {iface} (--iface; TCX needs Linux 6.6+)"))?;
+            self.links.pinned.insert(link_name);
+        }
+        Ok(())
+    }
+
+    fn load_pod_programs(&mut self) -> Result<()> {
+        for (name, _) in POD_PROGRAMS {
+            self.programs.get(self.ebpf, name)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the pod-side path (loaded by [`Self::load_pod_programs`]) to a pod's host-side
+    /// interface.
+    fn attach_pod_programs(&mut self, iface: &str) -> Result<()> {
+        let iface_name =
+            CString::new(iface).with_context(|| format!("interface name {iface:?}"))?;
+        for (name, direction) in POD_PROGRAMS {
+            let tc: &mut SchedClassifier = self.programs.get(self.ebpf, name)?.try_into()?;
+            let link_name = format!("{name}@{iface}");
+            attach_or_replace(&mut self.links, &link_name, tc, |tc| {
+                let id = tc.attach(&iface_name, direction)?;
+                Ok(tc.take_link(id)?.try_into()?)
+            })
+            .with_context(|| {
+                format!("attach {name} to pod interface {iface} (--pod-iface-prefix)")
+            })?;
+            self.links.pinned.insert(link_name);
+        }
+        Ok(())
+    }
 }
 
 /// The pod-side programs and where each runs on a pod's host-side interface.
@@ -321,14 +372,6 @@ const POD_PROGRAMS: [(&str, TcAttachType); 2] = [
     (program_names::TC_FROM_POD, TcAttachType::Ingress),
     (program_names::TC_TO_POD, TcAttachType::Egress),
 ];
-
-fn load_pod_programs(ebpf: &mut Ebpf) -> Result<()> {
-    for (name, _) in POD_PROGRAMS {
-        let tc: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
-        tc.load().with_context(|| format!("load program {name}"))?;
-    }
-    Ok(())
-}
 
 /// The interfaces of this namespace whose name starts with a `--pod-iface-prefix`, but for
 /// the node's own (`--iface`).
@@ -347,28 +390,6 @@ fn pod_ifaces(opts: &DatapathOptions) -> Result<BTreeSet<String>> {
         })
         .filter(|name| !opts.ifaces.contains(name))
         .collect())
-}
-
-/// Attaches the pod-side path (loaded by [`load_pod_programs`]) to a pod's host-side
-/// interface.
-fn attach_pod_programs(ebpf: &mut Ebpf, iface: &str, links: &mut Links) -> Result<()> {
-    let iface_name = CString::new(iface).with_context(|| format!("interface name {iface:?}"))?;
-    for (name, direction) in POD_PROGRAMS {
-        let tc: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
-        let link_name = format!("{name}@{iface}");
-        attach_or_replace(links, &link_name, tc, |tc| {
-            let id = tc.attach(&iface_name, direction)?;
-            Ok(tc.take_link(id)?.try_into()?)
-        })
-        .with_context(|| format!("attach {name} to pod interface {iface} (--pod-iface-prefix)"))?;
-        links.pinned.insert(link_name);
-    }
-    Ok(())
-}
-
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
-    ebpf.program_mut(name)
-        .with_context(|| format!("the eBPF object has no program {name}"))
 }
 
 /// The program types whose links are pinned: aya swaps the program behind such a link

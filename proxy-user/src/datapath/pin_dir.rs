@@ -20,13 +20,22 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
 const DIR_MODE: u32 = 0o700;
 
-/// Checks `pin_dir` and creates it and its `links` directory, `0700`; returns the latter.
+/// The directories under the pin directory.
+#[derive(Debug)]
+pub struct PinDirs {
+    /// The hooks' links, one per hook (`PROGRAM@TARGET`).
+    pub links: PathBuf,
+    /// The verified programs, a directory per build.
+    pub programs: PathBuf,
+}
+
+/// Checks `pin_dir` and creates it and its `links` and `programs` directories, `0700`.
 ///
 /// Refused: a path through a symbolic link (pins could be redirected to where another user
 /// reads them), and one whose nearest existing directory is not on a bpffs (pins would not
 /// outlive the daemon, and a mount there would hide what the directory held). When
 /// `/sys/fs/bpf` itself holds no bpffs, one is mounted there.
-pub fn prepare(pin_dir: &Path) -> Result<PathBuf> {
+pub fn prepare(pin_dir: &Path) -> Result<PinDirs> {
     refuse_symlinks(pin_dir)?;
     let parent = pin_dir.parent().unwrap_or(pin_dir);
     if parent == Path::new(BPFFS_ROOT) {
@@ -48,8 +57,11 @@ pub fn prepare(pin_dir: &Path) -> Result<PathBuf> {
         );
     }
     // The pins themselves are 0600 (or less): the kernel makes them S_IRUSR | S_IWUSR.
-    let links = pin_dir.join("links");
-    for dir in [pin_dir, &links] {
+    let dirs = PinDirs {
+        links: pin_dir.join("links"),
+        programs: pin_dir.join("programs"),
+    };
+    for dir in [pin_dir, &dirs.links, &dirs.programs] {
         DirBuilder::new()
             .recursive(true)
             .mode(DIR_MODE)
@@ -59,7 +71,7 @@ pub fn prepare(pin_dir: &Path) -> Result<PathBuf> {
         fs::set_permissions(dir, Permissions::from_mode(DIR_MODE))
             .with_context(|| format!("make {} private (0700)", dir.display()))?;
     }
-    Ok(links)
+    Ok(dirs)
 }
 
 /// Fails on the first component of `path` that is a symbolic link.

@@ -1,6 +1,7 @@
 //! The bpf(2) commands aya 0.16 does not expose as needed: an iterator link to open more than
 //! one BPF iterator from (aya's `IterLink` gives no fd, and `into_file` consumes it; the kernel
-//! binds each iterator to the opener's network namespace), and many map entries in one call.
+//! binds each iterator to the opener's network namespace), and many map entries in one call
+//! (read or written).
 #![expect(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
@@ -13,6 +14,7 @@ use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 // enum bpf_cmd: BPF_LINK_CREATE is 28 (29 is BPF_LINK_UPDATE, 30 BPF_LINK_GET_FD_BY_ID).
 const BPF_ITER_CREATE: libc::c_long = 33;
@@ -139,4 +141,49 @@ pub fn update_batch<K: bytemuck::Pod, V: bytemuck::Pod>(
         }
     }
     Ok(())
+}
+
+/// Reads every entry of a hash map with one `BPF_MAP_LOOKUP_BATCH` call per chunk, instead of
+/// two calls (next key, lookup) per entry. Not for per-CPU maps (their values are per CPU).
+/// Entries written or removed meanwhile may or may not be seen, as with any walk of the map.
+pub fn lookup_batch<K: bytemuck::Pod, V: bytemuck::Pod>(
+    map: BorrowedFd<'_>,
+) -> io::Result<Vec<(K, V)>> {
+    let mut keys = vec![<K as bytemuck::Zeroable>::zeroed(); CHUNK];
+    let mut values = vec![<V as bytemuck::Zeroable>::zeroed(); CHUNK];
+    let mut entries = Vec::new();
+    // The kernel's position in the map (a bucket index for hash maps), from one call to the
+    // next; none before the first.
+    let mut position = [0u64; 1];
+    let mut next = [0u64; 1];
+    let mut first = true;
+    loop {
+        let mut attr = BpfAttr::zeroed();
+        // batch: { u64 in_batch, out_batch, keys, values; u32 count, map_fd; u64 elem_flags, flags }
+        if !first {
+            attr.put_u64(0, position.as_ptr() as u64);
+        }
+        attr.put_u64(8, next.as_mut_ptr() as u64);
+        attr.put_u64(16, keys.as_mut_ptr() as u64);
+        attr.put_u64(24, values.as_mut_ptr() as u64);
+        attr.put_u32(32, CHUNK as u32);
+        attr.put_u32(36, map.as_raw_fd() as u32);
+        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        // The kernel reports how many it read, also when it ends with ENOENT.
+        let done = u32::from_ne_bytes(attr.0[32..36].try_into().expect("4 bytes")) as usize;
+        let done = done.min(CHUNK);
+        entries.extend(
+            keys[..done]
+                .iter()
+                .copied()
+                .zip(values[..done].iter().copied()),
+        );
+        match result {
+            Ok(_) => {}
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
+            Err(err) => return Err(err),
+        }
+        position = next;
+        first = false;
+    }
 }

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use proxy_common::{
-    IPPROTO_UDP, SockTermKey, SockTermKey6, SockTermRecord6, map_sizes,
+    IPPROTO_UDP, ServiceKeyOf, ServiceValue, SockTermKey, SockTermKey6, SockTermRecord6, map_sizes,
     net::{ip_from_net, ip_to_net, ip6_from_net, ip6_to_net, port_from_net, port_to_net},
 };
 use tracing::{debug, info, warn};
@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 use self::udp_backends::UdpBackends;
 use crate::{
     datapath::{Maps, netns, udp_sockets::SockTermProgram},
-    reconcile::{BackendAddr, Plan, PlanChanges},
+    reconcile::{BackendAddr, Plan, PlanChanges, tables::Table},
 };
 
 /// Tracks which backends UDP frontends use and, after each sync, ends the sockets of those gone.
@@ -171,22 +171,22 @@ fn log_destroyed(record: &SockTermRecord6, netns: u64) {
     );
 }
 
+/// The backend ids in the backend slots of one family's UDP frontends.
+fn udp_backend_ids<A>(
+    services: &dyn Table<ServiceKeyOf<A>, ServiceValue>,
+) -> Result<BTreeSet<u32>> {
+    Ok(services
+        .entries()?
+        .into_iter()
+        .filter(|(key, _)| key.proto == IPPROTO_UDP && key.slot != 0)
+        .map(|(_, value)| value.backend_id)
+        .collect())
+}
+
 /// The backends the maps' UDP frontends of both families use.
 fn udp_backends_in_maps(maps: &Maps) -> Result<BTreeSet<BackendAddr>> {
-    let mut ids = BTreeSet::new();
-    for entry in &maps.services {
-        let (key, value) = entry.context("read the services map")?;
-        if key.proto == IPPROTO_UDP && key.slot != 0 {
-            ids.insert(value.backend_id);
-        }
-    }
-    let mut ids6 = BTreeSet::new();
-    for entry in &maps.services6 {
-        let (key, value) = entry.context("read the IPv6 services map")?;
-        if key.proto == IPPROTO_UDP && key.slot != 0 {
-            ids6.insert(value.backend_id);
-        }
-    }
+    let ids = udp_backend_ids(&maps.services).context("read the services map")?;
+    let ids6 = udp_backend_ids(&maps.services6).context("read the IPv6 services map")?;
     let mut backends = BTreeSet::new();
     for id in ids {
         if let Ok(backend) = maps.backends.get(&id, 0) {

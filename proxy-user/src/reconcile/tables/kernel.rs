@@ -1,5 +1,5 @@
-//! The reconciler's tables as the kernel holds them: aya's typed maps, written with batched
-//! updates (a cold start writes millions of entries, and a call per entry took seconds).
+//! The reconciler's tables as the kernel holds them: aya's typed maps, read and written in
+//! batches (a cold start writes millions of entries, and a call per entry took seconds).
 
 use std::os::fd::AsFd as _;
 
@@ -14,7 +14,7 @@ use proxy_common::{
 };
 
 use super::{BatchError, Counters, RangeKey, RangeKey6, ServiceTables, Table};
-use crate::datapath::{Maps, update_batch, zero_traffic_slots};
+use crate::datapath::{Maps, lookup_batch, update_batch, zero_traffic_slots};
 
 impl ServiceTables for Maps {
     fn services(&mut self) -> &mut dyn Table<ServiceKey, ServiceValue> {
@@ -65,7 +65,7 @@ where
     V: aya::Pod + bytemuck::Pod,
 {
     fn entries(&self) -> Result<Vec<(K, V)>> {
-        Ok(self.iter().collect::<Result<_, _>>()?)
+        Ok(lookup_batch(IterableMap::map(self).fd().as_fd())?)
     }
 
     fn write(&mut self, keys: &[K], values: &[V]) -> Result<(), BatchError> {
@@ -80,8 +80,8 @@ where
 /// The affinity-match map is a set: its values are unused (0).
 impl Table<AffinityMatchKey, ()> for HashMap<MapData, AffinityMatchKey, u32> {
     fn entries(&self) -> Result<Vec<(AffinityMatchKey, ())>> {
-        let keys = self.keys().collect::<Result<Vec<_>, _>>()?;
-        Ok(keys.into_iter().map(|key| (key, ())).collect())
+        let entries = lookup_batch::<AffinityMatchKey, u32>(IterableMap::map(self).fd().as_fd())?;
+        Ok(entries.into_iter().map(|(key, _)| (key, ())).collect())
     }
 
     fn write(&mut self, keys: &[AffinityMatchKey], _: &[()]) -> Result<(), BatchError> {
