@@ -66,11 +66,17 @@ pub struct Params {
 }
 
 /// A real `sluice run --manifests` daemon with `services` services: how long it took to get
-/// ready (parse, plan, maps) and its memory, from /proc.
-#[derive(Clone, Copy, Debug, Default)]
+/// ready (parse, plan, maps) and its memory, from /proc; and how long restarts took.
+#[derive(Clone, Debug, Default)]
 pub struct DaemonFootprint {
     pub services: usize,
+    /// Process start to the ready line, first start (empty pins: every program verified).
     pub ready_secs: f64,
+    /// Process start to the ready line after a `SIGKILL`, over the pins of the run before,
+    /// per round.
+    pub restart_secs: Samples,
+    /// The last restart's ready line from `hooks:` on (how the programs were come by).
+    pub restart_hooks: String,
     /// `VmRSS` after the connection runs.
     pub rss_bytes: u64,
     /// `VmHWM`: the peak, reached during the first sync.
@@ -496,13 +502,33 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
             v6_vs_v4.median()
         ));
         ipv6_vs_ipv4.push((services, v6_vs_v4));
-        let footprint = DaemonFootprint {
+        let mut footprint = DaemonFootprint {
             services,
             ready_secs,
             rss_bytes: proc_status_bytes(pid, "VmRSS")?,
             peak_bytes: proc_status_bytes(pid, "VmHWM")?,
             busy_secs: proc_cpu_secs(pid)? - cpu_before,
+            ..DaemonFootprint::default()
         };
+        // A node's restart: killed, then started over its own pins (maps full, programs
+        // verified by the first start).
+        let mut daemon = daemon;
+        for _ in 0..params.rounds {
+            daemon.kill();
+            let started = std::time::Instant::now();
+            daemon.start_again();
+            footprint.restart_secs.push(started.elapsed().as_secs_f64());
+        }
+        let ready = daemon.ready_line();
+        ready
+            .find("hooks:")
+            .map_or(ready, |at| &ready[at..])
+            .clone_into(&mut footprint.restart_hooks);
+        log(&format!(
+            "connrate: sluice with {services} services restarted in {} s ({})",
+            footprint.restart_secs.show(3),
+            footprint.restart_hooks
+        ));
         log(&format!(
             "connrate: sluice with {services} services: RSS {:.1} MiB, peak {:.1} MiB, \
              {:.2} s CPU during the runs",

@@ -22,6 +22,10 @@ use crate::sys;
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 1);
 pub const NODE_PORT: u16 = 30080;
+/// The NodePort of the remote path: its one backend is a pod on another node, reached through
+/// the gateway 198.18.0.2 on `sl0` (SNAT, FIB lookup, `XDP_TX`).
+pub const REMOTE_NODE_PORT: u16 = 30081;
+pub const REMOTE_BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 5, 2), 8080);
 pub const IPPROTO_TCP: u8 = 6;
 
 /// The measured NodePort is service 0; services 1.. are ClusterIPs that only fill the tables.
@@ -88,6 +92,9 @@ impl Loaded {
         netns.ip("link set sl1 up");
         netns.ip("addr add 198.18.0.1/24 dev sl0");
         netns.sysctl("net.ipv4.ip_forward", "1");
+        // The remote backend's route, its next hop resolved (the FIB lookup succeeds).
+        netns.ip("route add 198.18.5.0/24 via 198.18.0.2 dev sl0");
+        netns.ip("neigh replace 198.18.0.2 lladdr 02:00:00:00:00:02 dev sl0 nud permanent");
         Self::with_netns(netns, sizes)
     }
 
@@ -132,8 +139,9 @@ impl Loaded {
         })
     }
 
-    /// Switches the datapath's counters on or off (`CONFIG_F_COUNTERS`), to measure their cost.
-    pub fn set_counters(&mut self, on: bool) -> Result<()> {
+    /// Switches a `CONFIG_F_*` flag of the datapath on or off (the counters, to measure their
+    /// cost; `XDP_TX`, for the remote path).
+    pub fn set_flag(&mut self, flag: u32, on: bool) -> Result<()> {
         let mut config: Array<_, Config> = Array::try_from(
             self.ebpf
                 .map_mut(map_names::CONFIG)
@@ -141,9 +149,9 @@ impl Loaded {
         )?;
         let mut value = config.get(&0, 0)?;
         value.flags = if on {
-            value.flags | CONFIG_F_COUNTERS
+            value.flags | flag
         } else {
-            value.flags & !CONFIG_F_COUNTERS
+            value.flags & !flag
         };
         config.set(0, &value, 0)?;
         Ok(())
@@ -282,6 +290,25 @@ impl Loaded {
 }
 
 impl Loaded {
+    /// Writes the NodePort `REMOTE_NODE_PORT` as frontend `service_id`, its one backend
+    /// `REMOTE_BACKEND` (on another node) under `backend_id`.
+    pub fn fill_remote_nodeport(&mut self, service_id: u32, backend_id: u32) -> Result<()> {
+        sys::update_batch(
+            sys::map_fd(&self.ebpf, map_names::BACKENDS)?,
+            &[backend_id],
+            &[backend(REMOTE_BACKEND, 0)],
+        )
+        .context("write the remote backend")?;
+        let frontend = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, REMOTE_NODE_PORT);
+        let head = ServiceValue::head(service_id, 1, SVC_F_NODEPORT | SVC_F_EXTERNAL, 0);
+        let fd = sys::map_fd(&self.ebpf, map_names::SERVICES)?;
+        sys::update_batch(fd, &[service_key(frontend, 1)], &[head.slot(backend_id)])
+            .context("write the remote NodePort's slot")?;
+        sys::update_batch(fd, &[service_key(frontend, 0)], &[head])
+            .context("write the remote NodePort's head")?;
+        Ok(())
+    }
+
     /// Writes the IPv6 NodePort `[::]:30080` served on `NODE_IP6`, with `backends` (local) as
     /// its endpoints under backend ids `first_id..`, as frontend `service_id`: the IPv6
     /// counterpart of service 0 of [`Loaded::fill`].

@@ -35,17 +35,19 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use anyhow::{Context as _, Result, ensure};
 use proxy_common::{
-    CT_DIR_FORWARD, CT_F_POD, CtEntry, CtEntry6, CtKey, CtKey6, map_names, net::ip6_to_net, tcp,
+    CONFIG_F_COUNTERS, CONFIG_F_XDP_TX, CT_DIR_FORWARD, CT_F_POD, CtEntry, CtEntry6, CtKey, CtKey6,
+    map_names, net::ip6_to_net, tcp,
 };
 use proxy_tests::{datapath::xdp_md, packet};
 
 use crate::{
-    fixture::{self, Loaded, NODE_IP, NODE_IP6, NODE_PORT},
+    fixture::{self, Loaded, NODE_IP, NODE_IP6, NODE_PORT, REMOTE_NODE_PORT},
     stats::{Samples, ToF64 as _, minus, ratio},
     sys,
 };
 
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 const TC_ACT_OK: u32 = 0;
 
 #[derive(Clone, Copy, Debug)]
@@ -90,6 +92,12 @@ pub struct Row {
     pub tc_floor: Samples,
     pub pod_hit: Samples,
     pub pod_other: Samples,
+    /// Through the restorer (repeat method, the frame restored before each run): its floor
+    /// (restore, tail call, `XDP_PASS`), the local hit, and the remote backend's hit (SNAT,
+    /// FIB lookup, `XDP_TX`).
+    pub restored_floor: Samples,
+    pub restored_local: Samples,
+    pub restored_remote: Samples,
 }
 
 impl Row {
@@ -132,6 +140,12 @@ impl Row {
     }
     pub fn pod_other_overhead(&self) -> Samples {
         minus(&self.pod_other, &self.tc_floor)
+    }
+    pub fn restored_local_overhead(&self) -> Samples {
+        minus(&self.restored_local, &self.restored_floor)
+    }
+    pub fn remote_overhead(&self) -> Samples {
+        minus(&self.restored_remote, &self.restored_floor)
     }
 }
 
@@ -199,6 +213,14 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
                 row.tc_floor.median(),
                 row.pod_hit_overhead().median(),
                 row.pod_other_overhead().median(),
+            ));
+            log(&format!(
+                "packet: restored frames {services} x {endpoints}: floor {:.1} ns; over it the \
+                 local hit {:.1} ns (plain repeat {:.1}), the remote backend's hit {:.1} ns",
+                row.restored_floor.median(),
+                row.restored_local_overhead().median(),
+                row.hit_overhead().median(),
+                row.remote_overhead().median(),
             ));
             rows.push(row);
         }
@@ -336,7 +358,17 @@ fn run_one(
         tc_floor: Samples::default(),
         pod_hit: Samples::default(),
         pod_other: Samples::default(),
+        restored_floor: Samples::default(),
+        restored_local: Samples::default(),
+        restored_remote: Samples::default(),
     };
+    let remote = RemotePath::new(&mut loaded, services, first_v6 + u32::try_from(endpoints)?)?;
+    let restore_floor = sys::Restoring::new(&remote.ack)?;
+    restore_floor.point_at(pass)?;
+    let restore_remote = sys::Restoring::new(&remote.ack)?;
+    restore_remote.point_at(xdp)?;
+    let restore_local = sys::Restoring::new(&ack)?;
+    restore_local.point_at(xdp)?;
     let ack_ctx = with_len(&ack);
     let ack_v6_ctx = with_len(&ack_v6);
     for round in 0..params.rounds {
@@ -345,9 +377,9 @@ fn run_one(
         let hit = sys::test_run(xdp, &ack, &ack_ctx, params.repeat, 0, 0)?;
         check(hit)?;
         let counted_after = loaded.backend_packets_in(hot_flow.backend_id)?;
-        loaded.set_counters(false)?;
+        loaded.set_flag(CONFIG_F_COUNTERS, false)?;
         let uncounted = sys::test_run(xdp, &ack, &ack_ctx, params.repeat, 0, 0);
-        loaded.set_counters(true)?;
+        loaded.set_flag(CONFIG_F_COUNTERS, true)?;
         let uncounted = uncounted?;
         check(uncounted)?;
         // The two runs differ in counting and nothing else: check that they do.
@@ -388,6 +420,56 @@ fn run_one(
         row.tc_floor.push(f64::from(tc_floor.duration_ns));
         row.pod_hit.push(f64::from(pod_hit.duration_ns));
         row.pod_other.push(f64::from(pod_other.duration_ns));
+
+        // Through the restorer, back to back with its floor; XDP_TX on for the remote path.
+        loaded.set_flag(CONFIG_F_XDP_TX, true)?;
+        let restored = (|| {
+            let floor = sys::test_run(
+                restore_floor.program.as_fd(),
+                &remote.ack,
+                &ack_ctx,
+                params.repeat,
+                0,
+                0,
+            )?;
+            ensure!(
+                floor.retval == XDP_PASS,
+                "the restorer's floor returned {}",
+                floor.retval
+            );
+            let before = loaded.backend_packets_in(remote.backend_id)?;
+            let hit = sys::test_run(
+                restore_remote.program.as_fd(),
+                &remote.ack,
+                &ack_ctx,
+                params.repeat,
+                0,
+                0,
+            )?;
+            let counted = loaded.backend_packets_in(remote.backend_id)? - before;
+            ensure!(
+                hit.retval == XDP_TX && counted == u64::from(params.repeat),
+                "the remote path returned {} (XDP_TX is 3) and its backend counted {counted} of \
+                 {} packets: the restorer did not give each run the flow's frame",
+                hit.retval,
+                params.repeat
+            );
+            let local = sys::test_run(
+                restore_local.program.as_fd(),
+                &ack,
+                &ack_ctx,
+                params.repeat,
+                0,
+                0,
+            )?;
+            check(local)?;
+            Ok((floor, hit, local))
+        })();
+        loaded.set_flag(CONFIG_F_XDP_TX, false)?;
+        let (floor, hit, local) = restored?;
+        row.restored_floor.push(f64::from(floor.duration_ns));
+        row.restored_remote.push(f64::from(hit.duration_ns));
+        row.restored_local.push(f64::from(local.duration_ns));
 
         let first = round * params.flows;
         let syns: Vec<Vec<u8>> = (first..first + params.flows)
@@ -456,6 +538,38 @@ fn run_one(
         pod_flow.flags
     );
     Ok(row)
+}
+
+/// The remote path's flow: a client's connection to `REMOTE_NODE_PORT`, whose backend is on
+/// another node, created by its SYN.
+struct RemotePath {
+    ack: Vec<u8>,
+    backend_id: u32,
+}
+
+impl RemotePath {
+    fn new(loaded: &mut Loaded, services: usize, backend_id: u32) -> Result<Self> {
+        use std::os::fd::AsFd as _;
+        let service_id = u32::try_from(services + 2).context("too many services")?;
+        loaded.fill_remote_nodeport(service_id, backend_id)?;
+        let client = SocketAddrV4::new(Ipv4Addr::new(198, 18, 3, 3), 999);
+        let frontend = SocketAddrV4::new(NODE_IP, REMOTE_NODE_PORT);
+        let syn = packet::tcp(client, frontend, tcp::SYN).build();
+        let ack = packet::tcp(client, frontend, tcp::ACK).build();
+        let ctx = xdp_md(syn.len(), loaded.sl0);
+        loaded.set_flag(CONFIG_F_XDP_TX, true)?;
+        let xdp = loaded.xdp_fd()?.try_clone_to_owned()?;
+        let created = sys::test_run(xdp.as_fd(), &syn, &ctx, 1, 0, 0);
+        loaded.set_flag(CONFIG_F_XDP_TX, false)?;
+        let created = created?;
+        ensure!(
+            created.retval == XDP_TX,
+            "the remote NodePort's SYN returned {} instead of XDP_TX (3)",
+            created.retval
+        );
+        loaded.zero_counters(service_id, backend_id)?;
+        Ok(Self { ack, backend_id })
+    }
 }
 
 /// The conntrack key of an IPv6 client's flow to the measured NodePort.

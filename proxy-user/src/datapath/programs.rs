@@ -186,10 +186,16 @@ impl Programs {
         let parent = self.dir.parent().expect("a build directory has a parent");
         for entry in fs::read_dir(parent)? {
             let path = entry?.path();
-            if path != self.dir {
-                info!(build = %path.display(), "unpinning the programs of another build");
-                fs::remove_dir_all(&path).with_context(|| format!("remove {}", path.display()))?;
+            if path == self.dir {
+                continue;
             }
+            info!(build = %path.display(), "unpinning the programs of another build");
+            if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            }
+            .with_context(|| format!("remove {}", path.display()))?;
         }
         Ok(())
     }
