@@ -25,7 +25,14 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use proxy_tests::{
-    Cluster, Place, SERVICE_CIDR6, SluiceDaemon, manifests::ManifestDir, sluice::DaemonConfig,
+    Cluster, Place, SERVICE_CIDR6, SluiceDaemon,
+    cluster_mode,
+    fake_apiserver::{
+        FakeApiServer,
+        objects::{self, ready},
+    },
+    manifests::ManifestDir,
+    sluice::DaemonConfig,
 };
 
 use crate::{
@@ -77,6 +84,10 @@ pub struct DaemonFootprint {
     pub restart_secs: Samples,
     /// The last restart's ready line from `hooks:` on (how the programs were come by).
     pub restart_hooks: String,
+    /// The same services from the API server (cluster mode, the fake one): restarts as
+    /// above, per round, and the last one's ready line from `hooks:` on.
+    pub cluster_restart_secs: Samples,
+    pub cluster_restart_hooks: String,
     /// `VmRSS` after the connection runs.
     pub rss_bytes: u64,
     /// `VmHWM`: the peak, reached during the first sync.
@@ -538,6 +549,15 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
         ));
         daemons.push(footprint);
         drop(daemon);
+        let (restarts, hooks) = cluster_mode_restarts(&cluster, services, params.rounds)?;
+        log(&format!(
+            "connrate: sluice in cluster mode with {services} services restarted in {} s ({hooks})",
+            restarts.show(3)
+        ));
+        if let Some(footprint) = daemons.last_mut() {
+            footprint.cluster_restart_secs = restarts;
+            footprint.cluster_restart_hooks = hooks;
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
     for row in &rows {
@@ -562,6 +582,52 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
         daemons,
         ipv6_vs_ipv4,
     })
+}
+
+/// A node's restarts in cluster mode: `services` ClusterIPs of two endpoints each (as the
+/// manifests' filler services) served by the fake API server in node1's namespace, a daemon
+/// on node1 following it, then killed (`SIGKILL`) and started again `rounds` times; process
+/// start to ready each time, and the last ready line from `hooks:` on.
+fn cluster_mode_restarts(
+    cluster: &Cluster,
+    services: usize,
+    rounds: usize,
+) -> Result<(Samples, String)> {
+    let api = FakeApiServer::start_in(&[&cluster.node("node1").netns]);
+    for node in cluster.nodes() {
+        api.apply(objects::node(&node.name, &[node.ip.into()]));
+    }
+    for i in 1..=services {
+        let frontend = cluster_frontend(i);
+        let name = format!("s{i}");
+        api.apply(objects::service(
+            &name,
+            "ClusterIP",
+            &frontend.ip().to_string(),
+            &[("http", "TCP", frontend.port(), 8080, 0)],
+            &[],
+        ));
+        let (a, b) = (pod_addr(2 * i), pod_addr(2 * i + 1));
+        api.apply(objects::endpoint_slice(
+            &format!("{name}-a"),
+            &name,
+            &[ready(*a.ip(), "node2"), ready(*b.ip(), "node2")],
+            &[("http", "TCP", 8080)],
+        ));
+    }
+    let mut config = cluster_mode::daemon_config(cluster, &api, "node1");
+    config.ready_timeout = Duration::from_secs(300);
+    let mut daemon = SluiceDaemon::launch(config).context("start sluice in cluster mode")?;
+    let mut restarts = Samples::default();
+    for _ in 0..rounds {
+        daemon.kill();
+        let started = std::time::Instant::now();
+        daemon.start_again();
+        restarts.push(started.elapsed().as_secs_f64());
+    }
+    let ready = daemon.ready_line();
+    let hooks = ready.find("hooks:").map_or(ready, |at| &ready[at..]).to_owned();
+    Ok((restarts, hooks))
 }
 
 /// User plus system CPU time of a process so far, from /proc/PID/stat.

@@ -576,14 +576,18 @@ fn memory_section(md: &mut String, results: &Results) {
              ready in **{:.1} s** from process start (verifying the programs, reading the \
              manifests, planning, writing the maps), RSS **{:.1} MiB** after the connection \
              runs, peak {:.1} MiB; {:.2} s of CPU while the runs went on. Killed (`SIGKILL`) \
-             and started again over its pins: ready in **{} s** ({}).",
+             and started again over its pins: ready in **{} s** ({}). The same services from \
+             the API server (cluster mode, the in-process fake one on the node), restarted the \
+             same way: ready in **{} s** ({}).",
             d.services,
             d.ready_secs,
             mib(d.rss_bytes),
             mib(d.peak_bytes),
             d.busy_secs,
             d.restart_secs.show(3),
-            d.restart_hooks
+            d.restart_hooks,
+            d.cluster_restart_secs.show(3),
+            d.cluster_restart_hooks
         );
     }
     md.push('\n');
@@ -702,14 +706,19 @@ fn goals(md: &mut String, results: &Results) {
         );
     }
     for d in &results.connrate.daemons {
-        let restart = d.restart_secs.median() * 1e3;
-        let _ = writeln!(
-            md,
-            "| restart of a running node at {} services <= 300 ms (issue 17; SIGKILL, then \
-             process start to ready) | {restart:.0} ms | {} |",
-            d.services,
-            yes_no(restart <= 300.0)
-        );
+        for (mode, restarts) in [
+            ("manifests", &d.restart_secs),
+            ("cluster mode", &d.cluster_restart_secs),
+        ] {
+            let restart = restarts.median() * 1e3;
+            let _ = writeln!(
+                md,
+                "| restart of a running node at {} services <= 300 ms (issue 17; {mode}; \
+                 SIGKILL, then process start to ready) | {restart:.0} ms | {} |",
+                d.services,
+                yes_no(restart <= 300.0)
+            );
+        }
         // The same services through kube-proxy's rules, as the sync section loads them.
         let iptables = results
             .sync
