@@ -326,6 +326,11 @@ pub(crate) fn check_object(
 
 /// Deserializes into the serde type, reporting a type error with its field path.
 fn typed<T: DeserializeOwned>(value: Value, p: &mut Problems) -> Option<T> {
+    // Tracking the path costs on every field, and only a failure needs it: a valid object is
+    // read without it.
+    if let Ok(raw) = T::deserialize(&value) {
+        return Some(raw);
+    }
     match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(raw) => Some(raw),
         Err(e) => {
