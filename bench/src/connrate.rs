@@ -25,8 +25,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use proxy_tests::{
-    Cluster, Place, SERVICE_CIDR6, SluiceDaemon,
-    cluster_mode,
+    Cluster, Place, SERVICE_CIDR6, SluiceDaemon, cluster_mode,
     fake_apiserver::{
         FakeApiServer,
         objects::{self, ready},
@@ -626,7 +625,10 @@ fn cluster_mode_restarts(
         restarts.push(started.elapsed().as_secs_f64());
     }
     let ready = daemon.ready_line();
-    let hooks = ready.find("hooks:").map_or(ready, |at| &ready[at..]).to_owned();
+    let hooks = ready
+        .find("hooks:")
+        .map_or(ready, |at| &ready[at..])
+        .to_owned();
     Ok((restarts, hooks))
 }
 

@@ -229,6 +229,16 @@ impl SluiceDaemon {
         &self.ready_line
     }
 
+    /// Fails unless the current run's ready line ends with `suffix` (how the hooks were
+    /// installed and the programs come by).
+    pub fn assert_ready_line_ends_with(&self, suffix: &str) {
+        assert!(
+            self.ready_line.ends_with(suffix),
+            "{}: expected it to end with {suffix:?}",
+            self.ready_line
+        );
+    }
+
     /// The daemon's PID while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::pid)

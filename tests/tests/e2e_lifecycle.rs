@@ -915,25 +915,15 @@ fn program_builds(scenario: &Scenario) -> Vec<String> {
 #[test]
 fn a_restart_reuses_the_verified_programs_unless_a_map_they_use_was_recreated() {
     let mut scenario = Scenario::start(&[]);
-    assert!(
-        scenario
-            .node1
-            .ready_line()
-            .ends_with("programs: 11 verified, 0 reused"),
-        "{}",
-        scenario.node1.ready_line()
-    );
+    scenario
+        .node1
+        .assert_ready_line_ends_with("programs: 11 verified, 0 reused");
     let first = program_builds(&scenario);
     assert_eq!(first.len(), 1, "{first:?}");
 
     scenario.node1.restart();
-    assert!(
-        scenario
-            .node1
-            .ready_line()
-            .ends_with("hooks: 11 replaced in place, 0 attached; programs: 0 verified, 11 reused"),
-        "{}",
-        scenario.node1.ready_line()
+    scenario.node1.assert_ready_line_ends_with(
+        "hooks: 11 replaced in place, 0 attached; programs: 0 verified, 11 reused",
     );
     assert_eq!(program_builds(&scenario), first);
     assert_echo_reaches_every_pod(&scenario, "with the reused programs");
@@ -943,13 +933,8 @@ fn a_restart_reuses_the_verified_programs_unless_a_map_they_use_was_recreated() 
     let pin = scenario.cluster.node("node1").pin_dir.join("AFFINITY_V1");
     std::fs::remove_file(&pin).unwrap_or_else(|e| panic!("remove {}: {e}", pin.display()));
     scenario.node1.start_again();
-    assert!(
-        scenario
-            .node1
-            .ready_line()
-            .ends_with("hooks: 11 replaced in place, 0 attached; programs: 11 verified, 0 reused"),
-        "{}",
-        scenario.node1.ready_line()
+    scenario.node1.assert_ready_line_ends_with(
+        "hooks: 11 replaced in place, 0 attached; programs: 11 verified, 0 reused",
     );
     let second = program_builds(&scenario);
     assert_eq!(

@@ -382,11 +382,9 @@ fn kernel_log_lines_switch_on_and_off_at_run_time() {
     // After a restart the programs are the same ones, taken from their pins: their lines go
     // to the pinned ring buffer, which the new daemon reads.
     scenario.node1.restart();
-    let ready = scenario.node1.ready_line();
-    assert!(
-        ready.ends_with("programs: 0 verified, 11 reused"),
-        "{ready}"
-    );
+    scenario
+        .node1
+        .assert_ready_line_ends_with("programs: 0 verified, 11 reused");
     let out = scenario
         .node1
         .cli(&["log-level", "debug", "--pin-dir", &pin_dir]);

@@ -209,13 +209,8 @@ fn a_restart_replaces_the_ipv6_hooks_in_place_and_keeps_mapped_connections() {
     scenario.node1.restart();
     // Every hook, the IPv6 ones included, swapped inside its pinned link: none detached; and
     // every program taken from the pins of the first start, none verified again.
-    assert!(
-        scenario
-            .node1
-            .ready_line()
-            .ends_with("hooks: 11 replaced in place, 0 attached; programs: 0 verified, 11 reused"),
-        "{}",
-        scenario.node1.ready_line()
+    scenario.node1.assert_ready_line_ends_with(
+        "hooks: 11 replaced in place, 0 attached; programs: 0 verified, 11 reused",
     );
     assert_eq!(held.ping().expect("the held connection").name, pod);
     // New mapped connections are translated by the new programs and see the service back.

@@ -285,16 +285,7 @@ impl Hook<'_> {
     fn attach_socket_programs(&mut self, cgroup: &Path) -> Result<()> {
         let cgroup_file = File::open(cgroup)
             .with_context(|| format!("open cgroup {} (--cgroup)", cgroup.display()))?;
-        for name in [
-            program_names::CONNECT4,
-            program_names::SENDMSG4,
-            program_names::RECVMSG4,
-            program_names::GETPEERNAME4,
-            program_names::CONNECT6,
-            program_names::SENDMSG6,
-            program_names::RECVMSG6,
-            program_names::GETPEERNAME6,
-        ] {
+        for name in programs::socket_programs() {
             let program: &mut CgroupSockAddr = self.programs.get(self.ebpf, name)?.try_into()?;
             let link_name = format!("{name}@cgroup");
             attach_or_replace(&mut self.links, &link_name, program, |program| {

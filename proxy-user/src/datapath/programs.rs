@@ -57,6 +57,14 @@ const HOOK_PROGRAMS: [(&str, Kind); 13] = {
     ]
 };
 
+/// The socket hooks' programs, in attach order.
+pub fn socket_programs() -> impl Iterator<Item = &'static str> {
+    HOOK_PROGRAMS
+        .into_iter()
+        .filter(|(_, kind)| matches!(kind, Kind::SockAddr(_)))
+        .map(|(name, _)| name)
+}
+
 /// How this start came by its programs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProgramCounts {
