@@ -523,17 +523,7 @@ pub fn run(params: &Params, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
         // A node's restart: killed, then started over its own pins (maps full, programs
         // verified by the first start).
         let mut daemon = daemon;
-        for _ in 0..params.rounds {
-            daemon.kill();
-            let started = std::time::Instant::now();
-            daemon.start_again();
-            footprint.restart_secs.push(started.elapsed().as_secs_f64());
-        }
-        let ready = daemon.ready_line();
-        ready
-            .find("hooks:")
-            .map_or(ready, |at| &ready[at..])
-            .clone_into(&mut footprint.restart_hooks);
+        (footprint.restart_secs, footprint.restart_hooks) = restarts(&mut daemon, params.rounds);
         log(&format!(
             "connrate: sluice with {services} services restarted in {} s ({})",
             footprint.restart_secs.show(3),
@@ -617,6 +607,12 @@ fn cluster_mode_restarts(
     let mut config = cluster_mode::daemon_config(cluster, &api, "node1");
     config.ready_timeout = Duration::from_secs(300);
     let mut daemon = SluiceDaemon::launch(config).context("start sluice in cluster mode")?;
+    Ok(restarts(&mut daemon, rounds))
+}
+
+/// Kills `daemon` (`SIGKILL`) and starts it again over its pins, `rounds` times: process start
+/// to ready each time, and the last ready line from `hooks:` on (how the programs were come by).
+fn restarts(daemon: &mut SluiceDaemon, rounds: usize) -> (Samples, String) {
     let mut restarts = Samples::default();
     for _ in 0..rounds {
         daemon.kill();
@@ -625,11 +621,8 @@ fn cluster_mode_restarts(
         restarts.push(started.elapsed().as_secs_f64());
     }
     let ready = daemon.ready_line();
-    let hooks = ready
-        .find("hooks:")
-        .map_or(ready, |at| &ready[at..])
-        .to_owned();
-    Ok((restarts, hooks))
+    let hooks = ready.find("hooks:").map_or(ready, |at| &ready[at..]);
+    (restarts, hooks.to_owned())
 }
 
 /// User plus system CPU time of a process so far, from /proc/PID/stat.

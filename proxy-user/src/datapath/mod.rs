@@ -116,7 +116,8 @@ pub struct Datapath {
     links_dir: PathBuf,
     /// The hook programs, kept open to attach them to new pods.
     programs: Programs,
-    /// Where a program not yet loaded comes from (the pod-side ones, on a first pod).
+    /// The loaded object, which [`Programs::get`] takes a program without a pin from (every
+    /// hook's is open by the end of `start`, so later attaches only open their pins).
     ebpf: Ebpf,
 }
 

@@ -103,12 +103,9 @@ impl Programs {
         map_ids.hash(&mut hasher);
         let dir = programs_dir.join(format!("{:016x}", hasher.finish()));
         DirBuilder::new()
+            .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .or_else(|err| match err.kind() {
-                std::io::ErrorKind::AlreadyExists => Ok(()),
-                _ => Err(err),
-            })
             .with_context(|| format!("create {}", dir.display()))?;
         Ok(Self {
             dir,
